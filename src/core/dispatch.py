@@ -1,0 +1,124 @@
+"""dispatch_due: claim the messages that are due and put them on the send queue, no more than can be sent.
+
+Claims are conditional writes on the message's version, so overlapping dispatchers (or a stale read of the
+eventually consistent index) never claim a message twice. A claim is a lease: a claimed message stays in
+the `due` index with its due time moved to the lease's end, so one that was claimed but never enqueued
+(a crash between the two writes) comes back by itself when the lease runs out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from core import clock, provider_state, queue, store
+from core.lifecycle import Status
+from core.observability import count, logger, measure
+from core.queue import QueuedMessage
+from core.settings import Settings
+from core.store import Change, MessageRecord, iso, parse_iso
+from core.timing import ReminderType
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+
+@dataclass
+class DispatchResult:
+    """What one dispatcher run did."""
+
+    capacity: int = 0
+    claimed: int = 0
+    enqueued: int = 0
+    expired: int = 0
+    dead_lettered: int = 0
+    lost_races: int = 0
+    not_enqueued: int = 0
+    held: bool = False
+
+
+def dispatch_due(settings: Settings) -> DispatchResult:
+    """One dispatcher run: expire what is too late, claim the most urgent due messages, enqueue them."""
+    store.bind(settings)
+    now = clock.now()
+    result = DispatchResult()
+    if provider_state.hold_until(now) is not None:
+        result.held = True
+        logger.warning("provider on hold: nothing dispatched")
+        return result
+    budget = int(settings.SMS_RATE_LIMIT_PER_SECOND * settings.SMS_PROCESSING_INTERVAL_MINUTES * 60)
+    result.capacity = max(0, budget - queue.depth(settings.SEND_QUEUE_URL, settings))
+    candidates: list[MessageRecord] = []
+    for shard in range(settings.DUE_INDEX_SHARDS):
+        candidates += store.due_in_shard(f"DUE#{shard}", now, limit=max(result.capacity, 1) + 50)
+    live: list[MessageRecord] = []
+    for message in candidates:
+        if parse_iso(message.deadline) <= now:
+            if _expire(message, now, settings):
+                result.expired += 1
+        else:
+            live.append(message)
+    live.sort(key=lambda m: (ReminderType(m.reminder_type).urgency, m.due_at or ""))
+    claimed: list[QueuedMessage] = []
+    for message in live[: result.capacity]:
+        outcome = _claim(message, now, settings)
+        if outcome == "claimed":
+            claimed.append(QueuedMessage(message.message_id, int(message.version) + 1))
+            lag = (now - parse_iso(message.scheduled_at)).total_seconds()
+            measure("DispatchLagSeconds", max(lag, 0.0), MetricUnit.Seconds)
+        elif outcome == "dead_letter":
+            result.dead_lettered += 1
+        else:
+            result.lost_races += 1
+    result.claimed = len(claimed)
+    failed = queue.enqueue(claimed, settings)
+    result.not_enqueued = len(failed)
+    result.enqueued = len(claimed) - len(failed)
+    count("MessagesDispatched", result.enqueued)
+    if failed:
+        logger.error("messages claimed but not enqueued; their lease brings them back", extra={"count": len(failed)})
+    logger.info("dispatch run", extra=result.__dict__)
+    return result
+
+
+def _expire(message: MessageRecord, now: datetime, settings: Settings) -> bool:
+    change = Change(
+        target=Status.EXPIRED,
+        sources=frozenset({Status.PENDING, Status.QUEUED}),
+        set={"last_error": "deadline passed before it could be sent"},
+        condition=MessageRecord.version == message.version,
+    )
+    done = store.transition(message, change, at=now, settings=settings)
+    if done:
+        count("RemindersExpired", reminder_type=message.reminder_type)
+    return done
+
+
+def _claim(message: MessageRecord, now: datetime, settings: Settings) -> str:
+    """'claimed', 'dead_letter' (re-claimed too often: something downstream keeps crashing), or 'lost'."""
+    guard = (MessageRecord.version == message.version) & (MessageRecord.due_at <= iso(now))
+    if message.state is Status.QUEUED and int(message.dispatches) >= settings.SMS_MAX_DISPATCHES:
+        change = Change(
+            target=Status.DEAD_LETTER,
+            sources=frozenset({Status.QUEUED}),
+            set={"last_error": f"lease expired {int(message.dispatches)} times without a send"},
+            condition=guard,
+        )
+        # DLQ copy first, status second: a spare copy is dropped as stale on redrive; a missing one strands it.
+        queue.put_dead_letter(QueuedMessage(message.message_id, int(message.version) + 1), settings)
+        if not store.transition(message, change, at=now, settings=settings):
+            return "lost"
+        count("SmsDeadLettered", reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+        return "dead_letter"
+    lease_end = now + timedelta(minutes=settings.SMS_CLAIM_LEASE_MINUTES)
+    change = Change(
+        target=Status.QUEUED,
+        sources=frozenset({Status.PENDING, Status.QUEUED}),
+        set={
+            "queued_at": iso(now),
+            "due_at": iso(lease_end),
+            "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
+            "dispatches": int(message.dispatches) + 1,
+        },
+        condition=guard,
+    )
+    return "claimed" if store.transition(message, change, at=now, settings=settings) else "lost"

@@ -1,0 +1,195 @@
+"""Clinic events, validated: what `plan_reminders` and `rappel import` accept, and why they refuse the rest.
+
+Validation happens completely before anything is written, so a bad event is never half-applied.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from core.phone import InvalidPhoneNumber, normalize_phone
+from core.texts import available_languages
+
+SOURCE = "rappel.clinic"
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
+
+
+class DetailType(StrEnum):
+    PATIENT_UPSERTED = "PatientUpserted"
+    DOSE_SCHEDULED = "DoseScheduled"
+    DOSE_ADMINISTERED = "DoseAdministered"
+    APPOINTMENT_CANCELLED = "AppointmentCancelled"
+
+
+class _Detail(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class PatientUpserted(_Detail):
+    """A patient was registered or changed (phone, zone, language, consent, preferred hour, name)."""
+
+    patient_id: Identifier
+    phone: Annotated[str, StringConstraints(min_length=3, max_length=32)]
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    language: Annotated[str, StringConstraints(min_length=2, max_length=8)]
+    sms_opt_in: bool
+    display_name: ShortText
+    preferred_hour: Annotated[int, Field(ge=0, le=23)] | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        if value not in available_languages():
+            raise ValueError(f"unsupported language {value!r} (have: {', '.join(sorted(available_languages()))})")
+        return value
+
+
+class DoseScheduled(_Detail):
+    """A dose is due on a date (a new appointment, or a reschedule of the same appointment_id)."""
+
+    appointment_id: Identifier
+    patient_id: Identifier
+    vaccine: ShortText
+    dose: Annotated[int, Field(ge=0, le=20)]
+    due_date: date
+    clinic: Annotated[str, StringConstraints(strip_whitespace=True, max_length=60)] | None = None
+
+
+class DoseAdministered(_Detail):
+    """The dose was given: its remaining reminders are cancelled."""
+
+    appointment_id: Identifier
+    administered_on: date
+
+
+class AppointmentCancelled(_Detail):
+    """The appointment will not happen: its remaining reminders are cancelled."""
+
+    appointment_id: Identifier
+    reason: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+Detail = PatientUpserted | DoseScheduled | DoseAdministered | AppointmentCancelled
+
+_MODELS: dict[DetailType, type[_Detail]] = {
+    DetailType.PATIENT_UPSERTED: PatientUpserted,
+    DetailType.DOSE_SCHEDULED: DoseScheduled,
+    DetailType.DOSE_ADMINISTERED: DoseAdministered,
+    DetailType.APPOINTMENT_CANCELLED: AppointmentCancelled,
+}
+
+
+class ClinicEvent(BaseModel):
+    """An accepted clinic event: its id and time (for ordering and replays) and its validated detail."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    event_at: datetime
+    detail_type: DetailType
+    detail: Detail
+
+
+class InvalidEvent(ValueError):
+    """A refused event; `field` names what is wrong (never echoes a phone number)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def _json_date(value: Any, field: str) -> Any:
+    # EventBridge carries JSON: dates arrive as text and are parsed strictly (YYYY-MM-DD, real calendar dates).
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value) if len(value) == 10 else value
+        except ValueError:
+            raise InvalidEvent(field, f"not a calendar date: {value[:20]!r}") from None
+    return value
+
+
+def parse_event(envelope: Any, *, default_region: str, today: date, max_years_ahead: int) -> ClinicEvent:
+    """Validate an EventBridge envelope from the clinic system; raises InvalidEvent naming the bad field."""
+    if not isinstance(envelope, dict):
+        raise InvalidEvent("event", "must be a JSON object")
+    if envelope.get("source") != SOURCE:
+        raise InvalidEvent("source", f"must be {SOURCE!r}")
+    raw_type = envelope.get("detail-type")
+    try:
+        detail_type = DetailType(raw_type)
+    except ValueError:
+        raise InvalidEvent("detail-type", f"unknown detail-type {str(raw_type)[:40]!r}") from None
+    event_id = envelope.get("id")
+    if not isinstance(event_id, str) or not 1 <= len(event_id) <= 128:
+        raise InvalidEvent("id", "must be a non-empty string of at most 128 characters")
+    try:
+        event_at = datetime.fromisoformat(str(envelope.get("time", "")).replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidEvent("time", "must be an ISO-8601 instant") from None
+    if event_at.tzinfo is None:
+        raise InvalidEvent("time", "must carry a UTC offset or Z")
+    raw = envelope.get("detail")
+    if not isinstance(raw, dict):
+        raise InvalidEvent("detail", "must be a JSON object")
+    raw = dict(raw)
+    for name in ("due_date", "administered_on"):
+        if name in raw:
+            raw[name] = _json_date(raw[name], f"detail.{name}")
+    if detail_type is DetailType.PATIENT_UPSERTED and isinstance(raw.get("phone"), str):
+        try:
+            raw["phone"] = normalize_phone(raw["phone"], default_region)
+        except InvalidPhoneNumber as exc:
+            raise InvalidEvent("detail.phone", str(exc)) from None
+    try:
+        detail = _MODELS[detail_type].model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = "detail." + ".".join(str(p) for p in first["loc"]) if first["loc"] else "detail"
+        raise InvalidEvent(field, first["msg"]) from None
+    if isinstance(detail, DoseScheduled):
+        if detail.due_date.year > today.year + max_years_ahead:
+            raise InvalidEvent("detail.due_date", f"more than {max_years_ahead} years ahead")
+        if detail.due_date.year < today.year - max_years_ahead:
+            raise InvalidEvent("detail.due_date", f"more than {max_years_ahead} years in the past")
+    if isinstance(detail, DoseAdministered) and (detail.administered_on - today).days > 1:
+        raise InvalidEvent("detail.administered_on", "is in the future")
+    return ClinicEvent(
+        event_id=event_id, event_at=event_at.astimezone(UTC), detail_type=detail_type, detail=detail  # type: ignore[arg-type]
+    )
+
+
+def make_envelope(detail_type: str, detail: dict[str, Any], *, event_id: str, at: datetime) -> dict[str, Any]:
+    """An EventBridge envelope as the clinic system would put it (used by import, simulate and the samples)."""
+    return {
+        "version": "0",
+        "id": event_id,
+        "detail-type": detail_type,
+        "source": SOURCE,
+        "account": "000000000000",
+        "time": at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": "us-east-1",
+        "resources": [],
+        "detail": detail,
+    }
+
+
+Outcome = Literal["applied", "ignored", "rejected"]

@@ -1,0 +1,80 @@
+"""The message state machine: the statuses a reminder goes through and the moves allowed between them.
+
+Every status change in the store goes through `check_transition`, and the store turns the allowed source
+statuses into the condition of its write, so an illegal move is refused twice: here, and by DynamoDB.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Public statuses of a message."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    DEAD_LETTER = "dead_letter"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+# Who may move to where. QUEUED -> QUEUED is a re-claim after an expired lease; QUEUED -> PENDING is a retry
+# after a transient error (explicit, with attempts + 1 and the error recorded, never silent); FAILED ->
+# DELIVERED is a late DeliveredToTerminal after DeliveryImpossible, which the provider says can happen.
+ALLOWED: dict[Status, frozenset[Status]] = {
+    Status.PENDING: frozenset({Status.QUEUED, Status.CANCELLED, Status.EXPIRED}),
+    Status.QUEUED: frozenset(
+        {
+            Status.QUEUED,
+            Status.PENDING,
+            Status.SENT,
+            Status.FAILED,
+            Status.DEAD_LETTER,
+            Status.CANCELLED,
+            Status.EXPIRED,
+        }
+    ),
+    Status.SENT: frozenset({Status.DELIVERED, Status.FAILED}),
+    Status.FAILED: frozenset({Status.DELIVERED}),
+    Status.DEAD_LETTER: frozenset({Status.QUEUED, Status.CANCELLED, Status.EXPIRED}),
+    Status.DELIVERED: frozenset(),
+    Status.CANCELLED: frozenset(),
+    Status.EXPIRED: frozenset(),
+}
+
+# Statuses after which nothing more will be sent for the message.
+SETTLED: frozenset[Status] = frozenset(
+    {Status.SENT, Status.DELIVERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED}
+)
+# Statuses that end a message's life: they get a retention TTL.
+TERMINAL: frozenset[Status] = frozenset({Status.DELIVERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
+# Statuses in which a message still waits in the `due` index for the dispatcher.
+DISPATCHABLE: frozenset[Status] = frozenset({Status.PENDING, Status.QUEUED})
+
+
+class IllegalTransition(Exception):
+    """A move the state machine does not allow."""
+
+    def __init__(self, source: Status, target: Status) -> None:
+        super().__init__(f"illegal transition {source} -> {target}")
+        self.source = source
+        self.target = target
+
+
+def sources_of(target: Status) -> frozenset[Status]:
+    """Every status from which `target` may be reached."""
+    return frozenset(source for source, targets in ALLOWED.items() if target in targets)
+
+
+def check_transition(sources: frozenset[Status], target: Status) -> frozenset[Status]:
+    """`sources` unchanged if every one of them may move to `target`; raises IllegalTransition otherwise."""
+    for source in sorted(sources):
+        if target not in ALLOWED[source]:
+            raise IllegalTransition(source, target)
+    if not sources:
+        raise ValueError("a transition needs at least one source status")
+    return sources

@@ -1,0 +1,100 @@
+"""Logging, metrics and tracing: one instance of each, configured the Powertools way.
+
+Metrics are EMF in namespace `Rappel` with dimensions limited to reminder type and provider. They are
+accumulated during an invocation and flushed once at its end, one EMF blob per dimension set.
+Phone numbers never reach a log line: the formatter masks anything shaped like one.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+from aws_lambda_powertools.metrics import MetricUnit
+
+from core.phone import mask_phone
+
+SERVICE = "rappel"
+NAMESPACE = "Rappel"
+_PHONE = re.compile(r"\+?\b\d{8,15}\b")
+
+warnings.filterwarnings("ignore", "No application metrics to publish*")
+
+
+class _MaskingFormatter(LambdaPowertoolsFormatter):
+    """Masks phone-shaped digits anywhere in the serialised record: the last guard, not the only one."""
+
+    def serialize(self, log: dict[str, Any]) -> str:
+        text: str = super().serialize(log)
+        return _PHONE.sub(lambda m: mask_phone(m.group(0) if m.group(0).startswith("+") else "+" + m.group(0)), text)
+
+
+logger = Logger(service=SERVICE, logger_formatter=_MaskingFormatter())
+tracer = Tracer(service=SERVICE)
+_metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+
+Dimensions = tuple[tuple[str, str], ...]
+_pending: dict[Dimensions, dict[str, tuple[float, MetricUnit]]] = defaultdict(dict)
+
+
+def count(name: str, value: float = 1, *, reminder_type: str | None = None, provider: str | None = None) -> None:
+    """Add `value` to metric `name` (a count) for this invocation."""
+    _add(name, value, MetricUnit.Count, reminder_type, provider)
+
+
+def measure(
+    name: str, value: float, unit: MetricUnit, *, reminder_type: str | None = None, provider: str | None = None
+) -> None:
+    """Record a figure (seconds, percent, units...); repeated figures of one name are summed."""
+    _add(name, value, unit, reminder_type, provider)
+
+
+def _add(name: str, value: float, unit: MetricUnit, reminder_type: str | None, provider: str | None) -> None:
+    dims: Dimensions = tuple(
+        (key, val) for key, val in (("reminder_type", reminder_type), ("provider", provider)) if val is not None
+    )
+    previous, _ = _pending[dims].get(name, (0.0, unit))
+    _pending[dims][name] = (previous + value, unit)
+
+
+def flush_metrics() -> None:
+    """Write what this invocation recorded as EMF to stdout, one blob per dimension set, then forget it."""
+    for dims, figures in sorted(_pending.items()):
+        for key, value in dims:
+            _metrics.add_dimension(name=key, value=value)
+        for name, (value, unit) in sorted(figures.items()):
+            _metrics.add_metric(name=name, unit=unit, value=value)
+        _metrics.flush_metrics()
+    _pending.clear()
+
+
+def discard_metrics() -> None:
+    """Forget recorded metrics without writing them (tests, and runs that must not report)."""
+    _pending.clear()
+    _metrics.clear_metrics()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def lambda_entry(correlation_id_path: str | None = None) -> Callable[[F], F]:
+    """Decorate a Lambda handler: Lambda context in logs, tracing, and one metrics flush at the end."""
+
+    def decorate(handler: F) -> F:
+        @functools.wraps(handler)
+        def wrapper(event: Any, context: Any) -> Any:
+            try:
+                return handler(event, context)
+            finally:
+                flush_metrics()
+
+        traced = tracer.capture_lambda_handler(capture_response=False)(wrapper)
+        return logger.inject_lambda_context(correlation_id_path=correlation_id_path, log_event=False)(traced)  # type: ignore[no-any-return]
+
+    return decorate

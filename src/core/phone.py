@@ -1,0 +1,87 @@
+"""Phone numbers: validation to E.164 and masking for logs.
+
+Every number Rappel stores or sends to is E.164 ("+2250701020304"), validated with `phonenumbers`.
+Logs and error messages only ever carry the masked form (country code and last two digits).
+"""
+
+from __future__ import annotations
+
+import phonenumbers
+
+__all__ = ["InvalidPhoneNumber", "mask_phone", "normalize_phone"]
+
+# Longer inputs are not phone numbers; refusing them early keeps parsing cheap on hostile events.
+_MAX_RAW_LENGTH = 64
+# Fixed width, so the mask does not reveal how many digits the number has.
+_MASK = "******"
+# Below this many digits after the country code, even the last two would reveal too much of the number.
+_MIN_DIGITS_TO_SHOW_TAIL = 6
+
+_PARSE_ERRORS: dict[int, str] = {
+    phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "unknown country code, or no country code and no "
+    "usable default region",
+    phonenumbers.NumberParseException.NOT_A_NUMBER: "it does not look like a phone number",
+    phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "too short after the international prefix",
+    phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
+    phonenumbers.NumberParseException.TOO_LONG: "too long",
+}
+
+
+class InvalidPhoneNumber(ValueError):
+    """The input is not a valid, dialable phone number; the message never contains the full number."""
+
+
+def normalize_phone(raw: str, default_region: str) -> str:
+    """Return `raw` as an E.164 string, or raise InvalidPhoneNumber.
+
+    `default_region` (ISO 3166 alpha-2, e.g. "CI") is used for numbers written without a country code,
+    such as "07 01 02 03 04". International forms ("+225 …", "00225 …", "tel:+225…") are accepted.
+    The number must be valid for its region (`phonenumbers.is_valid_number`), not merely well-formed.
+    """
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidPhoneNumber("phone number is empty")
+    if len(raw) > _MAX_RAW_LENGTH:
+        raise InvalidPhoneNumber(f"phone number is too long ({len(raw)} characters, at most {_MAX_RAW_LENGTH})")
+    masked = mask_phone(raw)
+    try:
+        parsed = phonenumbers.parse(raw, default_region)
+    except phonenumbers.NumberParseException as exc:
+        reason = _PARSE_ERRORS.get(exc.error_type, "it could not be parsed")
+        raise InvalidPhoneNumber(f"invalid phone number {masked}: {reason} (default region {default_region})") from None
+    if not phonenumbers.is_valid_number(parsed):
+        region = phonenumbers.region_code_for_number(parsed) or f"+{parsed.country_code}"
+        raise InvalidPhoneNumber(f"invalid phone number {masked}: not a valid number for {region}")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def mask_phone(e164: str) -> str:
+    """Mask a phone number for logs: "+2250701020304" -> "+225******04".
+
+    Only the country code and the last two digits are kept, and only when enough digits remain hidden;
+    anything else (short numbers, garbage, local formats) degrades to a mask that reveals less, never more.
+    """
+    if not isinstance(e164, str):
+        return _MASK
+    text = e164.strip()[:_MAX_RAW_LENGTH]
+    digits = "".join(ch for ch in text if "0" <= ch <= "9")
+    country_code = _country_code(text)
+    if country_code is None:
+        tail = digits[-2:] if len(digits) >= _MIN_DIGITS_TO_SHOW_TAIL + 2 else ""
+        return _MASK + tail
+    rest = digits[len(country_code) :]
+    tail = rest[-2:] if len(rest) >= _MIN_DIGITS_TO_SHOW_TAIL else ""
+    return f"+{country_code}{_MASK}{tail}"
+
+
+def _country_code(text: str) -> str | None:
+    """The country calling code of an international-format number, or None when there is none to trust."""
+    if not text.startswith("+"):
+        return None
+    try:
+        parsed = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        return None
+    code = str(parsed.country_code)
+    # Guard against parse leniency: the code must be what the input actually starts with.
+    digits = "".join(ch for ch in text if "0" <= ch <= "9")
+    return code if digits.startswith(code) else None

@@ -1,0 +1,222 @@
+"""From clinic events to reminder messages: create, cancel and replan, idempotently.
+
+Every event ends in one reconciliation: given the patient and the appointment as stored now, make the
+appointment's messages what they should be. Re-running it changes nothing, so a replayed event, a retry
+after a crash between two writes, or events arriving out of order all converge on the same messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from core import clock, store
+from core.events import (
+    AppointmentCancelled,
+    ClinicEvent,
+    DoseAdministered,
+    DoseScheduled,
+    InvalidEvent,
+    PatientUpserted,
+    parse_event,
+)
+from core.lifecycle import Status
+from core.observability import count, logger
+from core.settings import Settings
+from core.store import AppointmentRecord, Change, MessageRecord, PatientRecord, iso
+from core.timing import plan_reminders
+
+OUTSTANDING = frozenset({Status.PENDING, Status.QUEUED, Status.DEAD_LETTER})
+
+
+@dataclass
+class PlanningResult:
+    """What one event (or a batch of them) did."""
+
+    applied: int = 0
+    ignored: int = 0
+    rejected: int = 0
+    created: int = 0
+    cancelled: int = 0
+    replanned: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def merge(self, other: PlanningResult) -> None:
+        """Add another result's figures to this one."""
+        for name in ("applied", "ignored", "rejected", "created", "cancelled", "replanned"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors += other.errors
+
+
+def handle_clinic_event(envelope: object, settings: Settings) -> PlanningResult:
+    """Validate and apply one EventBridge clinic event; a bad one is refused, logged and counted, never raised."""
+    now = clock.now()
+    store.bind(settings)
+    try:
+        event = parse_event(
+            envelope,
+            default_region=settings.SMS_DEFAULT_REGION,
+            today=now.date(),
+            max_years_ahead=settings.MAX_DUE_DATE_YEARS_AHEAD,
+        )
+    except InvalidEvent as exc:
+        count("EventsRejected")
+        logger.warning("clinic event rejected", extra={"field": exc.field, "reason": exc.reason})
+        return PlanningResult(rejected=1, errors=[str(exc)])
+    return apply_event(event, settings, now)
+
+
+def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningResult:
+    """Apply one validated event."""
+    result = PlanningResult()
+    event_at, event_id = iso(event.event_at), event.event_id
+    detail = event.detail
+    if isinstance(detail, PatientUpserted):
+        patient = PatientRecord(
+            detail.patient_id,
+            phone=detail.phone,
+            timezone=detail.timezone or settings.APP_TIMEZONE,
+            language=detail.language,
+            sms_opt_in=detail.sms_opt_in,
+            display_name=detail.display_name,
+            preferred_hour=detail.preferred_hour,
+            event_at=event_at,
+            event_id=event_id,
+        )
+        _count_write(result, store.save_patient(patient))
+        result.merge(reconcile_patient(detail.patient_id, settings, now))
+    elif isinstance(detail, DoseScheduled):
+        appointment = AppointmentRecord(
+            detail.appointment_id,
+            patient_id=detail.patient_id,
+            vaccine=detail.vaccine,
+            dose=detail.dose,
+            due_date=detail.due_date.isoformat(),
+            clinic=detail.clinic or None,
+            status="scheduled",
+            event_at=event_at,
+            event_id=event_id,
+        )
+        _count_write(result, store.save_appointment(appointment))
+        result.merge(reconcile_appointment(detail.appointment_id, settings, now))
+    else:
+        result.merge(_close_appointment(detail, event_at, event_id, settings, now))
+    logger.info(
+        "clinic event applied",
+        extra={"detail_type": event.detail_type.value, "event_id": event_id, "created": result.created,
+               "cancelled": result.cancelled, "replanned": result.replanned, "ignored": result.ignored},
+    )  # fmt: skip
+    return result
+
+
+def _count_write(result: PlanningResult, written: bool) -> None:
+    if written:
+        result.applied += 1
+    else:
+        result.ignored += 1  # an older event than the one already applied
+
+
+def _close_appointment(
+    detail: DoseAdministered | AppointmentCancelled, event_at: str, event_id: str, settings: Settings, now: datetime
+) -> PlanningResult:
+    result = PlanningResult()
+    current = store.get_appointment(detail.appointment_id)
+    if current is None:
+        # Nothing was planned for an appointment we never heard of, so there is nothing to cancel.
+        result.ignored += 1
+        result.errors.append(f"detail.appointment_id: unknown appointment {detail.appointment_id!r}")
+        return result
+    current.event_at, current.event_id = event_at, event_id
+    if isinstance(detail, DoseAdministered):
+        current.status, current.administered_on = "administered", detail.administered_on.isoformat()
+    else:
+        current.status = "cancelled"
+    _count_write(result, store.save_appointment(current))
+    result.merge(reconcile_appointment(detail.appointment_id, settings, now))
+    return result
+
+
+def reconcile_patient(patient_id: str, settings: Settings, now: datetime) -> PlanningResult:
+    """Bring the messages of every appointment of a patient in line with the stored patient."""
+    result = PlanningResult()
+    for appointment in store.appointments_of(patient_id):
+        result.merge(reconcile_appointment(appointment.appointment_id, settings, now))
+    return result
+
+
+def reconcile_appointment(appointment_id: str, settings: Settings, now: datetime) -> PlanningResult:
+    """Create, replan or cancel the messages of one appointment so they match what should be sent."""
+    result = PlanningResult()
+    appointment = store.get_appointment(appointment_id)
+    if appointment is None:
+        return result
+    patient = store.get_patient(appointment.patient_id)
+    if patient is None:
+        return result  # planned when the patient arrives (events may come in any order)
+    existing = {m.message_id: m for m in store.messages_of_patient(patient.patient_id)
+                if m.appointment_id == appointment_id}  # fmt: skip
+    wanted: dict[str, tuple[str, datetime, datetime]] = {}
+    reason = _why_not_wanted(appointment, patient)
+    if reason is None:
+        zone = ZoneInfo(patient.timezone)
+        preferred = int(patient.preferred_hour) if patient.preferred_hour is not None else None
+        for planned in plan_reminders(date.fromisoformat(appointment.due_date), zone, preferred, settings, now):
+            message_id = store.message_id_for(appointment_id, planned.reminder_type.value, appointment.due_date)
+            wanted[message_id] = (planned.reminder_type.value, planned.scheduled_at, planned.deadline)
+    for message_id, message in existing.items():
+        if message.state not in OUTSTANDING:
+            continue
+        if message_id not in wanted:
+            why = reason or "rescheduled"
+            if cancel_message(message, why, settings, now):
+                result.cancelled += 1
+        elif message.state is Status.PENDING:
+            _, scheduled_at, deadline = wanted[message_id]
+            if (message.scheduled_at, message.deadline) != (iso(scheduled_at), iso(deadline)):
+                values = {"scheduled_at": iso(scheduled_at), "deadline": iso(deadline)}
+                if store.update_pending(message, values, settings.DUE_INDEX_SHARDS):
+                    result.replanned += 1
+    for message_id, (reminder_type, scheduled_at, deadline) in wanted.items():
+        if message_id in existing:
+            continue
+        message = MessageRecord(
+            message_id,
+            patient_id=patient.patient_id,
+            appointment_id=appointment_id,
+            reminder_type=reminder_type,
+            due_date=appointment.due_date,
+            status=Status.PENDING.value,
+            scheduled_at=iso(scheduled_at),
+            deadline=iso(deadline),
+            due_shard=store.shard_of(message_id, settings.DUE_INDEX_SHARDS),
+            due_at=iso(scheduled_at),
+            created_at=iso(now),
+        )
+        if store.create_message(message, now):
+            result.created += 1
+            count("RemindersPlanned", reminder_type=reminder_type)
+    return result
+
+
+def _why_not_wanted(appointment: AppointmentRecord, patient: PatientRecord) -> str | None:
+    if appointment.status == "administered":
+        return "dose administered"
+    if appointment.status == "cancelled":
+        return "appointment cancelled"
+    if not patient.sms_opt_in:
+        return "opted out"
+    return None
+
+
+def cancel_message(message: MessageRecord, reason: str, settings: Settings, now: datetime) -> bool:
+    """Cancel an outstanding message (a queued one is dropped by the sender when it re-checks)."""
+    change = Change(
+        target=Status.CANCELLED,
+        sources=OUTSTANDING,
+        set={"last_error": f"cancelled: {reason}"},
+    )
+    done = store.transition(message, change, at=now, settings=settings)
+    if done:
+        count("RemindersCancelled", reminder_type=message.reminder_type)
+    return done

@@ -1,0 +1,36 @@
+"""SMS providers behind one interface: Orange's SMS API and Kannel."""
+
+from core.providers.base import (
+    Accepted,
+    Balance,
+    ErrorBody,
+    FailureKind,
+    ProviderError,
+    SmsProvider,
+    classify_http,
+    classify_transport,
+    mask_phone,
+    parse_error_body,
+    parse_retry_after,
+    redact,
+)
+from core.providers.kannel import KannelProvider, is_gsm7
+from core.providers.orange import OrangeProvider
+
+__all__ = [
+    "Accepted",
+    "Balance",
+    "ErrorBody",
+    "FailureKind",
+    "KannelProvider",
+    "OrangeProvider",
+    "ProviderError",
+    "SmsProvider",
+    "classify_http",
+    "classify_transport",
+    "is_gsm7",
+    "mask_phone",
+    "parse_error_body",
+    "parse_retry_after",
+    "redact",
+]

@@ -1,0 +1,123 @@
+"""Kannel adapter: `GET cgi-bin/sendsms` with a delivery-report URL carrying our message id (research §10.1)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+import requests
+
+from core.providers.base import (
+    Accepted,
+    FailureKind,
+    ProviderError,
+    classify_http,
+    classify_transport,
+    mask_phone,
+    redact,
+)
+
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+# Kannel expands `%<letter>` and `%#…#` in a dlr-url; anything else percent-encoded passes through untouched.
+_KANNEL_ESCAPE = re.compile(r"%[A-Za-z#]")
+# Mask 27 = delivered (1) + not delivered (2) + SMSC ack (8) + SMSC reject (16), as RapidPro/courier ask.
+DLR_MASK = 27
+
+# GSM 03.38 default alphabet and its extension table (the escape character itself excluded).
+_GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+_GSM7 = _GSM7_BASIC | _GSM7_EXTENSION
+
+
+def is_gsm7(text: str) -> bool:
+    """True when every character of `text` fits the GSM-7 alphabet (basic table or extension)."""
+    return all(char in _GSM7 for char in text)
+
+
+class KannelProvider:
+    """Sends through a Kannel smsbox; delivery reports come back to `dlr_url_base` tagged with our message id."""
+
+    name = "kannel"
+
+    def __init__(
+        self,
+        *,
+        sendsms_url: str,
+        username: str,
+        password: str,
+        sender: str,
+        dlr_url_base: str,
+        connect_timeout: float,
+        read_timeout: float,
+        session: requests.Session | None = None,
+    ) -> None:
+        """`dlr_url_base` is the receipt endpoint with its secret token, e.g. `https://…/kannel?token=…`."""
+        if not sendsms_url.startswith(("http://", "https://")):
+            raise ValueError("sendsms_url must be an http(s) URL")
+        if not dlr_url_base.startswith(("http://", "https://")):
+            raise ValueError("dlr_url_base must be an http(s) URL")
+        if _KANNEL_ESCAPE.search(dlr_url_base):
+            raise ValueError("dlr_url_base must not contain '%' followed by a letter or '#': Kannel would expand it")
+        if not username or not password:
+            raise ValueError("username and password are required")
+        if connect_timeout <= 0 or read_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self._url = sendsms_url
+        self._username = username
+        self._password = password
+        self._sender = sender
+        self._dlr_url_base = dlr_url_base
+        self._timeout = (connect_timeout, read_timeout)
+        self._session = session or requests.Session()
+
+    def __repr__(self) -> str:
+        return f"KannelProvider(sendsms_url={self._url!r}, sender={self._sender!r})"
+
+    def close(self) -> None:
+        """Release the HTTP connections."""
+        self._session.close()
+
+    def dlr_url(self, message_id: str) -> str:
+        """The dlr-url Kannel will call: ours plus `message_id`, `type=%d` (the DLR bit) and `smsc_id=%F`."""
+        encoded_id = quote(message_id, safe="")
+        if _KANNEL_ESCAPE.search(encoded_id):
+            # Only non-ASCII ids encode to %A…%F, which Kannel would take for its own escapes.
+            raise ProviderError(FailureKind.PERMANENT, "invalid_message_id", "message id must be ASCII for Kannel")
+        separator = "&" if "?" in self._dlr_url_base else "?"
+        return f"{self._dlr_url_base}{separator}message_id={encoded_id}&type=%d&smsc_id=%F"
+
+    def send(self, *, to: str, text: str, message_id: str) -> Accepted:
+        """Submit one SMS; a 2xx reply (`0: Accepted`, `3: Queued`) → Accepted with our id, else ProviderError."""
+        if not _E164.match(to):
+            raise ProviderError(FailureKind.PERMANENT, "invalid_recipient", f"not an E.164 number: {mask_phone(to)}")
+        if not text:
+            raise ProviderError(FailureKind.PERMANENT, "empty_text", "refusing to send an empty SMS")
+        params = {
+            "username": self._username,
+            "password": self._password,
+            "from": self._sender,
+            "to": to,
+            "text": text,
+            "charset": "UTF-8",
+            "coding": "0" if is_gsm7(text) else "2",
+            "dlr-mask": str(DLR_MASK),
+            "dlr-url": self.dlr_url(message_id),
+        }
+        try:
+            response = self._session.get(self._url, params=params, timeout=self._timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise classify_transport(exc) from None
+        if 200 <= response.status_code <= 299:
+            return Accepted(provider=self.name, provider_message_id=message_id)
+        reply = " ".join(response.text.split())
+        if response.status_code == 403 and "authorization failed" not in reply.lower():
+            # "Not routable. Do not try again." and the like: this number, not the account.
+            raise ProviderError(FailureKind.PERMANENT, "http_403", f"HTTP 403: {redact(reply)}")
+        raise classify_http(response.status_code, reply, response.headers)
+
+    def balance(self) -> None:
+        """Kannel keeps no balance."""
+        return None

@@ -1,0 +1,136 @@
+"""The send queue and its dead letter queue (SQS): enqueue in batches, measure depth, dead-letter, redrive."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from core.settings import Settings
+
+BATCH = 10  # SendMessageBatch's limit
+ENTRY_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """What travels on the queue: which message, and which claim of it (stale claims are dropped)."""
+
+    message_id: str
+    version: int
+
+    def body(self) -> str:
+        """The SQS message body."""
+        return json.dumps({"message_id": self.message_id, "version": self.version}, separators=(",", ":"))
+
+    @staticmethod
+    def parse(body: str) -> QueuedMessage:
+        """Read a body; raises ValueError naming the bad field."""
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            raise ValueError("body: must be a JSON object")
+        message_id, version = data.get("message_id"), data.get("version")
+        if not isinstance(message_id, str) or not message_id:
+            raise ValueError("body.message_id: must be a non-empty string")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError("body.version: must be an integer")
+        return QueuedMessage(message_id, version)
+
+
+@functools.cache
+def _sqs(region: str, endpoint: str) -> Any:
+    return boto3.client("sqs", region_name=region, endpoint_url=endpoint or None)
+
+
+def _client(settings: Settings) -> Any:
+    return _sqs(settings.AWS_REGION, settings.AWS_ENDPOINT_URL)
+
+
+def reset_clients() -> None:
+    """Drop cached clients (the embedded stack and tests start new endpoints)."""
+    _sqs.cache_clear()
+
+
+def enqueue(messages: Sequence[QueuedMessage], settings: Settings) -> list[QueuedMessage]:
+    """Send `messages` to the send queue, 10 per call, retrying failed entries; returns those never accepted."""
+    client = _client(settings)
+    failed: list[QueuedMessage] = []
+    for start in range(0, len(messages), BATCH):
+        todo = {str(i): m for i, m in enumerate(messages[start : start + BATCH])}
+        for _ in range(ENTRY_RETRIES):
+            if not todo:
+                break
+            entries = [{"Id": key, "MessageBody": m.body()} for key, m in todo.items()]
+            response = client.send_message_batch(QueueUrl=settings.SEND_QUEUE_URL, Entries=entries)
+            todo = {entry["Id"]: todo[entry["Id"]] for entry in response.get("Failed", [])}
+        failed += todo.values()
+    return failed
+
+
+def depth(queue_url: str, settings: Settings) -> int:
+    """Messages in a queue, visible, in flight and delayed (approximate, as SQS reports)."""
+    attributes = _client(settings).get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ],
+    )["Attributes"]
+    return sum(int(value) for value in attributes.values())
+
+
+def put_dead_letter(message: QueuedMessage, settings: Settings) -> None:
+    """Put a message on the DLQ, so that one redrive brings back crashed and exhausted messages alike."""
+    _client(settings).send_message(QueueUrl=settings.DEAD_LETTER_QUEUE_URL, MessageBody=message.body())
+
+
+def _arn(queue_url: str, settings: Settings) -> str:
+    attributes = _client(settings).get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    return str(attributes["Attributes"]["QueueArn"])
+
+
+@dataclass(frozen=True)
+class RedriveResult:
+    """How a redrive went: SQS's own move task, or our receive/send/delete loop where that API is missing."""
+
+    method: str
+    moved: int | None
+    task_handle: str | None = None
+
+
+def redrive(settings: Settings, max_messages: int = 100_000) -> RedriveResult:
+    """Move the DLQ back to the send queue: StartMessageMoveTask on AWS, a receive/send/delete loop elsewhere."""
+    client = _client(settings)
+    try:
+        response = client.start_message_move_task(
+            SourceArn=_arn(settings.DEAD_LETTER_QUEUE_URL, settings),
+            DestinationArn=_arn(settings.SEND_QUEUE_URL, settings),
+        )
+        return RedriveResult("StartMessageMoveTask", None, response.get("TaskHandle"))
+    except (NotImplementedError, ClientError) as exc:
+        if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") not in {
+            "UnsupportedOperation",
+            "InvalidAction",
+            "NotImplemented",
+            "500",
+        }:
+            raise
+    moved = 0
+    while moved < max_messages:
+        received = client.receive_message(
+            QueueUrl=settings.DEAD_LETTER_QUEUE_URL, MaxNumberOfMessages=BATCH, WaitTimeSeconds=0, VisibilityTimeout=60
+        ).get("Messages", [])
+        if not received:
+            break
+        for item in received:
+            # Send first, delete second: a crash in between duplicates (absorbed downstream), never loses.
+            client.send_message(QueueUrl=settings.SEND_QUEUE_URL, MessageBody=item["Body"])
+            client.delete_message(QueueUrl=settings.DEAD_LETTER_QUEUE_URL, ReceiptHandle=item["ReceiptHandle"])
+            moved += 1
+    return RedriveResult("receive-send-delete", moved)

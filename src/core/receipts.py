@@ -1,0 +1,142 @@
+"""Delivery receipts: Orange's deliveryInfoNotification (JSON POST) and Kannel's DLR (GET), mapped monotonically.
+
+A receipt never moves a status backwards: a late DeliveryImpossible does not overwrite `delivered`. Unknown
+ids are answered 200 (the provider would only retry) and counted; forged or malformed requests are refused
+before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from core import clock, store
+from core.lifecycle import Status
+from core.observability import count, logger, measure
+from core.secrets import secret_text
+from core.settings import Settings
+from core.store import Change, MessageRecord, iso, parse_iso
+
+# Orange (OneAPI) delivery statuses -> our status; None means "still sent, recorded as information".
+ORANGE_STATUSES: dict[str, Status | None] = {
+    "DeliveredToTerminal": Status.DELIVERED,
+    "DeliveryImpossible": Status.FAILED,
+    "DeliveredToNetwork": None,
+    "MessageWaiting": None,
+    "DeliveryUncertain": None,
+}
+# Kannel dlr-mask bits: 1 delivered to phone, 2 not delivered to phone, 4 queued on SMSC, 8 delivered to SMSC,
+# 16 rejected by SMSC (research §10.1, as RapidPro's courier maps them).
+KANNEL_TYPES: dict[int, tuple[str, Status | None]] = {
+    1: ("DeliveredToTerminal", Status.DELIVERED),
+    2: ("DeliveryImpossible", Status.FAILED),
+    4: ("MessageWaiting", None),
+    8: ("DeliveredToNetwork", None),
+    16: ("RejectedBySmsc", Status.FAILED),
+}
+
+
+class ReceiptRejected(Exception):
+    """A request refused without touching data; `status_code` is what the endpoint answers."""
+
+    def __init__(self, status_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status_code = status_code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ReceiptOutcome:
+    """What a receipt did: updated, recorded (information only), unchanged, or unknown id."""
+
+    result: str
+    message_id: str | None = None
+
+
+def authenticate(token: str | None, settings: Settings) -> None:
+    """Check the secret token of the registered URL in constant time; raises ReceiptRejected(403)."""
+    expected = secret_text(settings.RECEIPT_TOKEN_SECRET, settings)
+    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
+        count("ReceiptsRejected")
+        raise ReceiptRejected(403, "bad or missing token")
+
+
+def orange_receipt(body: str, settings: Settings) -> ReceiptOutcome:
+    """Apply an Orange deliveryInfoNotification."""
+    try:
+        data: Any = json.loads(body)
+        notification = data["deliveryInfoNotification"]
+        provider_id = notification["callbackData"]
+        delivery_status = notification["deliveryInfo"]["deliveryStatus"]
+    except (ValueError, KeyError, TypeError):
+        count("ReceiptsRejected")
+        raise ReceiptRejected(400, "not a deliveryInfoNotification") from None
+    if not isinstance(provider_id, str) or not provider_id or len(provider_id) > 200:
+        count("ReceiptsRejected")
+        raise ReceiptRejected(400, "deliveryInfoNotification.callbackData: must be a non-empty string")
+    if delivery_status not in ORANGE_STATUSES:
+        count("ReceiptsRejected")
+        raise ReceiptRejected(400, "deliveryInfoNotification.deliveryInfo.deliveryStatus: unknown value")
+    store.bind(settings)
+    message_id = store.message_id_by_provider_id(provider_id)
+    if message_id is None:
+        count("ReceiptsUnknown")
+        logger.warning("receipt for an unknown provider message id", extra={"provider": "orange"})
+        return ReceiptOutcome("unknown")
+    return apply_receipt(message_id, delivery_status, ORANGE_STATUSES[delivery_status], settings)
+
+
+def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome:
+    """Apply a Kannel DLR (our message id and the DLR type travel in the dlr-url)."""
+    message_id = params.get("message_id", "")
+    try:
+        dlr_type = int(params.get("type", ""))
+    except ValueError:
+        count("ReceiptsRejected")
+        raise ReceiptRejected(400, "type: must be a Kannel DLR type (1, 2, 4, 8 or 16)") from None
+    if not message_id.startswith("msg_") or len(message_id) > 64 or dlr_type not in KANNEL_TYPES:
+        count("ReceiptsRejected")
+        raise ReceiptRejected(400, "message_id or type: not a Kannel DLR for one of our messages")
+    store.bind(settings)
+    name, target = KANNEL_TYPES[dlr_type]
+    if store.get_message(message_id) is None:
+        count("ReceiptsUnknown")
+        return ReceiptOutcome("unknown")
+    return apply_receipt(message_id, name, target, settings)
+
+
+def apply_receipt(message_id: str, provider_status: str, target: Status | None, settings: Settings) -> ReceiptOutcome:
+    """Move a sent message to delivered or failed, or record an intermediate status; never backwards."""
+    message = store.get_message(message_id)
+    if message is None:
+        count("ReceiptsUnknown")
+        return ReceiptOutcome("unknown")
+    now = clock.now()
+    sources = {Status.DELIVERED: frozenset({Status.SENT, Status.FAILED}), Status.FAILED: frozenset({Status.SENT})}
+    if target is None or message.state not in sources[target]:
+        if message.state is Status.SENT and store.record_receipt_status(message_id, provider_status):
+            return ReceiptOutcome("recorded", message_id)
+        return ReceiptOutcome("unchanged", message_id)
+    stamp = {"delivered_at": iso(now)} if target is Status.DELIVERED else {"failed_at": iso(now)}
+    change = Change(
+        target=target,
+        sources=sources[target] & frozenset({message.state}),
+        set={"receipt_status": provider_status, **stamp},
+        condition=MessageRecord.version == message.version,
+    )
+    if not store.transition(message, change, at=now, settings=settings):
+        return ReceiptOutcome("unchanged", message_id)
+    provider = message.provider or settings.SMS_PROVIDER.value
+    if target is Status.DELIVERED:
+        count("SmsDelivered", reminder_type=message.reminder_type, provider=provider)
+        if message.sent_at:
+            latency = max(0.0, (now - parse_iso(message.sent_at)).total_seconds())
+            measure("DeliveryLatencySeconds", latency, MetricUnit.Seconds, reminder_type=message.reminder_type,
+                    provider=provider)  # fmt: skip
+    else:
+        count("SmsFailed", reminder_type=message.reminder_type, provider=provider)
+    return ReceiptOutcome(target.value, message_id)

@@ -1,0 +1,323 @@
+"""send_sms: take one queued message, re-check that it may still go out, send it once, record the outcome.
+
+The provider call sits inside a Powertools idempotent function keyed on (message_id, attempt) that ends
+at "provider accepted"; the "sent" write is outside it. So a redelivered SQS record, a duplicate enqueue
+or a crash between the provider's 201 and our write never makes a second provider request for an
+accepted message: the stored result is replayed instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import boto3
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+
+from core import clock, provider_state, queue, store
+from core.lifecycle import Status
+from core.observability import count, logger, measure
+from core.providers.base import FailureKind, ProviderError
+from core.providers.factory import provider_for
+from core.queue import QueuedMessage
+from core.retry import backoff
+from core.settings import AmbiguousSendPolicy, Settings
+from core.store import AppointmentRecord, Change, MessageRecord, PatientRecord, iso, parse_iso
+from core.texts import TextTooLong, render_reminder
+from core.timing import next_allowed
+
+IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retention, so a redrive replays too
+PROVIDER_HOLD = timedelta(minutes=30)
+
+
+class Pacer:
+    """Spaces one sender instance's provider calls at SMS_RATE_LIMIT_PER_SECOND / SMS_SENDER_MAX_CONCURRENCY."""
+
+    def __init__(self) -> None:
+        self._next: datetime | None = None
+
+    def wait(self, per_second: float) -> None:
+        """Sleep (on the installed clock) until this instance may send again."""
+        now = clock.now()
+        slot = now if self._next is None or self._next <= now else self._next
+        clock.sleep((slot - now).total_seconds())
+        self._next = slot + timedelta(seconds=1 / per_second)
+
+
+_pacer = Pacer()
+_processor = BatchProcessor(event_type=EventType.SQS)
+
+
+def process_send_batch(event: dict[str, Any], context: Any, settings: Settings, pacer: Pacer | None = None) -> Any:
+    """Handle one SQS batch; failed records are reported back so only they are retried."""
+    store.bind(settings)
+    config, _ = _idempotent_send(settings)
+    if hasattr(context, "get_remaining_time_in_millis"):
+        config.register_lambda_context(context)
+    chosen = pacer or _pacer
+
+    def record_handler(record: SQSRecord) -> str:
+        return send_queued(QueuedMessage.parse(record.body), settings, chosen)
+
+    return process_partial_response(event=event, record_handler=record_handler, processor=_processor, context=context)
+
+
+@functools.cache
+def _idempotent_send(settings: Settings) -> tuple[IdempotencyConfig, Callable[..., dict[str, Any]]]:
+    client = boto3.client("dynamodb", region_name=settings.AWS_REGION, endpoint_url=settings.AWS_ENDPOINT_URL or None)
+    persistence = DynamoDBPersistenceLayer(table_name=settings.IDEMPOTENCY_TABLE, boto3_client=client)
+    config = IdempotencyConfig(event_key_jmespath="key", expires_after_seconds=IDEMPOTENCY_TTL_SECONDS)
+
+    @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)
+    def send_once(request: dict[str, Any]) -> dict[str, Any]:
+        accepted = provider_for(settings).send(to=request["to"], text=request["text"], message_id=request["message_id"])
+        return {"provider": accepted.provider, "provider_message_id": accepted.provider_message_id}
+
+    return config, send_once
+
+
+def reset() -> None:
+    """Forget cached idempotency wiring (tests and the embedded stack change endpoints)."""
+    _idempotent_send.cache_clear()
+
+
+def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
+    """Send one queued message if it may still go out; returns what happened (for logs and tests)."""
+    message = store.get_message(item.message_id)
+    if message is None:
+        logger.warning("queued message unknown", extra={"message_id": item.message_id})
+        return "unknown"
+    now = clock.now()
+    if message.state is Status.DEAD_LETTER:
+        message = _take_back_dead_letter(message, now, settings)
+        if message is None:
+            return "stale"
+    elif message.state is not Status.QUEUED or int(message.version) != item.version:
+        return "stale"  # settled already, or superseded by a newer claim that has its own queue message
+    patient = store.get_patient(message.patient_id)
+    appointment = store.get_appointment(message.appointment_id)
+    reason = _cancel_reason(message, patient, appointment)
+    if reason is not None or patient is None or appointment is None:
+        return _settle(message, Status.CANCELLED, f"cancelled at send time: {reason}", now, settings)
+    if parse_iso(message.deadline) <= now:
+        return _settle(message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
+    held = provider_state.hold_until(now)
+    if held is not None:
+        return _defer(message, held, f"provider on hold: {provider_state.hold_reason()}", now, settings)
+    allowed = next_allowed(now, ZoneInfo(patient.timezone), settings.quiet_hours)
+    if allowed != now:
+        return _defer(message, allowed, "quiet hours", now, settings)
+    try:
+        rendered = render_reminder(
+            reminder_type=message.reminder_type,
+            language=patient.language,
+            name=patient.display_name,
+            vaccine=appointment.vaccine,
+            dose=int(appointment.dose),
+            due_date=date.fromisoformat(appointment.due_date),
+            clinic=appointment.clinic,
+            max_segments=settings.SMS_MAX_SEGMENTS,
+        )
+    except TextTooLong as exc:
+        return _settle(message, Status.FAILED, f"text too long: {exc}", now, settings)
+    pacer.wait(settings.sender_pace_per_second)
+    attempt = int(message.attempts) + 1
+    _, send_once = _idempotent_send(settings)
+    request = {"key": f"{message.message_id}#{attempt}", "message_id": message.message_id,
+               "to": patient.phone, "text": rendered.text}  # fmt: skip
+    try:
+        accepted = send_once(request=request)
+    except ProviderError as error:
+        return _after_failure(message, error, attempt, settings)
+    return _record_sent(message, attempt, accepted, rendered.text, rendered.segments, settings)
+
+
+def _take_back_dead_letter(message: MessageRecord, now: datetime, settings: Settings) -> MessageRecord | None:
+    # A redriven dead letter gets a fresh set of retries, counted from here.
+    change = Change(
+        target=Status.QUEUED,
+        sources=frozenset({Status.DEAD_LETTER}),
+        set={"retry_floor": int(message.attempts), "queued_at": iso(now)},
+        condition=MessageRecord.version == message.version,
+    )
+    if not store.transition(message, change, at=now, settings=settings):
+        return None
+    return store.get_message(message.message_id)
+
+
+def _cancel_reason(
+    message: MessageRecord, patient: PatientRecord | None, appointment: AppointmentRecord | None
+) -> str | None:
+    if patient is None:
+        return "patient unknown"
+    if not patient.sms_opt_in:
+        return "opted out"
+    if appointment is None:
+        return "appointment unknown"
+    if appointment.status != "scheduled":
+        return f"appointment {appointment.status}"
+    if appointment.due_date != message.due_date:
+        return "rescheduled"
+    return None
+
+
+def _settle(message: MessageRecord, target: Status, why: str, now: datetime, settings: Settings) -> str:
+    stamp = {Status.FAILED: {"failed_at": iso(now)}}.get(target, {})
+    change = Change(
+        target=target,
+        sources=frozenset({Status.QUEUED}),
+        set={"last_error": why, **stamp},
+        condition=MessageRecord.version == message.version,
+    )
+    if not store.transition(message, change, at=now, settings=settings):
+        return "stale"
+    metric = {Status.CANCELLED: "RemindersCancelled", Status.EXPIRED: "RemindersExpired"}.get(target, "SmsFailed")
+    count(metric, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+    logger.info("message settled without sending", extra={"message_id": message.message_id, "status": target.value,
+                                                           "reason": why})  # fmt: skip
+    return target.value
+
+
+def _defer(
+    message: MessageRecord, until: datetime, why: str, now: datetime, settings: Settings, *, attempts: int | None = None
+) -> str:
+    """Back to pending until `until` (explicitly, with the reason), or expired if that is past the deadline."""
+    if until >= parse_iso(message.deadline):
+        return _settle(message, Status.EXPIRED, f"{why}; next try would be past the deadline", now, settings)
+    values: dict[str, Any] = {
+        "due_at": iso(until),
+        "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
+        "last_error": why,
+    }
+    if attempts is not None:
+        values["attempts"] = attempts
+    change = Change(
+        target=Status.PENDING,
+        sources=frozenset({Status.QUEUED}),
+        set=values,
+        condition=(MessageRecord.version == message.version) & (MessageRecord.attempts == message.attempts),
+    )
+    if not store.transition(message, change, at=now, settings=settings):
+        return "stale"
+    return "retry" if attempts is not None else "deferred"
+
+
+def _after_failure(message: MessageRecord, error: ProviderError, attempt: int, settings: Settings) -> str:
+    now = clock.now()
+    provider = settings.SMS_PROVIDER.value
+    logger.warning(
+        "provider did not accept",
+        extra={"message_id": message.message_id, "kind": error.kind.value, "code": error.code, "attempt": attempt},
+    )
+    if error.code in {"http_429", "429/53"} or error.code.startswith("429"):
+        count("ProviderThrottled")
+    if error.kind is FailureKind.PROVIDER_WIDE:
+        provider_state.hold(now + PROVIDER_HOLD, f"{error.code}")
+        # Not the message's fault: no attempt is burnt.
+        return _defer(message, now + PROVIDER_HOLD, f"provider hold: {error}", now, settings)
+    if error.kind is FailureKind.PERMANENT:
+        return _settle_with_attempt(message, Status.FAILED, str(error), attempt, now, settings)
+    if error.kind is FailureKind.AMBIGUOUS:
+        count("AmbiguousSends", reminder_type=message.reminder_type, provider=provider)
+        policy = settings.SMS_ON_AMBIGUOUS_SEND
+        if policy is AmbiguousSendPolicy.ASSUME_SENT:
+            return _record_sent(message, attempt, None, None, None, settings, ambiguous=str(error))
+        if policy is AmbiguousSendPolicy.DEAD_LETTER:
+            return _dead_letter(message, f"ambiguous send: {error}", attempt, now, settings)
+    if attempt - int(message.retry_floor) > settings.SMS_MAX_RETRIES:
+        return _dead_letter(message, f"retries exhausted: {error}", attempt, now, settings)
+    delay = backoff(attempt - int(message.retry_floor), settings.SMS_RETRY_DELAY_MINUTES, error.retry_after_seconds)
+    patient = store.get_patient(message.patient_id)
+    zone = ZoneInfo(patient.timezone if patient else settings.APP_TIMEZONE)
+    retry_at = next_allowed(now + delay, zone, settings.quiet_hours)
+    outcome = _defer(message, retry_at, str(error), now, settings, attempts=attempt)
+    if outcome == "retry":
+        count("SmsRetried", reminder_type=message.reminder_type, provider=provider)
+    return outcome
+
+
+def _settle_with_attempt(
+    message: MessageRecord, target: Status, why: str, attempt: int, now: datetime, settings: Settings
+) -> str:
+    change = Change(
+        target=target,
+        sources=frozenset({Status.QUEUED}),
+        set={"last_error": why, "attempts": attempt, "failed_at": iso(now)},
+        condition=MessageRecord.attempts == message.attempts,
+    )
+    if not store.transition(message, change, at=now, settings=settings):
+        return "stale"
+    count("SmsFailed", reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+    return target.value
+
+
+def _dead_letter(message: MessageRecord, why: str, attempt: int, now: datetime, settings: Settings) -> str:
+    # The DLQ copy goes first: a crash before the status write leaves the record to be retried, and a spare
+    # copy on the DLQ is dropped as stale when redriven. The other order could strand a dead letter.
+    queue.put_dead_letter(QueuedMessage(message.message_id, int(message.version) + 1), settings)
+    change = Change(
+        target=Status.DEAD_LETTER,
+        sources=frozenset({Status.QUEUED}),
+        set={"last_error": why, "attempts": attempt, "failed_at": iso(now)},
+        condition=MessageRecord.attempts == message.attempts,
+    )
+    if not store.transition(message, change, at=now, settings=settings):
+        return "stale"
+    count("SmsDeadLettered", reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+    return Status.DEAD_LETTER.value
+
+
+def _record_sent(
+    message: MessageRecord,
+    attempt: int,
+    accepted: dict[str, Any] | None,
+    text: str | None,
+    segments: int | None,
+    settings: Settings,
+    *,
+    ambiguous: str | None = None,
+) -> str:
+    now = clock.now()
+    values: dict[str, Any] = {
+        "attempts": attempt,
+        "sent_at": iso(now),
+        "provider": (accepted or {}).get("provider") or settings.SMS_PROVIDER.value,
+        "provider_message_id": (accepted or {}).get("provider_message_id"),
+        "last_error": f"ambiguous: {ambiguous}" if ambiguous else None,
+        "ambiguous": True if ambiguous else None,
+    }
+    if text is not None:
+        values["text"], values["segments"] = text, segments
+    change = Change(
+        target=Status.SENT,
+        sources=frozenset({Status.QUEUED}),
+        set=values,
+        condition=MessageRecord.attempts == message.attempts,
+    )
+    if not store.transition(message, change, at=now, settings=settings):
+        current = store.get_message(message.message_id)
+        if current is not None and current.state in {Status.SENT, Status.DELIVERED, Status.FAILED}:
+            return "already_recorded"
+        logger.error(
+            "provider accepted but the message changed meanwhile",
+            extra={"message_id": message.message_id, "status": current.status if current else None},
+        )
+        count("SentAfterSettled")
+        return "sent_unrecorded"
+    provider_state.record_send(now)
+    type_, provider = message.reminder_type, str(values["provider"])
+    count("SmsSent", reminder_type=type_, provider=provider)
+    lateness = max(0.0, (now - parse_iso(message.scheduled_at)).total_seconds())
+    measure("SendLatenessSeconds", lateness, MetricUnit.Seconds, reminder_type=type_, provider=provider)
+    logger.info("sms sent", extra={"message_id": message.message_id, "attempt": attempt, "ambiguous": bool(ambiguous)})
+    return "ambiguous_sent" if ambiguous else Status.SENT.value

@@ -1,0 +1,189 @@
+"""Every knob of Rappel, validated once at start-up.
+
+Names are the environment variables (the spec's `SMS_*` / `APP_TIMEZONE` kept as they were). An invalid
+value stops the function with a message that names the variable; see `load_settings`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import zoneinfo
+from datetime import time
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AmbiguousSendPolicy(StrEnum):
+    """What to do when the provider may or may not have accepted a message (timeout after the request left)."""
+
+    ASSUME_SENT = "assume_sent"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+class ProviderName(StrEnum):
+    ORANGE = "orange"
+    KANNEL = "kannel"
+
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_hhmm(value: str) -> time:
+    """'09:00' -> time(9, 0); raises ValueError naming the expected format."""
+    match = _HHMM.match(value.strip())
+    if not match:
+        raise ValueError(f"expected a local time as HH:MM (00:00-23:59), got {value!r}")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Configuration from the environment; see README "Settings" for what each one does."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    # The spec's variables, with the spec's defaults except where DESIGN.md changes them.
+    SMS_BATCH_SIZE: Annotated[int, Field(ge=1, le=100)] = 50
+    SMS_PROCESSING_INTERVAL_MINUTES: Annotated[int, Field(ge=1, le=60)] = 1
+    SMS_MAX_RETRIES: Annotated[int, Field(ge=0, le=20)] = 3
+    SMS_RETRY_DELAY_MINUTES: Annotated[int, Field(ge=1, le=24 * 60)] = 5
+    APP_TIMEZONE: str = "UTC"
+    SMS_RETENTION_DAYS: Annotated[int, Field(ge=1, le=3650)] = 30
+    SMS_HEALTH_CHECK_INTERVAL_MINUTES: Annotated[int, Field(ge=1, le=24 * 60)] = 30
+    SMS_ALERT_PENDING_THRESHOLD: Annotated[int, Field(ge=1)] = 1000
+    SMS_ALERT_FAILURE_RATE: Annotated[float, Field(gt=0, le=1)] = 0.1
+    SMS_ALERT_PROCESSING_DELAY_MINUTES: Annotated[int, Field(ge=1)] = 120
+
+    # Provider and pacing.
+    SMS_PROVIDER: ProviderName = ProviderName.ORANGE
+    SMS_RATE_LIMIT_PER_SECOND: Annotated[float, Field(gt=0, le=1000)] = 5.0
+    SMS_SENDER_MAX_CONCURRENCY: Annotated[int, Field(ge=2, le=1000)] = 2
+    SMS_ON_AMBIGUOUS_SEND: AmbiguousSendPolicy = AmbiguousSendPolicy.ASSUME_SENT
+    SMS_MAX_SEGMENTS: Annotated[int, Field(ge=1, le=10)] = 3
+    SMS_DEFAULT_REGION: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] = "CI"
+    SMS_CLAIM_LEASE_MINUTES: Annotated[int, Field(ge=1, le=24 * 60)] = 30
+    SMS_MAX_DISPATCHES: Annotated[int, Field(ge=1, le=20)] = 3
+    DUE_INDEX_SHARDS: Annotated[int, Field(ge=1, le=100)] = 8
+
+    # Quiet hours, in the patient's local time; a send time inside them moves to their end.
+    SMS_QUIET_HOURS_ENABLED: bool = True
+    SMS_QUIET_HOURS_START: str = "20:00"
+    SMS_QUIET_HOURS_END: str = "08:00"
+
+    # Per reminder type: offset from the due date in days, local time of day, and how late it may still go out.
+    REMINDER_7_DAY_OFFSET_DAYS: Annotated[int, Field(ge=-60, le=-2)] = -7
+    REMINDER_7_DAY_TIME: str = "09:00"
+    REMINDER_7_DAY_MAX_LATENESS_HOURS: Annotated[int, Field(ge=1, le=24 * 14)] = 48
+    REMINDER_1_DAY_OFFSET_DAYS: Annotated[int, Field(ge=-7, le=-1)] = -1
+    REMINDER_1_DAY_TIME: str = "09:00"
+    REMINDER_1_DAY_MAX_LATENESS_HOURS: Annotated[int, Field(ge=1, le=24 * 7)] = 10
+    REMINDER_OVERDUE_OFFSET_DAYS: Annotated[int, Field(ge=1, le=60)] = 1
+    REMINDER_OVERDUE_TIME: str = "14:00"
+    REMINDER_OVERDUE_MAX_LATENESS_HOURS: Annotated[int, Field(ge=1, le=24 * 14)] = 72
+
+    # How far ahead a due date may be planned (absurd dates are refused).
+    MAX_DUE_DATE_YEARS_AHEAD: Annotated[int, Field(ge=1, le=10)] = 3
+
+    # Orange (credentials come from Secrets Manager, never from here).
+    ORANGE_API_BASE_URL: str = "https://api.orange.com"
+    ORANGE_SENDER_ADDRESS: Annotated[str, Field(pattern=r"^tel:\+\d{4,15}$")] = "tel:+2250000"
+    ORANGE_SENDER_NAME: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{0,11}$")] = ""
+    ORANGE_COUNTRY: Annotated[str, Field(pattern=r"^([A-Z]{3})?$")] = "CIV"
+    ORANGE_CREDENTIALS_SECRET: str = "rappel/orange-credentials"
+    KANNEL_SENDSMS_URL: str = "http://127.0.0.1:13013/cgi-bin/sendsms"
+    KANNEL_CREDENTIALS_SECRET: str = "rappel/kannel-credentials"
+    KANNEL_SENDER: str = "RAPPEL"
+    PROVIDER_CONNECT_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=30)] = 3.05
+    PROVIDER_READ_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=60)] = 10.0
+
+    # Delivery receipts: the token in the registered URL lives in this secret.
+    RECEIPT_TOKEN_SECRET: str = "rappel/receipt-token"
+    RECEIPT_BASE_URL: str = ""
+
+    # Resources (names from the stack).
+    PATIENTS_TABLE: str = "rappel-patients"
+    APPOINTMENTS_TABLE: str = "rappel-appointments"
+    MESSAGES_TABLE: str = "rappel-messages"
+    OPS_TABLE: str = "rappel-ops"
+    IDEMPOTENCY_TABLE: str = "rappel-idempotency"
+    SEND_QUEUE_URL: str = ""
+    DEAD_LETTER_QUEUE_URL: str = ""
+    AWS_REGION: str = "us-east-1"
+    # Set only for the embedded stack / DynamoDB Local; empty means AWS's own endpoints.
+    AWS_ENDPOINT_URL: str = ""
+
+    @field_validator("APP_TIMEZONE")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @field_validator(
+        "SMS_QUIET_HOURS_START",
+        "SMS_QUIET_HOURS_END",
+        "REMINDER_7_DAY_TIME",
+        "REMINDER_1_DAY_TIME",
+        "REMINDER_OVERDUE_TIME",
+    )
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        parse_hhmm(value)
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.REMINDER_1_DAY_OFFSET_DAYS <= self.REMINDER_7_DAY_OFFSET_DAYS:
+            raise ValueError("REMINDER_1_DAY_OFFSET_DAYS must be later than REMINDER_7_DAY_OFFSET_DAYS")
+        return self
+
+    @property
+    def sender_pace_per_second(self) -> float:
+        """Each sender instance's pace: all `SMS_SENDER_MAX_CONCURRENCY` instances together stay under the limit."""
+        return self.SMS_RATE_LIMIT_PER_SECOND / self.SMS_SENDER_MAX_CONCURRENCY
+
+    @property
+    def quiet_hours(self) -> tuple[time, time] | None:
+        if not self.SMS_QUIET_HOURS_ENABLED or self.SMS_QUIET_HOURS_START == self.SMS_QUIET_HOURS_END:
+            return None
+        return parse_hhmm(self.SMS_QUIET_HOURS_START), parse_hhmm(self.SMS_QUIET_HOURS_END)
+
+
+class ConfigurationError(Exception):
+    """Raised at start-up when an environment variable is invalid; the message names it."""
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        name = ".".join(str(p) for p in error["loc"]) or "configuration"
+        parts.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def build_settings(**overrides: Any) -> Settings:
+    """Settings from the environment with `overrides` on top; raises ConfigurationError naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc)) from None
+
+
+@functools.cache
+def load_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return build_settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (the embedded runtime and tests change the environment)."""
+    load_settings.cache_clear()

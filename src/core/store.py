@@ -1,0 +1,549 @@
+"""The data access layer: patients, appointments, messages and operational counters in DynamoDB (pynamodb).
+
+Every status change of a message is one conditional write built from the state machine (`core.lifecycle`),
+done in one transaction with the counters it moves, so statistics never drift from the messages.
+Nothing above this module touches DynamoDB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pynamodb.attributes import (
+    BooleanAttribute,
+    NumberAttribute,
+    TTLAttribute,
+    UnicodeAttribute,
+)
+from pynamodb.connection import Connection
+from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
+from pynamodb.models import Model
+from pynamodb.transactions import TransactWrite
+
+from core.counters import transition_counts
+from core.lifecycle import DISPATCHABLE, TERMINAL, Status, check_transition
+from core.settings import Settings
+
+# ---------------------------------------------------------------------------------------------- time format
+
+
+def iso(instant: datetime) -> str:
+    """Fixed-width UTC text with milliseconds, so that string order is time order (GSI sort key)."""
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{instant.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> datetime:
+    """The inverse of `iso` (also accepts any ISO-8601 text with an offset or Z)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+class PatientRecord(Model):
+    """A patient (the child and the caregiver's phone)."""
+
+    class Meta:
+        table_name = "rappel-patients"
+        region = "us-east-1"
+
+    patient_id = UnicodeAttribute(hash_key=True)
+    phone = UnicodeAttribute()
+    timezone = UnicodeAttribute()
+    language = UnicodeAttribute()
+    sms_opt_in = BooleanAttribute()
+    display_name = UnicodeAttribute()
+    preferred_hour = NumberAttribute(null=True)
+    event_at = UnicodeAttribute()
+    event_id = UnicodeAttribute()
+
+
+class AppointmentsByPatient(GlobalSecondaryIndex["AppointmentRecord"]):
+    class Meta:
+        index_name = "by_patient"
+        projection = AllProjection()
+
+    patient_id = UnicodeAttribute(hash_key=True)
+
+
+class AppointmentRecord(Model):
+    """A dose due for a patient."""
+
+    class Meta:
+        table_name = "rappel-appointments"
+        region = "us-east-1"
+
+    appointment_id = UnicodeAttribute(hash_key=True)
+    patient_id = UnicodeAttribute()
+    vaccine = UnicodeAttribute()
+    dose = NumberAttribute()
+    due_date = UnicodeAttribute()
+    clinic = UnicodeAttribute(null=True)
+    status = UnicodeAttribute()  # scheduled | administered | cancelled
+    administered_on = UnicodeAttribute(null=True)
+    event_at = UnicodeAttribute()
+    event_id = UnicodeAttribute()
+    by_patient = AppointmentsByPatient()
+
+
+class DueIndex(GlobalSecondaryIndex["MessageRecord"]):
+    """Sparse, sharded: only messages the dispatcher may still have to pick up are in it."""
+
+    class Meta:
+        index_name = "due"
+        projection = AllProjection()
+
+    due_shard = UnicodeAttribute(hash_key=True)
+    due_at = UnicodeAttribute(range_key=True)
+
+
+class ProviderIdIndex(GlobalSecondaryIndex["MessageRecord"]):
+    class Meta:
+        index_name = "by_provider_message_id"
+        projection = KeysOnlyProjection()
+
+    provider_message_id = UnicodeAttribute(hash_key=True)
+
+
+class MessagesByPatient(GlobalSecondaryIndex["MessageRecord"]):
+    class Meta:
+        index_name = "by_patient"
+        projection = AllProjection()
+
+    patient_id = UnicodeAttribute(hash_key=True)
+    scheduled_at = UnicodeAttribute(range_key=True)
+
+
+class MessageRecord(Model):
+    """One reminder of one type for one appointment and due date."""
+
+    class Meta:
+        table_name = "rappel-messages"
+        region = "us-east-1"
+
+    message_id = UnicodeAttribute(hash_key=True)
+    patient_id = UnicodeAttribute()
+    appointment_id = UnicodeAttribute()
+    reminder_type = UnicodeAttribute()
+    due_date = UnicodeAttribute()
+    status = UnicodeAttribute()
+    scheduled_at = UnicodeAttribute()
+    deadline = UnicodeAttribute()
+    version = NumberAttribute(default=0)
+    attempts = NumberAttribute(default=0)
+    retry_floor = NumberAttribute(default=0)
+    dispatches = NumberAttribute(default=0)
+    due_shard = UnicodeAttribute(null=True)
+    due_at = UnicodeAttribute(null=True)
+    last_error = UnicodeAttribute(null=True)
+    provider = UnicodeAttribute(null=True)
+    provider_message_id = UnicodeAttribute(null=True)
+    receipt_status = UnicodeAttribute(null=True)
+    ambiguous = BooleanAttribute(null=True)
+    text = UnicodeAttribute(null=True)
+    segments = NumberAttribute(null=True)
+    created_at = UnicodeAttribute()
+    queued_at = UnicodeAttribute(null=True)
+    sent_at = UnicodeAttribute(null=True)
+    delivered_at = UnicodeAttribute(null=True)
+    failed_at = UnicodeAttribute(null=True)
+    ended_at = UnicodeAttribute(null=True)
+    expires_at = TTLAttribute(null=True)
+    due_index = DueIndex()
+    provider_index = ProviderIdIndex()
+    by_patient = MessagesByPatient()
+
+    @property
+    def state(self) -> Status:
+        """The status as the state machine's enum."""
+        return Status(self.status)
+
+
+class OpsRecord(Model):
+    """Counters (pk COUNTERS#<day>), provider state (pk PROVIDER), stored reports (pk REPORT#<kind>)."""
+
+    class Meta:
+        table_name = "rappel-ops"
+        region = "us-east-1"
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    value = NumberAttribute(default=0)
+    text = UnicodeAttribute(null=True)
+    expires_at = TTLAttribute(null=True)
+
+
+_MODELS: tuple[type[Model], ...] = (PatientRecord, AppointmentRecord, MessageRecord, OpsRecord)
+_bound: tuple[str, ...] | None = None
+
+
+def bind(settings: Settings) -> None:
+    """Point the models at the stack's tables (and at a local endpoint for the embedded stack)."""
+    global _bound
+    key = (
+        settings.PATIENTS_TABLE,
+        settings.APPOINTMENTS_TABLE,
+        settings.MESSAGES_TABLE,
+        settings.OPS_TABLE,
+        settings.AWS_REGION,
+        settings.AWS_ENDPOINT_URL,
+    )
+    if key == _bound:
+        return
+    names = (settings.PATIENTS_TABLE, settings.APPOINTMENTS_TABLE, settings.MESSAGES_TABLE, settings.OPS_TABLE)
+    for model, name in zip(_MODELS, names, strict=True):
+        model.Meta.table_name = name
+        model.Meta.region = settings.AWS_REGION
+        model.Meta.host = settings.AWS_ENDPOINT_URL or None
+        model._connection = None  # pynamodb caches the connection per model; rebuild it for the new target
+    _bound = key
+
+
+def unbind() -> None:
+    """Forget the binding (tests that switch backends call this)."""
+    global _bound
+    _bound = None
+
+
+def _connection() -> Connection:
+    return Connection(region=MessageRecord.Meta.region, host=getattr(MessageRecord.Meta, "host", None))
+
+
+# ---------------------------------------------------------------------------------------------- ids and shards
+
+
+def message_id_for(appointment_id: str, reminder_type: str, due_date: str) -> str:
+    """Deterministic: the same appointment, type and due date always give the same id (replays make no twins)."""
+    digest = hashlib.sha256(f"{appointment_id}\x1f{reminder_type}\x1f{due_date}".encode()).hexdigest()
+    return f"msg_{digest[:32]}"
+
+
+def shard_of(message_id: str, shards: int) -> str:
+    """The `due` index partition of a message; stable for its whole life."""
+    return f"DUE#{int(hashlib.sha256(message_id.encode()).hexdigest()[:8], 16) % shards}"
+
+
+# ---------------------------------------------------------------------------------------------- patients
+
+
+def get_patient(patient_id: str) -> PatientRecord | None:
+    """The patient, or None."""
+    try:
+        return PatientRecord.get(patient_id, consistent_read=True)
+    except PatientRecord.DoesNotExist:
+        return None
+
+
+def _newer_event(model: type[PatientRecord] | type[AppointmentRecord], event_at: str, event_id: str) -> Condition:
+    # Events can arrive out of order or twice: apply one only if it is not older than what we hold.
+    return (
+        model.event_at.does_not_exist()
+        | (model.event_at < event_at)
+        | ((model.event_at == event_at) & (model.event_id <= event_id))
+    )
+
+
+def save_patient(patient: PatientRecord) -> bool:
+    """Write the patient if this event is not older than the stored one; False when it is older."""
+    key_attr = PatientRecord.patient_id
+    try:
+        patient.save(condition=key_attr.does_not_exist() | _newer_event(PatientRecord, patient.event_at, patient.event_id))
+    except PutError as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
+    return True
+
+
+def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str) -> bool:
+    """Opt a patient in or out (operator command); False if the patient is unknown."""
+    try:
+        PatientRecord(patient_id).update(
+            actions=[
+                PatientRecord.sms_opt_in.set(opt_in),
+                PatientRecord.event_at.set(event_at),
+                PatientRecord.event_id.set(event_id),
+            ],
+            condition=PatientRecord.patient_id.exists(),
+        )
+    except UpdateError as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
+    return True
+
+
+def patients_with_phone(phone: str) -> list[PatientRecord]:
+    """Patients whose caregiver has this phone number (scan: used by the rare operator opt-out only)."""
+    return list(PatientRecord.scan(PatientRecord.phone == phone))
+
+
+# ---------------------------------------------------------------------------------------------- appointments
+
+
+def get_appointment(appointment_id: str) -> AppointmentRecord | None:
+    """The appointment, or None."""
+    try:
+        return AppointmentRecord.get(appointment_id, consistent_read=True)
+    except AppointmentRecord.DoesNotExist:
+        return None
+
+
+def save_appointment(appointment: AppointmentRecord) -> bool:
+    """Write the appointment if this event is not older than the stored one; False when it is older."""
+    try:
+        appointment.save(
+            condition=AppointmentRecord.appointment_id.does_not_exist()
+            | _newer_event(AppointmentRecord, appointment.event_at, appointment.event_id)
+        )
+    except PutError as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
+    return True
+
+
+def appointments_of(patient_id: str) -> list[AppointmentRecord]:
+    """Every appointment of a patient."""
+    return list(AppointmentRecord.by_patient.query(patient_id))
+
+
+# ---------------------------------------------------------------------------------------------- counters
+
+
+@dataclass(frozen=True)
+class CounterBump:
+    """An atomic add to one counter, applied in the same transaction as the change it counts."""
+
+    day: str
+    key: str
+    amount: int | float
+
+
+def _counter_update(bump: CounterBump) -> tuple[OpsRecord, list[Action]]:
+    return OpsRecord(f"COUNTERS#{bump.day}", bump.key), [OpsRecord.value.add(bump.amount)]
+
+
+def _bumps(counts: Mapping[tuple[str, str], float]) -> list[CounterBump]:
+    return [CounterBump(day, key, amount) for (day, key), amount in counts.items()]
+
+
+def read_counters(day: str) -> dict[str, float]:
+    """Every counter of one UTC day, keyed as written."""
+    return {item.sk: float(item.value) for item in OpsRecord.query(f"COUNTERS#{day}")}
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+
+def get_message(message_id: str) -> MessageRecord | None:
+    """The message (strongly consistent), or None."""
+    try:
+        return MessageRecord.get(message_id, consistent_read=True)
+    except MessageRecord.DoesNotExist:
+        return None
+
+
+def create_message(message: MessageRecord, at: datetime) -> bool:
+    """Create a pending message (and count it as planned); False if it already exists (a replayed event)."""
+    if message.state is not Status.PENDING:
+        raise ValueError("messages are created pending")
+    bumps = _bumps(transition_counts(message.reminder_type, "", Status.PENDING, at, {}, at, None))
+    try:
+        with TransactWrite(connection=_connection()) as tx:
+            tx.save(message, condition=MessageRecord.message_id.does_not_exist())
+            for bump in bumps:
+                item, actions = _counter_update(bump)
+                tx.update(item, actions=actions)
+    except TransactWriteError as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
+    return True
+
+
+def messages_of_patient(patient_id: str) -> list[MessageRecord]:
+    """Every message of a patient, oldest scheduled first."""
+    return list(MessageRecord.by_patient.query(patient_id))
+
+
+def due_in_shard(shard: str, until: datetime, limit: int) -> list[MessageRecord]:
+    """Up to `limit` messages of one shard whose due time is at or before `until`, earliest first."""
+    query = MessageRecord.due_index.query(
+        shard, MessageRecord.due_at <= iso(until), scan_index_forward=True, limit=limit, page_size=min(limit, 500)
+    )
+    return list(query)
+
+
+def earliest_due(shards: int) -> datetime | None:
+    """The earliest due time across all shards, or None when nothing waits (the virtual clock skips to it)."""
+    earliest: str | None = None
+    for n in range(shards):
+        for item in MessageRecord.due_index.query(f"DUE#{n}", scan_index_forward=True, limit=1):
+            if item.due_at is not None and (earliest is None or item.due_at < earliest):
+                earliest = item.due_at
+    return parse_iso(earliest) if earliest else None
+
+
+def message_id_by_provider_id(provider_message_id: str) -> str | None:
+    """Our message id for a provider's message id (receipts), or None."""
+    for item in MessageRecord.provider_index.query(provider_message_id, limit=1):
+        return str(item.message_id)
+    return None
+
+
+def iterate_messages(status: Status | None = None) -> Iterator[MessageRecord]:
+    """All messages (optionally of one status). A scan: for operator commands and the simulator, not Lambda."""
+    condition = MessageRecord.status == status.value if status else None
+    return MessageRecord.scan(condition)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One status change: where to, from which statuses, what else to set, and what else must hold."""
+
+    target: Status
+    sources: frozenset[Status]
+    set: Mapping[str, Any]
+    condition: Condition | None = None
+
+
+def transition(message: MessageRecord, change: Change, *, at: datetime, settings: Settings) -> bool:
+    """Apply `change` to `message` with one conditional write; False if the condition no longer holds.
+
+    The state machine is checked first (an illegal move raises IllegalTransition without touching data);
+    then DynamoDB checks that the stored status is still one of the sources. The `due` index keys are kept
+    only while the message is dispatchable, and terminal statuses get the retention TTL.
+    """
+    sources = check_transition(change.sources, change.target)
+    attributes = MessageRecord.get_attributes()
+    actions: list[Action] = [MessageRecord.status.set(change.target.value), MessageRecord.version.add(1)]
+    for name, value in change.set.items():
+        attribute = attributes[name]
+        actions.append(attribute.remove() if value is None else attribute.set(value))
+    if change.target not in DISPATCHABLE:
+        actions += [MessageRecord.due_shard.remove(), MessageRecord.due_at.remove()]
+    if change.target in TERMINAL:
+        actions += [
+            MessageRecord.ended_at.set(iso(at)),
+            MessageRecord.expires_at.set(at + timedelta(days=settings.SMS_RETENTION_DAYS)),
+        ]
+    elif change.target is Status.DEAD_LETTER:
+        actions.append(MessageRecord.expires_at.remove())  # dead letters are kept until resolved
+    condition = MessageRecord.status.is_in(*(s.value for s in sorted(sources)))
+    if change.condition is not None:
+        condition = condition & change.condition
+    sent_at = change.set.get("sent_at") or message.sent_at
+    bumps = _bumps(
+        transition_counts(
+            message.reminder_type,
+            message.status,
+            change.target,
+            at,
+            change.set,
+            parse_iso(message.scheduled_at),
+            parse_iso(sent_at) if sent_at else None,
+        )
+    )
+    try:
+        if bumps:
+            with TransactWrite(connection=_connection()) as tx:
+                tx.update(MessageRecord(message.message_id), actions=actions, condition=condition)
+                for bump in bumps:
+                    item, counter_actions = _counter_update(bump)
+                    tx.update(item, actions=counter_actions)
+        else:
+            MessageRecord(message.message_id).update(actions=actions, condition=condition)
+    except (TransactWriteError, UpdateError) as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
+    return True
+
+
+def update_pending(message: MessageRecord, values: Mapping[str, Any], shards: int) -> bool:
+    """Change a still-pending message's schedule (replan after a zone or preferred-hour change)."""
+    attributes = MessageRecord.get_attributes()
+    actions: list[Action] = [attributes[name].set(value) for name, value in values.items()]
+    if "scheduled_at" in values:
+        actions += [
+            MessageRecord.due_at.set(values["scheduled_at"]),
+            MessageRecord.due_shard.set(shard_of(message.message_id, shards)),
+        ]
+    actions.append(MessageRecord.version.add(1))
+    try:
+        MessageRecord(message.message_id).update(
+            actions=actions, condition=MessageRecord.status == Status.PENDING.value
+        )
+    except UpdateError as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
+    return True
+
+
+def delete_expired(before: datetime, statuses: Iterable[Status] = TERMINAL) -> int:
+    """Delete terminal messages whose retention has run out (what TTL does on AWS; moto never applies TTL)."""
+    deleted = 0
+    wanted = {s.value for s in statuses}
+    for item in MessageRecord.scan(MessageRecord.expires_at.exists()):
+        if item.status in wanted and item.expires_at is not None and item.expires_at <= before:
+            try:
+                item.delete(condition=MessageRecord.expires_at <= before)
+                deleted += 1
+            except Exception as exc:  # noqa: BLE001 - a concurrent change wins; the item stays
+                if not _is_condition_failure(exc):
+                    raise
+    return deleted
+
+
+# ---------------------------------------------------------------------------------------------- provider state
+
+
+def get_ops_value(pk: str, sk: str) -> OpsRecord | None:
+    """One operational item (provider hold, last send, stored report), or None."""
+    try:
+        return OpsRecord.get(pk, sk, consistent_read=True)
+    except OpsRecord.DoesNotExist:
+        return None
+
+
+def put_ops_value(pk: str, sk: str, *, value: float = 0, text: str | None = None) -> None:
+    """Overwrite one operational item."""
+    OpsRecord(pk, sk, value=value, text=text).save()
+
+
+def delete_ops_value(pk: str, sk: str) -> None:
+    """Remove one operational item."""
+    OpsRecord(pk, sk).delete()
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _is_condition_failure(exc: Exception) -> bool:
+    if isinstance(exc, TransactWriteError):
+        reasons = getattr(exc, "cancellation_reasons", None) or []
+        return any(r is not None and r.code == "ConditionalCheckFailed" for r in reasons)
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+def record_receipt_status(message_id: str, provider_status: str) -> bool:
+    """Note an intermediate receipt status on a sent message (no status change)."""
+    try:
+        MessageRecord(message_id).update(
+            actions=[MessageRecord.receipt_status.set(provider_status)],
+            condition=MessageRecord.status == Status.SENT.value,
+        )
+    except UpdateError as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
+    return True

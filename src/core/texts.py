@@ -1,0 +1,462 @@
+"""Reminder texts: per-language templates, dates in words, GSM-7 normalisation and SMS segment counting.
+
+Templates live in `core/texts/<language>.json`, one file per language; adding a language means adding a file.
+Each file says whether its texts may be normalised to GSM-7, how dates are written, and, per reminder type,
+a template with the clinic and one without it.
+
+One character outside GSM-7 turns the whole SMS into UCS-2 (70 characters instead of 160), so languages that
+allow it are normalised (ê→e, ç→c, ’→', …) and every text is measured and capped in segments before it is sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import string
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "GSM7_BASIC",
+    "GSM7_EXTENSION",
+    "REMINDER_TYPES",
+    "DateFormat",
+    "Encoding",
+    "LanguagePack",
+    "ReminderTemplate",
+    "RenderedText",
+    "TextTooLong",
+    "UnknownLanguage",
+    "UnknownReminderType",
+    "available_languages",
+    "count_segments",
+    "load_language",
+    "measure",
+    "normalise_gsm7",
+    "render_reminder",
+    "sms_encoding",
+]
+
+Encoding = Literal["GSM-7", "UCS-2"]
+
+REMINDER_TYPES: tuple[str, ...] = ("7_day_reminder", "1_day_reminder", "overdue_reminder")
+
+# GSM 03.38 default alphabet, in code order 0x00-0x7F, without 0x1B (the escape to the extension table).
+GSM7_BASIC = (
+    "@£$¥èéùìòÇ\nØø\rÅå"
+    "Δ_ΦΓΛΩΠΨΣΘΞÆæßÉ"
+    " !\"#¤%&'()*+,-./"
+    "0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNO"
+    "PQRSTUVWXYZÄÖÑÜ§"
+    "¿abcdefghijklmno"
+    "pqrstuvwxyzäöñüà"
+)
+# GSM 03.38 extension table (each costs two septets); the form feed is left out on purpose, as handsets
+# treat it as a page break rather than a character.
+GSM7_EXTENSION = "^{}\\[~]|€"
+
+_GSM7_BASIC_SET = frozenset(GSM7_BASIC)
+_GSM7_EXTENSION_SET = frozenset(GSM7_EXTENSION)
+_GSM7_SET = _GSM7_BASIC_SET | _GSM7_EXTENSION_SET
+
+GSM7_SINGLE_SEPTETS = 160
+GSM7_PART_SEPTETS = 153
+UCS2_SINGLE_UNITS = 70
+UCS2_PART_UNITS = 67
+
+# Characters whose closest GSM-7 form is not what Unicode decomposition gives (or gives nothing).
+_REPLACEMENTS: dict[str, str] = {
+    "œ": "oe",
+    "Œ": "OE",
+    "‘": "'",
+    "’": "'",
+    "‚": "'",
+    "‛": "'",
+    "′": "'",
+    "`": "'",
+    "´": "'",
+    "“": '"',
+    "”": '"',
+    "„": '"',
+    "‟": '"',
+    "″": '"',
+    "«": '"',
+    "»": '"',
+    "‐": "-",
+    "‑": "-",
+    "‒": "-",
+    "–": "-",
+    "—": "-",
+    "―": "-",
+    "−": "-",
+    "…": "...",
+    "\u00a0": " ",
+    "\u202f": " ",
+    "\u2007": " ",
+    "\u2009": " ",
+    "\u200a": " ",
+    "\t": " ",
+    "\v": "\n",
+    "\f": "\n",
+    "\u2028": "\n",
+    "\u2029": "\n",
+    "\u00ad": "",
+    "\u200b": "",
+    "\u200c": "",
+    "\u200d": "",
+    "\u2060": "",
+    "\ufeff": "",
+    "°": "o",
+    "×": "x",
+    "⁄": "/",
+    "•": "-",
+    "·": ".",
+    "ł": "l",
+    "Ł": "L",
+    "đ": "d",
+    "Đ": "D",
+    "ı": "i",
+}
+
+_PLACEHOLDERS = frozenset({"name", "vaccine", "dose", "date", "clinic"})
+_REQUIRED_PLACEHOLDERS = frozenset({"name", "vaccine", "dose", "date"})
+_DATE_PLACEHOLDERS = frozenset({"weekday", "day", "month", "year"})
+
+
+class UnknownLanguage(ValueError):
+    """No template file exists for the language."""
+
+
+class UnknownReminderType(ValueError):
+    """The reminder type is not one of `REMINDER_TYPES`."""
+
+
+class TextTooLong(ValueError):
+    """The text does not fit `max_segments` even after dropping the clinic and shortening the name."""
+
+
+@dataclass(frozen=True)
+class RenderedText:
+    """A text ready to send, with how it will be encoded and how many SMS parts it takes."""
+
+    text: str
+    encoding: Encoding
+    segments: int
+
+
+def normalise_gsm7(text: str) -> str:
+    """Replace characters outside GSM-7 with their closest GSM-7 equivalent.
+
+    Characters of the GSM 03.38 basic and extension tables are kept as they are (é è ù ì ò à É Ç …).
+    Others get an explicit substitute (ê→e, ç→c, œ→oe, ’→', «»→", –→-, …→..., no-break space→space),
+    or else their Unicode compatibility decomposition without accents when that is all GSM-7 (õ→o, ﬁ→fi).
+    Combining accents on a GSM-7 letter are dropped. Characters with no equivalent (emoji, Arabic, …) stay,
+    and the text will then need UCS-2.
+    """
+    out: list[str] = []
+    # A combining mark decorates the character before it: dropped if that base is GSM-7, kept otherwise.
+    base_is_gsm = False
+    for ch in unicodedata.normalize("NFC", text):
+        if ch in _GSM7_SET:
+            out.append(ch)
+            base_is_gsm = True
+        elif unicodedata.combining(ch):
+            if not base_is_gsm:
+                out.append(ch)
+        else:
+            equivalent = _gsm7_equivalent(ch)
+            if equivalent is None:
+                out.append(ch)
+                base_is_gsm = False
+            elif equivalent:
+                out.append(equivalent)
+                base_is_gsm = True
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _gsm7_equivalent(ch: str) -> str | None:
+    """The GSM-7 string standing for `ch` ("" to drop it), or None when there is none."""
+    if ch in _REPLACEMENTS:
+        return _REPLACEMENTS[ch]
+    decomposed = "".join(
+        _REPLACEMENTS.get(part, part) for part in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(part)
+    )
+    if decomposed and decomposed != ch and all(part in _GSM7_SET for part in decomposed):
+        return decomposed
+    return None
+
+
+def sms_encoding(text: str) -> Encoding:
+    """ "GSM-7" when every character is in the GSM 03.38 basic or extension table, else "UCS-2"."""
+    return "GSM-7" if all(ch in _GSM7_SET for ch in text) else "UCS-2"
+
+
+def count_segments(text: str) -> int:
+    """How many SMS parts `text` takes (an empty text still takes one).
+
+    GSM-7: 160 septets in a single SMS, 153 per part when concatenated; extension characters take two
+    septets. UCS-2: 70 UTF-16 code units single, 67 per part; characters beyond the BMP (emoji) take two.
+    As senders do, an escape sequence or a surrogate pair is never split across two parts.
+    """
+    if sms_encoding(text) == "GSM-7":
+        units = [2 if ch in _GSM7_EXTENSION_SET else 1 for ch in text]
+        return _parts(units, GSM7_SINGLE_SEPTETS, GSM7_PART_SEPTETS)
+    units = [2 if ord(ch) > 0xFFFF else 1 for ch in text]
+    return _parts(units, UCS2_SINGLE_UNITS, UCS2_PART_UNITS)
+
+
+def _parts(units: list[int], single: int, per_part: int) -> int:
+    if sum(units) <= single:
+        return 1
+    parts, used = 1, 0
+    for unit in units:
+        if used + unit > per_part:
+            parts += 1
+            used = 0
+        used += unit
+    return parts
+
+
+def measure(text: str) -> RenderedText:
+    """`text` with its encoding and segment count, unchanged."""
+    return RenderedText(text=text, encoding=sms_encoding(text), segments=count_segments(text))
+
+
+def _placeholders(template: str) -> set[str]:
+    """The `{field}` names of a template; raises ValueError on anything but plain `{field}` placeholders."""
+    names: set[str] = set()
+    for _literal, field, spec, conversion in string.Formatter().parse(template):
+        if field is None:
+            continue
+        if spec or conversion:
+            raise ValueError(f"placeholder {{{field}}} must not carry a format spec or conversion")
+        names.add(field)
+    return names
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DateFormat(_Strict):
+    """How a language writes a due date, e.g. "{weekday} {day} {month}" -> "mar. 20 mars"."""
+
+    pattern: str
+    weekdays: tuple[str, ...] = Field(min_length=7, max_length=7, description="Monday first")
+    months: tuple[str, ...] = Field(min_length=12, max_length=12, description="January first")
+    days: dict[int, str] = Field(default_factory=dict, description="day numbers written differently, e.g. 1 -> 1er")
+
+    @field_validator("pattern")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        unknown = _placeholders(value) - _DATE_PLACEHOLDERS
+        if unknown:
+            raise ValueError(f"unknown date placeholders {sorted(unknown)}; allowed: {sorted(_DATE_PLACEHOLDERS)}")
+        return value
+
+    def format(self, day: date) -> str:
+        """`day` written in this language."""
+        return self.pattern.format(
+            weekday=self.weekdays[day.weekday()],
+            day=self.days.get(day.day, str(day.day)),
+            month=self.months[day.month - 1],
+            year=day.year,
+        )
+
+
+class ReminderTemplate(_Strict):
+    """One reminder type's text, with the clinic and without it (when the appointment has none)."""
+
+    with_clinic: str
+    without_clinic: str
+
+    @field_validator("with_clinic")
+    @classmethod
+    def _has_clinic(cls, value: str) -> str:
+        return _check_template(value, clinic=True)
+
+    @field_validator("without_clinic")
+    @classmethod
+    def _has_no_clinic(cls, value: str) -> str:
+        return _check_template(value, clinic=False)
+
+
+def _check_template(template: str, *, clinic: bool) -> str:
+    names = _placeholders(template)
+    unknown = names - _PLACEHOLDERS
+    if unknown:
+        raise ValueError(f"unknown placeholders {sorted(unknown)}; allowed: {sorted(_PLACEHOLDERS)}")
+    missing = _REQUIRED_PLACEHOLDERS - names
+    if missing:
+        raise ValueError(f"missing placeholders {sorted(missing)}")
+    if clinic and "clinic" not in names:
+        raise ValueError("the with_clinic template must contain {clinic}")
+    if not clinic and "clinic" in names:
+        raise ValueError("the without_clinic template must not contain {clinic}")
+    return template
+
+
+class LanguagePack(_Strict):
+    """Everything needed to write reminders in one language (the content of `core/texts/<language>.json`)."""
+
+    language: str
+    gsm7_normalise: bool
+    date_format: DateFormat
+    templates: dict[str, ReminderTemplate]
+
+    @field_validator("templates")
+    @classmethod
+    def _every_type(cls, value: dict[str, ReminderTemplate]) -> dict[str, ReminderTemplate]:
+        missing = set(REMINDER_TYPES) - set(value)
+        extra = set(value) - set(REMINDER_TYPES)
+        if missing or extra:
+            raise ValueError(
+                f"templates must be exactly {list(REMINDER_TYPES)} (missing {sorted(missing)}, "
+                f"unexpected {sorted(extra)})"
+            )
+        return value
+
+    def render(
+        self,
+        *,
+        reminder_type: str,
+        name: str,
+        vaccine: str,
+        dose: int,
+        due_date: date,
+        clinic: str | None,
+        max_segments: int,
+    ) -> RenderedText:
+        """Render one reminder in this language; see `render_reminder`."""
+        template = self.templates.get(reminder_type)
+        if template is None:
+            raise UnknownReminderType(
+                f"unknown reminder type {reminder_type!r}; expected one of {list(REMINDER_TYPES)}"
+            )
+        if max_segments < 1:
+            raise ValueError(f"max_segments must be at least 1, got {max_segments}")
+        if isinstance(dose, bool) or dose < 0:
+            raise ValueError(f"dose must be a non-negative integer, got {dose!r}")
+        name = _clean(name)
+        vaccine = _clean(vaccine)
+        if not name:
+            raise ValueError("name is empty")
+        if not vaccine:
+            raise ValueError("vaccine is empty")
+        clinic = _clean(clinic or "") or None
+        values = {"vaccine": vaccine, "dose": str(dose), "date": self.date_format.format(due_date)}
+
+        def attempt(shown_name: str, shown_clinic: str | None) -> RenderedText:
+            if shown_clinic is None:
+                text = _fill(template.without_clinic, {**values, "name": shown_name})
+            else:
+                text = _fill(template.with_clinic, {**values, "name": shown_name, "clinic": shown_clinic})
+            return measure(normalise_gsm7(text) if self.gsm7_normalise else text)
+
+        # Shortening order: the clinic goes first (the family knows where they go), the child's name after.
+        rendered = attempt(name, clinic)
+        if rendered.segments <= max_segments:
+            return rendered
+        rendered = attempt(name, None)
+        if rendered.segments <= max_segments:
+            return rendered
+        best: RenderedText | None = None
+        low, high = 1, len(name) - 1
+        while low <= high:
+            keep = (low + high) // 2
+            shortened = name[:keep].rstrip(" -'.,")
+            candidate = attempt(shortened, None) if shortened else None
+            if candidate is not None and candidate.segments <= max_segments:
+                best = candidate
+                low = keep + 1
+            else:
+                high = keep - 1
+        if best is None:
+            raise TextTooLong(
+                f"{reminder_type} in {self.language!r} does not fit {max_segments} segment(s) even without the "
+                f"clinic and with the name cut to one letter ({rendered.segments} segments, {rendered.encoding})"
+            )
+        return best
+
+
+def _clean(value: str) -> str:
+    """One line, single spaces: control characters and runs of whitespace would garble an SMS."""
+    visible = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in value)
+    return " ".join(visible.split())
+
+
+def _fill(template: str, values: Mapping[str, str]) -> str:
+    """Substitute placeholders, without doubling a full stop when a value already ends with one ("sept.")."""
+    out: list[str] = []
+    for literal, field, _spec, _conversion in string.Formatter().parse(template):
+        text = "".join(out)
+        if literal.startswith(".") and text.endswith(".") and not text.endswith(".."):
+            literal = literal[1:]
+        out.append(literal)
+        if field is not None:
+            out.append(values[field])
+    return "".join(out)
+
+
+def _texts_dir() -> Traversable:
+    return resources.files("core") / "texts"
+
+
+@functools.cache
+def _languages() -> tuple[str, ...]:
+    return tuple(
+        sorted(entry.name[: -len(".json")] for entry in _texts_dir().iterdir() if entry.name.endswith(".json"))
+    )
+
+
+def available_languages() -> tuple[str, ...]:
+    """The language codes that have a template file, sorted (e.g. ("en", "fr"))."""
+    return _languages()
+
+
+@functools.cache
+def load_language(language: str) -> LanguagePack:
+    """The validated templates of `language`; raises UnknownLanguage when there is no file for it."""
+    if language not in _languages():
+        shown = language[:40] if isinstance(language, str) else type(language).__name__
+        raise UnknownLanguage(f"unknown language {shown!r}; available: {', '.join(_languages())}")
+    raw = (_texts_dir() / f"{language}.json").read_text(encoding="utf-8")
+    return LanguagePack.model_validate({**json.loads(raw), "language": language})
+
+
+def render_reminder(
+    *,
+    reminder_type: str,
+    language: str,
+    name: str,
+    vaccine: str,
+    dose: int,
+    due_date: date,
+    clinic: str | None,
+    max_segments: int,
+) -> RenderedText:
+    """Render a reminder in the patient's language, normalised to GSM-7 if the language allows it.
+
+    `clinic` may be None or empty: the template variant without a clinic is used. If the text needs more than
+    `max_segments` SMS parts, the clinic is dropped, then the name is shortened, until it fits; TextTooLong
+    if it still does not. Raises UnknownLanguage (validate with `available_languages()` when planning) and
+    UnknownReminderType.
+    """
+    return load_language(language).render(
+        reminder_type=reminder_type,
+        name=name,
+        vaccine=vaccine,
+        dose=dose,
+        due_date=due_date,
+        clinic=clinic,
+        max_segments=max_segments,
+    )

@@ -1,0 +1,147 @@
+"""When each reminder goes out, and until when it may still go out. Pure functions, no I/O.
+
+Local wall time in the patient's zone is converted with zoneinfo: a wall time that does not exist (DST gap)
+is shifted forward by the length of the gap, an ambiguous one (DST fold) takes its first occurrence.
+Quiet hours push a send time to the first allowed minute after them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from core.settings import Settings, parse_hhmm
+
+
+class ReminderType(StrEnum):
+    """The three reminders of a dose, with the spec's names."""
+
+    SEVEN_DAY = "7_day_reminder"
+    ONE_DAY = "1_day_reminder"
+    OVERDUE = "overdue_reminder"
+
+    @property
+    def before_due(self) -> bool:
+        """Pre-due reminders must never go out on or after the due date."""
+        return self is not ReminderType.OVERDUE
+
+    @property
+    def urgency(self) -> int:
+        """Lower is more urgent: when the dispatcher must choose, 1-day and overdue go before 7-day."""
+        return {ReminderType.ONE_DAY: 0, ReminderType.OVERDUE: 1, ReminderType.SEVEN_DAY: 2}[self]
+
+
+@dataclass(frozen=True)
+class ReminderRule:
+    """One reminder type's timing: days from the due date, local time of day, allowed lateness."""
+
+    reminder_type: ReminderType
+    offset_days: int
+    local_time: time
+    max_lateness: timedelta
+
+
+@dataclass(frozen=True)
+class PlannedReminder:
+    """A reminder to create: when to send it (UTC) and the last instant it may still be sent (UTC)."""
+
+    reminder_type: ReminderType
+    scheduled_at: datetime
+    deadline: datetime
+
+
+def reminder_rules(settings: Settings) -> tuple[ReminderRule, ...]:
+    """The configured timing of the three reminder types."""
+    return (
+        ReminderRule(
+            ReminderType.SEVEN_DAY,
+            settings.REMINDER_7_DAY_OFFSET_DAYS,
+            parse_hhmm(settings.REMINDER_7_DAY_TIME),
+            timedelta(hours=settings.REMINDER_7_DAY_MAX_LATENESS_HOURS),
+        ),
+        ReminderRule(
+            ReminderType.ONE_DAY,
+            settings.REMINDER_1_DAY_OFFSET_DAYS,
+            parse_hhmm(settings.REMINDER_1_DAY_TIME),
+            timedelta(hours=settings.REMINDER_1_DAY_MAX_LATENESS_HOURS),
+        ),
+        ReminderRule(
+            ReminderType.OVERDUE,
+            settings.REMINDER_OVERDUE_OFFSET_DAYS,
+            parse_hhmm(settings.REMINDER_OVERDUE_TIME),
+            timedelta(hours=settings.REMINDER_OVERDUE_MAX_LATENESS_HOURS),
+        ),
+    )
+
+
+def local_to_utc(day: date, wall: time, zone: ZoneInfo) -> datetime:
+    """The UTC instant of local wall time `wall` on `day` in `zone` (gap: shifted forward; fold: first)."""
+    return datetime.combine(day, wall).replace(tzinfo=zone, fold=0).astimezone(UTC)
+
+
+def _in_quiet_hours(wall: time, quiet: tuple[time, time]) -> bool:
+    start, end = quiet
+    if start < end:
+        return start <= wall < end
+    return wall >= start or wall < end
+
+
+def next_allowed(instant: datetime, zone: ZoneInfo, quiet: tuple[time, time] | None) -> datetime:
+    """`instant` itself if it is outside quiet hours in `zone`, else the first allowed minute after them."""
+    if quiet is None:
+        return instant
+    local = instant.astimezone(zone)
+    if not _in_quiet_hours(local.time().replace(tzinfo=None), quiet):
+        return instant
+    start, end = quiet
+    end_day = local.date()
+    # Overnight window and we are in its evening part: it ends tomorrow morning.
+    if start > end and local.time().replace(tzinfo=None) >= start:
+        end_day += timedelta(days=1)
+    allowed = local_to_utc(end_day, end, zone)
+    return max(allowed, instant)
+
+
+def in_quiet_hours(instant: datetime, zone: ZoneInfo, quiet: tuple[time, time] | None) -> bool:
+    """Whether `instant` falls inside quiet hours in `zone`."""
+    return next_allowed(instant, zone, quiet) != instant
+
+
+def send_time(rule: ReminderRule, due: date, zone: ZoneInfo, preferred_hour: int | None, settings: Settings) -> datetime:
+    """When the reminder of `rule` for a dose due on `due` should go out, in UTC."""
+    wall = rule.local_time if preferred_hour is None else rule.local_time.replace(hour=preferred_hour)
+    instant = local_to_utc(due + timedelta(days=rule.offset_days), wall, zone)
+    return next_allowed(instant, zone, settings.quiet_hours)
+
+
+def deadline_for(rule: ReminderRule, scheduled_at: datetime, due: date, zone: ZoneInfo) -> datetime:
+    """The last instant the reminder may go out: send time + max lateness, and before the due date if pre-due."""
+    deadline = scheduled_at + rule.max_lateness
+    if rule.reminder_type.before_due:
+        deadline = min(deadline, local_to_utc(due, time(0, 0), zone))
+    return deadline
+
+
+def plan_reminders(
+    due: date,
+    zone: ZoneInfo,
+    preferred_hour: int | None,
+    settings: Settings,
+    now: datetime,
+) -> list[PlannedReminder]:
+    """The reminders to create for a dose due on `due`; those whose deadline has already passed are left out."""
+    planned = []
+    for rule in reminder_rules(settings):
+        scheduled_at = send_time(rule, due, zone, preferred_hour, settings)
+        deadline = deadline_for(rule, scheduled_at, due, zone)
+        if deadline <= scheduled_at or deadline <= now:
+            continue
+        planned.append(PlannedReminder(rule.reminder_type, scheduled_at, deadline))
+    return planned
+
+
+def rule_for(reminder_type: ReminderType, settings: Settings) -> ReminderRule:
+    """The timing rule of one reminder type."""
+    return next(rule for rule in reminder_rules(settings) if rule.reminder_type is reminder_type)

@@ -1,0 +1,42 @@
+"""delivery_receipt: the Function URL that Orange (POST /orange) and Kannel (GET /kannel) call back."""
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler import LambdaFunctionUrlResolver, Response, content_types
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from core.observability import lambda_entry
+from core.receipts import ReceiptRejected, authenticate, kannel_receipt, orange_receipt
+from core.settings import load_settings
+
+app = LambdaFunctionUrlResolver()
+
+
+def _answer(status: int, body: str) -> Response[str]:
+    return Response(status_code=status, content_type=content_types.TEXT_PLAIN, body=body)
+
+
+@app.exception_handler(ReceiptRejected)
+def _rejected(error: ReceiptRejected) -> Response[str]:
+    return _answer(error.status_code, error.reason)
+
+
+@app.post("/orange")
+def orange() -> Response[str]:
+    settings = load_settings()
+    authenticate(app.current_event.get_query_string_value("token"), settings)
+    return _answer(200, orange_receipt(app.current_event.decoded_body or "", settings).result)
+
+
+@app.get("/kannel")
+def kannel() -> Response[str]:
+    settings = load_settings()
+    authenticate(app.current_event.get_query_string_value("token"), settings)
+    return _answer(200, kannel_receipt(dict(app.current_event.query_string_parameters or {}), settings).result)
+
+
+@lambda_entry(correlation_id_path=correlation_paths.LAMBDA_FUNCTION_URL)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Route the receipt to its provider's parser."""
+    return app.resolve(event, context)

@@ -1,0 +1,788 @@
+"""A local Orange SMS API over real HTTP, for the embedded runtime, `rappel simulate` and the integration tests.
+
+It speaks the wire contract of research/orange-sms-api.md (OAuth v3 token, send, contracts, both error shapes,
+delivery receipts) and adds what a test needs: faults from the scenario's `provider` block, a rate limit, latency
+and token expiry measured on an injected clock (virtual in simulations), and a log of every send it accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import math
+import re
+import secrets
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import requests
+
+from core.clock import Clock
+
+logger = logging.getLogger(__name__)
+
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_TEL = re.compile(r"^tel:(\+[1-9]\d{6,14})$")
+_SENDER = re.compile(r"^tel:\+\d{4,15}$")
+_SENDER_NAME = re.compile(r"^[A-Za-z0-9 ]{1,11}$")
+_ONEAPI_ID = re.compile(r"^(SVC|POL)\d{4}$")
+_SEND_PATH = re.compile(r"^/smsmessaging/v1/outbound/([^/]+)/requests$")
+_MAX_TEXT = 1600
+
+_GATEWAY_ERRORS: dict[int, tuple[str, str]] = {
+    1: ("Internal error", "An internal error occurred."),
+    5: ("Service unavailable", "The service is temporarily unavailable."),
+    40: ("Missing credentials", "The requested service needs credentials, but none were provided."),
+    41: ("Invalid credentials", "The requested service needs credentials, but the ones provided were invalid."),
+    42: ("Expired credentials", "The requested service needs credentials, and the ones provided were out-of-date."),
+    50: ("Access denied", "The application has no active SMS bundle for this country."),
+    53: ("Too many requests", "The application has made too many calls and has exceeded the rate limit."),
+}
+_DEFAULT_GATEWAY_CODE = {401: 41, 403: 50, 429: 53, 500: 1, 502: 5, 503: 5, 504: 5}
+_ONEAPI_TEXTS = {
+    "SVC0001": "A service error occurred. Error code is %1",
+    "SVC0002": "Invalid input value for message part %1",
+    "SVC0004": "No valid addresses provided in message part %1",
+}
+
+DELIVERED = "DeliveredToTerminal"
+IMPOSSIBLE = "DeliveryImpossible"
+
+
+@dataclass(frozen=True)
+class SentRecord:
+    """One send the simulator accepted (whether or not the client got the reply)."""
+
+    at: datetime
+    to: str
+    text: str
+    message_id: str
+    sender_name: str | None
+    sender_address: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """One HTTP request as it arrived; `status` is None when the connection was dropped without a reply."""
+
+    at: datetime
+    method: str
+    path: str
+    endpoint: str
+    status: int | None
+
+
+@dataclass(frozen=True)
+class Fault:
+    """An injected failure: applies to a send request matching every selector that is set."""
+
+    start: datetime | None = None
+    until: datetime | None = None
+    to: str | None = None
+    nth: int | None = None
+    status: int | None = None
+    message_id: str | None = None
+    code: int | None = None
+    timeout: str | None = None
+    retry_after: float | None = None
+
+    def matches(self, *, now: datetime, to: str | None, nth: int) -> bool:
+        """True when this fault applies to the `nth` send request, at `now`, for recipient `to`."""
+        if self.start is not None and now < self.start:
+            return False
+        if self.until is not None and now >= self.until:
+            return False
+        if self.to is not None and to != self.to:
+            return False
+        return self.nth is None or self.nth == nth
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+
+@dataclass
+class _PendingReceipt:
+    due: datetime
+    seq: int
+    payload: dict[str, Any]
+
+
+def _iso(field: str, value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: expected an ISO-8601 date-time string, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{field}: not an ISO-8601 date-time: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{field}: must include a time zone (e.g. Z): {value!r}")
+    return parsed
+
+
+def _number(field: str, value: Any, *, minimum: float, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{field}: expected a number, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        raise ValueError(f"{field}: must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _integer(field: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field}: expected an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{field}: must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _phone(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not _E164.match(value):
+        raise ValueError(f"{field}: expected an E.164 number such as +2250700000001, got {value!r}")
+    return value
+
+
+_FAULT_KEYS = {"from", "until", "to", "nth", "status", "message_id", "code", "timeout", "retry_after"}
+
+
+def parse_fault(index: int, raw: Any) -> Fault:
+    """Validate one scenario fault; the ValueError names the bad field as `faults[i].name`."""
+    where = f"faults[{index}]"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected an object, got {raw!r}")
+    unknown = sorted(set(raw) - _FAULT_KEYS)
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown field (known: {', '.join(sorted(_FAULT_KEYS))})")
+    start = _iso(f"{where}.from", raw["from"]) if "from" in raw else None
+    until = _iso(f"{where}.until", raw["until"]) if "until" in raw else None
+    if start is not None and until is not None and until <= start:
+        raise ValueError(f"{where}.until: must be after {where}.from")
+    to = _phone(f"{where}.to", raw["to"]) if "to" in raw else None
+    nth = _integer(f"{where}.nth", raw["nth"], minimum=1) if "nth" in raw else None
+    if ("status" in raw) == ("timeout" in raw):
+        raise ValueError(f"{where}.status: give exactly one of status or timeout")
+    status = message_id = code = timeout = None
+    retry_after = None
+    if "timeout" in raw:
+        timeout = raw["timeout"]
+        if timeout not in ("after_send", "before_send"):
+            raise ValueError(f"{where}.timeout: expected 'after_send' or 'before_send', got {timeout!r}")
+        for key in ("message_id", "code", "retry_after"):
+            if key in raw:
+                raise ValueError(f"{where}.{key}: only allowed with status")
+    else:
+        status = _integer(f"{where}.status", raw["status"], minimum=400)
+        if status > 599:
+            raise ValueError(f"{where}.status: expected an HTTP error status 400-599, got {status}")
+        if "message_id" in raw:
+            message_id = raw["message_id"]
+            if not isinstance(message_id, str) or not _ONEAPI_ID.match(message_id):
+                raise ValueError(f"{where}.message_id: expected a OneAPI id such as SVC0004 or POL0001")
+            if not 400 <= status <= 499:
+                raise ValueError(f"{where}.message_id: OneAPI errors need a 4xx status")
+        if "code" in raw:
+            if message_id is not None:
+                raise ValueError(f"{where}.code: give either code (gateway shape) or message_id (OneAPI shape)")
+            code = _integer(f"{where}.code", raw["code"], minimum=0)
+        if "retry_after" in raw:
+            retry_after = _number(f"{where}.retry_after", raw["retry_after"], minimum=0)
+    return Fault(
+        start=start,
+        until=until,
+        to=to,
+        nth=nth,
+        status=status,
+        message_id=message_id,
+        code=code,
+        timeout=timeout,
+        retry_after=retry_after,
+    )
+
+
+def _gateway_body(code: int | None, status: int) -> dict[str, Any]:
+    message, description = _GATEWAY_ERRORS.get(code if code is not None else -1, ("Error", f"HTTP {status}"))
+    body: dict[str, Any] = {"message": message, "description": description}
+    if code is not None:
+        body = {"code": code, **body}
+    return body
+
+
+def _oneapi_body(message_id: str, variable: str) -> dict[str, Any]:
+    key = "policyException" if message_id.startswith("POL") else "serviceException"
+    text = _ONEAPI_TEXTS.get(message_id, "A policy error occurred. Error code is %1")
+    return {"requestError": {key: {"messageId": message_id, "text": text, "variables": [variable]}}}
+
+
+def _json_reply(status: int, body: Any, headers: Mapping[str, str] | None = None) -> _Reply:
+    return _Reply(status, body, dict(headers or {}))
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return ""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Keep-alive connections would otherwise make stop() wait for the client to hang up.
+    block_on_close = False
+    simulator: OrangeSimulator
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    # Idle keep-alive connections are closed after this many real seconds.
+    timeout = 30
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        headers = dict(self.headers.items())
+        reply = self.server.simulator.handle(method, self.path, headers, body)
+        if reply is None:
+            self.close_connection = True
+            return
+        payload = json.dumps(reply.body).encode("utf-8")
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for key, value in reply.headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("orange simulator: " + format, *args)
+
+
+class OrangeSimulator:
+    """Orange's SMS API on 127.0.0.1 (random port); use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        client_id: str,
+        client_secret: str,
+        rate_limit_per_second: float | None = None,
+        latency_ms: float = 0,
+        receipt_delay_seconds: float = 5,
+        faults: Iterable[Fault] = (),
+        undeliverable: Iterable[str] = (),
+        token_lifetime_seconds: int = 3600,
+        available_units: int = 1_000_000,
+        bundle_expires_at: datetime | None = None,
+        country: str = "CIV",
+        expires_in_as_string: bool = False,
+        contracts_legacy_shape: bool = False,
+    ) -> None:
+        """Faults apply to the send endpoint only; the rate limit counts send requests in fixed clock windows."""
+        if rate_limit_per_second is not None and rate_limit_per_second <= 0:
+            raise ValueError("rate_limit_per_second must be > 0")
+        if latency_ms < 0 or receipt_delay_seconds < 0 or token_lifetime_seconds <= 0 or available_units < 0:
+            raise ValueError("latency, receipt delay and units must be >= 0, token lifetime > 0")
+        self._clock = clock
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._latency = latency_ms / 1000
+        self._receipt_delay = timedelta(seconds=receipt_delay_seconds)
+        self._faults = tuple(faults)
+        self._undeliverable = frozenset(undeliverable)
+        self._token_lifetime = token_lifetime_seconds
+        self._units = available_units
+        self._bundle_expires_at = bundle_expires_at or clock.now() + timedelta(days=365)
+        self._created_at = clock.now()
+        self._country = country
+        self._expires_in_as_string = expires_in_as_string
+        self._legacy_contracts = contracts_legacy_shape
+        if rate_limit_per_second is None:
+            self._rate_window = 0.0
+            self._rate_allowed = 0
+        else:
+            # Below 1/s the window stretches so that it still admits a whole request.
+            self._rate_window = max(1.0, 1.0 / rate_limit_per_second)
+            self._rate_allowed = max(1, math.floor(rate_limit_per_second * self._rate_window + 1e-9))
+
+        self._lock = threading.Lock()
+        self._tokens: dict[str, datetime] = {}
+        self._rate_counts: dict[int, int] = {}
+        self._send_requests = 0
+        self._accepted: list[SentRecord] = []
+        self._received: list[ReceivedRequest] = []
+        self._pending: list[_PendingReceipt] = []
+        self._receipt_seq = 0
+        self.failed_receipts: list[dict[str, Any]] = []
+
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._pump: threading.Thread | None = None
+        self._pump_stop = threading.Event()
+        self._receipt_session = requests.Session()
+
+    @classmethod
+    def from_scenario(
+        cls,
+        provider_cfg: Mapping[str, Any],
+        clock: Clock,
+        client_id: str,
+        client_secret: str,
+        rate_limit_per_second: float | None,
+    ) -> OrangeSimulator:
+        """Build from a scenario's `provider` object; raises ValueError naming the bad field.
+
+        Fields: name ("orange"), latency_ms, receipt_delay_seconds, faults, undeliverable, token_lifetime_seconds,
+        available_units, bundle_expires_at, rate_limit_per_second (overrides the argument).
+        """
+        if not isinstance(provider_cfg, Mapping):
+            raise ValueError(f"provider: expected an object, got {provider_cfg!r}")
+        known = {
+            "name",
+            "latency_ms",
+            "receipt_delay_seconds",
+            "faults",
+            "undeliverable",
+            "token_lifetime_seconds",
+            "available_units",
+            "bundle_expires_at",
+            "rate_limit_per_second",
+        }
+        unknown = sorted(set(provider_cfg) - known)
+        if unknown:
+            raise ValueError(f"provider.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
+        if provider_cfg.get("name", "orange") != "orange":
+            raise ValueError(f"provider.name: the simulator speaks 'orange', got {provider_cfg.get('name')!r}")
+        raw_faults = provider_cfg.get("faults", [])
+        if not isinstance(raw_faults, list):
+            raise ValueError("provider.faults: expected a list")
+        raw_undeliverable = provider_cfg.get("undeliverable", [])
+        if not isinstance(raw_undeliverable, list):
+            raise ValueError("provider.undeliverable: expected a list of E.164 numbers")
+        rate = provider_cfg.get("rate_limit_per_second", rate_limit_per_second)
+        kwargs: dict[str, Any] = {
+            "faults": [parse_fault(i, f) for i, f in enumerate(raw_faults)],
+            "undeliverable": [_phone(f"provider.undeliverable[{i}]", p) for i, p in enumerate(raw_undeliverable)],
+            "rate_limit_per_second": (
+                None if rate is None else _number("provider.rate_limit_per_second", rate, minimum=0, strict=True)
+            ),
+        }
+        if "latency_ms" in provider_cfg:
+            kwargs["latency_ms"] = _number("provider.latency_ms", provider_cfg["latency_ms"], minimum=0)
+        if "receipt_delay_seconds" in provider_cfg:
+            kwargs["receipt_delay_seconds"] = _number(
+                "provider.receipt_delay_seconds", provider_cfg["receipt_delay_seconds"], minimum=0
+            )
+        if "token_lifetime_seconds" in provider_cfg:
+            kwargs["token_lifetime_seconds"] = _integer(
+                "provider.token_lifetime_seconds", provider_cfg["token_lifetime_seconds"], minimum=1
+            )
+        if "available_units" in provider_cfg:
+            kwargs["available_units"] = _integer("provider.available_units", provider_cfg["available_units"], minimum=0)
+        if "bundle_expires_at" in provider_cfg:
+            kwargs["bundle_expires_at"] = _iso("provider.bundle_expires_at", provider_cfg["bundle_expires_at"])
+        return cls(clock=clock, client_id=client_id, client_secret=client_secret, **kwargs)
+
+    # Lifecycle.
+
+    def start(self) -> OrangeSimulator:
+        """Listen on 127.0.0.1 on a free port and serve in a background thread."""
+        if self._server is not None:
+            return self
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.simulator = self
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="orange-simulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the receipt pump and the server; safe to call twice."""
+        self.stop_receipt_pump()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._receipt_session.close()
+
+    def __enter__(self) -> OrangeSimulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """`http://127.0.0.1:<port>`, the value for ORANGE_API_BASE_URL."""
+        if self._server is None:
+            raise RuntimeError("the simulator is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # What the simulator saw.
+
+    @property
+    def accepted(self) -> list[SentRecord]:
+        """Every send accepted so far, in order (a copy)."""
+        with self._lock:
+            return list(self._accepted)
+
+    @property
+    def received(self) -> list[ReceivedRequest]:
+        """Every request received so far, in order (a copy)."""
+        with self._lock:
+            return list(self._received)
+
+    @property
+    def available_units(self) -> int:
+        """Units left on the simulated bundle."""
+        with self._lock:
+            return self._units
+
+    @property
+    def pending_receipt_count(self) -> int:
+        """Receipts generated but not yet handed out."""
+        with self._lock:
+            return len(self._pending)
+
+    def expire_tokens(self) -> None:
+        """Make every issued token expired now (as a server-side revocation would)."""
+        with self._lock:
+            self._tokens.clear()
+
+    # Receipts.
+
+    def due_receipts(self, now: datetime) -> list[dict[str, Any]]:
+        """Pop and return the receipts due at `now`, oldest first."""
+        with self._lock:
+            due = sorted((p for p in self._pending if p.due <= now), key=lambda p: (p.due, p.seq))
+            self._pending = [p for p in self._pending if p.due > now]
+        return [p.payload for p in due]
+
+    def post_due_receipts(self, now: datetime, url: str) -> int:
+        """POST each receipt due at `now` to `url` as Orange would; returns how many got a 2xx.
+
+        A receipt whose POST fails is kept in `failed_receipts` (Orange's own retry policy is unknown).
+        """
+        delivered = 0
+        for payload in self.due_receipts(now):
+            try:
+                response = self._receipt_session.post(url, json=payload, timeout=(3.05, 10))
+            except requests.RequestException as exc:
+                logger.warning("orange simulator: receipt POST failed (%s)", type(exc).__name__)
+                self.failed_receipts.append(payload)
+                continue
+            if 200 <= response.status_code <= 299:
+                delivered += 1
+            else:
+                logger.warning("orange simulator: receipt POST answered %s", response.status_code)
+                self.failed_receipts.append(payload)
+        return delivered
+
+    def start_receipt_pump(self, url: str, interval_seconds: float) -> None:
+        """Post due receipts to `url` every `interval_seconds` of real time, in a background thread."""
+        if interval_seconds <= 0:
+            raise ValueError("interval_seconds must be > 0")
+        if self._pump is not None:
+            raise RuntimeError("the receipt pump is already running")
+        self._pump_stop.clear()
+
+        def pump() -> None:
+            while not self._pump_stop.wait(interval_seconds):
+                try:
+                    self.post_due_receipts(self._clock.now(), url)
+                except Exception:
+                    logger.exception("orange simulator: receipt pump error")
+
+        self._pump = threading.Thread(target=pump, name="orange-simulator-receipts", daemon=True)
+        self._pump.start()
+
+    def stop_receipt_pump(self) -> None:
+        """Stop the background receipt pump, if any."""
+        if self._pump is not None:
+            self._pump_stop.set()
+            self._pump.join(timeout=5)
+            self._pump = None
+
+    # HTTP.
+
+    def handle(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> _Reply | None:
+        """Answer one request; None means: drop the connection without replying."""
+        path = urlsplit(raw_path).path
+        send_match = _SEND_PATH.match(path)
+        if send_match:
+            endpoint = "send"
+        elif path == "/oauth/v3/token":
+            endpoint = "token"
+        elif path == "/sms/admin/v1/contracts":
+            endpoint = "contracts"
+        else:
+            endpoint = "unknown"
+        nth = 0
+        if endpoint == "send":
+            with self._lock:
+                self._send_requests += 1
+                nth = self._send_requests
+        if self._latency:
+            self._clock.sleep(self._latency)
+        now = self._clock.now()
+        try:
+            if endpoint == "send" and method == "POST" and send_match:
+                reply = self._send(now, nth, raw_path, send_match.group(1), headers, body)
+            elif endpoint == "token" and method == "POST":
+                reply = self._token(now, headers, body)
+            elif endpoint == "contracts" and method == "GET":
+                reply = self._contracts(now, raw_path, headers)
+            elif endpoint == "unknown":
+                reply = _json_reply(404, {"message": "Resource not found", "description": f"No resource at {path}"})
+            else:
+                reply = _json_reply(405, {"message": "Method not allowed", "description": f"{method} {path}"})
+        except Exception:
+            logger.exception("orange simulator: error handling %s %s", method, path)
+            reply = _json_reply(500, _gateway_body(1, 500))
+        with self._lock:
+            self._received.append(
+                ReceivedRequest(
+                    at=now,
+                    method=method,
+                    path=raw_path,
+                    endpoint=endpoint,
+                    status=None if reply is None else reply.status,
+                )
+            )
+        return reply
+
+    def _token(self, now: datetime, headers: Mapping[str, str], body: bytes) -> _Reply:
+        auth = _header(headers, "Authorization")
+        scheme, _, encoded = auth.partition(" ")
+        try:
+            if scheme.lower() != "basic":
+                raise ValueError
+            client_id, sep, client_secret = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+            if not sep:
+                raise ValueError
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            return _json_reply(
+                401,
+                {"error": "invalid_client", "error_description": "Unable to decode Basic authorization."},
+                {"WWW-Authenticate": 'Basic realm="Authorization Required"'},
+            )
+        id_ok = hmac.compare_digest(client_id.encode(), self._client_id.encode())
+        secret_ok = hmac.compare_digest(client_secret.encode(), self._client_secret.encode())
+        if not (id_ok and secret_ok):
+            return _json_reply(
+                401,
+                {
+                    "error": "invalid_client",
+                    "error_description": "The requested service needs credentials, but the ones provided were invalid.",
+                },
+                {"WWW-Authenticate": 'Basic realm="Authorization Required"'},
+            )
+        form = parse_qs(body.decode("utf-8", errors="replace"))
+        if form.get("grant_type") != ["client_credentials"]:
+            return _json_reply(
+                400, {"error": "unsupported_grant_type", "error_description": "grant_type must be client_credentials"}
+            )
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._tokens = {t: exp for t, exp in self._tokens.items() if exp > now}
+            self._tokens[token] = now + timedelta(seconds=self._token_lifetime)
+        expires_in: int | str = str(self._token_lifetime) if self._expires_in_as_string else self._token_lifetime
+        return _json_reply(200, {"token_type": "Bearer", "access_token": token, "expires_in": expires_in})
+
+    def _check_api_headers(self, now: datetime, headers: Mapping[str, str]) -> _Reply | None:
+        scheme, _, token = _header(headers, "Authorization").partition(" ")
+        if scheme != "Bearer" or not token.strip():
+            return _json_reply(401, _gateway_body(40, 401))
+        with self._lock:
+            expiry = self._tokens.get(token.strip())
+        if expiry is None or now >= expiry:
+            return _json_reply(401, _gateway_body(42, 401))
+        if "application/json" not in _header(headers, "Accept"):
+            return _json_reply(406, {"message": "Not acceptable", "description": "Accept: application/json required"})
+        return None
+
+    def _admit(self, now: datetime) -> bool:
+        if not self._rate_allowed:
+            return True
+        window = math.floor(now.timestamp() / self._rate_window)
+        with self._lock:
+            count = self._rate_counts.get(window, 0)
+            if count >= self._rate_allowed:
+                return False
+            self._rate_counts[window] = count + 1
+            if len(self._rate_counts) > 64:
+                self._rate_counts = {w: c for w, c in self._rate_counts.items() if w >= window - 8}
+            return True
+
+    def _send(
+        self, now: datetime, nth: int, raw_path: str, path_sender: str, headers: Mapping[str, str], body: bytes
+    ) -> _Reply | None:
+        refused = self._check_api_headers(now, headers)
+        if refused is not None:
+            return refused
+        if not self._admit(now):
+            return _json_reply(429, _gateway_body(53, 429), {"Retry-After": "1"})
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            data = None
+        request = data.get("outboundSMSMessageRequest") if isinstance(data, dict) else None
+        address = request.get("address") if isinstance(request, dict) else None
+        tel = _TEL.match(address) if isinstance(address, str) else None
+        recipient = tel.group(1) if tel else None
+
+        for fault in self._faults:
+            if not fault.matches(now=now, to=recipient, nth=nth):
+                continue
+            if fault.timeout == "before_send":
+                return None
+            if fault.timeout == "after_send":
+                self._process_send(now, raw_path, path_sender, headers, data)
+                return None
+            status = fault.status or 500
+            if fault.message_id is not None:
+                return _json_reply(status, _oneapi_body(fault.message_id, "address"))
+            code = fault.code if fault.code is not None else _DEFAULT_GATEWAY_CODE.get(status)
+            extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+            if status == 429 and not extra:
+                extra = {"Retry-After": "1"}
+            return _json_reply(status, _gateway_body(code, status), extra)
+        return self._process_send(now, raw_path, path_sender, headers, data)
+
+    def _process_send(
+        self, now: datetime, raw_path: str, path_sender: str, headers: Mapping[str, str], data: Any
+    ) -> _Reply:
+        if "application/json" not in _header(headers, "Content-Type"):
+            return _json_reply(400, _oneapi_body("SVC0001", "Content-Type must be application/json"))
+        if not isinstance(data, dict):
+            return _json_reply(400, _oneapi_body("SVC0001", "the body is not a JSON object"))
+        request = data.get("outboundSMSMessageRequest")
+        if not isinstance(request, dict):
+            return _json_reply(400, _oneapi_body("SVC0002", "outboundSMSMessageRequest"))
+        sender = unquote(path_sender)
+        if not _SENDER.match(sender) or request.get("senderAddress") != sender:
+            return _json_reply(400, _oneapi_body("SVC0004", "senderAddress"))
+        address = request.get("address")
+        if isinstance(address, list):
+            return _json_reply(400, _oneapi_body("SVC0002", "address"))
+        tel = _TEL.match(address) if isinstance(address, str) else None
+        if tel is None:
+            return _json_reply(400, _oneapi_body("SVC0004", "address"))
+        message_part = request.get("outboundSMSTextMessage")
+        text = message_part.get("message") if isinstance(message_part, dict) else None
+        if not isinstance(text, str) or not text or len(text) > _MAX_TEXT:
+            return _json_reply(400, _oneapi_body("SVC0002", "message"))
+        sender_name = request.get("senderName")
+        if sender_name is not None and (not isinstance(sender_name, str) or not _SENDER_NAME.match(sender_name)):
+            return _json_reply(400, _oneapi_body("SVC0002", "senderName"))
+
+        recipient = tel.group(1)
+        with self._lock:
+            if self._units <= 0 or now >= self._bundle_expires_at:
+                return _json_reply(403, _gateway_body(50, 403))
+            self._units -= 1
+            message_id = str(uuid.uuid4())
+            self._accepted.append(
+                SentRecord(
+                    at=now,
+                    to=recipient,
+                    text=text,
+                    message_id=message_id,
+                    sender_name=sender_name,
+                    sender_address=sender,
+                    path=raw_path,
+                )
+            )
+            self._receipt_seq += 1
+            status = IMPOSSIBLE if recipient in self._undeliverable else DELIVERED
+            self._pending.append(
+                _PendingReceipt(
+                    due=now + self._receipt_delay,
+                    seq=self._receipt_seq,
+                    payload={
+                        "deliveryInfoNotification": {
+                            "callbackData": message_id,
+                            "deliveryInfo": {"address": address, "deliveryStatus": status},
+                        }
+                    },
+                )
+            )
+        echo: dict[str, Any] = {"address": [address], "senderAddress": sender}
+        if sender_name is not None:
+            echo["senderName"] = sender_name
+        echo["outboundSMSTextMessage"] = {"message": text}
+        echo["resourceURL"] = f"{self.base_url}/smsmessaging/v1/outbound/{sender}/requests/{message_id}"
+        return _json_reply(201, {"outboundSMSMessageRequest": echo})
+
+    def _contracts(self, now: datetime, raw_path: str, headers: Mapping[str, str]) -> _Reply:
+        refused = self._check_api_headers(now, headers)
+        if refused is not None:
+            return refused
+        country = parse_qs(urlsplit(raw_path).query).get("country", [""])[0]
+        if country and country != self._country:
+            return _json_reply(200, [] if not self._legacy_contracts else {"partnerContracts": {"contracts": []}})
+        with self._lock:
+            units = self._units
+        contract = {
+            "id": "sim-contract-1",
+            "type": "SMS_OCB",
+            "developerId": "sim-developer",
+            "applicationId": "sim-application",
+            "country": self._country,
+            "offerName": "SMS_OCB",
+            "availableUnits": units,
+            "status": "ACTIVE" if now < self._bundle_expires_at else "EXPIRED",
+            "expirationDate": self._bundle_expires_at.isoformat().replace("+00:00", "Z"),
+            "creationDate": self._created_at.isoformat().replace("+00:00", "Z"),
+            "lastUpdateDate": now.isoformat().replace("+00:00", "Z"),
+        }
+        if self._legacy_contracts:
+            return _json_reply(
+                200,
+                {
+                    "partnerContracts": {
+                        "partnerId": "sim-developer",
+                        "contracts": [
+                            {"service": "SMS_OCB", "contractDescription": "", "serviceContracts": [contract]}
+                        ],
+                    }
+                },
+            )
+        return _json_reply(200, [contract])

@@ -1,0 +1,174 @@
+"""Planning on moto: create, replay, reschedule, cancel, opt out, replan, and every class of bad input."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core import store
+from core.lifecycle import IllegalTransition, Status
+from core.planning import handle_clinic_event
+from core.store import Change, MessageRecord
+from tests.helpers import dose, envelope, patient
+
+pytestmark = pytest.mark.integration
+
+
+def _messages(patient_id: str = "p1") -> dict[str, MessageRecord]:
+    return {m.reminder_type: m for m in store.messages_of_patient(patient_id)}
+
+
+def test_patient_then_dose_creates_three_timed_reminders(aws) -> None:
+    assert handle_clinic_event(patient(), aws.settings).applied == 1
+    result = handle_clinic_event(dose(), aws.settings)
+    assert result.created == 3
+    messages = _messages()
+    assert {t: (m.status, m.scheduled_at) for t, m in messages.items()} == {
+        "7_day_reminder": ("pending", "2027-03-13T09:00:00.000Z"),
+        "1_day_reminder": ("pending", "2027-03-19T09:00:00.000Z"),
+        "overdue_reminder": ("pending", "2027-03-21T14:00:00.000Z"),
+    }
+    for message in messages.values():
+        assert message.due_shard and message.due_shard.startswith("DUE#")
+        assert message.due_at == message.scheduled_at
+        assert message.message_id == store.message_id_for("a1", message.reminder_type, "2027-03-20")
+
+
+def test_dose_before_patient_is_planned_when_the_patient_arrives(aws) -> None:
+    assert handle_clinic_event(dose(), aws.settings).created == 0
+    assert handle_clinic_event(patient(), aws.settings).created == 3
+
+
+def test_replaying_any_event_is_a_no_op(aws) -> None:
+    first_patient, first_dose = patient(), dose()
+    handle_clinic_event(first_patient, aws.settings)
+    handle_clinic_event(first_dose, aws.settings)
+    before = {t: (m.version, m.status) for t, m in _messages().items()}
+    for event in (first_dose, first_patient, first_dose):
+        result = handle_clinic_event(event, aws.settings)
+        assert (result.created, result.cancelled, result.replanned) == (0, 0, 0)
+    assert {t: (m.version, m.status) for t, m in _messages().items()} == before
+
+
+def test_reschedule_cancels_old_reminders_and_plans_new_ones(aws) -> None:
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(due_date="2027-03-20"), aws.settings)
+    result = handle_clinic_event(dose(due_date="2027-03-27"), aws.settings)
+    assert (result.created, result.cancelled) == (3, 3)
+    by_date = {(m.due_date, m.reminder_type): m.status for m in store.messages_of_patient("p1")}
+    assert {k: v for k, v in by_date.items() if k[0] == "2027-03-20"} == {
+        ("2027-03-20", t): "cancelled" for t in ("7_day_reminder", "1_day_reminder", "overdue_reminder")
+    }
+    assert all(v == "pending" for k, v in by_date.items() if k[0] == "2027-03-27")
+
+
+def test_an_older_event_arriving_late_changes_nothing(aws) -> None:
+    handle_clinic_event(patient(), aws.settings)
+    newer = dose(due_date="2027-03-27", at=aws.clock.now() + timedelta(minutes=5))
+    older = dose(due_date="2027-03-20", at=aws.clock.now())
+    handle_clinic_event(newer, aws.settings)
+    result = handle_clinic_event(older, aws.settings)
+    assert result.ignored == 1 and result.created == 0
+    assert {m.due_date for m in store.messages_of_patient("p1") if m.status == "pending"} == {"2027-03-27"}
+
+
+def test_dose_administered_cancels_what_is_left(aws) -> None:
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(), aws.settings)
+    result = handle_clinic_event(envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-01"),
+                                 aws.settings)  # fmt: skip
+    assert result.cancelled == 3
+    assert {m.status for m in _messages().values()} == {"cancelled"}
+    assert all(m.due_at is None and m.due_shard is None for m in _messages().values())  # out of the due index
+    assert all(m.expires_at is not None for m in _messages().values())  # retention TTL set
+
+
+def test_appointment_cancelled_cancels_what_is_left(aws) -> None:
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(), aws.settings)
+    result = handle_clinic_event(envelope("AppointmentCancelled", appointment_id="a1", reason="moved away"),
+                                 aws.settings)  # fmt: skip
+    assert result.cancelled == 3
+
+
+def test_opting_out_cancels_pending_and_opting_in_plans_nothing_twice(aws) -> None:
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(), aws.settings)
+    assert handle_clinic_event(patient(sms_opt_in=False), aws.settings).cancelled == 3
+    assert handle_clinic_event(patient(sms_opt_in=True), aws.settings).created == 0
+
+
+def test_zone_change_replans_pending_messages(aws) -> None:
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(), aws.settings)
+    result = handle_clinic_event(patient(timezone="Europe/Paris"), aws.settings)
+    assert result.replanned == 3
+    assert _messages()["7_day_reminder"].scheduled_at == "2027-03-13T08:00:00.000Z"  # 09:00 CET
+    assert _messages()["7_day_reminder"].due_at == "2027-03-13T08:00:00.000Z"
+
+
+def test_preferred_hour_change_replans(aws) -> None:
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(), aws.settings)
+    handle_clinic_event(patient(preferred_hour=17), aws.settings)
+    assert _messages()["1_day_reminder"].scheduled_at == "2027-03-19T17:00:00.000Z"
+
+
+def test_late_planning_skips_reminders_past_their_deadline(aws) -> None:
+    aws.clock.advance_to(datetime(2027, 3, 16, 12, 0, tzinfo=UTC))  # 7-day deadline (Mar 15 09:00) passed
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(), aws.settings)
+    assert set(_messages()) == {"1_day_reminder", "overdue_reminder"}
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (patient(phone="12"), "detail.phone"),
+        (patient(phone="+22501"), "detail.phone"),
+        (patient(timezone="Mars/Olympus"), "detail.timezone"),
+        (patient(language="xx"), "detail.language"),
+        (patient(sms_opt_in="yes"), "detail.sms_opt_in"),
+        (patient(display_name="A" * 41), "detail.display_name"),
+        (patient(preferred_hour=24), "detail.preferred_hour"),
+        (patient(patient_id=""), "detail.patient_id"),
+        (patient(extra_field=1), "detail.extra_field"),
+        (dose(due_date="2027-02-30"), "detail.due_date"),
+        (dose(due_date="20-03-2027"), "detail.due_date"),
+        (dose(due_date="2099-01-01"), "detail.due_date"),
+        (dose(dose="2"), "detail.dose"),
+        (dose(vaccine="V" * 200), "detail.vaccine"),
+        (dose(clinic="C" * 61), "detail.clinic"),
+        ({**dose(), "detail-type": "DoseForgotten"}, "detail-type"),
+        ({**dose(), "source": "someone.else"}, "source"),
+        ({**dose(), "detail": "nope"}, "detail"),
+        ({**dose(), "time": "yesterday"}, "time"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(aws, event, field, capsys) -> None:
+    result = handle_clinic_event(event, aws.settings)
+    assert result.rejected == 1
+    assert result.errors[0].startswith(field), result.errors
+    assert store.get_patient("p1") is None and store.get_appointment("a1") is None
+    assert "0701020304" not in capsys.readouterr().out  # the phone never reaches the logs
+
+
+def test_a_bad_event_does_not_stop_the_next_one(aws) -> None:
+    handle_clinic_event(patient(phone="nonsense"), aws.settings)
+    assert handle_clinic_event(patient(), aws.settings).applied == 1
+
+
+def test_the_store_refuses_an_illegal_transition_before_and_at_dynamodb(aws) -> None:
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(), aws.settings)
+    message = _messages()["7_day_reminder"]
+    with pytest.raises(IllegalTransition):
+        store.transition(message, Change(Status.SENT, frozenset({Status.PENDING}), {}), at=aws.clock.now(),
+                         settings=aws.settings)  # fmt: skip
+    # A legal move whose source no longer holds is refused by DynamoDB's condition.
+    assert store.transition(message, Change(Status.CANCELLED, frozenset({Status.PENDING}), {}), at=aws.clock.now(),
+                            settings=aws.settings)  # fmt: skip
+    assert not store.transition(message, Change(Status.EXPIRED, frozenset({Status.PENDING}), {}),
+                                at=aws.clock.now(), settings=aws.settings)  # fmt: skip
+    assert store.get_message(message.message_id).status == "cancelled"

@@ -1,0 +1,40 @@
+"""The state machine refuses illegal moves and never lets a status go backwards."""
+
+import itertools
+
+import pytest
+
+from core.lifecycle import ALLOWED, SETTLED, TERMINAL, IllegalTransition, Status, check_transition
+
+pytestmark = pytest.mark.unit
+
+
+def test_terminal_statuses_go_nowhere_except_failed_to_delivered() -> None:
+    for status in TERMINAL:
+        expected = {Status.DELIVERED} if status is Status.FAILED else set()
+        assert set(ALLOWED[status]) == expected
+
+
+@pytest.mark.parametrize(("source", "target"), list(itertools.product(Status, Status)))
+def test_check_transition_matches_the_table(source: Status, target: Status) -> None:
+    if target in ALLOWED[source]:
+        assert check_transition(frozenset({source}), target) == {source}
+    else:
+        with pytest.raises(IllegalTransition):
+            check_transition(frozenset({source}), target)
+
+
+def test_a_set_of_sources_is_refused_if_any_one_is_illegal() -> None:
+    with pytest.raises(IllegalTransition):
+        check_transition(frozenset({Status.PENDING, Status.SENT}), Status.QUEUED)
+
+
+def test_nothing_settled_ever_returns_to_a_sendable_status() -> None:
+    for status in SETTLED:
+        assert not ALLOWED[status] & {Status.PENDING, Status.QUEUED, Status.DEAD_LETTER}
+
+
+def test_delivered_is_never_downgraded() -> None:
+    assert ALLOWED[Status.DELIVERED] == frozenset()
+    with pytest.raises(IllegalTransition):
+        check_transition(frozenset({Status.DELIVERED}), Status.FAILED)
