@@ -112,7 +112,7 @@ def dimensions_of(name: MetricName) -> tuple[Dimension, ...]:
 
 # Units as Powertools' `MetricUnit` values (core does not import Powertools).
 UNITS: Final[dict[MetricName, str]] = {
-    **{name: "Count" for name in MetricName},
+    **dict.fromkeys(MetricName, "Count"),
     MetricName.DELIVERY_LATENCY_SECONDS: "Seconds",
     MetricName.SEND_LATENESS_SECONDS: "Seconds",
     MetricName.DISPATCH_LAG_SECONDS: "Seconds",

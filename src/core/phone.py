@@ -38,7 +38,9 @@ def normalize_phone(raw: str, default_region: str) -> str:
     such as "07 01 02 03 04". International forms ("+225 …", "00225 …", "tel:+225…") are accepted.
     The number must be valid for its region (`phonenumbers.is_valid_number`), not merely well-formed.
     """
-    if not isinstance(raw, str) or not raw.strip():
+    if not isinstance(raw, str):
+        raise InvalidPhoneNumber(f"phone number must be text, got {type(raw).__name__}")
+    if not raw.strip():
         raise InvalidPhoneNumber("phone number is empty")
     if len(raw) > _MAX_RAW_LENGTH:
         raise InvalidPhoneNumber(f"phone number is too long ({len(raw)} characters, at most {_MAX_RAW_LENGTH})")

@@ -104,7 +104,7 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
         result.merge(_close_appointment(detail, event_at, event_id, settings, now))
     logger.info(
         "clinic event applied",
-        extra={"detail_type": event.detail_type.value, "event_id": event_id, "created": result.created,
+        extra={"detail_type": event.detail_type.value, "event_id": event_id, "messages_created": result.created,
                "cancelled": result.cancelled, "replanned": result.replanned, "ignored": result.ignored},
     )  # fmt: skip
     return result

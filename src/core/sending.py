@@ -33,7 +33,7 @@ from core.queue import QueuedMessage
 from core.retry import backoff
 from core.settings import AmbiguousSendPolicy, Settings
 from core.store import AppointmentRecord, Change, MessageRecord, PatientRecord, iso, parse_iso
-from core.texts import TextTooLong, render_reminder
+from core.texts import RenderedText, TextTooLong, render_reminder
 from core.timing import next_allowed
 
 IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retention, so a redrive replays too
@@ -54,20 +54,27 @@ class Pacer:
         self._next = slot + timedelta(seconds=1 / per_second)
 
 
-_pacer = Pacer()
+_default_pacer = Pacer()
+_pacer = _default_pacer
 _processor = BatchProcessor(event_type=EventType.SQS)
 
 
-def process_send_batch(event: dict[str, Any], context: Any, settings: Settings, pacer: Pacer | None = None) -> Any:
+def select_pacer(pacer: Pacer | None) -> None:
+    """Use `pacer` for the next batches (the simulator runs several sender instances, each with its own)."""
+    global _pacer
+    _pacer = pacer or _default_pacer
+
+
+def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) -> Any:
     """Handle one SQS batch; failed records are reported back so only they are retried."""
     store.bind(settings)
     config, _ = _idempotent_send(settings)
     if hasattr(context, "get_remaining_time_in_millis"):
         config.register_lambda_context(context)
-    chosen = pacer or _pacer
+    pacer = _pacer
 
     def record_handler(record: SQSRecord) -> str:
-        return send_queued(QueuedMessage.parse(record.body), settings, chosen)
+        return send_queued(QueuedMessage.parse(record.body), settings, pacer)
 
     return process_partial_response(event=event, record_handler=record_handler, processor=_processor, context=context)
 
@@ -138,7 +145,7 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
     try:
         accepted = send_once(request=request)
     except ProviderError as error:
-        return _after_failure(message, error, attempt, settings)
+        return _after_failure(message, error, attempt, settings, rendered)
     return _record_sent(message, attempt, accepted, rendered.text, rendered.segments, settings)
 
 
@@ -212,7 +219,9 @@ def _defer(
     return "retry" if attempts is not None else "deferred"
 
 
-def _after_failure(message: MessageRecord, error: ProviderError, attempt: int, settings: Settings) -> str:
+def _after_failure(
+    message: MessageRecord, error: ProviderError, attempt: int, settings: Settings, rendered: RenderedText
+) -> str:
     now = clock.now()
     provider = settings.SMS_PROVIDER.value
     logger.warning(
@@ -231,7 +240,9 @@ def _after_failure(message: MessageRecord, error: ProviderError, attempt: int, s
         count("AmbiguousSends", reminder_type=message.reminder_type, provider=provider)
         policy = settings.SMS_ON_AMBIGUOUS_SEND
         if policy is AmbiguousSendPolicy.ASSUME_SENT:
-            return _record_sent(message, attempt, None, None, None, settings, ambiguous=str(error))
+            return _record_sent(
+                message, attempt, None, rendered.text, rendered.segments, settings, ambiguous=str(error)
+            )
         if policy is AmbiguousSendPolicy.DEAD_LETTER:
             return _dead_letter(message, f"ambiguous send: {error}", attempt, now, settings)
     if attempt - int(message.retry_floor) > settings.SMS_MAX_RETRIES:

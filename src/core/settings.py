@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     SMS_ALERT_PENDING_THRESHOLD: Annotated[int, Field(ge=1)] = 1000
     SMS_ALERT_FAILURE_RATE: Annotated[float, Field(gt=0, le=1)] = 0.1
     SMS_ALERT_PROCESSING_DELAY_MINUTES: Annotated[int, Field(ge=1)] = 120
+    # Ours: health reports the provider balance below this many units (Orange availableUnits).
+    SMS_ALERT_BALANCE_UNITS: Annotated[int, Field(ge=0)] = 1000
 
     # Provider and pacing.
     SMS_PROVIDER: ProviderName = ProviderName.ORANGE
@@ -142,14 +144,23 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
+        if self.SMS_RATE_LIMIT_PER_SECOND < self.SMS_SENDER_MAX_CONCURRENCY:
+            raise ValueError(
+                "SMS_RATE_LIMIT_PER_SECOND must be at least SMS_SENDER_MAX_CONCURRENCY (each concurrent sender"
+                " needs at least one send per second of the limit)"
+            )
         if self.REMINDER_1_DAY_OFFSET_DAYS <= self.REMINDER_7_DAY_OFFSET_DAYS:
             raise ValueError("REMINDER_1_DAY_OFFSET_DAYS must be later than REMINDER_7_DAY_OFFSET_DAYS")
         return self
 
     @property
-    def sender_pace_per_second(self) -> float:
-        """Each sender instance's pace: all `SMS_SENDER_MAX_CONCURRENCY` instances together stay under the limit."""
-        return self.SMS_RATE_LIMIT_PER_SECOND / self.SMS_SENDER_MAX_CONCURRENCY
+    def sender_pace_per_second(self) -> int:
+        """Each sender instance's pace, so that all instances together never exceed the limit in any 1-s window.
+
+        An instance spaced 1/n s apart sends at most n times in any one-second window, so n = floor(rate / K)
+        keeps K uncoordinated instances at or under the rate wherever their phases fall.
+        """
+        return max(1, int(self.SMS_RATE_LIMIT_PER_SECOND // self.SMS_SENDER_MAX_CONCURRENCY))
 
     @property
     def quiet_hours(self) -> tuple[time, time] | None:

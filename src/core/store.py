@@ -254,7 +254,9 @@ def save_patient(patient: PatientRecord) -> bool:
     """Write the patient if this event is not older than the stored one; False when it is older."""
     key_attr = PatientRecord.patient_id
     try:
-        patient.save(condition=key_attr.does_not_exist() | _newer_event(PatientRecord, patient.event_at, patient.event_id))
+        patient.save(
+            condition=key_attr.does_not_exist() | _newer_event(PatientRecord, patient.event_at, patient.event_id)
+        )
     except PutError as exc:
         if _is_condition_failure(exc):
             return False
@@ -390,6 +392,41 @@ def earliest_due(shards: int) -> datetime | None:
             if item.due_at is not None and (earliest is None or item.due_at < earliest):
                 earliest = item.due_at
     return parse_iso(earliest) if earliest else None
+
+
+def count_dispatchable(shards: int) -> dict[str, dict[str, int]]:
+    """Messages still in the `due` index, by reminder type and status (pending, queued): a live count.
+
+    Reads every shard of the sparse index (only waiting messages are in it), two attributes per item: fit for
+    the health check and the statistics report, not for a per-message path.
+    """
+    counts: dict[str, dict[str, int]] = {}
+    for n in range(shards):
+        query = MessageRecord.due_index.query(f"DUE#{n}", attributes_to_get=["reminder_type", "status"], page_size=1000)
+        for item in query:
+            by_status = counts.setdefault(item.reminder_type, {})
+            by_status[item.status] = by_status.get(item.status, 0) + 1
+    return counts
+
+
+def pending_due(shards: int, until: datetime) -> tuple[int, datetime | None]:
+    """How many pending messages are due at or before `until`, and the earliest due time among them."""
+    total = 0
+    earliest: str | None = None
+    for n in range(shards):
+        query = MessageRecord.due_index.query(
+            f"DUE#{n}",
+            MessageRecord.due_at <= iso(until),
+            filter_condition=MessageRecord.status == Status.PENDING.value,
+            attributes_to_get=["due_at", "status"],
+            scan_index_forward=True,
+            page_size=1000,
+        )
+        for item in query:
+            total += 1
+            if item.due_at is not None and (earliest is None or item.due_at < earliest):
+                earliest = item.due_at
+    return total, parse_iso(earliest) if earliest else None
 
 
 def message_id_by_provider_id(provider_message_id: str) -> str | None:

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
 from core import queue, secrets, sending, store
 from core.providers import factory
 from core.settings import reset_settings
@@ -15,3 +23,134 @@ def reset_core_caches() -> None:
     factory.reset()
     sending.reset()
     reset_settings()
+
+
+@dataclass
+class FakeLambdaContext:
+    """What Powertools reads from a Lambda context, for handlers invoked outside Lambda."""
+
+    function_name: str = "rappel-local"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:000000000000:function:rappel-local"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    timeout_millis: int = 120_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.timeout_millis
+
+
+_HANDLERS = {
+    "plan_reminders": "handlers.plan_reminders",
+    "dispatch_due": "handlers.dispatch_due",
+    "send_sms": "handlers.send_sms",
+    "delivery_receipt": "handlers.delivery_receipt",
+    "health_check": "handlers.health_check",
+    "daily_statistics": "handlers.daily_statistics",
+}
+
+
+def invoke(function: str, event: dict[str, Any]) -> Any:
+    """Invoke a Lambda handler in-process, as `sam local invoke` would with an events/ file."""
+    module = importlib.import_module(_HANDLERS[function])
+    return module.lambda_handler(event, FakeLambdaContext(function_name=f"rappel-{function}"))
+
+
+def function_url_event(method: str, path: str, query: str, body: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The Lambda Function URL (payload 2.0) event for one HTTP request."""
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": {k.lower(): v for k, v in headers.items()},
+        "queryStringParameters": params or None,
+        "requestContext": {
+            "accountId": "anonymous",
+            "apiId": "local",
+            "domainName": "localhost",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
+                     "userAgent": headers.get("User-Agent", "")},  # fmt: skip
+            "requestId": str(uuid.uuid4()),
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "01/Jan/2027:00:00:00 +0000",
+            "timeEpoch": 0,
+        },
+        "body": body,
+        "isBase64Encoded": False,
+    }
+
+
+class ReceiptEndpoint:
+    """The delivery_receipt Function URL on localhost: real HTTP in, the real handler behind it."""
+
+    def __init__(self, lock: threading.Lock | None = None) -> None:
+        # Receipts and the simulation loop share one moto backend: the lock keeps them from interleaving.
+        self.lock = lock or threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                parts = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
+                event = function_url_event(self.command, parts.path, parts.query, body, dict(self.headers.items()))
+                with endpoint.lock:
+                    response = invoke("delivery_receipt", event)
+                payload = str(response.get("body") or "").encode()
+                self.send_response(int(response.get("statusCode", 500)))
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = _serve
+            do_POST = _serve
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> ReceiptEndpoint:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
+    """The SQS event Lambda's event source mapping would deliver for received messages."""
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": {"ApproximateReceiveCount": m.get("Attributes", {}).get("ApproximateReceiveCount", "1"),
+                               "SentTimestamp": "0", "SenderId": "local", "ApproximateFirstReceiveTimestamp": "0"},
+                "messageAttributes": {},
+                "md5OfBody": m.get("MD5OfBody", ""),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": "us-east-1",
+            }
+            for m in messages
+        ]
+    }  # fmt: skip
+
+
+def schedule_event(rule: str, at: str) -> dict[str, Any]:
+    """The EventBridge Scheduler event that fires a scheduled function."""
+    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.scheduler",
+            "account": "000000000000", "time": at, "region": "us-east-1", "resources": [rule], "detail": {}}  # fmt: skip
+

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
+import heapq
 import hmac
 import json
 import logging
@@ -113,13 +115,6 @@ class _Reply:
     status: int
     body: Any
     headers: Mapping[str, str]
-
-
-@dataclass
-class _PendingReceipt:
-    due: datetime
-    seq: int
-    payload: dict[str, Any]
 
 
 def _iso(field: str, value: Any) -> datetime:
@@ -251,6 +246,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     # Idle keep-alive connections are closed after this many real seconds.
     timeout = 30
+    # Headers and body go out in separate writes; with Nagle each reply would wait for a delayed ACK.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -306,7 +303,13 @@ class OrangeSimulator:
         expires_in_as_string: bool = False,
         contracts_legacy_shape: bool = False,
     ) -> None:
-        """Faults apply to the send endpoint only; the rate limit counts send requests in fixed clock windows."""
+        """Faults apply to the send endpoint only.
+
+        The rate limit is a token bucket holding one second's worth of requests (at least one), judged on the clock's
+        timestamps rather than on arrival order: a send is refused with 429 when admitting it would put more than
+        `burst + rate × span` sends into some span of time. Senders run side by side in virtual time (each from the
+        same instant) are therefore judged as if they had really run concurrently.
+        """
         if rate_limit_per_second is not None and rate_limit_per_second <= 0:
             raise ValueError("rate_limit_per_second must be > 0")
         if latency_ms < 0 or receipt_delay_seconds < 0 or token_lifetime_seconds <= 0 or available_units < 0:
@@ -325,25 +328,25 @@ class OrangeSimulator:
         self._country = country
         self._expires_in_as_string = expires_in_as_string
         self._legacy_contracts = contracts_legacy_shape
-        if rate_limit_per_second is None:
-            self._rate_window = 0.0
-            self._rate_allowed = 0
-        else:
-            # Below 1/s the window stretches so that it still admits a whole request.
-            self._rate_window = max(1.0, 1.0 / rate_limit_per_second)
-            self._rate_allowed = max(1, math.floor(rate_limit_per_second * self._rate_window + 1e-9))
+        self._rate = rate_limit_per_second
+        self._burst = max(1.0, rate_limit_per_second or 0.0)
+        # Spans longer than this are not examined: a stream conforming over every shorter span stays close enough.
+        self._rate_horizon = max(2.0, 2 * self._burst / rate_limit_per_second) if rate_limit_per_second else 0.0
 
         self._lock = threading.Lock()
         self._tokens: dict[str, datetime] = {}
-        self._rate_counts: dict[int, int] = {}
+        self._admitted_times: list[float] = []
+        self._latest_admitted = -math.inf
         self._send_requests = 0
         self._accepted: list[SentRecord] = []
         self._received: list[ReceivedRequest] = []
-        self._pending: list[_PendingReceipt] = []
+        # A heap of (due, sequence, payload): the sequence keeps equal due times in send order.
+        self._pending: list[tuple[datetime, int, dict[str, Any]]] = []
         self._receipt_seq = 0
         self.failed_receipts: list[dict[str, Any]] = []
 
         self._server: _Server | None = None
+        self._base_url = ""
         self._thread: threading.Thread | None = None
         self._pump: threading.Thread | None = None
         self._pump_stop = threading.Event()
@@ -420,7 +423,15 @@ class OrangeSimulator:
         server = _Server(("127.0.0.1", 0), _Handler)
         server.simulator = self
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="orange-simulator", daemon=True)
+        host, port = server.server_address[:2]
+        self._base_url = f"http://{host!s}:{port}"
+        self._thread = threading.Thread(
+            # A short poll keeps stop() quick; serving itself is not polled.
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="orange-simulator",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -452,8 +463,7 @@ class OrangeSimulator:
         """`http://127.0.0.1:<port>`, the value for ORANGE_API_BASE_URL."""
         if self._server is None:
             raise RuntimeError("the simulator is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._base_url
 
     # What the simulator saw.
 
@@ -488,12 +498,18 @@ class OrangeSimulator:
 
     # Receipts.
 
+    def next_receipt_at(self) -> datetime | None:
+        """When the earliest pending receipt falls due, or None when none is pending."""
+        with self._lock:
+            return self._pending[0][0] if self._pending else None
+
     def due_receipts(self, now: datetime) -> list[dict[str, Any]]:
         """Pop and return the receipts due at `now`, oldest first."""
+        due: list[dict[str, Any]] = []
         with self._lock:
-            due = sorted((p for p in self._pending if p.due <= now), key=lambda p: (p.due, p.seq))
-            self._pending = [p for p in self._pending if p.due > now]
-        return [p.payload for p in due]
+            while self._pending and self._pending[0][0] <= now:
+                due.append(heapq.heappop(self._pending)[2])
+        return due
 
     def post_due_receipts(self, now: datetime, url: str) -> int:
         """POST each receipt due at `now` to `url` as Orange would; returns how many got a 2xx.
@@ -639,16 +655,25 @@ class OrangeSimulator:
         return None
 
     def _admit(self, now: datetime) -> bool:
-        if not self._rate_allowed:
+        if self._rate is None:
             return True
-        window = math.floor(now.timestamp() / self._rate_window)
+        # Seconds since creation rather than since 1970: small floats keep microsecond steps exact enough.
+        rate, t = self._rate, (now - self._created_at).total_seconds()
         with self._lock:
-            count = self._rate_counts.get(window, 0)
-            if count >= self._rate_allowed:
+            times = self._admitted_times
+            split = bisect.bisect_right(times, t)
+            # The worst span ending at t (this request included) plus the worst span starting just after t.
+            before = times[bisect.bisect_left(times, t - self._rate_horizon) : split]
+            worst_before = max([1.0] + [k + 2 - rate * (t - x) for k, x in enumerate(reversed(before))])
+            after = times[split : bisect.bisect_right(times, t + self._rate_horizon)]
+            worst_after = max([0.0] + [k + 1 - rate * (x - t) for k, x in enumerate(after)])
+            if worst_before + worst_after > self._burst + 1e-6:
                 return False
-            self._rate_counts[window] = count + 1
-            if len(self._rate_counts) > 64:
-                self._rate_counts = {w: c for w, c in self._rate_counts.items() if w >= window - 8}
+            times.insert(split, t)
+            self._latest_admitted = max(self._latest_admitted, t)
+            stale = bisect.bisect_left(times, self._latest_admitted - 60 * self._rate_horizon)
+            if stale > 1024:
+                del times[:stale]
             return True
 
     def _send(
@@ -732,23 +757,18 @@ class OrangeSimulator:
             )
             self._receipt_seq += 1
             status = IMPOSSIBLE if recipient in self._undeliverable else DELIVERED
-            self._pending.append(
-                _PendingReceipt(
-                    due=now + self._receipt_delay,
-                    seq=self._receipt_seq,
-                    payload={
-                        "deliveryInfoNotification": {
-                            "callbackData": message_id,
-                            "deliveryInfo": {"address": address, "deliveryStatus": status},
-                        }
-                    },
-                )
-            )
+            receipt = {
+                "deliveryInfoNotification": {
+                    "callbackData": message_id,
+                    "deliveryInfo": {"address": address, "deliveryStatus": status},
+                }
+            }
+            heapq.heappush(self._pending, (now + self._receipt_delay, self._receipt_seq, receipt))
         echo: dict[str, Any] = {"address": [address], "senderAddress": sender}
         if sender_name is not None:
             echo["senderName"] = sender_name
         echo["outboundSMSTextMessage"] = {"message": text}
-        echo["resourceURL"] = f"{self.base_url}/smsmessaging/v1/outbound/{sender}/requests/{message_id}"
+        echo["resourceURL"] = f"{self._base_url}/smsmessaging/v1/outbound/{sender}/requests/{message_id}"
         return _json_reply(201, {"outboundSMSMessageRequest": echo})
 
     def _contracts(self, now: datetime, raw_path: str, headers: Mapping[str, str]) -> _Reply:

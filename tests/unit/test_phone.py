@@ -72,6 +72,12 @@ def test_invalid_phone_number_is_a_value_error() -> None:
     assert issubclass(InvalidPhoneNumber, ValueError)
 
 
+def test_non_text_input_is_refused_without_echoing_it() -> None:
+    with pytest.raises(InvalidPhoneNumber, match="must be text, got int") as caught:
+        normalize_phone(2250701020304, "CI")  # type: ignore[arg-type]
+    assert "2250701020304" not in str(caught.value)
+
+
 @pytest.mark.parametrize("raw", ["+22507010203", "0701020", "+2259901020304", "07 99 88 77"])
 def test_error_message_never_contains_the_number(raw: str) -> None:
     with pytest.raises(InvalidPhoneNumber) as caught:

@@ -99,7 +99,7 @@ def test_characters_in_the_basic_table(ch: str) -> None:
     assert normalise_gsm7(ch) == ch
 
 
-@pytest.mark.parametrize("ch", list("êâîôûëïçœŒÀÈÊÔÙÛáíóú’“”«»–—…`\t\f\x1b\x00") + ["\u00a0", "\u202f", "😀", "ت"])
+@pytest.mark.parametrize("ch", [*"êâîôûëïçœŒÀÈÊÔÙÛáíóú’“”«»–—…`\t\f\x1b\x00", "\u00a0", "\u202f", "😀", "ت"])
 def test_characters_outside_gsm7(ch: str) -> None:
     assert sms_encoding(ch) == "UCS-2"
 
@@ -371,7 +371,8 @@ def test_abbreviated_month_before_a_full_stop_is_not_doubled() -> None:
 def test_french_seven_day_reminder() -> None:
     rendered = render()
     assert rendered == RenderedText(
-        text="Rappel pour Awa: vaccin Penta (dose 2) prévu le mar. 20 mars. Lieu: CSU Abobo. Pensez au carnet de santé.",
+        text="Rappel pour Awa: vaccin Penta (dose 2) prévu le mar. 20 mars. Lieu: CSU Abobo. "
+        "Pensez au carnet de santé.",
         encoding="GSM-7",
         segments=1,
     )

@@ -14,7 +14,7 @@ from core.providers.base import (
     parse_retry_after,
     redact,
 )
-from core.providers.kannel import KannelProvider, is_gsm7
+from core.providers.kannel import KannelProvider
 from core.providers.orange import OrangeProvider
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "SmsProvider",
     "classify_http",
     "classify_transport",
-    "is_gsm7",
     "mask_phone",
     "parse_error_body",
     "parse_retry_after",

@@ -16,25 +16,13 @@ from core.providers.base import (
     mask_phone,
     redact,
 )
+from core.texts import sms_encoding
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 # Kannel expands `%<letter>` and `%#…#` in a dlr-url; anything else percent-encoded passes through untouched.
 _KANNEL_ESCAPE = re.compile(r"%[A-Za-z#]")
 # Mask 27 = delivered (1) + not delivered (2) + SMSC ack (8) + SMSC reject (16), as RapidPro/courier ask.
 DLR_MASK = 27
-
-# GSM 03.38 default alphabet and its extension table (the escape character itself excluded).
-_GSM7_BASIC = frozenset(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
-_GSM7 = _GSM7_BASIC | _GSM7_EXTENSION
-
-
-def is_gsm7(text: str) -> bool:
-    """True when every character of `text` fits the GSM-7 alphabet (basic table or extension)."""
-    return all(char in _GSM7 for char in text)
 
 
 class KannelProvider:
@@ -61,8 +49,6 @@ class KannelProvider:
             raise ValueError("dlr_url_base must be an http(s) URL")
         if _KANNEL_ESCAPE.search(dlr_url_base):
             raise ValueError("dlr_url_base must not contain '%' followed by a letter or '#': Kannel would expand it")
-        if not username or not password:
-            raise ValueError("username and password are required")
         if connect_timeout <= 0 or read_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self._url = sendsms_url
@@ -95,6 +81,11 @@ class KannelProvider:
             raise ProviderError(FailureKind.PERMANENT, "invalid_recipient", f"not an E.164 number: {mask_phone(to)}")
         if not text:
             raise ProviderError(FailureKind.PERMANENT, "empty_text", "refusing to send an empty SMS")
+        if not self._username or not self._password:
+            # Checked here rather than at construction so that an empty secret holds the queue instead of crashing.
+            raise ProviderError(
+                FailureKind.PROVIDER_WIDE, "missing_credentials", "Kannel username or password is empty"
+            )
         params = {
             "username": self._username,
             "password": self._password,
@@ -102,7 +93,7 @@ class KannelProvider:
             "to": to,
             "text": text,
             "charset": "UTF-8",
-            "coding": "0" if is_gsm7(text) else "2",
+            "coding": "0" if sms_encoding(text) == "GSM-7" else "2",
             "dlr-mask": str(DLR_MASK),
             "dlr-url": self.dlr_url(message_id),
         }

@@ -141,8 +141,6 @@ class OrangeProvider:
         """`country` (ISO-3166 alpha-3, e.g. CIV) narrows `balance()` to that country's bundle."""
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must be an http(s) URL")
-        if not client_id or not client_secret:
-            raise ValueError("client_id and client_secret are required")
         if not _SENDER.match(sender_address):
             raise ValueError("sender_address must look like tel:+2250000")
         if not _SENDER_NAME.match(sender_name):
@@ -152,6 +150,7 @@ class OrangeProvider:
         if connect_timeout <= 0 or read_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self._base = base_url.rstrip("/")
+        self._has_credentials = bool(client_id and client_secret)
         self._basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
         self._sender_address = sender_address
         self._sender_name = sender_name.strip()
@@ -296,6 +295,9 @@ class OrangeProvider:
             return token
 
     def _fetch_token(self) -> tuple[str, int]:
+        if not self._has_credentials:
+            # Checked here rather than at construction so that an empty secret holds the queue instead of crashing.
+            raise ProviderError(FailureKind.PROVIDER_WIDE, "missing_credentials", "Orange client id or secret is empty")
         headers = {
             "Authorization": f"Basic {self._basic}",
             "Content-Type": "application/x-www-form-urlencoded",

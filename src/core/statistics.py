@@ -1,0 +1,268 @@
+"""Statistics per reminder type over the last hour, day or week, read from the counters (never from scans).
+
+The counters (`core.counters`) are kept per UTC hour, so a window is read at hour granularity: every hour
+bucket that overlaps (now - window, now], i.e. the bucket of `now` and those before it back to the one holding
+the window's start. The report may therefore include up to one hour more than the window, never less.
+Pending and queued are live figures (the sparse `due` index), since a counter cannot say what is still waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal, get_args
+from zoneinfo import ZoneInfo
+
+from core import clock, store
+from core.counters import BOUNDS, PLANNED, RETRIED, percentile_from_histogram
+from core.lifecycle import Status
+from core.observability import logger
+from core.settings import Settings
+from core.timing import ReminderType
+
+Window = Literal["hour", "day", "week"]
+WINDOWS: Final[tuple[str, ...]] = get_args(Window)
+WINDOW_HOURS: Final[dict[str, int]] = {"hour": 1, "day": 24, "week": 7 * 24}
+P95: Final[float] = 0.95
+
+REPORT_PK: Final[str] = "REPORT#daily"
+
+# Counter names that are plain counts, and the report field each one feeds.
+COUNT_FIELDS: Final[dict[str, str]] = {
+    PLANNED: "planned",
+    Status.SENT.value: "sent",
+    Status.DELIVERED.value: "delivered",
+    Status.FAILED.value: "failed",
+    Status.DEAD_LETTER.value: "dead_lettered",
+    Status.EXPIRED.value: "expired",
+    Status.CANCELLED.value: "cancelled",
+    RETRIED: "retried",
+}
+
+
+# ---------------------------------------------------------------------------------------------- pure arithmetic
+
+
+def hour_buckets(since: Window, now: datetime) -> list[tuple[str, str]]:
+    """The (UTC day, hour) counter buckets overlapping (now - window, now], oldest first."""
+    if since not in WINDOW_HOURS:
+        raise ValueError(f"since must be one of {', '.join(WINDOWS)}, got {since!r}")
+    end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    start = (now - timedelta(hours=WINDOW_HOURS[since])).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    buckets = []
+    hour = start
+    while hour <= end:
+        buckets.append((hour.strftime("%Y-%m-%d"), hour.strftime("%H")))
+        hour += timedelta(hours=1)
+    return buckets
+
+
+def sum_counters(
+    counters_by_day: Mapping[str, Mapping[str, float]], buckets: Iterable[tuple[str, str]]
+) -> dict[str, dict[str, float]]:
+    """Counter values summed over `buckets`, by reminder type then counter name.
+
+    `counters_by_day` maps a UTC day to its counters keyed as stored (`<HH>#<reminder type>#<name>`).
+    """
+    wanted: dict[str, set[str]] = {}
+    for day, hour in buckets:
+        wanted.setdefault(day, set()).add(hour)
+    out: dict[str, dict[str, float]] = {}
+    for day, hours in wanted.items():
+        for key, value in counters_by_day.get(day, {}).items():
+            parts = key.split("#", 2)
+            if len(parts) != 3 or parts[0] not in hours:
+                continue
+            _, reminder_type, name = parts
+            names = out.setdefault(reminder_type, {})
+            names[name] = names.get(name, 0.0) + value
+    return out
+
+
+def merge(groups: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Counter maps added name by name (totals across reminder types)."""
+    out: dict[str, float] = {}
+    for group in groups:
+        for name, value in group.items():
+            out[name] = out.get(name, 0.0) + value
+    return out
+
+
+def histogram(counters: Mapping[str, float], prefix: str) -> dict[str, float]:
+    """The `<prefix>_le_<bound>` counters as {bound label: count}."""
+    head = f"{prefix}_le_"
+    return {name[len(head) :]: value for name, value in counters.items() if name.startswith(head)}
+
+
+def average(total: float, count: float) -> float | None:
+    """`total / count`, or None when there is nothing to average."""
+    return total / count if count > 0 else None
+
+
+def delivery_rate(delivered: float, failed: float) -> float | None:
+    """Delivered out of those whose fate the provider reported (delivered + failed); None without any."""
+    settled = delivered + failed
+    return delivered / settled if settled > 0 else None
+
+
+def _whole(value: float) -> int:
+    # Counters are stored as DynamoDB numbers (read back as floats); counts are whole.
+    return round(value)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The statistics of one reminder type (or of all of them) over a window."""
+
+    planned: int = 0
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    retried: int = 0
+    pending: int = 0
+    queued: int = 0
+    delivery_rate: float | None = None
+    delivery_time_avg_seconds: float | None = None
+    delivery_time_p95_seconds: float | None = None
+    lateness_avg_seconds: float | None = None
+    lateness_p95_seconds: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready; a p95 beyond the last histogram bound (infinite) is written as the text '>259200'."""
+        out: dict[str, Any] = {}
+        for item in fields(self):
+            name = item.name
+            value = getattr(self, name)
+            if isinstance(value, float) and math.isinf(value):
+                value = f">{BOUNDS[-1]}"
+            elif isinstance(value, float):
+                value = round(value, 6)
+            out[name] = value
+        return out
+
+
+def figures_from_counters(counters: Mapping[str, float], live: Mapping[str, int] | None = None) -> Figures:
+    """The figures of one group of counters (`counters` by name) plus the live pending/queued counts."""
+    counts = {field_name: _whole(counters.get(name, 0.0)) for name, field_name in COUNT_FIELDS.items()}
+    live = live or {}
+    # Averages divide by the histogram's total, the exact number of samples in the sum (a delivery whose send
+    # time is unknown is counted as delivered but has no latency).
+    delivery, lateness = histogram(counters, "delivery"), histogram(counters, "lateness")
+    return Figures(
+        **counts,
+        pending=live.get(Status.PENDING.value, 0),
+        queued=live.get(Status.QUEUED.value, 0),
+        delivery_rate=delivery_rate(counts["delivered"], counts["failed"]),
+        delivery_time_avg_seconds=average(counters.get("delivery_sum", 0.0), sum(delivery.values())),
+        delivery_time_p95_seconds=percentile_from_histogram(delivery, P95),
+        lateness_avg_seconds=average(counters.get("lateness_sum", 0.0), sum(lateness.values())),
+        lateness_p95_seconds=percentile_from_histogram(lateness, P95),
+    )
+
+
+@dataclass(frozen=True)
+class StatisticsReport:
+    """Statistics over a window: per reminder type and in total."""
+
+    since: Window
+    window_start: datetime
+    window_end: datetime
+    first_hour: datetime
+    by_type: Mapping[str, Figures]
+    total: Figures
+    notes: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (times as UTC ISO-8601)."""
+        return {
+            "since": self.since,
+            "window_start": store.iso(self.window_start),
+            "window_end": store.iso(self.window_end),
+            "counted_from": store.iso(self.first_hour),
+            "by_type": {name: figures.as_dict() for name, figures in self.by_type.items()},
+            "total": self.total.as_dict(),
+            "notes": list(self.notes),
+        }
+
+
+def build_report(
+    since: Window,
+    now: datetime,
+    counters_by_day: Mapping[str, Mapping[str, float]],
+    live: Mapping[str, Mapping[str, int]],
+) -> StatisticsReport:
+    """The report from raw counters and live counts (no I/O)."""
+    buckets = hour_buckets(since, now)
+    grouped = sum_counters(counters_by_day, buckets)
+    types = [t.value for t in ReminderType] + sorted((set(grouped) | set(live)) - {t.value for t in ReminderType})
+    by_type = {t: figures_from_counters(grouped.get(t, {}), live.get(t)) for t in types}
+    live_total = {status: sum(live.get(t, {}).get(status, 0) for t in types) for status in ("pending", "queued")}
+    first_day, first_hour = buckets[0]
+    return StatisticsReport(
+        since=since,
+        window_start=now - timedelta(hours=WINDOW_HOURS[since]),
+        window_end=now,
+        first_hour=datetime.fromisoformat(f"{first_day}T{first_hour}:00:00+00:00"),
+        by_type=by_type,
+        total=figures_from_counters(merge(grouped.values()), live_total),
+        notes=(
+            "counts are per hour bucket (UTC): counted_from may be up to an hour before window_start",
+            "pending and queued are live counts at window_end, not counts over the window",
+            f"p95 values are histogram bucket upper bounds; '>{BOUNDS[-1]}' means beyond the last bound",
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- with storage
+
+
+def statistics(since: Window, settings: Settings, now: datetime) -> StatisticsReport:
+    """Statistics over the last hour, day or week ending at `now`, from the counters and the live `due` index."""
+    store.bind(settings)
+    buckets = hour_buckets(since, now)
+    counters_by_day = {day: store.read_counters(day) for day in dict.fromkeys(day for day, _ in buckets)}
+    live = store.count_dispatchable(settings.DUE_INDEX_SHARDS)
+    return build_report(since, now, counters_by_day, live)
+
+
+def store_daily_report(report: StatisticsReport, day: str, settings: Settings) -> None:
+    """Keep a report in the ops table (pk REPORT#daily, sk the local day it covers), replacing any earlier one."""
+    store.bind(settings)
+    store.put_ops_value(REPORT_PK, day, text=json.dumps(report.as_dict(), separators=(",", ":"), sort_keys=True))
+
+
+def load_daily_report(day: str, settings: Settings) -> dict[str, Any] | None:
+    """A stored daily report as its JSON data, or None."""
+    store.bind(settings)
+    item = store.get_ops_value(REPORT_PK, day)
+    if item is None or not item.text:
+        return None
+    data: dict[str, Any] = json.loads(item.text)
+    return data
+
+
+def report_day(now: datetime, settings: Settings) -> str:
+    """The APP_TIMEZONE day holding the middle of the day window ending at `now` (run at 00:00: the day before).
+
+    The middle rather than the end, so that a run a few seconds late, or an operator's run at 09:00, still
+    names the day the window mostly covers.
+    """
+    return (
+        (now - timedelta(hours=WINDOW_HOURS["day"] / 2)).astimezone(ZoneInfo(settings.APP_TIMEZONE)).date().isoformat()
+    )
+
+
+def daily_statistics(settings: Settings) -> StatisticsReport:
+    """The daily run: the day's statistics, stored under the local day it covers and logged."""
+    now = clock.now()
+    report = statistics("day", settings, now)
+    day = report_day(now, settings)
+    store_daily_report(report, day, settings)
+    logger.info("daily statistics", extra={"report_day": day, "report": report.as_dict()})
+    return report

@@ -1,0 +1,116 @@
+"""`rappel import FILE.csv`: a register in bulk, through the same validation and planning as clinic events.
+
+Each row is one appointment; the patient columns repeat on every row of a child. Errors are reported per
+row (with the field) and the import goes on; a patient's rows after a refused patient are refused too.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core import clock
+from core.events import make_envelope
+from core.planning import PlanningResult, handle_clinic_event
+from core.settings import Settings
+
+COLUMNS = ("patient_id", "phone", "timezone", "language", "sms_opt_in", "display_name",
+           "appointment_id", "vaccine", "dose", "due_date", "clinic")  # fmt: skip
+
+
+@dataclass
+class ImportReport:
+    """Rows read, events applied, reminders created, and the errors by row number (1 = first data row)."""
+
+    rows: int = 0
+    patients: int = 0
+    appointments: int = 0
+    created: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _boolean(value: str) -> bool | str:
+    lowered = value.strip().lower()
+    return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(lowered, value)
+
+
+def _integer(value: str) -> int | str:
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def row_events(row: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The PatientUpserted and DoseScheduled details of one register row (types coerced from CSV text)."""
+    patient = {
+        "patient_id": row.get("patient_id", ""),
+        "phone": row.get("phone", ""),
+        "timezone": row.get("timezone") or None,
+        "language": row.get("language", ""),
+        "sms_opt_in": _boolean(row.get("sms_opt_in", "")),
+        "display_name": row.get("display_name", ""),
+    }
+    dose = {
+        "appointment_id": row.get("appointment_id", ""),
+        "patient_id": row.get("patient_id", ""),
+        "vaccine": row.get("vaccine", ""),
+        "dose": _integer(row.get("dose", "")),
+        "due_date": row.get("due_date", ""),
+        "clinic": row.get("clinic") or None,
+    }
+    return patient, dose
+
+
+def import_rows(
+    rows: Iterable[dict[str, str]], settings: Settings, progress: Callable[[int], None] | None = None
+) -> ImportReport:
+    """Apply register rows as clinic events; never stops at a bad row."""
+    report = ImportReport()
+    seen_patients: dict[str, bool] = {}
+    for number, row in enumerate(rows, start=1):
+        report.rows += 1
+        missing = [c for c in ("patient_id", "appointment_id") if not row.get(c)]
+        if missing:
+            report.errors.append((number, f"{missing[0]}: missing"))
+            continue
+        patient, dose = row_events(row)
+        now = clock.now()
+        patient_id = row["patient_id"]
+        if patient_id not in seen_patients:
+            outcome = _apply("PatientUpserted", patient, f"import-{patient_id}-{now.timestamp()}", settings, report)
+            seen_patients[patient_id] = outcome.rejected == 0
+            report.patients += 1 if outcome.rejected == 0 else 0
+            if outcome.rejected:
+                report.errors.append((number, outcome.errors[0]))
+                continue
+        elif not seen_patients[patient_id]:
+            report.errors.append((number, "patient_id: this patient's first row was refused"))
+            continue
+        outcome = _apply("DoseScheduled", dose, f"import-{dose['appointment_id']}-{now.timestamp()}", settings, report)
+        if outcome.rejected:
+            report.errors.append((number, outcome.errors[0]))
+        else:
+            report.appointments += 1
+        if progress:
+            progress(number)
+    return report
+
+
+def _apply(kind: str, detail: dict[str, Any], event_id: str, settings: Settings, report: ImportReport) -> PlanningResult:
+    result = handle_clinic_event(make_envelope(kind, detail, event_id=event_id, at=clock.now()), settings)
+    report.created += result.created
+    return result
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Register rows; raises ValueError naming a missing column."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column {missing[0]!r} (expected: {', '.join(COLUMNS)})")
+        return list(reader)

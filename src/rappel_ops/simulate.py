@@ -1,0 +1,373 @@
+"""`rappel simulate`: the whole pipeline on moto, the Orange simulator over HTTP, and a virtual clock.
+
+The clock jumps from one thing that can happen to the next (a clinic event, a dispatcher tick with work
+due, a receipt, a failed SQS record becoming visible again), so weeks pass in seconds while every step
+runs the real handlers with the events Lambda would give them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from core import clock, sending, store
+from core.clock import VirtualClock
+from core.events import make_envelope
+from core.settings import Settings, build_settings
+from core.store import iso
+from rappel_ops.embedded import ReceiptEndpoint, invoke, reset_core_caches, schedule_event, sqs_event
+from rappel_ops.invariants import check_invariants
+from rappel_ops.orange_simulator import OrangeSimulator
+from rappel_ops.stack import send_queue_visibility_timeout
+
+SIM_CREDENTIALS = {"client_id": "rappel-simulated-client", "client_secret": "simulated-secret-not-real"}
+
+
+class ScenarioEvent(BaseModel):
+    """One clinic event at a point of simulated time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: datetime
+    type: str
+    detail: dict[str, Any]
+    id: str | None = None
+
+    @field_validator("at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("must carry a UTC offset or Z")
+        return value.astimezone(UTC)
+
+
+class Scenario(BaseModel):
+    """The `rappel simulate` input (DESIGN.md, "Embedded runtime and simulation")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: datetime
+    until: datetime
+    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    provider: dict[str, Any] = Field(default_factory=lambda: {"name": "orange"})
+    events: list[ScenarioEvent] = Field(default_factory=list)
+    seed: int = 0
+
+    @field_validator("start", "until")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("must carry a UTC offset or Z")
+        return value.astimezone(UTC)
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot run; the message names the field."""
+
+
+def load_scenario(data: Any) -> Scenario:
+    """Validate a scenario; raises ScenarioError naming the first bad field."""
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ScenarioError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    if scenario.until <= scenario.start:
+        raise ScenarioError("until: must be after start")
+    return scenario
+
+
+@dataclass
+class SimulationResult:
+    """What `rappel simulate --json` prints."""
+
+    messages: list[dict[str, Any]]
+    sends: list[dict[str, Any]]
+    stats: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        """The output document."""
+        return {"messages": self.messages, "sends": self.sends, "stats": self.stats}
+
+
+@dataclass
+class _Requeue:
+    visible_at: datetime
+    receipt_handle: str
+
+
+@dataclass
+class Simulation:
+    """One run of a scenario. `run()` returns the result; the hooks let tests inject crashes."""
+
+    scenario: Scenario
+    progress: Callable[[datetime, datetime, datetime], None] | None = None
+    handler_errors: list[str] = field(default_factory=list)
+
+    def run(self) -> SimulationResult:
+        """Run the scenario from start to until."""
+        from moto import mock_aws
+
+        from rappel_ops.stack import create_stack
+
+        with mock_aws(), _scoped_environment():
+            stack = create_stack(prefix="sim", endpoint_url=None, orange_credentials=SIM_CREDENTIALS)
+            virtual = VirtualClock(self.scenario.start)
+            previous = clock.install(virtual)
+            try:
+                return self._run(stack, virtual)
+            finally:
+                clock.install(previous)
+                reset_core_caches()
+
+    def _run(self, stack: Any, virtual: VirtualClock) -> SimulationResult:
+        from core import retry
+
+        retry.seed(self.scenario.seed)
+        overrides = {key: str(value).lower() if isinstance(value, bool) else str(value)
+                     for key, value in self.scenario.settings.items()}  # fmt: skip
+        probe = build_settings(**{**stack.environment(), **overrides})
+        simulator = OrangeSimulator.from_scenario(
+            self.scenario.provider,
+            clock=virtual,
+            client_id=SIM_CREDENTIALS["client_id"],
+            client_secret=SIM_CREDENTIALS["client_secret"],
+            rate_limit_per_second=probe.SMS_RATE_LIMIT_PER_SECOND,
+        ).start()
+        receipts = ReceiptEndpoint().start()
+        try:
+            environment = {
+                **stack.environment(),
+                "ORANGE_API_BASE_URL": simulator.base_url,
+                "RECEIPT_BASE_URL": receipts.base_url,
+                "PROVIDER_READ_TIMEOUT_SECONDS": "5",
+                **overrides,
+            }
+            os.environ.update(environment)
+            reset_core_caches()
+            settings = build_settings(**environment)
+            store.bind(settings)
+            self._loop(settings, stack, virtual, simulator, receipts)
+            return self._result(settings, simulator)
+        finally:
+            simulator.stop()
+            receipts.stop()
+
+    def _loop(
+        self, settings: Settings, stack: Any, virtual: VirtualClock, simulator: OrangeSimulator, receipts: ReceiptEndpoint
+    ) -> None:
+        sqs = boto3.client("sqs", region_name=settings.AWS_REGION)
+        token = stack.receipt_token
+        receipt_url = f"{receipts.base_url}/orange?token={token}"
+        interval = timedelta(minutes=settings.SMS_PROCESSING_INTERVAL_MINUTES)
+        events = sorted(self.scenario.events, key=lambda e: e.at)
+        requeue: list[_Requeue] = []
+        pacers = [sending.Pacer() for _ in range(settings.SMS_SENDER_MAX_CONCURRENCY)]
+        start, until = self.scenario.start, self.scenario.until
+        next_tick = _ceil(start, interval, start)
+        index = 0
+        while True:
+            now = virtual.now()
+            while index < len(events) and events[index].at <= now:
+                event = events[index]
+                envelope = make_envelope(event.type, event.detail, event_id=event.id or f"sim-{index}", at=event.at)
+                self._call("plan_reminders", envelope)
+                index += 1
+            simulator.post_due_receipts(now, receipt_url)
+            for item in [r for r in requeue if r.visible_at <= now]:
+                sqs.change_message_visibility(
+                    QueueUrl=settings.SEND_QUEUE_URL, ReceiptHandle=item.receipt_handle, VisibilityTimeout=0
+                )
+                requeue.remove(item)
+            if now >= next_tick:
+                self._call("dispatch_due", schedule_event("dispatch", iso(now)))
+                self._drain(settings, sqs, virtual, pacers, requeue, stack)
+                next_tick = _ceil(virtual.now(), interval, start)
+                if next_tick <= now:
+                    next_tick = now + interval
+            if self.progress:
+                self.progress(start, virtual.now(), until)
+            wake = self._next_wake(settings, next_tick, interval, start, events[index:], simulator, requeue, until)
+            if wake >= until:
+                virtual.advance_to(until)
+                simulator.post_due_receipts(until, receipt_url)
+                break
+            virtual.advance_to(wake)
+
+    def _next_wake(
+        self,
+        settings: Settings,
+        next_tick: datetime,
+        interval: timedelta,
+        start: datetime,
+        events: list[ScenarioEvent],
+        simulator: OrangeSimulator,
+        requeue: list[_Requeue],
+        until: datetime,
+    ) -> datetime:
+        # The dispatcher fires every interval; only the ticks where something is due can change anything.
+        earliest_due = store.earliest_due(settings.DUE_INDEX_SHARDS)
+        queued = requeue or _queue_depth(settings) > 0
+        tick = next_tick
+        if not queued:
+            tick = max(next_tick, _ceil(earliest_due, interval, start)) if earliest_due else until
+        candidates = [tick, until]
+        if events:
+            candidates.append(events[0].at)
+        receipt = simulator.next_receipt_at()
+        if receipt is not None:
+            candidates.append(receipt)
+        candidates += [r.visible_at for r in requeue]
+        return max(min(candidates), self._now())
+
+    def _now(self) -> datetime:
+        return clock.now()
+
+    def _drain(
+        self,
+        settings: Settings,
+        sqs: Any,
+        virtual: VirtualClock,
+        pacers: list[sending.Pacer],
+        requeue: list[_Requeue],
+        stack: Any,
+    ) -> None:
+        """Run sender instances side by side in virtual time until the queue is empty."""
+        visibility = timedelta(seconds=send_queue_visibility_timeout())
+        while True:
+            batches = [b for b in (_receive(sqs, settings) for _ in pacers) if b]
+            if not batches:
+                return
+            t0 = virtual.now()
+            ends = []
+            for pacer, batch in zip(pacers, batches, strict=False):
+                virtual.set(t0)
+                sending.select_pacer(pacer)
+                failed = self._send_batch(batch, stack.send_queue_arn)
+                for message in batch:
+                    if message["MessageId"] in failed:
+                        requeue.append(_Requeue(t0 + visibility, message["ReceiptHandle"]))
+                    else:
+                        sqs.delete_message(QueueUrl=settings.SEND_QUEUE_URL, ReceiptHandle=message["ReceiptHandle"])
+                ends.append(virtual.now())
+            virtual.set(max(ends))
+            sending.select_pacer(None)
+
+    def _send_batch(self, batch: list[dict[str, Any]], queue_arn: str) -> set[str]:
+        try:
+            response = self._call("send_sms", sqs_event(batch, queue_arn), raise_errors=True)
+        except Exception:  # noqa: BLE001 - a crashed invocation: every record comes back after the visibility timeout
+            return {m["MessageId"] for m in batch}
+        return {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
+
+    def _call(self, function: str, event: dict[str, Any], raise_errors: bool = False) -> Any:
+        try:
+            return invoke(function, event)
+        except Exception as exc:  # a Lambda invocation that failed: EventBridge/SQS retry, we record it
+            self.handler_errors.append(f"{function}: {type(exc).__name__}: {exc}")
+            if raise_errors:
+                raise
+            return None
+
+    def _result(self, settings: Settings, simulator: OrangeSimulator) -> SimulationResult:
+        messages = sorted((_message_json(m) for m in store.iterate_messages()),
+                          key=lambda m: (m["scheduled_at"], m["message_id"]))  # fmt: skip
+        by_provider_id = {m["provider_message_id"]: m["message_id"] for m in messages if m["provider_message_id"]}
+        by_text = {(m["phone"], m["text"]): m["message_id"] for m in messages if m["text"]}
+        sends = []
+        for record in simulator.accepted:
+            ours = by_provider_id.get(record.message_id) or by_text.get((record.to, record.text))
+            sends.append({"at": iso(record.at), "to": record.to, "text": record.text, "message_id": ours,
+                          "provider_message_id": record.message_id})  # fmt: skip
+        for message in messages:
+            message.pop("phone")
+        stats = _stats(messages, sends)
+        stats["invariants"] = check_invariants(self.scenario, settings, messages, sends)
+        stats["handler_errors"] = len(self.handler_errors)
+        return SimulationResult(messages, sends, stats)
+
+
+def _message_json(message: store.MessageRecord) -> dict[str, Any]:
+    patient = store.get_patient(message.patient_id)
+    return {
+        "message_id": message.message_id,
+        "patient_id": message.patient_id,
+        "appointment_id": message.appointment_id,
+        "reminder_type": message.reminder_type,
+        "due_date": message.due_date,
+        "status": message.status,
+        "scheduled_at": message.scheduled_at,
+        "deadline": message.deadline,
+        "queued_at": message.queued_at,
+        "sent_at": message.sent_at,
+        "delivered_at": message.delivered_at,
+        "attempts": int(message.attempts),
+        "text": message.text,
+        "segments": int(message.segments) if message.segments is not None else None,
+        "last_error": message.last_error,
+        "ambiguous": bool(message.ambiguous),
+        "provider_message_id": message.provider_message_id,
+        "timezone": patient.timezone if patient else None,
+        "phone": patient.phone if patient else None,
+    }
+
+
+def _stats(messages: list[dict[str, Any]], sends: list[dict[str, Any]]) -> dict[str, Any]:
+    by_status: dict[str, int] = {}
+    by_type: dict[str, dict[str, int]] = {}
+    for m in messages:
+        by_status[m["status"]] = by_status.get(m["status"], 0) + 1
+        per_type = by_type.setdefault(m["reminder_type"], {})
+        per_type[m["status"]] = per_type.get(m["status"], 0) + 1
+    return {"messages": len(messages), "sends": len(sends), "by_status": by_status, "by_type": by_type}
+
+
+def _ceil(instant: datetime | None, interval: timedelta, origin: datetime) -> datetime:
+    if instant is None:
+        return origin
+    steps = math.ceil((instant - origin) / interval)
+    return origin + max(steps, 0) * interval
+
+
+def _receive(sqs: Any, settings: Settings) -> list[dict[str, Any]]:
+    received: list[dict[str, Any]] = []
+    while len(received) < settings.SMS_BATCH_SIZE:
+        chunk = sqs.receive_message(
+            QueueUrl=settings.SEND_QUEUE_URL,
+            MaxNumberOfMessages=min(10, settings.SMS_BATCH_SIZE - len(received)),
+            VisibilityTimeout=43200,
+            AttributeNames=["All"],
+        ).get("Messages", [])
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def _queue_depth(settings: Settings) -> int:
+    from core import queue
+
+    return queue.depth(settings.SEND_QUEUE_URL, settings)
+
+
+@contextmanager
+def _scoped_environment() -> Iterator[None]:
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def simulate(data: Any, progress: Callable[[datetime, datetime, datetime], None] | None = None) -> SimulationResult:
+    """Validate and run a scenario."""
+    return Simulation(load_scenario(data), progress=progress).run()
