@@ -55,7 +55,8 @@ def transition_counts(
         out[key] = out.get(key, 0) + amount
 
     if target is Status.PENDING and source == Status.QUEUED.value:
-        add(RETRIED)
+        if "attempts" in values:  # a deferral for quiet hours or a provider hold is not a retry
+            add(RETRIED)
         return out
     if target not in COUNTED or target.value == source:
         return out

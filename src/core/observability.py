@@ -22,7 +22,7 @@ from core.phone import mask_phone
 
 SERVICE = "rappel"
 NAMESPACE = "Rappel"
-_PHONE = re.compile(r"\+?\b\d{8,15}\b")
+_PHONE = re.compile(r"(?<![\w+-])\+?\d{8,15}(?![\w-])")
 
 warnings.filterwarnings("ignore", "No application metrics to publish*")
 

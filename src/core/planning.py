@@ -220,3 +220,18 @@ def cancel_message(message: MessageRecord, reason: str, settings: Settings, now:
     if done:
         count("RemindersCancelled", reminder_type=message.reminder_type)
     return done
+
+
+def set_consent(phone: str, opt_in: bool, settings: Settings) -> tuple[int, PlanningResult]:
+    """Opt every patient with this number in or out (operator command) and replan; (patients changed, result)."""
+    from core.phone import normalize_phone
+
+    store.bind(settings)
+    now = clock.now()
+    number = normalize_phone(phone, settings.SMS_DEFAULT_REGION)
+    result = PlanningResult()
+    patients = store.patients_with_phone(number)
+    for patient in patients:
+        store.set_opt_in(patient.patient_id, opt_in, iso(now), f"operator-{'optin' if opt_in else 'optout'}")
+        result.merge(reconcile_patient(patient.patient_id, settings, now))
+    return len(patients), result

@@ -72,11 +72,17 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     if hasattr(context, "get_remaining_time_in_millis"):
         config.register_lambda_context(context)
     pacer = _pacer
+    outcomes: list[str] = []
 
     def record_handler(record: SQSRecord) -> str:
-        return send_queued(QueuedMessage.parse(record.body), settings, pacer)
+        outcome = send_queued(QueuedMessage.parse(record.body), settings, pacer)
+        outcomes.append(outcome)
+        return outcome
 
-    return process_partial_response(event=event, record_handler=record_handler, processor=_processor, context=context)
+    response = process_partial_response(event=event, record_handler=record_handler, processor=_processor, context=context)
+    if Status.SENT.value in outcomes:
+        provider_state.record_send(clock.now())  # once per batch: health only needs minutes
+    return response
 
 
 @functools.cache
@@ -325,7 +331,6 @@ def _record_sent(
         )
         count("SentAfterSettled")
         return "sent_unrecorded"
-    provider_state.record_send(now)
     type_, provider = message.reminder_type, str(values["provider"])
     count("SmsSent", reminder_type=type_, provider=provider)
     lateness = max(0.0, (now - parse_iso(message.scheduled_at)).total_seconds())

@@ -1,7 +1,7 @@
 """The data access layer: patients, appointments, messages and operational counters in DynamoDB (pynamodb).
 
 Every status change of a message is one conditional write built from the state machine (`core.lifecycle`),
-done in one transaction with the counters it moves, so statistics never drift from the messages.
+followed by the counters it moves; the condition makes replays and retries count nothing twice.
 Nothing above this module touches DynamoDB.
 """
 
@@ -20,12 +20,11 @@ from pynamodb.attributes import (
     UnicodeAttribute,
 )
 from pynamodb.connection import Connection
-from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
+from pynamodb.exceptions import PutError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
-from pynamodb.transactions import TransactWrite
 
 from core.counters import transition_counts
 from core.lifecycle import DISPATCHABLE, TERMINAL, Status, check_transition
@@ -182,11 +181,12 @@ class OpsRecord(Model):
 
 _MODELS: tuple[type[Model], ...] = (PatientRecord, AppointmentRecord, MessageRecord, OpsRecord)
 _bound: tuple[str, ...] | None = None
+_transaction_connection: Connection | None = None
 
 
 def bind(settings: Settings) -> None:
     """Point the models at the stack's tables (and at a local endpoint for the embedded stack)."""
-    global _bound
+    global _bound, _transaction_connection
     key = (
         settings.PATIENTS_TABLE,
         settings.APPOINTMENTS_TABLE,
@@ -204,16 +204,23 @@ def bind(settings: Settings) -> None:
         model.Meta.host = settings.AWS_ENDPOINT_URL or None
         model._connection = None  # pynamodb caches the connection per model; rebuild it for the new target
     _bound = key
+    _transaction_connection = None
 
 
 def unbind() -> None:
     """Forget the binding (tests that switch backends call this)."""
-    global _bound
+    global _bound, _transaction_connection
     _bound = None
+    _transaction_connection = None
 
 
 def _connection() -> Connection:
-    return Connection(region=MessageRecord.Meta.region, host=getattr(MessageRecord.Meta, "host", None))
+    # One connection per binding: each new pynamodb Connection builds a botocore session and reloads the
+    # service model from disk, which costs more than the write itself.
+    global _transaction_connection
+    if _transaction_connection is None:
+        _transaction_connection = Connection(region=MessageRecord.Meta.region, host=getattr(MessageRecord.Meta, "host", None))
+    return _transaction_connection
 
 
 # ---------------------------------------------------------------------------------------------- ids and shards
@@ -320,26 +327,48 @@ def appointments_of(patient_id: str) -> list[AppointmentRecord]:
 # ---------------------------------------------------------------------------------------------- counters
 
 
-@dataclass(frozen=True)
-class CounterBump:
-    """An atomic add to one counter, applied in the same transaction as the change it counts."""
+def add_to_counters(counts: Mapping[tuple[str, str], float]) -> None:
+    """Atomically add to counters: one UpdateItem per (day, hour#type) item, one attribute per counter name.
 
-    day: str
-    key: str
-    amount: int | float
-
-
-def _counter_update(bump: CounterBump) -> tuple[OpsRecord, list[Action]]:
-    return OpsRecord(f"COUNTERS#{bump.day}", bump.key), [OpsRecord.value.add(bump.amount)]
-
-
-def _bumps(counts: Mapping[tuple[str, str], float]) -> list[CounterBump]:
-    return [CounterBump(day, key, amount) for (day, key), amount in counts.items()]
+    Deliberately not in a transaction with the status write: the status write is conditional, so a retry or a
+    replay never counts twice; a crash between the two writes can only miss one count. (moto also copies every
+    table on each transaction, which made the embedded stack quadratic.)
+    """
+    grouped: dict[tuple[str, str], dict[str, float]] = {}
+    for (day, key), amount in counts.items():
+        hour_type, name = key.rsplit("#", 1)
+        grouped.setdefault((day, hour_type), {})[name] = amount
+    client = _connection().client
+    for (day, hour_type), names in grouped.items():
+        placeholders = {f"#c{i}": name for i, name in enumerate(names)}
+        client.update_item(
+            TableName=OpsRecord.Meta.table_name,
+            Key={"pk": {"S": f"COUNTERS#{day}"}, "sk": {"S": hour_type}},
+            UpdateExpression="ADD " + ", ".join(f"#c{i} :v{i}" for i in range(len(names))),
+            ExpressionAttributeNames=placeholders,
+            ExpressionAttributeValues={f":v{i}": {"N": repr(float(v))} for i, v in enumerate(names.values())},
+        )
 
 
 def read_counters(day: str) -> dict[str, float]:
-    """Every counter of one UTC day, keyed as written."""
-    return {item.sk: float(item.value) for item in OpsRecord.query(f"COUNTERS#{day}")}
+    """Every counter of one UTC day, keyed `<hour>#<reminder type>#<name>`."""
+    client = _connection().client
+    out: dict[str, float] = {}
+    kwargs: dict[str, Any] = {
+        "TableName": OpsRecord.Meta.table_name,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": {"S": f"COUNTERS#{day}"}},
+    }
+    while True:
+        page = client.query(**kwargs)
+        for item in page.get("Items", []):
+            prefix = item["sk"]["S"]
+            for name, value in item.items():
+                if "N" in value and name not in {"pk", "sk"}:
+                    out[f"{prefix}#{name}"] = float(value["N"])
+        if "LastEvaluatedKey" not in page:
+            return out
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 # ---------------------------------------------------------------------------------------------- messages
@@ -357,17 +386,13 @@ def create_message(message: MessageRecord, at: datetime) -> bool:
     """Create a pending message (and count it as planned); False if it already exists (a replayed event)."""
     if message.state is not Status.PENDING:
         raise ValueError("messages are created pending")
-    bumps = _bumps(transition_counts(message.reminder_type, "", Status.PENDING, at, {}, at, None))
     try:
-        with TransactWrite(connection=_connection()) as tx:
-            tx.save(message, condition=MessageRecord.message_id.does_not_exist())
-            for bump in bumps:
-                item, actions = _counter_update(bump)
-                tx.update(item, actions=actions)
-    except TransactWriteError as exc:
+        message.save(condition=MessageRecord.message_id.does_not_exist())
+    except PutError as exc:
         if _is_condition_failure(exc):
             return False
         raise
+    add_to_counters(transition_counts(message.reminder_type, "", Status.PENDING, at, {}, at, None))
     return True
 
 
@@ -477,8 +502,14 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
     condition = MessageRecord.status.is_in(*(s.value for s in sorted(sources)))
     if change.condition is not None:
         condition = condition & change.condition
+    try:
+        MessageRecord(message.message_id).update(actions=actions, condition=condition)
+    except UpdateError as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
     sent_at = change.set.get("sent_at") or message.sent_at
-    bumps = _bumps(
+    add_to_counters(
         transition_counts(
             message.reminder_type,
             message.status,
@@ -489,19 +520,6 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
             parse_iso(sent_at) if sent_at else None,
         )
     )
-    try:
-        if bumps:
-            with TransactWrite(connection=_connection()) as tx:
-                tx.update(MessageRecord(message.message_id), actions=actions, condition=condition)
-                for bump in bumps:
-                    item, counter_actions = _counter_update(bump)
-                    tx.update(item, actions=counter_actions)
-        else:
-            MessageRecord(message.message_id).update(actions=actions, condition=condition)
-    except (TransactWriteError, UpdateError) as exc:
-        if _is_condition_failure(exc):
-            return False
-        raise
     return True
 
 
@@ -566,9 +584,6 @@ def delete_ops_value(pk: str, sk: str) -> None:
 
 
 def _is_condition_failure(exc: Exception) -> bool:
-    if isinstance(exc, TransactWriteError):
-        reasons = getattr(exc, "cancellation_reasons", None) or []
-        return any(r is not None and r.code == "ConditionalCheckFailed" for r in reasons)
     return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import threading
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -154,3 +157,18 @@ def schedule_event(rule: str, at: str) -> dict[str, Any]:
     return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.scheduler",
             "account": "000000000000", "time": at, "region": "us-east-1", "resources": [rule], "detail": {}}  # fmt: skip
 
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """Silence the functions' JSON logs and EMF on the terminal (they are for CloudWatch, not for people)."""
+    import logging
+
+    logger = logging.getLogger("rappel")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            yield
+        finally:
+            logger.setLevel(level)

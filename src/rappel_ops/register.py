@@ -1,8 +1,10 @@
 """A synthetic immunization register for demos and tests.
 
-Children get birth dates such that their doses on the infant schedule of the Côte d'Ivoire EPI fall due in a
-chosen window; each row is one appointment (one dose of one vaccine), in the CSV layout `rappel import` reads.
-Everything is drawn from one seeded generator, so a seed always gives the same register.
+Children get birth dates such that their visits on the infant schedule of the Côte d'Ivoire EPI fall due in a
+chosen window; each row is one appointment, in the CSV layout `rappel import` reads. An appointment is one clinic
+visit, with all the vaccines given together at it, so that a family gets one reminder per visit rather than one
+near-identical SMS per vaccine. Everything is drawn from one seeded generator, so a seed always gives the same
+register.
 
 `python -m rappel_ops.register [PATH]` rewrites the bundled sample (`data/sample_register.csv`).
 """
@@ -29,8 +31,9 @@ __all__ = [
     "SAMPLE_REGISTER_PATH",
     "SAMPLE_SEED",
     "SAMPLE_START",
+    "MAX_VACCINE_LENGTH",
     "RegisterRow",
-    "ScheduledDose",
+    "ScheduledVisit",
     "generate_register",
     "read_register_csv",
     "write_register_csv",
@@ -56,44 +59,59 @@ SAMPLE_START = date(2027, 3, 1)
 SAMPLE_DAYS = 45
 SAMPLE_REGISTER_PATH = Path(__file__).parent / "data" / "sample_register.csv"
 
+# The longest `vaccine` a clinic event accepts (`core.events`, ShortText).
+MAX_VACCINE_LENGTH = 40
+
 
 @dataclass(frozen=True)
-class ScheduledDose:
-    """One dose of the infant schedule, due `weeks` weeks or `months` months after birth."""
+class ScheduledVisit:
+    """One clinic visit of the infant schedule, `weeks` weeks or `months` months after birth.
 
-    vaccine: str
+    `vaccines` are the short names of the vaccines given together at the visit; `dose` is the number that
+    identifies the visit in the register: the Penta dose at 6, 10 and 14 weeks, the RR dose at 9 and 15 months.
+    """
+
+    vaccines: tuple[str, ...]
     dose: int
-    code: str
     weeks: int = 0
     months: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.vaccines or len(self.vaccine) > MAX_VACCINE_LENGTH:
+            raise ValueError(f"a visit needs 1 to {MAX_VACCINE_LENGTH} characters of vaccines, got {self.vaccine!r}")
+        if (self.weeks > 0) == (self.months > 0):
+            raise ValueError("a visit is due after a number of weeks or of months, not both or neither")
+
+    @property
+    def code(self) -> str:
+        """The age of the visit, e.g. "6W" (6 weeks) or "9M" (9 months); stable, used in appointment ids."""
+        return f"{self.weeks}W" if self.weeks else f"{self.months}M"
+
+    @property
+    def vaccine(self) -> str:
+        """The vaccines of the visit as one register value, e.g. "Penta+VPO+PCV13+Rota"."""
+        return "+".join(self.vaccines)
+
     def due_for(self, birth: date) -> date:
-        """The date this dose falls due for a child born on `birth`."""
+        """The date this visit falls due for a child born on `birth`."""
         return _add_months(birth, self.months) + timedelta(weeks=self.weeks)
 
 
 # Birth doses (BCG, VPO 0) are left out: they are given at the maternity, so there is nothing to remind.
-EPI_SCHEDULE: tuple[ScheduledDose, ...] = (
-    ScheduledDose("Penta", 1, "PENTA", weeks=6),
-    ScheduledDose("VPO", 1, "VPO", weeks=6),
-    ScheduledDose("PCV13", 1, "PCV13", weeks=6),
-    ScheduledDose("Rotavirus", 1, "ROTA", weeks=6),
-    ScheduledDose("Penta", 2, "PENTA", weeks=10),
-    ScheduledDose("VPO", 2, "VPO", weeks=10),
-    ScheduledDose("PCV13", 2, "PCV13", weeks=10),
-    ScheduledDose("Rotavirus", 2, "ROTA", weeks=10),
-    ScheduledDose("Penta", 3, "PENTA", weeks=14),
-    ScheduledDose("VPO", 3, "VPO", weeks=14),
-    ScheduledDose("PCV13", 3, "PCV13", weeks=14),
-    ScheduledDose("VPI", 1, "VPI", weeks=14),
-    ScheduledDose("Rougeole-Rubéole", 1, "RR", months=9),
-    ScheduledDose("Fièvre jaune", 1, "FJ", months=9),
-    ScheduledDose("Rougeole-Rubéole", 2, "RR", months=15),
+# Ordered by age; a child's anchor visit is drawn uniformly among these.
+EPI_SCHEDULE: tuple[ScheduledVisit, ...] = (
+    ScheduledVisit(("Penta", "VPO", "PCV13", "Rota"), 1, weeks=6),
+    ScheduledVisit(("Penta", "VPO", "PCV13", "Rota"), 2, weeks=10),
+    ScheduledVisit(("Penta", "VPO", "PCV13", "VPI"), 3, weeks=14),
+    ScheduledVisit(("RR", "Fièvre jaune"), 1, months=9),
+    ScheduledVisit(("RR",), 2, months=15),
 )
 
-# The ages of the clinic visits; a child's anchor visit is drawn among these, not among doses, so that visits
-# with many co-administered vaccines are not over-represented.
-_VISIT_AGES: tuple[tuple[int, int], ...] = tuple(sorted({(dose.weeks, dose.months) for dose in EPI_SCHEDULE}))
+# The anchor visit is drawn from this order (the months visits first), which keeps the children, birth dates
+# and contact details a seed gave when rows were single doses.
+_ANCHOR_ORDER: tuple[ScheduledVisit, ...] = tuple(
+    sorted(EPI_SCHEDULE, key=lambda visit: (visit.weeks, visit.months))
+)
 
 _DEFAULT_ZONES: tuple[tuple[str, float], ...] = (
     ("Africa/Abidjan", 0.55),
@@ -221,7 +239,10 @@ _SHARE_NO_CLINIC = 0.08
 
 @dataclass(frozen=True)
 class RegisterRow:
-    """One appointment (a dose due) of one child, with the child's contact details repeated on every row."""
+    """One appointment (a clinic visit due, with all its vaccines) of one child.
+
+    The child's contact details are repeated on every row.
+    """
 
     patient_id: str
     phone: str
@@ -260,11 +281,11 @@ def generate_register(
     days: int,
     zones: list[str] | None = None,
 ) -> list[RegisterRow]:
-    """A deterministic synthetic register: `n_children` children, every dose of theirs due in the window.
+    """A deterministic synthetic register: `n_children` children, every visit of theirs due in the window.
 
     The window is `days` calendar days from `start`: due dates d satisfy start <= d < start + days.
-    Each child has at least one dose in it, often several (co-administered vaccines, or two visits four weeks
-    apart). `zones` (IANA names) are drawn uniformly; by default a mix weighted towards Africa/Abidjan,
+    Each child has at least one visit in it, sometimes two (the 6-, 10- and 14-week visits are four weeks
+    apart); a visit is one row, whatever the number of vaccines given at it. `zones` (IANA names) are drawn uniformly; by default a mix weighted towards Africa/Abidjan,
     with diaspora caregivers in Europe/Paris. Rows are ordered by patient, then due date.
     """
     if n_children < 0:
@@ -278,14 +299,14 @@ def generate_register(
     rows: list[RegisterRow] = []
     for index in range(n_children):
         patient_id = f"P{index + 1:05d}"
-        birth, doses = _birth_with_doses_in(rng, start, end)
+        birth, visits = _birth_with_visits_in(rng, start, end)
         phone = _mobile_number(rng, used_phones)
         timezone = rng.choices(zone_names, zone_weights)[0]
         language = "en" if rng.random() < _SHARE_ENGLISH else "fr"
         sms_opt_in = rng.random() >= _SHARE_OPTED_OUT
         display_name = _display_name(rng)
         clinic = "" if rng.random() < _SHARE_NO_CLINIC else rng.choice(_CLINICS)
-        for scheduled in doses:
+        for visit in visits:
             rows.append(
                 RegisterRow(
                     patient_id=patient_id,
@@ -294,10 +315,10 @@ def generate_register(
                     language=language,
                     sms_opt_in=sms_opt_in,
                     display_name=display_name,
-                    appointment_id=f"{patient_id}-{scheduled.code}-{scheduled.dose}",
-                    vaccine=scheduled.vaccine,
-                    dose=scheduled.dose,
-                    due_date=scheduled.due_for(birth),
+                    appointment_id=f"{patient_id}-V{visit.code}",
+                    vaccine=visit.vaccine,
+                    dose=visit.dose,
+                    due_date=visit.due_for(birth),
                     clinic=clinic,
                 )
             )
@@ -342,16 +363,16 @@ def _zones(zones: Sequence[str] | None) -> tuple[list[str], list[float]]:
     return list(zones), [1.0] * len(zones)
 
 
-def _birth_with_doses_in(rng: random.Random, start: date, end: date) -> tuple[date, list[ScheduledDose]]:
-    """A birth date for which at least one dose falls due in [start, end), and those doses by due date."""
+def _birth_with_visits_in(rng: random.Random, start: date, end: date) -> tuple[date, list[ScheduledVisit]]:
+    """A birth date for which at least one visit falls due in [start, end), and those visits by due date."""
     while True:
-        weeks, months = rng.choice(_VISIT_AGES)
+        anchor = rng.choice(_ANCHOR_ORDER)
         due = start + timedelta(days=rng.randrange((end - start).days))
-        birth = _add_months(due - timedelta(weeks=weeks), -months)
-        doses = [scheduled for scheduled in EPI_SCHEDULE if start <= scheduled.due_for(birth) < end]
-        # Month arithmetic clamps the 29th-31st, which can push the anchor dose just out of the window.
-        if doses:
-            return birth, sorted(doses, key=lambda scheduled: scheduled.due_for(birth))
+        birth = _add_months(due - timedelta(weeks=anchor.weeks), -anchor.months)
+        visits = [visit for visit in EPI_SCHEDULE if start <= visit.due_for(birth) < end]
+        # Month arithmetic clamps the 29th-31st, which can push the anchor visit just out of the window.
+        if visits:
+            return birth, sorted(visits, key=lambda visit: visit.due_for(birth))
 
 
 def _mobile_number(rng: random.Random, used: set[str]) -> str:
@@ -389,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = generate_register(SAMPLE_CHILDREN, seed=SAMPLE_SEED, start=SAMPLE_START, days=SAMPLE_DAYS)
     write_register_csv(rows, path)
-    print(f"wrote {len(rows)} appointments for {SAMPLE_CHILDREN} children to {path}")
+    print(f"wrote {len(rows)} appointments (visits) for {SAMPLE_CHILDREN} children to {path}")
 
 
 if __name__ == "__main__":

@@ -174,8 +174,11 @@ class Simulation:
         start, until = self.scenario.start, self.scenario.until
         next_tick = _ceil(start, interval, start)
         index = 0
+        earliest_due: datetime | None = None
+        stale = True  # whether the due index may have changed since `earliest_due` was read
         while True:
             now = virtual.now()
+            stale = stale or (index < len(events) and events[index].at <= now)
             while index < len(events) and events[index].at <= now:
                 event = events[index]
                 envelope = make_envelope(event.type, event.detail, event_id=event.id or f"sim-{index}", at=event.at)
@@ -190,12 +193,16 @@ class Simulation:
             if now >= next_tick:
                 self._call("dispatch_due", schedule_event("dispatch", iso(now)))
                 self._drain(settings, sqs, virtual, pacers, requeue, stack)
+                stale = True
                 next_tick = _ceil(virtual.now(), interval, start)
                 if next_tick <= now:
                     next_tick = now + interval
             if self.progress:
                 self.progress(start, virtual.now(), until)
-            wake = self._next_wake(settings, next_tick, interval, start, events[index:], simulator, requeue, until)
+            if stale:
+                earliest_due, stale = store.earliest_due(settings.DUE_INDEX_SHARDS), False
+            wake = self._next_wake(earliest_due, settings, next_tick, interval, start, events[index:], simulator,
+                                   requeue, until)  # fmt: skip
             if wake >= until:
                 virtual.advance_to(until)
                 simulator.post_due_receipts(until, receipt_url)
@@ -204,6 +211,7 @@ class Simulation:
 
     def _next_wake(
         self,
+        earliest_due: datetime | None,
         settings: Settings,
         next_tick: datetime,
         interval: timedelta,
@@ -214,7 +222,6 @@ class Simulation:
         until: datetime,
     ) -> datetime:
         # The dispatcher fires every interval; only the ticks where something is due can change anything.
-        earliest_due = store.earliest_due(settings.DUE_INDEX_SHARDS)
         queued = requeue or _queue_depth(settings) > 0
         tick = next_tick
         if not queued:

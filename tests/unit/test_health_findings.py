@@ -45,9 +45,7 @@ def test_healthy_figures_raise_nothing() -> None:
 
 def test_pending_above_the_threshold() -> None:
     assert findings_for(replace(HEALTHY, pending_count=100), SETTINGS) == ()
-    assert findings_for(replace(HEALTHY, pending_count=101), SETTINGS) == (
-        "101 messages are pending (threshold 100).",
-    )
+    assert findings_for(replace(HEALTHY, pending_count=101), SETTINGS) == ("101 messages are pending (threshold 100).",)
 
 
 def test_oldest_due_lag_above_the_threshold_reads_like_the_brief() -> None:
@@ -93,6 +91,9 @@ def test_failure_rate_over_the_last_hour() -> None:
     assert findings_for(figures, SETTINGS) == (
         "In the last hour 3 messages failed or were dead-lettered against 7 sent: a failure rate of 30%"
         " (threshold 10%).",
+    )
+    assert findings_for(replace(HEALTHY, sent_last_hour=1, failures_last_hour=1), SETTINGS) == (
+        "In the last hour 1 message failed or was dead-lettered against 1 sent: a failure rate of 50% (threshold 10%).",
     )
 
 

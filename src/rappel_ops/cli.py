@@ -1,0 +1,300 @@
+"""The `rappel` command: run the demo and simulations, and operate a stack (embedded or deployed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rappel_ops.target import TargetError, resolve
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Rappel: immunization SMS reminders.")
+local_app = typer.Typer(no_args_is_help=True, help="The embedded stack on this machine.")
+app.add_typer(local_app, name="local")
+console = Console(stderr=True)
+out = Console()
+
+Local = Annotated[bool, typer.Option("--local", help="Talk to the embedded stack started by `rappel local up`.")]
+Stack = Annotated[str | None, typer.Option(help="Deployed stack name (default: samconfig.toml's dev stack).")]
+Region = Annotated[str | None, typer.Option(help="AWS region of the deployed stack.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print data as JSON.")]
+
+
+def _settings(local: bool, stack: str | None, region: str | None) -> Any:
+    try:
+        return resolve(local=local, stack=stack, region=region)
+    except TargetError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _emit(data: Any, as_json: bool, table: Table | None = None) -> None:
+    if as_json or table is None:
+        out.print_json(json.dumps(data, default=str))
+    else:
+        out.print(table)
+
+
+@app.command()
+def demo(
+    children: Annotated[int, typer.Option(min=1, max=20000, help="Children in the synthetic register.")] = 500,
+    days: Annotated[int, typer.Option(min=1, max=365, help="Days to simulate.")] = 60,
+    seed: Annotated[int, typer.Option(help="Random seed (register, faults, jitter).")] = 7,
+    rate: Annotated[float, typer.Option(min=1, help="Provider rate limit, SMS per second.")] = 5.0,
+    report: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = Path("out/report.html"),
+) -> None:
+    """Simulate a national program's weeks on the embedded stack and write an HTML report (`make run`)."""
+    from rappel_ops.demo import run_demo
+
+    summary = run_demo(children=children, days=days, seed=seed, rate=rate, report_path=report, console=console)
+    raise typer.Exit(0 if summary.invariants_ok else 1)
+
+
+@app.command()
+def simulate(
+    scenario: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Scenario JSON file.")],
+    as_json: AsJson = False,
+) -> None:
+    """Run a scenario through the whole pipeline in virtual time (DESIGN.md's contract)."""
+    from rappel_ops.simulate import ScenarioError, simulate as run
+
+    try:
+        data = json.loads(scenario.read_text())
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]error:[/red] {scenario}: not JSON ({exc})")
+        raise typer.Exit(2) from None
+    try:
+        with _quiet():
+            result = run(data)
+    except (ScenarioError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    document = result.as_json()
+    if as_json:
+        sys.stdout.write(json.dumps(document, default=str) + "\n")
+        return
+    table = Table(title="Messages by type and status")
+    table.add_column("reminder type")
+    statuses = sorted(document["stats"]["by_status"])
+    for status in statuses:
+        table.add_column(status, justify="right")
+    for reminder_type, counts in sorted(document["stats"]["by_type"].items()):
+        table.add_row(reminder_type, *(str(counts.get(s, 0)) for s in statuses))
+    out.print(table)
+    invariants = document["stats"]["invariants"]
+    out.print(f"sends: {len(document['sends'])}; invariants: {'hold' if invariants['ok'] else 'VIOLATED'}")
+
+
+@app.command("import")
+def import_register(
+    register: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Register CSV file.")],
+    local: Local = False,
+    stack: Stack = None,
+    region: Region = None,
+    as_json: AsJson = False,
+) -> None:
+    """Load a register (patient and appointment columns) through the same validation and planning as events."""
+    from rich.progress import Progress
+
+    from rappel_ops.importer import import_rows, read_csv
+
+    settings = _settings(local, stack, region)
+    try:
+        rows = read_csv(register)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    with _quiet(), Progress(console=console, transient=True) as progress:
+        task = progress.add_task("importing", total=len(rows))
+        report = import_rows(rows, settings, progress=lambda n: progress.update(task, completed=n))
+    data = {"rows": report.rows, "patients": report.patients, "appointments": report.appointments,
+            "reminders_created": report.created, "errors": [{"row": r, "error": e} for r, e in report.errors]}  # fmt: skip
+    table = Table(title=f"Imported {register.name}")
+    for key in ("rows", "patients", "appointments", "reminders_created"):
+        table.add_row(key, str(data[key]))
+    table.add_row("errors", str(len(report.errors)))
+    _emit(data, as_json, table)
+    for row, error in report.errors[:20]:
+        console.print(f"row {row}: {error}")
+
+
+@app.command()
+def process(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
+    """One dispatch and send cycle now (the spec's sms:process)."""
+    from rappel_ops.operations import process_now
+
+    settings = _settings(local, stack, region)
+    with _quiet():
+        data = process_now(settings, drain=local)
+    _emit(data, as_json, _key_values("Process cycle", data))
+
+
+@app.command()
+def health(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
+    """The scheduler's health (the spec's sms:health); exit 1 when unhealthy."""
+    from core import clock
+    from core.health import check_health
+
+    settings = _settings(local, stack, region)
+    with _quiet():
+        report = check_health(settings, clock.now())
+    data = report.as_dict()
+    if as_json:
+        _emit(data, True)
+    else:
+        out.print("[green]healthy[/green]" if report.healthy else "[red]unhealthy[/red]")
+        for finding in report.findings:
+            out.print(f" - {finding}")
+        out.print(_key_values("Figures", data.get("figures", {})))
+    raise typer.Exit(0 if report.healthy else 1)
+
+
+@app.command()
+def stats(
+    since: Annotated[str, typer.Option(help="hour, day or week.")] = "day",
+    local: Local = False,
+    stack: Stack = None,
+    region: Region = None,
+    as_json: AsJson = False,
+) -> None:
+    """Sent, delivered, failed, expired, cancelled, pending per reminder type; delivery time and lateness."""
+    from core import clock
+    from core.statistics import statistics
+
+    if since not in {"hour", "day", "week"}:
+        console.print("[red]error:[/red] --since must be hour, day or week")
+        raise typer.Exit(2)
+    settings = _settings(local, stack, region)
+    report = statistics(since, settings, clock.now())  # type: ignore[arg-type]
+    data = report.as_dict()
+    table = Table(title=f"Statistics, last {since}")
+    columns = ["planned", "sent", "delivered", "failed", "dead_lettered", "expired", "cancelled", "pending",
+               "delivery_rate", "avg_delivery_seconds", "p95_delivery_seconds", "avg_lateness_seconds",
+               "p95_lateness_seconds"]  # fmt: skip
+    table.add_column("type")
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    rows = {**data.get("by_type", {}), "total": data.get("total", {})}
+    for name, figures in rows.items():
+        table.add_row(name, *(_fmt(figures.get(c)) for c in columns))
+    _emit(data, as_json, table)
+
+
+@app.command()
+def messages(
+    status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
+    patient: Annotated[str | None, typer.Option(help="Only this patient id.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only messages scheduled at or after this ISO instant.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 200,
+    local: Local = False,
+    stack: Stack = None,
+    region: Region = None,
+    as_json: AsJson = False,
+) -> None:
+    """Inspect messages."""
+    from rappel_ops.operations import list_messages
+
+    settings = _settings(local, stack, region)
+    try:
+        rows = list_messages(settings, status=status, patient=patient, since=since, limit=limit)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"{len(rows)} messages")
+    columns = ["message_id", "patient_id", "reminder_type", "status", "scheduled_at", "sent_at", "attempts", "last_error"]
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_fmt(row.get(c)) for c in columns))
+    _emit(rows, as_json, table)
+
+
+@app.command()
+def redrive(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
+    """Move the dead letter queue back to the send queue (a message past its deadline then expires)."""
+    from core.queue import redrive as run
+
+    settings = _settings(local, stack, region)
+    result = run(settings)
+    data = {"method": result.method, "moved": result.moved, "task_handle": result.task_handle}
+    _emit(data, as_json, _key_values("Redrive", data))
+
+
+@app.command()
+def optout(
+    phone: str, local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False
+) -> None:
+    """Stop all reminders to a phone number (its pending reminders are cancelled)."""
+    _consent(phone, False, local, stack, region, as_json)
+
+
+@app.command()
+def optin(
+    phone: str, local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False
+) -> None:
+    """Allow reminders to a phone number again (reminders not yet created are planned)."""
+    _consent(phone, True, local, stack, region, as_json)
+
+
+def _consent(phone: str, opt_in: bool, local: bool, stack: str | None, region: str | None, as_json: bool) -> None:
+    from core.phone import InvalidPhoneNumber
+    from core.planning import set_consent
+
+    settings = _settings(local, stack, region)
+    try:
+        with _quiet():
+            patients, result = set_consent(phone, opt_in, settings)
+    except InvalidPhoneNumber as exc:
+        console.print(f"[red]error:[/red] phone: {exc}")
+        raise typer.Exit(2) from None
+    data = {"patients": patients, "cancelled": result.cancelled, "created": result.created}
+    _emit(data, as_json, _key_values("Opt-in" if opt_in else "Opt-out", data))
+    if patients == 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cleanup(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
+    """Delete ended messages past their retention now (what DynamoDB TTL does within ~2 days on AWS)."""
+    from rappel_ops.operations import cleanup_now
+
+    settings = _settings(local, stack, region)
+    data = cleanup_now(settings)
+    _emit(data, as_json, _key_values("Cleanup", data))
+
+
+@local_app.command("up")
+def local_up(
+    rate: Annotated[float, typer.Option(min=1, help="Provider rate limit, SMS per second.")] = 5.0,
+    port: Annotated[int, typer.Option(help="Port of the embedded AWS endpoint.")] = 5000,
+) -> None:
+    """Run the embedded stack in the foreground until Ctrl-C: AWS emulation, Orange simulator, receipts, schedules."""
+    from rappel_ops.local import serve
+
+    serve(rate=rate, port=port, console=console)
+
+
+def _key_values(title: str, data: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False)
+    for key, value in data.items():
+        table.add_row(str(key), _fmt(value))
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if value < 1 else f"{value:,.1f}"
+    return str(value)
+
+
+def _quiet() -> Any:
+    from rappel_ops.embedded import quiet_logs
+
+    return quiet_logs()

@@ -1,0 +1,162 @@
+"""`rappel demo` (what `make run` runs): a synthetic program simulated end to end, a summary and an HTML report."""
+
+from __future__ import annotations
+
+import random
+import statistics as pystats
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.store import parse_iso
+from rappel_ops.embedded import quiet_logs
+from rappel_ops.importer import row_events
+from rappel_ops.register import generate_register
+from rappel_ops.report import write_report
+from rappel_ops.simulate import Simulation, load_scenario
+
+START = date(2027, 3, 1)
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """The headline figures of a demo run."""
+
+    messages: int
+    sends: int
+    by_type: dict[str, dict[str, int]]
+    delivery_rate: float | None
+    lateness_p50: float | None
+    lateness_p95: float | None
+    segments_per_sms: float | None
+    invariants_ok: bool
+    invariants: dict[str, Any]
+    report: Path
+
+
+def build_scenario(children: int, days: int, seed: int, rate: float) -> dict[str, Any]:
+    """A program's register as clinic events, with the life of a real program: doses given, reschedules,
+    opt-outs, numbers that fail or cannot be reached, and one provider outage."""
+    rng = random.Random(seed)
+    rows = generate_register(children, seed=seed, start=START, days=days)
+    begin = datetime.combine(START, time(6, 0), tzinfo=UTC)
+    until = datetime.combine(START + timedelta(days=days + 4), time(0, 0), tzinfo=UTC)
+    events: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    failing: list[dict[str, Any]] = []
+    undeliverable: list[str] = []
+    for row in rows:
+        patient, dose = row_events(row.to_csv())
+        if row.patient_id not in seen:
+            seen.add(row.patient_id)
+            events.append({"at": begin.isoformat(), "type": "PatientUpserted", "detail": patient})
+            draw = rng.random()
+            if draw < 0.01:
+                failing.append({"to": row.phone, "status": 400, "message_id": "SVC0004"})
+            elif draw < 0.02:
+                undeliverable.append(row.phone)
+            elif draw < 0.05:  # a family that opts out by SMS reply partway through
+                at = begin + timedelta(days=rng.uniform(1, days))
+                events.append({"at": at.isoformat(), "type": "PatientUpserted", "detail": {**patient, "sms_opt_in": False}})
+        events.append({"at": begin.isoformat(), "type": "DoseScheduled", "detail": dose})
+        due = row.due_date if isinstance(row.due_date, date) else date.fromisoformat(row.due_date)
+        fate = rng.random()
+        if fate < 0.7:  # given on the day: the overdue reminder must not go out
+            at = datetime.combine(due, time(11, 0), tzinfo=UTC) + timedelta(hours=rng.uniform(-2, 5))
+            events.append({"at": at.isoformat(), "type": "DoseAdministered",
+                           "detail": {"appointment_id": row.appointment_id, "administered_on": due.isoformat()}})
+        elif fate < 0.8:  # rescheduled a week later, announced five days before the original date
+            at = datetime.combine(due - timedelta(days=5), time(10, 0), tzinfo=UTC)
+            moved = {**dose, "due_date": (due + timedelta(days=7)).isoformat()}
+            events.append({"at": max(at, begin + timedelta(minutes=1)).isoformat(), "type": "DoseScheduled",
+                           "detail": moved})  # fmt: skip
+    outage_start = datetime.combine(START + timedelta(days=min(10, days // 2)), time(8, 30), tzinfo=UTC)
+    faults = [{"from": outage_start.isoformat(), "until": (outage_start + timedelta(hours=3)).isoformat(), "status": 503},
+              *failing]  # fmt: skip
+    return {
+        "start": begin.isoformat(),
+        "until": until.isoformat(),
+        "seed": seed,
+        "settings": {"APP_TIMEZONE": "Africa/Abidjan", "SMS_RATE_LIMIT_PER_SECOND": str(rate)},
+        "provider": {"name": "orange", "latency_ms": 150, "receipt_delay_seconds": 20, "faults": faults,
+                     "undeliverable": undeliverable},
+        "events": sorted(events, key=lambda e: e["at"]),
+    }  # fmt: skip
+
+
+def run_demo(*, children: int, days: int, seed: int, rate: float, report_path: Path, console: Console) -> DemoSummary:
+    """Build, simulate, summarise, write the report."""
+    scenario = load_scenario(build_scenario(children, days, seed, rate))
+    console.print(f"Rappel demo: {children} children, {days} days from {START}, provider limit {rate:g} SMS/s, "
+                  f"{len(scenario.events)} clinic events")  # fmt: skip
+    with Progress(TextColumn("[bold]simulating"), BarColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console) as progress:  # fmt: skip
+        task = progress.add_task("", total=(scenario.until - scenario.start).total_seconds())
+
+        def advance(start: datetime, now: datetime, until: datetime) -> None:
+            progress.update(task, completed=(now - start).total_seconds(), description=now.strftime("%Y-%m-%d %H:%M"))
+
+        with quiet_logs():
+            result = Simulation(scenario, progress=advance).run()
+    document = result.as_json()
+    summary = summarise(document, write_report(document, scenario, report_path))
+    _print(summary, console)
+    return summary
+
+
+def summarise(document: dict[str, Any], report: Path) -> DemoSummary:
+    """The headline figures from a simulation's output."""
+    messages, sends = document["messages"], document["sends"]
+    sent = [m for m in messages if m["sent_at"]]
+    lateness = sorted((parse_iso(m["sent_at"]) - parse_iso(m["scheduled_at"])).total_seconds() for m in sent)
+    delivered = sum(1 for m in messages if m["status"] == "delivered")
+    failed_after_send = sum(1 for m in sent if m["status"] == "failed")
+    segments = [m["segments"] for m in sent if m["segments"]]
+    return DemoSummary(
+        messages=len(messages),
+        sends=len(sends),
+        by_type=document["stats"]["by_type"],
+        delivery_rate=delivered / (delivered + failed_after_send) if delivered + failed_after_send else None,
+        lateness_p50=_percentile(lateness, 0.5),
+        lateness_p95=_percentile(lateness, 0.95),
+        segments_per_sms=pystats.fmean(segments) if segments else None,
+        invariants_ok=bool(document["stats"]["invariants"]["ok"]),
+        invariants=document["stats"]["invariants"],
+        report=report,
+    )
+
+
+def _percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    return values[min(len(values) - 1, int(round(fraction * (len(values) - 1))))]
+
+
+def _print(summary: DemoSummary, console: Console) -> None:
+    statuses = sorted({s for counts in summary.by_type.values() for s in counts})
+    table = Table(title="Reminders by type and status")
+    table.add_column("reminder type")
+    for status in statuses:
+        table.add_column(status, justify="right")
+    for reminder_type, counts in sorted(summary.by_type.items()):
+        table.add_row(reminder_type, *(str(counts.get(s, 0)) for s in statuses))
+    console.print(table)
+    rate = f"{summary.delivery_rate:.1%}" if summary.delivery_rate is not None else "-"
+    p50 = f"{summary.lateness_p50:.0f} s" if summary.lateness_p50 is not None else "-"
+    p95 = f"{summary.lateness_p95:.0f} s" if summary.lateness_p95 is not None else "-"
+    seg = f"{summary.segments_per_sms:.2f}" if summary.segments_per_sms is not None else "-"
+    console.print(f"SMS accepted by the provider: {summary.sends}; delivery rate {rate}; "
+                  f"send lateness p50 {p50}, p95 {p95}; segments per SMS {seg}")  # fmt: skip
+    checks = Counter({name: len(v) for name, v in summary.invariants["violations"].items()})
+    for name, violations in sorted(checks.items()):
+        mark = "[green]ok[/green]" if violations == 0 else f"[red]{violations} violation(s)[/red]"
+        console.print(f"  invariant {name.replace('_', ' ')}: {mark}")
+    console.print(f"  peak sends in one second: {summary.invariants['max_sends_in_one_second']} "
+                  f"(limit {summary.invariants['rate_limit_per_second']:g})")  # fmt: skip
+    console.print(f"Report: {summary.report.resolve()}")

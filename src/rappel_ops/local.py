@@ -1,0 +1,85 @@
+"""`rappel local up`: the embedded stack in real time, for the operator commands to talk to with `--local`.
+
+An AWS emulation (moto's server) with the stack's tables, queues and secrets created from template.yaml, the
+Orange simulator, the receipt Function URL on localhost, and the schedules firing on the wall clock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import UTC, datetime
+
+from rich.console import Console
+
+from core import clock
+from rappel_ops.embedded import ReceiptEndpoint, invoke, quiet_logs, reset_core_caches, schedule_event
+from rappel_ops.operations import drain_send_queue
+from rappel_ops.orange_simulator import OrangeSimulator
+from rappel_ops.stack import create_stack
+from rappel_ops.target import LOCAL_STATE, write_local_state
+
+LOCAL_CREDENTIALS = {"client_id": "rappel-local-client", "client_secret": "local-secret-not-real"}
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def start(*, rate: float, port: int) -> tuple[dict[str, str], list[object]]:
+    """Start the embedded stack's servers; returns the environment to reach it and what to stop."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(FAKE_AWS)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    stack = create_stack(prefix="local", endpoint_url=endpoint, orange_credentials=LOCAL_CREDENTIALS, exist_ok=True)
+    simulator = OrangeSimulator(
+        clock=clock.SystemClock(), client_id=LOCAL_CREDENTIALS["client_id"],
+        client_secret=LOCAL_CREDENTIALS["client_secret"], rate_limit_per_second=rate, receipt_delay_seconds=5,
+    ).start()  # fmt: skip
+    receipts = ReceiptEndpoint().start()
+    environment = {
+        **FAKE_AWS,
+        **stack.environment(),
+        "AWS_ENDPOINT_URL": endpoint,
+        "ORANGE_API_BASE_URL": simulator.base_url,
+        "RECEIPT_BASE_URL": receipts.base_url,
+        "SMS_RATE_LIMIT_PER_SECOND": str(rate),
+    }
+    os.environ.update(environment)
+    reset_core_caches()
+    simulator.start_receipt_pump(f"{receipts.base_url}/orange?token={stack.receipt_token}", interval_seconds=1)
+    return environment, [simulator, receipts, server]
+
+
+def serve(*, rate: float, port: int, console: Console) -> None:
+    """Run in the foreground until Ctrl-C, firing the schedules in real time."""
+    from core.settings import load_settings
+
+    environment, parts = start(rate=rate, port=port)
+    write_local_state(environment, {"started_at": datetime.now(UTC).isoformat(), "pid": os.getpid()})
+    settings = load_settings()
+    console.print(f"[green]embedded stack up[/green] on {environment['AWS_ENDPOINT_URL']}; "
+                  f"Orange simulator {environment['ORANGE_API_BASE_URL']}; receipts {environment['RECEIPT_BASE_URL']}")  # fmt: skip
+    console.print("other terminals: `rappel import FILE.csv --local`, `rappel messages --local`, ... (Ctrl-C stops)")
+    stop = threading.Event()
+    next_dispatch = next_health = time.monotonic()
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            with quiet_logs():
+                if now >= next_dispatch:
+                    invoke("dispatch_due", schedule_event("dispatch", datetime.now(UTC).isoformat()))
+                    drain_send_queue(settings)
+                    next_dispatch = now + settings.SMS_PROCESSING_INTERVAL_MINUTES * 60
+                if now >= next_health:
+                    invoke("health_check", schedule_event("health", datetime.now(UTC).isoformat()))
+                    next_health = now + settings.SMS_HEALTH_CHECK_INTERVAL_MINUTES * 60
+            stop.wait(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for part in parts:
+            getattr(part, "stop")()  # noqa: B009 - simulator, receipt endpoint and moto server all have stop()
+        LOCAL_STATE.unlink(missing_ok=True)
+        console.print("embedded stack stopped")

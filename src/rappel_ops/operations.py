@@ -1,0 +1,81 @@
+"""What the operator commands do, on top of core (shared by the CLI and `rappel local up`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+import boto3
+
+from core import clock, store
+from core.dispatch import dispatch_due
+from core.lifecycle import Status
+from core.settings import Settings
+from core.store import iso, parse_iso
+from rappel_ops.embedded import invoke, sqs_event
+
+
+def process_now(settings: Settings, *, drain: bool) -> dict[str, Any]:
+    """One dispatcher run; on the embedded stack also drain the send queue through the send_sms handler."""
+    result: dict[str, Any] = asdict(dispatch_due(settings))
+    if drain:
+        result.update(drain_send_queue(settings))
+    return result
+
+
+def drain_send_queue(settings: Settings, max_batches: int = 10_000) -> dict[str, int]:
+    """Deliver the send queue's messages to send_sms as Lambda's event source mapping would."""
+    sqs = boto3.client("sqs", region_name=settings.AWS_REGION, endpoint_url=settings.AWS_ENDPOINT_URL or None)
+    arn = sqs.get_queue_attributes(QueueUrl=settings.SEND_QUEUE_URL, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    handled = failed = 0
+    for _ in range(max_batches):
+        batch = sqs.receive_message(
+            QueueUrl=settings.SEND_QUEUE_URL, MaxNumberOfMessages=10, VisibilityTimeout=720, AttributeNames=["All"]
+        ).get("Messages", [])
+        if not batch:
+            break
+        try:
+            response = invoke("send_sms", sqs_event(batch, arn)) or {}
+            failures = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
+        except Exception:  # noqa: BLE001 - the whole batch failed; SQS brings it back after the visibility timeout
+            failures = {m["MessageId"] for m in batch}
+        for message in batch:
+            if message["MessageId"] not in failures:
+                sqs.delete_message(QueueUrl=settings.SEND_QUEUE_URL, ReceiptHandle=message["ReceiptHandle"])
+        handled += len(batch) - len(failures)
+        failed += len(failures)
+    return {"records_handled": handled, "records_failed": failed}
+
+
+def list_messages(
+    settings: Settings, *, status: str | None, patient: str | None, since: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Messages matching the filters, newest scheduled first."""
+    store.bind(settings)
+    wanted = Status(status) if status else None
+    after = parse_iso(since) if since else None
+    items = store.messages_of_patient(patient) if patient else list(store.iterate_messages(wanted))
+    rows = []
+    for item in items:
+        if wanted and item.status != wanted.value:
+            continue
+        if after and parse_iso(item.scheduled_at) < after:
+            continue
+        rows.append({name: getattr(item, name) for name in (
+            "message_id", "patient_id", "appointment_id", "reminder_type", "due_date", "status", "scheduled_at",
+            "deadline", "queued_at", "sent_at", "delivered_at", "attempts", "last_error", "provider_message_id",
+            "segments", "text")})  # fmt: skip
+    rows.sort(key=lambda row: row["scheduled_at"], reverse=True)
+    return rows[:limit]
+
+
+def cleanup_now(settings: Settings) -> dict[str, Any]:
+    """Delete ended messages whose retention has run out, at once."""
+    store.bind(settings)
+    now = clock.now()
+    deleted = store.delete_expired(now)
+    return {"deleted": deleted, "retention_days": settings.SMS_RETENTION_DAYS,
+            "ended_before": iso(now - timedelta(days=settings.SMS_RETENTION_DAYS))}  # fmt: skip

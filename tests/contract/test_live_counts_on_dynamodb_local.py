@@ -1,0 +1,51 @@
+"""The live counts health and statistics read from the `due` index behave the same on AWS's DynamoDB Local."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from core import store
+from core.settings import build_settings
+from rappel_ops.stack import LocalStack, create_stack
+
+pytestmark = pytest.mark.contract
+
+
+@pytest.fixture
+def ddb_stack(dynamodb_local_endpoint: str) -> Iterator[LocalStack]:
+    stack = create_stack(
+        prefix=f"c{uuid.uuid4().hex[:8]}", endpoint_url=dynamodb_local_endpoint, services=("dynamodb",)
+    )
+    store.bind(build_settings(**stack.environment(), DUE_INDEX_SHARDS=2))
+    yield stack
+    store.unbind()
+
+
+def _put(client: Any, table: str, message_id: str, shard: str | None, due_at: str | None, status: str,
+         reminder_type: str) -> None:  # fmt: skip
+    item = {"message_id": {"S": message_id}, "status": {"S": status}, "reminder_type": {"S": reminder_type}}
+    if shard and due_at:
+        item |= {"due_shard": {"S": shard}, "due_at": {"S": due_at}}
+    client.put_item(TableName=table, Item=item)
+
+
+def test_count_dispatchable_and_pending_due(ddb_stack: LocalStack, dynamodb_local_client: Any) -> None:
+    table = ddb_stack.messages_table
+    _put(dynamodb_local_client, table, "m1", "DUE#0", "2027-03-13T09:00:00.000Z", "pending", "7_day_reminder")
+    _put(dynamodb_local_client, table, "m2", "DUE#1", "2027-03-13T08:00:00.000Z", "pending", "7_day_reminder")
+    _put(dynamodb_local_client, table, "m3", "DUE#1", "2027-03-13T07:00:00.000Z", "queued", "1_day_reminder")
+    _put(dynamodb_local_client, table, "m4", "DUE#0", "2027-03-20T09:00:00.000Z", "pending", "overdue_reminder")
+    _put(dynamodb_local_client, table, "m5", None, None, "sent", "7_day_reminder")  # not in the sparse index
+    assert store.count_dispatchable(2) == {
+        "7_day_reminder": {"pending": 2},
+        "1_day_reminder": {"queued": 1},
+        "overdue_reminder": {"pending": 1},
+    }
+    count, oldest = store.pending_due(2, datetime(2027, 3, 13, 10, 0, tzinfo=UTC))
+    assert (count, oldest) == (2, datetime(2027, 3, 13, 8, 0, tzinfo=UTC))
+    assert store.pending_due(2, datetime(2027, 3, 13, 7, 30, tzinfo=UTC)) == (0, None)

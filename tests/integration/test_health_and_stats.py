@@ -1,0 +1,327 @@
+"""Statistics and health on moto: counters kept by real transitions, every health threshold, EMF output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from tests.helpers import dose, patient
+
+from core import observability, provider_state, store
+from core.health import check_health
+from core.lifecycle import Status
+from core.metric_names import HEALTH
+from core.planning import handle_clinic_event
+from core.providers import factory
+from core.queue import QueuedMessage, put_dead_letter
+from core.settings import reset_settings
+from core.statistics import load_daily_report, statistics
+from core.store import Change, iso
+from rappel_ops.embedded import invoke
+from rappel_ops.orange_simulator import OrangeSimulator
+
+pytestmark = pytest.mark.integration
+
+DUE = "2027-03-20"
+SEVEN_DAY_AT = datetime(2027, 3, 13, 9, 0, tzinfo=UTC)  # 7 days before, 09:00 Abidjan (UTC+0)
+CLOSED_PORT = "http://127.0.0.1:9"  # nothing listens: the balance read fails at once, offline
+
+
+def _point_orange_at(aws, monkeypatch: pytest.MonkeyPatch, base_url: str) -> None:
+    aws.with_settings(ORANGE_API_BASE_URL=base_url)
+    aws.environment["ORANGE_API_BASE_URL"] = base_url
+    monkeypatch.setenv("ORANGE_API_BASE_URL", base_url)  # for handlers, which read the environment
+    reset_settings()
+    factory.reset()
+
+
+@pytest.fixture
+def no_provider(aws, monkeypatch: pytest.MonkeyPatch):
+    """The stack with Orange unreachable (no simulator)."""
+    _point_orange_at(aws, monkeypatch, CLOSED_PORT)
+    return aws
+
+
+def _start_orange(aws, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> OrangeSimulator:
+    simulator = OrangeSimulator(clock=aws.clock, client_id="rappel-test", client_secret="s3cret-test", **kwargs)
+    simulator.start()
+    _point_orange_at(aws, monkeypatch, simulator.base_url)
+    return simulator
+
+
+@pytest.fixture
+def orange(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[OrangeSimulator]:
+    """The stack with a simulated Orange holding plenty of units."""
+    simulator = _start_orange(aws, monkeypatch)
+    yield simulator
+    simulator.stop()
+
+
+def _plan(aws, patients: int = 1) -> None:
+    for n in range(1, patients + 1):
+        assert handle_clinic_event(patient(f"p{n}"), aws.settings).applied == 1
+        assert handle_clinic_event(dose(f"a{n}", f"p{n}", due_date=DUE), aws.settings).created == 3
+
+
+def _id(n: int, reminder_type: str = "7_day_reminder") -> str:
+    return store.message_id_for(f"a{n}", reminder_type, DUE)
+
+
+def _move(aws, message_id: str, target: Status, source: Status, at: datetime, **values: Any) -> None:
+    aws.clock.advance_to(at)
+    message = store.get_message(message_id)
+    assert message is not None and message.status == source.value
+    change = Change(target, frozenset({source}), values)
+    assert store.transition(message, change, at=at, settings=aws.settings)
+
+
+def _send(aws, message_id: str, queued: datetime, sent: datetime) -> None:
+    _move(aws, message_id, Status.QUEUED, Status.PENDING, queued, queued_at=iso(queued))
+    _move(aws, message_id, Status.SENT, Status.QUEUED, sent, sent_at=iso(sent))
+
+
+def _receipt(aws, message_id: str, target: Status, at: datetime) -> None:
+    stamp = {Status.DELIVERED: "delivered_at", Status.FAILED: "failed_at"}[target]
+    _move(aws, message_id, target, Status.SENT, at, **{stamp: iso(at)})
+
+
+def _seed_a_morning(aws) -> datetime:
+    """Four patients; their 7-day reminders go out (or not) on the morning of Mar 13. Returns T0 + 30 min."""
+    t0 = SEVEN_DAY_AT
+    _plan(aws, patients=4)
+    _send(aws, _id(1), t0 + timedelta(seconds=10), t0 + timedelta(seconds=30))
+    _receipt(aws, _id(1), Status.DELIVERED, t0 + timedelta(seconds=35))
+    _send(aws, _id(2), t0 + timedelta(seconds=60), t0 + timedelta(seconds=90))
+    _receipt(aws, _id(2), Status.DELIVERED, t0 + timedelta(seconds=110))
+    _send(aws, _id(3), t0 + timedelta(minutes=4), t0 + timedelta(seconds=300))
+    _receipt(aws, _id(3), Status.FAILED, t0 + timedelta(seconds=360))
+    _move(aws, _id(4), Status.QUEUED, Status.PENDING, t0 + timedelta(minutes=5))
+    _move(aws, _id(4), Status.PENDING, Status.QUEUED, t0 + timedelta(minutes=5, seconds=30), attempts=1)  # retry
+    _move(aws, _id(4), Status.QUEUED, Status.PENDING, t0 + timedelta(minutes=5, seconds=40))
+    _move(aws, _id(4), Status.DEAD_LETTER, Status.QUEUED, t0 + timedelta(minutes=6))
+    _move(aws, _id(4, "1_day_reminder"), Status.EXPIRED, Status.PENDING, t0 + timedelta(minutes=7))
+    now = t0 + timedelta(minutes=30)
+    aws.clock.advance_to(now)
+    return now
+
+
+def _value(emf: float | list[float]) -> float:
+    # Powertools writes a metric's values as a list (one per add_metric); health records each figure once.
+    if isinstance(emf, list):
+        assert len(emf) == 1
+        return emf[0]
+    return emf
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def test_statistics_count_exactly_what_the_transitions_did(aws) -> None:
+    now = _seed_a_morning(aws)
+    report = statistics("hour", aws.settings, now)
+    seven = report.by_type["7_day_reminder"]
+    assert (seven.planned, seven.sent, seven.delivered, seven.failed, seven.dead_lettered) == (0, 3, 2, 1, 1)
+    assert (seven.expired, seven.cancelled, seven.retried, seven.pending, seven.queued) == (0, 0, 1, 0, 0)
+    assert seven.delivery_rate == pytest.approx(2 / 3)
+    assert seven.delivery_time_avg_seconds == pytest.approx(12.5)  # 5 s and 20 s
+    assert seven.delivery_time_p95_seconds == 20.0
+    assert seven.lateness_avg_seconds == pytest.approx(140.0)  # 30, 90 and 300 s
+    assert seven.lateness_p95_seconds == 300.0
+    one_day, overdue = report.by_type["1_day_reminder"], report.by_type["overdue_reminder"]
+    assert (one_day.expired, one_day.pending, one_day.sent, one_day.delivery_rate) == (1, 3, 0, None)
+    assert (overdue.pending, overdue.sent) == (4, 0)
+    total = report.total
+    assert (total.sent, total.delivered, total.failed, total.dead_lettered, total.expired) == (3, 2, 1, 1, 1)
+    assert (total.pending, total.retried, total.delivery_time_p95_seconds) == (7, 1, 20.0)
+    assert json.loads(json.dumps(report.as_dict(), allow_nan=False))["total"]["sent"] == 3
+
+
+def test_windows_select_the_hours_that_count(aws) -> None:
+    now = _seed_a_morning(aws)
+    week = statistics("week", aws.settings, now)
+    assert (week.total.sent, week.total.planned) == (3, 0)  # planned on Mar 1, more than a week ago
+    early = statistics("day", aws.settings, datetime(2027, 3, 1, 9, 0, tzinfo=UTC))
+    assert early.total.planned == 12
+    assert {t: f.planned for t, f in early.by_type.items()} == dict.fromkeys(early.by_type, 4)
+    assert early.total.sent == 0
+    later = statistics("hour", aws.settings, now + timedelta(hours=2))
+    assert later.total.sent == 0 and later.total.pending == 7
+
+
+def test_replayed_planning_events_leave_the_counters_exact(aws) -> None:
+    handle_clinic_event(patient(), aws.settings)
+    scheduled = dose("a1", "p1", due_date=DUE)
+    handle_clinic_event(scheduled, aws.settings)
+    planned = statistics("hour", aws.settings, aws.clock.now()).total.planned
+    assert planned == 3
+    handle_clinic_event(scheduled, aws.settings)
+    handle_clinic_event(scheduled, aws.settings)
+    handle_clinic_event(dose("a1", "p1", due_date=DUE), aws.settings)  # same content, a new event id
+    report = statistics("hour", aws.settings, aws.clock.now())
+    assert (report.total.planned, report.total.pending, report.total.cancelled) == (3, 3, 0)
+
+
+def test_the_daily_run_stores_and_logs_its_report_and_emits_no_metrics(aws, capsys, caplog) -> None:
+    _seed_a_morning(aws)
+    aws.clock.advance_to(datetime(2027, 3, 14, 0, 0, tzinfo=UTC))
+    observability.discard_metrics()
+    capsys.readouterr()
+    result = invoke("daily_statistics", {"source": "aws.scheduler"})
+    assert result["since"] == "day" and result["total"]["sent"] == 3
+    assert result["by_type"]["7_day_reminder"]["lateness_p95_seconds"] == 300.0
+    assert load_daily_report("2027-03-13", aws.settings) == result
+    assert '"_aws"' not in capsys.readouterr().out  # EMF goes through print; the logger's stream is not captured
+    logged = [record for record in caplog.records if record.getMessage() == "daily statistics"]
+    assert len(logged) == 1
+    assert logged[0].report_day == "2027-03-13" and logged[0].report == result
+
+
+# ---------------------------------------------------------------------------------------------- health
+
+
+def test_a_healthy_system_reports_healthy(aws, orange) -> None:
+    _plan(aws, patients=2)
+    provider_state.record_send(aws.clock.now() - timedelta(minutes=5))
+    report = check_health(aws.settings, aws.clock.now())
+    assert report.findings == ()
+    assert report.healthy
+    data = report.as_dict()
+    assert (data["pending_count"], data["pending_due_count"], data["oldest_due_lag_minutes"]) == (6, 0, 0)
+    assert (data["dead_letter_depth"], data["failure_rate"], data["minutes_without_send_while_due"]) == (0, None, 0)
+    assert data["provider_balance_units"] == 1_000_000 and data["provider_balance_error"] is None
+
+
+def test_an_unreadable_balance_is_a_finding_not_a_crash(no_provider) -> None:
+    report = check_health(no_provider.settings, no_provider.clock.now())
+    assert not report.healthy
+    assert len(report.findings) == 1
+    assert report.findings[0].startswith("Could not read the provider balance: ")
+
+
+def test_pending_above_the_threshold(aws, orange) -> None:
+    _plan(aws, patients=1)
+    settings = aws.with_settings(SMS_ALERT_PENDING_THRESHOLD=2)
+    assert check_health(settings, aws.clock.now()).findings == ("3 messages are pending (threshold 2).",)
+    settings = aws.with_settings(SMS_ALERT_PENDING_THRESHOLD=3)
+    assert check_health(settings, aws.clock.now()).healthy
+
+
+def test_a_due_message_waiting_too_long_while_sends_go_on(aws, orange) -> None:
+    _plan(aws, patients=2)
+    now = SEVEN_DAY_AT + timedelta(minutes=134, seconds=20)
+    aws.clock.advance_to(now)
+    provider_state.record_send(now - timedelta(minutes=10))
+    report = check_health(aws.settings, now)
+    assert report.findings == (
+        "2 messages are due but not dispatched; the oldest has waited 134 minutes (threshold 120).",
+    )
+    assert report.figures.minutes_without_send_while_due == 10
+
+
+def test_nothing_sent_while_work_waits(aws, orange) -> None:
+    _plan(aws, patients=1)
+    now = SEVEN_DAY_AT + timedelta(minutes=200)
+    aws.clock.advance_to(now)
+    provider_state.record_send(now - timedelta(minutes=150))
+    findings = check_health(aws.settings, now).findings
+    assert findings == (
+        "1 message is due but not dispatched; the oldest has waited 200 minutes (threshold 120).",
+        "No message has been sent for 150 minutes while 1 is due; work has waited 150 minutes without a send"
+        " (threshold 120).",
+    )
+
+
+def test_queued_messages_are_not_counted_as_waiting_for_dispatch(aws, orange) -> None:
+    _plan(aws, patients=2)
+    now = SEVEN_DAY_AT + timedelta(minutes=200)
+    _move(aws, _id(1), Status.QUEUED, Status.PENDING, now)
+    _move(aws, _id(2), Status.QUEUED, Status.PENDING, now)
+    provider_state.record_send(now)
+    report = check_health(aws.settings, now)
+    assert report.healthy
+    assert (report.figures.pending_count, report.figures.queued_count, report.figures.pending_due_count) == (4, 2, 0)
+
+
+def test_failure_rate_over_the_last_hour(aws, orange) -> None:
+    _plan(aws, patients=2)
+    t0 = SEVEN_DAY_AT
+    _send(aws, _id(1), t0, t0 + timedelta(seconds=10))
+    _send(aws, _id(2), t0, t0 + timedelta(seconds=20))
+    _receipt(aws, _id(2), Status.FAILED, t0 + timedelta(seconds=80))
+    provider_state.record_send(t0 + timedelta(seconds=20))
+    report = check_health(aws.settings, t0 + timedelta(minutes=5))
+    assert (report.figures.sent_last_hour, report.figures.failures_last_hour) == (2, 1)
+    assert report.findings == (
+        "In the last hour 1 message failed or was dead-lettered against 2 sent: a failure rate of 33% (threshold 10%).",
+    )
+    assert check_health(aws.settings, t0 + timedelta(hours=2, minutes=1)).healthy  # the hour has passed
+
+
+def test_dead_letters_on_the_queue(aws, orange) -> None:
+    put_dead_letter(QueuedMessage("msg_x", 1), aws.settings)
+    put_dead_letter(QueuedMessage("msg_y", 3), aws.settings)
+    report = check_health(aws.settings, aws.clock.now())
+    assert report.findings == (
+        "2 messages wait in the dead letter queue; inspect them and redrive (`rappel redrive`).",
+    )
+
+
+def test_a_provider_hold(aws, orange) -> None:
+    now = aws.clock.now()
+    provider_state.hold(now + timedelta(minutes=30), "403 no bundle left")
+    assert check_health(aws.settings, now).findings == (
+        "Sending is held until 2027-03-01 08:30 UTC: 403 no bundle left.",
+    )
+    assert check_health(aws.settings, now + timedelta(minutes=31)).healthy  # the hold has run out
+
+
+def test_a_low_balance_and_a_bundle_about_to_expire(aws, monkeypatch) -> None:
+    now = aws.clock.now()
+    simulator = _start_orange(aws, monkeypatch, available_units=10, bundle_expires_at=now + timedelta(days=3))
+    try:
+        report = check_health(aws.settings, now)
+        at_threshold = check_health(aws.with_settings(SMS_ALERT_BALANCE_UNITS=10), now)
+        bundle_later = check_health(aws.settings, now - timedelta(days=1))
+    finally:
+        simulator.stop()
+    assert report.findings == (
+        "The provider balance is 10 SMS units (threshold 1000); buy a bundle.",
+        "The provider bundle expires on 2027-03-04 08:00 UTC, in 3 days.",
+    )
+    assert at_threshold.findings == ("The provider bundle expires on 2027-03-04 08:00 UTC, in 3 days.",)
+    assert bundle_later.findings == ("The provider bundle expires on 2027-03-04 08:00 UTC, in 4 days.",)
+
+
+def test_a_kannel_deployment_has_no_balance_and_is_not_unhealthy_for_it(aws) -> None:
+    report = check_health(aws.with_settings(SMS_PROVIDER="kannel"), aws.clock.now())
+    assert report.healthy and report.figures.balance is None
+
+
+def test_the_handler_emits_every_health_figure_as_emf_with_the_service_dimension_only(no_provider, capsys) -> None:
+    _plan(no_provider, patients=1)
+    observability.discard_metrics()  # planning's metrics belong to another invocation
+    capsys.readouterr()
+    result = invoke("health_check", {"source": "aws.scheduler"})
+    assert result["healthy"] is False and result["pending_count"] == 3
+    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    assert len(blobs) == 1
+    directive = blobs[0]["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == "Rappel"
+    assert directive["Dimensions"] == [["service"]]
+    assert blobs[0]["service"] == "rappel"
+    names = {metric["Name"] for metric in directive["Metrics"]}
+    assert names == {name.value for name in HEALTH} - {"HealthProviderBalanceUnits"}  # unreadable: no data
+    values = {name: _value(blobs[0][name]) for name in names}
+    assert (values["HealthUnhealthy"], values["HealthPendingCount"], values["HealthDeadLetterDepth"]) == (1, 3, 0)
+
+
+def test_the_handler_reports_the_balance_when_the_provider_answers(aws, orange, capsys) -> None:
+    observability.discard_metrics()
+    capsys.readouterr()
+    result = invoke("health_check", {})
+    assert result["healthy"] is True
+    blob = next(json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"'))
+    assert (_value(blob["HealthProviderBalanceUnits"]), _value(blob["HealthUnhealthy"])) == (1_000_000, 0)
