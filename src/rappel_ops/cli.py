@@ -150,7 +150,7 @@ def health(local: Local = False, stack: Stack = None, region: Region = None, as_
         out.print("[green]healthy[/green]" if report.healthy else "[red]unhealthy[/red]")
         for finding in report.findings:
             out.print(f" - {finding}")
-        out.print(_key_values("Figures", data.get("figures", {})))
+        out.print(_key_values("Figures", {k: v for k, v in data.items() if k != "findings"}))
     raise typer.Exit(0 if report.healthy else 1)
 
 
@@ -174,8 +174,8 @@ def stats(
     data = report.as_dict()
     table = Table(title=f"Statistics, last {since}")
     columns = ["planned", "sent", "delivered", "failed", "dead_lettered", "expired", "cancelled", "pending",
-               "delivery_rate", "avg_delivery_seconds", "p95_delivery_seconds", "avg_lateness_seconds",
-               "p95_lateness_seconds"]  # fmt: skip
+               "delivery_rate", "delivery_time_avg_seconds", "delivery_time_p95_seconds", "lateness_avg_seconds",
+               "lateness_p95_seconds"]  # fmt: skip
     table.add_column("type")
     for column in columns:
         table.add_column(column.replace("_", " "), justify="right")

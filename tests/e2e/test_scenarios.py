@@ -1,0 +1,391 @@
+"""End-to-end scenarios through `rappel simulate`: DESIGN.md's invariants checked on the output of every run.
+
+Each scenario is a small dict (a few patients, a few weeks) run by `simulate()` on moto, the Orange simulator
+over HTTP and a virtual clock. `assert_invariants` checks the output twice: through `stats["invariants"]`
+(rappel_ops.invariants) and by recomputing the key invariants here from `messages` and `sends`, so a bug in
+the checker cannot hide one in the pipeline. Fault injection wraps the write functions of dispatch and send
+(a crash before or after the N-th write), the simulation's SQS receive (duplicate deliveries), the idempotent
+provider call (a concurrent duplicate) and the dispatcher (overlapping runs).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+import rappel_ops.simulate as simulate_module
+from core import dispatch, queue, sending, store
+from rappel_ops.orange_simulator import OrangeSimulator
+from rappel_ops.simulate import simulate
+
+pytestmark = pytest.mark.e2e
+
+# ---------------------------------------------------------------------------------------------- builders
+
+ABIDJAN = "Africa/Abidjan"  # UTC+0 all year
+NAIROBI = "Africa/Nairobi"  # UTC+3 all year
+PARIS = "Europe/Paris"
+
+
+def phone(n: int) -> str:
+    """A valid Côte d'Ivoire mobile number, distinct per n."""
+    return f"+22507010203{n:02d}"
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def z(instant: datetime) -> str:
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def at_local(day: str, hour: int, zone: str, minute: int = 0) -> datetime:
+    """The UTC instant of a local wall time."""
+    return datetime.combine(date.fromisoformat(day), time(hour, minute), ZoneInfo(zone)).astimezone(UTC)
+
+
+def patient_event(
+    at: str,
+    patient_id: str,
+    number: str,
+    *,
+    zone: str = ABIDJAN,
+    language: str = "fr",
+    opt_in: bool = True,
+    name: str = "Awa",
+    preferred_hour: int | None = None,
+) -> dict[str, Any]:
+    detail: dict[str, Any] = {"patient_id": patient_id, "phone": number, "timezone": zone, "language": language,
+                              "sms_opt_in": opt_in, "display_name": name}  # fmt: skip
+    if preferred_hour is not None:
+        detail["preferred_hour"] = preferred_hour
+    return {"at": at, "type": "PatientUpserted", "detail": detail}
+
+
+def dose_event(at: str, appointment_id: str, patient_id: str, due: str, vaccine: str = "Penta") -> dict[str, Any]:
+    return {"at": at, "type": "DoseScheduled",
+            "detail": {"appointment_id": appointment_id, "patient_id": patient_id, "vaccine": vaccine, "dose": 1,
+                       "due_date": due, "clinic": "CSU Abobo"}}  # fmt: skip
+
+
+def administered_event(at: str, appointment_id: str, on: str) -> dict[str, Any]:
+    return {"at": at, "type": "DoseAdministered", "detail": {"appointment_id": appointment_id, "administered_on": on}}
+
+
+def cancelled_event(at: str, appointment_id: str) -> dict[str, Any]:
+    return {"at": at, "type": "AppointmentCancelled", "detail": {"appointment_id": appointment_id}}
+
+
+def scenario(
+    start: str,
+    until: str,
+    events: list[dict[str, Any]],
+    *,
+    settings: dict[str, Any] | None = None,
+    faults: list[dict[str, Any]] | None = None,
+    **provider: Any,
+) -> dict[str, Any]:
+    return {
+        "start": start,
+        "until": until,
+        "settings": {"APP_TIMEZONE": ABIDJAN, **(settings or {})},
+        "provider": {"name": "orange", "latency_ms": 150, "receipt_delay_seconds": 20, "faults": faults or [],
+                     **provider},  # fmt: skip
+        "events": events,
+    }
+
+
+def one_patient(due: str, *, zone: str = ABIDJAN, number: int = 1, **kwargs: Any) -> list[dict[str, Any]]:
+    """A patient and one dose, announced on 2027-03-01 at 08:00 UTC."""
+    return [
+        patient_event("2027-03-01T08:00:00Z", f"p{number}", phone(number), zone=zone, **kwargs),
+        dose_event("2027-03-01T08:00:00Z", f"a{number}", f"p{number}", due),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- output helpers
+
+
+def by_type(out: dict[str, Any], appointment_id: str, due: str | None = None) -> dict[str, dict[str, Any]]:
+    """An appointment's messages by reminder type (one due date)."""
+    found = {}
+    for m in out["messages"]:
+        if m["appointment_id"] == appointment_id and (due is None or m["due_date"] == due):
+            assert m["reminder_type"] not in found, f"two {m['reminder_type']} for {appointment_id} {due}"
+            found[m["reminder_type"]] = m
+    return found
+
+
+def sends_of(out: dict[str, Any], message_id: str) -> list[dict[str, Any]]:
+    return [s for s in out["sends"] if s["message_id"] == message_id]
+
+
+def describe(out: dict[str, Any]) -> str:
+    """A compact dump for assertion messages."""
+    rows = [f"{m['message_id'][:12]} {m['appointment_id']} {m['due_date']} {m['reminder_type']:<16} {m['status']:<11}"
+            f" sched={m['scheduled_at']} sent={m['sent_at']} attempts={m['attempts']} err={m['last_error']}"
+            for m in out["messages"]]  # fmt: skip
+    rows += [f"SEND {s['at']} {s['to']} {str(s['message_id'])[:12]}" for s in out["sends"]]
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------- invariants
+
+SETTLED = {"sent", "delivered", "failed", "cancelled", "expired"}
+WITH_ONE_SEND = {"sent", "delivered"}  # a failed message has one send when a receipt failed it, none when refused
+
+
+@dataclass
+class _Timeline:
+    """What the clinic said about patients and appointments, in event order (the scenario is the truth)."""
+
+    patients: dict[str, list[tuple[datetime, dict[str, Any]]]] = field(default_factory=lambda: defaultdict(list))
+    appointments: dict[str, list[tuple[datetime, str, str]]] = field(default_factory=lambda: defaultdict(list))
+
+    @classmethod
+    def of(cls, scenario_dict: dict[str, Any]) -> _Timeline:
+        timeline = cls()
+        due_of: dict[str, str] = {}
+        for event in sorted(scenario_dict["events"], key=lambda e: utc(e["at"])):
+            at, detail = utc(event["at"]), event["detail"]
+            if event["type"] == "PatientUpserted":
+                timeline.patients[detail["patient_id"]].append((at, detail))
+            elif event["type"] == "DoseScheduled":
+                due_of[detail["appointment_id"]] = detail["due_date"]
+                timeline.appointments[detail["appointment_id"]].append((at, "scheduled", detail["due_date"]))
+            elif event["type"] in {"DoseAdministered", "AppointmentCancelled"}:
+                aid = detail["appointment_id"]
+                timeline.appointments[aid].append((at, event["type"], due_of.get(aid, "")))
+        return timeline
+
+    def patient_at(self, patient_id: str, instant: datetime) -> dict[str, Any] | None:
+        """The patient as the clinic last described them at or before `instant`."""
+        current = None
+        for at, detail in self.patients.get(patient_id, []):
+            if at <= instant:
+                current = detail
+        return current
+
+    def appointment_at(self, appointment_id: str, instant: datetime) -> tuple[str, str] | None:
+        """(status, due date) of the appointment at `instant`."""
+        current = None
+        for at, status, due in self.appointments.get(appointment_id, []):
+            if at <= instant:
+                current = (status, due)
+        return current
+
+    def zone_of(self, patient_id: str) -> str:
+        details = self.patients.get(patient_id, [])
+        return details[-1][1].get("timezone", ABIDJAN) if details else ABIDJAN
+
+
+def _quiet_hours(scenario_dict: dict[str, Any]) -> tuple[time, time] | None:
+    settings = scenario_dict.get("settings", {})
+    if str(settings.get("SMS_QUIET_HOURS_ENABLED", "true")).lower() in {"false", "0", "no"}:
+        return None
+    start = time.fromisoformat(str(settings.get("SMS_QUIET_HOURS_START", "20:00")))
+    end = time.fromisoformat(str(settings.get("SMS_QUIET_HOURS_END", "08:00")))
+    return None if start == end else (start, end)
+
+
+def _quiet(wall: time, quiet: tuple[time, time]) -> bool:
+    start, end = quiet
+    return start <= wall < end if start < end else (wall >= start or wall < end)
+
+
+def max_per_second(instants: list[datetime]) -> int:
+    """The most instants in any window [t, t + 1 s) (recomputed here, not taken from rappel_ops)."""
+    times = sorted(i.timestamp() for i in instants)
+    best = 0
+    for i, t in enumerate(times):
+        j = i
+        while j < len(times) and times[j] < t + 1.0:
+            j += 1
+        best = max(best, j - i)
+    return best
+
+
+def assert_invariants(
+    out: dict[str, Any],
+    scenario_dict: dict[str, Any],
+    *,
+    dead_letters_ok: bool = False,
+    handler_errors_ok: bool = False,
+) -> None:
+    """DESIGN.md's invariants 1-5 on a simulation's output, via stats["invariants"] and recomputed independently."""
+    dump = describe(out)
+    checked = out["stats"]["invariants"]
+    # The project's own checker first.
+    assert checked["ok"], f"{checked['violations']}\n{dump}"
+    assert all(not v for v in checked["violations"].values()), checked["violations"]
+    if not handler_errors_ok:
+        assert out["stats"]["handler_errors"] == 0, dump
+
+    until = utc(scenario_dict["until"])
+    timeline = _Timeline.of(scenario_dict)
+    settings = scenario_dict.get("settings", {})
+    quiet = _quiet_hours(scenario_dict)
+    messages = {m["message_id"]: m for m in out["messages"]}
+    assert len(messages) == len(out["messages"]), "a message id appears twice in messages"
+
+    # 1. Nothing lost: settled, or pending/queued with its deadline still ahead.
+    for m in out["messages"]:
+        legit_waiting = m["status"] in {"pending", "queued"} and utc(m["deadline"]) > until
+        allowed = m["status"] in SETTLED or legit_waiting or (dead_letters_ok and m["status"] == "dead_letter")
+        assert allowed, f"{m['message_id']} is {m['status']} (deadline {m['deadline']}, run until {z(until)})\n{dump}"
+        assert m["attempts"] >= 0
+
+    # 2. Nothing sent twice, and every accepted request belongs to a message whose record says so.
+    per_message = Counter(s["message_id"] for s in out["sends"])
+    assert None not in per_message, f"a provider-accepted send matches no message\n{dump}"
+    twice = sorted(mid for mid, n in per_message.items() if n > 1)
+    assert not twice, f"sent twice: {twice}\n{dump}"
+    for mid, m in messages.items():
+        n = per_message.get(mid, 0)
+        if m["status"] in WITH_ONE_SEND:
+            assert n == 1, f"{mid} is {m['status']} but the provider accepted it {n} times\n{dump}"
+            assert m["sent_at"] is not None and m["text"]
+        elif m["status"] == "failed":
+            assert n == (1 if m["sent_at"] else 0), f"{mid} failed, sent_at={m['sent_at']}, {n} sends\n{dump}"
+        else:
+            assert n == 0, f"{mid} is {m['status']} yet the provider accepted it\n{dump}"
+    for send in out["sends"]:
+        m = messages[send["message_id"]]
+        assert send["text"] == m["text"], f"{m['message_id']}: the text sent is not the text recorded"
+        patient = timeline.patient_at(m["patient_id"], utc(send["at"]))
+        assert patient is not None and send["to"] == patient["phone"], f"sent to the wrong number: {send}"
+
+    # 3. Never to an opted-out number, for a dose given / cancelled / rescheduled, after the deadline, in quiet hours.
+    for send in out["sends"]:
+        m, at = messages[send["message_id"]], utc(send["at"])
+        patient = timeline.patient_at(m["patient_id"], at)
+        assert patient is not None and patient["sms_opt_in"], f"{m['message_id']} sent at {send['at']} after opt-out"
+        appointment = timeline.appointment_at(m["appointment_id"], at)
+        assert appointment == ("scheduled", m["due_date"]), (
+            f"{m['message_id']} ({m['due_date']}) sent at {send['at']} while the appointment was {appointment}\n{dump}"
+        )
+        assert at <= utc(m["deadline"]), f"{m['message_id']} sent at {send['at']} after its deadline {m['deadline']}"
+        assert at >= utc(m["scheduled_at"]), f"{m['message_id']} sent at {send['at']} before {m['scheduled_at']}"
+        if quiet is not None:
+            local = at.astimezone(ZoneInfo(timeline.zone_of(m["patient_id"])))
+            assert not _quiet(local.time(), quiet), f"{m['message_id']} sent at {local.isoformat()} in quiet hours"
+    # Pre-due reminders never on or after the due date (local).
+    for m in out["messages"]:
+        if m["sent_at"] and m["reminder_type"] != "overdue_reminder":
+            local = utc(m["sent_at"]).astimezone(ZoneInfo(timeline.zone_of(m["patient_id"])))
+            assert local.date() < date.fromisoformat(m["due_date"]), f"{m['message_id']} sent on/after the due date"
+
+    # Rate limit: ours, and the provider's when the scenario sets a lower one.
+    limit = float(settings.get("SMS_RATE_LIMIT_PER_SECOND", 5))
+    peak = max_per_second([utc(s["at"]) for s in out["sends"]])
+    assert peak <= limit, f"{peak} sends in one second (limit {limit})"
+    assert checked["max_sends_in_one_second"] == peak
+    provider_limit = scenario_dict.get("provider", {}).get("rate_limit_per_second")
+    if provider_limit is not None:
+        assert peak <= max(1, provider_limit)
+
+    # 4. Never backwards, as far as the output shows: the timestamps agree with the status.
+    for m in out["messages"]:
+        if m["status"] == "delivered":
+            assert m["sent_at"] and m["delivered_at"] and m["delivered_at"] >= m["sent_at"], m
+        if m["status"] in {"pending", "cancelled", "expired"}:
+            assert m["sent_at"] is None and m["delivered_at"] is None, m
+        if m["queued_at"] is not None:
+            assert m["queued_at"] >= m["scheduled_at"], m
+        if m["sent_at"] is not None:
+            assert m["queued_at"] is not None and m["sent_at"] >= m["queued_at"], m
+
+    # 5. Nothing silently re-pended: a pending message left in the output has never been sent.
+    for m in out["messages"]:
+        if m["status"] == "pending":
+            assert m["sent_at"] is None and per_message.get(m["message_id"], 0) == 0
+
+
+# ---------------------------------------------------------------------------------------------- run helpers
+
+
+@dataclass(frozen=True)
+class ProviderRequest:
+    """One send request as it reached the simulated Orange API (whatever the answer)."""
+
+    at: datetime
+    to: str | None
+    status: int | None  # None: the connection was dropped without a reply
+
+
+@pytest.fixture
+def provider_requests(monkeypatch: pytest.MonkeyPatch) -> list[ProviderRequest]:
+    """Every send request the simulated provider receives during the test (accepted or not)."""
+    seen: list[ProviderRequest] = []
+    lock = threading.Lock()
+    original = OrangeSimulator.handle
+
+    def handle(self: OrangeSimulator, method: str, raw_path: str, headers: Any, body: bytes) -> Any:
+        reply = original(self, method, raw_path, headers, body)
+        if method == "POST" and "/smsmessaging/v1/outbound/" in raw_path:
+            try:
+                address = json.loads(body)["outboundSMSMessageRequest"]["address"]
+            except (ValueError, KeyError, TypeError):
+                address = None
+            to = address.removeprefix("tel:") if isinstance(address, str) else None
+            with lock:
+                seen.append(ProviderRequest(self._clock.now(), to, None if reply is None else reply.status))
+        return reply
+
+    monkeypatch.setattr(OrangeSimulator, "handle", handle)
+    return seen
+
+
+def run(scenario_dict: dict[str, Any]) -> dict[str, Any]:
+    """Run a scenario through `rappel simulate`'s entry point and return its JSON output."""
+    out = simulate(copy.deepcopy(scenario_dict)).as_json()
+    json.dumps(out)  # the output must be JSON as printed by `rappel simulate --json`
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- scenarios
+
+
+def test_dose_given_between_seven_day_and_one_day_reminders() -> None:
+    due = "2027-03-12"
+    events = [
+        *one_patient(due),
+        *one_patient(due, number=2, zone=PARIS, language="en", name="Kofi"),
+        administered_event("2027-03-07T10:00:00Z", "a1", "2027-03-07"),
+    ]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-16T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+
+    given = by_type(out, "a1")
+    assert set(given) == {"7_day_reminder", "1_day_reminder", "overdue_reminder"}
+    assert given["7_day_reminder"]["status"] == "delivered"
+    assert given["1_day_reminder"]["status"] == "cancelled"
+    assert given["overdue_reminder"]["status"] == "cancelled"
+    assert "administered" in given["1_day_reminder"]["last_error"]
+    assert len([s for s in out["sends"] if s["to"] == phone(1)]) == 1
+    assert len(sends_of(out, given["7_day_reminder"]["message_id"])) == 1
+    # 09:00 local on due - 7, within the first dispatcher minute.
+    sent = utc(given["7_day_reminder"]["sent_at"])
+    assert at_local("2027-03-05", 9, ABIDJAN) <= sent < at_local("2027-03-05", 9, ABIDJAN, 2)
+
+    # The control patient, never vaccinated, gets all three, each at 09:00 / 14:00 Paris time.
+    control = by_type(out, "a2")
+    assert {t: m["status"] for t, m in control.items()} == {
+        "7_day_reminder": "delivered", "1_day_reminder": "delivered", "overdue_reminder": "delivered"}  # fmt: skip
+    for reminder_type, (day, hour) in {"7_day_reminder": ("2027-03-05", 9), "1_day_reminder": ("2027-03-11", 9),
+                                       "overdue_reminder": ("2027-03-13", 14)}.items():  # fmt: skip
+        local = utc(control[reminder_type]["sent_at"]).astimezone(ZoneInfo(PARIS))
+        assert (local.date().isoformat(), local.hour) == (day, hour)
+        assert control[reminder_type]["text"] and "Kofi" in control[reminder_type]["text"]

@@ -1,0 +1,78 @@
+"""Every file in events/ drives its handler (as `sam local invoke -e events/<name>.json` would) through a whole life."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from core import store
+from rappel_ops.embedded import invoke, reset_core_caches
+from rappel_ops.orange_simulator import OrangeSimulator
+
+pytestmark = pytest.mark.integration
+EVENTS = Path(__file__).parents[2] / "events"
+
+
+def _event(name: str, **replacements: str) -> dict:
+    text = (EVENTS / name).read_text()
+    for old, new in replacements.items():
+        text = text.replace(old, new)
+    return json.loads(text)
+
+
+def test_every_sample_event_is_used_here() -> None:
+    used = {
+        "patient_upserted.json", "dose_scheduled.json", "schedule_dispatch.json", "sqs_send_batch.json",
+        "receipt_orange.json", "receipt_kannel.json", "schedule_health.json", "schedule_daily_statistics.json",
+        "dose_administered.json", "appointment_cancelled.json",
+    }  # fmt: skip
+    assert {p.name for p in EVENTS.glob("*.json")} == used
+
+
+def test_sample_events_take_a_reminder_from_planning_to_delivery(aws, monkeypatch) -> None:
+    simulator = OrangeSimulator(clock=aws.clock, client_id="rappel-test", client_secret="s3cret-test").start()
+    try:
+        monkeypatch.setenv("ORANGE_API_BASE_URL", simulator.base_url)
+        reset_core_caches()
+        assert invoke("plan_reminders", _event("patient_upserted.json"))["applied"] == 1
+        assert invoke("plan_reminders", _event("dose_scheduled.json"))["created"] == 3
+
+        aws.clock.advance_to(datetime(2027, 3, 13, 9, 0, tzinfo=UTC))
+        dispatched = invoke("dispatch_due", _event("schedule_dispatch.json"))
+        assert dispatched["enqueued"] == 1
+
+        response = invoke("send_sms", _event("sqs_send_batch.json"))
+        assert response == {"batchItemFailures": []}
+        message_id = store.message_id_for("a1", "7_day_reminder", "2027-03-20")
+        sent = store.get_message(message_id)
+        assert sent.status == "sent" and len(simulator.accepted) == 1
+
+        secret = receipt_token(aws)
+        receipt = _event("receipt_orange.json", REPLACE_WITH_RECEIPT_TOKEN=secret,
+                         REPLACE_WITH_PROVIDER_MESSAGE_ID=sent.provider_message_id)  # fmt: skip
+        assert invoke("delivery_receipt", receipt)["statusCode"] == 200
+        assert store.get_message(message_id).status == "delivered"
+
+        kannel = invoke("delivery_receipt", _event("receipt_kannel.json", REPLACE_WITH_RECEIPT_TOKEN=secret))
+        assert kannel["statusCode"] == 200 and kannel["body"] == "unchanged"  # already delivered: monotonic
+
+        health = invoke("health_check", _event("schedule_health.json"))
+        assert health["healthy"] is True and health["pending_count"] == 2
+        daily = invoke("daily_statistics", _event("schedule_daily_statistics.json"))
+        assert daily["total"]["sent"] == 1 and daily["total"]["delivered"] == 1
+
+        assert invoke("plan_reminders", _event("dose_administered.json"))["cancelled"] == 2
+        cancelled = invoke("plan_reminders", _event("appointment_cancelled.json"))
+        assert cancelled["applied"] == 1 and cancelled["cancelled"] == 0  # nothing left to cancel
+    finally:
+        simulator.stop()
+
+
+def receipt_token(aws) -> str:
+    """The receipt token the stack generated (what an operator appends to the registered URL)."""
+    from core.secrets import secret_text
+
+    return secret_text(aws.settings.RECEIPT_TOKEN_SECRET, aws.settings)
