@@ -389,3 +389,213 @@ def test_dose_given_between_seven_day_and_one_day_reminders() -> None:
         local = utc(control[reminder_type]["sent_at"]).astimezone(ZoneInfo(PARIS))
         assert (local.date().isoformat(), local.hour) == (day, hour)
         assert control[reminder_type]["text"] and "Kofi" in control[reminder_type]["text"]
+
+
+def test_reschedule_cancels_the_old_dates_reminders_and_sends_the_new_ones() -> None:
+    old, new = "2027-03-12", "2027-03-19"
+    events = [
+        *one_patient(old),
+        # a1 moves after its 7-day reminder went out; a2 moves before anything went out.
+        dose_event("2027-03-07T10:00:00Z", "a1", "p1", new),
+        patient_event("2027-03-01T08:00:00Z", "p2", phone(2), name="Kofi"),
+        dose_event("2027-03-01T08:00:00Z", "a2", "p2", old),
+        dose_event("2027-03-02T10:00:00Z", "a2", "p2", new),
+    ]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-22T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+
+    before = by_type(out, "a1", old)
+    assert before["7_day_reminder"]["status"] == "delivered"
+    assert utc(before["7_day_reminder"]["sent_at"]) < utc("2027-03-07T10:00:00Z")
+    assert before["1_day_reminder"]["status"] == "cancelled"
+    assert before["overdue_reminder"]["status"] == "cancelled"
+    assert "rescheduled" in before["1_day_reminder"]["last_error"]
+    for appointment_id in ("a1", "a2"):
+        after = by_type(out, appointment_id, new)
+        assert {t: m["status"] for t, m in after.items()} == {
+            "7_day_reminder": "delivered", "1_day_reminder": "delivered", "overdue_reminder": "delivered"}  # fmt: skip
+        assert utc(after["1_day_reminder"]["sent_at"]).date() == date(2027, 3, 18)
+        # The text is rendered at send time from the appointment as it stands: the new date.
+        assert "19" in after["1_day_reminder"]["text"]
+    never = by_type(out, "a2", old)
+    assert {m["status"] for m in never.values()} == {"cancelled"}
+    assert len([s for s in out["sends"] if s["to"] == phone(1)]) == 4
+    assert len([s for s in out["sends"] if s["to"] == phone(2)]) == 3
+
+
+def test_opt_out_midway_stops_everything_after_it() -> None:
+    due = "2027-03-12"
+    optout_at = "2027-03-08T12:00:00Z"
+    events = [
+        *one_patient(due),
+        dose_event("2027-03-01T08:00:00Z", "a1b", "p1", "2027-03-10", vaccine="Polio"),
+        *one_patient(due, number=2, name="Kofi"),
+        patient_event(optout_at, "p1", phone(1), opt_in=False),
+    ]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-16T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+
+    mine = [m for m in out["messages"] if m["patient_id"] == "p1"]
+    sent = [m for m in mine if m["sent_at"]]
+    assert {m["reminder_type"] for m in sent} == {"7_day_reminder"} and len(sent) == 2
+    assert all(utc(s["at"]) < utc(optout_at) for s in out["sends"] if s["to"] == phone(1))
+    later = [m for m in mine if utc(m["scheduled_at"]) > utc(optout_at)]
+    assert len(later) == 4 and {m["status"] for m in later} == {"cancelled"}
+    assert all("opted out" in m["last_error"] for m in later)
+    assert {m["status"] for m in out["messages"] if m["patient_id"] == "p2"} == {"delivered"}
+
+
+def test_short_outage_sends_late_with_retries() -> None:
+    due = "2027-03-12"
+    one_day = at_local("2027-03-11", 9, ABIDJAN)
+    outage_end = one_day + timedelta(minutes=25)
+    faults = [{"from": z(one_day - timedelta(minutes=5)), "until": z(outage_end), "status": 503}]
+    data = scenario("2027-03-09T00:00:00Z", "2027-03-14T00:00:00Z", one_patient(due), faults=faults)
+    out = run(data)
+    assert_invariants(out, data)
+
+    m = by_type(out, "a1")["1_day_reminder"]
+    assert m["status"] == "delivered"
+    assert m["attempts"] > 1
+    sent = utc(m["sent_at"])
+    assert outage_end <= sent < utc(m["deadline"])
+    assert len(sends_of(out, m["message_id"])) == 1
+
+
+def test_outage_longer_than_the_one_day_deadline_expires_it(provider_requests: list[ProviderRequest]) -> None:
+    due = "2027-03-12"
+    one_day = at_local("2027-03-11", 9, ABIDJAN)
+    outage = (one_day - timedelta(minutes=1), one_day + timedelta(hours=11))
+    faults = [{"from": z(outage[0]), "until": z(outage[1]), "status": 503}]
+    # Enough retries that the deadline, not the retry budget, ends it.
+    data = scenario("2027-03-09T00:00:00Z", "2027-03-14T00:00:00Z", one_patient(due), faults=faults,
+                    settings={"SMS_MAX_RETRIES": 10})  # fmt: skip
+    out = run(data)
+    assert_invariants(out, data)
+
+    reminders = by_type(out, "a1")
+    m = reminders["1_day_reminder"]
+    assert m["status"] == "expired", describe(out)
+    assert m["sent_at"] is None and not sends_of(out, m["message_id"])
+    assert m["attempts"] > 1
+    tries = [r for r in provider_requests if r.to == phone(1) and outage[0] <= r.at < outage[1]]
+    assert len(tries) == m["attempts"] and all(r.status == 503 for r in tries)
+    assert max(r.at for r in tries) < utc(m["deadline"])
+    # After the outage, the overdue reminder goes out as planned.
+    assert reminders["overdue_reminder"]["status"] == "delivered"
+
+
+def test_throttled_provider_still_sends_everything_once(provider_requests: list[ProviderRequest]) -> None:
+    due = "2027-03-12"
+    events = [e for n in range(1, 7) for e in one_patient(due, number=n, name=f"Enfant{n}")]
+    # Our limit (4/s over two senders) is above the provider's (1/s): six reminders due at 09:00 at once.
+    data = scenario("2027-03-04T00:00:00Z", "2027-03-06T00:00:00Z", events,
+                    settings={"SMS_RATE_LIMIT_PER_SECOND": 4}, rate_limit_per_second=1)  # fmt: skip
+    out = run(data)
+    assert_invariants(out, data)
+
+    seven = [m for m in out["messages"] if m["reminder_type"] == "7_day_reminder"]
+    assert len(seven) == 6 and {m["status"] for m in seven} == {"delivered"}, describe(out)
+    assert len(out["sends"]) == 6
+    throttled = [r for r in provider_requests if r.status == 429]
+    assert throttled, "the provider never throttled: the scenario does not test throttling"
+    assert any(m["attempts"] > 1 for m in seven)
+    assert sum(m["attempts"] for m in seven) == len(provider_requests)
+    assert max_per_second([utc(s["at"]) for s in out["sends"]]) <= 1
+
+
+def test_permanently_failing_number_fails_after_one_request(provider_requests: list[ProviderRequest]) -> None:
+    due = "2027-03-12"
+    faults = [{"to": phone(9), "status": 400, "message_id": "SVC0004"}]
+    events = [*one_patient(due, number=9), *one_patient(due, number=2)]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", events, faults=faults)
+    out = run(data)
+    assert_invariants(out, data)
+
+    bad = by_type(out, "a9")
+    assert {m["status"] for m in bad.values()} == {"failed"} and len(bad) == 3
+    for m in bad.values():
+        assert m["attempts"] == 1 and "SVC0004" in m["last_error"] and m["sent_at"] is None
+    assert len([r for r in provider_requests if r.to == phone(9)]) == 3  # one request per message
+    assert not [s for s in out["sends"] if s["to"] == phone(9)]
+    assert {m["status"] for m in by_type(out, "a2").values()} == {"delivered"}
+
+
+def test_undeliverable_number_is_failed_by_its_receipt_and_never_resent(
+    provider_requests: list[ProviderRequest],
+) -> None:
+    due = "2027-03-12"
+    events = [*one_patient(due, number=8), *one_patient(due, number=2)]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", events, undeliverable=[phone(8)])
+    out = run(data)
+    assert_invariants(out, data)
+
+    for m in by_type(out, "a8").values():
+        assert m["status"] == "failed" and m["sent_at"] is not None and m["attempts"] == 1, describe(out)
+        assert len(sends_of(out, m["message_id"])) == 1
+    assert len([r for r in provider_requests if r.to == phone(8)]) == 3
+
+
+@pytest.mark.parametrize("policy", ["assume_sent", "dead_letter"])
+def test_ambiguous_timeout_after_send(policy: str, provider_requests: list[ProviderRequest]) -> None:
+    due = "2027-03-12"
+    seven = at_local("2027-03-05", 9, ABIDJAN)
+    faults = [{"from": z(seven - timedelta(minutes=1)), "until": z(seven + timedelta(minutes=1)),
+               "timeout": "after_send"}]  # fmt: skip
+    settings = {} if policy == "assume_sent" else {"SMS_ON_AMBIGUOUS_SEND": policy}
+    data = scenario("2027-03-04T00:00:00Z", "2027-03-14T00:00:00Z", one_patient(due), faults=faults,
+                    settings=settings)  # fmt: skip
+    out = run(data)
+    assert_invariants(out, data, dead_letters_ok=policy == "dead_letter")
+
+    m = by_type(out, "a1")["7_day_reminder"]
+    window = [r for r in provider_requests if seven - timedelta(minutes=1) <= r.at < seven + timedelta(minutes=1)]
+    assert len(window) == 1 and window[0].status is None  # the one request, whose answer never came
+    assert len(sends_of(out, m["message_id"])) == 1  # the provider did take it
+    if policy == "assume_sent":
+        # Recorded as sent and flagged; no receipt can match (we never learnt the provider's id), so it stays sent.
+        assert m["status"] == "sent" and m["ambiguous"] is True and m["attempts"] == 1, describe(out)
+        assert m["provider_message_id"] is None
+    else:
+        assert m["status"] == "dead_letter" and "ambiguous" in m["last_error"]
+    assert len([r for r in provider_requests if r.to == phone(1)]) == 3  # never resent; the other two went out
+
+
+def test_no_bundle_window_holds_sending_without_burning_attempts(provider_requests: list[ProviderRequest]) -> None:
+    due = "2027-03-12"
+    seven = at_local("2027-03-05", 9, ABIDJAN)
+    window = (seven - timedelta(minutes=1), seven + timedelta(minutes=70))
+    faults = [{"from": z(window[0]), "until": z(window[1]), "status": 403}]
+    events = [e for n in range(1, 4) for e in one_patient(due, number=n)]
+    data = scenario("2027-03-04T00:00:00Z", "2027-03-07T00:00:00Z", events, faults=faults)
+    out = run(data)
+    assert_invariants(out, data)
+
+    seven_day = [m for m in out["messages"] if m["reminder_type"] == "7_day_reminder"]
+    assert {m["status"] for m in seven_day} == {"delivered"}, describe(out)
+    assert all(m["attempts"] == 1 for m in seven_day), "a provider-wide hold burnt a message's attempts"
+    assert all(utc(m["sent_at"]) >= window[1] for m in seven_day)
+    refused = [r for r in provider_requests if r.status == 403]
+    # One probe per 30-minute hold, not one per message and retry.
+    assert 1 <= len(refused) <= 3, refused
+    assert all(window[0] <= r.at < window[1] for r in refused)
+
+
+def test_quiet_hours_push_a_22h_preference_to_8h_next_morning() -> None:
+    due = "2027-03-12"
+    events = one_patient(due, zone=NAIROBI, preferred_hour=22)
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-16T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+
+    reminders = by_type(out, "a1")
+    # 22:00 on due-1 would move to 08:00 on the due date, too late for a pre-due reminder: never planned.
+    assert set(reminders) == {"7_day_reminder", "overdue_reminder"}, describe(out)
+    for reminder_type, day in {"7_day_reminder": "2027-03-06", "overdue_reminder": "2027-03-14"}.items():
+        m = reminders[reminder_type]
+        assert m["status"] == "delivered"
+        assert utc(m["scheduled_at"]) == at_local(day, 8, NAIROBI)
+        local = utc(m["sent_at"]).astimezone(ZoneInfo(NAIROBI))
+        assert local.date().isoformat() == day and (local.hour, local.minute) == (8, 0), m["sent_at"]

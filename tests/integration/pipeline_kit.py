@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from core import sending, store
 from core.planning import handle_clinic_event
@@ -123,9 +124,18 @@ class Pipeline:
     def send(self, messages: list[dict[str, Any]], *, ack: bool = True) -> dict[str, Any]:
         """send_sms on these received messages, then what the event source mapping does with the answer.
 
-        Records not reported as failed are deleted; failed ones are made visible again (visibility 0).
+        Records not reported as failed are deleted; failed ones are made visible again (visibility 0). When every
+        record fails, Powertools raises (a function error, so Lambda backs off): reported as `functionError`, with
+        every record failed, as Lambda would then retry the whole batch.
         """
-        response: dict[str, Any] = invoke("send_sms", sqs_event(messages, self.queue_arn(self.settings.SEND_QUEUE_URL)))
+        event = sqs_event(messages, self.queue_arn(self.settings.SEND_QUEUE_URL))
+        try:
+            response: dict[str, Any] = invoke("send_sms", event)
+        except BatchProcessingError:
+            response = {
+                "batchItemFailures": [{"itemIdentifier": m["MessageId"]} for m in messages],
+                "functionError": "BatchProcessingError",
+            }
         if ack:
             failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
             for m in messages:

@@ -1,0 +1,103 @@
+"""The operator commands against the embedded stack: `rappel local up` in the background, the rest with --local."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+pytestmark = pytest.mark.integration
+RAPPEL = [sys.executable, "-m", "rappel_ops"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _zone_in_the_afternoon() -> str:
+    """A zone where it is now between 10:00 and 18:59, so a 09:00 reminder of today is due and not in quiet hours."""
+    now = datetime.now(UTC)
+    for offset in range(-12, 15):
+        name = f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}" if offset else "Etc/GMT"
+        if 10 <= now.astimezone(ZoneInfo(name)).hour <= 18:
+            return name
+    raise AssertionError("some zone is always in the afternoon")
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RAPPEL, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def local_stack(tmp_path: Path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([*RAPPEL, "local", "up", "--port", str(_free_port())], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    state = tmp_path / ".rappel" / "local.json"
+    deadline = time.monotonic() + 60
+    while not state.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"rappel local up did not start: {process.stdout.read() if process.stdout else ''}")
+        time.sleep(0.2)
+    yield tmp_path
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+    assert not state.exists()  # a clean stop removes what --local reads
+
+
+def test_import_process_and_read_back(local_stack: Path) -> None:
+    zone = _zone_in_the_afternoon()
+    today = datetime.now(ZoneInfo(zone)).date()
+    register = local_stack / "register.csv"
+    with register.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["patient_id", "phone", "timezone", "language", "sms_opt_in", "display_name",
+                         "appointment_id", "vaccine", "dose", "due_date", "clinic"])  # fmt: skip
+        writer.writerow(["p1", "+2250701020304", zone, "fr", "true", "Awa", "a1", "Penta", "2",
+                         (today + timedelta(days=7)).isoformat(), "CSU Abobo"])  # fmt: skip
+        writer.writerow(["p2", "not-a-phone", zone, "fr", "true", "Kofi", "a2", "VPO", "1",
+                         (today + timedelta(days=7)).isoformat(), ""])  # fmt: skip
+
+    imported = _run("import", str(register), "--local", "--json", cwd=local_stack)
+    assert imported.returncode == 0, imported.stderr
+    data = json.loads(imported.stdout)
+    assert (data["rows"], data["appointments"], data["reminders_created"]) == (2, 1, 3)
+    assert data["errors"][0]["row"] == 2 and data["errors"][0]["error"].startswith("detail.phone")
+
+    processed = json.loads(_run("process", "--local", "--json", cwd=local_stack).stdout)
+    assert processed["enqueued"] >= 0 and processed["records_failed"] == 0
+
+    messages = json.loads(_run("messages", "--local", "--json", "--patient", "p1", cwd=local_stack).stdout)
+    by_type = {m["reminder_type"]: m for m in messages}
+    assert by_type["7_day_reminder"]["status"] in {"sent", "delivered"}
+    assert by_type["1_day_reminder"]["status"] == "pending"
+
+    health = _run("health", "--local", "--json", cwd=local_stack)
+    assert json.loads(health.stdout)["pending_count"] == 2
+    stats = json.loads(_run("stats", "--local", "--json", "--since", "hour", cwd=local_stack).stdout)
+    assert stats["total"]["planned"] == 3 and stats["total"]["sent"] == 1
+
+    opted_out = json.loads(_run("optout", "+2250701020304", "--local", "--json", cwd=local_stack).stdout)
+    assert opted_out == {"patients": 1, "cancelled": 2, "created": 0}
+    cleanup = json.loads(_run("cleanup", "--local", "--json", cwd=local_stack).stdout)
+    assert cleanup["deleted"] == 0  # nothing has reached the end of its retention yet
+    redrive = json.loads(_run("redrive", "--local", "--json", cwd=local_stack).stdout)
+    assert redrive["method"] in {"StartMessageMoveTask", "receive-send-delete"}
+
+
+def test_commands_say_clearly_when_the_stack_is_missing(tmp_path: Path) -> None:
+    result = _run("messages", "--local", cwd=tmp_path)
+    assert result.returncode == 2 and "rappel local up" in result.stderr

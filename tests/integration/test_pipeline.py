@@ -1,0 +1,651 @@
+"""dispatch_due and send_sms through the real handlers, on moto, against the Orange simulator over real HTTP.
+
+Each test drives the functions the way AWS would (a scheduler event, SQS records received from the queue, the
+event source mapping's delete-or-retry) and checks the stored messages, the queues and what the provider saw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from core import dispatch, provider_state, queue, sending, store
+from core.lifecycle import Status
+from core.observability import discard_metrics
+from core.planning import handle_clinic_event
+from core.store import iso, parse_iso
+from rappel_ops.orange_simulator import Fault, OrangeSimulator
+from tests.helpers import patient
+from tests.integration.pipeline_kit import PHONE, Pipeline, bodies, emf
+
+pytestmark = pytest.mark.integration
+
+DUE = "2027-03-20"
+SEVEN_DAY = datetime(2027, 3, 13, 9, 0, tzinfo=UTC)  # 7 days before DUE, 09:00 in Abidjan (UTC+0)
+SEVEN_DAY_DEADLINE = SEVEN_DAY + timedelta(hours=48)
+LEASE = timedelta(minutes=30)  # SMS_CLAIM_LEASE_MINUTES's default
+
+
+@pytest.fixture
+def pipe(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    pipeline = Pipeline(aws, monkeypatch)
+    pipeline.start_orange()
+    yield pipeline
+    pipeline.close()
+
+
+def _due_now(pipe: Pipeline, n: int = 1, **patient_fields: Any) -> str:
+    """Plan patient n and move the clock to its 7-day reminder's send time; returns that message's id."""
+    ids = pipe.plan(n, DUE, **patient_fields)
+    pipe.clock.advance_to(SEVEN_DAY)
+    return ids["7_day_reminder"]
+
+
+def _metrics(capsys: pytest.CaptureFixture[str]) -> dict[str, float]:
+    return emf(capsys.readouterr().out)
+
+
+def _quiet(capsys: pytest.CaptureFixture[str]) -> None:
+    """Forget metrics recorded outside a handler and output so far, so the next handler's EMF stands alone."""
+    discard_metrics()
+    capsys.readouterr()
+
+
+# ============================================================================================== dispatch_due
+
+
+def test_due_messages_are_claimed_and_enqueued_and_the_rest_is_left_alone(pipe: Pipeline) -> None:
+    planned = [pipe.plan(n, DUE) for n in (1, 2)]
+    before = {mid: pipe.message(mid) for ids in planned for mid in ids.values()}
+    pipe.clock.advance_to(SEVEN_DAY)
+
+    result = pipe.dispatch()
+
+    budget = int(pipe.settings.SMS_RATE_LIMIT_PER_SECOND * pipe.settings.SMS_PROCESSING_INTERVAL_MINUTES * 60)
+    assert result["capacity"] == budget  # the queue was empty
+    assert (result["claimed"], result["enqueued"], result["expired"], result["lost_races"]) == (2, 2, 0, 0)
+    due = {ids["7_day_reminder"] for ids in planned}
+    on_queue = bodies(pipe.receive())
+    assert sorted(b["message_id"] for b in on_queue) == sorted(due)
+    for body in on_queue:
+        stored = pipe.message(body["message_id"])
+        assert body == {"message_id": stored.message_id, "version": stored.version}
+        assert stored.version == before[stored.message_id].version + 1
+        assert (stored.status, stored.queued_at, stored.dispatches) == ("queued", iso(SEVEN_DAY), 1)
+        assert stored.due_at == iso(SEVEN_DAY + LEASE)  # the claim's lease
+    for message_id, old in before.items():
+        if message_id in due:
+            continue
+        stored = pipe.message(message_id)
+        assert (stored.status, stored.version, stored.due_at) == ("pending", old.version, old.scheduled_at)
+    assert pipe.send_requests() == []
+
+
+def test_a_message_past_its_deadline_expires_at_dispatch(pipe: Pipeline, capsys) -> None:
+    ids = pipe.plan(1, DUE)
+    pipe.clock.advance_to(SEVEN_DAY_DEADLINE + timedelta(minutes=1))
+    _quiet(capsys)
+
+    result = pipe.dispatch()
+
+    assert (result["expired"], result["claimed"], result["enqueued"]) == (1, 0, 0)
+    expired = pipe.message(ids["7_day_reminder"])
+    assert expired.status == "expired" and expired.due_at is None and expired.ended_at is not None
+    assert expired.last_error == "deadline passed before it could be sent"
+    assert pipe.message(ids["1_day_reminder"]).status == "pending"  # not due yet
+    assert pipe.receive() == []
+    assert _metrics(capsys)["RemindersExpired"] == 1
+
+
+def test_capacity_is_rate_times_interval_minus_queue_depth_and_the_most_urgent_go_first(pipe: Pipeline) -> None:
+    pipe.configure(SMS_RATE_LIMIT_PER_SECOND=2)  # 2/s × 1 min = 120 per run
+    for start in range(0, 117, 10):  # 117 already in flight: room for 3
+        count = min(10, 117 - start)
+        pipe.sqs.send_message_batch(
+            QueueUrl=pipe.settings.SEND_QUEUE_URL,
+            Entries=[{"Id": str(i), "MessageBody": '{"message_id":"msg_filler","version":1}'} for i in range(count)],
+        )
+    seven_a = pipe.plan(1, "2027-03-20")["7_day_reminder"]  # due Mar 13 09:00
+    seven_b = pipe.plan(2, "2027-03-20")["7_day_reminder"]  # due Mar 13 09:00
+    three = pipe.plan(3, "2027-03-14")  # 1-day due Mar 13 09:00; its 7-day's deadline was Mar 9
+    four = pipe.plan(4, "2027-03-12")  # overdue due Mar 13 14:00; its 7-day and 1-day deadlines have passed
+    pipe.clock.advance_to(datetime(2027, 3, 13, 14, 0, tzinfo=UTC))
+
+    result = pipe.dispatch()
+
+    assert result["capacity"] == 3
+    assert (result["claimed"], result["enqueued"], result["expired"]) == (3, 3, 3)
+    claimed = {b["message_id"] for b in bodies(pipe.receive()) if b["message_id"] != "msg_filler"}
+    assert {three["1_day_reminder"], four["overdue_reminder"]} <= claimed
+    assert len(claimed & {seven_a, seven_b}) == 1  # one 7-day reminder fits; the other waits for the next run
+    (waiting,) = {seven_a, seven_b} - claimed
+    assert pipe.message(waiting).status == "pending"
+    for message_id in (three["7_day_reminder"], four["7_day_reminder"], four["1_day_reminder"]):
+        assert pipe.message(message_id).status == "expired"
+
+
+def test_overlapping_dispatchers_and_a_stale_index_read_claim_each_message_once(pipe: Pipeline, monkeypatch) -> None:
+    for n in (1, 2, 3):
+        pipe.plan(n, DUE)
+    pipe.clock.advance_to(SEVEN_DAY)
+    shards = [f"DUE#{n}" for n in range(pipe.settings.DUE_INDEX_SHARDS)]
+    stale = {shard: store.due_in_shard(shard, SEVEN_DAY, limit=100) for shard in shards}  # read before any claim
+    assert sum(len(v) for v in stale.values()) == 3
+
+    first, second = pipe.dispatch(), pipe.dispatch()
+    assert (first["claimed"], second["claimed"], second["lost_races"]) == (3, 0, 0)
+
+    # A dispatcher whose read of the eventually consistent index predates the first run's claims.
+    monkeypatch.setattr(store, "due_in_shard", lambda shard, until, limit: stale[shard])
+    third = pipe.dispatch()
+    assert (third["claimed"], third["enqueued"], third["lost_races"]) == (0, 0, 3)
+    any_stale = next(m for records in stale.values() for m in records)
+    assert dispatch._claim(any_stale, pipe.clock.now(), pipe.settings) == "lost"
+
+    on_queue = bodies(pipe.receive())
+    assert len(on_queue) == 3 and len({b["message_id"] for b in on_queue}) == 3
+    for body in on_queue:
+        assert pipe.message(body["message_id"]).dispatches == 1
+
+
+def _flaky_batches(monkeypatch, pipe: Pipeline, refuse: Callable[[int, dict[str, Any]], bool]) -> list[list[str]]:
+    """Make the dispatcher's SendMessageBatch refuse the entries `refuse(call_number, body)` picks.
+
+    SQS can refuse single entries of a batch (throttling, internal errors); moto never does, so this one
+    failure is mocked. Returns the message ids each call carried.
+    """
+    client = queue._client(pipe.settings)  # the cached client the handler will use
+    real = client.send_message_batch
+    calls: list[list[str]] = []
+
+    def send_message_batch(**kwargs: Any) -> dict[str, Any]:
+        entries = kwargs["Entries"]
+        calls.append([json.loads(e["MessageBody"])["message_id"] for e in entries])
+        refused = [e for e in entries if refuse(len(calls), json.loads(e["MessageBody"]))]
+        passed = [e for e in entries if e not in refused]
+        response: dict[str, Any] = {"Successful": [], "Failed": []}
+        if passed:
+            response = real(**{**kwargs, "Entries": passed})
+            response.setdefault("Failed", [])
+        response["Failed"] += [
+            {"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "injected"} for e in refused
+        ]
+        return response
+
+    monkeypatch.setattr(client, "send_message_batch", send_message_batch)
+    return calls
+
+
+def test_send_message_batch_partial_failure_retries_the_failed_entries(pipe: Pipeline, monkeypatch) -> None:
+    ids = [pipe.plan(n, DUE)["7_day_reminder"] for n in (1, 2, 3)]
+    pipe.clock.advance_to(SEVEN_DAY)
+    calls = _flaky_batches(monkeypatch, pipe, lambda call, body: call == 1 and body["message_id"] != ids[0])
+
+    result = pipe.dispatch()
+
+    assert (result["claimed"], result["enqueued"], result["not_enqueued"]) == (3, 3, 0)
+    assert len(calls) == 2 and len(calls[0]) == 3 and sorted(calls[1]) == sorted(ids[1:])
+    assert sorted(b["message_id"] for b in bodies(pipe.receive())) == sorted(ids)
+
+
+def test_an_entry_that_never_lands_comes_back_after_the_claim_lease(pipe: Pipeline, monkeypatch) -> None:
+    ids = [pipe.plan(n, DUE)["7_day_reminder"] for n in (1, 2, 3)]
+    lost = ids[1]
+    pipe.clock.advance_to(SEVEN_DAY)
+    calls = _flaky_batches(monkeypatch, pipe, lambda call, body: body["message_id"] == lost)
+
+    result = pipe.dispatch()
+
+    assert (result["claimed"], result["enqueued"], result["not_enqueued"]) == (3, 2, 1)
+    assert sum(lost in call for call in calls) == queue.ENTRY_RETRIES
+    landed = pipe.receive()
+    assert sorted(b["message_id"] for b in bodies(landed)) == sorted(set(ids) - {lost})
+    assert pipe.send(landed)["batchItemFailures"] == []
+    stranded = pipe.message(lost)
+    assert (stranded.status, stranded.due_at) == ("queued", iso(SEVEN_DAY + LEASE))
+
+    monkeypatch.undo()  # SQS is well again
+    assert pipe.dispatch()["claimed"] == 0  # the lease still runs
+    pipe.clock.advance_to(SEVEN_DAY + LEASE + timedelta(seconds=1))
+    again = pipe.dispatch()
+    assert (again["claimed"], again["enqueued"]) == (1, 1)
+    assert pipe.send(pipe.receive())["batchItemFailures"] == []
+    assert {pipe.message(m).status for m in ids} == {"sent"}
+    assert sorted(r.to for r in pipe.accepted()) == [PHONE] * 3
+    assert pipe.message(lost).dispatches == 2
+
+
+def test_a_message_reclaimed_more_than_max_dispatches_is_dead_lettered_and_put_on_the_dlq(pipe: Pipeline) -> None:
+    message_id = _due_now(pipe)
+    limit = pipe.settings.SMS_MAX_DISPATCHES
+    for n in range(limit):  # claimed, enqueued, and never sent: every lease runs out
+        assert pipe.dispatch()["claimed"] == 1
+        assert pipe.message(message_id).dispatches == n + 1
+        pipe.clock.advance_to(pipe.clock.now() + LEASE + timedelta(seconds=1))
+
+    result = pipe.dispatch()
+
+    assert (result["dead_lettered"], result["claimed"]) == (1, 0)
+    stored = pipe.message(message_id)
+    assert stored.status == "dead_letter" and stored.due_at is None and stored.expires_at is None
+    assert stored.last_error == f"lease expired {limit} times without a send"
+    assert bodies(pipe.receive_dead_letters()) == [{"message_id": message_id, "version": stored.version}]
+
+
+def test_a_retried_message_whose_lease_runs_out_once_is_reclaimed_not_dead_lettered(pipe: Pipeline) -> None:
+    """Dispatches that ended in a retry are not lease expiries: one lost claim after two retries is no crash loop."""
+    pipe.start_orange(faults=[Fault(nth=1, status=503), Fault(nth=2, status=503)])
+    message_id = _due_now(pipe)
+    for _ in range(2):
+        pipe.cycle()
+        stored = pipe.message(message_id)
+        assert stored.status == "pending"
+        pipe.clock.advance_to(parse_iso(stored.due_at))
+    assert pipe.dispatch()["claimed"] == 1  # the third claim; its queue message is then lost
+    pipe.receive()
+    pipe.clock.advance_to(pipe.clock.now() + LEASE + timedelta(seconds=1))
+
+    result = pipe.dispatch()
+
+    assert (result["claimed"], result["dead_lettered"]) == (1, 0)
+    pipe.send(pipe.receive())
+    assert pipe.message(message_id).status == "sent"
+    assert pipe.receive_dead_letters() == []
+
+
+# ============================================================================================== send_sms
+
+
+def test_happy_path_sends_once_and_records_what_was_sent(pipe: Pipeline, capsys) -> None:
+    message_id = _due_now(pipe)
+    _quiet(capsys)
+
+    dispatched, response = pipe.cycle()
+
+    assert dispatched["enqueued"] == 1 and response == {"batchItemFailures": []}
+    assert len(pipe.send_requests()) == 1
+    (accepted,) = pipe.accepted()
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.attempts, stored.provider) == ("sent", 1, "orange")
+    assert stored.provider_message_id == accepted.message_id
+    assert stored.text == accepted.text and "Awa" in stored.text and accepted.to == PHONE
+    assert stored.segments is not None and stored.segments >= 1
+    assert stored.sent_at == iso(SEVEN_DAY) and stored.due_at is None
+    assert store.message_id_by_provider_id(accepted.message_id) == message_id
+    assert provider_state.last_send() == SEVEN_DAY
+    metrics = _metrics(capsys)
+    assert metrics["SmsSent"] == 1 and metrics["MessagesDispatched"] == 1
+
+
+def test_the_same_sqs_record_delivered_twice_makes_one_provider_request(pipe: Pipeline) -> None:
+    message_id = _due_now(pipe)
+    pipe.dispatch()
+    received = pipe.receive()
+
+    first = pipe.send(received, ack=False)
+    again = pipe.send(received)  # SQS at-least-once: the same record (same messageId and body) once more
+    producer_copy = [{**received[0], "MessageId": "another-sqs-message-id"}]
+    third = pipe.send(producer_copy, ack=False)
+
+    assert first == again == third == {"batchItemFailures": []}
+    assert len(pipe.send_requests()) == 1
+    assert pipe.message(message_id).status == "sent"
+
+
+def test_a_crash_between_provider_accept_and_the_sent_write_replays_the_stored_result(
+    pipe: Pipeline, monkeypatch
+) -> None:
+    message_id = _due_now(pipe)
+    real_transition = store.transition
+    crashes: list[str] = []
+
+    def crash_once_on_sent(message: Any, change: Any, **kwargs: Any) -> bool:
+        if change.target is Status.SENT and not crashes:
+            crashes.append(message.message_id)
+            raise RuntimeError("Lambda killed after the provider accepted")
+        return real_transition(message, change, **kwargs)
+
+    monkeypatch.setattr(store, "transition", crash_once_on_sent)
+    pipe.dispatch()
+    received = pipe.receive()
+
+    crashed = pipe.send(received)
+    assert crashed["batchItemFailures"] == [{"itemIdentifier": received[0]["MessageId"]}]
+    assert pipe.message(message_id).status == "queued" and len(pipe.accepted()) == 1
+
+    redelivered = pipe.receive()
+    assert [m["MessageId"] for m in redelivered] == [received[0]["MessageId"]]
+    assert pipe.send(redelivered) == {"batchItemFailures": []}
+
+    stored = pipe.message(message_id)
+    assert crashes == [message_id]
+    assert len(pipe.send_requests()) == 1
+    assert (stored.status, stored.attempts) == ("sent", 1)
+    assert stored.provider_message_id == pipe.accepted()[0].message_id
+
+
+def _opt_out(pipe: Pipeline) -> None:
+    assert store.set_opt_in("p1", False, iso(pipe.clock.now()), "operator-optout")
+
+
+def _set_appointment(**values: Any) -> Callable[[Pipeline], None]:
+    def change(pipe: Pipeline) -> None:
+        appointment = store.get_appointment("a1")
+        assert appointment is not None
+        for name, value in values.items():
+            setattr(appointment, name, value)
+        appointment.save()
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (_opt_out, "opted out"),
+        (_set_appointment(status="administered", administered_on="2027-03-13"), "appointment administered"),
+        (_set_appointment(status="cancelled"), "appointment cancelled"),
+        (_set_appointment(due_date="2027-03-27"), "rescheduled"),
+    ],
+    ids=["opted-out", "dose-administered", "appointment-cancelled", "rescheduled"],
+)
+def test_what_changed_after_dispatch_is_rechecked_at_send_time(
+    pipe: Pipeline, change: Callable[[Pipeline], None], reason: str
+) -> None:
+    """The stored patient or appointment changed (its planning run had not reached the message yet)."""
+    message_id = _due_now(pipe)
+    pipe.dispatch()
+    change(pipe)
+
+    assert pipe.send(pipe.receive()) == {"batchItemFailures": []}
+
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.last_error) == ("cancelled", f"cancelled at send time: {reason}")
+    assert stored.due_at is None and stored.attempts == 0
+    assert pipe.send_requests() == []
+
+
+def test_an_opt_out_event_after_dispatch_stops_the_queued_message(pipe: Pipeline) -> None:
+    message_id = _due_now(pipe)
+    pipe.dispatch()
+    assert handle_clinic_event(patient("p1", sms_opt_in=False), pipe.settings).cancelled == 3
+
+    assert pipe.send(pipe.receive()) == {"batchItemFailures": []}
+
+    assert pipe.message(message_id).status == "cancelled"
+    assert pipe.send_requests() == []
+
+
+def test_a_deadline_that_passed_while_queued_expires_at_send_time(pipe: Pipeline) -> None:
+    message_id = _due_now(pipe)
+    pipe.dispatch()
+    received = pipe.receive()
+    pipe.clock.advance_to(SEVEN_DAY_DEADLINE)
+
+    assert pipe.send(received) == {"batchItemFailures": []}
+
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.last_error) == ("expired", "deadline passed before it could be sent")
+    assert pipe.send_requests() == []
+
+
+def test_quiet_hours_in_the_patient_zone_defer_without_burning_an_attempt(pipe: Pipeline) -> None:
+    ids = pipe.plan(1, DUE, timezone="Asia/Tokyo")
+    message_id = ids["7_day_reminder"]
+    assert pipe.message(message_id).scheduled_at == "2027-03-13T00:00:00.000Z"  # 09:00 in Tokyo
+    late = datetime(2027, 3, 13, 12, 0, tzinfo=UTC)  # 21:00 in Tokyo, 12:00 in the stack's own zone
+    pipe.clock.advance_to(late)
+
+    pipe.cycle()
+
+    stored = pipe.message(message_id)
+    quiet_end = datetime(2027, 3, 13, 23, 0, tzinfo=UTC)  # 08:00 in Tokyo
+    assert (stored.status, stored.attempts, stored.last_error) == ("pending", 0, "quiet hours")
+    assert stored.due_at == iso(quiet_end)
+    assert pipe.send_requests() == []
+
+    pipe.clock.advance_to(quiet_end - timedelta(minutes=1))
+    assert pipe.dispatch()["claimed"] == 0
+    pipe.clock.advance_to(quiet_end)
+    pipe.cycle()
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.attempts, stored.sent_at) == ("sent", 1, iso(quiet_end))
+
+
+def test_a_transient_503_backs_off_and_retries(pipe: Pipeline, capsys) -> None:
+    pipe.start_orange(faults=[Fault(nth=1, status=503)])
+    message_id = _due_now(pipe)
+    _quiet(capsys)
+
+    _, response = pipe.cycle()
+
+    assert response == {"batchItemFailures": []}
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.attempts) == ("pending", 1)
+    assert "503" in (stored.last_error or "")
+    base = timedelta(minutes=pipe.settings.SMS_RETRY_DELAY_MINUTES)
+    retry_at = parse_iso(stored.due_at)
+    assert SEVEN_DAY + base / 2 <= retry_at <= pipe.clock.now() + base  # 2^0 × delay, half of it jittered
+    assert _metrics(capsys)["SmsRetried"] == 1
+    assert pipe.accepted() == []
+
+    pipe.clock.advance_to(retry_at)
+    pipe.cycle()
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.attempts) == ("sent", 2)
+    assert len(pipe.send_requests()) == 2 and len(pipe.accepted()) == 1
+
+
+def test_exhausting_the_retries_dead_letters_with_a_copy_on_the_dlq(pipe: Pipeline, capsys) -> None:
+    pipe.configure(SMS_MAX_RETRIES=1)
+    pipe.start_orange(faults=[Fault(status=503)])
+    message_id = _due_now(pipe)
+    pipe.cycle()
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.attempts) == ("pending", 1)
+    pipe.clock.advance_to(parse_iso(stored.due_at))
+    _quiet(capsys)
+
+    pipe.cycle()
+
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.attempts) == ("dead_letter", 2)
+    assert stored.last_error.startswith("retries exhausted") and stored.due_at is None
+    assert bodies(pipe.receive_dead_letters()) == [{"message_id": message_id, "version": stored.version}]
+    assert _metrics(capsys)["SmsDeadLettered"] == 1
+    assert len(pipe.send_requests()) == 2 and pipe.accepted() == []
+
+
+def test_a_400_svc0004_fails_the_message_at_once(pipe: Pipeline) -> None:
+    pipe.start_orange(faults=[Fault(to=PHONE, status=400, message_id="SVC0004")])
+    message_id = _due_now(pipe)
+
+    pipe.cycle()
+
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.attempts) == ("failed", 1)
+    assert "SVC0004" in (stored.last_error or "") and stored.failed_at == iso(SEVEN_DAY)
+    assert stored.due_at is None and stored.ended_at is not None
+    assert len(pipe.send_requests()) == 1 and pipe.receive_dead_letters() == []
+
+
+def test_a_403_holds_the_provider_without_burning_attempts(pipe: Pipeline) -> None:
+    pipe.start_orange(faults=[Fault(status=403)])  # code 50: no bundle left
+    first = _due_now(pipe, 1)
+    pipe.dispatch()
+    second = pipe.plan(2, DUE)["7_day_reminder"]  # due already, not yet dispatched
+
+    pipe.send(pipe.receive())
+
+    held_until = SEVEN_DAY + sending.PROVIDER_HOLD
+    stored = pipe.message(first)
+    assert (stored.status, stored.attempts, stored.due_at) == ("pending", 0, iso(held_until))
+    assert provider_state.hold_until(pipe.clock.now()) == held_until
+    assert "403/50" in (provider_state.hold_reason() or "")
+    held = pipe.dispatch()
+    assert held["held"] is True and held["claimed"] == 0 and held["enqueued"] == 0
+    assert (pipe.message(second).status, pipe.message(second).dispatches) == ("pending", 0)
+    assert pipe.receive() == []
+    assert len(pipe.send_requests()) == 1
+
+    pipe.start_orange()  # a bundle was bought
+    pipe.clock.advance_to(held_until)
+    dispatched, _ = pipe.cycle()
+    assert dispatched["enqueued"] == 2
+    assert (pipe.message(first).status, pipe.message(first).attempts) == ("sent", 1)
+    assert pipe.message(second).status == "sent"
+
+
+@pytest.mark.parametrize("policy", ["assume_sent", "retry", "dead_letter"])
+def test_an_ambiguous_send_follows_the_configured_policy(pipe: Pipeline, capsys, policy: str) -> None:
+    pipe.configure(SMS_ON_AMBIGUOUS_SEND=policy)
+    pipe.start_orange(faults=[Fault(nth=1, timeout="after_send")])  # Orange takes it, the reply never comes
+    message_id = _due_now(pipe)
+    _quiet(capsys)
+
+    _, response = pipe.cycle()
+
+    assert response == {"batchItemFailures": []}
+    assert len(pipe.accepted()) == 1 and len(pipe.send_requests()) == 1
+    stored = pipe.message(message_id)
+    assert stored.attempts == 1
+    if policy == "assume_sent":
+        assert (stored.status, stored.ambiguous, stored.provider_message_id) == ("sent", True, None)
+        assert stored.last_error.startswith("ambiguous:")
+    elif policy == "retry":
+        assert stored.status == "pending" and stored.due_at is not None
+        assert parse_iso(stored.due_at) > SEVEN_DAY
+    else:
+        assert stored.status == "dead_letter"
+        assert bodies(pipe.receive_dead_letters()) == [{"message_id": message_id, "version": stored.version}]
+    assert _metrics(capsys)["AmbiguousSends"] == 1
+
+
+def test_a_duplicate_delivery_after_an_ambiguous_dead_letter_does_not_send_again(pipe: Pipeline) -> None:
+    """Dead-lettering an ambiguous send leaves the decision to an operator; an SQS duplicate must not take it."""
+    pipe.configure(SMS_ON_AMBIGUOUS_SEND="dead_letter")
+    pipe.start_orange(faults=[Fault(nth=1, timeout="after_send")])
+    message_id = _due_now(pipe)
+    pipe.dispatch()
+    received = pipe.receive()
+    pipe.send(received, ack=False)
+    assert pipe.message(message_id).status == "dead_letter"
+
+    pipe.send(received)  # the same record, delivered again
+
+    assert pipe.message(message_id).status == "dead_letter"
+    assert len(pipe.send_requests()) == 1
+
+
+class _ExpireTokensBeforeSecondSend(sending.Pacer):
+    def __init__(self, simulator: OrangeSimulator) -> None:
+        super().__init__()
+        self.simulator = simulator
+        self.calls = 0
+
+    def wait(self, per_second: float) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.simulator.expire_tokens()
+        super().wait(per_second)
+
+
+def test_a_token_expiring_mid_batch_is_refreshed_once_and_everything_goes(pipe: Pipeline) -> None:
+    ids = [pipe.plan(n, DUE)["7_day_reminder"] for n in (1, 2, 3)]
+    pipe.clock.advance_to(SEVEN_DAY)
+    assert pipe.orange is not None
+    sending.select_pacer(_ExpireTokensBeforeSecondSend(pipe.orange))
+
+    _, response = pipe.cycle()
+
+    assert response == {"batchItemFailures": []}
+    assert {pipe.message(m).status for m in ids} == {"sent"}
+    received = pipe.orange.received
+    assert [r.status for r in received if r.endpoint == "token"] == [200, 200]  # the first token, one refresh
+    assert [r.status for r in received if r.endpoint == "send"] == [201, 401, 201, 201]
+    assert len(pipe.accepted()) == 3
+
+
+def test_a_poison_record_fails_alone(pipe: Pipeline) -> None:
+    message_id = _due_now(pipe)
+    pipe.dispatch()
+    for body in ("not json", '{"message_id": 5, "version": 1}'):
+        pipe.sqs.send_message(QueueUrl=pipe.settings.SEND_QUEUE_URL, MessageBody=body)
+    received = pipe.receive()
+    poison = sorted(m["MessageId"] for m in received if not m["Body"].startswith('{"message_id":"msg_'))
+    assert len(received) == 3 and len(poison) == 2
+
+    response = pipe.send(received, ack=False)
+
+    assert sorted(item["itemIdentifier"] for item in response["batchItemFailures"]) == poison
+    assert pipe.message(message_id).status == "sent"
+
+
+def _dead_letter_one(pipe: Pipeline) -> str:
+    """A 7-day reminder dead-lettered after one 503 (no retries allowed), with its copy on the DLQ."""
+    pipe.configure(SMS_MAX_RETRIES=0)
+    pipe.start_orange(faults=[Fault(nth=1, status=503)])
+    message_id = _due_now(pipe)
+    pipe.cycle()
+    assert pipe.message(message_id).status == "dead_letter"
+    return message_id
+
+
+def test_a_redriven_dead_letter_is_sent(pipe: Pipeline) -> None:
+    message_id = _dead_letter_one(pipe)
+    pipe.clock.advance_to(SEVEN_DAY + timedelta(hours=2))
+
+    result = queue.redrive(pipe.settings)
+
+    assert (result.method, result.moved) == ("receive-send-delete", 1)  # moto has no StartMessageMoveTask
+    assert pipe.receive_dead_letters() == []
+    redriven = pipe.receive()
+    assert bodies(redriven) == [{"message_id": message_id, "version": pipe.message(message_id).version}]
+    assert pipe.send(redriven) == {"batchItemFailures": []}
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.attempts, stored.retry_floor) == ("sent", 2, 1)
+    assert len(pipe.accepted()) == 1 and len(pipe.send_requests()) == 2
+
+
+def test_a_redriven_dead_letter_past_its_deadline_expires_instead(pipe: Pipeline) -> None:
+    message_id = _dead_letter_one(pipe)
+    pipe.clock.advance_to(SEVEN_DAY_DEADLINE + timedelta(minutes=1))
+
+    queue.redrive(pipe.settings)
+    pipe.send(pipe.receive())
+
+    stored = pipe.message(message_id)
+    assert stored.status == "expired" and stored.expires_at is not None
+    assert pipe.accepted() == [] and len(pipe.send_requests()) == 1
+
+
+def test_a_crash_right_after_a_redriven_dead_letter_is_taken_back_recovers_by_itself(
+    pipe: Pipeline, monkeypatch
+) -> None:
+    message_id = _dead_letter_one(pipe)
+    pipe.start_orange()
+    queue.redrive(pipe.settings)
+    real_get_patient = store.get_patient
+    crashes: list[str] = []
+
+    def crash_once(patient_id: str) -> Any:
+        if not crashes:
+            crashes.append(patient_id)
+            raise RuntimeError("Lambda killed after the take-back write")
+        return real_get_patient(patient_id)
+
+    monkeypatch.setattr(store, "get_patient", crash_once)
+    redriven = pipe.receive()
+    assert pipe.send(redriven)["batchItemFailures"] == [{"itemIdentifier": redriven[0]["MessageId"]}]
+    assert pipe.message(message_id).status == "queued"
+    pipe.send(pipe.receive())  # SQS redelivers the record
+
+    for _ in range(3):  # no operator: only the scheduler's runs and whatever they enqueue
+        pipe.clock.advance_to(pipe.clock.now() + LEASE + timedelta(seconds=1))
+        pipe.cycle()
+    assert pipe.message(message_id).status == "sent"
+    assert len(pipe.accepted()) == 1
