@@ -6,7 +6,7 @@ burning every message's attempts; the health check reports the hold and an alarm
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from core import store
 from core.store import iso, parse_iso
@@ -14,15 +14,20 @@ from core.store import iso, parse_iso
 _PROVIDER = "PROVIDER"
 _HOLD = "HOLD"
 _LAST_SEND = "LAST_SEND"
+_FRESH_FOR = timedelta(seconds=5)  # a hold set by another instance is seen within this, at one read per 5 s
+
+_cache: tuple[datetime, datetime | None] | None = None  # (read at, hold end)
 
 
 def hold_until(now: datetime) -> datetime | None:
     """When the current hold ends, or None when sending is not held."""
-    item = store.get_ops_value(_PROVIDER, _HOLD)
-    if item is None or not item.text:
-        return None
-    until = parse_iso(item.text.split("|", 1)[0])
-    return until if until > now else None
+    global _cache
+    if _cache is None or not timedelta(0) <= now - _cache[0] < _FRESH_FOR:
+        item = store.get_ops_value(_PROVIDER, _HOLD)
+        until = parse_iso(item.text.split("|", 1)[0]) if item is not None and item.text else None
+        _cache = (now, until)
+    until = _cache[1]
+    return until if until is not None and until > now else None
 
 
 def hold_reason() -> str | None:
@@ -33,12 +38,22 @@ def hold_reason() -> str | None:
 
 def hold(until: datetime, reason: str) -> None:
     """Hold all sending until `until`."""
+    global _cache
     store.put_ops_value(_PROVIDER, _HOLD, text=f"{iso(until)}|{reason}")
+    _cache = None
 
 
 def release() -> None:
-    """End a hold now (operator command, or a send that succeeded)."""
+    """End a hold now (operator command)."""
+    global _cache
     store.delete_ops_value(_PROVIDER, _HOLD)
+    _cache = None
+
+
+def forget() -> None:
+    """Drop the cached hold (tests and the embedded stack switch backends)."""
+    global _cache
+    _cache = None
 
 
 def record_send(at: datetime) -> None:

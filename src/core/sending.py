@@ -111,11 +111,15 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
         logger.warning("queued message unknown", extra={"message_id": item.message_id})
         return "unknown"
     now = clock.now()
+    if int(message.version) != item.version:
+        # Superseded by a newer claim (which has its own queue message), settled already, or an old record of a
+        # dead letter delivered again: only the DLQ copy, written with the dead letter's version, may take it back.
+        return "stale"
     if message.state is Status.DEAD_LETTER:
         message = _take_back_dead_letter(message, now, settings)
         if message is None:
             return "stale"
-    elif message.state is not Status.QUEUED or int(message.version) != item.version:
+    elif message.state is not Status.QUEUED:
         return "stale"  # settled already, or superseded by a newer claim that has its own queue message
     patient = store.get_patient(message.patient_id)
     appointment = store.get_appointment(message.appointment_id)
@@ -184,8 +188,12 @@ def _cancel_reason(
     return None
 
 
-def _settle(message: MessageRecord, target: Status, why: str, now: datetime, settings: Settings) -> str:
-    stamp = {Status.FAILED: {"failed_at": iso(now)}}.get(target, {})
+def _settle(
+    message: MessageRecord, target: Status, why: str, now: datetime, settings: Settings, *, attempts: int | None = None
+) -> str:
+    stamp: dict[str, Any] = {Status.FAILED: {"failed_at": iso(now)}}.get(target, {})
+    if attempts is not None:  # settled right after a failed request: that request counts as an attempt
+        stamp = {**stamp, "attempts": attempts}
     change = Change(
         target=target,
         sources=frozenset({Status.QUEUED}),
@@ -206,7 +214,9 @@ def _defer(
 ) -> str:
     """Back to pending until `until` (explicitly, with the reason), or expired if that is past the deadline."""
     if until >= parse_iso(message.deadline):
-        return _settle(message, Status.EXPIRED, f"{why}; next try would be past the deadline", now, settings)
+        return _settle(
+            message, Status.EXPIRED, f"{why}; next try would be past the deadline", now, settings, attempts=attempts
+        )
     values: dict[str, Any] = {
         "due_at": iso(until),
         "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
@@ -250,7 +260,9 @@ def _after_failure(
                 message, attempt, None, rendered.text, rendered.segments, settings, ambiguous=str(error)
             )
         if policy is AmbiguousSendPolicy.DEAD_LETTER:
-            return _dead_letter(message, f"ambiguous send: {error}", attempt, now, settings)
+            # The text may have gone out: keep it, as "sent" would (operators and receipts can match it).
+            text = {"text": rendered.text, "segments": rendered.segments}
+            return _dead_letter(message, f"ambiguous send: {error}", attempt, now, settings, extra=text)
     if attempt - int(message.retry_floor) > settings.SMS_MAX_RETRIES:
         return _dead_letter(message, f"retries exhausted: {error}", attempt, now, settings)
     delay = backoff(attempt - int(message.retry_floor), settings.SMS_RETRY_DELAY_MINUTES, error.retry_after_seconds)
@@ -278,15 +290,24 @@ def _settle_with_attempt(
     return target.value
 
 
-def _dead_letter(message: MessageRecord, why: str, attempt: int, now: datetime, settings: Settings) -> str:
+def _dead_letter(
+    message: MessageRecord,
+    why: str,
+    attempt: int,
+    now: datetime,
+    settings: Settings,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> str:
     # The DLQ copy goes first: a crash before the status write leaves the record to be retried, and a spare
     # copy on the DLQ is dropped as stale when redriven. The other order could strand a dead letter.
     queue.put_dead_letter(QueuedMessage(message.message_id, int(message.version) + 1), settings)
     change = Change(
         target=Status.DEAD_LETTER,
         sources=frozenset({Status.QUEUED}),
-        set={"last_error": why, "attempts": attempt, "failed_at": iso(now)},
-        condition=MessageRecord.attempts == message.attempts,
+        set={"last_error": why, "attempts": attempt, "failed_at": iso(now), **(extra or {})},
+        # The version too: the DLQ copy above names version + 1, and only that copy may take the dead letter back.
+        condition=(MessageRecord.attempts == message.attempts) & (MessageRecord.version == message.version),
     )
     if not store.transition(message, change, at=now, settings=settings):
         return "stale"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from core import queue, secrets, sending, store
+from core import provider_state, queue, secrets, sending, store
 from core.providers import factory
 from core.settings import reset_settings
 
@@ -21,6 +21,7 @@ from core.settings import reset_settings
 def reset_core_caches() -> None:
     """Forget every cached client, binding and setting, so core code talks to the stack now in place."""
     store.unbind()
+    provider_state.forget()
     queue.reset_clients()
     secrets.reset()
     factory.reset()

@@ -26,12 +26,12 @@ import phonenumbers
 __all__ = [
     "CSV_COLUMNS",
     "EPI_SCHEDULE",
+    "MAX_VACCINE_LENGTH",
     "SAMPLE_CHILDREN",
     "SAMPLE_DAYS",
     "SAMPLE_REGISTER_PATH",
     "SAMPLE_SEED",
     "SAMPLE_START",
-    "MAX_VACCINE_LENGTH",
     "RegisterRow",
     "ScheduledVisit",
     "generate_register",
@@ -109,9 +109,7 @@ EPI_SCHEDULE: tuple[ScheduledVisit, ...] = (
 
 # The anchor visit is drawn from this order (the months visits first), which keeps the children, birth dates
 # and contact details a seed gave when rows were single doses.
-_ANCHOR_ORDER: tuple[ScheduledVisit, ...] = tuple(
-    sorted(EPI_SCHEDULE, key=lambda visit: (visit.weeks, visit.months))
-)
+_ANCHOR_ORDER: tuple[ScheduledVisit, ...] = tuple(sorted(EPI_SCHEDULE, key=lambda visit: (visit.weeks, visit.months)))
 
 _DEFAULT_ZONES: tuple[tuple[str, float], ...] = (
     ("Africa/Abidjan", 0.55),
@@ -284,9 +282,10 @@ def generate_register(
     """A deterministic synthetic register: `n_children` children, every visit of theirs due in the window.
 
     The window is `days` calendar days from `start`: due dates d satisfy start <= d < start + days.
-    Each child has at least one visit in it, sometimes two (the 6-, 10- and 14-week visits are four weeks
-    apart); a visit is one row, whatever the number of vaccines given at it. `zones` (IANA names) are drawn uniformly; by default a mix weighted towards Africa/Abidjan,
-    with diaspora caregivers in Europe/Paris. Rows are ordered by patient, then due date.
+    Each child has at least one visit in it, often several in a long window (the 6-, 10- and 14-week visits
+    are four weeks apart); a visit is one row, whatever the number of vaccines given at it. `zones` (IANA
+    names) are drawn uniformly; by default a mix weighted towards Africa/Abidjan, with diaspora caregivers in
+    Europe/Paris. Rows are ordered by patient, then due date.
     """
     if n_children < 0:
         raise ValueError(f"n_children must be >= 0, got {n_children}")

@@ -110,6 +110,8 @@ class Simulation:
 
     scenario: Scenario
     progress: Callable[[datetime, datetime, datetime], None] | None = None
+    # Called once the stack is up and settings are in place, before time starts (benchmarks seed data here).
+    setup: Callable[[Settings], None] | None = None
     handler_errors: list[str] = field(default_factory=list)
 
     def run(self) -> SimulationResult:
@@ -155,6 +157,8 @@ class Simulation:
             reset_core_caches()
             settings = build_settings(**environment)
             store.bind(settings)
+            if self.setup is not None:
+                self.setup(settings)
             self._loop(settings, stack, virtual, simulator, receipts)
             return self._result(settings, simulator)
         finally:
@@ -222,7 +226,7 @@ class Simulation:
         until: datetime,
     ) -> datetime:
         # The dispatcher fires every interval; only the ticks where something is due can change anything.
-        queued = requeue or _queue_depth(settings) > 0
+        queued = bool(requeue)  # the queue is empty after a drain, except records waiting to be retried
         tick = next_tick
         if not queued:
             tick = max(next_tick, _ceil(earliest_due, interval, start)) if earliest_due else until
@@ -357,12 +361,6 @@ def _receive(sqs: Any, settings: Settings) -> list[dict[str, Any]]:
             break
         received += chunk
     return received
-
-
-def _queue_depth(settings: Settings) -> int:
-    from core import queue
-
-    return queue.depth(settings.SEND_QUEUE_URL, settings)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The synthetic register: deterministic, valid phones, doses on the schedule and inside the window."""
+"""The synthetic register: deterministic, valid phones, one row per visit on the schedule, inside the window."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.texts import available_languages, render_reminder
+from core.texts import REMINDER_TYPES, available_languages, normalise_gsm7, render_reminder
 from rappel_ops.register import (
     CSV_COLUMNS,
     EPI_SCHEDULE,
+    MAX_VACCINE_LENGTH,
     SAMPLE_CHILDREN,
     SAMPLE_DAYS,
     SAMPLE_REGISTER_PATH,
     SAMPLE_SEED,
     SAMPLE_START,
     RegisterRow,
+    ScheduledVisit,
     generate_register,
     read_register_csv,
     write_register_csv,
@@ -106,12 +108,62 @@ def test_appointment_ids_are_unique(register: list[RegisterRow]) -> None:
     assert len(ids) == len(set(ids))
 
 
-def test_doses_follow_the_schedule_from_one_birth_date(register: list[RegisterRow]) -> None:
-    schedule = {(dose.vaccine, dose.dose): dose for dose in EPI_SCHEDULE}
+def visit_of(row: RegisterRow) -> ScheduledVisit:
+    """The schedule visit a row stands for, found from its appointment id."""
+    (visit,) = [visit for visit in EPI_SCHEDULE if row.appointment_id == f"{row.patient_id}-V{visit.code}"]
+    return visit
+
+
+def test_the_schedule_is_five_visits() -> None:
+    assert [(visit.code, visit.vaccine, visit.dose) for visit in EPI_SCHEDULE] == [
+        ("6W", "Penta+VPO+PCV13+Rota", 1),
+        ("10W", "Penta+VPO+PCV13+Rota", 2),
+        ("14W", "Penta+VPO+PCV13+VPI", 3),
+        ("9M", "RR+Fièvre jaune", 1),
+        ("15M", "RR", 2),
+    ]
+    assert MAX_VACCINE_LENGTH == 40
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"vaccines": ()}, "vaccines"),
+        ({"vaccines": ("x" * 41,)}, "vaccines"),
+        ({"weeks": 0, "months": 0}, "weeks"),
+        ({"weeks": 6, "months": 9}, "weeks"),
+    ],
+)
+def test_bad_visits(kwargs: dict[str, object], error: str) -> None:
+    arguments: dict[str, object] = {"vaccines": ("RR",), "dose": 1, "weeks": 6, **kwargs}
+    with pytest.raises(ValueError, match=error):
+        ScheduledVisit(**arguments)  # type: ignore[arg-type]
+
+
+def test_one_row_per_visit(register: list[RegisterRow]) -> None:
+    for rows in by_patient(register).values():
+        visits = [visit_of(row) for row in rows]
+        assert len(set(visits)) == len(rows)
+        assert len({row.due_date for row in rows}) == len(rows)
+        for row, visit in zip(rows, visits, strict=True):
+            assert (row.vaccine, row.dose) == (visit.vaccine, visit.dose)
+    # A visit's vaccines share one row: no row carries a lone vaccine of a multi-vaccine visit.
+    assert {row.vaccine for row in register} <= {visit.vaccine for visit in EPI_SCHEDULE}
+
+
+def test_vaccine_and_dose_are_valid_event_fields(register: list[RegisterRow]) -> None:
+    for row in register:
+        assert 0 < len(row.vaccine) <= MAX_VACCINE_LENGTH
+        assert row.vaccine == row.vaccine.strip()
+        assert type(row.dose) is int
+        assert row.dose >= 0
+
+
+def test_visits_follow_the_schedule_from_one_birth_date(register: list[RegisterRow]) -> None:
     for rows in by_patient(register).values():
         possible_births: set[date] | None = None
         for row in rows:
-            scheduled = schedule[(row.vaccine, row.dose)]
+            scheduled = visit_of(row)
             births = {
                 birth
                 for birth in (row.due_date - timedelta(days=age) for age in range(480))
@@ -165,21 +217,38 @@ def test_bad_arguments(kwargs: dict[str, object], error: str) -> None:
         generate_register(**arguments)  # type: ignore[arg-type]
 
 
-def test_every_row_renders_in_one_segment(register: list[RegisterRow]) -> None:
-    for row in register:
-        for reminder_type in ("7_day_reminder", "1_day_reminder", "overdue_reminder"):
-            rendered = render_reminder(
-                reminder_type=reminder_type,
-                language=row.language,
-                name=row.display_name,
-                vaccine=row.vaccine,
-                dose=row.dose,
-                due_date=row.due_date,
-                clinic=row.clinic or None,
-                max_segments=1,
-            )
-            assert rendered.encoding == "GSM-7"
-            assert row.clinic.replace("ë", "e") in rendered.text
+def assert_renders_in_one_segment(row: RegisterRow | dict[str, str]) -> None:
+    """Every reminder type fits one GSM-7 SMS, clinic and full name kept, although three parts are allowed."""
+    record = row.to_csv() if isinstance(row, RegisterRow) else row
+    for reminder_type in REMINDER_TYPES:
+        rendered = render_reminder(
+            reminder_type=reminder_type,
+            language=record["language"],
+            name=record["display_name"],
+            vaccine=record["vaccine"],
+            dose=int(record["dose"]),
+            due_date=date.fromisoformat(record["due_date"]),
+            clinic=record["clinic"] or None,
+            max_segments=3,
+        )
+        assert (rendered.segments, rendered.encoding) == (1, "GSM-7"), (reminder_type, record, rendered)
+        assert normalise_gsm7(record["display_name"]) in rendered.text
+        assert normalise_gsm7(record["clinic"]) in rendered.text
+        assert normalise_gsm7(record["vaccine"]) in rendered.text
+
+
+def test_every_sample_row_renders_in_one_segment() -> None:
+    records = read_register_csv(SAMPLE_REGISTER_PATH)
+    assert records
+    for record in records:
+        assert_renders_in_one_segment(record)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_every_row_of_any_year_renders_in_one_segment(seed: int) -> None:
+    # A whole year, so that every month and weekday name is written at least once.
+    for row in generate_register(150, seed=seed, start=date(2028, 1, 1), days=366):
+        assert_renders_in_one_segment(row)
 
 
 def test_csv_round_trip(tmp_path: Path, register: list[RegisterRow]) -> None:
@@ -214,6 +283,7 @@ def test_read_refuses_rows_longer_than_the_header(tmp_path: Path) -> None:
 def test_bundled_sample_is_the_seeded_register() -> None:
     expected = generate_register(SAMPLE_CHILDREN, seed=SAMPLE_SEED, start=SAMPLE_START, days=SAMPLE_DAYS)
     assert (200, 7, date(2027, 3, 1), 45) == (SAMPLE_CHILDREN, SAMPLE_SEED, SAMPLE_START, SAMPLE_DAYS)
+    assert len(expected) == 262
     assert read_register_csv(SAMPLE_REGISTER_PATH) == [row.to_csv() for row in expected], (
         "regenerate with: python -m rappel_ops.register"
     )
