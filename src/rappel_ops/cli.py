@@ -114,7 +114,7 @@ def import_register(
         report = import_rows(rows, settings, progress=lambda n: progress.update(task, completed=n))
     data = {"rows": report.rows, "patients": report.patients, "appointments": report.appointments,
             "reminders_created": report.created, "errors": [{"row": r, "error": e} for r, e in report.errors]}  # fmt: skip
-    table = Table(title=f"Imported {register.name}")
+    table = Table(title=f"Imported {register.name}", show_header=False)
     for key in ("rows", "patients", "appointments", "reminders_created"):
         table.add_row(key, str(data[key]))
     table.add_row("errors", str(len(report.errors)))
@@ -173,12 +173,15 @@ def stats(
     report = statistics(since, settings, clock.now())  # type: ignore[arg-type]
     data = report.as_dict()
     table = Table(title=f"Statistics, last {since}")
-    columns = ["planned", "sent", "delivered", "failed", "dead_lettered", "expired", "cancelled", "pending",
-               "delivery_rate", "delivery_time_avg_seconds", "delivery_time_p95_seconds", "lateness_avg_seconds",
-               "lateness_p95_seconds"]  # fmt: skip
+    headers = {"planned": "planned", "sent": "sent", "delivered": "deliv.", "failed": "failed",
+               "dead_lettered": "dead", "expired": "expired", "cancelled": "cancel.", "pending": "pending",
+               "delivery_rate": "deliv. rate", "delivery_time_avg_seconds": "deliv. s avg",
+               "delivery_time_p95_seconds": "deliv. s p95", "lateness_avg_seconds": "late s avg",
+               "lateness_p95_seconds": "late s p95"}  # fmt: skip
+    columns = list(headers)
     table.add_column("type")
     for column in columns:
-        table.add_column(column.replace("_", " "), justify="right")
+        table.add_column(headers[column], justify="right")
     rows = {**data.get("by_type", {}), "total": data.get("total", {})}
     for name, figures in rows.items():
         table.add_row(name, *(_fmt(figures.get(c)) for c in columns))
