@@ -16,8 +16,8 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Rappel")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "rappel")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "1")
 
-from core import clock  # noqa: E402
-from core.settings import Settings, build_settings  # noqa: E402
+from core import clock
+from core.settings import Settings, build_settings
 
 START = datetime(2027, 3, 1, 8, 0, tzinfo=UTC)
 

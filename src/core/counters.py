@@ -16,8 +16,27 @@ from core.lifecycle import Status
 
 # Histogram upper bounds in seconds; the last bucket is open.
 BOUNDS: tuple[int, ...] = (
-    1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800, 259200,
-)  # fmt: skip
+    1,
+    2,
+    5,
+    10,
+    20,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    14400,
+    28800,
+    43200,
+    86400,
+    172800,
+    259200,
+)
 OPEN = "inf"
 
 COUNTED: frozenset[Status] = frozenset(

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from aws_lambda_powertools.metrics import MetricUnit
+
 from core import clock, provider_state, queue, store
 from core.lifecycle import Status
 from core.observability import count, logger, measure
@@ -18,8 +20,6 @@ from core.queue import QueuedMessage
 from core.settings import Settings
 from core.store import Change, MessageRecord, iso, parse_iso
 from core.timing import ReminderType
-
-from aws_lambda_powertools.metrics import MetricUnit
 
 
 @dataclass

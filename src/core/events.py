@@ -135,7 +135,7 @@ def parse_event(envelope: Any, *, default_region: str, today: date, max_years_ah
         raise InvalidEvent("source", f"must be {SOURCE!r}")
     raw_type = envelope.get("detail-type")
     try:
-        detail_type = DetailType(raw_type)
+        detail_type = DetailType(str(raw_type))
     except ValueError:
         raise InvalidEvent("detail-type", f"unknown detail-type {str(raw_type)[:40]!r}") from None
     event_id = envelope.get("id")
@@ -173,7 +173,10 @@ def parse_event(envelope: Any, *, default_region: str, today: date, max_years_ah
     if isinstance(detail, DoseAdministered) and (detail.administered_on - today).days > 1:
         raise InvalidEvent("detail.administered_on", "is in the future")
     return ClinicEvent(
-        event_id=event_id, event_at=event_at.astimezone(UTC), detail_type=detail_type, detail=detail  # type: ignore[arg-type]
+        event_id=event_id,
+        event_at=event_at.astimezone(UTC),
+        detail_type=detail_type,
+        detail=detail,
     )
 
 

@@ -47,9 +47,7 @@ ALLOWED: dict[Status, frozenset[Status]] = {
 }
 
 # Statuses after which nothing more will be sent for the message.
-SETTLED: frozenset[Status] = frozenset(
-    {Status.SENT, Status.DELIVERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED}
-)
+SETTLED: frozenset[Status] = frozenset({Status.SENT, Status.DELIVERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 # Statuses that end a message's life: they get a retention TTL.
 TERMINAL: frozenset[Status] = frozenset({Status.DELIVERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 # Statuses in which a message still waits in the `due` index for the dispatcher.

@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", "No application metrics to publish*")
 class _MaskingFormatter(LambdaPowertoolsFormatter):
     """Masks phone-shaped digits anywhere in the serialised record: the last guard, not the only one."""
 
-    def serialize(self, log: dict[str, Any]) -> str:
+    def serialize(self, log: Any) -> str:
         text: str = super().serialize(log)
         return _PHONE.sub(lambda m: mask_phone(m.group(0) if m.group(0).startswith("+") else "+" + m.group(0)), text)
 
@@ -66,8 +66,8 @@ def _add(name: str, value: float, unit: MetricUnit, reminder_type: str | None, p
 def flush_metrics() -> None:
     """Write what this invocation recorded as EMF to stdout, one blob per dimension set, then forget it."""
     for dims, figures in sorted(_pending.items()):
-        for key, value in dims:
-            _metrics.add_dimension(name=key, value=value)
+        for key, dimension in dims:
+            _metrics.add_dimension(name=key, value=dimension)
         for name, (value, unit) in sorted(figures.items()):
             _metrics.add_metric(name=name, unit=unit, value=value)
         _metrics.flush_metrics()

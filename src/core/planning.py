@@ -104,9 +104,15 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
         result.merge(_close_appointment(detail, event_at, event_id, settings, now))
     logger.info(
         "clinic event applied",
-        extra={"detail_type": event.detail_type.value, "event_id": event_id, "messages_created": result.created,
-               "cancelled": result.cancelled, "replanned": result.replanned, "ignored": result.ignored},
-    )  # fmt: skip
+        extra={
+            "detail_type": event.detail_type.value,
+            "event_id": event_id,
+            "messages_created": result.created,
+            "cancelled": result.cancelled,
+            "replanned": result.replanned,
+            "ignored": result.ignored,
+        },
+    )
     return result
 
 
@@ -154,8 +160,9 @@ def reconcile_appointment(appointment_id: str, settings: Settings, now: datetime
     patient = store.get_patient(appointment.patient_id)
     if patient is None:
         return result  # planned when the patient arrives (events may come in any order)
-    existing = {m.message_id: m for m in store.messages_of_patient(patient.patient_id)
-                if m.appointment_id == appointment_id}  # fmt: skip
+    existing = {
+        m.message_id: m for m in store.messages_of_patient(patient.patient_id) if m.appointment_id == appointment_id
+    }
     wanted: dict[str, tuple[str, datetime, datetime]] = {}
     reason = _why_not_wanted(appointment, patient)
     if reason is None:

@@ -135,8 +135,13 @@ def apply_receipt(message_id: str, provider_status: str, target: Status | None, 
         count("SmsDelivered", reminder_type=message.reminder_type, provider=provider)
         if message.sent_at:
             latency = max(0.0, (now - parse_iso(message.sent_at)).total_seconds())
-            measure("DeliveryLatencySeconds", latency, MetricUnit.Seconds, reminder_type=message.reminder_type,
-                    provider=provider)  # fmt: skip
+            measure(
+                "DeliveryLatencySeconds",
+                latency,
+                MetricUnit.Seconds,
+                reminder_type=message.reminder_type,
+                provider=provider,
+            )
     else:
         count("SmsFailed", reminder_type=message.reminder_type, provider=provider)
     return ReceiptOutcome(target.value, message_id)

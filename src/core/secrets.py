@@ -16,13 +16,19 @@ from core.settings import Settings
 
 @functools.cache
 def _provider(region: str, endpoint: str) -> SecretsProvider:
-    return SecretsProvider(boto3_client=boto3.client("secretsmanager", region_name=region, endpoint_url=endpoint or None))
+    return SecretsProvider(
+        boto3_client=boto3.client("secretsmanager", region_name=region, endpoint_url=endpoint or None)
+    )
 
 
 def secret_text(name: str, settings: Settings) -> str:
     """A secret's string value."""
     value = _provider(settings.AWS_REGION, settings.AWS_ENDPOINT_URL).get(name, max_age=300)
-    return value if isinstance(value, str) else bytes(value).decode()
+    if isinstance(value, bytes):
+        return value.decode()
+    if not isinstance(value, str):
+        raise ValueError(f"secret {name!r} must hold text")
+    return value
 
 
 def secret_json(name: str, settings: Settings) -> dict[str, Any]:

@@ -79,7 +79,9 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
         outcomes.append(outcome)
         return outcome
 
-    response = process_partial_response(event=event, record_handler=record_handler, processor=_processor, context=context)
+    response = process_partial_response(
+        event=event, record_handler=record_handler, processor=_processor, context=context
+    )
     if Status.SENT.value in outcomes:
         provider_state.record_send(clock.now())  # once per batch: health only needs minutes
     return response
@@ -150,8 +152,12 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
     pacer.wait(settings.sender_pace_per_second)
     attempt = int(message.attempts) + 1
     _, send_once = _idempotent_send(settings)
-    request = {"key": f"{message.message_id}#{attempt}", "message_id": message.message_id,
-               "to": patient.phone, "text": rendered.text}  # fmt: skip
+    request = {
+        "key": f"{message.message_id}#{attempt}",
+        "message_id": message.message_id,
+        "to": patient.phone,
+        "text": rendered.text,
+    }
     try:
         accepted = send_once(request=request)
     except ProviderError as error:
@@ -204,8 +210,10 @@ def _settle(
         return "stale"
     metric = {Status.CANCELLED: "RemindersCancelled", Status.EXPIRED: "RemindersExpired"}.get(target, "SmsFailed")
     count(metric, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
-    logger.info("message settled without sending", extra={"message_id": message.message_id, "status": target.value,
-                                                           "reason": why})  # fmt: skip
+    logger.info(
+        "message settled without sending",
+        extra={"message_id": message.message_id, "status": target.value, "reason": why},
+    )
     return target.value
 
 

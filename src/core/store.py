@@ -219,7 +219,9 @@ def _connection() -> Connection:
     # service model from disk, which costs more than the write itself.
     global _transaction_connection
     if _transaction_connection is None:
-        _transaction_connection = Connection(region=MessageRecord.Meta.region, host=getattr(MessageRecord.Meta, "host", None))
+        _transaction_connection = Connection(
+            region=MessageRecord.Meta.region, host=getattr(MessageRecord.Meta, "host", None)
+        )
     return _transaction_connection
 
 
@@ -250,11 +252,12 @@ def get_patient(patient_id: str) -> PatientRecord | None:
 
 def _newer_event(model: type[PatientRecord] | type[AppointmentRecord], event_at: str, event_id: str) -> Condition:
     # Events can arrive out of order or twice: apply one only if it is not older than what we hold.
-    return (
+    condition: Condition = (
         model.event_at.does_not_exist()
         | (model.event_at < event_at)
         | ((model.event_at == event_at) & (model.event_id <= event_id))
     )
+    return condition
 
 
 def save_patient(patient: PatientRecord) -> bool:
@@ -553,7 +556,7 @@ def delete_expired(before: datetime, statuses: Iterable[Status] = TERMINAL) -> i
             try:
                 item.delete(condition=MessageRecord.expires_at <= before)
                 deleted += 1
-            except Exception as exc:  # noqa: BLE001 - a concurrent change wins; the item stays
+            except Exception as exc:
                 if not _is_condition_failure(exc):
                     raise
     return deleted

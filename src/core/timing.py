@@ -109,7 +109,9 @@ def in_quiet_hours(instant: datetime, zone: ZoneInfo, quiet: tuple[time, time] |
     return next_allowed(instant, zone, quiet) != instant
 
 
-def send_time(rule: ReminderRule, due: date, zone: ZoneInfo, preferred_hour: int | None, settings: Settings) -> datetime:
+def send_time(
+    rule: ReminderRule, due: date, zone: ZoneInfo, preferred_hour: int | None, settings: Settings
+) -> datetime:
     """When the reminder of `rule` for a dose due on `due` should go out, in UTC."""
     wall = rule.local_time if preferred_hour is None else rule.local_time.replace(hour=preferred_hour)
     instant = local_to_utc(due + timedelta(days=rule.offset_days), wall, zone)

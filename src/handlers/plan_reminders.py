@@ -13,6 +13,12 @@ from core.settings import load_settings
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Apply one clinic event; a refused event is reported in the result, not retried."""
     result = handle_clinic_event(event, load_settings())
-    return {"applied": result.applied, "ignored": result.ignored, "rejected": result.rejected,
-            "created": result.created, "cancelled": result.cancelled, "replanned": result.replanned,
-            "errors": result.errors}  # fmt: skip
+    return {
+        "applied": result.applied,
+        "ignored": result.ignored,
+        "rejected": result.rejected,
+        "created": result.created,
+        "cancelled": result.cancelled,
+        "replanned": result.replanned,
+        "errors": result.errors,
+    }

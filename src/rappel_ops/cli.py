@@ -61,7 +61,8 @@ def simulate(
     as_json: AsJson = False,
 ) -> None:
     """Run a scenario through the whole pipeline in virtual time (DESIGN.md's contract)."""
-    from rappel_ops.simulate import ScenarioError, simulate as run
+    from rappel_ops.simulate import ScenarioError
+    from rappel_ops.simulate import simulate as run
 
     try:
         data = json.loads(scenario.read_text())
@@ -112,8 +113,13 @@ def import_register(
     with _quiet(), Progress(console=console, transient=True) as progress:
         task = progress.add_task("importing", total=len(rows))
         report = import_rows(rows, settings, progress=lambda n: progress.update(task, completed=n))
-    data = {"rows": report.rows, "patients": report.patients, "appointments": report.appointments,
-            "reminders_created": report.created, "errors": [{"row": r, "error": e} for r, e in report.errors]}  # fmt: skip
+    data = {
+        "rows": report.rows,
+        "patients": report.patients,
+        "appointments": report.appointments,
+        "reminders_created": report.created,
+        "errors": [{"row": r, "error": e} for r, e in report.errors],
+    }
     table = Table(title=f"Imported {register.name}", show_header=False)
     for key in ("rows", "patients", "appointments", "reminders_created"):
         table.add_row(key, str(data[key]))
@@ -173,11 +179,21 @@ def stats(
     report = statistics(since, settings, clock.now())  # type: ignore[arg-type]
     data = report.as_dict()
     table = Table(title=f"Statistics, last {since}")
-    headers = {"planned": "planned", "sent": "sent", "delivered": "deliv.", "failed": "failed",
-               "dead_lettered": "dead", "expired": "expired", "cancelled": "cancel.", "pending": "pending",
-               "delivery_rate": "deliv. rate", "delivery_time_avg_seconds": "deliv. s avg",
-               "delivery_time_p95_seconds": "deliv. s p95", "lateness_avg_seconds": "late s avg",
-               "lateness_p95_seconds": "late s p95"}  # fmt: skip
+    headers = {
+        "planned": "planned",
+        "sent": "sent",
+        "delivered": "deliv.",
+        "failed": "failed",
+        "dead_lettered": "dead",
+        "expired": "expired",
+        "cancelled": "cancel.",
+        "pending": "pending",
+        "delivery_rate": "deliv. rate",
+        "delivery_time_avg_seconds": "deliv. s avg",
+        "delivery_time_p95_seconds": "deliv. s p95",
+        "lateness_avg_seconds": "late s avg",
+        "lateness_p95_seconds": "late s p95",
+    }
     columns = list(headers)
     table.add_column("type")
     for column in columns:
@@ -209,7 +225,16 @@ def messages(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     table = Table(title=f"{len(rows)} messages")
-    columns = ["message_id", "patient_id", "reminder_type", "status", "scheduled_at", "sent_at", "attempts", "last_error"]
+    columns = [
+        "message_id",
+        "patient_id",
+        "reminder_type",
+        "status",
+        "scheduled_at",
+        "sent_at",
+        "attempts",
+        "last_error",
+    ]
     for column in columns:
         table.add_column(column)
     for row in rows:

@@ -63,40 +63,62 @@ def build_scenario(children: int, days: int, seed: int, rate: float) -> dict[str
                 undeliverable.append(row.phone)
             elif draw < 0.05:  # a family that opts out by SMS reply partway through
                 at = begin + timedelta(days=rng.uniform(1, days))
-                events.append({"at": at.isoformat(), "type": "PatientUpserted", "detail": {**patient, "sms_opt_in": False}})
+                events.append(
+                    {"at": at.isoformat(), "type": "PatientUpserted", "detail": {**patient, "sms_opt_in": False}}
+                )
         events.append({"at": begin.isoformat(), "type": "DoseScheduled", "detail": dose})
         due = row.due_date if isinstance(row.due_date, date) else date.fromisoformat(row.due_date)
         fate = rng.random()
         if fate < 0.7:  # given on the day: the overdue reminder must not go out
             at = datetime.combine(due, time(11, 0), tzinfo=UTC) + timedelta(hours=rng.uniform(-2, 5))
-            events.append({"at": at.isoformat(), "type": "DoseAdministered",
-                           "detail": {"appointment_id": row.appointment_id, "administered_on": due.isoformat()}})
+            events.append(
+                {
+                    "at": at.isoformat(),
+                    "type": "DoseAdministered",
+                    "detail": {"appointment_id": row.appointment_id, "administered_on": due.isoformat()},
+                }
+            )
         elif fate < 0.8:  # rescheduled a week later, announced five days before the original date
             at = datetime.combine(due - timedelta(days=5), time(10, 0), tzinfo=UTC)
             moved = {**dose, "due_date": (due + timedelta(days=7)).isoformat()}
-            events.append({"at": max(at, begin + timedelta(minutes=1)).isoformat(), "type": "DoseScheduled",
-                           "detail": moved})  # fmt: skip
+            events.append(
+                {"at": max(at, begin + timedelta(minutes=1)).isoformat(), "type": "DoseScheduled", "detail": moved}
+            )
     outage_start = datetime.combine(START + timedelta(days=min(10, days // 2)), time(8, 30), tzinfo=UTC)
-    faults = [{"from": outage_start.isoformat(), "until": (outage_start + timedelta(hours=3)).isoformat(), "status": 503},
-              *failing]  # fmt: skip
+    faults = [
+        {"from": outage_start.isoformat(), "until": (outage_start + timedelta(hours=3)).isoformat(), "status": 503},
+        *failing,
+    ]
     return {
         "start": begin.isoformat(),
         "until": until.isoformat(),
         "seed": seed,
         "settings": {"APP_TIMEZONE": "Africa/Abidjan", "SMS_RATE_LIMIT_PER_SECOND": str(rate)},
-        "provider": {"name": "orange", "latency_ms": 150, "receipt_delay_seconds": 20, "faults": faults,
-                     "undeliverable": undeliverable},
+        "provider": {
+            "name": "orange",
+            "latency_ms": 150,
+            "receipt_delay_seconds": 20,
+            "faults": faults,
+            "undeliverable": undeliverable,
+        },
         "events": sorted(events, key=lambda e: e["at"]),
-    }  # fmt: skip
+    }
 
 
 def run_demo(*, children: int, days: int, seed: int, rate: float, report_path: Path, console: Console) -> DemoSummary:
     """Build, simulate, summarise, write the report."""
     scenario = load_scenario(build_scenario(children, days, seed, rate))
-    console.print(f"Rappel demo: {children} children, {days} days from {START}, provider limit {rate:g} SMS/s, "
-                  f"{len(scenario.events)} clinic events")  # fmt: skip
-    with Progress(TextColumn("[bold]simulating"), BarColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console) as progress:  # fmt: skip
+    console.print(
+        f"Rappel demo: {children} children, {days} days from {START}, provider limit {rate:g} SMS/s, "
+        f"{len(scenario.events)} clinic events"
+    )
+    with Progress(
+        TextColumn("[bold]simulating"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task("", total=(scenario.until - scenario.start).total_seconds())
 
         def advance(start: datetime, now: datetime, until: datetime) -> None:
@@ -135,7 +157,7 @@ def summarise(document: dict[str, Any], report: Path) -> DemoSummary:
 def _percentile(values: list[float], fraction: float) -> float | None:
     if not values:
         return None
-    return values[min(len(values) - 1, int(round(fraction * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(fraction * (len(values) - 1)))]
 
 
 def _print(summary: DemoSummary, console: Console) -> None:
@@ -151,12 +173,16 @@ def _print(summary: DemoSummary, console: Console) -> None:
     p50 = f"{summary.lateness_p50:.0f} s" if summary.lateness_p50 is not None else "-"
     p95 = f"{summary.lateness_p95:.0f} s" if summary.lateness_p95 is not None else "-"
     seg = f"{summary.segments_per_sms:.2f}" if summary.segments_per_sms is not None else "-"
-    console.print(f"SMS accepted by the provider: {summary.sends}; delivery rate {rate}; "
-                  f"send lateness p50 {p50}, p95 {p95}; segments per SMS {seg}")  # fmt: skip
+    console.print(
+        f"SMS accepted by the provider: {summary.sends}; delivery rate {rate}; "
+        f"send lateness p50 {p50}, p95 {p95}; segments per SMS {seg}"
+    )
     checks = Counter({name: len(v) for name, v in summary.invariants["violations"].items()})
     for name, violations in sorted(checks.items()):
         mark = "[green]ok[/green]" if violations == 0 else f"[red]{violations} violation(s)[/red]"
         console.print(f"  invariant {name.replace('_', ' ')}: {mark}")
-    console.print(f"  peak sends in one second: {summary.invariants['max_sends_in_one_second']} "
-                  f"(limit {summary.invariants['rate_limit_per_second']:g})")  # fmt: skip
+    console.print(
+        f"  peak sends in one second: {summary.invariants['max_sends_in_one_second']} "
+        f"(limit {summary.invariants['rate_limit_per_second']:g})"
+    )
     console.print(f"Report: {summary.report.resolve()}")

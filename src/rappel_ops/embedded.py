@@ -7,9 +7,9 @@ import importlib
 import io
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -73,8 +73,13 @@ def function_url_event(method: str, path: str, query: str, body: str, headers: d
             "accountId": "anonymous",
             "apiId": "local",
             "domainName": "localhost",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
-                     "userAgent": headers.get("User-Agent", "")},  # fmt: skip
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": headers.get("User-Agent", ""),
+            },
             "requestId": str(uuid.uuid4()),
             "routeKey": "$default",
             "stage": "$default",
@@ -140,8 +145,12 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
                 "messageId": m["MessageId"],
                 "receiptHandle": m["ReceiptHandle"],
                 "body": m["Body"],
-                "attributes": {"ApproximateReceiveCount": m.get("Attributes", {}).get("ApproximateReceiveCount", "1"),
-                               "SentTimestamp": "0", "SenderId": "local", "ApproximateFirstReceiveTimestamp": "0"},
+                "attributes": {
+                    "ApproximateReceiveCount": m.get("Attributes", {}).get("ApproximateReceiveCount", "1"),
+                    "SentTimestamp": "0",
+                    "SenderId": "local",
+                    "ApproximateFirstReceiveTimestamp": "0",
+                },
                 "messageAttributes": {},
                 "md5OfBody": m.get("MD5OfBody", ""),
                 "eventSource": "aws:sqs",
@@ -150,14 +159,22 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
             }
             for m in messages
         ]
-    }  # fmt: skip
+    }
 
 
 def schedule_event(rule: str, at: str) -> dict[str, Any]:
     """The EventBridge Scheduler event that fires a scheduled function."""
-    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.scheduler",
-            "account": "000000000000", "time": at, "region": "us-east-1", "resources": [rule], "detail": {}}  # fmt: skip
-
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.scheduler",
+        "account": "000000000000",
+        "time": at,
+        "region": "us-east-1",
+        "resources": [rule],
+        "detail": {},
+    }
 
 
 @contextlib.contextmanager

@@ -17,8 +17,19 @@ from core.events import make_envelope
 from core.planning import PlanningResult, handle_clinic_event
 from core.settings import Settings
 
-COLUMNS = ("patient_id", "phone", "timezone", "language", "sms_opt_in", "display_name",
-           "appointment_id", "vaccine", "dose", "due_date", "clinic")  # fmt: skip
+COLUMNS = (
+    "patient_id",
+    "phone",
+    "timezone",
+    "language",
+    "sms_opt_in",
+    "display_name",
+    "appointment_id",
+    "vaccine",
+    "dose",
+    "due_date",
+    "clinic",
+)
 
 
 @dataclass
@@ -100,7 +111,9 @@ def import_rows(
     return report
 
 
-def _apply(kind: str, detail: dict[str, Any], event_id: str, settings: Settings, report: ImportReport) -> PlanningResult:
+def _apply(
+    kind: str, detail: dict[str, Any], event_id: str, settings: Settings, report: ImportReport
+) -> PlanningResult:
     result = handle_clinic_event(make_envelope(kind, detail, event_id=event_id, at=clock.now()), settings)
     report.created += result.created
     return result

@@ -47,10 +47,13 @@ def check_invariants(
             continue
         at = parse_iso(send["at"])
         stop = min(
-            (t for key, t in stops.items() if key in {("patient", message["patient_id"]),
-                                                       ("appointment", message["appointment_id"])}),
+            (
+                t
+                for key, t in stops.items()
+                if key in {("patient", message["patient_id"]), ("appointment", message["appointment_id"])}
+            ),
             default=None,
-        )  # fmt: skip
+        )
         if stop is not None and at >= stop:
             violations["sent_after_stop"].append(send["message_id"])
         if at > parse_iso(message["deadline"]):

@@ -34,9 +34,12 @@ def start(*, rate: float, port: int) -> tuple[dict[str, str], list[object]]:
     endpoint = f"http://127.0.0.1:{port}"
     stack = create_stack(prefix="local", endpoint_url=endpoint, orange_credentials=LOCAL_CREDENTIALS, exist_ok=True)
     simulator = OrangeSimulator(
-        clock=clock.SystemClock(), client_id=LOCAL_CREDENTIALS["client_id"],
-        client_secret=LOCAL_CREDENTIALS["client_secret"], rate_limit_per_second=rate, receipt_delay_seconds=5,
-    ).start()  # fmt: skip
+        clock=clock.SystemClock(),
+        client_id=LOCAL_CREDENTIALS["client_id"],
+        client_secret=LOCAL_CREDENTIALS["client_secret"],
+        rate_limit_per_second=rate,
+        receipt_delay_seconds=5,
+    ).start()
     receipts = ReceiptEndpoint().start()
     environment = {
         **FAKE_AWS,
@@ -59,8 +62,10 @@ def serve(*, rate: float, port: int, console: Console) -> None:
     environment, parts = start(rate=rate, port=port)
     write_local_state(environment, {"started_at": datetime.now(UTC).isoformat(), "pid": os.getpid()})
     settings = load_settings()
-    console.print(f"[green]embedded stack up[/green] on {environment['AWS_ENDPOINT_URL']}; "
-                  f"Orange simulator {environment['ORANGE_API_BASE_URL']}; receipts {environment['RECEIPT_BASE_URL']}")  # fmt: skip
+    console.print(
+        f"[green]embedded stack up[/green] on {environment['AWS_ENDPOINT_URL']}; "
+        f"Orange simulator {environment['ORANGE_API_BASE_URL']}; receipts {environment['RECEIPT_BASE_URL']}"
+    )
     console.print("other terminals: `rappel import FILE.csv --local`, `rappel messages --local`, ... (Ctrl-C stops)")
     stop = threading.Event()
     next_dispatch = next_health = time.monotonic()

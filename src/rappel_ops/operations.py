@@ -40,7 +40,7 @@ def drain_send_queue(settings: Settings, max_batches: int = 10_000) -> dict[str,
         try:
             response = invoke("send_sms", sqs_event(batch, arn)) or {}
             failures = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
-        except Exception:  # noqa: BLE001 - the whole batch failed; SQS brings it back after the visibility timeout
+        except Exception:
             failures = {m["MessageId"] for m in batch}
         for message in batch:
             if message["MessageId"] not in failures:
@@ -64,10 +64,29 @@ def list_messages(
             continue
         if after and parse_iso(item.scheduled_at) < after:
             continue
-        rows.append({name: getattr(item, name) for name in (
-            "message_id", "patient_id", "appointment_id", "reminder_type", "due_date", "status", "scheduled_at",
-            "deadline", "queued_at", "sent_at", "delivered_at", "attempts", "last_error", "provider_message_id",
-            "segments", "text")})  # fmt: skip
+        rows.append(
+            {
+                name: getattr(item, name)
+                for name in (
+                    "message_id",
+                    "patient_id",
+                    "appointment_id",
+                    "reminder_type",
+                    "due_date",
+                    "status",
+                    "scheduled_at",
+                    "deadline",
+                    "queued_at",
+                    "sent_at",
+                    "delivered_at",
+                    "attempts",
+                    "last_error",
+                    "provider_message_id",
+                    "segments",
+                    "text",
+                )
+            }
+        )
     rows.sort(key=lambda row: row["scheduled_at"], reverse=True)
     return rows[:limit]
 
@@ -77,5 +96,8 @@ def cleanup_now(settings: Settings) -> dict[str, Any]:
     store.bind(settings)
     now = clock.now()
     deleted = store.delete_expired(now)
-    return {"deleted": deleted, "retention_days": settings.SMS_RETENTION_DAYS,
-            "ended_before": iso(now - timedelta(days=settings.SMS_RETENTION_DAYS))}  # fmt: skip
+    return {
+        "deleted": deleted,
+        "retention_days": settings.SMS_RETENTION_DAYS,
+        "ended_before": iso(now - timedelta(days=settings.SMS_RETENTION_DAYS)),
+    }

@@ -15,8 +15,15 @@ if TYPE_CHECKING:
 
 TYPES = ("7_day_reminder", "1_day_reminder", "overdue_reminder")
 COLOURS = {"7_day_reminder": "#4e79a7", "1_day_reminder": "#f28e2b", "overdue_reminder": "#e15759"}
-LATENESS_BINS = ((0, 60, "< 1 min"), (60, 300, "1-5 min"), (300, 900, "5-15 min"), (900, 3600, "15-60 min"),
-                 (3600, 4 * 3600, "1-4 h"), (4 * 3600, 24 * 3600, "4-24 h"), (24 * 3600, float("inf"), "> 24 h"))  # fmt: skip
+LATENESS_BINS = (
+    (0, 60, "< 1 min"),
+    (60, 300, "1-5 min"),
+    (300, 900, "5-15 min"),
+    (900, 3600, "15-60 min"),
+    (3600, 4 * 3600, "1-4 h"),
+    (4 * 3600, 24 * 3600, "4-24 h"),
+    (24 * 3600, float("inf"), "> 24 h"),
+)
 
 
 def write_report(document: dict[str, Any], scenario: Scenario, path: Path) -> Path:
@@ -45,12 +52,16 @@ def write_report(document: dict[str, Any], scenario: Scenario, path: Path) -> Pa
         "<h2>Not sent or not delivered, by reason</h2>",
         _bars("failures-by-reason", reasons.most_common(12)),
     ]
-    style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}"
-             "svg{background:#fafafa;border:1px solid #ddd}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}.legend span{margin-right:1em}")  # fmt: skip
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}"
+        "svg{background:#fafafa;border:1px solid #ddd}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}.legend span{margin-right:1em}"
+    )
     legend = "".join(f'<span style="color:{COLOURS[t]}">■ {t}</span>' for t in TYPES)
-    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Rappel report</title>"
-            f"<style>{style}</style></head><body><div class=legend>{legend}</div>{''.join(body)}</body></html>")  # fmt: skip
+    page = (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Rappel report</title>"
+        f"<style>{style}</style></head><body><div class=legend>{legend}</div>{''.join(body)}</body></html>"
+    )
     path.write_text(page, encoding="utf-8")
     return path
 
@@ -85,20 +96,27 @@ def _stacked_bars(chart_id: str, days: list[date], per_day: dict[date, Counter[s
     step = (width - 2 * pad) / max(len(days), 1)
     bars = []
     for i, day in enumerate(days):
-        y = height - pad
+        y = float(height - pad)
         for reminder_type in TYPES:
             n = per_day[day].get(reminder_type, 0)
             if not n:
                 continue
             h = (height - 2 * pad) * n / top
             y -= h
-            bars.append(f'<rect class=bar x="{pad + i * step:.1f}" y="{y:.1f}" width="{max(step - 1, 1):.1f}" '
-                        f'height="{h:.1f}" fill="{COLOURS[reminder_type]}"><title>{day} {reminder_type}: {n}</title></rect>')  # fmt: skip
-    labels = "".join(f'<text x="{pad + i * step:.1f}" y="{height - 8}" font-size="9">{d.strftime("%d/%m")}</text>'
-                     for i, d in enumerate(days) if i % 7 == 0)  # fmt: skip
+            bars.append(
+                f'<rect class=bar x="{pad + i * step:.1f}" y="{y:.1f}" width="{max(step - 1, 1):.1f}" '
+                f'height="{h:.1f}" fill="{COLOURS[reminder_type]}"><title>{day} {reminder_type}: {n}</title></rect>'
+            )
+    labels = "".join(
+        f'<text x="{pad + i * step:.1f}" y="{height - 8}" font-size="9">{d.strftime("%d/%m")}</text>'
+        for i, d in enumerate(days)
+        if i % 7 == 0
+    )
     axis = f'<text x="2" y="{pad - 8}" font-size="10">max {top}/day</text>'
-    return (f'<svg class=chart id="{chart_id}" data-bars="{len(bars)}" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}">{axis}{"".join(bars)}{labels}</svg>')
+    return (
+        f'<svg class=chart id="{chart_id}" data-bars="{len(bars)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{axis}{"".join(bars)}{labels}</svg>'
+    )
 
 
 def _bars(chart_id: str, items: list[tuple[str, int]]) -> str:
@@ -108,9 +126,13 @@ def _bars(chart_id: str, items: list[tuple[str, int]]) -> str:
     parts = []
     for i, (label, n) in enumerate(items):
         w = (width - 420) * n / top
-        parts.append(f'<text x="4" y="{i * row + 16}" font-size="11">{html.escape(label)}</text>'
-                     f'<rect class=bar x="400" y="{i * row + 4}" width="{w:.1f}" height="{row - 6}" fill="#76b7b2">'
-                     f'<title>{html.escape(label)}: {n}</title></rect>'
-                     f'<text x="{404 + w:.1f}" y="{i * row + 16}" font-size="11">{n}</text>')  # fmt: skip
-    return (f'<svg class=chart id="{chart_id}" data-bars="{len(items)}" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}">{"".join(parts)}</svg>')
+        parts.append(
+            f'<text x="4" y="{i * row + 16}" font-size="11">{html.escape(label)}</text>'
+            f'<rect class=bar x="400" y="{i * row + 4}" width="{w:.1f}" height="{row - 6}" fill="#76b7b2">'
+            f"<title>{html.escape(label)}: {n}</title></rect>"
+            f'<text x="{404 + w:.1f}" y="{i * row + 16}" font-size="11">{n}</text>'
+        )
+    return (
+        f'<svg class=chart id="{chart_id}" data-bars="{len(items)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{"".join(parts)}</svg>'
+    )

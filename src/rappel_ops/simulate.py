@@ -134,8 +134,10 @@ class Simulation:
         from core import retry
 
         retry.seed(self.scenario.seed)
-        overrides = {key: str(value).lower() if isinstance(value, bool) else str(value)
-                     for key, value in self.scenario.settings.items()}  # fmt: skip
+        overrides = {
+            key: str(value).lower() if isinstance(value, bool) else str(value)
+            for key, value in self.scenario.settings.items()
+        }
         probe = build_settings(**{**stack.environment(), **overrides})
         simulator = OrangeSimulator.from_scenario(
             self.scenario.provider,
@@ -166,7 +168,12 @@ class Simulation:
             receipts.stop()
 
     def _loop(
-        self, settings: Settings, stack: Any, virtual: VirtualClock, simulator: OrangeSimulator, receipts: ReceiptEndpoint
+        self,
+        settings: Settings,
+        stack: Any,
+        virtual: VirtualClock,
+        simulator: OrangeSimulator,
+        receipts: ReceiptEndpoint,
     ) -> None:
         sqs = boto3.client("sqs", region_name=settings.AWS_REGION)
         token = stack.receipt_token
@@ -205,8 +212,9 @@ class Simulation:
                 self.progress(start, virtual.now(), until)
             if stale:
                 earliest_due, stale = store.earliest_due(settings.DUE_INDEX_SHARDS), False
-            wake = self._next_wake(earliest_due, settings, next_tick, interval, start, events[index:], simulator,
-                                   requeue, until)  # fmt: skip
+            wake = self._next_wake(
+                earliest_due, settings, next_tick, interval, start, events[index:], simulator, requeue, until
+            )
             if wake >= until:
                 virtual.advance_to(until)
                 simulator.post_due_receipts(until, receipt_url)
@@ -275,7 +283,7 @@ class Simulation:
     def _send_batch(self, batch: list[dict[str, Any]], queue_arn: str) -> set[str]:
         try:
             response = self._call("send_sms", sqs_event(batch, queue_arn), raise_errors=True)
-        except Exception:  # noqa: BLE001 - a crashed invocation: every record comes back after the visibility timeout
+        except Exception:
             return {m["MessageId"] for m in batch}
         return {f["itemIdentifier"] for f in (response or {}).get("batchItemFailures", [])}
 
@@ -289,15 +297,23 @@ class Simulation:
             return None
 
     def _result(self, settings: Settings, simulator: OrangeSimulator) -> SimulationResult:
-        messages = sorted((_message_json(m) for m in store.iterate_messages()),
-                          key=lambda m: (m["scheduled_at"], m["message_id"]))  # fmt: skip
+        messages = sorted(
+            (_message_json(m) for m in store.iterate_messages()), key=lambda m: (m["scheduled_at"], m["message_id"])
+        )
         by_provider_id = {m["provider_message_id"]: m["message_id"] for m in messages if m["provider_message_id"]}
         by_text = {(m["phone"], m["text"]): m["message_id"] for m in messages if m["text"]}
         sends = []
         for record in simulator.accepted:
             ours = by_provider_id.get(record.message_id) or by_text.get((record.to, record.text))
-            sends.append({"at": iso(record.at), "to": record.to, "text": record.text, "message_id": ours,
-                          "provider_message_id": record.message_id})  # fmt: skip
+            sends.append(
+                {
+                    "at": iso(record.at),
+                    "to": record.to,
+                    "text": record.text,
+                    "message_id": ours,
+                    "provider_message_id": record.message_id,
+                }
+            )
         for message in messages:
             message.pop("phone")
         stats = _stats(messages, sends)

@@ -26,8 +26,9 @@ def ddb_stack(dynamodb_local_endpoint: str) -> Iterator[LocalStack]:
     store.unbind()
 
 
-def _put(client: Any, table: str, message_id: str, shard: str | None, due_at: str | None, status: str,
-         reminder_type: str) -> None:  # fmt: skip
+def _put(
+    client: Any, table: str, message_id: str, shard: str | None, due_at: str | None, status: str, reminder_type: str
+) -> None:
     item = {"message_id": {"S": message_id}, "status": {"S": status}, "reminder_type": {"S": reminder_type}}
     if shard and due_at:
         item |= {"due_shard": {"S": shard}, "due_at": {"S": due_at}}

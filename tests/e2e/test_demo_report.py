@@ -23,8 +23,9 @@ def chromium() -> str:
     found = shutil.which("chromium")
     if found is None:
         subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True, capture_output=True
+        )
         found = shutil.which("chromium")
     assert found, "chromium could not be installed"
     return found
@@ -37,11 +38,20 @@ def test_the_report_renders_with_its_charts(tmp_path: Path, chromium: str) -> No
     summary = summarise(document, report)
     assert summary.invariants_ok
 
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
-    dom = subprocess.run([chromium, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     for chart in CHARTS:
         match = re.search(rf'<svg[^>]*id="{chart}"[^>]*data-bars="(\d+)"', dom)
         assert match, f"chart {chart} missing from the rendered page"
@@ -50,6 +60,10 @@ def test_the_report_renders_with_its_charts(tmp_path: Path, chromium: str) -> No
     assert dom.count('class="bar"') >= sends
 
     shot = tmp_path / "report.png"
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1100,1400", report.as_uri()],
-                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1100,1400", report.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert shot.stat().st_size > 10_000  # a real rendering, not a blank page

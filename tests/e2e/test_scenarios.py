@@ -66,17 +66,32 @@ def patient_event(
     name: str = "Awa",
     preferred_hour: int | None = None,
 ) -> dict[str, Any]:
-    detail: dict[str, Any] = {"patient_id": patient_id, "phone": number, "timezone": zone, "language": language,
-                              "sms_opt_in": opt_in, "display_name": name}  # fmt: skip
+    detail: dict[str, Any] = {
+        "patient_id": patient_id,
+        "phone": number,
+        "timezone": zone,
+        "language": language,
+        "sms_opt_in": opt_in,
+        "display_name": name,
+    }
     if preferred_hour is not None:
         detail["preferred_hour"] = preferred_hour
     return {"at": at, "type": "PatientUpserted", "detail": detail}
 
 
 def dose_event(at: str, appointment_id: str, patient_id: str, due: str, vaccine: str = "Penta") -> dict[str, Any]:
-    return {"at": at, "type": "DoseScheduled",
-            "detail": {"appointment_id": appointment_id, "patient_id": patient_id, "vaccine": vaccine, "dose": 1,
-                       "due_date": due, "clinic": "CSU Abobo"}}  # fmt: skip
+    return {
+        "at": at,
+        "type": "DoseScheduled",
+        "detail": {
+            "appointment_id": appointment_id,
+            "patient_id": patient_id,
+            "vaccine": vaccine,
+            "dose": 1,
+            "due_date": due,
+            "clinic": "CSU Abobo",
+        },
+    }
 
 
 def administered_event(at: str, appointment_id: str, on: str) -> dict[str, Any]:
@@ -100,8 +115,13 @@ def scenario(
         "start": start,
         "until": until,
         "settings": {"APP_TIMEZONE": ABIDJAN, **(settings or {})},
-        "provider": {"name": "orange", "latency_ms": 150, "receipt_delay_seconds": 20, "faults": faults or [],
-                     **provider},  # fmt: skip
+        "provider": {
+            "name": "orange",
+            "latency_ms": 150,
+            "receipt_delay_seconds": 20,
+            "faults": faults or [],
+            **provider,
+        },
         "events": events,
     }
 
@@ -133,9 +153,11 @@ def sends_of(out: dict[str, Any], message_id: str) -> list[dict[str, Any]]:
 
 def describe(out: dict[str, Any]) -> str:
     """A compact dump for assertion messages."""
-    rows = [f"{m['message_id'][:12]} {m['appointment_id']} {m['due_date']} {m['reminder_type']:<16} {m['status']:<11}"
-            f" sched={m['scheduled_at']} sent={m['sent_at']} attempts={m['attempts']} err={m['last_error']}"
-            for m in out["messages"]]  # fmt: skip
+    rows = [
+        f"{m['message_id'][:12]} {m['appointment_id']} {m['due_date']} {m['reminder_type']:<16} {m['status']:<11}"
+        f" sched={m['scheduled_at']} sent={m['sent_at']} attempts={m['attempts']} err={m['last_error']}"
+        for m in out["messages"]
+    ]
     rows += [f"SEND {s['at']} {s['to']} {str(s['message_id'])[:12]}" for s in out["sends"]]
     return "\n".join(rows)
 
@@ -406,9 +428,15 @@ def test_dose_given_between_seven_day_and_one_day_reminders() -> None:
     # The control patient, never vaccinated, gets all three, each at 09:00 / 14:00 Paris time.
     control = by_type(out, "a2")
     assert {t: m["status"] for t, m in control.items()} == {
-        "7_day_reminder": "delivered", "1_day_reminder": "delivered", "overdue_reminder": "delivered"}  # fmt: skip
-    for reminder_type, (day, hour) in {"7_day_reminder": ("2027-03-05", 9), "1_day_reminder": ("2027-03-11", 9),
-                                       "overdue_reminder": ("2027-03-13", 14)}.items():  # fmt: skip
+        "7_day_reminder": "delivered",
+        "1_day_reminder": "delivered",
+        "overdue_reminder": "delivered",
+    }
+    for reminder_type, (day, hour) in {
+        "7_day_reminder": ("2027-03-05", 9),
+        "1_day_reminder": ("2027-03-11", 9),
+        "overdue_reminder": ("2027-03-13", 14),
+    }.items():
         local = utc(control[reminder_type]["sent_at"]).astimezone(ZoneInfo(PARIS))
         assert (local.date().isoformat(), local.hour) == (day, hour)
         assert control[reminder_type]["text"] and "Kofi" in control[reminder_type]["text"]
@@ -437,7 +465,10 @@ def test_reschedule_cancels_the_old_dates_reminders_and_sends_the_new_ones() -> 
     for appointment_id in ("a1", "a2"):
         after = by_type(out, appointment_id, new)
         assert {t: m["status"] for t, m in after.items()} == {
-            "7_day_reminder": "delivered", "1_day_reminder": "delivered", "overdue_reminder": "delivered"}  # fmt: skip
+            "7_day_reminder": "delivered",
+            "1_day_reminder": "delivered",
+            "overdue_reminder": "delivered",
+        }
         assert utc(after["1_day_reminder"]["sent_at"]).date() == date(2027, 3, 18)
         # The text is rendered at send time from the appointment as it stands: the new date.
         assert "19" in after["1_day_reminder"]["text"]
@@ -486,8 +517,13 @@ def outage_scenario() -> dict[str, Any]:
     1-day reminder's send time, longer than its 10-hour lateness. Retries are raised to 10 so that the deadline,
     not the retry budget, is what ends the second one."""
     faults = [{"from": z(start), "until": z(end), "status": 503} for start, end in (SHORT_OUTAGE, LONG_OUTAGE)]
-    return scenario("2027-03-01T00:00:00Z", "2027-03-14T00:00:00Z", one_patient("2027-03-12"), faults=faults,
-                    settings={"SMS_MAX_RETRIES": 10})  # fmt: skip
+    return scenario(
+        "2027-03-01T00:00:00Z",
+        "2027-03-14T00:00:00Z",
+        one_patient("2027-03-12"),
+        faults=faults,
+        settings={"SMS_MAX_RETRIES": 10},
+    )
 
 
 def test_provider_outages_shorter_and_longer_than_the_deadline(provider_requests: list[ProviderRequest]) -> None:
@@ -520,8 +556,13 @@ def test_throttled_provider_still_sends_everything_once(provider_requests: list[
     due = "2027-03-12"
     events = [e for n in range(1, 7) for e in one_patient(due, number=n, name=f"Enfant{n}")]
     # Our limit (4/s over two senders) is above the provider's (1/s): six reminders due at 09:00 at once.
-    data = scenario("2027-03-01T00:00:00Z", "2027-03-06T00:00:00Z", events,
-                    settings={"SMS_RATE_LIMIT_PER_SECOND": 4}, rate_limit_per_second=1)  # fmt: skip
+    data = scenario(
+        "2027-03-01T00:00:00Z",
+        "2027-03-06T00:00:00Z",
+        events,
+        settings={"SMS_RATE_LIMIT_PER_SECOND": 4},
+        rate_limit_per_second=1,
+    )
     out = run(data)
     assert_invariants(out, data)
 
@@ -571,11 +612,11 @@ def test_undeliverable_number_is_failed_by_its_receipt_and_never_resent(
 def test_ambiguous_timeout_after_send(policy: str, provider_requests: list[ProviderRequest]) -> None:
     due = "2027-03-12"
     seven = at_local("2027-03-05", 9, ABIDJAN)
-    faults = [{"from": z(seven - timedelta(minutes=1)), "until": z(seven + timedelta(minutes=1)),
-               "timeout": "after_send"}]  # fmt: skip
+    faults = [
+        {"from": z(seven - timedelta(minutes=1)), "until": z(seven + timedelta(minutes=1)), "timeout": "after_send"}
+    ]
     settings = {} if policy == "assume_sent" else {"SMS_ON_AMBIGUOUS_SEND": policy}
-    data = scenario("2027-03-01T00:00:00Z", "2027-03-14T00:00:00Z", one_patient(due), faults=faults,
-                    settings=settings)  # fmt: skip
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-14T00:00:00Z", one_patient(due), faults=faults, settings=settings)
     out = run(data)
     assert_invariants(out, data, dead_letters_ok=policy == "dead_letter")
 
@@ -743,8 +784,13 @@ def crash_scenario() -> dict[str, Any]:
         *one_patient(due, number=3, zone=PARIS, name="Fatou"),
         administered_event("2027-03-03T12:00:00Z", "a2", "2027-03-03"),
     ]
-    return scenario("2027-02-28T00:00:00Z", "2027-03-10T12:00:00Z", events,
-                    faults=[{"to": phone(3), "status": 503}], settings={"SMS_MAX_RETRIES": 1})  # fmt: skip
+    return scenario(
+        "2027-02-28T00:00:00Z",
+        "2027-03-10T12:00:00Z",
+        events,
+        faults=[{"to": phone(3), "status": 503}],
+        settings={"SMS_MAX_RETRIES": 1},
+    )
 
 
 def _summary(out: dict[str, Any]) -> dict[str, tuple[str, int, int]]:
@@ -755,8 +801,10 @@ def _summary(out: dict[str, Any]) -> dict[str, tuple[str, int, int]]:
     answered 200 and counted as unknown (DESIGN.md, delivery_receipt), and the message stays `sent`.
     """
     outcome = {"delivered": "sent"}
-    return {m["message_id"]: (outcome.get(m["status"], m["status"]), m["attempts"], len(sends_of(out, m["message_id"])))
-            for m in out["messages"]}  # fmt: skip
+    return {
+        m["message_id"]: (outcome.get(m["status"], m["status"]), m["attempts"], len(sends_of(out, m["message_id"])))
+        for m in out["messages"]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -959,8 +1007,9 @@ def test_operator_redrive_sends_each_dead_letter_once(monkeypatch: pytest.Monkey
         patient_event(z(redrive_at), "p2", phone(2), name="Kofi"),
     ]
     faults = [{"from": z(seven - timedelta(minutes=1)), "until": z(seven + timedelta(hours=1)), "status": 503}]
-    data = scenario("2027-03-01T00:00:00Z", "2027-03-07T00:00:00Z", events, faults=faults,
-                    settings={"SMS_MAX_RETRIES": 1})  # fmt: skip
+    data = scenario(
+        "2027-03-01T00:00:00Z", "2027-03-07T00:00:00Z", events, faults=faults, settings={"SMS_MAX_RETRIES": 1}
+    )
     original = simulate_module.invoke
     redriven: list[Any] = []
 
@@ -968,8 +1017,9 @@ def test_operator_redrive_sends_each_dead_letter_once(monkeypatch: pytest.Monkey
         if function == "plan_reminders" and not redriven and clock.now() >= redrive_at:
             settings = load_settings()
             sqs = boto3.client("sqs", region_name=settings.AWS_REGION)
-            copies = sqs.receive_message(QueueUrl=settings.DEAD_LETTER_QUEUE_URL, MaxNumberOfMessages=10,
-                                         VisibilityTimeout=0).get("Messages", [])  # fmt: skip
+            copies = sqs.receive_message(
+                QueueUrl=settings.DEAD_LETTER_QUEUE_URL, MaxNumberOfMessages=10, VisibilityTimeout=0
+            ).get("Messages", [])
             assert len(copies) == 1
             sqs.send_message(QueueUrl=settings.DEAD_LETTER_QUEUE_URL, MessageBody=copies[0]["Body"])
             redriven.append(queue.redrive(settings))

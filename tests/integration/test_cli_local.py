@@ -43,8 +43,14 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def local_stack(tmp_path: Path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([*RAPPEL, "local", "up", "--port", str(_free_port())], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [*RAPPEL, "local", "up", "--port", str(_free_port())],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     state = tmp_path / ".rappel" / "local.json"
     deadline = time.monotonic() + 60
     while not state.exists():
@@ -64,12 +70,51 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
     register = local_stack / "register.csv"
     with register.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["patient_id", "phone", "timezone", "language", "sms_opt_in", "display_name",
-                         "appointment_id", "vaccine", "dose", "due_date", "clinic"])  # fmt: skip
-        writer.writerow(["p1", "+2250701020304", zone, "fr", "true", "Awa", "a1", "Penta", "2",
-                         (today + timedelta(days=7)).isoformat(), "CSU Abobo"])  # fmt: skip
-        writer.writerow(["p2", "not-a-phone", zone, "fr", "true", "Kofi", "a2", "VPO", "1",
-                         (today + timedelta(days=7)).isoformat(), ""])  # fmt: skip
+        writer.writerow(
+            [
+                "patient_id",
+                "phone",
+                "timezone",
+                "language",
+                "sms_opt_in",
+                "display_name",
+                "appointment_id",
+                "vaccine",
+                "dose",
+                "due_date",
+                "clinic",
+            ]
+        )
+        writer.writerow(
+            [
+                "p1",
+                "+2250701020304",
+                zone,
+                "fr",
+                "true",
+                "Awa",
+                "a1",
+                "Penta",
+                "2",
+                (today + timedelta(days=7)).isoformat(),
+                "CSU Abobo",
+            ]
+        )
+        writer.writerow(
+            [
+                "p2",
+                "not-a-phone",
+                zone,
+                "fr",
+                "true",
+                "Kofi",
+                "a2",
+                "VPO",
+                "1",
+                (today + timedelta(days=7)).isoformat(),
+                "",
+            ]
+        )
 
     imported = _run("import", str(register), "--local", "--json", cwd=local_stack)
     assert imported.returncode == 0, imported.stderr

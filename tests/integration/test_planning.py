@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from tests.helpers import dose, envelope, patient
 
 from core import store
 from core.lifecycle import IllegalTransition, Status
 from core.planning import handle_clinic_event
 from core.store import Change, MessageRecord
-from tests.helpers import dose, envelope, patient
 
 pytestmark = pytest.mark.integration
 
@@ -76,8 +76,9 @@ def test_an_older_event_arriving_late_changes_nothing(aws) -> None:
 def test_dose_administered_cancels_what_is_left(aws) -> None:
     handle_clinic_event(patient(), aws.settings)
     handle_clinic_event(dose(), aws.settings)
-    result = handle_clinic_event(envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-01"),
-                                 aws.settings)  # fmt: skip
+    result = handle_clinic_event(
+        envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-01"), aws.settings
+    )
     assert result.cancelled == 3
     assert {m.status for m in _messages().values()} == {"cancelled"}
     assert all(m.due_at is None and m.due_shard is None for m in _messages().values())  # out of the due index
@@ -87,8 +88,9 @@ def test_dose_administered_cancels_what_is_left(aws) -> None:
 def test_appointment_cancelled_cancels_what_is_left(aws) -> None:
     handle_clinic_event(patient(), aws.settings)
     handle_clinic_event(dose(), aws.settings)
-    result = handle_clinic_event(envelope("AppointmentCancelled", appointment_id="a1", reason="moved away"),
-                                 aws.settings)  # fmt: skip
+    result = handle_clinic_event(
+        envelope("AppointmentCancelled", appointment_id="a1", reason="moved away"), aws.settings
+    )
     assert result.cancelled == 3
 
 
@@ -164,11 +166,14 @@ def test_the_store_refuses_an_illegal_transition_before_and_at_dynamodb(aws) -> 
     handle_clinic_event(dose(), aws.settings)
     message = _messages()["7_day_reminder"]
     with pytest.raises(IllegalTransition):
-        store.transition(message, Change(Status.SENT, frozenset({Status.PENDING}), {}), at=aws.clock.now(),
-                         settings=aws.settings)  # fmt: skip
+        store.transition(
+            message, Change(Status.SENT, frozenset({Status.PENDING}), {}), at=aws.clock.now(), settings=aws.settings
+        )
     # A legal move whose source no longer holds is refused by DynamoDB's condition.
-    assert store.transition(message, Change(Status.CANCELLED, frozenset({Status.PENDING}), {}), at=aws.clock.now(),
-                            settings=aws.settings)  # fmt: skip
-    assert not store.transition(message, Change(Status.EXPIRED, frozenset({Status.PENDING}), {}),
-                                at=aws.clock.now(), settings=aws.settings)  # fmt: skip
+    assert store.transition(
+        message, Change(Status.CANCELLED, frozenset({Status.PENDING}), {}), at=aws.clock.now(), settings=aws.settings
+    )
+    assert not store.transition(
+        message, Change(Status.EXPIRED, frozenset({Status.PENDING}), {}), at=aws.clock.now(), settings=aws.settings
+    )
     assert store.get_message(message.message_id).status == "cancelled"

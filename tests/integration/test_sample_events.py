@@ -25,10 +25,17 @@ def _event(name: str, **replacements: str) -> dict:
 
 def test_every_sample_event_is_used_here() -> None:
     used = {
-        "patient_upserted.json", "dose_scheduled.json", "schedule_dispatch.json", "sqs_send_batch.json",
-        "receipt_orange.json", "receipt_kannel.json", "schedule_health.json", "schedule_daily_statistics.json",
-        "dose_administered.json", "appointment_cancelled.json",
-    }  # fmt: skip
+        "patient_upserted.json",
+        "dose_scheduled.json",
+        "schedule_dispatch.json",
+        "sqs_send_batch.json",
+        "receipt_orange.json",
+        "receipt_kannel.json",
+        "schedule_health.json",
+        "schedule_daily_statistics.json",
+        "dose_administered.json",
+        "appointment_cancelled.json",
+    }
     assert {p.name for p in EVENTS.glob("*.json")} == used
 
 
@@ -51,8 +58,11 @@ def test_sample_events_take_a_reminder_from_planning_to_delivery(aws, monkeypatc
         assert sent.status == "sent" and len(simulator.accepted) == 1
 
         secret = receipt_token(aws)
-        receipt = _event("receipt_orange.json", REPLACE_WITH_RECEIPT_TOKEN=secret,
-                         REPLACE_WITH_PROVIDER_MESSAGE_ID=sent.provider_message_id)  # fmt: skip
+        receipt = _event(
+            "receipt_orange.json",
+            REPLACE_WITH_RECEIPT_TOKEN=secret,
+            REPLACE_WITH_PROVIDER_MESSAGE_ID=sent.provider_message_id,
+        )
         assert invoke("delivery_receipt", receipt)["statusCode"] == 200
         assert store.get_message(message_id).status == "delivered"
 

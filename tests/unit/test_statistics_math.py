@@ -139,9 +139,7 @@ def test_bucket_labels_put_a_bound_in_its_own_bucket() -> None:
 # ---------------------------------------------------------------------------------------------- rates and figures
 
 
-@pytest.mark.parametrize(
-    ("delivered", "failed", "rate"), [(0, 0, None), (9, 1, 0.9), (0, 3, 0.0), (5, 0, 1.0)]
-)  # fmt: skip
+@pytest.mark.parametrize(("delivered", "failed", "rate"), [(0, 0, None), (9, 1, 0.9), (0, 3, 0.0), (5, 0, 1.0)])
 def test_delivery_rate_is_delivered_over_delivered_and_failed(delivered: int, failed: int, rate: float | None) -> None:
     assert delivery_rate(delivered, failed) == rate
 
@@ -197,10 +195,22 @@ def test_a_late_delivery_after_failed_moves_the_count_from_failed_to_delivered()
 def test_figures_without_data_have_no_averages() -> None:
     figures = figures_from_counters({})
     assert figures.as_dict() == {
-        "planned": 0, "sent": 0, "delivered": 0, "failed": 0, "dead_lettered": 0, "expired": 0, "cancelled": 0,
-        "retried": 0, "pending": 0, "queued": 0, "delivery_rate": None, "delivery_time_avg_seconds": None,
-        "delivery_time_p95_seconds": None, "lateness_avg_seconds": None, "lateness_p95_seconds": None,
-    }  # fmt: skip
+        "planned": 0,
+        "sent": 0,
+        "delivered": 0,
+        "failed": 0,
+        "dead_lettered": 0,
+        "expired": 0,
+        "cancelled": 0,
+        "retried": 0,
+        "pending": 0,
+        "queued": 0,
+        "delivery_rate": None,
+        "delivery_time_avg_seconds": None,
+        "delivery_time_p95_seconds": None,
+        "lateness_avg_seconds": None,
+        "lateness_p95_seconds": None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- the report
