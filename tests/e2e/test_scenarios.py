@@ -442,7 +442,7 @@ def test_dose_given_between_seven_day_and_one_day_reminders() -> None:
         assert control[reminder_type]["text"] and "Kofi" in control[reminder_type]["text"]
 
 
-def test_reschedule_cancels_the_old_dates_reminders_and_sends_the_new_ones() -> None:
+def test_reschedule_and_cancellation() -> None:
     old, new = "2027-03-12", "2027-03-19"
     events = [
         *one_patient(old),
@@ -451,6 +451,9 @@ def test_reschedule_cancels_the_old_dates_reminders_and_sends_the_new_ones() -> 
         patient_event("2027-03-01T08:00:00Z", "p2", phone(2), name="Kofi"),
         dose_event("2027-03-01T08:00:00Z", "a2", "p2", old),
         dose_event("2027-03-02T10:00:00Z", "a2", "p2", new),
+        # And one appointment cancelled outright after its 7-day reminder.
+        dose_event("2027-03-01T08:00:00Z", "a3", "p2", old, vaccine="Polio"),
+        cancelled_event("2027-03-08T12:00:00Z", "a3"),
     ]
     data = scenario("2027-03-01T00:00:00Z", "2027-03-22T00:00:00Z", events)
     out = run(data)
@@ -474,8 +477,12 @@ def test_reschedule_cancels_the_old_dates_reminders_and_sends_the_new_ones() -> 
         assert "19" in after["1_day_reminder"]["text"]
     never = by_type(out, "a2", old)
     assert {m["status"] for m in never.values()} == {"cancelled"}
+    cancelled = by_type(out, "a3")
+    assert cancelled["7_day_reminder"]["status"] == "delivered"
+    assert {cancelled["1_day_reminder"]["status"], cancelled["overdue_reminder"]["status"]} == {"cancelled"}
+    assert "appointment cancelled" in cancelled["1_day_reminder"]["last_error"]
     assert len([s for s in out["sends"] if s["to"] == phone(1)]) == 4
-    assert len([s for s in out["sends"] if s["to"] == phone(2)]) == 3
+    assert len([s for s in out["sends"] if s["to"] == phone(2)]) == 4
 
 
 OPTOUT_AT = "2027-03-08T12:00:00Z"
@@ -576,36 +583,32 @@ def test_throttled_provider_still_sends_everything_once(provider_requests: list[
     assert max_per_second([utc(s["at"]) for s in out["sends"]]) <= 1
 
 
-def test_permanently_failing_number_fails_after_one_request(provider_requests: list[ProviderRequest]) -> None:
+def test_failing_numbers_permanent_error_and_undeliverable(provider_requests: list[ProviderRequest]) -> None:
+    """p9's number is refused (400 SVC0004), p8's is accepted but never delivered, p2 is the control."""
     due = "2027-03-12"
     faults = [{"to": phone(9), "status": 400, "message_id": "SVC0004"}]
-    events = [*one_patient(due, number=9), *one_patient(due, number=2)]
-    data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", events, faults=faults)
+    events = [*one_patient(due, number=9), *one_patient(due, number=8), *one_patient(due, number=2)]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", events, faults=faults, undeliverable=[phone(8)])
     out = run(data)
     assert_invariants(out, data)
 
-    bad = by_type(out, "a9")
-    assert {m["status"] for m in bad.values()} == {"failed"} and len(bad) == 3
-    for m in bad.values():
-        assert m["attempts"] == 1 and "SVC0004" in m["last_error"] and m["sent_at"] is None
-    assert len([r for r in provider_requests if r.to == phone(9)]) == 3  # one request per message
+    # Permanent: failed after exactly one request each, nothing accepted.
+    refused = by_type(out, "a9")
+    assert len(refused) == 3
+    for m in refused.values():
+        assert m["status"] == "failed" and m["attempts"] == 1 and m["sent_at"] is None, describe(out)
+        assert "SVC0004" in m["last_error"]
+    assert len([r for r in provider_requests if r.to == phone(9)]) == 3
     assert not [s for s in out["sends"] if s["to"] == phone(9)]
-    assert {m["status"] for m in by_type(out, "a2").values()} == {"delivered"}
 
-
-def test_undeliverable_number_is_failed_by_its_receipt_and_never_resent(
-    provider_requests: list[ProviderRequest],
-) -> None:
-    due = "2027-03-12"
-    events = [*one_patient(due, number=8), *one_patient(due, number=2)]
-    data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", events, undeliverable=[phone(8)])
-    out = run(data)
-    assert_invariants(out, data)
-
-    for m in by_type(out, "a8").values():
+    # Undeliverable: sent once, then failed by its DeliveryImpossible receipt, never sent again.
+    undelivered = by_type(out, "a8")
+    for m in undelivered.values():
         assert m["status"] == "failed" and m["sent_at"] is not None and m["attempts"] == 1, describe(out)
         assert len(sends_of(out, m["message_id"])) == 1
     assert len([r for r in provider_requests if r.to == phone(8)]) == 3
+
+    assert {m["status"] for m in by_type(out, "a2").values()} == {"delivered"}
 
 
 @pytest.mark.parametrize("policy", ["assume_sent", "dead_letter"])

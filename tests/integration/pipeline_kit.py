@@ -105,7 +105,7 @@ class Pipeline:
     def receive(self, url: str | None = None, visibility: int = 600) -> list[dict[str, Any]]:
         """Everything visible on a queue (the send queue by default), hidden for `visibility` seconds."""
         url = url or self.settings.SEND_QUEUE_URL
-        received: list[dict[str, Any]] = []
+        received: dict[str, dict[str, Any]] = {}
         while True:
             batch = self.sqs.receive_message(
                 QueueUrl=url,
@@ -114,9 +114,10 @@ class Pipeline:
                 WaitTimeSeconds=0,
                 AttributeNames=["ApproximateReceiveCount"],
             ).get("Messages", [])
-            if not batch:
-                return received
-            received += batch
+            fresh = [m for m in batch if m["MessageId"] not in received]
+            if not fresh:  # empty, or (visibility 0) the same messages coming round again
+                return list(received.values())
+            received.update((m["MessageId"], m) for m in fresh)
 
     def receive_dead_letters(self) -> list[dict[str, Any]]:
         return self.receive(self.settings.DEAD_LETTER_QUEUE_URL, visibility=0)
