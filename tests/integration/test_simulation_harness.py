@@ -13,6 +13,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_next_wake_read_from_moto_equals_the_due_index_queries(aws) -> None:
+    store.bind(aws.settings)
     assert _earliest_due(aws.settings) is None and store.earliest_due(aws.settings.DUE_INDEX_SHARDS) is None
     handle_clinic_event(patient(), aws.settings)
     handle_clinic_event(dose(due_date="2027-03-20"), aws.settings)
