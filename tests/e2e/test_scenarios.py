@@ -1067,7 +1067,8 @@ def test_crash_after_acceptance_then_dose_given_before_redelivery(
     install_at("send", injector, monkeypatch)
     out = run(data)
     assert injector.crashed
+    sends = [s for s in out["sends"] if s["to"] == phone(1)]
+    assert len(sends) == 1 and utc(sends[0]["at"]) < seven + timedelta(minutes=5)  # once, before the dose: fine
     m = by_type(out, "a1")["7_day_reminder"]
-    assert len(sends_of(out, m["message_id"])) == 1  # sent once, before the dose was recorded: legitimate
-    assert m["status"] in {"sent", "delivered"}, describe(out)  # what it is; it is recorded as cancelled
+    assert m["status"] in {"sent", "delivered"}, describe(out)  # it went out; today it is recorded as cancelled
     assert_invariants(out, data, handler_errors_ok=True)
