@@ -117,7 +117,9 @@ def _claim(message: MessageRecord, now: datetime, settings: Settings) -> str:
             "queued_at": iso(now),
             "due_at": iso(lease_end),
             "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
-            "dispatches": int(message.dispatches) + 1,
+            # Claims since the message last left `pending`: only lease expiries count towards SMS_MAX_DISPATCHES,
+            # not the claims of earlier attempts that ended in a retry or a deferral.
+            "dispatches": int(message.dispatches) + 1 if message.state is Status.QUEUED else 1,
         },
         condition=guard,
     )

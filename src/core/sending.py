@@ -75,6 +75,9 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     outcomes: list[str] = []
 
     def record_handler(record: SQSRecord) -> str:
+        if hasattr(context, "get_remaining_time_in_millis") and context.get_remaining_time_in_millis() < 15_000:
+            # Leave it to the next invocation rather than be cut off mid-send (an ambiguous send).
+            raise TimeoutError("too little time left in this invocation")
         outcome = send_queued(QueuedMessage.parse(record.body), settings, pacer)
         outcomes.append(outcome)
         return outcome
@@ -166,11 +169,20 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
 
 
 def _take_back_dead_letter(message: MessageRecord, now: datetime, settings: Settings) -> MessageRecord | None:
-    # A redriven dead letter gets a fresh set of retries, counted from here.
+    # A redriven dead letter gets a fresh set of retries, counted from here. Taking it back is a claim: it gets
+    # a lease in the `due` index, so a crash before the outcome is written (after which a redelivered record is
+    # stale) leaves it for the dispatcher to pick up again instead of queued and out of every index forever.
+    lease_end = now + timedelta(minutes=settings.SMS_CLAIM_LEASE_MINUTES)
     change = Change(
         target=Status.QUEUED,
         sources=frozenset({Status.DEAD_LETTER}),
-        set={"retry_floor": int(message.attempts), "queued_at": iso(now)},
+        set={
+            "retry_floor": int(message.attempts),
+            "queued_at": iso(now),
+            "due_at": iso(lease_end),
+            "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
+            "dispatches": 1,
+        },
         condition=MessageRecord.version == message.version,
     )
     if not store.transition(message, change, at=now, settings=settings):

@@ -50,7 +50,12 @@ def check_invariants(
             (
                 t
                 for key, t in stops.items()
-                if key in {("patient", message["patient_id"]), ("appointment", message["appointment_id"])}
+                if key
+                in {
+                    ("patient", message["patient_id"]),
+                    ("appointment", message["appointment_id"]),
+                    ("due_date", f"{message['appointment_id']}|{message.get('due_date')}"),
+                }
             ),
             default=None,
         )
@@ -75,12 +80,20 @@ def check_invariants(
 def _stop_times(scenario: Scenario) -> dict[tuple[str, str], datetime]:
     """When sending must stop for a patient (opt-out) or an appointment (dose given, cancelled, rescheduled)."""
     stops: dict[tuple[str, str], datetime] = {}
-    for event in scenario.events:
+    due_of: dict[str, str] = {}
+    for event in sorted(scenario.events, key=lambda e: e.at):
         detail = event.detail
         if event.type == "PatientUpserted" and detail.get("sms_opt_in") is False:
             stops.setdefault(("patient", str(detail.get("patient_id"))), event.at)
         elif event.type in {"DoseAdministered", "AppointmentCancelled"}:
             stops.setdefault(("appointment", str(detail.get("appointment_id"))), event.at)
+        elif event.type == "DoseScheduled":
+            # A reschedule (same appointment, new due date) stops the reminders of the old date.
+            appointment_id, due = str(detail.get("appointment_id")), str(detail.get("due_date"))
+            previous = due_of.get(appointment_id)
+            if previous is not None and previous != due:
+                stops.setdefault(("due_date", f"{appointment_id}|{previous}"), event.at)
+            due_of[appointment_id] = due
     return stops
 
 

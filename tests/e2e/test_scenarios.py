@@ -1072,3 +1072,88 @@ def test_crash_after_acceptance_then_dose_given_before_redelivery(
     m = by_type(out, "a1")["7_day_reminder"]
     assert m["status"] in {"sent", "delivered"}, describe(out)  # it went out; today it is recorded as cancelled
     assert_invariants(out, data, handler_errors_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- the checkers
+
+
+def _break(out: dict[str, Any], how: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    broken = copy.deepcopy(out)
+    how(broken)
+    return broken
+
+
+def _message(out: dict[str, Any], appointment_id: str, reminder_type: str) -> dict[str, Any]:
+    return by_type(out, appointment_id)[reminder_type]
+
+
+def _send_of(out: dict[str, Any], appointment_id: str, reminder_type: str) -> dict[str, Any]:
+    return sends_of(out, _message(out, appointment_id, reminder_type)["message_id"])[0]
+
+
+def _resend(out: dict[str, Any]) -> None:
+    out["sends"].append(dict(_send_of(out, "a1", "1_day_reminder")))
+
+
+def _send_late(out: dict[str, Any]) -> None:
+    m = _message(out, "a1", "1_day_reminder")
+    _send_of(out, "a1", "1_day_reminder")["at"] = z(utc(m["deadline"]) + timedelta(minutes=1))
+
+
+def _send_at_night(out: dict[str, Any]) -> None:
+    _send_of(out, "a1", "7_day_reminder")["at"] = z(at_local("2027-03-01", 21, ABIDJAN))
+
+
+def _send_after_dose_given(out: dict[str, Any]) -> None:
+    m = _message(out, "a2", "1_day_reminder")
+    m.update(status="sent", sent_at=m["scheduled_at"], queued_at=m["scheduled_at"], text="Rappel")
+    out["sends"].append({"at": m["scheduled_at"], "to": phone(2), "text": "Rappel", "message_id": m["message_id"],
+                         "provider_message_id": "x"})  # fmt: skip
+
+
+def _lose(out: dict[str, Any]) -> None:
+    _message(out, "a3", "7_day_reminder")["status"] = "pending"
+
+
+def _record_as_cancelled(out: dict[str, Any]) -> None:
+    _message(out, "a1", "overdue_reminder").update(status="cancelled", sent_at=None, delivered_at=None)
+
+
+@pytest.mark.parametrize(
+    ("how", "caught_by"),
+    [
+        (_resend, "sent twice"),
+        (_send_late, "after its deadline"),
+        (_send_at_night, "quiet hours"),
+        (_send_after_dose_given, "while the appointment was"),
+        (_lose, "is pending"),
+        (_record_as_cancelled, "yet the provider accepted it"),
+    ],
+    ids=lambda v: getattr(v, "__name__", v),
+)
+def test_assert_invariants_catches_what_it_claims_to(
+    how: Callable[[dict[str, Any]], None], caught_by: str, crash_baseline: dict[str, Any]
+) -> None:
+    """The independent half of `assert_invariants` on outputs broken on purpose (stats["invariants"] left ok)."""
+    broken = _break(crash_baseline["out"], how)
+    with pytest.raises(AssertionError, match=caught_by):
+        assert_invariants(broken, crash_scenario(), dead_letters_ok=True)
+
+
+def test_check_invariants_stops_the_old_dates_reminders_at_a_reschedule() -> None:
+    """rappel_ops.invariants: a send of an old due date's reminder after the reschedule is a violation."""
+    from core.settings import build_settings
+    from rappel_ops.invariants import check_invariants
+    from rappel_ops.simulate import load_scenario
+
+    events = [*one_patient("2027-03-12"), dose_event("2027-03-07T10:00:00Z", "a1", "p1", "2027-03-19")]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-22T00:00:00Z", events)
+    old = {"message_id": "m-old", "patient_id": "p1", "appointment_id": "a1", "due_date": "2027-03-12",
+           "reminder_type": "1_day_reminder", "status": "sent", "deadline": "2027-03-11T19:00:00.000Z",
+           "timezone": ABIDJAN}  # fmt: skip
+    before = {"at": "2027-03-05T09:00:00.000Z", "to": phone(1), "text": "t", "message_id": "m-old"}
+    after = {**before, "at": "2027-03-11T09:00:00.000Z"}
+    settings = build_settings()
+    for send, expected in ((before, []), (after, ["m-old"])):
+        result = check_invariants(load_scenario(data), settings, [old], [send])
+        assert result["violations"]["sent_after_stop"] == expected

@@ -1,0 +1,318 @@
+"""delivery_receipt through the real handler: Orange's deliveryInfoNotification and Kannel's DLR, on moto.
+
+Messages are sent first through dispatch_due and send_sms against the Orange simulator, so every receipt
+names a provider id the simulator really issued; the receipts are the simulator's own where it makes them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from core.observability import discard_metrics
+from core.statistics import statistics
+from core.store import iso
+from rappel_ops.embedded import ReceiptEndpoint, function_url_event, invoke
+from tests.integration.pipeline_kit import PHONE, Pipeline, emf
+
+pytestmark = pytest.mark.integration
+
+SENT_AT = datetime(2027, 3, 13, 9, 0, tzinfo=UTC)  # p1's 7-day reminder for a dose due on Mar 20
+JSON = {"content-type": "application/json", "user-agent": "Orange-DR"}
+
+
+@pytest.fixture
+def pipe(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    pipeline = Pipeline(aws, monkeypatch)
+    pipeline.start_orange(receipt_delay_seconds=20)
+    yield pipeline
+    pipeline.close()
+
+
+def _send_one(pipe: Pipeline) -> str:
+    message_id = pipe.plan(1, "2027-03-20")["7_day_reminder"]
+    pipe.clock.advance_to(SENT_AT)
+    pipe.cycle()
+    assert pipe.message(message_id).status == "sent"
+    return message_id
+
+
+@pytest.fixture
+def sent(pipe: Pipeline) -> str:
+    """The id of a message Orange accepted (at SENT_AT)."""
+    return _send_one(pipe)
+
+
+def _simulator_receipt(pipe: Pipeline) -> dict[str, Any]:
+    """The receipt the simulator queued for the one send, once its delay has passed."""
+    assert pipe.orange is not None
+    pipe.clock.advance_to(SENT_AT + timedelta(seconds=20))
+    (payload,) = pipe.orange.due_receipts(pipe.clock.now())
+    return payload
+
+
+def _orange(pipe: Pipeline, body: str | dict[str, Any]) -> dict[str, Any]:
+    """POST a receipt to /orange with the right token, as Orange calls the registered URL."""
+    text = body if isinstance(body, str) else json.dumps(body)
+    return pipe.receipt("POST", "/orange", {"token": pipe.receipt_token()}, text, JSON)
+
+
+def _notification(provider_id: str, status: str) -> dict[str, Any]:
+    return {
+        "deliveryInfoNotification": {
+            "callbackData": provider_id,
+            "deliveryInfo": {"address": f"tel:{PHONE}", "deliveryStatus": status},
+        }
+    }
+
+
+def _provider_id(pipe: Pipeline, message_id: str) -> str:
+    provider_id = pipe.message(message_id).provider_message_id
+    assert provider_id is not None
+    return provider_id
+
+
+def _snapshot(pipe: Pipeline, message_id: str) -> tuple[Any, ...]:
+    m = pipe.message(message_id)
+    return (m.status, m.version, m.receipt_status, m.delivered_at, m.failed_at, m.ended_at)
+
+
+def _answer(response: dict[str, Any]) -> tuple[int, str]:
+    return response["statusCode"], response["body"]
+
+
+# ---------------------------------------------------------------------------------------------- Orange
+
+
+def test_delivered_to_terminal_marks_the_message_delivered(pipe: Pipeline, sent: str, capsys) -> None:
+    payload = _simulator_receipt(pipe)
+    assert payload["deliveryInfoNotification"]["deliveryInfo"]["deliveryStatus"] == "DeliveredToTerminal"
+    discard_metrics()
+    capsys.readouterr()
+
+    assert _answer(_orange(pipe, payload)) == (200, "delivered")
+
+    stored = pipe.message(sent)
+    assert (stored.status, stored.receipt_status) == ("delivered", "DeliveredToTerminal")
+    assert stored.delivered_at == iso(SENT_AT + timedelta(seconds=20))
+    assert stored.expires_at is not None  # terminal: retention starts
+    metrics = emf(capsys.readouterr().out)
+    assert metrics["SmsDelivered"] == 1 and metrics["DeliveryLatencySeconds"] == 20
+
+
+def test_the_simulator_posts_its_receipt_over_http_to_the_function_url(pipe: Pipeline, sent: str) -> None:
+    assert pipe.orange is not None
+    endpoint = ReceiptEndpoint().start()
+    try:
+        pipe.clock.advance_to(SENT_AT + timedelta(seconds=20))
+        url = f"{endpoint.base_url}/orange?token={pipe.receipt_token()}"
+        assert pipe.orange.post_due_receipts(pipe.clock.now(), url) == 1
+    finally:
+        endpoint.stop()
+    assert pipe.orange.failed_receipts == []
+    assert pipe.message(sent).status == "delivered"
+
+
+def test_delivery_impossible_marks_the_message_failed(pipe: Pipeline) -> None:
+    pipe.start_orange(receipt_delay_seconds=20, undeliverable=[PHONE])
+    message_id = _send_one(pipe)
+    payload = _simulator_receipt(pipe)
+    assert payload["deliveryInfoNotification"]["deliveryInfo"]["deliveryStatus"] == "DeliveryImpossible"
+
+    assert _answer(_orange(pipe, payload)) == (200, "failed")
+
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.receipt_status) == ("failed", "DeliveryImpossible")
+    assert stored.failed_at == iso(SENT_AT + timedelta(seconds=20)) and stored.delivered_at is None
+
+
+def test_a_late_delivery_impossible_never_overwrites_delivered(pipe: Pipeline, sent: str) -> None:
+    provider_id = _provider_id(pipe, sent)
+    assert _answer(_orange(pipe, _notification(provider_id, "DeliveredToTerminal"))) == (200, "delivered")
+    before = _snapshot(pipe, sent)
+    pipe.clock.advance_to(SENT_AT + timedelta(minutes=5))
+
+    assert _answer(_orange(pipe, _notification(provider_id, "DeliveryImpossible"))) == (200, "unchanged")
+    assert _answer(_orange(pipe, _notification(provider_id, "DeliveredToTerminal"))) == (200, "unchanged")  # replay
+
+    assert _snapshot(pipe, sent) == before
+    day = statistics("day", pipe.settings, pipe.clock.now()).total
+    assert (day.delivered, day.failed) == (1, 0)
+
+
+def test_delivered_to_terminal_after_delivery_impossible_wins(pipe: Pipeline, sent: str) -> None:
+    provider_id = _provider_id(pipe, sent)
+    assert _answer(_orange(pipe, _notification(provider_id, "DeliveryImpossible"))) == (200, "failed")
+    pipe.clock.advance_to(SENT_AT + timedelta(minutes=5))
+
+    assert _answer(_orange(pipe, _notification(provider_id, "DeliveredToTerminal"))) == (200, "delivered")
+
+    stored = pipe.message(sent)
+    assert (stored.status, stored.receipt_status) == ("delivered", "DeliveredToTerminal")
+    assert stored.delivered_at == iso(SENT_AT + timedelta(minutes=5))
+    day = statistics("day", pipe.settings, pipe.clock.now()).total
+    assert (day.delivered, day.failed) == (1, 0)  # the failure was taken back
+
+
+@pytest.mark.parametrize("status", ["DeliveredToNetwork", "MessageWaiting", "DeliveryUncertain"])
+def test_an_intermediate_status_is_recorded_and_the_message_stays_sent(pipe: Pipeline, sent: str, status: str) -> None:
+    assert _answer(_orange(pipe, _notification(_provider_id(pipe, sent), status))) == (200, "recorded")
+
+    stored = pipe.message(sent)
+    assert (stored.status, stored.receipt_status, stored.delivered_at, stored.failed_at) == ("sent", status, None, None)
+    assert _answer(_orange(pipe, _notification(_provider_id(pipe, sent), "DeliveredToTerminal"))) == (200, "delivered")
+
+
+def test_an_unknown_callback_id_is_answered_200_and_counted(pipe: Pipeline, sent: str, capsys) -> None:
+    before = _snapshot(pipe, sent)
+    discard_metrics()
+    capsys.readouterr()
+
+    response = _orange(pipe, _notification("0f1e2d3c-not-one-of-ours", "DeliveredToTerminal"))
+
+    assert _answer(response) == (200, "unknown")
+    assert emf(capsys.readouterr().out) == {"ReceiptsUnknown": 1}
+    assert _snapshot(pipe, sent) == before
+
+
+def test_a_base64_encoded_body_is_decoded(pipe: Pipeline, sent: str) -> None:
+    body = json.dumps(_notification(_provider_id(pipe, sent), "DeliveredToTerminal"))
+    event_body = base64.b64encode(body.encode()).decode()
+    event = function_url_event("POST", "/orange", f"token={pipe.receipt_token()}", event_body, JSON)
+    event["isBase64Encoded"] = True
+
+    assert _answer(invoke("delivery_receipt", event)) == (200, "delivered")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [None, "", "wrong-token", "token-of-another-stack-0123456789abcdefghij"],
+    ids=["missing", "empty", "wrong", "another-stack"],
+)
+def test_a_request_without_the_right_token_is_refused_and_changes_nothing(
+    pipe: Pipeline, sent: str, capsys, token: str | None
+) -> None:
+    before = _snapshot(pipe, sent)
+    discard_metrics()
+    capsys.readouterr()
+    params = {} if token is None else {"token": token}
+    body = json.dumps(_notification(_provider_id(pipe, sent), "DeliveredToTerminal"))
+
+    assert pipe.receipt("POST", "/orange", params, body, JSON)["statusCode"] == 403
+    kannel = {**params, "message_id": sent, "type": "1"}
+    assert pipe.receipt("GET", "/kannel", kannel)["statusCode"] == 403
+
+    assert _snapshot(pipe, sent) == before
+    assert emf(capsys.readouterr().out) == {"ReceiptsRejected": 2}
+
+
+def test_a_token_differing_only_in_its_last_character_is_refused(pipe: Pipeline, sent: str) -> None:
+    token = pipe.receipt_token()
+    assert len(token) >= 20
+    forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+    before = _snapshot(pipe, sent)
+    body = json.dumps(_notification(_provider_id(pipe, sent), "DeliveredToTerminal"))
+
+    assert pipe.receipt("POST", "/orange", {"token": forged}, body, JSON)["statusCode"] == 403
+    assert pipe.receipt("GET", "/kannel", {"token": forged, "message_id": sent, "type": "1"})["statusCode"] == 403
+    assert pipe.receipt("POST", "/orange", {"token": token + "x"}, body, JSON)["statusCode"] == 403  # a longer one
+
+    assert _snapshot(pipe, sent) == before
+    assert _answer(pipe.receipt("POST", "/orange", {"token": token}, body, JSON)) == (200, "delivered")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        "{\"deliveryInfoNotification\": {\"callbackData\": \"{pid}\"",  # truncated
+        "[]",
+        "{}",
+        '{"deliveryInfoNotification": {"callbackData": "{pid}"}}',
+        '{"deliveryInfoNotification": {"deliveryInfo": {"deliveryStatus": "DeliveredToTerminal"}}}',
+        '{"deliveryInfoNotification": {"callbackData": 42, "deliveryInfo": {"deliveryStatus": "DeliveredToTerminal"}}}',
+        '{"deliveryInfoNotification": {"callbackData": "{pid}", "deliveryInfo": "DeliveredToTerminal"}}',
+        '{"deliveryInfoNotification": {"callbackData": "{pid}", "deliveryInfo": {"deliveryStatus": "Delivered"}}}',
+        '{"deliveryInfoNotification": {"callbackData": "{pid}", "deliveryInfo": {"deliveryStatus": null}}}',
+    ],
+    ids=["not-json", "truncated", "array", "empty-object", "no-delivery-info", "no-callback", "numeric-callback",
+         "delivery-info-not-object", "unknown-status", "null-status"],  # fmt: skip
+)
+def test_a_malformed_orange_receipt_is_refused_with_400_and_changes_nothing(
+    pipe: Pipeline, sent: str, body: str
+) -> None:
+    before = _snapshot(pipe, sent)
+
+    response = _orange(pipe, body.replace("{pid}", _provider_id(pipe, sent)))
+
+    assert response["statusCode"] == 400
+    assert _snapshot(pipe, sent) == before
+
+
+# ---------------------------------------------------------------------------------------------- Kannel
+
+
+def _kannel(pipe: Pipeline, message_id: str, dlr_type: str, **extra: str) -> dict[str, Any]:
+    params = {"token": pipe.receipt_token(), "message_id": message_id, "type": dlr_type, **extra}
+    return pipe.receipt("GET", "/kannel", params, headers={"user-agent": "Kannel/1.4.5"})
+
+
+@pytest.mark.parametrize(
+    ("dlr_type", "status", "answer", "receipt_status"),
+    [
+        ("1", "delivered", "delivered", "DeliveredToTerminal"),
+        ("2", "failed", "failed", "DeliveryImpossible"),
+        ("8", "sent", "recorded", "DeliveredToNetwork"),
+        ("4", "sent", "recorded", "MessageWaiting"),
+        ("16", "failed", "failed", "RejectedBySmsc"),
+    ],
+)
+def test_a_kannel_dlr_is_mapped(
+    pipe: Pipeline, sent: str, dlr_type: str, status: str, answer: str, receipt_status: str
+) -> None:
+    assert _answer(_kannel(pipe, sent, dlr_type, smsc_id="abc123")) == (200, answer)
+
+    stored = pipe.message(sent)
+    assert (stored.status, stored.receipt_status) == (status, receipt_status)
+
+
+def test_kannel_dlrs_are_monotonic_too(pipe: Pipeline, sent: str) -> None:
+    assert _answer(_kannel(pipe, sent, "1")) == (200, "delivered")
+    before = _snapshot(pipe, sent)
+    assert _answer(_kannel(pipe, sent, "2")) == (200, "unchanged")
+    assert _answer(_kannel(pipe, sent, "8")) == (200, "unchanged")
+    assert _snapshot(pipe, sent) == before
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"type": "1"},
+        {"message_id": "msg_x", "type": "one"},
+        {"message_id": "msg_x", "type": "3"},
+        {"message_id": "not-ours", "type": "1"},
+        {"message_id": "msg_" + "0" * 80, "type": "1"},
+    ],
+    ids=["no-message-id", "type-not-a-number", "type-unknown", "not-our-id-shape", "id-too-long"],
+)
+def test_a_malformed_kannel_dlr_is_refused_with_400(pipe: Pipeline, sent: str, params: dict[str, str]) -> None:
+    before = _snapshot(pipe, sent)
+    if params.get("message_id") == "msg_x":
+        params = {**params, "message_id": sent}
+
+    response = pipe.receipt("GET", "/kannel", {"token": pipe.receipt_token(), **params})
+
+    assert response["statusCode"] == 400
+    assert _snapshot(pipe, sent) == before
+
+
+def test_a_kannel_dlr_for_an_unknown_message_is_answered_200(pipe: Pipeline, sent: str, capsys) -> None:
+    discard_metrics()
+    capsys.readouterr()
+    assert _answer(_kannel(pipe, "msg_" + "f" * 32, "1")) == (200, "unknown")
+    assert emf(capsys.readouterr().out) == {"ReceiptsUnknown": 1}
