@@ -147,7 +147,11 @@ def test_delivery_rate_is_delivered_over_delivered_and_failed(delivered: int, fa
 def _counts_of(moves: list[tuple[Status, str, datetime, datetime, datetime | None]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for target, source, at, scheduled, sent_at in moves:
-        for (_, key), amount in transition_counts("1_day_reminder", source, target, at, {}, scheduled, sent_at).items():
+        # A move back to pending after a failed attempt carries attempts + 1 (a deferral would not).
+        values = {"attempts": 2} if (target, source) == (Status.PENDING, "queued") else {}
+        for (_, key), amount in transition_counts(
+            "1_day_reminder", source, target, at, values, scheduled, sent_at
+        ).items():
             name = key.split("#", 2)[2]
             out[name] = out.get(name, 0) + amount
     return out
@@ -259,3 +263,11 @@ def test_an_unknown_reminder_type_in_the_counters_is_still_reported() -> None:
 )
 def test_the_daily_report_is_named_after_the_local_day_it_covers(zone: str, now: datetime, day: str) -> None:
     assert report_day(now, build_settings(APP_TIMEZONE=zone)) == day
+
+
+def test_a_deferral_for_quiet_hours_or_a_hold_is_not_a_retry() -> None:
+    at = datetime(2027, 3, 1, 21, 0, tzinfo=UTC)
+    deferred = transition_counts("1_day_reminder", "queued", Status.PENDING, at, {"due_at": "x"}, at, None)
+    retried = transition_counts("1_day_reminder", "queued", Status.PENDING, at, {"attempts": 2}, at, None)
+    assert deferred == {}
+    assert list(retried.values()) == [1]
