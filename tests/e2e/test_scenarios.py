@@ -3,9 +3,11 @@
 Each scenario is a small dict (a few patients, a few weeks) run by `simulate()` on moto, the Orange simulator
 over HTTP and a virtual clock. `assert_invariants` checks the output twice: through `stats["invariants"]`
 (rappel_ops.invariants) and by recomputing the key invariants here from `messages` and `sends`, so a bug in
-the checker cannot hide one in the pipeline. Fault injection wraps the write functions of dispatch and send
-(a crash before or after the N-th write), the simulation's SQS receive (duplicate deliveries), the idempotent
-provider call (a concurrent duplicate) and the dispatcher (overlapping runs).
+the checker cannot hide one in the pipeline (the last tests break outputs on purpose to show both halves bite).
+Fault injection wraps the write functions of dispatch and send (a crash before or after the N-th write), the
+simulation's SQS receive (duplicate deliveries), the provider call inside the idempotent function (a concurrent
+duplicate), the dispatcher (overlapping runs) and an operator's DLQ redrive (with every copy there twice).
+Three scenarios are shipped as src/rappel_ops/scenarios/{dose_given,outage,optout}.json for `rappel simulate`.
 """
 
 from __future__ import annotations
@@ -679,10 +681,9 @@ def test_quiet_hours_push_a_22h_preference_to_8h_next_morning() -> None:
 _running = threading.local()
 
 
-@pytest.fixture
-def handler_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
+def _track_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Note which Lambda function the simulation is invoking (crashes are injected in dispatch and send only)."""
-    original = simulate_module.invoke
+    original = simulate_module.invoke  # type: ignore[attr-defined]
 
     def invoke(function: str, event: dict[str, Any]) -> Any:
         _running.function = function
@@ -692,6 +693,11 @@ def handler_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
             _running.function = None
 
     monkeypatch.setattr(simulate_module, "invoke", invoke)
+
+
+@pytest.fixture
+def handler_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
+    _track_handlers(monkeypatch)
 
 
 def _in_dispatch_or_send() -> bool:
@@ -815,16 +821,7 @@ def crash_baseline() -> dict[str, Any]:
     """The crash scenario without a crash, and how often dispatch and send call each write point."""
     monkeypatch = pytest.MonkeyPatch()
     try:
-        original = simulate_module.invoke
-
-        def invoke(function: str, event: dict[str, Any]) -> Any:
-            _running.function = function
-            try:
-                return original(function, event)
-            finally:
-                _running.function = None
-
-        monkeypatch.setattr(simulate_module, "invoke", invoke)
+        _track_handlers(monkeypatch)
         counters = {point: CallCounter() for point in WRITE_POINTS}
         for point, counter in counters.items():
             install_at(point, counter, monkeypatch)
@@ -925,7 +922,7 @@ def test_concurrent_duplicate_inside_the_provider_call_is_refused(
     """
     from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 
-    real_provider_for = sending.provider_for
+    real_provider_for = sending.provider_for  # type: ignore[attr-defined]
     refused: list[str] = []
     got_through: list[str] = []
     nested = {"active": False}
@@ -966,7 +963,7 @@ def test_overlapping_dispatchers_claim_each_message_once(
     crash_baseline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two dispatcher runs per tick, and inside the first, a whole second run between its query and its claims."""
-    original_invoke = simulate_module.invoke
+    original_invoke = simulate_module.invoke  # type: ignore[attr-defined]
     original_claim = dispatch._claim
     interleaved = {"runs": 0, "inside": False}
 
@@ -1013,7 +1010,7 @@ def test_operator_redrive_sends_each_dead_letter_once(monkeypatch: pytest.Monkey
     data = scenario(
         "2027-03-01T00:00:00Z", "2027-03-07T00:00:00Z", events, faults=faults, settings={"SMS_MAX_RETRIES": 1}
     )
-    original = simulate_module.invoke
+    original = simulate_module.invoke  # type: ignore[attr-defined]
     redriven: list[Any] = []
 
     def invoke(function: str, event: dict[str, Any]) -> Any:
