@@ -385,7 +385,7 @@ def _earliest_due(settings: Settings) -> datetime | None:
     The harness reads it from moto's in-memory table (one pass in Python) rather than with a query per shard,
     which moto answers by walking the whole table each time; the result is the same as store.earliest_due.
     """
-    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.models import DEFAULT_ACCOUNT_ID
     from moto.dynamodb.models import dynamodb_backends
 
     table = dynamodb_backends[DEFAULT_ACCOUNT_ID][settings.AWS_REGION].tables[settings.MESSAGES_TABLE]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -195,7 +194,3 @@ def emf(stdout: str) -> dict[str, float]:
                     value if isinstance(value, list) else [value]
                 )
     return totals
-
-
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text)

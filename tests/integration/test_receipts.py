@@ -13,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from tests.integration.pipeline_kit import PHONE, Pipeline, emf
 
 from core.observability import discard_metrics
 from core.statistics import statistics
 from core.store import iso
 from rappel_ops.embedded import ReceiptEndpoint, function_url_event, invoke
-from tests.integration.pipeline_kit import PHONE, Pipeline, emf
 
 pytestmark = pytest.mark.integration
 
@@ -230,7 +230,7 @@ def test_a_token_differing_only_in_its_last_character_is_refused(pipe: Pipeline,
     "body",
     [
         "not json",
-        "{\"deliveryInfoNotification\": {\"callbackData\": \"{pid}\"",  # truncated
+        '{"deliveryInfoNotification": {"callbackData": "{pid}"',  # truncated
         "[]",
         "{}",
         '{"deliveryInfoNotification": {"callbackData": "{pid}"}}',
@@ -240,8 +240,18 @@ def test_a_token_differing_only_in_its_last_character_is_refused(pipe: Pipeline,
         '{"deliveryInfoNotification": {"callbackData": "{pid}", "deliveryInfo": {"deliveryStatus": "Delivered"}}}',
         '{"deliveryInfoNotification": {"callbackData": "{pid}", "deliveryInfo": {"deliveryStatus": null}}}',
     ],
-    ids=["not-json", "truncated", "array", "empty-object", "no-delivery-info", "no-callback", "numeric-callback",
-         "delivery-info-not-object", "unknown-status", "null-status"],  # fmt: skip
+    ids=[
+        "not-json",
+        "truncated",
+        "array",
+        "empty-object",
+        "no-delivery-info",
+        "no-callback",
+        "numeric-callback",
+        "delivery-info-not-object",
+        "unknown-status",
+        "null-status",
+    ],
 )
 def test_a_malformed_orange_receipt_is_refused_with_400_and_changes_nothing(
     pipe: Pipeline, sent: str, body: str
