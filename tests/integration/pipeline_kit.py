@@ -15,7 +15,6 @@ from urllib.parse import urlencode
 import boto3
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
-from tests.helpers import dose, patient
 
 from core import sending, store
 from core.planning import handle_clinic_event
@@ -24,6 +23,7 @@ from core.settings import Settings
 from core.store import MessageRecord
 from rappel_ops.embedded import function_url_event, invoke, reset_core_caches, schedule_event, sqs_event
 from rappel_ops.orange_simulator import Fault, OrangeSimulator, SentRecord
+from tests.helpers import dose, patient
 
 CLIENT_ID, CLIENT_SECRET = "rappel-test", "s3cret-test"  # what the `aws` fixture stored in Secrets Manager
 PHONE = "+2250701020304"

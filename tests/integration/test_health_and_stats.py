@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from tests.helpers import dose, patient
 
 from core import observability, provider_state, store
 from core.health import check_health
@@ -22,6 +21,7 @@ from core.statistics import load_daily_report, statistics
 from core.store import Change, iso
 from rappel_ops.embedded import invoke
 from rappel_ops.orange_simulator import OrangeSimulator
+from tests.helpers import dose, patient
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from tests.helpers import patient
-from tests.integration.pipeline_kit import PHONE, Pipeline, bodies, emf
 
 from core import dispatch, provider_state, queue, sending, store
 from core.lifecycle import Status
@@ -21,6 +19,8 @@ from core.observability import discard_metrics
 from core.planning import handle_clinic_event
 from core.store import iso, parse_iso
 from rappel_ops.orange_simulator import Fault, OrangeSimulator
+from tests.helpers import patient
+from tests.integration.pipeline_kit import PHONE, Pipeline, bodies, emf
 
 pytestmark = pytest.mark.integration
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from tests.helpers import dose, envelope, patient
 
 from core import store
 from core.lifecycle import IllegalTransition, Status
 from core.planning import handle_clinic_event
 from core.store import Change, MessageRecord
+from tests.helpers import dose, envelope, patient
 
 pytestmark = pytest.mark.integration
 

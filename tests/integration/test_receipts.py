@@ -13,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from tests.integration.pipeline_kit import PHONE, Pipeline, emf
 
 from core.observability import discard_metrics
 from core.statistics import statistics
 from core.store import iso
 from rappel_ops.embedded import ReceiptEndpoint, function_url_event, invoke
+from tests.integration.pipeline_kit import PHONE, Pipeline, emf
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,7 @@
 """The bench's model of the spec's scheduler (bench/spec_model.py): its arithmetic, no AWS, no timing."""
 
 import pytest
+
 from bench.spec_model import simulate_spec
 
 pytestmark = pytest.mark.unit
