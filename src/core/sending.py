@@ -105,8 +105,10 @@ def _idempotent_send(settings: Settings) -> tuple[IdempotencyConfig, Callable[..
 
 
 def reset() -> None:
-    """Forget cached idempotency wiring (tests and the embedded stack change endpoints)."""
+    """Forget cached idempotency wiring and pacing (tests and the embedded stack change endpoints and clocks)."""
+    global _default_pacer, _pacer
     _idempotent_send.cache_clear()
+    _default_pacer = _pacer = Pacer()
 
 
 def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
