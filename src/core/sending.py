@@ -266,14 +266,14 @@ def _after_failure(
         "provider did not accept",
         extra={"message_id": message.message_id, "kind": error.kind.value, "code": error.code, "attempt": attempt},
     )
-    if error.code in {"http_429", "429/53"} or error.code.startswith("429"):
+    if error.code.startswith(("429", "http_429")):
         count("ProviderThrottled")
     if error.kind is FailureKind.PROVIDER_WIDE:
         provider_state.hold(now + PROVIDER_HOLD, f"{error.code}")
         # Not the message's fault: no attempt is burnt.
         return _defer(message, now + PROVIDER_HOLD, f"provider hold: {error}", now, settings)
     if error.kind is FailureKind.PERMANENT:
-        return _settle_with_attempt(message, Status.FAILED, str(error), attempt, now, settings)
+        return _settle(message, Status.FAILED, str(error), now, settings, attempts=attempt)
     if error.kind is FailureKind.AMBIGUOUS:
         count("AmbiguousSends", reminder_type=message.reminder_type, provider=provider)
         policy = settings.SMS_ON_AMBIGUOUS_SEND
@@ -295,21 +295,6 @@ def _after_failure(
     if outcome == "retry":
         count("SmsRetried", reminder_type=message.reminder_type, provider=provider)
     return outcome
-
-
-def _settle_with_attempt(
-    message: MessageRecord, target: Status, why: str, attempt: int, now: datetime, settings: Settings
-) -> str:
-    change = Change(
-        target=target,
-        sources=frozenset({Status.QUEUED}),
-        set={"last_error": why, "attempts": attempt, "failed_at": iso(now)},
-        condition=MessageRecord.attempts == message.attempts,
-    )
-    if not store.transition(message, change, at=now, settings=settings):
-        return "stale"
-    count("SmsFailed", reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
-    return target.value
 
 
 def _dead_letter(
