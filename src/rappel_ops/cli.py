@@ -47,9 +47,17 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed (register, faults, jitter).")] = 7,
     rate: Annotated[float, typer.Option(min=1, help="Provider rate limit, SMS per second.")] = 5.0,
     report: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = Path("out/report.html"),
+    scenario_out: Annotated[
+        Path | None, typer.Option(help="Only write the scenario as `rappel simulate` JSON to this file.")
+    ] = None,
 ) -> None:
     """Simulate a national program's weeks on the embedded stack and write an HTML report (`make run`)."""
-    from rappel_ops.demo import run_demo
+    from rappel_ops.demo import build_scenario, run_demo
+
+    if scenario_out is not None:
+        scenario_out.write_text(json.dumps(build_scenario(children, days, seed, rate), ensure_ascii=False) + "\n")
+        console.print(f"scenario written to {scenario_out}")
+        return
 
     summary = run_demo(children=children, days=days, seed=seed, rate=rate, report_path=report, console=console)
     raise typer.Exit(0 if summary.invariants_ok else 1)
