@@ -1,0 +1,103 @@
+"""The storage module on AWS's own DynamoDB Local: conditional writes, the sparse sharded index, counters.
+
+The same code paths the integration suite runs on moto, so moto's leniency cannot hide a wrong expression.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core import store
+from core.lifecycle import IllegalTransition, Status
+from core.planning import handle_clinic_event
+from core.settings import Settings, build_settings
+from core.store import Change, MessageRecord, iso
+from rappel_ops.stack import create_stack
+from tests.helpers import dose, patient
+
+pytestmark = pytest.mark.contract
+
+
+@pytest.fixture
+def settings(dynamodb_local_endpoint: str, virtual_clock) -> Iterator[Settings]:
+    stack = create_stack(
+        prefix=f"s{uuid.uuid4().hex[:8]}", endpoint_url=dynamodb_local_endpoint, services=("dynamodb",)
+    )
+    store.unbind()
+    configured = build_settings(**stack.environment())
+    store.bind(configured)
+    yield configured
+    store.unbind()
+
+
+def _by_type(patient_id: str = "p1") -> dict[str, MessageRecord]:
+    return {m.reminder_type: m for m in store.messages_of_patient(patient_id)}
+
+
+def test_planning_writes_and_replays_are_conditional(settings: Settings) -> None:
+    handle_clinic_event(patient(), settings)
+    first = dose()
+    assert handle_clinic_event(first, settings).created == 3
+    assert handle_clinic_event(first, settings).created == 0  # replay: attribute_not_exists refuses twins
+    older = dose(due_date="2027-03-27", at=datetime(2020, 1, 1, tzinfo=UTC))
+    assert handle_clinic_event(older, settings).ignored == 1  # the event-order condition holds on real DynamoDB
+    assert {m.status for m in _by_type().values()} == {"pending"}
+
+
+def test_due_index_is_sparse_sharded_and_ordered(settings: Settings) -> None:
+    handle_clinic_event(patient(), settings)
+    handle_clinic_event(dose(), settings)
+    handle_clinic_event(dose(appointment_id="a2", due_date="2027-03-11"), settings)
+    until = datetime(2027, 3, 13, 9, 0, tzinfo=UTC)
+    due = [m for n in range(settings.DUE_INDEX_SHARDS) for m in store.due_in_shard(f"DUE#{n}", until, limit=10)]
+    assert sorted(m.scheduled_at for m in due) == [
+        "2027-03-04T09:00:00.000Z",
+        "2027-03-10T09:00:00.000Z",
+        "2027-03-12T14:00:00.000Z",
+        "2027-03-13T09:00:00.000Z",
+    ]
+    assert store.earliest_due(settings.DUE_INDEX_SHARDS) == datetime(2027, 3, 4, 9, 0, tzinfo=UTC)
+    message = _by_type()["7_day_reminder"]
+    assert store.transition(
+        message, Change(Status.CANCELLED, frozenset({Status.PENDING}), {}), at=until, settings=settings
+    )
+    cancelled = store.get_message(message.message_id)
+    assert cancelled.due_shard is None and cancelled.due_at is None  # left the sparse index
+    assert cancelled.expires_at == until + timedelta(days=settings.SMS_RETENTION_DAYS)
+
+
+def test_transitions_are_refused_by_the_state_machine_and_by_the_condition(settings: Settings) -> None:
+    handle_clinic_event(patient(), settings)
+    handle_clinic_event(dose(), settings)
+    message = _by_type()["1_day_reminder"]
+    now = datetime(2027, 3, 19, 9, 0, tzinfo=UTC)
+    with pytest.raises(IllegalTransition):
+        store.transition(message, Change(Status.DELIVERED, frozenset({Status.PENDING}), {}), at=now, settings=settings)
+    claim = Change(
+        Status.QUEUED,
+        frozenset({Status.PENDING}),
+        {"queued_at": iso(now)},
+        condition=MessageRecord.version == message.version,
+    )
+    assert store.transition(message, claim, at=now, settings=settings)
+    assert not store.transition(message, claim, at=now, settings=settings)  # a second claimer loses the race
+    sent = Change(Status.SENT, frozenset({Status.QUEUED}), {"sent_at": iso(now), "provider_message_id": "orange-1"})
+    assert store.transition(store.get_message(message.message_id), sent, at=now, settings=settings)
+    assert store.message_id_by_provider_id("orange-1") == message.message_id
+    day = now.strftime("%Y-%m-%d")
+    counters = store.read_counters(day)
+    assert counters["09#1_day_reminder#sent"] == 1 and counters["09#1_day_reminder#lateness_le_1"] == 1
+
+
+def test_counters_add_atomically_and_buffer_per_invocation(settings: Settings) -> None:
+    key = ("2027-03-01", "10#7_day_reminder#sent")
+    store.add_to_counters({key: 1})
+    with store.buffered_counters():
+        store.add_to_counters({key: 2})
+        store.add_to_counters({key: 3})
+        assert store.read_counters("2027-03-01")["10#7_day_reminder#sent"] == 1  # not written yet
+    assert store.read_counters("2027-03-01")["10#7_day_reminder#sent"] == 6
