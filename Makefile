@@ -7,7 +7,7 @@ SAM_VENV := .venv-sam
 DDB_LOCAL_DIR := .cache/dynamodb-local
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: install run test lint format validate unit integration contract e2e bench clean
+.PHONY: install run test lint format validate unit integration contract e2e bench clean chromium
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,12 @@ format: install
 validate: $(SAM_VENV)/.installed
 	$(SAM_VENV)/bin/sam validate --lint --template template.yaml
 
-test: install $(SAM_VENV)/.installed $(DDB_LOCAL_DIR)/.installed lint validate
-	RAPPEL_DDB_LOCAL_DIR=$(DDB_LOCAL_DIR) $(BIN)/pytest -q
+# The report test renders in a real browser: Debian's Chromium, installed here when missing.
+chromium:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: install $(SAM_VENV)/.installed $(DDB_LOCAL_DIR)/.installed chromium lint validate
+	RAPPEL_DDB_LOCAL_DIR=$(DDB_LOCAL_DIR) $(BIN)/pytest -q -n 2 --dist loadfile
 
 unit: install
 	$(BIN)/pytest -q tests/unit
