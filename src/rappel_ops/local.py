@@ -7,6 +7,7 @@ Orange simulator, the receipt Function URL on localhost, and the schedules firin
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from datetime import UTC, datetime
@@ -59,6 +60,9 @@ def serve(*, rate: float, port: int, console: Console) -> None:
     """Run in the foreground until Ctrl-C, firing the schedules in real time."""
     from core.settings import load_settings
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly on TERM as on Ctrl-C
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     environment, parts = start(rate=rate, port=port)
     write_local_state(environment, {"started_at": datetime.now(UTC).isoformat(), "pid": os.getpid()})
     settings = load_settings()
