@@ -16,20 +16,7 @@ from core import clock
 from core.events import make_envelope
 from core.planning import PlanningResult, handle_clinic_event
 from core.settings import Settings
-
-COLUMNS = (
-    "patient_id",
-    "phone",
-    "timezone",
-    "language",
-    "sms_opt_in",
-    "display_name",
-    "appointment_id",
-    "vaccine",
-    "dose",
-    "due_date",
-    "clinic",
-)
+from rappel_ops.register import CSV_COLUMNS
 
 
 @dataclass
@@ -123,7 +110,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     """Register rows; raises ValueError naming a missing column."""
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing column {missing[0]!r} (expected: {', '.join(COLUMNS)})")
+            raise ValueError(f"{path}: missing column {missing[0]!r} (expected: {', '.join(CSV_COLUMNS)})")
         return list(reader)

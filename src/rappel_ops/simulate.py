@@ -31,6 +31,12 @@ from rappel_ops.stack import send_queue_visibility_timeout
 SIM_CREDENTIALS = {"client_id": "rappel-simulated-client", "client_secret": "simulated-secret-not-real"}
 
 
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must carry a UTC offset or Z")
+    return value.astimezone(UTC)
+
+
 class ScenarioEvent(BaseModel):
     """One clinic event at a point of simulated time."""
 
@@ -41,12 +47,7 @@ class ScenarioEvent(BaseModel):
     detail: dict[str, Any]
     id: str | None = None
 
-    @field_validator("at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("must carry a UTC offset or Z")
-        return value.astimezone(UTC)
+    _aware = field_validator("at")(classmethod(lambda cls, value: _utc(value)))
 
 
 class Scenario(BaseModel):
@@ -61,12 +62,7 @@ class Scenario(BaseModel):
     events: list[ScenarioEvent] = Field(default_factory=list)
     seed: int = 0
 
-    @field_validator("start", "until")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("must carry a UTC offset or Z")
-        return value.astimezone(UTC)
+    _aware = field_validator("start", "until")(classmethod(lambda cls, value: _utc(value)))
 
 
 class ScenarioError(ValueError):
