@@ -293,6 +293,11 @@ def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str) -> b
     return True
 
 
+def iterate_patients() -> Iterator[PatientRecord]:
+    """All patients. A scan: for operator commands and the simulator, not Lambda."""
+    return PatientRecord.scan()
+
+
 def patients_with_phone(phone: str) -> list[PatientRecord]:
     """Patients whose caregiver has this phone number (scan: used by the rare operator opt-out only)."""
     return list(PatientRecord.scan(PatientRecord.phone == phone))

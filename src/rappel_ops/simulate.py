@@ -258,7 +258,13 @@ class Simulation:
         """Run sender instances side by side in virtual time until the queue is empty."""
         visibility = timedelta(seconds=send_queue_visibility_timeout())
         while True:
-            batches = [b for b in (_receive(sqs, settings) for _ in pacers) if b]
+            batches: list[list[dict[str, Any]]] = []
+            for _ in pacers:  # one batch per concurrent sender, as long as the queue has records
+                batch = _receive(sqs, settings)
+                if batch:
+                    batches.append(batch)
+                if len(batch) < settings.SMS_BATCH_SIZE:
+                    break
             if not batches:
                 return
             t0 = virtual.now()
@@ -293,8 +299,10 @@ class Simulation:
             return None
 
     def _result(self, settings: Settings, simulator: OrangeSimulator) -> SimulationResult:
+        patients = {patient.patient_id: patient for patient in store.iterate_patients()}
         messages = sorted(
-            (_message_json(m) for m in store.iterate_messages()), key=lambda m: (m["scheduled_at"], m["message_id"])
+            (_message_json(m, patients) for m in store.iterate_messages()),
+            key=lambda m: (m["scheduled_at"], m["message_id"]),
         )
         by_provider_id = {m["provider_message_id"]: m["message_id"] for m in messages if m["provider_message_id"]}
         by_text = {(m["phone"], m["text"]): m["message_id"] for m in messages if m["text"]}
@@ -318,8 +326,8 @@ class Simulation:
         return SimulationResult(messages, sends, stats)
 
 
-def _message_json(message: store.MessageRecord) -> dict[str, Any]:
-    patient = store.get_patient(message.patient_id)
+def _message_json(message: store.MessageRecord, patients: dict[str, store.PatientRecord]) -> dict[str, Any]:
+    patient = patients.get(message.patient_id)
     return {
         "message_id": message.message_id,
         "patient_id": message.patient_id,
