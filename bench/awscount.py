@@ -370,8 +370,12 @@ class AwsMeter:
         rru = sum(v for (who, _), v in self.read_units.items() if who != HARNESS)
         wru = sum(v for (who, _), v in self.write_units.items() if who != HARNESS)
         gsi = sum(v for (who, _), v in self.index_write_units.items() if who != HARNESS)
-        return {"read_request_units": rru, "write_request_units_table": wru, "write_request_units_gsi": gsi,
-                "write_request_units": wru + gsi}  # fmt: skip
+        return {
+            "read_request_units": rru,
+            "write_request_units_table": wru,
+            "write_request_units_gsi": gsi,
+            "write_request_units": wru + gsi,
+        }
 
     def capacity_by_table(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = defaultdict(lambda: {"rru": 0.0, "wru": 0.0, "gsi_wru": 0.0})

@@ -32,8 +32,24 @@ WINDOW = timedelta(hours=24)
 RECEIPTS_AFTER_WINDOW = int(2 * WINDOW.total_seconds())
 TYPES = (ReminderType.SEVEN_DAY, ReminderType.ONE_DAY, ReminderType.OVERDUE)
 _DUE_OFFSET_DAYS = {ReminderType.SEVEN_DAY: 7, ReminderType.ONE_DAY: 1, ReminderType.OVERDUE: -1}
-_NAMES = ("Awa", "Kouassi", "Aminata", "Yao", "Mariam", "Koffi", "Fatou", "Adjoua", "Ibrahim", "Aya", "Moussa",
-          "Affoué", "Brou", "N'Guessan", "Salimata", "Konan")  # fmt: skip
+_NAMES = (
+    "Awa",
+    "Kouassi",
+    "Aminata",
+    "Yao",
+    "Mariam",
+    "Koffi",
+    "Fatou",
+    "Adjoua",
+    "Ibrahim",
+    "Aya",
+    "Moussa",
+    "Affoué",
+    "Brou",
+    "N'Guessan",
+    "Salimata",
+    "Konan",
+)
 _CLINICS = ("CSU Abobo", "CSR Bingerville", "CSU Yopougon", "HG Port-Bouët", "")
 _VACCINES = (("Penta", 1), ("Penta", 2), ("VPO", 3), ("RR", 1), ("PCV13", 2), ("Rota", 2))
 
@@ -56,27 +72,44 @@ def burst_scenario(n: int, rate: float, seed: int) -> dict[str, Any]:
     }
 
 
-def seed_burst(n: int, seed: int, settings: Settings) -> None:
-    """Write n patients, n appointments and n pending messages, all due at DUE_AT."""
+def seed_burst(n: int, seed: int, settings: Settings) -> list[str]:
+    """Write n patients, n appointments and n pending messages, all due at DUE_AT; returns the message ids."""
     rng = random.Random(seed)
     created_at = DUE_AT - timedelta(days=10)
     event_at = iso(created_at)
     burst_day = DUE_AT.date()
+    ids: list[str] = []
     for i in range(n):
         reminder_type = TYPES[i % len(TYPES)]
         patient_id, appointment_id = f"B{i:06d}", f"B{i:06d}-A"
         phone = f"+22507{rng.randrange(10**8):08d}"
         store.save_patient(
-            PatientRecord(patient_id, phone=phone, timezone=ZONE, language="fr" if rng.random() < 0.7 else "en",
-                          sms_opt_in=True, display_name=rng.choice(_NAMES), preferred_hour=None,
-                          event_at=event_at, event_id=f"bench-{i}")  # fmt: skip
+            PatientRecord(
+                patient_id,
+                phone=phone,
+                timezone=ZONE,
+                language="fr" if rng.random() < 0.7 else "en",
+                sms_opt_in=True,
+                display_name=rng.choice(_NAMES),
+                preferred_hour=None,
+                event_at=event_at,
+                event_id=f"bench-{i}",
+            )
         )
         due_date = (burst_day + timedelta(days=_DUE_OFFSET_DAYS[reminder_type])).isoformat()
         vaccine, dose = rng.choice(_VACCINES)
         store.save_appointment(
-            AppointmentRecord(appointment_id, patient_id=patient_id, vaccine=vaccine, dose=dose, due_date=due_date,
-                              clinic=rng.choice(_CLINICS) or None, status="scheduled", event_at=event_at,
-                              event_id=f"bench-{i}")  # fmt: skip
+            AppointmentRecord(
+                appointment_id,
+                patient_id=patient_id,
+                vaccine=vaccine,
+                dose=dose,
+                due_date=due_date,
+                clinic=rng.choice(_CLINICS) or None,
+                status="scheduled",
+                event_at=event_at,
+                event_id=f"bench-{i}",
+            )
         )
         message_id = store.message_id_for(appointment_id, reminder_type.value, due_date)
         message = MessageRecord(
@@ -94,14 +127,20 @@ def seed_burst(n: int, seed: int, settings: Settings) -> None:
         )
         if not store.create_message(message, created_at):
             raise RuntimeError(f"seeded message {message_id} already exists")
+        ids.append(message_id)
+    return ids
 
 
 def run_burst(n: int, rate: float, seed: int, progress: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the burst; returns (figures, the simulation's output document)."""
     scenario = load_scenario(burst_scenario(n, rate, seed))
-    result = Simulation(scenario, progress=progress, setup=lambda settings: seed_burst(n, seed, settings)).run()
+    result = Simulation(scenario, progress=progress, setup=lambda settings: _seed(n, seed, settings)).run()
     document = result.as_json()
     return burst_figures(document, n, rate), document
+
+
+def _seed(n: int, seed: int, settings: Settings) -> None:
+    seed_burst(n, seed, settings)
 
 
 def burst_figures(document: dict[str, Any], n: int, rate: float) -> dict[str, Any]:

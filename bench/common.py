@@ -19,9 +19,7 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 def lateness_seconds(messages: list[dict[str, Any]]) -> list[float]:
     """sent_at − scheduled_at of every message that was sent, in seconds."""
-    return [
-        (parse_iso(m["sent_at"]) - parse_iso(m["scheduled_at"])).total_seconds() for m in messages if m["sent_at"]
-    ]
+    return [(parse_iso(m["sent_at"]) - parse_iso(m["scheduled_at"])).total_seconds() for m in messages if m["sent_at"]]
 
 
 def lateness_summary(values: list[float]) -> dict[str, float | int | None]:
