@@ -89,7 +89,7 @@ def _expire(message: MessageRecord, now: datetime, settings: Settings) -> bool:
     )
     done = store.transition(message, change, at=now, settings=settings)
     if done:
-        count("RemindersExpired", reminder_type=message.reminder_type)
+        count("RemindersExpired", reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
     return done
 
 

@@ -202,7 +202,7 @@ def reconcile_appointment(appointment_id: str, settings: Settings, now: datetime
         )
         if store.create_message(message, now):
             result.created += 1
-            count("RemindersPlanned", reminder_type=reminder_type)
+            count("RemindersPlanned", reminder_type=reminder_type, provider=settings.SMS_PROVIDER.value)
     return result
 
 
@@ -225,7 +225,7 @@ def cancel_message(message: MessageRecord, reason: str, settings: Settings, now:
     )
     done = store.transition(message, change, at=now, settings=settings)
     if done:
-        count("RemindersCancelled", reminder_type=message.reminder_type)
+        count("RemindersCancelled", reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
     return done
 
 

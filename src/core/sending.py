@@ -357,7 +357,6 @@ def _record_sent(
             "provider accepted but the message changed meanwhile",
             extra={"message_id": message.message_id, "status": current.status if current else None},
         )
-        count("SentAfterSettled")
         return "sent_unrecorded"
     type_, provider = message.reminder_type, str(values["provider"])
     count("SmsSent", reminder_type=type_, provider=provider)
