@@ -25,7 +25,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
 from typing import Any
 from urllib.parse import quote
 
@@ -196,7 +195,7 @@ def measure_floor(n: int, seed: int) -> Timing:
 
 def _seed_floor(n: int, seed: int, settings: Settings) -> list[str]:
     """The same messages as the burst's, each item carrying its number and final text."""
-    from core.texts import render_reminder
+    from core.sending import render_message
 
     ids = seed_burst(n, seed, settings)
     ddb = boto3.client("dynamodb", region_name=settings.AWS_REGION)
@@ -205,16 +204,7 @@ def _seed_floor(n: int, seed: int, settings: Settings) -> list[str]:
         assert message is not None
         patient, appointment = store.get_patient(message.patient_id), store.get_appointment(message.appointment_id)
         assert patient is not None and appointment is not None
-        text = render_reminder(
-            reminder_type=message.reminder_type,
-            language=patient.language,
-            name=patient.display_name,
-            vaccine=appointment.vaccine,
-            dose=int(appointment.dose),
-            due_date=date.fromisoformat(appointment.due_date),
-            clinic=appointment.clinic,
-            max_segments=settings.SMS_MAX_SEGMENTS,
-        ).text
+        text = render_message(message, patient, appointment, settings).text
         ddb.put_item(
             TableName=settings.MESSAGES_TABLE,
             Item={

@@ -142,16 +142,7 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
     if allowed != now:
         return _defer(message, allowed, "quiet hours", now, settings)
     try:
-        rendered = render_reminder(
-            reminder_type=message.reminder_type,
-            language=patient.language,
-            name=patient.display_name,
-            vaccine=appointment.vaccine,
-            dose=int(appointment.dose),
-            due_date=date.fromisoformat(appointment.due_date),
-            clinic=appointment.clinic,
-            max_segments=settings.SMS_MAX_SEGMENTS,
-        )
+        rendered = render_message(message, patient, appointment, settings)
     except TextTooLong as exc:
         return _settle(message, Status.FAILED, f"text too long: {exc}", now, settings)
     pacer.wait(settings.sender_pace_per_second)
@@ -168,6 +159,22 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
     except ProviderError as error:
         return _after_failure(message, error, attempt, settings, rendered)
     return _record_sent(message, attempt, accepted, rendered.text, rendered.segments, settings)
+
+
+def render_message(
+    message: MessageRecord, patient: PatientRecord, appointment: AppointmentRecord, settings: Settings
+) -> RenderedText:
+    """The text of a reminder as it goes out now: the patient's current language and name, the appointment's data."""
+    return render_reminder(
+        reminder_type=message.reminder_type,
+        language=patient.language,
+        name=patient.display_name,
+        vaccine=appointment.vaccine,
+        dose=int(appointment.dose),
+        due_date=date.fromisoformat(appointment.due_date),
+        clinic=appointment.clinic,
+        max_segments=settings.SMS_MAX_SEGMENTS,
+    )
 
 
 def _take_back_dead_letter(message: MessageRecord, now: datetime, settings: Settings) -> MessageRecord | None:

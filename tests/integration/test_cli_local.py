@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from rappel_ops.register import CSV_COLUMNS
+
 pytestmark = pytest.mark.integration
 RAPPEL = [sys.executable, "-m", "rappel_ops"]
 
@@ -70,21 +72,7 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
     register = local_stack / "register.csv"
     with register.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(
-            [
-                "patient_id",
-                "phone",
-                "timezone",
-                "language",
-                "sms_opt_in",
-                "display_name",
-                "appointment_id",
-                "vaccine",
-                "dose",
-                "due_date",
-                "clinic",
-            ]
-        )
+        writer.writerow(CSV_COLUMNS)
         writer.writerow(
             [
                 "p1",
