@@ -21,7 +21,6 @@ from core.providers import (
     ProviderError,
     classify_http,
     classify_transport,
-    mask_phone,
     parse_error_body,
     parse_retry_after,
 )
@@ -218,9 +217,7 @@ def test_phone_numbers_never_reach_the_detail() -> None:
     body = oneapi("SVC0004", variables=["tel:+2250700000001"])
     error = classify_http(400, body, None, now=NOW)
     assert "2250700000001" not in error.detail
-    assert "+225********01" in error.detail
-    assert mask_phone("+2250700000001") == "+225********01"
-    assert mask_phone("12345") == "*****"
+    assert "+225******01" in error.detail  # masked the one way the project masks (core.phone.mask_phone)
 
 
 def test_long_bodies_are_truncated() -> None:

@@ -22,6 +22,7 @@ import requests
 import urllib3.exceptions
 
 from core import clock as core_clock
+from core.phone import mask_phone
 
 
 class FailureKind(StrEnum):
@@ -99,15 +100,6 @@ class SmsProvider(Protocol):
 
 _PHONE_LIKE = re.compile(r"\+?\d{6,}")
 _MAX_DETAIL = 300
-
-
-def mask_phone(phone: str) -> str:
-    """'+2250700000001' -> '+225********01': enough to tell numbers apart in logs, not enough to dial."""
-    prefix = "+" if phone.startswith("+") else ""
-    digits = phone[len(prefix) :]
-    if len(digits) <= 5:
-        return prefix + "*" * len(digits)
-    return prefix + digits[:3] + "*" * (len(digits) - 5) + digits[-2:]
 
 
 def redact(text: str) -> str:

@@ -7,13 +7,13 @@ from urllib.parse import quote
 
 import requests
 
+from core.phone import mask_phone
 from core.providers.base import (
     Accepted,
     FailureKind,
     ProviderError,
     classify_http,
     classify_transport,
-    mask_phone,
     redact,
 )
 from core.texts import sms_encoding

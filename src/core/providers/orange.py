@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from core.clock import Clock
+from core.phone import mask_phone
 from core.providers.base import (
     Accepted,
     Balance,
@@ -26,7 +27,6 @@ from core.providers.base import (
     ProviderError,
     classify_http,
     classify_transport,
-    mask_phone,
     parse_error_body,
 )
 
