@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(),
         "note": "All figures from this one run. Wall-clock numbers are noisy on a shared machine; compare ratios.",
     }
-    from bench.speed import fast_moto_sqs_clock
+    from rappel_ops.embedded import fast_moto_sqs_clock
 
     with (
         fast_moto_sqs_clock(),
