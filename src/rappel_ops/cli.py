@@ -294,6 +294,20 @@ def _consent(phone: str, opt_in: bool, local: bool, stack: str | None, region: s
         raise typer.Exit(1)
 
 
+@app.command("release-hold")
+def release_hold(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
+    """End a provider hold now (after buying a bundle or fixing credentials) instead of waiting for it to expire."""
+    from core import clock, provider_state, store
+
+    settings = _settings(local, stack, region)
+    store.bind(settings)
+    until = provider_state.hold_until(clock.now())
+    reason = provider_state.hold_reason() if until else None
+    provider_state.release()
+    data = {"was_held_until": until.isoformat() if until else None, "reason": reason}
+    _emit(data, as_json, _key_values("Provider hold released", data))
+
+
 @app.command()
 def cleanup(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
     """Delete ended messages past their retention now (what DynamoDB TTL does within ~2 days on AWS)."""
