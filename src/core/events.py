@@ -8,7 +8,7 @@ from __future__ import annotations
 import zoneinfo
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
@@ -193,6 +193,3 @@ def make_envelope(detail_type: str, detail: dict[str, Any], *, event_id: str, at
         "resources": [],
         "detail": detail,
     }
-
-
-Outcome = Literal["applied", "ignored", "rejected"]

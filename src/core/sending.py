@@ -157,7 +157,7 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
     try:
         accepted = send_once(request=request)
     except ProviderError as error:
-        return _after_failure(message, error, attempt, settings, rendered)
+        return _after_failure(message, error, attempt, settings, rendered, ZoneInfo(patient.timezone))
     return _record_sent(message, attempt, accepted, rendered.text, rendered.segments, settings)
 
 
@@ -265,7 +265,12 @@ def _defer(
 
 
 def _after_failure(
-    message: MessageRecord, error: ProviderError, attempt: int, settings: Settings, rendered: RenderedText
+    message: MessageRecord,
+    error: ProviderError,
+    attempt: int,
+    settings: Settings,
+    rendered: RenderedText,
+    zone: ZoneInfo,
 ) -> str:
     now = clock.now()
     provider = settings.SMS_PROVIDER.value
@@ -295,8 +300,6 @@ def _after_failure(
     if attempt - int(message.retry_floor) > settings.SMS_MAX_RETRIES:
         return _dead_letter(message, f"retries exhausted: {error}", attempt, now, settings)
     delay = backoff(attempt - int(message.retry_floor), settings.SMS_RETRY_DELAY_MINUTES, error.retry_after_seconds)
-    patient = store.get_patient(message.patient_id)
-    zone = ZoneInfo(patient.timezone if patient else settings.APP_TIMEZONE)
     retry_at = next_allowed(now + delay, zone, settings.quiet_hours)
     outcome = _defer(message, retry_at, str(error), now, settings, attempts=attempt)
     if outcome == "retry":

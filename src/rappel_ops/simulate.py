@@ -248,10 +248,7 @@ class Simulation:
         if receipt is not None:
             candidates.append(receipt)
         candidates += [r.visible_at for r in requeue]
-        return max(min(candidates), self._now())
-
-    def _now(self) -> datetime:
-        return clock.now()
+        return max(min(candidates), clock.now())
 
     def _drain(
         self,
