@@ -73,10 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(),
         "note": "All figures from this one run. Wall-clock numbers are noisy on a shared machine; compare ratios.",
     }
-    from rappel_ops.embedded import fast_moto_sqs_clock
+    from rappel_ops.moto_shortcuts import moto_shortcuts
 
     with (
-        fast_moto_sqs_clock(),
+        moto_shortcuts(),
         Progress(
             TextColumn("[bold]{task.fields[phase]}"),
             BarColumn(),

@@ -190,27 +190,3 @@ def quiet_logs() -> Iterator[None]:
             yield
         finally:
             logger.setLevel(level)
-
-
-@contextlib.contextmanager
-def fast_moto_sqs_clock() -> Iterator[None]:
-    """Make moto's SQS read "now" by a shorter road, with the same result (for the embedded stack's speed).
-
-    moto's SQS asks every message of a queue whether it is visible or delayed on each call, converting "now"
-    through naive datetimes each time (`moto.sqs.models.unix_time_millis`); `time.time() * 1000` is the same
-    number of milliseconds. Nothing Rappel or AWS would do changes; only moto's own arithmetic is shortened.
-    """
-    import time
-
-    import moto.sqs.models as sqs_models
-
-    original = getattr(sqs_models, "unix_time_millis")  # noqa: B009 - not in moto's declared exports
-
-    def unix_time_millis(dt: Any = None) -> float:
-        return time.time() * 1000.0 if dt is None else float(original(dt))
-
-    setattr(sqs_models, "unix_time_millis", unix_time_millis)  # noqa: B010
-    try:
-        yield
-    finally:
-        setattr(sqs_models, "unix_time_millis", original)  # noqa: B010

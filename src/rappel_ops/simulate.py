@@ -25,13 +25,13 @@ from core.settings import Settings, build_settings
 from core.store import iso
 from rappel_ops.embedded import (
     ReceiptEndpoint,
-    fast_moto_sqs_clock,
     invoke,
     reset_core_caches,
     schedule_event,
     sqs_event,
 )
 from rappel_ops.invariants import check_invariants
+from rappel_ops.moto_shortcuts import moto_shortcuts
 from rappel_ops.orange_simulator import OrangeSimulator
 from rappel_ops.stack import send_queue_visibility_timeout
 
@@ -123,7 +123,7 @@ class Simulation:
 
         from rappel_ops.stack import create_stack
 
-        with mock_aws(), _scoped_environment(), fast_moto_sqs_clock():
+        with mock_aws(), _scoped_environment(), moto_shortcuts():
             stack = create_stack(prefix="sim", endpoint_url=None, orange_credentials=SIM_CREDENTIALS)
             virtual = VirtualClock(self.scenario.start)
             previous = clock.install(virtual)

@@ -1,0 +1,146 @@
+"""Shorter roads through moto's slowest paths, for the embedded stack's speed; every answer stays the same.
+
+moto is a faithful model of AWS's APIs but not a fast one: each DynamoDB Query sorts and walks the whole
+table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces five of its
+internals with equivalents that return the same results in the same order (tests/unit/test_moto_shortcuts.py
+runs each against the original). Nothing Rappel or AWS would see changes; Rappel's code is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import moto.sqs.models as sqs_models
+from moto.core.serialize import BaseJSONSerializer
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.table import Table
+
+# DynamoDB types whose Python value is the stored value itself (moto tests five other types first).
+_VALUE_AS_IS = frozenset({"S", "B", "BOOL"})
+_query_keys = threading.local()
+
+
+def _fast_millis(slow: Any) -> Any:
+    def unix_time_millis(dt: Any = None) -> float:
+        return time.time() * 1000.0 if dt is None else float(slow(dt))
+
+    return unix_time_millis
+
+
+def _fast_cast_value(slow: Any) -> property:
+    def cast_value(self: DynamoType) -> Any:
+        return self.value if self.type in _VALUE_AS_IS else slow(self)
+
+    return property(cast_value)
+
+
+def _fast_size(slow: Any) -> Any:
+    def size(self: DynamoType) -> int:
+        if self.type == "S":
+            return len(self.value.encode("utf-8")) if isinstance(self.value, str) else len(self.value)
+        if self.type == "N":
+            return len(str(self.value))
+        return int(slow(self))
+
+    return size
+
+
+def _sort_key(item: Any) -> Any:
+    return (item.hash_key.cast_value, item.range_key.cast_value) if item.range_key else item.hash_key.cast_value
+
+
+def _all_items(self: Table) -> list[Any]:
+    """moto's Table.all_items: every item sorted by primary key. Sorting on the keys' values, computed once
+    per item, gives the order moto's pairwise comparisons give (a key attribute has one type per table).
+    During a Query it hands on only the items of the queried partition, which moto would drop at its next
+    step anyway. (Not the range condition too: moto's paging looks one item past it.)"""
+    if self.range_key_attr:
+        items = [item for hash_set in self.items.values() for item in hash_set.values()]
+    else:
+        items = list(self.items.values())
+    for keep in getattr(_query_keys, "tests", None) or ():
+        items = [item for item in items if keep(item)]
+    return sorted(items, key=_sort_key)
+
+
+def _equals(name: str | None, wanted: DynamoType) -> Callable[[Any], bool]:
+    as_is = wanted.type in _VALUE_AS_IS
+
+    def keep(item: Any) -> bool:
+        # DynamoType.__eq__, without rebuilding the stored value for the common string case
+        found = item.hash_key if name is None else item.attrs.get(name)
+        if found is None or found.type != wanted.type:
+            return False
+        return bool(found.value == wanted.value if as_is else found.cast_value == wanted.cast_value)
+
+    return keep
+
+
+# AttributeValue members whose JSON form is the stored value: moto's serializer would copy it unchanged after
+# asking each of the ten members of the shape in turn, for every attribute of every item it returns.
+_SCALAR_ATTRIBUTE_VALUES = {"S": str, "N": str, "BOOL": bool, "NULL": bool}
+
+
+def _attribute_value_as_is(original: Any) -> Any:
+    def serialize_structure(self: BaseJSONSerializer, serialized: Any, value: Any, shape: Any, key: str) -> None:
+        if key and shape.name == "AttributeValue" and isinstance(value, dict) and len(value) == 1:
+            ((kind, scalar),) = value.items()
+            if isinstance(scalar, _SCALAR_ATTRIBUTE_VALUES.get(kind, ())):
+                serialized[self.get_serialized_name(shape, key)] = {kind: scalar}
+                return
+        original(self, serialized, value, shape, key)
+
+    return serialize_structure
+
+
+def _query_with_key_filter(original: Any) -> Any:
+    def query(self: Table, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
+        if index_name:
+            tests = [_equals(name, value) for name, value in kwargs.get("hash_key_conditions") or ()]
+        else:
+            tests = [_equals(None, hash_key)] if hash_key is not None else []
+        _query_keys.tests = tests
+        try:
+            return original(self, hash_key, *args, **kwargs)
+        finally:
+            _query_keys.tests = None
+
+    return query
+
+
+@contextlib.contextmanager
+def moto_shortcuts() -> Iterator[None]:
+    """Within the block, moto's slow paths are replaced by same-answer ones:
+
+    - SQS converts "now" through naive datetimes for every message on every call
+      (`moto.sqs.models.unix_time_millis`); `time.time() * 1000` is the same number of milliseconds.
+    - `DynamoType.cast_value` returns a string's, binary's or boolean's value first, and `DynamoType.size`
+      measures a string or a number first (moto sizes every candidate item of a Query for its 1 MB page).
+    - `Table.all_items` sorts on key values once per item instead of comparing wrappers pairwise, and
+      during a Query hands on only the queried partition.
+    - The JSON response serializer copies a scalar attribute value (S, N, BOOL, NULL) as it is.
+    """
+    owners: list[Any] = [sqs_models, DynamoType, DynamoType, Table, Table, BaseJSONSerializer]
+    names = ["unix_time_millis", "cast_value", "size", "all_items", "query", "_serialize_type_structure"]
+    originals = [vars(owner)[name] for owner, name in zip(owners, names, strict=True)]
+    slow_millis, slow_cast_value, slow_size, _, slow_query, slow_serialize = originals
+    faster = [
+        _fast_millis(slow_millis),
+        _fast_cast_value(slow_cast_value.fget),
+        _fast_size(slow_size),
+        _all_items,
+        _query_with_key_filter(slow_query),
+        _attribute_value_as_is(slow_serialize),
+    ]
+    for owner, name, replacement in zip(owners, names, faster, strict=True):
+        setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        for owner, name, original in zip(owners, names, originals, strict=True):
+            setattr(owner, name, original)

@@ -1,0 +1,252 @@
+"""moto_shortcuts() changes moto's speed, never its answers: every call here is made with and without it."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import boto3
+import moto.sqs.models as sqs_models
+import pytest
+from moto import mock_aws
+from moto.core.serialize import BaseJSONSerializer
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.table import Table
+
+from rappel_ops.moto_shortcuts import moto_shortcuts
+
+pytestmark = pytest.mark.unit
+
+TABLE = "shortcuts-test"
+
+
+def _item(n: int, rng: random.Random) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "pk": {"S": f"P{n % 7}"},
+        "sk": {"N": str(rng.randint(-50, 50) * 10 + n % 10)},
+        "patient_id": {"S": f"patient-{n % 5}"},
+        "text": {"S": rng.choice(["Bonjour", "Rappel: vaccin demain à 9 h", "é" * 30, ""])},
+        "version": {"N": str(rng.randint(0, 9))},
+        "ambiguous": {"BOOL": rng.random() < 0.5},
+        "nothing": {"NULL": True},
+        "nested": {"M": {"a": {"S": "x"}, "l": {"L": [{"N": "1.50"}, {"B": b"\x00\xff"}, {"SS": ["b", "a"]}]}}},
+        "blob": {"B": bytes([n % 256, 1, 2])},
+        "numbers": {"NS": ["1", "2.5"]},
+    }
+    if n % 3:  # a sparse index: only some items carry its keys
+        item["due_shard"] = {"S": f"DUE#{n % 4}"}
+        item["due_at"] = {"S": f"2027-03-{1 + n % 28:02d}T{n % 24:02d}:00:00+00:00"}
+    return item
+
+
+def _calls(client: Any) -> list[tuple[str, Callable[[], Any]]]:
+    due = "due_shard = :s AND due_at <= :u"
+    calls: list[tuple[str, Callable[[], Any]]] = [
+        ("get", lambda: client.get_item(TableName=TABLE, Key={"pk": {"S": "P3"}, "sk": {"N": "-7"}})),
+        ("scan", lambda: client.scan(TableName=TABLE, Limit=9)),
+        (
+            "partition",
+            lambda: client.query(
+                TableName=TABLE, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "P2"}}
+            ),
+        ),
+        (
+            "partition range",
+            lambda: client.query(
+                TableName=TABLE,
+                KeyConditionExpression="pk = :p AND sk BETWEEN :a AND :b",
+                ExpressionAttributeValues={":p": {"S": "P1"}, ":a": {"N": "-100"}, ":b": {"N": "120"}},
+                ScanIndexForward=False,
+            ),
+        ),
+        (
+            "by patient",
+            lambda: client.query(
+                TableName=TABLE,
+                IndexName="by_patient",
+                KeyConditionExpression="patient_id = :p",
+                ExpressionAttributeValues={":p": {"S": "patient-2"}},
+            ),
+        ),
+        (
+            "due filtered",
+            lambda: client.query(
+                TableName=TABLE,
+                IndexName="due",
+                KeyConditionExpression=due,
+                FilterExpression="version > :v",
+                ExpressionAttributeValues={
+                    ":s": {"S": "DUE#1"},
+                    ":u": {"S": "2027-03-15T00:00:00+00:00"},
+                    ":v": {"N": "3"},
+                },
+            ),
+        ),
+        (
+            "due prefix",
+            lambda: client.query(
+                TableName=TABLE,
+                IndexName="due",
+                KeyConditionExpression="due_shard = :s AND begins_with(due_at, :d)",
+                ExpressionAttributeValues={":s": {"S": "DUE#2"}, ":d": {"S": "2027-03-1"}},
+            ),
+        ),
+        (
+            "no such partition",
+            lambda: client.query(
+                TableName=TABLE,
+                IndexName="due",
+                KeyConditionExpression="due_shard = :s",
+                ExpressionAttributeValues={":s": {"S": "DUE#9"}},
+            ),
+        ),
+    ]
+
+    def due_pages() -> list[Any]:
+        pages, start = [], None
+        while True:
+            extra = {"ExclusiveStartKey": start} if start else {}
+            page = client.query(
+                TableName=TABLE,
+                IndexName="due",
+                KeyConditionExpression=due,
+                Limit=4,
+                ExpressionAttributeValues={":s": {"S": "DUE#3"}, ":u": {"S": "2027-03-20T00:00:00+00:00"}},
+                **extra,
+            )
+            pages.append(page)
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return pages
+
+    calls.append(("due pages", due_pages))
+    calls.append(
+        (
+            "update",
+            lambda: client.update_item(
+                TableName=TABLE,
+                Key={"pk": {"S": "P0"}, "sk": {"N": "0"}},
+                UpdateExpression="SET #t = :t ADD version :one",
+                ExpressionAttributeNames={"#t": "text"},
+                ExpressionAttributeValues={":t": {"S": "changé"}, ":one": {"N": "1"}},
+                ReturnValues="ALL_NEW",
+            ),
+        )
+    )
+    return calls
+
+
+def _answers(shortcut: bool) -> dict[str, Any]:
+    rng = random.Random(11)
+    with mock_aws(), moto_shortcuts() if shortcut else contextlib.nullcontext():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName=TABLE,
+            BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[
+                {"AttributeName": n, "AttributeType": t}
+                for n, t in [("pk", "S"), ("sk", "N"), ("patient_id", "S"), ("due_shard", "S"), ("due_at", "S")]
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "due",
+                    "Projection": {"ProjectionType": "ALL"},
+                    "KeySchema": [
+                        {"AttributeName": "due_shard", "KeyType": "HASH"},
+                        {"AttributeName": "due_at", "KeyType": "RANGE"},
+                    ],
+                },
+                {
+                    "IndexName": "by_patient",
+                    "Projection": {"ProjectionType": "KEYS_ONLY"},
+                    "KeySchema": [{"AttributeName": "patient_id", "KeyType": "HASH"}],
+                },
+            ],
+        )
+        client.put_item(
+            TableName=TABLE, Item={"pk": {"S": "P0"}, "sk": {"N": "0"}, "text": {"S": "x"}, "version": {"N": "1"}}
+        )
+        for n in range(1, 160):
+            client.put_item(TableName=TABLE, Item=_item(n, rng))
+        answers = {}
+        for name, call in _calls(client):
+            answer = call()
+            for page in answer if isinstance(answer, list) else [answer]:
+                page.pop("ResponseMetadata", None)
+            answers[name] = answer
+        return answers
+
+
+def test_dynamodb_answers_are_the_same_with_and_without_the_shortcuts() -> None:
+    plain, shortened = _answers(False), _answers(True)
+    assert plain.keys() == shortened.keys()
+    for name in plain:
+        assert shortened[name] == plain[name], name
+    assert plain["due pages"][0]["Items"], "the paged query must return something to compare"
+    assert len(plain["due pages"]) > 1, "and run over more than one page"
+
+
+def test_every_replaced_part_is_restored_afterwards() -> None:
+    before = (
+        sqs_models.unix_time_millis,
+        DynamoType.cast_value,
+        DynamoType.size,
+        Table.all_items,
+        Table.query,
+        BaseJSONSerializer._serialize_type_structure,
+    )
+    with moto_shortcuts():
+        during = (
+            sqs_models.unix_time_millis,
+            DynamoType.cast_value,
+            DynamoType.size,
+            Table.all_items,
+            Table.query,
+            BaseJSONSerializer._serialize_type_structure,
+        )
+        assert all(a is not b for a, b in zip(before, during, strict=True))
+    after = (
+        sqs_models.unix_time_millis,
+        DynamoType.cast_value,
+        DynamoType.size,
+        Table.all_items,
+        Table.query,
+        BaseJSONSerializer._serialize_type_structure,
+    )
+    assert after == before
+
+
+def test_sqs_clock_gives_the_same_milliseconds() -> None:
+    original = sqs_models.unix_time_millis
+    moment = datetime(2027, 3, 1, 9, 0, 0, 123000)
+    with moto_shortcuts():
+        assert sqs_models.unix_time_millis(moment) == original(moment)
+        fast, slow = sqs_models.unix_time_millis(), original()
+        assert abs(fast - slow) < 1000  # both "now", read a moment apart
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"S": "é à"},
+        {"S": ""},
+        {"N": "-12.50"},
+        {"B": b"\x01\x02"},
+        {"BOOL": True},
+        {"NULL": True},
+        {"SS": ["a", "bé"]},
+        {"NS": ["1", "2"]},
+        {"L": [{"S": "x"}, {"N": "3"}]},
+        {"M": {"k": {"S": "v"}}},
+    ],
+)
+def test_value_and_size_of_each_attribute_type_are_the_same(value: dict[str, Any]) -> None:
+    plain = DynamoType(value)
+    expected = (plain.cast_value, plain.size())
+    with moto_shortcuts():
+        shortened = DynamoType(value)
+        assert (shortened.cast_value, shortened.size()) == expected
