@@ -186,7 +186,8 @@ class Simulation:
         requeue: list[_Requeue] = []
         pacers = [sending.Pacer() for _ in range(settings.SMS_SENDER_MAX_CONCURRENCY)]
         start, until = self.scenario.start, self.scenario.until
-        next_tick = _ceil(start, interval, start)
+        not_before = start  # no dispatcher run before this (one interval after the last)
+        tick: datetime | None = start
         index = 0
         earliest_due: datetime | None = None
         stale = True  # whether the due index may have changed since `earliest_due` was read
@@ -204,51 +205,30 @@ class Simulation:
                     QueueUrl=settings.SEND_QUEUE_URL, ReceiptHandle=item.receipt_handle, VisibilityTimeout=0
                 )
                 requeue.remove(item)
-            if now >= next_tick:
+            dispatching = tick is not None and now >= tick
+            if dispatching:
                 self._call("dispatch_due", schedule_event("dispatch", iso(now)))
+            # The senders' event source polls all the time: records put back or redriven are taken at once.
+            if dispatching or _send_queue_has_records(settings):
                 self._drain(settings, sqs, virtual, pacers, requeue, stack)
                 stale = True
-                next_tick = _ceil(virtual.now(), interval, start)
-                if next_tick <= now:
-                    next_tick = now + interval
+            if dispatching:
+                not_before = max(_ceil(virtual.now(), interval, start), now + interval)
             if self.progress:
                 self.progress(start, virtual.now(), until)
             if stale:
                 earliest_due, stale = _earliest_due(settings), False
-            wake = self._next_wake(
-                earliest_due, settings, next_tick, interval, start, events[index:], simulator, requeue, until
-            )
+            scheduled = max(not_before, _ceil(virtual.now(), interval, start))
+            tick = _next_useful_tick(earliest_due, scheduled, interval, start)
+            upcoming = [until, tick, simulator.next_receipt_at(), *(r.visible_at for r in requeue)]
+            if index < len(events):
+                upcoming.append(events[index].at)
+            wake = max(min(m for m in upcoming if m is not None), virtual.now())
             if wake >= until:
                 virtual.advance_to(until)
                 simulator.post_due_receipts(until, receipt_url)
                 break
             virtual.advance_to(wake)
-
-    def _next_wake(
-        self,
-        earliest_due: datetime | None,
-        settings: Settings,
-        next_tick: datetime,
-        interval: timedelta,
-        start: datetime,
-        events: list[ScenarioEvent],
-        simulator: OrangeSimulator,
-        requeue: list[_Requeue],
-        until: datetime,
-    ) -> datetime:
-        # The dispatcher fires every interval; only the ticks where something is due can change anything.
-        queued = bool(requeue)  # the queue is empty after a drain, except records waiting to be retried
-        tick = next_tick
-        if not queued:
-            tick = max(next_tick, _ceil(earliest_due, interval, start)) if earliest_due else until
-        candidates = [tick, until]
-        if events:
-            candidates.append(events[0].at)
-        receipt = simulator.next_receipt_at()
-        if receipt is not None:
-            candidates.append(receipt)
-        candidates += [r.visible_at for r in requeue]
-        return max(min(candidates), clock.now())
 
     def _drain(
         self,
@@ -365,6 +345,17 @@ def _stats(messages: list[dict[str, Any]], sends: list[dict[str, Any]]) -> dict[
     return {"messages": len(messages), "sends": len(sends), "by_status": by_status, "by_type": by_type}
 
 
+def _next_useful_tick(
+    earliest_due: datetime | None, not_before: datetime, interval: timedelta, start: datetime
+) -> datetime | None:
+    """The first scheduled dispatcher run that can find work, or None while nothing is due.
+
+    The dispatcher fires every interval; a run before the earliest due message claims nothing, so the clock
+    skips it.
+    """
+    return max(not_before, _ceil(earliest_due, interval, start)) if earliest_due else None
+
+
 def _ceil(instant: datetime | None, interval: timedelta, origin: datetime) -> datetime:
     if instant is None:
         return origin
@@ -399,6 +390,15 @@ def _earliest_due(settings: Settings) -> datetime | None:
     table = dynamodb_backends[DEFAULT_ACCOUNT_ID][settings.AWS_REGION].tables[settings.MESSAGES_TABLE]
     values = [item.attrs["due_at"].value for item in table.all_items() if "due_at" in item.attrs]
     return store.parse_iso(min(values)) if values else None
+
+
+def _send_queue_has_records(settings: Settings) -> bool:
+    """Whether a sender polling the send queue now would receive a record (read from moto, as above)."""
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.sqs.models import sqs_backends
+
+    name = settings.SEND_QUEUE_URL.rstrip("/").rsplit("/", 1)[-1]
+    return bool(sqs_backends[DEFAULT_ACCOUNT_ID][settings.AWS_REGION].queues[name].messages)
 
 
 @contextmanager
