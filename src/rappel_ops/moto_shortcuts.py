@@ -1,7 +1,7 @@
 """Shorter roads through moto's slowest paths, for the embedded stack's speed; every answer stays the same.
 
 moto is a faithful model of AWS's APIs but not a fast one: each DynamoDB Query sorts and walks the whole
-table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces five of its
+table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces eight of its
 internals with equivalents that return the same results in the same order (tests/unit/test_moto_shortcuts.py
 runs each against the original). Nothing Rappel or AWS would see changes; Rappel's code is untouched.
 """
@@ -9,13 +9,16 @@ runs each against the original). Nothing Rappel or AWS would see changes; Rappel
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import moto.dynamodb.parsing.expressions as update_expressions
 import moto.sqs.models as sqs_models
 from moto.core.serialize import BaseJSONSerializer
+from moto.core.utils import unix_time
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 
@@ -29,6 +32,15 @@ def _fast_millis(slow: Any) -> Any:
         return time.time() * 1000.0 if dt is None else float(slow(dt))
 
     return unix_time_millis
+
+
+def _retention_from_the_queue(_: Any) -> Any:
+    def is_message_valid_based_on_retention_period(self: Any, queue_name: str, message: Any) -> bool:
+        # moto builds every attribute of the queue (counting its messages three times) to read this one
+        retention = self.get_queue(queue_name).message_retention_period
+        return bool(retention + message.sent_timestamp / 1000 > unix_time())
+
+    return is_message_valid_based_on_retention_period
 
 
 def _fast_cast_value(slow: Any) -> property:
@@ -97,6 +109,13 @@ def _attribute_value_as_is(original: Any) -> Any:
     return serialize_structure
 
 
+def _remembered_parse(slow: Any) -> Any:
+    # moto parses each UpdateExpression twice per call and only ever reads the tree (its validator works on a
+    # deep copy), so one tree per distinct expression serves every call.
+    parse: Any = functools.lru_cache(maxsize=4096)(slow.__func__)
+    return classmethod(parse)
+
+
 def _query_with_key_filter(original: Any) -> Any:
     def query(self: Table, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
         index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
@@ -119,28 +138,31 @@ def moto_shortcuts() -> Iterator[None]:
 
     - SQS converts "now" through naive datetimes for every message on every call
       (`moto.sqs.models.unix_time_millis`); `time.time() * 1000` is the same number of milliseconds.
+    - SQS checks each received message's retention by building all of the queue's attributes, which counts
+      the queue's messages; it now reads the retention period alone.
     - `DynamoType.cast_value` returns a string's, binary's or boolean's value first, and `DynamoType.size`
       measures a string or a number first (moto sizes every candidate item of a Query for its 1 MB page).
     - `Table.all_items` sorts on key values once per item instead of comparing wrappers pairwise, and
       during a Query hands on only the queried partition.
     - The JSON response serializer copies a scalar attribute value (S, N, BOOL, NULL) as it is.
+    - An UpdateExpression is parsed once, not twice per call.
     """
-    owners: list[Any] = [sqs_models, DynamoType, DynamoType, Table, Table, BaseJSONSerializer]
-    names = ["unix_time_millis", "cast_value", "size", "all_items", "query", "_serialize_type_structure"]
-    originals = [vars(owner)[name] for owner, name in zip(owners, names, strict=True)]
-    slow_millis, slow_cast_value, slow_size, _, slow_query, slow_serialize = originals
-    faster = [
-        _fast_millis(slow_millis),
-        _fast_cast_value(slow_cast_value.fget),
-        _fast_size(slow_size),
-        _all_items,
-        _query_with_key_filter(slow_query),
-        _attribute_value_as_is(slow_serialize),
+    parser = getattr(update_expressions, "UpdateExpressionParser")  # noqa: B009 - moto ships that module untyped
+    replacements: list[tuple[Any, str, Callable[[Any], Any]]] = [
+        (sqs_models, "unix_time_millis", _fast_millis),
+        (DynamoType, "cast_value", lambda slow: _fast_cast_value(slow.fget)),
+        (DynamoType, "size", _fast_size),
+        (Table, "all_items", lambda _: _all_items),
+        (Table, "query", _query_with_key_filter),
+        (BaseJSONSerializer, "_serialize_type_structure", _attribute_value_as_is),
+        (parser, "make", _remembered_parse),
+        (sqs_models.SQSBackend, "is_message_valid_based_on_retention_period", _retention_from_the_queue),
     ]
-    for owner, name, replacement in zip(owners, names, faster, strict=True):
-        setattr(owner, name, replacement)
+    originals = [vars(owner)[name] for owner, name, _ in replacements]
+    for (owner, name, faster), original in zip(replacements, originals, strict=True):
+        setattr(owner, name, faster(original))
     try:
         yield
     finally:
-        for owner, name, original in zip(owners, names, originals, strict=True):
+        for (owner, name, _), original in zip(replacements, originals, strict=True):
             setattr(owner, name, original)

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import boto3
+import moto.dynamodb.parsing.expressions as expressions
 import moto.sqs.models as sqs_models
 import pytest
 from moto import mock_aws
@@ -190,34 +191,66 @@ def test_dynamodb_answers_are_the_same_with_and_without_the_shortcuts() -> None:
     assert len(plain["due pages"]) > 1, "and run over more than one page"
 
 
+REPLACED = [
+    (sqs_models, "unix_time_millis"),
+    (DynamoType, "cast_value"),
+    (DynamoType, "size"),
+    (Table, "all_items"),
+    (Table, "query"),
+    (BaseJSONSerializer, "_serialize_type_structure"),
+    (expressions.UpdateExpressionParser, "make"),
+    (sqs_models.SQSBackend, "is_message_valid_based_on_retention_period"),
+]
+
+
 def test_every_replaced_part_is_restored_afterwards() -> None:
-    before = (
-        sqs_models.unix_time_millis,
-        DynamoType.cast_value,
-        DynamoType.size,
-        Table.all_items,
-        Table.query,
-        BaseJSONSerializer._serialize_type_structure,
-    )
+    before = [vars(owner)[name] for owner, name in REPLACED]
     with moto_shortcuts():
-        during = (
-            sqs_models.unix_time_millis,
-            DynamoType.cast_value,
-            DynamoType.size,
-            Table.all_items,
-            Table.query,
-            BaseJSONSerializer._serialize_type_structure,
-        )
+        during = [vars(owner)[name] for owner, name in REPLACED]
         assert all(a is not b for a, b in zip(before, during, strict=True))
-    after = (
-        sqs_models.unix_time_millis,
-        DynamoType.cast_value,
-        DynamoType.size,
-        Table.all_items,
-        Table.query,
-        BaseJSONSerializer._serialize_type_structure,
-    )
-    assert after == before
+    assert [vars(owner)[name] for owner, name in REPLACED] == before
+
+
+def test_a_remembered_update_expression_is_never_changed_by_its_use() -> None:
+    text = "SET #t = :t, attempts = attempts + :one REMOVE due_at"
+    with moto_shortcuts():
+        tree = expressions.UpdateExpressionParser.make(text)
+        shape = _shape(tree)
+        _answers(True)  # updates run in between
+        assert expressions.UpdateExpressionParser.make(text) is tree
+        assert _shape(tree) == shape
+        assert "UpdateExpressionRemoveAction" in str(shape)
+
+
+def _shape(node: Any) -> Any:
+    children = getattr(node, "children", None)
+    if isinstance(children, list | tuple):
+        return (node.type, [_shape(child) for child in children])
+    return (type(node).__name__, repr(children) if children is not None else repr(node))
+
+
+def _sqs_answers(shortcut: bool) -> list[list[str]]:
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+
+    with mock_aws(), moto_shortcuts() if shortcut else contextlib.nullcontext():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="retention", Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+        for n in range(6):
+            sqs.send_message(QueueUrl=url, MessageBody=f"m{n}")
+        queue = sqs_models.sqs_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].queues["retention"]
+        for message in queue._messages[3:]:  # sent two minutes ago: past the retention period
+            message.sent_timestamp -= 120_000
+        rounds = []
+        for _ in range(3):
+            got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+            rounds.append(sorted(m["Body"] for m in got))
+        return rounds
+
+
+def test_sqs_receives_the_same_messages_past_and_within_retention() -> None:
+    plain = _sqs_answers(False)
+    assert plain[0] == ["m0", "m1", "m2"]  # moto stops at the first message past retention
+    assert _sqs_answers(True) == plain
 
 
 def test_sqs_clock_gives_the_same_milliseconds() -> None:
