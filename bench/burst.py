@@ -73,17 +73,20 @@ def burst_scenario(n: int, rate: float, seed: int) -> dict[str, Any]:
 
 
 def seed_burst(n: int, seed: int, settings: Settings) -> list[str]:
-    """Write n patients, n appointments and n pending messages, all due at DUE_AT; returns the message ids."""
+    """Write n patients, n appointments and n pending messages, all due at DUE_AT; returns the message ids.
+
+    Batch writes, as a bulk import would do: the tables are new, so there is nothing for a condition to guard.
+    """
     rng = random.Random(seed)
     created_at = DUE_AT - timedelta(days=10)
     event_at = iso(created_at)
     burst_day = DUE_AT.date()
-    ids: list[str] = []
+    patients, appointments, messages = [], [], []
     for i in range(n):
         reminder_type = TYPES[i % len(TYPES)]
         patient_id, appointment_id = f"B{i:06d}", f"B{i:06d}-A"
         phone = f"+22507{rng.randrange(10**8):08d}"
-        store.save_patient(
+        patients.append(
             PatientRecord(
                 patient_id,
                 phone=phone,
@@ -98,7 +101,7 @@ def seed_burst(n: int, seed: int, settings: Settings) -> list[str]:
         )
         due_date = (burst_day + timedelta(days=_DUE_OFFSET_DAYS[reminder_type])).isoformat()
         vaccine, dose = rng.choice(_VACCINES)
-        store.save_appointment(
+        appointments.append(
             AppointmentRecord(
                 appointment_id,
                 patient_id=patient_id,
@@ -112,22 +115,28 @@ def seed_burst(n: int, seed: int, settings: Settings) -> list[str]:
             )
         )
         message_id = store.message_id_for(appointment_id, reminder_type.value, due_date)
-        message = MessageRecord(
-            message_id,
-            patient_id=patient_id,
-            appointment_id=appointment_id,
-            reminder_type=reminder_type.value,
-            due_date=due_date,
-            status=Status.PENDING.value,
-            scheduled_at=iso(DUE_AT),
-            deadline=iso(DUE_AT + DEADLINE),
-            due_shard=store.shard_of(message_id, settings.DUE_INDEX_SHARDS),
-            due_at=iso(DUE_AT),
-            created_at=iso(created_at),
+        messages.append(
+            MessageRecord(
+                message_id,
+                patient_id=patient_id,
+                appointment_id=appointment_id,
+                reminder_type=reminder_type.value,
+                due_date=due_date,
+                status=Status.PENDING.value,
+                scheduled_at=iso(DUE_AT),
+                deadline=iso(DUE_AT + DEADLINE),
+                due_shard=store.shard_of(message_id, settings.DUE_INDEX_SHARDS),
+                due_at=iso(DUE_AT),
+                created_at=iso(created_at),
+            )
         )
-        if not store.create_message(message, created_at):
-            raise RuntimeError(f"seeded message {message_id} already exists")
-        ids.append(message_id)
+    ids = [m.message_id for m in messages]
+    if len(set(ids)) != n:
+        raise RuntimeError("two seeded messages share an id")
+    for model, records in ((PatientRecord, patients), (AppointmentRecord, appointments), (MessageRecord, messages)):
+        with model.batch_write() as batch:
+            for record in records:
+                batch.save(record)
     return ids
 
 

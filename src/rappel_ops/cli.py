@@ -42,7 +42,7 @@ def _emit(data: Any, as_json: bool, table: Table | None = None) -> None:
 
 @app.command()
 def demo(
-    children: Annotated[int, typer.Option(min=1, max=20000, help="Children in the synthetic register.")] = 150,
+    children: Annotated[int, typer.Option(min=1, max=20000, help="Children in the synthetic register.")] = 500,
     days: Annotated[int, typer.Option(min=1, max=365, help="Days to simulate.")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed (register, faults, jitter).")] = 7,
     rate: Annotated[float, typer.Option(min=1, help="Provider rate limit, SMS per second.")] = 5.0,
