@@ -1,7 +1,7 @@
 """Shorter roads through moto's slowest paths, for the embedded stack's speed; every answer stays the same.
 
 moto is a faithful model of AWS's APIs but not a fast one: each DynamoDB Query sorts and walks the whole
-table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces eight of its
+table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces eleven of its
 internals with equivalents that return the same results in the same order (tests/unit/test_moto_shortcuts.py
 runs each against the original). Nothing Rappel or AWS would see changes; Rappel's code is untouched.
 """
@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import moto.core.responses as core_responses
 import moto.dynamodb.parsing.expressions as update_expressions
 import moto.sqs.models as sqs_models
 from moto.core.serialize import BaseJSONSerializer
 from moto.core.utils import unix_time
-from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
 
 # DynamoDB types whose Python value is the stored value itself (moto tests five other types first).
@@ -59,6 +60,29 @@ def _fast_size(slow: Any) -> Any:
         return int(slow(self))
 
     return size
+
+
+def _item_size(_: Any) -> Any:
+    def size(self: Item) -> int:
+        # moto's Item.size (attribute names plus values, in UTF-8 bytes), with the string case inline
+        total = 0
+        for name, value in self.attrs.items():
+            scalar = value.value
+            total += len(name.encode("utf-8"))
+            total += len(scalar.encode("utf-8")) if value.type == "S" and isinstance(scalar, str) else value.size()
+        return total
+
+    return size
+
+
+def _sorted_by_values(_: Any) -> Any:
+    def sorted_items(self: Table, hash_key_attrs: list[str], range_key_attrs: list[Any], items: list[Any]) -> Any:
+        # moto's Table.sorted_items, sorting on the key attributes' values instead of comparing their wrappers
+        names = self._generate_attr_to_sort_by(hash_key_attrs, range_key_attrs)
+        items.sort(key=lambda item: tuple(item.attrs[name].cast_value for name in names))
+        return items
+
+    return sorted_items
 
 
 def _sort_key(item: Any) -> Any:
@@ -142,10 +166,11 @@ def moto_shortcuts() -> Iterator[None]:
       the queue's messages; it now reads the retention period alone.
     - `DynamoType.cast_value` returns a string's, binary's or boolean's value first, and `DynamoType.size`
       measures a string or a number first (moto sizes every candidate item of a Query for its 1 MB page).
-    - `Table.all_items` sorts on key values once per item instead of comparing wrappers pairwise, and
-      during a Query hands on only the queried partition.
+    - `Table.all_items` and `Table.sorted_items` sort on key values instead of comparing wrappers pairwise,
+      and during a Query `all_items` hands on only the queried partition; `Item.size` adds up strings inline.
     - The JSON response serializer copies a scalar attribute value (S, N, BOOL, NULL) as it is.
     - An UpdateExpression is parsed once, not twice per call.
+    - Every request lists the method names of its service's response class; a class's names are listed once.
     """
     parser = getattr(update_expressions, "UpdateExpressionParser")  # noqa: B009 - moto ships that module untyped
     replacements: list[tuple[Any, str, Callable[[Any], Any]]] = [
@@ -157,6 +182,9 @@ def moto_shortcuts() -> Iterator[None]:
         (BaseJSONSerializer, "_serialize_type_structure", _attribute_value_as_is),
         (parser, "make", _remembered_parse),
         (sqs_models.SQSBackend, "is_message_valid_based_on_retention_period", _retention_from_the_queue),
+        (Item, "size", _item_size),
+        (Table, "sorted_items", _sorted_by_values),
+        (core_responses, "method_names_from_class", functools.lru_cache(maxsize=None)),
     ]
     originals = [vars(owner)[name] for owner, name, _ in replacements]
     for (owner, name, faster), original in zip(replacements, originals, strict=True):

@@ -9,12 +9,13 @@ from datetime import datetime
 from typing import Any
 
 import boto3
+import moto.core.responses as core_responses
 import moto.dynamodb.parsing.expressions as expressions
 import moto.sqs.models as sqs_models
 import pytest
 from moto import mock_aws
 from moto.core.serialize import BaseJSONSerializer
-from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
 
 from rappel_ops.moto_shortcuts import moto_shortcuts
@@ -200,6 +201,9 @@ REPLACED = [
     (BaseJSONSerializer, "_serialize_type_structure"),
     (expressions.UpdateExpressionParser, "make"),
     (sqs_models.SQSBackend, "is_message_valid_based_on_retention_period"),
+    (Item, "size"),
+    (Table, "sorted_items"),
+    (core_responses, "method_names_from_class"),
 ]
 
 
@@ -283,3 +287,11 @@ def test_value_and_size_of_each_attribute_type_are_the_same(value: dict[str, Any
     with moto_shortcuts():
         shortened = DynamoType(value)
         assert (shortened.cast_value, shortened.size()) == expected
+
+
+def test_item_size_is_the_same() -> None:
+    attrs = _item(5, random.Random(3))
+    plain = Item(DynamoType(attrs["pk"]), DynamoType(attrs["sk"]), attrs).size()
+    with moto_shortcuts():
+        assert Item(DynamoType(attrs["pk"]), DynamoType(attrs["sk"]), attrs).size() == plain
+    assert plain > 100
