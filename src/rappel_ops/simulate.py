@@ -187,7 +187,7 @@ class Simulation:
         pacers = [sending.Pacer() for _ in range(settings.SMS_SENDER_MAX_CONCURRENCY)]
         start, until = self.scenario.start, self.scenario.until
         not_before = start  # no dispatcher run before this (one interval after the last)
-        tick: datetime | None = start
+        tick: datetime | None = None  # the next dispatcher run that can find work, once the index is read
         index = 0
         earliest_due: datetime | None = None
         stale = True  # whether the due index may have changed since `earliest_due` was read

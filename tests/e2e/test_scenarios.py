@@ -1154,3 +1154,34 @@ def test_check_invariants_stops_the_old_dates_reminders_at_a_reschedule() -> Non
     for send, expected in ((before, []), (after, ["m-old"])):
         result = check_invariants(load_scenario(data), settings, [old], [send])
         assert result["violations"]["sent_after_stop"] == expected
+
+
+def test_the_dispatcher_runs_on_whole_minutes_and_only_when_something_is_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The virtual clock skips idle dispatcher runs, but never one that had work, and never runs off the minute."""
+    from core import clock
+
+    events = [
+        *one_patient("2027-03-10"),
+        *one_patient("2027-03-12", number=2),
+        # Clinic events between the reminders wake the clock at odd seconds: no dispatcher run may follow them.
+        patient_event("2027-03-04T10:17:33Z", "p3", phone(3), name="Awa"),
+        administered_event("2027-03-11T12:00:07Z", "a2", "2027-03-11"),
+    ]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-14T00:00:00Z", events)
+    original = simulate_module.invoke  # type: ignore[attr-defined]
+    runs: list[tuple[datetime, dict[str, Any]]] = []
+
+    def invoke(function: str, event: dict[str, Any]) -> Any:
+        result = original(function, event)
+        if function == "dispatch_due":
+            runs.append((clock.now(), result))
+        return result
+
+    monkeypatch.setattr(simulate_module, "invoke", invoke)
+    out = run(data)
+    assert_invariants(out, data)
+    assert runs, "the dispatcher never ran"
+    assert all(at.second == 0 and at.microsecond == 0 for at, _ in runs), [at for at, _ in runs]
+    assert all(result["claimed"] or result["expired"] or result["held"] for _, result in runs), runs
+    sent = [m for m in out["messages"] if m["sent_at"]]
+    assert len(runs) >= len({m["queued_at"] for m in sent}) > 0
