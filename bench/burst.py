@@ -143,13 +143,9 @@ def seed_burst(n: int, seed: int, settings: Settings) -> list[str]:
 def run_burst(n: int, rate: float, seed: int, progress: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the burst; returns (figures, the simulation's output document)."""
     scenario = load_scenario(burst_scenario(n, rate, seed))
-    result = Simulation(scenario, progress=progress, setup=lambda settings: _seed(n, seed, settings)).run()
+    result = Simulation(scenario, progress=progress, setup=lambda settings: seed_burst(n, seed, settings)).run()
     document = result.as_json()
     return burst_figures(document, n, rate), document
-
-
-def _seed(n: int, seed: int, settings: Settings) -> None:
-    seed_burst(n, seed, settings)
 
 
 def burst_figures(document: dict[str, Any], n: int, rate: float) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from moto.dynamodb.models.table import Table
 # DynamoDB types whose Python value is the stored value itself (moto tests five other types first).
 _VALUE_AS_IS = frozenset({"S", "B", "BOOL"})
 _query_keys = threading.local()
+_active = 0  # how many moto_shortcuts() blocks are open: the bench opens one around simulations that open theirs
 
 
 def _fast_millis(slow: Any) -> Any:
@@ -171,7 +172,17 @@ def moto_shortcuts() -> Iterator[None]:
     - The JSON response serializer copies a scalar attribute value (S, N, BOOL, NULL) as it is.
     - An UpdateExpression is parsed once, not twice per call.
     - Every request lists the method names of its service's response class; a class's names are listed once.
+
+    A block opened inside another changes nothing more (wrapping the shortcuts twice would only slow them).
     """
+    global _active
+    if _active:
+        _active += 1
+        try:
+            yield
+        finally:
+            _active -= 1
+        return
     parser = getattr(update_expressions, "UpdateExpressionParser")  # noqa: B009 - moto ships that module untyped
     replacements: list[tuple[Any, str, Callable[[Any], Any]]] = [
         (sqs_models, "unix_time_millis", _fast_millis),
@@ -189,8 +200,10 @@ def moto_shortcuts() -> Iterator[None]:
     originals = [vars(owner)[name] for owner, name, _ in replacements]
     for (owner, name, faster), original in zip(replacements, originals, strict=True):
         setattr(owner, name, faster(original))
+    _active = 1
     try:
         yield
     finally:
+        _active = 0
         for (owner, name, _), original in zip(replacements, originals, strict=True):
             setattr(owner, name, original)

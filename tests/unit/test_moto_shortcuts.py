@@ -215,6 +215,16 @@ def test_every_replaced_part_is_restored_afterwards() -> None:
     assert [vars(owner)[name] for owner, name in REPLACED] == before
 
 
+def test_a_block_inside_another_keeps_the_outer_replacements_until_the_outer_ends() -> None:
+    before = [vars(owner)[name] for owner, name in REPLACED]
+    with moto_shortcuts():
+        outer = [vars(owner)[name] for owner, name in REPLACED]
+        with moto_shortcuts():
+            assert [vars(owner)[name] for owner, name in REPLACED] == outer
+        assert [vars(owner)[name] for owner, name in REPLACED] == outer
+    assert [vars(owner)[name] for owner, name in REPLACED] == before
+
+
 def test_a_remembered_update_expression_is_never_changed_by_its_use() -> None:
     text = "SET #t = :t, attempts = attempts + :one REMOVE due_at"
     with moto_shortcuts():
