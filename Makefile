@@ -31,13 +31,13 @@ run: install
 	$(BIN)/rappel demo
 
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy src
+	$(BIN)/ruff check src ops tests bench
+	$(BIN)/ruff format --check src ops tests bench
+	$(BIN)/mypy src ops
 
 format: install
-	$(BIN)/ruff check --fix src tests bench
-	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src ops tests bench
+	$(BIN)/ruff format src ops tests bench
 
 validate: $(SAM_VENV)/.installed
 	$(SAM_VENV)/bin/sam validate --lint --template template.yaml

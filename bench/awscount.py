@@ -309,8 +309,8 @@ class AwsMeter:
         """Wrap botocore's one call path and the in-process Lambda invoke; capture the functions' stdout and logs."""
         import contextlib
 
-        import rappel_ops.embedded as embedded
-        import rappel_ops.simulate as simulate
+        import rappel_local.embedded as embedded
+        import rappel_local.simulate as simulate
         from core.observability import logger
 
         original_call = botocore.client.BaseClient._make_api_call

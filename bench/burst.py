@@ -20,8 +20,9 @@ from core.lifecycle import Status
 from core.settings import Settings
 from core.store import AppointmentRecord, MessageRecord, PatientRecord, iso, parse_iso
 from core.timing import ReminderType
-from rappel_ops.invariants import max_in_one_second
-from rappel_ops.simulate import Simulation, load_scenario
+from rappel_local.invariants import max_in_one_second
+from rappel_local.scenario import load_scenario
+from rappel_local.simulate import Simulation
 
 DUE_AT = datetime(2027, 3, 8, 9, 0, tzinfo=UTC)  # 09:00 in Africa/Abidjan (UTC+0), a Monday
 ZONE = "Africa/Abidjan"

@@ -49,7 +49,7 @@ def unit_price(prices: dict[str, Any], name: str) -> float:
 
 def function_memory_mb() -> dict[str, int]:
     """Each function's MemorySize from template.yaml (Globals, overridden per function)."""
-    from rappel_ops.stack import load_template
+    from rappel_local.stack import load_template
 
     template = load_template()
     default = int(template.get("Globals", {}).get("Function", {}).get("MemorySize", 128))

@@ -36,7 +36,7 @@ def measure(seed: int) -> dict[str, Any]:
     from bench.overhead import _receive, fresh_stack
     from core import clock
     from core.store import iso
-    from rappel_ops.embedded import invoke, quiet_logs, schedule_event, sqs_event
+    from rappel_local.embedded import invoke, quiet_logs, schedule_event, sqs_event
 
     with fresh_stack("memory") as (stack, settings, simulator), quiet_logs():
         batch_size = settings.SMS_BATCH_SIZE

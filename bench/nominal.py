@@ -1,6 +1,6 @@
 """Figure 2: a nominal load through the real pipeline, clinic events to receipts, in virtual time.
 
-The demo's own scenario (`rappel_ops.demo.build_scenario`: a synthetic register across several zones and both
+The demo's own scenario (`rappel_demo.demo.build_scenario`: a synthetic register across several zones and both
 languages, doses given, rescheduled, opt-outs, a few numbers that fail or cannot be reached) for a couple of
 hundred children whose doses fall due over a few days, without the demo's three-hour provider outage: that is an
 incident, not a nominal day. Reminders go out at 09:00 (7-day, 1-day) or 14:00 (overdue) local time in each
@@ -13,9 +13,10 @@ from typing import Any
 
 from bench.common import lateness_seconds, lateness_summary
 from core.store import parse_iso
-from rappel_ops.demo import build_scenario
-from rappel_ops.invariants import max_in_one_second
-from rappel_ops.simulate import Simulation, load_scenario
+from rappel_demo.demo import build_scenario
+from rappel_local.invariants import max_in_one_second
+from rappel_local.scenario import load_scenario
+from rappel_local.simulate import Simulation
 
 
 def nominal_scenario(children: int, days: int, seed: int, rate: float) -> dict[str, Any]:

@@ -36,9 +36,9 @@ from core import clock, sending, store
 from core.clock import VirtualClock
 from core.settings import Settings, build_settings
 from core.store import iso
-from rappel_ops.embedded import invoke, quiet_logs, reset_core_caches, schedule_event, sqs_event
-from rappel_ops.orange_simulator import OrangeSimulator
-from rappel_ops.simulate import SIM_CREDENTIALS
+from rappel_local.embedded import invoke, quiet_logs, reset_core_caches, schedule_event, sqs_event
+from rappel_local.orange_simulator import OrangeSimulator
+from rappel_local.simulate import SIM_CREDENTIALS
 
 SENDER = "tel:+2250000"
 
@@ -66,7 +66,7 @@ def fresh_stack(prefix: str) -> Iterator[tuple[Any, Settings, OrangeSimulator]]:
     """moto + the template's resources + the Orange simulator, a virtual clock at 09:00 Abidjan, settings bound."""
     from moto import mock_aws
 
-    from rappel_ops.stack import create_stack
+    from rappel_local.stack import create_stack
 
     saved = dict(os.environ)
     virtual = VirtualClock(DUE_AT)

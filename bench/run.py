@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(),
         "note": "All figures from this one run. Wall-clock numbers are noisy on a shared machine; compare ratios.",
     }
-    from rappel_ops.moto_shortcuts import moto_shortcuts
+    from rappel_local.moto_shortcuts import moto_shortcuts
 
     with (
         moto_shortcuts(),

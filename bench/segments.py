@@ -1,7 +1,7 @@
 """Figure 5: SMS segments per reminder over the demo register, in French and in English, with and without GSM-7
 normalisation.
 
-Every row of `rappel_ops/data/sample_register.csv` (the demo's register) is rendered as each of the three
+Every row of `ops/rappel_demo/data/sample_register.csv` (the demo's register) is rendered as each of the three
 reminders in both languages (whatever the row's own language, so the two languages are compared on the same
 names, vaccines, dates and clinics), through the language's `LanguagePack` with `gsm7_normalise` forced on and
 off. The segment cap is lifted (max_segments = 10) so that the texts compared are identical but for the
@@ -18,7 +18,7 @@ from typing import Any
 
 from core.texts import load_language
 from core.timing import ReminderType
-from rappel_ops.register import SAMPLE_REGISTER_PATH, read_register_csv
+from rappel_demo.register import SAMPLE_REGISTER_PATH, read_register_csv
 
 UNCAPPED = 10
 

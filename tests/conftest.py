@@ -50,8 +50,8 @@ def aws(virtual_clock: clock.VirtualClock, monkeypatch: pytest.MonkeyPatch) -> I
     """moto with every table, queue and secret of template.yaml, and settings (and env) pointing at them."""
     from moto import mock_aws
 
-    from rappel_ops.embedded import reset_core_caches
-    from rappel_ops.stack import create_stack
+    from rappel_local.embedded import reset_core_caches
+    from rappel_local.stack import create_stack
 
     with mock_aws():
         stack = create_stack(

@@ -11,7 +11,7 @@ import pytest
 
 from core import store
 from core.settings import build_settings
-from rappel_ops.stack import LocalStack, create_stack
+from rappel_local.stack import LocalStack, create_stack
 
 pytestmark = pytest.mark.contract
 

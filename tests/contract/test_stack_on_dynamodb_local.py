@@ -1,4 +1,4 @@
-"""The tables of template.yaml, created by rappel_ops.stack on AWS's DynamoDB Local, are what the code expects."""
+"""The tables of template.yaml, created by rappel_local.stack on AWS's DynamoDB Local, are what the code expects."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from rappel_ops.stack import LocalStack, ResourceNotCreatedError, create_stack, load_template
+from rappel_local.stack import LocalStack, ResourceNotCreatedError, create_stack, load_template
 
 pytestmark = pytest.mark.contract
 

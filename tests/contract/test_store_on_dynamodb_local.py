@@ -16,7 +16,7 @@ from core.lifecycle import IllegalTransition, Status
 from core.planning import handle_clinic_event
 from core.settings import Settings, build_settings
 from core.store import Change, MessageRecord, iso
-from rappel_ops.stack import create_stack
+from rappel_local.stack import create_stack
 from tests.helpers import dose, patient
 
 pytestmark = pytest.mark.contract

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from rappel_ops.demo import build_scenario, summarise
-from rappel_ops.report import write_report
-from rappel_ops.simulate import Simulation, load_scenario
+from rappel_demo.demo import build_scenario, summarise
+from rappel_demo.report import write_report
+from rappel_local.scenario import load_scenario
+from rappel_local.simulate import Simulation
 
 pytestmark = pytest.mark.e2e
 CHARTS = ("sends-per-day", "deliveries-per-day", "lateness", "failures-by-reason")

@@ -2,12 +2,12 @@
 
 Each scenario is a small dict (a few patients, a few weeks) run by `simulate()` on moto, the Orange simulator
 over HTTP and a virtual clock. `assert_invariants` checks the output twice: through `stats["invariants"]`
-(rappel_ops.invariants) and by recomputing the key invariants here from `messages` and `sends`, so a bug in
+(rappel_local.invariants) and by recomputing the key invariants here from `messages` and `sends`, so a bug in
 the checker cannot hide one in the pipeline (the last tests break outputs on purpose to show both halves bite).
 Fault injection wraps the write functions of dispatch and send (a crash before or after the N-th write), the
 simulation's SQS receive (duplicate deliveries), the provider call inside the idempotent function (a concurrent
 duplicate), the dispatcher (overlapping runs) and an operator's DLQ redrive (with every copy there twice).
-Three scenarios are shipped as src/rappel_ops/scenarios/{dose_given,outage,optout}.json for `rappel simulate`.
+Three scenarios are shipped as ops/rappel_local/scenarios/{dose_given,outage,optout}.json for `rappel simulate`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-import rappel_ops.simulate as simulate_module
+import rappel_local.simulate as simulate_module
 from core import dispatch, queue, sending, store
-from rappel_ops.orange_simulator import OrangeSimulator
-from rappel_ops.simulate import simulate
+from rappel_local.orange_simulator import OrangeSimulator
+from rappel_local.simulate import simulate
 
 pytestmark = pytest.mark.e2e
 
@@ -229,7 +229,7 @@ def _quiet(wall: time, quiet: tuple[time, time]) -> bool:
 
 
 def max_per_second(instants: list[datetime]) -> int:
-    """The most instants in any window [t, t + 1 s) (recomputed here, not taken from rappel_ops)."""
+    """The most instants in any window [t, t + 1 s) (recomputed here, not taken from rappel_local)."""
     times = sorted(i.timestamp() for i in instants)
     best = 0
     for i, t in enumerate(times):
@@ -1040,12 +1040,12 @@ def test_operator_redrive_sends_each_dead_letter_once(monkeypatch: pytest.Monkey
     [("dose_given", dose_given_scenario), ("outage", outage_scenario), ("optout", optout_scenario)],
 )
 def test_shipped_scenario_files_are_the_tested_ones(name: str, build: Callable[[], dict[str, Any]]) -> None:
-    """src/rappel_ops/scenarios/<name>.json, for `rappel simulate`, is exactly what the test above runs."""
+    """ops/rappel_local/scenarios/<name>.json, for `rappel simulate`, is exactly what the test above runs."""
     from pathlib import Path
 
-    import rappel_ops
+    import rappel_local
 
-    path = Path(rappel_ops.__file__).parent / "scenarios" / f"{name}.json"
+    path = Path(rappel_local.__file__).parent / "scenarios" / f"{name}.json"
     assert json.loads(path.read_text(encoding="utf-8")) == build()
 
 
@@ -1138,10 +1138,10 @@ def test_assert_invariants_catches_what_it_claims_to(
 
 
 def test_check_invariants_stops_the_old_dates_reminders_at_a_reschedule() -> None:
-    """rappel_ops.invariants: a send of an old due date's reminder after the reschedule is a violation."""
+    """rappel_local.invariants: a send of an old due date's reminder after the reschedule is a violation."""
     from core.settings import build_settings
-    from rappel_ops.invariants import check_invariants
-    from rappel_ops.simulate import load_scenario
+    from rappel_local.invariants import check_invariants
+    from rappel_local.scenario import load_scenario
 
     events = [*one_patient("2027-03-12"), dose_event("2027-03-07T10:00:00Z", "a1", "p1", "2027-03-19")]
     data = scenario("2027-03-01T00:00:00Z", "2027-03-22T00:00:00Z", events)

@@ -21,8 +21,8 @@ from core.planning import handle_clinic_event
 from core.secrets import secret_text
 from core.settings import Settings
 from core.store import MessageRecord
-from rappel_ops.embedded import function_url_event, invoke, reset_core_caches, schedule_event, sqs_event
-from rappel_ops.orange_simulator import Fault, OrangeSimulator, SentRecord
+from rappel_local.embedded import function_url_event, invoke, reset_core_caches, schedule_event, sqs_event
+from rappel_local.orange_simulator import Fault, OrangeSimulator, SentRecord
 from tests.helpers import dose, patient
 
 CLIENT_ID, CLIENT_SECRET = "rappel-test", "s3cret-test"  # what the `aws` fixture stored in Secrets Manager

@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from rappel_ops.register import CSV_COLUMNS
+from rappel_demo.register import CSV_COLUMNS
 
 pytestmark = pytest.mark.integration
-RAPPEL = [sys.executable, "-m", "rappel_ops"]
+RAPPEL = [sys.executable, "-m", "rappel_cli"]
 
 
 def _free_port() -> int:

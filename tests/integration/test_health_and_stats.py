@@ -19,8 +19,8 @@ from core.queue import QueuedMessage, put_dead_letter
 from core.settings import reset_settings
 from core.statistics import load_daily_report, statistics
 from core.store import Change, iso
-from rappel_ops.embedded import invoke
-from rappel_ops.orange_simulator import OrangeSimulator
+from rappel_local.embedded import invoke
+from rappel_local.orange_simulator import OrangeSimulator
 from tests.helpers import dose, patient
 
 pytestmark = pytest.mark.integration

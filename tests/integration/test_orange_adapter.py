@@ -16,7 +16,7 @@ import requests
 
 from core.clock import VirtualClock
 from core.providers import Accepted, FailureKind, OrangeProvider, ProviderError, SmsProvider
-from rappel_ops.orange_simulator import OrangeSimulator, parse_fault
+from rappel_local.orange_simulator import OrangeSimulator, parse_fault
 
 pytestmark = pytest.mark.integration
 

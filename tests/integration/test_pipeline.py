@@ -18,7 +18,7 @@ from core.lifecycle import Status
 from core.observability import discard_metrics
 from core.planning import handle_clinic_event
 from core.store import iso, parse_iso
-from rappel_ops.orange_simulator import Fault, OrangeSimulator
+from rappel_local.orange_simulator import Fault, OrangeSimulator
 from tests.helpers import patient
 from tests.integration.pipeline_kit import PHONE, Pipeline, bodies, emf
 

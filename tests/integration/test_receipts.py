@@ -17,7 +17,7 @@ import pytest
 from core.observability import discard_metrics
 from core.statistics import statistics
 from core.store import iso
-from rappel_ops.embedded import ReceiptEndpoint, function_url_event, invoke
+from rappel_local.embedded import ReceiptEndpoint, function_url_event, invoke
 from tests.integration.pipeline_kit import PHONE, Pipeline, emf
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from core import store
-from rappel_ops.embedded import invoke, reset_core_caches
-from rappel_ops.orange_simulator import OrangeSimulator
+from rappel_local.embedded import invoke, reset_core_caches
+from rappel_local.orange_simulator import OrangeSimulator
 
 pytestmark = pytest.mark.integration
 EVENTS = Path(__file__).parents[2] / "events"

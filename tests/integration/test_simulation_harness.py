@@ -6,7 +6,7 @@ import pytest
 
 from core import store
 from core.planning import handle_clinic_event
-from rappel_ops.simulate import _earliest_due
+from rappel_local.simulate import _earliest_due
 from tests.helpers import dose, patient
 
 pytestmark = pytest.mark.integration

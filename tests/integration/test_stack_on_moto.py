@@ -11,7 +11,7 @@ import pytest
 from moto import mock_aws
 
 from core.settings import build_settings
-from rappel_ops.stack import LocalStack, ResourceNotCreatedError, create_stack, load_template
+from rappel_local.stack import LocalStack, ResourceNotCreatedError, create_stack, load_template
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from moto.core.serialize import BaseJSONSerializer
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
 
-from rappel_ops.moto_shortcuts import moto_shortcuts
+from rappel_local.moto_shortcuts import moto_shortcuts
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.texts import REMINDER_TYPES, available_languages, normalise_gsm7, render_reminder
-from rappel_ops.register import (
+from rappel_demo.register import (
     CSV_COLUMNS,
     EPI_SCHEDULE,
     MAX_VACCINE_LENGTH,
@@ -285,5 +285,5 @@ def test_bundled_sample_is_the_seeded_register() -> None:
     assert (200, 7, date(2027, 3, 1), 45) == (SAMPLE_CHILDREN, SAMPLE_SEED, SAMPLE_START, SAMPLE_DAYS)
     assert len(expected) == 262
     assert read_register_csv(SAMPLE_REGISTER_PATH) == [row.to_csv() for row in expected], (
-        "regenerate with: python -m rappel_ops.register"
+        "regenerate with: python -m rappel_demo.register"
     )

@@ -16,7 +16,7 @@ import pytest
 
 from core.metric_names import NAMESPACE, PER_TYPE_AND_PROVIDER, SERVICE, SERVICE_ONLY, MetricName, dimensions_of
 from core.settings import Settings
-from rappel_ops.stack import globals_environment, load_template, template_parameter_defaults
+from rappel_local.stack import globals_environment, load_template, template_parameter_defaults
 
 pytestmark = pytest.mark.unit
 

@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from rich.console import Console
 
 from core import clock
-from rappel_ops.embedded import ReceiptEndpoint, invoke, quiet_logs, reset_core_caches, schedule_event
-from rappel_ops.operations import drain_send_queue
-from rappel_ops.orange_simulator import OrangeSimulator
-from rappel_ops.stack import create_stack
-from rappel_ops.target import LOCAL_STATE, write_local_state
+from rappel_cli.operations import drain_send_queue
+from rappel_cli.target import LOCAL_STATE, write_local_state
+from rappel_local.embedded import ReceiptEndpoint, invoke, quiet_logs, reset_core_caches, schedule_event
+from rappel_local.orange_simulator import OrangeSimulator
+from rappel_local.stack import create_stack
 
 LOCAL_CREDENTIALS = {"client_id": "rappel-local-client", "client_secret": "local-secret-not-real"}
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -13,7 +13,7 @@ from core.dispatch import dispatch_due
 from core.lifecycle import Status
 from core.settings import Settings
 from core.store import iso, parse_iso
-from rappel_ops.embedded import invoke, sqs_event
+from rappel_local.embedded import invoke, sqs_event
 
 
 def process_now(settings: Settings, *, drain: bool) -> dict[str, Any]:

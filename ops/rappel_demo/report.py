@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from core.store import parse_iso
 
 if TYPE_CHECKING:
-    from rappel_ops.simulate import Scenario
+    from rappel_local.scenario import Scenario
 
 TYPES = ("7_day_reminder", "1_day_reminder", "overdue_reminder")
 COLOURS = {"7_day_reminder": "#4e79a7", "1_day_reminder": "#f28e2b", "overdue_reminder": "#e15759"}

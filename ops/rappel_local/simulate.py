@@ -12,80 +12,30 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import boto3
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core import clock, sending, store
 from core.clock import VirtualClock
 from core.events import make_envelope
 from core.settings import Settings, build_settings
 from core.store import iso
-from rappel_ops.embedded import (
+from rappel_local.embedded import (
     ReceiptEndpoint,
     invoke,
     reset_core_caches,
     schedule_event,
     sqs_event,
 )
-from rappel_ops.invariants import check_invariants
-from rappel_ops.moto_shortcuts import moto_shortcuts
-from rappel_ops.orange_simulator import OrangeSimulator
-from rappel_ops.stack import send_queue_visibility_timeout
+from rappel_local.invariants import check_invariants
+from rappel_local.moto_shortcuts import moto_shortcuts
+from rappel_local.orange_simulator import OrangeSimulator
+from rappel_local.scenario import Scenario, load_scenario
+from rappel_local.stack import send_queue_visibility_timeout
 
 SIM_CREDENTIALS = {"client_id": "rappel-simulated-client", "client_secret": "simulated-secret-not-real"}
-
-
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("must carry a UTC offset or Z")
-    return value.astimezone(UTC)
-
-
-class ScenarioEvent(BaseModel):
-    """One clinic event at a point of simulated time."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    at: datetime
-    type: str
-    detail: dict[str, Any]
-    id: str | None = None
-
-    _aware = field_validator("at")(classmethod(lambda cls, value: _utc(value)))
-
-
-class Scenario(BaseModel):
-    """The `rappel simulate` input (DESIGN.md, "Embedded runtime and simulation")."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    start: datetime
-    until: datetime
-    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    provider: dict[str, Any] = Field(default_factory=lambda: {"name": "orange"})
-    events: list[ScenarioEvent] = Field(default_factory=list)
-    seed: int = 0
-
-    _aware = field_validator("start", "until")(classmethod(lambda cls, value: _utc(value)))
-
-
-class ScenarioError(ValueError):
-    """A scenario that cannot run; the message names the field."""
-
-
-def load_scenario(data: Any) -> Scenario:
-    """Validate a scenario; raises ScenarioError naming the first bad field."""
-    try:
-        scenario = Scenario.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ScenarioError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
-    if scenario.until <= scenario.start:
-        raise ScenarioError("until: must be after start")
-    return scenario
 
 
 @dataclass
@@ -121,7 +71,7 @@ class Simulation:
         """Run the scenario from start to until."""
         from moto import mock_aws
 
-        from rappel_ops.stack import create_stack
+        from rappel_local.stack import create_stack
 
         with mock_aws(), _scoped_environment(), moto_shortcuts():
             stack = create_stack(prefix="sim", endpoint_url=None, orange_credentials=SIM_CREDENTIALS)

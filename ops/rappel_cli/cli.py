@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rappel_ops.target import TargetError, resolve
+from rappel_cli.target import TargetError, resolve
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Rappel: immunization SMS reminders.")
 local_app = typer.Typer(no_args_is_help=True, help="The embedded stack on this machine.")
@@ -52,7 +52,7 @@ def demo(
     ] = None,
 ) -> None:
     """Simulate a national program's weeks on the embedded stack and write an HTML report (`make run`)."""
-    from rappel_ops.demo import build_scenario, run_demo
+    from rappel_demo.demo import build_scenario, run_demo
 
     if scenario_out is not None:
         scenario_out.write_text(json.dumps(build_scenario(children, days, seed, rate), ensure_ascii=False) + "\n")
@@ -69,8 +69,8 @@ def simulate(
     as_json: AsJson = False,
 ) -> None:
     """Run a scenario through the whole pipeline in virtual time (DESIGN.md's contract)."""
-    from rappel_ops.simulate import ScenarioError
-    from rappel_ops.simulate import simulate as run
+    from rappel_local.scenario import ScenarioError
+    from rappel_local.simulate import simulate as run
 
     try:
         data = json.loads(scenario.read_text())
@@ -110,7 +110,7 @@ def import_register(
     """Load a register (patient and appointment columns) through the same validation and planning as events."""
     from rich.progress import Progress
 
-    from rappel_ops.importer import import_rows, read_csv
+    from rappel_cli.importer import import_rows, read_csv
 
     settings = _settings(local, stack, region)
     try:
@@ -140,7 +140,7 @@ def import_register(
 @app.command()
 def process(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
     """One dispatch and send cycle now (the spec's sms:process)."""
-    from rappel_ops.operations import process_now
+    from rappel_cli.operations import process_now
 
     settings = _settings(local, stack, region)
     with _quiet():
@@ -224,7 +224,7 @@ def messages(
     as_json: AsJson = False,
 ) -> None:
     """Inspect messages."""
-    from rappel_ops.operations import list_messages
+    from rappel_cli.operations import list_messages
 
     settings = _settings(local, stack, region)
     try:
@@ -311,7 +311,7 @@ def release_hold(local: Local = False, stack: Stack = None, region: Region = Non
 @app.command()
 def cleanup(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
     """Delete ended messages past their retention now (what DynamoDB TTL does within ~2 days on AWS)."""
-    from rappel_ops.operations import cleanup_now
+    from rappel_cli.operations import cleanup_now
 
     settings = _settings(local, stack, region)
     data = cleanup_now(settings)
@@ -324,7 +324,7 @@ def local_up(
     port: Annotated[int, typer.Option(help="Port of the embedded AWS endpoint.")] = 5000,
 ) -> None:
     """Run the embedded stack in the foreground until Ctrl-C: AWS emulation, Orange simulator, receipts, schedules."""
-    from rappel_ops.local import serve
+    from rappel_local.local import serve
 
     serve(rate=rate, port=port, console=console)
 
@@ -345,6 +345,6 @@ def _fmt(value: Any) -> str:
 
 
 def _quiet() -> Any:
-    from rappel_ops.embedded import quiet_logs
+    from rappel_local.embedded import quiet_logs
 
     return quiet_logs()

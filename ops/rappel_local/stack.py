@@ -81,7 +81,7 @@ class ResourceNotCreatedError(LookupError):
 
 
 def default_template_path() -> Path:
-    """template.yaml at the repository root (this file is src/rappel_ops/stack.py), else in the working directory."""
+    """template.yaml at the repository root (this file is ops/rappel_local/stack.py), else in the working directory."""
     beside_sources = Path(__file__).resolve().parents[2] / "template.yaml"
     if beside_sources.is_file():
         return beside_sources

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings, build_settings
-from rappel_ops.embedded import reset_core_caches
+from rappel_local.embedded import reset_core_caches
 
 LOCAL_STATE = Path(".rappel") / "local.json"
 

@@ -15,11 +15,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.store import parse_iso
-from rappel_ops.embedded import quiet_logs
-from rappel_ops.importer import row_events
-from rappel_ops.register import generate_register
-from rappel_ops.report import write_report
-from rappel_ops.simulate import Simulation, load_scenario
+from rappel_cli.importer import row_events
+from rappel_demo.register import generate_register
+from rappel_demo.report import write_report
+from rappel_local.embedded import quiet_logs
+from rappel_local.scenario import load_scenario
+from rappel_local.simulate import Simulation
 
 START = date(2027, 3, 1)
 

@@ -16,7 +16,21 @@ from core import clock
 from core.events import make_envelope
 from core.planning import PlanningResult, handle_clinic_event
 from core.settings import Settings
-from rappel_ops.register import CSV_COLUMNS
+
+# The register layout: one row per appointment, the patient columns repeated on every row of a child.
+CSV_COLUMNS: tuple[str, ...] = (
+    "patient_id",
+    "phone",
+    "timezone",
+    "language",
+    "sms_opt_in",
+    "display_name",
+    "appointment_id",
+    "vaccine",
+    "dose",
+    "due_date",
+    "clinic",
+)
 
 
 @dataclass

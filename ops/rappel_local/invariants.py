@@ -12,7 +12,7 @@ from core.timing import in_quiet_hours
 
 if TYPE_CHECKING:
     from core.settings import Settings
-    from rappel_ops.simulate import Scenario
+    from rappel_local.scenario import Scenario
 
 SETTLED = {"sent", "delivered", "failed", "cancelled", "expired"}
 

@@ -6,7 +6,7 @@ visit, with all the vaccines given together at it, so that a family gets one rem
 near-identical SMS per vaccine. Everything is drawn from one seeded generator, so a seed always gives the same
 register.
 
-`python -m rappel_ops.register [PATH]` rewrites the bundled sample (`data/sample_register.csv`).
+`python -m rappel_demo.register [PATH]` rewrites the bundled sample (`data/sample_register.csv`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import phonenumbers
+
+from rappel_cli.importer import CSV_COLUMNS
 
 __all__ = [
     "CSV_COLUMNS",
@@ -39,19 +41,6 @@ __all__ = [
     "write_register_csv",
 ]
 
-CSV_COLUMNS: tuple[str, ...] = (
-    "patient_id",
-    "phone",
-    "timezone",
-    "language",
-    "sms_opt_in",
-    "display_name",
-    "appointment_id",
-    "vaccine",
-    "dose",
-    "due_date",
-    "clinic",
-)
 
 SAMPLE_CHILDREN = 200
 SAMPLE_SEED = 7

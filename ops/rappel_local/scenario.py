@@ -1,0 +1,58 @@
+"""The `rappel simulate` scenario format (docs/simulation.md): validated input, errors naming the field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("must carry a UTC offset or Z")
+    return value.astimezone(UTC)
+
+
+class ScenarioEvent(BaseModel):
+    """One clinic event at a point of simulated time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at: datetime
+    type: str
+    detail: dict[str, Any]
+    id: str | None = None
+
+    _aware = field_validator("at")(classmethod(lambda cls, value: _utc(value)))
+
+
+class Scenario(BaseModel):
+    """The `rappel simulate` input (DESIGN.md, "Embedded runtime and simulation")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: datetime
+    until: datetime
+    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    provider: dict[str, Any] = Field(default_factory=lambda: {"name": "orange"})
+    events: list[ScenarioEvent] = Field(default_factory=list)
+    seed: int = 0
+
+    _aware = field_validator("start", "until")(classmethod(lambda cls, value: _utc(value)))
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot run; the message names the field."""
+
+
+def load_scenario(data: Any) -> Scenario:
+    """Validate a scenario; raises ScenarioError naming the first bad field."""
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ScenarioError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    if scenario.until <= scenario.start:
+        raise ScenarioError("until: must be after start")
+    return scenario
