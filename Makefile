@@ -5,9 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAM_VENV := .venv-sam
 DDB_LOCAL_DIR := .cache/dynamodb-local
+SAM := $(SAM_VENV)/bin/sam
+HOST_ARCH := $(shell uname -m | sed 's/aarch64/arm64/; s/amd64/x86_64/')
+HOST_BUILD_DIR ?= .aws-sam/build-host
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: install run test lint format validate unit integration contract e2e bench clean chromium
+.PHONY: install run test lint format validate build build-host lock unit integration contract e2e bench clean chromium
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,16 +34,31 @@ run: install
 	$(BIN)/rappel demo
 
 lint: install
-	$(BIN)/ruff check src ops tests bench
-	$(BIN)/ruff format --check src ops tests bench
+	$(BIN)/ruff check src ops tests bench scripts
+	$(BIN)/ruff format --check src ops tests bench scripts
 	$(BIN)/mypy src ops
 
 format: install
-	$(BIN)/ruff check --fix src ops tests bench
-	$(BIN)/ruff format src ops tests bench
+	$(BIN)/ruff check --fix src ops tests bench scripts
+	$(BIN)/ruff format src ops tests bench scripts
 
 validate: $(SAM_VENV)/.installed
-	$(SAM_VENV)/bin/sam validate --lint --template template.yaml
+	$(SAM) validate --lint --template template.yaml
+
+# The artifact `sam deploy` ships: each function's code and the dependencies layer, for arm64 (.aws-sam/build).
+build: $(SAM_VENV)/.installed
+	$(SAM) build
+
+# The same template and requirements built for this machine's architecture, so that `rappel invoke` and the
+# tests can execute the built code here (an arm64 pydantic-core cannot load on x86_64).
+build-host: $(SAM_VENV)/.installed
+	mkdir -p $(dir $(HOST_BUILD_DIR))
+	sed 's/\barm64\b/$(HOST_ARCH)/g' template.yaml > $(HOST_BUILD_DIR).template.yaml
+	$(SAM) build --template-file $(HOST_BUILD_DIR).template.yaml --base-dir . --build-dir $(HOST_BUILD_DIR)
+
+# Re-resolve layers/dependencies/requirements.txt after changing pyproject.toml's [project] dependencies.
+lock: install
+	$(BIN)/python scripts/lock_dependencies.py
 
 # The report test renders in a real browser: Debian's Chromium, installed here when missing.
 chromium:

@@ -318,6 +318,43 @@ def cleanup(local: Local = False, stack: Stack = None, region: Region = None, as
     _emit(data, as_json, _key_values("Cleanup", data))
 
 
+@app.command()
+def invoke(
+    function: Annotated[
+        str, typer.Argument(help="send_sms, plan_reminders, ... (or the logical id, SendSmsFunction).")
+    ],
+    event: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Event JSON file (see events/).")],
+    local: Local = False,
+    stack: Stack = None,
+    region: Region = None,
+    build_dir: Annotated[
+        Path, typer.Option(help="A `sam build` folder for this machine's architecture (`make build-host`).")
+    ] = Path(".aws-sam/build-host"),
+) -> None:
+    """Run one function's built handler on an event file, as `sam local invoke` would, without Docker."""
+    from rappel_cli.invoke import InvokeError, deployed_environment, find_function, invoke_built
+    from rappel_cli.target import default_stack_name, read_local_state
+
+    try:
+        payload = json.loads(event.read_text())
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]error:[/red] {event}: not JSON ({exc})")
+        raise typer.Exit(2) from None
+    try:
+        built = find_function(build_dir, function)
+        if local:
+            environment = dict(read_local_state()["environment"])
+        else:
+            environment = deployed_environment(built, stack or default_stack_name() or "", region)
+        result = invoke_built(built, payload, environment)
+    except (InvokeError, TargetError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    sys.stderr.write(result.logs)  # the function's JSON log lines and EMF, unwrapped
+    _emit(result.response if result.error is None else result.error, as_json=True)
+    raise typer.Exit(0 if result.error is None else 1)
+
+
 @local_app.command("up")
 def local_up(
     rate: Annotated[float, typer.Option(min=1, help="Provider rate limit, SMS per second.")] = 5.0,
