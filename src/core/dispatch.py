@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from aws_lambda_powertools.metrics import MetricUnit
-
 from core import clock, provider_state, queue, store
 from core.lifecycle import Status
+from core.metric_names import MetricName
 from core.observability import count, logger, measure
 from core.queue import QueuedMessage
 from core.settings import Settings
@@ -64,7 +63,7 @@ def dispatch_due(settings: Settings) -> DispatchResult:
         if outcome == "claimed":
             claimed.append(QueuedMessage(message.message_id, int(message.version) + 1))
             lag = (now - parse_iso(message.scheduled_at)).total_seconds()
-            measure("DispatchLagSeconds", max(lag, 0.0), MetricUnit.Seconds)
+            measure(MetricName.DISPATCH_LAG_SECONDS, max(lag, 0.0))
         elif outcome == "dead_letter":
             result.dead_lettered += 1
         else:
@@ -73,7 +72,7 @@ def dispatch_due(settings: Settings) -> DispatchResult:
     failed = queue.enqueue(claimed, settings)
     result.not_enqueued = len(failed)
     result.enqueued = len(claimed) - len(failed)
-    count("MessagesDispatched", result.enqueued)
+    count(MetricName.MESSAGES_DISPATCHED, result.enqueued)
     if failed:
         logger.error("messages claimed but not enqueued; their lease brings them back", extra={"count": len(failed)})
     logger.info("dispatch run", extra=result.__dict__)
@@ -89,7 +88,7 @@ def _expire(message: MessageRecord, now: datetime, settings: Settings) -> bool:
     )
     done = store.transition(message, change, at=now, settings=settings)
     if done:
-        count("RemindersExpired", reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+        count(MetricName.REMINDERS_EXPIRED, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
     return done
 
 
@@ -107,7 +106,7 @@ def _claim(message: MessageRecord, now: datetime, settings: Settings) -> str:
         queue.put_dead_letter(QueuedMessage(message.message_id, int(message.version) + 1), settings)
         if not store.transition(message, change, at=now, settings=settings):
             return "lost"
-        count("SmsDeadLettered", reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+        count(MetricName.SMS_DEAD_LETTERED, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
         return "dead_letter"
     lease_end = now + timedelta(minutes=settings.SMS_CLAIM_LEASE_MINUTES)
     change = Change(

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from aws_lambda_powertools.metrics import MetricUnit
-
 from core import clock, provider_state, queue, store
 from core.lifecycle import Status
-from core.metric_names import UNITS, MetricName
+from core.metric_names import MetricName
 from core.observability import logger, measure
 from core.providers.base import Balance
 from core.providers.factory import provider_for
@@ -279,7 +277,7 @@ def run_health_check(settings: Settings) -> HealthReport:
     """The scheduled run: check now, record every figure as a metric (service dimension only), log the result."""
     report = check_health(settings, clock.now())
     for name, value in metric_values(report).items():
-        measure(name.value, value, MetricUnit(UNITS[name]))
+        measure(name, value)
     if report.healthy:
         logger.info("health check passed", extra={"health": report.as_dict()})
     else:

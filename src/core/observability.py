@@ -1,7 +1,8 @@
 """Logging, metrics and tracing: one instance of each, configured the Powertools way.
 
 Metrics are EMF in namespace `Rappel` with dimensions limited to reminder type and provider. They are
-accumulated during an invocation and flushed once at its end, one EMF blob per dimension set.
+accumulated during an invocation and flushed once at its end, one EMF blob per dimension set; a count
+is one summed value, a measure keeps every observation (Powertools' list of values).
 Phone numbers never reach a log line: the formatter masks anything shaped like one.
 """
 
@@ -19,6 +20,7 @@ from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
 
 from core import store
+from core.metric_names import UNITS, MetricName
 from core.phone import mask_phone
 
 SERVICE = "rappel"
@@ -41,36 +43,44 @@ tracer = Tracer(service=SERVICE)
 _metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
 Dimensions = tuple[tuple[str, str], ...]
-_pending: dict[Dimensions, dict[str, tuple[float, MetricUnit]]] = defaultdict(dict)
+# Per dimension set, each metric's values in this invocation: one running total for a count, every observation
+# for a measure (so that CloudWatch's percentiles and averages are per observation).
+_pending: dict[Dimensions, dict[MetricName, list[float]]] = defaultdict(dict)
 
 
-def count(name: str, value: float = 1, *, reminder_type: str | None = None, provider: str | None = None) -> None:
-    """Add `value` to metric `name` (a count) for this invocation."""
-    _add(name, value, MetricUnit.Count, reminder_type, provider)
+def count(name: MetricName, value: float = 1, *, reminder_type: str | None = None, provider: str | None = None) -> None:
+    """Add `value` to count `name` for this invocation (counts are summed: CloudWatch's Sum is what is read)."""
+    values = _values(name, reminder_type, provider)
+    if values:
+        values[0] += value
+    else:
+        values.append(value)
 
 
-def measure(
-    name: str, value: float, unit: MetricUnit, *, reminder_type: str | None = None, provider: str | None = None
-) -> None:
-    """Record a figure (seconds, percent, units...); repeated figures of one name are summed."""
-    _add(name, value, unit, reminder_type, provider)
+def measure(name: MetricName, value: float, *, reminder_type: str | None = None, provider: str | None = None) -> None:
+    """Record one observation of `name` (seconds, percent, units...), in the unit `core.metric_names` gives it."""
+    _values(name, reminder_type, provider).append(value)
 
 
-def _add(name: str, value: float, unit: MetricUnit, reminder_type: str | None, provider: str | None) -> None:
+def _values(name: MetricName, reminder_type: str | None, provider: str | None) -> list[float]:
     dims: Dimensions = tuple(
         (key, val) for key, val in (("reminder_type", reminder_type), ("provider", provider)) if val is not None
     )
-    previous, _ = _pending[dims].get(name, (0.0, unit))
-    _pending[dims][name] = (previous + value, unit)
+    return _pending[dims].setdefault(name, [])
 
 
 def flush_metrics() -> None:
-    """Write what this invocation recorded as EMF to stdout, one blob per dimension set, then forget it."""
+    """Write this invocation's metrics as EMF to stdout, one blob per dimension set, then forget them.
+
+    Powertools keeps each `add_metric` value of a name in a list, and writes a blob by itself when a list reaches
+    its limit of 100 values, so no observation is lost or merged.
+    """
     for dims, figures in sorted(_pending.items()):
         for key, dimension in dims:
             _metrics.add_dimension(name=key, value=dimension)
-        for name, (value, unit) in sorted(figures.items()):
-            _metrics.add_metric(name=name, unit=unit, value=value)
+        for name, values in sorted(figures.items()):
+            for value in values:
+                _metrics.add_metric(name=name.value, unit=MetricUnit(UNITS[name]), value=value)
         _metrics.flush_metrics()
     _pending.clear()
 

@@ -22,6 +22,7 @@ from core.events import (
     parse_event,
 )
 from core.lifecycle import Status
+from core.metric_names import MetricName
 from core.observability import count, logger
 from core.settings import Settings
 from core.store import AppointmentRecord, Change, MessageRecord, PatientRecord, iso
@@ -61,7 +62,7 @@ def handle_clinic_event(envelope: object, settings: Settings) -> PlanningResult:
             max_years_ahead=settings.MAX_DUE_DATE_YEARS_AHEAD,
         )
     except InvalidEvent as exc:
-        count("EventsRejected")
+        count(MetricName.EVENTS_REJECTED)
         logger.warning("clinic event rejected", extra={"field": exc.field, "reason": exc.reason})
         return PlanningResult(rejected=1, errors=[str(exc)])
     return apply_event(event, settings, now)
@@ -202,7 +203,7 @@ def reconcile_appointment(appointment_id: str, settings: Settings, now: datetime
         )
         if store.create_message(message, now):
             result.created += 1
-            count("RemindersPlanned", reminder_type=reminder_type, provider=settings.SMS_PROVIDER.value)
+            count(MetricName.REMINDERS_PLANNED, reminder_type=reminder_type, provider=settings.SMS_PROVIDER.value)
     return result
 
 
@@ -225,7 +226,7 @@ def cancel_message(message: MessageRecord, reason: str, settings: Settings, now:
     )
     done = store.transition(message, change, at=now, settings=settings)
     if done:
-        count("RemindersCancelled", reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+        count(MetricName.REMINDERS_CANCELLED, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
     return done
 
 

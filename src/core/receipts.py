@@ -12,10 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
-
 from core import clock, store
 from core.lifecycle import Status
+from core.metric_names import MetricName
 from core.observability import count, logger, measure
 from core.secrets import secret_text
 from core.settings import Settings
@@ -61,7 +60,7 @@ def authenticate(token: str | None, settings: Settings) -> None:
     """Check the secret token of the registered URL in constant time; raises ReceiptRejected(403)."""
     expected = secret_text(settings.RECEIPT_TOKEN_SECRET, settings)
     if not token or not hmac.compare_digest(token.encode(), expected.encode()):
-        count("ReceiptsRejected")
+        count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(403, "bad or missing token")
 
 
@@ -73,18 +72,18 @@ def orange_receipt(body: str, settings: Settings) -> ReceiptOutcome:
         provider_id = notification["callbackData"]
         delivery_status = notification["deliveryInfo"]["deliveryStatus"]
     except (ValueError, KeyError, TypeError):
-        count("ReceiptsRejected")
+        count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "not a deliveryInfoNotification") from None
     if not isinstance(provider_id, str) or not provider_id or len(provider_id) > 200:
-        count("ReceiptsRejected")
+        count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "deliveryInfoNotification.callbackData: must be a non-empty string")
     if delivery_status not in ORANGE_STATUSES:
-        count("ReceiptsRejected")
+        count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "deliveryInfoNotification.deliveryInfo.deliveryStatus: unknown value")
     store.bind(settings)
     message_id = store.message_id_by_provider_id(provider_id)
     if message_id is None:
-        count("ReceiptsUnknown")
+        count(MetricName.RECEIPTS_UNKNOWN)
         logger.warning("receipt for an unknown provider message id", extra={"provider": "orange"})
         return ReceiptOutcome("unknown")
     return apply_receipt(message_id, delivery_status, ORANGE_STATUSES[delivery_status], settings)
@@ -96,15 +95,15 @@ def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome
     try:
         dlr_type = int(params.get("type", ""))
     except ValueError:
-        count("ReceiptsRejected")
+        count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "type: must be a Kannel DLR type (1, 2, 4, 8 or 16)") from None
     if not message_id.startswith("msg_") or len(message_id) > 64 or dlr_type not in KANNEL_TYPES:
-        count("ReceiptsRejected")
+        count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "message_id or type: not a Kannel DLR for one of our messages")
     store.bind(settings)
     name, target = KANNEL_TYPES[dlr_type]
     if store.get_message(message_id) is None:
-        count("ReceiptsUnknown")
+        count(MetricName.RECEIPTS_UNKNOWN)
         return ReceiptOutcome("unknown")
     return apply_receipt(message_id, name, target, settings)
 
@@ -113,7 +112,7 @@ def apply_receipt(message_id: str, provider_status: str, target: Status | None, 
     """Move a sent message to delivered or failed, or record an intermediate status; never backwards."""
     message = store.get_message(message_id)
     if message is None:
-        count("ReceiptsUnknown")
+        count(MetricName.RECEIPTS_UNKNOWN)
         return ReceiptOutcome("unknown")
     now = clock.now()
     sources = {Status.DELIVERED: frozenset({Status.SENT, Status.FAILED}), Status.FAILED: frozenset({Status.SENT})}
@@ -132,16 +131,15 @@ def apply_receipt(message_id: str, provider_status: str, target: Status | None, 
         return ReceiptOutcome("unchanged", message_id)
     provider = message.provider or settings.SMS_PROVIDER.value
     if target is Status.DELIVERED:
-        count("SmsDelivered", reminder_type=message.reminder_type, provider=provider)
+        count(MetricName.SMS_DELIVERED, reminder_type=message.reminder_type, provider=provider)
         if message.sent_at:
             latency = max(0.0, (now - parse_iso(message.sent_at)).total_seconds())
             measure(
-                "DeliveryLatencySeconds",
+                MetricName.DELIVERY_LATENCY_SECONDS,
                 latency,
-                MetricUnit.Seconds,
                 reminder_type=message.reminder_type,
                 provider=provider,
             )
     else:
-        count("SmsFailed", reminder_type=message.reminder_type, provider=provider)
+        count(MetricName.SMS_FAILED, reminder_type=message.reminder_type, provider=provider)
     return ReceiptOutcome(target.value, message_id)

@@ -15,7 +15,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import boto3
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency import (
@@ -26,6 +25,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 
 from core import clock, provider_state, queue, store
 from core.lifecycle import Status
+from core.metric_names import MetricName
 from core.observability import count, logger, measure
 from core.providers.base import FailureKind, ProviderError
 from core.providers.factory import provider_for
@@ -229,8 +229,13 @@ def _settle(
     )
     if not store.transition(message, change, at=now, settings=settings):
         return "stale"
-    metric = {Status.CANCELLED: "RemindersCancelled", Status.EXPIRED: "RemindersExpired"}.get(target, "SmsFailed")
-    count(metric, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+    count(
+        {Status.CANCELLED: MetricName.REMINDERS_CANCELLED, Status.EXPIRED: MetricName.REMINDERS_EXPIRED}.get(
+            target, MetricName.SMS_FAILED
+        ),
+        reminder_type=message.reminder_type,
+        provider=settings.SMS_PROVIDER.value,
+    )
     logger.info(
         "message settled without sending",
         extra={"message_id": message.message_id, "status": target.value, "reason": why},
@@ -279,7 +284,7 @@ def _after_failure(
         extra={"message_id": message.message_id, "kind": error.kind.value, "code": error.code, "attempt": attempt},
     )
     if error.code.startswith(("429", "http_429")):
-        count("ProviderThrottled")
+        count(MetricName.PROVIDER_THROTTLED)
     if error.kind is FailureKind.PROVIDER_WIDE:
         provider_state.hold(now + PROVIDER_HOLD, f"{error.code}")
         # Not the message's fault: no attempt is burnt.
@@ -287,7 +292,7 @@ def _after_failure(
     if error.kind is FailureKind.PERMANENT:
         return _settle(message, Status.FAILED, str(error), now, settings, attempts=attempt)
     if error.kind is FailureKind.AMBIGUOUS:
-        count("AmbiguousSends", reminder_type=message.reminder_type, provider=provider)
+        count(MetricName.AMBIGUOUS_SENDS, reminder_type=message.reminder_type, provider=provider)
         policy = settings.SMS_ON_AMBIGUOUS_SEND
         if policy is AmbiguousSendPolicy.ASSUME_SENT:
             return _record_sent(
@@ -303,7 +308,7 @@ def _after_failure(
     retry_at = next_allowed(now + delay, zone, settings.quiet_hours)
     outcome = _defer(message, retry_at, str(error), now, settings, attempts=attempt)
     if outcome == "retry":
-        count("SmsRetried", reminder_type=message.reminder_type, provider=provider)
+        count(MetricName.SMS_RETRIED, reminder_type=message.reminder_type, provider=provider)
     return outcome
 
 
@@ -328,7 +333,7 @@ def _dead_letter(
     )
     if not store.transition(message, change, at=now, settings=settings):
         return "stale"
-    count("SmsDeadLettered", reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+    count(MetricName.SMS_DEAD_LETTERED, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
     return Status.DEAD_LETTER.value
 
 
@@ -369,8 +374,8 @@ def _record_sent(
         )
         return "sent_unrecorded"
     type_, provider = message.reminder_type, str(values["provider"])
-    count("SmsSent", reminder_type=type_, provider=provider)
+    count(MetricName.SMS_SENT, reminder_type=type_, provider=provider)
     lateness = max(0.0, (now - parse_iso(message.scheduled_at)).total_seconds())
-    measure("SendLatenessSeconds", lateness, MetricUnit.Seconds, reminder_type=type_, provider=provider)
+    measure(MetricName.SEND_LATENESS_SECONDS, lateness, reminder_type=type_, provider=provider)
     logger.info("sms sent", extra={"message_id": message.message_id, "attempt": attempt, "ambiguous": bool(ambiguous)})
     return "ambiguous_sent" if ambiguous else Status.SENT.value

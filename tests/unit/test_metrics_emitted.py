@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import io
+import json
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,8 @@ CORE = Path(__file__).parents[2] / "src" / "core"
 
 
 def _emitted() -> dict[str, set[frozenset[str]]]:
-    """Every `count("Name", ...)` / `measure("Name", ...)` in src/core, with the dimension keywords it passes."""
+    """Every `MetricName.X` named in the first argument of a `count(...)` / `measure(...)` in src/core, with the
+    dimension keywords the call passes. A name written as a string fails the test: names go through MetricName."""
     found: dict[str, set[frozenset[str]]] = {}
     for path in CORE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -23,10 +27,19 @@ def _emitted() -> dict[str, set[frozenset[str]]]:
             if node.func.id not in {"count", "measure"} or not node.args:
                 continue
             first = node.args[0]
-            if isinstance(first, ast.Constant) and isinstance(first.value, str):
-                dims = {kw.arg for kw in node.keywords if kw.arg in {"reminder_type", "provider"}}
-                found.setdefault(first.value, set()).add(frozenset({"service", *dims}))
+            dims = {kw.arg for kw in node.keywords if kw.arg in {"reminder_type", "provider"}}
+            assert not isinstance(first, ast.Constant), f"{path.name}:{node.lineno}: use MetricName, not a string"
+            for name in _names(first):
+                found.setdefault(name, set()).add(frozenset({"service", *dims}))
     return found
+
+
+def _names(expression: ast.expr) -> set[str]:
+    return {
+        MetricName[n.attr].value
+        for n in ast.walk(expression)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "MetricName"
+    }
 
 
 def test_every_emitted_metric_is_a_known_name() -> None:
@@ -44,3 +57,39 @@ def test_every_known_metric_is_emitted_somewhere() -> None:
     emitted = set(_emitted()) | {m.value for m in HEALTH}  # health figures go out through health.metric_values
     missing = {m.value for m in MetricName} - emitted
     assert not missing, f"watched by the template but never emitted: {sorted(missing)}"
+
+
+def test_each_observation_is_its_own_value_and_counts_are_summed(capsys: pytest.CaptureFixture[str]) -> None:
+    from core.observability import count, discard_metrics, flush_metrics, measure
+
+    discard_metrics()
+    for lateness in (2.0, 5.0, 11.0):
+        measure(MetricName.SEND_LATENESS_SECONDS, lateness, reminder_type="1_day_reminder", provider="orange")
+        count(MetricName.SMS_SENT, reminder_type="1_day_reminder", provider="orange")
+    measure(MetricName.DISPATCH_LAG_SECONDS, 7.0)
+    capsys.readouterr()
+    flush_metrics()
+    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+
+    by_type = next(b for b in blobs if b.get("reminder_type") == "1_day_reminder")
+    assert by_type["SendLatenessSeconds"] == [2.0, 5.0, 11.0]  # not one summed 18 s: p95 and average stay true
+    assert by_type["SmsSent"] == [3.0]  # three sends, one summed count
+    (unit,) = [
+        m["Unit"] for m in by_type["_aws"]["CloudWatchMetrics"][0]["Metrics"] if m["Name"] == "SendLatenessSeconds"
+    ]
+    assert unit == "Seconds"
+    service_only = next(b for b in blobs if "reminder_type" not in b)
+    assert service_only["DispatchLagSeconds"] == [7.0]
+
+
+def test_more_than_a_hundred_observations_are_all_written() -> None:
+    from core.observability import discard_metrics, flush_metrics, measure
+
+    discard_metrics()
+    for lateness in range(250):
+        measure(MetricName.SEND_LATENESS_SECONDS, float(lateness), reminder_type="7_day_reminder", provider="orange")
+    written = io.StringIO()
+    with redirect_stdout(written):
+        flush_metrics()
+    values = [v for line in written.getvalue().splitlines() for v in json.loads(line).get("SendLatenessSeconds", [])]
+    assert sorted(values) == [float(v) for v in range(250)]  # Powertools flushes at 100 values, loses none
