@@ -68,7 +68,7 @@ def simulate(
     scenario: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Scenario JSON file.")],
     as_json: AsJson = False,
 ) -> None:
-    """Run a scenario through the whole pipeline in virtual time (DESIGN.md's contract)."""
+    """Run a scenario through the whole pipeline in virtual time (the contract in docs/simulation.md)."""
     from rappel_local.scenario import ScenarioError
     from rappel_local.simulate import simulate as run
 

@@ -1,4 +1,7 @@
-"""DESIGN.md's invariants, checked on a simulation's output: what e2e tests, the demo and the bench assert."""
+"""The invariants of docs/lifecycle.md, checked on a simulation's output.
+
+This is what e2e tests, the demo and the bench assert.
+"""
 
 from __future__ import annotations
 

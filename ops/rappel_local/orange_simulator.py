@@ -1,6 +1,6 @@
 """A local Orange SMS API over real HTTP, for the embedded runtime, `rappel simulate` and the integration tests.
 
-It speaks the wire contract of research/orange-sms-api.md (OAuth v3 token, send, contracts, both error shapes,
+It speaks the wire contract of docs/providers.md#orange-sms-api (OAuth v3 token, send, contracts, both error shapes,
 delivery receipts) and adds what a test needs: faults from the scenario's `provider` block, a rate limit, latency
 and token expiry measured on an injected clock (virtual in simulations), and a log of every send it accepted.
 """

@@ -28,7 +28,7 @@ class ScenarioEvent(BaseModel):
 
 
 class Scenario(BaseModel):
-    """The `rappel simulate` input (DESIGN.md, "Embedded runtime and simulation")."""
+    """The `rappel simulate` input (docs/simulation.md#scenario-format)."""
 
     model_config = ConfigDict(extra="forbid")
 

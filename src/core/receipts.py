@@ -29,7 +29,7 @@ ORANGE_STATUSES: dict[str, Status | None] = {
     "DeliveryUncertain": None,
 }
 # Kannel dlr-mask bits: 1 delivered to phone, 2 not delivered to phone, 4 queued on SMSC, 8 delivered to SMSC,
-# 16 rejected by SMSC (research §10.1, as RapidPro's courier maps them).
+# 16 rejected by SMSC (docs/providers.md#delivery-reports-dlr, as RapidPro's courier maps them).
 KANNEL_TYPES: dict[int, tuple[str, Status | None]] = {
     1: ("DeliveredToTerminal", Status.DELIVERED),
     2: ("DeliveryImpossible", Status.FAILED),

@@ -49,7 +49,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
 
-    # The spec's variables, with the spec's defaults except where DESIGN.md changes them.
+    # The spec's variables, with the spec's defaults except where docs/architecture.md#departures-from-the-spec
+    # changes them.
     SMS_BATCH_SIZE: Annotated[int, Field(ge=1, le=100)] = 50
     SMS_PROCESSING_INTERVAL_MINUTES: Annotated[int, Field(ge=1, le=60)] = 1
     SMS_MAX_RETRIES: Annotated[int, Field(ge=0, le=20)] = 3

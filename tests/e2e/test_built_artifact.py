@@ -111,6 +111,31 @@ def test_the_deploy_build_ships_lambda_code_and_locked_aarch64_dependencies_only
     assert not [p for p in layer.rglob("*.so") if "x86_64" in p.name]
 
 
+def test_sam_package_uploads_one_layer_and_one_code_zip_and_writes_the_deployable_template(
+    arm64_build: Path, embedded_stack, tmp_path: Path
+) -> None:
+    """`sam package` (what `sam deploy` does first), with S3 on the embedded stack's endpoint."""
+    environment, _, _, session = embedded_stack
+    s3 = session.client("s3", region_name="us-east-1", endpoint_url=environment["AWS_ENDPOINT_URL"])
+    s3.create_bucket(Bucket="rappel-artifacts")
+    packaged = tmp_path / "packaged.yaml"
+    command = [str(SAM), "package", "--template-file", str(arm64_build / "template.yaml"), "--no-progressbar"]
+    _run(
+        [*command, "--s3-bucket", "rappel-artifacts", "--output-template-file", str(packaged)],
+        env={**os.environ, **FAKE_AWS, "AWS_ENDPOINT_URL": environment["AWS_ENDPOINT_URL"]},
+    )
+    from rappel_local.stack import load_template
+
+    resources = load_template(packaged)["Resources"]
+    code = {r["Properties"]["CodeUri"] for r in resources.values() if r["Type"] == "AWS::Serverless::Function"}
+    layer = resources["DependenciesLayer"]["Properties"]["ContentUri"]
+    assert len(code) == 1 and next(iter(code)).startswith("s3://rappel-artifacts/")  # six functions, one code zip
+    assert layer.startswith("s3://rappel-artifacts/")
+    sizes = {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket="rappel-artifacts")["Contents"]}
+    code_zip, layer_zip = sizes[next(iter(code)).rsplit("/", 1)[1]], sizes[layer.rsplit("/", 1)[1]]
+    assert code_zip < 1_000_000 < layer_zip  # the code is small; the dependencies are uploaded once, in the layer
+
+
 def test_the_host_build_comes_from_the_same_template_and_lock(host_build: Path) -> None:
     functions = built_functions(host_build)
     assert set(functions) == FUNCTIONS

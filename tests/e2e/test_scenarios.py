@@ -1,4 +1,4 @@
-"""End-to-end scenarios through `rappel simulate`: DESIGN.md's invariants checked on the output of every run.
+"""End-to-end scenarios through `rappel simulate`: docs/lifecycle.md's invariants checked on the output of every run.
 
 Each scenario is a small dict (a few patients, a few weeks) run by `simulate()` on moto, the Orange simulator
 over HTTP and a virtual clock. `assert_invariants` checks the output twice: through `stats["invariants"]`
@@ -247,7 +247,10 @@ def assert_invariants(
     dead_letters_ok: bool = False,
     handler_errors_ok: bool = False,
 ) -> None:
-    """DESIGN.md's invariants 1-5 on a simulation's output, via stats["invariants"] and recomputed independently."""
+    """docs/lifecycle.md's invariants 1-5 on a simulation's output.
+
+    Checked via stats["invariants"] and recomputed independently.
+    """
     dump = describe(out)
     checked = out["stats"]["invariants"]
     # The project's own checker first.
@@ -807,7 +810,7 @@ def _summary(out: dict[str, Any]) -> dict[str, tuple[str, int, int]]:
 
     `sent` and `delivered` count as one outcome: when a crash falls between the provider's acceptance and our
     "sent" write, the delivery receipt can arrive before we know the provider's id for the message; it is then
-    answered 200 and counted as unknown (DESIGN.md, delivery_receipt), and the message stays `sent`.
+    answered 200 and counted as unknown (docs/providers.md#delivery-receipts), and the message stays `sent`.
     """
     outcome = {"delivered": "sent"}
     return {

@@ -1,4 +1,4 @@
-"""Provider error classification (research/orange-sms-api.md §3): pure, no sockets."""
+"""Provider error classification (docs/providers.md#errors-and-their-classification): pure, no sockets."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def oneapi(message_id: str, key: str = "serviceException", variables: list[str] 
     }
 
 
-# Every row of research §3.2 plus the brief's rules for the rest.
+# Every row of docs/providers.md#errors-and-their-classification plus the brief's rules for the rest.
 TABLE = [
     # 401: 40/42 were already refreshed-and-replayed by the adapter, so another attempt later may work.
     (401, gateway(40, "Missing credentials"), FailureKind.TRANSIENT, "401/40"),

@@ -1,7 +1,8 @@
 """The provider interface every SMS adapter implements, and the error classification they share.
 
-The classification follows research/orange-sms-api.md §3: what a failure means for the message decides what the
-sender does next (back off, fail it, hold the whole queue, or record that it may already have gone out).
+The classification follows docs/providers.md#errors-and-their-classification: what a failure means for the
+message decides what the sender does next (back off, fail it, hold the whole queue, or record that it may already
+have gone out).
 """
 
 from __future__ import annotations
@@ -244,7 +245,9 @@ def classify_http(
     *,
     now: datetime | None = None,
 ) -> ProviderError:
-    """Classify a provider's HTTP error reply (research §3.2); `body` may be parsed JSON, text, bytes or None.
+    """Classify a provider's HTTP error reply (docs/providers.md#errors-and-their-classification).
+
+    `body` may be parsed JSON, text, bytes or None.
 
     `now` (default: the installed clock) turns an HTTP-date `Retry-After` into seconds.
     """

@@ -1,4 +1,7 @@
-"""Kannel adapter: `GET cgi-bin/sendsms` with a delivery-report URL carrying our message id (research §10.1)."""
+"""Kannel adapter: `GET cgi-bin/sendsms` with a delivery-report URL carrying our message id.
+
+See docs/providers.md#kannel.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Orange "SMS Africa & Middle East" adapter: the wire contract of research/orange-sms-api.md §0-§6.
+"""Orange "SMS Africa & Middle East" adapter: the wire contract of docs/providers.md#orange-sms-api.
 
 One recipient per request, OAuth v3 client-credentials token cached in-process, the sender `tel:+…`
 percent-encoded in the path and repeated un-encoded in the body. Orange has no idempotency key, so a
