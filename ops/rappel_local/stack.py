@@ -160,7 +160,7 @@ def _scalar(value: Any) -> str:
 _SUB_VARIABLE = re.compile(r"\$\{([^}!][^}]*)\}")
 
 
-class _Resolver:
+class IntrinsicResolver:
     """Resolves the intrinsics the data resources use, with parameter defaults and the local physical ids."""
 
     def __init__(self, template: Mapping[str, Any], *, stack_name: str, region: str, account_id: str) -> None:
@@ -399,7 +399,7 @@ def create_stack(
     account_id = "000000000000"
     if "sqs" in services or "secretsmanager" in services:
         account_id = _account_id(boto, region, endpoint_url)
-    resolver = _Resolver(template, stack_name=prefix, region=region, account_id=account_id)
+    resolver = IntrinsicResolver(template, stack_name=prefix, region=region, account_id=account_id)
 
     stack = LocalStack(prefix=prefix, region=region, endpoint_url=endpoint_url, services=tuple(services))
 
@@ -448,7 +448,7 @@ def _error_code(exc: ClientError) -> str:
 
 
 def _create_tables(
-    dynamodb: Any, resources: Mapping[str, Any], resolver: _Resolver, stack: LocalStack, *, exist_ok: bool
+    dynamodb: Any, resources: Mapping[str, Any], resolver: IntrinsicResolver, stack: LocalStack, *, exist_ok: bool
 ) -> None:
     for logical_id, resource in _of_type(resources, _TABLE):
         props = resolver.resolve(resource.get("Properties", {}))
@@ -516,7 +516,7 @@ def _attribute_value(value: Any) -> str:
     return str(value)
 
 
-def _create_queues(sqs: Any, resources: Mapping[str, Any], resolver: _Resolver, stack: LocalStack) -> None:
+def _create_queues(sqs: Any, resources: Mapping[str, Any], resolver: IntrinsicResolver, stack: LocalStack) -> None:
     queues = dict(_of_type(resources, _QUEUE))
     pending = {q: _queue_dependencies(r.get("Properties", {}), set(queues) - {q}) for q, r in queues.items()}
     names: dict[str, str] = {}
@@ -593,7 +593,7 @@ def _secret_value(props: Mapping[str, Any], override: Mapping[str, str] | None) 
 def _create_secrets(
     client: Any,
     resources: Mapping[str, Any],
-    resolver: _Resolver,
+    resolver: IntrinsicResolver,
     stack: LocalStack,
     overrides: Mapping[str, Mapping[str, str]],
     *,

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +26,13 @@ from rappel_cli.target import write_local_state
 from rappel_local.local import FAKE_AWS
 from rappel_local.orange_simulator import OrangeSimulator
 from rappel_local.stack import create_stack
+from tests.e2e.samples import DUE_WHENEVER_THIS_RUNS, EVENTS, PHONE, run_every_sample
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
 SAM = ROOT / ".venv-sam" / "bin" / "sam"
-EVENTS = ROOT / "events"
 LOCK = ROOT / "layers" / "dependencies" / "requirements.txt"
 FUNCTIONS = {"plan_reminders", "dispatch_due", "send_sms", "delivery_receipt", "health_check", "daily_statistics"}
-PHONE = "+2250701020304"  # the samples' number: it must never appear unmasked in the functions' logs
 CREDENTIALS = {"client_id": "rappel-artifact", "client_secret": "artifact-secret-not-real"}
 
 
@@ -150,17 +147,6 @@ def test_an_arm64_build_is_not_executed_on_another_architecture(arm64_build: Pat
         invoke_built(built_functions(arm64_build)["health_check"], {}, {})
 
 
-def _shifted_event(name: str, days: int, **replacements: str) -> dict[str, Any]:
-    """A sample event with its dates moved by `days`: the built code runs on the real clock, not a virtual one."""
-    text = (EVENTS / name).read_text()
-    for old, new in replacements.items():
-        text = text.replace(old, new)
-    text = re.sub(
-        r"\d{4}-\d{2}-\d{2}", lambda m: (date.fromisoformat(m.group(0)) + timedelta(days=days)).isoformat(), text
-    )
-    return dict(json.loads(text))
-
-
 @pytest.fixture(scope="module")
 def embedded_stack() -> Any:
     """moto's server, the stack's resources and the Orange simulator, all on localhost; the functions' environment."""
@@ -181,10 +167,7 @@ def embedded_stack() -> Any:
         "AWS_ENDPOINT_URL": endpoint,
         "ORANGE_API_BASE_URL": simulator.base_url,
         "RECEIPT_BASE_URL": "http://127.0.0.1:9/",
-        # The real clock decides what is due: a 7-day reminder at 00:00 with quiet hours off is due whenever
-        # this runs, so the run does not depend on the time of day.
-        "REMINDER_7_DAY_TIME": "00:00",
-        "SMS_QUIET_HOURS_ENABLED": "false",
+        **DUE_WHENEVER_THIS_RUNS,
     }
     yield environment, stack, simulator, session
     simulator.stop()
@@ -204,60 +187,16 @@ def test_every_built_function_runs_its_sample_event_against_the_embedded_stack(
         logs.append(result.logs)
         return result.response
 
-    # The samples' dose is due on 2027-03-20 and dispatched on 2027-03-13: move that day to today.
-    days = (datetime.now(UTC).date() - date(2027, 3, 13)).days
-    assert invoke("plan_reminders", _shifted_event("patient_upserted.json", days))["applied"] == 1
-    assert invoke("plan_reminders", _shifted_event("dose_scheduled.json", days))["created"] == 3
-    assert invoke("dispatch_due", _shifted_event("schedule_dispatch.json", days))["enqueued"] == 1
-
-    sqs = session.client("sqs", region_name="us-east-1", endpoint_url=environment["AWS_ENDPOINT_URL"])
-    received = sqs.receive_message(QueueUrl=stack.send_queue_url, MaxNumberOfMessages=10)["Messages"]
-    assert len(received) == 1
-    batch = _shifted_event("sqs_send_batch.json", days)
-    batch["Records"][0].update(
-        messageId=received[0]["MessageId"],
-        receiptHandle=received[0]["ReceiptHandle"],
-        body=received[0]["Body"],
-        eventSourceARN=stack.send_queue_arn,
-    )
-    assert invoke("send_sms", batch) == {"batchItemFailures": []}
-    (accepted,) = simulator.accepted
-    message_id = json.loads(received[0]["Body"])["message_id"]
-    assert _message(session, environment, stack, message_id)["status"]["S"] == "sent"
-
-    receipt = _shifted_event(
-        "receipt_orange.json",
-        days,
-        REPLACE_WITH_RECEIPT_TOKEN=stack.receipt_token,
-        REPLACE_WITH_PROVIDER_MESSAGE_ID=accepted.message_id,
-    )
-    assert invoke("delivery_receipt", receipt)["statusCode"] == 200
-    assert _message(session, environment, stack, message_id)["status"]["S"] == "delivered"
-    kannel = _shifted_event(
-        "receipt_kannel.json",
-        days,
-        REPLACE_WITH_RECEIPT_TOKEN=stack.receipt_token,
-        msg_c50b2734a2436918aa5597690306618d=message_id,
-    )
-    assert invoke("delivery_receipt", kannel)["body"] == "unchanged"  # already delivered: receipts are monotonic
-
-    health = invoke("health_check", _shifted_event("schedule_health.json", days))
-    assert health["healthy"] is True and health["pending_count"] == 2
-    daily = invoke("daily_statistics", _shifted_event("schedule_daily_statistics.json", days))
-    assert daily["total"]["sent"] == 1 and daily["total"]["delivered"] == 1
-    assert invoke("plan_reminders", _shifted_event("dose_administered.json", days))["cancelled"] == 2
-    assert invoke("plan_reminders", _shifted_event("appointment_cancelled.json", days))["applied"] == 1
+    session_clients = {
+        service: session.client(service, region_name="us-east-1", endpoint_url=environment["AWS_ENDPOINT_URL"])
+        for service in ("sqs", "dynamodb")
+    }
+    run_every_sample(invoke, **session_clients, stack=stack, simulator=simulator)
 
     everything = "".join(logs)
     assert PHONE not in everything
     assert '"_aws"' in everything  # the metrics went out as EMF
     assert "SmsSent" in everything
-
-
-def _message(session: Any, environment: dict[str, str], stack: Any, message_id: str) -> dict[str, Any]:
-    dynamodb = session.client("dynamodb", region_name="us-east-1", endpoint_url=environment["AWS_ENDPOINT_URL"])
-    item = dynamodb.get_item(TableName=stack.messages_table, Key={"message_id": {"S": message_id}})["Item"]
-    return dict(item)
 
 
 def test_rappel_invoke_runs_a_built_handler_against_the_local_stack(

@@ -1,0 +1,88 @@
+"""Every function run once on its events/ sample, in the order a reminder's life calls them.
+
+Shared by the built-artifact test (each function run from the build folder in an isolated interpreter) and the IAM
+test (in-process, every AWS call recorded). The real clock decides what is due, so the samples' dates are moved
+to today and the stack's environment must set a 7-day reminder time of 00:00 with quiet hours off.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+EVENTS = Path(__file__).parents[2] / "events"
+PHONE = "+2250701020304"  # the samples' number
+# The samples' dose is due on 2027-03-20 and dispatched on 2027-03-13; the runs move that day to today.
+SAMPLE_DISPATCH_DAY = date(2027, 3, 13)
+# What the stack's functions need in their environment besides the resources, for the samples to find work.
+DUE_WHENEVER_THIS_RUNS = {"REMINDER_7_DAY_TIME": "00:00", "SMS_QUIET_HOURS_ENABLED": "false"}
+
+Invoke = Callable[[str, dict[str, Any]], Any]
+
+
+def shifted_event(name: str, days: int, **replacements: str) -> dict[str, Any]:
+    """A sample event with its dates moved by `days`, and placeholders replaced."""
+    text = (EVENTS / name).read_text()
+    for old, new in replacements.items():
+        text = text.replace(old, new)
+    text = re.sub(
+        r"\d{4}-\d{2}-\d{2}", lambda m: (date.fromisoformat(m.group(0)) + timedelta(days=days)).isoformat(), text
+    )
+    return dict(json.loads(text))
+
+
+def run_every_sample(invoke: Invoke, *, sqs: Any, dynamodb: Any, stack: Any, simulator: Any) -> None:
+    """Plan, dispatch, send, settle by both receipt formats, check health and report, then cancel; each checked.
+
+    `invoke(function, event)` returns the handler's response; `sqs` and `dynamodb` are clients on the stack.
+    """
+    days = (datetime.now(UTC).date() - SAMPLE_DISPATCH_DAY).days
+
+    def status(message_id: str) -> str:
+        item = dynamodb.get_item(TableName=stack.messages_table, Key={"message_id": {"S": message_id}})["Item"]
+        return str(item["status"]["S"])
+
+    assert invoke("plan_reminders", shifted_event("patient_upserted.json", days))["applied"] == 1
+    assert invoke("plan_reminders", shifted_event("dose_scheduled.json", days))["created"] == 3
+    assert invoke("dispatch_due", shifted_event("schedule_dispatch.json", days))["enqueued"] == 1
+
+    received = sqs.receive_message(QueueUrl=stack.send_queue_url, MaxNumberOfMessages=10)["Messages"]
+    assert len(received) == 1
+    batch = shifted_event("sqs_send_batch.json", days)
+    batch["Records"][0].update(
+        messageId=received[0]["MessageId"],
+        receiptHandle=received[0]["ReceiptHandle"],
+        body=received[0]["Body"],
+        eventSourceARN=stack.send_queue_arn,
+    )
+    assert invoke("send_sms", batch) == {"batchItemFailures": []}
+    (accepted,) = simulator.accepted
+    message_id = json.loads(received[0]["Body"])["message_id"]
+    assert status(message_id) == "sent"
+
+    receipt = shifted_event(
+        "receipt_orange.json",
+        days,
+        REPLACE_WITH_RECEIPT_TOKEN=stack.receipt_token,
+        REPLACE_WITH_PROVIDER_MESSAGE_ID=accepted.message_id,
+    )
+    assert invoke("delivery_receipt", receipt)["statusCode"] == 200
+    assert status(message_id) == "delivered"
+    kannel = shifted_event(
+        "receipt_kannel.json",
+        days,
+        REPLACE_WITH_RECEIPT_TOKEN=stack.receipt_token,
+        msg_c50b2734a2436918aa5597690306618d=message_id,
+    )
+    assert invoke("delivery_receipt", kannel)["body"] == "unchanged"  # already delivered: receipts are monotonic
+
+    health = invoke("health_check", shifted_event("schedule_health.json", days))
+    assert health["healthy"] is True and health["pending_count"] == 2
+    daily = invoke("daily_statistics", shifted_event("schedule_daily_statistics.json", days))
+    assert daily["total"]["sent"] == 1 and daily["total"]["delivered"] == 1
+    assert invoke("plan_reminders", shifted_event("dose_administered.json", days))["cancelled"] == 2
+    assert invoke("plan_reminders", shifted_event("appointment_cancelled.json", days))["applied"] == 1
