@@ -780,6 +780,8 @@ class OrangeSimulator:
             return _json_reply(200, [] if not self._legacy_contracts else {"partnerContracts": {"contracts": []}})
         with self._lock:
             units = self._units
+        if any(f.status == 403 and f.to is None and f.matches(now=now, to=None, nth=0) for f in self._faults):
+            units = 0  # a 403 window for every recipient is the bundle running out: the contracts say so too
         contract = {
             "id": "sim-contract-1",
             "type": "SMS_OCB",

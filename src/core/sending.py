@@ -285,6 +285,8 @@ def _after_failure(
     )
     if error.code.startswith(("429", "http_429")):
         count(MetricName.PROVIDER_THROTTLED)
+    if error.kind is FailureKind.REFUSED:
+        error = _confirm_refusal(error, now, settings)
     if error.kind is FailureKind.PROVIDER_WIDE:
         provider_state.hold(now + PROVIDER_HOLD, f"{error.code}")
         # Not the message's fault: no attempt is burnt.
@@ -310,6 +312,28 @@ def _after_failure(
     if outcome == "retry":
         count(MetricName.SMS_RETRIED, reminder_type=message.reminder_type, provider=provider)
     return outcome
+
+
+def _confirm_refusal(error: ProviderError, now: datetime, settings: Settings) -> ProviderError:
+    """Tell a refusal of this recipient from a refusal of the account, by the account's balance.
+
+    Holding all sending on one number's 403 would stop every family's reminders, so the hold needs the balance
+    to confirm it (no units, bundle expired, credentials refused). A balance that cannot be read decides nothing:
+    the message is retried like any transient failure.
+    """
+    try:
+        balance = provider_for(settings).balance()
+    except ProviderError as exc:
+        if exc.kind is FailureKind.PROVIDER_WIDE:
+            return ProviderError(FailureKind.PROVIDER_WIDE, error.code, f"{error.detail}; balance: {exc}")
+        why = f"{error.detail}; the balance could not tell this number from the account: {exc}"
+        return ProviderError(FailureKind.TRANSIENT, error.code, why, error.retry_after_seconds)
+    if balance is None or not balance.can_send(now):
+        left = "no balance to check" if balance is None else f"{balance.available_units} units, {balance.status}"
+        return ProviderError(FailureKind.PROVIDER_WIDE, error.code, f"{error.detail} ({left})")
+    units = balance.available_units
+    why = f"{error.detail}; refused for this number (the account can send: {units} units left)"
+    return ProviderError(FailureKind.PERMANENT, error.code, why)
 
 
 def _dead_letter(

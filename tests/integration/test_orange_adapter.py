@@ -207,15 +207,18 @@ def test_revoked_credentials_401_41_hold_the_queue_without_a_refresh(
         assert endpoint_statuses(sim, "token") == [200]
 
 
-def test_no_bundle_403_is_provider_wide(sim_clock: VirtualClock, adapter_clock: VirtualClock) -> None:
+def test_no_bundle_403_is_refused_and_the_balance_confirms_the_account(
+    sim_clock: VirtualClock, adapter_clock: VirtualClock
+) -> None:
     with make_sim(sim_clock, available_units=1) as sim:
         adapter = make_provider(sim.base_url, adapter_clock)
         send(adapter)
         with pytest.raises(ProviderError) as caught:
             send(adapter, to=BOB)
-        assert caught.value.kind is FailureKind.PROVIDER_WIDE
+        assert caught.value.kind is FailureKind.REFUSED
         assert caught.value.code == "403/50"
         assert [r.to for r in sim.accepted] == [ALICE]
+        assert not adapter.balance().can_send(adapter_clock.now())
 
 
 def test_svc0004_for_one_recipient_is_permanent_and_others_still_go(
@@ -339,9 +342,10 @@ def test_balance_of_an_expired_bundle(sim_clock: VirtualClock, adapter_clock: Vi
         sim_clock.sleep(7200)
         balance = adapter.balance()
         assert (balance.available_units, balance.status) == (7, "EXPIRED")
+        assert not balance.can_send(adapter_clock.now())
         with pytest.raises(ProviderError) as caught:
             send(adapter)
-        assert caught.value.kind is FailureKind.PROVIDER_WIDE
+        assert caught.value.kind is FailureKind.REFUSED
 
 
 def test_balance_for_another_country_is_empty(sim: OrangeSimulator, adapter_clock: VirtualClock) -> None:

@@ -66,9 +66,10 @@ TABLE = [
     (400, oneapi("SVC0002"), FailureKind.PERMANENT, "SVC0002"),
     (400, oneapi("POL1102", key="policyException"), FailureKind.PERMANENT, "POL1102"),
     (400, None, FailureKind.PERMANENT, "http_400"),
-    (403, None, FailureKind.PROVIDER_WIDE, "http_403"),
-    (403, gateway(50, "Access denied"), FailureKind.PROVIDER_WIDE, "403/50"),
-    (403, oneapi("POL0001", key="policyException"), FailureKind.PROVIDER_WIDE, "POL0001"),
+    # 403: this recipient or the whole account; the sender asks the balance which.
+    (403, None, FailureKind.REFUSED, "http_403"),
+    (403, gateway(50, "Access denied"), FailureKind.REFUSED, "403/50"),
+    (403, oneapi("POL0001", key="policyException"), FailureKind.REFUSED, "POL0001"),
     (404, None, FailureKind.PROVIDER_WIDE, "http_404"),
     (406, gateway(None, "Not acceptable"), FailureKind.PROVIDER_WIDE, "http_406"),
     (429, gateway(53, "Too many requests"), FailureKind.TRANSIENT, "429/53"),
@@ -173,7 +174,9 @@ def test_never_crashes_and_kind_follows_status(status: int, body: Any, retry_aft
     assert error.code
     if status == 429 or 500 <= status <= 599:
         assert error.kind is FailureKind.TRANSIENT
-    if status in (403, 404, 406):
+    if status == 403:
+        assert error.kind is FailureKind.REFUSED
+    if status in (404, 406):
         assert error.kind is FailureKind.PROVIDER_WIDE
     if error.retry_after_seconds is not None:
         assert error.retry_after_seconds >= 0

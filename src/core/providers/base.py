@@ -32,6 +32,8 @@ class FailureKind(StrEnum):
     TRANSIENT = "transient"
     PERMANENT = "permanent"
     PROVIDER_WIDE = "provider_wide"
+    # Refused (HTTP 403): this recipient, or the whole account (no bundle left). The sender asks the balance which.
+    REFUSED = "refused"
     AMBIGUOUS = "ambiguous"
 
 
@@ -50,6 +52,14 @@ class Balance:
     available_units: int | None
     expires_at: datetime | None
     status: str | None
+
+    def can_send(self, now: datetime) -> bool:
+        """Whether this balance lets the account send at `now` (unknown figures do not count against it)."""
+        if self.status is not None and self.status.upper() != "ACTIVE":
+            return False
+        if self.available_units is not None and self.available_units <= 0:
+            return False
+        return self.expires_at is None or self.expires_at > now
 
 
 class ProviderError(Exception):
@@ -224,7 +234,9 @@ def _kind_for(status: int, parsed: ErrorBody) -> FailureKind:
         if parsed.gateway_code in (40, 42):
             return FailureKind.TRANSIENT
         return FailureKind.PROVIDER_WIDE
-    if status in (403, 404, 406):
+    if status == 403:
+        return FailureKind.REFUSED
+    if status in (404, 406):
         return FailureKind.PROVIDER_WIDE
     # 408: the server gave up waiting for our request, so nothing was sent.
     if status in (408, 429) or 500 <= status <= 599:

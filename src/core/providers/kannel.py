@@ -107,9 +107,10 @@ class KannelProvider:
         if 200 <= response.status_code <= 299:
             return Accepted(provider=self.name, provider_message_id=message_id)
         reply = " ".join(response.text.split())
-        if response.status_code == 403 and "authorization failed" not in reply.lower():
-            # "Not routable. Do not try again." and the like: this number, not the account.
-            raise ProviderError(FailureKind.PERMANENT, "http_403", f"HTTP 403: {redact(reply)}")
+        if response.status_code == 403:
+            # "Authorization failed" is the account; "Not routable. Do not try again." and the like, this number.
+            kind = FailureKind.PROVIDER_WIDE if "authorization failed" in reply.lower() else FailureKind.PERMANENT
+            raise ProviderError(kind, "http_403", f"HTTP 403: {redact(reply)}")
         raise classify_http(response.status_code, reply, response.headers)
 
     def balance(self) -> None:

@@ -115,6 +115,7 @@ def _token_error(error: ProviderError) -> ProviderError:
     kind = {
         FailureKind.AMBIGUOUS: FailureKind.TRANSIENT,
         FailureKind.PERMANENT: FailureKind.PROVIDER_WIDE,
+        FailureKind.REFUSED: FailureKind.PROVIDER_WIDE,
     }.get(error.kind, error.kind)
     return ProviderError(kind, error.code, "token request: " + error.detail, error.retry_after_seconds)
 
