@@ -23,8 +23,11 @@ class ScenarioEvent(BaseModel):
     type: str
     detail: dict[str, Any]
     id: str | None = None
+    # The producer's stamp (the envelope's `time`) when it differs from the delivery time `at`: a clinic PC whose
+    # clock is wrong, or a late sync of an old change.
+    time: datetime | None = None
 
-    _aware = field_validator("at")(classmethod(lambda cls, value: _utc(value)))
+    _aware = field_validator("at", "time")(classmethod(lambda cls, value: value if value is None else _utc(value)))
 
 
 class Scenario(BaseModel):

@@ -66,6 +66,15 @@ class Simulation:
     # Called once the stack is up and settings are in place, before time starts (benchmarks seed data here).
     setup: Callable[[Settings], None] | None = None
     handler_errors: list[str] = field(default_factory=list)
+    # What plan_reminders answered, summed over the run, and each refusal or ignored event with its reason.
+    events: dict[str, Any] = field(default_factory=lambda: {"applied": 0, "ignored": 0, "rejected": 0, "errors": []})
+
+    def _record_event(self, at: datetime, event_type: str, response: Any) -> None:
+        if not isinstance(response, dict):
+            return
+        for name in ("applied", "ignored", "rejected"):
+            self.events[name] += int(response.get(name, 0))
+        self.events["errors"] += [{"at": iso(at), "type": event_type, "error": e} for e in response.get("errors", [])]
 
     def run(self) -> SimulationResult:
         """Run the scenario from start to until."""
@@ -146,8 +155,9 @@ class Simulation:
             stale = stale or (index < len(events) and events[index].at <= now)
             while index < len(events) and events[index].at <= now:
                 event = events[index]
-                envelope = make_envelope(event.type, event.detail, event_id=event.id or f"sim-{index}", at=event.at)
-                self._call("plan_reminders", envelope)
+                stamp = event.time or event.at
+                envelope = make_envelope(event.type, event.detail, event_id=event.id or f"sim-{index}", at=stamp)
+                self._record_event(event.at, event.type, self._call("plan_reminders", envelope))
                 index += 1
             simulator.post_due_receipts(now, receipt_url)
             for item in [r for r in requeue if r.visible_at <= now]:
@@ -257,6 +267,7 @@ class Simulation:
         stats = _stats(messages, sends)
         stats["invariants"] = check_invariants(self.scenario, settings, messages, sends)
         stats["handler_errors"] = len(self.handler_errors)
+        stats["events"] = self.events
         return SimulationResult(messages, sends, stats)
 
 

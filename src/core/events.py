@@ -6,19 +6,29 @@ Validation happens completely before anything is written, so a bad event is neve
 from __future__ import annotations
 
 import zoneinfo
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from core.phone import InvalidPhoneNumber, normalize_phone
-from core.texts import available_languages
+from core.texts import available_languages, clean_text
 
 SOURCE = "rappel.clinic"
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
-ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
+# A producer's clock may run a little ahead of ours; an event stamped further ahead would freeze its record (every
+# correct later update would look older), so it is refused.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _cleaned(value: Any) -> Any:
+    # Validated as it will be sent, so a name of invisible characters is refused here, not at send time.
+    return clean_text(value) if isinstance(value, str) else value
+
+
+ShortText = Annotated[str, BeforeValidator(_cleaned), StringConstraints(min_length=1, max_length=40)]
 
 
 class DetailType(StrEnum):
@@ -70,7 +80,7 @@ class DoseScheduled(_Detail):
     vaccine: ShortText
     dose: Annotated[int, Field(ge=0, le=20)]
     due_date: date
-    clinic: Annotated[str, StringConstraints(strip_whitespace=True, max_length=60)] | None = None
+    clinic: Annotated[str, BeforeValidator(_cleaned), StringConstraints(max_length=60)] | None = None
 
 
 class DoseAdministered(_Detail):
@@ -84,7 +94,7 @@ class AppointmentCancelled(_Detail):
     """The appointment will not happen: its remaining reminders are cancelled."""
 
     appointment_id: Identifier
-    reason: Annotated[str, StringConstraints(max_length=200)] | None = None
+    reason: Annotated[str, BeforeValidator(_cleaned), StringConstraints(max_length=200)] | None = None
 
 
 Detail = PatientUpserted | DoseScheduled | DoseAdministered | AppointmentCancelled
@@ -127,8 +137,16 @@ def _json_date(value: Any, field: str) -> Any:
     return value
 
 
-def parse_event(envelope: Any, *, default_region: str, today: date, max_years_ahead: int) -> ClinicEvent:
+def _years_from(day: date, years: int) -> date:
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:  # 29 February
+        return day.replace(year=day.year + years, day=28)
+
+
+def parse_event(envelope: Any, *, default_region: str, now: datetime, max_years_ahead: int) -> ClinicEvent:
     """Validate an EventBridge envelope from the clinic system; raises InvalidEvent naming the bad field."""
+    today = now.date()
     if not isinstance(envelope, dict):
         raise InvalidEvent("event", "must be a JSON object")
     if envelope.get("source") != SOURCE:
@@ -147,6 +165,11 @@ def parse_event(envelope: Any, *, default_region: str, today: date, max_years_ah
         raise InvalidEvent("time", "must be an ISO-8601 instant") from None
     if event_at.tzinfo is None:
         raise InvalidEvent("time", "must carry a UTC offset or Z")
+    if event_at - now > MAX_CLOCK_SKEW:
+        ahead = event_at - now
+        raise InvalidEvent(
+            "time", f"is {ahead} ahead of our clock (at most {MAX_CLOCK_SKEW}): check the sending system's clock"
+        )
     raw = envelope.get("detail")
     if not isinstance(raw, dict):
         raise InvalidEvent("detail", "must be a JSON object")
@@ -166,9 +189,9 @@ def parse_event(envelope: Any, *, default_region: str, today: date, max_years_ah
         field = "detail." + ".".join(str(p) for p in first["loc"]) if first["loc"] else "detail"
         raise InvalidEvent(field, first["msg"]) from None
     if isinstance(detail, DoseScheduled):
-        if detail.due_date.year > today.year + max_years_ahead:
+        if detail.due_date > _years_from(today, max_years_ahead):
             raise InvalidEvent("detail.due_date", f"more than {max_years_ahead} years ahead")
-        if detail.due_date.year < today.year - max_years_ahead:
+        if detail.due_date < _years_from(today, -max_years_ahead):
             raise InvalidEvent("detail.due_date", f"more than {max_years_ahead} years in the past")
     if isinstance(detail, DoseAdministered) and (detail.administered_on - today).days > 1:
         raise InvalidEvent("detail.administered_on", "is in the future")

@@ -27,6 +27,19 @@ _PARSE_ERRORS: dict[int, str] = {
 }
 
 
+# Where the numbering plan cannot tell mobiles from fixed lines (the US, Canada), the number is given the benefit.
+_REACHABLE_BY_SMS = {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+_TYPE_NAMES = {
+    phonenumbers.PhoneNumberType.FIXED_LINE: "a fixed line",
+    phonenumbers.PhoneNumberType.TOLL_FREE: "a toll-free number",
+    phonenumbers.PhoneNumberType.PREMIUM_RATE: "a premium-rate number",
+    phonenumbers.PhoneNumberType.SHARED_COST: "a shared-cost number",
+    phonenumbers.PhoneNumberType.VOIP: "a VoIP number",
+    phonenumbers.PhoneNumberType.PAGER: "a pager",
+    phonenumbers.PhoneNumberType.VOICEMAIL: "a voicemail access number",
+}
+
+
 class InvalidPhoneNumber(ValueError):
     """The input is not a valid, dialable phone number; the message never contains the full number."""
 
@@ -53,6 +66,10 @@ def normalize_phone(raw: str, default_region: str) -> str:
     if not phonenumbers.is_valid_number(parsed):
         region = phonenumbers.region_code_for_number(parsed) or f"+{parsed.country_code}"
         raise InvalidPhoneNumber(f"invalid phone number {masked}: not a valid number for {region}")
+    kind = phonenumbers.number_type(parsed)
+    if kind not in _REACHABLE_BY_SMS:
+        name = _TYPE_NAMES.get(kind, "not a mobile number")
+        raise InvalidPhoneNumber(f"phone number {masked} cannot receive SMS: {name}")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 

@@ -58,7 +58,7 @@ def handle_clinic_event(envelope: object, settings: Settings) -> PlanningResult:
         event = parse_event(
             envelope,
             default_region=settings.SMS_DEFAULT_REGION,
-            today=now.date(),
+            now=now,
             max_years_ahead=settings.MAX_DUE_DATE_YEARS_AHEAD,
         )
     except InvalidEvent as exc:

@@ -145,6 +145,9 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
         rendered = render_message(message, patient, appointment, settings)
     except TextTooLong as exc:
         return _settle(message, Status.FAILED, f"text too long: {exc}", now, settings)
+    except Exception as exc:  # whatever the stored data holds, one message never crashes its batch
+        why = f"text could not be rendered: {type(exc).__name__}: {exc}"
+        return _settle(message, Status.FAILED, why, now, settings)
     pacer.wait(settings.sender_pace_per_second)
     attempt = int(message.attempts) + 1
     _, send_once = _idempotent_send(settings)

@@ -63,6 +63,8 @@ class PatientRecord(Model):
     preferred_hour = NumberAttribute(null=True)
     event_at = UnicodeAttribute()
     event_id = UnicodeAttribute()
+    # Which of two events stamped in the same instant wins: the safer (see `_safety`); absent on older items.
+    event_rank = NumberAttribute(null=True)
 
 
 class AppointmentsByPatient(GlobalSecondaryIndex["AppointmentRecord"]):
@@ -90,6 +92,7 @@ class AppointmentRecord(Model):
     administered_on = UnicodeAttribute(null=True)
     event_at = UnicodeAttribute()
     event_id = UnicodeAttribute()
+    event_rank = NumberAttribute(null=True)
     by_patient = AppointmentsByPatient()
 
 
@@ -251,12 +254,27 @@ def get_patient(patient_id: str) -> PatientRecord | None:
         return None
 
 
-def _newer_event(model: type[PatientRecord] | type[AppointmentRecord], event_at: str, event_id: str) -> Condition:
+# A true tie (two events stamped in the same instant, as EventBridge's one-second `time` often makes them) goes to
+# the side that sends fewer SMS: an opt-out over an opt-in, a dose given or an appointment cancelled over a
+# schedule. Between equals, the later delivery wins. Event ids are random and say nothing about order.
+_APPOINTMENT_SAFETY = {"scheduled": 0, "cancelled": 1, "administered": 2}
+
+
+def _safety(record: PatientRecord | AppointmentRecord) -> int:
+    if isinstance(record, PatientRecord):
+        return 0 if record.sms_opt_in else 1
+    return _APPOINTMENT_SAFETY[record.status]
+
+
+def _newer_event(record: PatientRecord | AppointmentRecord) -> Condition:
     # Events can arrive out of order or twice: apply one only if it is not older than what we hold.
+    model = type(record)
+    rank = _safety(record)
+    record.event_rank = rank
     condition: Condition = (
         model.event_at.does_not_exist()
-        | (model.event_at < event_at)
-        | ((model.event_at == event_at) & (model.event_id <= event_id))
+        | (model.event_at < record.event_at)
+        | ((model.event_at == record.event_at) & (model.event_rank.does_not_exist() | (model.event_rank <= rank)))
     )
     return condition
 
@@ -265,9 +283,7 @@ def save_patient(patient: PatientRecord) -> bool:
     """Write the patient if this event is not older than the stored one; False when it is older."""
     key_attr = PatientRecord.patient_id
     try:
-        patient.save(
-            condition=key_attr.does_not_exist() | _newer_event(PatientRecord, patient.event_at, patient.event_id)
-        )
+        patient.save(condition=key_attr.does_not_exist() | _newer_event(patient))
     except PutError as exc:
         if _is_condition_failure(exc):
             return False
@@ -283,6 +299,7 @@ def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str) -> b
                 PatientRecord.sms_opt_in.set(opt_in),
                 PatientRecord.event_at.set(event_at),
                 PatientRecord.event_id.set(event_id),
+                PatientRecord.event_rank.set(0 if opt_in else 1),
             ],
             condition=PatientRecord.patient_id.exists(),
         )
@@ -317,10 +334,7 @@ def get_appointment(appointment_id: str) -> AppointmentRecord | None:
 def save_appointment(appointment: AppointmentRecord) -> bool:
     """Write the appointment if this event is not older than the stored one; False when it is older."""
     try:
-        appointment.save(
-            condition=AppointmentRecord.appointment_id.does_not_exist()
-            | _newer_event(AppointmentRecord, appointment.event_at, appointment.event_id)
-        )
+        appointment.save(condition=AppointmentRecord.appointment_id.does_not_exist() | _newer_event(appointment))
     except PutError as exc:
         if _is_condition_failure(exc):
             return False

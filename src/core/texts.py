@@ -346,13 +346,13 @@ class LanguagePack(_Strict):
             raise ValueError(f"max_segments must be at least 1, got {max_segments}")
         if isinstance(dose, bool) or dose < 0:
             raise ValueError(f"dose must be a non-negative integer, got {dose!r}")
-        name = _clean(name)
-        vaccine = _clean(vaccine)
+        name = clean_text(name)
+        vaccine = clean_text(vaccine)
         if not name:
             raise ValueError("name is empty")
         if not vaccine:
             raise ValueError("vaccine is empty")
-        clinic = _clean(clinic or "") or None
+        clinic = clean_text(clinic or "") or None
         values = {"vaccine": vaccine, "dose": str(dose), "date": self.date_format.format(due_date)}
 
         def attempt(shown_name: str, shown_clinic: str | None) -> RenderedText:
@@ -388,10 +388,13 @@ class LanguagePack(_Strict):
         return best
 
 
-def _clean(value: str) -> str:
-    """One line, single spaces: control characters and runs of whitespace would garble an SMS."""
-    visible = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in value)
-    return " ".join(visible.split())
+def clean_text(value: str) -> str:
+    """Text as it may go into an SMS: one line, single spaces, ends stripped; control characters and invisible
+    format characters (zero-width space, BOM, bidi marks) removed, since they would garble or blank the SMS."""
+    kept = "".join(
+        " " if ch.isspace() else ch for ch in value if ch.isspace() or unicodedata.category(ch) not in {"Cc", "Cf"}
+    )
+    return " ".join(kept.split())
 
 
 def _fill(template: str, values: Mapping[str, str]) -> str:

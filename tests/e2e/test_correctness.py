@@ -17,7 +17,9 @@ from tests.e2e.test_scenarios import (
     at_local,
     by_type,
     describe,
+    dose_event,
     one_patient,
+    patient_event,
     phone,
     run,
     scenario,
@@ -58,3 +60,91 @@ def test_a_403_for_one_recipient_fails_that_message_and_holds_nothing(provider_r
     # Each refused reminder was asked once, never again after a hold.
     for number in refused:
         assert len([r for r in provider_requests if r.to == number]) == 3
+
+
+# ---------------------------------------------------------------------------------------------- intake
+
+
+def _rejections(out: dict[str, Any]) -> list[str]:
+    return [e["error"] for e in out["stats"]["events"]["errors"]]
+
+
+def test_a_landline_is_refused_naming_the_phone_and_nothing_is_planned() -> None:
+    events = [
+        patient_event("2027-03-01T08:00:00Z", "p1", "+254202000000", zone=ABIDJAN),  # a Nairobi fixed line
+        dose_event("2027-03-01T08:00:00Z", "a1", "p1", DUE),
+        *one_patient(DUE, number=2),
+    ]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-06T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+    assert any(e.startswith("detail.phone:") and "cannot receive SMS" in e for e in _rejections(out)), out["stats"]
+    assert not [m for m in out["messages"] if m["patient_id"] == "p1"]
+    assert not [s for s in out["sends"] if s["to"] == "+254202000000"]
+    assert by_type(out, "a2")["7_day_reminder"]["status"] == "delivered"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("display_name", "\x07"), ("display_name", "\u200b"), ("display_name", " \u200b\t"), ("vaccine", "\u200b\x00")],
+)
+def test_a_blank_or_control_character_text_is_refused_at_intake(field: str, value: str) -> None:
+    patient = patient_event("2027-03-01T08:00:00Z", "p1", phone(1))
+    dose = dose_event("2027-03-01T08:00:00Z", "a1", "p1", DUE)
+    (dose if field == "vaccine" else patient)["detail"][field] = value
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-06T00:00:00Z", [patient, dose])
+    out = run(data)
+    assert out["stats"]["handler_errors"] == 0
+    assert any(e.startswith(f"detail.{field}:") for e in _rejections(out)), out["stats"]["events"]
+    assert not out["sends"]
+
+
+def test_control_characters_inside_a_name_are_removed_not_sent() -> None:
+    events = one_patient(DUE, name="A\u200bwa\x07 \t Traoré")
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-06T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+    (send,) = out["sends"]
+    assert "Awa Traoré" in send["text"] and "\u200b" not in send["text"] and "\x07" not in send["text"]
+
+
+def test_an_event_stamped_in_the_future_is_refused_naming_time_and_later_updates_apply() -> None:
+    """A clinic PC a year ahead sends an update; the correct opt-out that follows must still stop the reminders."""
+    events = [
+        *one_patient(DUE),
+        {**patient_event("2027-03-02T08:00:00Z", "p1", phone(1), name="Awa B"), "time": "2028-03-02T08:00:00Z"},
+        patient_event("2027-03-03T08:00:00Z", "p1", phone(1), opt_in=False),
+    ]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+    assert any(e.startswith("time:") and "ahead" in e for e in _rejections(out)), out["stats"]["events"]
+    assert not out["sends"], describe(out)
+    assert {m["status"] for m in out["messages"]} == {"cancelled"}
+
+
+def test_an_opt_out_in_the_same_second_as_an_update_wins_whatever_the_event_ids() -> None:
+    """Two updates stamped in one second: the opt-out (the safe side) wins, whichever id sorts first."""
+    for update_id, opt_out_id in (("evt-b", "evt-a"), ("evt-a", "evt-b")):
+        events = [
+            *one_patient(DUE),
+            {**patient_event("2027-03-02T08:00:00Z", "p1", phone(1), name="Awa B"), "id": update_id},
+            {**patient_event("2027-03-02T08:00:00Z", "p1", phone(1), opt_in=False), "id": opt_out_id},
+        ]
+        data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", events)
+        out = run(data)
+        assert_invariants(out, data)
+        assert not out["sends"], (opt_out_id, describe(out))
+
+
+def test_a_due_date_just_past_the_horizon_is_refused() -> None:
+    """MAX_DUE_DATE_YEARS_AHEAD=3 from 2027-03-01: 2030-03-01 is accepted, 2030-12-31 is not (same year)."""
+    events = [
+        patient_event("2027-03-01T08:00:00Z", "p1", phone(1)),
+        dose_event("2027-03-01T08:00:00Z", "a1", "p1", "2030-03-01"),
+        dose_event("2027-03-01T08:00:00Z", "a2", "p1", "2030-12-31"),
+    ]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-02T00:00:00Z", events)
+    out = run(data)
+    assert {m["appointment_id"] for m in out["messages"]} == {"a1"}
+    assert any(e.startswith("detail.due_date:") for e in _rejections(out)), out["stats"]["events"]

@@ -651,3 +651,22 @@ def test_a_crash_right_after_a_redriven_dead_letter_is_taken_back_recovers_by_it
             break
     assert pipe.message(message_id).status == "sent"
     assert len(pipe.accepted()) == 1
+
+
+@pytest.mark.parametrize("name", ["\x07", "\u200b"])
+def test_a_text_that_cannot_be_rendered_fails_its_message_and_not_the_batch(pipe: Pipeline, name: str) -> None:
+    """Stored before intake cleaned names (or written by hand): the message fails with its reason, once."""
+    message_id = _due_now(pipe)
+    other = pipe.plan(2, DUE)["7_day_reminder"]
+    pipe.dispatch()
+    stored_patient = store.get_patient("p1")
+    assert stored_patient is not None
+    stored_patient.display_name = name
+    stored_patient.save()
+
+    assert pipe.send(pipe.receive()) == {"batchItemFailures": []}
+
+    failed = pipe.message(message_id)
+    assert failed.status == "failed" and "text could not be rendered" in (failed.last_error or "")
+    assert pipe.message(other).status == "sent"
+    assert len(pipe.send_requests()) == 1
