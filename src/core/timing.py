@@ -112,10 +112,20 @@ def in_quiet_hours(instant: datetime, zone: ZoneInfo, quiet: tuple[time, time] |
 def send_time(
     rule: ReminderRule, due: date, zone: ZoneInfo, preferred_hour: int | None, settings: Settings
 ) -> datetime:
-    """When the reminder of `rule` for a dose due on `due` should go out, in UTC."""
+    """When the reminder of `rule` for a dose due on `due` should go out, in UTC.
+
+    Always on the rule's day: a wall time inside quiet hours moves to their end when that is the same day (an
+    early preference), else to one hour before they start (an evening one). Pushing an evening time to the next
+    morning would land a 1-day reminder on the due date itself, and move the others a day.
+    """
     wall = rule.local_time if preferred_hour is None else rule.local_time.replace(hour=preferred_hour)
-    instant = local_to_utc(due + timedelta(days=rule.offset_days), wall, zone)
-    return next_allowed(instant, zone, settings.quiet_hours)
+    day = due + timedelta(days=rule.offset_days)
+    quiet = settings.quiet_hours
+    allowed = next_allowed(local_to_utc(day, wall, zone), zone, quiet)
+    if quiet is None or allowed.astimezone(zone).date() == day:
+        return allowed
+    before_quiet = datetime.combine(day, quiet[0]) - timedelta(hours=1)
+    return local_to_utc(before_quiet.date(), before_quiet.time(), zone)
 
 
 def deadline_for(rule: ReminderRule, scheduled_at: datetime, due: date, zone: ZoneInfo) -> datetime:

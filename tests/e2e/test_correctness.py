@@ -13,6 +13,7 @@ import pytest
 from tests.e2e.conftest import ProviderRequest
 from tests.e2e.test_scenarios import (
     ABIDJAN,
+    NAIROBI,
     assert_invariants,
     at_local,
     by_type,
@@ -148,3 +149,23 @@ def test_a_due_date_just_past_the_horizon_is_refused() -> None:
     out = run(data)
     assert {m["appointment_id"] for m in out["messages"]} == {"a1"}
     assert any(e.startswith("detail.due_date:") for e in _rejections(out)), out["stats"]["events"]
+
+
+# ---------------------------------------------------------------------------------------------- 3. evening preference
+
+
+@pytest.mark.parametrize("hour", [20, 22, 23])
+def test_an_evening_preference_keeps_every_reminder_on_its_day_before_quiet_hours(hour: int) -> None:
+    """Quiet hours 20:00-08:00: a 20-23h preference goes out at 19:00 on the intended day, never the next morning
+    (which would drop the 1-day reminder onto the due date and move the others a day)."""
+    events = one_patient(DUE, zone=NAIROBI, preferred_hour=hour)
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-16T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+    reminders = by_type(out, "a1")
+    days = {"7_day_reminder": "2027-03-05", "1_day_reminder": "2027-03-11", "overdue_reminder": "2027-03-13"}
+    assert set(reminders) == set(days), describe(out)
+    for reminder_type, day in days.items():
+        m = reminders[reminder_type]
+        assert m["status"] == "delivered", describe(out)
+        assert utc(m["scheduled_at"]) == at_local(day, 19, NAIROBI), (reminder_type, m["scheduled_at"])

@@ -613,24 +613,6 @@ def test_no_bundle_window_holds_sending_without_burning_attempts(provider_reques
     assert all(window[0] <= r.at < window[1] for r in refused)
 
 
-def test_quiet_hours_push_a_22h_preference_to_8h_next_morning() -> None:
-    due = "2027-03-12"
-    events = one_patient(due, zone=NAIROBI, preferred_hour=22)
-    data = scenario("2027-03-01T00:00:00Z", "2027-03-16T00:00:00Z", events)
-    out = run(data)
-    assert_invariants(out, data)
-
-    reminders = by_type(out, "a1")
-    # 22:00 on due-1 would move to 08:00 on the due date, too late for a pre-due reminder: never planned.
-    assert set(reminders) == {"7_day_reminder", "overdue_reminder"}, describe(out)
-    for reminder_type, day in {"7_day_reminder": "2027-03-06", "overdue_reminder": "2027-03-14"}.items():
-        m = reminders[reminder_type]
-        assert m["status"] == "delivered"
-        assert utc(m["scheduled_at"]) == at_local(day, 8, NAIROBI)
-        local = utc(m["sent_at"]).astimezone(ZoneInfo(NAIROBI))
-        assert local.date().isoformat() == day and (local.hour, local.minute) == (8, 0), m["sent_at"]
-
-
 # ---------------------------------------------------------------------------------------------- fault injection
 
 _running = threading.local()

@@ -127,9 +127,9 @@ def test_preferred_hour_replaces_the_default_hour() -> None:
     assert planned[ReminderType.OVERDUE].scheduled_at.hour == 17
 
 
-def test_quiet_hours_push_to_the_first_allowed_minute() -> None:
+def test_quiet_hours_keep_a_preference_on_its_day() -> None:
     late = _planned(date(2027, 3, 20), "Africa/Abidjan", preferred_hour=22)
-    assert late[ReminderType.SEVEN_DAY].scheduled_at == datetime(2027, 3, 14, 8, 0, tzinfo=UTC)
+    assert late[ReminderType.SEVEN_DAY].scheduled_at == datetime(2027, 3, 13, 19, 0, tzinfo=UTC)
     early = _planned(date(2027, 3, 20), "Africa/Abidjan", preferred_hour=5)
     assert early[ReminderType.SEVEN_DAY].scheduled_at == datetime(2027, 3, 13, 8, 0, tzinfo=UTC)
 
@@ -140,11 +140,10 @@ def test_quiet_hours_can_be_turned_off() -> None:
     assert planned[ReminderType.SEVEN_DAY].scheduled_at == datetime(2027, 3, 13, 22, 0, tzinfo=UTC)
 
 
-def test_a_one_day_reminder_pushed_onto_the_due_date_is_not_created() -> None:
-    # Quiet hours until 08:00 push a 23:00 one-day reminder to the due date itself: it must not exist.
+def test_a_late_evening_preference_keeps_the_one_day_reminder_the_day_before() -> None:
     planned = _planned(date(2027, 3, 20), "Africa/Abidjan", preferred_hour=23)
-    assert ReminderType.ONE_DAY not in planned
-    assert ReminderType.OVERDUE in planned
+    assert planned[ReminderType.ONE_DAY].scheduled_at == datetime(2027, 3, 19, 19, 0, tzinfo=UTC)
+    assert planned[ReminderType.OVERDUE].scheduled_at == datetime(2027, 3, 21, 19, 0, tzinfo=UTC)
 
 
 def test_reminders_whose_deadline_has_passed_are_not_created() -> None:
