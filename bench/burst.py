@@ -115,7 +115,7 @@ def seed_burst(n: int, seed: int, settings: Settings) -> list[str]:
                 event_id=f"bench-{i}",
             )
         )
-        message_id = store.message_id_for(appointment_id, reminder_type.value, due_date)
+        message_id = store.message_id_for(appointment_id, reminder_type.value, due_date, patient_id)
         messages.append(
             MessageRecord(
                 message_id,

@@ -27,6 +27,7 @@ from core.observability import count, logger
 from core.settings import Settings
 from core.store import AppointmentRecord, Change, MessageRecord, PatientRecord, iso
 from core.timing import plan_reminders
+from core.wanted import why_not_wanted
 
 OUTSTANDING = frozenset({Status.PENDING, Status.QUEUED, Status.DEAD_LETTER})
 
@@ -99,8 +100,15 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
             event_at=event_at,
             event_id=event_id,
         )
-        _count_write(result, store.save_appointment(appointment))
-        result.merge(reconcile_appointment(detail.appointment_id, settings, now))
+        previous = store.get_appointment(detail.appointment_id)
+        written = store.save_appointment(appointment)
+        if not written and previous is not None and previous.patient_id == store.UNKNOWN_PATIENT:
+            # The dose was given (or the appointment cancelled) before this older schedule arrived: the schedule
+            # fills in what the appointment is, the close stands.
+            written = store.fill_in_closed_appointment(appointment)
+        _count_write(result, written)
+        moved_from = previous.patient_id if previous is not None else None
+        result.merge(reconcile_appointment(detail.appointment_id, settings, now, moved_from=moved_from))
     else:
         result.merge(_close_appointment(detail, event_at, event_id, settings, now))
     logger.info(
@@ -130,10 +138,11 @@ def _close_appointment(
     result = PlanningResult()
     current = store.get_appointment(detail.appointment_id)
     if current is None:
-        # Nothing was planned for an appointment we never heard of, so there is nothing to cancel.
-        result.ignored += 1
-        result.errors.append(f"detail.appointment_id: unknown appointment {detail.appointment_id!r}")
-        return result
+        # Closed before its schedule arrived (out of order, or a late sync): keep the fact, so that the older
+        # schedule, when it comes, plans nothing. What the appointment is, its schedule will fill in.
+        current = AppointmentRecord(
+            detail.appointment_id, patient_id=store.UNKNOWN_PATIENT, vaccine="", dose=0, due_date="", status=""
+        )
     current.event_at, current.event_id = event_at, event_id
     if isinstance(detail, DoseAdministered):
         current.status, current.administered_on = "administered", detail.administered_on.isoformat()
@@ -152,8 +161,13 @@ def reconcile_patient(patient_id: str, settings: Settings, now: datetime) -> Pla
     return result
 
 
-def reconcile_appointment(appointment_id: str, settings: Settings, now: datetime) -> PlanningResult:
-    """Create, replan or cancel the messages of one appointment so they match what should be sent."""
+def reconcile_appointment(
+    appointment_id: str, settings: Settings, now: datetime, *, moved_from: str | None = None
+) -> PlanningResult:
+    """Create, replan or cancel the messages of one appointment so they match what should be sent.
+
+    `moved_from`: the patient the appointment belonged to before this event, whose messages for it are cancelled.
+    """
     result = PlanningResult()
     appointment = store.get_appointment(appointment_id)
     if appointment is None:
@@ -161,22 +175,28 @@ def reconcile_appointment(appointment_id: str, settings: Settings, now: datetime
     patient = store.get_patient(appointment.patient_id)
     if patient is None:
         return result  # planned when the patient arrives (events may come in any order)
+    owners = {patient.patient_id, moved_from or patient.patient_id} - {store.UNKNOWN_PATIENT}
     existing = {
-        m.message_id: m for m in store.messages_of_patient(patient.patient_id) if m.appointment_id == appointment_id
+        m.message_id: m
+        for owner in sorted(owners)
+        for m in store.messages_of_patient(owner)
+        if m.appointment_id == appointment_id
     }
     wanted: dict[str, tuple[str, datetime, datetime]] = {}
-    reason = _why_not_wanted(appointment, patient)
+    reason = why_not_wanted(patient, appointment)
     if reason is None:
         zone = ZoneInfo(patient.timezone)
         preferred = int(patient.preferred_hour) if patient.preferred_hour is not None else None
         for planned in plan_reminders(date.fromisoformat(appointment.due_date), zone, preferred, settings, now):
-            message_id = store.message_id_for(appointment_id, planned.reminder_type.value, appointment.due_date)
+            message_id = store.message_id_for(
+                appointment_id, planned.reminder_type.value, appointment.due_date, patient.patient_id
+            )
             wanted[message_id] = (planned.reminder_type.value, planned.scheduled_at, planned.deadline)
     for message_id, message in existing.items():
         if message.state not in OUTSTANDING:
             continue
         if message_id not in wanted:
-            why = reason or "rescheduled"
+            why = why_not_wanted(patient, appointment, message) or "rescheduled"
             if cancel_message(message, why, settings, now):
                 result.cancelled += 1
         elif message.state is Status.PENDING:
@@ -205,16 +225,6 @@ def reconcile_appointment(appointment_id: str, settings: Settings, now: datetime
             result.created += 1
             count(MetricName.REMINDERS_PLANNED, reminder_type=reminder_type, provider=settings.SMS_PROVIDER.value)
     return result
-
-
-def _why_not_wanted(appointment: AppointmentRecord, patient: PatientRecord) -> str | None:
-    if appointment.status == "administered":
-        return "dose administered"
-    if appointment.status == "cancelled":
-        return "appointment cancelled"
-    if not patient.sms_opt_in:
-        return "opted out"
-    return None
 
 
 def cancel_message(message: MessageRecord, reason: str, settings: Settings, now: datetime) -> bool:

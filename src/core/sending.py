@@ -35,6 +35,7 @@ from core.settings import AmbiguousSendPolicy, Settings
 from core.store import AppointmentRecord, Change, MessageRecord, PatientRecord, iso, parse_iso
 from core.texts import RenderedText, TextTooLong, render_reminder
 from core.timing import next_allowed
+from core.wanted import why_not_wanted
 
 IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retention, so a redrive replays too
 PROVIDER_HOLD = timedelta(minutes=30)
@@ -130,7 +131,7 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
         return "stale"  # settled already, or superseded by a newer claim that has its own queue message
     patient = store.get_patient(message.patient_id)
     appointment = store.get_appointment(message.appointment_id)
-    reason = _cancel_reason(message, patient, appointment)
+    reason = why_not_wanted(patient, appointment, message)
     if reason is not None or patient is None or appointment is None:
         return _settle(message, Status.CANCELLED, f"cancelled at send time: {reason}", now, settings)
     if parse_iso(message.deadline) <= now:
@@ -200,22 +201,6 @@ def _take_back_dead_letter(message: MessageRecord, now: datetime, settings: Sett
     if not store.transition(message, change, at=now, settings=settings):
         return None
     return store.get_message(message.message_id)
-
-
-def _cancel_reason(
-    message: MessageRecord, patient: PatientRecord | None, appointment: AppointmentRecord | None
-) -> str | None:
-    if patient is None:
-        return "patient unknown"
-    if not patient.sms_opt_in:
-        return "opted out"
-    if appointment is None:
-        return "appointment unknown"
-    if appointment.status != "scheduled":
-        return f"appointment {appointment.status}"
-    if appointment.due_date != message.due_date:
-        return "rescheduled"
-    return None
 
 
 def _settle(

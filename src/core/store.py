@@ -232,9 +232,16 @@ def _connection() -> Connection:
 # ---------------------------------------------------------------------------------------------- ids and shards
 
 
-def message_id_for(appointment_id: str, reminder_type: str, due_date: str) -> str:
-    """Deterministic: the same appointment, type and due date always give the same id (replays make no twins)."""
-    digest = hashlib.sha256(f"{appointment_id}\x1f{reminder_type}\x1f{due_date}".encode()).hexdigest()
+# The patient of an appointment closed (dose given, cancelled) before its schedule told us whose it is. Not a
+# valid patient id (those start with a letter or digit), so no patient's appointments ever include it.
+UNKNOWN_PATIENT = "-"
+
+
+def message_id_for(appointment_id: str, reminder_type: str, due_date: str, patient_id: str) -> str:
+    """Deterministic: the same appointment, type, due date and patient always give the same id (replays make no
+    twins); an appointment moved to another child gets new reminders, not the first family's."""
+    key = f"{appointment_id}\x1f{reminder_type}\x1f{due_date}\x1f{patient_id}"
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return f"msg_{digest[:32]}"
 
 
@@ -336,6 +343,27 @@ def save_appointment(appointment: AppointmentRecord) -> bool:
     try:
         appointment.save(condition=AppointmentRecord.appointment_id.does_not_exist() | _newer_event(appointment))
     except PutError as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
+    return True
+
+
+def fill_in_closed_appointment(schedule: AppointmentRecord) -> bool:
+    """Write what an appointment is (patient, vaccine, dose, date, clinic) under a close that arrived before its
+    schedule; the close (status, date given, event time) stands. False unless the stored one is such a close."""
+    try:
+        AppointmentRecord(schedule.appointment_id).update(
+            actions=[
+                AppointmentRecord.patient_id.set(schedule.patient_id),
+                AppointmentRecord.vaccine.set(schedule.vaccine),
+                AppointmentRecord.dose.set(schedule.dose),
+                AppointmentRecord.due_date.set(schedule.due_date),
+                AppointmentRecord.clinic.set(schedule.clinic) if schedule.clinic else AppointmentRecord.clinic.remove(),
+            ],
+            condition=AppointmentRecord.patient_id == UNKNOWN_PATIENT,
+        )
+    except UpdateError as exc:
         if _is_condition_failure(exc):
             return False
         raise

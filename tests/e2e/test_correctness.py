@@ -169,3 +169,42 @@ def test_an_evening_preference_keeps_every_reminder_on_its_day_before_quiet_hour
         m = reminders[reminder_type]
         assert m["status"] == "delivered", describe(out)
         assert utc(m["scheduled_at"]) == at_local(day, 19, NAIROBI), (reminder_type, m["scheduled_at"])
+
+
+# ---------------------------------------------------------------------------------------------- 4, 5. appointments
+
+
+def test_an_appointment_moved_to_another_child_reminds_the_new_family_only() -> None:
+    """Booked on p1 by mistake, corrected to p2 (same appointment id and date) before any reminder."""
+    events = [
+        patient_event("2027-03-01T08:00:00Z", "p1", phone(1), name="Awa"),
+        patient_event("2027-03-01T08:00:00Z", "p2", phone(2), name="Kofi"),
+        dose_event("2027-03-01T08:00:00Z", "a1", "p1", DUE),
+        dose_event("2027-03-02T08:00:00Z", "a1", "p2", DUE),
+    ]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+    assert not [s for s in out["sends"] if s["to"] == phone(1)], describe(out)
+    to_p2 = [s for s in out["sends"] if s["to"] == phone(2)]
+    assert len(to_p2) == 3 and all("Kofi" in s["text"] for s in to_p2), describe(out)
+    moved = [m for m in out["messages"] if m["patient_id"] == "p1"]
+    assert moved and all(m["status"] == "cancelled" and "another patient" in m["last_error"] for m in moved)
+
+
+def test_a_dose_given_before_its_schedule_arrives_is_kept_and_nothing_is_sent() -> None:
+    """The clinic's sync sends DoseAdministered first, then the (older) DoseScheduled."""
+    events = [
+        patient_event("2027-03-01T08:00:00Z", "p1", phone(1)),
+        {
+            **{"at": "2027-03-02T08:00:00Z", "type": "DoseAdministered"},
+            "detail": {"appointment_id": "a1", "administered_on": "2027-03-02"},
+        },
+        {**dose_event("2027-03-02T08:05:00Z", "a1", "p1", DUE), "time": "2027-03-01T09:00:00Z"},
+        *one_patient(DUE, number=2),
+    ]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+    assert not [s for s in out["sends"] if s["to"] == phone(1)], describe(out)
+    assert {m["status"] for m in by_type(out, "a2").values()} == {"delivered"}

@@ -40,6 +40,7 @@ from rappel_local.stack import IntrinsicResolver, load_template
 from tests.e2e.samples import DUE_WHENEVER_THIS_RUNS, run_every_sample
 from tests.e2e.test_scenarios import (
     ABIDJAN,
+    administered_event,
     at_local,
     cancelled_event,
     crash_scenario,
@@ -259,7 +260,8 @@ def _as_function(logical_id: str, handler: Callable[..., Any]) -> Callable[..., 
 
 def fault_scenarios() -> list[dict[str, Any]]:
     """The paths the shipped scenarios do not take: every failure the send path classifies, a provider hold,
-    a throttled provider, an ambiguous send dead-lettered, a reschedule and a cancellation."""
+    a throttled provider, an ambiguous send dead-lettered, a reschedule, a cancellation, a dose given before
+    its schedule."""
     due = "2027-03-12"
     seven = at_local("2027-03-05", 9, ABIDJAN)
     no_bundle = [{"from": z(seven), "until": z(at_local("2027-03-05", 10, ABIDJAN, 10)), "status": 403}]
@@ -268,6 +270,9 @@ def fault_scenarios() -> list[dict[str, Any]]:
         *one_patient(due, number=4),
         dose_event("2027-03-07T10:00:00Z", "a4", "p4", "2027-03-19"),
         cancelled_event("2027-03-08T12:00:00Z", "a4"),
+        # A dose given before its (older) schedule arrives.
+        administered_event("2027-03-02T08:00:00Z", "a5", "2027-03-02"),
+        {**dose_event("2027-03-02T09:00:00Z", "a5", "p4", due), "time": "2027-03-01T09:00:00Z"},
     ]
     return [
         crash_scenario(),

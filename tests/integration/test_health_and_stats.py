@@ -67,7 +67,7 @@ def _plan(aws, patients: int = 1) -> None:
 
 
 def _id(n: int, reminder_type: str = "7_day_reminder") -> str:
-    return store.message_id_for(f"a{n}", reminder_type, DUE)
+    return store.message_id_for(f"a{n}", reminder_type, DUE, f"p{n}")
 
 
 def _move(aws, message_id: str, target: Status, source: Status, at: datetime, **values: Any) -> None:

@@ -32,7 +32,7 @@ def test_patient_then_dose_creates_three_timed_reminders(aws) -> None:
     for message in messages.values():
         assert message.due_shard and message.due_shard.startswith("DUE#")
         assert message.due_at == message.scheduled_at
-        assert message.message_id == store.message_id_for("a1", message.reminder_type, "2027-03-20")
+        assert message.message_id == store.message_id_for("a1", message.reminder_type, "2027-03-20", "p1")
 
 
 def test_dose_before_patient_is_planned_when_the_patient_arrives(aws) -> None:

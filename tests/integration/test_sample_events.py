@@ -53,7 +53,7 @@ def test_sample_events_take_a_reminder_from_planning_to_delivery(aws, monkeypatc
 
         response = invoke("send_sms", _event("sqs_send_batch.json"))
         assert response == {"batchItemFailures": []}
-        message_id = store.message_id_for("a1", "7_day_reminder", "2027-03-20")
+        message_id = store.message_id_for("a1", "7_day_reminder", "2027-03-20", "p1")
         sent = store.get_message(message_id)
         assert sent.status == "sent" and len(simulator.accepted) == 1
 
