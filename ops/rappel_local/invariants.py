@@ -5,27 +5,42 @@ This is what e2e tests, the demo and the bench assert.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
-from datetime import UTC, datetime
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from core.phone import InvalidPhoneNumber, normalize_phone
 from core.store import parse_iso
 from core.timing import in_quiet_hours
+from rappel_local.scenario import OPERATOR_EVENTS
 
 if TYPE_CHECKING:
     from core.settings import Settings
-    from rappel_local.scenario import Scenario
+    from rappel_local.scenario import Scenario, ScenarioEvent
 
 SETTLED = {"sent", "delivered", "failed", "cancelled", "expired"}
 
 
 def check_invariants(
-    scenario: Scenario, settings: Settings, messages: list[dict[str, Any]], sends: list[dict[str, Any]]
+    scenario: Scenario,
+    settings: Settings,
+    messages: list[dict[str, Any]],
+    sends: list[dict[str, Any]],
+    not_applied: Collection[int] = (),
 ) -> dict[str, Any]:
-    """Each invariant's violations (empty lists when it holds) and the figures they rest on."""
+    """Each invariant's violations (empty lists when it holds) and the figures they rest on.
+
+    `not_applied`: the ids (`id()`) of scenario events the pipeline refused or ignored; they change nothing, so
+    they neither stop nor plan anything here.
+    """
     until = scenario.until
-    stops = _stop_times(scenario)
+    events = [e for e in sorted(scenario.events, key=lambda e: e.at) if id(e) not in not_applied]
+    stops = _stop_times(events, settings)
+    history = _History.of(events, settings)
     by_id = {m["message_id"]: m for m in messages}
     violations: dict[str, list[str]] = {
         "lost": [],
@@ -35,11 +50,15 @@ def check_invariants(
         "sent_after_deadline": [],
         "sent_in_quiet_hours": [],
         "rate_limit_exceeded": [],
+        "sent_to_wrong_family": [],
+        "missing": _missing(events, messages, stops, history, until),
     }
     for m in messages:
         settled = m["status"] in SETTLED
-        waiting = m["status"] in {"pending", "queued"} and parse_iso(m["deadline"]) > until
-        if not (settled or waiting or m["status"] == "dead_letter"):
+        # A dead letter waits for a redrive until its deadline; past it, the dispatcher must have expired it,
+        # unless its text is recorded (an ambiguous send that may have gone out waits for an operator).
+        waiting = m["status"] in {"pending", "queued", "dead_letter"} and parse_iso(m["deadline"]) > until
+        if not (settled or waiting or (m["status"] == "dead_letter" and m["text"])):
             violations["lost"].append(f"{m['message_id']} is {m['status']} past its deadline")
     counts = Counter(s["message_id"] for s in sends if s["message_id"])
     violations["sent_twice"] = sorted(mid for mid, n in counts.items() if n > 1)
@@ -49,25 +68,19 @@ def check_invariants(
         if message is None:
             continue
         at = parse_iso(send["at"])
-        stop = min(
-            (
-                t
-                for key, t in stops.items()
-                if key
-                in {
-                    ("patient", message["patient_id"]),
-                    ("appointment", message["appointment_id"]),
-                    ("due_date", f"{message['appointment_id']}|{message.get('due_date')}"),
-                }
-            ),
-            default=None,
-        )
+        stop = _stop_for(stops, history, message["patient_id"], message["appointment_id"], message.get("due_date"), at)
         if stop is not None and at >= stop:
             violations["sent_after_stop"].append(send["message_id"])
         if at > parse_iso(message["deadline"]):
             violations["sent_after_deadline"].append(send["message_id"])
-        if message["timezone"] and in_quiet_hours(at, ZoneInfo(message["timezone"]), settings.quiet_hours):
+        # The zone the patient had when the SMS went out, not the final one.
+        zone = history.zone(message["patient_id"], at) or message["timezone"]
+        if zone and in_quiet_hours(at, ZoneInfo(zone), settings.quiet_hours):
             violations["sent_in_quiet_hours"].append(send["message_id"])
+        owner = history.owner(message["appointment_id"], at)
+        phone = history.phone(owner, at) if owner else None
+        if owner is not None and (owner != message["patient_id"] or (phone is not None and phone != send["to"])):
+            violations["sent_to_wrong_family"].append(send["message_id"])
     peak = max_in_one_second([parse_iso(s["at"]) for s in sends])
     if peak > settings.SMS_RATE_LIMIT_PER_SECOND:
         violations["rate_limit_exceeded"].append(f"{peak} sends in one second")
@@ -80,24 +93,164 @@ def check_invariants(
     }
 
 
-def _stop_times(scenario: Scenario) -> dict[tuple[str, str], datetime]:
-    """When sending must stop for a patient (opt-out) or an appointment (dose given, cancelled, rescheduled)."""
-    stops: dict[tuple[str, str], datetime] = {}
+@dataclass
+class _History:
+    """What the accepted events said, over time: whose an appointment is, and each patient's phone and zone."""
+
+    owners: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)
+    phones: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)
+    zones: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)
+    due_dates: dict[str, list[tuple[datetime, str]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, events: list[ScenarioEvent], settings: Settings) -> _History:
+        history = cls()
+        for event in events:
+            detail = event.detail
+            if event.type == "DoseScheduled":
+                appointment_id = str(detail.get("appointment_id"))
+                history.owners.setdefault(appointment_id, []).append((event.at, str(detail.get("patient_id"))))
+                history.due_dates.setdefault(appointment_id, []).append((event.at, str(detail.get("due_date"))))
+            elif event.type == "PatientUpserted":
+                patient_id = str(detail.get("patient_id"))
+                phone = _e164(detail.get("phone"), settings)
+                if phone is not None:
+                    history.phones.setdefault(patient_id, []).append((event.at, phone))
+                zone = detail.get("timezone") or settings.APP_TIMEZONE
+                history.zones.setdefault(patient_id, []).append((event.at, str(zone)))
+        return history
+
+    @staticmethod
+    def _at(timeline: list[tuple[datetime, str]] | None, at: datetime) -> str | None:
+        if not timeline:
+            return None
+        i = bisect_right([t for t, _ in timeline], at)
+        return timeline[i - 1][1] if i else None
+
+    def owner(self, appointment_id: str, at: datetime) -> str | None:
+        return self._at(self.owners.get(appointment_id), at)
+
+    def phone(self, patient_id: str, at: datetime) -> str | None:
+        return self._at(self.phones.get(patient_id), at)
+
+    def zone(self, patient_id: str, at: datetime) -> str | None:
+        return self._at(self.zones.get(patient_id), at)
+
+    def patients_with_phone(self, phone: str) -> set[str]:
+        return {p for p, timeline in self.phones.items() if any(number == phone for _, number in timeline)}
+
+
+def _e164(raw: Any, settings: Settings) -> str | None:
+    try:
+        return normalize_phone(str(raw), settings.SMS_DEFAULT_REGION)
+    except InvalidPhoneNumber:
+        return None
+
+
+# A key of `_stop_times`: ("patient", id), ("number", E.164), ("appointment", id), ("due_date", "id|date").
+_StopKey = tuple[str, str]
+
+
+def _stop_times(events: list[ScenarioEvent], settings: Settings) -> dict[_StopKey, list[tuple[datetime, bool]]]:
+    """When sending must stop (True) or may resume (False) for a patient (opt-out / in), a number (operator
+    stop / explicit opt-in), an appointment (dose given, cancelled) or one due date of it (rescheduled)."""
+    stops: dict[_StopKey, list[tuple[datetime, bool]]] = {}
     due_of: dict[str, str] = {}
-    for event in sorted(scenario.events, key=lambda e: e.at):
+    for event in events:
         detail = event.detail
-        if event.type == "PatientUpserted" and detail.get("sms_opt_in") is False:
-            stops.setdefault(("patient", str(detail.get("patient_id"))), event.at)
+        if event.type == "PatientUpserted":
+            stops.setdefault(("patient", str(detail.get("patient_id"))), []).append(
+                (event.at, detail.get("sms_opt_in") is False)
+            )
+            phone = _e164(detail.get("phone"), settings)
+            if phone is not None and detail.get("sms_opt_in") is True and detail.get("sms_opt_in_renewed") is True:
+                stops.setdefault(("number", phone), []).append((event.at, False))
+        elif event.type in OPERATOR_EVENTS:
+            phone = _e164(detail.get("phone"), settings)
+            if phone is not None:
+                stops.setdefault(("number", phone), []).append((event.at, event.type == "OptOutByPhone"))
         elif event.type in {"DoseAdministered", "AppointmentCancelled"}:
-            stops.setdefault(("appointment", str(detail.get("appointment_id"))), event.at)
+            stops.setdefault(("appointment", str(detail.get("appointment_id"))), []).append((event.at, True))
         elif event.type == "DoseScheduled":
             # A reschedule (same appointment, new due date) stops the reminders of the old date.
             appointment_id, due = str(detail.get("appointment_id")), str(detail.get("due_date"))
             previous = due_of.get(appointment_id)
             if previous is not None and previous != due:
-                stops.setdefault(("due_date", f"{appointment_id}|{previous}"), event.at)
+                stops.setdefault(("due_date", f"{appointment_id}|{previous}"), []).append((event.at, True))
+            stops.setdefault(("due_date", f"{appointment_id}|{due}"), []).append((event.at, False))
             due_of[appointment_id] = due
     return stops
+
+
+def _stopped_since(timeline: list[tuple[datetime, bool]] | None, at: datetime) -> datetime | None:
+    """The start of the stop in force at `at` on one timeline, or None."""
+    since = None
+    for t, stopped in timeline or []:
+        if t > at:
+            break
+        since = (since or t) if stopped else None
+    return since
+
+
+def _stop_for(
+    stops: dict[_StopKey, list[tuple[datetime, bool]]],
+    history: _History,
+    patient_id: str,
+    appointment_id: str,
+    due_date: str | None,
+    at: datetime,
+) -> datetime | None:
+    """When the stop in force at `at` for this patient's reminder of this appointment began, or None."""
+    phone = history.phone(patient_id, at)
+    keys: list[_StopKey] = [("patient", patient_id), ("appointment", appointment_id)]
+    keys += [("due_date", f"{appointment_id}|{due_date}")] + ([("number", phone)] if phone else [])
+    found = [s for s in (_stopped_since(stops.get(k), at) for k in keys) if s is not None]
+    return min(found, default=None)
+
+
+# The nominal day of each reminder, from the due date: planning may move the hour, never the day.
+_NOMINAL_DAY = {"7_day_reminder": -7, "1_day_reminder": -1, "overdue_reminder": 1}
+
+
+def _missing(
+    events: list[ScenarioEvent],
+    messages: list[dict[str, Any]],
+    stops: dict[_StopKey, list[tuple[datetime, bool]]],
+    history: _History,
+    until: datetime,
+) -> list[str]:
+    """Reminders an accepted schedule called for that were never created, checked independently of the timing
+    code: for each appointment's final owner and due date, every reminder whose nominal day falls strictly after
+    the day the schedule arrived and before `until`, and whose stop had not begun by that day's start."""
+    have = {(m["appointment_id"], m["patient_id"], m["due_date"], m["reminder_type"]) for m in messages}
+    out = []
+    for appointment_id, timeline in history.due_dates.items():
+        scheduled_at, due = timeline[-1]
+        owner = history.owner(appointment_id, until)
+        zone_name = history.zone(owner, until) if owner else None
+        if owner is None or zone_name is None or history.phone(owner, until) is None:
+            continue
+        zone = ZoneInfo(zone_name)
+        try:
+            due_day = date.fromisoformat(due)
+        except ValueError:
+            continue
+        first_day = scheduled_at.astimezone(zone).date() + timedelta(days=1)
+        for reminder_type, offset in _NOMINAL_DAY.items():
+            day = due_day + timedelta(days=offset)
+            start = datetime.combine(day, datetime.min.time(), zone)
+            end = start + timedelta(days=1)
+            if day < first_day or end > until:
+                continue
+            # Any stop in force during the nominal day excuses the reminder (it may have been stopped before its hour).
+            if any(
+                _stop_for(stops, history, owner, appointment_id, due, t) is not None
+                for t in (start, start + timedelta(hours=12), end - timedelta(seconds=1))
+            ):
+                continue
+            if (appointment_id, owner, due, reminder_type) not in have:
+                out.append(f"{appointment_id} {reminder_type} for {due} ({owner}) was never planned")
+    return out
 
 
 def max_in_one_second(instants: list[datetime]) -> int:

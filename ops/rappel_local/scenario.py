@@ -7,6 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+# What an operator does with `rappel optout PHONE` / `rappel optin PHONE`, at a point of simulated time.
+OPERATOR_EVENTS = frozenset({"OptOutByPhone", "OptInByPhone"})
+
 
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
@@ -58,4 +61,9 @@ def load_scenario(data: Any) -> Scenario:
         raise ScenarioError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     if scenario.until <= scenario.start:
         raise ScenarioError("until: must be after start")
+    for i, event in enumerate(scenario.events):
+        if event.type in OPERATOR_EVENTS and (
+            set(event.detail) != {"phone"} or not isinstance(event.detail["phone"], str)
+        ):
+            raise ScenarioError(f'events.{i}.detail: {event.type} takes exactly {{"phone": "+…"}}')
     return scenario

@@ -20,6 +20,7 @@ import boto3
 from core import clock, sending, store
 from core.clock import VirtualClock
 from core.events import make_envelope
+from core.planning import set_consent
 from core.settings import Settings, build_settings
 from core.store import iso
 from rappel_local.embedded import (
@@ -32,7 +33,7 @@ from rappel_local.embedded import (
 from rappel_local.invariants import check_invariants
 from rappel_local.moto_shortcuts import moto_shortcuts
 from rappel_local.orange_simulator import OrangeSimulator
-from rappel_local.scenario import Scenario, load_scenario
+from rappel_local.scenario import OPERATOR_EVENTS, Scenario, load_scenario
 from rappel_local.stack import send_queue_visibility_timeout
 
 SIM_CREDENTIALS = {"client_id": "rappel-simulated-client", "client_secret": "simulated-secret-not-real"}
@@ -68,6 +69,9 @@ class Simulation:
     handler_errors: list[str] = field(default_factory=list)
     # What plan_reminders answered, summed over the run, and each refusal or ignored event with its reason.
     events: dict[str, Any] = field(default_factory=lambda: {"applied": 0, "ignored": 0, "rejected": 0, "errors": []})
+
+    # The scenario events plan_reminders refused or ignored (by identity): the invariant check judges by the others.
+    not_applied: set[int] = field(default_factory=set)
 
     def _record_event(self, at: datetime, event_type: str, response: Any) -> None:
         if not isinstance(response, dict):
@@ -155,9 +159,15 @@ class Simulation:
             stale = stale or (index < len(events) and events[index].at <= now)
             while index < len(events) and events[index].at <= now:
                 event = events[index]
-                stamp = event.time or event.at
-                envelope = make_envelope(event.type, event.detail, event_id=event.id or f"sim-{index}", at=stamp)
-                self._record_event(event.at, event.type, self._call("plan_reminders", envelope))
+                if event.type in OPERATOR_EVENTS:
+                    set_consent(str(event.detail.get("phone", "")), event.type == "OptInByPhone", settings)
+                else:
+                    stamp = event.time or event.at
+                    envelope = make_envelope(event.type, event.detail, event_id=event.id or f"sim-{index}", at=stamp)
+                    response = self._call("plan_reminders", envelope)
+                    self._record_event(event.at, event.type, response)
+                    if not (isinstance(response, dict) and response.get("applied")):
+                        self.not_applied.add(id(event))
                 index += 1
             simulator.post_due_receipts(now, receipt_url)
             for item in [r for r in requeue if r.visible_at <= now]:
@@ -265,7 +275,7 @@ class Simulation:
         for message in messages:
             message.pop("phone")
         stats = _stats(messages, sends)
-        stats["invariants"] = check_invariants(self.scenario, settings, messages, sends)
+        stats["invariants"] = check_invariants(self.scenario, settings, messages, sends, self.not_applied)
         stats["handler_errors"] = len(self.handler_errors)
         stats["events"] = self.events
         return SimulationResult(messages, sends, stats)

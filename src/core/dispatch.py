@@ -80,10 +80,13 @@ def dispatch_due(settings: Settings) -> DispatchResult:
 
 
 def _expire(message: MessageRecord, now: datetime, settings: Settings) -> bool:
+    why = "deadline passed before it could be sent"
+    if message.state is Status.DEAD_LETTER:
+        why = f"dead letter not redriven before its deadline ({message.last_error})"
     change = Change(
         target=Status.EXPIRED,
-        sources=frozenset({Status.PENDING, Status.QUEUED}),
-        set={"last_error": "deadline passed before it could be sent"},
+        sources=frozenset({Status.PENDING, Status.QUEUED, Status.DEAD_LETTER}),
+        set={"last_error": why},
         condition=MessageRecord.version == message.version,
     )
     done = store.transition(message, change, at=now, settings=settings)

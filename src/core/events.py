@@ -52,6 +52,8 @@ class PatientUpserted(_Detail):
     sms_opt_in: bool
     display_name: ShortText
     preferred_hour: Annotated[int, Field(ge=0, le=23)] | None = None
+    # The family renewed its consent at the clinic: this lifts a stop on the number (a routine update does not).
+    sms_opt_in_renewed: bool = False
 
     @field_validator("timezone")
     @classmethod

@@ -86,7 +86,10 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
             event_at=event_at,
             event_id=event_id,
         )
-        _count_write(result, store.save_patient(patient))
+        written = store.save_patient(patient)
+        _count_write(result, written)
+        if written and detail.sms_opt_in and detail.sms_opt_in_renewed:
+            store.clear_number_stop(detail.phone)
         result.merge(reconcile_patient(detail.patient_id, settings, now))
     elif isinstance(detail, DoseScheduled):
         appointment = AppointmentRecord(
@@ -196,7 +199,7 @@ def reconcile_appointment(
         if message.state not in OUTSTANDING:
             continue
         if message_id not in wanted:
-            why = why_not_wanted(patient, appointment, message) or "rescheduled"
+            why = reason or why_not_wanted(patient, appointment, message) or "rescheduled"
             if cancel_message(message, why, settings, now):
                 result.cancelled += 1
         elif message.state is Status.PENDING:
@@ -241,13 +244,23 @@ def cancel_message(message: MessageRecord, reason: str, settings: Settings, now:
 
 
 def set_consent(phone: str, opt_in: bool, settings: Settings) -> tuple[int, PlanningResult]:
-    """Opt every patient with this number in or out (operator command) and replan; (patients changed, result)."""
+    """Opt a number in or out (operator command) and replan its patients; (patients changed, result).
+
+    An opt-out stops the number itself: later clinic updates carrying `sms_opt_in: true` and siblings registered
+    on it later get no reminders, until an explicit opt-in (this command, or `sms_opt_in_renewed`).
+    """
     from core.phone import normalize_phone
 
     store.bind(settings)
     now = clock.now()
     number = normalize_phone(phone, settings.SMS_DEFAULT_REGION)
     result = PlanningResult()
+    # The stop first: a crash after it leaves the number stopped, which the next reconciliation and the sender
+    # both honour; the patient writes below only make the records say so too.
+    if opt_in:
+        store.clear_number_stop(number)
+    else:
+        store.stop_number(number, iso(now), "operator opt-out")
     patients = store.patients_with_phone(number)
     for patient in patients:
         store.set_opt_in(patient.patient_id, opt_in, iso(now), f"operator-{'optin' if opt_in else 'optout'}")

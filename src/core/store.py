@@ -21,7 +21,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
 )
 from pynamodb.connection import Connection
-from pynamodb.exceptions import PutError, UpdateError
+from pynamodb.exceptions import DeleteError, PutError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
@@ -567,7 +567,14 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
     for name, value in change.set.items():
         attribute = attributes[name]
         actions.append(attribute.remove() if value is None else attribute.set(value))
-    if change.target not in DISPATCHABLE:
+    if change.target is Status.DEAD_LETTER and "text" not in change.set:
+        # It stays in the `due` index until its deadline, for the dispatcher to expire it if no redrive came. Not
+        # an ambiguous one (its text is recorded): the SMS may have gone out, so an operator decides, not a clock.
+        actions += [
+            MessageRecord.due_at.set(message.deadline),
+            MessageRecord.due_shard.set(shard_of(message.message_id, settings.DUE_INDEX_SHARDS)),
+        ]
+    elif change.target not in DISPATCHABLE:
         actions += [MessageRecord.due_shard.remove(), MessageRecord.due_at.remove()]
     if change.target in TERMINAL:
         actions += [
@@ -637,6 +644,38 @@ def delete_expired(before: datetime, statuses: Iterable[Status] = TERMINAL) -> i
 
 
 # ---------------------------------------------------------------------------------------------- provider state
+
+
+# ---------------------------------------------------------------------------------------------- stops by number
+
+_STOP = "STOP"  # pk of a number's stop; sk the E.164 number
+
+
+def number_stopped(phone: str) -> bool:
+    """Whether the family of this number asked for no more reminders (it covers every patient with the number)."""
+    return get_ops_value(_STOP, phone) is not None
+
+
+def stop_number(phone: str, at: str, why: str) -> bool:
+    """Record a number's stop; False when it was already stopped (the first stop is kept)."""
+    try:
+        OpsRecord(_STOP, phone, text=f"{at}|{why}").save(condition=OpsRecord.pk.does_not_exist())
+    except PutError as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
+    return True
+
+
+def clear_number_stop(phone: str) -> bool:
+    """Lift a number's stop (an explicit opt-in); False when it was not stopped."""
+    try:
+        OpsRecord(_STOP, phone).delete(condition=OpsRecord.pk.exists())
+    except DeleteError as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
+    return True
 
 
 def get_ops_value(pk: str, sk: str) -> OpsRecord | None:

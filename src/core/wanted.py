@@ -6,6 +6,7 @@ provider call, because the record may have changed after the message was queued.
 
 from __future__ import annotations
 
+from core import store
 from core.store import AppointmentRecord, MessageRecord, PatientRecord
 
 
@@ -14,7 +15,10 @@ def why_not_wanted(
     appointment: AppointmentRecord | None,
     message: MessageRecord | None = None,
 ) -> str | None:
-    """None while a reminder for this appointment (and `message`, when given) should still go out, else why not."""
+    """None while a reminder for this appointment (and `message`, when given) should still go out, else why not.
+
+    Reads whether the patient's number is stopped: a stop is a fact about the number, not the patient record.
+    """
     if patient is None:
         return "patient unknown"
     if appointment is None:
@@ -23,6 +27,8 @@ def why_not_wanted(
         return f"appointment {appointment.status}"
     if not patient.sms_opt_in:
         return "opted out"
+    if store.number_stopped(patient.phone):
+        return "opted out (the number is stopped)"
     if message is not None:
         if message.patient_id != appointment.patient_id:
             return "appointment moved to another patient"

@@ -208,3 +208,104 @@ def test_a_dose_given_before_its_schedule_arrives_is_kept_and_nothing_is_sent() 
     assert_invariants(out, data)
     assert not [s for s in out["sends"] if s["to"] == phone(1)], describe(out)
     assert {m["status"] for m in by_type(out, "a2").values()} == {"delivered"}
+
+
+# ---------------------------------------------------------------------------------------------- 6. a stop by number
+
+
+def test_an_operator_opt_out_by_phone_survives_routine_updates_and_covers_a_later_sibling() -> None:
+    events = [
+        *one_patient(DUE),
+        {"at": "2027-03-02T08:00:00Z", "type": "OptOutByPhone", "detail": {"phone": phone(1)}},
+        # A routine update (a name correction, a register re-import) still carries sms_opt_in: true.
+        patient_event("2027-03-03T08:00:00Z", "p1", phone(1), name="Awa K."),
+        # A sibling registered later on the same phone.
+        patient_event("2027-03-04T08:00:00Z", "p2", phone(1), name="Kofi"),
+        dose_event("2027-03-04T08:00:00Z", "a2", "p2", DUE),
+    ]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+    assert not out["sends"], describe(out)
+
+
+def test_an_explicit_opt_in_after_a_stop_by_phone_plans_reminders_again() -> None:
+    """The clinic marks the family's renewed consent (`sms_opt_in_renewed`), or the operator runs `rappel optin`."""
+    renewed = patient_event("2027-03-03T08:00:00Z", "p1", phone(1))
+    renewed["detail"]["sms_opt_in_renewed"] = True
+    for opt_in in (renewed, {"at": "2027-03-03T08:00:00Z", "type": "OptInByPhone", "detail": {"phone": phone(1)}}):
+        events = [
+            patient_event("2027-03-01T08:00:00Z", "p1", phone(1)),
+            {"at": "2027-03-02T08:00:00Z", "type": "OptOutByPhone", "detail": {"phone": phone(1)}},
+            opt_in,
+            dose_event("2027-03-04T08:00:00Z", "a1", "p1", DUE),
+        ]
+        data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", events)
+        out = run(data)
+        assert_invariants(out, data)
+        assert len(out["sends"]) == 3, (opt_in["type"], describe(out))
+
+
+# ---------------------------------------------------------------------------------------------- the checker itself
+
+
+def _check(data: dict[str, Any], out: dict[str, Any], *, refused_opt_outs: bool = False) -> dict[str, list[str]]:
+    """The project's checker on an output; with `refused_opt_outs`, as if the pipeline had refused every opt-out."""
+    from core.settings import build_settings
+    from rappel_local.invariants import check_invariants
+    from rappel_local.scenario import load_scenario
+
+    loaded = load_scenario(data)
+    refused = {id(e) for e in loaded.events if refused_opt_outs and e.detail.get("sms_opt_in") is False}
+    settings = build_settings(**{k: str(v) for k, v in data["settings"].items()})
+    result = check_invariants(loaded, settings, out["messages"], out["sends"], refused)
+    violations: dict[str, list[str]] = result["violations"]
+    return violations
+
+
+def test_the_checker_sees_a_missing_reminder_and_a_send_to_the_wrong_family() -> None:
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", families(2))
+    out = run(data)
+    assert _check(data, out)["missing"] == [] and _check(data, out)["sent_to_wrong_family"] == []
+
+    dropped = {
+        **out,
+        "messages": [
+            m for m in out["messages"] if m["message_id"] != by_type(out, "a1")["1_day_reminder"]["message_id"]
+        ],
+    }
+    assert _check(data, dropped)["missing"] == ["a1 1_day_reminder for 2027-03-12 (p1) was never planned"]
+
+    swapped = {**out, "sends": [{**s, "to": phone(2)} if s["to"] == phone(1) else s for s in out["sends"]]}
+    assert len(_check(data, swapped)["sent_to_wrong_family"]) == 3
+
+
+def test_the_checker_judges_quiet_hours_in_the_zone_at_send_time_and_ignores_refused_events() -> None:
+    """A family moves from Abidjan to Paris after a 09:00 Abidjan send (10:00 Paris: fine either way), then one
+    moves to Honolulu (09:00 Abidjan is 23:00 there): judged in the final zone, the first send would be at night."""
+    events = [*one_patient(DUE), patient_event("2027-03-06T08:00:00Z", "p1", phone(1), zone="Pacific/Honolulu")]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-06T00:00:00Z", events)
+    out = run(data)
+    (send,) = out["sends"]
+    assert _check(data, out)["sent_in_quiet_hours"] == []
+
+    # An opt-out the pipeline refused (say, stamped in the future) stops nothing.
+    opt_out = patient_event("2027-03-04T08:00:00Z", "p1", phone(1), opt_in=False)
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-06T00:00:00Z", [*one_patient(DUE), opt_out])
+    assert _check(data, out)["sent_after_stop"] == [send["message_id"]]
+    assert _check(data, out, refused_opt_outs=True)["sent_after_stop"] == []
+
+
+# ---------------------------------------------------------------------------------------------- 15. dead letters end
+
+
+def test_a_dead_letter_never_redriven_expires_at_its_deadline_with_the_reason() -> None:
+    faults = [{"to": phone(1), "status": 503}]
+    data = scenario(
+        "2027-03-01T00:00:00Z", "2027-03-17T00:00:00Z", one_patient(DUE), faults=faults, settings={"SMS_MAX_RETRIES": 1}
+    )
+    out = run(data)
+    assert_invariants(out, data)
+    for m in by_type(out, "a1").values():
+        assert m["status"] == "expired", describe(out)
+        assert "dead letter" in m["last_error"] and "retries exhausted" in m["last_error"], m["last_error"]

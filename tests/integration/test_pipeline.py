@@ -231,7 +231,8 @@ def test_a_message_reclaimed_more_than_max_dispatches_is_dead_lettered_and_put_o
 
     assert (result["dead_lettered"], result["claimed"]) == (1, 0)
     stored = pipe.message(message_id)
-    assert stored.status == "dead_letter" and stored.due_at is None and stored.expires_at is None
+    # In the `due` index until its deadline, for the dispatcher to expire it if no redrive comes.
+    assert stored.status == "dead_letter" and stored.due_at == stored.deadline and stored.expires_at is None
     assert stored.last_error == f"lease expired {limit} times without a send"
     assert bodies(pipe.receive_dead_letters()) == [{"message_id": message_id, "version": stored.version}]
 
@@ -454,7 +455,7 @@ def test_exhausting_the_retries_dead_letters_with_a_copy_on_the_dlq(pipe: Pipeli
 
     stored = pipe.message(message_id)
     assert (stored.status, stored.attempts) == ("dead_letter", 2)
-    assert stored.last_error.startswith("retries exhausted") and stored.due_at is None
+    assert stored.last_error.startswith("retries exhausted") and stored.due_at == stored.deadline
     assert bodies(pipe.receive_dead_letters()) == [{"message_id": message_id, "version": stored.version}]
     assert _metrics(capsys)["SmsDeadLettered"] == 1
     assert len(pipe.send_requests()) == 2 and pipe.accepted() == []
