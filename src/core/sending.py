@@ -139,7 +139,8 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
     held = provider_state.hold_until(now)
     if held is not None:
         return _defer(message, held, f"provider on hold: {provider_state.hold_reason()}", now, settings)
-    allowed = next_allowed(now, ZoneInfo(patient.timezone), settings.quiet_hours)
+    zone = ZoneInfo(patient.timezone)
+    allowed = next_allowed(now, zone, settings.quiet_hours)
     if allowed != now:
         return _defer(message, allowed, "quiet hours", now, settings)
     try:
@@ -150,6 +151,14 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
         why = f"text could not be rendered: {type(exc).__name__}: {exc}"
         return _settle(message, Status.FAILED, why, now, settings)
     pacer.wait(settings.sender_pace_per_second)
+    # Pacing took time, and so will the call: a request that could reach the provider inside quiet hours (or
+    # after the deadline) waits for the next allowed time instead.
+    sent_by = clock.now() + timedelta(seconds=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS)
+    if parse_iso(message.deadline) <= sent_by:
+        return _settle(message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
+    allowed = next_allowed(sent_by, zone, settings.quiet_hours)
+    if allowed != sent_by:
+        return _defer(message, allowed, "quiet hours", clock.now(), settings)
     attempt = int(message.attempts) + 1
     _, send_once = _idempotent_send(settings)
     request = {
@@ -161,7 +170,7 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
     try:
         accepted = send_once(request=request)
     except ProviderError as error:
-        return _after_failure(message, error, attempt, settings, rendered, ZoneInfo(patient.timezone))
+        return _after_failure(message, error, attempt, settings, rendered, zone)
     return _record_sent(message, attempt, accepted, rendered.text, rendered.segments, settings)
 
 

@@ -309,3 +309,24 @@ def test_a_dead_letter_never_redriven_expires_at_its_deadline_with_the_reason() 
     for m in by_type(out, "a1").values():
         assert m["status"] == "expired", describe(out)
         assert "dead letter" in m["last_error"] and "retries exhausted" in m["last_error"], m["last_error"]
+
+
+# ---------------------------------------------------------------------------------------------- 13. quiet hours
+
+
+def test_a_send_that_would_land_in_quiet_hours_after_pacing_waits_for_the_morning() -> None:
+    """60 reminders at 19:59 through a slow provider (2.1 s a call, two senders): the last ones would reach it
+    after 20:00. Each is re-checked just before its request, with the call's time allowed for."""
+    data = scenario(
+        "2027-03-01T00:00:00Z",
+        "2027-03-06T12:00:00Z",
+        families(60),
+        settings={"REMINDER_7_DAY_TIME": "19:59"},
+        latency_ms=2100,
+    )
+    out = run(data)
+    assert_invariants(out, data)
+    seven = [m for m in out["messages"] if m["reminder_type"] == "7_day_reminder"]
+    assert {m["status"] for m in seven} == {"delivered"}, describe(out)
+    late = [m for m in seven if utc(m["sent_at"]) >= at_local("2027-03-06", 8, ABIDJAN)]
+    assert late, "no send was pushed to the morning: the scenario does not cross 20:00"
