@@ -47,6 +47,11 @@ class Pacer:
     def __init__(self) -> None:
         self._next: datetime | None = None
 
+    def pause_until(self, until: datetime) -> None:
+        """Send nothing before `until` (the provider throttled this instance)."""
+        if self._next is None or self._next < until:
+            self._next = until
+
     def wait(self, per_second: float) -> None:
         """Sleep (on the installed clock) until this instance may send again."""
         now = clock.now()
@@ -54,6 +59,9 @@ class Pacer:
         clock.sleep((slot - now).total_seconds())
         self._next = slot + timedelta(seconds=1 / per_second)
 
+
+# How long a throttled sender pauses when the provider gives no Retry-After.
+THROTTLE_PAUSE_SECONDS = 1.0
 
 _default_pacer = Pacer()
 _pacer = _default_pacer
@@ -170,6 +178,8 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
     try:
         accepted = send_once(request=request)
     except ProviderError as error:
+        if error.code.startswith(("429", "http_429")):
+            return _throttled(message, error, pacer, zone, settings)
         return _after_failure(message, error, attempt, settings, rendered, zone)
     return _record_sent(message, attempt, accepted, rendered.text, rendered.segments, settings)
 
@@ -280,8 +290,6 @@ def _after_failure(
         "provider did not accept",
         extra={"message_id": message.message_id, "kind": error.kind.value, "code": error.code, "attempt": attempt},
     )
-    if error.code.startswith(("429", "http_429")):
-        count(MetricName.PROVIDER_THROTTLED)
     if error.kind is FailureKind.REFUSED:
         error = _confirm_refusal(error, now, settings)
     if error.kind is FailureKind.PROVIDER_WIDE:
@@ -309,6 +317,16 @@ def _after_failure(
     if outcome == "retry":
         count(MetricName.SMS_RETRIED, reminder_type=message.reminder_type, provider=provider)
     return outcome
+
+
+def _throttled(message: MessageRecord, error: ProviderError, pacer: Pacer, zone: ZoneInfo, settings: Settings) -> str:
+    """The provider asked us to slow down: this sender pauses, and the message waits without burning an attempt
+    (throttling is back-pressure, not the message's failure; its deadline still bounds the wait)."""
+    now = clock.now()
+    count(MetricName.PROVIDER_THROTTLED)
+    pause = timedelta(seconds=max(error.retry_after_seconds or 0.0, THROTTLE_PAUSE_SECONDS))
+    pacer.pause_until(now + pause)
+    return _defer(message, next_allowed(now + pause, zone, settings.quiet_hours), f"throttled: {error}", now, settings)
 
 
 def _confirm_refusal(error: ProviderError, now: datetime, settings: Settings) -> ProviderError:

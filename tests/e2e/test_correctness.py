@@ -330,3 +330,25 @@ def test_a_send_that_would_land_in_quiet_hours_after_pacing_waits_for_the_mornin
     assert {m["status"] for m in seven} == {"delivered"}, describe(out)
     late = [m for m in seven if utc(m["sent_at"]) >= at_local("2027-03-06", 8, ABIDJAN)]
     assert late, "no send was pushed to the morning: the scenario does not cross 20:00"
+
+
+# ---------------------------------------------------------------------------------------------- 9. throttling
+
+
+def test_a_provider_slower_than_our_rate_slows_us_down_without_burning_attempts(
+    provider_requests: list[ProviderRequest],
+) -> None:
+    """Our limit 5/s, the provider's 1/s: 40 reminders due at once. Throttling is back-pressure, not failure."""
+    data = scenario(
+        "2027-03-01T00:00:00Z",
+        "2027-03-06T00:00:00Z",
+        families(40),
+        settings={"SMS_RATE_LIMIT_PER_SECOND": 5},
+        rate_limit_per_second=1,
+    )
+    out = run(data)
+    assert_invariants(out, data)
+    seven = [m for m in out["messages"] if m["reminder_type"] == "7_day_reminder"]
+    assert {m["status"] for m in seven} == {"delivered"}, describe(out)
+    assert all(m["attempts"] == 1 for m in seven), describe(out)
+    assert [r for r in provider_requests if r.status == 429], "the provider never throttled"
