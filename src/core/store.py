@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -289,19 +289,13 @@ def _newer_event(record: PatientRecord | AppointmentRecord) -> Condition:
 def save_patient(patient: PatientRecord) -> bool:
     """Write the patient if this event is not older than the stored one; False when it is older."""
     key_attr = PatientRecord.patient_id
-    try:
-        patient.save(condition=key_attr.does_not_exist() | _newer_event(patient))
-    except PutError as exc:
-        if _is_condition_failure(exc):
-            return False
-        raise
-    return True
+    return _applied(lambda: patient.save(condition=key_attr.does_not_exist() | _newer_event(patient)))
 
 
 def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str) -> bool:
     """Opt a patient in or out (operator command); False if the patient is unknown."""
-    try:
-        PatientRecord(patient_id).update(
+    return _applied(
+        lambda: PatientRecord(patient_id).update(
             actions=[
                 PatientRecord.sms_opt_in.set(opt_in),
                 PatientRecord.event_at.set(event_at),
@@ -310,11 +304,7 @@ def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str) -> b
             ],
             condition=PatientRecord.patient_id.exists(),
         )
-    except UpdateError as exc:
-        if _is_condition_failure(exc):
-            return False
-        raise
-    return True
+    )
 
 
 def iterate_patients() -> Iterator[PatientRecord]:
@@ -340,20 +330,18 @@ def get_appointment(appointment_id: str) -> AppointmentRecord | None:
 
 def save_appointment(appointment: AppointmentRecord) -> bool:
     """Write the appointment if this event is not older than the stored one; False when it is older."""
-    try:
-        appointment.save(condition=AppointmentRecord.appointment_id.does_not_exist() | _newer_event(appointment))
-    except PutError as exc:
-        if _is_condition_failure(exc):
-            return False
-        raise
-    return True
+    return _applied(
+        lambda: appointment.save(
+            condition=AppointmentRecord.appointment_id.does_not_exist() | _newer_event(appointment)
+        )
+    )
 
 
 def fill_in_closed_appointment(schedule: AppointmentRecord) -> bool:
     """Write what an appointment is (patient, vaccine, dose, date, clinic) under a close that arrived before its
     schedule; the close (status, date given, event time) stands. False unless the stored one is such a close."""
-    try:
-        AppointmentRecord(schedule.appointment_id).update(
+    return _applied(
+        lambda: AppointmentRecord(schedule.appointment_id).update(
             actions=[
                 AppointmentRecord.patient_id.set(schedule.patient_id),
                 AppointmentRecord.vaccine.set(schedule.vaccine),
@@ -363,11 +351,7 @@ def fill_in_closed_appointment(schedule: AppointmentRecord) -> bool:
             ],
             condition=AppointmentRecord.patient_id == UNKNOWN_PATIENT,
         )
-    except UpdateError as exc:
-        if _is_condition_failure(exc):
-            return False
-        raise
-    return True
+    )
 
 
 def appointments_of(patient_id: str) -> list[AppointmentRecord]:
@@ -617,15 +601,11 @@ def update_pending(message: MessageRecord, values: Mapping[str, Any], shards: in
             MessageRecord.due_shard.set(shard_of(message.message_id, shards)),
         ]
     actions.append(MessageRecord.version.add(1))
-    try:
-        MessageRecord(message.message_id).update(
+    return _applied(
+        lambda: MessageRecord(message.message_id).update(
             actions=actions, condition=MessageRecord.status == Status.PENDING.value
         )
-    except UpdateError as exc:
-        if _is_condition_failure(exc):
-            return False
-        raise
-    return True
+    )
 
 
 def delete_expired(before: datetime, statuses: Iterable[Status] = TERMINAL) -> int:
@@ -658,24 +638,12 @@ def number_stopped(phone: str) -> bool:
 
 def stop_number(phone: str, at: str, why: str) -> bool:
     """Record a number's stop; False when it was already stopped (the first stop is kept)."""
-    try:
-        OpsRecord(_STOP, phone, text=f"{at}|{why}").save(condition=OpsRecord.pk.does_not_exist())
-    except PutError as exc:
-        if _is_condition_failure(exc):
-            return False
-        raise
-    return True
+    return _applied(lambda: OpsRecord(_STOP, phone, text=f"{at}|{why}").save(condition=OpsRecord.pk.does_not_exist()))
 
 
 def clear_number_stop(phone: str) -> bool:
     """Lift a number's stop (an explicit opt-in); False when it was not stopped."""
-    try:
-        OpsRecord(_STOP, phone).delete(condition=OpsRecord.pk.exists())
-    except DeleteError as exc:
-        if _is_condition_failure(exc):
-            return False
-        raise
-    return True
+    return _applied(lambda: OpsRecord(_STOP, phone).delete(condition=OpsRecord.pk.exists()))
 
 
 def get_ops_value(pk: str, sk: str) -> OpsRecord | None:
@@ -699,19 +667,26 @@ def delete_ops_value(pk: str, sk: str) -> None:
 # ---------------------------------------------------------------------------------------------- errors
 
 
+def _applied(write: Callable[[], object]) -> bool:
+    """Run one conditional write: True when it applied, False when its condition no longer held."""
+    try:
+        write()
+    except (PutError, UpdateError, DeleteError) as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
+    return True
+
+
 def _is_condition_failure(exc: Exception) -> bool:
     return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
 
 
 def record_receipt_status(message_id: str, provider_status: str) -> bool:
     """Note an intermediate receipt status on a sent message (no status change)."""
-    try:
-        MessageRecord(message_id).update(
+    return _applied(
+        lambda: MessageRecord(message_id).update(
             actions=[MessageRecord.receipt_status.set(provider_status)],
             condition=MessageRecord.status == Status.SENT.value,
         )
-    except UpdateError as exc:
-        if _is_condition_failure(exc):
-            return False
-        raise
-    return True
+    )
