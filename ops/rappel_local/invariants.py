@@ -156,6 +156,7 @@ def _stop_times(events: list[ScenarioEvent], settings: Settings) -> dict[_StopKe
     stop / explicit opt-in), an appointment (dose given, cancelled) or one due date of it (rescheduled)."""
     stops: dict[_StopKey, list[tuple[datetime, bool]]] = {}
     due_of: dict[str, str] = {}
+    closed_at: dict[str, datetime] = {}  # the producer's stamp of an appointment's latest close
     for event in events:
         detail = event.detail
         if event.type == "PatientUpserted":
@@ -170,10 +171,17 @@ def _stop_times(events: list[ScenarioEvent], settings: Settings) -> dict[_StopKe
             if phone is not None:
                 stops.setdefault(("number", phone), []).append((event.at, event.type == "OptOutByPhone"))
         elif event.type in {"DoseAdministered", "AppointmentCancelled"}:
-            stops.setdefault(("appointment", str(detail.get("appointment_id"))), []).append((event.at, True))
+            appointment_id = str(detail.get("appointment_id"))
+            stops.setdefault(("appointment", appointment_id), []).append((event.at, True))
+            closed_at[appointment_id] = event.time or event.at
         elif event.type == "DoseScheduled":
-            # A reschedule (same appointment, new due date) stops the reminders of the old date.
+            # A reschedule (same appointment, new due date) stops the reminders of the old date; a schedule stamped
+            # after a close books the appointment again (an older one, synced late, leaves the close standing).
             appointment_id, due = str(detail.get("appointment_id")), str(detail.get("due_date"))
+            closed = closed_at.get(appointment_id)
+            if closed is not None and (event.time or event.at) > closed:
+                stops.setdefault(("appointment", appointment_id), []).append((event.at, False))
+                del closed_at[appointment_id]
             previous = due_of.get(appointment_id)
             if previous is not None and previous != due:
                 stops.setdefault(("due_date", f"{appointment_id}|{previous}"), []).append((event.at, True))

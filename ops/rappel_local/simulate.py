@@ -300,6 +300,7 @@ def _message_json(message: store.MessageRecord, patients: dict[str, store.Patien
         "segments": int(message.segments) if message.segments is not None else None,
         "last_error": message.last_error,
         "ambiguous": bool(message.ambiguous),
+        "revived": message.revived,
         "provider_message_id": message.provider_message_id,
         "timezone": patient.timezone if patient else None,
         "phone": patient.phone if patient else None,

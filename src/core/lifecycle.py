@@ -24,7 +24,9 @@ class Status(StrEnum):
 
 # Who may move to where. QUEUED -> QUEUED is a re-claim after an expired lease; QUEUED -> PENDING is a retry
 # after a transient error (explicit, with attempts + 1 and the error recorded, never silent); FAILED ->
-# DELIVERED is a late DeliveredToTerminal after DeliveryImpossible, which the provider says can happen.
+# DELIVERED is a late DeliveredToTerminal after DeliveryImpossible, which the provider says can happen;
+# CANCELLED -> PENDING is a revival: the cause of the cancellation was reversed (the dose moved back, the family
+# opted in again) while the deadline is open, and the store refuses it for a message the provider may have taken.
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.QUEUED, Status.CANCELLED, Status.EXPIRED}),
     Status.QUEUED: frozenset(
@@ -42,13 +44,13 @@ ALLOWED: dict[Status, frozenset[Status]] = {
     Status.FAILED: frozenset({Status.DELIVERED}),
     Status.DEAD_LETTER: frozenset({Status.QUEUED, Status.CANCELLED, Status.EXPIRED}),
     Status.DELIVERED: frozenset(),
-    Status.CANCELLED: frozenset(),
+    Status.CANCELLED: frozenset({Status.PENDING}),
     Status.EXPIRED: frozenset(),
 }
 
 # Statuses after which nothing more will be sent for the message.
 SETTLED: frozenset[Status] = frozenset({Status.SENT, Status.DELIVERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
-# Statuses that end a message's life: they get a retention TTL.
+# Statuses that end a message's life: they get a retention TTL (a revived cancellation loses it again).
 TERMINAL: frozenset[Status] = frozenset({Status.DELIVERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 # Statuses in which a message still waits in the `due` index for the dispatcher.
 DISPATCHABLE: frozenset[Status] = frozenset({Status.PENDING, Status.QUEUED})

@@ -42,11 +42,12 @@ class PlanningResult:
     created: int = 0
     cancelled: int = 0
     replanned: int = 0
+    revived: int = 0
     errors: list[str] = field(default_factory=list)
 
     def merge(self, other: PlanningResult) -> None:
         """Add another result's figures to this one."""
-        for name in ("applied", "ignored", "rejected", "created", "cancelled", "replanned"):
+        for name in ("applied", "ignored", "rejected", "created", "cancelled", "replanned", "revived"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors += other.errors
 
@@ -122,6 +123,7 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
             "messages_created": result.created,
             "cancelled": result.cancelled,
             "replanned": result.replanned,
+            "revived": result.revived,
             "ignored": result.ignored,
         },
     )
@@ -196,6 +198,13 @@ def reconcile_appointment(
             )
             wanted[message_id] = (planned.reminder_type.value, planned.scheduled_at, planned.deadline)
     for message_id, message in existing.items():
+        if message.state is Status.CANCELLED and message_id in wanted:
+            # Its cause was reversed (the dose moved back to this date, the family opted in again, the appointment
+            # was rebooked) and its deadline is still open: the same reminder comes back, never a twin.
+            _, scheduled_at, deadline = wanted[message_id]
+            if revive_message(message, scheduled_at, deadline, settings, now):
+                result.revived += 1
+            continue
         if message.state not in OUTSTANDING:
             continue
         if message_id not in wanted:
@@ -241,6 +250,33 @@ def cancel_message(message: MessageRecord, reason: str, settings: Settings, now:
     if done:
         count(MetricName.REMINDERS_CANCELLED, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
     return done
+
+
+def revive_message(
+    message: MessageRecord, scheduled_at: datetime, deadline: datetime, settings: Settings, now: datetime
+) -> bool:
+    """Bring a cancelled reminder back to pending, on its schedule as planned now; False if it may not come back.
+
+    The store refuses it for a message the provider may have taken (a send or an ambiguous attempt recorded), so a
+    reminder that went out is never sent again. It gets a fresh set of retries and the revival is recorded on it.
+    """
+    change = Change(
+        target=Status.PENDING,
+        sources=frozenset({Status.CANCELLED}),
+        set={
+            "scheduled_at": iso(scheduled_at),
+            "deadline": iso(deadline),
+            "due_at": iso(scheduled_at),
+            "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
+            "retry_floor": int(message.attempts),
+            "revived": f"{iso(now)} after {message.last_error}",
+            "last_error": None,
+            "ended_at": None,
+            "expires_at": None,
+        },
+        condition=MessageRecord.sent_at.does_not_exist() & MessageRecord.text.does_not_exist(),
+    )
+    return store.transition(message, change, at=now, settings=settings)
 
 
 def set_consent(phone: str, opt_in: bool, settings: Settings) -> tuple[int, PlanningResult]:

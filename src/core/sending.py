@@ -411,6 +411,9 @@ def _record_sent(
             "provider accepted but the message changed meanwhile",
             extra={"message_id": message.message_id, "status": current.status if current else None},
         )
+        # Cancelled while the request was on its way: say on the record that it went out, so that it is never
+        # revived and sent again if the cancellation's cause is reversed.
+        store.note_accepted_while_cancelled(message.message_id, {k: v for k, v in values.items() if v is not None})
         return "sent_unrecorded"
     type_, provider = message.reminder_type, str(values["provider"])
     count(MetricName.SMS_SENT, reminder_type=type_, provider=provider)

@@ -150,6 +150,7 @@ class MessageRecord(Model):
     provider_message_id = UnicodeAttribute(null=True)
     receipt_status = UnicodeAttribute(null=True)
     ambiguous = BooleanAttribute(null=True)
+    revived = UnicodeAttribute(null=True)  # when and from what cancellation the message came back, if it did
     text = UnicodeAttribute(null=True)
     segments = NumberAttribute(null=True)
     created_at = UnicodeAttribute()
@@ -604,6 +605,17 @@ def update_pending(message: MessageRecord, values: Mapping[str, Any], shards: in
     return _applied(
         lambda: MessageRecord(message.message_id).update(
             actions=actions, condition=MessageRecord.status == Status.PENDING.value
+        )
+    )
+
+
+def note_accepted_while_cancelled(message_id: str, values: Mapping[str, Any]) -> bool:
+    """Record a send the provider accepted for a message cancelled meanwhile (its status stays cancelled)."""
+    attributes = MessageRecord.get_attributes()
+    return _applied(
+        lambda: MessageRecord(message_id).update(
+            actions=[attributes[name].set(value) for name, value in values.items()],
+            condition=MessageRecord.status == Status.CANCELLED.value,
         )
     )
 

@@ -24,6 +24,7 @@ from tests.e2e.test_scenarios import (
     phone,
     run,
     scenario,
+    sends_of,
     utc,
 )
 
@@ -208,6 +209,66 @@ def test_a_dose_given_before_its_schedule_arrives_is_kept_and_nothing_is_sent() 
     assert_invariants(out, data)
     assert not [s for s in out["sends"] if s["to"] == phone(1)], describe(out)
     assert {m["status"] for m in by_type(out, "a2").values()} == {"delivered"}
+
+
+# ---------------------------------------------------------------------------------------------- 2. reversals
+
+
+def _moved(at: str, to: str) -> dict[str, Any]:
+    return dose_event(at, "a1", "p1", to)
+
+
+@pytest.mark.parametrize(
+    "cause, reversal",
+    [
+        (_moved("2027-03-02T08:00:00Z", "2027-03-26"), _moved("2027-03-03T08:00:00Z", DUE)),
+        (
+            patient_event("2027-03-02T08:00:00Z", "p1", phone(1), opt_in=False),
+            patient_event("2027-03-03T08:00:00Z", "p1", phone(1)),
+        ),
+        (
+            {"at": "2027-03-02T08:00:00Z", "type": "AppointmentCancelled", "detail": {"appointment_id": "a1"}},
+            _moved("2027-03-03T08:00:00Z", DUE),
+        ),
+    ],
+    ids=["moved-and-back", "opt-out-then-in", "cancelled-then-rebooked"],
+)
+def test_a_reversed_cancellation_brings_its_reminders_back(cause: dict[str, Any], reversal: dict[str, Any]) -> None:
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", [*one_patient(DUE), cause, reversal])
+    out = run(data)
+    assert_invariants(out, data)
+    reminders = by_type(out, "a1", DUE)
+    assert {m["status"] for m in reminders.values()} == {"delivered"}, describe(out)
+    assert len(reminders) == 3 and len(out["sends"]) == 3, describe(out)
+    assert all("cancelled" in (m["revived"] or "") for m in reminders.values()), describe(out)
+
+
+def test_a_reversal_after_a_send_never_sends_it_again() -> None:
+    """The 7-day reminder went out on 03-05; the dose moves away on 03-06 and back on 03-07."""
+    events = [*one_patient(DUE), _moved("2027-03-06T08:00:00Z", "2027-03-26"), _moved("2027-03-07T08:00:00Z", DUE)]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+    reminders = by_type(out, "a1", DUE)
+    assert {m["status"] for m in reminders.values()} == {"delivered"}, describe(out)
+    assert len(sends_of(out, reminders["7_day_reminder"]["message_id"])) == 1, describe(out)
+    assert len(out["sends"]) == 3, describe(out)
+
+
+def test_a_reversal_after_the_deadline_revives_nothing() -> None:
+    """Opted out on 03-04, in again on 03-14: every reminder for 03-12 is past its deadline but the overdue one."""
+    events = [
+        *one_patient(DUE),
+        patient_event("2027-03-04T08:00:00Z", "p1", phone(1), opt_in=False),
+        patient_event("2027-03-14T08:00:00Z", "p1", phone(1)),
+    ]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-17T00:00:00Z", events)
+    out = run(data)
+    assert_invariants(out, data)
+    reminders = by_type(out, "a1", DUE)
+    assert reminders["7_day_reminder"]["status"] == "cancelled", describe(out)
+    assert reminders["1_day_reminder"]["status"] == "cancelled", describe(out)
+    assert reminders["overdue_reminder"]["status"] == "delivered", describe(out)
 
 
 # ---------------------------------------------------------------------------------------------- 6. a stop by number

@@ -381,6 +381,32 @@ def test_an_opt_out_event_after_dispatch_stops_the_queued_message(pipe: Pipeline
     assert pipe.send_requests() == []
 
 
+def test_a_cancellation_that_lands_during_the_provider_call_is_never_revived_into_a_second_send(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The family opts out while the request is on its way (a race no simulator can time), then opts in again."""
+    from core.providers.orange import OrangeProvider
+
+    message_id = _due_now(pipe)
+    real_send = OrangeProvider.send
+
+    def opt_out_meanwhile(self: OrangeProvider, **kwargs: Any) -> Any:
+        assert handle_clinic_event(patient("p1", sms_opt_in=False), pipe.settings).cancelled == 3
+        return real_send(self, **kwargs)
+
+    monkeypatch.setattr(OrangeProvider, "send", opt_out_meanwhile)
+    pipe.cycle()
+    monkeypatch.setattr(OrangeProvider, "send", real_send)
+    cancelled = pipe.message(message_id)
+    assert cancelled.status == "cancelled" and cancelled.sent_at is not None and len(pipe.accepted()) == 1
+
+    opted_in = patient("p1", sms_opt_in=True, at=pipe.clock.now() + timedelta(seconds=1))
+    assert handle_clinic_event(opted_in, pipe.settings).revived == 2  # the 1-day and overdue reminders
+    pipe.cycle()
+
+    assert pipe.message(message_id).status == "cancelled" and len(pipe.send_requests()) == 1
+
+
 def test_a_deadline_that_passed_while_queued_expires_at_send_time(pipe: Pipeline) -> None:
     message_id = _due_now(pipe)
     pipe.dispatch()

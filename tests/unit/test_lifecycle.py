@@ -9,10 +9,10 @@ from core.lifecycle import ALLOWED, SETTLED, TERMINAL, IllegalTransition, Status
 pytestmark = pytest.mark.unit
 
 
-def test_terminal_statuses_go_nowhere_except_failed_to_delivered() -> None:
+def test_terminal_statuses_go_nowhere_except_failed_to_delivered_and_a_revived_cancellation() -> None:
+    expected = {Status.FAILED: {Status.DELIVERED}, Status.CANCELLED: {Status.PENDING}}
     for status in TERMINAL:
-        expected = {Status.DELIVERED} if status is Status.FAILED else set()
-        assert set(ALLOWED[status]) == expected
+        assert set(ALLOWED[status]) == expected.get(status, set())
 
 
 @pytest.mark.parametrize(("source", "target"), list(itertools.product(Status, Status)))
@@ -29,9 +29,11 @@ def test_a_set_of_sources_is_refused_if_any_one_is_illegal() -> None:
         check_transition(frozenset({Status.PENDING, Status.SENT}), Status.QUEUED)
 
 
-def test_nothing_settled_ever_returns_to_a_sendable_status() -> None:
+def test_nothing_settled_ever_returns_to_a_sendable_status_but_a_cancellation_to_pending() -> None:
+    """A cancellation may be revived (the store then also requires that nothing was sent); nothing else comes back."""
     for status in SETTLED:
-        assert not ALLOWED[status] & {Status.PENDING, Status.QUEUED, Status.DEAD_LETTER}
+        back = ALLOWED[status] & {Status.PENDING, Status.QUEUED, Status.DEAD_LETTER}
+        assert back == ({Status.PENDING} if status is Status.CANCELLED else set())
 
 
 def test_delivered_is_never_downgraded() -> None:
