@@ -82,11 +82,28 @@ def orange_receipt(body: str, settings: Settings) -> ReceiptOutcome:
         raise ReceiptRejected(400, "deliveryInfoNotification.deliveryInfo.deliveryStatus: unknown value")
     store.bind(settings)
     message_id = store.message_id_by_provider_id(provider_id)
+    learnt: dict[str, str] = {}
+    if message_id is None:
+        message_id = _ambiguous_send_for(notification["deliveryInfo"].get("address"))
+        learnt = {"provider_message_id": provider_id}
     if message_id is None:
         count(MetricName.RECEIPTS_UNKNOWN)
         logger.warning("receipt for an unknown provider message id", extra={"provider": "orange"})
         return ReceiptOutcome("unknown")
-    return apply_receipt(message_id, delivery_status, ORANGE_STATUSES[delivery_status], settings)
+    return apply_receipt(message_id, delivery_status, ORANGE_STATUSES[delivery_status], settings, learnt=learnt)
+
+
+def _ambiguous_send_for(address: object) -> str | None:
+    """The one ambiguous send to this receipt's recipient, if there is exactly one.
+
+    An ambiguous send never learnt Orange's id; its receipt carries that id and the recipient (`tel:+…`). The
+    receipt of any SMS whose id we know finds it by that id first, so an unknown id to a number with one ambiguous
+    send waiting is that send's. Two waiting to one number cannot be told apart: neither is settled.
+    """
+    if not isinstance(address, str) or not address.startswith("tel:+") or len(address) > 24:
+        return None
+    candidates = store.ambiguous_sends_to(address.removeprefix("tel:"))
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome:
@@ -108,8 +125,19 @@ def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome
     return apply_receipt(message_id, name, target, settings)
 
 
-def apply_receipt(message_id: str, provider_status: str, target: Status | None, settings: Settings) -> ReceiptOutcome:
-    """Move a sent message to delivered or failed, or record an intermediate status; never backwards."""
+def apply_receipt(
+    message_id: str,
+    provider_status: str,
+    target: Status | None,
+    settings: Settings,
+    *,
+    learnt: dict[str, str] | None = None,
+) -> ReceiptOutcome:
+    """Move a sent message to delivered or failed, or record an intermediate status; never backwards.
+
+    `learnt`: what the receipt taught us about the message (the provider id of an ambiguous send), written with
+    the status change.
+    """
     message = store.get_message(message_id)
     if message is None:
         count(MetricName.RECEIPTS_UNKNOWN)
@@ -124,7 +152,7 @@ def apply_receipt(message_id: str, provider_status: str, target: Status | None, 
     change = Change(
         target=target,
         sources=sources[target] & frozenset({message.state}),
-        set={"receipt_status": provider_status, **stamp},
+        set={"receipt_status": provider_status, **stamp, **(learnt or {})},
         condition=MessageRecord.version == message.version,
     )
     if not store.transition(message, change, at=now, settings=settings):

@@ -180,7 +180,7 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
     except ProviderError as error:
         if error.code.startswith(("429", "http_429")):
             return _throttled(message, error, pacer, zone, settings)
-        return _after_failure(message, error, attempt, settings, rendered, zone)
+        return _after_failure(message, error, attempt, settings, rendered, zone, patient.phone)
     return _record_sent(message, attempt, accepted, rendered.text, rendered.segments, settings)
 
 
@@ -283,6 +283,7 @@ def _after_failure(
     settings: Settings,
     rendered: RenderedText,
     zone: ZoneInfo,
+    to: str,
 ) -> str:
     now = clock.now()
     provider = settings.SMS_PROVIDER.value
@@ -302,8 +303,10 @@ def _after_failure(
         count(MetricName.AMBIGUOUS_SENDS, reminder_type=message.reminder_type, provider=provider)
         policy = settings.SMS_ON_AMBIGUOUS_SEND
         if policy is AmbiguousSendPolicy.ASSUME_SENT:
+            # No provider id came back: the recipient stands in for it, so the receipt can still settle it.
+            unknown_id = {"provider_message_id": store.ambiguous_send_key(to)}
             return _record_sent(
-                message, attempt, None, rendered.text, rendered.segments, settings, ambiguous=str(error)
+                message, attempt, unknown_id, rendered.text, rendered.segments, settings, ambiguous=str(error)
             )
         if policy is AmbiguousSendPolicy.DEAD_LETTER:
             # The text may have gone out: keep it, as "sent" would (operators and receipts can match it).

@@ -523,6 +523,17 @@ def message_id_by_provider_id(provider_message_id: str) -> str | None:
     return None
 
 
+def ambiguous_send_key(phone: str) -> str:
+    """What an ambiguous send records in place of the provider's id it never learnt: the recipient (hashed, so the
+    number is not copied into an index key), so that its receipt, which names the recipient, can still find it."""
+    return f"ambiguous:{hashlib.sha256(phone.encode()).hexdigest()[:24]}"
+
+
+def ambiguous_sends_to(phone: str) -> list[str]:
+    """Our ids of ambiguous sends to `phone` still waiting for their receipt (at most two: one is an answer)."""
+    return [str(item.message_id) for item in MessageRecord.provider_index.query(ambiguous_send_key(phone), limit=2)]
+
+
 def iterate_messages(status: Status | None = None) -> Iterator[MessageRecord]:
     """All messages (optionally of one status). A scan: for operator commands and the simulator, not Lambda."""
     condition = MessageRecord.status == status.value if status else None

@@ -586,9 +586,9 @@ def test_ambiguous_timeout_after_send(policy: str, provider_requests: list[Provi
     assert len(window) == 1 and window[0].status is None  # the one request, whose answer never came
     assert len(sends_of(out, m["message_id"])) == 1  # the provider did take it
     if policy == "assume_sent":
-        # Recorded as sent and flagged; no receipt can match (we never learnt the provider's id), so it stays sent.
-        assert m["status"] == "sent" and m["ambiguous"] is True and m["attempts"] == 1, describe(out)
-        assert m["provider_message_id"] is None
+        # Recorded as sent and flagged; its receipt, found by the recipient, settles it and teaches us Orange's id.
+        assert m["status"] == "delivered" and m["ambiguous"] is True and m["attempts"] == 1, describe(out)
+        assert m["provider_message_id"] == sends_of(out, m["message_id"])[0]["provider_message_id"]
     else:
         assert m["status"] == "dead_letter" and "ambiguous" in m["last_error"]
     assert len([r for r in provider_requests if r.to == phone(1)]) == 3  # never resent; the other two went out

@@ -18,6 +18,7 @@ from core.observability import discard_metrics
 from core.statistics import statistics
 from core.store import iso
 from rappel_local.embedded import ReceiptEndpoint, function_url_event, invoke
+from rappel_local.orange_simulator import Fault
 from tests.integration.pipeline_kit import PHONE, Pipeline, emf
 
 pytestmark = pytest.mark.integration
@@ -178,6 +179,46 @@ def test_an_unknown_callback_id_is_answered_200_and_counted(pipe: Pipeline, sent
     assert _answer(response) == (200, "unknown")
     assert emf(capsys.readouterr().out) == {"ReceiptsUnknown": 1}
     assert _snapshot(pipe, sent) == before
+
+
+def _ambiguous_sends(pipe: Pipeline, count: int) -> list[str]:
+    """`count` 7-day reminders to PHONE (siblings) whose 201 never came back: sent, ambiguous, Orange's id unknown."""
+    pipe.start_orange(receipt_delay_seconds=20, faults=[Fault(timeout="after_send")])
+    ids = [pipe.plan(n, "2027-03-20")["7_day_reminder"] for n in range(1, count + 1)]
+    pipe.clock.advance_to(SENT_AT)
+    pipe.cycle()
+    assert {(pipe.message(i).status, pipe.message(i).ambiguous) for i in ids} == {("sent", True)}
+    return ids
+
+
+def test_the_receipt_of_an_ambiguous_send_settles_it_by_its_recipient(pipe: Pipeline) -> None:
+    (message_id,) = _ambiguous_sends(pipe, 1)
+    (accepted,) = pipe.accepted()
+
+    response = _orange(pipe, _notification(accepted.message_id, "DeliveredToTerminal"))
+
+    assert _answer(response) == (200, "delivered")
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.provider_message_id) == ("delivered", accepted.message_id)
+
+
+def test_two_ambiguous_sends_to_one_number_cannot_be_told_apart_and_neither_is_settled(pipe: Pipeline) -> None:
+    ids = _ambiguous_sends(pipe, 2)
+    first = pipe.accepted()[0]
+
+    response = _orange(pipe, _notification(first.message_id, "DeliveredToTerminal"))
+
+    assert _answer(response) == (200, "unknown")
+    assert {pipe.message(i).status for i in ids} == {"sent"}
+
+
+def test_an_unknown_id_for_another_number_does_not_settle_an_ambiguous_send(pipe: Pipeline) -> None:
+    (message_id,) = _ambiguous_sends(pipe, 1)
+    notification = _notification(pipe.accepted()[0].message_id, "DeliveredToTerminal")
+    notification["deliveryInfoNotification"]["deliveryInfo"]["address"] = "tel:+2250709999999"
+
+    assert _answer(_orange(pipe, notification)) == (200, "unknown")
+    assert pipe.message(message_id).status == "sent"
 
 
 def test_a_base64_encoded_body_is_decoded(pipe: Pipeline, sent: str) -> None:
