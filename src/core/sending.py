@@ -60,6 +60,15 @@ class Pacer:
         self._next = slot + timedelta(seconds=1 / per_second)
 
 
+class _NotNow(Exception):
+    """Raised just before the request when it may not go now: `until` the next allowed time, or None (expired)."""
+
+    def __init__(self, until: datetime | None, why: str) -> None:
+        super().__init__(why)
+        self.until = until
+        self.why = why
+
+
 # How long a throttled sender pauses when the provider gives no Retry-After.
 THROTTLE_PAUSE_SECONDS = 1.0
 
@@ -106,8 +115,10 @@ def _idempotent_send(settings: Settings) -> tuple[IdempotencyConfig, Callable[..
     config = IdempotencyConfig(event_key_jmespath="key", expires_after_seconds=IDEMPOTENCY_TTL_SECONDS)
 
     @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)
-    def send_once(request: dict[str, Any]) -> dict[str, Any]:
-        accepted = provider_for(settings).send(to=request["to"], text=request["text"], message_id=request["message_id"])
+    def send_once(request: dict[str, Any], before_request: Callable[[], None]) -> dict[str, Any]:
+        accepted = provider_for(settings).send(
+            to=request["to"], text=request["text"], message_id=request["message_id"], before_request=before_request
+        )
         return {"provider": accepted.provider, "provider_message_id": accepted.provider_message_id}
 
     return config, send_once
@@ -158,15 +169,6 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
     except Exception as exc:  # whatever the stored data holds, one message never crashes its batch
         why = f"text could not be rendered: {type(exc).__name__}: {exc}"
         return _settle(message, Status.FAILED, why, now, settings)
-    pacer.wait(settings.sender_pace_per_second)
-    # Pacing took time, and so will the call: a request that could reach the provider inside quiet hours (or
-    # after the deadline) waits for the next allowed time instead.
-    sent_by = clock.now() + timedelta(seconds=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS)
-    if parse_iso(message.deadline) <= sent_by:
-        return _settle(message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
-    allowed = next_allowed(sent_by, zone, settings.quiet_hours)
-    if allowed != sent_by:
-        return _defer(message, allowed, "quiet hours", clock.now(), settings)
     attempt = int(message.attempts) + 1
     _, send_once = _idempotent_send(settings)
     request = {
@@ -175,8 +177,25 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
         "to": patient.phone,
         "text": rendered.text,
     }
+
+    def at_the_request() -> None:
+        # Paced right before the HTTP request, after the adapter has its token: the pace is that of requests,
+        # whatever a token fetch took. Pacing took time, and so will the call: a request that could reach the
+        # provider inside quiet hours (or after the deadline) waits for the next allowed time instead.
+        pacer.wait(settings.sender_pace_per_second)
+        sent_by = clock.now() + timedelta(seconds=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS)
+        if parse_iso(message.deadline) <= sent_by:
+            raise _NotNow(None, "deadline passed before it could be sent")
+        allowed = next_allowed(sent_by, zone, settings.quiet_hours)
+        if allowed != sent_by:
+            raise _NotNow(allowed, "quiet hours")
+
     try:
-        accepted = send_once(request=request)
+        accepted = send_once(request=request, before_request=at_the_request)
+    except _NotNow as not_now:
+        if not_now.until is None:
+            return _settle(message, Status.EXPIRED, not_now.why, clock.now(), settings)
+        return _defer(message, not_now.until, not_now.why, clock.now(), settings)
     except ProviderError as error:
         if error.code.startswith(("429", "http_429")):
             return _throttled(message, error, pacer, zone, settings)

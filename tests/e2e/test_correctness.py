@@ -19,6 +19,7 @@ from tests.e2e.test_scenarios import (
     by_type,
     describe,
     dose_event,
+    max_per_second,
     one_patient,
     patient_event,
     phone,
@@ -413,3 +414,22 @@ def test_a_provider_slower_than_our_rate_slows_us_down_without_burning_attempts(
     assert {m["status"] for m in seven} == {"delivered"}, describe(out)
     assert all(m["attempts"] == 1 for m in seven), describe(out)
     assert [r for r in provider_requests if r.status == 429], "the provider never throttled"
+
+
+# ---------------------------------------------------------------------------------------------- 14. pacing
+
+
+def test_a_slow_token_fetch_never_bunches_sends_past_the_limit() -> None:
+    """Limit 2/s, two senders at 1/s each, 700 ms per provider call: the first sender's first request waits for the
+    OAuth token. Its pace is that of its requests, so the next one does not follow 300 ms later."""
+    data = scenario(
+        "2027-03-01T00:00:00Z",
+        "2027-03-05T12:00:00Z",
+        families(30),
+        settings={"SMS_RATE_LIMIT_PER_SECOND": 2, "SMS_BATCH_SIZE": 5},
+        latency_ms=700,
+    )
+    out = run(data)
+    assert_invariants(out, data)
+    assert len(out["sends"]) == 30, describe(out)
+    assert max_per_second([utc(s["at"]) for s in out["sends"]]) <= 2

@@ -876,7 +876,7 @@ def test_concurrent_duplicate_inside_the_provider_call_is_refused(
         def __getattr__(self, name: str) -> Any:
             return getattr(self._real, name)
 
-        def send(self, *, to: str, text: str, message_id: str) -> Any:
+        def send(self, *, to: str, text: str, message_id: str, before_request: Any) -> Any:
             if not nested["active"]:
                 nested["active"] = True
                 try:
@@ -889,7 +889,7 @@ def test_concurrent_duplicate_inside_the_provider_call_is_refused(
                     refused.append(message_id)
                 finally:
                     nested["active"] = False
-            return self._real.send(to=to, text=text, message_id=message_id)
+            return self._real.send(to=to, text=text, message_id=message_id, before_request=before_request)
 
     monkeypatch.setattr(sending, "provider_for", DuplicatingProvider)
     data = crash_scenario()

@@ -165,6 +165,22 @@ def test_token_expired_server_side_is_refreshed_once_and_the_send_replayed(
     assert accepted.provider_message_id == sim.accepted[1].message_id
 
 
+def test_before_request_runs_after_the_token_and_before_each_send_request_the_replay_too(
+    sim: OrangeSimulator, provider: OrangeProvider, sim_clock: VirtualClock
+) -> None:
+    """The sender paces in this hook, so it must see every request the send makes and none of the token's."""
+    seen: list[list[str]] = []
+
+    def before_request() -> None:
+        seen.append([r.endpoint for r in sim.received])
+
+    provider.send(to=ALICE, text="Rappel", message_id="m1", before_request=before_request)
+    sim_clock.sleep(3601)  # the token is now refused server-side: 401, refresh, replay
+    provider.send(to=BOB, text="Rappel", message_id="m2", before_request=before_request)
+
+    assert seen == [["token"], ["token", "send"], ["token", "send", "send", "token"]]
+
+
 def test_a_refresh_that_does_not_help_stops_after_one_replay(
     sim_clock: VirtualClock, adapter_clock: VirtualClock
 ) -> None:

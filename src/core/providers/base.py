@@ -12,7 +12,7 @@ import math
 import re
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -100,8 +100,14 @@ class SmsProvider(Protocol):
 
     name: str
 
-    def send(self, *, to: str, text: str, message_id: str) -> Accepted:
-        """Submit one SMS to `to` (E.164); `message_id` is ours. Raises ProviderError when not accepted."""
+    def send(
+        self, *, to: str, text: str, message_id: str, before_request: Callable[[], None] = lambda: None
+    ) -> Accepted:
+        """Submit one SMS to `to` (E.164); `message_id` is ours. Raises ProviderError when not accepted.
+
+        `before_request` runs right before each HTTP request that submits it (a replay after a token refresh too),
+        once anything else it needs (a token) is at hand: the sender paces there, so its pace is that of requests.
+        """
         ...
 
     def balance(self) -> Balance | None:

@@ -6,6 +6,7 @@ See docs/providers.md#kannel.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from urllib.parse import quote
 
 import requests
@@ -78,7 +79,9 @@ class KannelProvider:
         separator = "&" if "?" in self._dlr_url_base else "?"
         return f"{self._dlr_url_base}{separator}message_id={encoded_id}&type=%d&smsc_id=%F"
 
-    def send(self, *, to: str, text: str, message_id: str) -> Accepted:
+    def send(
+        self, *, to: str, text: str, message_id: str, before_request: Callable[[], None] = lambda: None
+    ) -> Accepted:
         """Submit one SMS; a 2xx reply (`0: Accepted`, `3: Queued`) → Accepted with our id, else ProviderError."""
         if not _E164.match(to):
             raise ProviderError(FailureKind.PERMANENT, "invalid_recipient", f"not an E.164 number: {mask_phone(to)}")
@@ -100,6 +103,7 @@ class KannelProvider:
             "dlr-mask": str(DLR_MASK),
             "dlr-url": self.dlr_url(message_id),
         }
+        before_request()
         try:
             response = self._session.get(self._url, params=params, timeout=self._timeout, allow_redirects=False)
         except requests.RequestException as exc:

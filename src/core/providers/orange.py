@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -171,10 +172,13 @@ class OrangeProvider:
         """Release the HTTP connections."""
         self._session.close()
 
-    def send(self, *, to: str, text: str, message_id: str) -> Accepted:
+    def send(
+        self, *, to: str, text: str, message_id: str, before_request: Callable[[], None] = lambda: None
+    ) -> Accepted:
         """POST one SMS; 2xx → Accepted with the id at the end of `resourceURL`, anything else → ProviderError.
 
-        `message_id` is only used in logs: Orange's contract has no field for it.
+        `message_id` is only used in logs: Orange's contract has no field for it. `before_request` runs after the
+        token is at hand, right before each POST (the replay after a refused token too).
         """
         if not _E164.match(to):
             raise ProviderError(FailureKind.PERMANENT, "invalid_recipient", f"not an E.164 number: {mask_phone(to)}")
@@ -184,7 +188,9 @@ class OrangeProvider:
         if self._sender_name:
             request["senderName"] = self._sender_name
         request["outboundSMSTextMessage"] = {"message": text}
-        response = self._authorized("POST", self._send_url, json_body={"outboundSMSMessageRequest": request})
+        response = self._authorized(
+            "POST", self._send_url, json_body={"outboundSMSMessageRequest": request}, before_request=before_request
+        )
         if 200 <= response.status_code <= 299:
             provider_message_id = _message_id_from(_json_or_none(response))
             if provider_message_id is None:
@@ -243,8 +249,10 @@ class OrangeProvider:
         *,
         json_body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        before_request: Callable[[], None] = lambda: None,
     ) -> requests.Response:
         token = self._current_token()
+        before_request()
         response = self._request(method, url, token, json_body, params)
         if response.status_code == 401:
             parsed = parse_error_body(_json_or_none(response))
@@ -254,6 +262,7 @@ class OrangeProvider:
                     "orange answered 401 (code %s); refreshing the token and replaying once", parsed.gateway_code
                 )
                 token = self._current_token(stale=token)
+                before_request()
                 response = self._request(method, url, token, json_body, params)
         return response
 
