@@ -60,27 +60,18 @@ def check_invariants(
         waiting = m["status"] in {"pending", "queued", "dead_letter"} and parse_iso(m["deadline"]) > until
         if not (settled or waiting or (m["status"] == "dead_letter" and m["text"])):
             violations["lost"].append(f"{m['message_id']} is {m['status']} past its deadline")
-    counts = Counter(s["message_id"] for s in sends if s["message_id"])
+    # A reminder is carried by at most one accepted SMS (an SMS may carry several reminders).
+    counts = Counter(mid for s in sends for mid in _carried(s))
     violations["sent_twice"] = sorted(mid for mid, n in counts.items() if n > 1)
-    violations["unattributed_sends"] = [s["provider_message_id"] for s in sends if not s["message_id"]]
+    violations["unattributed_sends"] = [s["provider_message_id"] for s in sends if not _carried(s)]
     for send in sends:
-        message = by_id.get(send["message_id"] or "")
-        if message is None:
-            continue
         at = parse_iso(send["at"])
-        stop = _stop_for(stops, history, message["patient_id"], message["appointment_id"], message.get("due_date"), at)
-        if stop is not None and at >= stop:
-            violations["sent_after_stop"].append(send["message_id"])
-        if at > parse_iso(message["deadline"]):
-            violations["sent_after_deadline"].append(send["message_id"])
-        # The zone the patient had when the SMS went out, not the final one.
-        zone = history.zone(message["patient_id"], at) or message["timezone"]
-        if zone and in_quiet_hours(at, ZoneInfo(zone), settings.quiet_hours):
-            violations["sent_in_quiet_hours"].append(send["message_id"])
-        owner = history.owner(message["appointment_id"], at)
-        phone = history.phone(owner, at) if owner else None
-        if owner is not None and (owner != message["patient_id"] or (phone is not None and phone != send["to"])):
-            violations["sent_to_wrong_family"].append(send["message_id"])
+        for message_id in _carried(send):
+            message = by_id.get(message_id)
+            if message is None:
+                continue
+            for name in _send_violations(message, send, at, stops, history, settings):
+                violations[name].append(message_id)
     peak = max_in_one_second([parse_iso(s["at"]) for s in sends])
     if peak > settings.SMS_RATE_LIMIT_PER_SECOND:
         violations["rate_limit_exceeded"].append(f"{peak} sends in one second")
@@ -91,6 +82,36 @@ def check_invariants(
         "rate_limit_per_second": settings.SMS_RATE_LIMIT_PER_SECOND,
         "dead_letters": sum(1 for m in messages if m["status"] == "dead_letter"),
     }
+
+
+def _carried(send: dict[str, Any]) -> list[str]:
+    return list(send.get("message_ids") or ([send["message_id"]] if send.get("message_id") else []))
+
+
+def _send_violations(
+    message: dict[str, Any],
+    send: dict[str, Any],
+    at: datetime,
+    stops: dict[_StopKey, list[tuple[datetime, bool]]],
+    history: _History,
+    settings: Settings,
+) -> list[str]:
+    """The invariants one reminder's send breaks."""
+    out = []
+    stop = _stop_for(stops, history, message["patient_id"], message["appointment_id"], message.get("due_date"), at)
+    if stop is not None and at >= stop:
+        out.append("sent_after_stop")
+    if at > parse_iso(message["deadline"]):
+        out.append("sent_after_deadline")
+    # The zone the patient had when the SMS went out, not the final one.
+    zone = history.zone(message["patient_id"], at) or message["timezone"]
+    if zone and in_quiet_hours(at, ZoneInfo(zone), settings.quiet_hours):
+        out.append("sent_in_quiet_hours")
+    owner = history.owner(message["appointment_id"], at)
+    phone = history.phone(owner, at) if owner else None
+    if owner is not None and (owner != message["patient_id"] or (phone is not None and phone != send["to"])):
+        out.append("sent_to_wrong_family")
+    return out
 
 
 @dataclass

@@ -258,17 +258,26 @@ class Simulation:
             (_message_json(m, patients) for m in store.iterate_messages()),
             key=lambda m: (m["scheduled_at"], m["message_id"]),
         )
-        by_provider_id = {m["provider_message_id"]: m["message_id"] for m in messages if m["provider_message_id"]}
-        by_text = {(m["phone"], m["text"]): m["message_id"] for m in messages if m["text"]}
+        # One SMS may carry several reminders: every message recorded with its provider id (or, for an ambiguous
+        # send, its phone and text) is one of them.
+        by_provider_id: dict[str, list[str]] = {}
+        by_text: dict[tuple[str, str], list[str]] = {}
+        for m in messages:
+            if m["provider_message_id"]:
+                by_provider_id.setdefault(m["provider_message_id"], []).append(m["message_id"])
+            if m["text"]:
+                by_text.setdefault((m["phone"], m["text"]), []).append(m["message_id"])
         sends = []
         for record in simulator.accepted:
-            ours = by_provider_id.get(record.message_id) or by_text.get((record.to, record.text))
+            ours = by_provider_id.get(record.message_id) or by_text.get((record.to, record.text)) or []
             sends.append(
                 {
                     "at": iso(record.at),
                     "to": record.to,
                     "text": record.text,
-                    "message_id": ours,
+                    "message_id": ours[0] if ours else None,
+                    "message_ids": ours,
+                    "provider": "orange",
                     "provider_message_id": record.message_id,
                 }
             )

@@ -15,7 +15,7 @@ from core import clock, provider_state, queue, store
 from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger, measure
-from core.queue import QueuedMessage
+from core.queue import QueuedMessage, QueuedSms
 from core.settings import Settings
 from core.store import Change, MessageRecord, iso, parse_iso
 from core.timing import ReminderType
@@ -57,11 +57,11 @@ def dispatch_due(settings: Settings) -> DispatchResult:
         else:
             live.append(message)
     live.sort(key=lambda m: (ReminderType(m.reminder_type).urgency, m.due_at or ""))
-    claimed: list[QueuedMessage] = []
+    claimed: list[tuple[MessageRecord, QueuedMessage]] = []
     for message in live[: result.capacity]:
         outcome = _claim(message, now, settings)
         if outcome == "claimed":
-            claimed.append(QueuedMessage(message.message_id, int(message.version) + 1))
+            claimed.append((message, QueuedMessage(message.message_id, int(message.version) + 1)))
             lag = (now - parse_iso(message.scheduled_at)).total_seconds()
             measure(MetricName.DISPATCH_LAG_SECONDS, max(lag, 0.0))
         elif outcome == "dead_letter":
@@ -69,14 +69,38 @@ def dispatch_due(settings: Settings) -> DispatchResult:
         else:
             result.lost_races += 1
     result.claimed = len(claimed)
-    failed = queue.enqueue(claimed, settings)
-    result.not_enqueued = len(failed)
-    result.enqueued = len(claimed) - len(failed)
+    records = by_phone(claimed) if settings.SMS_GROUP_BY_PHONE else [item for _, item in claimed]
+    failed = queue.enqueue(records, settings)
+    result.not_enqueued = sum(len(f.reminders) if isinstance(f, QueuedSms) else 1 for f in failed)
+    result.enqueued = len(claimed) - result.not_enqueued
     count(MetricName.MESSAGES_DISPATCHED, result.enqueued)
     if failed:
         logger.error("messages claimed but not enqueued; their lease brings them back", extra={"count": len(failed)})
     logger.info("dispatch run", extra=result.__dict__)
     return result
+
+
+def by_phone(claimed: list[tuple[MessageRecord, QueuedMessage]]) -> list[QueuedMessage | QueuedSms]:
+    """One send queue record per phone, reminder type and due date: reminders that would reach one phone in this
+    send slot go out as one SMS (siblings, or one child booked once per vaccine). Order kept, by the first member."""
+    groups: dict[tuple[str, str, str], list[QueuedMessage]] = {}
+    records: list[QueuedMessage | QueuedSms | list[QueuedMessage]] = []
+    for message, item in claimed:
+        if not message.recipient:
+            records.append(item)  # planned before recipients were recorded: on its own
+            continue
+        key = (message.recipient, message.reminder_type, message.due_date)
+        if key not in groups:
+            groups[key] = []
+            records.append(groups[key])
+        groups[key].append(item)
+    out: list[QueuedMessage | QueuedSms] = []
+    for record in records:
+        if isinstance(record, list):
+            out.append(record[0] if len(record) == 1 else QueuedSms(tuple(record)))
+        else:
+            out.append(record)
+    return out
 
 
 def _expire(message: MessageRecord, now: datetime, settings: Settings) -> bool:

@@ -188,6 +188,7 @@ def reconcile_appointment(
         if m.appointment_id == appointment_id
     }
     wanted: dict[str, tuple[str, datetime, datetime]] = {}
+    recipient = store.recipient_key(patient.phone)
     reason = why_not_wanted(patient, appointment)
     if reason is None:
         zone = ZoneInfo(patient.timezone)
@@ -202,7 +203,7 @@ def reconcile_appointment(
             # Its cause was reversed (the dose moved back to this date, the family opted in again, the appointment
             # was rebooked) and its deadline is still open: the same reminder comes back, never a twin.
             _, scheduled_at, deadline = wanted[message_id]
-            if revive_message(message, scheduled_at, deadline, settings, now):
+            if revive_message(message, scheduled_at, deadline, recipient, settings, now):
                 result.revived += 1
             continue
         if message.state not in OUTSTANDING:
@@ -213,10 +214,10 @@ def reconcile_appointment(
                 result.cancelled += 1
         elif message.state is Status.PENDING:
             _, scheduled_at, deadline = wanted[message_id]
-            if (message.scheduled_at, message.deadline) != (iso(scheduled_at), iso(deadline)):
-                values = {"scheduled_at": iso(scheduled_at), "deadline": iso(deadline)}
-                if store.update_pending(message, values, settings.DUE_INDEX_SHARDS):
-                    result.replanned += 1
+            values = {"scheduled_at": iso(scheduled_at), "deadline": iso(deadline), "recipient": recipient}
+            changed = {name: getattr(message, name) for name in values} != values
+            if changed and store.update_pending(message, values, settings.DUE_INDEX_SHARDS):
+                result.replanned += 1
     for message_id, (reminder_type, scheduled_at, deadline) in wanted.items():
         if message_id in existing:
             continue
@@ -232,6 +233,7 @@ def reconcile_appointment(
             due_shard=store.shard_of(message_id, settings.DUE_INDEX_SHARDS),
             due_at=iso(scheduled_at),
             created_at=iso(now),
+            recipient=recipient,
         )
         if store.create_message(message, now):
             result.created += 1
@@ -253,7 +255,12 @@ def cancel_message(message: MessageRecord, reason: str, settings: Settings, now:
 
 
 def revive_message(
-    message: MessageRecord, scheduled_at: datetime, deadline: datetime, settings: Settings, now: datetime
+    message: MessageRecord,
+    scheduled_at: datetime,
+    deadline: datetime,
+    recipient: str,
+    settings: Settings,
+    now: datetime,
 ) -> bool:
     """Bring a cancelled reminder back to pending, on its schedule as planned now; False if it may not come back.
 
@@ -270,11 +277,16 @@ def revive_message(
             "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
             "retry_floor": int(message.attempts),
             "revived": f"{iso(now)} after {message.last_error}",
+            "recipient": recipient,
             "last_error": None,
             "ended_at": None,
             "expires_at": None,
         },
-        condition=MessageRecord.sent_at.does_not_exist() & MessageRecord.text.does_not_exist(),
+        # Not one the provider took or may have taken: sent while being cancelled, an ambiguous attempt, or bound to
+        # a grouped SMS whose request may have gone out.
+        condition=MessageRecord.sent_at.does_not_exist()
+        & MessageRecord.text.does_not_exist()
+        & MessageRecord.sms_key.does_not_exist(),
     )
     return store.transition(message, change, at=now, settings=settings)
 

@@ -42,6 +42,30 @@ class QueuedMessage:
         return QueuedMessage(message_id, version)
 
 
+@dataclass(frozen=True)
+class QueuedSms:
+    """One SQS record for several reminders to one phone, sent as one SMS (the dispatcher grouped them)."""
+
+    reminders: tuple[QueuedMessage, ...]
+
+    def body(self) -> str:
+        """The SQS message body."""
+        items = [{"message_id": r.message_id, "version": r.version} for r in self.reminders]
+        return json.dumps({"reminders": items}, separators=(",", ":"))
+
+
+def parse_body(body: str) -> tuple[QueuedMessage, ...]:
+    """The reminders of one send queue record, one (a `QueuedMessage` body) or several (a `QueuedSms` body);
+    raises ValueError naming the bad field."""
+    data = json.loads(body)
+    if isinstance(data, dict) and "reminders" in data:
+        items = data["reminders"]
+        if not isinstance(items, list) or not 1 <= len(items) <= 100:
+            raise ValueError("body.reminders: must be a list of 1 to 100 reminders")
+        return tuple(QueuedMessage.parse(json.dumps(item)) for item in items)
+    return (QueuedMessage.parse(body),)
+
+
 @functools.cache
 def _sqs(region: str, endpoint: str) -> Any:
     return boto3.client("sqs", region_name=region, endpoint_url=endpoint or None)
@@ -56,10 +80,10 @@ def reset_clients() -> None:
     _sqs.cache_clear()
 
 
-def enqueue(messages: Sequence[QueuedMessage], settings: Settings) -> list[QueuedMessage]:
+def enqueue(messages: Sequence[QueuedMessage | QueuedSms], settings: Settings) -> list[QueuedMessage | QueuedSms]:
     """Send `messages` to the send queue, 10 per call, retrying failed entries; returns those never accepted."""
     client = _client(settings)
-    failed: list[QueuedMessage] = []
+    failed: list[QueuedMessage | QueuedSms] = []
     for start in range(0, len(messages), BATCH):
         todo = {str(i): m for i, m in enumerate(messages[start : start + BATCH])}
         for _ in range(ENTRY_RETRIES):

@@ -81,16 +81,24 @@ def orange_receipt(body: str, settings: Settings) -> ReceiptOutcome:
         count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "deliveryInfoNotification.deliveryInfo.deliveryStatus: unknown value")
     store.bind(settings)
-    message_id = store.message_id_by_provider_id(provider_id)
+    message_ids = store.message_ids_by_provider_id(provider_id)
     learnt: dict[str, str] = {}
-    if message_id is None:
-        message_id = _ambiguous_send_for(notification["deliveryInfo"].get("address"))
-        learnt = {"provider_message_id": provider_id}
-    if message_id is None:
+    if not message_ids:
+        ambiguous = _ambiguous_send_for(notification["deliveryInfo"].get("address"))
+        message_ids, learnt = ([ambiguous] if ambiguous else []), {"provider_message_id": provider_id}
+    if not message_ids:
         count(MetricName.RECEIPTS_UNKNOWN)
         logger.warning("receipt for an unknown provider message id", extra={"provider": "orange"})
         return ReceiptOutcome("unknown")
-    return apply_receipt(message_id, delivery_status, ORANGE_STATUSES[delivery_status], settings, learnt=learnt)
+    return _settle_sms(message_ids, delivery_status, ORANGE_STATUSES[delivery_status], settings, learnt)
+
+
+def _settle_sms(
+    message_ids: list[str], provider_status: str, target: Status | None, settings: Settings, learnt: dict[str, str]
+) -> ReceiptOutcome:
+    """A receipt is for one SMS, which may carry several reminders: it settles every one of them."""
+    outcomes = [apply_receipt(m, provider_status, target, settings, learnt=learnt) for m in sorted(message_ids)]
+    return next((o for o in outcomes if o.result != "unchanged"), outcomes[0])
 
 
 def _ambiguous_send_for(address: object) -> str | None:
@@ -114,15 +122,17 @@ def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome
     except ValueError:
         count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "type: must be a Kannel DLR type (1, 2, 4, 8 or 16)") from None
-    if not message_id.startswith("msg_") or len(message_id) > 64 or dlr_type not in KANNEL_TYPES:
+    if not message_id.startswith(("msg_", "sms_")) or len(message_id) > 64 or dlr_type not in KANNEL_TYPES:
         count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "message_id or type: not a Kannel DLR for one of our messages")
     store.bind(settings)
     name, target = KANNEL_TYPES[dlr_type]
-    if store.get_message(message_id) is None:
+    # A grouped SMS travels under its SMS key, which its reminders carry as the provider's id.
+    message_ids = store.message_ids_by_provider_id(message_id) if message_id.startswith("sms_") else [message_id]
+    if not message_ids or store.get_message(message_ids[0]) is None:
         count(MetricName.RECEIPTS_UNKNOWN)
         return ReceiptOutcome("unknown")
-    return apply_receipt(message_id, name, target, settings)
+    return _settle_sms(message_ids, name, target, settings, {})
 
 
 def apply_receipt(

@@ -9,7 +9,10 @@ accepted message: the stored result is replayed instead.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import hashlib
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,7 +36,7 @@ from core.queue import QueuedMessage
 from core.retry import backoff
 from core.settings import AmbiguousSendPolicy, Settings
 from core.store import AppointmentRecord, Change, MessageRecord, PatientRecord, iso, parse_iso
-from core.texts import RenderedText, TextTooLong, render_reminder
+from core.texts import GroupedChild, RenderedText, TextTooLong, count_segments, render_grouped, render_reminder
 from core.timing import next_allowed
 from core.wanted import why_not_wanted
 
@@ -61,12 +64,14 @@ class Pacer:
 
 
 class _NotNow(Exception):
-    """Raised just before the request when it may not go now: `until` the next allowed time, or None (expired)."""
+    """Raised just before the request when it may not go now: `until` the next allowed time; a reminder whose
+    deadline is before `sent_by` (when the request could reach the provider) expires instead."""
 
-    def __init__(self, until: datetime | None, why: str) -> None:
+    def __init__(self, until: datetime, why: str, sent_by: datetime) -> None:
         super().__init__(why)
         self.until = until
         self.why = why
+        self.sent_by = sent_by
 
 
 # How long a throttled sender pauses when the provider gives no Retry-After.
@@ -96,9 +101,9 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
         if hasattr(context, "get_remaining_time_in_millis") and context.get_remaining_time_in_millis() < 15_000:
             # Leave it to the next invocation rather than be cut off mid-send (an ambiguous send).
             raise TimeoutError("too little time left in this invocation")
-        outcome = send_queued(QueuedMessage.parse(record.body), settings, pacer)
-        outcomes.append(outcome)
-        return outcome
+        sent = send_reminders(queue.parse_body(record.body), settings, pacer)
+        outcomes.extend(sent)
+        return ",".join(sent)
 
     response = process_partial_response(
         event=event, record_handler=record_handler, processor=_processor, context=context
@@ -119,7 +124,13 @@ def _idempotent_send(settings: Settings) -> tuple[IdempotencyConfig, Callable[..
         accepted = provider_for(settings).send(
             to=request["to"], text=request["text"], message_id=request["message_id"], before_request=before_request
         )
-        return {"provider": accepted.provider, "provider_message_id": accepted.provider_message_id}
+        # The reminders the SMS carried are kept with the result: a replay after a crash settles exactly those.
+        return {
+            "provider": accepted.provider,
+            "provider_message_id": accepted.provider_message_id,
+            "message_ids": request.get("message_ids"),
+            "text": request["text"],
+        }
 
     return config, send_once
 
@@ -133,11 +144,58 @@ def reset() -> None:
 
 def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
     """Send one queued message if it may still go out; returns what happened (for logs and tests)."""
+    return send_reminders((item,), settings, pacer)[0]
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A reminder that passed every check before the send, with what its text is made of."""
+
+    message: MessageRecord
+    patient: PatientRecord
+    appointment: AppointmentRecord
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.patient.timezone)
+
+
+def send_reminders(items: Sequence[QueuedMessage], settings: Settings, pacer: Pacer) -> list[str]:
+    """Send the reminders of one send queue record (one, or several for one phone) as few SMS as they fit in;
+    returns what happened to each (for logs and tests), in no particular order."""
+    now = clock.now()
+    outcomes: list[str] = []
+    ready: list[_Ready] = []
+    for item in items:
+        prepared = _prepare(item, settings, now)
+        if isinstance(prepared, str):
+            outcomes.append(prepared)
+        else:
+            ready.append(prepared)
+    if len(ready) == 1 and ready[0].message.sms_key is None:
+        one = ready[0]
+        try:
+            rendered = render_message(one.message, one.patient, one.appointment, settings)
+        except Exception as exc:
+            return [*outcomes, _unrenderable(one, exc, now, settings)]
+        key = f"{one.message.message_id}#{int(one.message.attempts) + 1}"
+        return [*outcomes, *_send_sms(key, ready, rendered, settings, pacer)]
+    for key, members in _sms_of(ready, settings, now, outcomes):
+        try:
+            rendered = _render_sms(members, settings)
+        except Exception as exc:
+            outcomes += [_unrenderable(member, exc, now, settings) for member in members]
+            continue
+        outcomes += _send_sms(key, members, rendered, settings, pacer)
+    return outcomes
+
+
+def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready | str:
+    """The reminder, if this claim of it may still go out now; else what became of it."""
     message = store.get_message(item.message_id)
     if message is None:
         logger.warning("queued message unknown", extra={"message_id": item.message_id})
         return "unknown"
-    now = clock.now()
     if int(message.version) != item.version:
         # Superseded by a newer claim (which has its own queue message), settled already, or an old record of a
         # dead letter delivered again: only the DLQ copy, written with the dead letter's version, may take it back.
@@ -155,52 +213,180 @@ def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
         return _settle(message, Status.CANCELLED, f"cancelled at send time: {reason}", now, settings)
     if parse_iso(message.deadline) <= now:
         return _settle(message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
-    held = provider_state.hold_until(now)
-    if held is not None:
-        return _defer(message, held, f"provider on hold: {provider_state.hold_reason()}", now, settings)
-    zone = ZoneInfo(patient.timezone)
-    allowed = next_allowed(now, zone, settings.quiet_hours)
-    if allowed != now:
-        return _defer(message, allowed, "quiet hours", now, settings)
+    if message.sms_key is None:
+        # One bound to a grouped SMS is not deferred here: that SMS may have gone out before a crash, and only its
+        # replay can tell (the check right before the request still holds it back if no request was made).
+        held = provider_state.hold_until(now)
+        if held is not None:
+            return _defer(message, held, f"provider on hold: {provider_state.hold_reason()}", now, settings)
+        allowed = next_allowed(now, ZoneInfo(patient.timezone), settings.quiet_hours)
+        if allowed != now:
+            return _defer(message, allowed, "quiet hours", now, settings)
+    return _Ready(message, patient, appointment)
+
+
+def _unrenderable(one: _Ready, exc: Exception, now: datetime, settings: Settings) -> str:
+    if isinstance(exc, TextTooLong):
+        return _settle(one.message, Status.FAILED, f"text too long: {exc}", now, settings)
+    # Whatever the stored data holds, one message never crashes its batch.
+    why = f"text could not be rendered: {type(exc).__name__}: {exc}"
+    return _settle(one.message, Status.FAILED, why, now, settings)
+
+
+def _sms_of(
+    ready: list[_Ready], settings: Settings, now: datetime, outcomes: list[str]
+) -> list[tuple[str, list[_Ready]]]:
+    """The SMS that carry these reminders, each with its key and its reminders.
+
+    Reminders already bound to an SMS (an earlier delivery of this record crashed) keep it, so its replay settles
+    them; the others are composed (one SMS per clinic, split by child when too long, never truncated) and bound
+    before any request, with one conditional write each.
+    """
+    bound: dict[str, list[_Ready]] = {}
+    fresh: list[_Ready] = []
+    for one in ready:
+        if one.message.sms_key:
+            bound.setdefault(one.message.sms_key, []).append(one)
+        else:
+            fresh.append(one)
+    sms = list(bound.items())
+    for key, members in sms:
+        # A crash after binding some of an SMS's reminders: the rest join it if they fit (if it went out without
+        # them, its replay says so and they go in the next one).
+        joining = [f for f in fresh if (f.appointment.clinic or "") == (members[0].appointment.clinic or "")]
+        if joining and _fits(members + joining, settings):
+            for one in joining:
+                fresh.remove(one)
+                if store.bind_to_sms(one.message, key):
+                    one.message.sms_key = key
+                    members.append(one)
+                else:
+                    outcomes.append("stale")
+    for members in _compose(fresh, settings):
+        key = (
+            "sms_"
+            + hashlib.sha256(
+                "|".join(f"{m.message.message_id}#{int(m.message.attempts)}" for m in members).encode()
+            ).hexdigest()[:32]
+        )
+        kept = []
+        for member in members:
+            if store.bind_to_sms(member.message, key):
+                member.message.sms_key = key
+                kept.append(member)
+            else:
+                outcomes.append("stale")  # another claim, or another SMS, has it
+        if kept:
+            sms.append((key, kept))
+    return sms
+
+
+def _compose(ready: list[_Ready], settings: Settings) -> list[list[_Ready]]:
+    """Reminders for one phone, grouped into as few SMS as fit: one per clinic, then one per child if that is too
+    long for SMS_MAX_SEGMENTS, then one per reminder."""
+    ordered = sorted(ready, key=lambda r: (r.appointment.clinic or "", r.patient.patient_id, r.message.message_id))
+    out: list[list[_Ready]] = []
+    for _, by_clinic in itertools.groupby(ordered, key=lambda r: r.appointment.clinic or ""):
+        members = list(by_clinic)
+        if _fits(members, settings):
+            out.append(members)
+            continue
+        for _, by_child in itertools.groupby(members, key=lambda r: r.patient.patient_id):
+            child = list(by_child)
+            out += [child] if _fits(child, settings) else [[one] for one in child]
+    return out
+
+
+def _fits(members: list[_Ready], settings: Settings) -> bool:
+    if len(members) == 1:
+        return True  # a reminder alone is rendered (or fails) on its own
     try:
-        rendered = render_message(message, patient, appointment, settings)
-    except TextTooLong as exc:
-        return _settle(message, Status.FAILED, f"text too long: {exc}", now, settings)
-    except Exception as exc:  # whatever the stored data holds, one message never crashes its batch
-        why = f"text could not be rendered: {type(exc).__name__}: {exc}"
-        return _settle(message, Status.FAILED, why, now, settings)
-    attempt = int(message.attempts) + 1
+        _render_sms(members, settings)
+    except TextTooLong:
+        return False
+    return True
+
+
+def _render_sms(members: list[_Ready], settings: Settings) -> RenderedText:
+    """The text of one SMS: a reminder's own text, or the grouped text naming every child and dose, in the
+    language of the first child (by patient id), since one SMS has one language."""
+    if len(members) == 1:
+        one = members[0]
+        return render_message(one.message, one.patient, one.appointment, settings)
+    children: dict[str, list[_Ready]] = {}
+    for member in members:
+        children.setdefault(member.patient.patient_id, []).append(member)
+    first = members[0]
+    return render_grouped(
+        reminder_type=first.message.reminder_type,
+        language=min(members, key=lambda m: m.patient.patient_id).patient.language,
+        children=[
+            GroupedChild(
+                rows[0].patient.display_name,
+                tuple((r.appointment.vaccine, int(r.appointment.dose)) for r in rows),
+            )
+            for _, rows in sorted(children.items())
+        ],
+        due_date=date.fromisoformat(first.appointment.due_date),
+        clinic=first.appointment.clinic,
+        max_segments=settings.SMS_MAX_SEGMENTS,
+    )
+
+
+def _send_sms(key: str, members: list[_Ready], rendered: RenderedText, settings: Settings, pacer: Pacer) -> list[str]:
+    """One provider request (or the replay of its stored result) for one SMS, and each reminder's outcome."""
+    lead = members[0]
     _, send_once = _idempotent_send(settings)
     request = {
-        "key": f"{message.message_id}#{attempt}",
-        "message_id": message.message_id,
-        "to": patient.phone,
+        "key": key,
+        "message_id": key if len(members) > 1 or lead.message.sms_key else lead.message.message_id,
+        "to": lead.patient.phone,
         "text": rendered.text,
+        "message_ids": [m.message.message_id for m in members],
     }
+    deadline = min(parse_iso(m.message.deadline) for m in members)
 
     def at_the_request() -> None:
         # Paced right before the HTTP request, after the adapter has its token: the pace is that of requests,
         # whatever a token fetch took. Pacing took time, and so will the call: a request that could reach the
-        # provider inside quiet hours (or after the deadline) waits for the next allowed time instead.
+        # provider inside quiet hours (or after a deadline) waits for the next allowed time instead.
         pacer.wait(settings.sender_pace_per_second)
         sent_by = clock.now() + timedelta(seconds=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS)
-        if parse_iso(message.deadline) <= sent_by:
-            raise _NotNow(None, "deadline passed before it could be sent")
-        allowed = next_allowed(sent_by, zone, settings.quiet_hours)
+        if deadline <= sent_by:
+            raise _NotNow(sent_by, "deadline passed before it could be sent", sent_by)
+        allowed = next_allowed(sent_by, lead.zone, settings.quiet_hours)
         if allowed != sent_by:
-            raise _NotNow(allowed, "quiet hours")
+            raise _NotNow(allowed, "quiet hours", sent_by)
 
     try:
         accepted = send_once(request=request, before_request=at_the_request)
     except _NotNow as not_now:
-        if not_now.until is None:
-            return _settle(message, Status.EXPIRED, not_now.why, clock.now(), settings)
-        return _defer(message, not_now.until, not_now.why, clock.now(), settings)
+        now = clock.now()
+        return [
+            _settle(m.message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
+            if parse_iso(m.message.deadline) <= not_now.sent_by
+            else _defer(m.message, not_now.until, not_now.why, now, settings)
+            for m in members
+        ]
     except ProviderError as error:
         if error.code.startswith(("429", "http_429")):
-            return _throttled(message, error, pacer, zone, settings)
-        return _after_failure(message, error, attempt, settings, rendered, zone, patient.phone)
-    return _record_sent(message, attempt, accepted, rendered.text, rendered.segments, settings)
+            return [_throttled(m.message, error, pacer, m.zone, settings) for m in members]
+        return [
+            _after_failure(m.message, error, int(m.message.attempts) + 1, settings, rendered, m.zone, m.patient.phone)
+            for m in members
+        ]
+    carried = set(accepted.get("message_ids") or request["message_ids"])
+    # A replay records the SMS as it went out, which may name a sibling settled since.
+    sent_text = accepted.get("text") or rendered.text
+    segments = rendered.segments if sent_text == rendered.text else count_segments(sent_text)
+    outcomes = []
+    for m in members:
+        if m.message.message_id in carried:
+            attempt = int(m.message.attempts) + 1
+            outcomes.append(_record_sent(m.message, attempt, accepted, sent_text, segments, settings))
+        else:  # not in the SMS the provider took before a crash: it goes in the next one
+            outcomes.append(_defer(m.message, clock.now(), "left out of its SMS", clock.now(), settings))
+    return outcomes
 
 
 def render_message(
@@ -281,6 +467,7 @@ def _defer(
         "due_at": iso(until),
         "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
         "last_error": why,
+        "sms_key": None,  # its SMS was not taken: the next claim composes a new one
     }
     if attempts is not None:
         values["attempts"] = attempts

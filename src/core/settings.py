@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     SMS_RATE_LIMIT_PER_SECOND: Annotated[float, Field(gt=0, le=1000)] = 5.0
     SMS_SENDER_MAX_CONCURRENCY: Annotated[int, Field(ge=2, le=1000)] = 2
     SMS_ON_AMBIGUOUS_SEND: AmbiguousSendPolicy = AmbiguousSendPolicy.ASSUME_SENT
+    SMS_GROUP_BY_PHONE: bool = True
     SMS_MAX_SEGMENTS: Annotated[int, Field(ge=1, le=10)] = 3
     SMS_DEFAULT_REGION: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] = "CI"
     SMS_CLAIM_LEASE_MINUTES: Annotated[int, Field(ge=1, le=24 * 60)] = 30

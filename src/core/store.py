@@ -151,6 +151,11 @@ class MessageRecord(Model):
     receipt_status = UnicodeAttribute(null=True)
     ambiguous = BooleanAttribute(null=True)
     revived = UnicodeAttribute(null=True)  # when and from what cancellation the message came back, if it did
+    # Whose phone it goes to (`recipient_key`): the dispatcher groups reminders for one phone into one SMS.
+    recipient = UnicodeAttribute(null=True)
+    # The grouped SMS this reminder is bound to before its request (`bind_to_sms`): after a crash, the same SMS is
+    # replayed for it, never a second one.
+    sms_key = UnicodeAttribute(null=True)
     text = UnicodeAttribute(null=True)
     segments = NumberAttribute(null=True)
     created_at = UnicodeAttribute()
@@ -516,17 +521,33 @@ def pending_due(shards: int, until: datetime) -> tuple[int, datetime | None]:
     return total, parse_iso(earliest) if earliest else None
 
 
-def message_id_by_provider_id(provider_message_id: str) -> str | None:
-    """Our message id for a provider's message id (receipts), or None."""
-    for item in MessageRecord.provider_index.query(provider_message_id, limit=1):
-        return str(item.message_id)
-    return None
+def recipient_key(phone: str) -> str:
+    """A phone number as messages carry it: hashed, so the number is not copied into every message and index."""
+    return hashlib.sha256(phone.encode()).hexdigest()[:24]
 
 
 def ambiguous_send_key(phone: str) -> str:
-    """What an ambiguous send records in place of the provider's id it never learnt: the recipient (hashed, so the
-    number is not copied into an index key), so that its receipt, which names the recipient, can still find it."""
-    return f"ambiguous:{hashlib.sha256(phone.encode()).hexdigest()[:24]}"
+    """What an ambiguous send records in place of the provider's id it never learnt: the recipient, so that its
+    receipt, which names the recipient, can still find it."""
+    return f"ambiguous:{recipient_key(phone)}"
+
+
+def message_ids_by_provider_id(provider_message_id: str) -> list[str]:
+    """Every message one provider SMS carried (a grouped SMS carries several reminders)."""
+    return [str(item.message_id) for item in MessageRecord.provider_index.query(provider_message_id)]
+
+
+def bind_to_sms(message: MessageRecord, sms_key: str) -> bool:
+    """Bind a queued reminder (this claim of it) to one grouped SMS before the request; False if it is bound to
+    another, or no longer this claim. Not a status change: the version stays."""
+    return _applied(
+        lambda: MessageRecord(message.message_id).update(
+            actions=[MessageRecord.sms_key.set(sms_key)],
+            condition=(MessageRecord.status == Status.QUEUED.value)
+            & (MessageRecord.version == message.version)
+            & (MessageRecord.sms_key.does_not_exist() | (MessageRecord.sms_key == sms_key)),
+        )
+    )
 
 
 def ambiguous_sends_to(phone: str) -> list[str]:

@@ -14,12 +14,12 @@ import functools
 import json
 import string
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -29,6 +29,7 @@ __all__ = [
     "REMINDER_TYPES",
     "DateFormat",
     "Encoding",
+    "GroupedChild",
     "LanguagePack",
     "ReminderTemplate",
     "RenderedText",
@@ -40,11 +41,13 @@ __all__ = [
     "load_language",
     "measure",
     "normalise_gsm7",
+    "render_grouped",
     "render_reminder",
     "sms_encoding",
 ]
 
 Encoding = Literal["GSM-7", "UCS-2"]
+_T = TypeVar("_T")
 
 REMINDER_TYPES: tuple[str, ...] = ("7_day_reminder", "1_day_reminder", "overdue_reminder")
 
@@ -127,6 +130,7 @@ _REPLACEMENTS: dict[str, str] = {
 }
 
 _PLACEHOLDERS = frozenset({"name", "vaccine", "dose", "date", "clinic"})
+_GROUPED_PLACEHOLDERS = frozenset({"doses", "date", "clinic"})
 _REQUIRED_PLACEHOLDERS = frozenset({"name", "vaccine", "dose", "date"})
 _DATE_PLACEHOLDERS = frozenset({"weekday", "day", "month", "year"})
 
@@ -290,12 +294,63 @@ class ReminderTemplate(_Strict):
         return _check_template(value, clinic=False)
 
 
-def _check_template(template: str, *, clinic: bool) -> str:
+class GroupedTemplate(_Strict):
+    """The text of one SMS carrying several reminders of one type (siblings, or one child's several doses)."""
+
+    with_clinic: str
+    without_clinic: str
+
+    @field_validator("with_clinic")
+    @classmethod
+    def _has_clinic(cls, value: str) -> str:
+        return _check_template(value, clinic=True, grouped=True)
+
+    @field_validator("without_clinic")
+    @classmethod
+    def _has_no_clinic(cls, value: str) -> str:
+        return _check_template(value, clinic=False, grouped=True)
+
+
+class GroupedList(_Strict):
+    """How a grouped SMS lists its children and their doses: "Awa (Penta dose 1, VPO dose 1) et Kofi (…)"."""
+
+    child: str
+    dose: str
+    doses: str
+    children: str
+
+    def format(self, children: Sequence[GroupedChild]) -> str:
+        return self.children.join(
+            _fill(
+                self.child,
+                {
+                    "name": child.name,
+                    "doses": self.doses.join(
+                        _fill(self.dose, {"vaccine": vaccine, "dose": str(dose)}) for vaccine, dose in child.doses
+                    ),
+                },
+            )
+            for child in children
+        )
+
+
+@dataclass(frozen=True)
+class GroupedChild:
+    """One child named in a grouped SMS, with its doses (vaccine, dose number) in the order they are listed."""
+
+    name: str
+    doses: tuple[tuple[str, int], ...]
+
+
+def _check_template(template: str, *, clinic: bool, grouped: bool = False) -> str:
     names = _placeholders(template)
-    unknown = names - _PLACEHOLDERS
+    allowed, required = (
+        (_GROUPED_PLACEHOLDERS, frozenset({"doses", "date"})) if grouped else (_PLACEHOLDERS, _REQUIRED_PLACEHOLDERS)
+    )
+    unknown = names - allowed
     if unknown:
-        raise ValueError(f"unknown placeholders {sorted(unknown)}; allowed: {sorted(_PLACEHOLDERS)}")
-    missing = _REQUIRED_PLACEHOLDERS - names
+        raise ValueError(f"unknown placeholders {sorted(unknown)}; allowed: {sorted(allowed)}")
+    missing = required - names
     if missing:
         raise ValueError(f"missing placeholders {sorted(missing)}")
     if clinic and "clinic" not in names:
@@ -312,10 +367,12 @@ class LanguagePack(_Strict):
     gsm7_normalise: bool
     date_format: DateFormat
     templates: dict[str, ReminderTemplate]
+    grouped_templates: dict[str, GroupedTemplate]
+    grouped_list: GroupedList
 
-    @field_validator("templates")
+    @field_validator("templates", "grouped_templates")
     @classmethod
-    def _every_type(cls, value: dict[str, ReminderTemplate]) -> dict[str, ReminderTemplate]:
+    def _every_type(cls, value: dict[str, _T]) -> dict[str, _T]:
         missing = set(REMINDER_TYPES) - set(value)
         extra = set(value) - set(REMINDER_TYPES)
         if missing or extra:
@@ -387,6 +444,41 @@ class LanguagePack(_Strict):
             )
         return best
 
+    def render_grouped(
+        self,
+        *,
+        reminder_type: str,
+        children: Sequence[GroupedChild],
+        due_date: date,
+        clinic: str | None,
+        max_segments: int,
+    ) -> RenderedText:
+        """One SMS naming every child and dose; the clinic is dropped if that is what it takes to fit. TextTooLong
+        when it still does not fit: the caller splits it by child, never truncates it."""
+        template = self.grouped_templates.get(reminder_type)
+        if template is None:
+            raise UnknownReminderType(
+                f"unknown reminder type {reminder_type!r}; expected one of {list(REMINDER_TYPES)}"
+            )
+        cleaned = []
+        for child in children:
+            name = clean_text(child.name)
+            doses = tuple((clean_text(vaccine), dose) for vaccine, dose in child.doses)
+            if not name or not doses or not all(vaccine for vaccine, _ in doses):
+                raise ValueError("a child of a grouped SMS has an empty name or vaccine")
+            cleaned.append(GroupedChild(name, doses))
+        values = {"doses": self.grouped_list.format(cleaned), "date": self.date_format.format(due_date)}
+        clinic = clean_text(clinic or "") or None
+        candidates = [(template.with_clinic, clinic)] if clinic else []
+        rendered = None
+        for text_template, shown_clinic in [*candidates, (template.without_clinic, None)]:
+            text = _fill(text_template, {**values, **({"clinic": shown_clinic} if shown_clinic else {})})
+            rendered = measure(normalise_gsm7(text) if self.gsm7_normalise else text)
+            if rendered.segments <= max_segments:
+                return rendered
+        assert rendered is not None
+        raise TextTooLong(f"{len(cleaned)} children need {rendered.segments} segments (limit {max_segments})")
+
 
 def clean_text(value: str) -> str:
     """Text as it may go into an SMS: one line, single spaces, ends stripped; control characters and invisible
@@ -434,6 +526,21 @@ def load_language(language: str) -> LanguagePack:
         raise UnknownLanguage(f"unknown language {shown!r}; available: {', '.join(_languages())}")
     raw = (_texts_dir() / f"{language}.json").read_text(encoding="utf-8")
     return LanguagePack.model_validate({**json.loads(raw), "language": language})
+
+
+def render_grouped(
+    *,
+    reminder_type: str,
+    language: str,
+    children: Sequence[GroupedChild],
+    due_date: date,
+    clinic: str | None,
+    max_segments: int,
+) -> RenderedText:
+    """Render one SMS carrying several reminders of one type and due date (see LanguagePack.render_grouped)."""
+    return load_language(language).render_grouped(
+        reminder_type=reminder_type, children=children, due_date=due_date, clinic=clinic, max_segments=max_segments
+    )
 
 
 def render_reminder(

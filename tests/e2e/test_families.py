@@ -1,0 +1,184 @@
+"""Families, not rows: reminders that would reach one phone in one send slot go out as one SMS (issue 11)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_scenarios import (
+    CrashInjector,
+    administered_event,
+    assert_invariants,
+    by_type,
+    describe,
+    dose_event,
+    handler_tracking,  # noqa: F401 - the fixture the crash tests use
+    install_at,
+    patient_event,
+    phone,
+    run,
+    scenario,
+    sends_of,
+)
+
+pytestmark = pytest.mark.e2e
+DUE = "2027-03-12"
+START, UNTIL = "2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z"
+
+
+def siblings(**settings: Any) -> dict[str, Any]:
+    """Awa and Kofi share their caregiver's phone; both have a dose due the same day at the same clinic."""
+    events = [
+        patient_event("2027-03-01T08:00:00Z", "p1", phone(1), name="Awa"),
+        patient_event("2027-03-01T08:00:00Z", "p2", phone(1), name="Kofi"),
+        dose_event("2027-03-01T08:00:00Z", "a1", "p1", DUE),
+        dose_event("2027-03-01T08:00:00Z", "a2", "p2", DUE, vaccine="VPO"),
+    ]
+    return scenario(START, UNTIL, events, settings=settings)
+
+
+def test_two_children_sharing_a_phone_get_three_sms_each_naming_both() -> None:
+    data = siblings()
+    out = run(data)
+    assert_invariants(out, data)
+    assert len(out["messages"]) == 6 and {m["status"] for m in out["messages"]} == {"delivered"}, describe(out)
+    assert len(out["sends"]) == 3, describe(out)
+    for send in out["sends"]:
+        assert len(send["message_ids"]) == 2 and "Awa" in send["text"] and "Kofi" in send["text"], send
+        assert "Penta" in send["text"] and "VPO" in send["text"] and "CSU Abobo" in send["text"], send
+    # One receipt settled both reminders of each SMS.
+    for m in out["messages"]:
+        (carrier,) = sends_of(out, m["message_id"])
+        assert m["provider_message_id"] == carrier["provider_message_id"]
+
+
+def test_without_grouping_each_reminder_is_its_own_sms() -> None:
+    data = siblings(SMS_GROUP_BY_PHONE=False)
+    out = run(data)
+    assert_invariants(out, data)
+    assert len(out["sends"]) == 6 and all(len(s["message_ids"]) == 1 for s in out["sends"]), describe(out)
+
+
+def test_one_child_booked_once_per_vaccine_gets_three_sms() -> None:
+    events = [
+        patient_event("2027-03-01T08:00:00Z", "p1", phone(1), name="Awa"),
+        *(
+            dose_event("2027-03-01T08:00:00Z", f"a{n}", "p1", DUE, vaccine=v)
+            for n, v in enumerate(("Penta", "VPO", "PCV13"), 1)
+        ),
+    ]
+    data = scenario(START, UNTIL, events)
+    out = run(data)
+    assert_invariants(out, data)
+    assert len(out["messages"]) == 9 and {m["status"] for m in out["messages"]} == {"delivered"}, describe(out)
+    assert len(out["sends"]) == 3, describe(out)
+    for send in out["sends"]:
+        assert len(send["message_ids"]) == 3 and all(v in send["text"] for v in ("Penta", "VPO", "PCV13")), send
+        assert send["text"].count("Awa") == 1, send["text"]
+
+
+def test_a_sibling_whose_dose_was_given_is_left_out_of_the_sms() -> None:
+    data = siblings()
+    data["events"].append(administered_event("2027-03-03T08:00:00Z", "a2", "2027-03-03"))
+    out = run(data)
+    assert_invariants(out, data)
+    assert len(out["sends"]) == 3, describe(out)
+    assert all("Awa" in s["text"] and "Kofi" not in s["text"] for s in out["sends"]), describe(out)
+    assert {m["status"] for m in by_type(out, "a2").values()} == {"cancelled"}
+
+
+def test_names_too_long_for_one_sms_are_split_by_child_never_truncated() -> None:
+    """One segment allowed; two 30-character names and their doses do not fit in one, each alone does."""
+    long_a, long_b = "Awa Konan Brou Aya Kouassi Ama", "Kofi Yao Koffi N'Guessan Kouam"
+    data = siblings(SMS_MAX_SEGMENTS=1)
+    data["events"][0]["detail"]["display_name"] = long_a
+    data["events"][1]["detail"]["display_name"] = long_b
+    out = run(data)
+    assert_invariants(out, data)
+    assert {m["status"] for m in out["messages"]} == {"delivered"}, describe(out)
+    assert len(out["sends"]) == 6 and all(len(s["message_ids"]) == 1 for s in out["sends"]), describe(out)
+    assert all(long_a in s["text"] or long_b in s["text"] for s in out["sends"]), describe(out)
+
+
+def test_siblings_with_two_languages_get_the_first_childs_language() -> None:
+    """One SMS has one language: that of the first child by patient id (p1, French here)."""
+    data = siblings()
+    data["events"][1]["detail"]["language"] = "en"
+    out = run(data)
+    assert_invariants(out, data)
+    assert len(out["sends"]) == 3 and all(
+        s["text"].startswith(("Rappel", "N'oubliez", "Vaccins")) for s in out["sends"]
+    )
+
+
+# ---------------------------------------------------------------------------------------------- crashes
+
+
+@pytest.fixture(scope="module")
+def grouped_baseline() -> dict[str, Any]:
+    data = siblings()
+    out = run(data)
+    return {m["message_id"]: (m["status"], len(sends_of(out, m["message_id"]))) for m in out["messages"]}
+
+
+GROUPED_CRASHES = [
+    ("bind_to_sms", "before", 1),  # nothing bound yet
+    ("bind_to_sms", "after", 1),  # one sibling bound, the other not
+    ("bind_to_sms", "after", 2),  # both bound, the request never made
+    ("send", "before", 1),  # the request never leaves
+    ("send", "after", 1),  # the provider accepted the SMS; neither reminder recorded sent
+    ("transition", "after", 3),  # one sibling recorded sent, the other not
+]
+
+
+@pytest.mark.parametrize(("point", "when", "nth"), GROUPED_CRASHES, ids=[f"{p}-{w}-{n}" for p, w, n in GROUPED_CRASHES])
+def test_a_crash_between_the_writes_of_a_grouped_sms_loses_nothing_and_sends_nothing_twice(
+    point: str,
+    when: str,
+    nth: int,
+    grouped_baseline: dict[str, Any],
+    handler_tracking: None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    injector = CrashInjector(point, nth, when)
+    install_at(point, injector, monkeypatch)
+    data = siblings()
+    out = run(data)
+    assert injector.crashed, f"the run made only {injector.calls} {point} calls"
+    assert_invariants(out, data, handler_errors_ok=True)
+    summary = {m["message_id"]: (m["status"], len(sends_of(out, m["message_id"]))) for m in out["messages"]}
+    # Sent and delivered are one outcome here: a receipt that beat our "sent" write is answered unknown.
+    same = {mid: ({"sent": "delivered"}.get(st, st), n) for mid, (st, n) in summary.items()}
+    assert same == grouped_baseline, describe(out)
+    assert len(out["sends"]) == 3, describe(out)
+
+
+def test_duplicate_sqs_deliveries_of_a_grouped_sms_send_it_once(
+    grouped_baseline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every batch is delivered a second time, to the next sender instance."""
+    import copy
+
+    import rappel_local.simulate as simulate_module
+
+    original = simulate_module._receive
+    held: list[list[dict[str, Any]]] = []
+    duplicated: list[str] = []
+
+    def receive(sqs: Any, settings: Any) -> list[dict[str, Any]]:
+        if held:
+            batch = held.pop()
+            duplicated.extend(m["MessageId"] for m in batch)
+            return batch
+        batch = original(sqs, settings)
+        if batch:
+            held.append(copy.deepcopy(batch))
+        return batch
+
+    monkeypatch.setattr(simulate_module, "_receive", receive)
+    data = siblings()
+    out = run(data)
+    assert duplicated, "no batch was delivered twice"
+    assert_invariants(out, data)
+    assert len(out["sends"]) == 3 and all(len(s["message_ids"]) == 2 for s in out["sends"]), describe(out)
