@@ -17,7 +17,8 @@ from core.events import make_envelope
 from core.planning import PlanningResult, handle_clinic_event
 from core.settings import Settings
 
-# The register layout: one row per appointment, the patient columns repeated on every row of a child.
+# The register layout: one row per appointment, the patient columns repeated on every row of a child. An optional
+# `discreet` column (true/false) asks for texts naming neither the child nor the vaccine.
 CSV_COLUMNS: tuple[str, ...] = (
     "patient_id",
     "phone",
@@ -66,6 +67,8 @@ def row_events(row: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
         "sms_opt_in": _boolean(row.get("sms_opt_in", "")),
         "display_name": row.get("display_name", ""),
     }
+    if row.get("discreet"):  # an optional column: texts naming neither the child nor the vaccine
+        patient["discreet"] = _boolean(row["discreet"])
     dose = {
         "appointment_id": row.get("appointment_id", ""),
         "patient_id": row.get("patient_id", ""),

@@ -84,6 +84,7 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
             sms_opt_in=detail.sms_opt_in,
             display_name=detail.display_name,
             preferred_hour=detail.preferred_hour,
+            discreet=detail.discreet or None,
             event_at=event_at,
             event_id=event_id,
         )

@@ -36,8 +36,16 @@ from core.queue import QueuedMessage
 from core.retry import backoff
 from core.settings import AmbiguousSendPolicy, Settings
 from core.store import AppointmentRecord, Change, MessageRecord, PatientRecord, iso, parse_iso
-from core.texts import GroupedChild, RenderedText, TextTooLong, count_segments, render_grouped, render_reminder
-from core.timing import next_allowed
+from core.texts import (
+    GroupedChild,
+    RenderedText,
+    TextTooLong,
+    count_segments,
+    render_discreet,
+    render_grouped,
+    render_reminder,
+)
+from core.timing import ReminderType, next_allowed, reminder_rules, rule_for, send_time
 from core.wanted import why_not_wanted
 
 IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retention, so a redrive replays too
@@ -216,6 +224,11 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
     if message.sms_key is None:
         # One bound to a grouped SMS is not deferred here: that SMS may have gone out before a crash, and only its
         # replay can tell (the check right before the request still holds it back if no request was made).
+        next_one = _next_reminder_within_gap(message, patient, appointment, now, settings)
+        if next_one is not None:
+            gap = settings.SMS_MIN_GAP_HOURS
+            why = f"superseded: the {next_one.reminder_type} for the same dose is due within {gap} h"
+            return _settle(message, Status.EXPIRED, why, now, settings)
         held = provider_state.hold_until(now)
         if held is not None:
             return _defer(message, held, f"provider on hold: {provider_state.hold_reason()}", now, settings)
@@ -223,6 +236,37 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
         if allowed != now:
             return _defer(message, allowed, "quiet hours", now, settings)
     return _Ready(message, patient, appointment)
+
+
+def _next_reminder_within_gap(
+    message: MessageRecord, patient: PatientRecord, appointment: AppointmentRecord, now: datetime, settings: Settings
+) -> MessageRecord | None:
+    """The later reminder of this dose that will go out within SMS_MIN_GAP_HOURS of now, if any: a late reminder
+    that close to the next is dropped, so a family never gets two for one dose in a few hours (no pile-up)."""
+    gap = timedelta(hours=settings.SMS_MIN_GAP_HOURS)
+    if not gap:
+        return None
+    # Cheap first: by the timing rules, is any later reminder of this dose due that soon? Only then read them.
+    zone = ZoneInfo(patient.timezone)
+    preferred = int(patient.preferred_hour) if patient.preferred_hour is not None else None
+    due = date.fromisoformat(appointment.due_date)
+    own = send_time(rule_for(ReminderType(message.reminder_type), settings), due, zone, preferred, settings)
+    soon = [
+        rule.reminder_type
+        for rule in reminder_rules(settings)
+        if own < send_time(rule, due, zone, preferred, settings) < now + gap
+    ]
+    if not soon:
+        return None
+    for other in store.messages_of_patient(message.patient_id):
+        if (
+            other.appointment_id == message.appointment_id
+            and other.due_date == message.due_date
+            and other.reminder_type in soon
+            and other.state in {Status.PENDING, Status.QUEUED}
+        ):
+            return other
+    return None
 
 
 def _unrenderable(one: _Ready, exc: Exception, now: datetime, settings: Settings) -> str:
@@ -313,13 +357,16 @@ def _render_sms(members: list[_Ready], settings: Settings) -> RenderedText:
     if len(members) == 1:
         one = members[0]
         return render_message(one.message, one.patient, one.appointment, settings)
+    first = min(members, key=lambda m: m.patient.patient_id)
+    if settings.SMS_DISCREET_TEXTS or any(m.patient.discreet for m in members):
+        # One discreet child makes the whole SMS discreet: the phone is one.
+        return _discreet(first.message, first.patient, first.appointment)
     children: dict[str, list[_Ready]] = {}
     for member in members:
         children.setdefault(member.patient.patient_id, []).append(member)
-    first = members[0]
     return render_grouped(
         reminder_type=first.message.reminder_type,
-        language=min(members, key=lambda m: m.patient.patient_id).patient.language,
+        language=first.patient.language,
         children=[
             GroupedChild(
                 rows[0].patient.display_name,
@@ -392,7 +439,10 @@ def _send_sms(key: str, members: list[_Ready], rendered: RenderedText, settings:
 def render_message(
     message: MessageRecord, patient: PatientRecord, appointment: AppointmentRecord, settings: Settings
 ) -> RenderedText:
-    """The text of a reminder as it goes out now: the patient's current language and name, the appointment's data."""
+    """The text of a reminder as it goes out now: the patient's current language and name, the appointment's data
+    (or, for a discreet patient or program, the date and clinic only, in one segment)."""
+    if patient.discreet or settings.SMS_DISCREET_TEXTS:
+        return _discreet(message, patient, appointment)
     return render_reminder(
         reminder_type=message.reminder_type,
         language=patient.language,
@@ -402,6 +452,17 @@ def render_message(
         due_date=date.fromisoformat(appointment.due_date),
         clinic=appointment.clinic,
         max_segments=settings.SMS_MAX_SEGMENTS,
+    )
+
+
+def _discreet(message: MessageRecord, patient: PatientRecord, appointment: AppointmentRecord) -> RenderedText:
+    # One segment: a discreet text is short by design, and the same for one reminder or several.
+    return render_discreet(
+        reminder_type=message.reminder_type,
+        language=patient.language,
+        due_date=date.fromisoformat(appointment.due_date),
+        clinic=appointment.clinic,
+        max_segments=1,
     )
 
 

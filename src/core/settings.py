@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     SMS_SENDER_MAX_CONCURRENCY: Annotated[int, Field(ge=2, le=1000)] = 2
     SMS_ON_AMBIGUOUS_SEND: AmbiguousSendPolicy = AmbiguousSendPolicy.ASSUME_SENT
     SMS_GROUP_BY_PHONE: bool = True
+    SMS_DISCREET_TEXTS: bool = False
+    SMS_MIN_GAP_HOURS: Annotated[int, Field(ge=0, le=72)] = 12
     SMS_MAX_SEGMENTS: Annotated[int, Field(ge=1, le=10)] = 3
     SMS_DEFAULT_REGION: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] = "CI"
     SMS_CLAIM_LEASE_MINUTES: Annotated[int, Field(ge=1, le=24 * 60)] = 30

@@ -61,6 +61,7 @@ class PatientRecord(Model):
     sms_opt_in = BooleanAttribute()
     display_name = UnicodeAttribute()
     preferred_hour = NumberAttribute(null=True)
+    discreet = BooleanAttribute(null=True)
     event_at = UnicodeAttribute()
     event_id = UnicodeAttribute()
     # Which of two events stamped in the same instant wins: the safer (see `_safety`); absent on older items.

@@ -41,6 +41,7 @@ __all__ = [
     "load_language",
     "measure",
     "normalise_gsm7",
+    "render_discreet",
     "render_grouped",
     "render_reminder",
     "sms_encoding",
@@ -131,6 +132,7 @@ _REPLACEMENTS: dict[str, str] = {
 
 _PLACEHOLDERS = frozenset({"name", "vaccine", "dose", "date", "clinic"})
 _GROUPED_PLACEHOLDERS = frozenset({"doses", "date", "clinic"})
+_DISCREET_PLACEHOLDERS = frozenset({"date", "clinic"})
 _REQUIRED_PLACEHOLDERS = frozenset({"name", "vaccine", "dose", "date"})
 _DATE_PLACEHOLDERS = frozenset({"weekday", "day", "month", "year"})
 
@@ -311,6 +313,24 @@ class GroupedTemplate(_Strict):
         return _check_template(value, clinic=False, grouped=True)
 
 
+class DiscreetTemplate(_Strict):
+    """A text naming neither the child nor the vaccine (a shared phone shows only that a visit is due, when, where);
+    the same text serves one reminder or several."""
+
+    with_clinic: str
+    without_clinic: str
+
+    @field_validator("with_clinic")
+    @classmethod
+    def _has_clinic(cls, value: str) -> str:
+        return _check_template(value, clinic=True, discreet=True)
+
+    @field_validator("without_clinic")
+    @classmethod
+    def _has_no_clinic(cls, value: str) -> str:
+        return _check_template(value, clinic=False, discreet=True)
+
+
 class GroupedList(_Strict):
     """How a grouped SMS lists its children and their doses: "Awa (Penta dose 1, VPO dose 1) et Kofi (…)"."""
 
@@ -342,11 +362,14 @@ class GroupedChild:
     doses: tuple[tuple[str, int], ...]
 
 
-def _check_template(template: str, *, clinic: bool, grouped: bool = False) -> str:
+def _check_template(template: str, *, clinic: bool, grouped: bool = False, discreet: bool = False) -> str:
     names = _placeholders(template)
-    allowed, required = (
-        (_GROUPED_PLACEHOLDERS, frozenset({"doses", "date"})) if grouped else (_PLACEHOLDERS, _REQUIRED_PLACEHOLDERS)
-    )
+    if discreet:
+        allowed, required = _DISCREET_PLACEHOLDERS, frozenset({"date"})
+    elif grouped:
+        allowed, required = _GROUPED_PLACEHOLDERS, frozenset({"doses", "date"})
+    else:
+        allowed, required = _PLACEHOLDERS, _REQUIRED_PLACEHOLDERS
     unknown = names - allowed
     if unknown:
         raise ValueError(f"unknown placeholders {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -369,8 +392,9 @@ class LanguagePack(_Strict):
     templates: dict[str, ReminderTemplate]
     grouped_templates: dict[str, GroupedTemplate]
     grouped_list: GroupedList
+    discreet_templates: dict[str, DiscreetTemplate]
 
-    @field_validator("templates", "grouped_templates")
+    @field_validator("templates", "grouped_templates", "discreet_templates")
     @classmethod
     def _every_type(cls, value: dict[str, _T]) -> dict[str, _T]:
         missing = set(REMINDER_TYPES) - set(value)
@@ -479,6 +503,28 @@ class LanguagePack(_Strict):
         assert rendered is not None
         raise TextTooLong(f"{len(cleaned)} children need {rendered.segments} segments (limit {max_segments})")
 
+    def render_discreet(
+        self, *, reminder_type: str, due_date: date, clinic: str | None, max_segments: int
+    ) -> RenderedText:
+        """The discreet text: the date and the clinic only. The clinic is dropped if that is what it takes to fit."""
+        template = self.discreet_templates.get(reminder_type)
+        if template is None:
+            raise UnknownReminderType(
+                f"unknown reminder type {reminder_type!r}; expected one of {list(REMINDER_TYPES)}"
+            )
+        values = {"date": self.date_format.format(due_date)}
+        clinic = clean_text(clinic or "") or None
+        rendered = None
+        for text_template, shown in ([(template.with_clinic, clinic)] if clinic else []) + [
+            (template.without_clinic, None)
+        ]:
+            text = _fill(text_template, {**values, **({"clinic": shown} if shown else {})})
+            rendered = measure(normalise_gsm7(text) if self.gsm7_normalise else text)
+            if rendered.segments <= max_segments:
+                return rendered
+        assert rendered is not None
+        raise TextTooLong(f"the discreet {reminder_type} needs {rendered.segments} segments (limit {max_segments})")
+
 
 def clean_text(value: str) -> str:
     """Text as it may go into an SMS: one line, single spaces, ends stripped; control characters and invisible
@@ -540,6 +586,15 @@ def render_grouped(
     """Render one SMS carrying several reminders of one type and due date (see LanguagePack.render_grouped)."""
     return load_language(language).render_grouped(
         reminder_type=reminder_type, children=children, due_date=due_date, clinic=clinic, max_segments=max_segments
+    )
+
+
+def render_discreet(
+    *, reminder_type: str, language: str, due_date: date, clinic: str | None, max_segments: int
+) -> RenderedText:
+    """Render the discreet text of one or several reminders (see LanguagePack.render_discreet)."""
+    return load_language(language).render_discreet(
+        reminder_type=reminder_type, due_date=due_date, clinic=clinic, max_segments=max_segments
     )
 
 

@@ -182,3 +182,73 @@ def test_duplicate_sqs_deliveries_of_a_grouped_sms_send_it_once(
     assert duplicated, "no batch was delivered twice"
     assert_invariants(out, data)
     assert len(out["sends"]) == 3 and all(len(s["message_ids"]) == 2 for s in out["sends"]), describe(out)
+
+
+# ---------------------------------------------------------------------------------------------- discreet texts
+
+
+def test_a_discreet_family_gets_texts_without_names_or_vaccines_even_grouped() -> None:
+    """Kofi's record asks for discretion; his SMS is shared with Awa's, so the whole SMS is discreet."""
+    data = siblings()
+    data["events"][1]["detail"]["discreet"] = True
+    data["events"] += [
+        patient_event("2027-03-01T08:00:00Z", "p3", phone(3), name="Fatou"),
+        dose_event("2027-03-01T08:00:00Z", "a3", "p3", DUE),
+    ]
+    out = run(data)
+    assert_invariants(out, data)
+    shared = [s for s in out["sends"] if s["to"] == phone(1)]
+    assert len(shared) == 3 and all(len(s["message_ids"]) == 2 for s in shared), describe(out)
+    for send in shared:
+        assert not any(word in send["text"] for word in ("Awa", "Kofi", "Penta", "VPO")), send["text"]
+        assert "vaccination" in send["text"] and "12" in send["text"]
+    assert all("Fatou" in s["text"] for s in out["sends"] if s["to"] == phone(3))
+
+
+def test_the_program_default_makes_every_text_discreet() -> None:
+    data = siblings(SMS_DISCREET_TEXTS=True)
+    out = run(data)
+    assert_invariants(out, data)
+    assert len(out["sends"]) == 3, describe(out)
+    assert not any(name in s["text"] for s in out["sends"] for name in ("Awa", "Kofi", "Penta")), describe(out)
+
+
+def test_a_discreet_flag_that_is_not_a_boolean_is_refused_naming_the_field() -> None:
+    data = siblings()
+    data["events"][1]["detail"]["discreet"] = "yes"
+    out = run(data)
+    errors = [e["error"] for e in out["stats"]["events"]["errors"]]
+    assert any("detail.discreet" in e for e in errors), errors
+    assert not [m for m in out["messages"] if m["patient_id"] == "p2"]
+
+
+# ---------------------------------------------------------------------------------------------- no pile-up
+
+
+def late_planning(**settings: Any) -> dict[str, Any]:
+    """The dose is booked the day before it is due, at 07:00; a 7-day reminder may be six days late here, so it
+    is still open, and would go out at 08:00 (end of quiet hours), an hour before the 1-day reminder."""
+    events = [
+        patient_event("2027-03-11T07:00:00Z", "p1", phone(1), name="Awa"),
+        dose_event("2027-03-11T07:00:00Z", "a1", "p1", DUE),
+    ]
+    return scenario(START, UNTIL, events, settings={"REMINDER_7_DAY_MAX_LATENESS_HOURS": 144, **settings})
+
+
+def test_a_late_reminder_close_to_the_next_is_superseded_and_only_the_later_goes() -> None:
+    data = late_planning()
+    out = run(data)
+    assert_invariants(out, data)
+    reminders = by_type(out, "a1")
+    assert reminders["7_day_reminder"]["status"] == "expired", describe(out)
+    assert reminders["7_day_reminder"]["last_error"].startswith("superseded"), describe(out)
+    assert reminders["1_day_reminder"]["status"] == "delivered", describe(out)
+    assert len([s for s in out["sends"] if s["at"] < "2027-03-12"]) == 1, describe(out)
+
+
+def test_without_a_minimum_gap_both_go_within_the_hour() -> None:
+    data = late_planning(SMS_MIN_GAP_HOURS=0)
+    out = run(data)
+    assert_invariants(out, data)
+    reminders = by_type(out, "a1")
+    assert reminders["7_day_reminder"]["status"] == reminders["1_day_reminder"]["status"] == "delivered", describe(out)

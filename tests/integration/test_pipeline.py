@@ -19,7 +19,7 @@ from core.observability import discard_metrics
 from core.planning import handle_clinic_event
 from core.store import iso, parse_iso
 from rappel_local.orange_simulator import Fault, OrangeSimulator
-from tests.helpers import patient
+from tests.helpers import envelope, patient
 from tests.integration.pipeline_kit import PHONE, Pipeline, bodies, emf
 
 pytestmark = pytest.mark.integration
@@ -405,6 +405,23 @@ def test_a_cancellation_that_lands_during_the_provider_call_is_never_revived_int
     pipe.cycle()
 
     assert pipe.message(message_id).status == "cancelled" and len(pipe.send_requests()) == 1
+
+
+def test_a_sibling_cancelled_while_its_grouped_sms_is_queued_is_left_out_of_it(pipe: Pipeline) -> None:
+    """Two children on one phone: one record for both on the queue; the second's appointment is cancelled."""
+    first = pipe.plan(1, DUE, phone=PHONE)["7_day_reminder"]
+    second = pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")["7_day_reminder"]
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.dispatch()
+    received = pipe.receive()
+    assert [sorted(r["message_id"] for r in b["reminders"]) for b in bodies(received)] == [sorted([first, second])]
+    assert handle_clinic_event(envelope("AppointmentCancelled", appointment_id="a2"), pipe.settings).cancelled == 3
+
+    assert pipe.send(received) == {"batchItemFailures": []}
+
+    (accepted,) = pipe.accepted()
+    assert "Awa" in accepted.text and "Kofi" not in accepted.text
+    assert pipe.message(first).status == "sent" and pipe.message(second).status == "cancelled"
 
 
 def test_a_deadline_that_passed_while_queued_expires_at_send_time(pipe: Pipeline) -> None:

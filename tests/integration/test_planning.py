@@ -177,3 +177,26 @@ def test_the_store_refuses_an_illegal_transition_before_and_at_dynamodb(aws) -> 
         message, Change(Status.EXPIRED, frozenset({Status.PENDING}), {}), at=aws.clock.now(), settings=aws.settings
     )
     assert store.get_message(message.message_id).status == "cancelled"
+
+
+def test_a_register_discreet_column_sets_the_flag_and_a_bad_value_names_the_field(aws) -> None:
+    from rappel_cli.importer import import_rows
+
+    row = {
+        "patient_id": "p1",
+        "phone": "+2250701020304",
+        "timezone": "Africa/Abidjan",
+        "language": "fr",
+        "sms_opt_in": "true",
+        "display_name": "Awa",
+        "appointment_id": "a1",
+        "vaccine": "Penta",
+        "dose": "1",
+        "due_date": "2027-03-20",
+        "clinic": "CSU Abobo",
+    }
+    good = import_rows([{**row, "discreet": "yes"}], aws.settings)
+    bad = import_rows([{**row, "patient_id": "p2", "appointment_id": "a2", "discreet": "maybe"}], aws.settings)
+
+    assert good.errors == [] and store.get_patient("p1").discreet is True
+    assert len(bad.errors) == 1 and "detail.discreet" in bad.errors[0][1] and store.get_patient("p2") is None

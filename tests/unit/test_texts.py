@@ -567,3 +567,67 @@ def test_rendering_does_not_depend_on_normalisation_details_of_the_template() ->
         for template in load_language(language).templates.values():
             for text in (template.with_clinic, template.without_clinic):
                 assert unicodedata.is_normalized("NFC", text)
+
+
+# ---------------------------------------------------------------------------------------------- grouped and discreet
+
+
+def _siblings() -> list[Any]:
+    from core.texts import GroupedChild
+
+    return [GroupedChild("Awa", (("Penta", 1), ("VPO", 1))), GroupedChild("Kofi", (("PCV13", 2),))]
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+@pytest.mark.parametrize("reminder_type", REMINDER_TYPES)
+def test_a_grouped_text_names_every_child_and_dose_once_in_gsm7(language: str, reminder_type: str) -> None:
+    from core.texts import render_grouped
+
+    rendered = render_grouped(
+        reminder_type=reminder_type,
+        language=language,
+        children=_siblings(),
+        due_date=date(2027, 3, 12),
+        clinic="CSU Abobo",
+        max_segments=3,
+    )
+    for word in ("Awa", "Kofi", "Penta", "VPO", "PCV13", "CSU Abobo", "12"):
+        assert rendered.text.count(word) == 1, (word, rendered.text)
+    assert rendered.encoding == "GSM-7" and rendered.segments == count_segments(rendered.text) == 1
+
+
+def test_a_grouped_text_drops_the_clinic_before_giving_up_and_never_truncates() -> None:
+    from core.texts import render_grouped
+
+    clinic = "Centre de santé urbain communautaire de Yopougon Attié"
+    common = {"reminder_type": "7_day_reminder", "language": "fr", "due_date": date(2027, 3, 12), "max_segments": 1}
+    shown = render_grouped(children=_siblings(), clinic=clinic, **common)
+    assert clinic not in shown.text and "Kofi" in shown.text and shown.segments == 1
+    from core.texts import GroupedChild
+
+    many = [GroupedChild(f"Enfant numero {n}", (("Penta", 1), ("VPO", 1))) for n in range(4)]
+    with pytest.raises(TextTooLong):
+        render_grouped(children=many, clinic=None, **common)
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+@pytest.mark.parametrize("reminder_type", REMINDER_TYPES)
+def test_a_discreet_text_names_neither_child_nor_vaccine_and_fits_one_segment(
+    language: str, reminder_type: str
+) -> None:
+    from core.texts import render_discreet
+
+    for clinic in ("CSU Abobo", "Centre de santé urbain communautaire de Yopougon Attié " * 2, None):
+        rendered = render_discreet(
+            reminder_type=reminder_type, language=language, due_date=date(2027, 3, 12), clinic=clinic, max_segments=1
+        )
+        assert rendered.segments == 1 and rendered.encoding == "GSM-7", rendered
+        assert "12" in rendered.text and "vaccin" in rendered.text.lower()
+        assert not any(word in rendered.text for word in ("Penta", "VPO", "dose", "{"))
+
+
+def test_a_grouped_template_may_not_name_one_child() -> None:
+    from core.texts import GroupedTemplate
+
+    with pytest.raises(ValidationError, match="unknown placeholders"):
+        GroupedTemplate(with_clinic="{name}: {doses} {date} {clinic}", without_clinic="{doses} {date}")
