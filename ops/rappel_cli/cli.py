@@ -190,6 +190,7 @@ def stats(
     headers = {
         "planned": "planned",
         "sent": "sent",
+        "sms_sent": "SMS",
         "delivered": "deliv.",
         "failed": "failed",
         "dead_lettered": "dead",

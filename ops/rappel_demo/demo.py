@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.store import parse_iso
+from core.texts import count_segments
 from rappel_cli.importer import row_events
 from rappel_demo.register import generate_register
 from rappel_demo.report import write_report
@@ -30,6 +31,7 @@ class DemoSummary:
     """The headline figures of a demo run."""
 
     messages: int
+    reminders_sent: int
     sends: int
     by_type: dict[str, dict[str, int]]
     delivery_rate: float | None
@@ -140,9 +142,10 @@ def summarise(document: dict[str, Any], report: Path) -> DemoSummary:
     lateness = sorted((parse_iso(m["sent_at"]) - parse_iso(m["scheduled_at"])).total_seconds() for m in sent)
     delivered = sum(1 for m in messages if m["status"] == "delivered")
     failed_after_send = sum(1 for m in sent if m["status"] == "failed")
-    segments = [m["segments"] for m in sent if m["segments"]]
+    segments = [count_segments(s["text"]) for s in sends]
     return DemoSummary(
         messages=len(messages),
+        reminders_sent=len(sent),
         sends=len(sends),
         by_type=document["stats"]["by_type"],
         delivery_rate=delivered / (delivered + failed_after_send) if delivered + failed_after_send else None,
@@ -174,10 +177,12 @@ def _print(summary: DemoSummary, console: Console) -> None:
     p50 = f"{summary.lateness_p50:.0f} s" if summary.lateness_p50 is not None else "-"
     p95 = f"{summary.lateness_p95:.0f} s" if summary.lateness_p95 is not None else "-"
     seg = f"{summary.segments_per_sms:.2f}" if summary.segments_per_sms is not None else "-"
+    per_reminder = f"{summary.sends / summary.reminders_sent:.2f}" if summary.reminders_sent else "-"
     console.print(
-        f"SMS accepted by the provider: {summary.sends}; delivery rate {rate}; "
-        f"send lateness p50 {p50}, p95 {p95}; segments per SMS {seg}"
+        f"Reminders sent: {summary.reminders_sent}; SMS accepted by the provider: {summary.sends} "
+        f"({per_reminder} SMS per reminder: siblings and per-vaccine bookings share one SMS)"
     )
+    console.print(f"Delivery rate {rate}; send lateness p50 {p50}, p95 {p95}; segments per SMS {seg}")
     checks = Counter({name: len(v) for name, v in summary.invariants["violations"].items()})
     for name, violations in sorted(checks.items()):
         mark = "[green]ok[/green]" if violations == 0 else f"[red]{violations} violation(s)[/red]"

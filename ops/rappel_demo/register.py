@@ -1,9 +1,10 @@
 """A synthetic immunization register for demos and tests.
 
 Children get birth dates such that their visits on the infant schedule of the Côte d'Ivoire EPI fall due in a
-chosen window; each row is one appointment, in the CSV layout `rappel import` reads. An appointment is one clinic
-visit, with all the vaccines given together at it, so that a family gets one reminder per visit rather than one
-near-identical SMS per vaccine. Everything is drawn from one seeded generator, so a seed always gives the same
+chosen window; each row is one appointment, in the CSV layout `rappel import` reads. An appointment is usually one
+clinic visit, with all the vaccines given together at it; one clinic (`PER_VACCINE_CLINIC`) books one appointment
+per vaccine instead, and some children are twins sharing their caregiver's phone, so the demo shows reminders for
+one phone grouped into one SMS. Everything is drawn from one seeded generator, so a seed always gives the same
 register.
 
 `python -m rappel_demo.register [PATH]` rewrites the bundled sample (`data/sample_register.csv`).
@@ -29,6 +30,7 @@ __all__ = [
     "CSV_COLUMNS",
     "EPI_SCHEDULE",
     "MAX_VACCINE_LENGTH",
+    "PER_VACCINE_CLINIC",
     "SAMPLE_CHILDREN",
     "SAMPLE_DAYS",
     "SAMPLE_REGISTER_PATH",
@@ -217,6 +219,13 @@ _CLINICS: tuple[str, ...] = (
     "CSR Jacqueville",
 )
 
+# One clinic of the list books one appointment per vaccine (some registers do): its families get one SMS per
+# send slot all the same, since reminders for one phone in one slot are grouped.
+PER_VACCINE_CLINIC = "CSR Dabou"
+# Twins: a second child of the same caregiver (same phone, zone, language, clinic), born the same day, so their
+# visits fall due together: one SMS names both.
+_SHARE_TWINS = 0.08
+
 _MAX_DISPLAY_NAME = 20
 _SHARE_ENGLISH = 0.15
 _SHARE_OPTED_OUT = 0.05
@@ -285,17 +294,24 @@ def generate_register(
     end = start + timedelta(days=days)
     used_phones: set[str] = set()
     rows: list[RegisterRow] = []
+    family: tuple[date, list[ScheduledVisit], str, str, str, bool, str] | None = None
     for index in range(n_children):
         patient_id = f"P{index + 1:05d}"
-        birth, visits = _birth_with_visits_in(rng, start, end)
-        phone = _mobile_number(rng, used_phones)
-        timezone = rng.choices(zone_names, zone_weights)[0]
-        language = "en" if rng.random() < _SHARE_ENGLISH else "fr"
-        sms_opt_in = rng.random() >= _SHARE_OPTED_OUT
+        if family is not None and rng.random() < _SHARE_TWINS:
+            birth, visits, phone, timezone, language, sms_opt_in, clinic = family  # the previous child's twin
+            family = None  # no triplets
+        else:
+            birth, visits = _birth_with_visits_in(rng, start, end)
+            phone = _mobile_number(rng, used_phones)
+            timezone = rng.choices(zone_names, zone_weights)[0]
+            language = "en" if rng.random() < _SHARE_ENGLISH else "fr"
+            sms_opt_in = rng.random() >= _SHARE_OPTED_OUT
+            clinic = "" if rng.random() < _SHARE_NO_CLINIC else rng.choice(_CLINICS)
+            family = (birth, visits, phone, timezone, language, sms_opt_in, clinic)
         display_name = _display_name(rng)
-        clinic = "" if rng.random() < _SHARE_NO_CLINIC else rng.choice(_CLINICS)
         for visit in visits:
-            rows.append(
+            bookings = [(v, f"-{v}") for v in visit.vaccines] if clinic == PER_VACCINE_CLINIC else [(visit.vaccine, "")]
+            rows += [
                 RegisterRow(
                     patient_id=patient_id,
                     phone=phone,
@@ -303,13 +319,14 @@ def generate_register(
                     language=language,
                     sms_opt_in=sms_opt_in,
                     display_name=display_name,
-                    appointment_id=f"{patient_id}-V{visit.code}",
-                    vaccine=visit.vaccine,
+                    appointment_id=f"{patient_id}-V{visit.code}{suffix}",
+                    vaccine=vaccine,
                     dose=visit.dose,
                     due_date=visit.due_for(birth),
                     clinic=clinic,
                 )
-            )
+                for vaccine, suffix in bookings
+            ]
     return rows
 
 

@@ -40,7 +40,9 @@ def write_report(document: dict[str, Any], scenario: Scenario, path: Path) -> Pa
     body = [
         "<h1>Rappel — simulated program report</h1>",
         f"<p>{html.escape(scenario.start.isoformat())} to {html.escape(scenario.until.isoformat())}: "
-        f"{len(messages)} reminders, {len(document['sends'])} SMS accepted by the provider. Invariants: "
+        f"{len(messages)} reminders, {sum(1 for m in messages if m['sent_at'])} sent, carried by "
+        f"{len(document['sends'])} SMS accepted by the provider (reminders for one phone in one send slot share "
+        "one SMS). Invariants: "
         f"<strong>{'all hold' if invariants['ok'] else 'VIOLATED'}</strong>.</p>",
         _table(status_counts),
         "<h2>Sends per day by reminder type</h2>",

@@ -44,6 +44,9 @@ COUNTED: frozenset[Status] = frozenset(
 )
 PLANNED = "planned"
 RETRIED = "retried"
+# Accepted SMS, apart from reminders sent: each reminder an SMS carried adds its share (1 / `sms_reminders`), so
+# the SMS counts once in all however its reminders' writes are split by a crash, and never twice on a replay.
+SMS = "sms"
 
 
 def bucket_label(seconds: float) -> str:
@@ -86,6 +89,7 @@ def transition_counts(
     if source == Status.FAILED.value and target is Status.DELIVERED:
         add(Status.FAILED.value, -1)  # a late DeliveredToTerminal after DeliveryImpossible
     if target is Status.SENT:
+        add(SMS, 1 / int(values.get("sms_reminders") or 1))
         lateness = max(0.0, (at - scheduled_at).total_seconds())
         add("lateness_sum", lateness)
         add(f"lateness_le_{bucket_label(lateness)}")

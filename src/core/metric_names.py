@@ -39,7 +39,8 @@ class MetricName(StrEnum):
 
     # Per reminder type and provider.
     REMINDERS_PLANNED = "RemindersPlanned"
-    SMS_SENT = "SmsSent"
+    SMS_SENT = "SmsSent"  # reminders sent
+    SMS_ACCEPTED = "SmsAccepted"  # SMS the provider accepted: one may carry several reminders for one phone
     SMS_DELIVERED = "SmsDelivered"
     SMS_FAILED = "SmsFailed"
     SMS_RETRIED = "SmsRetried"
@@ -74,6 +75,7 @@ PER_TYPE_AND_PROVIDER: Final[frozenset[MetricName]] = frozenset(
     {
         MetricName.REMINDERS_PLANNED,
         MetricName.SMS_SENT,
+        MetricName.SMS_ACCEPTED,
         MetricName.SMS_DELIVERED,
         MetricName.SMS_FAILED,
         MetricName.SMS_RETRIED,

@@ -430,7 +430,9 @@ def _send_sms(key: str, members: list[_Ready], rendered: RenderedText, settings:
     for m in members:
         if m.message.message_id in carried:
             attempt = int(m.message.attempts) + 1
-            outcomes.append(_record_sent(m.message, attempt, accepted, sent_text, segments, settings))
+            outcomes.append(
+                _record_sent(m.message, attempt, accepted, sent_text, segments, settings, carried=len(carried))
+            )
         else:  # not in the SMS the provider took before a crash: it goes in the next one
             outcomes.append(_defer(m.message, clock.now(), "left out of its SMS", clock.now(), settings))
     return outcomes
@@ -655,9 +657,11 @@ def _record_sent(
     settings: Settings,
     *,
     ambiguous: str | None = None,
+    carried: int = 1,
 ) -> str:
     now = clock.now()
     values: dict[str, Any] = {
+        "sms_reminders": carried if carried > 1 else None,
         "attempts": attempt,
         "sent_at": iso(now),
         "provider": (accepted or {}).get("provider") or settings.SMS_PROVIDER.value,
@@ -687,6 +691,7 @@ def _record_sent(
         return "sent_unrecorded"
     type_, provider = message.reminder_type, str(values["provider"])
     count(MetricName.SMS_SENT, reminder_type=type_, provider=provider)
+    count(MetricName.SMS_ACCEPTED, 1 / carried, reminder_type=type_, provider=provider)
     lateness = max(0.0, (now - parse_iso(message.scheduled_at)).total_seconds())
     measure(MetricName.SEND_LATENESS_SECONDS, lateness, reminder_type=type_, provider=provider)
     logger.info("sms sent", extra={"message_id": message.message_id, "attempt": attempt, "ambiguous": bool(ambiguous)})

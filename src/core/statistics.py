@@ -17,7 +17,7 @@ from typing import Any, Final, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from core import clock, store
-from core.counters import BOUNDS, PLANNED, RETRIED, percentile_from_histogram
+from core.counters import BOUNDS, PLANNED, RETRIED, SMS, percentile_from_histogram
 from core.lifecycle import Status
 from core.observability import logger
 from core.settings import Settings
@@ -34,6 +34,7 @@ REPORT_PK: Final[str] = "REPORT#daily"
 COUNT_FIELDS: Final[dict[str, str]] = {
     PLANNED: "planned",
     Status.SENT.value: "sent",
+    SMS: "sms_sent",
     Status.DELIVERED.value: "delivered",
     Status.FAILED.value: "failed",
     Status.DEAD_LETTER.value: "dead_lettered",
@@ -118,7 +119,8 @@ class Figures:
     """The statistics of one reminder type (or of all of them) over a window."""
 
     planned: int = 0
-    sent: int = 0
+    sent: int = 0  # reminders sent
+    sms_sent: int = 0  # SMS the provider accepted (one may carry several reminders for one phone)
     delivered: int = 0
     failed: int = 0
     dead_lettered: int = 0

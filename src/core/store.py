@@ -157,6 +157,7 @@ class MessageRecord(Model):
     # The grouped SMS this reminder is bound to before its request (`bind_to_sms`): after a crash, the same SMS is
     # replayed for it, never a second one.
     sms_key = UnicodeAttribute(null=True)
+    sms_reminders = NumberAttribute(null=True)  # how many reminders the SMS that carried it carried
     text = UnicodeAttribute(null=True)
     segments = NumberAttribute(null=True)
     created_at = UnicodeAttribute()

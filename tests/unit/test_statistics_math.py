@@ -201,6 +201,7 @@ def test_figures_without_data_have_no_averages() -> None:
     assert figures.as_dict() == {
         "planned": 0,
         "sent": 0,
+        "sms_sent": 0,
         "delivered": 0,
         "failed": 0,
         "dead_lettered": 0,
@@ -271,3 +272,19 @@ def test_a_deferral_for_quiet_hours_or_a_hold_is_not_a_retry() -> None:
     retried = transition_counts("1_day_reminder", "queued", Status.PENDING, at, {"attempts": 2}, at, None)
     assert deferred == {}
     assert list(retried.values()) == [1]
+
+
+def test_reminders_and_sms_are_counted_apart_and_an_sms_once_however_many_it_carried() -> None:
+    """Two SMS: one carrying three reminders (each write adds a third), one carrying one."""
+    from core.counters import transition_counts
+
+    at = datetime(2027, 3, 1, 9, 0, tzinfo=UTC)
+    counters: dict[str, float] = {}
+    for carried in (3, 3, 3, None):
+        for (_, key), value in transition_counts(
+            "7_day_reminder", "queued", Status.SENT, at, {"sms_reminders": carried}, at, None
+        ).items():
+            name = key.rsplit("#", 1)[1]
+            counters[name] = counters.get(name, 0) + value
+    figures = figures_from_counters(counters)
+    assert (figures.sent, figures.sms_sent) == (4, 2)
