@@ -52,6 +52,9 @@ def run_nominal(
         "clinic_events": len(scenario.events),
         "messages": len(messages),
         "sends": len(sends),
+        "reminders_sent": sum(1 for m in messages if m["sent_at"]),
+        # An SMS may carry several reminders for one phone (siblings, per-vaccine bookings).
+        "sms_per_delivered_reminder": len(sends) / max(1, document["stats"]["by_status"].get("delivered", 0)),
         "by_status": document["stats"]["by_status"],
         "delivered": document["stats"]["by_status"].get("delivered", 0),
         "lateness": lateness_summary(lateness),

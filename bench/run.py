@@ -265,6 +265,12 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
         f"{nominal['catch_up_reminders']} catch-up reminders (planned after their time) left out",
         "",
     )
+    table.add_row(
+        "2 nominal: SMS per delivered reminder (one SMS per phone per send slot)",
+        f"{nominal['sms_per_delivered_reminder']:.2f}",
+        f"{nominal['sends']} SMS, {nominal['reminders_sent']} reminders sent",
+        "",
+    )
     for kind in ("wall", "cpu"):
         table.add_row(
             f"3 engine overhead per message, {kind} (dispatch + send on moto, {overhead['messages']} messages)",
