@@ -46,6 +46,7 @@ from tests.e2e.test_scenarios import (
     crash_scenario,
     dose_event,
     one_patient,
+    patient_event,
     phone,
     scenario,
     z,
@@ -274,8 +275,24 @@ def fault_scenarios() -> list[dict[str, Any]]:
         administered_event("2027-03-02T08:00:00Z", "a5", "2027-03-02"),
         {**dose_event("2027-03-02T09:00:00Z", "a5", "p4", due), "time": "2027-03-01T09:00:00Z"},
     ]
+    # Siblings on one phone (a grouped SMS), and a dose booked the day before it is due (a late 7-day reminder
+    # superseded by the 1-day one).
+    siblings = [
+        patient_event("2027-03-01T08:00:00Z", "p6", phone(6), name="Awa"),
+        patient_event("2027-03-01T08:00:00Z", "p7", phone(6), name="Kofi"),
+        dose_event("2027-03-01T08:00:00Z", "a6", "p6", due),
+        dose_event("2027-03-01T08:00:00Z", "a7", "p7", due),
+        patient_event("2027-03-11T07:00:00Z", "p8", phone(7)),
+        dose_event("2027-03-11T07:00:00Z", "a8", "p8", due),
+    ]
     return [
         crash_scenario(),
+        scenario(
+            "2027-03-01T00:00:00Z",
+            "2027-03-13T00:00:00Z",
+            siblings,
+            settings={"REMINDER_7_DAY_MAX_LATENESS_HOURS": 144},
+        ),
         scenario("2027-03-01T00:00:00Z", "2027-03-07T00:00:00Z", one_patient(due), faults=no_bundle),
         scenario(
             "2027-03-01T00:00:00Z",
