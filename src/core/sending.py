@@ -45,7 +45,7 @@ from core.texts import (
     render_grouped,
     render_reminder,
 )
-from core.timing import ReminderType, next_allowed, reminder_rules, rule_for, send_time
+from core.timing import ReminderType, later_reminders_due_within, next_allowed
 from core.wanted import why_not_wanted
 
 IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retention, so a redrive replays too
@@ -180,14 +180,6 @@ def send_reminders(items: Sequence[QueuedMessage], settings: Settings, pacer: Pa
             outcomes.append(prepared)
         else:
             ready.append(prepared)
-    if len(ready) == 1 and ready[0].message.sms_key is None:
-        one = ready[0]
-        try:
-            rendered = render_message(one.message, one.patient, one.appointment, settings)
-        except Exception as exc:
-            return [*outcomes, _unrenderable(one, exc, now, settings)]
-        key = f"{one.message.message_id}#{int(one.message.attempts) + 1}"
-        return [*outcomes, *_send_sms(key, ready, rendered, settings, pacer)]
     for key, members in _sms_of(ready, settings, now, outcomes):
         try:
             rendered = _render_sms(members, settings)
@@ -247,15 +239,14 @@ def _next_reminder_within_gap(
     if not gap:
         return None
     # Cheap first: by the timing rules, is any later reminder of this dose due that soon? Only then read them.
-    zone = ZoneInfo(patient.timezone)
-    preferred = int(patient.preferred_hour) if patient.preferred_hour is not None else None
-    due = date.fromisoformat(appointment.due_date)
-    own = send_time(rule_for(ReminderType(message.reminder_type), settings), due, zone, preferred, settings)
-    soon = [
-        rule.reminder_type
-        for rule in reminder_rules(settings)
-        if own < send_time(rule, due, zone, preferred, settings) < now + gap
-    ]
+    soon = later_reminders_due_within(
+        ReminderType(message.reminder_type),
+        date.fromisoformat(appointment.due_date),
+        ZoneInfo(patient.timezone),
+        int(patient.preferred_hour) if patient.preferred_hour is not None else None,
+        settings,
+        now + gap,
+    )
     if not soon:
         return None
     for other in store.messages_of_patient(message.patient_id):
@@ -286,6 +277,10 @@ def _sms_of(
     them; the others are composed (one SMS per clinic, split by child when too long, never truncated) and bound
     before any request, with one conditional write each.
     """
+    if len(ready) == 1 and ready[0].message.sms_key is None:
+        # A reminder on its own needs no binding: its key is its attempt, as the ungrouped path always had.
+        one = ready[0].message
+        return [(f"{one.message_id}#{int(one.attempts) + 1}", ready)]
     bound: dict[str, list[_Ready]] = {}
     fresh: list[_Ready] = []
     for one in ready:

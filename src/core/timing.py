@@ -157,3 +157,21 @@ def plan_reminders(
 def rule_for(reminder_type: ReminderType, settings: Settings) -> ReminderRule:
     """The timing rule of one reminder type."""
     return next(rule for rule in reminder_rules(settings) if rule.reminder_type is reminder_type)
+
+
+def later_reminders_due_within(
+    reminder_type: ReminderType,
+    due: date,
+    zone: ZoneInfo,
+    preferred_hour: int | None,
+    settings: Settings,
+    until: datetime,
+) -> list[ReminderType]:
+    """The reminder types of the same dose planned after `reminder_type` and before `until`: a late reminder
+    going out now would reach the family shortly before them (SMS_MIN_GAP_HOURS decides how shortly)."""
+    own = send_time(rule_for(reminder_type, settings), due, zone, preferred_hour, settings)
+    return [
+        rule.reminder_type
+        for rule in reminder_rules(settings)
+        if own < send_time(rule, due, zone, preferred_hour, settings) < until
+    ]

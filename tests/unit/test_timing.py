@@ -163,3 +163,18 @@ def test_invalid_setting_names_the_variable() -> None:
         build_settings(APP_TIMEZONE="Mars/Olympus")
     with pytest.raises(ConfigurationError, match="SMS_RATE_LIMIT_PER_SECOND"):
         build_settings(SMS_RATE_LIMIT_PER_SECOND=0)
+
+
+def test_later_reminders_due_within_a_gap_of_a_late_reminder() -> None:
+    from core.timing import later_reminders_due_within
+
+    settings = build_settings()
+    zone = ZoneInfo("Africa/Abidjan")
+    due = date(2027, 3, 12)
+    one_day = datetime(2027, 3, 11, 9, 0, tzinfo=UTC)
+    args = (ReminderType.SEVEN_DAY, due, zone, None, settings)
+    assert later_reminders_due_within(*args, one_day) == []  # the 1-day is at `until`, not before it
+    assert later_reminders_due_within(*args, one_day + timedelta(seconds=1)) == [ReminderType.ONE_DAY]
+    assert (
+        later_reminders_due_within(ReminderType.OVERDUE, due, zone, None, settings, one_day + timedelta(days=9)) == []
+    )
