@@ -80,6 +80,10 @@ def dispatch_due(settings: Settings) -> DispatchResult:
     return result
 
 
+# More reminders for one phone in one slot than any family has; a register error beyond it still gets sent.
+MAX_REMINDERS_PER_RECORD = 20
+
+
 def by_phone(claimed: list[tuple[MessageRecord, QueuedMessage]]) -> list[QueuedMessage | QueuedSms]:
     """One send queue record per phone, reminder type and due date: reminders that would reach one phone in this
     send slot go out as one SMS (siblings, or one child booked once per vaccine). Order kept, by the first member."""
@@ -90,7 +94,7 @@ def by_phone(claimed: list[tuple[MessageRecord, QueuedMessage]]) -> list[QueuedM
             records.append(item)  # planned before recipients were recorded: on its own
             continue
         key = (message.recipient, message.reminder_type, message.due_date)
-        if key not in groups:
+        if key not in groups or len(groups[key]) == MAX_REMINDERS_PER_RECORD:
             groups[key] = []
             records.append(groups[key])
         groups[key].append(item)
