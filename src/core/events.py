@@ -8,8 +8,9 @@ from __future__ import annotations
 import zoneinfo
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from core.phone import InvalidPhoneNumber, normalize_phone
@@ -103,7 +104,7 @@ class AppointmentCancelled(_Detail):
 
 Detail = PatientUpserted | DoseScheduled | DoseAdministered | AppointmentCancelled
 
-_MODELS: dict[DetailType, type[_Detail]] = {
+_MODELS: dict[DetailType, type[Detail]] = {
     DetailType.PATIENT_UPSERTED: PatientUpserted,
     DetailType.DOSE_SCHEDULED: DoseScheduled,
     DetailType.DOSE_ADMINISTERED: DoseAdministered,
@@ -148,35 +149,51 @@ def _years_from(day: date, years: int) -> date:
         return day.replace(year=day.year + years, day=28)
 
 
+class ClinicEnvelope(EventBridgeModel):
+    """The EventBridge envelope of a clinic event: Powertools' model, narrowed to what the clinic system sends."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    source: Literal["rappel.clinic"]
+    detail_type: DetailType = Field(alias="detail-type")
+    detail: dict[str, Any]
+
+    @field_validator("time")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("must carry a UTC offset or Z")
+        return value.astimezone(UTC)
+
+
 def parse_event(envelope: Any, *, default_region: str, now: datetime, max_years_ahead: int) -> ClinicEvent:
     """Validate an EventBridge envelope from the clinic system; raises InvalidEvent naming the bad field."""
-    today = now.date()
     if not isinstance(envelope, dict):
         raise InvalidEvent("event", "must be a JSON object")
-    if envelope.get("source") != SOURCE:
-        raise InvalidEvent("source", f"must be {SOURCE!r}")
-    raw_type = envelope.get("detail-type")
     try:
-        detail_type = DetailType(str(raw_type))
-    except ValueError:
-        raise InvalidEvent("detail-type", f"unknown detail-type {str(raw_type)[:40]!r}") from None
-    event_id = envelope.get("id")
-    if not isinstance(event_id, str) or not 1 <= len(event_id) <= 128:
-        raise InvalidEvent("id", "must be a non-empty string of at most 128 characters")
-    try:
-        event_at = datetime.fromisoformat(str(envelope.get("time", "")).replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidEvent("time", "must be an ISO-8601 instant") from None
-    if event_at.tzinfo is None:
-        raise InvalidEvent("time", "must carry a UTC offset or Z")
-    if event_at - now > MAX_CLOCK_SKEW:
-        ahead = event_at - now
+        parsed = ClinicEnvelope.model_validate(envelope)
+    except ValidationError as exc:
+        raise _invalid(exc, prefix="") from None
+    if parsed.time - now > MAX_CLOCK_SKEW:
+        ahead = parsed.time - now
         raise InvalidEvent(
             "time", f"is {ahead} ahead of our clock (at most {MAX_CLOCK_SKEW}): check the sending system's clock"
         )
-    raw = envelope.get("detail")
-    if not isinstance(raw, dict):
-        raise InvalidEvent("detail", "must be a JSON object")
+    detail = _parse_detail(parsed.detail_type, parsed.detail, default_region)
+    _check_dates(detail, now.date(), max_years_ahead)
+    return ClinicEvent(event_id=parsed.id, event_at=parsed.time, detail_type=parsed.detail_type, detail=detail)
+
+
+def _invalid(exc: ValidationError, *, prefix: str) -> InvalidEvent:
+    """The first error of a validation, as the field it names (`detail.phone`, `time`) and why."""
+    first = exc.errors()[0]
+    path = ".".join(str(part) for part in first["loc"])
+    field = ".".join(part for part in (prefix, path) if part) or prefix or "event"
+    return InvalidEvent(field, first["msg"])
+
+
+def _parse_detail(detail_type: DetailType, raw: dict[str, Any], default_region: str) -> Detail:
     raw = dict(raw)
     for name in ("due_date", "administered_on"):
         if name in raw:
@@ -187,11 +204,12 @@ def parse_event(envelope: Any, *, default_region: str, now: datetime, max_years_
         except InvalidPhoneNumber as exc:
             raise InvalidEvent("detail.phone", str(exc)) from None
     try:
-        detail = _MODELS[detail_type].model_validate(raw)
+        return _MODELS[detail_type].model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = "detail." + ".".join(str(p) for p in first["loc"]) if first["loc"] else "detail"
-        raise InvalidEvent(field, first["msg"]) from None
+        raise _invalid(exc, prefix="detail") from None
+
+
+def _check_dates(detail: Detail, today: date, max_years_ahead: int) -> None:
     if isinstance(detail, DoseScheduled):
         if detail.due_date > _years_from(today, max_years_ahead):
             raise InvalidEvent("detail.due_date", f"more than {max_years_ahead} years ahead")
@@ -199,12 +217,6 @@ def parse_event(envelope: Any, *, default_region: str, now: datetime, max_years_
             raise InvalidEvent("detail.due_date", f"more than {max_years_ahead} years in the past")
     if isinstance(detail, DoseAdministered) and (detail.administered_on - today).days > 1:
         raise InvalidEvent("detail.administered_on", "is in the future")
-    return ClinicEvent(
-        event_id=event_id,
-        event_at=event_at.astimezone(UTC),
-        detail_type=detail_type,
-        detail=detail,
-    )
 
 
 def make_envelope(detail_type: str, detail: dict[str, Any], *, event_id: str, at: datetime) -> dict[str, Any]:

@@ -7,8 +7,10 @@ after a crash between two writes, or events arriving out of order all converge o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from core import clock, store
@@ -167,19 +169,69 @@ def reconcile_patient(patient_id: str, settings: Settings, now: datetime) -> Pla
     return result
 
 
+class Move(StrEnum):
+    """What reconciliation does to one reminder of an appointment."""
+
+    CREATE = "create"
+    REVIVE = "revive"  # a cancelled reminder whose cause was reversed
+    CANCEL = "cancel"
+    REPLAN = "replan"  # a pending reminder whose schedule or recipient changed
+
+
+@dataclass(frozen=True)
+class WantedReminder:
+    """A reminder that should exist for the appointment as it stands, and its schedule."""
+
+    reminder_type: str
+    scheduled_at: datetime
+    deadline: datetime
+
+
+def decide(
+    existing: Mapping[str, MessageRecord], wanted: Mapping[str, WantedReminder], recipient: str
+) -> list[tuple[Move, str]]:
+    """The moves that bring an appointment's reminders (`existing`, by id) in line with `wanted` (by id). Pure.
+
+    A settled reminder is never touched, but a cancelled one that is wanted again comes back (the store then also
+    requires that nothing was sent). One not wanted is cancelled while outstanding; a pending one whose schedule or
+    recipient changed is replanned; a wanted one that does not exist is created.
+    """
+    moves: list[tuple[Move, str]] = []
+    for message_id, message in existing.items():
+        if message.state is Status.CANCELLED and message_id in wanted:
+            moves.append((Move.REVIVE, message_id))
+        elif message.state in OUTSTANDING and message_id not in wanted:
+            moves.append((Move.CANCEL, message_id))
+        elif (
+            message.state is Status.PENDING
+            and message_id in wanted
+            and _replanned(message, wanted[message_id], recipient)
+        ):
+            moves.append((Move.REPLAN, message_id))
+    moves += [(Move.CREATE, message_id) for message_id in wanted if message_id not in existing]
+    return moves
+
+
+def _replanned(message: MessageRecord, reminder: WantedReminder, recipient: str) -> bool:
+    values = _pending_values(reminder, recipient)
+    return any(getattr(message, name) != value for name, value in values.items())
+
+
+def _pending_values(reminder: WantedReminder, recipient: str) -> dict[str, str]:
+    return {"scheduled_at": iso(reminder.scheduled_at), "deadline": iso(reminder.deadline), "recipient": recipient}
+
+
 def reconcile_appointment(
     appointment_id: str, settings: Settings, now: datetime, *, moved_from: str | None = None
 ) -> PlanningResult:
-    """Create, replan or cancel the messages of one appointment so they match what should be sent.
+    """Create, replan, revive or cancel the messages of one appointment so they match what should be sent.
 
     `moved_from`: the patient the appointment belonged to before this event, whose messages for it are cancelled.
     """
     result = PlanningResult()
     appointment = store.get_appointment(appointment_id)
-    if appointment is None:
-        return result
-    patient = store.get_patient(appointment.patient_id)
-    if patient is None:
+    patient = store.get_patient(appointment.patient_id) if appointment is not None else None
+    if appointment is None or patient is None:
         return result  # planned when the patient arrives (events may come in any order)
     owners = {patient.patient_id, moved_from or patient.patient_id} - {store.UNKNOWN_PATIENT}
     existing = {
@@ -188,58 +240,68 @@ def reconcile_appointment(
         for m in store.messages_of_patient(owner)
         if m.appointment_id == appointment_id
     }
-    wanted: dict[str, tuple[str, datetime, datetime]] = {}
-    recipient = store.recipient_key(patient.phone)
     reason = why_not_wanted(patient, appointment)
-    if reason is None:
-        zone = ZoneInfo(patient.timezone)
-        preferred = int(patient.preferred_hour) if patient.preferred_hour is not None else None
-        for planned in plan_reminders(date.fromisoformat(appointment.due_date), zone, preferred, settings, now):
-            message_id = store.message_id_for(
-                appointment_id, planned.reminder_type.value, appointment.due_date, patient.patient_id
+    wanted = _wanted_reminders(patient, appointment, settings, now) if reason is None else {}
+    recipient = store.recipient_key(patient.phone)
+    for move, message_id in decide(existing, wanted, recipient):
+        message = existing.get(message_id)
+        if move is Move.CREATE:
+            result.created += _create(message_id, wanted[message_id], patient, appointment, settings, now)
+        elif move is Move.REVIVE and message is not None:
+            # The dose moved back to this date, the family opted in again, the appointment was rebooked: the same
+            # reminder comes back while its deadline is open, never a twin.
+            reminder = wanted[message_id]
+            result.revived += revive_message(
+                message, reminder.scheduled_at, reminder.deadline, recipient, settings, now
             )
-            wanted[message_id] = (planned.reminder_type.value, planned.scheduled_at, planned.deadline)
-    for message_id, message in existing.items():
-        if message.state is Status.CANCELLED and message_id in wanted:
-            # Its cause was reversed (the dose moved back to this date, the family opted in again, the appointment
-            # was rebooked) and its deadline is still open: the same reminder comes back, never a twin.
-            _, scheduled_at, deadline = wanted[message_id]
-            if revive_message(message, scheduled_at, deadline, recipient, settings, now):
-                result.revived += 1
-            continue
-        if message.state not in OUTSTANDING:
-            continue
-        if message_id not in wanted:
+        elif move is Move.CANCEL and message is not None:
             why = reason or why_not_wanted(patient, appointment, message) or "rescheduled"
-            if cancel_message(message, why, settings, now):
-                result.cancelled += 1
-        elif message.state is Status.PENDING:
-            _, scheduled_at, deadline = wanted[message_id]
-            values = {"scheduled_at": iso(scheduled_at), "deadline": iso(deadline), "recipient": recipient}
-            changed = {name: getattr(message, name) for name in values} != values
-            if changed and store.update_pending(message, values, settings.DUE_INDEX_SHARDS):
-                result.replanned += 1
-    for message_id, (reminder_type, scheduled_at, deadline) in wanted.items():
-        if message_id in existing:
-            continue
-        message = MessageRecord(
-            message_id,
-            patient_id=patient.patient_id,
-            appointment_id=appointment_id,
-            reminder_type=reminder_type,
-            due_date=appointment.due_date,
-            status=Status.PENDING.value,
-            scheduled_at=iso(scheduled_at),
-            deadline=iso(deadline),
-            due_shard=store.shard_of(message_id, settings.DUE_INDEX_SHARDS),
-            due_at=iso(scheduled_at),
-            created_at=iso(now),
-            recipient=recipient,
-        )
-        if store.create_message(message, now):
-            result.created += 1
-            count(MetricName.REMINDERS_PLANNED, reminder_type=reminder_type, provider=settings.SMS_PROVIDER.value)
+            result.cancelled += cancel_message(message, why, settings, now)
+        elif move is Move.REPLAN and message is not None:
+            values = _pending_values(wanted[message_id], recipient)
+            result.replanned += store.update_pending(message, values, settings.DUE_INDEX_SHARDS)
     return result
+
+
+def _wanted_reminders(
+    patient: PatientRecord, appointment: AppointmentRecord, settings: Settings, now: datetime
+) -> dict[str, WantedReminder]:
+    zone = ZoneInfo(patient.timezone)
+    preferred = int(patient.preferred_hour) if patient.preferred_hour is not None else None
+    return {
+        store.message_id_for(
+            appointment.appointment_id, planned.reminder_type.value, appointment.due_date, patient.patient_id
+        ): WantedReminder(planned.reminder_type.value, planned.scheduled_at, planned.deadline)
+        for planned in plan_reminders(date.fromisoformat(appointment.due_date), zone, preferred, settings, now)
+    }
+
+
+def _create(
+    message_id: str,
+    reminder: WantedReminder,
+    patient: PatientRecord,
+    appointment: AppointmentRecord,
+    settings: Settings,
+    now: datetime,
+) -> bool:
+    message = MessageRecord(
+        message_id,
+        patient_id=patient.patient_id,
+        appointment_id=appointment.appointment_id,
+        reminder_type=reminder.reminder_type,
+        due_date=appointment.due_date,
+        status=Status.PENDING.value,
+        scheduled_at=iso(reminder.scheduled_at),
+        deadline=iso(reminder.deadline),
+        due_shard=store.shard_of(message_id, settings.DUE_INDEX_SHARDS),
+        due_at=iso(reminder.scheduled_at),
+        created_at=iso(now),
+        recipient=store.recipient_key(patient.phone),
+    )
+    created = store.create_message(message, now)
+    if created:
+        count(MetricName.REMINDERS_PLANNED, reminder_type=reminder.reminder_type, provider=settings.SMS_PROVIDER.value)
+    return created
 
 
 def cancel_message(message: MessageRecord, reason: str, settings: Settings, now: datetime) -> bool:
