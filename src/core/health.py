@@ -92,10 +92,16 @@ class HealthFigures:
 
 def findings_for(figures: HealthFigures, settings: Settings) -> tuple[str, ...]:
     """Every threshold `figures` cross, each as a sentence (pure: no I/O)."""
-    out: list[str] = []
-    now = figures.checked_at
-    delay = settings.SMS_ALERT_PROCESSING_DELAY_MINUTES
+    return tuple(
+        finding
+        for check in (_backlog_findings, _sending_findings, _provider_findings)
+        for finding in check(figures, settings)
+    )
 
+
+def _backlog_findings(figures: HealthFigures, settings: Settings) -> list[str]:
+    out: list[str] = []
+    delay = settings.SMS_ALERT_PROCESSING_DELAY_MINUTES
     if figures.pending_count > settings.SMS_ALERT_PENDING_THRESHOLD:
         out.append(
             f"{_plural(figures.pending_count, 'message is', 'messages are')} pending "
@@ -106,19 +112,24 @@ def findings_for(figures: HealthFigures, settings: Settings) -> tuple[str, ...]:
             f"{_plural(figures.pending_due_count, 'message is', 'messages are')} due but not dispatched; "
             f"the oldest has waited {figures.oldest_due_lag_minutes} minutes (threshold {delay})."
         )
+    return out
+
+
+def _sending_findings(figures: HealthFigures, settings: Settings) -> list[str]:
+    out: list[str] = []
+    delay = settings.SMS_ALERT_PROCESSING_DELAY_MINUTES
     stalled = figures.minutes_without_send_while_due
-    if stalled > delay:
-        if figures.last_send_at is None:
-            out.append(
-                f"No message has ever been sent while {_due(figures.pending_due_count)}; work has waited "
-                f"{stalled} minutes (threshold {delay})."
-            )
-        else:
-            out.append(
-                f"No message has been sent for {figures.minutes_since_last_send} minutes while "
-                f"{_due(figures.pending_due_count)}; work has waited {stalled} minutes without a send "
-                f"(threshold {delay})."
-            )
+    if stalled > delay and figures.last_send_at is None:
+        out.append(
+            f"No message has ever been sent while {_due(figures.pending_due_count)}; work has waited "
+            f"{stalled} minutes (threshold {delay})."
+        )
+    elif stalled > delay:
+        out.append(
+            f"No message has been sent for {figures.minutes_since_last_send} minutes while "
+            f"{_due(figures.pending_due_count)}; work has waited {stalled} minutes without a send "
+            f"(threshold {delay})."
+        )
     rate = figures.failure_rate
     if rate is not None and rate > settings.SMS_ALERT_FAILURE_RATE:
         out.append(
@@ -132,6 +143,11 @@ def findings_for(figures: HealthFigures, settings: Settings) -> tuple[str, ...]:
             f"{_plural(figures.dead_letter_depth, 'message waits', 'messages wait')} in the dead letter queue; "
             "inspect them and redrive (`rappel redrive`)."
         )
+    return out
+
+
+def _provider_findings(figures: HealthFigures, settings: Settings) -> list[str]:
+    out: list[str] = []
     if figures.hold_until is not None:
         out.append(
             f"Sending is held until {_when(figures.hold_until)}"
@@ -140,25 +156,31 @@ def findings_for(figures: HealthFigures, settings: Settings) -> tuple[str, ...]:
     if figures.balance_error is not None:
         out.append(f"Could not read the provider balance: {figures.balance_error}.")
     balance = figures.balance
-    if balance is not None:
-        units = balance.available_units
-        if units is not None and units < settings.SMS_ALERT_BALANCE_UNITS:
-            out.append(
-                f"The provider balance is {_plural(units, 'SMS unit', 'SMS units')} "
-                f"(threshold {settings.SMS_ALERT_BALANCE_UNITS}); buy a bundle."
-            )
-        if balance.expires_at is not None:
-            if balance.expires_at <= now:
-                out.append(f"The provider bundle expired on {_when(balance.expires_at)}.")
-            elif balance.expires_at - now <= BUNDLE_EXPIRY_WARNING:
-                days = (balance.expires_at - now).days
-                out.append(
-                    f"The provider bundle expires on {_when(balance.expires_at)}, in "
-                    f"{_plural(days, 'day', 'days') if days else 'less than a day'}."
-                )
-        elif balance.status is not None and balance.status.upper() != "ACTIVE":
-            out.append(f"The provider bundle is {balance.status}.")
-    return tuple(out)
+    if balance is None:
+        return out
+    units = balance.available_units
+    if units is not None and units < settings.SMS_ALERT_BALANCE_UNITS:
+        out.append(
+            f"The provider balance is {_plural(units, 'SMS unit', 'SMS units')} "
+            f"(threshold {settings.SMS_ALERT_BALANCE_UNITS}); buy a bundle."
+        )
+    return out + _bundle_findings(balance, figures.checked_at)
+
+
+def _bundle_findings(balance: Balance, now: datetime) -> list[str]:
+    if balance.expires_at is None:
+        if balance.status is not None and balance.status.upper() != "ACTIVE":
+            return [f"The provider bundle is {balance.status}."]
+        return []
+    if balance.expires_at <= now:
+        return [f"The provider bundle expired on {_when(balance.expires_at)}."]
+    if balance.expires_at - now <= BUNDLE_EXPIRY_WARNING:
+        days = (balance.expires_at - now).days
+        return [
+            f"The provider bundle expires on {_when(balance.expires_at)}, in "
+            f"{_plural(days, 'day', 'days') if days else 'less than a day'}."
+        ]
+    return []
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,27 @@ def send_reminders(items: Sequence[QueuedMessage], settings: Settings, pacer: Pa
 
 def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready | str:
     """The reminder, if this claim of it may still go out now; else what became of it."""
+    message = _this_claim(item, settings, now)
+    if isinstance(message, str):
+        return message
+    patient = store.get_patient(message.patient_id)
+    appointment = store.get_appointment(message.appointment_id)
+    reason = why_not_wanted(patient, appointment, message)
+    if reason is not None or patient is None or appointment is None:
+        return _settle(message, Status.CANCELLED, f"cancelled at send time: {reason}", now, settings)
+    if parse_iso(message.deadline) <= now:
+        return _settle(message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
+    if message.sms_key is None:
+        # One bound to a grouped SMS is not held back here: that SMS may have gone out before a crash, and only its
+        # replay can tell (the check right before the request still holds it back if no request was made).
+        held_back = _not_now(message, patient, appointment, settings, now)
+        if held_back is not None:
+            return held_back
+    return _Ready(message, patient, appointment)
+
+
+def _this_claim(item: QueuedMessage, settings: Settings, now: datetime) -> MessageRecord | str:
+    """The queued message this record's claim is for, or why the record is dropped."""
     message = store.get_message(item.message_id)
     if message is None:
         logger.warning("queued message unknown", extra={"message_id": item.message_id})
@@ -201,33 +222,27 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
         # dead letter delivered again: only the DLQ copy, written with the dead letter's version, may take it back.
         return "stale"
     if message.state is Status.DEAD_LETTER:
-        message = _take_back_dead_letter(message, now, settings)
-        if message is None:
-            return "stale"
-    elif message.state is not Status.QUEUED:
+        return _take_back_dead_letter(message, now, settings) or "stale"
+    if message.state is not Status.QUEUED:
         return "stale"  # settled already, or superseded by a newer claim that has its own queue message
-    patient = store.get_patient(message.patient_id)
-    appointment = store.get_appointment(message.appointment_id)
-    reason = why_not_wanted(patient, appointment, message)
-    if reason is not None or patient is None or appointment is None:
-        return _settle(message, Status.CANCELLED, f"cancelled at send time: {reason}", now, settings)
-    if parse_iso(message.deadline) <= now:
-        return _settle(message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
-    if message.sms_key is None:
-        # One bound to a grouped SMS is not deferred here: that SMS may have gone out before a crash, and only its
-        # replay can tell (the check right before the request still holds it back if no request was made).
-        next_one = _next_reminder_within_gap(message, patient, appointment, now, settings)
-        if next_one is not None:
-            gap = settings.SMS_MIN_GAP_HOURS
-            why = f"superseded: the {next_one.reminder_type} for the same dose is due within {gap} h"
-            return _settle(message, Status.EXPIRED, why, now, settings)
-        held = provider_state.hold_until(now)
-        if held is not None:
-            return _defer(message, held, f"provider on hold: {provider_state.hold_reason()}", now, settings)
-        allowed = next_allowed(now, ZoneInfo(patient.timezone), settings.quiet_hours)
-        if allowed != now:
-            return _defer(message, allowed, "quiet hours", now, settings)
-    return _Ready(message, patient, appointment)
+    return message
+
+
+def _not_now(
+    message: MessageRecord, patient: PatientRecord, appointment: AppointmentRecord, settings: Settings, now: datetime
+) -> str | None:
+    """Superseded by the next reminder of its dose, or held back (provider hold, quiet hours): what became of it."""
+    next_one = _next_reminder_within_gap(message, patient, appointment, now, settings)
+    if next_one is not None:
+        why = f"superseded: the {next_one.reminder_type} for the same dose is due within {settings.SMS_MIN_GAP_HOURS} h"
+        return _settle(message, Status.EXPIRED, why, now, settings)
+    held = provider_state.hold_until(now)
+    if held is not None:
+        return _defer(message, held, f"provider on hold: {provider_state.hold_reason()}", now, settings)
+    allowed = next_allowed(now, ZoneInfo(patient.timezone), settings.quiet_hours)
+    if allowed != now:
+        return _defer(message, allowed, "quiet hours", now, settings)
+    return None
 
 
 def _next_reminder_within_gap(
@@ -282,42 +297,37 @@ def _sms_of(
         one = ready[0].message
         return [(f"{one.message_id}#{int(one.attempts) + 1}", ready)]
     bound: dict[str, list[_Ready]] = {}
-    fresh: list[_Ready] = []
     for one in ready:
         if one.message.sms_key:
             bound.setdefault(one.message.sms_key, []).append(one)
-        else:
-            fresh.append(one)
+    fresh = [one for one in ready if not one.message.sms_key]
     sms = list(bound.items())
     for key, members in sms:
         # A crash after binding some of an SMS's reminders: the rest join it if they fit (if it went out without
         # them, its replay says so and they go in the next one).
         joining = [f for f in fresh if (f.appointment.clinic or "") == (members[0].appointment.clinic or "")]
         if joining and _fits(members + joining, settings):
-            for one in joining:
-                fresh.remove(one)
-                if store.bind_to_sms(one.message, key):
-                    one.message.sms_key = key
-                    members.append(one)
-                else:
-                    outcomes.append("stale")
+            fresh = [f for f in fresh if f not in joining]
+            members += _bind(key, joining, outcomes)
     for members in _compose(fresh, settings):
-        key = (
-            "sms_"
-            + hashlib.sha256(
-                "|".join(f"{m.message.message_id}#{int(m.message.attempts)}" for m in members).encode()
-            ).hexdigest()[:32]
-        )
-        kept = []
-        for member in members:
-            if store.bind_to_sms(member.message, key):
-                member.message.sms_key = key
-                kept.append(member)
-            else:
-                outcomes.append("stale")  # another claim, or another SMS, has it
+        reminders = "|".join(f"{m.message.message_id}#{int(m.message.attempts)}" for m in members)
+        key = "sms_" + hashlib.sha256(reminders.encode()).hexdigest()[:32]
+        kept = _bind(key, members, outcomes)
         if kept:
             sms.append((key, kept))
     return sms
+
+
+def _bind(key: str, members: list[_Ready], outcomes: list[str]) -> list[_Ready]:
+    """Those of `members` now bound to the SMS `key`; the others are another claim's or another SMS's."""
+    kept = []
+    for member in members:
+        if store.bind_to_sms(member.message, key):
+            member.message.sms_key = key
+            kept.append(member)
+        else:
+            outcomes.append("stale")
+    return kept
 
 
 def _compose(ready: list[_Ready], settings: Settings) -> list[list[_Ready]]:

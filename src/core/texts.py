@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -131,8 +131,6 @@ _REPLACEMENTS: dict[str, str] = {
 }
 
 _PLACEHOLDERS = frozenset({"name", "vaccine", "dose", "date", "clinic"})
-_GROUPED_PLACEHOLDERS = frozenset({"doses", "date", "clinic"})
-_DISCREET_PLACEHOLDERS = frozenset({"date", "clinic"})
 _REQUIRED_PLACEHOLDERS = frozenset({"name", "vaccine", "dose", "date"})
 _DATE_PLACEHOLDERS = frozenset({"weekday", "day", "month", "year"})
 
@@ -279,8 +277,11 @@ class DateFormat(_Strict):
         )
 
 
-class ReminderTemplate(_Strict):
-    """One reminder type's text, with the clinic and without it (when the appointment has none)."""
+class _ClinicVariants(_Strict):
+    """A text with the clinic and one without it (when the appointment has none, or it does not fit)."""
+
+    # Which placeholders the text may (and must) use: (allowed, required).
+    placeholders: ClassVar[tuple[frozenset[str], frozenset[str]]] = (_PLACEHOLDERS, _REQUIRED_PLACEHOLDERS)
 
     with_clinic: str
     without_clinic: str
@@ -288,47 +289,29 @@ class ReminderTemplate(_Strict):
     @field_validator("with_clinic")
     @classmethod
     def _has_clinic(cls, value: str) -> str:
-        return _check_template(value, clinic=True)
+        return _check_template(value, clinic=True, placeholders=cls.placeholders)
 
     @field_validator("without_clinic")
     @classmethod
     def _has_no_clinic(cls, value: str) -> str:
-        return _check_template(value, clinic=False)
+        return _check_template(value, clinic=False, placeholders=cls.placeholders)
 
 
-class GroupedTemplate(_Strict):
+class ReminderTemplate(_ClinicVariants):
+    """One reminder type's text for one child and dose."""
+
+
+class GroupedTemplate(_ClinicVariants):
     """The text of one SMS carrying several reminders of one type (siblings, or one child's several doses)."""
 
-    with_clinic: str
-    without_clinic: str
-
-    @field_validator("with_clinic")
-    @classmethod
-    def _has_clinic(cls, value: str) -> str:
-        return _check_template(value, clinic=True, grouped=True)
-
-    @field_validator("without_clinic")
-    @classmethod
-    def _has_no_clinic(cls, value: str) -> str:
-        return _check_template(value, clinic=False, grouped=True)
+    placeholders = (frozenset({"doses", "date", "clinic"}), frozenset({"doses", "date"}))
 
 
-class DiscreetTemplate(_Strict):
+class DiscreetTemplate(_ClinicVariants):
     """A text naming neither the child nor the vaccine (a shared phone shows only that a visit is due, when, where);
     the same text serves one reminder or several."""
 
-    with_clinic: str
-    without_clinic: str
-
-    @field_validator("with_clinic")
-    @classmethod
-    def _has_clinic(cls, value: str) -> str:
-        return _check_template(value, clinic=True, discreet=True)
-
-    @field_validator("without_clinic")
-    @classmethod
-    def _has_no_clinic(cls, value: str) -> str:
-        return _check_template(value, clinic=False, discreet=True)
+    placeholders = (frozenset({"date", "clinic"}), frozenset({"date"}))
 
 
 class GroupedList(_Strict):
@@ -362,14 +345,9 @@ class GroupedChild:
     doses: tuple[tuple[str, int], ...]
 
 
-def _check_template(template: str, *, clinic: bool, grouped: bool = False, discreet: bool = False) -> str:
+def _check_template(template: str, *, clinic: bool, placeholders: tuple[frozenset[str], frozenset[str]]) -> str:
     names = _placeholders(template)
-    if discreet:
-        allowed, required = _DISCREET_PLACEHOLDERS, frozenset({"date"})
-    elif grouped:
-        allowed, required = _GROUPED_PLACEHOLDERS, frozenset({"doses", "date"})
-    else:
-        allowed, required = _PLACEHOLDERS, _REQUIRED_PLACEHOLDERS
+    allowed, required = placeholders
     unknown = names - allowed
     if unknown:
         raise ValueError(f"unknown placeholders {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -418,53 +396,27 @@ class LanguagePack(_Strict):
         max_segments: int,
     ) -> RenderedText:
         """Render one reminder in this language; see `render_reminder`."""
-        template = self.templates.get(reminder_type)
-        if template is None:
-            raise UnknownReminderType(
-                f"unknown reminder type {reminder_type!r}; expected one of {list(REMINDER_TYPES)}"
-            )
-        if max_segments < 1:
-            raise ValueError(f"max_segments must be at least 1, got {max_segments}")
-        if isinstance(dose, bool) or dose < 0:
-            raise ValueError(f"dose must be a non-negative integer, got {dose!r}")
-        name = clean_text(name)
-        vaccine = clean_text(vaccine)
-        if not name:
-            raise ValueError("name is empty")
-        if not vaccine:
-            raise ValueError("vaccine is empty")
-        clinic = clean_text(clinic or "") or None
+        template = _of_type(self.templates, reminder_type)
+        name, vaccine = _checked(max_segments, dose, name, vaccine)
         values = {"vaccine": vaccine, "dose": str(dose), "date": self.date_format.format(due_date)}
-
-        def attempt(shown_name: str, shown_clinic: str | None) -> RenderedText:
-            if shown_clinic is None:
-                text = _fill(template.without_clinic, {**values, "name": shown_name})
-            else:
-                text = _fill(template.with_clinic, {**values, "name": shown_name, "clinic": shown_clinic})
-            return measure(normalise_gsm7(text) if self.gsm7_normalise else text)
-
         # Shortening order: the clinic goes first (the family knows where they go), the child's name after.
-        rendered = attempt(name, clinic)
-        if rendered.segments <= max_segments:
-            return rendered
-        rendered = attempt(name, None)
-        if rendered.segments <= max_segments:
-            return rendered
+        fitting, longest = self._fitting(template, {**values, "name": name}, clinic, max_segments)
+        if fitting is not None:
+            return fitting
         best: RenderedText | None = None
         low, high = 1, len(name) - 1
         while low <= high:
             keep = (low + high) // 2
             shortened = name[:keep].rstrip(" -'.,")
-            candidate = attempt(shortened, None) if shortened else None
+            candidate = self._text(template.without_clinic, {**values, "name": shortened}) if shortened else None
             if candidate is not None and candidate.segments <= max_segments:
-                best = candidate
-                low = keep + 1
+                best, low = candidate, keep + 1
             else:
                 high = keep - 1
         if best is None:
             raise TextTooLong(
                 f"{reminder_type} in {self.language!r} does not fit {max_segments} segment(s) even without the "
-                f"clinic and with the name cut to one letter ({rendered.segments} segments, {rendered.encoding})"
+                f"clinic and with the name cut to one letter ({longest.segments} segments, {longest.encoding})"
             )
         return best
 
@@ -479,11 +431,7 @@ class LanguagePack(_Strict):
     ) -> RenderedText:
         """One SMS naming every child and dose; the clinic is dropped if that is what it takes to fit. TextTooLong
         when it still does not fit: the caller splits it by child, never truncates it."""
-        template = self.grouped_templates.get(reminder_type)
-        if template is None:
-            raise UnknownReminderType(
-                f"unknown reminder type {reminder_type!r}; expected one of {list(REMINDER_TYPES)}"
-            )
+        template = _of_type(self.grouped_templates, reminder_type)
         cleaned = []
         for child in children:
             name = clean_text(child.name)
@@ -492,38 +440,57 @@ class LanguagePack(_Strict):
                 raise ValueError("a child of a grouped SMS has an empty name or vaccine")
             cleaned.append(GroupedChild(name, doses))
         values = {"doses": self.grouped_list.format(cleaned), "date": self.date_format.format(due_date)}
-        clinic = clean_text(clinic or "") or None
-        candidates = [(template.with_clinic, clinic)] if clinic else []
-        rendered = None
-        for text_template, shown_clinic in [*candidates, (template.without_clinic, None)]:
-            text = _fill(text_template, {**values, **({"clinic": shown_clinic} if shown_clinic else {})})
-            rendered = measure(normalise_gsm7(text) if self.gsm7_normalise else text)
-            if rendered.segments <= max_segments:
-                return rendered
-        assert rendered is not None
-        raise TextTooLong(f"{len(cleaned)} children need {rendered.segments} segments (limit {max_segments})")
+        fitting, longest = self._fitting(template, values, clinic, max_segments)
+        if fitting is None:
+            raise TextTooLong(f"{len(cleaned)} children need {longest.segments} segments (limit {max_segments})")
+        return fitting
 
     def render_discreet(
         self, *, reminder_type: str, due_date: date, clinic: str | None, max_segments: int
     ) -> RenderedText:
         """The discreet text: the date and the clinic only. The clinic is dropped if that is what it takes to fit."""
-        template = self.discreet_templates.get(reminder_type)
-        if template is None:
-            raise UnknownReminderType(
-                f"unknown reminder type {reminder_type!r}; expected one of {list(REMINDER_TYPES)}"
-            )
+        template = _of_type(self.discreet_templates, reminder_type)
         values = {"date": self.date_format.format(due_date)}
+        fitting, longest = self._fitting(template, values, clinic, max_segments)
+        if fitting is None:
+            raise TextTooLong(f"the discreet {reminder_type} needs {longest.segments} segments (limit {max_segments})")
+        return fitting
+
+    def _fitting(
+        self, template: _ClinicVariants, values: Mapping[str, str], clinic: str | None, max_segments: int
+    ) -> tuple[RenderedText | None, RenderedText]:
+        """The text with the clinic if it fits, else without it if that fits (else None); and the last one tried."""
         clinic = clean_text(clinic or "") or None
-        rendered = None
-        for text_template, shown in ([(template.with_clinic, clinic)] if clinic else []) + [
-            (template.without_clinic, None)
-        ]:
-            text = _fill(text_template, {**values, **({"clinic": shown} if shown else {})})
-            rendered = measure(normalise_gsm7(text) if self.gsm7_normalise else text)
-            if rendered.segments <= max_segments:
-                return rendered
-        assert rendered is not None
-        raise TextTooLong(f"the discreet {reminder_type} needs {rendered.segments} segments (limit {max_segments})")
+        rendered = self._text(template.with_clinic, {**values, "clinic": clinic}) if clinic else None
+        if rendered is not None and rendered.segments <= max_segments:
+            return rendered, rendered
+        rendered = self._text(template.without_clinic, values)
+        return (rendered if rendered.segments <= max_segments else None), rendered
+
+    def _text(self, template: str, values: Mapping[str, str]) -> RenderedText:
+        text = _fill(template, values)
+        return measure(normalise_gsm7(text) if self.gsm7_normalise else text)
+
+
+def _of_type(templates: Mapping[str, _T], reminder_type: str) -> _T:
+    template = templates.get(reminder_type)
+    if template is None:
+        raise UnknownReminderType(f"unknown reminder type {reminder_type!r}; expected one of {list(REMINDER_TYPES)}")
+    return template
+
+
+def _checked(max_segments: int, dose: int, name: str, vaccine: str) -> tuple[str, str]:
+    """The name and vaccine as they go into the text; ValueError for what no text can be made from."""
+    if max_segments < 1:
+        raise ValueError(f"max_segments must be at least 1, got {max_segments}")
+    if isinstance(dose, bool) or dose < 0:
+        raise ValueError(f"dose must be a non-negative integer, got {dose!r}")
+    name, vaccine = clean_text(name), clean_text(vaccine)
+    if not name:
+        raise ValueError("name is empty")
+    if not vaccine:
+        raise ValueError("vaccine is empty")
+    return name, vaccine
 
 
 def clean_text(value: str) -> str:
