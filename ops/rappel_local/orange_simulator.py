@@ -24,10 +24,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from core.clock import Clock
 
@@ -38,6 +47,7 @@ _TEL = re.compile(r"^tel:(\+[1-9]\d{6,14})$")
 _SENDER = re.compile(r"^tel:\+\d{4,15}$")
 _SENDER_NAME = re.compile(r"^[A-Za-z0-9 ]{1,11}$")
 _ONEAPI_ID = re.compile(r"^(SVC|POL)\d{4}$")
+_ENDPOINTS = {"/oauth/v3/token": "token", "/sms/admin/v1/contracts": "contracts"}
 _SEND_PATH = re.compile(r"^/smsmessaging/v1/outbound/([^/]+)/requests$")
 _MAX_TEXT = 1600
 
@@ -117,95 +127,108 @@ class _Reply:
     headers: Mapping[str, str]
 
 
-def _iso(field: str, value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise ValueError(f"{field}: expected an ISO-8601 date-time string, got {value!r}")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{field}: not an ISO-8601 date-time: {value!r}") from None
-    if parsed.tzinfo is None:
-        raise ValueError(f"{field}: must include a time zone (e.g. Z): {value!r}")
-    return parsed
+Phone = Annotated[str, StringConstraints(pattern=_E164.pattern)]
+Count = Annotated[int, Field(strict=True)]
+Amount = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
-def _number(field: str, value: Any, *, minimum: float, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{field}: expected a number, got {value!r}")
-    if value < minimum or (strict and value == minimum):
-        raise ValueError(f"{field}: must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
-    return float(value)
+class FaultSpec(BaseModel):
+    """One injected failure of a scenario's `provider.faults` (docs/simulation.md#faults)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    start: AwareDatetime | None = Field(None, alias="from")
+    until: AwareDatetime | None = None
+    to: Phone | None = None
+    nth: Annotated[Count, Field(ge=1)] | None = None
+    status: Annotated[Count, Field(ge=400, le=599)] | None = None
+    message_id: Annotated[str, StringConstraints(pattern=_ONEAPI_ID.pattern)] | None = None
+    code: Annotated[Count, Field(ge=0)] | None = None
+    timeout: Literal["after_send", "before_send"] | None = None
+    retry_after: Annotated[Amount, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FaultSpec:
+        # Each message starts with the field it is about: `scenario_error` puts it in the path.
+        if self.start is not None and self.until is not None and self.until <= self.start:
+            raise ValueError("until: must be after from")
+        if (self.status is None) == (self.timeout is None):
+            raise ValueError("status: give exactly one of status or timeout")
+        if self.timeout is not None:
+            extra = [name for name in ("message_id", "code", "retry_after") if getattr(self, name) is not None]
+            if extra:
+                raise ValueError(f"{extra[0]}: only allowed with status")
+        if self.message_id is not None and not 400 <= (self.status or 0) <= 499:
+            raise ValueError("message_id: OneAPI errors need a 4xx status")
+        if self.message_id is not None and self.code is not None:
+            raise ValueError("code: give either code (gateway shape) or message_id (OneAPI shape)")
+        return self
+
+    def fault(self) -> Fault:
+        """The simulator's fault."""
+        return Fault(**self.model_dump(exclude_none=False))
 
 
-def _integer(field: str, value: Any, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{field}: expected an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{field}: must be >= {minimum}, got {value!r}")
-    return value
+class ProviderSpec(BaseModel):
+    """A scenario's `provider` object for the Orange simulator (docs/simulation.md#provider)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["orange"] = "orange"
+    latency_ms: Annotated[Amount, Field(ge=0)] = 0
+    receipt_delay_seconds: Annotated[Amount, Field(ge=0)] = 0
+    faults: list[FaultSpec] = Field(default_factory=list)
+    undeliverable: list[Phone] = Field(default_factory=list)
+    token_lifetime_seconds: Annotated[Count, Field(ge=1)] = 3600
+    available_units: Annotated[Count, Field(ge=0)] = 1_000_000
+    bundle_expires_at: AwareDatetime | None = None
+    rate_limit_per_second: Annotated[Amount, Field(gt=0)] | None = None
 
 
-def _phone(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not _E164.match(value):
-        raise ValueError(f"{field}: expected an E.164 number such as +2250700000001, got {value!r}")
-    return value
+def scenario_error(exc: ValidationError) -> ValueError:
+    """A scenario's provider error, naming its field as `provider.latency_ms` or `faults[1].status`."""
+    first = exc.errors()[0]
+    loc = list(first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if loc[:1] == ["faults"] and len(loc) >= 2:
+        head = f"faults[{loc[1]}]"
+        rest = [str(part) for part in loc[2:]]
+        if not rest and ": " in message:  # a rule between fields: the message names the field
+            field, message = message.split(": ", 1)
+            rest = [field]
+        return ValueError(".".join([head, *rest]) + f": {message}")
+    path = "provider" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return ValueError(f"{path}: {message}")
 
 
-_FAULT_KEYS = {"from", "until", "to", "nth", "status", "message_id", "code", "timeout", "retry_after"}
-
-
-def parse_fault(index: int, raw: Any) -> Fault:
-    """Validate one scenario fault; the ValueError names the bad field as `faults[i].name`."""
-    where = f"faults[{index}]"
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected an object, got {raw!r}")
-    unknown = sorted(set(raw) - _FAULT_KEYS)
-    if unknown:
-        raise ValueError(f"{where}.{unknown[0]}: unknown field (known: {', '.join(sorted(_FAULT_KEYS))})")
-    start = _iso(f"{where}.from", raw["from"]) if "from" in raw else None
-    until = _iso(f"{where}.until", raw["until"]) if "until" in raw else None
-    if start is not None and until is not None and until <= start:
-        raise ValueError(f"{where}.until: must be after {where}.from")
-    to = _phone(f"{where}.to", raw["to"]) if "to" in raw else None
-    nth = _integer(f"{where}.nth", raw["nth"], minimum=1) if "nth" in raw else None
-    if ("status" in raw) == ("timeout" in raw):
-        raise ValueError(f"{where}.status: give exactly one of status or timeout")
-    status = message_id = code = timeout = None
-    retry_after = None
-    if "timeout" in raw:
-        timeout = raw["timeout"]
-        if timeout not in ("after_send", "before_send"):
-            raise ValueError(f"{where}.timeout: expected 'after_send' or 'before_send', got {timeout!r}")
-        for key in ("message_id", "code", "retry_after"):
-            if key in raw:
-                raise ValueError(f"{where}.{key}: only allowed with status")
-    else:
-        status = _integer(f"{where}.status", raw["status"], minimum=400)
-        if status > 599:
-            raise ValueError(f"{where}.status: expected an HTTP error status 400-599, got {status}")
-        if "message_id" in raw:
-            message_id = raw["message_id"]
-            if not isinstance(message_id, str) or not _ONEAPI_ID.match(message_id):
-                raise ValueError(f"{where}.message_id: expected a OneAPI id such as SVC0004 or POL0001")
-            if not 400 <= status <= 499:
-                raise ValueError(f"{where}.message_id: OneAPI errors need a 4xx status")
-        if "code" in raw:
-            if message_id is not None:
-                raise ValueError(f"{where}.code: give either code (gateway shape) or message_id (OneAPI shape)")
-            code = _integer(f"{where}.code", raw["code"], minimum=0)
-        if "retry_after" in raw:
-            retry_after = _number(f"{where}.retry_after", raw["retry_after"], minimum=0)
-    return Fault(
-        start=start,
-        until=until,
-        to=to,
-        nth=nth,
-        status=status,
-        message_id=message_id,
-        code=code,
-        timeout=timeout,
-        retry_after=retry_after,
-    )
+def _checked_send(
+    path_sender: str, headers: Mapping[str, str], data: Any
+) -> _Reply | tuple[str, str, re.Match[str], str, str | None]:
+    """A send request's (sender, address, its tel: match, text, sender name), or the error Orange answers."""
+    if "application/json" not in _header(headers, "Content-Type"):
+        return _json_reply(400, _oneapi_body("SVC0001", "Content-Type must be application/json"))
+    request = data.get("outboundSMSMessageRequest") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return _json_reply(400, _oneapi_body("SVC0001", "the body is not a JSON object"))
+    if not isinstance(request, dict):
+        return _json_reply(400, _oneapi_body("SVC0002", "outboundSMSMessageRequest"))
+    sender = unquote(path_sender)
+    if not _SENDER.match(sender) or request.get("senderAddress") != sender:
+        return _json_reply(400, _oneapi_body("SVC0004", "senderAddress"))
+    address = request.get("address")
+    if isinstance(address, list):
+        return _json_reply(400, _oneapi_body("SVC0002", "address"))
+    tel = _TEL.match(address) if isinstance(address, str) else None
+    if tel is None or not isinstance(address, str):
+        return _json_reply(400, _oneapi_body("SVC0004", "address"))
+    message_part = request.get("outboundSMSTextMessage")
+    text = message_part.get("message") if isinstance(message_part, dict) else None
+    if not isinstance(text, str) or not text or len(text) > _MAX_TEXT:
+        return _json_reply(400, _oneapi_body("SVC0002", "message"))
+    sender_name = request.get("senderName")
+    if sender_name is not None and (not isinstance(sender_name, str) or not _SENDER_NAME.match(sender_name)):
+        return _json_reply(400, _oneapi_body("SVC0002", "senderName"))
+    return sender, address, tel, text, sender_name
 
 
 def _gateway_body(code: int | None, status: int) -> dict[str, Any]:
@@ -361,58 +384,27 @@ class OrangeSimulator:
         client_secret: str,
         rate_limit_per_second: float | None,
     ) -> OrangeSimulator:
-        """Build from a scenario's `provider` object; raises ValueError naming the bad field.
+        """Build from a scenario's `provider` object (`ProviderSpec`); raises ValueError naming the bad field.
 
-        Fields: name ("orange"), latency_ms, receipt_delay_seconds, faults, undeliverable, token_lifetime_seconds,
-        available_units, bundle_expires_at, rate_limit_per_second (overrides the argument).
+        `rate_limit_per_second` is used unless the object sets its own.
         """
         if not isinstance(provider_cfg, Mapping):
             raise ValueError(f"provider: expected an object, got {provider_cfg!r}")
-        known = {
-            "name",
-            "latency_ms",
-            "receipt_delay_seconds",
-            "faults",
-            "undeliverable",
-            "token_lifetime_seconds",
-            "available_units",
-            "bundle_expires_at",
-            "rate_limit_per_second",
-        }
-        unknown = sorted(set(provider_cfg) - known)
-        if unknown:
-            raise ValueError(f"provider.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
-        if provider_cfg.get("name", "orange") != "orange":
-            raise ValueError(f"provider.name: the simulator speaks 'orange', got {provider_cfg.get('name')!r}")
-        raw_faults = provider_cfg.get("faults", [])
-        if not isinstance(raw_faults, list):
-            raise ValueError("provider.faults: expected a list")
-        raw_undeliverable = provider_cfg.get("undeliverable", [])
-        if not isinstance(raw_undeliverable, list):
-            raise ValueError("provider.undeliverable: expected a list of E.164 numbers")
-        rate = provider_cfg.get("rate_limit_per_second", rate_limit_per_second)
-        kwargs: dict[str, Any] = {
-            "faults": [parse_fault(i, f) for i, f in enumerate(raw_faults)],
-            "undeliverable": [_phone(f"provider.undeliverable[{i}]", p) for i, p in enumerate(raw_undeliverable)],
-            "rate_limit_per_second": (
-                None if rate is None else _number("provider.rate_limit_per_second", rate, minimum=0, strict=True)
-            ),
-        }
-        if "latency_ms" in provider_cfg:
-            kwargs["latency_ms"] = _number("provider.latency_ms", provider_cfg["latency_ms"], minimum=0)
-        if "receipt_delay_seconds" in provider_cfg:
-            kwargs["receipt_delay_seconds"] = _number(
-                "provider.receipt_delay_seconds", provider_cfg["receipt_delay_seconds"], minimum=0
-            )
-        if "token_lifetime_seconds" in provider_cfg:
-            kwargs["token_lifetime_seconds"] = _integer(
-                "provider.token_lifetime_seconds", provider_cfg["token_lifetime_seconds"], minimum=1
-            )
-        if "available_units" in provider_cfg:
-            kwargs["available_units"] = _integer("provider.available_units", provider_cfg["available_units"], minimum=0)
-        if "bundle_expires_at" in provider_cfg:
-            kwargs["bundle_expires_at"] = _iso("provider.bundle_expires_at", provider_cfg["bundle_expires_at"])
-        return cls(clock=clock, client_id=client_id, client_secret=client_secret, **kwargs)
+        try:
+            spec = ProviderSpec.model_validate(provider_cfg)
+        except ValidationError as exc:
+            raise scenario_error(exc) from None
+        options = spec.model_dump(exclude={"name", "faults", "bundle_expires_at", "rate_limit_per_second"})
+        if spec.bundle_expires_at is not None:
+            options["bundle_expires_at"] = spec.bundle_expires_at
+        return cls(
+            clock=clock,
+            client_id=client_id,
+            client_secret=client_secret,
+            faults=[f.fault() for f in spec.faults],
+            rate_limit_per_second=spec.rate_limit_per_second or rate_limit_per_second,
+            **options,
+        )
 
     # Lifecycle.
 
@@ -562,14 +554,7 @@ class OrangeSimulator:
         """Answer one request; None means: drop the connection without replying."""
         path = urlsplit(raw_path).path
         send_match = _SEND_PATH.match(path)
-        if send_match:
-            endpoint = "send"
-        elif path == "/oauth/v3/token":
-            endpoint = "token"
-        elif path == "/sms/admin/v1/contracts":
-            endpoint = "contracts"
-        else:
-            endpoint = "unknown"
+        endpoint = "send" if send_match else _ENDPOINTS.get(path, "unknown")
         nth = 0
         if endpoint == "send":
             with self._lock:
@@ -579,30 +564,36 @@ class OrangeSimulator:
             self._clock.sleep(self._latency)
         now = self._clock.now()
         try:
-            if endpoint == "send" and method == "POST" and send_match:
-                reply = self._send(now, nth, raw_path, send_match.group(1), headers, body)
-            elif endpoint == "token" and method == "POST":
-                reply = self._token(now, headers, body)
-            elif endpoint == "contracts" and method == "GET":
-                reply = self._contracts(now, raw_path, headers)
-            elif endpoint == "unknown":
-                reply = _json_reply(404, {"message": "Resource not found", "description": f"No resource at {path}"})
-            else:
-                reply = _json_reply(405, {"message": "Method not allowed", "description": f"{method} {path}"})
+            reply = self._route(endpoint, method, now, nth, raw_path, send_match, headers, body)
         except Exception:
             logger.exception("orange simulator: error handling %s %s", method, path)
             reply = _json_reply(500, _gateway_body(1, 500))
         with self._lock:
-            self._received.append(
-                ReceivedRequest(
-                    at=now,
-                    method=method,
-                    path=raw_path,
-                    endpoint=endpoint,
-                    status=None if reply is None else reply.status,
-                )
-            )
+            status = None if reply is None else reply.status
+            self._received.append(ReceivedRequest(now, method, raw_path, endpoint, status))
         return reply
+
+    def _route(
+        self,
+        endpoint: str,
+        method: str,
+        now: datetime,
+        nth: int,
+        raw_path: str,
+        send_match: re.Match[str] | None,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> _Reply | None:
+        if endpoint == "unknown":
+            path = urlsplit(raw_path).path
+            return _json_reply(404, {"message": "Resource not found", "description": f"No resource at {path}"})
+        if (endpoint, method) == ("send", "POST") and send_match:
+            return self._send(now, nth, raw_path, send_match.group(1), headers, body)
+        if (endpoint, method) == ("token", "POST"):
+            return self._token(now, headers, body)
+        if (endpoint, method) == ("contracts", "GET"):
+            return self._contracts(now, raw_path, headers)
+        return _json_reply(405, {"message": "Method not allowed", "description": f"{method} {urlsplit(raw_path).path}"})
 
     def _token(self, now: datetime, headers: Mapping[str, str], body: bytes) -> _Reply:
         auth = _header(headers, "Authorization")
@@ -714,30 +705,10 @@ class OrangeSimulator:
     def _process_send(
         self, now: datetime, raw_path: str, path_sender: str, headers: Mapping[str, str], data: Any
     ) -> _Reply:
-        if "application/json" not in _header(headers, "Content-Type"):
-            return _json_reply(400, _oneapi_body("SVC0001", "Content-Type must be application/json"))
-        if not isinstance(data, dict):
-            return _json_reply(400, _oneapi_body("SVC0001", "the body is not a JSON object"))
-        request = data.get("outboundSMSMessageRequest")
-        if not isinstance(request, dict):
-            return _json_reply(400, _oneapi_body("SVC0002", "outboundSMSMessageRequest"))
-        sender = unquote(path_sender)
-        if not _SENDER.match(sender) or request.get("senderAddress") != sender:
-            return _json_reply(400, _oneapi_body("SVC0004", "senderAddress"))
-        address = request.get("address")
-        if isinstance(address, list):
-            return _json_reply(400, _oneapi_body("SVC0002", "address"))
-        tel = _TEL.match(address) if isinstance(address, str) else None
-        if tel is None:
-            return _json_reply(400, _oneapi_body("SVC0004", "address"))
-        message_part = request.get("outboundSMSTextMessage")
-        text = message_part.get("message") if isinstance(message_part, dict) else None
-        if not isinstance(text, str) or not text or len(text) > _MAX_TEXT:
-            return _json_reply(400, _oneapi_body("SVC0002", "message"))
-        sender_name = request.get("senderName")
-        if sender_name is not None and (not isinstance(sender_name, str) or not _SENDER_NAME.match(sender_name)):
-            return _json_reply(400, _oneapi_body("SVC0002", "senderName"))
-
+        checked = _checked_send(path_sender, headers, data)
+        if isinstance(checked, _Reply):
+            return checked
+        sender, address, tel, text, sender_name = checked
         recipient = tel.group(1)
         with self._lock:
             if self._units <= 0 or now >= self._bundle_expires_at:

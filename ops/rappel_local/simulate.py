@@ -33,7 +33,7 @@ from rappel_local.embedded import (
 from rappel_local.invariants import check_invariants
 from rappel_local.moto_shortcuts import moto_shortcuts
 from rappel_local.orange_simulator import OrangeSimulator
-from rappel_local.scenario import OPERATOR_EVENTS, Scenario, load_scenario
+from rappel_local.scenario import OPERATOR_EVENTS, Scenario, ScenarioEvent, load_scenario
 from rappel_local.stack import send_queue_visibility_timeout
 
 SIM_CREDENTIALS = {"client_id": "rappel-simulated-client", "client_secret": "simulated-secret-not-real"}
@@ -156,19 +156,8 @@ class Simulation:
         stale = True  # whether the due index may have changed since `earliest_due` was read
         while True:
             now = virtual.now()
-            stale = stale or (index < len(events) and events[index].at <= now)
-            while index < len(events) and events[index].at <= now:
-                event = events[index]
-                if event.type in OPERATOR_EVENTS:
-                    set_consent(str(event.detail.get("phone", "")), event.type == "OptInByPhone", settings)
-                else:
-                    stamp = event.time or event.at
-                    envelope = make_envelope(event.type, event.detail, event_id=event.id or f"sim-{index}", at=stamp)
-                    response = self._call("plan_reminders", envelope)
-                    self._record_event(event.at, event.type, response)
-                    if not (isinstance(response, dict) and response.get("applied")):
-                        self.not_applied.add(id(event))
-                index += 1
+            applied = self._apply_events_due(events, index, now, settings)
+            stale, index = stale or applied > index, applied
             simulator.post_due_receipts(now, receipt_url)
             for item in [r for r in requeue if r.visible_at <= now]:
                 sqs.change_message_visibility(
@@ -199,6 +188,23 @@ class Simulation:
                 simulator.post_due_receipts(until, receipt_url)
                 break
             virtual.advance_to(wake)
+
+    def _apply_events_due(self, events: list[ScenarioEvent], index: int, now: datetime, settings: Settings) -> int:
+        """Apply the events from `index` whose time has come, as the clinic system (or an operator) would; returns
+        the index of the first event still to come."""
+        while index < len(events) and events[index].at <= now:
+            event = events[index]
+            if event.type in OPERATOR_EVENTS:
+                set_consent(str(event.detail.get("phone", "")), event.type == "OptInByPhone", settings)
+            else:
+                stamp = event.time or event.at
+                envelope = make_envelope(event.type, event.detail, event_id=event.id or f"sim-{index}", at=stamp)
+                response = self._call("plan_reminders", envelope)
+                self._record_event(event.at, event.type, response)
+                if not (isinstance(response, dict) and response.get("applied")):
+                    self.not_applied.add(id(event))
+            index += 1
+        return index
 
     def _drain(
         self,

@@ -267,14 +267,24 @@ def assert_invariants(
     messages = {m["message_id"]: m for m in out["messages"]}
     assert len(messages) == len(out["messages"]), "a message id appears twice in messages"
 
-    # 1. Nothing lost: settled, or pending/queued with its deadline still ahead.
+    _nothing_lost(out, until, dead_letters_ok, dump)
+    per_message = _sent_once_each(out, messages, timeline, dump)
+    _never_when_stopped(out, messages, timeline, quiet, dump)
+    _under_the_rate_limit(out, scenario_dict, settings, checked)
+    _never_backwards(out, per_message)
+
+
+def _nothing_lost(out: dict[str, Any], until: datetime, dead_letters_ok: bool, dump: str) -> None:
+    """Invariant 1: settled, or pending/queued with its deadline still ahead."""
     for m in out["messages"]:
         legit_waiting = m["status"] in {"pending", "queued"} and utc(m["deadline"]) > until
         allowed = m["status"] in SETTLED or legit_waiting or (dead_letters_ok and m["status"] == "dead_letter")
         assert allowed, f"{m['message_id']} is {m['status']} (deadline {m['deadline']}, run until {z(until)})\n{dump}"
         assert m["attempts"] >= 0
 
-    # 2. Nothing sent twice, and every accepted request belongs to a message whose record says so.
+
+def _sent_once_each(out: dict[str, Any], messages: dict[str, Any], timeline: _Timeline, dump: str) -> Counter[str]:
+    """Invariant 2: every accepted SMS carries known reminders, none carried twice; the counts."""
     per_message = Counter(mid for s in out["sends"] for mid in s["message_ids"])
     assert all(s["message_ids"] for s in out["sends"]), f"a provider-accepted send matches no message\n{dump}"
     carried = [(send, messages[mid]) for send in out["sends"] for mid in send["message_ids"]]
@@ -296,7 +306,15 @@ def assert_invariants(
         patient = timeline.patient_at(m["patient_id"], utc(send["at"]))
         assert patient is not None and send["to"] == patient["phone"], f"sent to the wrong number: {send}"
 
-    # 3. Never to an opted-out number, for a dose given / cancelled / rescheduled, after the deadline, in quiet hours.
+    return per_message
+
+
+def _never_when_stopped(
+    out: dict[str, Any], messages: dict[str, Any], timeline: _Timeline, quiet: tuple[time, time] | None, dump: str
+) -> None:
+    """Invariant 3: never to an opted-out number, for a dose given / cancelled / rescheduled, after the deadline,
+    in quiet hours."""
+    carried = [(send, messages[mid]) for send in out["sends"] for mid in send["message_ids"]]
     for send, m in carried:
         at = utc(send["at"])
         patient = timeline.patient_at(m["patient_id"], at)
@@ -316,7 +334,11 @@ def assert_invariants(
             local = utc(m["sent_at"]).astimezone(ZoneInfo(timeline.zone_of(m["patient_id"])))
             assert local.date() < date.fromisoformat(m["due_date"]), f"{m['message_id']} sent on/after the due date"
 
-    # Rate limit: ours, and the provider's when the scenario sets a lower one.
+
+def _under_the_rate_limit(
+    out: dict[str, Any], scenario_dict: dict[str, Any], settings: dict[str, Any], checked: dict[str, Any]
+) -> None:
+    """Ours, and the provider's when the scenario sets a lower one."""
     limit = float(settings.get("SMS_RATE_LIMIT_PER_SECOND", 5))
     peak = max_per_second([utc(s["at"]) for s in out["sends"]])
     assert peak <= limit, f"{peak} sends in one second (limit {limit})"
@@ -325,7 +347,9 @@ def assert_invariants(
     if provider_limit is not None:
         assert peak <= max(1, provider_limit)
 
-    # 4. Never backwards, as far as the output shows: the timestamps agree with the status.
+
+def _never_backwards(out: dict[str, Any], per_message: Counter[str]) -> None:
+    """Invariants 4 and 5, as far as the output shows: timestamps agree with the status; nothing re-pended."""
     for m in out["messages"]:
         if m["status"] == "delivered":
             assert m["sent_at"] and m["delivered_at"] and m["delivered_at"] >= m["sent_at"], m

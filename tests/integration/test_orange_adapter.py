@@ -16,7 +16,7 @@ import requests
 
 from core.clock import VirtualClock
 from core.providers import Accepted, FailureKind, OrangeProvider, ProviderError, SmsProvider
-from rappel_local.orange_simulator import OrangeSimulator, parse_fault
+from rappel_local.orange_simulator import FaultSpec, OrangeSimulator
 
 pytestmark = pytest.mark.integration
 
@@ -184,7 +184,7 @@ def test_before_request_runs_after_the_token_and_before_each_send_request_the_re
 def test_a_refresh_that_does_not_help_stops_after_one_replay(
     sim_clock: VirtualClock, adapter_clock: VirtualClock
 ) -> None:
-    fault = parse_fault(0, {"from": at(-10), "until": at(60), "status": 401, "code": 42})
+    fault = FaultSpec.model_validate({"from": at(-10), "until": at(60), "status": 401, "code": 42}).fault()
     with make_sim(sim_clock, faults=[fault]) as sim:
         adapter = make_provider(sim.base_url, adapter_clock)
         with pytest.raises(ProviderError) as caught:
@@ -215,7 +215,7 @@ def test_invalid_credentials_are_provider_wide(sim: OrangeSimulator, adapter_clo
 def test_revoked_credentials_401_41_hold_the_queue_without_a_refresh(
     sim_clock: VirtualClock, adapter_clock: VirtualClock
 ) -> None:
-    with make_sim(sim_clock, faults=[parse_fault(0, {"status": 401, "code": 41})]) as sim:
+    with make_sim(sim_clock, faults=[FaultSpec.model_validate({"status": 401, "code": 41}).fault()]) as sim:
         adapter = make_provider(sim.base_url, adapter_clock)
         with pytest.raises(ProviderError) as caught:
             send(adapter)
