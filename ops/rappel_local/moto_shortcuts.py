@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
+import inspect
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +29,8 @@ from moto.dynamodb.models.table import Table
 # DynamoDB types whose Python value is the stored value itself (moto tests five other types first).
 _VALUE_AS_IS = frozenset({"S", "B", "BOOL"})
 _query_keys = threading.local()
+# The moto release the shortcuts were compared against (tests/unit/test_moto_shortcuts.py); any other runs without.
+SHORTCUT_MOTO_VERSION = "5.2.5"
 _active = 0  # how many moto_shortcuts() blocks are open: the bench opens one around simulations that open theirs
 
 
@@ -142,10 +147,13 @@ def _remembered_parse(slow: Any) -> Any:
 
 
 def _query_with_key_filter(original: Any) -> Any:
+    signature = inspect.signature(original)
+
     def query(self: Table, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
-        index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
-        if index_name:
-            tests = [_equals(name, value) for name, value in kwargs.get("hash_key_conditions") or ()]
+        # By name, not position: a moto that reorders Table.query's parameters still reads the right ones.
+        bound = signature.bind(self, hash_key, *args, **kwargs).arguments
+        if bound.get("index_name"):
+            tests = [_equals(name, value) for name, value in bound.get("hash_key_conditions") or ()]
         else:
             tests = [_equals(None, hash_key)] if hash_key is not None else []
         _query_keys.tests = tests
@@ -176,6 +184,16 @@ def moto_shortcuts() -> Iterator[None]:
     A block opened inside another changes nothing more (wrapping the shortcuts twice would only slow them).
     """
     global _active
+    installed = importlib.metadata.version("moto")
+    if installed != SHORTCUT_MOTO_VERSION:
+        # The shortcuts reach into moto's internals: on a moto they were not checked against, run moto as it is.
+        warnings.warn(
+            f"moto {installed} is not {SHORTCUT_MOTO_VERSION}, the version moto_shortcuts was checked against: "
+            "running without them (slower, same answers)",
+            stacklevel=3,
+        )
+        yield
+        return
     if _active:
         _active += 1
         try:

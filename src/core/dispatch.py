@@ -17,7 +17,7 @@ from core.metric_names import MetricName
 from core.observability import count, logger, measure
 from core.queue import QueuedMessage, QueuedSms
 from core.settings import Settings
-from core.store import Change, MessageRecord, iso, parse_iso
+from core.store import Change, Guard, MessageRecord, iso, parse_iso
 from core.timing import ReminderType
 
 
@@ -115,7 +115,7 @@ def _expire(message: MessageRecord, now: datetime, settings: Settings) -> bool:
         target=Status.EXPIRED,
         sources=frozenset({Status.PENDING, Status.QUEUED, Status.DEAD_LETTER}),
         set={"last_error": why},
-        condition=MessageRecord.version == message.version,
+        guard=Guard.VERSION,
     )
     done = store.transition(message, change, at=now, settings=settings)
     if done:
@@ -125,13 +125,12 @@ def _expire(message: MessageRecord, now: datetime, settings: Settings) -> bool:
 
 def _claim(message: MessageRecord, now: datetime, settings: Settings) -> str:
     """'claimed', 'dead_letter' (re-claimed too often: something downstream keeps crashing), or 'lost'."""
-    guard = (MessageRecord.version == message.version) & (MessageRecord.due_at <= iso(now))
     if message.state is Status.QUEUED and int(message.dispatches) >= settings.SMS_MAX_DISPATCHES:
         change = Change(
             target=Status.DEAD_LETTER,
             sources=frozenset({Status.QUEUED}),
             set={"last_error": f"lease expired {int(message.dispatches)} times without a send"},
-            condition=guard,
+            guard=Guard.VERSION | Guard.DUE,
         )
         # DLQ copy first, status second: a spare copy is dropped as stale on redrive; a missing one strands it.
         queue.put_dead_letter(QueuedMessage(message.message_id, int(message.version) + 1), settings)
@@ -151,6 +150,6 @@ def _claim(message: MessageRecord, now: datetime, settings: Settings) -> str:
             # not the claims of earlier attempts that ended in a retry or a deferral.
             "dispatches": int(message.dispatches) + 1 if message.state is Status.QUEUED else 1,
         },
-        condition=guard,
+        guard=Guard.VERSION | Guard.DUE,
     )
     return "claimed" if store.transition(message, change, at=now, settings=settings) else "lost"

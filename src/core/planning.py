@@ -27,7 +27,7 @@ from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger
 from core.settings import Settings
-from core.store import AppointmentRecord, Change, MessageRecord, PatientRecord, iso
+from core.store import AppointmentRecord, Change, Guard, MessageRecord, PatientRecord, iso
 from core.timing import plan_reminders
 from core.wanted import why_not_wanted
 
@@ -347,9 +347,7 @@ def revive_message(
         },
         # Not one the provider took or may have taken: sent while being cancelled, an ambiguous attempt, or bound to
         # a grouped SMS whose request may have gone out.
-        condition=MessageRecord.sent_at.does_not_exist()
-        & MessageRecord.text.does_not_exist()
-        & MessageRecord.sms_key.does_not_exist(),
+        guard=Guard.NEVER_SENT,
     )
     return store.transition(message, change, at=now, settings=settings)
 

@@ -18,7 +18,7 @@ from core.metric_names import MetricName
 from core.observability import count, logger, measure
 from core.secrets import secret_text
 from core.settings import Settings
-from core.store import Change, MessageRecord, iso, parse_iso
+from core.store import Change, Guard, iso, parse_iso
 
 # Orange (OneAPI) delivery statuses -> our status; None means "still sent, recorded as information".
 ORANGE_STATUSES: dict[str, Status | None] = {
@@ -163,7 +163,7 @@ def apply_receipt(
         target=target,
         sources=sources[target] & frozenset({message.state}),
         set={"receipt_status": provider_status, **stamp, **(learnt or {})},
-        condition=MessageRecord.version == message.version,
+        guard=Guard.VERSION,
     )
     if not store.transition(message, change, at=now, settings=settings):
         return ReceiptOutcome("unchanged", message_id)

@@ -35,7 +35,7 @@ from core.providers.factory import provider_for
 from core.queue import QueuedMessage
 from core.retry import backoff
 from core.settings import AmbiguousSendPolicy, Settings
-from core.store import AppointmentRecord, Change, MessageRecord, PatientRecord, iso, parse_iso
+from core.store import AppointmentRecord, Change, Guard, MessageRecord, PatientRecord, iso, parse_iso
 from core.texts import (
     GroupedChild,
     RenderedText,
@@ -488,7 +488,7 @@ def _take_back_dead_letter(message: MessageRecord, now: datetime, settings: Sett
             "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
             "dispatches": 1,
         },
-        condition=MessageRecord.version == message.version,
+        guard=Guard.VERSION,
     )
     if not store.transition(message, change, at=now, settings=settings):
         return None
@@ -505,7 +505,7 @@ def _settle(
         target=target,
         sources=frozenset({Status.QUEUED}),
         set={"last_error": why, **stamp},
-        condition=MessageRecord.version == message.version,
+        guard=Guard.VERSION,
     )
     if not store.transition(message, change, at=now, settings=settings):
         return "stale"
@@ -543,7 +543,7 @@ def _defer(
         target=Status.PENDING,
         sources=frozenset({Status.QUEUED}),
         set=values,
-        condition=(MessageRecord.version == message.version) & (MessageRecord.attempts == message.attempts),
+        guard=Guard.VERSION | Guard.ATTEMPTS,
     )
     if not store.transition(message, change, at=now, settings=settings):
         return "stale"
@@ -645,7 +645,7 @@ def _dead_letter(
         sources=frozenset({Status.QUEUED}),
         set={"last_error": why, "attempts": attempt, "failed_at": iso(now), **(extra or {})},
         # The version too: the DLQ copy above names version + 1, and only that copy may take the dead letter back.
-        condition=(MessageRecord.attempts == message.attempts) & (MessageRecord.version == message.version),
+        guard=Guard.VERSION | Guard.ATTEMPTS,
     )
     if not store.transition(message, change, at=now, settings=settings):
         return "stale"
@@ -680,7 +680,7 @@ def _record_sent(
         target=Status.SENT,
         sources=frozenset({Status.QUEUED}),
         set=values,
-        condition=MessageRecord.attempts == message.attempts,
+        guard=Guard.ATTEMPTS,
     )
     if not store.transition(message, change, at=now, settings=settings):
         current = store.get_message(message.message_id)

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import Flag, auto
 from typing import Any
 
 from pynamodb.attributes import (
@@ -563,6 +564,16 @@ def iterate_messages(status: Status | None = None) -> Iterator[MessageRecord]:
     return MessageRecord.scan(condition)
 
 
+class Guard(Flag):
+    """What else must still hold for a status change, besides the source status (the store makes it a condition)."""
+
+    NONE = 0
+    VERSION = auto()  # the message is at the version it was read at: nobody moved it since
+    ATTEMPTS = auto()  # no attempt was recorded on it since it was read
+    DUE = auto()  # its due time has come (a claim)
+    NEVER_SENT = auto()  # no send, ambiguous attempt or grouped SMS is recorded on it (a revival)
+
+
 @dataclass(frozen=True)
 class Change:
     """One status change: where to, from which statuses, what else to set, and what else must hold."""
@@ -570,7 +581,7 @@ class Change:
     target: Status
     sources: frozenset[Status]
     set: Mapping[str, Any]
-    condition: Condition | None = None
+    guard: Guard = Guard.NONE
 
 
 def transition(message: MessageRecord, change: Change, *, at: datetime, settings: Settings) -> bool:
@@ -603,8 +614,8 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
     elif change.target is Status.DEAD_LETTER:
         actions.append(MessageRecord.expires_at.remove())  # dead letters are kept until resolved
     condition = MessageRecord.status.is_in(*(s.value for s in sorted(sources)))
-    if change.condition is not None:
-        condition = condition & change.condition
+    for part in _guard_conditions(change.guard, message, at):
+        condition = condition & part
     try:
         MessageRecord(message.message_id).update(actions=actions, condition=condition)
     except UpdateError as exc:
@@ -624,6 +635,23 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
         )
     )
     return True
+
+
+def _guard_conditions(guard: Guard, message: MessageRecord, at: datetime) -> list[Condition]:
+    parts: list[Condition] = []
+    if Guard.VERSION in guard:
+        parts.append(MessageRecord.version == message.version)
+    if Guard.ATTEMPTS in guard:
+        parts.append(MessageRecord.attempts == message.attempts)
+    if Guard.DUE in guard:
+        parts.append(MessageRecord.due_at <= iso(at))
+    if Guard.NEVER_SENT in guard:
+        parts += [
+            MessageRecord.sent_at.does_not_exist(),
+            MessageRecord.text.does_not_exist(),
+            MessageRecord.sms_key.does_not_exist(),
+        ]
+    return parts
 
 
 def update_pending(message: MessageRecord, values: Mapping[str, Any], shards: int) -> bool:

@@ -15,7 +15,7 @@ from core import store
 from core.lifecycle import IllegalTransition, Status
 from core.planning import handle_clinic_event
 from core.settings import Settings, build_settings
-from core.store import Change, MessageRecord, iso
+from core.store import Change, Guard, MessageRecord, iso
 from rappel_local.stack import create_stack
 from tests.helpers import dose, patient
 
@@ -81,7 +81,7 @@ def test_transitions_are_refused_by_the_state_machine_and_by_the_condition(setti
         Status.QUEUED,
         frozenset({Status.PENDING}),
         {"queued_at": iso(now)},
-        condition=MessageRecord.version == message.version,
+        guard=Guard.VERSION,
     )
     assert store.transition(message, claim, at=now, settings=settings)
     assert not store.transition(message, claim, at=now, settings=settings)  # a second claimer loses the race

@@ -215,6 +215,18 @@ def test_every_replaced_part_is_restored_afterwards() -> None:
     assert [vars(owner)[name] for owner, name in REPLACED] == before
 
 
+def test_on_a_moto_they_were_not_checked_against_nothing_is_replaced_and_a_warning_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.9.9" if name == "moto" else real_version(name))
+    before = [vars(owner)[name] for owner, name in REPLACED]
+    with pytest.warns(UserWarning, match="moto 9.9.9 is not"), moto_shortcuts():
+        assert [vars(owner)[name] for owner, name in REPLACED] == before
+
+
 def test_a_block_inside_another_keeps_the_outer_replacements_until_the_outer_ends() -> None:
     before = [vars(owner)[name] for owner, name in REPLACED]
     with moto_shortcuts():
