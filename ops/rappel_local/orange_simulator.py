@@ -39,13 +39,13 @@ from pydantic import (
 )
 
 from core.clock import Clock
+from core.providers.orange import SENDER_NAME
 
 logger = logging.getLogger(__name__)
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _TEL = re.compile(r"^tel:(\+[1-9]\d{6,14})$")
 _SENDER = re.compile(r"^tel:\+\d{4,15}$")
-_SENDER_NAME = re.compile(r"^[A-Za-z0-9 ]{1,11}$")
 _ONEAPI_ID = re.compile(r"^(SVC|POL)\d{4}$")
 _ENDPOINTS = {"/oauth/v3/token": "token", "/sms/admin/v1/contracts": "contracts"}
 _SEND_PATH = re.compile(r"^/smsmessaging/v1/outbound/([^/]+)/requests$")
@@ -226,7 +226,10 @@ def _checked_send(
     if not isinstance(text, str) or not text or len(text) > _MAX_TEXT:
         return _json_reply(400, _oneapi_body("SVC0002", "message"))
     sender_name = request.get("senderName")
-    if sender_name is not None and (not isinstance(sender_name, str) or not _SENDER_NAME.match(sender_name)):
+    # Present means named: the adapter leaves senderName out rather than send an empty one.
+    if sender_name is not None and (
+        not isinstance(sender_name, str) or not SENDER_NAME.match(sender_name.strip() or "!")
+    ):
         return _json_reply(400, _oneapi_body("SVC0002", "senderName"))
     return sender, address, tel, text, sender_name
 

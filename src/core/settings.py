@@ -16,6 +16,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.providers.orange import SENDER_NAME
+
 
 class AmbiguousSendPolicy(StrEnum):
     """What to do when the provider may or may not have accepted a message (timeout after the request left)."""
@@ -100,7 +102,7 @@ class Settings(BaseSettings):
     # Orange (credentials come from Secrets Manager, never from here).
     ORANGE_API_BASE_URL: str = "https://api.orange.com"
     ORANGE_SENDER_ADDRESS: Annotated[str, Field(pattern=r"^tel:\+\d{4,15}$")] = "tel:+2250000"
-    ORANGE_SENDER_NAME: Annotated[str, Field(pattern=r"^[A-Za-z0-9]{0,11}$")] = ""
+    ORANGE_SENDER_NAME: Annotated[str, Field(pattern=SENDER_NAME.pattern)] = ""
     ORANGE_COUNTRY: Annotated[str, Field(pattern=r"^([A-Z]{3})?$")] = "CIV"
     ORANGE_CREDENTIALS_SECRET: str = "rappel/orange-credentials"
     KANNEL_SENDSMS_URL: str = "http://127.0.0.1:13013/cgi-bin/sendsms"

@@ -120,6 +120,19 @@ def test_empty_sender_name_is_left_out(sim: OrangeSimulator, adapter_clock: Virt
     assert sim.accepted[0].sender_name is None
 
 
+def test_one_sender_name_rule_for_settings_adapter_and_simulator(
+    sim: OrangeSimulator, adapter_clock: VirtualClock
+) -> None:
+    """A name with a space is what alphanumeric sender ids allow: the settings take it, the simulator accepts it."""
+    from core.settings import ConfigurationError, build_settings
+
+    assert build_settings(ORANGE_SENDER_NAME="Rappel CI").ORANGE_SENDER_NAME == "Rappel CI"
+    with pytest.raises(ConfigurationError, match="ORANGE_SENDER_NAME"):
+        build_settings(ORANGE_SENDER_NAME="Rappel-CI!")
+    send(make_provider(sim.base_url, adapter_clock, sender_name="Rappel CI"))
+    assert sim.accepted[0].sender_name == "Rappel CI"
+
+
 def test_token_is_fetched_once_and_cached(sim: OrangeSimulator, provider: OrangeProvider) -> None:
     for i in range(5):
         send(provider, mid=f"m{i}")

@@ -35,7 +35,9 @@ logger = logging.getLogger(__name__)
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _SENDER = re.compile(r"^tel:\+\d{4,15}$")
-_SENDER_NAME = re.compile(r"^[A-Za-z0-9 ]{0,11}$")
+# The one rule for an Orange sender name (settings, the adapter and the simulator use it): up to 11 letters, digits
+# or spaces, as alphanumeric sender ids allow; empty means none (the request then carries no senderName).
+SENDER_NAME = re.compile(r"^[A-Za-z0-9 ]{0,11}$")
 _COUNTRY = re.compile(r"^([A-Z]{3})?$")
 # Orange documents a one-hour token; used when its `expires_in` cannot be read.
 _DEFAULT_TOKEN_SECONDS = 3600
@@ -145,7 +147,7 @@ class OrangeProvider:
             raise ValueError("base_url must be an http(s) URL")
         if not _SENDER.match(sender_address):
             raise ValueError("sender_address must look like tel:+2250000")
-        if not _SENDER_NAME.match(sender_name):
+        if not SENDER_NAME.match(sender_name):
             raise ValueError("sender_name must be at most 11 letters, digits or spaces")
         if not _COUNTRY.match(country):
             raise ValueError("country must be an ISO-3166 alpha-3 code such as CIV, or empty")
