@@ -482,6 +482,20 @@ def test_every_setting_is_wired_into_the_template() -> None:
         assert name in Settings.model_fields or name.startswith("POWERTOOLS_"), f"{name} is not a setting"
 
 
+def test_a_parameter_pattern_is_the_pattern_its_setting_validates() -> None:
+    """One rule per value: where a setting has a pattern, the template's AllowedPattern is that very pattern."""
+    environment = globals_environment()
+    checked = 0
+    for name, field in Settings.model_fields.items():
+        patterns = [getattr(m, "pattern", None) for m in field.metadata if getattr(m, "pattern", None)]
+        ref = environment.get(name)
+        if not patterns or not isinstance(ref, dict) or ref.get("Ref") not in PARAMETERS:
+            continue
+        assert PARAMETERS[ref["Ref"]].get("AllowedPattern") == patterns[0], name
+        checked += 1
+    assert checked >= 3
+
+
 @pytest.mark.parametrize("parameter_id", sorted(PARAMETERS))
 def test_parameter_defaults_satisfy_their_own_constraints(parameter_id: str) -> None:
     parameter = PARAMETERS[parameter_id]
