@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from core import clock, provider_state, queue, store
 from core.lifecycle import Status
@@ -19,6 +20,14 @@ from core.queue import QueuedMessage, QueuedSms
 from core.settings import Settings
 from core.store import Change, Guard, MessageRecord, iso, parse_iso
 from core.timing import ReminderType
+
+
+class ClaimOutcome(StrEnum):
+    """What one claim of a due message did."""
+
+    CLAIMED = "claimed"
+    DEAD_LETTER = "dead_letter"  # re-claimed too often: something downstream keeps crashing on it
+    LOST = "lost"  # another dispatcher, or a change, got there first
 
 
 @dataclass
@@ -60,11 +69,11 @@ def dispatch_due(settings: Settings) -> DispatchResult:
     claimed: list[tuple[MessageRecord, QueuedMessage]] = []
     for message in live[: result.capacity]:
         outcome = _claim(message, now, settings)
-        if outcome == "claimed":
+        if outcome is ClaimOutcome.CLAIMED:
             claimed.append((message, QueuedMessage(message.message_id, int(message.version) + 1)))
             lag = (now - parse_iso(message.scheduled_at)).total_seconds()
             measure(MetricName.DISPATCH_LAG_SECONDS, max(lag, 0.0))
-        elif outcome == "dead_letter":
+        elif outcome is ClaimOutcome.DEAD_LETTER:
             result.dead_lettered += 1
         else:
             result.lost_races += 1
@@ -123,8 +132,7 @@ def _expire(message: MessageRecord, now: datetime, settings: Settings) -> bool:
     return done
 
 
-def _claim(message: MessageRecord, now: datetime, settings: Settings) -> str:
-    """'claimed', 'dead_letter' (re-claimed too often: something downstream keeps crashing), or 'lost'."""
+def _claim(message: MessageRecord, now: datetime, settings: Settings) -> ClaimOutcome:
     if message.state is Status.QUEUED and int(message.dispatches) >= settings.SMS_MAX_DISPATCHES:
         change = Change(
             target=Status.DEAD_LETTER,
@@ -135,9 +143,9 @@ def _claim(message: MessageRecord, now: datetime, settings: Settings) -> str:
         # DLQ copy first, status second: a spare copy is dropped as stale on redrive; a missing one strands it.
         queue.put_dead_letter(QueuedMessage(message.message_id, int(message.version) + 1), settings)
         if not store.transition(message, change, at=now, settings=settings):
-            return "lost"
+            return ClaimOutcome.LOST
         count(MetricName.SMS_DEAD_LETTERED, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
-        return "dead_letter"
+        return ClaimOutcome.DEAD_LETTER
     lease_end = now + timedelta(minutes=settings.SMS_CLAIM_LEASE_MINUTES)
     change = Change(
         target=Status.QUEUED,
@@ -152,4 +160,4 @@ def _claim(message: MessageRecord, now: datetime, settings: Settings) -> str:
         },
         guard=Guard.VERSION | Guard.DUE,
     )
-    return "claimed" if store.transition(message, change, at=now, settings=settings) else "lost"
+    return ClaimOutcome.CLAIMED if store.transition(message, change, at=now, settings=settings) else ClaimOutcome.LOST

@@ -14,6 +14,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -71,6 +72,23 @@ class Pacer:
         self._next = slot + timedelta(seconds=1 / per_second)
 
 
+class SendOutcome(StrEnum):
+    """What became of one reminder of a send queue record (logs, tests and the batch's own bookkeeping)."""
+
+    SENT = "sent"
+    AMBIGUOUS_SENT = "ambiguous_sent"  # recorded sent after a timeout that left the request's fate unknown
+    ALREADY_RECORDED = "already_recorded"  # a replay found the send recorded already
+    SENT_UNRECORDED = "sent_unrecorded"  # the provider took it while it was being cancelled
+    DEFERRED = "deferred"  # back to pending without an attempt (quiet hours, hold, throttled)
+    RETRY = "retry"  # back to pending after a failed attempt
+    DEAD_LETTER = "dead_letter"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    STALE = "stale"  # this record's claim is not the message's current one
+    UNKNOWN = "unknown"  # no such message
+
+
 class _NotNow(Exception):
     """Raised just before the request when it may not go now: `until` the next allowed time; a reminder whose
     deadline is before `sent_by` (when the request could reach the provider) expires instead."""
@@ -103,7 +121,7 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     if hasattr(context, "get_remaining_time_in_millis"):
         config.register_lambda_context(context)
     pacer = _pacer
-    outcomes: list[str] = []
+    outcomes: list[SendOutcome] = []
 
     def record_handler(record: SQSRecord) -> str:
         if hasattr(context, "get_remaining_time_in_millis") and context.get_remaining_time_in_millis() < 15_000:
@@ -116,7 +134,7 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     response = process_partial_response(
         event=event, record_handler=record_handler, processor=_processor, context=context
     )
-    if Status.SENT.value in outcomes:
+    if SendOutcome.SENT in outcomes:
         provider_state.record_send(clock.now())  # once per batch: health only needs minutes
     return response
 
@@ -150,7 +168,7 @@ def reset() -> None:
     _default_pacer = _pacer = Pacer()
 
 
-def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> str:
+def send_queued(item: QueuedMessage, settings: Settings, pacer: Pacer) -> SendOutcome:
     """Send one queued message if it may still go out; returns what happened (for logs and tests)."""
     return send_reminders((item,), settings, pacer)[0]
 
@@ -168,15 +186,15 @@ class _Ready:
         return ZoneInfo(self.patient.timezone)
 
 
-def send_reminders(items: Sequence[QueuedMessage], settings: Settings, pacer: Pacer) -> list[str]:
+def send_reminders(items: Sequence[QueuedMessage], settings: Settings, pacer: Pacer) -> list[SendOutcome]:
     """Send the reminders of one send queue record (one, or several for one phone) as few SMS as they fit in;
     returns what happened to each (for logs and tests), in no particular order."""
     now = clock.now()
-    outcomes: list[str] = []
+    outcomes: list[SendOutcome] = []
     ready: list[_Ready] = []
     for item in items:
         prepared = _prepare(item, settings, now)
-        if isinstance(prepared, str):
+        if isinstance(prepared, SendOutcome):
             outcomes.append(prepared)
         else:
             ready.append(prepared)
@@ -190,10 +208,10 @@ def send_reminders(items: Sequence[QueuedMessage], settings: Settings, pacer: Pa
     return outcomes
 
 
-def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready | str:
+def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready | SendOutcome:
     """The reminder, if this claim of it may still go out now; else what became of it."""
     message = _this_claim(item, settings, now)
-    if isinstance(message, str):
+    if isinstance(message, SendOutcome):
         return message
     patient = store.get_patient(message.patient_id)
     appointment = store.get_appointment(message.appointment_id)
@@ -211,26 +229,26 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
     return _Ready(message, patient, appointment)
 
 
-def _this_claim(item: QueuedMessage, settings: Settings, now: datetime) -> MessageRecord | str:
+def _this_claim(item: QueuedMessage, settings: Settings, now: datetime) -> MessageRecord | SendOutcome:
     """The queued message this record's claim is for, or why the record is dropped."""
     message = store.get_message(item.message_id)
     if message is None:
         logger.warning("queued message unknown", extra={"message_id": item.message_id})
-        return "unknown"
+        return SendOutcome.UNKNOWN
     if int(message.version) != item.version:
         # Superseded by a newer claim (which has its own queue message), settled already, or an old record of a
         # dead letter delivered again: only the DLQ copy, written with the dead letter's version, may take it back.
-        return "stale"
+        return SendOutcome.STALE
     if message.state is Status.DEAD_LETTER:
-        return _take_back_dead_letter(message, now, settings) or "stale"
+        return _take_back_dead_letter(message, now, settings) or SendOutcome.STALE
     if message.state is not Status.QUEUED:
-        return "stale"  # settled already, or superseded by a newer claim that has its own queue message
+        return SendOutcome.STALE  # settled already, or superseded by a newer claim that has its own queue message
     return message
 
 
 def _not_now(
     message: MessageRecord, patient: PatientRecord, appointment: AppointmentRecord, settings: Settings, now: datetime
-) -> str | None:
+) -> SendOutcome | None:
     """Superseded by the next reminder of its dose, or held back (provider hold, quiet hours): what became of it."""
     next_one = _next_reminder_within_gap(message, patient, appointment, now, settings)
     if next_one is not None:
@@ -275,7 +293,7 @@ def _next_reminder_within_gap(
     return None
 
 
-def _unrenderable(one: _Ready, exc: Exception, now: datetime, settings: Settings) -> str:
+def _unrenderable(one: _Ready, exc: Exception, now: datetime, settings: Settings) -> SendOutcome:
     if isinstance(exc, TextTooLong):
         return _settle(one.message, Status.FAILED, f"text too long: {exc}", now, settings)
     # Whatever the stored data holds, one message never crashes its batch.
@@ -284,7 +302,7 @@ def _unrenderable(one: _Ready, exc: Exception, now: datetime, settings: Settings
 
 
 def _sms_of(
-    ready: list[_Ready], settings: Settings, now: datetime, outcomes: list[str]
+    ready: list[_Ready], settings: Settings, now: datetime, outcomes: list[SendOutcome]
 ) -> list[tuple[str, list[_Ready]]]:
     """The SMS that carry these reminders, each with its key and its reminders.
 
@@ -318,7 +336,7 @@ def _sms_of(
     return sms
 
 
-def _bind(key: str, members: list[_Ready], outcomes: list[str]) -> list[_Ready]:
+def _bind(key: str, members: list[_Ready], outcomes: list[SendOutcome]) -> list[_Ready]:
     """Those of `members` now bound to the SMS `key`; the others are another claim's or another SMS's."""
     kept = []
     for member in members:
@@ -326,7 +344,7 @@ def _bind(key: str, members: list[_Ready], outcomes: list[str]) -> list[_Ready]:
             member.message.sms_key = key
             kept.append(member)
         else:
-            outcomes.append("stale")
+            outcomes.append(SendOutcome.STALE)
     return kept
 
 
@@ -385,7 +403,9 @@ def _render_sms(members: list[_Ready], settings: Settings) -> RenderedText:
     )
 
 
-def _send_sms(key: str, members: list[_Ready], rendered: RenderedText, settings: Settings, pacer: Pacer) -> list[str]:
+def _send_sms(
+    key: str, members: list[_Ready], rendered: RenderedText, settings: Settings, pacer: Pacer
+) -> list[SendOutcome]:
     """One provider request (or the replay of its stored result) for one SMS, and each reminder's outcome."""
     lead = members[0]
     _, send_once = _idempotent_send(settings)
@@ -497,7 +517,7 @@ def _take_back_dead_letter(message: MessageRecord, now: datetime, settings: Sett
 
 def _settle(
     message: MessageRecord, target: Status, why: str, now: datetime, settings: Settings, *, attempts: int | None = None
-) -> str:
+) -> SendOutcome:
     stamp: dict[str, Any] = {Status.FAILED: {"failed_at": iso(now)}}.get(target, {})
     if attempts is not None:  # settled right after a failed request: that request counts as an attempt
         stamp = {**stamp, "attempts": attempts}
@@ -508,7 +528,7 @@ def _settle(
         guard=Guard.VERSION,
     )
     if not store.transition(message, change, at=now, settings=settings):
-        return "stale"
+        return SendOutcome.STALE
     count(
         {Status.CANCELLED: MetricName.REMINDERS_CANCELLED, Status.EXPIRED: MetricName.REMINDERS_EXPIRED}.get(
             target, MetricName.SMS_FAILED
@@ -520,12 +540,12 @@ def _settle(
         "message settled without sending",
         extra={"message_id": message.message_id, "status": target.value, "reason": why},
     )
-    return target.value
+    return SendOutcome(target.value)
 
 
 def _defer(
     message: MessageRecord, until: datetime, why: str, now: datetime, settings: Settings, *, attempts: int | None = None
-) -> str:
+) -> SendOutcome:
     """Back to pending until `until` (explicitly, with the reason), or expired if that is past the deadline."""
     if until >= parse_iso(message.deadline):
         return _settle(
@@ -546,8 +566,8 @@ def _defer(
         guard=Guard.VERSION | Guard.ATTEMPTS,
     )
     if not store.transition(message, change, at=now, settings=settings):
-        return "stale"
-    return "retry" if attempts is not None else "deferred"
+        return SendOutcome.STALE
+    return SendOutcome.RETRY if attempts is not None else SendOutcome.DEFERRED
 
 
 def _after_failure(
@@ -558,7 +578,7 @@ def _after_failure(
     rendered: RenderedText,
     zone: ZoneInfo,
     to: str,
-) -> str:
+) -> SendOutcome:
     now = clock.now()
     provider = settings.SMS_PROVIDER.value
     logger.warning(
@@ -591,12 +611,14 @@ def _after_failure(
     delay = backoff(attempt - int(message.retry_floor), settings.SMS_RETRY_DELAY_MINUTES, error.retry_after_seconds)
     retry_at = next_allowed(now + delay, zone, settings.quiet_hours)
     outcome = _defer(message, retry_at, str(error), now, settings, attempts=attempt)
-    if outcome == "retry":
+    if outcome is SendOutcome.RETRY:
         count(MetricName.SMS_RETRIED, reminder_type=message.reminder_type, provider=provider)
     return outcome
 
 
-def _throttled(message: MessageRecord, error: ProviderError, pacer: Pacer, zone: ZoneInfo, settings: Settings) -> str:
+def _throttled(
+    message: MessageRecord, error: ProviderError, pacer: Pacer, zone: ZoneInfo, settings: Settings
+) -> SendOutcome:
     """The provider asked us to slow down: this sender pauses, and the message waits without burning an attempt
     (throttling is back-pressure, not the message's failure; its deadline still bounds the wait)."""
     now = clock.now()
@@ -636,7 +658,7 @@ def _dead_letter(
     settings: Settings,
     *,
     extra: dict[str, Any] | None = None,
-) -> str:
+) -> SendOutcome:
     # The DLQ copy goes first: a crash before the status write leaves the record to be retried, and a spare
     # copy on the DLQ is dropped as stale when redriven. The other order could strand a dead letter.
     queue.put_dead_letter(QueuedMessage(message.message_id, int(message.version) + 1), settings)
@@ -648,9 +670,9 @@ def _dead_letter(
         guard=Guard.VERSION | Guard.ATTEMPTS,
     )
     if not store.transition(message, change, at=now, settings=settings):
-        return "stale"
+        return SendOutcome.STALE
     count(MetricName.SMS_DEAD_LETTERED, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
-    return Status.DEAD_LETTER.value
+    return SendOutcome.DEAD_LETTER
 
 
 def _record_sent(
@@ -663,7 +685,7 @@ def _record_sent(
     *,
     ambiguous: str | None = None,
     carried: int = 1,
-) -> str:
+) -> SendOutcome:
     now = clock.now()
     values: dict[str, Any] = {
         "sms_reminders": carried if carried > 1 else None,
@@ -685,7 +707,7 @@ def _record_sent(
     if not store.transition(message, change, at=now, settings=settings):
         current = store.get_message(message.message_id)
         if current is not None and current.state in {Status.SENT, Status.DELIVERED, Status.FAILED}:
-            return "already_recorded"
+            return SendOutcome.ALREADY_RECORDED
         logger.error(
             "provider accepted but the message changed meanwhile",
             extra={"message_id": message.message_id, "status": current.status if current else None},
@@ -693,11 +715,11 @@ def _record_sent(
         # Cancelled while the request was on its way: say on the record that it went out, so that it is never
         # revived and sent again if the cancellation's cause is reversed.
         store.note_accepted_while_cancelled(message.message_id, {k: v for k, v in values.items() if v is not None})
-        return "sent_unrecorded"
+        return SendOutcome.SENT_UNRECORDED
     type_, provider = message.reminder_type, str(values["provider"])
     count(MetricName.SMS_SENT, reminder_type=type_, provider=provider)
     count(MetricName.SMS_ACCEPTED, 1 / carried, reminder_type=type_, provider=provider)
     lateness = max(0.0, (now - parse_iso(message.scheduled_at)).total_seconds())
     measure(MetricName.SEND_LATENESS_SECONDS, lateness, reminder_type=type_, provider=provider)
     logger.info("sms sent", extra={"message_id": message.message_id, "attempt": attempt, "ambiguous": bool(ambiguous)})
-    return "ambiguous_sent" if ambiguous else Status.SENT.value
+    return SendOutcome.AMBIGUOUS_SENT if ambiguous else SendOutcome.SENT
