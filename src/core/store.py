@@ -120,7 +120,7 @@ class ProviderIdIndex(GlobalSecondaryIndex["MessageRecord"]):
 class MessagesByPatient(GlobalSecondaryIndex["MessageRecord"]):
     class Meta:
         index_name = "by_patient"
-        projection = AllProjection()
+        projection = KeysOnlyProjection()
 
     patient_id = UnicodeAttribute(hash_key=True)
     scheduled_at = UnicodeAttribute(range_key=True)
@@ -467,8 +467,14 @@ def create_message(message: MessageRecord, at: datetime) -> bool:
 
 
 def messages_of_patient(patient_id: str) -> list[MessageRecord]:
-    """Every message of a patient, oldest scheduled first."""
-    return list(MessageRecord.by_patient.query(patient_id))
+    """Every message of a patient, oldest scheduled first.
+
+    The index holds keys only (so status changes do not write it too): one Query for the ids, one BatchGetItem
+    (strongly consistent) for the items; a patient has a handful.
+    """
+    keys = [item.message_id for item in MessageRecord.by_patient.query(patient_id)]
+    found = list(MessageRecord.batch_get(keys, consistent_read=True)) if keys else []
+    return sorted(found, key=lambda m: (m.scheduled_at, m.message_id))
 
 
 def due_in_shard(shard: str, until: datetime, limit: int) -> list[MessageRecord]:

@@ -197,15 +197,17 @@ def _logical_id(template: dict[str, Any], name: str) -> str:
     raise AssertionError(f"{name!r} is no resource of template.yaml")
 
 
-def resource_of(template: dict[str, Any], service: str, operation: str, params: dict[str, Any]) -> str:
-    """The resource ARN IAM evaluates for one request's parameters (single-resource requests only)."""
+def resources_of(template: dict[str, Any], service: str, operation: str, params: dict[str, Any]) -> list[str]:
+    """The resource ARNs IAM evaluates for one request's parameters (a batch read: each table it reads)."""
     if service == "dynamodb" and "TableName" in params:
         arn = resource_arn(template, _logical_id(template, params["TableName"]))
-        return f"{arn}/index/{params['IndexName']}" if "IndexName" in params else arn
+        return [f"{arn}/index/{params['IndexName']}" if "IndexName" in params else arn]
+    if service == "dynamodb" and operation == "BatchGetItem":
+        return [resource_arn(template, _logical_id(template, table)) for table in params["RequestItems"]]
     if service == "sqs" and ("QueueUrl" in params or "QueueName" in params):
-        return resource_arn(template, _logical_id(template, params.get("QueueUrl") or params["QueueName"]))
+        return [resource_arn(template, _logical_id(template, params.get("QueueUrl") or params["QueueName"]))]
     if service == "secretsmanager" and "SecretId" in params:
-        return resource_arn(template, _logical_id(template, params["SecretId"]))
+        return [resource_arn(template, _logical_id(template, params["SecretId"]))]
     raise AssertionError(f"a function calls {service}:{operation}, which this test cannot map to a resource yet")
 
 
@@ -221,9 +223,9 @@ def recorded() -> Iterator[set[Call]]:
         function = _current_function.get()
         if function is not None:
             service = self.meta.service_model.signing_name
-            resource = resource_of(template, service, operation_name, api_params)
             action = f"{service}:{operation_name}"
-            calls.add(Call(function, IAM_ACTION.get(action, action), resource))
+            for resource in resources_of(template, service, operation_name, api_params):
+                calls.add(Call(function, IAM_ACTION.get(action, action), resource))
         return original(self, operation_name, api_params)
 
     patch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
