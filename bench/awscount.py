@@ -377,6 +377,16 @@ class AwsMeter:
             "write_request_units": wru + gsi,
         }
 
+    def capacity_by_function(self) -> dict[str, dict[str, float]]:
+        """Billed DynamoDB units by the function that spent them: the steps of a reminder's life (planning,
+        dispatch, send, receipt) and the scheduled ones."""
+        out: dict[str, dict[str, float]] = defaultdict(lambda: {"rru": 0.0, "wru": 0.0, "gsi_wru": 0.0})
+        for kind, units in (("rru", self.read_units), ("wru", self.write_units), ("gsi_wru", self.index_write_units)):
+            for (who, _), v in units.items():
+                if who != HARNESS:
+                    out[who][kind] += v
+        return {k: dict(v) for k, v in sorted(out.items())}
+
     def capacity_by_table(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = defaultdict(lambda: {"rru": 0.0, "wru": 0.0, "gsi_wru": 0.0})
         for (who, table), v in self.read_units.items():

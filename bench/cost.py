@@ -137,6 +137,9 @@ def cost_report(
         "dynamodb_units_by_table_per_delivered_reminder": {
             table: {k: v * per for k, v in units.items()} for table, units in meter.capacity_by_table().items()
         },
+        "dynamodb_units_by_step_per_delivered_reminder": {
+            step: {k: v * per for k, v in units.items()} for step, units in meter.capacity_by_function().items()
+        },
         "lambda": durations,
         "lambda_invocations_per_delivered_reminder": {name: inv.count * per for name, inv in invocations.items()},
         "lines": [line.__dict__ for line in lines],

@@ -312,6 +312,12 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
             "",
         )
     console.print(table)
+    steps = Table(title="4 DynamoDB units per delivered reminder, by step of its life (all-in nominal run)")
+    for column in ("step (function)", "WRU table", "WRU indexes", "RRU"):
+        steps.add_column(column, justify="left" if column.startswith("step") else "right")
+    for step, units in cost["nominal"].get("dynamodb_units_by_step_per_delivered_reminder", {}).items():
+        steps.add_row(step, f"{units['wru']:.2f}", f"{units['gsi_wru']:.2f}", f"{units['rru']:.2f}")
+    console.print(steps)
     lines = Table(title="4 AWS cost per 1M delivered reminders, by line (all-in nominal run)")
     lines.add_column("line")
     lines.add_column("per reminder", justify="right")
