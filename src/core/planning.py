@@ -164,8 +164,8 @@ def _close_appointment(
 def reconcile_patient(patient_id: str, settings: Settings, now: datetime) -> PlanningResult:
     """Bring the messages of every appointment of a patient in line with the stored patient."""
     result = PlanningResult()
-    for appointment in store.appointments_of(patient_id):
-        result.merge(reconcile_appointment(appointment.appointment_id, settings, now))
+    for appointment_id in store.appointment_ids_of(patient_id):
+        result.merge(reconcile_appointment(appointment_id, settings, now))
     return result
 
 

@@ -72,7 +72,7 @@ class PatientRecord(Model):
 class AppointmentsByPatient(GlobalSecondaryIndex["AppointmentRecord"]):
     class Meta:
         index_name = "by_patient"
-        projection = AllProjection()
+        projection = KeysOnlyProjection()
 
     patient_id = UnicodeAttribute(hash_key=True)
 
@@ -363,9 +363,10 @@ def fill_in_closed_appointment(schedule: AppointmentRecord) -> bool:
     )
 
 
-def appointments_of(patient_id: str) -> list[AppointmentRecord]:
-    """Every appointment of a patient."""
-    return list(AppointmentRecord.by_patient.query(patient_id))
+def appointment_ids_of(patient_id: str) -> list[str]:
+    """The ids of every appointment of a patient (the index holds keys only: a dose given or cancelled writes the
+    table alone)."""
+    return [str(item.appointment_id) for item in AppointmentRecord.by_patient.query(patient_id)]
 
 
 # ---------------------------------------------------------------------------------------------- counters
