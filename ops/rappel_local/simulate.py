@@ -20,6 +20,7 @@ import boto3
 from core import clock, sending, store
 from core.clock import VirtualClock
 from core.events import make_envelope
+from core.pacing import Pacer
 from core.planning import set_consent
 from core.settings import Settings, build_settings
 from core.store import iso
@@ -147,7 +148,7 @@ class Simulation:
         interval = timedelta(minutes=settings.SMS_PROCESSING_INTERVAL_MINUTES)
         events = sorted(self.scenario.events, key=lambda e: e.at)
         requeue: list[_Requeue] = []
-        pacers = [sending.Pacer() for _ in range(settings.SMS_SENDER_MAX_CONCURRENCY)]
+        pacers = [Pacer() for _ in range(settings.SMS_SENDER_MAX_CONCURRENCY)]
         start, until = self.scenario.start, self.scenario.until
         not_before = start  # no dispatcher run before this (one interval after the last)
         tick: datetime | None = None  # the next dispatcher run that can find work, once the index is read
@@ -211,7 +212,7 @@ class Simulation:
         settings: Settings,
         sqs: Any,
         virtual: VirtualClock,
-        pacers: list[sending.Pacer],
+        pacers: list[Pacer],
         requeue: list[_Requeue],
         stack: Any,
     ) -> None:

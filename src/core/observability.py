@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,20 +47,23 @@ Dimensions = tuple[tuple[str, str], ...]
 # Per dimension set, each metric's values in this invocation: one running total for a count, every observation
 # for a measure (so that CloudWatch's percentiles and averages are per observation).
 _pending: dict[Dimensions, dict[MetricName, list[float]]] = defaultdict(dict)
+_lock = threading.Lock()
 
 
 def count(name: MetricName, value: float = 1, *, reminder_type: str | None = None, provider: str | None = None) -> None:
     """Add `value` to count `name` for this invocation (counts are summed: CloudWatch's Sum is what is read)."""
-    values = _values(name, reminder_type, provider)
-    if values:
-        values[0] += value
-    else:
-        values.append(value)
+    with _lock:  # the sender's lanes record from several threads
+        values = _values(name, reminder_type, provider)
+        if values:
+            values[0] += value
+        else:
+            values.append(value)
 
 
 def measure(name: MetricName, value: float, *, reminder_type: str | None = None, provider: str | None = None) -> None:
     """Record one observation of `name` (seconds, percent, units...), in the unit `core.metric_names` gives it."""
-    _values(name, reminder_type, provider).append(value)
+    with _lock:
+        _values(name, reminder_type, provider).append(value)
 
 
 def _values(name: MetricName, reminder_type: str | None, provider: str | None) -> list[float]:

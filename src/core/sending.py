@@ -31,6 +31,7 @@ from core import clock, provider_state, queue, store
 from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger, measure
+from core.pacing import Pacer, lanes_for
 from core.providers.base import FailureKind, ProviderError
 from core.providers.factory import provider_for
 from core.queue import QueuedMessage
@@ -51,25 +52,6 @@ from core.wanted import why_not_wanted
 
 IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retention, so a redrive replays too
 PROVIDER_HOLD = timedelta(minutes=30)
-
-
-class Pacer:
-    """Spaces one sender instance's provider calls at SMS_RATE_LIMIT_PER_SECOND / SMS_SENDER_MAX_CONCURRENCY."""
-
-    def __init__(self) -> None:
-        self._next: datetime | None = None
-
-    def pause_until(self, until: datetime) -> None:
-        """Send nothing before `until` (the provider throttled this instance)."""
-        if self._next is None or self._next < until:
-            self._next = until
-
-    def wait(self, per_second: float) -> None:
-        """Sleep (on the installed clock) until this instance may send again."""
-        now = clock.now()
-        slot = now if self._next is None or self._next <= now else self._next
-        clock.sleep((slot - now).total_seconds())
-        self._next = slot + timedelta(seconds=1 / per_second)
 
 
 class SendOutcome(StrEnum):
@@ -115,21 +97,37 @@ def select_pacer(pacer: Pacer | None) -> None:
 
 
 def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) -> Any:
-    """Handle one SQS batch; failed records are reported back so only they are retried."""
+    """Handle one SQS batch; failed records are reported back so only they are retried.
+
+    The records go out on several lanes at once (`core.pacing`), all under this instance's one pace; Powertools'
+    batch processor then reports each record's outcome, a failure for that record alone.
+    """
     store.bind(settings)
     config, _ = _idempotent_send(settings)
     if hasattr(context, "get_remaining_time_in_millis"):
         config.register_lambda_context(context)
     pacer = _pacer
-    outcomes: list[SendOutcome] = []
 
-    def record_handler(record: SQSRecord) -> str:
+    def send_record(body: str) -> list[SendOutcome]:
         if hasattr(context, "get_remaining_time_in_millis") and context.get_remaining_time_in_millis() < 15_000:
             # Leave it to the next invocation rather than be cut off mid-send (an ambiguous send).
             raise TimeoutError("too little time left in this invocation")
-        sent = send_reminders(queue.parse_body(record.body), settings, pacer)
-        outcomes.extend(sent)
-        return ",".join(sent)
+        return send_reminders(queue.parse_body(body), settings, pacer)
+
+    records = event.get("Records") or []
+    width = pacer.lanes_needed(settings.sender_pace_per_second, settings.SMS_SENDER_CALLS_IN_FLIGHT)
+    results = lanes_for(clock.current()).run(
+        [functools.partial(send_record, str(r.get("body", ""))) for r in records], width
+    )
+    by_record = {str(r.get("messageId")): result for r, result in zip(records, results, strict=True)}
+    outcomes: list[SendOutcome] = []
+
+    def record_handler(record: SQSRecord) -> str:
+        result = by_record[record.message_id]
+        if isinstance(result, Exception):
+            raise result
+        outcomes.extend(result)
+        return ",".join(result)
 
     response = process_partial_response(
         event=event, record_handler=record_handler, processor=_processor, context=context
@@ -418,11 +416,14 @@ def _send_sms(
     }
     deadline = min(parse_iso(m.message.deadline) for m in members)
 
+    requested: list[datetime] = []
+
     def at_the_request() -> None:
         # Paced right before the HTTP request, after the adapter has its token: the pace is that of requests,
         # whatever a token fetch took. Pacing took time, and so will the call: a request that could reach the
         # provider inside quiet hours (or after a deadline) waits for the next allowed time instead.
         pacer.wait(settings.sender_pace_per_second)
+        requested.append(clock.now())
         sent_by = clock.now() + timedelta(seconds=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS)
         if deadline <= sent_by:
             raise _NotNow(sent_by, "deadline passed before it could be sent", sent_by)
@@ -431,7 +432,11 @@ def _send_sms(
             raise _NotNow(allowed, "quiet hours", sent_by)
 
     try:
-        accepted = send_once(request=request, before_request=at_the_request)
+        try:
+            accepted = send_once(request=request, before_request=at_the_request)
+        finally:
+            if requested:  # how long the provider took sizes the lanes (a replay made no request)
+                pacer.observe((clock.now() - requested[-1]).total_seconds())
     except _NotNow as not_now:
         now = clock.now()
         return [

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     SMS_PROVIDER: ProviderName = ProviderName.ORANGE
     SMS_RATE_LIMIT_PER_SECOND: Annotated[float, Field(gt=0, le=1000)] = 5.0
     SMS_SENDER_MAX_CONCURRENCY: Annotated[int, Field(ge=2, le=1000)] = 2
+    SMS_SENDER_CALLS_IN_FLIGHT: Annotated[int, Field(ge=1, le=32)] = 8
     SMS_ON_AMBIGUOUS_SEND: AmbiguousSendPolicy = AmbiguousSendPolicy.ASSUME_SENT
     SMS_GROUP_BY_PHONE: bool = True
     SMS_DISCREET_TEXTS: bool = False

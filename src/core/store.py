@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -373,6 +374,7 @@ def appointment_ids_of(patient_id: str) -> list[str]:
 
 
 _counter_buffer: dict[tuple[str, str], float] | None = None
+_counter_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -402,8 +404,9 @@ def add_to_counters(counts: Mapping[tuple[str, str], float]) -> None:
     table on each transaction, which made the embedded stack quadratic.)
     """
     if _counter_buffer is not None:
-        for bucket, amount in counts.items():
-            _counter_buffer[bucket] = _counter_buffer.get(bucket, 0) + amount
+        with _counter_lock:  # the sender's lanes count from several threads
+            for bucket, amount in counts.items():
+                _counter_buffer[bucket] = _counter_buffer.get(bucket, 0) + amount
         return
     grouped: dict[tuple[str, str], dict[str, float]] = {}
     for (day, key), amount in counts.items():

@@ -377,13 +377,13 @@ def test_a_dead_letter_never_redriven_expires_at_its_deadline_with_the_reason() 
 
 
 def test_a_send_that_would_land_in_quiet_hours_after_pacing_waits_for_the_morning() -> None:
-    """60 reminders at 19:59 through a slow provider (2.1 s a call, two senders): the last ones would reach it
-    after 20:00. Each is re-checked just before its request, with the call's time allowed for."""
+    """60 reminders at 19:59 through a slow provider (2.1 s a call), two senders making one call at a time: the last
+    ones would reach it after 20:00. Each is re-checked just before its request, with the call's time allowed for."""
     data = scenario(
         "2027-03-01T00:00:00Z",
         "2027-03-06T12:00:00Z",
         families(60),
-        settings={"REMINDER_7_DAY_TIME": "19:59"},
+        settings={"REMINDER_7_DAY_TIME": "19:59", "SMS_SENDER_CALLS_IN_FLIGHT": 1},
         latency_ms=2100,
     )
     out = run(data)
@@ -433,3 +433,29 @@ def test_a_slow_token_fetch_never_bunches_sends_past_the_limit() -> None:
     assert_invariants(out, data)
     assert len(out["sends"]) == 30, describe(out)
     assert max_per_second([utc(s["at"]) for s in out["sends"]]) <= 2
+
+
+# ---------------------------------------------------------------------------------------------- the provider's rate
+
+
+@pytest.mark.parametrize(("calls_in_flight", "most_ratio"), [(8, 1.25), (1, None)])
+def test_a_slow_provider_still_gets_the_full_rate(calls_in_flight: int, most_ratio: float | None) -> None:
+    """99 reminders due at once, limit 10/s, a provider that takes 400 ms: one call at a time per sender caps two
+    senders at 5/s; calls in flight fill the limit (virtual time, so the figure is exact)."""
+    data = scenario(
+        "2027-03-01T00:00:00Z",
+        "2027-03-06T00:00:00Z",
+        families(99),
+        settings={"SMS_RATE_LIMIT_PER_SECOND": 10, "SMS_SENDER_CALLS_IN_FLIGHT": calls_in_flight},
+        latency_ms=400,
+    )
+    out = run(data)
+    assert_invariants(out, data)
+    sends = sorted(utc(s["at"]) for s in out["sends"])
+    assert len(sends) == 99, describe(out)
+    makespan = (sends[-1] - at_local("2027-03-05", 9, ABIDJAN)).total_seconds()
+    ideal = 99 / 10
+    if most_ratio is not None:
+        assert makespan <= most_ratio * ideal, (makespan, ideal)
+    else:
+        assert makespan >= 1.8 * ideal, (makespan, ideal)  # the ceiling of one call at a time: 2 / 0.4 s = 5/s

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 import rappel_local.simulate as simulate_module
-from core import dispatch, queue, sending, store
+from core import dispatch, pacing, queue, sending, store
 from rappel_local.simulate import simulate
 from tests.e2e.conftest import ProviderRequest
 
@@ -910,7 +910,7 @@ def test_concurrent_duplicate_inside_the_provider_call_is_refused(
                     message = store.get_message(message_id)
                     assert message is not None and message.status == "queued"
                     item = queue.QueuedMessage(message_id, int(message.version))
-                    outcome = sending.send_queued(item, self._settings, sending.Pacer())
+                    outcome = sending.send_queued(item, self._settings, pacing.Pacer())
                     got_through.append(f"{message_id}: {outcome}")
                 except IdempotencyAlreadyInProgressError:
                     refused.append(message_id)

@@ -16,7 +16,7 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-from core import sending, store
+from core import pacing, sending, store
 from core.planning import handle_clinic_event
 from core.secrets import secret_text
 from core.settings import Settings
@@ -38,7 +38,7 @@ class Pipeline:
         self.orange: OrangeSimulator | None = None
         self.sqs = boto3.client("sqs", region_name="us-east-1")
         # A fresh pacer: the module's default one remembers its next slot across tests and virtual clocks.
-        sending.select_pacer(sending.Pacer())
+        sending.select_pacer(pacing.Pacer())
 
     # ------------------------------------------------------------------------------------------ set-up
 

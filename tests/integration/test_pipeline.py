@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from core import dispatch, provider_state, queue, sending, store
+from core import dispatch, pacing, provider_state, queue, sending, store
 from core.lifecycle import Status
 from core.observability import discard_metrics
 from core.planning import handle_clinic_event
@@ -586,7 +586,7 @@ def test_a_duplicate_delivery_after_an_ambiguous_dead_letter_does_not_send_again
     assert len(pipe.send_requests()) == 1
 
 
-class _ExpireTokensBeforeSecondSend(sending.Pacer):
+class _ExpireTokensBeforeSecondSend(pacing.Pacer):
     def __init__(self, simulator: OrangeSimulator) -> None:
         super().__init__()
         self.simulator = simulator

@@ -1,0 +1,81 @@
+"""`core.pacing`: the pace of one sender instance and the lanes its provider calls run on."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core import clock
+from core.clock import VirtualClock
+from core.pacing import Pacer, ThreadLanes, VirtualLanes, lanes_for
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2027, 3, 5, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def virtual() -> VirtualClock:
+    installed = VirtualClock(T0)
+    previous = clock.install(installed)
+    yield installed
+    clock.install(previous)
+
+
+def test_lanes_are_sized_from_the_pace_and_the_observed_latency() -> None:
+    pacer = Pacer()
+    for _ in range(40):
+        pacer.observe(0.4)
+    assert pacer.lanes_needed(12.5, most=8) == 6  # 12.5/s x 0.4 s = 5 in flight, and one spare
+    assert pacer.lanes_needed(12.5, most=4) == 4
+    for _ in range(40):
+        pacer.observe(0.05)
+    assert pacer.lanes_needed(2, most=8) == 2
+
+
+def test_virtual_lanes_overlap_calls_and_the_pacer_spaces_their_requests(virtual: VirtualClock) -> None:
+    """Four calls of 1 s each at a pace of 2/s on two lanes: requests every 0.5 s, all done after 2.5 s."""
+    pacer = Pacer()
+    requests: list[datetime] = []
+
+    def call() -> str:
+        pacer.wait(2)
+        requests.append(clock.now())
+        clock.sleep(1.0)  # the provider's latency, on the virtual clock
+        return "ok"
+
+    results = VirtualLanes(virtual).run([call] * 4, width=2)
+
+    assert results == ["ok"] * 4
+    assert sorted(requests) == [T0 + timedelta(seconds=s) for s in (0, 0.5, 1.0, 1.5)]
+    assert virtual.now() == T0 + timedelta(seconds=2.5)
+
+
+def test_one_lane_is_one_call_at_a_time(virtual: VirtualClock) -> None:
+    def call() -> None:
+        clock.sleep(1.0)
+
+    VirtualLanes(virtual).run([call] * 3, width=1)
+    assert virtual.now() == T0 + timedelta(seconds=3)
+
+
+def test_thread_lanes_run_calls_at_the_same_time_and_keep_each_error_to_its_task() -> None:
+    together = threading.Barrier(3, timeout=10)  # broken unless three tasks wait on it at once
+
+    def meet() -> int:
+        return together.wait()
+
+    def fail() -> int:
+        raise ValueError("this record only")
+
+    results = ThreadLanes().run([meet, meet, meet, fail], width=4)
+
+    assert sorted(r for r in results if isinstance(r, int)) == [0, 1, 2]
+    assert [str(r) for r in results if isinstance(r, Exception)] == ["this record only"]
+
+
+def test_lanes_follow_the_clock() -> None:
+    assert isinstance(lanes_for(VirtualClock(T0)), VirtualLanes)
+    assert isinstance(lanes_for(clock.SystemClock()), ThreadLanes)
