@@ -6,10 +6,12 @@ import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import boto3
+from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict, Field, Json, StrictInt, StringConstraints
 
 from core.settings import Settings
 
@@ -28,19 +30,6 @@ class QueuedMessage:
         """The SQS message body."""
         return json.dumps({"message_id": self.message_id, "version": self.version}, separators=(",", ":"))
 
-    @staticmethod
-    def parse(body: str) -> QueuedMessage:
-        """Read a body; raises ValueError naming the bad field."""
-        data = json.loads(body)
-        if not isinstance(data, dict):
-            raise ValueError("body: must be a JSON object")
-        message_id, version = data.get("message_id"), data.get("version")
-        if not isinstance(message_id, str) or not message_id:
-            raise ValueError("body.message_id: must be a non-empty string")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise ValueError("body.version: must be an integer")
-        return QueuedMessage(message_id, version)
-
 
 @dataclass(frozen=True)
 class QueuedSms:
@@ -54,16 +43,37 @@ class QueuedSms:
         return json.dumps({"reminders": items}, separators=(",", ":"))
 
 
-def parse_body(body: str) -> tuple[QueuedMessage, ...]:
-    """The reminders of one send queue record, one (a `QueuedMessage` body) or several (a `QueuedSms` body);
-    raises ValueError naming the bad field."""
-    data = json.loads(body)
-    if isinstance(data, dict) and "reminders" in data:
-        items = data["reminders"]
-        if not isinstance(items, list) or not 1 <= len(items) <= 100:
-            raise ValueError("body.reminders: must be a list of 1 to 100 reminders")
-        return tuple(QueuedMessage.parse(json.dumps(item)) for item in items)
-    return (QueuedMessage.parse(body),)
+class ClaimBody(BaseModel):
+    """A send queue body for one reminder: `{"message_id", "version"}` (also the DLQ's copies)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    version: StrictInt
+
+
+class GroupedBody(BaseModel):
+    """A send queue body for the reminders of one SMS: `{"reminders": [{"message_id", "version"}, ...]}`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reminders: Annotated[list[ClaimBody], Field(min_length=1, max_length=100)]
+
+    @property
+    def claims(self) -> tuple[QueuedMessage, ...]:
+        return tuple(QueuedMessage(r.message_id, r.version) for r in self.reminders)
+
+
+class SendRecord(SqsRecordModel):
+    """A send queue record as the batch processor parses it (Powertools' SQS record model, with our body)."""
+
+    body: Json[ClaimBody | GroupedBody]
+
+    @property
+    def claims(self) -> tuple[QueuedMessage, ...]:
+        """The reminders the record carries, each with the claim it was enqueued under."""
+        body = self.body
+        return body.claims if isinstance(body, GroupedBody) else (QueuedMessage(body.message_id, body.version),)
 
 
 @functools.cache

@@ -20,7 +20,6 @@ from zoneinfo import ZoneInfo
 
 import boto3
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
     IdempotencyConfig,
@@ -34,7 +33,7 @@ from core.observability import count, logger, measure
 from core.pacing import Pacer, lanes_for
 from core.providers.base import FailureKind, ProviderError
 from core.providers.factory import provider_for
-from core.queue import QueuedMessage
+from core.queue import QueuedMessage, SendRecord
 from core.retry import backoff
 from core.settings import AmbiguousSendPolicy, Settings
 from core.store import AppointmentRecord, Change, Guard, MessageRecord, PatientRecord, iso, parse_iso
@@ -87,7 +86,7 @@ THROTTLE_PAUSE_SECONDS = 1.0
 
 _default_pacer = Pacer()
 _pacer = _default_pacer
-_processor = BatchProcessor(event_type=EventType.SQS)
+_processor = BatchProcessor(event_type=EventType.SQS, model=SendRecord)
 
 
 def select_pacer(pacer: Pacer | None) -> None:
@@ -108,22 +107,21 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
         config.register_lambda_context(context)
     pacer = _pacer
 
-    def send_record(body: str) -> list[SendOutcome]:
+    def send_record(raw: dict[str, Any]) -> list[SendOutcome]:
         if hasattr(context, "get_remaining_time_in_millis") and context.get_remaining_time_in_millis() < 15_000:
             # Leave it to the next invocation rather than be cut off mid-send (an ambiguous send).
             raise TimeoutError("too little time left in this invocation")
-        return send_reminders(queue.parse_body(body), settings, pacer)
+        return send_reminders(SendRecord.model_validate(raw).claims, settings, pacer)
 
     records = event.get("Records") or []
     width = pacer.lanes_needed(settings.sender_pace_per_second, settings.SMS_SENDER_CALLS_IN_FLIGHT)
-    results = lanes_for(clock.current()).run(
-        [functools.partial(send_record, str(r.get("body", ""))) for r in records], width
-    )
+    results = lanes_for(clock.current()).run([functools.partial(send_record, r) for r in records], width)
     by_record = {str(r.get("messageId")): result for r, result in zip(records, results, strict=True)}
     outcomes: list[SendOutcome] = []
 
-    def record_handler(record: SQSRecord) -> str:
-        result = by_record[record.message_id]
+    def record_handler(record: SendRecord) -> str:
+        # Powertools parsed the record with the same model; its outcome was reached on a lane above.
+        result = by_record[record.messageId]
         if isinstance(result, Exception):
             raise result
         outcomes.extend(result)
