@@ -10,6 +10,7 @@ requests as concurrent ones would reach it.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -78,8 +79,11 @@ class ThreadLanes:
     def run(self, tasks: Sequence[Callable[[], T]], width: int) -> list[T | Exception]:
         if width <= 1 or len(tasks) <= 1:
             return [_outcome(task) for task in tasks]
+        # Each task runs in a copy of the caller's context, so what context variables carry (log correlation, the
+        # function a call is attributed to) holds on the worker threads too.
+        contexts = [contextvars.copy_context() for _ in tasks]
         with ThreadPoolExecutor(max_workers=min(width, len(tasks)), thread_name_prefix="send") as pool:
-            return list(pool.map(_outcome, tasks))
+            return list(pool.map(lambda context, task: context.run(_outcome, task), contexts, tasks))
 
 
 class VirtualLanes:

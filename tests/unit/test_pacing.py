@@ -79,3 +79,14 @@ def test_thread_lanes_run_calls_at_the_same_time_and_keep_each_error_to_its_task
 def test_lanes_follow_the_clock() -> None:
     assert isinstance(lanes_for(VirtualClock(T0)), VirtualLanes)
     assert isinstance(lanes_for(clock.SystemClock()), ThreadLanes)
+
+
+def test_thread_lanes_carry_the_callers_context_variables() -> None:
+    import contextvars
+
+    who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+    token = who.set("send_sms")
+    try:
+        assert ThreadLanes().run([who.get, who.get], width=2) == ["send_sms", "send_sms"]
+    finally:
+        who.reset(token)
