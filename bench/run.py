@@ -144,8 +144,10 @@ def _burst(args: argparse.Namespace, tick: Tick) -> tuple[dict[str, Any], Any]:
 
 def _slow_burst(args: argparse.Namespace, tick: Tick) -> dict[str, Any]:
     from bench.burst import SLOW_LATENCY_MS, run_burst
+    from rappel_local.embedded import quiet_logs
 
-    figures, _ = run_burst(args.burst, args.rate, args.seed, progress=tick, latency_ms=SLOW_LATENCY_MS)
+    with quiet_logs():  # no meter here to take the functions' output
+        figures, _ = run_burst(args.burst, args.rate, args.seed, progress=tick, latency_ms=SLOW_LATENCY_MS)
     return figures
 
 
