@@ -46,7 +46,7 @@ class Pacer:
         with self._lock:
             now = clock.now()
             slot = now if self._next is None or self._next <= now else self._next
-            self._next = slot + timedelta(seconds=1 / per_second)
+            self._next = slot + _interval(per_second)
         clock.sleep((slot - now).total_seconds())
 
     def observe(self, seconds: float) -> None:
@@ -58,6 +58,11 @@ class Pacer:
         """Calls in flight that keep the pace busy at the observed latency (one spare), between 1 and `most`."""
         with self._lock:
             return max(1, min(most, math.ceil(per_second * self._latency - 1e-9) + 1))
+
+
+def _interval(per_second: float) -> timedelta:
+    # Rounded up to the microsecond (timedelta's resolution): rounded down, 1/12 s would fit 13 requests in a second.
+    return timedelta(microseconds=math.ceil(1_000_000 / per_second))
 
 
 class Lanes(Protocol):

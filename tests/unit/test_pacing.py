@@ -90,3 +90,15 @@ def test_thread_lanes_carry_the_callers_context_variables() -> None:
         assert ThreadLanes().run([who.get, who.get], width=2) == ["send_sms", "send_sms"]
     finally:
         who.reset(token)
+
+
+@pytest.mark.parametrize("per_second", [3, 7, 12, 25])
+def test_a_pace_never_fits_one_request_more_in_a_second(virtual: VirtualClock, per_second: int) -> None:
+    """At 12/s the interval is 83,333.3 µs: rounded down to the microsecond, 13 requests would fit in one second."""
+    pacer = Pacer()
+    slots = []
+    for _ in range(3 * per_second):
+        pacer.wait(per_second)
+        slots.append(clock.now())
+    most = max(sum(1 for t in slots if start <= t < start + timedelta(seconds=1)) for start in slots)
+    assert most == per_second
