@@ -168,9 +168,13 @@ class Simulation:
             dispatching = tick is not None and now >= tick
             if dispatching:
                 self._call("dispatch_due", schedule_event("dispatch", iso(now)))
+            # The dispatcher's schedule does not wait for the senders: a drain that reaches the next tick stops
+            # there, so that the tick runs (late by at most one round of batches) and the drain goes on after it.
+            next_tick = tick + interval if dispatching and tick is not None else tick
+            stopped = False
             # The senders' event source polls all the time: records put back or redriven are taken at once.
             if dispatching or _send_queue_has_records(settings):
-                self._drain(settings, sqs, virtual, pacers, requeue, stack)
+                stopped = self._drain(settings, sqs, virtual, pacers, requeue, stack, stop_at=next_tick)
                 stale = True
             if dispatching:
                 not_before = max(_ceil(virtual.now(), interval, start), now + interval)
@@ -179,7 +183,7 @@ class Simulation:
             if stale:
                 earliest_due, stale = _earliest_due(settings), False
             scheduled = max(not_before, _ceil(virtual.now(), interval, start))
-            tick = _next_useful_tick(earliest_due, scheduled, interval, start)
+            tick = next_tick if stopped else _next_useful_tick(earliest_due, scheduled, interval, start)
             upcoming = [until, tick, simulator.next_receipt_at(), *(r.visible_at for r in requeue)]
             if index < len(events):
                 upcoming.append(events[index].at)
@@ -215,10 +219,14 @@ class Simulation:
         pacers: list[Pacer],
         requeue: list[_Requeue],
         stack: Any,
-    ) -> None:
-        """Run sender instances side by side in virtual time until the queue is empty."""
+        stop_at: datetime | None = None,
+    ) -> bool:
+        """Run sender instances side by side in virtual time until the queue is empty, or until `stop_at` (the next
+        dispatcher tick) has come; True when it stopped for the tick."""
         visibility = timedelta(seconds=send_queue_visibility_timeout())
         while True:
+            if stop_at is not None and virtual.now() >= stop_at:
+                return True
             batches: list[list[dict[str, Any]]] = []
             for _ in pacers:  # one batch per concurrent sender, as long as the queue has records
                 batch = _receive(sqs, settings)
@@ -227,7 +235,7 @@ class Simulation:
                 if len(batch) < settings.SMS_BATCH_SIZE:
                     break
             if not batches:
-                return
+                return False
             t0 = virtual.now()
             ends = []
             for pacer, batch in zip(pacers, batches, strict=False):
