@@ -11,6 +11,7 @@ from tests.e2e.test_scenarios import (
     administered_event,
     assert_invariants,
     by_type,
+    deliver_every_batch_twice,
     describe,
     dose_event,
     handler_tracking,  # noqa: F401 - the fixture the crash tests use
@@ -158,25 +159,7 @@ def test_duplicate_sqs_deliveries_of_a_grouped_sms_send_it_once(
     grouped_baseline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every batch is delivered a second time, to the next sender instance."""
-    import copy
-
-    import rappel_local.simulate as simulate_module
-
-    original = simulate_module._receive
-    held: list[list[dict[str, Any]]] = []
-    duplicated: list[str] = []
-
-    def receive(sqs: Any, settings: Any) -> list[dict[str, Any]]:
-        if held:
-            batch = held.pop()
-            duplicated.extend(m["MessageId"] for m in batch)
-            return batch
-        batch = original(sqs, settings)
-        if batch:
-            held.append(copy.deepcopy(batch))
-        return batch
-
-    monkeypatch.setattr(simulate_module, "_receive", receive)
+    duplicated = deliver_every_batch_twice(monkeypatch)
     data = siblings()
     out = run(data)
     assert duplicated, "no batch was delivered twice"

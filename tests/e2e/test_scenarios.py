@@ -858,14 +858,25 @@ def test_duplicate_sqs_deliveries_send_nothing_twice(
     crash_baseline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQS is at-least-once: every batch is delivered a second time, to the next sender instance."""
+    duplicated = deliver_every_batch_twice(monkeypatch)
+    data = crash_scenario()
+    out = run(data)
+    assert duplicated, "no batch was delivered twice"
+    assert_invariants(out, data, dead_letters_ok=True)
+    assert _summary(out) == _summary(crash_baseline["out"]), describe(out)
+
+
+def deliver_every_batch_twice(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the simulator's event source deliver each batch a second time, to the next sender instance; returns
+    the SQS message ids delivered again (filled as the run goes)."""
     original = simulate_module._receive
     held: list[list[dict[str, Any]]] = []
-    duplicated = Counter[str]()
+    duplicated: list[str] = []
 
     def receive(sqs: Any, settings: Any) -> list[dict[str, Any]]:
         if held:
             batch = held.pop()
-            duplicated.update(m["MessageId"] for m in batch)
+            duplicated.extend(m["MessageId"] for m in batch)
             return batch
         batch = original(sqs, settings)
         if batch:
@@ -873,11 +884,7 @@ def test_duplicate_sqs_deliveries_send_nothing_twice(
         return batch
 
     monkeypatch.setattr(simulate_module, "_receive", receive)
-    data = crash_scenario()
-    out = run(data)
-    assert duplicated, "no batch was delivered twice"
-    assert_invariants(out, data, dead_letters_ok=True)
-    assert _summary(out) == _summary(crash_baseline["out"]), describe(out)
+    return duplicated
 
 
 def test_concurrent_duplicate_inside_the_provider_call_is_refused(
