@@ -155,9 +155,7 @@ def test_a_crash_between_the_writes_of_a_grouped_sms_loses_nothing_and_sends_not
     assert len(out["sends"]) == 3, describe(out)
 
 
-def test_duplicate_sqs_deliveries_of_a_grouped_sms_send_it_once(
-    grouped_baseline: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_duplicate_sqs_deliveries_of_a_grouped_sms_send_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every batch is delivered a second time, to the next sender instance."""
     duplicated = deliver_every_batch_twice(monkeypatch)
     data = siblings()
