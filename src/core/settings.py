@@ -68,6 +68,8 @@ class Settings(BaseSettings):
 
     # Provider and pacing.
     SMS_PROVIDER: ProviderName = ProviderName.ORANGE
+    # Ordered failover list ("orange,kannel"): sends go to the first whose circuit is closed. Empty: SMS_PROVIDER alone.
+    SMS_PROVIDERS: str = ""
     SMS_RATE_LIMIT_PER_SECOND: Annotated[float, Field(gt=0, le=1000)] = 5.0
     SMS_SENDER_MAX_CONCURRENCY: Annotated[int, Field(ge=2, le=1000)] = 2
     SMS_SENDER_CALLS_IN_FLIGHT: Annotated[int, Field(ge=1, le=32)] = 8
@@ -149,6 +151,20 @@ class Settings(BaseSettings):
         parse_hhmm(value)
         return value
 
+    @field_validator("SMS_PROVIDERS")
+    @classmethod
+    def _known_providers(cls, value: str) -> str:
+        names = [part.strip() for part in value.split(",") if part.strip()]
+        known = {p.value for p in ProviderName}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown provider(s) {', '.join(unknown)}: expected a comma-separated list of {sorted(known)}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError("a provider is named twice")
+        return ",".join(names)
+
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
         if self.SMS_RATE_LIMIT_PER_SECOND < self.SMS_SENDER_MAX_CONCURRENCY:
@@ -159,6 +175,18 @@ class Settings(BaseSettings):
         if self.REMINDER_1_DAY_OFFSET_DAYS <= self.REMINDER_7_DAY_OFFSET_DAYS:
             raise ValueError("REMINDER_1_DAY_OFFSET_DAYS must be later than REMINDER_7_DAY_OFFSET_DAYS")
         return self
+
+    @property
+    def providers(self) -> tuple[ProviderName, ...]:
+        """The providers in failover order: SMS_PROVIDERS, or SMS_PROVIDER alone when it is not set."""
+        if not self.SMS_PROVIDERS:
+            return (self.SMS_PROVIDER,)
+        return tuple(ProviderName(name) for name in self.SMS_PROVIDERS.split(","))
+
+    @property
+    def primary_provider(self) -> ProviderName:
+        """The provider that takes every send while it works."""
+        return self.providers[0]
 
     @property
     def sender_pace_per_second(self) -> int:
