@@ -260,6 +260,31 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     return ""
 
 
+def _accepts_json(accept: str) -> bool:
+    """Whether an Accept header admits application/json: no header, `*/*` and `application/*` do (RFC 9110 §12.5.1).
+
+    The most specific range that matches decides, and a range with `q=0` refuses the type.
+    """
+    if not accept.strip():
+        return True
+    best: tuple[int, float] = (-1, 0.0)  # (specificity, q) of the most specific matching range
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        specificity = {"application/json": 2, "application/*": 1, "*/*": 0}.get(media.lower(), -1)
+        if specificity <= best[0]:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        best = (specificity, q)
+    return best[1] > 0
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # Keep-alive connections would otherwise make stop() wait for the client to hang up.
@@ -644,7 +669,7 @@ class OrangeSimulator:
             expiry = self._tokens.get(token.strip())
         if expiry is None or now >= expiry:
             return _json_reply(401, _gateway_body(42, 401))
-        if "application/json" not in _header(headers, "Accept"):
+        if not _accepts_json(_header(headers, "Accept")):
             return _json_reply(406, {"message": "Not acceptable", "description": "Accept: application/json required"})
         return None
 

@@ -470,17 +470,54 @@ def test_simulator_rejects_a_sender_mismatch_and_a_bad_address(sim: OrangeSimula
     no_text = post({"address": f"tel:{ALICE}", "senderAddress": SENDER})
     assert no_text.json()["requestError"]["serviceException"]["messageId"] == "SVC0002"
 
-    no_accept = requests.post(
+    html_only = requests.post(
         url,
         json={"outboundSMSMessageRequest": {"address": f"tel:{ALICE}", "senderAddress": SENDER, **text}},
-        headers={"Authorization": f"Bearer {token}"},
+        headers={"Authorization": f"Bearer {token}", "Accept": "text/html"},
         timeout=5,
     )
-    assert no_accept.status_code == 406
+    assert html_only.status_code == 406
 
     unknown_token = requests.post(url, json={}, headers={**headers, "Authorization": "Bearer nope"}, timeout=5)
     assert (unknown_token.status_code, unknown_token.json()["code"]) == (401, 42)
     assert sim.accepted == []
+
+
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        (None, 201),  # no Accept header: any type will do (RFC 9110 §12.5.1)
+        ("*/*", 201),  # what curl, requests and most clients send by default
+        ("application/*", 201),
+        ("text/html, application/json;q=0.5", 201),
+        ("APPLICATION/JSON; charset=utf-8", 201),
+        ("text/html", 406),
+        ("text/*, image/png", 406),
+        ("application/json;q=0", 406),
+        ("*/*;q=0", 406),
+    ],
+)
+def test_send_accept_header_is_negotiated(
+    sim: OrangeSimulator, provider: OrangeProvider, accept: str | None, status: int
+) -> None:
+    provider.balance()  # gets a token
+    token = requests.post(
+        f"{sim.base_url}/oauth/v3/token",
+        auth=(CLIENT_ID, CLIENT_SECRET),
+        data={"grant_type": "client_credentials"},
+        timeout=5,
+    ).json()["access_token"]
+    # requests adds `Accept: */*` unless told otherwise; None removes the header altogether.
+    headers: dict[str, str | None] = {"Authorization": f"Bearer {token}", "Accept": accept}
+    request = {"address": f"tel:{ALICE}", "senderAddress": SENDER, "outboundSMSTextMessage": {"message": "x"}}
+    response = requests.post(
+        f"{sim.base_url}/smsmessaging/v1/outbound/tel%3A%2B2250000/requests",
+        json={"outboundSMSMessageRequest": request},
+        headers=headers,
+        timeout=5,
+    )
+    assert response.status_code == status, response.text
+    assert len(sim.accepted) == (1 if status == 201 else 0)
 
 
 @pytest.mark.parametrize(
