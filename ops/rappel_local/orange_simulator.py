@@ -10,43 +10,42 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
-import heapq
 import hmac
 import json
 import logging
 import math
 import re
 import secrets
-import threading
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Annotated, Any, Literal
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    model_validator,
-)
 
 from core.clock import Clock
 from core.providers.orange import SENDER_NAME
+from rappel_local.provider_simulator import Fault, ProviderSimulator, ReceivedRequest, Reply, SentRecord
+from rappel_local.scenario import FaultSpec, ProviderSpec, provider_spec, scenario_error
+
+# The fault and scenario types are imported from here by callers that predate the shared modules.
+__all__ = [
+    "DELIVERED",
+    "IMPOSSIBLE",
+    "Fault",
+    "FaultSpec",
+    "OrangeSimulator",
+    "ProviderSpec",
+    "ReceivedRequest",
+    "SentRecord",
+    "scenario_error",
+]
 
 logger = logging.getLogger(__name__)
 
-_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _TEL = re.compile(r"^tel:(\+[1-9]\d{6,14})$")
 _SENDER = re.compile(r"^tel:\+\d{4,15}$")
-_ONEAPI_ID = re.compile(r"^(SVC|POL)\d{4}$")
 _ENDPOINTS = {"/oauth/v3/token": "token", "/sms/admin/v1/contracts": "contracts"}
 _SEND_PATH = re.compile(r"^/smsmessaging/v1/outbound/([^/]+)/requests$")
 _MAX_TEXT = 1600
@@ -71,139 +70,9 @@ DELIVERED = "DeliveredToTerminal"
 IMPOSSIBLE = "DeliveryImpossible"
 
 
-@dataclass(frozen=True)
-class SentRecord:
-    """One send the simulator accepted (whether or not the client got the reply)."""
-
-    at: datetime
-    to: str
-    text: str
-    message_id: str
-    sender_name: str | None
-    sender_address: str
-    path: str
-
-
-@dataclass(frozen=True)
-class ReceivedRequest:
-    """One HTTP request as it arrived; `status` is None when the connection was dropped without a reply."""
-
-    at: datetime
-    method: str
-    path: str
-    endpoint: str
-    status: int | None
-
-
-@dataclass(frozen=True)
-class Fault:
-    """An injected failure: applies to a send request matching every selector that is set."""
-
-    start: datetime | None = None
-    until: datetime | None = None
-    to: str | None = None
-    nth: int | None = None
-    status: int | None = None
-    message_id: str | None = None
-    code: int | None = None
-    timeout: str | None = None
-    retry_after: float | None = None
-
-    def matches(self, *, now: datetime, to: str | None, nth: int) -> bool:
-        """True when this fault applies to the `nth` send request, at `now`, for recipient `to`."""
-        if self.start is not None and now < self.start:
-            return False
-        if self.until is not None and now >= self.until:
-            return False
-        if self.to is not None and to != self.to:
-            return False
-        return self.nth is None or self.nth == nth
-
-
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    body: Any
-    headers: Mapping[str, str]
-
-
-Phone = Annotated[str, StringConstraints(pattern=_E164.pattern)]
-Count = Annotated[int, Field(strict=True)]
-Amount = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-
-
-class FaultSpec(BaseModel):
-    """One injected failure of a scenario's `provider.faults` (docs/simulation.md#faults)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    start: AwareDatetime | None = Field(None, alias="from")
-    until: AwareDatetime | None = None
-    to: Phone | None = None
-    nth: Annotated[Count, Field(ge=1)] | None = None
-    status: Annotated[Count, Field(ge=400, le=599)] | None = None
-    message_id: Annotated[str, StringConstraints(pattern=_ONEAPI_ID.pattern)] | None = None
-    code: Annotated[Count, Field(ge=0)] | None = None
-    timeout: Literal["after_send", "before_send"] | None = None
-    retry_after: Annotated[Amount, Field(ge=0)] | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> FaultSpec:
-        # Each message starts with the field it is about: `scenario_error` puts it in the path.
-        if self.start is not None and self.until is not None and self.until <= self.start:
-            raise ValueError("until: must be after from")
-        if (self.status is None) == (self.timeout is None):
-            raise ValueError("status: give exactly one of status or timeout")
-        if self.timeout is not None:
-            extra = [name for name in ("message_id", "code", "retry_after") if getattr(self, name) is not None]
-            if extra:
-                raise ValueError(f"{extra[0]}: only allowed with status")
-        if self.message_id is not None and not 400 <= (self.status or 0) <= 499:
-            raise ValueError("message_id: OneAPI errors need a 4xx status")
-        if self.message_id is not None and self.code is not None:
-            raise ValueError("code: give either code (gateway shape) or message_id (OneAPI shape)")
-        return self
-
-    def fault(self) -> Fault:
-        """The simulator's fault."""
-        return Fault(**self.model_dump(exclude_none=False))
-
-
-class ProviderSpec(BaseModel):
-    """A scenario's `provider` object for the Orange simulator (docs/simulation.md#provider)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: Literal["orange"] = "orange"
-    latency_ms: Annotated[Amount, Field(ge=0)] = 0
-    receipt_delay_seconds: Annotated[Amount, Field(ge=0)] = 0
-    faults: list[FaultSpec] = Field(default_factory=list)
-    undeliverable: list[Phone] = Field(default_factory=list)
-    token_lifetime_seconds: Annotated[Count, Field(ge=1)] = 3600
-    available_units: Annotated[Count, Field(ge=0)] = 1_000_000
-    bundle_expires_at: AwareDatetime | None = None
-    rate_limit_per_second: Annotated[Amount, Field(gt=0)] | None = None
-
-
-def scenario_error(exc: ValidationError) -> ValueError:
-    """A scenario's provider error, naming its field as `provider.latency_ms` or `faults[1].status`."""
-    first = exc.errors()[0]
-    loc = list(first["loc"])
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if loc[:1] == ["faults"] and len(loc) >= 2:
-        head = f"faults[{loc[1]}]"
-        rest = [str(part) for part in loc[2:]]
-        if not rest and ": " in message:  # a rule between fields: the message names the field
-            field, message = message.split(": ", 1)
-            rest = [field]
-        return ValueError(".".join([head, *rest]) + f": {message}")
-    path = "provider" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
-    return ValueError(f"{path}: {message}")
-
-
 def _checked_send(
     path_sender: str, headers: Mapping[str, str], data: Any
-) -> _Reply | tuple[str, str, re.Match[str], str, str | None]:
+) -> Reply | tuple[str, str, re.Match[str], str, str | None]:
     """A send request's (sender, address, its tel: match, text, sender name), or the error Orange answers."""
     if "application/json" not in _header(headers, "Content-Type"):
         return _json_reply(400, _oneapi_body("SVC0001", "Content-Type must be application/json"))
@@ -248,8 +117,20 @@ def _oneapi_body(message_id: str, variable: str) -> dict[str, Any]:
     return {"requestError": {key: {"messageId": message_id, "text": text, "variables": [variable]}}}
 
 
-def _json_reply(status: int, body: Any, headers: Mapping[str, str] | None = None) -> _Reply:
-    return _Reply(status, body, dict(headers or {}))
+def _json_reply(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Reply:
+    return Reply(status, body, dict(headers or {}))
+
+
+def _fault_reply(fault: Fault) -> Reply:
+    """Orange's answer to a `status` fault: a OneAPI body with `message_id`, else a gateway body."""
+    status = fault.status or 500
+    if fault.message_id is not None:
+        return _json_reply(status, _oneapi_body(fault.message_id, "address"))
+    code = fault.code if fault.code is not None else _DEFAULT_GATEWAY_CODE.get(status)
+    extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+    if status == 429 and not extra:
+        extra = {"Retry-After": "1"}
+    return _json_reply(status, _gateway_body(code, status), extra)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
@@ -285,56 +166,10 @@ def _accepts_json(accept: str) -> bool:
     return best[1] > 0
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # Keep-alive connections would otherwise make stop() wait for the client to hang up.
-    block_on_close = False
-    simulator: OrangeSimulator
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-    # Idle keep-alive connections are closed after this many real seconds.
-    timeout = 30
-    # Headers and body go out in separate writes; with Nagle each reply would wait for a delayed ACK.
-    disable_nagle_algorithm = True
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def _serve(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
-        headers = dict(self.headers.items())
-        reply = self.server.simulator.handle(method, self.path, headers, body)
-        if reply is None:
-            self.close_connection = True
-            return
-        payload = json.dumps(reply.body).encode("utf-8")
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        for key, value in reply.headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("orange simulator: " + format, *args)
-
-
-class OrangeSimulator:
+class OrangeSimulator(ProviderSimulator):
     """Orange's SMS API on 127.0.0.1 (random port); use as a context manager or call start()/stop()."""
+
+    name = "orange"
 
     def __init__(
         self,
@@ -363,19 +198,20 @@ class OrangeSimulator:
         """
         if rate_limit_per_second is not None and rate_limit_per_second <= 0:
             raise ValueError("rate_limit_per_second must be > 0")
-        if latency_ms < 0 or receipt_delay_seconds < 0 or token_lifetime_seconds <= 0 or available_units < 0:
-            raise ValueError("latency, receipt delay and units must be >= 0, token lifetime > 0")
-        self._clock = clock
+        if token_lifetime_seconds <= 0 or available_units < 0:
+            raise ValueError("units must be >= 0, token lifetime > 0")
+        super().__init__(
+            clock=clock,
+            latency_ms=latency_ms,
+            receipt_delay_seconds=receipt_delay_seconds,
+            faults=faults,
+            undeliverable=undeliverable,
+        )
         self._client_id = client_id
         self._client_secret = client_secret
-        self._latency = latency_ms / 1000
-        self._receipt_delay = timedelta(seconds=receipt_delay_seconds)
-        self._faults = tuple(faults)
-        self._undeliverable = frozenset(undeliverable)
         self._token_lifetime = token_lifetime_seconds
         self._units = available_units
         self._bundle_expires_at = bundle_expires_at or clock.now() + timedelta(days=365)
-        self._created_at = clock.now()
         self._country = country
         self._expires_in_as_string = expires_in_as_string
         self._legacy_contracts = contracts_legacy_shape
@@ -384,24 +220,9 @@ class OrangeSimulator:
         # Spans longer than this are not examined: a stream conforming over every shorter span stays close enough.
         self._rate_horizon = max(2.0, 2 * self._burst / rate_limit_per_second) if rate_limit_per_second else 0.0
 
-        self._lock = threading.Lock()
         self._tokens: dict[str, datetime] = {}
         self._admitted_times: list[float] = []
         self._latest_admitted = -math.inf
-        self._send_requests = 0
-        self._accepted: list[SentRecord] = []
-        self._received: list[ReceivedRequest] = []
-        # A heap of (due, sequence, payload): the sequence keeps equal due times in send order.
-        self._pending: list[tuple[datetime, int, dict[str, Any]]] = []
-        self._receipt_seq = 0
-        self.failed_receipts: list[dict[str, Any]] = []
-
-        self._server: _Server | None = None
-        self._base_url = ""
-        self._thread: threading.Thread | None = None
-        self._pump: threading.Thread | None = None
-        self._pump_stop = threading.Event()
-        self._receipt_session = requests.Session()
 
     @classmethod
     def from_scenario(
@@ -411,17 +232,13 @@ class OrangeSimulator:
         client_id: str,
         client_secret: str,
         rate_limit_per_second: float | None,
+        where: str = "provider",
     ) -> OrangeSimulator:
         """Build from a scenario's `provider` object (`ProviderSpec`); raises ValueError naming the bad field.
 
         `rate_limit_per_second` is used unless the object sets its own.
         """
-        if not isinstance(provider_cfg, Mapping):
-            raise ValueError(f"provider: expected an object, got {provider_cfg!r}")
-        try:
-            spec = ProviderSpec.model_validate(provider_cfg)
-        except ValidationError as exc:
-            raise scenario_error(exc) from None
+        spec = provider_spec(provider_cfg, cls.name, where)
         options = spec.model_dump(exclude={"name", "faults", "bundle_expires_at", "rate_limit_per_second"})
         if spec.bundle_expires_at is not None:
             options["bundle_expires_at"] = spec.bundle_expires_at
@@ -434,70 +251,7 @@ class OrangeSimulator:
             **options,
         )
 
-    # Lifecycle.
-
-    def start(self) -> OrangeSimulator:
-        """Listen on 127.0.0.1 on a free port and serve in a background thread."""
-        if self._server is not None:
-            return self
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.simulator = self
-        self._server = server
-        host, port = server.server_address[:2]
-        self._base_url = f"http://{host!s}:{port}"
-        self._thread = threading.Thread(
-            # A short poll keeps stop() quick; serving itself is not polled.
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="orange-simulator",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop the receipt pump and the server; safe to call twice."""
-        self.stop_receipt_pump()
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._receipt_session.close()
-
-    def __enter__(self) -> OrangeSimulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        """`http://127.0.0.1:<port>`, the value for ORANGE_API_BASE_URL."""
-        if self._server is None:
-            raise RuntimeError("the simulator is not started")
-        return self._base_url
-
     # What the simulator saw.
-
-    @property
-    def accepted(self) -> list[SentRecord]:
-        """Every send accepted so far, in order (a copy)."""
-        with self._lock:
-            return list(self._accepted)
-
-    @property
-    def received(self) -> list[ReceivedRequest]:
-        """Every request received so far, in order (a copy)."""
-        with self._lock:
-            return list(self._received)
 
     @property
     def available_units(self) -> int:
@@ -516,90 +270,18 @@ class OrangeSimulator:
         with self._lock:
             self._tokens.clear()
 
-    # Receipts.
+    # Receipts and HTTP.
 
-    def next_receipt_at(self) -> datetime | None:
-        """When the earliest pending receipt falls due, or None when none is pending."""
-        with self._lock:
-            return self._pending[0][0] if self._pending else None
+    def _post_receipt(self, payload: Any, url: str | None) -> requests.Response:
+        if url is None:
+            raise ValueError("Orange receipts need the receipt URL")
+        return self._receipt_session.post(url, json=payload, timeout=(3.05, 10))
 
-    def due_receipts(self, now: datetime) -> list[dict[str, Any]]:
-        """Pop and return the receipts due at `now`, oldest first."""
-        due: list[dict[str, Any]] = []
-        with self._lock:
-            while self._pending and self._pending[0][0] <= now:
-                due.append(heapq.heappop(self._pending)[2])
-        return due
+    def _endpoint(self, path: str) -> str:
+        return "send" if _SEND_PATH.match(path) else _ENDPOINTS.get(path, "unknown")
 
-    def post_due_receipts(self, now: datetime, url: str) -> int:
-        """POST each receipt due at `now` to `url` as Orange would; returns how many got a 2xx.
-
-        A receipt whose POST fails is kept in `failed_receipts` (Orange's own retry policy is unknown).
-        """
-        delivered = 0
-        for payload in self.due_receipts(now):
-            try:
-                response = self._receipt_session.post(url, json=payload, timeout=(3.05, 10))
-            except requests.RequestException as exc:
-                logger.warning("orange simulator: receipt POST failed (%s)", type(exc).__name__)
-                self.failed_receipts.append(payload)
-                continue
-            if 200 <= response.status_code <= 299:
-                delivered += 1
-            else:
-                logger.warning("orange simulator: receipt POST answered %s", response.status_code)
-                self.failed_receipts.append(payload)
-        return delivered
-
-    def start_receipt_pump(self, url: str, interval_seconds: float) -> None:
-        """Post due receipts to `url` every `interval_seconds` of real time, in a background thread."""
-        if interval_seconds <= 0:
-            raise ValueError("interval_seconds must be > 0")
-        if self._pump is not None:
-            raise RuntimeError("the receipt pump is already running")
-        self._pump_stop.clear()
-
-        def pump() -> None:
-            while not self._pump_stop.wait(interval_seconds):
-                try:
-                    self.post_due_receipts(self._clock.now(), url)
-                except Exception:
-                    logger.exception("orange simulator: receipt pump error")
-
-        self._pump = threading.Thread(target=pump, name="orange-simulator-receipts", daemon=True)
-        self._pump.start()
-
-    def stop_receipt_pump(self) -> None:
-        """Stop the background receipt pump, if any."""
-        if self._pump is not None:
-            self._pump_stop.set()
-            self._pump.join(timeout=5)
-            self._pump = None
-
-    # HTTP.
-
-    def handle(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> _Reply | None:
-        """Answer one request; None means: drop the connection without replying."""
-        path = urlsplit(raw_path).path
-        send_match = _SEND_PATH.match(path)
-        endpoint = "send" if send_match else _ENDPOINTS.get(path, "unknown")
-        nth = 0
-        if endpoint == "send":
-            with self._lock:
-                self._send_requests += 1
-                nth = self._send_requests
-        if self._latency:
-            self._clock.sleep(self._latency)
-        now = self._clock.now()
-        try:
-            reply = self._route(endpoint, method, now, nth, raw_path, send_match, headers, body)
-        except Exception:
-            logger.exception("orange simulator: error handling %s %s", method, path)
-            reply = _json_reply(500, _gateway_body(1, 500))
-        with self._lock:
-            status = None if reply is None else reply.status
-            self._received.append(ReceivedRequest(now, method, raw_path, endpoint, status))
-        return reply
+    def _internal_error(self) -> Reply:
+        return _json_reply(500, _gateway_body(1, 500))
 
     def _route(
         self,
@@ -608,22 +290,22 @@ class OrangeSimulator:
         now: datetime,
         nth: int,
         raw_path: str,
-        send_match: re.Match[str] | None,
         headers: Mapping[str, str],
         body: bytes,
-    ) -> _Reply | None:
+    ) -> Reply | None:
+        path = urlsplit(raw_path).path
         if endpoint == "unknown":
-            path = urlsplit(raw_path).path
             return _json_reply(404, {"message": "Resource not found", "description": f"No resource at {path}"})
+        send_match = _SEND_PATH.match(path)
         if (endpoint, method) == ("send", "POST") and send_match:
             return self._send(now, nth, raw_path, send_match.group(1), headers, body)
         if (endpoint, method) == ("token", "POST"):
             return self._token(now, headers, body)
         if (endpoint, method) == ("contracts", "GET"):
             return self._contracts(now, raw_path, headers)
-        return _json_reply(405, {"message": "Method not allowed", "description": f"{method} {urlsplit(raw_path).path}"})
+        return _json_reply(405, {"message": "Method not allowed", "description": f"{method} {path}"})
 
-    def _token(self, now: datetime, headers: Mapping[str, str], body: bytes) -> _Reply:
+    def _token(self, now: datetime, headers: Mapping[str, str], body: bytes) -> Reply:
         auth = _header(headers, "Authorization")
         scheme, _, encoded = auth.partition(" ")
         try:
@@ -661,7 +343,7 @@ class OrangeSimulator:
         expires_in: int | str = str(self._token_lifetime) if self._expires_in_as_string else self._token_lifetime
         return _json_reply(200, {"token_type": "Bearer", "access_token": token, "expires_in": expires_in})
 
-    def _check_api_headers(self, now: datetime, headers: Mapping[str, str]) -> _Reply | None:
+    def _check_api_headers(self, now: datetime, headers: Mapping[str, str]) -> Reply | None:
         scheme, _, token = _header(headers, "Authorization").partition(" ")
         if scheme != "Bearer" or not token.strip():
             return _json_reply(401, _gateway_body(40, 401))
@@ -697,7 +379,7 @@ class OrangeSimulator:
 
     def _send(
         self, now: datetime, nth: int, raw_path: str, path_sender: str, headers: Mapping[str, str], body: bytes
-    ) -> _Reply | None:
+    ) -> Reply | None:
         refused = self._check_api_headers(now, headers)
         if refused is not None:
             return refused
@@ -712,29 +394,18 @@ class OrangeSimulator:
         tel = _TEL.match(address) if isinstance(address, str) else None
         recipient = tel.group(1) if tel else None
 
-        for fault in self._faults:
-            if not fault.matches(now=now, to=recipient, nth=nth):
-                continue
-            if fault.timeout == "before_send":
-                return None
-            if fault.timeout == "after_send":
-                self._process_send(now, raw_path, path_sender, headers, data)
-                return None
-            status = fault.status or 500
-            if fault.message_id is not None:
-                return _json_reply(status, _oneapi_body(fault.message_id, "address"))
-            code = fault.code if fault.code is not None else _DEFAULT_GATEWAY_CODE.get(status)
-            extra = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
-            if status == 429 and not extra:
-                extra = {"Retry-After": "1"}
-            return _json_reply(status, _gateway_body(code, status), extra)
+        faulted, reply = self._faulted(
+            now, recipient, nth, lambda: self._process_send(now, raw_path, path_sender, headers, data), _fault_reply
+        )
+        if faulted:
+            return reply
         return self._process_send(now, raw_path, path_sender, headers, data)
 
     def _process_send(
         self, now: datetime, raw_path: str, path_sender: str, headers: Mapping[str, str], data: Any
-    ) -> _Reply:
+    ) -> Reply:
         checked = _checked_send(path_sender, headers, data)
-        if isinstance(checked, _Reply):
+        if isinstance(checked, Reply):
             return checked
         sender, address, tel, text, sender_name = checked
         recipient = tel.group(1)
@@ -754,7 +425,6 @@ class OrangeSimulator:
                     path=raw_path,
                 )
             )
-            self._receipt_seq += 1
             status = IMPOSSIBLE if recipient in self._undeliverable else DELIVERED
             receipt = {
                 "deliveryInfoNotification": {
@@ -762,7 +432,7 @@ class OrangeSimulator:
                     "deliveryInfo": {"address": address, "deliveryStatus": status},
                 }
             }
-            heapq.heappush(self._pending, (now + self._receipt_delay, self._receipt_seq, receipt))
+            self._schedule_receipt(now + self._receipt_delay, receipt)
         echo: dict[str, Any] = {"address": [address], "senderAddress": sender}
         if sender_name is not None:
             echo["senderName"] = sender_name
@@ -770,7 +440,7 @@ class OrangeSimulator:
         echo["resourceURL"] = f"{self._base_url}/smsmessaging/v1/outbound/{sender}/requests/{message_id}"
         return _json_reply(201, {"outboundSMSMessageRequest": echo})
 
-    def _contracts(self, now: datetime, raw_path: str, headers: Mapping[str, str]) -> _Reply:
+    def _contracts(self, now: datetime, raw_path: str, headers: Mapping[str, str]) -> Reply:
         refused = self._check_api_headers(now, headers)
         if refused is not None:
             return refused
@@ -779,7 +449,7 @@ class OrangeSimulator:
             return _json_reply(200, [] if not self._legacy_contracts else {"partnerContracts": {"contracts": []}})
         with self._lock:
             units = self._units
-        if any(f.status == 403 and f.to is None and f.matches(now=now, to=None, nth=0) for f in self._faults):
+        if self._provider_wide_fault(now, 403):
             units = 0  # a 403 window for every recipient is the bundle running out: the contracts say so too
         contract = {
             "id": "sim-contract-1",
