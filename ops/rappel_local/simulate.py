@@ -1,4 +1,4 @@
-"""`rappel simulate`: the whole pipeline on moto, the Orange simulator over HTTP, and a virtual clock.
+"""`rappel simulate`: the whole pipeline on moto, the Orange or Kannel simulator over HTTP, and a virtual clock.
 
 The clock jumps from one thing that can happen to the next (a clinic event, a dispatcher tick with work
 due, a receipt, a failed SQS record becoming visible again), so weeks pass in seconds while every step
@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import boto3
+import requests
 
 from core import clock, sending, store
 from core.clock import VirtualClock
@@ -24,6 +26,7 @@ from core.pacing import Pacer
 from core.planning import set_consent
 from core.settings import Settings, build_settings
 from core.store import iso
+from core.texts import sms_encoding
 from rappel_local.embedded import (
     ReceiptEndpoint,
     invoke,
@@ -32,12 +35,17 @@ from rappel_local.embedded import (
     sqs_event,
 )
 from rappel_local.invariants import check_invariants
+from rappel_local.kannel_simulator import KannelSimulator, deliver_mo
 from rappel_local.moto_shortcuts import moto_shortcuts
 from rappel_local.orange_simulator import OrangeSimulator
-from rappel_local.scenario import OPERATOR_EVENTS, Scenario, ScenarioEvent, load_scenario
+from rappel_local.provider_simulator import ProviderSimulator, SentRecord
+from rappel_local.scenario import INBOUND_EVENT, OPERATOR_EVENTS, Scenario, ScenarioEvent, load_scenario
 from rappel_local.stack import send_queue_visibility_timeout
 
 SIM_CREDENTIALS = {"client_id": "rappel-simulated-client", "client_secret": "simulated-secret-not-real"}
+SIM_KANNEL_CREDENTIALS = {"username": "rappel-simulated", "password": "simulated-password-not-real"}
+# Our number, as the phone's operator gives it to Kannel in an MO (the `%P` of the get-url).
+SIM_SERVICE_NUMBER = "1234"
 
 
 @dataclass
@@ -73,6 +81,10 @@ class Simulation:
 
     # The scenario events plan_reminders refused or ignored (by identity): the invariant check judges by the others.
     not_applied: set[int] = field(default_factory=set)
+    # What the inbound endpoint answered to the scenario's InboundSms events (a refusal: a non-2xx or no answer).
+    inbound: dict[str, Any] = field(default_factory=lambda: {"delivered": 0, "refused": 0, "errors": []})
+    _inbound_url: str = field(default="", init=False)
+    _mo_session: requests.Session = field(default_factory=requests.Session, init=False, repr=False)
 
     def _record_event(self, at: datetime, event_type: str, response: Any) -> None:
         if not isinstance(response, dict):
@@ -88,7 +100,12 @@ class Simulation:
         from rappel_local.stack import create_stack
 
         with mock_aws(), _scoped_environment(), moto_shortcuts():
-            stack = create_stack(prefix="sim", endpoint_url=None, orange_credentials=SIM_CREDENTIALS)
+            stack = create_stack(
+                prefix="sim",
+                endpoint_url=None,
+                orange_credentials=SIM_CREDENTIALS,
+                kannel_credentials=SIM_KANNEL_CREDENTIALS,
+            )
             virtual = VirtualClock(self.scenario.start)
             previous = clock.install(virtual)
             try:
@@ -106,18 +123,12 @@ class Simulation:
             for key, value in self.scenario.settings.items()
         }
         probe = build_settings(**{**stack.environment(), **overrides})
-        simulator = OrangeSimulator.from_scenario(
-            self.scenario.provider,
-            clock=virtual,
-            client_id=SIM_CREDENTIALS["client_id"],
-            client_secret=SIM_CREDENTIALS["client_secret"],
-            rate_limit_per_second=probe.SMS_RATE_LIMIT_PER_SECOND,
-        ).start()
+        simulators = self._simulators(virtual, probe.SMS_RATE_LIMIT_PER_SECOND)
         receipts = ReceiptEndpoint().start()
         try:
             environment = {
                 **stack.environment(),
-                "ORANGE_API_BASE_URL": simulator.base_url,
+                **_provider_environment(simulators),
                 "RECEIPT_BASE_URL": receipts.base_url,
                 "PROVIDER_READ_TIMEOUT_SECONDS": "5",
                 **overrides,
@@ -128,23 +139,42 @@ class Simulation:
             store.bind(settings)
             if self.setup is not None:
                 self.setup(settings)
-            self._loop(settings, stack, virtual, simulator, receipts)
-            return self._result(settings, simulator)
+            self._loop(settings, stack, virtual, simulators, receipts)
+            return self._result(settings, simulators)
         finally:
-            simulator.stop()
+            for simulator in simulators.values():
+                simulator.stop()
             receipts.stop()
+            self._mo_session.close()
+
+    def _simulators(self, virtual: VirtualClock, rate_limit: float) -> dict[str, ProviderSimulator]:
+        """The scenario's gateways by name, in failover order (`provider`, then `fallback_provider`), started."""
+        blocks = [("provider", self.scenario.provider)]
+        if self.scenario.fallback_provider is not None:
+            blocks.append(("fallback_provider", self.scenario.fallback_provider))
+        simulators: dict[str, ProviderSimulator] = {}
+        try:
+            for where, block in blocks:
+                simulator = _simulator(block, where, virtual, rate_limit)
+                simulators[simulator.name] = simulator.start()
+        except BaseException:
+            for started in simulators.values():
+                started.stop()
+            raise
+        return simulators
 
     def _loop(
         self,
         settings: Settings,
         stack: Any,
         virtual: VirtualClock,
-        simulator: OrangeSimulator,
+        simulators: dict[str, ProviderSimulator],
         receipts: ReceiptEndpoint,
     ) -> None:
         sqs = boto3.client("sqs", region_name=settings.AWS_REGION)
         token = stack.receipt_token
         receipt_url = f"{receipts.base_url}/orange?token={token}"
+        self._inbound_url = inbound_get_url(receipts.base_url, token)
         interval = timedelta(minutes=settings.SMS_PROCESSING_INTERVAL_MINUTES)
         events = sorted(self.scenario.events, key=lambda e: e.at)
         requeue: list[_Requeue] = []
@@ -159,7 +189,7 @@ class Simulation:
             now = virtual.now()
             applied = self._apply_events_due(events, index, now, settings)
             stale, index = stale or applied > index, applied
-            simulator.post_due_receipts(now, receipt_url)
+            _post_receipts(simulators, now, receipt_url)
             for item in [r for r in requeue if r.visible_at <= now]:
                 sqs.change_message_visibility(
                     QueueUrl=settings.SEND_QUEUE_URL, ReceiptHandle=item.receipt_handle, VisibilityTimeout=0
@@ -184,13 +214,14 @@ class Simulation:
                 earliest_due, stale = _earliest_due(settings), False
             scheduled = max(not_before, _ceil(virtual.now(), interval, start))
             tick = next_tick if stopped else _next_useful_tick(earliest_due, scheduled, interval, start)
-            upcoming = [until, tick, simulator.next_receipt_at(), *(r.visible_at for r in requeue)]
+            upcoming = [until, tick, *(s.next_receipt_at() for s in simulators.values())]
+            upcoming += [r.visible_at for r in requeue]
             if index < len(events):
                 upcoming.append(events[index].at)
             wake = max(min(m for m in upcoming if m is not None), virtual.now())
             if wake >= until:
                 virtual.advance_to(until)
-                simulator.post_due_receipts(until, receipt_url)
+                _post_receipts(simulators, until, receipt_url)
                 break
             virtual.advance_to(wake)
 
@@ -201,6 +232,8 @@ class Simulation:
             event = events[index]
             if event.type in OPERATOR_EVENTS:
                 set_consent(str(event.detail.get("phone", "")), event.type == "OptInByPhone", settings)
+            elif event.type == INBOUND_EVENT:
+                self._deliver_inbound(event)
             else:
                 stamp = event.time or event.at
                 envelope = make_envelope(event.type, event.detail, event_id=event.id or f"sim-{index}", at=stamp)
@@ -210,6 +243,29 @@ class Simulation:
                     self.not_applied.add(id(event))
             index += 1
         return index
+
+    def _deliver_inbound(self, event: ScenarioEvent) -> None:
+        """A family's SMS, handed to the inbound endpoint as Kannel's sms-service calls its get-url (with
+        `mo-recode = true`: a UCS-2 text arrives as UTF-8). Kannel does not retry a failed call: it is counted."""
+        text = str(event.detail["text"])
+        try:
+            response = deliver_mo(
+                self._mo_session,
+                self._inbound_url,
+                sender=str(event.detail["from"]),
+                receiver=SIM_SERVICE_NUMBER,
+                text=text,
+                at=event.at,
+                ucs2=sms_encoding(text) != "GSM-7",
+            )
+            status: int | None = response.status_code
+        except requests.RequestException:
+            status = None
+        if status is not None and 200 <= status <= 299:
+            self.inbound["delivered"] += 1
+        else:
+            self.inbound["refused"] += 1
+            self.inbound["errors"].append({"at": iso(event.at), "status": status})
 
     def _drain(
         self,
@@ -267,7 +323,7 @@ class Simulation:
                 raise
             return None
 
-    def _result(self, settings: Settings, simulator: OrangeSimulator) -> SimulationResult:
+    def _result(self, settings: Settings, simulators: dict[str, ProviderSimulator]) -> SimulationResult:
         patients = {patient.patient_id: patient for patient in store.iterate_patients()}
         messages = sorted(
             (_message_json(m, patients) for m in store.iterate_messages()),
@@ -283,8 +339,8 @@ class Simulation:
             if m["text"]:
                 by_text.setdefault((m["phone"], m["text"]), []).append(m["message_id"])
         sends = []
-        for record in simulator.accepted:
-            ours = by_provider_id.get(record.message_id) or by_text.get((record.to, record.text)) or []
+        for name, record in _accepted(simulators):
+            ours = by_provider_id.get(_reference(record)) or by_text.get((record.to, record.text)) or []
             sends.append(
                 {
                     "at": iso(record.at),
@@ -292,7 +348,7 @@ class Simulation:
                     "text": record.text,
                     "message_id": ours[0] if ours else None,
                     "message_ids": ours,
-                    "provider": "orange",
+                    "provider": name,
                     "provider_message_id": record.message_id,
                 }
             )
@@ -302,7 +358,65 @@ class Simulation:
         stats["invariants"] = check_invariants(self.scenario, settings, messages, sends, self.not_applied)
         stats["handler_errors"] = len(self.handler_errors)
         stats["events"] = self.events
+        stats["inbound"] = self.inbound
         return SimulationResult(messages, sends, stats)
+
+
+def _simulator(block: Any, where: str, virtual: VirtualClock, rate_limit: float) -> ProviderSimulator:
+    """The simulator a provider block names; a block naming neither gateway is refused by the Orange one."""
+    if isinstance(block, dict) and block.get("name") == KannelSimulator.name:
+        return KannelSimulator.from_scenario(block, virtual, **SIM_KANNEL_CREDENTIALS, where=where)
+    return OrangeSimulator.from_scenario(
+        block,
+        clock=virtual,
+        client_id=SIM_CREDENTIALS["client_id"],
+        client_secret=SIM_CREDENTIALS["client_secret"],
+        rate_limit_per_second=rate_limit,
+        where=where,
+    )
+
+
+def _provider_environment(simulators: dict[str, ProviderSimulator]) -> dict[str, str]:
+    """SMS_PROVIDER (the first gateway), SMS_PROVIDERS when there is a fallback, and each simulator's endpoint."""
+    names = list(simulators)
+    environment = {"SMS_PROVIDER": names[0]}
+    if len(names) > 1:
+        environment["SMS_PROVIDERS"] = ",".join(names)
+    for simulator in simulators.values():
+        if isinstance(simulator, KannelSimulator):
+            environment["KANNEL_SENDSMS_URL"] = simulator.sendsms_url
+        else:
+            environment["ORANGE_API_BASE_URL"] = simulator.base_url
+    return environment
+
+
+def inbound_get_url(receipt_base_url: str, token: str) -> str:
+    """The sms-service `get-url` a Kannel deployment calls for each family's reply: the receipt Function URL's
+    /inbound with its token, the phone (%p), our number (%P), the words of the text (%a), its coding and charset."""
+    base = f"{receipt_base_url.rstrip('/')}/inbound?token={quote(token, safe='')}"
+    return f"{base}&from=%p&to=%P&text=%a&coding=%c&charset=%C"
+
+
+def _post_receipts(simulators: dict[str, ProviderSimulator], now: datetime, orange_url: str) -> None:
+    """Each gateway's receipts due now: Orange POSTs them to its receipt URL, Kannel GETs each message's dlr-url."""
+    for simulator in simulators.values():
+        simulator.post_due_receipts(now, orange_url)
+
+
+def _accepted(simulators: dict[str, ProviderSimulator]) -> list[tuple[str, SentRecord]]:
+    """Every accepted send of every gateway, with the gateway's name, in time order."""
+    records = [(name, record) for name, simulator in simulators.items() for record in simulator.accepted]
+    return sorted(records, key=lambda item: item[1].at)
+
+
+def _reference(record: SentRecord) -> str:
+    """The id a send is known by in our messages: Orange's id, or for Kannel (which has none) the `message_id` our
+    adapter put in the dlr-url."""
+    if record.dlr_url:
+        ours = parse_qs(urlsplit(record.dlr_url).query).get("message_id")
+        if ours:
+            return ours[0]
+    return record.message_id
 
 
 def _message_json(message: store.MessageRecord, patients: dict[str, store.PatientRecord]) -> dict[str, Any]:

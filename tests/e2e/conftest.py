@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from rappel_local.orange_simulator import OrangeSimulator
+from rappel_local.kannel_simulator import KannelSimulator
+from rappel_local.provider_simulator import ProviderSimulator
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -32,31 +34,39 @@ def _one_botocore_session_for_pynamodb() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class ProviderRequest:
-    """One send request as it reached the simulated Orange API (whatever the answer)."""
+    """One send request as it reached a simulated gateway (whatever the answer)."""
 
     at: datetime
     to: str | None
     status: int | None  # None: the connection was dropped without a reply
+    provider: str = "orange"
+
+
+def _recipient(simulator: ProviderSimulator, raw_path: str, body: bytes) -> str | None:
+    """The recipient of a send request: Orange's `address` in the JSON body, Kannel's `to` in the query."""
+    if isinstance(simulator, KannelSimulator):
+        return parse_qs(urlsplit(raw_path).query).get("to", [None])[0]
+    try:
+        address = json.loads(body)["outboundSMSMessageRequest"]["address"]
+    except (ValueError, KeyError, TypeError):
+        address = None
+    return address.removeprefix("tel:") if isinstance(address, str) else None
 
 
 @pytest.fixture
 def provider_requests(monkeypatch: pytest.MonkeyPatch) -> list[ProviderRequest]:
-    """Every send request the simulated provider receives during the test (accepted or not)."""
+    """Every send request the simulated gateways (Orange, Kannel) receive during the test (accepted or not)."""
     seen: list[ProviderRequest] = []
     lock = threading.Lock()
-    original = OrangeSimulator.handle
+    original = ProviderSimulator.handle
 
-    def handle(self: OrangeSimulator, method: str, raw_path: str, headers: Any, body: bytes) -> Any:
+    def handle(self: ProviderSimulator, method: str, raw_path: str, headers: Any, body: bytes) -> Any:
         reply = original(self, method, raw_path, headers, body)
-        if method == "POST" and "/smsmessaging/v1/outbound/" in raw_path:
-            try:
-                address = json.loads(body)["outboundSMSMessageRequest"]["address"]
-            except (ValueError, KeyError, TypeError):
-                address = None
-            to = address.removeprefix("tel:") if isinstance(address, str) else None
+        if self._endpoint(urlsplit(raw_path).path) == "send":
+            status = None if reply is None else reply.status
             with lock:
-                seen.append(ProviderRequest(self._clock.now(), to, None if reply is None else reply.status))
+                seen.append(ProviderRequest(self._clock.now(), _recipient(self, raw_path, body), status, self.name))
         return reply
 
-    monkeypatch.setattr(OrangeSimulator, "handle", handle)
+    monkeypatch.setattr(ProviderSimulator, "handle", handle)
     return seen
