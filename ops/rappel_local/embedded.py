@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from core import provider_state, queue, secrets, sending, store
+from core import notify, provider_state, queue, secrets, sending, store
 from core.providers import factory
 from core.settings import reset_settings
 
@@ -23,6 +23,7 @@ def reset_core_caches() -> None:
     store.unbind()
     provider_state.forget()
     queue.reset_clients()
+    notify.reset_clients()
     secrets.reset()
     factory.reset()
     sending.reset()

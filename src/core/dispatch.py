@@ -20,6 +20,7 @@ from core.queue import QueuedMessage, QueuedSms
 from core.settings import Settings
 from core.store import Change, Guard, MessageRecord, iso, parse_iso
 from core.timing import ReminderType
+from core.wanted import is_confirmation
 
 
 class ClaimOutcome(StrEnum):
@@ -65,7 +66,7 @@ def dispatch_due(settings: Settings) -> DispatchResult:
                 result.expired += 1
         else:
             live.append(message)
-    live.sort(key=lambda m: (ReminderType(m.reminder_type).urgency, m.due_at or ""))
+    live.sort(key=lambda m: (_urgency(m), m.due_at or ""))
     claimed: list[tuple[MessageRecord, QueuedMessage]] = []
     for message in live[: result.capacity]:
         outcome = _claim(message, now, settings)
@@ -89,6 +90,11 @@ def dispatch_due(settings: Settings) -> DispatchResult:
     return result
 
 
+def _urgency(message: MessageRecord) -> int:
+    """Lower goes first: a reply's confirmation (the family is waiting for it), then 1-day, overdue, 7-day."""
+    return -1 if is_confirmation(message) else ReminderType(message.reminder_type).urgency
+
+
 # More reminders for one phone in one slot than any family has; a register error beyond it still gets sent.
 MAX_REMINDERS_PER_RECORD = 20
 
@@ -99,8 +105,8 @@ def by_phone(claimed: list[tuple[MessageRecord, QueuedMessage]]) -> list[QueuedM
     groups: dict[tuple[str, str, str], list[QueuedMessage]] = {}
     records: list[QueuedMessage | QueuedSms | list[QueuedMessage]] = []
     for message, item in claimed:
-        if not message.recipient:
-            records.append(item)  # planned before recipients were recorded: on its own
+        if not message.recipient or is_confirmation(message):
+            records.append(item)  # planned before recipients were recorded, or a reply's confirmation: on its own
             continue
         key = (message.recipient, message.reminder_type, message.due_date)
         if key not in groups or len(groups[key]) == MAX_REMINDERS_PER_RECORD:

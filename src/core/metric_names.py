@@ -58,6 +58,9 @@ class MetricName(StrEnum):
     EVENTS_REJECTED = "EventsRejected"
     RECEIPTS_UNKNOWN = "ReceiptsUnknown"
     RECEIPTS_REJECTED = "ReceiptsRejected"
+    REPLIES_OPTED_OUT = "RepliesOptedOut"  # replies that stopped a number (one per change)
+    REPLIES_OPTED_IN = "RepliesOptedIn"  # replies that started a number again (one per change)
+    REPLIES_UNKNOWN = "RepliesUnknown"  # replies that changed nothing: no keyword, or an unknown sender
 
     # Health figures (service only), emitted by health_check on every run.
     HEALTH_PENDING_COUNT = "HealthPendingCount"

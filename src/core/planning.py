@@ -356,22 +356,55 @@ def set_consent(phone: str, opt_in: bool, settings: Settings) -> tuple[int, Plan
     """Opt a number in or out (operator command) and replan its patients; (patients changed, result).
 
     An opt-out stops the number itself: later clinic updates carrying `sms_opt_in: true` and siblings registered
-    on it later get no reminders, until an explicit opt-in (this command, or `sms_opt_in_renewed`).
+    on it later get no reminders, until an explicit opt-in (this command, a reply, or `sms_opt_in_renewed`).
     """
     from core.phone import normalize_phone
 
     store.bind(settings)
-    now = clock.now()
     number = normalize_phone(phone, settings.SMS_DEFAULT_REGION)
-    result = PlanningResult()
+    change = change_consent(number, opt_in, settings, clock.now(), by="operator")
+    return len(change.patients), change.result
+
+
+@dataclass
+class ConsentChange:
+    """What opting a number in or out did: whether its stop was written (opt-out) or lifted (opt-in) by this
+    change, when that stop was written, whether a patient's own consent flipped, and its patients' reminders."""
+
+    number: str
+    stop_changed: bool
+    stopped_at: str | None
+    patients: list[PatientRecord]
+    consent_flipped: bool
+    result: PlanningResult
+
+
+def change_consent(
+    number: str,
+    opt_in: bool,
+    settings: Settings,
+    now: datetime,
+    *,
+    by: str,
+    patients: list[PatientRecord] | None = None,
+) -> ConsentChange:
+    """Opt an E.164 number in or out, for every patient with it: the one path of the operator's `rappel optout` /
+    `optin` and of a family's reply (`by`: "operator" or "reply"). Pending reminders are cancelled on an opt-out and
+    revived on an opt-in while still before their deadline. `patients`: those with the number, when already read.
+    """
     # The stop first: a crash after it leaves the number stopped, which the next reconciliation and the sender
     # both honour; the patient writes below only make the records say so too.
     if opt_in:
-        store.clear_number_stop(number)
+        stopped_at = store.stopped_since(number)  # the stop this opt-in lifts
+        changed = store.clear_number_stop(number)
     else:
-        store.stop_number(number, iso(now), "operator opt-out")
-    patients = store.patients_with_phone(number)
+        changed = store.stop_number(number, iso(now), f"{by} opt-out")
+        stopped_at = iso(now) if changed else store.stopped_since(number)  # the stop in force
+    patients = store.patients_with_phone(number) if patients is None else patients
+    result = PlanningResult()
+    flipped = False
     for patient in patients:
-        store.set_opt_in(patient.patient_id, opt_in, iso(now), f"operator-{'optin' if opt_in else 'optout'}")
+        flipped |= bool(patient.sms_opt_in) != opt_in
+        store.set_opt_in(patient.patient_id, opt_in, iso(now), f"{by}-{'optin' if opt_in else 'optout'}")
         result.merge(reconcile_patient(patient.patient_id, settings, now))
-    return len(patients), result
+    return ConsentChange(number, changed, stopped_at, patients, flipped, result)

@@ -42,12 +42,13 @@ from core.texts import (
     RenderedText,
     TextTooLong,
     count_segments,
+    render_confirmation,
     render_discreet,
     render_grouped,
     render_reminder,
 )
 from core.timing import ReminderType, later_reminders_due_within, next_allowed
-from core.wanted import why_not_wanted
+from core.wanted import OPTED_OUT, appointment_of, is_confirmation, why_not_wanted
 
 IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retention, so a redrive replays too
 PROVIDER_HOLD = timedelta(minutes=30)
@@ -210,7 +211,7 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
     if isinstance(message, SendOutcome):
         return message
     patient = store.get_patient(message.patient_id)
-    appointment = store.get_appointment(message.appointment_id)
+    appointment = appointment_of(message)  # a confirmation has none: a stand-in
     reason = why_not_wanted(patient, appointment, message)
     if reason is not None or patient is None or appointment is None:
         return _settle(message, Status.CANCELLED, f"cancelled at send time: {reason}", now, settings)
@@ -265,7 +266,7 @@ def _next_reminder_within_gap(
     """The later reminder of this dose that will go out within SMS_MIN_GAP_HOURS of now, if any: a late reminder
     that close to the next is dropped, so a family never gets two for one dose in a few hours (no pile-up)."""
     gap = timedelta(hours=settings.SMS_MIN_GAP_HOURS)
-    if not gap:
+    if not gap or is_confirmation(message):
         return None
     # Cheap first: by the timing rules, is any later reminder of this dose due that soon? Only then read them.
     soon = later_reminders_due_within(
@@ -470,7 +471,10 @@ def render_message(
     message: MessageRecord, patient: PatientRecord, appointment: AppointmentRecord, settings: Settings
 ) -> RenderedText:
     """The text of a reminder as it goes out now: the patient's current language and name, the appointment's data
-    (or, for a discreet patient or program, the date and clinic only, in one segment)."""
+    (or, for a discreet patient or program, the date and clinic only, in one segment). A confirmation of a reply's
+    change names nobody: its fixed text, in the patient's language."""
+    if is_confirmation(message):
+        return render_confirmation(language=patient.language, opted_out=message.appointment_id == OPTED_OUT)
     if patient.discreet or settings.SMS_DISCREET_TEXTS:
         return _discreet(message, patient, appointment)
     return render_reminder(

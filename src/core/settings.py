@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     # Delivery receipts: the token in the registered URL lives in this secret.
     RECEIPT_TOKEN_SECRET: str = "rappel/receipt-token"
     RECEIPT_BASE_URL: str = ""
+    # Replies: PatientOptedOut / PatientOptedIn (source `rappel`) go to this EventBridge bus, for the clinic system.
+    EVENT_BUS_NAME: Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]{1,256}$")] = "default"
 
     # Resources (names from the stack).
     PATIENTS_TABLE: str = "rappel-patients"

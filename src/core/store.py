@@ -730,6 +730,39 @@ def clear_number_stop(phone: str) -> bool:
     return _applied(lambda: OpsRecord(_STOP, phone).delete(condition=OpsRecord.pk.exists()))
 
 
+def stopped_since(phone: str) -> str | None:
+    """When the stop in force on this number was written (`iso`), or None when the number is not stopped."""
+    record = get_ops_value(_STOP, phone)
+    if record is None:
+        return None
+    return (record.text or "").split("|", 1)[0] or "-"
+
+
+# ---------------------------------------------------------------------------------------------- replies
+
+_INBOUND = "INBOUND#"  # pk INBOUND#<UTC day>: sk COUNT#<outcome> counts the day's replies, sk <iso>#<key> records one
+
+
+def count_reply(at: datetime, outcome: str) -> int:
+    """Add one to the day's count of replies with this outcome; returns the day's count so far."""
+    record = OpsRecord(f"{_INBOUND}{at.strftime('%Y-%m-%d')}", f"COUNT#{outcome}")
+    record.update(actions=[OpsRecord.value.add(1), OpsRecord.expires_at.set(at + timedelta(days=400))])
+    return int(record.value or 0)
+
+
+def record_reply(at: datetime, key: str, text: str, keep_days: int) -> bool:
+    """Keep one reply that changed nothing (an unknown text or sender) for an operator to read, until `keep_days`
+    have passed (TTL); False if this very reply is recorded already."""
+    record = OpsRecord(f"{_INBOUND}{at.strftime('%Y-%m-%d')}", f"{iso(at)}#{key}", text=text)
+    record.expires_at = at + timedelta(days=keep_days)
+    return _applied(lambda: record.save(condition=OpsRecord.pk.does_not_exist()))
+
+
+def replies_of_day(day: str) -> list[OpsRecord]:
+    """One day's recorded replies and counts (an operator's read: `rappel replies`, tests)."""
+    return list(OpsRecord.query(f"{_INBOUND}{day}", consistent_read=True))
+
+
 def get_ops_value(pk: str, sk: str) -> OpsRecord | None:
     """One operational item (provider hold, last send, stored report), or None."""
     try:

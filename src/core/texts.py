@@ -33,6 +33,7 @@ __all__ = [
     "LanguagePack",
     "ReminderTemplate",
     "RenderedText",
+    "Replies",
     "TextTooLong",
     "UnknownLanguage",
     "UnknownReminderType",
@@ -41,6 +42,7 @@ __all__ = [
     "load_language",
     "measure",
     "normalise_gsm7",
+    "render_confirmation",
     "render_discreet",
     "render_grouped",
     "render_reminder",
@@ -361,6 +363,31 @@ def _check_template(template: str, *, clinic: bool, placeholders: tuple[frozense
     return template
 
 
+class Replies(_Strict):
+    """What a family may reply, and what Rappel answers (core.replies): the keywords that stop the number's
+    reminders or start them again, and the one confirmation SMS each change gets."""
+
+    opt_out: tuple[str, ...] = Field(min_length=1)
+    opt_in: tuple[str, ...] = Field(min_length=1)
+    opted_out: str
+    opted_in: str
+
+    @field_validator("opt_out", "opt_in")
+    @classmethod
+    def _words(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for keyword in value:
+            if not any(ch.isalnum() for ch in keyword) or len(keyword) > 30:
+                raise ValueError(f"a keyword must have a letter or digit and at most 30 characters: {keyword!r}")
+        return value
+
+    @field_validator("opted_out", "opted_in")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        if _placeholders(value) or not clean_text(value):
+            raise ValueError("a confirmation is plain text: no placeholders, not empty")
+        return value
+
+
 class LanguagePack(_Strict):
     """Everything needed to write reminders in one language (the content of `core/texts/<language>.json`)."""
 
@@ -371,6 +398,7 @@ class LanguagePack(_Strict):
     grouped_templates: dict[str, GroupedTemplate]
     grouped_list: GroupedList
     discreet_templates: dict[str, DiscreetTemplate]
+    replies: Replies
 
     @field_validator("templates", "grouped_templates", "discreet_templates")
     @classmethod
@@ -455,6 +483,11 @@ class LanguagePack(_Strict):
         if fitting is None:
             raise TextTooLong(f"the discreet {reminder_type} needs {longest.segments} segments (limit {max_segments})")
         return fitting
+
+    def render_confirmation(self, opted_out: bool) -> RenderedText:
+        """The SMS that confirms a reply's change: the number opted out, or opted in again."""
+        text = self.replies.opted_out if opted_out else self.replies.opted_in
+        return measure(normalise_gsm7(text) if self.gsm7_normalise else text)
 
     def _fitting(
         self, template: _ClinicVariants, values: Mapping[str, str], clinic: str | None, max_segments: int
@@ -592,3 +625,8 @@ def render_reminder(
         clinic=clinic,
         max_segments=max_segments,
     )
+
+
+def render_confirmation(*, language: str, opted_out: bool) -> RenderedText:
+    """The confirmation of a reply's change in `language` (see LanguagePack.render_confirmation)."""
+    return load_language(language).render_confirmation(opted_out)

@@ -1,4 +1,5 @@
-"""delivery_receipt: the Function URL that Orange (POST /orange) and Kannel (GET /kannel) call back."""
+"""delivery_receipt: the Function URL that Orange (POST /orange) and Kannel (GET /kannel) call back with receipts,
+and Kannel's sms-service (GET /inbound) with the families' replies."""
 
 from typing import Any
 
@@ -8,9 +9,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from core.observability import lambda_entry
 from core.receipts import ReceiptRejected, authenticate, kannel_receipt, orange_receipt
+from core.replies import handle_inbound
 from core.settings import load_settings
 
 app = LambdaFunctionUrlResolver()
+REPLY_HEADER = "X-Rappel-Reply"  # what an inbound reply did (opted_out, opted_in, unchanged, unknown_text, ...)
 
 
 def _answer(status: int, body: str) -> Response[str]:
@@ -34,6 +37,19 @@ def kannel() -> Response[str]:
     settings = load_settings()
     authenticate(app.current_event.get_query_string_value("token"), settings)
     return _answer(200, kannel_receipt(dict(app.current_event.query_string_parameters or {}), settings).result)
+
+
+@app.get("/inbound")
+def inbound() -> Response[str]:
+    settings = load_settings()
+    authenticate(app.current_event.get_query_string_value("token"), settings)
+    event = app.current_event
+    outcome = handle_inbound(dict(event.query_string_parameters or {}), event.raw_query_string, settings)
+    # An empty body: Kannel's sms-service sends a non-empty answer back to the family as an SMS (unless its
+    # max-messages is 0). What the reply did travels in a header.
+    return Response(
+        status_code=200, content_type=content_types.TEXT_PLAIN, body="", headers={REPLY_HEADER: outcome.result}
+    )
 
 
 @lambda_entry(correlation_id_path=correlation_paths.LAMBDA_FUNCTION_URL)

@@ -87,3 +87,16 @@ def run_every_sample(invoke: Invoke, *, sqs: Any, dynamodb: Any, stack: Any, sim
     assert invoke("plan_reminders", shifted_event("dose_administered.json", days))["cancelled"] == 2
     # Stamped in the same second as the dose given, which wins the tie (the safer side): nothing changes.
     assert invoke("plan_reminders", shifted_event("appointment_cancelled.json", days))["ignored"] == 1
+
+    # The family replies STOP, then OUI (Kannel's sms-service): each change gets its confirmation, due now.
+    def reply(text: str) -> str:
+        sample = shifted_event("inbound_kannel.json", days, REPLACE_WITH_RECEIPT_TOKEN=stack.receipt_token)
+        sample["rawQueryString"] = sample["rawQueryString"].replace("text=STOP", f"text={text}")
+        sample["queryStringParameters"]["text"] = text
+        response = invoke("delivery_receipt", sample)
+        assert response["statusCode"] == 200, response
+        return str(response["headers"]["X-Rappel-Reply"])
+
+    assert reply("STOP") == "opted_out"
+    assert reply("Bonjour") == "unknown_text"
+    assert reply("OUI") == "opted_in"

@@ -208,6 +208,9 @@ def resources_of(template: dict[str, Any], service: str, operation: str, params:
         return [resource_arn(template, _logical_id(template, params.get("QueueUrl") or params["QueueName"]))]
     if service == "secretsmanager" and "SecretId" in params:
         return [resource_arn(template, _logical_id(template, params["SecretId"]))]
+    if service == "events" and operation == "PutEvents":  # each entry is authorized on its bus
+        buses = {entry.get("EventBusName") or "default" for entry in params["Entries"]}
+        return [f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/{bus}" for bus in sorted(buses)]
     raise AssertionError(f"a function calls {service}:{operation}, which this test cannot map to a resource yet")
 
 

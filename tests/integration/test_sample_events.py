@@ -35,6 +35,7 @@ def test_every_sample_event_is_used_here() -> None:
         "schedule_daily_statistics.json",
         "dose_administered.json",
         "appointment_cancelled.json",
+        "inbound_kannel.json",
     }
     assert {p.name for p in EVENTS.glob("*.json")} == used
 
@@ -78,6 +79,12 @@ def test_sample_events_take_a_reminder_from_planning_to_delivery(aws, monkeypatc
         cancelled = invoke("plan_reminders", _event("appointment_cancelled.json"))
         # Stamped in the same second as the dose given, which wins the tie (the safer side): nothing changes.
         assert cancelled["ignored"] == 1 and cancelled["cancelled"] == 0
+
+        # The family replies STOP (Kannel's sms-service): the phone is stopped and one confirmation is due now.
+        inbound = invoke("delivery_receipt", _event("inbound_kannel.json", REPLACE_WITH_RECEIPT_TOKEN=secret))
+        assert inbound["statusCode"] == 200 and inbound["headers"]["X-Rappel-Reply"] == "opted_out"
+        assert store.number_stopped("+2250701020304")
+        assert [m.status for m in store.iterate_messages() if m.reminder_type == "confirmation"] == ["pending"]
     finally:
         simulator.stop()
 

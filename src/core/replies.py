@@ -1,0 +1,324 @@
+"""Replies: SMS a family sends back (Kannel's `sms-service` calls the receipt URL's `/inbound`), which may opt their
+phone out of the reminders or back in.
+
+The keywords are in the language packs (`core/texts/<language>.json`, `replies.opt_out` / `replies.opt_in`); a
+reply is matched against every pack's keywords, whatever the patients' language, without case or accents, and with
+punctuation and spaces around the words ignored:
+
+- **opt-out**: the reply's first words are an opt-out keyword ("STOP", "stop.", "Arrêt !", "Stop please"). The safe
+  side: a family that begins with STOP gets no more reminders, and the confirmation tells them how to undo it.
+- **opt-in**: the whole reply is an opt-in keyword ("OUI", "start!"), nothing else: "Oui, merci" answering a
+  reminder must not restart a stopped number.
+
+A change applies to the phone, every patient with that number (`planning.change_consent`, the operator's path
+too): pending reminders are cancelled, or revived while still before their deadline. Each change gets one
+confirmation SMS, in the language of the phone's first patient (by id), sent through the normal send path as a
+message of the kind `confirmation` (`core.wanted`), and one `PatientOptedOut` / `PatientOptedIn` event for the
+clinic system (`core.notify`). A reply that changes nothing (the number is stopped already) gets neither. Other
+texts, and replies from numbers no patient has, are recorded (bounded, the number masked) and counted, never
+answered.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import NoReturn
+from urllib.parse import parse_qsl, quote
+
+from core import clock, notify, store
+from core.lifecycle import Status
+from core.metric_names import MetricName
+from core.observability import count, logger
+from core.phone import InvalidPhoneNumber, mask_phone, normalize_phone
+from core.planning import ConsentChange, change_consent
+from core.receipts import ReceiptRejected
+from core.settings import Settings
+from core.store import MessageRecord, PatientRecord, iso
+from core.texts import available_languages, clean_text, load_language
+from core.wanted import CONFIRMATION, OPTED_IN, OPTED_OUT
+
+# What of a reply is kept and matched: one SMS's worth. A longer text (a 2,000-character request) is cut here, after
+# decoding; its length is recorded. The keyword is at the start, so nothing that matters is lost.
+MAX_TEXT_CHARACTERS = 160
+# Replies that changed nothing are recorded for operators up to this many a day (the count goes on beyond it).
+MAX_RECORDED_PER_DAY = 1000
+# How long a confirmation may wait for its send (quiet hours, a provider outage) before it is pointless.
+CONFIRMATION_LIFETIME = timedelta(hours=24)
+# Kannel's `coding` (%c): 0 GSM 7-bit, 1 8-bit binary, 2 UCS-2. Character sets that mean UCS-2's bytes.
+_CODINGS = frozenset({"", "0", "1", "2"})
+_UTF16 = frozenset({"UTF-16BE", "UTF16BE", "UCS-2", "UCS2", "UTF-16", "ISO-10646-UCS-2"})
+_WORD_SEPARATORS = re.compile(r"[\W_]+")
+
+
+class Intent(StrEnum):
+    """What a keyword asks for."""
+
+    OPT_OUT = "opt_out"
+    OPT_IN = "opt_in"
+
+
+@dataclass(frozen=True)
+class KeywordMatch:
+    """A reply's keyword: what it asks for and the keyword as its language pack writes it."""
+
+    intent: Intent
+    keyword: str
+
+
+@dataclass(frozen=True)
+class InboundSms:
+    """A reply as the endpoint received it: the sender in E.164, the text decoded (at most MAX_TEXT_CHARACTERS)."""
+
+    sender: str
+    text: str
+    length: int  # characters received, before the cut
+    to: str  # the service number it was sent to (Kannel's %P), as given
+
+
+@dataclass(frozen=True)
+class InboundOutcome:
+    """What a reply did: opted_out, opted_in, unchanged, unknown_text or unknown_sender."""
+
+    result: str
+    confirmation_id: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- keywords
+
+
+def words_of(text: str) -> tuple[str, ...]:
+    """The words of a text as keywords are compared: accents dropped, case folded, split on anything that is not a
+    letter or a digit ("Arrêt !" -> ("arret",), "OPT-OUT" -> ("opt", "out"))."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    folded = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+    return tuple(word for word in _WORD_SEPARATORS.split(folded) if word)
+
+
+@functools.cache
+def keyword_table() -> dict[tuple[str, ...], KeywordMatch]:
+    """Every language pack's keywords, by their words; ValueError when one means opt-out in a pack and opt-in in
+    another (a reply could not be told apart)."""
+    table: dict[tuple[str, ...], KeywordMatch] = {}
+    for language in available_languages():
+        replies = load_language(language).replies
+        for intent, keywords in ((Intent.OPT_OUT, replies.opt_out), (Intent.OPT_IN, replies.opt_in)):
+            for keyword in keywords:
+                words = words_of(keyword)
+                known = table.setdefault(words, KeywordMatch(intent, keyword))
+                if known.intent is not intent:
+                    raise ValueError(f"keyword {keyword!r} ({language}) is both an opt-out and an opt-in keyword")
+    return table
+
+
+def match_keyword(text: str) -> KeywordMatch | None:
+    """The keyword of a reply, or None: an opt-out keyword at its start, or an opt-in keyword as the whole of it."""
+    words = words_of(text)
+    if not words:
+        return None
+    # Longest keywords first, so that "stop all" is found as itself before "stop".
+    for keyword_words, match in sorted(keyword_table().items(), key=lambda item: -len(item[0])):
+        if match.intent is Intent.OPT_OUT and words[: len(keyword_words)] == keyword_words:
+            return match
+        if match.intent is Intent.OPT_IN and words == keyword_words:
+            return match
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the request
+
+
+def get_url(base_url: str, token: str) -> str:
+    """The `get-url` of Kannel's `sms-service` for this endpoint: the sender (%p), the service number (%P), the
+    words of the text (%a), and its coding (%c) and character set (%C), which decide how the text is decoded."""
+    return f"{base_url.rstrip('/')}/inbound?token={quote(token, safe='')}&from=%p&to=%P&text=%a&coding=%c&charset=%C"
+
+
+def parse_inbound(params: Mapping[str, str], raw_query: str | None, settings: Settings) -> InboundSms:
+    """Validate and decode a reply; ReceiptRejected(400) naming the field when it is malformed.
+
+    The text is read from the raw query string when there is one: a UCS-2 text arrives as its UTF-16BE bytes
+    (`coding=2`, or `charset=UTF-16BE`), which are not UTF-8 and which only the raw form keeps exact.
+    """
+    sender = _sender(params.get("from", ""), settings)
+    coding = params.get("coding", "").strip()
+    if coding not in _CODINGS:
+        _reject("coding: must be Kannel's coding (%c): 0, 1 or 2")
+    charset = params.get("charset", "").strip()
+    if len(charset) > 40:
+        _reject("charset: longer than 40 characters")
+    to = params.get("to", "")
+    if len(to) > 32:
+        _reject("to: longer than 32 characters")
+    raw = _raw_text(raw_query) if raw_query is not None else params.get("text", "").encode()
+    text = clean_text(_decode(raw, coding, charset))
+    return InboundSms(sender=sender, text=text[:MAX_TEXT_CHARACTERS], length=len(text), to=to)
+
+
+def _reject(reason: str) -> NoReturn:
+    count(MetricName.RECEIPTS_REJECTED)
+    raise ReceiptRejected(400, reason)
+
+
+def _sender(raw: str, settings: Settings) -> str:
+    """The sender in E.164. An SMSC may give it without its `+` ("2250701020304"): that form is tried too."""
+    if not raw.strip():
+        _reject("from: missing (Kannel's %p)")
+    try:
+        return normalize_phone(raw, settings.SMS_DEFAULT_REGION)
+    except InvalidPhoneNumber as exc:
+        digits = raw.strip()
+        if digits.isdigit() and not digits.startswith("0"):
+            try:
+                return normalize_phone("+" + digits, settings.SMS_DEFAULT_REGION)
+            except InvalidPhoneNumber:
+                pass
+        _reject(f"from: {exc}")
+
+
+def _raw_text(raw_query: str) -> bytes:
+    """The `text` parameter's bytes, as sent (percent-decoding only; `+` is a space, as %a joins words with it)."""
+    for name, value in parse_qsl(raw_query, keep_blank_values=True, encoding="latin-1"):
+        if name == "text":
+            return value.encode("latin-1")
+    return b""
+
+
+def _decode(raw: bytes, coding: str, charset: str) -> str:
+    """The text from its bytes: the character set Kannel names (%C) first; UCS-2 (coding 2) as UTF-16BE when it
+    names none; else UTF-8, or Latin-1 for bytes that are not UTF-8 (an SMSC in a legacy character set)."""
+    name = charset.upper().replace("_", "-")
+    if name in _UTF16 or (not name and coding == "2"):
+        return raw.decode("utf-16-be", errors="replace")
+    if name:
+        try:
+            codec = codecs.lookup(charset)
+        except LookupError:
+            _reject("charset: not a character set this endpoint knows")
+        return raw.decode(codec.name, errors="replace")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+# ---------------------------------------------------------------------------------------------- what a reply does
+
+
+def handle_inbound(params: Mapping[str, str], raw_query: str | None, settings: Settings) -> InboundOutcome:
+    """Apply one reply (already authenticated): opt its phone out or in, or record it; see the module's text."""
+    sms = parse_inbound(params, raw_query, settings)
+    return apply_reply(sms, settings)
+
+
+def apply_reply(sms: InboundSms, settings: Settings) -> InboundOutcome:
+    """Apply one parsed reply; the embedded stack and tests may call this directly."""
+    store.bind(settings)
+    now = clock.now()
+    patients = store.patients_with_phone(sms.sender)
+    if not patients:
+        return _unanswered(sms, "unknown_sender", now, settings)
+    found = match_keyword(sms.text)
+    if found is None:
+        return _unanswered(sms, "unknown_text", now, settings)
+    opt_in = found.intent is Intent.OPT_IN
+    change = change_consent(sms.sender, opt_in, settings, now, by="reply", patients=patients)
+    outcome = _confirm(change, found, opt_in, now, settings)
+    store.count_reply(now, outcome.result)
+    logger.info(
+        "reply applied",
+        extra={
+            "outcome": outcome.result,
+            "from": mask_phone(sms.sender),
+            "keyword": found.keyword,
+            "patients": len(patients),
+            "cancelled": change.result.cancelled,
+            "revived": change.result.revived,
+        },
+    )
+    return outcome
+
+
+def _confirm(
+    change: ConsentChange, found: KeywordMatch, opt_in: bool, now: datetime, settings: Settings
+) -> InboundOutcome:
+    """One event and one confirmation per change: keyed on the stop written (opt-out: the first reply for a stop
+    confirms it, so a repeated STOP, or a STOP after a crash that lost its confirmation, confirms at most once) or
+    lifted (opt-in: only when this reply lifted a stop or turned a patient's consent back on)."""
+    key: str | None = change.stopped_at
+    if opt_in:
+        key = (key or iso(now)) if change.stop_changed or change.consent_flipped else None
+    if key is None:
+        return InboundOutcome("unchanged")
+    subject = OPTED_IN if opt_in else OPTED_OUT
+    message_id = store.message_id_for(subject, CONFIRMATION, key, change.number)
+    if store.get_message(message_id) is not None:
+        return InboundOutcome("unchanged", message_id)
+    # The event first: a crash before the confirmation is written lets a repeated reply publish it again (the
+    # clinic system may see one change twice, with the same change_id), never not at all.
+    detail_type = notify.DetailType.PATIENT_OPTED_IN if opt_in else notify.DetailType.PATIENT_OPTED_OUT
+    notify.publish(detail_type, _event_detail(change, found, message_id, now), now, settings)
+    lead = min(change.patients, key=lambda p: p.patient_id)
+    store.create_message(_confirmation(message_id, subject, lead, change.number, now, settings), now)
+    count(MetricName.REPLIES_OPTED_IN if opt_in else MetricName.REPLIES_OPTED_OUT)
+    return InboundOutcome("opted_in" if opt_in else "opted_out", message_id)
+
+
+def _event_detail(change: ConsentChange, found: KeywordMatch, change_id: str, now: datetime) -> dict[str, object]:
+    return {
+        "patient_ids": sorted(p.patient_id for p in change.patients),
+        "phone": mask_phone(change.number),
+        "keyword": found.keyword,
+        "at": iso(now),
+        "change_id": change_id,
+        "reminders_cancelled": change.result.cancelled,
+        "reminders_revived": change.result.revived,
+    }
+
+
+def _confirmation(
+    message_id: str, subject: str, lead: PatientRecord, number: str, now: datetime, settings: Settings
+) -> MessageRecord:
+    """The confirmation, pending and due now: the dispatcher and the sender take it like any reminder (rate limit,
+    quiet hours, exactly-once), and the sender checks it is still true right before it goes (`core.wanted`)."""
+    return MessageRecord(
+        message_id,
+        patient_id=lead.patient_id,
+        appointment_id=subject,
+        reminder_type=CONFIRMATION,
+        due_date=now.date().isoformat(),
+        status=Status.PENDING.value,
+        scheduled_at=iso(now),
+        deadline=iso(now + CONFIRMATION_LIFETIME),
+        due_shard=store.shard_of(message_id, settings.DUE_INDEX_SHARDS),
+        due_at=iso(now),
+        created_at=iso(now),
+        recipient=store.recipient_key(number),
+    )
+
+
+def _unanswered(sms: InboundSms, outcome: str, now: datetime, settings: Settings) -> InboundOutcome:
+    """Record (up to MAX_RECORDED_PER_DAY a day, the number masked and hashed, kept SMS_RETENTION_DAYS) and count a
+    reply that changes nothing; it is never answered."""
+    count(MetricName.REPLIES_UNKNOWN)
+    if store.count_reply(now, outcome) <= MAX_RECORDED_PER_DAY:
+        record = {
+            "outcome": outcome,
+            "from": mask_phone(sms.sender),
+            "recipient": store.recipient_key(sms.sender),
+            "to": sms.to,
+            "text": sms.text,
+            "length": sms.length,
+        }
+        key = hashlib.sha256(f"{sms.sender}\x1f{sms.text}\x1f{iso(now)}".encode()).hexdigest()[:16]
+        store.record_reply(now, key, json.dumps(record, ensure_ascii=False), settings.SMS_RETENTION_DAYS)
+    logger.info("reply recorded, not answered", extra={"outcome": outcome, "from": mask_phone(sms.sender)})
+    return InboundOutcome(outcome)

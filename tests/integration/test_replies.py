@@ -1,0 +1,287 @@
+"""Replies on the receipt Function URL (GET /inbound, Kannel's sms-service get-url): opt-out and opt-in by keyword for
+every patient with the phone, one confirmation SMS through the normal send path, one event for the clinic system,
+unknown texts recorded and counted; the real handlers on moto with the Orange simulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import boto3
+import pytest
+
+from core import store
+from core.lifecycle import Status
+from core.store import MessageRecord
+from core.wanted import CONFIRMATION
+from rappel_local.embedded import function_url_event, invoke
+from tests.integration.pipeline_kit import PHONE, Pipeline
+
+pytestmark = pytest.mark.integration
+
+SIBLING = "p2"
+FR_OPTED_OUT = (
+    "Vous ne recevrez plus de rappels de vaccination sur ce numéro. Pour les recevoir à nouveau, répondez OUI."
+)
+FR_OPTED_IN = "Les rappels de vaccination reprennent sur ce numéro. Pour les arreter, répondez STOP."
+
+
+@pytest.fixture
+def pipe(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    pipeline = Pipeline(aws, monkeypatch)
+    pipeline.start_orange()
+    yield pipeline
+    pipeline.close()
+
+
+@pytest.fixture
+def clinic_events(aws) -> Callable[[], list[dict[str, Any]]]:
+    """What a clinic system subscribed to the bus (source `rappel`) receives: a rule to a queue, read back."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    events = boto3.client("events", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="clinic-system")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="clinic-system", EventPattern=json.dumps({"source": ["rappel"]}), EventBusName="default")
+    events.put_targets(Rule="clinic-system", EventBusName="default", Targets=[{"Id": "queue", "Arn": arn}])
+    seen: list[dict[str, Any]] = []
+
+    def read() -> list[dict[str, Any]]:
+        while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            for message in batch:
+                seen.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return seen
+
+    return read
+
+
+def reply(pipe: Pipeline, text: str, sender: str = PHONE, **params: str) -> dict[str, Any]:
+    """An MO as Kannel's sms-service calls the get-url (`text=%a`: the words joined by `+`)."""
+    query = {"token": pipe.receipt_token(), "from": sender, "to": "1234", "text": text, "coding": "0", **params}
+    return pipe.receipt("GET", "/inbound", query, headers={"User-Agent": "Kannel/1.4.5"})
+
+
+def raw_reply(pipe: Pipeline, query: str) -> dict[str, Any]:
+    """An MO whose query string is given as sent (UCS-2 bytes percent-encoded)."""
+    event = function_url_event("GET", "/inbound", f"token={pipe.receipt_token()}&{query}", "", {})
+    result: dict[str, Any] = invoke("delivery_receipt", event)
+    return result
+
+
+def outcome(response: dict[str, Any]) -> str:
+    assert response["statusCode"] == 200, response
+    assert response["body"] == "", "a non-empty answer would be sent back to the family as an SMS"
+    return str(response["headers"]["X-Rappel-Reply"])
+
+
+def siblings(pipe: Pipeline) -> list[str]:
+    """Two children on one phone, three reminders each; their ids."""
+    first = pipe.plan(1)
+    second = pipe.plan(2, phone=PHONE, display_name="Kofi")
+    return sorted([*first.values(), *second.values()])
+
+
+def confirmations() -> list[MessageRecord]:
+    return [m for m in store.iterate_messages() if m.reminder_type == CONFIRMATION]
+
+
+def statuses(ids: list[str]) -> set[str]:
+    return {store.get_message(i).status for i in ids}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("text", ["STOP", "ARRÊT", "stop.", "Stop please", "  arret !! "])
+def test_a_stop_reply_stops_the_phone_for_both_children_with_one_confirmation_and_one_event(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]], text: str
+) -> None:
+    reminders = siblings(pipe)
+    assert statuses(reminders) == {"pending"}
+
+    assert outcome(reply(pipe, text)) == "opted_out"
+
+    assert statuses(reminders) == {"cancelled"}
+    assert store.number_stopped(PHONE)
+    assert not any(store.get_patient(p).sms_opt_in for p in ("p1", SIBLING))  # type: ignore[union-attr]
+    (confirmation,) = confirmations()
+    assert confirmation.status == "pending" and confirmation.patient_id == "p1"
+    (event,) = clinic_events()
+    assert event["source"] == "rappel" and event["detail-type"] == "PatientOptedOut"
+    assert event["detail"]["patient_ids"] == ["p1", SIBLING]
+    assert event["detail"]["phone"] == "+225******04" and PHONE not in json.dumps(event)
+    assert event["detail"]["reminders_cancelled"] == 6 and event["detail"]["change_id"] == confirmation.message_id
+
+    # The same reply again (or another keyword) changes nothing: no second confirmation, no second event.
+    assert outcome(reply(pipe, "STOP")) == "unchanged"
+    assert len(confirmations()) == 1 and len(clinic_events()) == 1
+
+    # The confirmation goes through dispatch and send like a reminder, to the stopped number, once.
+    pipe.cycle()
+    pipe.cycle()
+    (sms,) = pipe.accepted()
+    assert sms.to == PHONE and sms.text == FR_OPTED_OUT
+    assert store.get_message(confirmation.message_id).status == "sent"  # type: ignore[union-attr]
+
+
+def test_stop_then_oui_revives_what_is_still_before_its_deadline_with_one_confirmation_each(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]]
+) -> None:
+    by_type = pipe.plan(1)
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+    pipe.cycle()
+    # Past the 7-day reminder's deadline (2027-03-15 09:00), before the 1-day and overdue ones.
+    pipe.clock.advance_to(datetime(2027, 3, 16, 10, 0, tzinfo=UTC))
+
+    assert outcome(reply(pipe, "Oui")) == "opted_in"
+
+    assert not store.number_stopped(PHONE) and store.get_patient("p1").sms_opt_in  # type: ignore[union-attr]
+    assert pipe.message(by_type["7_day_reminder"]).status == "cancelled"
+    assert pipe.message(by_type["1_day_reminder"]).status == "pending"
+    assert pipe.message(by_type["overdue_reminder"]).status == "pending"
+    assert pipe.message(by_type["1_day_reminder"]).revived
+    assert [e["detail-type"] for e in clinic_events()] == ["PatientOptedOut", "PatientOptedIn"]
+    assert outcome(reply(pipe, "OUI")) == "unchanged"  # already opted in: no second confirmation
+
+    pipe.cycle()
+    texts = [sms.text for sms in pipe.accepted()]
+    assert texts == [FR_OPTED_OUT, FR_OPTED_IN]
+    assert sorted(m.appointment_id for m in confirmations()) == ["#opted_in", "#opted_out"]
+    assert {m.status for m in confirmations()} == {"sent"}
+
+
+def test_an_opt_in_needs_the_keyword_alone_and_a_change(pipe: Pipeline) -> None:
+    pipe.plan(1)
+    assert outcome(reply(pipe, "OUI")) == "unchanged"  # not stopped: nothing to confirm
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+    assert outcome(reply(pipe, "Oui merci")) == "unknown_text"  # an opt-in keyword with more words is not one
+    assert store.number_stopped(PHONE)
+    assert len(confirmations()) == 1
+
+
+def test_a_reply_while_a_reminder_for_the_phone_is_queued_keeps_it_from_going_out(pipe: Pipeline) -> None:
+    by_type = pipe.plan(1)
+    pipe.clock.advance_to(datetime(2027, 3, 13, 9, 0, tzinfo=UTC))
+    assert pipe.dispatch()["enqueued"] == 1
+    queued = pipe.receive()
+    assert pipe.message(by_type["7_day_reminder"]).status == "queued"
+
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+    pipe.send(queued)  # the sender takes the record it had: the reminder is no longer wanted
+
+    assert pipe.message(by_type["7_day_reminder"]).status == "cancelled"
+    assert pipe.accepted() == []
+    pipe.cycle()
+    assert [sms.text for sms in pipe.accepted()] == [FR_OPTED_OUT]
+
+
+def test_the_sender_rechecks_a_queued_reminder_against_a_stop_made_after_its_claim(pipe: Pipeline) -> None:
+    by_type = pipe.plan(1)
+    pipe.clock.advance_to(datetime(2027, 3, 13, 9, 0, tzinfo=UTC))
+    pipe.dispatch()
+    queued = pipe.receive()
+    store.stop_number(PHONE, store.iso(pipe.clock.now()), "reply opt-out")  # the stop alone, as a crash could leave it
+    pipe.send(queued)
+    message = pipe.message(by_type["7_day_reminder"])
+    assert message.status == "cancelled" and "stopped" in (message.last_error or "")
+    assert pipe.accepted() == []
+
+
+def test_an_opted_out_confirmation_that_is_no_longer_true_is_not_sent(pipe: Pipeline) -> None:
+    pipe.plan(1)
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+    assert outcome(reply(pipe, "START")) == "opted_in"  # before the first confirmation went out
+    pipe.cycle()
+    pipe.cycle()
+    assert [sms.text for sms in pipe.accepted()] == [FR_OPTED_IN]
+    by_subject = {m.appointment_id: m for m in confirmations()}
+    assert by_subject["#opted_out"].status == "cancelled"
+    assert "no longer true" in (by_subject["#opted_out"].last_error or "")
+
+
+def test_unknown_texts_and_senders_are_recorded_and_counted_never_answered(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]]
+) -> None:
+    reminders = siblings(pipe)
+    assert outcome(reply(pipe, "Please stop")) == "unknown_text"  # the keyword is not the first word
+    assert outcome(reply(pipe, "Merci, nous viendrons")) == "unknown_text"
+    assert outcome(reply(pipe, "STOP", sender="+2250708091011")) == "unknown_sender"
+
+    assert statuses(reminders) == {"pending"}
+    assert not store.number_stopped(PHONE) and not store.number_stopped("+2250708091011")
+    assert confirmations() == [] and clinic_events() == []
+    pipe.cycle()
+    assert pipe.accepted() == []
+    day = pipe.clock.now().strftime("%Y-%m-%d")
+    items = store.replies_of_day(day)
+    counts = {i.sk: int(i.value) for i in items if i.sk.startswith("COUNT#")}
+    assert counts == {"COUNT#unknown_text": 2, "COUNT#unknown_sender": 1}
+    recorded = [json.loads(i.text or "{}") for i in items if not i.sk.startswith("COUNT#")]
+    assert sorted(r["text"] for r in recorded) == ["Merci, nous viendrons", "Please stop", "STOP"]
+    assert {r["from"] for r in recorded} == {"+225******04", "+225******11"}
+    assert all(PHONE not in (i.text or "") for i in items)
+    assert all(i.expires_at is not None for i in items)
+
+
+def test_a_2000_character_text_is_cut_to_one_sms_before_anything(pipe: Pipeline) -> None:
+    pipe.plan(1)
+    long_text = "Bonjour " + "x" * 1992
+    assert outcome(reply(pipe, long_text)) == "unknown_text"
+    (record,) = [json.loads(i.text or "{}") for i in store.replies_of_day("2027-03-01") if not i.sk.startswith("COUNT")]
+    assert record["length"] == 2000 and len(record["text"]) == 160
+    assert outcome(reply(pipe, "STOP " + "y" * 1995)) == "opted_out"  # the keyword is at its start
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "from=%2B2250701020304&to=1234&text=%00S%00T%00O%00P&coding=2",  # UCS-2, no charset: UTF-16BE
+        "from=%2B2250701020304&to=1234&text=%00A%00R%00R%00%CA%00T&coding=2&charset=UTF-16BE",  # "ARRÊT"
+        "from=2250701020304&to=1234&text=Arr%C3%AAt&coding=0&charset=UTF-8",  # an SMSC that drops the +
+    ],
+)
+def test_ucs2_and_charsets_are_decoded(pipe: Pipeline, query: str) -> None:
+    pipe.plan(1)
+    assert outcome(raw_reply(pipe, query)) == "opted_out"
+    assert store.number_stopped(PHONE)
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "names"),
+    [
+        ({"from": "not-a-phone"}, 400, "from:"),
+        ({"from": "+22501"}, 400, "from:"),
+        ({"from": ""}, 400, "from:"),
+        ({"coding": "7"}, 400, "coding:"),
+        ({"charset": "NO-SUCH-CHARSET"}, 400, "charset:"),
+        ({"token": "wrong"}, 403, "token"),
+    ],
+)
+def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
+    pipe: Pipeline, params: dict[str, str], status: int, names: str
+) -> None:
+    reminders = siblings(pipe)
+    response = reply(pipe, "STOP", **params)
+    assert response["statusCode"] == status and names in response["body"]
+    assert statuses(reminders) == {"pending"} and not store.number_stopped(PHONE)
+    assert confirmations() == []
+
+
+def test_no_token_is_refused(pipe: Pipeline) -> None:
+    pipe.plan(1)
+    query = urlencode({"from": PHONE, "text": "STOP"}, quote_via=quote)
+    response = invoke("delivery_receipt", function_url_event("GET", "/inbound", query, "", {}))
+    assert response["statusCode"] == 403 and not store.number_stopped(PHONE)
+
+
+def test_the_confirmation_waits_for_the_end_of_quiet_hours(pipe: Pipeline) -> None:
+    pipe.plan(1)
+    pipe.clock.advance_to(datetime(2027, 3, 2, 21, 30, tzinfo=UTC))  # 21:30 in Abidjan
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+    pipe.cycle()
+    assert pipe.accepted() == []
+    (confirmation,) = confirmations()
+    assert confirmation.status == Status.PENDING.value and confirmation.due_at == "2027-03-03T08:00:00.000Z"
+    pipe.clock.advance_to(datetime(2027, 3, 3, 8, 0, tzinfo=UTC))
+    pipe.cycle()
+    assert [sms.text for sms in pipe.accepted()] == [FR_OPTED_OUT]
