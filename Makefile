@@ -10,7 +10,7 @@ HOST_ARCH := $(shell uname -m | sed 's/aarch64/arm64/; s/amd64/x86_64/')
 HOST_BUILD_DIR ?= .aws-sam/build-host
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: install run test lint format validate build build-host lock unit integration contract e2e bench clean chromium
+.PHONY: install run test lint format validate build build-host lock unit integration contract e2e bench clean chromium kannel
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,7 +64,11 @@ lock: install
 chromium:
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
-test: install $(SAM_VENV)/.installed $(DDB_LOCAL_DIR)/.installed chromium lint validate
+# The real-Kannel test runs Debian's bearerbox, smsbox and fake SMSC (its service stopped and disabled).
+kannel:
+	bash scripts/install_kannel.sh
+
+test: install $(SAM_VENV)/.installed $(DDB_LOCAL_DIR)/.installed chromium kannel lint validate
 	RAPPEL_DDB_LOCAL_DIR=$(DDB_LOCAL_DIR) $(BIN)/pytest -q -n 2 --dist loadfile
 
 unit: install
