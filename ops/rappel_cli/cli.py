@@ -297,16 +297,26 @@ def _consent(phone: str, opt_in: bool, local: bool, stack: str | None, region: s
 
 @app.command("release-hold")
 def release_hold(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
-    """End a provider hold now (after buying a bundle or fixing credentials) instead of waiting for it to expire."""
-    from core import clock, provider_state, store
+    """Close every provider's circuit now (after buying a bundle, fixing credentials or an outage's end) instead of
+    waiting for its next probe."""
+    from core import provider_state, store
 
     settings = _settings(local, stack, region)
     store.bind(settings)
-    until = provider_state.hold_until(clock.now())
-    reason = provider_state.hold_reason() if until else None
-    provider_state.release()
-    data = {"was_held_until": until.isoformat() if until else None, "reason": reason}
-    _emit(data, as_json, _key_values("Provider hold released", data))
+    closed = [c for c in provider_state.release() if c.is_open]
+    data = {
+        "closed": [
+            {
+                "provider": c.provider,
+                "kind": c.kind.value if c.kind else None,
+                "next_probe_was": c.retry_at.isoformat() if c.retry_at else None,
+                "reason": c.reason,
+            }
+            for c in closed
+        ]
+    }
+    lines = {c.provider: f"{c.kind} ({c.reason})" for c in closed} or {"circuits": "none was open"}
+    _emit(data, as_json, _key_values("Provider circuits closed", lines))
 
 
 @app.command()

@@ -50,12 +50,8 @@ def dispatch_due(settings: Settings) -> DispatchResult:
     store.bind(settings)
     now = clock.now()
     result = DispatchResult()
-    if provider_state.hold_until(now) is not None:
-        result.held = True
-        logger.warning("provider on hold: nothing dispatched")
-        return result
-    budget = int(settings.SMS_RATE_LIMIT_PER_SECOND * settings.SMS_PROCESSING_INTERVAL_MINUTES * 60)
-    result.capacity = max(0, budget - queue.depth(settings.SEND_QUEUE_URL, settings))
+    result.capacity = _capacity(settings, now)
+    result.held = result.capacity == 0
     candidates: list[MessageRecord] = []
     for shard in range(settings.DUE_INDEX_SHARDS):
         candidates += store.due_in_shard(f"DUE#{shard}", now, limit=max(result.capacity, 1) + 50)
@@ -88,6 +84,19 @@ def dispatch_due(settings: Settings) -> DispatchResult:
         logger.error("messages claimed but not enqueued; their lease brings them back", extra={"count": len(failed)})
     logger.info("dispatch run", extra=result.__dict__)
     return result
+
+
+def _capacity(settings: Settings, now: datetime) -> int:
+    """How many reminders to claim now: what the provider can send before the next run, less what is queued; one
+    (the probe) while every provider's circuit is open and a probe is due; none while no provider can take any."""
+    route = provider_state.route(settings, now)
+    if route.provider is None:
+        logger.warning("no provider can take a request: nothing dispatched", extra={"until": str(route.paused_until)})
+        return 0
+    if route.probe:
+        return 1
+    budget = int(settings.SMS_RATE_LIMIT_PER_SECOND * settings.SMS_PROCESSING_INTERVAL_MINUTES * 60)
+    return max(0, budget - queue.depth(settings.SEND_QUEUE_URL, settings))
 
 
 def _urgency(message: MessageRecord) -> int:
@@ -134,7 +143,9 @@ def _expire(message: MessageRecord, now: datetime, settings: Settings) -> bool:
     )
     done = store.transition(message, change, at=now, settings=settings)
     if done:
-        count(MetricName.REMINDERS_EXPIRED, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+        count(
+            MetricName.REMINDERS_EXPIRED, reminder_type=message.reminder_type, provider=settings.primary_provider.value
+        )
     return done
 
 
@@ -150,7 +161,9 @@ def _claim(message: MessageRecord, now: datetime, settings: Settings) -> ClaimOu
         queue.put_dead_letter(QueuedMessage(message.message_id, int(message.version) + 1), settings)
         if not store.transition(message, change, at=now, settings=settings):
             return ClaimOutcome.LOST
-        count(MetricName.SMS_DEAD_LETTERED, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+        count(
+            MetricName.SMS_DEAD_LETTERED, reminder_type=message.reminder_type, provider=settings.primary_provider.value
+        )
         return ClaimOutcome.DEAD_LETTER
     lease_end = now + timedelta(minutes=settings.SMS_CLAIM_LEASE_MINUTES)
     change = Change(

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from core import clock, provider_state, queue, store
+from core.circuit import Circuit, CircuitKind
 from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import logger, measure
@@ -55,8 +56,7 @@ class HealthFigures:
     failures_last_hour: int
     last_send_at: datetime | None
     dead_letter_depth: int
-    hold_until: datetime | None
-    hold_reason: str | None
+    circuits: tuple[Circuit, ...]  # the providers' open circuits (outage or hold)
     balance: Balance | None
     balance_error: str | None
 
@@ -148,10 +148,13 @@ def _sending_findings(figures: HealthFigures, settings: Settings) -> list[str]:
 
 def _provider_findings(figures: HealthFigures, settings: Settings) -> list[str]:
     out: list[str] = []
-    if figures.hold_until is not None:
+    for circuit in figures.circuits:
+        probe = _when(circuit.retry_at) if circuit.retry_at else "once one is due"
+        what = "held" if circuit.kind is CircuitKind.HOLD else "paused by an outage"
+        since = f" since {_when(circuit.opened_at)}" if circuit.opened_at else ""
         out.append(
-            f"Sending is held until {_when(figures.hold_until)}"
-            + (f": {figures.hold_reason}." if figures.hold_reason else ".")
+            f"Sending to {circuit.provider} is {what}{since}; next probe at {probe}"
+            + (f": {circuit.reason}." if circuit.reason else ".")
         )
     if figures.balance_error is not None:
         out.append(f"Could not read the provider balance: {figures.balance_error}.")
@@ -215,8 +218,16 @@ class HealthReport:
             "minutes_since_last_send": f.minutes_since_last_send,
             "minutes_without_send_while_due": f.minutes_without_send_while_due,
             "dead_letter_depth": f.dead_letter_depth,
-            "provider_hold_until": store.iso(f.hold_until) if f.hold_until else None,
-            "provider_hold_reason": f.hold_reason if f.hold_until else None,
+            "circuits": [
+                {
+                    "provider": c.provider,
+                    "kind": c.kind.value if c.kind else None,
+                    "opened_at": store.iso(c.opened_at) if c.opened_at else None,
+                    "next_probe_at": store.iso(c.retry_at) if c.retry_at else None,
+                    "reason": c.reason,
+                }
+                for c in f.circuits
+            ],
             "provider_balance_units": balance.available_units if balance else None,
             "provider_balance_expires_at": store.iso(balance.expires_at) if balance and balance.expires_at else None,
             "provider_balance_status": balance.status if balance else None,
@@ -235,11 +246,11 @@ def _last_hour(settings: Settings, now: datetime) -> tuple[int, int]:
 
 
 def _read_balance(settings: Settings) -> tuple[Balance | None, str | None]:
-    if settings.SMS_PROVIDER is ProviderName.KANNEL:
+    if ProviderName.ORANGE not in settings.providers:
         # Kannel keeps no balance, and building its adapter reads secrets this function is not granted.
         return None, None
     try:
-        return provider_for(settings).balance(), None
+        return provider_for(settings, ProviderName.ORANGE).balance(), None
     except Exception as exc:  # whatever breaks the balance read is reported; the check goes on
         logger.warning("could not read the provider balance", extra={"error": str(exc), "kind": type(exc).__name__})
         return None, str(exc) or type(exc).__name__
@@ -262,8 +273,7 @@ def measure_health(settings: Settings, now: datetime) -> HealthFigures:
         failures_last_hour=failures,
         last_send_at=provider_state.last_send(),
         dead_letter_depth=queue.depth(settings.DEAD_LETTER_QUEUE_URL, settings),
-        hold_until=provider_state.hold_until(now),
-        hold_reason=provider_state.hold_reason(),
+        circuits=tuple(c for c in provider_state.circuits(now, fresh=True).values() if c.is_open),
         balance=balance,
         balance_error=balance_error,
     )
@@ -285,7 +295,8 @@ def metric_values(report: HealthReport) -> Mapping[MetricName, float]:
         MetricName.HEALTH_FAILURE_RATE: f.failure_rate or 0.0,
         MetricName.HEALTH_MINUTES_SINCE_LAST_SEND: f.minutes_without_send_while_due,
         MetricName.HEALTH_DEAD_LETTER_DEPTH: f.dead_letter_depth,
-        MetricName.HEALTH_PROVIDER_HOLD: 1 if f.hold_until is not None else 0,
+        MetricName.HEALTH_PROVIDER_HOLD: 1 if any(c.kind is CircuitKind.HOLD for c in f.circuits) else 0,
+        MetricName.HEALTH_CIRCUITS_OPEN: len(f.circuits),
         MetricName.HEALTH_UNHEALTHY: 0 if report.healthy else 1,
     }
     # No data, not zero, when the balance is unknown (Kannel has none; a failed read is already a finding):

@@ -70,6 +70,7 @@ class MetricName(StrEnum):
     HEALTH_MINUTES_SINCE_LAST_SEND = "HealthMinutesSinceLastSend"
     HEALTH_DEAD_LETTER_DEPTH = "HealthDeadLetterDepth"
     HEALTH_PROVIDER_HOLD = "HealthProviderHold"
+    HEALTH_CIRCUITS_OPEN = "HealthCircuitsOpen"  # providers whose circuit is open (outage or hold)
     HEALTH_PROVIDER_BALANCE_UNITS = "HealthProviderBalanceUnits"
     HEALTH_UNHEALTHY = "HealthUnhealthy"
 
@@ -100,6 +101,7 @@ HEALTH: Final[frozenset[MetricName]] = frozenset(
         MetricName.HEALTH_MINUTES_SINCE_LAST_SEND,
         MetricName.HEALTH_DEAD_LETTER_DEPTH,
         MetricName.HEALTH_PROVIDER_HOLD,
+        MetricName.HEALTH_CIRCUITS_OPEN,
         MetricName.HEALTH_PROVIDER_BALANCE_UNITS,
         MetricName.HEALTH_UNHEALTHY,
     }
@@ -125,6 +127,7 @@ UNITS: Final[dict[MetricName, str]] = {
     MetricName.HEALTH_FAILURE_RATE: "None",
     MetricName.HEALTH_MINUTES_SINCE_LAST_SEND: "None",
     MetricName.HEALTH_PROVIDER_HOLD: "None",
+    MetricName.HEALTH_CIRCUITS_OPEN: "None",
     MetricName.HEALTH_PROVIDER_BALANCE_UNITS: "None",
     MetricName.HEALTH_UNHEALTHY: "None",
 }

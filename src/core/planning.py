@@ -300,7 +300,9 @@ def _create(
     )
     created = store.create_message(message, now)
     if created:
-        count(MetricName.REMINDERS_PLANNED, reminder_type=reminder.reminder_type, provider=settings.SMS_PROVIDER.value)
+        count(
+            MetricName.REMINDERS_PLANNED, reminder_type=reminder.reminder_type, provider=settings.primary_provider.value
+        )
     return created
 
 
@@ -313,7 +315,11 @@ def cancel_message(message: MessageRecord, reason: str, settings: Settings, now:
     )
     done = store.transition(message, change, at=now, settings=settings)
     if done:
-        count(MetricName.REMINDERS_CANCELLED, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+        count(
+            MetricName.REMINDERS_CANCELLED,
+            reminder_type=message.reminder_type,
+            provider=settings.primary_provider.value,
+        )
     return done
 
 

@@ -1,59 +1,169 @@
-"""Provider-wide state shared by every function: the sending hold and the time of the last accepted send.
+"""Provider-wide state shared by every function: each provider's circuit and the time of the last accepted send.
 
-A provider-wide failure (no bundle left, revoked credentials) holds all sending for a while instead of
-burning every message's attempts; the health check reports the hold and an alarm watches it.
+The rules live in `core.circuit`; this module reads and writes the circuits (the ops table, through the store)
+and caches them for a few seconds, so a sender pays one read per five seconds while all is well, a write per
+transient failure, and nothing per accepted send unless a failure was counted before it.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 from datetime import datetime, timedelta
 
 from core import store
-from core.store import iso, parse_iso
+from core.circuit import (
+    HOLD_INTERVAL,
+    PROBE_INTERVAL,
+    Circuit,
+    CircuitKind,
+    CircuitRules,
+    Route,
+    after_transient_failure,
+    held,
+    probe_claimed,
+)
+from core.circuit import route as route_by
+from core.settings import Settings
+from core.store import OpsRecord, iso, parse_iso
 
 _PROVIDER = "PROVIDER"
-_HOLD = "HOLD"
 _LAST_SEND = "LAST_SEND"
-_FRESH_FOR = timedelta(seconds=5)  # a hold set by another instance is seen within this, at one read per 5 s
+_FRESH_FOR = timedelta(seconds=5)  # a circuit opened by another instance is seen within this, at one read per 5 s
 
-_cache: tuple[datetime, datetime | None] | None = None  # (read at, hold end)
+# (read at, circuit by provider, stored state text by provider): what this process last read.
+_cache: tuple[datetime, dict[str, Circuit], dict[str, tuple[float, str | None]]] | None = None
+_lock = threading.Lock()  # the sender's lanes share the cache
 
 
-def hold_until(now: datetime) -> datetime | None:
-    """When the current hold ends, or None when sending is not held."""
+def rules(settings: Settings) -> CircuitRules:
+    """The circuit thresholds of these settings."""
+    return CircuitRules(
+        failures_to_open=settings.SMS_CIRCUIT_FAILURES, probe_interval=PROBE_INTERVAL, hold_interval=HOLD_INTERVAL
+    )
+
+
+def _decode(record: OpsRecord) -> Circuit:
+    state = json.loads(record.text) if record.text else {}
+    return Circuit(
+        provider=record.sk,
+        failures=int(record.value or 0),
+        retry_at=parse_iso(state["retry_at"]) if state.get("retry_at") else None,
+        opened_at=parse_iso(state["opened_at"]) if state.get("opened_at") else None,
+        kind=CircuitKind(state["kind"]) if state.get("kind") else None,
+        reason=str(state.get("reason", "")),
+    )
+
+
+def _encode(circuit: Circuit) -> str:
+    return json.dumps(
+        {
+            "retry_at": iso(circuit.retry_at) if circuit.retry_at else None,
+            "opened_at": iso(circuit.opened_at) if circuit.opened_at else None,
+            "kind": circuit.kind.value if circuit.kind else None,
+            "reason": circuit.reason[:300],
+        },
+        sort_keys=True,
+    )
+
+
+def circuits(now: datetime, *, fresh: bool = False) -> dict[str, Circuit]:
+    """Every provider's circuit that is not simply closed, read at most every few seconds (always when `fresh`)."""
     global _cache
-    if _cache is None or not timedelta(0) <= now - _cache[0] < _FRESH_FOR:
-        item = store.get_ops_value(_PROVIDER, _HOLD)
-        until = parse_iso(item.text.split("|", 1)[0]) if item is not None and item.text else None
-        _cache = (now, until)
-    until = _cache[1]
-    return until if until is not None and until > now else None
+    with _lock:
+        if fresh or _cache is None or not timedelta(0) <= now - _cache[0] < _FRESH_FOR:
+            records = store.read_circuits()
+            _cache = (
+                now,
+                {str(r.sk): _decode(r) for r in records},
+                {str(r.sk): (float(r.value or 0), r.text) for r in records},
+            )
+        return dict(_cache[1])
 
 
-def hold_reason() -> str | None:
-    """Why sending is (or was last) held."""
-    item = store.get_ops_value(_PROVIDER, _HOLD)
-    return item.text.split("|", 1)[1] if item is not None and item.text and "|" in item.text else None
+def _stored(provider: str) -> tuple[float, str | None]:
+    return _cache[2].get(provider, (0.0, None)) if _cache is not None else (0.0, None)
 
 
-def hold(until: datetime, reason: str) -> None:
-    """Hold all sending until `until`."""
+def route(settings: Settings, now: datetime) -> Route:
+    """Where a request may go now, in the providers' failover order (see `core.circuit.route`)."""
+    return route_by(tuple(p.value for p in settings.providers), circuits(now), now)
+
+
+def paused_until(settings: Settings, now: datetime) -> datetime | None:
+    """When sending may resume, while no provider may take a request; None when one may."""
+    return route(settings, now).paused_until
+
+
+def take_route(settings: Settings, now: datetime) -> Route:
+    """The provider for the next request, having claimed its probe when its circuit is open (one sender probes;
+    the others go on down the failover order, or wait)."""
+    order = tuple(p.value for p in settings.providers)
+    known = circuits(now)
+    for _ in order:
+        chosen = route_by(order, known, now)
+        if chosen.provider is None or not chosen.probe:
+            return chosen
+        circuit = known[chosen.provider]
+        _, text = _stored(chosen.provider)
+        claimed = probe_claimed(circuit, now, rules(settings))
+        if store.replace_circuit_state(chosen.provider, text, _encode(claimed)):
+            _forget_cache()
+            return chosen
+        known = circuits(now, fresh=True)
+    return route_by(order, known, now)
+
+
+def record_answer(provider: str, now: datetime) -> None:
+    """The provider answered (accepted, refused one number, throttled): a run of failures ends, an open circuit
+    closes. Free while nothing was counted: this process's last read says whether there is anything to close."""
+    if provider not in circuits(now):
+        return
+    failures, text = _stored(provider)
+    store.close_circuit(provider, failures, text)
+    _forget_cache()
+
+
+def record_transient_failure(provider: str, now: datetime, settings: Settings, reason: str) -> Circuit:
+    """Count one transient failure (5xx, connection error, timeout) and open the circuit when the run is long
+    enough, or keep it open after a failed probe. Returns the circuit as it now is: open means the failure was
+    the provider's, not the message's."""
+    record = store.count_circuit_failure(provider)
+    counted = _decode(record)
+    after = after_transient_failure(counted, now, rules(settings), reason)
+    if after != counted and not store.replace_circuit_state(provider, record.text, _encode(after)):
+        after = circuits(now, fresh=True).get(provider, counted)  # another sender opened it first
+    _forget_cache()
+    return after
+
+
+def hold(provider: str, now: datetime, settings: Settings, reason: str) -> Circuit:
+    """Open the provider's circuit as a hold (a provider-wide refusal: no bundle, revoked credentials)."""
+    current = circuits(now, fresh=True).get(provider, Circuit(provider))
+    _, text = _stored(provider)
+    after = held(current, now, rules(settings), reason)
+    if not store.replace_circuit_state(provider, text, _encode(after)):
+        after = circuits(now, fresh=True).get(provider, after)
+    _forget_cache()
+    return after
+
+
+def release() -> list[Circuit]:
+    """Close every circuit now (operator command, after buying a bundle or fixing credentials); what they were."""
+    closed = [_decode(record) for record in store.delete_circuits()]
+    _forget_cache()
+    return closed
+
+
+def _forget_cache() -> None:
     global _cache
-    store.put_ops_value(_PROVIDER, _HOLD, text=f"{iso(until)}|{reason}")
-    _cache = None
-
-
-def release() -> None:
-    """End a hold now (operator command)."""
-    global _cache
-    store.delete_ops_value(_PROVIDER, _HOLD)
-    _cache = None
+    with _lock:
+        _cache = None
 
 
 def forget() -> None:
-    """Drop the cached hold (tests and the embedded stack switch backends)."""
-    global _cache
-    _cache = None
+    """Drop the cached circuits (tests and the embedded stack switch backends)."""
+    _forget_cache()
 
 
 def record_send(at: datetime) -> None:
@@ -62,6 +172,6 @@ def record_send(at: datetime) -> None:
 
 
 def last_send() -> datetime | None:
-    """When the provider last accepted a message."""
+    """When a provider last accepted a message."""
     item = store.get_ops_value(_PROVIDER, _LAST_SEND)
     return parse_iso(item.text) if item is not None and item.text else None

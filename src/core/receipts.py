@@ -167,7 +167,7 @@ def apply_receipt(
     )
     if not store.transition(message, change, at=now, settings=settings):
         return ReceiptOutcome("unchanged", message_id)
-    provider = message.provider or settings.SMS_PROVIDER.value
+    provider = message.provider or settings.primary_provider.value
     if target is Status.DELIVERED:
         count(MetricName.SMS_DELIVERED, reminder_type=message.reminder_type, provider=provider)
         if message.sent_at:

@@ -51,7 +51,6 @@ from core.timing import ReminderType, later_reminders_due_within, next_allowed
 from core.wanted import OPTED_OUT, appointment_of, is_confirmation, why_not_wanted
 
 IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retention, so a redrive replays too
-PROVIDER_HOLD = timedelta(minutes=30)
 
 
 class SendOutcome(StrEnum):
@@ -144,7 +143,7 @@ def _idempotent_send(settings: Settings) -> tuple[IdempotencyConfig, Callable[..
 
     @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)
     def send_once(request: dict[str, Any], before_request: Callable[[], None]) -> dict[str, Any]:
-        accepted = provider_for(settings).send(
+        accepted = provider_for(settings, request["provider"]).send(
             to=request["to"], text=request["text"], message_id=request["message_id"], before_request=before_request
         )
         # The reminders the SMS carried are kept with the result: a replay after a crash settles exactly those.
@@ -251,9 +250,9 @@ def _not_now(
     if next_one is not None:
         why = f"superseded: the {next_one.reminder_type} for the same dose is due within {settings.SMS_MIN_GAP_HOURS} h"
         return _settle(message, Status.EXPIRED, why, now, settings)
-    held = provider_state.hold_until(now)
-    if held is not None:
-        return _defer(message, held, f"provider on hold: {provider_state.hold_reason()}", now, settings)
+    paused = provider_state.paused_until(settings, now)
+    if paused is not None:
+        return _defer(message, paused, f"no provider can take it: {_circuits_text(now)}", now, settings)
     allowed = next_allowed(now, ZoneInfo(patient.timezone), settings.quiet_hours)
     if allowed != now:
         return _defer(message, allowed, "quiet hours", now, settings)
@@ -406,8 +405,17 @@ def _send_sms(
     """One provider request (or the replay of its stored result) for one SMS, and each reminder's outcome."""
     lead = members[0]
     _, send_once = _idempotent_send(settings)
+    now = clock.now()
+    route = provider_state.take_route(settings, now)
+    if route.provider is None:  # another sender took the only probe: wait for the next
+        until = route.paused_until or now
+        return [
+            _defer(m.message, until, f"no provider can take it: {_circuits_text(now)}", now, settings) for m in members
+        ]
+    provider = route.provider
     request = {
         "key": key,
+        "provider": provider,
         "message_id": key if len(members) > 1 or lead.message.sms_key else lead.message.message_id,
         "to": lead.patient.phone,
         "text": rendered.text,
@@ -445,12 +453,8 @@ def _send_sms(
             for m in members
         ]
     except ProviderError as error:
-        if error.code.startswith(("429", "http_429")):
-            return [_throttled(m.message, error, pacer, m.zone, settings) for m in members]
-        return [
-            _after_failure(m.message, error, int(m.message.attempts) + 1, settings, rendered, m.zone, m.patient.phone)
-            for m in members
-        ]
+        return _after_provider_error(error, provider, members, rendered, settings, pacer)
+    provider_state.record_answer(provider, clock.now())
     carried = set(accepted.get("message_ids") or request["message_ids"])
     # A replay records the SMS as it went out, which may name a sibling settled since.
     sent_text = accepted.get("text") or rendered.text
@@ -465,6 +469,53 @@ def _send_sms(
         else:  # not in the SMS the provider took before a crash: it goes in the next one
             outcomes.append(_defer(m.message, clock.now(), "left out of its SMS", clock.now(), settings))
     return outcomes
+
+
+def _after_provider_error(
+    error: ProviderError,
+    provider: str,
+    members: list[_Ready],
+    rendered: RenderedText,
+    settings: Settings,
+    pacer: Pacer,
+) -> list[SendOutcome]:
+    """What a refused or failed request means for the provider's circuit, then for each reminder of the SMS."""
+    now = clock.now()
+    if error.code.startswith(("429", "http_429")):
+        provider_state.record_answer(provider, now)  # throttling is an answer: the provider is up
+        return [_throttled(m.message, error, pacer, m.zone, settings) for m in members]
+    if error.kind is FailureKind.REFUSED:
+        error = _confirm_refusal(error, provider, now, settings)
+    if error.kind is FailureKind.PROVIDER_WIDE:
+        provider_state.hold(provider, now, settings, f"{provider}: {error.code}")
+        return [_provider_down(m.message, f"provider hold: {error}", now, settings) for m in members]
+    if error.kind in {FailureKind.TRANSIENT, FailureKind.AMBIGUOUS}:
+        circuit = provider_state.record_transient_failure(provider, now, settings, f"{error.code}: {error.detail}")
+        if circuit.is_open and error.kind is FailureKind.TRANSIENT:
+            # The provider's failure, not the message's: no attempt is burnt; it goes out after the outage (or
+            # through the next provider), before its deadline or not at all.
+            return [_provider_down(m.message, f"{provider} circuit open: {error}", now, settings) for m in members]
+    else:
+        provider_state.record_answer(provider, now)
+    return [
+        _after_failure(
+            m.message, error, int(m.message.attempts) + 1, provider, settings, rendered, m.zone, m.patient.phone
+        )
+        for m in members
+    ]
+
+
+def _provider_down(message: MessageRecord, why: str, now: datetime, settings: Settings) -> SendOutcome:
+    """Back to pending without an attempt, until a provider can take it (at once when another one can)."""
+    return _defer(message, provider_state.paused_until(settings, now) or now, why, now, settings)
+
+
+def _circuits_text(now: datetime) -> str:
+    return "; ".join(
+        f"{c.provider} {c.kind or 'open'} until {iso(c.retry_at)} ({c.reason})"
+        for c in provider_state.circuits(now).values()
+        if c.retry_at is not None
+    )
 
 
 def render_message(
@@ -541,7 +592,7 @@ def _settle(
             target, MetricName.SMS_FAILED
         ),
         reminder_type=message.reminder_type,
-        provider=settings.SMS_PROVIDER.value,
+        provider=settings.primary_provider.value,
     )
     logger.info(
         "message settled without sending",
@@ -581,23 +632,23 @@ def _after_failure(
     message: MessageRecord,
     error: ProviderError,
     attempt: int,
+    provider: str,
     settings: Settings,
     rendered: RenderedText,
     zone: ZoneInfo,
     to: str,
 ) -> SendOutcome:
     now = clock.now()
-    provider = settings.SMS_PROVIDER.value
     logger.warning(
         "provider did not accept",
-        extra={"message_id": message.message_id, "kind": error.kind.value, "code": error.code, "attempt": attempt},
+        extra={
+            "message_id": message.message_id,
+            "provider": provider,
+            "kind": error.kind.value,
+            "code": error.code,
+            "attempt": attempt,
+        },
     )
-    if error.kind is FailureKind.REFUSED:
-        error = _confirm_refusal(error, now, settings)
-    if error.kind is FailureKind.PROVIDER_WIDE:
-        provider_state.hold(now + PROVIDER_HOLD, f"{error.code}")
-        # Not the message's fault: no attempt is burnt.
-        return _defer(message, now + PROVIDER_HOLD, f"provider hold: {error}", now, settings)
     if error.kind is FailureKind.PERMANENT:
         return _settle(message, Status.FAILED, str(error), now, settings, attempts=attempt)
     if error.kind is FailureKind.AMBIGUOUS:
@@ -605,7 +656,7 @@ def _after_failure(
         policy = settings.SMS_ON_AMBIGUOUS_SEND
         if policy is AmbiguousSendPolicy.ASSUME_SENT:
             # No provider id came back: the recipient stands in for it, so the receipt can still settle it.
-            unknown_id = {"provider_message_id": store.ambiguous_send_key(to)}
+            unknown_id = {"provider": provider, "provider_message_id": store.ambiguous_send_key(to)}
             return _record_sent(
                 message, attempt, unknown_id, rendered.text, rendered.segments, settings, ambiguous=str(error)
             )
@@ -614,7 +665,7 @@ def _after_failure(
             text = {"text": rendered.text, "segments": rendered.segments}
             return _dead_letter(message, f"ambiguous send: {error}", attempt, now, settings, extra=text)
     if attempt - int(message.retry_floor) > settings.SMS_MAX_RETRIES:
-        return _dead_letter(message, f"retries exhausted: {error}", attempt, now, settings)
+        return _dead_letter(message, f"retries exhausted: {error}", attempt, now, settings, provider=provider)
     delay = backoff(attempt - int(message.retry_floor), settings.SMS_RETRY_DELAY_MINUTES, error.retry_after_seconds)
     retry_at = next_allowed(now + delay, zone, settings.quiet_hours)
     outcome = _defer(message, retry_at, str(error), now, settings, attempts=attempt)
@@ -635,7 +686,7 @@ def _throttled(
     return _defer(message, next_allowed(now + pause, zone, settings.quiet_hours), f"throttled: {error}", now, settings)
 
 
-def _confirm_refusal(error: ProviderError, now: datetime, settings: Settings) -> ProviderError:
+def _confirm_refusal(error: ProviderError, provider: str, now: datetime, settings: Settings) -> ProviderError:
     """Tell a refusal of this recipient from a refusal of the account, by the account's balance.
 
     Holding all sending on one number's 403 would stop every family's reminders, so the hold needs the balance
@@ -643,7 +694,7 @@ def _confirm_refusal(error: ProviderError, now: datetime, settings: Settings) ->
     the message is retried like any transient failure.
     """
     try:
-        balance = provider_for(settings).balance()
+        balance = provider_for(settings, provider).balance()
     except ProviderError as exc:
         if exc.kind is FailureKind.PROVIDER_WIDE:
             return ProviderError(FailureKind.PROVIDER_WIDE, error.code, f"{error.detail}; balance: {exc}")
@@ -665,6 +716,7 @@ def _dead_letter(
     settings: Settings,
     *,
     extra: dict[str, Any] | None = None,
+    provider: str | None = None,
 ) -> SendOutcome:
     # The DLQ copy goes first: a crash before the status write leaves the record to be retried, and a spare
     # copy on the DLQ is dropped as stale when redriven. The other order could strand a dead letter.
@@ -678,7 +730,11 @@ def _dead_letter(
     )
     if not store.transition(message, change, at=now, settings=settings):
         return SendOutcome.STALE
-    count(MetricName.SMS_DEAD_LETTERED, reminder_type=message.reminder_type, provider=settings.SMS_PROVIDER.value)
+    count(
+        MetricName.SMS_DEAD_LETTERED,
+        reminder_type=message.reminder_type,
+        provider=provider or settings.primary_provider.value,
+    )
     return SendOutcome.DEAD_LETTER
 
 
@@ -698,7 +754,7 @@ def _record_sent(
         "sms_reminders": carried if carried > 1 else None,
         "attempts": attempt,
         "sent_at": iso(now),
-        "provider": (accepted or {}).get("provider") or settings.SMS_PROVIDER.value,
+        "provider": (accepted or {}).get("provider") or settings.primary_provider.value,
         "provider_message_id": (accepted or {}).get("provider_message_id"),
         "last_error": f"ambiguous: {ambiguous}" if ambiguous else None,
         "ambiguous": True if ambiguous else None,

@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     SMS_PROVIDER: ProviderName = ProviderName.ORANGE
     # Ordered failover list ("orange,kannel"): sends go to the first whose circuit is closed. Empty: SMS_PROVIDER alone.
     SMS_PROVIDERS: str = ""
+    # This many transient provider failures in a row open its circuit (core.circuit: pause, probe, resume).
+    SMS_CIRCUIT_FAILURES: Annotated[int, Field(ge=1, le=100)] = 3
     SMS_RATE_LIMIT_PER_SECOND: Annotated[float, Field(gt=0, le=1000)] = 5.0
     SMS_SENDER_MAX_CONCURRENCY: Annotated[int, Field(ge=2, le=1000)] = 2
     SMS_SENDER_CALLS_IN_FLIGHT: Annotated[int, Field(ge=1, le=32)] = 8

@@ -710,6 +710,47 @@ def delete_expired(before: datetime, statuses: Iterable[Status] = TERMINAL) -> i
 # ---------------------------------------------------------------------------------------------- provider state
 
 
+# ---------------------------------------------------------------------------------------------- provider circuits
+
+_CIRCUIT = "CIRCUIT"  # pk of the providers' circuits; sk the provider; value the run of failures; text its state
+
+
+def read_circuits() -> list[OpsRecord]:
+    """Every provider's stored circuit (one Query; a provider with none is closed)."""
+    return list(OpsRecord.query(_CIRCUIT, consistent_read=True))
+
+
+def count_circuit_failure(provider: str) -> OpsRecord:
+    """Add one to a provider's run of transient failures (an atomic counter) and return the circuit as it now is."""
+    record = OpsRecord(_CIRCUIT, provider)
+    record.update(actions=[OpsRecord.value.add(1)])
+    return record
+
+
+def replace_circuit_state(provider: str, expected: str | None, state: str) -> bool:
+    """Set a circuit's state if it is still what the caller read (`expected`, None for no state); False if another
+    sender changed it first (it opened it, or took the probe)."""
+    read = OpsRecord.text.does_not_exist() if expected is None else OpsRecord.text == expected
+    return _applied(lambda: OpsRecord(_CIRCUIT, provider).update(actions=[OpsRecord.text.set(state)], condition=read))
+
+
+def close_circuit(provider: str, expected_failures: float, expected: str | None) -> bool:
+    """Close a circuit (the provider answered) unless it moved since it was read; False if it did."""
+    read = OpsRecord.value == expected_failures
+    if not expected_failures:  # a hold opened with no failure counted has no run at all
+        read = OpsRecord.value.does_not_exist() | read
+    read &= OpsRecord.text.does_not_exist() if expected is None else OpsRecord.text == expected
+    return _applied(lambda: OpsRecord(_CIRCUIT, provider).delete(condition=read))
+
+
+def delete_circuits() -> list[OpsRecord]:
+    """Close every circuit now (operator command); returns what they were."""
+    closed = read_circuits()
+    for record in closed:
+        close_circuit(str(record.sk), float(record.value or 0), record.text)
+    return closed
+
+
 # ---------------------------------------------------------------------------------------------- stops by number
 
 _STOP = "STOP"  # pk of a number's stop; sk the E.164 number

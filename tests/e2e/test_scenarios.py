@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
 import threading
 from collections import Counter, defaultdict
@@ -229,6 +230,12 @@ def _quiet(wall: time, quiet: tuple[time, time]) -> bool:
     return start <= wall < end if start < end else (wall >= start or wall < end)
 
 
+def min_gap_seconds(requests: list[ProviderRequest]) -> float:
+    """The shortest time between two consecutive provider requests (an open circuit sends one probe at a time)."""
+    instants = sorted(r.at for r in requests)
+    return min((b - a).total_seconds() for a, b in itertools.pairwise(instants))
+
+
 def max_per_second(instants: list[datetime]) -> int:
     """The most instants in any window [t, t + 1 s) (recomputed here, not taken from rappel_local)."""
     times = sorted(i.timestamp() for i in instants)
@@ -284,9 +291,13 @@ def _nothing_lost(out: dict[str, Any], until: datetime, dead_letters_ok: bool, d
 
 
 def _sent_once_each(out: dict[str, Any], messages: dict[str, Any], timeline: _Timeline, dump: str) -> Counter[str]:
-    """Invariant 2: every accepted SMS carries known reminders, none carried twice; the counts."""
-    per_message = Counter(mid for s in out["sends"] for mid in s["message_ids"])
-    assert all(s["message_ids"] for s in out["sends"]), f"a provider-accepted send matches no message\n{dump}"
+    """Invariant 2: every accepted SMS carries known reminders (or is a reply's confirmation, which carries none
+    and is its own message), none carried twice; the counts."""
+    per_message = Counter(mid for s in out["sends"] for mid in s["message_ids"] or [s["message_id"]])
+    assert all(
+        s["message_ids"] or messages.get(s["message_id"] or "", {}).get("reminder_type") == "confirmation"
+        for s in out["sends"]
+    ), f"a provider-accepted send matches no message\n{dump}"
     carried = [(send, messages[mid]) for send in out["sends"] for mid in send["message_ids"]]
     twice = sorted(mid for mid, n in per_message.items() if n > 1)
     assert not twice, f"sent twice: {twice}\n{dump}"
@@ -330,7 +341,7 @@ def _never_when_stopped(
             assert not _quiet(local.time(), quiet), f"{m['message_id']} sent at {local.isoformat()} in quiet hours"
     # Pre-due reminders never on or after the due date (local).
     for m in out["messages"]:
-        if m["sent_at"] and m["reminder_type"] != "overdue_reminder":
+        if m["sent_at"] and m["reminder_type"] not in {"overdue_reminder", "confirmation"}:
             local = utc(m["sent_at"]).astimezone(ZoneInfo(timeline.zone_of(m["patient_id"])))
             assert local.date() < date.fromisoformat(m["due_date"]), f"{m['message_id']} sent on/after the due date"
 
@@ -521,19 +532,23 @@ def test_provider_outages_shorter_and_longer_than_the_deadline(provider_requests
     assert_invariants(out, data)
     reminders = by_type(out, "a1")
 
-    # Shorter than the 48-hour lateness: sent late, once, after retries.
+    # Shorter than the 48-hour lateness: sent late, once, after retries; once the circuit opened, the probes
+    # (one a minute) burnt no attempt.
     late = reminders["7_day_reminder"]
     assert late["status"] == "delivered" and late["attempts"] > 1, describe(out)
     assert SHORT_OUTAGE[1] <= utc(late["sent_at"]) < utc(late["deadline"])
     assert len(sends_of(out, late["message_id"])) == 1
-    assert len([r for r in provider_requests if r.at < LONG_OUTAGE[0]]) == late["attempts"]
+    before = [r for r in provider_requests if r.at < LONG_OUTAGE[0]]
+    assert late["attempts"] <= 3 < len(before)  # SMS_CIRCUIT_FAILURES failures open it; the rest were probes
+    assert min_gap_seconds(before[3:]) >= 55
 
-    # Longer than the 1-day reminder's 10 hours: expired, never sent late, each request an attempt.
+    # Longer than the 1-day reminder's 10 hours: expired, never sent late; probed once a minute to its deadline.
     lost = reminders["1_day_reminder"]
     assert lost["status"] == "expired" and lost["sent_at"] is None, describe(out)
     assert not sends_of(out, lost["message_id"])
     tries = [r for r in provider_requests if LONG_OUTAGE[0] <= r.at < LONG_OUTAGE[1]]
-    assert len(tries) == lost["attempts"] > 1 and all(r.status == 503 for r in tries)
+    assert lost["attempts"] < 3 < len(tries) and all(r.status == 503 for r in tries)
+    assert min_gap_seconds(tries[3:]) >= 55
     assert max(r.at for r in tries) < utc(lost["deadline"])
     assert utc(lost["deadline"]) < LONG_OUTAGE[1]
 

@@ -128,7 +128,7 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
     cleanup = json.loads(_run("cleanup", "--local", "--json", cwd=local_stack).stdout)
     assert cleanup["deleted"] == 0  # nothing has reached the end of its retention yet
     released = json.loads(_run("release-hold", "--local", "--json", cwd=local_stack).stdout)
-    assert released == {"was_held_until": None, "reason": None}  # nothing was held
+    assert released == {"closed": []}  # no provider's circuit was open
     redrive = json.loads(_run("redrive", "--local", "--json", cwd=local_stack).stdout)
     assert redrive["method"] in {"StartMessageMoveTask", "receive-send-delete"}
 

@@ -269,13 +269,21 @@ def test_dead_letters_on_the_queue(aws, orange) -> None:
     )
 
 
-def test_a_provider_hold(aws, orange) -> None:
+def test_a_provider_hold_and_an_outage_are_findings_until_the_provider_answers(aws, orange) -> None:
     now = aws.clock.now()
-    provider_state.hold(now + timedelta(minutes=30), "403 no bundle left")
-    assert check_health(aws.settings, now).findings == (
-        "Sending is held until 2027-03-01 08:30 UTC: 403 no bundle left.",
+    provider_state.hold("orange", now, aws.settings, "403 no bundle left")
+    for _ in range(aws.settings.SMS_CIRCUIT_FAILURES):
+        provider_state.record_transient_failure("kannel", now, aws.settings, "http_503: down")
+    report = check_health(aws.settings, now)
+    assert report.findings == (
+        "Sending to kannel is paused by an outage since 2027-03-01 08:00 UTC; next probe at 2027-03-01 08:01 UTC:"
+        " http_503: down.",
+        "Sending to orange is held since 2027-03-01 08:00 UTC; next probe at 2027-03-01 08:30 UTC: 403 no bundle left.",
     )
-    assert check_health(aws.settings, now + timedelta(minutes=31)).healthy  # the hold has run out
+    assert [c["provider"] for c in report.as_dict()["circuits"]] == ["kannel", "orange"]
+    provider_state.record_answer("orange", now + timedelta(minutes=31))
+    provider_state.record_answer("kannel", now + timedelta(minutes=31))
+    assert check_health(aws.settings, now + timedelta(minutes=31)).healthy
 
 
 def test_a_low_balance_and_a_bundle_about_to_expire(aws, monkeypatch) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from core import dispatch, pacing, provider_state, queue, sending, store
+from core.circuit import HOLD_INTERVAL, CircuitKind
 from core.lifecycle import Status
 from core.observability import discard_metrics
 from core.planning import handle_clinic_event
@@ -525,11 +526,12 @@ def test_a_403_holds_the_provider_without_burning_attempts(pipe: Pipeline) -> No
 
     pipe.send(pipe.receive())
 
-    held_until = SEVEN_DAY + sending.PROVIDER_HOLD
+    held_until = SEVEN_DAY + HOLD_INTERVAL
     stored = pipe.message(first)
     assert (stored.status, stored.attempts, stored.due_at) == ("pending", 0, iso(held_until))
-    assert provider_state.hold_until(pipe.clock.now()) == held_until
-    assert "403/50" in (provider_state.hold_reason() or "")
+    circuit = provider_state.circuits(pipe.clock.now(), fresh=True)["orange"]
+    assert (circuit.retry_at, circuit.kind) == (held_until, CircuitKind.HOLD)
+    assert "403/50" in circuit.reason
     held = pipe.dispatch()
     assert held["held"] is True and held["claimed"] == 0 and held["enqueued"] == 0
     assert (pipe.message(second).status, pipe.message(second).dispatches) == ("pending", 0)
@@ -538,9 +540,12 @@ def test_a_403_holds_the_provider_without_burning_attempts(pipe: Pipeline) -> No
 
     pipe.start_orange()  # a bundle was bought
     pipe.clock.advance_to(held_until)
-    dispatched, _ = pipe.cycle()
-    assert dispatched["enqueued"] == 2
+    probe, _ = pipe.cycle()  # the hold's probe: one reminder, which Orange now takes
+    assert probe["enqueued"] == 1
     assert (pipe.message(first).status, pipe.message(first).attempts) == ("sent", 1)
+    assert provider_state.circuits(pipe.clock.now(), fresh=True) == {}  # the answer closed the circuit
+    dispatched, _ = pipe.cycle()
+    assert dispatched["enqueued"] == 1
     assert pipe.message(second).status == "sent"
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from core.circuit import Circuit, CircuitKind
 from core.health import HealthFigures, HealthReport, findings_for, metric_values
 from core.metric_names import HEALTH, MetricName
 from core.providers.base import Balance
@@ -31,8 +32,7 @@ HEALTHY = HealthFigures(
     failures_last_hour=1,
     last_send_at=NOW - timedelta(minutes=3),
     dead_letter_depth=0,
-    hold_until=None,
-    hold_reason=None,
+    circuits=(),
     balance=Balance(available_units=5000, expires_at=NOW + timedelta(days=90), status="ACTIVE"),
     balance_error=None,
 )
@@ -101,13 +101,21 @@ def test_dead_letters_hold_and_balance_problems_each_raise_one_finding() -> None
     figures = replace(
         HEALTHY,
         dead_letter_depth=1,
-        hold_until=NOW + timedelta(minutes=30),
-        hold_reason="403 no bundle left",
+        circuits=(
+            Circuit(
+                "orange",
+                failures=0,
+                retry_at=NOW + timedelta(minutes=30),
+                opened_at=NOW,
+                kind=CircuitKind.HOLD,
+                reason="403 no bundle left",
+            ),
+        ),
         balance=Balance(available_units=10, expires_at=NOW + timedelta(days=3, hours=1), status="ACTIVE"),
     )
     assert findings_for(figures, SETTINGS) == (
         "1 message waits in the dead letter queue; inspect them and redrive (`rappel redrive`).",
-        "Sending is held until 2027-03-01 12:30 UTC: 403 no bundle left.",
+        "Sending to orange is held since 2027-03-01 12:00 UTC; next probe at 2027-03-01 12:30 UTC: 403 no bundle left.",
         "The provider balance is 10 SMS units (threshold 1000); buy a bundle.",
         "The provider bundle expires on 2027-03-04 13:00 UTC, in 3 days.",
     )

@@ -12,10 +12,15 @@ from core.secrets import secret_json, secret_text
 from core.settings import ProviderName, Settings
 
 
+def provider_for(settings: Settings, name: str | None = None) -> SmsProvider:
+    """The provider `name` (by default the first in failover order), built once per process: Orange's token cache
+    lives in the instance."""
+    return _build(settings, ProviderName(name) if name else settings.primary_provider)
+
+
 @functools.cache
-def provider_for(settings: Settings) -> SmsProvider:
-    """The provider named by SMS_PROVIDER (cached: Orange's token cache lives in the instance)."""
-    if settings.SMS_PROVIDER is ProviderName.ORANGE:
+def _build(settings: Settings, name: ProviderName) -> SmsProvider:
+    if name is ProviderName.ORANGE:
         credentials = secret_json(settings.ORANGE_CREDENTIALS_SECRET, settings)
         return OrangeProvider(
             base_url=settings.ORANGE_API_BASE_URL,
@@ -43,4 +48,4 @@ def provider_for(settings: Settings) -> SmsProvider:
 
 def reset() -> None:
     """Forget the built providers (tests and the embedded stack change endpoints)."""
-    provider_for.cache_clear()
+    _build.cache_clear()
