@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import requests
 
-from core import clock, sending, store
+from core import clock, replies, sending, store
 from core.clock import VirtualClock
 from core.events import make_envelope
 from core.pacing import Pacer
@@ -174,7 +174,7 @@ class Simulation:
         sqs = boto3.client("sqs", region_name=settings.AWS_REGION)
         token = stack.receipt_token
         receipt_url = f"{receipts.base_url}/orange?token={token}"
-        self._inbound_url = inbound_get_url(receipts.base_url, token)
+        self._inbound_url = replies.get_url(receipts.base_url, token)
         interval = timedelta(minutes=settings.SMS_PROCESSING_INTERVAL_MINUTES)
         events = sorted(self.scenario.events, key=lambda e: e.at)
         requeue: list[_Requeue] = []
@@ -388,13 +388,6 @@ def _provider_environment(simulators: dict[str, ProviderSimulator]) -> dict[str,
         else:
             environment["ORANGE_API_BASE_URL"] = simulator.base_url
     return environment
-
-
-def inbound_get_url(receipt_base_url: str, token: str) -> str:
-    """The sms-service `get-url` a Kannel deployment calls for each family's reply: the receipt Function URL's
-    /inbound with its token, the phone (%p), our number (%P), the words of the text (%a), its coding and charset."""
-    base = f"{receipt_base_url.rstrip('/')}/inbound?token={quote(token, safe='')}"
-    return f"{base}&from=%p&to=%P&text=%a&coding=%c&charset=%C"
 
 
 def _post_receipts(simulators: dict[str, ProviderSimulator], now: datetime, orange_url: str) -> None:

@@ -1,6 +1,7 @@
 """Reminders through Debian's real Kannel: the Kannel adapter (src/core/providers/kannel.py) in the real pipeline on
 moto sends to a real smsbox, bearerbox routes to the fake SMSC, and Kannel's DLR callbacks reach the real receipt
-handler over HTTP (the embedded stack's receipt Function URL, rappel_local.embedded.ReceiptEndpoint).
+handler over HTTP (the embedded stack's receipt Function URL, rappel_local.embedded.ReceiptEndpoint); a reply typed
+on the fake SMSC reaches GET /inbound through smsbox's sms-service and opts the family out.
 
 Kannel is installed by `make test` (scripts/install_kannel.sh); a machine without it fails here rather than skip.
 """
@@ -15,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from core import store
+from core import replies, store
 from core.secrets import secret_text
+from core.wanted import CONFIRMATION
 from rappel_local.embedded import ReceiptEndpoint
-from rappel_local.simulate import inbound_get_url
 from tests.e2e.kannel_boxes import KannelBoxes
 from tests.integration.pipeline_kit import PHONE, Pipeline
 
@@ -41,7 +42,7 @@ def kannel(aws: Any, receipts: ReceiptEndpoint, tmp_path: Path) -> Iterator[Kann
     """A real Kannel whose sendsms-user is the stack's Kannel credentials and whose sms-service calls our /inbound."""
     token = secret_text(aws.settings.RECEIPT_TOKEN_SECRET, aws.settings)
     credentials = {"username": "kannel", "password": "kannel-pass"}  # what tests/conftest.py's `aws` stored
-    with KannelBoxes(tmp_path, get_url=inbound_get_url(receipts.base_url, token), **credentials) as boxes:
+    with KannelBoxes(tmp_path, get_url=replies.get_url(receipts.base_url, token), **credentials) as boxes:
         yield boxes
 
 
@@ -95,3 +96,26 @@ def test_reminders_go_through_a_real_kannel_and_its_dlrs_settle_them(
         assert message.attempts == 1
     # Nothing else was sent: the other reminders wait for their day.
     assert {m.status for m in store.messages_of_patient("p1") if m.message_id != reminders[1]} == {"pending"}
+
+    # p1's family answers STOP: the fake SMSC hands it to bearerbox, smsbox's sms-service calls our /inbound.
+    assert kannel.smsc is not None
+    kannel.smsc.send_mo(PHONE, "1234", "STOP")
+
+    def stopped() -> bool:
+        later = [
+            m for m in store.messages_of_patient("p1") if m.reminder_type in ("1_day_reminder", "overdue_reminder")
+        ]
+        return bool(later) and all(m.status == "cancelled" for m in later)
+
+    eventually(receipts, stopped, "p1's later reminders cancelled by the STOP")
+    with receipts.lock:
+        assert {m.status for m in store.messages_of_patient("p2") if m.message_id != reminders[2]} == {"pending"}
+        [confirmation] = [m for m in store.messages_of_patient("p1") if m.reminder_type == CONFIRMATION]
+        assert confirmation.status == "pending"
+
+    # The confirmation goes out like any message, through Kannel, and its DLR settles it.
+    with receipts.lock:
+        dispatched, sent = pipe.cycle()
+    assert dispatched["enqueued"] == 1 and sent is not None and sent["batchItemFailures"] == [], sent
+    assert kannel.smsc.wait_for_messages(3)[2].split(" ")[1] == PHONE
+    eventually(receipts, lambda: pipe.message(confirmation.message_id).status == "delivered", "confirmation delivered")
