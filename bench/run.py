@@ -6,7 +6,9 @@
 3. engine overhead: wall and CPU time per message, ours against a minimal sender (the floor);
 4. AWS requests and cost per delivered reminder, priced with bench/prices.json;
 5. SMS segments per reminder, fr and en, with and without GSM-7 normalisation;
-6. memory of the sender handling its largest batch.
+6. memory of the sender handling its largest batch;
+7. the demo's scenario with the embedded stack's DynamoDB on moto, then on AWS's DynamoDB Local: wall times, their
+   ratio, and whether both end the same (`--only ddb-local` runs this one alone).
 
 Writes bench/results.json and prints tables. Exits 1 only if a run breaks an invariant (the simulator's invariant
 checks, or more sends in some one-second window than the rate limit); figures themselves never fail the run.
@@ -51,8 +53,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument("--overhead-messages", type=int, default=200, help="messages per overhead round (200)")
     parser.add_argument("--overhead-rounds", type=int, default=2, help="alternating ours/floor rounds (2)")
-    parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="where to write the results JSON")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where to write the results JSON (bench/results.json; with "
+        "--only, bench/results-<figure>.json, so that results.json keeps one whole run)",
+    )
+    parser.add_argument("--only", choices=sorted(ONLY), help="run one figure alone: ddb-local (figure 7)")
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = RESULTS_PATH.with_name(f"results-{args.only}.json") if args.only else RESULTS_PATH
     if args.burst < 1 or args.children < 1 or args.days < 1 or args.overhead_messages < 1 or args.overhead_rounds < 1:
         parser.error("--burst, --children, --days, --overhead-messages and --overhead-rounds must be >= 1")
     if args.rate < 2:
@@ -74,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     from rappel_local.moto_shortcuts import moto_shortcuts
 
+    if args.only:
+        return ONLY[args.only](args, results, console)
     with (
         moto_shortcuts(),
         Progress(
@@ -95,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["cost"] = _cost(nominal_meter, burst_meter, nominal, burst, clinic_events)
         results["overhead"] = _phase(progress, "3 overhead", lambda _: _overhead(args))
         results["memory"] = _phase(progress, "6 memory", lambda _: _memory(args))
+        results["ddb_local"] = _phase(progress, "7 DynamoDB Local", lambda _: _ddb_local(args))
     results["bench_wall_seconds"] = time.perf_counter() - started
     failures = invariant_failures(results)
     results["ok"] = not failures
@@ -204,6 +218,30 @@ def _memory(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+def _ddb_local(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.ddb_local import run_ddb_local
+
+    figures, _ = run_ddb_local(args.children, args.days, args.seed, args.rate)
+    return figures
+
+
+def _only_ddb_local(args: argparse.Namespace, results: dict[str, Any], console: Console) -> int:
+    started = time.perf_counter()
+    results["ddb_local"] = _ddb_local(args)
+    results["bench_wall_seconds"] = time.perf_counter() - started
+    failures = ddb_local_failures(results["ddb_local"])
+    results["ok"], results["failures"] = not failures, failures
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    console.print(ddb_local_table(results["ddb_local"]))
+    console.print(f"Results: {args.output}")
+    for failure in failures:
+        console.print(f"[red]stores disagree:[/red] {failure}")
+    return 1 if failures else 0
+
+
+ONLY: dict[str, Callable[[argparse.Namespace, dict[str, Any], Console], int]] = {"ddb-local": _only_ddb_local}
+
+
 # ---------------------------------------------------------------------------------------------- verdict
 
 
@@ -218,6 +256,18 @@ def invariant_failures(results: dict[str, Any]) -> list[str]:
             failures.append(f"{run}: invariants broken {broken}")
         if figures["max_sends_in_one_second"] > rate:
             failures.append(f"{run}: {figures['max_sends_in_one_second']} sends in one second, limit {rate:g}")
+    if "ddb_local" in results:
+        failures += ddb_local_failures(results["ddb_local"])
+    return failures
+
+
+def ddb_local_failures(figures: dict[str, Any]) -> list[str]:
+    """Figure 7 breaks the run when either store's run breaks an invariant or the two end differently."""
+    failures = [f"ddb_local: invariants broken on {name}" for name, ok in figures["invariants_ok"].items() if not ok]
+    differential = figures["differential"]
+    if not differential["same"]:
+        counts = {k: v for k, v in differential.items() if k.endswith(("outcome", "only", "differ")) and v}
+        failures.append(f"ddb_local: moto and DynamoDB Local end differently {counts}: {differential['examples']}")
     return failures
 
 
@@ -346,7 +396,30 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     fixed = all_in.get("fixed_monthly_usd", {})
     lines.add_row("fixed, per month, with no reminder (schedules)", "", f"{fixed.get('total', 0):.2f}")
     console.print(lines)
+    if "ddb_local" in results:
+        console.print(ddb_local_table(results["ddb_local"]))
     console.print(f"Bench wall time {results['bench_wall_seconds']:.0f} s (noisy: other work shares this machine).")
+
+
+def ddb_local_table(figures: dict[str, Any]) -> Table:
+    """Figure 7's table."""
+    table = Table(
+        title=f"7 the demo's scenario ({figures['children']} children, {figures['days']} days) with DynamoDB on moto "
+        "and on DynamoDB Local (SQS and the rest on moto)"
+    )
+    for column in ("store", "wall time", "ratio to moto", "end state"):
+        table.add_column(column, justify="left" if column == "store" else "right")
+    differential = figures["differential"]
+    table.add_row("moto", _s(figures["moto_wall_seconds"]), "1.00×", f"{differential['messages']} messages")
+    table.add_row(
+        f"DynamoDB Local ({figures['dynamodb_local_jar']}; start-up {_s(figures['dynamodb_local_startup_seconds'])} "
+        "not counted)",
+        _s(figures["dynamodb_local_wall_seconds"]),
+        _x(figures["ratio_dynamodb_local_over_moto"]),
+        ("the same" if differential["same"] else "[red]different[/red]")
+        + f" ({differential['reordered_within_a_wave']} reordered within a wave)",
+    )
+    return table
 
 
 if __name__ == "__main__":

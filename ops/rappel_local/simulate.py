@@ -75,6 +75,8 @@ class Simulation:
     progress: Callable[[datetime, datetime, datetime], None] | None = None
     # Called once the stack is up and settings are in place, before time starts (benchmarks seed data here).
     setup: Callable[[Settings], None] | None = None
+    # DynamoDB somewhere else than moto (DynamoDB Local's endpoint: bench/ddb_local.py); SQS and the rest stay on moto.
+    dynamodb_endpoint: str | None = None
     handler_errors: list[str] = field(default_factory=list)
     # What plan_reminders answered, summed over the run, and each refusal or ignored event with its reason.
     events: dict[str, Any] = field(default_factory=lambda: {"applied": 0, "ignored": 0, "rejected": 0, "errors": []})
@@ -100,6 +102,8 @@ class Simulation:
         from rappel_local.stack import create_stack
 
         with mock_aws(), _scoped_environment(), moto_shortcuts():
+            if self.dynamodb_endpoint:  # every DynamoDB client made with no endpoint of its own goes there
+                os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = self.dynamodb_endpoint
             stack = create_stack(
                 prefix="sim",
                 endpoint_url=None,
@@ -211,7 +215,7 @@ class Simulation:
             if self.progress:
                 self.progress(start, virtual.now(), until)
             if stale:
-                earliest_due, stale = _earliest_due(settings), False
+                earliest_due, stale = self._earliest_due(settings), False
             scheduled = max(not_before, _ceil(virtual.now(), interval, start))
             tick = next_tick if stopped else _next_useful_tick(earliest_due, scheduled, interval, start)
             upcoming = [until, tick, *(s.next_receipt_at() for s in simulators.values())]
@@ -224,6 +228,11 @@ class Simulation:
                 _post_receipts(simulators, until, receipt_url)
                 break
             virtual.advance_to(wake)
+
+    def _earliest_due(self, settings: Settings) -> datetime | None:
+        if self.dynamodb_endpoint:
+            return store.earliest_due(settings.DUE_INDEX_SHARDS)
+        return _earliest_due(settings)
 
     def _apply_events_due(self, events: list[ScenarioEvent], index: int, now: datetime, settings: Settings) -> int:
         """Apply the events from `index` whose time has come, as the clinic system (or an operator) would; returns

@@ -2,6 +2,7 @@
 
 import pytest
 
+from bench.ddb_local import OUTCOME_FIELDS, compare_outcomes
 from bench.spec_model import simulate_spec
 
 pytestmark = pytest.mark.unit
@@ -64,3 +65,52 @@ def test_rejects_nonsense(bad: dict[str, float]) -> None:
     kwargs = {"messages": 10, "latency_seconds": LATENCY, **bad}
     with pytest.raises(ValueError):
         simulate_spec(**kwargs)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------- figure 7's check
+
+
+def _message(message_id: str, status: str, sent_at: str | None) -> dict[str, object]:
+    fields = dict.fromkeys(OUTCOME_FIELDS)
+    return fields | {"message_id": message_id, "status": status, "sent_at": sent_at}
+
+
+def _document(messages: list[dict[str, object]], sends: list[tuple[str, str, list[str]]]) -> dict[str, object]:
+    return {
+        "messages": messages,
+        "sends": [{"at": at, "to": "+2250700000001", "text": text, "message_ids": ids} for at, text, ids in sends],
+        "stats": {"by_status": {}},
+    }
+
+
+def test_two_runs_that_only_swap_reminders_within_a_wave_end_the_same() -> None:
+    moto = _document(
+        [_message("a", "delivered", "09:00:00.3"), _message("b", "delivered", "09:00:00.4")],
+        [("09:00:00.3", "A", ["a"]), ("09:00:00.4", "B", ["b"])],
+    )
+    local = _document(
+        [_message("a", "delivered", "09:00:00.4"), _message("b", "delivered", "09:00:00.3")],
+        [("09:00:00.4", "A", ["a"]), ("09:00:00.3", "B", ["b"])],
+    )
+    differential = compare_outcomes(moto, local)
+    assert differential["same"]
+    assert differential["reordered_within_a_wave"] == 2
+
+
+def test_a_message_in_another_state_or_another_sms_is_a_difference() -> None:
+    moto = _document([_message("a", "delivered", "09:00:00.3")], [("09:00:00.3", "A", ["a"])])
+    other_status = _document([_message("a", "failed", "09:00:00.3")], [("09:00:00.3", "A", ["a"])])
+    other_text = _document([_message("a", "delivered", "09:00:00.3")], [("09:00:00.3", "A2", ["a"])])
+    later = _document([_message("a", "delivered", "09:00:01.3")], [("09:00:01.3", "A", ["a"])])
+    extra = _document(
+        [_message("a", "delivered", "09:00:00.3"), _message("b", "pending", None)], [("09:00:00.3", "A", ["a"])]
+    )
+    status_check = compare_outcomes(moto, other_status)
+    assert not status_check["same"]
+    assert status_check["messages_with_another_outcome"] == 1
+    assert status_check["examples"] == [{"status": ("delivered", "failed"), "message_id": "a"}]
+    assert compare_outcomes(moto, other_text)["sms_in_one_run_only"] == 2
+    assert compare_outcomes(moto, later)["send_instants_differ"]
+    assert compare_outcomes(moto, extra)["messages_in_one_run_only"] == 1
+    for document in (other_text, later, extra):
+        assert not compare_outcomes(moto, document)["same"]
