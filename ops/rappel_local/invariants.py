@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from core.phone import InvalidPhoneNumber, normalize_phone
+from core.replies import Intent, match_keyword
 from core.store import parse_iso
 from core.timing import in_quiet_hours
-from rappel_local.scenario import OPERATOR_EVENTS
+from core.wanted import CONFIRMATION
+from rappel_local.scenario import INBOUND_EVENT, OPERATOR_EVENTS
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -96,21 +98,30 @@ def _send_violations(
     history: _History,
     settings: Settings,
 ) -> list[str]:
-    """The invariants one reminder's send breaks."""
+    """The invariants one reminder's send breaks. A reply's confirmation goes to the number that replied, stopped or
+    not, and is about no appointment: only its deadline and quiet hours apply."""
     out = []
+    if message["reminder_type"] == CONFIRMATION:
+        return _timing_violations(message, at, history, settings)
     stop = _stop_for(stops, history, message["patient_id"], message["appointment_id"], message.get("due_date"), at)
     if stop is not None and at >= stop:
         out.append("sent_after_stop")
+    out += _timing_violations(message, at, history, settings)
+    owner = history.owner(message["appointment_id"], at)
+    phone = history.phone(owner, at) if owner else None
+    if owner is not None and (owner != message["patient_id"] or (phone is not None and phone != send["to"])):
+        out.append("sent_to_wrong_family")
+    return out
+
+
+def _timing_violations(message: dict[str, Any], at: datetime, history: _History, settings: Settings) -> list[str]:
+    out = []
     if at > parse_iso(message["deadline"]):
         out.append("sent_after_deadline")
     # The zone the patient had when the SMS went out, not the final one.
     zone = history.zone(message["patient_id"], at) or message["timezone"]
     if zone and in_quiet_hours(at, ZoneInfo(zone), settings.quiet_hours):
         out.append("sent_in_quiet_hours")
-    owner = history.owner(message["appointment_id"], at)
-    phone = history.phone(owner, at) if owner else None
-    if owner is not None and (owner != message["patient_id"] or (phone is not None and phone != send["to"])):
-        out.append("sent_to_wrong_family")
     return out
 
 
@@ -174,8 +185,10 @@ _StopKey = tuple[str, str]
 
 def _stop_times(events: list[ScenarioEvent], settings: Settings) -> dict[_StopKey, list[tuple[datetime, bool]]]:
     """When sending must stop (True) or may resume (False) for a patient (opt-out / in), a number (operator
-    stop / explicit opt-in), an appointment (dose given, cancelled) or one due date of it (rescheduled)."""
+    stop / explicit opt-in, or a family's reply with a keyword, from a number some patient has), an appointment
+    (dose given, cancelled) or one due date of it (rescheduled)."""
     stops: dict[_StopKey, list[tuple[datetime, bool]]] = {}
+    known_phones: set[str] = set()
     due_of: dict[str, str] = {}
     closed_at: dict[str, datetime] = {}  # the producer's stamp of an appointment's latest close
     for event in events:
@@ -185,12 +198,13 @@ def _stop_times(events: list[ScenarioEvent], settings: Settings) -> dict[_StopKe
                 (event.at, detail.get("sms_opt_in") is False)
             )
             phone = _e164(detail.get("phone"), settings)
+            known_phones.update([phone] if phone else [])
             if phone is not None and detail.get("sms_opt_in") is True and detail.get("sms_opt_in_renewed") is True:
                 stops.setdefault(("number", phone), []).append((event.at, False))
-        elif event.type in OPERATOR_EVENTS:
-            phone = _e164(detail.get("phone"), settings)
-            if phone is not None:
-                stops.setdefault(("number", phone), []).append((event.at, event.type == "OptOutByPhone"))
+        elif event.type in OPERATOR_EVENTS or event.type == INBOUND_EVENT:
+            change = _number_change(event, settings, known_phones)
+            if change is not None:
+                stops.setdefault(("number", change[0]), []).append((event.at, change[1]))
         elif event.type in {"DoseAdministered", "AppointmentCancelled"}:
             appointment_id = str(detail.get("appointment_id"))
             stops.setdefault(("appointment", appointment_id), []).append((event.at, True))
@@ -209,6 +223,19 @@ def _stop_times(events: list[ScenarioEvent], settings: Settings) -> dict[_StopKe
             stops.setdefault(("due_date", f"{appointment_id}|{due}"), []).append((event.at, False))
             due_of[appointment_id] = due
     return stops
+
+
+def _number_change(event: ScenarioEvent, settings: Settings, known_phones: set[str]) -> tuple[str, bool] | None:
+    """(number, stopped) for an operator's stop or opt-in, or a reply with a keyword from a number some patient has
+    (a reply from an unknown number changes nothing)."""
+    if event.type in OPERATOR_EVENTS:
+        phone = _e164(event.detail.get("phone"), settings)
+        return (phone, event.type == "OptOutByPhone") if phone is not None else None
+    phone = _e164(event.detail.get("from"), settings)
+    found = match_keyword(str(event.detail.get("text", "")))
+    if phone is None or phone not in known_phones or found is None:
+        return None
+    return phone, found.intent is Intent.OPT_OUT
 
 
 def _stopped_since(timeline: list[tuple[datetime, bool]] | None, at: datetime) -> datetime | None:

@@ -27,6 +27,7 @@ from core.planning import set_consent
 from core.settings import Settings, build_settings
 from core.store import iso
 from core.texts import sms_encoding
+from core.wanted import CONFIRMATION
 from rappel_local.embedded import (
     ReceiptEndpoint,
     invoke,
@@ -347,6 +348,7 @@ class Simulation:
                 by_provider_id.setdefault(m["provider_message_id"], []).append(m["message_id"])
             if m["text"]:
                 by_text.setdefault((m["phone"], m["text"]), []).append(m["message_id"])
+        confirmations = {m["message_id"] for m in messages if m["reminder_type"] == CONFIRMATION}
         sends = []
         for name, record in _accepted(simulators):
             ours = by_provider_id.get(_reference(record)) or by_text.get((record.to, record.text)) or []
@@ -356,7 +358,8 @@ class Simulation:
                     "to": record.to,
                     "text": record.text,
                     "message_id": ours[0] if ours else None,
-                    "message_ids": ours,
+                    # The reminders it carried: none for a reply's confirmation (its `message_id` is its own).
+                    "message_ids": [i for i in ours if i not in confirmations],
                     "provider": name,
                     "provider_message_id": record.message_id,
                 }
