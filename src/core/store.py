@@ -800,7 +800,7 @@ def record_reply(at: datetime, key: str, text: str, keep_days: int) -> bool:
 
 
 def replies_of_day(day: str) -> list[OpsRecord]:
-    """One day's recorded replies and counts (an operator's read: `rappel replies`, tests)."""
+    """One day's recorded replies and counts (pk `INBOUND#<day>`: what an operator reads, and tests)."""
     return list(OpsRecord.query(f"{_INBOUND}{day}", consistent_read=True))
 
 
