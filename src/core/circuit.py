@@ -119,4 +119,4 @@ def route(order: tuple[str, ...], circuits: dict[str, Circuit], now: datetime) -
         if circuit.probe_due(now):
             return Route(name, probe=True)
     retry_times = [c.retry_at for name, c in circuits.items() if c.retry_at is not None and name in order]
-    return Route(None, paused_until=min(retry_times))
+    return Route(None, paused_until=min(retry_times) if retry_times else None)

@@ -95,10 +95,10 @@ def paused_until(settings: Settings, now: datetime) -> datetime | None:
     return route(settings, now).paused_until
 
 
-def take_route(settings: Settings, now: datetime) -> Route:
+def take_route(settings: Settings, now: datetime, skip: tuple[str, ...] = ()) -> Route:
     """The provider for the next request, having claimed its probe when its circuit is open (one sender probes;
-    the others go on down the failover order, or wait)."""
-    order = tuple(p.value for p in settings.providers)
+    the others go on down the failover order, or wait); never one in `skip` (found down by this request)."""
+    order = tuple(p.value for p in settings.providers if p.value not in skip)
     known = circuits(now)
     for _ in order:
         chosen = route_by(order, known, now)

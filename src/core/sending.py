@@ -27,6 +27,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 
 from core import clock, provider_state, queue, store
+from core.circuit import PROBE_INTERVAL
 from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger, measure
@@ -402,27 +403,45 @@ def _render_sms(members: list[_Ready], settings: Settings) -> RenderedText:
 def _send_sms(
     key: str, members: list[_Ready], rendered: RenderedText, settings: Settings, pacer: Pacer
 ) -> list[SendOutcome]:
-    """One provider request (or the replay of its stored result) for one SMS, and each reminder's outcome."""
+    """One SMS: its request to the first provider that may take it (the next one at once when that one turns out
+    to be down), or the replay of its stored result; and each reminder's outcome."""
     lead = members[0]
-    _, send_once = _idempotent_send(settings)
-    now = clock.now()
-    route = provider_state.take_route(settings, now)
-    if route.provider is None:  # another sender took the only probe: wait for the next
-        until = route.paused_until or now
-        return [
-            _defer(m.message, until, f"no provider can take it: {_circuits_text(now)}", now, settings) for m in members
-        ]
-    provider = route.provider
     request = {
         "key": key,
-        "provider": provider,
         "message_id": key if len(members) > 1 or lead.message.sms_key else lead.message.message_id,
         "to": lead.patient.phone,
         "text": rendered.text,
         "message_ids": [m.message.message_id for m in members],
     }
-    deadline = min(parse_iso(m.message.deadline) for m in members)
+    tried: list[str] = []
+    why = ""
+    while True:
+        now = clock.now()
+        route = provider_state.take_route(settings, now, skip=tuple(tried))
+        if route.provider is None:  # every provider down, or another sender took the only probe
+            why = why or f"no provider can take it: {_circuits_text(now)}"
+            until = provider_state.paused_until(settings, now) or route.paused_until or now + PROBE_INTERVAL
+            return [_defer(m.message, until, why, now, settings) for m in members]
+        outcome = _request(route.provider, {**request, "provider": route.provider}, members, rendered, settings, pacer)
+        if not isinstance(outcome, str):
+            return outcome
+        tried.append(route.provider)
+        why = outcome
 
+
+def _request(
+    provider: str,
+    request: dict[str, Any],
+    members: list[_Ready],
+    rendered: RenderedText,
+    settings: Settings,
+    pacer: Pacer,
+) -> list[SendOutcome] | str:
+    """One request to `provider` (or the replay of a stored result) and each reminder's outcome; or, when the
+    provider turned out to be down (its circuit open, or held), why, for the next provider to take the SMS."""
+    lead = members[0]
+    _, send_once = _idempotent_send(settings)
+    deadline = min(parse_iso(m.message.deadline) for m in members)
     requested: list[datetime] = []
 
     def at_the_request() -> None:
@@ -455,6 +474,16 @@ def _send_sms(
     except ProviderError as error:
         return _after_provider_error(error, provider, members, rendered, settings, pacer)
     provider_state.record_answer(provider, clock.now())
+    return _record_accepted(accepted, request, members, rendered, settings)
+
+
+def _record_accepted(
+    accepted: dict[str, Any],
+    request: dict[str, Any],
+    members: list[_Ready],
+    rendered: RenderedText,
+    settings: Settings,
+) -> list[SendOutcome]:
     carried = set(accepted.get("message_ids") or request["message_ids"])
     # A replay records the SMS as it went out, which may name a sibling settled since.
     sent_text = accepted.get("text") or rendered.text
@@ -478,8 +507,9 @@ def _after_provider_error(
     rendered: RenderedText,
     settings: Settings,
     pacer: Pacer,
-) -> list[SendOutcome]:
-    """What a refused or failed request means for the provider's circuit, then for each reminder of the SMS."""
+) -> list[SendOutcome] | str:
+    """What a refused or failed request means for the provider's circuit, then for each reminder of the SMS; or
+    why the provider is down, when it is (the SMS then goes to the next provider)."""
     now = clock.now()
     if error.code.startswith(("429", "http_429")):
         provider_state.record_answer(provider, now)  # throttling is an answer: the provider is up
@@ -488,13 +518,13 @@ def _after_provider_error(
         error = _confirm_refusal(error, provider, now, settings)
     if error.kind is FailureKind.PROVIDER_WIDE:
         provider_state.hold(provider, now, settings, f"{provider}: {error.code}")
-        return [_provider_down(m.message, f"provider hold: {error}", now, settings) for m in members]
+        return f"{provider} on hold: {error}"
     if error.kind in {FailureKind.TRANSIENT, FailureKind.AMBIGUOUS}:
         circuit = provider_state.record_transient_failure(provider, now, settings, f"{error.code}: {error.detail}")
         if circuit.is_open and error.kind is FailureKind.TRANSIENT:
-            # The provider's failure, not the message's: no attempt is burnt; it goes out after the outage (or
-            # through the next provider), before its deadline or not at all.
-            return [_provider_down(m.message, f"{provider} circuit open: {error}", now, settings) for m in members]
+            # The provider's failure, not the message's: no attempt is burnt; the next provider takes it, or it goes
+            # out after the outage, before its deadline or not at all. (Not an ambiguous one: it may have gone out.)
+            return f"{provider} circuit open: {error}"
     else:
         provider_state.record_answer(provider, now)
     return [
@@ -503,11 +533,6 @@ def _after_provider_error(
         )
         for m in members
     ]
-
-
-def _provider_down(message: MessageRecord, why: str, now: datetime, settings: Settings) -> SendOutcome:
-    """Back to pending without an attempt, until a provider can take it (at once when another one can)."""
-    return _defer(message, provider_state.paused_until(settings, now) or now, why, now, settings)
 
 
 def _circuits_text(now: datetime) -> str:

@@ -69,3 +69,84 @@ def test_a_six_hour_outage_needs_no_operator(provider_requests: list[ProviderReq
     # Closes by itself: the first probe after the outage is accepted, and the rest follow at once.
     after = sorted(utc(m["sent_at"]) for m in one_day)
     assert after[-1] - OUTAGE[1] < timedelta(minutes=3), after
+
+
+# ---------------------------------------------------------------------------------------------- failover
+
+
+def with_kannel_fallback(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "fallback_provider": {"name": "kannel", "latency_ms": 100, "receipt_delay_seconds": 10}}
+
+
+def test_the_same_outage_with_kannel_as_fallback_sends_on_time(provider_requests: list[ProviderRequest]) -> None:
+    data = with_kannel_fallback(six_hour_outage(families=3))
+    out = run(data)
+    assert_invariants(out, data)
+
+    nine = at_local("2027-03-11", 9, ABIDJAN)
+    for n in range(1, 4):
+        m = by_type(out, f"a{n}")["1_day_reminder"]
+        [send] = sends_of(out, m["message_id"])
+        # Through Kannel within minutes of 09:00 (the failures that open Orange's circuit, then the next minute),
+        # settled by Kannel's DLR; the 7-day and overdue reminders, outside the outage, went through Orange.
+        assert send["provider"] == "kannel" and m["status"] == "delivered", describe(out)
+        assert nine <= utc(m["sent_at"]) < nine + timedelta(minutes=10), m
+        assert m["attempts"] <= FAILURES_TO_OPEN
+        for other in ("7_day_reminder", "overdue_reminder"):
+            [before_or_after] = sends_of(out, by_type(out, f"a{n}")[other]["message_id"])
+            assert before_or_after["provider"] == "orange"
+    # Kannel carried the three 1-day reminders and nothing else: Orange took the traffic back after the outage.
+    assert len([r for r in provider_requests if r.provider == "kannel"]) == 3
+
+
+def test_a_403_on_orange_fails_over_to_kannel_without_burning_attempts(
+    provider_requests: list[ProviderRequest],
+) -> None:
+    seven = at_local("2027-03-05", 9, ABIDJAN)
+    window = (seven - timedelta(minutes=1), seven + timedelta(hours=3))
+    events = [e for n in range(1, 4) for e in one_patient(DUE, number=n)]
+    faults = [{"from": z(window[0]), "until": z(window[1]), "status": 403}]
+    data = with_kannel_fallback(scenario("2027-03-01T00:00:00Z", "2027-03-07T00:00:00Z", events, faults=faults))
+    out = run(data)
+    assert_invariants(out, data)
+
+    seven_day = [m for m in out["messages"] if m["reminder_type"] == "7_day_reminder"]
+    assert {m["status"] for m in seven_day} == {"delivered"}, describe(out)
+    assert all(m["attempts"] == 1 for m in seven_day), "a provider-wide refusal burnt an attempt"
+    assert all(seven <= utc(m["sent_at"]) < seven + timedelta(minutes=5) for m in seven_day)
+    providers = [s["provider"] for m in seven_day for s in sends_of(out, m["message_id"])]
+    assert providers.count("kannel") >= 2 and len(providers) == 3
+    # Held, not failing: Orange is probed every 30 minutes, not every minute.
+    refused = [r for r in provider_requests if r.provider == "orange" and r.status == 403]
+    assert 1 <= len(refused) <= 1 + (window[1] - window[0]) / timedelta(minutes=30)
+
+
+def test_an_ambiguous_timeout_on_the_first_provider_is_never_sent_again_on_the_second(
+    provider_requests: list[ProviderRequest],
+) -> None:
+    """Orange takes the request and its answer never comes (a read timeout), then fails for hours: the reminder
+    is recorded sent (assume_sent) and Kannel never gets it, though Kannel takes everything else meanwhile."""
+    seven = at_local("2027-03-05", 9, ABIDJAN)
+    faults = [
+        {"from": z(seven - timedelta(minutes=1)), "until": z(seven + timedelta(seconds=30)), "timeout": "after_send"},
+        {"from": z(seven + timedelta(seconds=30)), "until": z(seven + timedelta(hours=4)), "status": 503},
+    ]
+    events = [*one_patient(DUE, number=1), *one_patient(DUE, number=2)]
+    data = with_kannel_fallback(scenario("2027-03-01T00:00:00Z", "2027-03-07T00:00:00Z", events, faults=faults))
+    out = run(data)
+    assert_invariants(out, data)
+
+    sends = [
+        s for m in out["messages"] if m["reminder_type"] == "7_day_reminder" for s in sends_of(out, m["message_id"])
+    ]
+    assert len(sends) == 2 and all(len(sends_of(out, mid)) == 1 for s in sends for mid in s["message_ids"])
+    ambiguous = [m for m in out["messages"] if m.get("ambiguous")]
+    assert len(ambiguous) >= 1, describe(out)
+    for m in ambiguous:
+        assert [s["provider"] for s in sends_of(out, m["message_id"])] == ["orange"]
+        assert not [r for r in provider_requests if r.provider == "kannel" and r.to == phone_of(out, m)]
+
+
+def phone_of(out: dict[str, Any], message: dict[str, Any]) -> str:
+    [send] = sends_of(out, message["message_id"])
+    return str(send["to"])

@@ -62,6 +62,8 @@ def test_routes_in_failover_order() -> None:
     # Both open: nowhere until the earliest probe.
     kannel = held(Circuit("kannel"), NOW, RULES, "403")
     assert route(ORDER, {"orange": outage, "kannel": kannel}, NOW) == Route(None, paused_until=NOW + PROBE_INTERVAL)
+    # No provider left to try (each found down by this request): nowhere, and no time to wait for.
+    assert route((), {"orange": outage}, NOW) == Route(None)
     # A provider not (or no longer) in the order is not a reason to wait.
     assert route(("orange",), {"orange": outage, "kannel": kannel}, NOW).paused_until == NOW + PROBE_INTERVAL
 
