@@ -47,6 +47,8 @@ RETRIED = "retried"
 # Accepted SMS, apart from reminders sent: each reminder an SMS carried adds its share (1 / `sms_reminders`), so
 # the SMS counts once in all however its reminders' writes are split by a crash, and never twice on a replay.
 SMS = "sms"
+# Reminders sent through each provider (failover): `sent_via_<provider>`.
+SENT_VIA = "sent_via_"
 
 
 def bucket_label(seconds: float) -> str:
@@ -90,6 +92,8 @@ def transition_counts(
         add(Status.FAILED.value, -1)  # a late DeliveredToTerminal after DeliveryImpossible
     if target is Status.SENT:
         add(SMS, 1 / int(values.get("sms_reminders") or 1))
+        if values.get("provider"):
+            add(f"{SENT_VIA}{values['provider']}")
         lateness = max(0.0, (at - scheduled_at).total_seconds())
         add("lateness_sum", lateness)
         add(f"lateness_le_{bucket_label(lateness)}")

@@ -170,6 +170,18 @@ class Settings(BaseSettings):
         return ",".join(names)
 
     @model_validator(mode="after")
+    def _providers_configured(self) -> Settings:
+        endpoints = {ProviderName.ORANGE: "ORANGE_API_BASE_URL", ProviderName.KANNEL: "KANNEL_SENDSMS_URL"}
+        for provider in self.providers:
+            endpoint = getattr(self, endpoints[provider])
+            if not re.match(r"^https?://\S+$", endpoint):
+                raise ValueError(
+                    f"SMS_PROVIDERS names {provider.value}, whose {endpoints[provider]} is not an http(s) URL"
+                    f" (got {endpoint!r})"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _coherent(self) -> Settings:
         if self.SMS_RATE_LIMIT_PER_SECOND < self.SMS_SENDER_MAX_CONCURRENCY:
             raise ValueError(

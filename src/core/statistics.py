@@ -17,7 +17,7 @@ from typing import Any, Final, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from core import clock, store
-from core.counters import BOUNDS, PLANNED, RETRIED, SMS, percentile_from_histogram
+from core.counters import BOUNDS, PLANNED, RETRIED, SENT_VIA, SMS, percentile_from_histogram
 from core.lifecycle import Status
 from core.observability import logger
 from core.settings import Settings
@@ -134,6 +134,7 @@ class Figures:
     delivery_time_p95_seconds: float | None = None
     lateness_avg_seconds: float | None = None
     lateness_p95_seconds: float | None = None
+    sent_by_provider: Mapping[str, int] = field(default_factory=dict)  # reminders sent, by the provider that took them
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready; a p95 beyond the last histogram bound (infinite) is written as the text '>259200'."""
@@ -145,6 +146,8 @@ class Figures:
                 value = f">{BOUNDS[-1]}"
             elif isinstance(value, float):
                 value = round(value, 6)
+            elif isinstance(value, Mapping):
+                value = dict(value)
             out[name] = value
         return out
 
@@ -165,6 +168,11 @@ def figures_from_counters(counters: Mapping[str, float], live: Mapping[str, int]
         delivery_time_p95_seconds=percentile_from_histogram(delivery, P95),
         lateness_avg_seconds=average(counters.get("lateness_sum", 0.0), sum(lateness.values())),
         lateness_p95_seconds=percentile_from_histogram(lateness, P95),
+        sent_by_provider={
+            name.removeprefix(SENT_VIA): _whole(value)
+            for name, value in sorted(counters.items())
+            if name.startswith(SENT_VIA) and _whole(value)
+        },
     )
 
 

@@ -215,7 +215,20 @@ def test_figures_without_data_have_no_averages() -> None:
         "delivery_time_p95_seconds": None,
         "lateness_avg_seconds": None,
         "lateness_p95_seconds": None,
+        "sent_by_provider": {},
     }
+
+
+def test_reminders_sent_are_counted_by_the_provider_that_took_them() -> None:
+    at = datetime(2027, 3, 1, 9, tzinfo=UTC)
+    counts: dict[tuple[str, str], float] = {}
+    for provider in ("orange", "kannel", "orange"):
+        for key, amount in transition_counts(
+            "7_day_reminder", "queued", Status.SENT, at, {"provider": provider}, at, None
+        ).items():
+            counts[key] = counts.get(key, 0) + amount
+    figures = figures_from_counters({key.rsplit("#", 1)[1]: value for (_, key), value in counts.items()})
+    assert (figures.sent, figures.sent_by_provider) == (3, {"kannel": 1, "orange": 2})
 
 
 # ---------------------------------------------------------------------------------------------- the report

@@ -1,0 +1,35 @@
+"""SMS_PROVIDERS at start-up: the failover order, and a clear error naming the variable for a bad list."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.settings import ConfigurationError, ProviderName, build_settings
+
+
+def test_the_failover_order_defaults_to_sms_provider_alone() -> None:
+    assert build_settings().providers == (ProviderName.ORANGE,)
+    assert build_settings(SMS_PROVIDER="kannel").providers == (ProviderName.KANNEL,)
+    both = build_settings(SMS_PROVIDERS=" kannel , orange ")
+    assert (both.providers, both.primary_provider) == ((ProviderName.KANNEL, ProviderName.ORANGE), ProviderName.KANNEL)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"SMS_PROVIDERS": "orange,smpp"}, "SMS_PROVIDERS: Value error, unknown provider(s) smpp"),
+        ({"SMS_PROVIDERS": "orange,orange"}, "SMS_PROVIDERS: Value error, a provider is named twice"),
+        (
+            {"SMS_PROVIDERS": "orange,kannel", "KANNEL_SENDSMS_URL": ""},
+            "SMS_PROVIDERS names kannel, whose KANNEL_SENDSMS_URL is not an http(s) URL",
+        ),
+        (
+            {"SMS_PROVIDER": "orange", "ORANGE_API_BASE_URL": "api.orange.com"},
+            "SMS_PROVIDERS names orange, whose ORANGE_API_BASE_URL is not an http(s) URL",
+        ),
+    ],
+)
+def test_a_bad_provider_list_stops_start_up_naming_the_variable(overrides: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        build_settings(**overrides)
+    assert message in str(raised.value)
