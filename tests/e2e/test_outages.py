@@ -71,6 +71,41 @@ def test_a_six_hour_outage_needs_no_operator(provider_requests: list[ProviderReq
     assert after[-1] - OUTAGE[1] < timedelta(minutes=3), after
 
 
+# The fault matrix's rows for the circuit: the same outage run to a point inside each phase, invariants checked there.
+PHASES = {
+    "opens": at_local("2027-03-11", 9, ABIDJAN, 2),
+    "probe_fails": at_local("2027-03-11", 9, ABIDJAN, 10),
+    "stays_open": at_local("2027-03-11", 12, ABIDJAN),
+    "closes": at_local("2027-03-11", 15, ABIDJAN, 5),
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_circuit_fault_matrix(phase: str, provider_requests: list[ProviderRequest]) -> None:
+    data = {**six_hour_outage(families=3), "until": z(PHASES[phase])}
+    out = run(data)
+    assert_invariants(out, data)
+    one_day = [by_type(out, f"a{n}")["1_day_reminder"] for n in range(1, 4)]
+    tries = sorted((r for r in provider_requests if r.at >= OUTAGE[0]), key=lambda r: r.at)
+    failed = [r for r in tries if r.status == 503]
+    # Opens: exactly a run of FAILURES_TO_OPEN requests at the senders' pace, then none until the first probe.
+    assert [r.at < OUTAGE[0] + timedelta(minutes=6) for r in failed[:FAILURES_TO_OPEN]] == [True] * FAILURES_TO_OPEN
+    assert sum(m["attempts"] for m in one_day) <= FAILURES_TO_OPEN - 1 + (phase == "closes") * 3
+    if phase == "opens":
+        assert len(failed) == FAILURES_TO_OPEN and all(m["status"] == "pending" for m in one_day), describe(out)
+        assert any("circuit open" in (m["last_error"] or "") for m in one_day)
+    if phase in {"probe_fails", "stays_open"}:
+        # Stays open, probing once a minute; each failed probe sends nothing else and burns nothing.
+        probes = failed[FAILURES_TO_OPEN:]
+        assert probes and min_gap_seconds(probes) >= 55
+        minutes = (PHASES[phase] - probes[0].at).total_seconds() / 60
+        assert 0.9 * minutes <= len(probes) <= minutes + 1
+        assert all(m["status"] == "pending" and m["sent_at"] is None for m in one_day), describe(out)
+    if phase == "closes":
+        assert [r.status for r in tries if r.at >= OUTAGE[1]] == [201] * 3
+        assert all(m["status"] in {"sent", "delivered"} for m in one_day), describe(out)
+
+
 # ---------------------------------------------------------------------------------------------- failover
 
 
