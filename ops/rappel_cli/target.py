@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings, build_settings
+from rappel_local import console
 from rappel_local.embedded import reset_core_caches
 
 LOCAL_STATE = Path(".rappel") / "local.json"
+CONSOLE_FEED = Path(".rappel") / "console.jsonl"  # other processes' lines for `rappel local up`'s terminal
 
 # Stack output -> the environment variable the functions read.
 OUTPUT_TO_ENV = {
@@ -57,7 +59,10 @@ def read_local_state() -> dict[str, Any]:
 def resolve(*, local: bool, stack: str | None, region: str | None) -> Settings:
     """Settings for the chosen stack, with the process environment set so handlers see the same."""
     if local:
-        environment = dict(read_local_state()["environment"])
+        state = read_local_state()
+        environment = dict(state["environment"])
+        if state.get("console_feed"):  # what the functions do here shows on `rappel local up`'s terminal too
+            console.attach(console.Feed(Path(state["console_feed"])).append)
     else:
         environment = _deployed_environment(stack or default_stack_name() or "", region)
     os.environ.update(environment)

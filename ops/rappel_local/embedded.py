@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 from core import notify, provider_state, queue, secrets, sending, store
 from core.providers import factory
 from core.settings import reset_settings
+from rappel_local import console
 
 
 def reset_core_caches() -> None:
@@ -57,7 +58,8 @@ _HANDLERS = {
 def invoke(function: str, event: dict[str, Any]) -> Any:
     """Invoke a Lambda handler in-process, as `sam local invoke` would with an events/ file."""
     module = importlib.import_module(_HANDLERS[function])
-    return module.lambda_handler(event, FakeLambdaContext(function_name=f"rappel-{function}"))
+    with console.invocation(function):
+        return module.lambda_handler(event, FakeLambdaContext(function_name=f"rappel-{function}"))
 
 
 def function_url_event(method: str, path: str, query: str, body: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -180,12 +182,15 @@ def schedule_event(rule: str, at: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def quiet_logs() -> Iterator[None]:
-    """Silence the functions' JSON logs and EMF on the terminal (they are for CloudWatch, not for people)."""
+    """Silence the functions' JSON logs and EMF on the terminal (they are for CloudWatch, not for people).
+
+    With an operator console attached, the records still reach it (it has muted the JSON output itself)."""
     import logging
 
     logger = logging.getLogger("rappel")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    if not console.attached():
+        logger.setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             yield

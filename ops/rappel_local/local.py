@@ -6,6 +6,7 @@ Orange simulator, the receipt Function URL on localhost, and the schedules firin
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -16,8 +17,9 @@ from rich.console import Console
 
 from core import clock
 from rappel_cli.operations import drain_send_queue
-from rappel_cli.target import LOCAL_STATE, write_local_state
-from rappel_local.embedded import ReceiptEndpoint, invoke, quiet_logs, reset_core_caches, schedule_event
+from rappel_cli.target import CONSOLE_FEED, LOCAL_STATE, write_local_state
+from rappel_local import console as operator_console
+from rappel_local.embedded import ReceiptEndpoint, invoke, reset_core_caches, schedule_event
 from rappel_local.orange_simulator import OrangeSimulator
 from rappel_local.stack import create_stack
 
@@ -30,6 +32,8 @@ def start(*, rate: float, port: int) -> tuple[dict[str, str], list[object]]:
     from moto.server import ThreadedMotoServer
 
     os.environ.update(FAKE_AWS)
+    for name in ("werkzeug", "moto"):  # moto's server logs every request; the operators' console says what matters
+        logging.getLogger(name).setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -64,7 +68,10 @@ def serve(*, rate: float, port: int, console: Console) -> None:
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
         signal.signal(signal.SIGINT, signal.default_int_handler)
     environment, parts = start(rate=rate, port=port)
-    write_local_state(environment, {"started_at": datetime.now(UTC).isoformat(), "pid": os.getpid()})
+    feed = _attach_console(console)
+    write_local_state(
+        environment, {"started_at": datetime.now(UTC).isoformat(), "pid": os.getpid(), "console_feed": str(feed.path)}
+    )
     settings = load_settings()
     console.print(
         f"[green]embedded stack up[/green] on {environment['AWS_ENDPOINT_URL']}; "
@@ -76,14 +83,15 @@ def serve(*, rate: float, port: int, console: Console) -> None:
     try:
         while not stop.is_set():
             now = time.monotonic()
-            with quiet_logs():
-                if now >= next_dispatch:
-                    invoke("dispatch_due", schedule_event("dispatch", datetime.now(UTC).isoformat()))
-                    drain_send_queue(settings)
-                    next_dispatch = now + settings.SMS_PROCESSING_INTERVAL_MINUTES * 60
-                if now >= next_health:
-                    invoke("health_check", schedule_event("health", datetime.now(UTC).isoformat()))
-                    next_health = now + settings.SMS_HEALTH_CHECK_INTERVAL_MINUTES * 60
+            if now >= next_dispatch:
+                invoke("dispatch_due", schedule_event("dispatch", datetime.now(UTC).isoformat()))
+                drain_send_queue(settings)
+                next_dispatch = now + settings.SMS_PROCESSING_INTERVAL_MINUTES * 60
+            if now >= next_health:
+                invoke("health_check", schedule_event("health", datetime.now(UTC).isoformat()))
+                next_health = now + settings.SMS_HEALTH_CHECK_INTERVAL_MINUTES * 60
+            for at, function, text in feed.read_new():  # what `rappel … --local` did in other terminals
+                _print_line(console, at, function, text)
             stop.wait(1.0)
     except KeyboardInterrupt:
         pass
@@ -91,4 +99,16 @@ def serve(*, rate: float, port: int, console: Console) -> None:
         for part in parts:
             getattr(part, "stop")()  # noqa: B009 - simulator, receipt endpoint and moto server all have stop()
         LOCAL_STATE.unlink(missing_ok=True)
+        feed.path.unlink(missing_ok=True)
         console.print("embedded stack stopped")
+
+
+def _attach_console(console: Console) -> operator_console.Feed:
+    """One line per event that matters on this terminal, instead of the functions' JSON logs and EMF."""
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # EMF is for CloudWatch; the console says what happened
+    operator_console.attach(lambda at, function, text: _print_line(console, at, function, text))
+    return operator_console.Feed(CONSOLE_FEED.resolve()).reset()
+
+
+def _print_line(console: Console, at: str, function: str, text: str) -> None:
+    console.print(operator_console.line(at, function, text), markup=False, highlight=False, soft_wrap=True)

@@ -123,6 +123,8 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
         extra={
             "detail_type": event.detail_type.value,
             "event_id": event_id,
+            "patient_id": getattr(detail, "patient_id", None),
+            "appointment_id": getattr(detail, "appointment_id", None),
             "messages_created": result.created,
             "cancelled": result.cancelled,
             "replanned": result.replanned,

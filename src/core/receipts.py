@@ -180,4 +180,7 @@ def apply_receipt(
             )
     else:
         count(MetricName.SMS_FAILED, reminder_type=message.reminder_type, provider=provider)
+    logger.info(
+        "receipt applied", extra={"message_id": message_id, "status": target.value, "provider_status": provider_status}
+    )
     return ReceiptOutcome(target.value, message_id)

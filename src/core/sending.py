@@ -809,5 +809,13 @@ def _record_sent(
     count(MetricName.SMS_ACCEPTED, 1 / carried, reminder_type=type_, provider=provider)
     lateness = max(0.0, (now - parse_iso(message.scheduled_at)).total_seconds())
     measure(MetricName.SEND_LATENESS_SECONDS, lateness, reminder_type=type_, provider=provider)
-    logger.info("sms sent", extra={"message_id": message.message_id, "attempt": attempt, "ambiguous": bool(ambiguous)})
+    logger.info(
+        "sms sent",
+        extra={
+            "message_id": message.message_id,
+            "sms": values["provider_message_id"],
+            "attempt": attempt,
+            "ambiguous": bool(ambiguous),
+        },
+    )
     return SendOutcome.AMBIGUOUS_SENT if ambiguous else SendOutcome.SENT

@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -43,8 +46,24 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def local_stack(tmp_path: Path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def console_lines() -> list[str]:
+    """What `rappel local up` printed so far (its stdout and stderr), line by line."""
+    return []
+
+
+def _wait_for(lines: list[str], wanted: Callable[[str], bool], what: str) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = next((line for line in list(lines) if wanted(line)), None)
+        if found is not None:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"rappel local up never printed {what}; it printed:\n" + "\n".join(lines))
+
+
+@pytest.fixture
+def local_stack(tmp_path: Path, console_lines: list[str]):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     process = subprocess.Popen(
         [*RAPPEL, "local", "up", "--port", str(_free_port())],
         cwd=tmp_path,
@@ -53,16 +72,26 @@ def local_stack(tmp_path: Path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    assert process.stdout is not None
+    stdout = process.stdout
+
+    def read() -> None:
+        for output_line in stdout:
+            console_lines.append(output_line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     state = tmp_path / ".rappel" / "local.json"
     deadline = time.monotonic() + 60
     while not state.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"rappel local up did not start: {process.stdout.read() if process.stdout else ''}")
+            pytest.fail("rappel local up did not start: " + "".join(console_lines))
         time.sleep(0.2)
     yield tmp_path
     process.send_signal(signal.SIGINT)
     process.wait(timeout=30)
+    reader.join(timeout=10)
     assert not state.exists()  # a clean stop removes what --local reads
 
 
@@ -131,6 +160,38 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
     assert released == {"closed": []}  # no provider's circuit was open
     redrive = json.loads(_run("redrive", "--local", "--json", cwd=local_stack).stdout)
     assert redrive["method"] in {"StartMessageMoveTask", "receive-send-delete"}
+
+
+def test_the_console_prints_one_line_per_event(local_stack: Path, console_lines: list[str]) -> None:
+    """The operators' console: what each function did, from this terminal's commands too, and no request log."""
+    zone = _zone_in_the_afternoon()
+    due = (datetime.now(ZoneInfo(zone)).date() + timedelta(days=7)).isoformat()
+    register = local_stack / "register.csv"
+    with register.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerow(["p7", "+2250701020399", zone, "fr", "true", "Awa", "a7", "Penta", "2", due, "CSU Abobo"])
+        writer.writerow(["p8", "not-a-phone", zone, "fr", "true", "Kofi", "a8", "VPO", "1", due, ""])
+    assert _run("import", str(register), "--local", "--json", cwd=local_stack).returncode == 0
+    assert json.loads(_run("process", "--local", "--json", cwd=local_stack).stdout)["enqueued"] == 1
+    messages = json.loads(_run("messages", "--local", "--json", "--patient", "p7", cwd=local_stack).stdout)
+    (sent,) = [m for m in messages if m["status"] in {"sent", "delivered"}]
+
+    line = re.compile(r"^\d\d:\d\d:\d\d (\w+) +(.+)$")
+
+    def event(function: str, text: str) -> Callable[[str], bool]:
+        return lambda printed: bool((m := line.match(printed)) and m.group(1) == function and text in m.group(2))
+
+    _wait_for(console_lines, event("plan_reminders", "PatientUpserted p7: recorded"), "the patient")
+    _wait_for(console_lines, event("plan_reminders", "DoseScheduled a7: 3 reminders"), "the appointment")
+    _wait_for(console_lines, event("plan_reminders", "event refused: detail.phone"), "the refused row")
+    _wait_for(console_lines, event("dispatch_due", "claimed 1, enqueued 1"), "the dispatch")
+    _wait_for(console_lines, event("send_sms", "sent 1 reminder in 1 SMS"), "the send")
+    _wait_for(console_lines, event("delivery_receipt", f"receipt delivered {sent['message_id']}"), "the receipt")
+    _wait_for(console_lines, event("health_check", "healthy"), "the health check")
+    assert not [printed for printed in console_lines if "HTTP/1.1" in printed or printed.startswith("{")]
+    idle = [printed for printed in console_lines if event("dispatch_due", "")(printed)]
+    assert len(idle) == 1  # the stack's own runs every minute claim nothing: no line for them
 
 
 def test_commands_say_clearly_when_the_stack_is_missing(tmp_path: Path) -> None:
