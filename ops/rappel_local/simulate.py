@@ -442,6 +442,7 @@ def _message_json(message: store.MessageRecord, patients: dict[str, store.Patien
         "text": message.text,
         "segments": int(message.segments) if message.segments is not None else None,
         "last_error": message.last_error,
+        "history": store.history_of(message),
         "ambiguous": bool(message.ambiguous),
         "revived": message.revived,
         "provider_message_id": message.provider_message_id,

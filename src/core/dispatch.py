@@ -178,5 +178,6 @@ def _claim(message: MessageRecord, now: datetime, settings: Settings) -> ClaimOu
             "dispatches": int(message.dispatches) + 1 if message.state is Status.QUEUED else 1,
         },
         guard=Guard.VERSION | Guard.DUE,
+        reason="claimed again: its lease ran out before a send" if message.state is Status.QUEUED else "claimed",
     )
     return ClaimOutcome.CLAIMED if store.transition(message, change, at=now, settings=settings) else ClaimOutcome.LOST

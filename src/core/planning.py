@@ -356,6 +356,7 @@ def revive_message(
         # Not one the provider took or may have taken: sent while being cancelled, an ambiguous attempt, or bound to
         # a grouped SMS whose request may have gone out.
         guard=Guard.NEVER_SENT,
+        reason=f"revived: {(message.last_error or 'cancelled').removeprefix('cancelled: ')} no longer holds",
     )
     return store.transition(message, change, at=now, settings=settings)
 

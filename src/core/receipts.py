@@ -164,6 +164,7 @@ def apply_receipt(
         sources=sources[target] & frozenset({message.state}),
         set={"receipt_status": provider_status, **stamp, **(learnt or {})},
         guard=Guard.VERSION,
+        reason=f"{'delivered' if target is Status.DELIVERED else 'undeliverable'} (receipt {provider_status})",
     )
     if not store.transition(message, change, at=now, settings=settings):
         return ReceiptOutcome("unchanged", message_id)

@@ -267,7 +267,8 @@ def _confirm(
     detail_type = notify.DetailType.PATIENT_OPTED_IN if opt_in else notify.DetailType.PATIENT_OPTED_OUT
     notify.publish(detail_type, _event_detail(change, found, message_id, now), now, settings)
     lead = min(change.patients, key=lambda p: p.patient_id)
-    store.create_message(_confirmation(message_id, subject, lead, change.number, now, settings), now)
+    why = f"confirms the reply {found.keyword!r}: {'opted in' if opt_in else 'opted out'}"
+    store.create_message(_confirmation(message_id, subject, lead, change.number, now, settings), now, why)
     count(MetricName.REPLIES_OPTED_IN if opt_in else MetricName.REPLIES_OPTED_OUT)
     return InboundOutcome("opted_in" if opt_in else "opted_out", message_id)
 

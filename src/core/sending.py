@@ -592,6 +592,7 @@ def _take_back_dead_letter(message: MessageRecord, now: datetime, settings: Sett
             "dispatches": 1,
         },
         guard=Guard.VERSION,
+        reason="redriven from the dead letter queue",
     )
     if not store.transition(message, change, at=now, settings=settings):
         return None
@@ -647,6 +648,7 @@ def _defer(
         sources=frozenset({Status.QUEUED}),
         set=values,
         guard=Guard.VERSION | Guard.ATTEMPTS,
+        reason=f"retry after {why}" if attempts is not None else f"deferred: {why}",
     )
     if not store.transition(message, change, at=now, settings=settings):
         return SendOutcome.STALE
@@ -763,6 +765,10 @@ def _dead_letter(
     return SendOutcome.DEAD_LETTER
 
 
+def _sent_reason(provider: str, carried: int) -> str:
+    return f"sent via {provider}" + (f", one SMS for {carried} reminders" if carried > 1 else "")
+
+
 def _record_sent(
     message: MessageRecord,
     attempt: int,
@@ -791,6 +797,7 @@ def _record_sent(
         sources=frozenset({Status.QUEUED}),
         set=values,
         guard=Guard.ATTEMPTS,
+        reason=f"ambiguous send taken as sent: {ambiguous}" if ambiguous else _sent_reason(values["provider"], carried),
     )
     if not store.transition(message, change, at=now, settings=settings):
         current = store.get_message(message.message_id)

@@ -18,6 +18,7 @@ from typing import Any
 
 from pynamodb.attributes import (
     BooleanAttribute,
+    ListAttribute,
     NumberAttribute,
     TTLAttribute,
     UnicodeAttribute,
@@ -169,6 +170,9 @@ class MessageRecord(Model):
     failed_at = UnicodeAttribute(null=True)
     ended_at = UnicodeAttribute(null=True)
     expires_at = TTLAttribute(null=True)
+    # Its status changes, oldest first, each `<iso time> <from>><to> <reason>` (`history_entry`), at most
+    # HISTORY_LIMIT: written by the status change itself, never by a write of its own.
+    history: ListAttribute[str] = ListAttribute(of=UnicodeAttribute, null=True)  # type: ignore[arg-type]
     due_index = DueIndex()
     provider_index = ProviderIdIndex()
     by_patient = MessagesByPatient()
@@ -456,10 +460,13 @@ def get_message(message_id: str) -> MessageRecord | None:
         return None
 
 
-def create_message(message: MessageRecord, at: datetime) -> bool:
-    """Create a pending message (and count it as planned); False if it already exists (a replayed event)."""
+def create_message(message: MessageRecord, at: datetime, reason: str = "planned") -> bool:
+    """Create a pending message (and count it as planned); False if it already exists (a replayed event).
+
+    Its creation is the first entry of its history (`reason` says why it exists)."""
     if message.state is not Status.PENDING:
         raise ValueError("messages are created pending")
+    message.history = [history_entry(at, None, Status.PENDING, reason)]
     try:
         message.save(condition=MessageRecord.message_id.does_not_exist())
     except PutError as exc:
@@ -592,6 +599,8 @@ class Change:
     sources: frozenset[Status]
     set: Mapping[str, Any]
     guard: Guard = Guard.NONE
+    # What the message's history says of it, for health workers; None: the `last_error` it sets, else the target.
+    reason: str | None = None
 
 
 def transition(message: MessageRecord, change: Change, *, at: datetime, settings: Settings) -> bool:
@@ -623,6 +632,10 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
         ]
     elif change.target is Status.DEAD_LETTER:
         actions.append(MessageRecord.expires_at.remove())  # dead letters are kept until resolved
+    # From: the one source the condition allows, else the status as read (exact under a version guard; a
+    # cancellation, which has neither, may have raced a claim: the entry before it then tells).
+    source = next(iter(sources)) if len(sources) == 1 else message.state
+    actions += _history_actions(message, history_entry(at, source, change.target, _reason(change)))
     condition = MessageRecord.status.is_in(*(s.value for s in sorted(sources)))
     for part in _guard_conditions(change.guard, message, at):
         condition = condition & part
@@ -645,6 +658,54 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
         )
     )
     return True
+
+
+# ---------------------------------------------------------------------------------------------- history
+
+HISTORY_LIMIT = 20  # entries kept per message: a delivered reminder has 4, one retried to its limit about 16
+REASON_MAX_CHARS = 120
+_PAST_THE_END = 9999  # a list index past any history's end: SET there appends (and overlaps no REMOVE of the oldest)
+
+
+def history_entry(at: datetime, source: Status | None, target: Status, reason: str) -> str:
+    """One line of a message's history: `<iso time> <from>><to> <reason>` (from empty for its creation).
+
+    A string rather than a map, for size: each entry is rewritten with the item on every later write."""
+    text = " ".join(reason.split())
+    if len(text) > REASON_MAX_CHARS:
+        text = text[: REASON_MAX_CHARS - 1] + "…"
+    return f"{iso(at)} {source.value if source else ''}>{target.value} {text}"
+
+
+def history_of(message: MessageRecord) -> list[dict[str, str | None]]:
+    """The message's history, oldest first: `{"at", "from", "to", "reason"}` (`from` None for its creation)."""
+    out: list[dict[str, str | None]] = []
+    for entry in message.history or []:
+        at, move, *rest = entry.split(" ", 2)
+        source, _, target = move.partition(">")
+        out.append({"at": at, "from": source or None, "to": target, "reason": rest[0] if rest else ""})
+    return out
+
+
+def _reason(change: Change) -> str:
+    if change.reason:
+        return change.reason
+    error = change.set.get("last_error")
+    return str(error) if error else change.target.value
+
+
+def _history_actions(message: MessageRecord, entry: str) -> list[Action]:
+    """Append `entry` in the status change's own write, dropping the oldest beyond HISTORY_LIMIT.
+
+    No condition of its own: a write that would apply without the history applies with it. Below the limit, a
+    `list_append` (whatever another writer appended meanwhile stays). At the limit, the entry is SET past the end
+    and the oldest, counted from the history as read, are removed in the same expression (distinct paths, which
+    DynamoDB allows); a writer that raced in an entry meanwhile leaves one more, dropped by the next change."""
+    read = message.history
+    if read is None or len(read) < HISTORY_LIMIT:
+        return [MessageRecord.history.set((MessageRecord.history | []).append([entry]))]
+    oldest = [MessageRecord.history[i].remove() for i in range(len(read) - HISTORY_LIMIT + 1)]
+    return [MessageRecord.history[_PAST_THE_END].set(entry), *oldest]
 
 
 def _guard_conditions(guard: Guard, message: MessageRecord, at: datetime) -> list[Condition]:
