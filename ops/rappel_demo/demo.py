@@ -18,7 +18,7 @@ from core.store import parse_iso
 from core.texts import count_segments
 from rappel_cli.importer import row_events
 from rappel_demo.register import generate_register
-from rappel_demo.report import write_report
+from rappel_demo.report import type_label, write_report
 from rappel_local.embedded import quiet_logs
 from rappel_local.scenario import load_scenario
 from rappel_local.simulate import Simulation
@@ -41,6 +41,8 @@ class DemoSummary:
     invariants_ok: bool
     invariants: dict[str, Any]
     report: Path
+    outcomes: dict[str, Any] | None = None  # stats.outcomes of the simulation, when it records them
+    follow_ups: list[dict[str, Any]] | None = None  # the open follow-ups (families to call), when recorded
 
 
 def build_scenario(children: int, days: int, seed: int, rate: float) -> dict[str, Any]:
@@ -155,6 +157,8 @@ def summarise(document: dict[str, Any], report: Path) -> DemoSummary:
         invariants_ok=bool(document["stats"]["invariants"]["ok"]),
         invariants=document["stats"]["invariants"],
         report=report,
+        outcomes=document["stats"].get("outcomes"),
+        follow_ups=document.get("follow_ups"),
     )
 
 
@@ -167,11 +171,11 @@ def _percentile(values: list[float], fraction: float) -> float | None:
 def _print(summary: DemoSummary, console: Console) -> None:
     statuses = sorted({s for counts in summary.by_type.values() for s in counts})
     table = Table(title="Reminders by type and status")
-    table.add_column("reminder type")
+    table.add_column("reminder")
     for status in statuses:
         table.add_column(status, justify="right")
     for reminder_type, counts in sorted(summary.by_type.items()):
-        table.add_row(reminder_type, *(str(counts.get(s, 0)) for s in statuses))
+        table.add_row(type_label(reminder_type), *(str(counts.get(s, 0)) for s in statuses))
     console.print(table)
     rate = f"{summary.delivery_rate:.1%}" if summary.delivery_rate is not None else "-"
     p50 = f"{summary.lateness_p50:.0f} s" if summary.lateness_p50 is not None else "-"
@@ -191,4 +195,32 @@ def _print(summary: DemoSummary, console: Console) -> None:
         f"  peak sends in one second: {summary.invariants['max_sends_in_one_second']} "
         f"(limit {summary.invariants['rate_limit_per_second']:g})"
     )
+    _print_outcomes(summary, console)
     console.print(f"Report: {summary.report.resolve()}")
+
+
+def _print_outcomes(summary: DemoSummary, console: Console) -> None:
+    """Did the reminders work, and which families to call: what the report shows, in two lines and a table."""
+    groups = summary.outcomes or {}
+    if not any((groups.get(g) or {}).get("appointments") for g in ("reached", "not_reached")):
+        console.print("Outcomes: not recorded in this run's output")
+    else:
+        table = Table(title="Appointments by family reached (a reminder delivered) or not")
+        for column in ("family", "appointments", "given by the due date", "given later", "not given"):
+            table.add_column(column, justify="left" if column == "family" else "right")
+        for group, label in (("reached", "reached"), ("not_reached", "not reached")):
+            row = groups.get(group) or {}
+            n = int(row.get("appointments") or 0)
+            cells = [f"{row.get(k, 0)} ({row.get(k, 0) / n:.0%})" if n else "0" for k in _OUTCOME_KEYS]
+            table.add_row(label, str(n), *cells)
+        console.print(table)
+    if summary.follow_ups is None:
+        console.print("Families to call: not recorded in this run's output")
+        return
+    clinics = Counter(str(row.get("clinic") or "no clinic named") for row in summary.follow_ups)
+    where = ", ".join(f"{clinic} {n}" for clinic, n in sorted(clinics.items()))
+    listed = f" ({where}; listed in the report)" if where else ""
+    console.print(f"Families to call: {len(summary.follow_ups)}{listed}")
+
+
+_OUTCOME_KEYS = ("given_by_due_date", "given_later", "not_given")
