@@ -219,6 +219,9 @@ def messages(
     patient: Annotated[str | None, typer.Option(help="Only this patient id.")] = None,
     since: Annotated[str | None, typer.Option(help="Only messages scheduled at or after this ISO instant.")] = None,
     limit: Annotated[int, typer.Option(min=1)] = 200,
+    message_id: Annotated[
+        str | None, typer.Option("--id", help="One message, with its history (each status change and why).")
+    ] = None,
     local: Local = False,
     stack: Stack = None,
     region: Region = None,
@@ -228,6 +231,9 @@ def messages(
     from rappel_cli.operations import list_messages
 
     settings = _settings(local, stack, region)
+    if message_id is not None:
+        _one_message(settings, message_id, as_json)
+        return
     try:
         rows = list_messages(settings, status=status, patient=patient, since=since, limit=limit)
     except ValueError as exc:
@@ -249,6 +255,25 @@ def messages(
     for row in rows:
         table.add_row(*(_fmt(row.get(c)) for c in columns))
     _emit(rows, as_json, table)
+
+
+def _one_message(settings: Any, message_id: str, as_json: bool) -> None:
+    from rappel_cli.operations import message_detail
+
+    found = message_detail(settings, message_id)
+    if found is None:
+        console.print(f"[red]error:[/red] no message {message_id}")
+        raise typer.Exit(1)
+    if as_json:
+        _emit(found, True)
+        return
+    history = Table(title=f"History ({len(found['history'])} status changes, oldest first)")
+    for column in ("at", "from", "to", "reason"):
+        history.add_column(column, overflow="fold")
+    for entry in found["history"]:
+        history.add_row(*(_fmt(entry[c]) for c in ("at", "from", "to", "reason")))
+    out.print(_key_values(f"Message {message_id}", {k: v for k, v in found.items() if k != "history"}))
+    out.print(history)
 
 
 @app.command()

@@ -91,6 +91,17 @@ def list_messages(
     return rows[:limit]
 
 
+def message_detail(settings: Settings, message_id: str) -> dict[str, Any] | None:
+    """One message, every stored field but the `due` index's keys, with its history (oldest first); None if absent."""
+    store.bind(settings)
+    message = store.get_message(message_id)
+    if message is None:
+        return None
+    first = ["message_id", "patient_id", "appointment_id", "reminder_type", "due_date", "status", "last_error"]
+    rest = sorted(set(store.MessageRecord.get_attributes()) - {*first, "due_shard", "due_at", "history"})
+    return {**{name: getattr(message, name) for name in first + rest}, "history": store.history_of(message)}
+
+
 def cleanup_now(settings: Settings) -> dict[str, Any]:
     """Delete ended messages whose retention has run out, at once."""
     store.bind(settings)
