@@ -108,7 +108,7 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
             event_id=event_id,
         )
         previous = store.get_appointment(detail.appointment_id)
-        written = store.save_appointment(appointment)
+        written = store.save_appointment(appointment, previous)
         if not written and previous is not None and previous.patient_id == store.UNKNOWN_PATIENT:
             # The dose was given (or the appointment cancelled) before this older schedule arrived: the schedule
             # fills in what the appointment is, the close stands.
@@ -146,8 +146,10 @@ def _close_appointment(
     detail: DoseAdministered | AppointmentCancelled, event_at: str, event_id: str, settings: Settings, now: datetime
 ) -> PlanningResult:
     result = PlanningResult()
-    current = store.get_appointment(detail.appointment_id)
-    if current is None:
+    stored = store.get_appointment(detail.appointment_id)
+    if stored is not None:
+        current = store.copy_appointment(stored)
+    else:
         # Closed before its schedule arrived (out of order, or a late sync): keep the fact, so that the older
         # schedule, when it comes, plans nothing. What the appointment is, its schedule will fill in.
         current = AppointmentRecord(
@@ -158,7 +160,7 @@ def _close_appointment(
         current.status, current.administered_on = "administered", detail.administered_on.isoformat()
     else:
         current.status = "cancelled"
-    _count_write(result, store.save_appointment(current))
+    _count_write(result, store.save_appointment(current, stored))
     result.merge(reconcile_appointment(detail.appointment_id, settings, now))
     return result
 

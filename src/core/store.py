@@ -30,7 +30,7 @@ from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 
-from core.counters import transition_counts
+from core.counters import PLANNED, transition_counts
 from core.lifecycle import DISPATCHABLE, TERMINAL, Status, check_transition
 from core.settings import Settings
 
@@ -342,13 +342,23 @@ def get_appointment(appointment_id: str) -> AppointmentRecord | None:
         return None
 
 
-def save_appointment(appointment: AppointmentRecord) -> bool:
-    """Write the appointment if this event is not older than the stored one; False when it is older."""
-    return _applied(
-        lambda: appointment.save(
-            condition=AppointmentRecord.appointment_id.does_not_exist() | _newer_event(appointment)
-        )
-    )
+def save_appointment(appointment: AppointmentRecord, stored: AppointmentRecord | None = None) -> bool:
+    """Write the appointment if this event is not older than the stored one; False when it is older.
+
+    `stored`: the appointment as the caller just read it (consistently). When the write would store exactly that
+    (a replay of the event that wrote it: same fields, event time, id and rank), nothing is written and the result
+    is the write's: applied. A newer event with the same fields is still written: its event time is what keeps an
+    older event, arriving late, from being applied over it.
+    """
+    condition = AppointmentRecord.appointment_id.does_not_exist() | _newer_event(appointment)
+    if stored is not None and stored.serialize() == appointment.serialize():
+        return True
+    return _applied(lambda: appointment.save(condition=condition))
+
+
+def copy_appointment(appointment: AppointmentRecord) -> AppointmentRecord:
+    """A copy to change, leaving the one read as it was stored (for `save_appointment`'s `stored`)."""
+    return AppointmentRecord.from_raw_data(appointment.serialize())
 
 
 def fill_in_closed_appointment(schedule: AppointmentRecord) -> bool:
@@ -414,22 +424,38 @@ def add_to_counters(counts: Mapping[tuple[str, str], float]) -> None:
         return
     grouped: dict[tuple[str, str], dict[str, float]] = {}
     for (day, key), amount in counts.items():
-        hour_type, name = key.rsplit("#", 1)
-        grouped.setdefault((day, hour_type), {})[name] = amount
+        sk, name = _counter_cell(key)
+        grouped.setdefault((day, sk), {})[name] = amount
     client = _connection().client
-    for (day, hour_type), names in grouped.items():
+    for (day, sk), names in grouped.items():
         placeholders = {f"#c{i}": name for i, name in enumerate(names)}
         client.update_item(
             TableName=OpsRecord.Meta.table_name,
-            Key={"pk": {"S": f"COUNTERS#{day}"}, "sk": {"S": hour_type}},
+            Key={"pk": {"S": f"COUNTERS#{day}"}, "sk": {"S": sk}},
             UpdateExpression="ADD " + ", ".join(f"#c{i} :v{i}" for i in range(len(names))),
             ExpressionAttributeNames=placeholders,
             ExpressionAttributeValues={f":v{i}": {"N": repr(float(v))} for i, v in enumerate(names.values())},
         )
 
 
+# The counters a clinic event moves share one item per hour (sk `<hour>`, attribute `<type>#<name>`): an event that
+# plans or cancels reminders of three types writes one item, not three. The send path's counters, with their
+# histograms, keep one item per hour and type (sk `<hour>#<type>`, attribute `<name>`), which stays under 1 KB.
+# Both read back as `<hour>#<type>#<name>`.
+_PER_HOUR = frozenset({PLANNED, Status.CANCELLED.value})
+
+
+def _counter_cell(key: str) -> tuple[str, str]:
+    """(sk, attribute) of a counter key `<hour>#<reminder type>#<name>`."""
+    hour, reminder_type, name = key.split("#", 2)
+    if name in _PER_HOUR:
+        return hour, f"{reminder_type}#{name}"
+    return f"{hour}#{reminder_type}", name
+
+
 def read_counters(day: str) -> dict[str, float]:
-    """Every counter of one UTC day, keyed `<hour>#<reminder type>#<name>`."""
+    """Every counter of one UTC day, keyed `<hour>#<reminder type>#<name>` (summed over the items that hold it: a day
+    written before planning's counters moved to the hour item has them in both layouts)."""
     client = _connection().client
     out: dict[str, float] = {}
     kwargs: dict[str, Any] = {
@@ -443,7 +469,8 @@ def read_counters(day: str) -> dict[str, float]:
             prefix = item["sk"]["S"]
             for name, value in item.items():
                 if "N" in value and name not in {"pk", "sk"}:
-                    out[f"{prefix}#{name}"] = float(value["N"])
+                    counter = f"{prefix}#{name}"
+                    out[counter] = out.get(counter, 0.0) + float(value["N"])
         if "LastEvaluatedKey" not in page:
             return out
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -1,0 +1,159 @@
+"""Planning writes only what changes (issue 12, "writes that earn their cost"), counted at botocore's one call path.
+
+Each clinic event goes through the plan_reminders handler as Lambda would run it (counters buffered for the
+invocation), and every DynamoDB write it makes is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import botocore.client
+import pytest
+
+from core import store
+from rappel_local.embedded import invoke
+from tests.helpers import dose, envelope, patient
+
+pytestmark = pytest.mark.integration
+
+WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
+
+
+@dataclass
+class Writes:
+    """The DynamoDB writes made since the recorder was installed, as (operation, table, partition key or None)."""
+
+    made: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+    def to(self, table: str) -> list[str]:
+        return [operation for operation, name, _ in self.made if name == table]
+
+    def to_counters(self) -> list[str]:
+        """Writes to the statistics counters (the ops table's COUNTERS#<day> items)."""
+        return [operation for operation, _, pk in self.made if (pk or "").startswith("COUNTERS#")]
+
+    def planning_records(self, aws: Any) -> list[tuple[str, str, str | None]]:
+        """Writes to patients, appointments, messages and the counters."""
+        tables = {aws.settings.PATIENTS_TABLE, aws.settings.APPOINTMENTS_TABLE, aws.settings.MESSAGES_TABLE}
+        return [w for w in self.made if w[1] in tables or (w[2] or "").startswith("COUNTERS#")]
+
+    def clear(self) -> None:
+        self.made.clear()
+
+
+@pytest.fixture
+def writes(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Writes]:
+    recorded = Writes()
+    original = botocore.client.BaseClient._make_api_call
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if client.meta.service_model.service_name == "dynamodb" and operation in WRITES:
+            pk = (params.get("Key") or params.get("Item") or {}).get("pk", {}).get("S")
+            recorded.made.append((operation, str(params.get("TableName", "")), pk))
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+    yield recorded
+
+
+def _plan(event: dict[str, Any]) -> dict[str, Any]:
+    response: dict[str, Any] = invoke("plan_reminders", event)
+    return response
+
+
+def test_a_dose_that_plans_three_reminders_counts_them_in_one_counter_write(aws: Any, writes: Writes) -> None:
+    _plan(patient())
+    writes.clear()
+    assert _plan(dose())["created"] == 3
+    assert writes.to(aws.settings.MESSAGES_TABLE) == ["PutItem"] * 3
+    assert writes.to_counters() == ["UpdateItem"]  # was one per reminder type: three
+    day = aws.clock.now().strftime("%Y-%m-%d")
+    hour = aws.clock.now().strftime("%H")
+    counters = store.read_counters(day)
+    for reminder_type in ("7_day_reminder", "1_day_reminder", "overdue_reminder"):
+        assert counters[f"{hour}#{reminder_type}#planned"] == 1
+
+
+def test_a_reschedule_cancels_and_plans_with_one_counter_write(aws: Any, writes: Writes) -> None:
+    _plan(patient())
+    _plan(dose(due_date="2027-03-20"))
+    writes.clear()
+    response = _plan(dose(due_date="2027-03-27"))
+    assert (response["created"], response["cancelled"]) == (3, 3)
+    assert writes.to_counters() == ["UpdateItem"]
+    counters = store.read_counters(aws.clock.now().strftime("%Y-%m-%d"))
+    hour = aws.clock.now().strftime("%H")
+    assert counters[f"{hour}#1_day_reminder#planned"] == 2
+    assert counters[f"{hour}#1_day_reminder#cancelled"] == 1
+
+
+def test_a_replayed_schedule_writes_nothing(aws: Any, writes: Writes) -> None:
+    _plan(patient())
+    scheduled = dose()
+    _plan(scheduled)
+    before = store.get_appointment("a1")
+    assert before is not None
+    writes.clear()
+    response = _plan(scheduled)  # EventBridge delivers at least once
+    assert (response["applied"], response["created"], response["cancelled"]) == (1, 0, 0)
+    assert writes.planning_records(aws) == []  # was: the appointment written again, unchanged
+    after = store.get_appointment("a1")
+    assert after is not None and after.serialize() == before.serialize()
+
+
+def test_a_replayed_dose_given_writes_nothing(aws: Any, writes: Writes) -> None:
+    _plan(patient())
+    _plan(dose())
+    given = envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-01")
+    assert _plan(given)["cancelled"] == 3
+    writes.clear()
+    response = _plan(given)
+    assert (response["applied"], response["cancelled"]) == (1, 0)
+    assert writes.planning_records(aws) == []
+    stored = store.get_appointment("a1")
+    assert stored is not None and stored.status == "administered"
+
+
+def test_the_same_schedule_sent_again_later_is_written_so_an_older_one_arriving_after_it_loses(
+    aws: Any, writes: Writes
+) -> None:
+    """Only an exact replay is skipped: a newer event with the same content still moves the event time forward,
+    which is what keeps a delayed older event from being applied over it."""
+    _plan(patient())
+    start = aws.clock.now()
+    _plan(dose(due_date="2027-03-20", at=start))
+    moved = dose(due_date="2027-03-27", at=start + timedelta(minutes=1))
+    resent = dose(due_date="2027-03-20", at=start + timedelta(minutes=2))
+    writes.clear()
+    _plan(resent)
+    assert writes.to(aws.settings.APPOINTMENTS_TABLE) == ["PutItem"]
+    assert _plan(moved)["ignored"] == 1
+    pending = {m.due_date for m in store.messages_of_patient("p1") if m.status == "pending"}
+    assert pending == {"2027-03-20"}
+
+
+def test_counters_written_in_either_layout_read_back_as_their_sum(aws: Any) -> None:
+    """Items written before this change (one per hour and type) and after (planning's, one per hour) add up."""
+    client = store._connection().client
+    table = aws.settings.OPS_TABLE
+    client.put_item(
+        TableName=table,
+        Item={"pk": {"S": "COUNTERS#2027-03-01"}, "sk": {"S": "09#7_day_reminder"}, "planned": {"N": "2"}},
+    )
+    store.add_to_counters({("2027-03-01", "09#7_day_reminder#planned"): 3, ("2027-03-01", "09#7_day_reminder#sent"): 1})
+    counters = store.read_counters("2027-03-01")
+    assert counters["09#7_day_reminder#planned"] == 5
+    assert counters["09#7_day_reminder#sent"] == 1
+
+
+def test_a_patient_change_that_moves_no_reminder_writes_the_patient_alone(aws: Any, writes: Writes) -> None:
+    _plan(patient())
+    _plan(dose())
+    writes.clear()
+    response = _plan(patient(display_name="Awa K.", at=aws.clock.now() + timedelta(minutes=1)))
+    assert (response["applied"], response["created"], response["cancelled"], response["replanned"]) == (1, 0, 0, 0)
+    assert writes.planning_records(aws) == [("PutItem", aws.settings.PATIENTS_TABLE, None)]
