@@ -60,7 +60,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="where to write the results JSON (bench/results.json; with "
         "--only, bench/results-<figure>.json, so that results.json keeps one whole run)",
     )
-    parser.add_argument("--only", choices=sorted(ONLY), help="run one figure alone: ddb-local (figure 7)")
+    parser.add_argument(
+        "--only",
+        choices=sorted(ONLY),
+        help="run one figure alone: nominal (figure 2 and its DynamoDB units by step, figure 4), ddb-local (figure 7)",
+    )
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = RESULTS_PATH.with_name(f"results-{args.only}.json") if args.only else RESULTS_PATH
@@ -239,7 +243,40 @@ def _only_ddb_local(args: argparse.Namespace, results: dict[str, Any], console: 
     return 1 if failures else 0
 
 
-ONLY: dict[str, Callable[[argparse.Namespace, dict[str, Any], Console], int]] = {"ddb-local": _only_ddb_local}
+def _only_nominal(args: argparse.Namespace, results: dict[str, Any], console: Console) -> int:
+    from bench.cost import cost_report, load_prices
+    from core.settings import Settings
+
+    started = time.perf_counter()
+    nominal, meter, events = _nominal(args, lambda *_: None)
+    prices = load_prices()
+    report = cost_report(
+        meter,
+        delivered=int(nominal["delivered"]),
+        clinic_events=events,
+        prices=prices,
+        shards=Settings().DUE_INDEX_SHARDS,
+    )
+    results["nominal"], results["cost"] = nominal, {"prices_as_of": prices["prices_as_of"], "nominal": report}
+    results["bench_wall_seconds"] = time.perf_counter() - started
+    failures = invariant_failures(results)
+    results["ok"], results["failures"] = not failures, failures
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    console.print(steps_table(report))
+    console.print(
+        f"{nominal['children']} children, {nominal['delivered']} delivered; "
+        f"{report.get('aws_requests_per_delivered_reminder', 0):.1f} AWS requests per delivered reminder"
+    )
+    console.print(f"Results: {args.output}")
+    for failure in failures:
+        console.print(f"[red]invariant broken:[/red] {failure}")
+    return 1 if failures else 0
+
+
+ONLY: dict[str, Callable[[argparse.Namespace, dict[str, Any], Console], int]] = {
+    "ddb-local": _only_ddb_local,
+    "nominal": _only_nominal,
+}
 
 
 # ---------------------------------------------------------------------------------------------- verdict
@@ -250,7 +287,9 @@ def invariant_failures(results: dict[str, Any]) -> list[str]:
     failures: list[str] = []
     rate = results["options"]["rate"]
     for run in ("burst", "burst_slow", "nominal"):
-        figures = results[run]
+        figures = results.get(run)
+        if figures is None:  # a run of one figure (--only)
+            continue
         if not figures["invariants_ok"]:
             broken = {k: v for k, v in figures["invariant_violations"].items() if v}
             failures.append(f"{run}: invariants broken {broken}")
@@ -379,12 +418,7 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
             "",
         )
     console.print(table)
-    steps = Table(title="4 DynamoDB units per delivered reminder, by step of its life (all-in nominal run)")
-    for column in ("step (function)", "WRU table", "WRU indexes", "RRU"):
-        steps.add_column(column, justify="left" if column.startswith("step") else "right")
-    for step, units in cost["nominal"].get("dynamodb_units_by_step_per_delivered_reminder", {}).items():
-        steps.add_row(step, f"{units['wru']:.2f}", f"{units['gsi_wru']:.2f}", f"{units['rru']:.2f}")
-    console.print(steps)
+    console.print(steps_table(cost["nominal"]))
     lines = Table(title="4 AWS cost per 1M delivered reminders, by line (all-in nominal run)")
     lines.add_column("line")
     lines.add_column("per reminder", justify="right")
@@ -399,6 +433,23 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     if "ddb_local" in results:
         console.print(ddb_local_table(results["ddb_local"]))
     console.print(f"Bench wall time {results['bench_wall_seconds']:.0f} s (noisy: other work shares this machine).")
+
+
+def steps_table(nominal_cost: dict[str, Any]) -> Table:
+    """Figure 4's DynamoDB units per delivered reminder, by step."""
+    steps = Table(title="4 DynamoDB units per delivered reminder, by step of its life (all-in nominal run)")
+    for column in ("step (function)", "WRU table", "WRU indexes", "RRU"):
+        steps.add_column(column, justify="left" if column.startswith("step") else "right")
+    for step, units in nominal_cost.get("dynamodb_units_by_step_per_delivered_reminder", {}).items():
+        steps.add_row(step, f"{units['wru']:.2f}", f"{units['gsi_wru']:.2f}", f"{units['rru']:.2f}")
+    capacity = nominal_cost.get("dynamodb_units_per_delivered_reminder", {})
+    steps.add_row(
+        "all",
+        f"{capacity.get('write_request_units_table', 0):.2f}",
+        f"{capacity.get('write_request_units_gsi', 0):.2f}",
+        f"{capacity.get('read_request_units', 0):.2f}",
+    )
+    return steps
 
 
 def ddb_local_table(figures: dict[str, Any]) -> Table:
