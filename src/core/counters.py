@@ -1,6 +1,7 @@
 """Statistics counters, kept at each status transition (never computed by scanning messages).
 
-A counter lives in the ops table under `COUNTERS#<UTC day>` with key `<hour>#<reminder type>#<name>`.
+A counter lives in the ops table under `COUNTERS#<UTC day>` with key `<hour>#<reminder type>#<name>` (the store
+decides which item holds it: `store.add_to_counters`).
 Names are the statuses a message reaches (each reached once), `retried`, and for lateness and delivery time
 a sum and a histogram (`lateness_le_<bound>` / `delivery_le_<bound>`) from which p95 is read back.
 """
