@@ -22,6 +22,8 @@ import requests
 from core import clock, replies, sending, store
 from core.clock import VirtualClock
 from core.events import make_envelope
+from core.followup import follow_up_row, open_follow_ups, outcome_report
+from core.outcomes import GROUPS
 from core.pacing import Pacer
 from core.planning import set_consent
 from core.settings import Settings, build_settings
@@ -56,10 +58,12 @@ class SimulationResult:
     messages: list[dict[str, Any]]
     sends: list[dict[str, Any]]
     stats: dict[str, Any]
+    # The follow-ups still open at `until` (families to call), oldest first.
+    follow_ups: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         """The output document."""
-        return {"messages": self.messages, "sends": self.sends, "stats": self.stats}
+        return {"messages": self.messages, "sends": self.sends, "stats": self.stats, "follow_ups": self.follow_ups}
 
 
 @dataclass
@@ -194,7 +198,8 @@ class Simulation:
             now = virtual.now()
             applied = self._apply_events_due(events, index, now, settings)
             stale, index = stale or applied > index, applied
-            _post_receipts(simulators, now, receipt_url)
+            # A receipt may end a reminder without reaching its family: the follow-up pass then has work.
+            stale = _post_receipts(simulators, now, receipt_url) > 0 or stale
             for item in [r for r in requeue if r.visible_at <= now]:
                 sqs.change_message_visibility(
                     QueueUrl=settings.SEND_QUEUE_URL, ReceiptHandle=item.receipt_handle, VisibilityTimeout=0
@@ -231,9 +236,12 @@ class Simulation:
             virtual.advance_to(wake)
 
     def _earliest_due(self, settings: Settings) -> datetime | None:
+        """The next instant the dispatcher has work: a due message, or the follow-up pass's next state."""
         if self.dynamodb_endpoint:
-            return store.earliest_due(settings.DUE_INDEX_SHARDS)
-        return _earliest_due(settings)
+            found = [store.earliest_due(settings.DUE_INDEX_SHARDS), store.earliest_follow_up(settings.DUE_INDEX_SHARDS)]
+        else:
+            found = [_earliest_due(settings), _earliest_follow_up(settings)]
+        return min((f for f in found if f is not None), default=None)
 
     def _apply_events_due(self, events: list[ScenarioEvent], index: int, now: datetime, settings: Settings) -> int:
         """Apply the events from `index` whose time has come, as the clinic system (or an operator) would; returns
@@ -371,7 +379,12 @@ class Simulation:
         stats["handler_errors"] = len(self.handler_errors)
         stats["events"] = self.events
         stats["inbound"] = self.inbound
-        return SimulationResult(messages, sends, stats)
+        stats["outcomes"] = {group: outcome_report(settings)[group] for group in GROUPS}
+        follow_ups = [
+            {key: row[key] for key in ("patient_id", "appointment_id", "clinic", "reasons", "at")}
+            for row in map(follow_up_row, open_follow_ups(settings))
+        ]
+        return SimulationResult(messages, sends, stats, follow_ups)
 
 
 def _simulator(block: Any, where: str, virtual: VirtualClock, rate_limit: float) -> ProviderSimulator:
@@ -402,10 +415,10 @@ def _provider_environment(simulators: dict[str, ProviderSimulator]) -> dict[str,
     return environment
 
 
-def _post_receipts(simulators: dict[str, ProviderSimulator], now: datetime, orange_url: str) -> None:
-    """Each gateway's receipts due now: Orange POSTs them to its receipt URL, Kannel GETs each message's dlr-url."""
-    for simulator in simulators.values():
-        simulator.post_due_receipts(now, orange_url)
+def _post_receipts(simulators: dict[str, ProviderSimulator], now: datetime, orange_url: str) -> int:
+    """Each gateway's receipts due now: Orange POSTs them to its receipt URL, Kannel GETs each message's dlr-url;
+    how many were taken."""
+    return sum(simulator.post_due_receipts(now, orange_url) for simulator in simulators.values())
 
 
 def _accepted(simulators: dict[str, ProviderSimulator]) -> list[tuple[str, SentRecord]]:
@@ -505,6 +518,21 @@ def _earliest_due(settings: Settings) -> datetime | None:
 
     table = dynamodb_backends[DEFAULT_ACCOUNT_ID][settings.AWS_REGION].tables[settings.MESSAGES_TABLE]
     values = [item.attrs["due_at"].value for item in table.all_items() if "due_at" in item.attrs]
+    return store.parse_iso(min(values)) if values else None
+
+
+def _earliest_follow_up(settings: Settings) -> datetime | None:
+    """When the follow-up pass next has work: the smallest `follow_up_at` in the pass's slots of the `follow_up`
+    index (read from moto's table in one pass, as above; the same as store.earliest_follow_up)."""
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    table = dynamodb_backends[DEFAULT_ACCOUNT_ID][settings.AWS_REGION].tables[settings.OPS_TABLE]
+    values = [
+        item.attrs["follow_up_at"].value
+        for item in table.all_items()
+        if "follow_up_at" in item.attrs and item.attrs["follow_up_key"].value != store.FOLLOW_UP_OPEN
+    ]
     return store.parse_iso(min(values)) if values else None
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from core import clock, provider_state, queue, store
+from core import clock, followup, provider_state, queue, store
 from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger, measure
@@ -43,6 +43,7 @@ class DispatchResult:
     lost_races: int = 0
     not_enqueued: int = 0
     held: bool = False
+    follow_ups: int = 0  # appointment states the follow-up pass looked at (core.followup)
 
 
 def dispatch_due(settings: Settings) -> DispatchResult:
@@ -82,6 +83,8 @@ def dispatch_due(settings: Settings) -> DispatchResult:
     count(MetricName.MESSAGES_DISPATCHED, result.enqueued)
     if failed:
         logger.error("messages claimed but not enqueued; their lease brings them back", extra={"count": len(failed)})
+    # Families to call: after the claims, so that a slow pass never delays a reminder.
+    result.follow_ups = followup.run_due(settings, now).looked_at
     logger.info("dispatch run", extra=result.__dict__)
     return result
 

@@ -26,6 +26,9 @@ class DetailType(StrEnum):
 
     PATIENT_OPTED_OUT = "PatientOptedOut"
     PATIENT_OPTED_IN = "PatientOptedIn"
+    # A family not reached whose dose is overdue (once per appointment), and its close (core.followup).
+    FOLLOW_UP_NEEDED = "FollowUpNeeded"
+    FOLLOW_UP_CLOSED = "FollowUpClosed"
 
 
 class EventNotPublished(RuntimeError):

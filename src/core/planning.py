@@ -13,7 +13,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from core import clock, store
+from core import clock, followup, store
 from core.events import (
     AppointmentCancelled,
     ClinicEvent,
@@ -235,6 +235,8 @@ def reconcile_appointment(
     result = PlanningResult()
     appointment = store.get_appointment(appointment_id)
     patient = store.get_patient(appointment.patient_id) if appointment is not None else None
+    if appointment is not None:  # its outcome and follow-up state first: what the cancellations below ask of it
+        followup.note_appointment(appointment, patient, settings, now)
     if appointment is None or patient is None:
         return result  # planned when the patient arrives (events may come in any order)
     owners = {patient.patient_id, moved_from or patient.patient_id} - {store.UNKNOWN_PATIENT}

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from core import clock, store
+from core import clock, followup, store
 from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger, measure
@@ -170,6 +170,7 @@ def apply_receipt(
         return ReceiptOutcome("unchanged", message_id)
     provider = message.provider or settings.primary_provider.value
     if target is Status.DELIVERED:
+        followup.note_delivered(message, settings, now)
         count(MetricName.SMS_DELIVERED, reminder_type=message.reminder_type, provider=provider)
         if message.sent_at:
             latency = max(0.0, (now - parse_iso(message.sent_at)).total_seconds())

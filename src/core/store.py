@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import Flag, auto
 from typing import Any
@@ -32,7 +33,9 @@ from pynamodb.models import Model
 
 from core.counters import PLANNED, transition_counts
 from core.lifecycle import DISPATCHABLE, TERMINAL, Status, check_transition
+from core.outcomes import SCHEDULED, AppointmentState, Slot, index_slot, outcome_deltas
 from core.settings import Settings
+from core.timing import ReminderType
 
 # ---------------------------------------------------------------------------------------------- time format
 
@@ -216,7 +219,9 @@ def bind(settings: Settings) -> None:
     if key == _bound:
         return
     names = (settings.PATIENTS_TABLE, settings.APPOINTMENTS_TABLE, settings.MESSAGES_TABLE, settings.OPS_TABLE)
-    for model, name in zip(_MODELS, names, strict=True):
+    targets: list[tuple[type[Model], str]] = [*zip(_MODELS, names, strict=True)]
+    targets.append((AppointmentStateRecord, settings.OPS_TABLE))
+    for model, name in targets:
         model.Meta.table_name = name
         model.Meta.region = settings.AWS_REGION
         model.Meta.host = settings.AWS_ENDPOINT_URL or None
@@ -684,6 +689,7 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
             parse_iso(sent_at) if sent_at else None,
         )
     )
+    _note_for_follow_up(message, change.target, at, settings)
     return True
 
 
@@ -936,3 +942,199 @@ def record_receipt_status(message_id: str, provider_status: str) -> bool:
             condition=MessageRecord.status == Status.SENT.value,
         )
     )
+
+
+# ---------------------------------------------------------------------------------------------- outcomes and follow-ups
+
+# One item per appointment in the ops table (pk `APPOINTMENT#<id>`, sk `STATE`): its `core.outcomes` state as JSON,
+# written with a condition on its version. Its place in the sparse `follow_up` index: `FOLLOWUP#<n>` (the
+# dispatcher's pass looks at it once `follow_up_at` has come) or `FOLLOWUP#OPEN` (an announced, open follow-up).
+# The outcome counters are ops items pk `OUTCOMES`, sk `<due month>#<clinic>`, one attribute per cell.
+_STATE_PK = "APPOINTMENT#"
+_STATE_SK = "STATE"
+_OUTCOMES = "OUTCOMES"
+FOLLOW_UP_OPEN = "FOLLOWUP#OPEN"
+
+
+class FollowUpIndex(GlobalSecondaryIndex["AppointmentStateRecord"]):
+    """Sparse: only states with an event to publish, a family to look at again, or an open follow-up."""
+
+    class Meta:
+        index_name = "follow_up"
+        projection = AllProjection()
+
+    follow_up_key = UnicodeAttribute(hash_key=True)
+    follow_up_at = UnicodeAttribute(range_key=True)
+
+
+class AppointmentStateRecord(Model):
+    """The outcome and follow-up state of one appointment (in the ops table)."""
+
+    class Meta:
+        table_name = "rappel-ops"
+        region = "us-east-1"
+
+    pk = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    data = UnicodeAttribute()
+    version = NumberAttribute()
+    clinic = UnicodeAttribute(null=True)
+    follow_up = UnicodeAttribute(null=True)  # open | closed (a filter for listings)
+    # Whether a failed reminder should make the pass look again at once (`rearm_follow_up`): a scheduled dose whose
+    # family is not reached and has no follow-up yet; `overdue_at` from when.
+    watchable = BooleanAttribute(null=True)
+    overdue_at = UnicodeAttribute(null=True)
+    follow_up_key = UnicodeAttribute(null=True)
+    follow_up_at = UnicodeAttribute(null=True)
+    follow_up_index = FollowUpIndex()
+
+
+def follow_up_shard(appointment_id: str, shards: int) -> str:
+    """The `follow_up` index partition of an appointment's pending work."""
+    return f"FOLLOWUP#{int(hashlib.sha256(appointment_id.encode()).hexdigest()[:8], 16) % shards}"
+
+
+def _state_of(item: AppointmentStateRecord) -> AppointmentState:
+    fields = json.loads(item.data)
+    fields["reasons"] = tuple(fields.get("reasons") or ())
+    state = AppointmentState(**fields, version=int(item.version))
+    watch = item.follow_up_at if item.follow_up_key and item.follow_up_key != FOLLOW_UP_OPEN else None
+    # The index slot is the watch time's one record (a failed reminder moves it without reading the state).
+    eligible = state.status == SCHEDULED and not state.reached and not state.follow_up
+    return replace(state, watch_at=watch if eligible else None)
+
+
+def get_appointment_state(appointment_id: str) -> AppointmentState | None:
+    """The appointment's outcome state (strongly consistent), or None."""
+    try:
+        return _state_of(AppointmentStateRecord.get(f"{_STATE_PK}{appointment_id}", _STATE_SK, consistent_read=True))
+    except AppointmentStateRecord.DoesNotExist:
+        return None
+
+
+def put_appointment_state(old: AppointmentState | None, new: AppointmentState, shards: int) -> bool:
+    """Write `new` in place of `old` (conditional on `old`'s version, or on no state for None) and add the outcome
+    counters the change moves; False, with nothing written or counted, when someone else changed it first.
+
+    As with the message counters, the counts follow the conditional write (never twice; a crash between the two
+    can only miss a count)."""
+    data = {k: v for k, v in asdict(new).items() if k not in {"version", "watch_at"}}
+    slot = index_slot(new)
+    key = None
+    if slot is not None:
+        key = FOLLOW_UP_OPEN if slot[0] is Slot.OPEN else follow_up_shard(new.appointment_id, shards)
+    record = AppointmentStateRecord
+    values: list[tuple[Any, Any]] = [
+        (record.data, json.dumps(data, separators=(",", ":"), sort_keys=True)),
+        (record.version, (old.version if old is not None else 0) + 1),
+        (record.clinic, new.clinic),
+        (record.follow_up, new.follow_up),
+        (record.watchable, True if new.status == SCHEDULED and not new.reached and not new.follow_up else None),
+        (record.overdue_at, new.overdue_at or None),
+        (record.follow_up_key, key),
+        (record.follow_up_at, slot[1] if slot is not None else None),
+    ]
+    actions = [attribute.remove() if value is None else attribute.set(value) for attribute, value in values]
+    condition = record.pk.does_not_exist() if old is None else record.version == old.version
+    written = _applied(
+        lambda: record(f"{_STATE_PK}{new.appointment_id}", _STATE_SK).update(actions=actions, condition=condition)
+    )
+    if written:
+        add_outcome_counts(outcome_deltas(old, new))
+    return written
+
+
+def rearm_follow_up(appointment_id: str, at: datetime, shards: int) -> bool:
+    """A reminder of the appointment ended without reaching the family: once its dose is overdue, have the pass
+    look at it now (one conditional write, no read); False when there is nothing to look at."""
+    record = AppointmentStateRecord
+    now = iso(at)
+    return _applied(
+        lambda: record(f"{_STATE_PK}{appointment_id}", _STATE_SK).update(
+            actions=[
+                record.follow_up_key.set(follow_up_shard(appointment_id, shards)),
+                record.follow_up_at.set(now),
+                record.version.add(1),
+            ],
+            condition=(record.watchable == True) & (record.overdue_at <= now),  # noqa: E712 (a condition, not a test)
+        )
+    )
+
+
+def _note_for_follow_up(message: MessageRecord, target: Status, at: datetime, settings: Settings) -> None:
+    """After a reminder's status change: one that ended without reaching the family may make it one to call."""
+    if target in {Status.FAILED, Status.DEAD_LETTER, Status.EXPIRED, Status.CANCELLED} and message.reminder_type in {
+        t.value for t in ReminderType
+    }:
+        rearm_follow_up(message.appointment_id, at, settings.DUE_INDEX_SHARDS)
+
+
+def follow_ups_due(shards: int, until: datetime, limit: int) -> list[AppointmentState]:
+    """States whose pending work (an event to publish, a family to look at again) is due by `until`, oldest first."""
+    found: list[AppointmentState] = []
+    for n in range(shards):
+        query = AppointmentStateRecord.follow_up_index.query(
+            f"FOLLOWUP#{n}", AppointmentStateRecord.follow_up_at <= iso(until), limit=limit, page_size=min(limit, 500)
+        )
+        found += [_state_of(item) for item in query]
+    return sorted(found, key=lambda s: (s.watch_at or s.follow_up_at or s.closed_at or "", s.appointment_id))[:limit]
+
+
+def earliest_follow_up(shards: int) -> datetime | None:
+    """When the pass next has work (None: none waits); the simulator's clock wakes the dispatcher for it."""
+    earliest: str | None = None
+    for n in range(shards):
+        for item in AppointmentStateRecord.follow_up_index.query(f"FOLLOWUP#{n}", limit=1):
+            if item.follow_up_at is not None and (earliest is None or item.follow_up_at < earliest):
+                earliest = item.follow_up_at
+    return parse_iso(earliest) if earliest else None
+
+
+def open_follow_ups(shards: int, *, clinic: str | None = None, since: datetime | None = None) -> list[AppointmentState]:
+    """The open follow-ups (announced, and those whose FollowUpNeeded is still being published), oldest first:
+    Queries of the `follow_up` index, never a scan."""
+    index = AppointmentStateRecord.follow_up_index
+    condition = AppointmentStateRecord.follow_up_at >= iso(since) if since is not None else None
+    wanted = AppointmentStateRecord.follow_up == "open"
+    if clinic is not None:
+        wanted &= AppointmentStateRecord.clinic == clinic
+    found = list(index.query(FOLLOW_UP_OPEN, condition, filter_condition=wanted))
+    for n in range(shards):
+        found += index.query(f"FOLLOWUP#{n}", condition, filter_condition=wanted)
+    states = [_state_of(item) for item in found]
+    return sorted(states, key=lambda s: (s.follow_up_at or "", s.appointment_id))
+
+
+def add_outcome_counts(deltas: Mapping[tuple[str, str], int]) -> None:
+    """Atomically add to the outcome counters: one UpdateItem per counter item (due month and clinic)."""
+    grouped: dict[str, dict[str, int]] = {}
+    for (sk, name), amount in deltas.items():
+        grouped.setdefault(sk, {})[name] = amount
+    client = _connection().client
+    for sk, names in grouped.items():
+        client.update_item(
+            TableName=OpsRecord.Meta.table_name,
+            Key={"pk": {"S": _OUTCOMES}, "sk": {"S": sk}},
+            UpdateExpression="ADD " + ", ".join(f"#c{i} :v{i}" for i in range(len(names))),
+            ExpressionAttributeNames={f"#c{i}": name for i, name in enumerate(names)},
+            ExpressionAttributeValues={f":v{i}": {"N": str(v)} for i, v in enumerate(names.values())},
+        )
+
+
+def read_outcome_counts() -> dict[str, dict[str, float]]:
+    """Every outcome counter item ({`<due month>#<clinic>`: {`<group>#<type>#<name>`: value}}): one Query."""
+    client = _connection().client
+    out: dict[str, dict[str, float]] = {}
+    kwargs: dict[str, Any] = {
+        "TableName": OpsRecord.Meta.table_name,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": {"S": _OUTCOMES}},
+        "ConsistentRead": True,
+    }
+    while True:
+        page = client.query(**kwargs)
+        for item in page.get("Items", []):
+            out[item["sk"]["S"]] = {k: float(v["N"]) for k, v in item.items() if "N" in v}
+        if "LastEvaluatedKey" not in page:
+            return out
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

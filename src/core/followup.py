@@ -1,0 +1,354 @@
+"""Families to call, and whether the reminders worked: keeping each appointment's `core.outcomes` state.
+
+When the state changes, and who changes it (never a scan):
+
+- **planning** (`note_appointment`, from every reconciliation of an appointment): the dose scheduled, rescheduled,
+  given or cancelled. A scheduled dose whose family is not reached is *watched* from its overdue time (the start of
+  the day after its due date, in the family's zone); a dose given or cancelled closes an open follow-up.
+- **a delivery receipt** (`note_delivered`): the first reminder delivered marks the family reached (once).
+- **a reminder that ends without reaching the family** (failed, dead letter, expired, cancelled): `store.transition`
+  moves the watch to now with one conditional write (`store.rearm_follow_up`), once the dose is overdue.
+- **the dispatcher's pass** (`run_due`, every run, after dispatching): Queries the sparse `follow_up` index for
+  states whose time has come. For a watched family it reads the appointment, the patient and the dose's reminders
+  and decides (`judge`): reached after all; wait (a reminder is still pending, queued or dead-lettered: until its
+  deadline; the dose not overdue yet: until then); stop (a reminder the provider accepted has no receipt yet: the
+  family may have got it, and a failure receipt would ask again); or open the follow-up, with its reasons in words.
+  It also publishes what the outbox holds.
+
+**Once, never lost.** Opening is a conditional write on the state's version that records the follow-up as open and
+not yet announced; FollowUpNeeded is published after it, and only then marked published. A crash between leaves
+the state in the pass's slot and the next run publishes it; a crash after the publish publishes it again, with
+the same `follow_up_id` (the clinic system de-duplicates on it). FollowUpClosed goes the same way. Only the
+dispatcher publishes them (one function with `events:PutEvents`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+from core import notify, outcomes, store
+from core.lifecycle import Status
+from core.metric_names import MetricName
+from core.observability import count, logger
+from core.outcomes import ADMINISTERED, OPEN, Appointment, AppointmentState
+from core.phone import mask_phone
+from core.settings import Settings
+from core.store import AppointmentRecord, MessageRecord, PatientRecord, iso, parse_iso
+from core.timing import ReminderType, local_to_utc
+from core.wanted import why_not_wanted
+
+REMINDER_TYPES: Final[frozenset[str]] = frozenset(t.value for t in ReminderType)
+# How reminders are named to people (reports, reasons, the clinic system).
+LABELS: Final[dict[str, str]] = {
+    ReminderType.SEVEN_DAY.value: "7 days before",
+    ReminderType.ONE_DAY.value: "1 day before",
+    ReminderType.OVERDUE.value: "1 day after",
+}
+PASS_LIMIT: Final[int] = 100  # states the pass handles per dispatcher run; the rest wait for the next run
+ATTEMPTS: Final[int] = 4  # conditional writes tried against concurrent changes before giving up until next time
+UNDELIVERABLE_RECEIPTS: Final[frozenset[str]] = frozenset({"DeliveryImpossible", "RejectedBySmsc", "Undelivered"})
+
+
+def overdue_at(due_date: str, zone: str) -> str:
+    """When a dose becomes overdue: the start of the day after its due date, local time."""
+    return iso(local_to_utc(date.fromisoformat(due_date) + timedelta(days=1), time(0, 0), ZoneInfo(zone)))
+
+
+def follow_up_id(appointment_id: str) -> str:
+    """The id both events of an appointment's follow-up carry (one follow-up per appointment): the clinic system
+    de-duplicates on it."""
+    return f"followup-{appointment_id}"
+
+
+# ---------------------------------------------------------------------------------------------- writing a state
+
+_UNREAD: Final[Any] = object()
+
+
+def _update(
+    appointment_id: str,
+    change: Callable[[AppointmentState | None], AppointmentState | None],
+    settings: Settings,
+    state: AppointmentState | None = _UNREAD,
+) -> AppointmentState | None:
+    """Apply `change` to the stored state with a conditional write, re-reading after a concurrent change; the state
+    as written (or as it stands when `change` has nothing to do)."""
+    for _ in range(ATTEMPTS):
+        old = store.get_appointment_state(appointment_id) if state is _UNREAD else state
+        new = change(old)
+        if new is None or new == old:
+            return old
+        if store.put_appointment_state(old, new, settings.DUE_INDEX_SHARDS):
+            _count_metrics(old, new)
+            return new
+        state = _UNREAD
+    logger.warning("appointment state kept changing; left for the next run", extra={"appointment_id": appointment_id})
+    return None
+
+
+def _count_metrics(old: AppointmentState | None, new: AppointmentState) -> None:
+    if new.reached and not (old is not None and old.reached):
+        count(MetricName.FAMILIES_REACHED)
+    if new.status == ADMINISTERED and not (old is not None and old.status == ADMINISTERED):
+        count(MetricName.DOSES_GIVEN_REACHED if new.reached else MetricName.DOSES_GIVEN_NOT_REACHED)
+    if new.follow_up == OPEN and (old is None or old.follow_up is None):
+        count(MetricName.FOLLOW_UPS_OPENED)
+    if new.follow_up == outcomes.CLOSED and old is not None and old.follow_up == OPEN:
+        count(MetricName.FOLLOW_UPS_CLOSED)
+
+
+def _view(appointment: AppointmentRecord) -> Appointment:
+    return Appointment(
+        appointment.appointment_id,
+        appointment.patient_id,
+        appointment.clinic,
+        appointment.due_date,
+        appointment.status,
+        appointment.administered_on,
+    )
+
+
+def note_appointment(
+    appointment: AppointmentRecord, patient: PatientRecord | None, settings: Settings, now: datetime
+) -> None:
+    """Planning applied an event to the appointment (as now stored): bring its state in line (one read; a write
+    only when something changed)."""
+    if appointment.patient_id == store.UNKNOWN_PATIENT or not appointment.due_date:
+        return  # closed before its schedule told us what it is: the schedule, when it comes, notes it
+    due = overdue_at(appointment.due_date, patient.timezone if patient is not None else settings.APP_TIMEZONE)
+    view = _view(appointment)
+    _update(appointment.appointment_id, lambda old: outcomes.synced(old, view, due, iso(now)), settings)
+
+
+def note_delivered(message: MessageRecord, settings: Settings, now: datetime) -> None:
+    """A reminder was delivered: the family is reached (the first delivery counts, once)."""
+    if message.reminder_type not in REMINDER_TYPES:
+        return
+
+    def reached(old: AppointmentState | None) -> AppointmentState | None:
+        return outcomes.with_delivery(old, message.reminder_type, iso(now)) if old is not None else None
+
+    _update(message.appointment_id, reached, settings)
+
+
+# ---------------------------------------------------------------------------------------------- judging a family
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the pass does with a watched family: `reached` (by `reminder_type`), `wait` (until `until`), `stop`
+    watching, or `call` (open the follow-up with `reasons`)."""
+
+    action: str
+    until: str | None = None
+    reminder_type: str | None = None
+    reasons: tuple[str, ...] = field(default=())
+
+
+OUTSTANDING: Final[frozenset[str]] = frozenset({Status.PENDING, Status.QUEUED, Status.DEAD_LETTER})
+
+
+def judge(messages: Iterable[MessageRecord], no_reminder: str | None, overdue: str, now: str) -> Verdict:
+    """Pure: the verdict on a family from its dose's reminders (`messages`: those of the current due date and
+    patient), why none was planned (`no_reminder`, when none was), the dose's overdue time and now."""
+    reminders = sorted(messages, key=lambda m: (m.scheduled_at, m.message_id))
+    delivered = [m for m in reminders if m.status == Status.DELIVERED]
+    if delivered:
+        return Verdict("reached", reminder_type=min(delivered, key=lambda m: m.delivered_at or "").reminder_type)
+    waiting = [m.deadline for m in reminders if m.status in OUTSTANDING]
+    if now < overdue or waiting:
+        return Verdict("wait", until=max([overdue, *waiting]))
+    if any(m.status == Status.SENT for m in reminders):
+        return Verdict("stop")
+    reasons = [reason for m in reminders if (reason := reason_of(m)) is not None]
+    if not reasons:
+        reasons = [f"no reminder: {no_reminder or 'scheduled too late for any reminder to go out'}"]
+    return Verdict("call", reasons=tuple(dict.fromkeys(reasons)))
+
+
+def reason_of(message: MessageRecord) -> str | None:
+    """Why this reminder did not reach the family, in words; None when it says nothing about that (a reminder
+    cancelled for a reschedule or superseded by a later one)."""
+    label = LABELS.get(message.reminder_type, message.reminder_type)
+    error = message.last_error or ""
+    if message.status == Status.FAILED:
+        if message.receipt_status in UNDELIVERABLE_RECEIPTS:
+            return f"{label}: undeliverable, the phone could not be reached ({message.receipt_status})"
+        return f"{label}: refused by the SMS provider ({error or message.receipt_status or 'no reason given'})"
+    if message.status == Status.EXPIRED:
+        if error.startswith("superseded"):
+            return None
+        if error.startswith("dead letter"):
+            return f"{label}: sending kept failing ({error})"
+        return f"{label}: could not be sent before its deadline ({error or 'deadline passed'})"
+    if message.status == Status.CANCELLED and "opted out" in error:
+        return f"{label}: not sent, the family opted out of SMS"
+    if message.status == Status.CANCELLED and "patient unknown" in error:
+        return f"{label}: not sent, no usable phone"
+    return None
+
+
+def _no_reminder(patient: PatientRecord | None, appointment: AppointmentRecord) -> str:
+    why = why_not_wanted(patient, appointment)
+    if why is None:
+        return "scheduled too late for any reminder to go out"
+    if "opted out" in why:
+        return "the family opted out of SMS"
+    if patient is None:
+        return "no usable phone (no patient record)"
+    return why
+
+
+# ---------------------------------------------------------------------------------------------- the pass
+
+
+@dataclass
+class PassResult:
+    """What one pass did."""
+
+    looked_at: int = 0
+    opened: int = 0
+    published: int = 0
+    errors: int = 0
+
+
+def run_due(settings: Settings, now: datetime) -> PassResult:
+    """The dispatcher's pass: every state whose time has come (see the module's docstring)."""
+    result = PassResult()
+    for state in store.follow_ups_due(settings.DUE_INDEX_SHARDS, now, PASS_LIMIT):
+        result.looked_at += 1
+        try:
+            if not state.unpublished:
+                state = _look(state, settings, now) or state
+                result.opened += state.follow_up == OPEN and not state.needed_published
+            result.published += _publish(state, settings, now)
+        except notify.EventNotPublished as exc:  # left in the pass's slot: the next run tries again
+            result.errors += 1
+            extra = {"appointment_id": state.appointment_id, "error": str(exc)}
+            logger.error("follow-up event not published", extra=extra)
+    if result.looked_at:
+        logger.info("follow-up pass", extra=result.__dict__)
+    return result
+
+
+def _look(state: AppointmentState, settings: Settings, now: datetime) -> AppointmentState | None:
+    """Judge one watched family and write what follows."""
+    appointment = store.get_appointment(state.appointment_id)
+    if appointment is None:
+        return _update(state.appointment_id, _unwatched, settings, state)
+    patient = store.get_patient(appointment.patient_id)
+    zone = patient.timezone if patient is not None else settings.APP_TIMEZONE
+    view, due = _view(appointment), overdue_at(appointment.due_date, zone)
+    if not outcomes.synced(state, view, due, iso(now)).watching:
+        # Planning's own note was lost (a crash between two writes): made good here.
+        return _update(state.appointment_id, lambda s: outcomes.synced(s, view, due, iso(now)), settings, state)
+    reminders = [
+        m
+        for m in store.messages_of_patient(appointment.patient_id)
+        if m.appointment_id == appointment.appointment_id and m.due_date == appointment.due_date
+    ]
+    verdict = judge(reminders, _no_reminder(patient, appointment), due, iso(now))
+    phone = mask_phone(patient.phone) if patient is not None else None
+    return _update(state.appointment_id, lambda s: _follow(s, verdict, phone, settings, now), settings, state)
+
+
+def _follow(
+    state: AppointmentState | None, verdict: Verdict, phone: str | None, settings: Settings, now: datetime
+) -> AppointmentState | None:
+    """The state a verdict leads to."""
+    if state is None:
+        return None
+    if verdict.action == "reached" and verdict.reminder_type is not None:
+        return outcomes.with_delivery(state, verdict.reminder_type, iso(now))  # the delivery's note was lost
+    if verdict.action == "wait":
+        floor = iso(now + timedelta(minutes=settings.SMS_PROCESSING_INTERVAL_MINUTES))
+        return outcomes.watched_from(state, max(verdict.until or floor, floor))
+    if verdict.action == "stop":
+        return outcomes.watched_from(state, None)
+    return outcomes.opened(state, verdict.reasons, phone, iso(now))
+
+
+def _unwatched(state: AppointmentState | None) -> AppointmentState | None:
+    return outcomes.watched_from(state, None) if state is not None else None
+
+
+def _publish(state: AppointmentState, settings: Settings, now: datetime) -> int:
+    """Publish what the state's outbox holds, marking each event published after it went out; how many went."""
+    done = 0
+    current: AppointmentState | None = state
+    while current is not None and current.unpublished:
+        kind = current.unpublished[0]
+        detail_type = notify.DetailType.FOLLOW_UP_NEEDED if kind == "needed" else notify.DetailType.FOLLOW_UP_CLOSED
+        notify.publish(detail_type, event_detail(current, kind), now, settings)
+        done += 1
+
+        def mark(s: AppointmentState | None, kind: str = kind) -> AppointmentState | None:
+            return outcomes.published(s, kind) if s is not None and s.unpublished[:1] == (kind,) else None
+
+        current = _update(current.appointment_id, mark, settings, current)
+    return done
+
+
+def event_detail(state: AppointmentState, kind: str) -> dict[str, Any]:
+    """The `detail` of FollowUpNeeded (`kind` "needed") or FollowUpClosed ("closed")."""
+    detail: dict[str, Any] = {
+        "follow_up_id": follow_up_id(state.appointment_id),
+        "patient_id": state.patient_id,
+        "appointment_id": state.appointment_id,
+        "clinic": state.clinic,
+        "due_date": state.due_date,
+    }
+    if kind == "needed":
+        return {**detail, "reasons": list(state.reasons), "phone": state.phone, "at": state.follow_up_at}
+    return {
+        **detail,
+        "why": state.closed_why,
+        "administered_on": state.administered_on,
+        "opened_at": state.follow_up_at,
+        "at": state.closed_at,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def open_follow_ups(
+    settings: Settings, *, clinic: str | None = None, since: datetime | None = None
+) -> list[AppointmentState]:
+    """The open follow-ups, oldest first (`rappel followup`)."""
+    store.bind(settings)
+    return store.open_follow_ups(settings.DUE_INDEX_SHARDS, clinic=clinic, since=since)
+
+
+def follow_up_row(state: AppointmentState) -> dict[str, Any]:
+    """One open follow-up as listed (`rappel followup`, `rappel simulate`'s `follow_ups`)."""
+    return {
+        "patient_id": state.patient_id,
+        "appointment_id": state.appointment_id,
+        "clinic": state.clinic,
+        "due_date": state.due_date,
+        "reasons": list(state.reasons),
+        "phone": state.phone,
+        "at": state.follow_up_at,
+    }
+
+
+def outcome_report(settings: Settings, *, since_month: str | None = None) -> dict[str, Any]:
+    """The outcome counters: the two groups in total, and per clinic and reminder type."""
+    store.bind(settings)
+    rows = outcomes.outcome_rows(store.read_outcome_counts(), since_month=since_month)
+    return {
+        **outcomes.outcome_summary(rows),
+        "by_clinic": [
+            {"clinic": r.clinic, "group": r.group, "reminder_type": r.reminder_type, **r.figures} for r in rows
+        ],
+    }
+
+
+def parse_since(text: str) -> datetime:
+    """A `--since` date (YYYY-MM-DD, UTC midnight) or instant (ISO-8601)."""
+    return parse_iso(text if "T" in text else f"{text}T00:00:00Z")
