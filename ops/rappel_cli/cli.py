@@ -171,6 +171,14 @@ def health(local: Local = False, stack: Stack = None, region: Region = None, as_
 @app.command()
 def stats(
     since: Annotated[str, typer.Option(help="hour, day or week.")] = "day",
+    outcomes: Annotated[
+        bool,
+        typer.Option(
+            "--outcomes",
+            help="Did the reminders work: per clinic and reminder type, doses given by the due date, later or not "
+            "given, for families reached (a reminder delivered) and not reached.",
+        ),
+    ] = False,
     local: Local = False,
     stack: Stack = None,
     region: Region = None,
@@ -184,6 +192,9 @@ def stats(
         console.print("[red]error:[/red] --since must be hour, day or week")
         raise typer.Exit(2)
     settings = _settings(local, stack, region)
+    if outcomes:
+        _outcomes(settings, as_json)
+        return
     report = statistics(since, settings, clock.now())  # type: ignore[arg-type]
     data = report.as_dict()
     table = Table(title=f"Statistics, last {since}")
@@ -211,6 +222,62 @@ def stats(
     for name, figures in rows.items():
         table.add_row(name, *(_fmt(figures.get(c)) for c in columns))
     _emit(data, as_json, table)
+
+
+def _outcomes(settings: Any, as_json: bool) -> None:
+    from core.followup import LABELS, outcome_report
+
+    data = outcome_report(settings)
+    table = Table(title="Did the reminders work (doses by due month, since the counters began)")
+    for column in ("clinic", "family", "reached by", "appointments", "given by due date", "given later", "not given"):
+        table.add_column(column, justify="left" if column in {"clinic", "family", "reached by"} else "right")
+    figures = ("appointments", "given_by_due_date", "given_later", "not_given")
+    for row in data["by_clinic"]:
+        family = "reached" if row["group"] == "reached" else "not reached"
+        by = LABELS.get(row["reminder_type"], "-")
+        table.add_row(row["clinic"], family, by, *(str(row[f]) for f in figures))
+    for group in ("reached", "not_reached"):
+        table.add_row("all", group.replace("_", " "), "", *(str(data[group][f]) for f in figures))
+    _emit(data, as_json, table)
+
+
+@app.command()
+def followup(
+    clinic: Annotated[str | None, typer.Option(help="Only this clinic.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only follow-ups opened at or after this date (YYYY-MM-DD) or ISO instant.")
+    ] = None,
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Also write them to this CSV file.")] = None,
+    local: Local = False,
+    stack: Stack = None,
+    region: Region = None,
+    as_json: AsJson = False,
+) -> None:
+    """Families to call: the open follow-ups (an overdue dose no reminder reached), oldest first."""
+    import csv
+
+    from core.followup import follow_up_row, open_follow_ups, parse_since
+
+    settings = _settings(local, stack, region)
+    try:
+        start = parse_since(since) if since else None
+    except ValueError:
+        console.print(f"[red]error:[/red] --since {since!r} is neither a date (YYYY-MM-DD) nor an ISO instant")
+        raise typer.Exit(2) from None
+    rows = [follow_up_row(state) for state in open_follow_ups(settings, clinic=clinic, since=start)]
+    columns = ["at", "clinic", "patient_id", "appointment_id", "due_date", "phone", "reasons"]
+    if csv_file is not None:
+        with csv_file.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({**row, "reasons": "; ".join(row["reasons"])} for row in rows)
+        console.print(f"{len(rows)} follow-ups written to {csv_file}")
+    table = Table(title=f"Families to call: {len(rows)} open follow-ups")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(("\n".join(row[c]) if c == "reasons" else str(row[c] or "-")) for c in columns))
+    _emit(rows, as_json, table)
 
 
 @app.command()

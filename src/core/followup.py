@@ -37,6 +37,7 @@ from core.observability import count, logger
 from core.outcomes import ADMINISTERED, OPEN, Appointment, AppointmentState
 from core.phone import mask_phone
 from core.settings import Settings
+from core.statistics import outcome_figures
 from core.store import AppointmentRecord, MessageRecord, PatientRecord, iso, parse_iso
 from core.timing import ReminderType, local_to_utc
 from core.wanted import why_not_wanted
@@ -337,16 +338,10 @@ def follow_up_row(state: AppointmentState) -> dict[str, Any]:
     }
 
 
-def outcome_report(settings: Settings, *, since_month: str | None = None) -> dict[str, Any]:
+def outcome_report(settings: Settings) -> dict[str, Any]:
     """The outcome counters: the two groups in total, and per clinic and reminder type."""
     store.bind(settings)
-    rows = outcomes.outcome_rows(store.read_outcome_counts(), since_month=since_month)
-    return {
-        **outcomes.outcome_summary(rows),
-        "by_clinic": [
-            {"clinic": r.clinic, "group": r.group, "reminder_type": r.reminder_type, **r.figures} for r in rows
-        ],
-    }
+    return outcome_figures()
 
 
 def parse_since(text: str) -> datetime:

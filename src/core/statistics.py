@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, get_args
 from zoneinfo import ZoneInfo
@@ -20,6 +20,7 @@ from core import clock, store
 from core.counters import BOUNDS, PLANNED, RETRIED, SENT_VIA, SMS, percentile_from_histogram
 from core.lifecycle import Status
 from core.observability import logger
+from core.outcomes import outcome_rows, outcome_summary
 from core.settings import Settings
 from core.timing import ReminderType
 
@@ -187,6 +188,8 @@ class StatisticsReport:
     by_type: Mapping[str, Figures]
     total: Figures
     notes: tuple[str, ...] = field(default=())
+    # Did the reminders work (`core.outcomes`): cumulative, not over the window; None when not read.
+    outcomes: Mapping[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (times as UTC ISO-8601)."""
@@ -198,6 +201,7 @@ class StatisticsReport:
             "by_type": {name: figures.as_dict() for name, figures in self.by_type.items()},
             "total": self.total.as_dict(),
             "notes": list(self.notes),
+            **({"outcomes": dict(self.outcomes)} if self.outcomes is not None else {}),
         }
 
 
@@ -238,7 +242,19 @@ def statistics(since: Window, settings: Settings, now: datetime) -> StatisticsRe
     buckets = hour_buckets(since, now)
     counters_by_day = {day: store.read_counters(day) for day in dict.fromkeys(day for day, _ in buckets)}
     live = store.count_dispatchable(settings.DUE_INDEX_SHARDS)
-    return build_report(since, now, counters_by_day, live)
+    return replace(build_report(since, now, counters_by_day, live), outcomes=outcome_figures())
+
+
+def outcome_figures() -> dict[str, Any]:
+    """The outcome counters (one Query): the reached and not reached groups in total, then per clinic and reminder
+    type. Cumulative since the counters began, by the doses' due dates, whatever the report's window."""
+    rows = outcome_rows(store.read_outcome_counts())
+    return {
+        **outcome_summary(rows),
+        "by_clinic": [
+            {"clinic": r.clinic, "group": r.group, "reminder_type": r.reminder_type, **r.figures} for r in rows
+        ],
+    }
 
 
 def store_daily_report(report: StatisticsReport, day: str, settings: Settings) -> None:

@@ -1,0 +1,183 @@
+"""Families to call on moto: FollowUpNeeded / FollowUpClosed as a clinic system subscribed to the bus receives them
+(a rule on source `rappel` to a queue), published by dispatch_due's pass through core.notify, once, and never lost
+when the publish or the write after it fails; the outcome counters read back (issue 14, items 2 and 3)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from core import followup, notify, store
+from core.planning import handle_clinic_event
+from tests.helpers import dose as dose_event
+from tests.helpers import envelope, patient
+from tests.integration.pipeline_kit import Pipeline
+
+pytestmark = pytest.mark.integration
+JSON = {"Content-Type": "application/json"}
+SAMPLE = Path(__file__).parents[2] / "events" / "follow_up_needed.json"
+DUE = "2027-03-20"
+OVERDUE = datetime(2027, 3, 21, 0, 0, tzinfo=UTC)  # Abidjan is UTC+0: the start of the day after the due date
+
+
+@pytest.fixture
+def pipe(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    pipeline = Pipeline(aws, monkeypatch)
+    pipeline.start_orange(receipt_delay_seconds=20)
+    yield pipeline
+    pipeline.close()
+
+
+@pytest.fixture
+def clinic_events(aws) -> Callable[[], list[dict[str, Any]]]:
+    """What a clinic system subscribed to the bus (source `rappel`) receives, in order, so far."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    events = boto3.client("events", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="clinic-system")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="clinic-system", EventPattern=json.dumps({"source": ["rappel"]}), EventBusName="default")
+    events.put_targets(Rule="clinic-system", EventBusName="default", Targets=[{"Id": "queue", "Arn": arn}])
+    seen: list[dict[str, Any]] = []
+
+    def read() -> list[dict[str, Any]]:
+        while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            for message in batch:
+                seen.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return seen
+
+    return read
+
+
+def opted_out_family(pipe: Pipeline) -> None:
+    """p1 opted out at registration: no reminder is ever planned for a1."""
+    assert handle_clinic_event(patient("p1", sms_opt_in=False), pipe.settings).applied == 1
+    result = handle_clinic_event(dose_event("a1", "p1", due_date=DUE), pipe.settings)
+    assert result.applied == 1 and result.created == 0
+
+
+def test_an_unreachable_family_gets_one_follow_up_and_its_close(pipe: Pipeline, clinic_events) -> None:
+    opted_out_family(pipe)
+    pipe.clock.advance_to(datetime(2027, 3, 20, 23, 59, tzinfo=UTC))
+    pipe.dispatch()
+    assert clinic_events() == [], "not overdue yet: nothing to call about"
+
+    pipe.clock.advance_to(OVERDUE)
+    assert pipe.dispatch()["follow_ups"] == 1
+    (needed,) = clinic_events()
+    assert (needed["source"], needed["detail-type"]) == ("rappel", "FollowUpNeeded")
+    sample = json.loads(SAMPLE.read_text())
+    assert set(needed["detail"]) == set(sample["detail"]), "the README's sample is what a clinic system receives"
+    assert needed["detail"] | {"reasons": None} == {
+        "follow_up_id": "followup-a1",
+        "patient_id": "p1",
+        "appointment_id": "a1",
+        "clinic": "CSU Abobo",
+        "due_date": DUE,
+        "reasons": None,
+        "phone": "+225******04",
+        "at": "2027-03-21T00:00:00.000Z",
+    }
+    assert needed["detail"]["reasons"] == ["no reminder: the family opted out of SMS"]
+    assert [s.appointment_id for s in followup.open_follow_ups(pipe.settings)] == ["a1"]
+
+    for _ in range(3):  # once per appointment: later runs find nothing to do
+        pipe.clock.sleep(3600)
+        assert pipe.dispatch()["follow_ups"] == 0
+    assert len(clinic_events()) == 1
+
+    handle_clinic_event(envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-22"), pipe.settings)
+    assert followup.open_follow_ups(pipe.settings) == []
+    pipe.dispatch()
+    closed = clinic_events()[1]
+    assert closed["detail-type"] == "FollowUpClosed"
+    assert closed["detail"]["follow_up_id"] == "followup-a1" and closed["detail"]["why"] == "dose given"
+    assert closed["detail"]["administered_on"] == "2027-03-22"
+    pipe.dispatch()
+    assert len(clinic_events()) == 2
+
+    # Not reached, given after its due date: the counters say so.
+    summary = followup.outcome_report(pipe.settings)
+    assert summary["not_reached"] == {"appointments": 1, "given_by_due_date": 0, "given_later": 1, "not_given": 0}
+    assert summary["reached"]["appointments"] == 0
+
+
+def test_a_refused_publish_is_tried_again_by_the_next_run_never_lost(
+    pipe: Pipeline, clinic_events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opted_out_family(pipe)
+    pipe.clock.advance_to(OVERDUE)
+    real = notify.publish
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise notify.EventNotPublished("FollowUpNeeded: InternalFailure: try again")
+
+    monkeypatch.setattr(notify, "publish", refused)
+    pipe.dispatch()
+    assert clinic_events() == []
+    state = store.get_appointment_state("a1")
+    assert state is not None and state.follow_up == "open" and state.unpublished == ("needed",)
+
+    monkeypatch.setattr(notify, "publish", real)
+    pipe.clock.sleep(60)
+    pipe.dispatch()
+    assert [e["detail-type"] for e in clinic_events()] == ["FollowUpNeeded"]
+    assert store.get_appointment_state("a1").unpublished == ()  # type: ignore[union-attr]
+
+
+def test_a_crash_after_the_publish_repeats_the_event_with_the_same_id(
+    pipe: Pipeline, clinic_events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opted_out_family(pipe)
+    pipe.clock.advance_to(OVERDUE)
+    real = store.put_appointment_state
+
+    def crash_on_marking(old: Any, new: Any, shards: int) -> bool:
+        if new.needed_published:
+            raise RuntimeError("crash between the publish and the write after it")
+        return real(old, new, shards)
+
+    monkeypatch.setattr(store, "put_appointment_state", crash_on_marking)
+    with pytest.raises(RuntimeError):
+        followup.run_due(pipe.settings, pipe.clock.now())
+    monkeypatch.setattr(store, "put_appointment_state", real)
+    pipe.clock.sleep(60)
+    pipe.dispatch()
+    events = clinic_events()
+    assert [e["detail-type"] for e in events] == ["FollowUpNeeded", "FollowUpNeeded"]
+    assert {e["detail"]["follow_up_id"] for e in events} == {"followup-a1"}
+    pipe.clock.sleep(60)
+    pipe.dispatch()
+    assert len(clinic_events()) == 2
+
+
+def test_a_delivered_reminder_reaches_the_family_and_no_follow_up_opens(pipe: Pipeline, clinic_events) -> None:
+    ids = pipe.plan(1, due_date=DUE)
+    sent_at = datetime(2027, 3, 13, 9, 0, tzinfo=UTC)
+    pipe.clock.advance_to(sent_at)
+    pipe.cycle()
+    assert pipe.message(ids["7_day_reminder"]).status == "sent" and pipe.orange is not None
+    pipe.clock.sleep(20)
+    (payload,) = pipe.orange.due_receipts(pipe.clock.now())
+    answer = pipe.receipt("POST", "/orange", {"token": pipe.receipt_token()}, json.dumps(payload), JSON)
+    assert answer["statusCode"] == 200
+    state = store.get_appointment_state("a1")
+    assert state is not None and state.reached and state.reached_type == "7_day_reminder"
+    assert state.watch_at is None, "a family reached is no longer watched"
+
+    # Past its overdue time, the dose still not given: a family reached is not one to call.
+    pipe.clock.advance_to(datetime(2027, 3, 25, tzinfo=UTC))
+    pipe.dispatch()
+    assert clinic_events() == [] and followup.open_follow_ups(pipe.settings) == []
+    assert followup.outcome_report(pipe.settings)["reached"] == {
+        "appointments": 1,
+        "given_by_due_date": 0,
+        "given_later": 0,
+        "not_given": 1,
+    }

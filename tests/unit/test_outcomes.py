@@ -1,0 +1,248 @@
+"""The outcome counters and the follow-up state across every transition (core.outcomes, core.followup.judge): pure."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import pytest
+
+from core.followup import judge
+from core.outcomes import (
+    Appointment,
+    AppointmentState,
+    Slot,
+    contribution,
+    index_slot,
+    opened,
+    outcome_deltas,
+    outcome_rows,
+    outcome_summary,
+    published,
+    synced,
+    watched_from,
+    with_delivery,
+)
+from core.store import MessageRecord
+
+DUE = "2027-03-12"
+OVERDUE = "2027-03-13T00:00:00.000Z"
+NOW = "2027-03-01T08:00:00.000Z"
+
+
+def appointment(status: str = "scheduled", **changes: object) -> Appointment:
+    fields: dict[str, object] = {
+        "appointment_id": "a1",
+        "patient_id": "p1",
+        "clinic": "CSU Abobo",
+        "due_date": DUE,
+        "status": status,
+        "administered_on": None,
+    }
+    fields.update(changes)
+    return Appointment(**fields)  # type: ignore[arg-type]
+
+
+def scheduled() -> AppointmentState:
+    return synced(None, appointment(), OVERDUE, NOW)
+
+
+def given(state: AppointmentState, on: str) -> AppointmentState:
+    return synced(state, appointment("administered", administered_on=on), OVERDUE, NOW)
+
+
+def totals(*states: AppointmentState | None) -> dict[str, dict[str, int]]:
+    """What the counters hold after the states' successive changes, read back as `rappel stats --outcomes` does."""
+    cells: Counter[tuple[str, str]] = Counter()
+    for old, new in itertools.pairwise(states):
+        cells.update(outcome_deltas(old, new))
+    stored: dict[str, dict[str, float]] = {}
+    for (sk, name), value in cells.items():
+        stored.setdefault(sk, {})[name] = value
+    return outcome_summary(outcome_rows(stored))
+
+
+def group(appointments: int, by_due: int = 0, later: int = 0) -> dict[str, int]:
+    return {
+        "appointments": appointments,
+        "given_by_due_date": by_due,
+        "given_later": later,
+        "not_given": appointments - by_due - later,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- counters
+
+
+def test_a_scheduled_dose_counts_one_appointment_not_reached() -> None:
+    assert totals(None, scheduled()) == {"reached": group(0), "not_reached": group(1)}
+    assert contribution(scheduled()) == {("2027-03#CSU Abobo", "not_reached#none#appointments"): 1}
+
+
+def test_the_first_delivery_moves_the_appointment_to_reached_by_its_type_once() -> None:
+    start = scheduled()
+    reached = with_delivery(start, "7_day_reminder", NOW)
+    assert reached is not None and reached.reached_type == "7_day_reminder"
+    assert outcome_deltas(start, reached) == {
+        ("2027-03#CSU Abobo", "not_reached#none#appointments"): -1,
+        ("2027-03#CSU Abobo", "reached#7_day_reminder#appointments"): 1,
+    }
+    assert with_delivery(reached, "1_day_reminder", NOW) is None, "a second delivery changes nothing"
+    assert totals(None, start, reached) == {"reached": group(1), "not_reached": group(0)}
+
+
+@pytest.mark.parametrize(("on", "by_due", "later"), [("2027-03-10", 1, 0), ("2027-03-12", 1, 0), ("2027-03-13", 0, 1)])
+def test_a_dose_given_counts_by_the_due_date_or_later(on: str, by_due: int, later: int) -> None:
+    reached = with_delivery(scheduled(), "1_day_reminder", NOW)
+    assert reached is not None
+    assert totals(None, scheduled(), reached, given(reached, on))["reached"] == group(1, by_due, later)
+    assert totals(None, scheduled(), given(scheduled(), on))["not_reached"] == group(1, by_due, later)
+
+
+def test_a_delivery_after_the_dose_was_given_does_not_make_it_reached() -> None:
+    done = given(scheduled(), "2027-03-11")
+    assert with_delivery(done, "overdue_reminder", NOW) is None
+
+
+def test_cancelled_rebooked_moved_and_corrected_keep_the_counts_those_of_the_last_state() -> None:
+    start = scheduled()
+    reached = with_delivery(start, "7_day_reminder", NOW)
+    assert reached is not None
+    cancelled = synced(reached, appointment("cancelled"), OVERDUE, NOW)
+    rebooked = synced(cancelled, appointment(due_date="2027-04-02"), "2027-04-03T00:00:00.000Z", NOW)
+    moved = synced(rebooked, appointment(due_date="2027-04-02", clinic="CSR Yopougon"), rebooked.overdue_at, NOW)
+    given_later = synced(
+        moved,
+        appointment("administered", due_date="2027-04-02", clinic="CSR Yopougon", administered_on="2027-04-09"),
+        moved.overdue_at,
+        NOW,
+    )
+    corrected = synced(given_later, appointment(due_date="2027-04-02", clinic="CSR Yopougon"), moved.overdue_at, NOW)
+    history = [None, start, reached, cancelled, rebooked, moved, given_later, corrected]
+    assert totals(*history[:4]) == {"reached": group(0), "not_reached": group(0)}
+    assert totals(*history[:7]) == {"reached": group(1, 0, 1), "not_reached": group(0)}
+    assert totals(*history) == {"reached": group(1), "not_reached": group(0)}
+    # Whatever the path, the counters equal what the last state contributes on its own (a scan would say the same).
+    for end in range(1, len(history)):
+        path = history[: end + 1]
+        cells: Counter[tuple[str, str]] = Counter()
+        for old, new in itertools.pairwise(path):
+            cells.update(outcome_deltas(old, new))
+        assert {c: v for c, v in cells.items() if v} == contribution(path[-1])
+    rows = outcome_rows({"2027-04#CSR Yopougon": {"reached#7_day_reminder#appointments": 1}})
+    assert [(r.clinic, r.group, r.reminder_type, r.figures["not_given"]) for r in rows] == [
+        ("CSR Yopougon", "reached", "7_day_reminder", 1)
+    ]
+
+
+def test_an_appointment_moved_to_another_child_is_no_longer_reached() -> None:
+    reached = with_delivery(scheduled(), "7_day_reminder", NOW)
+    assert reached is not None
+    moved = synced(reached, appointment(patient_id="p2"), OVERDUE, NOW)
+    assert not moved.reached and moved.watch_at == OVERDUE
+
+
+def test_since_month_keeps_the_later_cohorts() -> None:
+    cells = {"2027-02#A": {"not_reached#none#appointments": 2}, "2027-03#A": {"not_reached#none#appointments": 3}}
+    assert outcome_summary(outcome_rows(cells, since_month="2027-03"))["not_reached"]["appointments"] == 3
+
+
+# ---------------------------------------------------------------------------------------------- follow-up state
+
+
+def test_a_follow_up_opens_once_is_announced_then_listed_and_closes_with_the_dose() -> None:
+    start = scheduled()
+    assert index_slot(start) == (Slot.DUE, OVERDUE)
+    opened_state = opened(start, ["1 day before: undeliverable"], "+225******08", "2027-03-13T10:00:00.000Z")
+    assert opened_state is not None and opened_state.unpublished == ("needed",)
+    assert index_slot(opened_state) == (Slot.DUE, "2027-03-13T10:00:00.000Z"), "in the pass's slot until announced"
+    assert opened(opened_state, ["again"], None, NOW) is None, "once per appointment"
+    announced = published(opened_state, "needed")
+    assert announced.unpublished == () and index_slot(announced) == (Slot.OPEN, "2027-03-13T10:00:00.000Z")
+    closed = given(announced, "2027-03-15")
+    assert closed.follow_up == "closed" and closed.closed_why == "dose given" and closed.unpublished == ("closed",)
+    done = published(closed, "closed")
+    assert done.unpublished == () and index_slot(done) is None
+    rebooked = synced(done, appointment(), OVERDUE, NOW)
+    assert opened(rebooked, ["x"], None, NOW) is None and index_slot(rebooked) is None, "never reopened"
+
+
+def test_a_follow_up_closed_before_it_was_announced_is_announced_neither_way() -> None:
+    opened_state = opened(scheduled(), ["x"], None, NOW)
+    assert opened_state is not None
+    cancelled = synced(opened_state, appointment("cancelled"), OVERDUE, NOW)
+    assert cancelled.follow_up == "closed" and cancelled.unpublished == () and index_slot(cancelled) is None
+
+
+def test_a_family_reached_or_a_dose_given_is_not_watched() -> None:
+    reached = with_delivery(scheduled(), "1_day_reminder", NOW)
+    assert reached is not None and index_slot(reached) is None
+    assert index_slot(given(scheduled(), "2027-03-12")) is None
+    assert opened(reached, ["x"], None, NOW) is None
+    assert index_slot(watched_from(scheduled(), None)) is None
+
+
+def test_a_reschedule_watches_from_the_new_overdue_time_a_replan_keeps_a_later_watch() -> None:
+    later = watched_from(scheduled(), "2027-03-16T09:00:00.000Z")
+    assert synced(later, appointment(), OVERDUE, NOW).watch_at == "2027-03-16T09:00:00.000Z"
+    moved = synced(later, appointment(due_date="2027-03-19"), "2027-03-20T00:00:00.000Z", NOW)
+    assert moved.watch_at == "2027-03-20T00:00:00.000Z"
+
+
+# ---------------------------------------------------------------------------------------------- judging
+
+
+def reminder(kind: str, status: str, **fields: object) -> MessageRecord:
+    base: dict[str, object] = {
+        "patient_id": "p1",
+        "appointment_id": "a1",
+        "reminder_type": kind,
+        "due_date": DUE,
+        "status": status,
+        "scheduled_at": {"7_day_reminder": "1", "1_day_reminder": "2", "overdue_reminder": "3"}[kind],
+        "deadline": "2027-03-16T10:00:00.000Z",
+        "created_at": NOW,
+    }
+    base.update(fields)
+    return MessageRecord(f"m-{kind}", **base)
+
+
+AFTER = "2027-03-17T00:00:00.000Z"
+
+
+def test_judge_waits_for_the_overdue_time_and_for_reminders_still_to_go() -> None:
+    failed = reminder("7_day_reminder", "failed", receipt_status="DeliveryImpossible")
+    assert judge([failed], None, OVERDUE, NOW).action == "wait"
+    pending = reminder("overdue_reminder", "pending")
+    verdict = judge([failed, pending], None, OVERDUE, "2027-03-13T01:00:00.000Z")
+    assert (verdict.action, verdict.until) == ("wait", "2027-03-16T10:00:00.000Z")
+    assert judge([failed, reminder("1_day_reminder", "dead_letter")], None, OVERDUE, AFTER).action == "wait"
+
+
+def test_judge_a_delivery_reaches_an_unconfirmed_send_stops_watching() -> None:
+    verdict = judge([reminder("1_day_reminder", "delivered", delivered_at=NOW)], None, OVERDUE, AFTER)
+    assert (verdict.action, verdict.reminder_type) == ("reached", "1_day_reminder")
+    assert judge([reminder("overdue_reminder", "sent")], None, OVERDUE, AFTER).action == "stop"
+
+
+def test_judge_calls_with_the_reasons_in_words() -> None:
+    messages = [
+        reminder("7_day_reminder", "failed", receipt_status="DeliveryImpossible"),
+        reminder("1_day_reminder", "expired", last_error="superseded: the 1-day reminder is near"),
+        reminder("overdue_reminder", "failed", last_error="SVC0004: invalid address"),
+    ]
+    verdict = judge(messages, None, OVERDUE, AFTER)
+    assert verdict.action == "call"
+    assert verdict.reasons == (
+        "7 days before: undeliverable, the phone could not be reached (DeliveryImpossible)",
+        "1 day after: refused by the SMS provider (SVC0004: invalid address)",
+    )
+    opted_out = reminder("1_day_reminder", "cancelled", last_error="cancelled: opted out")
+    assert judge([opted_out], None, OVERDUE, AFTER).reasons == ("1 day before: not sent, the family opted out of SMS",)
+    expired = reminder("overdue_reminder", "expired", last_error="dead letter not redriven before its deadline (x)")
+    assert judge([expired], None, OVERDUE, AFTER).reasons == (
+        "1 day after: sending kept failing (dead letter not redriven before its deadline (x))",
+    )
+    assert judge([], "the family opted out of SMS", OVERDUE, AFTER).reasons == (
+        "no reminder: the family opted out of SMS",
+    )
