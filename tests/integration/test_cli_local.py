@@ -146,6 +146,16 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
     by_type = {m["reminder_type"]: m for m in messages}
     assert by_type["7_day_reminder"]["status"] in {"sent", "delivered"}
     assert by_type["1_day_reminder"]["status"] == "pending"
+    sent_id = by_type["7_day_reminder"]["message_id"]
+    shown = json.loads(_run("messages", "--local", "--json", "--id", sent_id, cwd=local_stack).stdout)
+    assert [(e["from"], e["to"]) for e in shown["history"]][:3] == [
+        (None, "pending"),
+        ("pending", "queued"),
+        ("queued", "sent"),
+    ]
+    assert shown["history"][2]["reason"] == "sent via orange" and shown["history"][-1]["to"] == shown["status"]
+    table = _run("messages", "--local", "--id", sent_id, cwd=local_stack)
+    assert table.returncode == 0 and "History (" in table.stdout and "sent via orange" in table.stdout
 
     health = _run("health", "--local", "--json", cwd=local_stack)
     assert json.loads(health.stdout)["pending_count"] == 2
