@@ -64,6 +64,7 @@ STYLE = (
     "td.n,th.n{text-align:right}th{background:#f4f4f4;text-align:left}"
     ".cards{display:flex;flex-wrap:wrap;gap:.8em}.card{border:1px solid #ddd;border-radius:6px;padding:.5em .9em;"
     "min-width:9em}.card b{display:block;font-size:1.5em}.empty{color:#666;font-style:italic}"
+    "#follow-ups{width:100%}#follow-ups tr.clinic th{background:#e9eef5;padding-top:.5em}.when{white-space:nowrap}"
 )
 
 
@@ -319,7 +320,7 @@ def _stacked_days(
                     f"<title>{day:%d %b}, {type_label(reminder_type)}: {n}</title></rect>"
                 )
         total = sum(per_day[day].values())
-        if total and text_width(str(total), 10) <= step and line is None:
+        if total and text_width(str(total), 10) + 4 <= step and line is None:  # room to tell neighbours apart
             parts.append(
                 f'<text class=value x="{x + step / 2:.1f}" y="{y - 3:.1f}" text-anchor=middle '
                 f'style="font-size:10px">{total}</text>'
@@ -490,15 +491,15 @@ def _follow_ups(follow_ups: list[dict[str, Any]] | None) -> str:
         lines = "".join(
             f"<tr><td>{html.escape(str(r['patient_id']))}</td><td>{html.escape(str(r['appointment_id']))}</td>"
             f"<td>{'<br>'.join(html.escape(_words(x)) for x in r.get('reasons') or [])}</td>"
-            f"<td>{html.escape(_when(r.get('at')))}</td></tr>"
+            f"<td class=when>{html.escape(_when(r.get('at')))}</td></tr>"
             for r in sorted(rows, key=lambda r: str(r.get("at")))
         )
-        sections.append(
-            f"<h3>{html.escape(clinic)} — {len(rows)} to call</h3><table class=follow-ups>"
-            f"<tr><th>patient</th><th>appointment</th><th>why no reminder reached them</th><th>since</th></tr>"
-            f"{lines}</table>"
-        )
-    return f"<div id=follow-ups>{''.join(sections)}</div>"
+        sections.append(f"<tr class=clinic><th colspan=4>{html.escape(clinic)} — {len(rows)} to call</th></tr>{lines}")
+    return (
+        f"<p>{len(follow_ups)} families with an overdue dose that no reminder reached, by clinic.</p>"
+        "<table id=follow-ups><tr><th>patient</th><th>appointment</th><th>why no reminder reached them</th>"
+        f"<th>open since</th></tr>{''.join(sections)}</table>"
+    )
 
 
 def _words(reason: str) -> str:
