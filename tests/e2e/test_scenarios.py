@@ -918,9 +918,9 @@ def test_concurrent_duplicate_inside_the_provider_call_is_refused(
     nested = {"active": False}
 
     class DuplicatingProvider:
-        def __init__(self, settings: Any) -> None:
+        def __init__(self, settings: Any, name: str | None = None) -> None:
             self._settings = settings
-            self._real = real_provider_for(settings)
+            self._real = real_provider_for(settings, name)
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self._real, name)
