@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import boto3
 import pytest
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -66,3 +69,25 @@ def aws(virtual_clock: clock.VirtualClock, monkeypatch: pytest.MonkeyPatch) -> I
         reset_core_caches()
         yield FakeAws(build_settings(**environment), environment, virtual_clock)
         reset_core_caches()
+
+
+@pytest.fixture
+def clinic_events(aws: FakeAws) -> Callable[[], list[dict[str, Any]]]:
+    """What a clinic system subscribed to the bus (source `rappel`) receives, in order, so far: a rule to a queue,
+    read back."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    events = boto3.client("events", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="clinic-system")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="clinic-system", EventPattern=json.dumps({"source": ["rappel"]}), EventBusName="default")
+    events.put_targets(Rule="clinic-system", EventBusName="default", Targets=[{"Id": "queue", "Arn": arn}])
+    seen: list[dict[str, Any]] = []
+
+    def read() -> list[dict[str, Any]]:
+        while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            for message in batch:
+                seen.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return seen
+
+    return read

@@ -5,12 +5,11 @@ when the publish or the write after it fails; the outcome counters read back (is
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from core import followup, notify, store
@@ -32,27 +31,6 @@ def pipe(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
     pipeline.start_orange(receipt_delay_seconds=20)
     yield pipeline
     pipeline.close()
-
-
-@pytest.fixture
-def clinic_events(aws) -> Callable[[], list[dict[str, Any]]]:
-    """What a clinic system subscribed to the bus (source `rappel`) receives, in order, so far."""
-    sqs = boto3.client("sqs", region_name="us-east-1")
-    events = boto3.client("events", region_name="us-east-1")
-    url = sqs.create_queue(QueueName="clinic-system")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="clinic-system", EventPattern=json.dumps({"source": ["rappel"]}), EventBusName="default")
-    events.put_targets(Rule="clinic-system", EventBusName="default", Targets=[{"Id": "queue", "Arn": arn}])
-    seen: list[dict[str, Any]] = []
-
-    def read() -> list[dict[str, Any]]:
-        while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-            for message in batch:
-                seen.append(json.loads(message["Body"]))
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-        return seen
-
-    return read
 
 
 def opted_out_family(pipe: Pipeline) -> None:

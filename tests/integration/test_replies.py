@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import boto3
 import pytest
 
 from core import store
@@ -35,27 +34,6 @@ def pipe(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
     pipeline.start_orange()
     yield pipeline
     pipeline.close()
-
-
-@pytest.fixture
-def clinic_events(aws) -> Callable[[], list[dict[str, Any]]]:
-    """What a clinic system subscribed to the bus (source `rappel`) receives: a rule to a queue, read back."""
-    sqs = boto3.client("sqs", region_name="us-east-1")
-    events = boto3.client("events", region_name="us-east-1")
-    url = sqs.create_queue(QueueName="clinic-system")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="clinic-system", EventPattern=json.dumps({"source": ["rappel"]}), EventBusName="default")
-    events.put_targets(Rule="clinic-system", EventBusName="default", Targets=[{"Id": "queue", "Arn": arn}])
-    seen: list[dict[str, Any]] = []
-
-    def read() -> list[dict[str, Any]]:
-        while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-            for message in batch:
-                seen.append(json.loads(message["Body"]))
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-        return seen
-
-    return read
 
 
 def reply(pipe: Pipeline, text: str, sender: str = PHONE, **params: str) -> dict[str, Any]:
