@@ -468,7 +468,8 @@ def ddb_local_table(figures: dict[str, Any]) -> Table:
         _s(figures["dynamodb_local_wall_seconds"]),
         _x(figures["ratio_dynamodb_local_over_moto"]),
         ("the same" if differential["same"] else "[red]different[/red]")
-        + f" ({differential['reordered_within_a_wave']} reordered within a wave)",
+        + f" ({differential['messages_sent_at_another_instant']} sent at another instant, by at most "
+        f"{_s(differential['largest_send_time_shift_seconds'])})",
     )
     return table
 
