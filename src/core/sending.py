@@ -36,7 +36,8 @@ from core.providers.base import FailureKind, ProviderError
 from core.providers.factory import provider_for
 from core.queue import QueuedMessage, SendRecord
 from core.retry import backoff
-from core.settings import AmbiguousSendPolicy, Settings
+from core.send_decisions import Decision, Verdict, after_the_failure, before_the_send, hold_back
+from core.settings import Settings
 from core.store import AppointmentRecord, Change, Guard, MessageRecord, PatientRecord, iso, parse_iso
 from core.texts import (
     GroupedChild,
@@ -212,17 +213,16 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
         return message
     patient = store.get_patient(message.patient_id)
     appointment = appointment_of(message)  # a confirmation has none: a stand-in
-    reason = why_not_wanted(patient, appointment, message)
-    if reason is not None or patient is None or appointment is None:
-        return _settle(message, Status.CANCELLED, f"cancelled at send time: {reason}", now, settings)
-    if parse_iso(message.deadline) <= now:
-        return _settle(message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
+    not_wanted = why_not_wanted(patient, appointment, message)
+    decision = before_the_send(not_wanted=not_wanted, deadline=parse_iso(message.deadline), now=now)
+    if decision.verdict is not Verdict.SEND or patient is None or appointment is None:
+        return _apply(decision, message, now, settings)
     if message.sms_key is None:
         # One bound to a grouped SMS is not held back here: that SMS may have gone out before a crash, and only its
         # replay can tell (the check right before the request still holds it back if no request was made).
-        held_back = _not_now(message, patient, appointment, settings, now)
-        if held_back is not None:
-            return held_back
+        decision = _hold_back(message, patient, appointment, settings, now)
+        if decision.verdict is not Verdict.SEND:
+            return _apply(decision, message, now, settings)
     return _Ready(message, patient, appointment)
 
 
@@ -243,21 +243,30 @@ def _this_claim(item: QueuedMessage, settings: Settings, now: datetime) -> Messa
     return message
 
 
-def _not_now(
+def _hold_back(
     message: MessageRecord, patient: PatientRecord, appointment: AppointmentRecord, settings: Settings, now: datetime
-) -> SendOutcome | None:
-    """Superseded by the next reminder of its dose, or held back (provider hold, quiet hours): what became of it."""
+) -> Decision:
+    """Superseded by the next reminder of its dose, or held back (no provider, quiet hours)? Read, then decided."""
     next_one = _next_reminder_within_gap(message, patient, appointment, now, settings)
-    if next_one is not None:
-        why = f"superseded: the {next_one.reminder_type} for the same dose is due within {settings.SMS_MIN_GAP_HOURS} h"
-        return _settle(message, Status.EXPIRED, why, now, settings)
     paused = provider_state.paused_until(settings, now)
-    if paused is not None:
-        return _defer(message, paused, f"no provider can take it: {_circuits_text(now)}", now, settings)
-    allowed = next_allowed(now, ZoneInfo(patient.timezone), settings.quiet_hours)
-    if allowed != now:
-        return _defer(message, allowed, "quiet hours", now, settings)
-    return None
+    return hold_back(
+        superseded_by=next_one.reminder_type if next_one is not None else None,
+        gap_hours=settings.SMS_MIN_GAP_HOURS,
+        paused_until=paused,
+        paused_why=_circuits_text(now) if paused is not None else "",
+        zone=ZoneInfo(patient.timezone),
+        quiet_hours=settings.quiet_hours,
+        deadline=parse_iso(message.deadline),
+        now=now,
+    )
+
+
+def _apply(decision: Decision, message: MessageRecord, now: datetime, settings: Settings) -> SendOutcome:
+    """Write a decision taken before the request (no attempt was made)."""
+    if decision.verdict is Verdict.DEFER and decision.until is not None:
+        return _defer(message, decision.until, decision.reason, now, settings)
+    target = Status.CANCELLED if decision.verdict is Verdict.CANCEL else Status.EXPIRED
+    return _settle(message, target, decision.reason, now, settings)
 
 
 def _next_reminder_within_gap(
@@ -676,26 +685,38 @@ def _after_failure(
             "attempt": attempt,
         },
     )
-    if error.kind is FailureKind.PERMANENT:
-        return _settle(message, Status.FAILED, str(error), now, settings, attempts=attempt)
+    decision = after_the_failure(
+        kind=error.kind,
+        error=str(error),
+        attempt=attempt,
+        retry_floor=int(message.retry_floor),
+        max_retries=settings.SMS_MAX_RETRIES,
+        policy=settings.SMS_ON_AMBIGUOUS_SEND,
+        delay=backoff(
+            max(1, attempt - int(message.retry_floor)), settings.SMS_RETRY_DELAY_MINUTES, error.retry_after_seconds
+        ),
+        zone=zone,
+        quiet_hours=settings.quiet_hours,
+        deadline=parse_iso(message.deadline),
+        now=now,
+    )
     if error.kind is FailureKind.AMBIGUOUS:
         count(MetricName.AMBIGUOUS_SENDS, reminder_type=message.reminder_type, provider=provider)
-        policy = settings.SMS_ON_AMBIGUOUS_SEND
-        if policy is AmbiguousSendPolicy.ASSUME_SENT:
-            # No provider id came back: the recipient stands in for it, so the receipt can still settle it.
-            unknown_id = {"provider": provider, "provider_message_id": store.ambiguous_send_key(to)}
-            return _record_sent(
-                message, attempt, unknown_id, rendered.text, rendered.segments, settings, ambiguous=str(error)
-            )
-        if policy is AmbiguousSendPolicy.DEAD_LETTER:
-            # The text may have gone out: keep it, as "sent" would (operators and receipts can match it).
-            text = {"text": rendered.text, "segments": rendered.segments}
-            return _dead_letter(message, f"ambiguous send: {error}", attempt, now, settings, extra=text)
-    if attempt - int(message.retry_floor) > settings.SMS_MAX_RETRIES:
-        return _dead_letter(message, f"retries exhausted: {error}", attempt, now, settings, provider=provider)
-    delay = backoff(attempt - int(message.retry_floor), settings.SMS_RETRY_DELAY_MINUTES, error.retry_after_seconds)
-    retry_at = next_allowed(now + delay, zone, settings.quiet_hours)
-    outcome = _defer(message, retry_at, str(error), now, settings, attempts=attempt)
+    if decision.verdict is Verdict.FAIL:
+        return _settle(message, Status.FAILED, decision.reason, now, settings, attempts=attempt)
+    if decision.verdict is Verdict.RECORD_SENT:
+        # No provider id came back: the recipient stands in for it, so the receipt can still settle it.
+        unknown_id = {"provider": provider, "provider_message_id": store.ambiguous_send_key(to)}
+        return _record_sent(
+            message, attempt, unknown_id, rendered.text, rendered.segments, settings, ambiguous=str(error)
+        )
+    if decision.verdict is Verdict.DEAD_LETTER:
+        # An ambiguous one keeps its text, as "sent" would: it may have gone out (operators and receipts match it).
+        text = {"text": rendered.text, "segments": rendered.segments} if error.kind is FailureKind.AMBIGUOUS else None
+        return _dead_letter(message, decision.reason, attempt, now, settings, extra=text, provider=provider)
+    if decision.verdict is Verdict.EXPIRE:
+        return _settle(message, Status.EXPIRED, decision.reason, now, settings, attempts=attempt)
+    outcome = _defer(message, decision.until or now, decision.reason, now, settings, attempts=attempt)
     if outcome is SendOutcome.RETRY:
         count(MetricName.SMS_RETRIED, reminder_type=message.reminder_type, provider=provider)
     return outcome
