@@ -911,11 +911,6 @@ def put_ops_value(pk: str, sk: str, *, value: float = 0, text: str | None = None
     OpsRecord(pk, sk, value=value, text=text).save()
 
 
-def delete_ops_value(pk: str, sk: str) -> None:
-    """Remove one operational item."""
-    OpsRecord(pk, sk).delete()
-
-
 # ---------------------------------------------------------------------------------------------- errors
 
 
