@@ -17,7 +17,7 @@ from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger, measure
 from core.secrets import secret_text
-from core.settings import Settings
+from core.settings import ProviderName, Settings
 from core.store import Change, Guard, iso, parse_iso
 
 # Orange (OneAPI) delivery statuses -> our status; None means "still sent, recorded as information".
@@ -90,14 +90,24 @@ def orange_receipt(body: str, settings: Settings) -> ReceiptOutcome:
         count(MetricName.RECEIPTS_UNKNOWN)
         logger.warning("receipt for an unknown provider message id", extra={"provider": "orange"})
         return ReceiptOutcome("unknown")
-    return _settle_sms(message_ids, delivery_status, ORANGE_STATUSES[delivery_status], settings, learnt)
+    target = ORANGE_STATUSES[delivery_status]
+    return _settle_sms(ProviderName.ORANGE, message_ids, delivery_status, target, settings, learnt)
 
 
 def _settle_sms(
-    message_ids: list[str], provider_status: str, target: Status | None, settings: Settings, learnt: dict[str, str]
+    provider: ProviderName,
+    message_ids: list[str],
+    provider_status: str,
+    target: Status | None,
+    settings: Settings,
+    learnt: dict[str, str],
 ) -> ReceiptOutcome:
-    """A receipt is for one SMS, which may carry several reminders: it settles every one of them."""
-    outcomes = [apply_receipt(m, provider_status, target, settings, learnt=learnt) for m in sorted(message_ids)]
+    """A receipt is for one SMS, which may carry several reminders: it settles every one of them that this provider
+    sent (a receipt from the other provider of a failover pair, misrouted or forged, settles nothing)."""
+    outcomes = [
+        apply_receipt(m, provider_status, target, settings, learnt=learnt, provider=provider)
+        for m in sorted(message_ids)
+    ]
     return next((o for o in outcomes if o.result != "unchanged"), outcomes[0])
 
 
@@ -132,7 +142,7 @@ def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome
     if not message_ids or store.get_message(message_ids[0]) is None:
         count(MetricName.RECEIPTS_UNKNOWN)
         return ReceiptOutcome("unknown")
-    return _settle_sms(message_ids, name, target, settings, {})
+    return _settle_sms(ProviderName.KANNEL, message_ids, name, target, settings, {})
 
 
 def apply_receipt(
@@ -141,16 +151,19 @@ def apply_receipt(
     target: Status | None,
     settings: Settings,
     *,
+    provider: ProviderName,
     learnt: dict[str, str] | None = None,
 ) -> ReceiptOutcome:
     """Move a sent message to delivered or failed, or record an intermediate status; never backwards.
 
-    `learnt`: what the receipt taught us about the message (the provider id of an ambiguous send), written with
-    the status change.
+    `provider`: whose receipt it is; only a message that provider took is settled (one sent before providers were
+    recorded, with none, is taken as the receipt's). `learnt`: what the receipt taught us about the message (the
+    provider id of an ambiguous send), written with the status change.
     """
     message = store.get_message(message_id)
-    if message is None:
+    if message is None or message.provider not in {None, provider.value}:
         count(MetricName.RECEIPTS_UNKNOWN)
+        logger.warning("receipt for a message this provider did not send", extra={"provider": provider.value})
         return ReceiptOutcome("unknown")
     now = clock.now()
     sources = {Status.DELIVERED: frozenset({Status.SENT, Status.FAILED}), Status.FAILED: frozenset({Status.SENT})}
@@ -168,20 +181,19 @@ def apply_receipt(
     )
     if not store.transition(message, change, at=now, settings=settings):
         return ReceiptOutcome("unchanged", message_id)
-    provider = message.provider or settings.primary_provider.value
     if target is Status.DELIVERED:
         followup.note_delivered(message, settings, now)
-        count(MetricName.SMS_DELIVERED, reminder_type=message.reminder_type, provider=provider)
+        count(MetricName.SMS_DELIVERED, reminder_type=message.reminder_type, provider=provider.value)
         if message.sent_at:
             latency = max(0.0, (now - parse_iso(message.sent_at)).total_seconds())
             measure(
                 MetricName.DELIVERY_LATENCY_SECONDS,
                 latency,
                 reminder_type=message.reminder_type,
-                provider=provider,
+                provider=provider.value,
             )
     else:
-        count(MetricName.SMS_FAILED, reminder_type=message.reminder_type, provider=provider)
+        count(MetricName.SMS_FAILED, reminder_type=message.reminder_type, provider=provider.value)
     logger.info(
         "receipt applied", extra={"message_id": message_id, "status": target.value, "provider_status": provider_status}
     )

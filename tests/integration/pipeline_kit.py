@@ -22,10 +22,12 @@ from core.secrets import secret_text
 from core.settings import Settings
 from core.store import MessageRecord
 from rappel_local.embedded import function_url_event, invoke, reset_core_caches, schedule_event, sqs_event
+from rappel_local.kannel_simulator import KannelSimulator
 from rappel_local.orange_simulator import Fault, OrangeSimulator, SentRecord
 from tests.helpers import dose, patient
 
 CLIENT_ID, CLIENT_SECRET = "rappel-test", "s3cret-test"  # what the `aws` fixture stored in Secrets Manager
+KANNEL_USER, KANNEL_PASSWORD = "kannel", "kannel-pass"
 PHONE = "+2250701020304"
 
 
@@ -36,6 +38,7 @@ class Pipeline:
         self.aws = aws
         self.monkeypatch = monkeypatch
         self.orange: OrangeSimulator | None = None
+        self.kannel: KannelSimulator | None = None
         self.sqs = boto3.client("sqs", region_name="us-east-1")
         # A fresh pacer: the module's default one remembers its next slot across tests and virtual clocks.
         sending.select_pacer(pacing.Pacer())
@@ -68,10 +71,25 @@ class Pipeline:
         self.configure(ORANGE_API_BASE_URL=self.orange.base_url)
         return self.orange
 
+    def start_kannel(self, **kwargs: Any) -> KannelSimulator:
+        """Start a simulated Kannel smsbox and put it after Orange in the failover order (`SMS_PROVIDERS`)."""
+        self.kannel = KannelSimulator(clock=self.clock, username=KANNEL_USER, password=KANNEL_PASSWORD, **kwargs)
+        self.kannel.start()
+        # The DLR URL Kannel is given; these tests post the DLRs themselves (`receipt`), nothing listens there.
+        self.configure(
+            SMS_PROVIDERS="orange,kannel",
+            KANNEL_SENDSMS_URL=self.kannel.sendsms_url,
+            RECEIPT_BASE_URL="http://127.0.0.1:9/receipts",
+        )
+        return self.kannel
+
     def stop(self) -> None:
         if self.orange is not None:
             self.orange.stop()
             self.orange = None
+        if self.kannel is not None:
+            self.kannel.stop()
+            self.kannel = None
 
     def close(self) -> None:
         self.stop()

@@ -314,6 +314,26 @@ def _kannel(pipe: Pipeline, message_id: str, dlr_type: str, **extra: str) -> dic
     return pipe.receipt("GET", "/kannel", params, headers={"user-agent": "Kannel/1.4.5"})
 
 
+@pytest.fixture
+def sent_by_kannel(pipe: Pipeline) -> str:
+    """The id of a message the simulated Kannel accepted (at SENT_AT): Kannel alone in SMS_PROVIDERS."""
+    pipe.start_kannel()
+    pipe.configure(SMS_PROVIDERS="kannel")
+    message_id = _send_one(pipe)
+    assert pipe.message(message_id).provider == "kannel"
+    return message_id
+
+
+def test_a_dlr_for_a_message_the_other_provider_sent_changes_nothing(pipe: Pipeline, sent: str, capsys) -> None:
+    """Orange took it; a Kannel DLR naming it (a misrouted or forged callback) is answered 200 and settles nothing."""
+    before = _snapshot(pipe, sent)
+    discard_metrics()
+    capsys.readouterr()
+    assert _answer(_kannel(pipe, sent, "2")) == (200, "unknown")
+    assert _snapshot(pipe, sent) == before
+    assert emf(capsys.readouterr().out) == {"ReceiptsUnknown": 1}
+
+
 @pytest.mark.parametrize(
     ("dlr_type", "status", "answer", "receipt_status"),
     [
@@ -325,15 +345,16 @@ def _kannel(pipe: Pipeline, message_id: str, dlr_type: str, **extra: str) -> dic
     ],
 )
 def test_a_kannel_dlr_is_mapped(
-    pipe: Pipeline, sent: str, dlr_type: str, status: str, answer: str, receipt_status: str
+    pipe: Pipeline, sent_by_kannel: str, dlr_type: str, status: str, answer: str, receipt_status: str
 ) -> None:
-    assert _answer(_kannel(pipe, sent, dlr_type, smsc_id="abc123")) == (200, answer)
+    assert _answer(_kannel(pipe, sent_by_kannel, dlr_type, smsc_id="abc123")) == (200, answer)
 
-    stored = pipe.message(sent)
+    stored = pipe.message(sent_by_kannel)
     assert (stored.status, stored.receipt_status) == (status, receipt_status)
 
 
-def test_kannel_dlrs_are_monotonic_too(pipe: Pipeline, sent: str) -> None:
+def test_kannel_dlrs_are_monotonic_too(pipe: Pipeline, sent_by_kannel: str) -> None:
+    sent = sent_by_kannel
     assert _answer(_kannel(pipe, sent, "1")) == (200, "delivered")
     before = _snapshot(pipe, sent)
     assert _answer(_kannel(pipe, sent, "2")) == (200, "unchanged")
