@@ -246,7 +246,9 @@ def _look(state: AppointmentState, settings: Settings, now: datetime) -> Appoint
     view, due = _view(appointment), overdue_at(appointment.due_date, zone)
     if not outcomes.synced(state, view, due, iso(now)).watching:
         # Planning's own note was lost (a crash between two writes): made good here.
-        return _update(state.appointment_id, lambda s: outcomes.synced(s, view, due, iso(now)), settings, state)
+        return _update(
+            state.appointment_id, _as_judged(state, lambda s: outcomes.synced(s, view, due, iso(now))), settings, state
+        )
     reminders = [
         m
         for m in store.messages_of_patient(appointment.patient_id)
@@ -254,7 +256,22 @@ def _look(state: AppointmentState, settings: Settings, now: datetime) -> Appoint
     ]
     verdict = judge(reminders, _no_reminder(patient, appointment), due, iso(now))
     phone = mask_phone(patient.phone) if patient is not None else None
-    return _update(state.appointment_id, lambda s: _follow(s, verdict, phone, settings, now), settings, state)
+    follow = _as_judged(state, lambda s: _follow(s, verdict, phone, settings, now))
+    return _update(state.appointment_id, follow, settings, state)
+
+
+def _as_judged(
+    judged: AppointmentState, change: Callable[[AppointmentState], AppointmentState | None]
+) -> Callable[[AppointmentState | None], AppointmentState | None]:
+    """`change`, applied only to the state the verdict was judged on: after a version conflict (a failure receipt
+    re-armed the watch, planning wrote a reschedule) the verdict is stale, and writing it would undo that change
+    (a "stop" over a re-arm: the family never followed up). The state as it now stands is left in the pass's slot
+    for the next run to judge afresh."""
+
+    def guarded(current: AppointmentState | None) -> AppointmentState | None:
+        return change(current) if current is not None and current.version == judged.version else None
+
+    return guarded
 
 
 def _follow(

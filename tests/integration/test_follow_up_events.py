@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from core import followup, notify, store
+from core.lifecycle import Status
 from core.planning import handle_clinic_event
 from tests.helpers import dose as dose_event
 from tests.helpers import envelope, patient
@@ -159,3 +160,63 @@ def test_a_delivered_reminder_reaches_the_family_and_no_follow_up_opens(pipe: Pi
         "given_later": 0,
         "not_given": 1,
     }
+
+
+# ---------------------------------------------------------------------------------------------- review of issue 14
+
+SENT_TIMES = (  # each reminder of a dose due DUE, at its time in Abidjan (09:00; 14:00 for the overdue one)
+    datetime(2027, 3, 13, 9, 0, tzinfo=UTC),
+    datetime(2027, 3, 19, 9, 0, tzinfo=UTC),
+    datetime(2027, 3, 21, 14, 0, tzinfo=UTC),
+)
+
+
+def all_sent_no_receipt(pipe: Pipeline) -> dict[str, str]:
+    """a1's three reminders all accepted by Orange, none with a receipt yet; their ids by type."""
+    ids = pipe.plan(1, due_date=DUE)
+    for at in SENT_TIMES:
+        pipe.clock.advance_to(at)
+        pipe.cycle()
+    assert {pipe.message(i).status for i in ids.values()} == {"sent"}
+    return ids
+
+
+def fail(pipe: Pipeline, message_id: str) -> None:
+    """A failure receipt for a sent reminder, applied as core.receipts applies it (the re-arm included)."""
+    change = store.Change(
+        Status.FAILED, frozenset({Status.SENT}), {"receipt_status": "DeliveryImpossible"}, store.Guard.VERSION
+    )
+    assert store.transition(pipe.message(message_id), change, at=pipe.clock.now(), settings=pipe.settings)
+
+
+def test_a_failure_receipt_landing_while_the_pass_writes_its_verdict_is_not_overwritten(
+    pipe: Pipeline, clinic_events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review item 1: the pass judged "stop" (a sent reminder with no receipt); the reminder's failure receipt lands
+    between that judgement and its write (re-arming the watch, which bumps the version). The retry after the version
+    conflict must not write the stale "stop" over the re-arm: the next run opens the follow-up."""
+    ids = all_sent_no_receipt(pipe)
+    pipe.clock.advance_to(datetime(2027, 3, 21, 15, 0, tzinfo=UTC))
+    assert store.rearm_follow_up("a1", pipe.clock.now(), pipe.settings.DUE_INDEX_SHARDS)  # another reminder ended
+    real = store.put_appointment_state
+    raced: list[str] = []
+
+    def receipt_lands_first(old: Any, new: Any, shards: int) -> bool:
+        if not raced:
+            raced.append(new.appointment_id)
+            for message_id in ids.values():
+                fail(pipe, message_id)
+        return real(old, new, shards)
+
+    monkeypatch.setattr(store, "put_appointment_state", receipt_lands_first)
+    followup.run_due(pipe.settings, pipe.clock.now())
+    monkeypatch.setattr(store, "put_appointment_state", real)
+    assert raced == ["a1"]
+    state = store.get_appointment_state("a1")
+    assert state is not None and state.watching, "the re-arm stands: the family is looked at again"
+
+    pipe.clock.sleep(60)
+    pipe.dispatch()
+    (needed,) = clinic_events()
+    assert needed["detail-type"] == "FollowUpNeeded"
+    assert needed["detail"]["reasons"][0].startswith("7 days before: undeliverable")
