@@ -11,8 +11,9 @@ When the state changes, and who changes it (never a scan):
 - **the dispatcher's pass** (`run_due`, every run, after dispatching): Queries the sparse `follow_up` index for
   states whose time has come. For a watched family it reads the appointment, the patient and the dose's reminders
   and decides (`judge`): reached after all; wait (a reminder is still pending, queued or dead-lettered: until its
-  deadline; the dose not overdue yet: until then); stop (a reminder the provider accepted has no receipt yet: the
-  family may have got it, and a failure receipt would ask again); or open the follow-up, with its reasons in words.
+  deadline; the dose not overdue yet: until then); stop (a reminder the provider accepted has no receipt yet, or an
+  ambiguous send was dead-lettered: the family may have got it; a failure receipt asks again, and the BACKSTOP looks
+  once more 24 h after the last send, in case that re-arm was lost); or open the follow-up, with its reasons.
   It also publishes what the outbox holds.
 
 **Once, never lost.** Opening is a conditional write on the state's version that records the follow-up as open and
@@ -52,6 +53,10 @@ LABELS: Final[dict[str, str]] = {
 PASS_LIMIT: Final[int] = 100  # states the pass handles per dispatcher run; the rest wait for the next run
 ATTEMPTS: Final[int] = 4  # conditional writes tried against concurrent changes before giving up until next time
 UNDELIVERABLE_RECEIPTS: Final[frozenset[str]] = frozenset({"DeliveryImpossible", "RejectedBySmsc", "Undelivered"})
+# A "stop" (a reminder that may have gone out, no receipt yet) is looked at once more this long after the last send
+# (or an ambiguous dead letter's deadline): a failure whose re-arm was lost (a crash between the status write and
+# the re-arm; Kannel never retries a DLR) or a receipt that never comes. Past it, still unconfirmed: no more.
+BACKSTOP: Final[timedelta] = timedelta(hours=24)
 
 
 def overdue_at(due_date: str, zone: str) -> str:
@@ -160,15 +165,33 @@ def judge(messages: Iterable[MessageRecord], no_reminder: str | None, overdue: s
     delivered = [m for m in reminders if m.status == Status.DELIVERED]
     if delivered:
         return Verdict("reached", reminder_type=min(delivered, key=lambda m: m.delivered_at or "").reminder_type)
-    waiting = [m.deadline for m in reminders if m.status in OUTSTANDING]
+    # A dead letter past its deadline has ended (the dispatcher expires it; an ambiguous one waits for an operator).
+    waiting = [m.deadline for m in reminders if m.status in OUTSTANDING and not _ended_dead_letter(m, now)]
     if now < overdue or waiting:
         return Verdict("wait", until=max([overdue, *waiting]))
-    if any(m.status == Status.SENT for m in reminders):
-        return Verdict("stop")
+    unconfirmed = [_unconfirmed_since(m) for m in reminders if _may_have_gone_out(m)]
+    if unconfirmed:
+        backstop = iso(parse_iso(max(unconfirmed)) + BACKSTOP)
+        return Verdict("stop", until=backstop if backstop > now else None)
     reasons = [reason for m in reminders if (reason := reason_of(m)) is not None]
     if not reasons:
         reasons = [f"no reminder: {no_reminder or 'scheduled too late for any reminder to go out'}"]
     return Verdict("call", reasons=tuple(dict.fromkeys(reasons)))
+
+
+def _ended_dead_letter(message: MessageRecord, now: str) -> bool:
+    return message.status == Status.DEAD_LETTER and message.deadline <= now
+
+
+def _may_have_gone_out(message: MessageRecord) -> bool:
+    """Accepted by the provider with no receipt yet, or dead-lettered after an ambiguous send (its text kept)."""
+    return message.status == Status.SENT or (message.status == Status.DEAD_LETTER and message.text is not None)
+
+
+def _unconfirmed_since(message: MessageRecord) -> str:
+    if message.status == Status.SENT:
+        return message.sent_at or message.scheduled_at
+    return message.deadline  # an ambiguous dead letter: until then an operator could redrive it
 
 
 def reason_of(message: MessageRecord) -> str | None:
@@ -186,6 +209,8 @@ def reason_of(message: MessageRecord) -> str | None:
         if error.startswith("dead letter"):
             return f"{label}: sending kept failing ({error})"
         return f"{label}: could not be sent before its deadline ({error or 'deadline passed'})"
+    if message.status == Status.DEAD_LETTER:
+        return f"{label}: sending kept failing ({error or 'dead letter'})"
     if message.status == Status.CANCELLED and "opted out" in error:
         return f"{label}: not sent, the family opted out of SMS"
     if message.status == Status.CANCELLED and "patient unknown" in error:
@@ -286,7 +311,7 @@ def _follow(
         floor = iso(now + timedelta(minutes=settings.SMS_PROCESSING_INTERVAL_MINUTES))
         return outcomes.watched_from(state, max(verdict.until or floor, floor))
     if verdict.action == "stop":
-        return outcomes.watched_from(state, None)
+        return outcomes.watched_from(state, verdict.until)  # the backstop, or None once past it
     return outcomes.opened(state, verdict.reasons, phone, iso(now))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +220,47 @@ def test_a_failure_receipt_landing_while_the_pass_writes_its_verdict_is_not_over
     (needed,) = clinic_events()
     assert needed["detail-type"] == "FollowUpNeeded"
     assert needed["detail"]["reasons"][0].startswith("7 days before: undeliverable")
+
+
+def test_a_lost_re_arm_after_a_stop_verdict_is_caught_by_the_backstop(
+    pipe: Pipeline, clinic_events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review item 2: the pass judged "stop" while the overdue reminder had no receipt yet; its failure receipt then
+    came, but the re-arm after the status change was lost (a crash between the two writes; Orange's retry of the
+    receipt finds the message failed already). The backstop, 24 h after the last send, looks again."""
+    ids = all_sent_no_receipt(pipe)
+    pipe.clock.advance_to(datetime(2027, 3, 21, 15, 0, tzinfo=UTC))
+    fail(pipe, ids["7_day_reminder"])  # its receipt came late: the watch is re-armed, the pass judges "stop"
+    fail(pipe, ids["1_day_reminder"])
+    pipe.dispatch()
+    state = store.get_appointment_state("a1")
+    backstop = store.parse_iso(pipe.message(ids["overdue_reminder"]).sent_at or "") + timedelta(hours=24)
+    assert state is not None and state.watch_at == store.iso(backstop), "the backstop: 24 h after the last send"
+
+    pipe.clock.advance_to(datetime(2027, 3, 21, 16, 0, tzinfo=UTC))
+    monkeypatch.setattr(store, "rearm_follow_up", lambda *args: False)  # the crash: the re-arm never written
+    fail(pipe, ids["overdue_reminder"])
+    monkeypatch.undo()
+    pipe.clock.advance_to(backstop - timedelta(minutes=1))
+    pipe.dispatch()
+    assert clinic_events() == []
+    pipe.clock.advance_to(backstop)
+    pipe.dispatch()
+    assert [e["detail-type"] for e in clinic_events()] == ["FollowUpNeeded"]
+
+
+def test_a_sent_reminder_whose_receipt_never_comes_is_looked_at_once_more_then_left(pipe: Pipeline) -> None:
+    """Review item 2: past the backstop with still no receipt (Kannel never retries a DLR), the family may have the
+    SMS: the pass stops watching for good instead of looking again at every run."""
+    ids = all_sent_no_receipt(pipe)
+    pipe.clock.advance_to(datetime(2027, 3, 21, 15, 0, tzinfo=UTC))
+    store.rearm_follow_up("a1", pipe.clock.now(), pipe.settings.DUE_INDEX_SHARDS)
+    pipe.dispatch()
+    backstop = store.parse_iso(pipe.message(ids["overdue_reminder"]).sent_at or "") + timedelta(hours=24)
+    assert store.get_appointment_state("a1").watch_at == store.iso(backstop)  # type: ignore[union-attr]
+    pipe.clock.advance_to(backstop)
+    assert pipe.dispatch()["follow_ups"] == 1
+    state = store.get_appointment_state("a1")
+    assert state is not None and state.watch_at is None and state.follow_up is None
+    pipe.clock.sleep(3600)
+    assert pipe.dispatch()["follow_ups"] == 0

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from core.followup import judge
+from core.followup import Verdict, judge
 from core.outcomes import (
     Appointment,
     AppointmentState,
@@ -216,13 +216,17 @@ def test_judge_waits_for_the_overdue_time_and_for_reminders_still_to_go() -> Non
     pending = reminder("overdue_reminder", "pending")
     verdict = judge([failed, pending], None, OVERDUE, "2027-03-13T01:00:00.000Z")
     assert (verdict.action, verdict.until) == ("wait", "2027-03-16T10:00:00.000Z")
-    assert judge([failed, reminder("1_day_reminder", "dead_letter")], None, OVERDUE, AFTER).action == "wait"
+    dead_letter = reminder("1_day_reminder", "dead_letter")
+    assert judge([failed, dead_letter], None, OVERDUE, "2027-03-16T09:00:00.000Z").action == "wait", (
+        "until its deadline"
+    )
 
 
 def test_judge_a_delivery_reaches_an_unconfirmed_send_stops_watching() -> None:
     verdict = judge([reminder("1_day_reminder", "delivered", delivered_at=NOW)], None, OVERDUE, AFTER)
     assert (verdict.action, verdict.reminder_type) == ("reached", "1_day_reminder")
-    assert judge([reminder("overdue_reminder", "sent")], None, OVERDUE, AFTER).action == "stop"
+    unconfirmed = reminder("overdue_reminder", "sent", sent_at="2027-03-13T14:00:00.000Z")
+    assert judge([unconfirmed], None, OVERDUE, AFTER).action == "stop"
 
 
 def test_judge_calls_with_the_reasons_in_words() -> None:
@@ -246,3 +250,29 @@ def test_judge_calls_with_the_reasons_in_words() -> None:
     assert judge([], "the family opted out of SMS", OVERDUE, AFTER).reasons == (
         "no reminder: the family opted out of SMS",
     )
+
+
+def test_judge_a_stop_sets_a_backstop_24_hours_after_the_last_send_then_lets_go() -> None:
+    """Review item 2: a reminder accepted with no receipt yet is looked at again 24 h after the last send (a lost
+    re-arm, a receipt that never comes); past that backstop, still with no receipt, the pass stops watching."""
+    sent = [
+        reminder("1_day_reminder", "sent", sent_at="2027-03-11T09:00:00.000Z"),
+        reminder("overdue_reminder", "sent", sent_at="2027-03-13T14:00:00.000Z"),
+    ]
+    verdict = judge(sent, None, OVERDUE, "2027-03-13T15:00:00.000Z")
+    assert (verdict.action, verdict.until) == ("stop", "2027-03-14T14:00:00.000Z")
+    assert (judge(sent, None, OVERDUE, "2027-03-14T14:00:00.000Z").until) is None
+
+
+def test_judge_a_dead_letter_past_its_deadline_has_ended() -> None:
+    """Review item 3: a dead letter waits only until its deadline. Past it, one that was never sent has ended (not
+    delivered: a reason to call); an ambiguous one (its text kept: it may have gone out) is a stop with the backstop,
+    24 h after its deadline, instead of a wait written again at every dispatcher run."""
+    deadline = "2027-03-16T10:00:00.000Z"
+    plain = reminder("overdue_reminder", "dead_letter", last_error="re-claimed too often")
+    assert judge([plain], None, OVERDUE, "2027-03-16T09:00:00.000Z") == Verdict("wait", until=deadline)
+    verdict = judge([plain], None, OVERDUE, deadline)
+    assert (verdict.action, verdict.reasons) == ("call", ("1 day after: sending kept failing (re-claimed too often)",))
+    ambiguous = reminder("overdue_reminder", "dead_letter", text="Rappel ...", last_error="ambiguous send: timeout")
+    assert judge([ambiguous], None, OVERDUE, AFTER) == Verdict("stop", until="2027-03-17T10:00:00.000Z")
+    assert judge([ambiguous], None, OVERDUE, "2027-03-17T10:00:00.000Z") == Verdict("stop")
