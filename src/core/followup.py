@@ -256,6 +256,12 @@ def run_due(settings: Settings, now: datetime) -> PassResult:
             result.errors += 1
             extra = {"appointment_id": state.appointment_id, "error": str(exc)}
             logger.error("follow-up event not published", extra=extra)
+        except Exception as exc:  # one state's error (bad data, a throttle) must not stop the pass
+            # Left where it is for the next run; the states behind it (oldest first) are not held up by it. The
+            # error's type only: its text could carry a record's data (a phone).
+            result.errors += 1
+            extra = {"appointment_id": state.appointment_id, "error": type(exc).__name__}
+            logger.error("follow-up state not handled", extra=extra)
     if result.looked_at:
         logger.info("follow-up pass", extra=result.__dict__)
     return result

@@ -264,3 +264,30 @@ def test_a_sent_reminder_whose_receipt_never_comes_is_looked_at_once_more_then_l
     assert state is not None and state.watch_at is None and state.follow_up is None
     pipe.clock.sleep(3600)
     assert pipe.dispatch()["follow_ups"] == 0
+
+
+def test_one_state_that_fails_does_not_block_the_others(
+    pipe: Pipeline, clinic_events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review item 4: any error on one state (bad data, a throttle) is that state's: it is logged and counted, and
+    the pass goes on to the states behind it (sorted oldest first, the failing one would otherwise block them all at
+    every run)."""
+    opted_out_family(pipe)
+    assert handle_clinic_event(patient("p2", sms_opt_in=False, phone="+2250701020399"), pipe.settings).applied == 1
+    handle_clinic_event(dose_event("a2", "p2", due_date=DUE), pipe.settings)
+    pipe.clock.advance_to(OVERDUE)
+    real = store.get_appointment
+
+    def broken(appointment_id: str) -> Any:
+        if appointment_id == "a1":
+            raise ValueError("bad data in a1")
+        return real(appointment_id)
+
+    monkeypatch.setattr(store, "get_appointment", broken)
+    result = followup.run_due(pipe.settings, pipe.clock.now())
+    assert (result.looked_at, result.opened, result.published, result.errors) == (2, 1, 1, 1)
+    assert [e["detail"]["appointment_id"] for e in clinic_events()] == ["a2"]
+    monkeypatch.setattr(store, "get_appointment", real)
+    pipe.clock.sleep(60)
+    pipe.dispatch()
+    assert sorted(e["detail"]["appointment_id"] for e in clinic_events()) == ["a1", "a2"]
