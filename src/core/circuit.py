@@ -46,10 +46,6 @@ class Circuit:
         """Whether sending to this provider is paused (or only probing)."""
         return self.retry_at is not None
 
-    def usable(self, now: datetime) -> bool:
-        """Closed, or open with a probe due."""
-        return self.retry_at is None or self.retry_at <= now
-
     def probe_due(self, now: datetime) -> bool:
         """Open, and its next probe may go now."""
         return self.retry_at is not None and self.retry_at <= now

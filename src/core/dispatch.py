@@ -96,8 +96,8 @@ def _capacity(settings: Settings, now: datetime) -> int:
     if route.provider is None:
         logger.warning("no provider can take a request: nothing dispatched", extra={"until": str(route.paused_until)})
         return 0
-    if route.probe:
-        return 1
+    if route.probe and provider_state.route(settings, now, skip=(str(route.provider),)).provider is None:
+        return 1  # only the probe can go: the next provider in the failover order cannot take traffic either
     budget = int(settings.SMS_RATE_LIMIT_PER_SECOND * settings.SMS_PROCESSING_INTERVAL_MINUTES * 60)
     return max(0, budget - queue.depth(settings.SEND_QUEUE_URL, settings))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from core import store
@@ -31,8 +32,18 @@ _PROVIDER = "PROVIDER"
 _LAST_SEND = "LAST_SEND"
 _FRESH_FOR = timedelta(seconds=5)  # a circuit opened by another instance is seen within this, at one read per 5 s
 
-# (read at, circuit by provider, stored state text by provider): what this process last read.
-_cache: tuple[datetime, dict[str, Circuit], dict[str, tuple[float, str | None]]] | None = None
+
+@dataclass(frozen=True)
+class _Stored:
+    """One provider's circuit as read, with the stored values a conditional write must find unchanged."""
+
+    circuit: Circuit
+    failures: float
+    text: str | None
+
+
+# (read at, what was read by provider): what this process last read.
+_cache: tuple[datetime, dict[str, _Stored]] | None = None
 _lock = threading.Lock()  # the sender's lanes share the cache
 
 
@@ -67,27 +78,25 @@ def _encode(circuit: Circuit) -> str:
     )
 
 
-def circuits(now: datetime, *, fresh: bool = False) -> dict[str, Circuit]:
-    """Every provider's circuit that is not simply closed, read at most every few seconds (always when `fresh`)."""
+def _read(now: datetime, *, fresh: bool = False) -> dict[str, _Stored]:
+    """Every stored circuit, read at most every few seconds (always when `fresh`): one snapshot, so that a circuit
+    and the values its conditional writes expect always come from the same read."""
     global _cache
     with _lock:
         if fresh or _cache is None or not timedelta(0) <= now - _cache[0] < _FRESH_FOR:
             records = store.read_circuits()
-            _cache = (
-                now,
-                {str(r.sk): _decode(r) for r in records},
-                {str(r.sk): (float(r.value or 0), r.text) for r in records},
-            )
+            _cache = (now, {str(r.sk): _Stored(_decode(r), float(r.value or 0), r.text) for r in records})
         return dict(_cache[1])
 
 
-def _stored(provider: str) -> tuple[float, str | None]:
-    return _cache[2].get(provider, (0.0, None)) if _cache is not None else (0.0, None)
+def circuits(now: datetime, *, fresh: bool = False) -> dict[str, Circuit]:
+    """Every provider's circuit that is not simply closed (a provider absent here is closed, with no failure)."""
+    return {name: stored.circuit for name, stored in _read(now, fresh=fresh).items()}
 
 
-def route(settings: Settings, now: datetime) -> Route:
-    """Where a request may go now, in the providers' failover order (see `core.circuit.route`)."""
-    return route_by(tuple(p.value for p in settings.providers), circuits(now), now)
+def route(settings: Settings, now: datetime, skip: tuple[str, ...] = ()) -> Route:
+    """Where a request may go now, in the providers' failover order less `skip` (see `core.circuit.route`)."""
+    return route_by(tuple(p.value for p in settings.providers if p.value not in skip), circuits(now), now)
 
 
 def paused_until(settings: Settings, now: datetime) -> datetime | None:
@@ -99,28 +108,31 @@ def take_route(settings: Settings, now: datetime, skip: tuple[str, ...] = ()) ->
     """The provider for the next request, having claimed its probe when its circuit is open (one sender probes;
     the others go on down the failover order, or wait); never one in `skip` (found down by this request)."""
     order = tuple(p.value for p in settings.providers if p.value not in skip)
-    known = circuits(now)
+    known = _read(now)
     for _ in order:
-        chosen = route_by(order, known, now)
+        chosen = route_by(order, {name: stored.circuit for name, stored in known.items()}, now)
         if chosen.provider is None or not chosen.probe:
             return chosen
-        circuit = known[chosen.provider]
-        _, text = _stored(chosen.provider)
-        claimed = probe_claimed(circuit, now, rules(settings))
-        if store.replace_circuit_state(chosen.provider, text, _encode(claimed)):
+        stored = known[chosen.provider]
+        claimed = probe_claimed(stored.circuit, now, rules(settings))
+        if store.replace_circuit_state(chosen.provider, stored.text, _encode(claimed)):
             _forget_cache()
             return chosen
-        known = circuits(now, fresh=True)
-    return route_by(order, known, now)
+        known = _read(now, fresh=True)
+    return route_by(order, {name: stored.circuit for name, stored in known.items()}, now)
 
 
 def record_answer(provider: str, now: datetime) -> None:
     """The provider answered (accepted, refused one number, throttled): a run of failures ends, an open circuit
     closes. Free while nothing was counted: this process's last read says whether there is anything to close."""
-    if provider not in circuits(now):
+    stored = _read(now).get(provider)
+    if stored is None:
         return
-    failures, text = _stored(provider)
-    store.close_circuit(provider, failures, text)
+    if not store.close_circuit(provider, stored.failures, stored.text):
+        # It moved since this process read it (a failure counted, a probe claimed): read it again and close that.
+        stored = _read(now, fresh=True).get(provider)
+        if stored is not None:
+            store.close_circuit(provider, stored.failures, stored.text)
     _forget_cache()
 
 
@@ -139,18 +151,23 @@ def record_transient_failure(provider: str, now: datetime, settings: Settings, r
 
 def hold(provider: str, now: datetime, settings: Settings, reason: str) -> Circuit:
     """Open the provider's circuit as a hold (a provider-wide refusal: no bundle, revoked credentials)."""
-    current = circuits(now, fresh=True).get(provider, Circuit(provider))
-    _, text = _stored(provider)
-    after = held(current, now, rules(settings), reason)
-    if not store.replace_circuit_state(provider, text, _encode(after)):
+    stored = _read(now, fresh=True).get(provider, _Stored(Circuit(provider), 0.0, None))
+    after = held(stored.circuit, now, rules(settings), reason)
+    if not store.replace_circuit_state(provider, stored.text, _encode(after)):
         after = circuits(now, fresh=True).get(provider, after)
     _forget_cache()
     return after
 
 
 def release() -> list[Circuit]:
-    """Close every circuit now (operator command, after buying a bundle or fixing credentials); what they were."""
-    closed = [_decode(record) for record in store.delete_circuits()]
+    """Close every circuit now (operator command, after buying a bundle or fixing credentials); what they were.
+    A circuit that moved while it was being closed (a probe claimed) is read again and closed."""
+    closed = []
+    for _ in range(3):
+        remaining = store.read_circuits()
+        if not remaining:
+            break
+        closed += [_decode(r) for r in remaining if store.close_circuit(str(r.sk), float(r.value or 0), r.text)]
     _forget_cache()
     return closed
 

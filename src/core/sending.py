@@ -1,6 +1,7 @@
 """send_sms: take one queued message, re-check that it may still go out, send it once, record the outcome.
 
-The provider call sits inside a Powertools idempotent function keyed on (message_id, attempt) that ends
+The provider call sits inside a Powertools idempotent function keyed on the SMS (a reminder alone: its id and
+attempt; a grouped SMS: the key its reminders are bound to), whatever the provider, that ends
 at "provider accepted"; the "sent" write is outside it. So a redelivered SQS record, a duplicate enqueue
 or a crash between the provider's 201 and our write never makes a second provider request for an
 accepted message: the stored result is replayed instead.
@@ -36,7 +37,7 @@ from core.providers.base import FailureKind, ProviderError
 from core.providers.factory import provider_for
 from core.queue import QueuedMessage, SendRecord
 from core.retry import backoff
-from core.send_decisions import Decision, Verdict, after_the_failure, before_the_send, hold_back
+from core.send_decisions import Decision, Verdict, after_the_failure, before_the_send, hold_back, wait_until
 from core.settings import Settings
 from core.store import AppointmentRecord, Change, Guard, MessageRecord, PatientRecord, iso, parse_iso
 from core.texts import (
@@ -430,7 +431,9 @@ def _send_sms(
         if route.provider is None:  # every provider down, or another sender took the only probe
             why = why or f"no provider can take it: {_circuits_text(now)}"
             until = provider_state.paused_until(settings, now) or route.paused_until or now + PROBE_INTERVAL
-            return [_defer(m.message, until, why, now, settings) for m in members]
+            # Not asked, so not known: an SMS bound before this delivery may have gone out before a crash.
+            untried = not tried
+            return [_defer(m.message, until, why, now, settings, keep_binding=untried) for m in members]
         outcome = _request(route.provider, {**request, "provider": route.provider}, members, rendered, settings, pacer)
         if not isinstance(outcome, str):
             return outcome
@@ -482,7 +485,8 @@ def _request(
         ]
     except ProviderError as error:
         return _after_provider_error(error, provider, members, rendered, settings, pacer)
-    provider_state.record_answer(provider, clock.now())
+    if requested:  # a replay asked no provider anything: it says nothing of this one's circuit
+        provider_state.record_answer(provider, clock.now())
     return _record_accepted(accepted, request, members, rendered, settings)
 
 
@@ -637,19 +641,30 @@ def _settle(
 
 
 def _defer(
-    message: MessageRecord, until: datetime, why: str, now: datetime, settings: Settings, *, attempts: int | None = None
+    message: MessageRecord,
+    until: datetime,
+    why: str,
+    now: datetime,
+    settings: Settings,
+    *,
+    attempts: int | None = None,
+    keep_binding: bool = False,
 ) -> SendOutcome:
-    """Back to pending until `until` (explicitly, with the reason), or expired if that is past the deadline."""
-    if until >= parse_iso(message.deadline):
-        return _settle(
-            message, Status.EXPIRED, f"{why}; next try would be past the deadline", now, settings, attempts=attempts
-        )
+    """Back to pending until `until` (explicitly, with the reason), or expired if that is past the deadline.
+
+    `keep_binding`: whether its SMS may have gone out (no request and no replay was made here, so a crash before
+    this delivery may have sent it): its next claim then replays that SMS instead of composing another.
+    """
+    decision = wait_until(until, why, parse_iso(message.deadline))
+    if decision.verdict is Verdict.EXPIRE:
+        return _settle(message, Status.EXPIRED, decision.reason, now, settings, attempts=attempts)
     values: dict[str, Any] = {
         "due_at": iso(until),
         "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
         "last_error": why,
-        "sms_key": None,  # its SMS was not taken: the next claim composes a new one
     }
+    if not keep_binding:
+        values["sms_key"] = None  # its SMS was not taken: the next claim composes a new one
     if attempts is not None:
         values["attempts"] = attempts
     change = Change(

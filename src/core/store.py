@@ -187,7 +187,8 @@ class MessageRecord(Model):
 
 
 class OpsRecord(Model):
-    """Counters (pk COUNTERS#<day>), provider state (pk PROVIDER), stored reports (pk REPORT#<kind>)."""
+    """Counters (pk COUNTERS#<day>), provider circuits (pk CIRCUIT) and last send (pk PROVIDER), stored reports
+    (pk REPORT#<kind>), a number's stop (pk STOP), replies and appointment states."""
 
     class Meta:
         table_name = "rappel-ops"
@@ -801,9 +802,6 @@ def delete_expired(before: datetime, statuses: Iterable[Status] = TERMINAL) -> i
     return deleted
 
 
-# ---------------------------------------------------------------------------------------------- provider state
-
-
 # ---------------------------------------------------------------------------------------------- provider circuits
 
 _CIRCUIT = "CIRCUIT"  # pk of the providers' circuits; sk the provider; value the run of failures; text its state
@@ -835,14 +833,6 @@ def close_circuit(provider: str, expected_failures: float, expected: str | None)
         read = OpsRecord.value.does_not_exist() | read
     read &= OpsRecord.text.does_not_exist() if expected is None else OpsRecord.text == expected
     return _applied(lambda: OpsRecord(_CIRCUIT, provider).delete(condition=read))
-
-
-def delete_circuits() -> list[OpsRecord]:
-    """Close every circuit now (operator command); returns what they were."""
-    closed = read_circuits()
-    for record in closed:
-        close_circuit(str(record.sk), float(record.value or 0), record.text)
-    return closed
 
 
 # ---------------------------------------------------------------------------------------------- stops by number
@@ -899,7 +889,7 @@ def replies_of_day(day: str) -> list[OpsRecord]:
 
 
 def get_ops_value(pk: str, sk: str) -> OpsRecord | None:
-    """One operational item (provider hold, last send, stored report), or None."""
+    """One operational item (a number's stop, the last send, a stored report), or None."""
     try:
         return OpsRecord.get(pk, sk, consistent_read=True)
     except OpsRecord.DoesNotExist:

@@ -720,3 +720,51 @@ def test_a_text_that_cannot_be_rendered_fails_its_message_and_not_the_batch(pipe
     assert failed.status == "failed" and "text could not be rendered" in (failed.last_error or "")
     assert pipe.message(other).status == "sent"
     assert len(pipe.send_requests()) == 1
+
+
+def test_a_grouped_sms_taken_before_a_crash_is_replayed_not_resent_after_an_outage(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orange takes the siblings' SMS and the sender dies before recording it; the record comes back while Orange's
+    circuit is open (no provider can be asked). The reminders wait bound to that SMS, and once Orange is back its
+    stored result is replayed: the family gets one SMS, not a second one composed anew."""
+    first = pipe.plan(1, DUE, phone=PHONE)["7_day_reminder"]
+    second = pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")["7_day_reminder"]
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.dispatch()
+    received = pipe.receive()
+
+    def crash(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the sender died after the provider's 201")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sending, "_record_accepted", crash)
+        assert pipe.send(received)["batchItemFailures"]
+    assert len(pipe.accepted()) == 1
+
+    for _ in range(pipe.settings.SMS_CIRCUIT_FAILURES):  # an outage elsewhere opened Orange's circuit meanwhile
+        provider_state.record_transient_failure("orange", pipe.clock.now(), pipe.settings, "http_503: down")
+    assert pipe.send(pipe.receive(visibility=0)) == {"batchItemFailures": []}
+    assert {pipe.message(m).status for m in (first, second)} == {"pending"}
+    assert {pipe.message(m).sms_key for m in (first, second)} != {None}
+
+    provider_state.release()
+    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=2))
+    pipe.cycle()
+    assert [(pipe.message(m).status, pipe.message(m).attempts) for m in (first, second)] == [("sent", 1)] * 2
+    assert len(pipe.accepted()) == 1, "the family got a second SMS"
+
+
+def test_a_due_probe_of_the_first_provider_does_not_throttle_the_dispatcher_while_the_second_works(
+    pipe: Pipeline,
+) -> None:
+    pipe.start_kannel()
+    due = [_due_now(pipe, n) for n in (1, 2, 3)]
+    opened_at = pipe.clock.now() - timedelta(minutes=5)
+    for _ in range(pipe.settings.SMS_CIRCUIT_FAILURES):
+        provider_state.record_transient_failure("orange", opened_at, pipe.settings, "http_503: down")
+    assert provider_state.route(pipe.settings, pipe.clock.now()).probe  # Orange's probe is due
+
+    dispatched = pipe.dispatch()
+
+    assert dispatched["claimed"] == len(due)  # not the one reminder of a probe: Kannel takes the traffic
