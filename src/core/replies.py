@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import codecs
 import functools
-import hashlib
 import json
 import re
+import secrets
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -259,14 +259,16 @@ def _confirm(
     if key is None:
         return InboundOutcome("unchanged")
     subject = OPTED_IN if opt_in else OPTED_OUT
-    message_id = store.message_id_for(subject, CONFIRMATION, key, change.number)
+    lead = min(change.patients, key=lambda p: p.patient_id)
+    # Never from the number: the event carries the masked number and `at`, from which a hash of the number alone is
+    # reversed by trying the numbers left. The stop's time and the patient's id say as much about the change.
+    message_id = store.message_id_for(subject, CONFIRMATION, key, lead.patient_id)
     if store.get_message(message_id) is not None:
         return InboundOutcome("unchanged", message_id)
     # The event first: a crash before the confirmation is written lets a repeated reply publish it again (the
     # clinic system may see one change twice, with the same change_id), never not at all.
     detail_type = notify.DetailType.PATIENT_OPTED_IN if opt_in else notify.DetailType.PATIENT_OPTED_OUT
     notify.publish(detail_type, _event_detail(change, found, message_id, now), now, settings)
-    lead = min(change.patients, key=lambda p: p.patient_id)
     why = f"confirms the reply {found.keyword!r}: {'opted in' if opt_in else 'opted out'}"
     store.create_message(_confirmation(message_id, subject, lead, change.number, now, settings), now, why)
     count(MetricName.REPLIES_OPTED_IN if opt_in else MetricName.REPLIES_OPTED_OUT)
@@ -307,19 +309,19 @@ def _confirmation(
 
 
 def _unanswered(sms: InboundSms, outcome: str, now: datetime, settings: Settings) -> InboundOutcome:
-    """Record (up to MAX_RECORDED_PER_DAY a day, the number masked and hashed, kept SMS_RETENTION_DAYS) and count a
-    reply that changes nothing; it is never answered."""
+    """Record (up to MAX_RECORDED_PER_DAY a day, the number masked, kept SMS_RETENTION_DAYS) and count a reply that
+    changes nothing; it is never answered. Nothing recorded derives from the full number (no hash of it, which the
+    masked number and the time would let anyone reverse), so the record's key is random."""
     count(MetricName.REPLIES_UNKNOWN)
     if store.count_reply(now, outcome) <= MAX_RECORDED_PER_DAY:
         record = {
             "outcome": outcome,
             "from": mask_phone(sms.sender),
-            "recipient": store.recipient_key(sms.sender),
             "to": sms.to,
             "text": sms.text,
             "length": sms.length,
         }
-        key = hashlib.sha256(f"{sms.sender}\x1f{sms.text}\x1f{iso(now)}".encode()).hexdigest()[:16]
+        key = secrets.token_hex(8)
         store.record_reply(now, key, json.dumps(record, ensure_ascii=False), settings.SMS_RETENTION_DAYS)
     logger.info("reply recorded, not answered", extra={"outcome": outcome, "from": mask_phone(sms.sender)})
     return InboundOutcome(outcome)

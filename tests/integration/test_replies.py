@@ -4,6 +4,7 @@ unknown texts recorded and counted; the real handlers on moto with the Orange si
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -263,3 +264,25 @@ def test_the_confirmation_waits_for_the_end_of_quiet_hours(pipe: Pipeline) -> No
     pipe.clock.advance_to(datetime(2027, 3, 3, 8, 0, tzinfo=UTC))
     pipe.cycle()
     assert [sms.text for sms in pipe.accepted()] == [FR_OPTED_OUT]
+
+
+def test_no_id_or_recorded_field_derives_from_the_phone_alone(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """Review item 6: with the masked phone (country code and last digits) and `at` from the event, an unsalted hash
+    of the number is reversed by trying the ~1e8 numbers left. The event's change_id derives from the stop's time and
+    the patient's id; a recorded reply carries neither a hash of the number nor a key derived from it."""
+    pipe.plan(1)
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+    (event,) = clinic_events()
+    stopped_at = store.stopped_since(PHONE) or ""
+    assert event["detail"]["change_id"] != store.message_id_for("#opted_out", CONFIRMATION, stopped_at, PHONE)
+    assert event["detail"]["change_id"] == store.message_id_for("#opted_out", CONFIRMATION, stopped_at, "p1")
+
+    assert outcome(reply(pipe, "Merci")) == "unknown_text"
+    (item,) = [i for i in store.replies_of_day("2027-03-01") if not i.sk.startswith("COUNT#")]
+    record = json.loads(item.text or "{}")
+    assert "recipient" not in record and store.recipient_key(PHONE) not in (item.text or "")
+    at = item.sk.split("#", 1)[0]
+    old_key = hashlib.sha256(f"{PHONE}\x1fMerci\x1f{at}".encode()).hexdigest()[:16]
+    assert item.sk != f"{at}#{old_key}"
