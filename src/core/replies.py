@@ -27,12 +27,14 @@ import json
 import re
 import secrets
 import unicodedata
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NoReturn
 from urllib.parse import parse_qsl, quote
+
+from pynamodb.exceptions import DeleteError, PutError
 
 from core import clock, notify, store
 from core.lifecycle import Status
@@ -42,7 +44,7 @@ from core.phone import InvalidPhoneNumber, mask_phone, normalize_phone
 from core.planning import ConsentChange, change_consent
 from core.receipts import ReceiptRejected
 from core.settings import Settings
-from core.store import MessageRecord, PatientRecord, iso
+from core.store import MessageRecord, OpsRecord, PatientRecord, iso
 from core.texts import available_languages, clean_text, load_language
 from core.wanted import CONFIRMATION, OPTED_IN, OPTED_OUT
 
@@ -226,13 +228,22 @@ def apply_reply(sms: InboundSms, settings: Settings) -> InboundOutcome:
     patients = store.patients_with_phone(sms.sender)
     if not patients:
         return _unanswered(sms, "unknown_sender", now, settings)
+    finish_pending(sms.sender, patients, settings)  # an earlier reply's change whose event is still to go out
     found = match_keyword(sms.text)
     if found is None:
         return _unanswered(sms, "unknown_text", now, settings)
     opt_in = found.intent is Intent.OPT_IN
-    change = change_consent(sms.sender, opt_in, settings, now, by="reply", patients=patients)
-    outcome = _confirm(change, found, opt_in, now, settings)
-    store.count_reply(now, outcome.result)
+    pending = PendingChange(
+        opt_in=opt_in,
+        keyword=found.keyword,
+        at=iso(now),
+        stopped_before=store.stopped_since(sms.sender) if opt_in else None,
+        flipped_before=any(bool(p.sms_opt_in) != opt_in for p in patients),
+        token=secrets.token_hex(8),
+    )
+    if not _record_pending(sms.sender, pending):
+        raise RuntimeError("another reply from this number is being applied")  # 500: nothing changed by this one
+    change, outcome = _carry_out(sms.sender, pending, patients, settings, now)
     logger.info(
         "reply applied",
         extra={
@@ -247,15 +258,88 @@ def apply_reply(sms: InboundSms, settings: Settings) -> InboundOutcome:
     return outcome
 
 
-def _confirm(
-    change: ConsentChange, found: KeywordMatch, opt_in: bool, now: datetime, settings: Settings
-) -> InboundOutcome:
+# ---------------------------------------------------------------------------------------------- the outbox
+
+# A change a reply asks for is recorded before it is made (ops item pk REPLY#PENDING, sk the E.164 number, as the
+# number's stop is), and removed once its event is published and its confirmation written. A crash, or an event
+# EventBridge refuses (a 500, which Kannel does not retry), leaves it recorded: the next reply from that number,
+# whatever it says, first carries it out again (the change is idempotent), publishes its event (same change_id) and
+# writes its confirmation. Only the receipt function can (it has the rights), so it waits for that next reply.
+_PENDING = "REPLY#PENDING"
+
+
+@dataclass(frozen=True)
+class PendingChange:
+    """A reply's change as recorded before it is made: what it asks for, when it came, and what held then (for an
+    opt-in, which lifts a stop or a patient's own opt-out: whether there was one to lift)."""
+
+    opt_in: bool
+    keyword: str
+    at: str
+    stopped_before: str | None
+    flipped_before: bool
+    token: str  # this record's own: removing it never removes a later reply's
+
+
+def _record_pending(number: str, pending: PendingChange) -> bool:
+    text = json.dumps(asdict(pending), separators=(",", ":"), sort_keys=True)
+    return _conditional(lambda: OpsRecord(_PENDING, number, text=text).save(condition=OpsRecord.pk.does_not_exist()))
+
+
+def _pending_of(number: str) -> PendingChange | None:
+    record = store.get_ops_value(_PENDING, number)
+    return PendingChange(**json.loads(record.text)) if record is not None and record.text else None
+
+
+def _clear_pending(number: str, pending: PendingChange) -> None:
+    text = json.dumps(asdict(pending), separators=(",", ":"), sort_keys=True)
+    _conditional(lambda: OpsRecord(_PENDING, number).delete(condition=OpsRecord.text == text))
+
+
+def _conditional(write: Callable[[], object]) -> bool:
+    try:
+        write()
+    except (PutError, DeleteError) as exc:
+        if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
+
+
+def finish_pending(number: str, patients: list[PatientRecord], settings: Settings) -> InboundOutcome | None:
+    """Carry out a reply's change left recorded by a crash or a refused event: the change made again (it may not
+    have been, or only in part), its event published and its confirmation written. Not when a patient with the
+    number changed after that reply (the clinic system or an operator decided since): then it is dropped, logged."""
+    pending = _pending_of(number)
+    if pending is None:
+        return None
+    if any((p.event_at or "") > pending.at for p in patients):
+        logger.warning("pending reply change overtaken by a later change of its patients; dropped")
+        _clear_pending(number, pending)
+        return None
+    _, outcome = _carry_out(number, pending, patients, settings, clock.now())
+    logger.info("pending reply change carried out", extra={"outcome": outcome.result, "from": mask_phone(number)})
+    return outcome
+
+
+def _carry_out(
+    number: str, pending: PendingChange, patients: list[PatientRecord], settings: Settings, now: datetime
+) -> tuple[ConsentChange, InboundOutcome]:
+    change = change_consent(number, pending.opt_in, settings, now, by="reply", patients=patients)
+    outcome = _confirm(change, pending, now, settings)
+    store.count_reply(now, outcome.result)
+    _clear_pending(number, pending)
+    return change, outcome
+
+
+def _confirm(change: ConsentChange, pending: PendingChange, now: datetime, settings: Settings) -> InboundOutcome:
     """One event and one confirmation per change: keyed on the stop written (opt-out: the first reply for a stop
     confirms it, so a repeated STOP, or a STOP after a crash that lost its confirmation, confirms at most once) or
-    lifted (opt-in: only when this reply lifted a stop or turned a patient's consent back on)."""
+    lifted (opt-in: only when the reply found a stop to lift or a patient's consent off, as recorded before)."""
+    opt_in = pending.opt_in
     key: str | None = change.stopped_at
     if opt_in:
-        key = (key or iso(now)) if change.stop_changed or change.consent_flipped else None
+        key = (pending.stopped_before or pending.at) if pending.stopped_before or pending.flipped_before else None
     if key is None:
         return InboundOutcome("unchanged")
     subject = OPTED_IN if opt_in else OPTED_OUT
@@ -265,22 +349,22 @@ def _confirm(
     message_id = store.message_id_for(subject, CONFIRMATION, key, lead.patient_id)
     if store.get_message(message_id) is not None:
         return InboundOutcome("unchanged", message_id)
-    # The event first: a crash before the confirmation is written lets a repeated reply publish it again (the
-    # clinic system may see one change twice, with the same change_id), never not at all.
+    # The event first, the confirmation after: a crash between them leaves the change recorded as pending, and the
+    # next reply from the number publishes the event again (same change_id) and writes the confirmation.
     detail_type = notify.DetailType.PATIENT_OPTED_IN if opt_in else notify.DetailType.PATIENT_OPTED_OUT
-    notify.publish(detail_type, _event_detail(change, found, message_id, now), now, settings)
-    why = f"confirms the reply {found.keyword!r}: {'opted in' if opt_in else 'opted out'}"
+    notify.publish(detail_type, _event_detail(change, pending, message_id), now, settings)
+    why = f"confirms the reply {pending.keyword!r}: {'opted in' if opt_in else 'opted out'}"
     store.create_message(_confirmation(message_id, subject, lead, change.number, now, settings), now, why)
     count(MetricName.REPLIES_OPTED_IN if opt_in else MetricName.REPLIES_OPTED_OUT)
     return InboundOutcome("opted_in" if opt_in else "opted_out", message_id)
 
 
-def _event_detail(change: ConsentChange, found: KeywordMatch, change_id: str, now: datetime) -> dict[str, object]:
+def _event_detail(change: ConsentChange, pending: PendingChange, change_id: str) -> dict[str, object]:
     return {
         "patient_ids": sorted(p.patient_id for p in change.patients),
         "phone": mask_phone(change.number),
-        "keyword": found.keyword,
-        "at": iso(now),
+        "keyword": pending.keyword,
+        "at": pending.at,
         "change_id": change_id,
         "reminders_cancelled": change.result.cancelled,
         "reminders_revived": change.result.revived,

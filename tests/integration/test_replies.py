@@ -13,8 +13,9 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from core import store
+from core import notify, replies, store
 from core.lifecycle import Status
+from core.replies import InboundSms, apply_reply
 from core.store import MessageRecord
 from core.wanted import CONFIRMATION
 from rappel_local.embedded import function_url_event, invoke
@@ -286,3 +287,83 @@ def test_no_id_or_recorded_field_derives_from_the_phone_alone(
     at = item.sk.split("#", 1)[0]
     old_key = hashlib.sha256(f"{PHONE}\x1fMerci\x1f{at}".encode()).hexdigest()[:16]
     assert item.sk != f"{at}#{old_key}"
+
+
+def test_an_opt_in_whose_event_was_refused_is_published_by_the_next_reply_from_the_phone(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review item 5: EventBridge refuses PatientOptedIn after the opt-in was applied (a 500, which Kannel does not
+    retry). The change stays recorded with its event pending; the next reply from that phone, whatever it says,
+    publishes it (with the same change_id) and writes its confirmation, before it is itself applied."""
+    pipe.plan(1)
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+    real = notify.publish
+
+    def refused(detail_type: notify.DetailType, *args: Any) -> None:
+        raise notify.EventNotPublished(f"{detail_type.value}: InternalFailure: try again")
+
+    monkeypatch.setattr(notify, "publish", refused)
+    with pytest.raises(notify.EventNotPublished):
+        apply_reply(InboundSms(PHONE, "OUI", 3, "1234"), pipe.settings)
+    monkeypatch.setattr(notify, "publish", real)
+    assert not store.number_stopped(PHONE), "the opt-in itself stands"
+    assert [e["detail-type"] for e in clinic_events()] == ["PatientOptedOut"]
+
+    assert outcome(reply(pipe, "Merci")) == "unknown_text"
+    events = clinic_events()
+    assert [e["detail-type"] for e in events] == ["PatientOptedOut", "PatientOptedIn"]
+    assert sorted(m.appointment_id for m in confirmations()) == ["#opted_in", "#opted_out"]
+    (opted_in,) = [m for m in confirmations() if m.appointment_id == "#opted_in"]
+    assert events[1]["detail"]["change_id"] == opted_in.message_id and events[1]["detail"]["keyword"] == "OUI"
+    assert outcome(reply(pipe, "OUI")) == "unchanged"
+    assert len(clinic_events()) == 2 and len(confirmations()) == 2
+
+
+def test_a_crash_between_the_opt_in_and_its_event_loses_neither(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review item 5: a crash right after the change (number unstopped, reminders revived) and before the event: a
+    repeated OUI used to find nothing changed, and the event and the confirmation were lost for good."""
+    by_type = pipe.plan(1)
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+    real = replies.change_consent
+
+    def crash_after(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise RuntimeError("crash after the change, before its event")
+
+    monkeypatch.setattr(replies, "change_consent", crash_after)
+    with pytest.raises(RuntimeError):
+        apply_reply(InboundSms(PHONE, "OUI", 3, "1234"), pipe.settings)
+    monkeypatch.setattr(replies, "change_consent", real)
+    assert not store.number_stopped(PHONE) and pipe.message(by_type["1_day_reminder"]).status == "pending"
+
+    # The repeated OUI changes nothing itself; the change its first one recorded is carried out before it.
+    assert outcome(reply(pipe, "OUI")) == "unchanged"
+    events = clinic_events()
+    assert [e["detail-type"] for e in events] == ["PatientOptedOut", "PatientOptedIn"]
+    assert events[1]["detail"]["at"] == "2027-03-01T08:00:00.000Z", "when the family replied"
+    assert sorted(m.appointment_id for m in confirmations()) == ["#opted_in", "#opted_out"]
+    assert outcome(reply(pipe, "OUI")) == "unchanged"
+    assert len(clinic_events()) == 2
+
+
+def test_a_reply_change_overtaken_by_a_later_change_of_its_patients_is_dropped(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A STOP whose run crashed before anything was written, then an operator's opt-in of the patient: the next
+    reply does not re-apply the older STOP over the operator's later decision."""
+    pipe.plan(1)
+    real = replies.change_consent
+
+    def crash_before(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("crash before the change")
+
+    monkeypatch.setattr(replies, "change_consent", crash_before)
+    with pytest.raises(RuntimeError):
+        apply_reply(InboundSms(PHONE, "STOP", 4, "1234"), pipe.settings)
+    monkeypatch.setattr(replies, "change_consent", real)
+    pipe.clock.sleep(60)
+    store.set_opt_in("p1", True, store.iso(pipe.clock.now()), "operator-optin")
+    assert outcome(reply(pipe, "Merci")) == "unknown_text"
+    assert not store.number_stopped(PHONE) and clinic_events() == [] and confirmations() == []
