@@ -238,9 +238,10 @@ def test_a_lost_re_arm_after_a_stop_verdict_is_caught_by_the_backstop(
     assert state is not None and state.watch_at == store.iso(backstop), "the backstop: 24 h after the last send"
 
     pipe.clock.advance_to(datetime(2027, 3, 21, 16, 0, tzinfo=UTC))
+    rearm = store.rearm_follow_up
     monkeypatch.setattr(store, "rearm_follow_up", lambda *args: False)  # the crash: the re-arm never written
     fail(pipe, ids["overdue_reminder"])
-    monkeypatch.undo()
+    monkeypatch.setattr(store, "rearm_follow_up", rearm)
     pipe.clock.advance_to(backstop - timedelta(minutes=1))
     pipe.dispatch()
     assert clinic_events() == []
