@@ -768,3 +768,29 @@ def test_a_due_probe_of_the_first_provider_does_not_throttle_the_dispatcher_whil
     dispatched = pipe.dispatch()
 
     assert dispatched["claimed"] == len(due)  # not the one reminder of a probe: Kannel takes the traffic
+
+
+def test_a_replay_routed_to_the_second_provider_asks_it_nothing_and_leaves_its_circuit_alone(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orange takes the SMS, the sender dies before recording it, and Orange's circuit opens meanwhile: the record
+    comes back routed to Kannel, but the stored result is replayed. Kannel gets no request, and its run of failures
+    (one counted earlier) is not ended by an answer it never gave."""
+    message_id = _due_now(pipe)
+    pipe.dispatch()
+    received = pipe.receive()
+    with monkeypatch.context() as patched:
+        patched.setattr(sending, "_record_accepted", lambda *_, **__: (_ for _ in ()).throw(RuntimeError("died")))
+        assert pipe.send(received)["batchItemFailures"]
+    kannel = pipe.start_kannel()
+    now = pipe.clock.now()
+    for _ in range(pipe.settings.SMS_CIRCUIT_FAILURES):
+        provider_state.record_transient_failure("orange", now, pipe.settings, "http_503: down")
+    provider_state.record_transient_failure("kannel", now, pipe.settings, "http_503: a blip")
+
+    assert pipe.send(pipe.receive(visibility=0)) == {"batchItemFailures": []}
+
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.provider) == ("sent", "orange")
+    assert [r for r in kannel.received if r.endpoint == "send"] == []
+    assert provider_state.circuits(pipe.clock.now(), fresh=True)["kannel"].failures == 1
