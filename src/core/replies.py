@@ -27,14 +27,12 @@ import json
 import re
 import secrets
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NoReturn
 from urllib.parse import parse_qsl, quote
-
-from pynamodb.exceptions import DeleteError, PutError
 
 from core import clock, notify, store
 from core.lifecycle import Status
@@ -44,7 +42,7 @@ from core.phone import InvalidPhoneNumber, mask_phone, normalize_phone
 from core.planning import ConsentChange, change_consent
 from core.receipts import ReceiptRejected
 from core.settings import Settings
-from core.store import MessageRecord, OpsRecord, PatientRecord, iso
+from core.store import MessageRecord, PatientRecord, iso
 from core.texts import available_languages, clean_text, load_language
 from core.wanted import CONFIRMATION, OPTED_IN, OPTED_OUT
 
@@ -265,7 +263,6 @@ def apply_reply(sms: InboundSms, settings: Settings) -> InboundOutcome:
 # EventBridge refuses (a 500, which Kannel does not retry), leaves it recorded: the next reply from that number,
 # whatever it says, first carries it out again (the change is idempotent), publishes its event (same change_id) and
 # writes its confirmation. Only the receipt function can (it has the rights), so it waits for that next reply.
-_PENDING = "REPLY#PENDING"
 
 
 @dataclass(frozen=True)
@@ -281,29 +278,21 @@ class PendingChange:
     token: str  # this record's own: removing it never removes a later reply's
 
 
+def _encoded(pending: PendingChange) -> str:
+    return json.dumps(asdict(pending), separators=(",", ":"), sort_keys=True)
+
+
 def _record_pending(number: str, pending: PendingChange) -> bool:
-    text = json.dumps(asdict(pending), separators=(",", ":"), sort_keys=True)
-    return _conditional(lambda: OpsRecord(_PENDING, number, text=text).save(condition=OpsRecord.pk.does_not_exist()))
+    return store.record_pending_reply(number, _encoded(pending))
 
 
 def _pending_of(number: str) -> PendingChange | None:
-    record = store.get_ops_value(_PENDING, number)
-    return PendingChange(**json.loads(record.text)) if record is not None and record.text else None
+    text = store.pending_reply(number)
+    return PendingChange(**json.loads(text)) if text else None
 
 
 def _clear_pending(number: str, pending: PendingChange) -> None:
-    text = json.dumps(asdict(pending), separators=(",", ":"), sort_keys=True)
-    _conditional(lambda: OpsRecord(_PENDING, number).delete(condition=OpsRecord.text == text))
-
-
-def _conditional(write: Callable[[], object]) -> bool:
-    try:
-        write()
-    except (PutError, DeleteError) as exc:
-        if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
+    store.clear_pending_reply(number, _encoded(pending))
 
 
 def finish_pending(number: str, patients: list[PatientRecord], settings: Settings) -> InboundOutcome | None:

@@ -802,6 +802,29 @@ def delete_expired(before: datetime, statuses: Iterable[Status] = TERMINAL) -> i
     return deleted
 
 
+# ---------------------------------------------------------------------------------------------- pending replies
+
+_PENDING_REPLY = "REPLY#PENDING"  # pk of a reply's change recorded before it is made; sk the E.164 number
+
+
+def record_pending_reply(number: str, change: str) -> bool:
+    """Record a reply's change before it is made; False when one from this number is recorded already."""
+    return _applied(
+        lambda: OpsRecord(_PENDING_REPLY, number, text=change).save(condition=OpsRecord.pk.does_not_exist())
+    )
+
+
+def pending_reply(number: str) -> str | None:
+    """The change a reply from this number left recorded (a crash, a refused event), if any."""
+    record = get_ops_value(_PENDING_REPLY, number)
+    return record.text if record is not None else None
+
+
+def clear_pending_reply(number: str, change: str) -> bool:
+    """Remove that record once carried out; never a later reply's (False when it is not this one)."""
+    return _applied(lambda: OpsRecord(_PENDING_REPLY, number).delete(condition=OpsRecord.text == change))
+
+
 # ---------------------------------------------------------------------------------------------- provider circuits
 
 _CIRCUIT = "CIRCUIT"  # pk of the providers' circuits; sk the provider; value the run of failures; text its state
