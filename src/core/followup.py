@@ -120,14 +120,15 @@ def _view(appointment: AppointmentRecord) -> Appointment:
 
 def note_appointment(
     appointment: AppointmentRecord, patient: PatientRecord | None, settings: Settings, now: datetime
-) -> None:
+) -> AppointmentState | None:
     """Planning applied an event to the appointment (as now stored): bring its state in line (one read; a write
-    only when something changed)."""
+    only when something changed). Returns the state as it now stands (None when there is none, or it kept
+    changing under us)."""
     if appointment.patient_id == store.UNKNOWN_PATIENT or not appointment.due_date:
-        return  # closed before its schedule told us what it is: the schedule, when it comes, notes it
+        return None  # closed before its schedule told us what it is: the schedule, when it comes, notes it
     due = overdue_at(appointment.due_date, patient.timezone if patient is not None else settings.APP_TIMEZONE)
     view = _view(appointment)
-    _update(appointment.appointment_id, lambda old: outcomes.synced(old, view, due, iso(now)), settings)
+    return _update(appointment.appointment_id, lambda old: outcomes.synced(old, view, due, iso(now)), settings)
 
 
 def note_delivered(message: MessageRecord, settings: Settings, now: datetime) -> None:

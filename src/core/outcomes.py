@@ -121,6 +121,16 @@ def index_slot(state: AppointmentState) -> tuple[Slot, str] | None:
     return None
 
 
+
+def may_rearm(state: AppointmentState | None, now: str) -> bool:
+    """Whether a reminder of this appointment ending unreached now could make the pass look at it again
+    (`store.rearm_follow_up`'s condition, judged on a state in hand): a scheduled dose, overdue, whose family is
+    not reached and has no follow-up yet. True for an unknown state: only the write can tell."""
+    if state is None:
+        return True
+    return state.status == SCHEDULED and not state.reached and state.follow_up is None and state.overdue_at <= now
+
+
 # ---------------------------------------------------------------------------------------------- transitions
 
 

@@ -13,7 +13,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from core import clock, followup, store
+from core import clock, followup, outcomes, store
 from core.events import (
     AppointmentCancelled,
     ClinicEvent,
@@ -235,8 +235,9 @@ def reconcile_appointment(
     result = PlanningResult()
     appointment = store.get_appointment(appointment_id)
     patient = store.get_patient(appointment.patient_id) if appointment is not None else None
+    state = None
     if appointment is not None:  # its outcome and follow-up state first: what the cancellations below ask of it
-        followup.note_appointment(appointment, patient, settings, now)
+        state = followup.note_appointment(appointment, patient, settings, now)
     if appointment is None or patient is None:
         return result  # planned when the patient arrives (events may come in any order)
     owners = {patient.patient_id, moved_from or patient.patient_id} - {store.UNKNOWN_PATIENT}
@@ -262,7 +263,8 @@ def reconcile_appointment(
             )
         elif move is Move.CANCEL and message is not None:
             why = reason or why_not_wanted(patient, appointment, message) or "rescheduled"
-            result.cancelled += cancel_message(message, why, settings, now)
+            follow_up = outcomes.may_rearm(state, iso(now))
+            result.cancelled += cancel_message(message, why, settings, now, follow_up=follow_up)
         elif move is Move.REPLAN and message is not None:
             values = _pending_values(wanted[message_id], recipient)
             result.replanned += store.update_pending(message, values, settings.DUE_INDEX_SHARDS)
@@ -312,12 +314,16 @@ def _create(
     return created
 
 
-def cancel_message(message: MessageRecord, reason: str, settings: Settings, now: datetime) -> bool:
-    """Cancel an outstanding message (a queued one is dropped by the sender when it re-checks)."""
+def cancel_message(
+    message: MessageRecord, reason: str, settings: Settings, now: datetime, *, follow_up: bool = True
+) -> bool:
+    """Cancel an outstanding message (a queued one is dropped by the sender when it re-checks). `follow_up`: False
+    when the caller knows its appointment's state rules out a follow-up (`outcomes.may_rearm`)."""
     change = Change(
         target=Status.CANCELLED,
         sources=OUTSTANDING,
         set={"last_error": f"cancelled: {reason}"},
+        follow_up=follow_up,
     )
     done = store.transition(message, change, at=now, settings=settings)
     if done:

@@ -634,6 +634,9 @@ class Change:
     guard: Guard = Guard.NONE
     # What the message's history says of it, for health workers; None: the `last_error` it sets, else the target.
     reason: str | None = None
+    # Whether a reminder ending unreached should ask for its family's follow-up (`rearm_follow_up`): False when the
+    # caller holds the appointment's state and it rules that out, which spares a conditional write bound to fail.
+    follow_up: bool = True
 
 
 def transition(message: MessageRecord, change: Change, *, at: datetime, settings: Settings) -> bool:
@@ -690,7 +693,8 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
             parse_iso(sent_at) if sent_at else None,
         )
     )
-    _note_for_follow_up(message, change.target, at, settings)
+    if change.follow_up:
+        _note_for_follow_up(message, change.target, at, settings)
     return True
 
 

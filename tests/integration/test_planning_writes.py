@@ -157,3 +157,17 @@ def test_a_patient_change_that_moves_no_reminder_writes_the_patient_alone(aws: A
     response = _plan(patient(display_name="Awa K.", at=aws.clock.now() + timedelta(minutes=1)))
     assert (response["applied"], response["created"], response["cancelled"], response["replanned"]) == (1, 0, 0, 0)
     assert writes.planning_records(aws) == [("PutItem", aws.settings.PATIENTS_TABLE, None)]
+
+
+def test_a_dose_given_cancels_its_reminders_without_asking_for_a_follow_up_it_cannot_need(
+    aws: Any, writes: Writes
+) -> None:
+    """Each cancelled reminder used to try `rearm_follow_up`, a conditional write bound to fail (the dose is given):
+    one wasted write unit per reminder. Planning holds the appointment's state and skips it."""
+    _plan(patient())
+    _plan(dose())
+    writes.clear()
+    given = envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-01")
+    assert _plan(given)["cancelled"] == 3
+    state_writes = [w for w in writes.made if (w[2] or "").startswith("APPOINTMENT#")]
+    assert state_writes == [("UpdateItem", aws.settings.OPS_TABLE, "APPOINTMENT#a1")]  # the state's own change

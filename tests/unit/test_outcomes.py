@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -276,3 +277,15 @@ def test_judge_a_dead_letter_past_its_deadline_has_ended() -> None:
     ambiguous = reminder("overdue_reminder", "dead_letter", text="Rappel ...", last_error="ambiguous send: timeout")
     assert judge([ambiguous], None, OVERDUE, AFTER) == Verdict("stop", until="2027-03-17T10:00:00.000Z")
     assert judge([ambiguous], None, OVERDUE, "2027-03-17T10:00:00.000Z") == Verdict("stop")
+
+
+def test_may_rearm_only_a_scheduled_overdue_dose_whose_family_is_neither_reached_nor_followed_up() -> None:
+    from core.outcomes import may_rearm
+
+    watched = AppointmentState("a1", status="scheduled", overdue_at="2027-03-21T00:00:00Z")
+    assert may_rearm(watched, "2027-03-21T00:00:00Z")
+    assert not may_rearm(watched, "2027-03-20T23:59:59Z")  # not overdue yet: the pass looks at it then anyway
+    assert not may_rearm(replace(watched, status="administered"), "2027-03-22T00:00:00Z")
+    assert not may_rearm(replace(watched, reached_type="1_day_reminder"), "2027-03-22T00:00:00Z")
+    assert not may_rearm(replace(watched, follow_up="open"), "2027-03-22T00:00:00Z")
+    assert may_rearm(None, "2027-03-22T00:00:00Z")  # no state in hand: only the write can tell
