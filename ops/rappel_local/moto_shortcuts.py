@@ -99,14 +99,40 @@ def _all_items(self: Table) -> list[Any]:
     """moto's Table.all_items: every item sorted by primary key. Sorting on the keys' values, computed once
     per item, gives the order moto's pairwise comparisons give (a key attribute has one type per table).
     During a Query it hands on only the items of the queried partition, which moto would drop at its next
-    step anyway. (Not the range condition too: moto's paging looks one item past it.)"""
-    if self.range_key_attr:
+    step anyway: a table's partition is read from the table's own map (where moto files each item under its
+    hash key, by the same equality), an index's by comparing the key attribute inline. (Not the range condition
+    too: moto's paging looks one item past it.)"""
+    wanted = getattr(_query_keys, "partition", None)
+    if wanted is not None and wanted[0] is None:  # the table's own partition
+        found = self.items.get(wanted[1])
+        items = [] if found is None else list(found.values()) if self.range_key_attr else [found]
+    elif self.range_key_attr:
         items = [item for hash_set in self.items.values() for item in hash_set.values()]
     else:
         items = list(self.items.values())
+    if wanted is not None and wanted[0] is not None:
+        items = _with_attribute(items, *wanted)
     for keep in getattr(_query_keys, "tests", None) or ():
         items = [item for item in items if keep(item)]
     return sorted(items, key=_sort_key)
+
+
+def _with_attribute(items: list[Any], name: str, wanted: DynamoType) -> list[Any]:
+    """The items whose attribute `name` equals `wanted` (DynamoType.__eq__: same type, same value), inline."""
+    kind = wanted.type
+    if kind in _VALUE_AS_IS:
+        value = wanted.value
+        return [
+            item
+            for item in items
+            if (found := item.attrs.get(name)) is not None and found.type == kind and found.value == value
+        ]
+    cast = wanted.cast_value
+    return [
+        item
+        for item in items
+        if (found := item.attrs.get(name)) is not None and found.type == kind and found.cast_value == cast
+    ]
 
 
 def _equals(name: str | None, wanted: DynamoType) -> Callable[[Any], bool]:
@@ -152,15 +178,20 @@ def _query_with_key_filter(original: Any) -> Any:
     def query(self: Table, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
         # By name, not position: a moto that reorders Table.query's parameters still reads the right ones.
         bound = signature.bind(self, hash_key, *args, **kwargs).arguments
+        partition: tuple[str | None, DynamoType] | None = None
+        tests: list[Callable[[Any], bool]] = []
         if bound.get("index_name"):
-            tests = [_equals(name, value) for name, value in bound.get("hash_key_conditions") or ()]
-        else:
-            tests = [_equals(None, hash_key)] if hash_key is not None else []
-        _query_keys.tests = tests
+            conditions = list(bound.get("hash_key_conditions") or ())
+            if conditions:
+                partition, conditions = conditions[0], conditions[1:]
+            tests = [_equals(name, value) for name, value in conditions]
+        elif hash_key is not None:
+            partition = (None, hash_key)
+        _query_keys.partition, _query_keys.tests = partition, tests
         try:
             return original(self, hash_key, *args, **kwargs)
         finally:
-            _query_keys.tests = None
+            _query_keys.partition, _query_keys.tests = None, None
 
     return query
 

@@ -92,6 +92,8 @@ class Simulation:
     inbound: dict[str, Any] = field(default_factory=lambda: {"delivered": 0, "refused": 0, "errors": []})
     _inbound_url: str = field(default="", init=False)
     _mo_session: requests.Session = field(default_factory=requests.Session, init=False, repr=False)
+    # The send queue's visibility timeout, as the template sets it (read once: each read parses the template).
+    _visibility: timedelta = field(default_factory=timedelta, init=False, repr=False)
 
     def _record_event(self, at: datetime, event_type: str, response: Any) -> None:
         if not isinstance(response, dict):
@@ -181,6 +183,7 @@ class Simulation:
         receipts: ReceiptEndpoint,
     ) -> None:
         sqs = boto3.client("sqs", region_name=settings.AWS_REGION)
+        self._visibility = timedelta(seconds=send_queue_visibility_timeout())
         token = stack.receipt_token
         receipt_url = f"{receipts.base_url}/orange?token={token}"
         self._inbound_url = replies.get_url(receipts.base_url, token)
@@ -297,7 +300,7 @@ class Simulation:
     ) -> bool:
         """Run sender instances side by side in virtual time until the queue is empty, or until `stop_at` (the next
         dispatcher tick) has come; True when it stopped for the tick."""
-        visibility = timedelta(seconds=send_queue_visibility_timeout())
+        visibility = self._visibility
         while True:
             if stop_at is not None and virtual.now() >= stop_at:
                 return True
@@ -517,7 +520,7 @@ def _earliest_due(settings: Settings) -> datetime | None:
     from moto.dynamodb.models import dynamodb_backends
 
     table = dynamodb_backends[DEFAULT_ACCOUNT_ID][settings.AWS_REGION].tables[settings.MESSAGES_TABLE]
-    values = [item.attrs["due_at"].value for item in table.all_items() if "due_at" in item.attrs]
+    values = [found.value for item in _items(table) if (found := item.attrs.get("due_at")) is not None]
     return store.parse_iso(min(values)) if values else None
 
 
@@ -529,11 +532,19 @@ def _earliest_follow_up(settings: Settings) -> datetime | None:
 
     table = dynamodb_backends[DEFAULT_ACCOUNT_ID][settings.AWS_REGION].tables[settings.OPS_TABLE]
     values = [
-        item.attrs["follow_up_at"].value
-        for item in table.all_items()
-        if "follow_up_at" in item.attrs and item.attrs["follow_up_key"].value != store.FOLLOW_UP_OPEN
+        found.value
+        for item in _items(table)
+        if (found := item.attrs.get("follow_up_at")) is not None
+        and item.attrs["follow_up_key"].value != store.FOLLOW_UP_OPEN
     ]
     return store.parse_iso(min(values)) if values else None
+
+
+def _items(table: Any) -> list[Any]:
+    """Every item of a moto table, in no particular order (a minimum needs none; moto's all_items sorts them)."""
+    if table.range_key_attr:
+        return [item for items in table.items.values() for item in items.values()]
+    return list(table.items.values())
 
 
 def _send_queue_has_records(settings: Settings) -> bool:

@@ -317,3 +317,85 @@ def test_item_size_is_the_same() -> None:
     with moto_shortcuts():
         assert Item(DynamoType(attrs["pk"]), DynamoType(attrs["sk"]), attrs).size() == plain
     assert plain > 100
+
+
+def _keyed_answers(shortcut: bool) -> dict[str, Any]:
+    """Queries on a table without a range key, a number hash key and number and binary index keys."""
+    with mock_aws(), moto_shortcuts() if shortcut else contextlib.nullcontext():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="keyed",
+            BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[
+                {"AttributeName": n, "AttributeType": t} for n, t in [("id", "N"), ("group", "N"), ("tag", "B")]
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": "by_group",
+                    "Projection": {"ProjectionType": "ALL"},
+                    "KeySchema": [{"AttributeName": "group", "KeyType": "HASH"}],
+                },
+                {
+                    "IndexName": "by_tag",
+                    "Projection": {"ProjectionType": "KEYS_ONLY"},
+                    "KeySchema": [{"AttributeName": "tag", "KeyType": "HASH"}],
+                },
+            ],
+        )
+        for n in range(40):
+            item: dict[str, Any] = {"id": {"N": f"{n}.50" if n % 2 else str(n)}, "text": {"S": f"t{n}"}}
+            if n % 3:
+                item["group"] = {"N": f"{n % 4}.0" if n % 5 else str(n % 4)}
+            if n % 4:
+                item["tag"] = {"B": bytes([n % 3])}
+            client.put_item(TableName="keyed", Item=item)
+        queries = {
+            "id": ("id = :v", None, {"N": "4"}),
+            "id written otherwise": ("id = :v", None, {"N": "4.00"}),
+            "id with a fraction": ("id = :v", None, {"N": "3.5"}),
+            "no such id": ("id = :v", None, {"N": "400"}),
+            "group": ("#g = :v", "by_group", {"N": "2"}),
+            "group written otherwise": ("#g = :v", "by_group", {"N": "1.0"}),
+            "tag": ("tag = :v", "by_tag", {"B": b"\x01"}),
+            "no such tag": ("tag = :v", "by_tag", {"B": b"\x09"}),
+        }
+        answers = {}
+        for name, (condition, index, value) in queries.items():
+            extra: dict[str, Any] = {"IndexName": index} if index else {}
+            if "#g" in condition:
+                extra["ExpressionAttributeNames"] = {"#g": "group"}
+            answer = client.query(
+                TableName="keyed", KeyConditionExpression=condition, ExpressionAttributeValues={":v": value}, **extra
+            )
+            answer.pop("ResponseMetadata", None)
+            answers[name] = answer
+        answers["missing partition of a table with a range key"] = _missing_partition(client)
+        return answers
+
+
+def _missing_partition(client: Any) -> Any:
+    client.create_table(
+        TableName="ranged",
+        BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+    )
+    client.put_item(TableName="ranged", Item={"pk": {"S": "a"}, "sk": {"S": "1"}})
+    answer = client.query(
+        TableName="ranged", KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "b"}}
+    )
+    answer.pop("ResponseMetadata", None)
+    return answer
+
+
+def test_queries_by_number_and_binary_keys_and_on_a_table_without_range_key_are_the_same() -> None:
+    plain, shortened = _keyed_answers(False), _keyed_answers(True)
+    assert plain.keys() == shortened.keys()
+    for name in plain:
+        assert shortened[name] == plain[name], name
+    assert plain["id"]["Items"] and plain["group"]["Items"] and plain["tag"]["Items"], "queries that find something"
+    assert plain["id written otherwise"] == plain["id"], "a number key is found by its value"
