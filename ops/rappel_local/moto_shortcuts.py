@@ -1,7 +1,7 @@
 """Shorter roads through moto's slowest paths, for the embedded stack's speed; every answer stays the same.
 
 moto is a faithful model of AWS's APIs but not a fast one: each DynamoDB Query sorts and walks the whole
-table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces eleven of its
+table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces twelve of its
 internals with equivalents that return the same results in the same order (tests/unit/test_moto_shortcuts.py
 runs each against the original). Nothing Rappel or AWS would see changes; Rappel's code is untouched.
 """
@@ -9,6 +9,7 @@ runs each against the original). Nothing Rappel or AWS would see changes; Rappel
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import importlib.metadata
 import inspect
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import moto.core.responses as core_responses
+import moto.dynamodb.parsing.ast_nodes as ast_nodes
 import moto.dynamodb.parsing.expressions as update_expressions
 import moto.sqs.models as sqs_models
 from moto.core.serialize import BaseJSONSerializer
@@ -196,6 +198,42 @@ def _query_with_key_filter(original: Any) -> Any:
     return query
 
 
+def _traverse_with_types_once(_: Any) -> Any:
+    def traverse_node_recursively(self: Any, node: Any, child_id: int = -1) -> Any:
+        # moto's DepthFirstTraverser.traverse_node_recursively, asking the processor for the node types it handles
+        # once per processor instead of once per node (each builds them from a fresh map of class -> method, whose
+        # classes are fixed: every processor's map is a literal of node classes)
+        types = self.__dict__.get("_shortcut_node_types")
+        if types is None:
+            types = self.__dict__["_shortcut_node_types"] = self.nodes_to_be_processed()
+        if isinstance(node, ast_nodes.Node):
+            parent_node = node.parent
+            if node.children is not None:
+                for i, child_node in enumerate(node.children):
+                    self.pre_processing_of_child(node, i)
+                    self.traverse_node_recursively(child_node, i)
+            if isinstance(node, types):
+                node = self.process(node)
+                node.parent = parent_node
+                if parent_node:
+                    parent_node.children[child_id] = node
+        return node
+
+    return traverse_node_recursively
+
+
+def _node_copy(self: Any, memo: dict[int, Any]) -> Any:
+    """copy.deepcopy of an expression tree's node, as the generic path makes it (a new instance of the class whose
+    attributes are deep copies), without the pickle protocol's detour (moto copies the tree for every update)."""
+    cls = self.__class__
+    copied = cls.__new__(cls)
+    memo[id(self)] = copied
+    state = self.__dict__
+    if state:
+        copied.__dict__.update(copy.deepcopy(state, memo))
+    return copied
+
+
 @contextlib.contextmanager
 def moto_shortcuts() -> Iterator[None]:
     """Within the block, moto's slow paths are replaced by same-answer ones:
@@ -211,6 +249,8 @@ def moto_shortcuts() -> Iterator[None]:
     - The JSON response serializer copies a scalar attribute value (S, N, BOOL, NULL) as it is.
     - An UpdateExpression is parsed once, not twice per call.
     - Every request lists the method names of its service's response class; a class's names are listed once.
+    - An UpdateExpression's tree is copied for each update without the pickle protocol's detour, and each of the
+      ten passes over the copy asks for the node types it handles once, not at every node.
 
     A block opened inside another changes nothing more (wrapping the shortcuts twice would only slow them).
     """
@@ -245,14 +285,21 @@ def moto_shortcuts() -> Iterator[None]:
         (Item, "size", _item_size),
         (Table, "sorted_items", _sorted_by_values),
         (core_responses, "method_names_from_class", functools.lru_cache(maxsize=None)),
+        (ast_nodes.DepthFirstTraverser, "traverse_node_recursively", _traverse_with_types_once),
     ]
     originals = [vars(owner)[name] for owner, name, _ in replacements]
     for (owner, name, faster), original in zip(replacements, originals, strict=True):
         setattr(owner, name, faster(original))
+    # Added rather than replaced: moto's expression nodes have no __deepcopy__ of their own.
+    added = [] if "__deepcopy__" in vars(ast_nodes.Node) else [(ast_nodes.Node, "__deepcopy__", _node_copy)]
+    for owner, name, value in added:
+        setattr(owner, name, value)
     _active = 1
     try:
         yield
     finally:
         _active = 0
+        for owner, name, _ in added:
+            delattr(owner, name)
         for (owner, name, _), original in zip(replacements, originals, strict=True):
             setattr(owner, name, original)

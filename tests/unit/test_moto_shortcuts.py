@@ -10,6 +10,7 @@ from typing import Any
 
 import boto3
 import moto.core.responses as core_responses
+import moto.dynamodb.parsing.ast_nodes as ast_nodes
 import moto.dynamodb.parsing.expressions as expressions
 import moto.sqs.models as sqs_models
 import pytest
@@ -138,7 +139,56 @@ def _calls(client: Any) -> list[tuple[str, Callable[[], Any]]]:
             ),
         )
     )
+    updates = {
+        "update nested": (
+            "SET nested.a = :t, nested.l[0] = :n, #c = if_not_exists(#c, :zero) + :one REMOVE #b",
+            {":t": {"S": "y"}, ":n": {"N": "2"}, ":zero": {"N": "0"}, ":one": {"N": "1"}},
+            {"#c": "count", "#b": "blob"},
+        ),
+        "update list": ("SET #i = list_append(if_not_exists(#i, :empty), :more)", None, {"#i": "items"}),
+        "update sets": ("ADD numbers :ns DELETE #s :gone", {":ns": {"NS": ["7"]}, ":gone": {"SS": ["a"]}}, None),
+        "update a key": ("SET pk = :t", {":t": {"S": "other"}}, None),
+        "update a missing path": ("SET version = nowhere + :one", {":one": {"N": "1"}}, None),
+        "update new item": (
+            "SET #t = :t, version = :one",
+            {":t": {"S": "nouveau"}, ":one": {"N": "1"}},
+            {"#t": "text"},
+        ),
+    }
+    # Each expression twice, on two items: a parsed expression is remembered, and must serve its second use as well.
+    for n, (name, (expression, values, names)) in enumerate([*updates.items(), *updates.items()]):
+        values = values or {":empty": {"L": []}, ":more": {"L": [{"S": "a"}, {"N": "1"}]}}
+        if "#s" in expression:
+            names = {"#s": "tags"}
+        key = {"pk": {"S": "U"}, "sk": {"N": str(n)}}
+        if name != "update new item":  # the others change an item with every kind of attribute
+            client.put_item(TableName=TABLE, Item={**_item(n, random.Random(n)), **key, "tags": {"SS": ["a", "b"]}})
+        again = " again" if n >= len(updates) else ""
+        calls.append((name + again, _update(client, key, expression, values, names)))
+    calls.append(("after the updates", lambda: client.scan(TableName=TABLE)))
     return calls
+
+
+def _update(
+    client: Any, key: dict[str, Any], expression: str, values: dict[str, Any], names: dict[str, str] | None
+) -> Callable[[], Any]:
+    """An UpdateItem's answer, or the error it raised (code and message)."""
+
+    def call() -> Any:
+        extra = {"ExpressionAttributeNames": names} if names else {}
+        try:
+            return client.update_item(
+                TableName=TABLE,
+                Key=key,
+                UpdateExpression=expression,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                **extra,
+            )
+        except client.exceptions.ClientError as exc:
+            return {"error": exc.response["Error"]}
+
+    return call
 
 
 def _answers(shortcut: bool) -> dict[str, Any]:
@@ -204,6 +254,7 @@ REPLACED = [
     (Item, "size"),
     (Table, "sorted_items"),
     (core_responses, "method_names_from_class"),
+    (ast_nodes.DepthFirstTraverser, "traverse_node_recursively"),
 ]
 
 
@@ -212,7 +263,9 @@ def test_every_replaced_part_is_restored_afterwards() -> None:
     with moto_shortcuts():
         during = [vars(owner)[name] for owner, name in REPLACED]
         assert all(a is not b for a, b in zip(before, during, strict=True))
+        assert "__deepcopy__" in vars(ast_nodes.Node)
     assert [vars(owner)[name] for owner, name in REPLACED] == before
+    assert "__deepcopy__" not in vars(ast_nodes.Node)
 
 
 def test_on_a_moto_they_were_not_checked_against_nothing_is_replaced_and_a_warning_says_so(
