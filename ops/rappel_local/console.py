@@ -65,8 +65,7 @@ _DISPATCH_WORDS = (
     ("claimed", "claimed"),
     ("enqueued", "enqueued"),
     ("expired", "expired"),
-    ("dead_lettered", "dead-lettered"),
-    ("not_enqueued", "not enqueued (their lease brings them back)"),
+    ("not_enqueued", "not enqueued (left pending for the next run)"),
 )
 
 

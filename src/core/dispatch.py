@@ -1,15 +1,16 @@
-"""dispatch_due: claim the messages that are due and put them on the send queue, no more than can be sent.
+"""dispatch_due: put the messages that are due on the send queue, no more than can be sent, and claim them.
 
-Claims are conditional writes on the message's version, so overlapping dispatchers (or a stale read of the
-eventually consistent index) never claim a message twice. A claim is a lease: a claimed message stays in
-the `due` index with its due time moved to the lease's end, so one that was claimed but never enqueued
-(a crash between the two writes) comes back by itself when the lease runs out.
+Enqueue first, claim second. A claim is a conditional write on the message's version (overlapping dispatchers, or
+a stale read of the eventually consistent index, never claim a message twice) that takes it out of the `due` index.
+A crash between the two leaves the message pending and due: the next run enqueues it again, and whichever record
+the sender meets first claims it (`sending`), the other then finds it claimed or settled and is dropped. No claim
+lease is needed, so a claim moves no index key (one index write, not two) and the send's own write none at all.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 from core import clock, followup, provider_state, queue, store
@@ -27,8 +28,7 @@ class ClaimOutcome(StrEnum):
     """What one claim of a due message did."""
 
     CLAIMED = "claimed"
-    DEAD_LETTER = "dead_letter"  # re-claimed too often: something downstream keeps crashing on it
-    LOST = "lost"  # another dispatcher, or a change, got there first
+    LOST = "lost"  # another dispatcher, the sender, or a change got there first
 
 
 @dataclass
@@ -39,7 +39,6 @@ class DispatchResult:
     claimed: int = 0
     enqueued: int = 0
     expired: int = 0
-    dead_lettered: int = 0
     lost_races: int = 0
     not_enqueued: int = 0
     held: bool = False
@@ -64,25 +63,26 @@ def dispatch_due(settings: Settings) -> DispatchResult:
         else:
             live.append(message)
     live.sort(key=lambda m: (_urgency(m), m.due_at or ""))
-    claimed: list[tuple[MessageRecord, QueuedMessage]] = []
-    for message in live[: result.capacity]:
-        outcome = _claim(message, now, settings)
-        if outcome is ClaimOutcome.CLAIMED:
-            claimed.append((message, QueuedMessage(message.message_id, int(message.version) + 1)))
+    chosen = live[: result.capacity]
+    # Each record names the version its claim will give the message: the sender acts on that claim alone.
+    planned = [(message, QueuedMessage(message.message_id, int(message.version) + 1)) for message in chosen]
+    records = by_phone(planned) if settings.SMS_GROUP_BY_PHONE else [item for _, item in planned]
+    failed = queue.enqueue(records, settings)
+    unsent = {claim.message_id for record in failed for claim in queue.claims_of(record)}
+    result.not_enqueued = len(unsent)
+    for message in chosen:
+        if message.message_id in unsent:
+            continue  # not claimed: still pending and due, the next run enqueues it again
+        if _claim(message, now, settings) is ClaimOutcome.CLAIMED:
+            result.claimed += 1
             lag = (now - parse_iso(message.scheduled_at)).total_seconds()
             measure(MetricName.DISPATCH_LAG_SECONDS, max(lag, 0.0))
-        elif outcome is ClaimOutcome.DEAD_LETTER:
-            result.dead_lettered += 1
         else:
-            result.lost_races += 1
-    result.claimed = len(claimed)
-    records = by_phone(claimed) if settings.SMS_GROUP_BY_PHONE else [item for _, item in claimed]
-    failed = queue.enqueue(records, settings)
-    result.not_enqueued = sum(len(f.reminders) if isinstance(f, QueuedSms) else 1 for f in failed)
-    result.enqueued = len(claimed) - result.not_enqueued
+            result.lost_races += 1  # its record is dropped by the sender as stale
+    result.enqueued = len(chosen) - result.not_enqueued
     count(MetricName.MESSAGES_DISPATCHED, result.enqueued)
     if failed:
-        logger.error("messages claimed but not enqueued; their lease brings them back", extra={"count": len(failed)})
+        logger.error("messages not enqueued; left pending for the next run", extra={"count": len(unsent)})
     # Families to call: after the claims, so that a slow pass never delays a reminder.
     result.follow_ups = followup.run_due(settings, now).looked_at
     logger.info("dispatch run", extra=result.__dict__)
@@ -153,34 +153,18 @@ def _expire(message: MessageRecord, now: datetime, settings: Settings) -> bool:
 
 
 def _claim(message: MessageRecord, now: datetime, settings: Settings) -> ClaimOutcome:
-    if message.state is Status.QUEUED and int(message.dispatches) >= settings.SMS_MAX_DISPATCHES:
-        change = Change(
-            target=Status.DEAD_LETTER,
-            sources=frozenset({Status.QUEUED}),
-            set={"last_error": f"lease expired {int(message.dispatches)} times without a send"},
-            guard=Guard.VERSION | Guard.DUE,
-        )
-        # DLQ copy first, status second: a spare copy is dropped as stale on redrive; a missing one strands it.
-        queue.put_dead_letter(QueuedMessage(message.message_id, int(message.version) + 1), settings)
-        if not store.transition(message, change, at=now, settings=settings):
-            return ClaimOutcome.LOST
-        count(
-            MetricName.SMS_DEAD_LETTERED, reminder_type=message.reminder_type, provider=settings.primary_provider.value
-        )
-        return ClaimOutcome.DEAD_LETTER
-    lease_end = now + timedelta(minutes=settings.SMS_CLAIM_LEASE_MINUTES)
-    change = Change(
+    """Claim a message whose record is on the queue: pending to queued, out of the `due` index."""
+    applied = store.transition(message, claim_change(now), at=now, settings=settings)
+    return ClaimOutcome.CLAIMED if applied else ClaimOutcome.LOST
+
+
+def claim_change(now: datetime) -> Change:
+    """The claim of a due pending message: the dispatcher makes it after enqueueing the message's record, the sender
+    when that record reaches it first (`sending`)."""
+    return Change(
         target=Status.QUEUED,
-        sources=frozenset({Status.PENDING, Status.QUEUED}),
-        set={
-            "queued_at": iso(now),
-            "due_at": iso(lease_end),
-            "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
-            # Claims since the message last left `pending`: only lease expiries count towards SMS_MAX_DISPATCHES,
-            # not the claims of earlier attempts that ended in a retry or a deferral.
-            "dispatches": int(message.dispatches) + 1 if message.state is Status.QUEUED else 1,
-        },
+        sources=frozenset({Status.PENDING}),
+        set={"queued_at": iso(now)},
         guard=Guard.VERSION | Guard.DUE,
-        reason="claimed again: its lease ran out before a send" if message.state is Status.QUEUED else "claimed",
+        reason="claimed",
     )
-    return ClaimOutcome.CLAIMED if store.transition(message, change, at=now, settings=settings) else ClaimOutcome.LOST

@@ -166,8 +166,9 @@ def judge(messages: Iterable[MessageRecord], no_reminder: str | None, overdue: s
     delivered = [m for m in reminders if m.status == Status.DELIVERED]
     if delivered:
         return Verdict("reached", reminder_type=min(delivered, key=lambda m: m.delivered_at or "").reminder_type)
-    # A dead letter past its deadline has ended (the dispatcher expires it; an ambiguous one waits for an operator).
-    waiting = [m.deadline for m in reminders if m.status in OUTSTANDING and not _ended_dead_letter(m, now)]
+    # A dead letter past its deadline has ended (the dispatcher expires it; an ambiguous one waits for an operator),
+    # and so has a claimed one: its send queue record kept failing and sits in the send DLQ (a broken sender).
+    waiting = [m.deadline for m in reminders if m.status in OUTSTANDING and not _ended(m, now)]
     if now < overdue or waiting:
         return Verdict("wait", until=max([overdue, *waiting]))
     unconfirmed = [_unconfirmed_since(m) for m in reminders if _may_have_gone_out(m)]
@@ -180,8 +181,8 @@ def judge(messages: Iterable[MessageRecord], no_reminder: str | None, overdue: s
     return Verdict("call", reasons=tuple(dict.fromkeys(reasons)))
 
 
-def _ended_dead_letter(message: MessageRecord, now: str) -> bool:
-    return message.status == Status.DEAD_LETTER and message.deadline <= now
+def _ended(message: MessageRecord, now: str) -> bool:
+    return message.status in {Status.DEAD_LETTER, Status.QUEUED} and message.deadline <= now
 
 
 def _may_have_gone_out(message: MessageRecord) -> bool:
@@ -212,6 +213,8 @@ def reason_of(message: MessageRecord) -> str | None:
         return f"{label}: could not be sent before its deadline ({error or 'deadline passed'})"
     if message.status == Status.DEAD_LETTER:
         return f"{label}: sending kept failing ({error or 'dead letter'})"
+    if message.status == Status.QUEUED:
+        return f"{label}: not sent before its deadline, its send queue record kept failing (in the send DLQ)"
     if message.status == Status.CANCELLED and "opted out" in error:
         return f"{label}: not sent, the family opted out of SMS"
     if message.status == Status.CANCELLED and "patient unknown" in error:

@@ -49,7 +49,7 @@ class HealthFigures:
 
     checked_at: datetime
     pending_count: int
-    queued_count: int
+    queued_count: int  # records on the send queue (claimed reminders; a grouped record carries several)
     pending_due_count: int
     oldest_due_at: datetime | None
     sent_last_hour: int
@@ -266,7 +266,7 @@ def measure_health(settings: Settings, now: datetime) -> HealthFigures:
     return HealthFigures(
         checked_at=now,
         pending_count=sum(by.get(Status.PENDING.value, 0) for by in dispatchable.values()),
-        queued_count=sum(by.get(Status.QUEUED.value, 0) for by in dispatchable.values()),
+        queued_count=queue.depth(settings.SEND_QUEUE_URL, settings),
         pending_due_count=due_count,
         oldest_due_at=oldest,
         sent_last_hour=sent,

@@ -22,8 +22,9 @@ class Status(StrEnum):
     EXPIRED = "expired"
 
 
-# Who may move to where. QUEUED -> QUEUED is a re-claim after an expired lease; QUEUED -> PENDING is a retry
-# after a transient error (explicit, with attempts + 1 and the error recorded, never silent); FAILED ->
+# Who may move to where. QUEUED -> PENDING is a retry after a transient error (explicit, with attempts + 1 and the
+# error recorded, never silent), or a deferral; DEAD_LETTER -> PENDING is a redrive (an operator's gesture, recorded,
+# with a fresh set of retries); FAILED ->
 # DELIVERED is a late DeliveredToTerminal after DeliveryImpossible, which the provider says can happen;
 # CANCELLED -> PENDING is a revival: the cause of the cancellation was reversed (the dose moved back, the family
 # opted in again) while the deadline is open, and the store refuses it for a message the provider may have taken.
@@ -31,7 +32,6 @@ ALLOWED: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.QUEUED, Status.CANCELLED, Status.EXPIRED}),
     Status.QUEUED: frozenset(
         {
-            Status.QUEUED,
             Status.PENDING,
             Status.SENT,
             Status.FAILED,
@@ -42,7 +42,7 @@ ALLOWED: dict[Status, frozenset[Status]] = {
     ),
     Status.SENT: frozenset({Status.DELIVERED, Status.FAILED}),
     Status.FAILED: frozenset({Status.DELIVERED}),
-    Status.DEAD_LETTER: frozenset({Status.QUEUED, Status.CANCELLED, Status.EXPIRED}),
+    Status.DEAD_LETTER: frozenset({Status.PENDING, Status.CANCELLED, Status.EXPIRED}),
     Status.DELIVERED: frozenset(),
     Status.CANCELLED: frozenset({Status.PENDING}),
     Status.EXPIRED: frozenset(),
@@ -52,8 +52,8 @@ ALLOWED: dict[Status, frozenset[Status]] = {
 SETTLED: frozenset[Status] = frozenset({Status.SENT, Status.DELIVERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 # Statuses that end a message's life: they get a retention TTL (a revived cancellation loses it again).
 TERMINAL: frozenset[Status] = frozenset({Status.DELIVERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
-# Statuses in which a message still waits in the `due` index for the dispatcher.
-DISPATCHABLE: frozenset[Status] = frozenset({Status.PENDING, Status.QUEUED})
+# Statuses in which a message waits in the `due` index for the dispatcher (a claimed one is on the send queue).
+DISPATCHABLE: frozenset[Status] = frozenset({Status.PENDING})
 
 
 class IllegalTransition(Exception):

@@ -121,7 +121,6 @@ def index_slot(state: AppointmentState) -> tuple[Slot, str] | None:
     return None
 
 
-
 def may_rearm(state: AppointmentState | None, now: str) -> bool:
     """Whether a reminder of this appointment ending unreached now could make the pass look at it again
     (`store.rearm_follow_up`'s condition, judged on a state in hand): a scheduled dose, overdue, whose family is

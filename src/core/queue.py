@@ -76,6 +76,11 @@ class SendRecord(SqsRecordModel):
         return body.claims if isinstance(body, GroupedBody) else (QueuedMessage(body.message_id, body.version),)
 
 
+def claims_of(record: QueuedMessage | QueuedSms) -> tuple[QueuedMessage, ...]:
+    """The reminders one send queue record carries."""
+    return record.reminders if isinstance(record, QueuedSms) else (record,)
+
+
 @functools.cache
 def _sqs(region: str, endpoint: str) -> Any:
     return boto3.client("sqs", region_name=region, endpoint_url=endpoint or None)

@@ -29,6 +29,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 
 from core import clock, provider_state, queue, store
 from core.circuit import PROBE_INTERVAL
+from core.dispatch import claim_change
 from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger, measure
@@ -70,6 +71,7 @@ class SendOutcome(StrEnum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     STALE = "stale"  # this record's claim is not the message's current one
+    REDRIVEN = "redriven"  # a dead letter brought back from the DLQ: pending again, for the dispatcher
     UNKNOWN = "unknown"  # no such message
 
 
@@ -228,17 +230,25 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
 
 
 def _this_claim(item: QueuedMessage, settings: Settings, now: datetime) -> MessageRecord | SendOutcome:
-    """The queued message this record's claim is for, or why the record is dropped."""
+    """The queued message this record's claim is for, or why the record is dropped.
+
+    The dispatcher enqueues before it claims: a record that arrives before its claim (or after a dispatcher crash
+    between the two) finds the message pending one version below it, and makes the claim itself."""
     message = store.get_message(item.message_id)
     if message is None:
         logger.warning("queued message unknown", extra={"message_id": item.message_id})
         return SendOutcome.UNKNOWN
+    if message.state is Status.PENDING and int(message.version) == item.version - 1:
+        store.transition(message, claim_change(now), at=now, settings=settings)
+        message = store.get_message(item.message_id)  # claimed by us, or by the dispatcher meanwhile, or moved on
+        if message is None:
+            return SendOutcome.UNKNOWN
     if int(message.version) != item.version:
         # Superseded by a newer claim (which has its own queue message), settled already, or an old record of a
         # dead letter delivered again: only the DLQ copy, written with the dead letter's version, may take it back.
         return SendOutcome.STALE
     if message.state is Status.DEAD_LETTER:
-        return _take_back_dead_letter(message, now, settings) or SendOutcome.STALE
+        return _take_back_dead_letter(message, now, settings)
     if message.state is not Status.QUEUED:
         return SendOutcome.STALE  # settled already, or superseded by a newer claim that has its own queue message
     return message
@@ -589,27 +599,25 @@ def _discreet(message: MessageRecord, patient: PatientRecord, appointment: Appoi
     )
 
 
-def _take_back_dead_letter(message: MessageRecord, now: datetime, settings: Settings) -> MessageRecord | None:
-    # A redriven dead letter gets a fresh set of retries, counted from here. Taking it back is a claim: it gets
-    # a lease in the `due` index, so a crash before the outcome is written (after which a redelivered record is
-    # stale) leaves it for the dispatcher to pick up again instead of queued and out of every index forever.
-    lease_end = now + timedelta(minutes=settings.SMS_CLAIM_LEASE_MINUTES)
+def _take_back_dead_letter(message: MessageRecord, now: datetime, settings: Settings) -> SendOutcome:
+    # A redriven dead letter past its deadline expires. Else it goes back to pending, due now, with a fresh set of
+    # retries counted from here, and the dispatcher sends it on its next run. Not sent from here: a crash after this
+    # write would leave a redelivered record stale and the message queued with no record; pending, it is in the
+    # `due` index whatever happens next.
+    if parse_iso(message.deadline) <= now:
+        return _settle(message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
     change = Change(
-        target=Status.QUEUED,
+        target=Status.PENDING,
         sources=frozenset({Status.DEAD_LETTER}),
         set={
             "retry_floor": int(message.attempts),
-            "queued_at": iso(now),
-            "due_at": iso(lease_end),
+            "due_at": iso(now),
             "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
-            "dispatches": 1,
         },
         guard=Guard.VERSION,
         reason="redriven from the dead letter queue",
     )
-    if not store.transition(message, change, at=now, settings=settings):
-        return None
-    return store.get_message(message.message_id)
+    return SendOutcome.REDRIVEN if store.transition(message, change, at=now, settings=settings) else SendOutcome.STALE
 
 
 def _settle(
@@ -620,7 +628,7 @@ def _settle(
         stamp = {**stamp, "attempts": attempts}
     change = Change(
         target=target,
-        sources=frozenset({Status.QUEUED}),
+        sources=frozenset({message.state}),  # queued, or a dead letter redriven past its deadline
         set={"last_error": why, **stamp},
         guard=Guard.VERSION,
     )

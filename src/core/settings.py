@@ -81,8 +81,6 @@ class Settings(BaseSettings):
     SMS_MIN_GAP_HOURS: Annotated[int, Field(ge=0, le=72)] = 12
     SMS_MAX_SEGMENTS: Annotated[int, Field(ge=1, le=10)] = 3
     SMS_DEFAULT_REGION: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] = "CI"
-    SMS_CLAIM_LEASE_MINUTES: Annotated[int, Field(ge=1, le=24 * 60)] = 30
-    SMS_MAX_DISPATCHES: Annotated[int, Field(ge=1, le=20)] = 3
     DUE_INDEX_SHARDS: Annotated[int, Field(ge=1, le=100)] = 8
 
     # Quiet hours, in the patient's local time; a send time inside them moves to their end.

@@ -3,7 +3,8 @@
 The counters (`core.counters`) are kept per UTC hour, so a window is read at hour granularity: every hour
 bucket that overlaps (now - window, now], i.e. the bucket of `now` and those before it back to the one holding
 the window's start. The report may therefore include up to one hour more than the window, never less.
-Pending and queued are live figures (the sparse `due` index), since a counter cannot say what is still waiting.
+Pending is a live figure (the sparse `due` index), since a counter cannot say what is still waiting; a claimed
+reminder is on the send queue for seconds, out of the index, and the health check gives that queue's depth.
 """
 
 from __future__ import annotations
@@ -129,7 +130,6 @@ class Figures:
     cancelled: int = 0
     retried: int = 0
     pending: int = 0
-    queued: int = 0
     delivery_rate: float | None = None
     delivery_time_avg_seconds: float | None = None
     delivery_time_p95_seconds: float | None = None
@@ -154,7 +154,7 @@ class Figures:
 
 
 def figures_from_counters(counters: Mapping[str, float], live: Mapping[str, int] | None = None) -> Figures:
-    """The figures of one group of counters (`counters` by name) plus the live pending/queued counts."""
+    """The figures of one group of counters (`counters` by name) plus the live pending count."""
     counts = {field_name: _whole(counters.get(name, 0.0)) for name, field_name in COUNT_FIELDS.items()}
     live = live or {}
     # Averages divide by the histogram's total, the exact number of samples in the sum (a delivery whose send
@@ -163,7 +163,6 @@ def figures_from_counters(counters: Mapping[str, float], live: Mapping[str, int]
     return Figures(
         **counts,
         pending=live.get(Status.PENDING.value, 0),
-        queued=live.get(Status.QUEUED.value, 0),
         delivery_rate=delivery_rate(counts["delivered"], counts["failed"]),
         delivery_time_avg_seconds=average(counters.get("delivery_sum", 0.0), sum(delivery.values())),
         delivery_time_p95_seconds=percentile_from_histogram(delivery, P95),
@@ -216,7 +215,7 @@ def build_report(
     grouped = sum_counters(counters_by_day, buckets)
     types = [t.value for t in ReminderType] + sorted((set(grouped) | set(live)) - {t.value for t in ReminderType})
     by_type = {t: figures_from_counters(grouped.get(t, {}), live.get(t)) for t in types}
-    live_total = {status: sum(live.get(t, {}).get(status, 0) for t in types) for status in ("pending", "queued")}
+    live_total = {status: sum(live.get(t, {}).get(status, 0) for t in types) for status in ("pending",)}
     first_day, first_hour = buckets[0]
     return StatisticsReport(
         since=since,
@@ -227,7 +226,7 @@ def build_report(
         total=figures_from_counters(merge(grouped.values()), live_total),
         notes=(
             "counts are per hour bucket (UTC): counted_from may be up to an hour before window_start",
-            "pending and queued are live counts at window_end, not counts over the window",
+            "pending is a live count at window_end, not a count over the window",
             f"p95 values are histogram bucket upper bounds; '>{BOUNDS[-1]}' means beyond the last bound",
         ),
     )

@@ -149,7 +149,6 @@ class MessageRecord(Model):
     version = NumberAttribute(default=0)
     attempts = NumberAttribute(default=0)
     retry_floor = NumberAttribute(default=0)
-    dispatches = NumberAttribute(default=0)
     due_shard = UnicodeAttribute(null=True)
     due_at = UnicodeAttribute(null=True)
     last_error = UnicodeAttribute(null=True)
@@ -540,7 +539,8 @@ def earliest_due(shards: int) -> datetime | None:
 
 
 def count_dispatchable(shards: int) -> dict[str, dict[str, int]]:
-    """Messages still in the `due` index, by reminder type and status (pending, queued): a live count.
+    """Messages still in the `due` index, by reminder type and status (pending; dead letters waiting for their
+    deadline; queued ones claimed before claims left the index): a live count.
 
     Reads every shard of the sparse index (only waiting messages are in it), two attributes per item: fit for
     the health check and the statistics report, not for a per-message path.

@@ -44,7 +44,7 @@ def test_count_dispatchable_and_pending_due(ddb_stack: LocalStack, dynamodb_loca
     _put(dynamodb_local_client, table, "m5", None, None, "sent", "7_day_reminder")  # not in the sparse index
     assert store.count_dispatchable(2) == {
         "7_day_reminder": {"pending": 2},
-        "1_day_reminder": {"queued": 1},
+        "1_day_reminder": {"queued": 1},  # claimed before claims left the index (a deploy of this change)
         "overdue_reminder": {"pending": 1},
     }
     count, oldest = store.pending_due(2, datetime(2027, 3, 13, 10, 0, tzinfo=UTC))

@@ -334,17 +334,11 @@ def calls(recorded: set[Call]) -> set[Call]:
     with pytest.MonkeyPatch.context() as patch:
         # A broken deploy of the sender: what the dispatcher then does alone (dead letters, expiries) is exercised.
         patch.setattr(send_sms, "process_send_batch", _broken_sender)
-        # A 30-minute lease runs out SMS_MAX_DISPATCHES times: dead letter (then expired at its deadline); a
-        # day-long lease outlives the deadline: expired while queued.
-        for lease_minutes, outcome in ((30, "dead letter not redriven"), (24 * 60, "deadline passed")):
-            data = scenario(
-                "2027-03-01T00:00:00Z",
-                "2027-03-08T00:00:00Z",
-                one_patient("2027-03-12"),
-                settings={"SMS_CLAIM_LEASE_MINUTES": lease_minutes},
-            )
-            seven_day = next(m for m in simulate(data).as_json()["messages"] if m["reminder_type"] == "7_day_reminder")
-            assert seven_day["status"] == "expired" and outcome in seven_day["last_error"], seven_day
+        # Its records fail until SQS's redrive policy moves them to the send DLQ: the reminder stays claimed (an
+        # operator's redrive after the fix expires it), and the family's follow-up does not wait on it.
+        data = scenario("2027-03-01T00:00:00Z", "2027-03-08T00:00:00Z", one_patient("2027-03-12"))
+        seven_day = next(m for m in simulate(data).as_json()["messages"] if m["reminder_type"] == "7_day_reminder")
+        assert seven_day["status"] == "queued", seven_day
     _run_samples()
     return recorded
 

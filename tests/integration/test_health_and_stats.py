@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from core import observability, provider_state, store
+from core.dispatch import dispatch_due
 from core.health import check_health
 from core.lifecycle import Status
 from core.metric_names import HEALTH
@@ -124,7 +125,7 @@ def test_statistics_count_exactly_what_the_transitions_did(aws) -> None:
     report = statistics("hour", aws.settings, now)
     seven = report.by_type["7_day_reminder"]
     assert (seven.planned, seven.sent, seven.delivered, seven.failed, seven.dead_lettered) == (0, 3, 2, 1, 1)
-    assert (seven.expired, seven.cancelled, seven.retried, seven.pending, seven.queued) == (0, 0, 1, 0, 0)
+    assert (seven.expired, seven.cancelled, seven.retried, seven.pending) == (0, 0, 1, 0)
     assert seven.delivery_rate == pytest.approx(2 / 3)
     assert seven.delivery_time_avg_seconds == pytest.approx(12.5)  # 5 s and 20 s
     assert seven.delivery_time_p95_seconds == 20.0
@@ -234,15 +235,17 @@ def test_nothing_sent_while_work_waits(aws, orange) -> None:
     )
 
 
-def test_queued_messages_are_not_counted_as_waiting_for_dispatch(aws, orange) -> None:
+def test_claimed_messages_are_counted_on_the_send_queue_not_as_waiting_for_dispatch(aws, orange) -> None:
     _plan(aws, patients=2)
     now = SEVEN_DAY_AT + timedelta(minutes=200)
-    _move(aws, _id(1), Status.QUEUED, Status.PENDING, now)
-    _move(aws, _id(2), Status.QUEUED, Status.PENDING, now)
+    aws.clock.advance_to(now)
+    dispatched = dispatch_due(aws.settings)  # the two due 7-day reminders: enqueued, claimed, out of the index
+    assert (dispatched.enqueued, dispatched.claimed) == (2, 2)
     provider_state.record_send(now)
     report = check_health(aws.settings, now)
     assert report.healthy
-    assert (report.figures.pending_count, report.figures.queued_count, report.figures.pending_due_count) == (4, 2, 0)
+    # One record: the two reminders go to one phone in one slot, as one SMS.
+    assert (report.figures.pending_count, report.figures.queued_count, report.figures.pending_due_count) == (4, 1, 0)
 
 
 def test_failure_rate_over_the_last_hour(aws, orange) -> None:

@@ -28,7 +28,6 @@ pytestmark = pytest.mark.integration
 DUE = "2027-03-20"
 SEVEN_DAY = datetime(2027, 3, 13, 9, 0, tzinfo=UTC)  # 7 days before DUE, 09:00 in Abidjan (UTC+0)
 SEVEN_DAY_DEADLINE = SEVEN_DAY + timedelta(hours=48)
-LEASE = timedelta(minutes=30)  # SMS_CLAIM_LEASE_MINUTES's default
 
 
 @pytest.fixture
@@ -76,8 +75,8 @@ def test_due_messages_are_claimed_and_enqueued_and_the_rest_is_left_alone(pipe: 
         stored = pipe.message(body["message_id"])
         assert body == {"message_id": stored.message_id, "version": stored.version}
         assert stored.version == before[stored.message_id].version + 1
-        assert (stored.status, stored.queued_at, stored.dispatches) == ("queued", iso(SEVEN_DAY), 1)
-        assert stored.due_at == iso(SEVEN_DAY + LEASE)  # the claim's lease
+        assert (stored.status, stored.queued_at) == ("queued", iso(SEVEN_DAY))
+        assert (stored.due_at, stored.due_shard) == (None, None)  # out of the `due` index: its record is queued
     for message_id, old in before.items():
         if message_id in due:
             continue
@@ -143,14 +142,15 @@ def test_overlapping_dispatchers_and_a_stale_index_read_claim_each_message_once(
     # A dispatcher whose read of the eventually consistent index predates the first run's claims.
     monkeypatch.setattr(store, "due_in_shard", lambda shard, until, limit: stale[shard])
     third = pipe.dispatch()
-    assert (third["claimed"], third["enqueued"], third["lost_races"]) == (0, 0, 3)
+    # Enqueued before its claims, which all lose: a second record for each first run's claim.
+    assert (third["claimed"], third["enqueued"], third["lost_races"]) == (0, 3, 3)
     any_stale = next(m for records in stale.values() for m in records)
     assert dispatch._claim(any_stale, pipe.clock.now(), pipe.settings) == "lost"
 
-    on_queue = bodies(pipe.receive())
-    assert len(on_queue) == 3 and len({b["message_id"] for b in on_queue}) == 3
-    for body in on_queue:
-        assert pipe.message(body["message_id"]).dispatches == 1
+    on_queue = pipe.receive()
+    assert len(on_queue) == 6 and len({b["message_id"] for b in bodies(on_queue)}) == 3
+    assert pipe.send(on_queue) == {"batchItemFailures": []}
+    assert len(pipe.accepted()) == 3  # one SMS per message: the second record of a claim finds it sent
 
 
 def _flaky_batches(monkeypatch, pipe: Pipeline, refuse: Callable[[int, dict[str, Any]], bool]) -> list[list[str]]:
@@ -193,7 +193,7 @@ def test_send_message_batch_partial_failure_retries_the_failed_entries(pipe: Pip
     assert sorted(b["message_id"] for b in bodies(pipe.receive())) == sorted(ids)
 
 
-def test_an_entry_that_never_lands_comes_back_after_the_claim_lease(pipe: Pipeline, monkeypatch) -> None:
+def test_an_entry_that_never_lands_is_not_claimed_and_goes_out_with_the_next_run(pipe: Pipeline, monkeypatch) -> None:
     ids = [pipe.plan(n, DUE)["7_day_reminder"] for n in (1, 2, 3)]
     lost = ids[1]
     pipe.clock.advance_to(SEVEN_DAY)
@@ -201,62 +201,69 @@ def test_an_entry_that_never_lands_comes_back_after_the_claim_lease(pipe: Pipeli
 
     result = pipe.dispatch()
 
-    assert (result["claimed"], result["enqueued"], result["not_enqueued"]) == (3, 2, 1)
+    assert (result["claimed"], result["enqueued"], result["not_enqueued"]) == (2, 2, 1)
     assert sum(lost in call for call in calls) == queue.ENTRY_RETRIES
     landed = pipe.receive()
     assert sorted(b["message_id"] for b in bodies(landed)) == sorted(set(ids) - {lost})
     assert pipe.send(landed)["batchItemFailures"] == []
-    stranded = pipe.message(lost)
-    assert (stranded.status, stranded.due_at) == ("queued", iso(SEVEN_DAY + LEASE))
+    left = pipe.message(lost)
+    assert (left.status, left.due_at) == ("pending", iso(SEVEN_DAY))  # never claimed: still due
 
     monkeypatch.undo()  # SQS is well again
-    assert pipe.dispatch()["claimed"] == 0  # the lease still runs
-    pipe.clock.advance_to(SEVEN_DAY + LEASE + timedelta(seconds=1))
     again = pipe.dispatch()
     assert (again["claimed"], again["enqueued"]) == (1, 1)
     assert pipe.send(pipe.receive())["batchItemFailures"] == []
     assert {pipe.message(m).status for m in ids} == {"sent"}
     assert len(pipe.accepted()) == 3  # one SMS each (three phones)
-    assert pipe.message(lost).dispatches == 2
 
 
-def test_a_message_reclaimed_more_than_max_dispatches_is_dead_lettered_and_put_on_the_dlq(pipe: Pipeline) -> None:
+def _crash_after_enqueue(monkeypatch) -> None:
+    """The dispatcher dies between SendMessageBatch and its claims (the Lambda is killed, its time runs out)."""
+
+    def killed(*args: Any) -> Any:
+        raise RuntimeError("dispatcher killed after enqueueing")
+
+    monkeypatch.setattr(dispatch, "_claim", killed)
+
+
+def test_a_record_that_reaches_the_sender_before_its_claim_is_claimed_by_the_sender(
+    pipe: Pipeline, monkeypatch
+) -> None:
     message_id = _due_now(pipe)
-    limit = pipe.settings.SMS_MAX_DISPATCHES
-    for n in range(limit):  # claimed, enqueued, and never sent: every lease runs out
-        assert pipe.dispatch()["claimed"] == 1
-        assert pipe.message(message_id).dispatches == n + 1
-        pipe.clock.advance_to(pipe.clock.now() + LEASE + timedelta(seconds=1))
+    before = pipe.message(message_id)
+    _crash_after_enqueue(monkeypatch)
+    with pytest.raises(RuntimeError, match="dispatcher killed"):
+        pipe.dispatch()
+    monkeypatch.undo()
+    assert (pipe.message(message_id).status, pipe.message(message_id).version) == ("pending", before.version)
+    record = pipe.receive()
+    assert bodies(record) == [{"message_id": message_id, "version": before.version + 1}]
 
-    result = pipe.dispatch()
+    assert pipe.send(record) == {"batchItemFailures": []}
 
-    assert (result["dead_lettered"], result["claimed"]) == (1, 0)
-    stored = pipe.message(message_id)
-    # In the `due` index until its deadline, for the dispatcher to expire it if no redrive comes.
-    assert stored.status == "dead_letter" and stored.due_at == stored.deadline and stored.expires_at is None
-    assert stored.last_error == f"lease expired {limit} times without a send"
-    assert bodies(pipe.receive_dead_letters()) == [{"message_id": message_id, "version": stored.version}]
+    sent = pipe.message(message_id)
+    assert (sent.status, sent.due_at) == ("sent", None)
+    assert [h["to"] for h in store.history_of(sent)] == ["pending", "queued", "sent"]
+    assert pipe.dispatch()["claimed"] == 0 and len(pipe.accepted()) == 1
 
 
-def test_a_retried_message_whose_lease_runs_out_once_is_reclaimed_not_dead_lettered(pipe: Pipeline) -> None:
-    """Dispatches that ended in a retry are not lease expiries: one lost claim after two retries is no crash loop."""
-    pipe.start_orange(faults=[Fault(nth=1, status=503), Fault(nth=2, status=503)])
+def test_a_dispatcher_crash_between_enqueue_and_claim_sends_once_when_the_next_run_enqueues_again(
+    pipe: Pipeline, monkeypatch
+) -> None:
     message_id = _due_now(pipe)
-    for _ in range(2):
-        pipe.cycle()
-        stored = pipe.message(message_id)
-        assert stored.status == "pending"
-        pipe.clock.advance_to(parse_iso(stored.due_at))
-    assert pipe.dispatch()["claimed"] == 1  # the third claim; its queue message is then lost
-    pipe.receive()
-    pipe.clock.advance_to(pipe.clock.now() + LEASE + timedelta(seconds=1))
+    _crash_after_enqueue(monkeypatch)
+    with pytest.raises(RuntimeError, match="dispatcher killed"):
+        pipe.dispatch()
+    monkeypatch.undo()
 
-    result = pipe.dispatch()
+    again = pipe.dispatch()  # still pending and due: enqueued again, and claimed this time
 
-    assert (result["claimed"], result["dead_lettered"]) == (1, 0)
-    pipe.send(pipe.receive())
+    assert (again["enqueued"], again["claimed"]) == (1, 1)
+    records = pipe.receive()
+    assert len(records) == 2 and {b["message_id"] for b in bodies(records)} == {message_id}
+    assert pipe.send(records) == {"batchItemFailures": []}
     assert pipe.message(message_id).status == "sent"
-    assert pipe.receive_dead_letters() == []
+    assert len(pipe.accepted()) == 1 and len(pipe.send_requests()) == 1
 
 
 # ============================================================================================== send_sms
@@ -534,7 +541,7 @@ def test_a_403_holds_the_provider_without_burning_attempts(pipe: Pipeline) -> No
     assert "403/50" in circuit.reason
     held = pipe.dispatch()
     assert held["held"] is True and held["claimed"] == 0 and held["enqueued"] == 0
-    assert (pipe.message(second).status, pipe.message(second).dispatches) == ("pending", 0)
+    assert pipe.message(second).status == "pending"
     assert pipe.receive() == []
     assert len(pipe.send_requests()) == 1
 
@@ -645,7 +652,7 @@ def _dead_letter_one(pipe: Pipeline) -> str:
     return message_id
 
 
-def test_a_redriven_dead_letter_is_sent(pipe: Pipeline) -> None:
+def test_a_redriven_dead_letter_goes_back_to_pending_and_is_sent_by_the_next_run(pipe: Pipeline) -> None:
     message_id = _dead_letter_one(pipe)
     pipe.clock.advance_to(SEVEN_DAY + timedelta(hours=2))
 
@@ -656,6 +663,10 @@ def test_a_redriven_dead_letter_is_sent(pipe: Pipeline) -> None:
     redriven = pipe.receive()
     assert bodies(redriven) == [{"message_id": message_id, "version": pipe.message(message_id).version}]
     assert pipe.send(redriven) == {"batchItemFailures": []}
+    taken_back = pipe.message(message_id)
+    assert (taken_back.status, taken_back.due_at, taken_back.retry_floor) == ("pending", iso(pipe.clock.now()), 1)
+    assert store.history_of(taken_back)[-1]["reason"] == "redriven from the dead letter queue"
+    pipe.cycle()
     stored = pipe.message(message_id)
     assert (stored.status, stored.attempts, stored.retry_floor) == ("sent", 2, 1)
     assert len(pipe.accepted()) == 1 and len(pipe.send_requests()) == 2
@@ -679,26 +690,21 @@ def test_a_crash_right_after_a_redriven_dead_letter_is_taken_back_recovers_by_it
     message_id = _dead_letter_one(pipe)
     pipe.start_orange()
     queue.redrive(pipe.settings)
-    real_get_patient = store.get_patient
-    crashes: list[str] = []
+    real_transition = store.transition
 
-    def crash_once(patient_id: str) -> Any:
-        if not crashes:
-            crashes.append(patient_id)
-            raise RuntimeError("Lambda killed after the take-back write")
-        return real_get_patient(patient_id)
+    def killed_after_the_write(*args: Any, **kwargs: Any) -> bool:
+        real_transition(*args, **kwargs)
+        raise RuntimeError("Lambda killed after the take-back write")
 
-    monkeypatch.setattr(store, "get_patient", crash_once)
+    monkeypatch.setattr(store, "transition", killed_after_the_write)
     redriven = pipe.receive()
     assert pipe.send(redriven)["batchItemFailures"] == [{"itemIdentifier": redriven[0]["MessageId"]}]
-    assert pipe.message(message_id).status == "queued"
-    pipe.send(pipe.receive())  # SQS redelivers the record
+    monkeypatch.undo()
+    assert pipe.message(message_id).status == "pending"  # in the `due` index, whatever happens to the record
+    pipe.send(pipe.receive())  # SQS redelivers the record: stale now
 
-    for _ in range(3):  # no operator: only the scheduler's runs and whatever they enqueue
-        pipe.clock.advance_to(pipe.clock.now() + LEASE + timedelta(seconds=1))
-        pipe.cycle()
-        if pipe.message(message_id).status != "queued":
-            break
+    pipe.cycle()  # no operator: the scheduler's next run
+
     assert pipe.message(message_id).status == "sent"
     assert len(pipe.accepted()) == 1
 

@@ -223,6 +223,18 @@ def test_judge_waits_for_the_overdue_time_and_for_reminders_still_to_go() -> Non
     )
 
 
+def test_judge_a_claimed_reminder_stuck_past_its_deadline_has_ended_and_the_family_is_called() -> None:
+    """Claimed, and its send queue record kept failing until SQS moved it to the DLQ (a broken sender): it is no
+    longer in the `due` index for the dispatcher to expire, so the family's follow-up must not wait on it."""
+    stuck = reminder("1_day_reminder", "queued")
+    assert judge([stuck], None, OVERDUE, "2027-03-16T09:00:00.000Z").action == "wait"  # its deadline is open
+    verdict = judge([stuck], None, OVERDUE, AFTER)
+    assert verdict.action == "call"
+    assert verdict.reasons == (
+        "1 day before: not sent before its deadline, its send queue record kept failing (in the send DLQ)",
+    )
+
+
 def test_judge_a_delivery_reaches_an_unconfirmed_send_stops_watching() -> None:
     verdict = judge([reminder("1_day_reminder", "delivered", delivered_at=NOW)], None, OVERDUE, AFTER)
     assert (verdict.action, verdict.reminder_type) == ("reached", "1_day_reminder")

@@ -172,9 +172,9 @@ def test_figures_from_the_counters_real_transitions_produce() -> None:
             (Status.PENDING, "queued", sent3, scheduled, None),  # a retry
         ]
     )
-    figures = figures_from_counters(counters, {"pending": 4, "queued": 1})
+    figures = figures_from_counters(counters, {"pending": 4})
     assert (figures.planned, figures.sent, figures.delivered, figures.failed, figures.retried) == (1, 3, 2, 1, 1)
-    assert (figures.pending, figures.queued) == (4, 1)
+    assert figures.pending == 4
     assert figures.delivery_rate == pytest.approx(2 / 3)
     assert figures.delivery_time_avg_seconds == 10.0
     assert figures.delivery_time_p95_seconds == 20.0  # 5 s -> bucket 5, 15 s -> bucket 20
@@ -209,7 +209,6 @@ def test_figures_without_data_have_no_averages() -> None:
         "cancelled": 0,
         "retried": 0,
         "pending": 0,
-        "queued": 0,
         "delivery_rate": None,
         "delivery_time_avg_seconds": None,
         "delivery_time_p95_seconds": None,
@@ -246,19 +245,19 @@ def test_build_report_lists_every_type_and_totals_them() -> None:
             "10#overdue_reminder#expired": 4,
         }
     }
-    live = {"7_day_reminder": {"pending": 3}, "1_day_reminder": {"pending": 1, "queued": 2}}
+    live = {"7_day_reminder": {"pending": 3}, "1_day_reminder": {"pending": 1}}
     report = build_report("hour", T, counters, live)
     assert list(report.by_type) == ["7_day_reminder", "1_day_reminder", "overdue_reminder"]
     assert report.by_type["7_day_reminder"].sent == 0 and report.by_type["7_day_reminder"].pending == 3
     assert report.by_type["overdue_reminder"].expired == 4
-    assert (report.total.sent, report.total.expired, report.total.pending, report.total.queued) == (3, 4, 4, 2)
+    assert (report.total.sent, report.total.expired, report.total.pending) == (3, 4, 4)
     assert report.total.lateness_avg_seconds == pytest.approx(40.0)
     assert report.total.lateness_p95_seconds == 120.0
     data = json.loads(json.dumps(report.as_dict(), allow_nan=False))
     assert data["window_start"] == "2027-03-01T09:30:00.000Z"
     assert data["counted_from"] == "2027-03-01T09:00:00.000Z"
     assert data["window_end"] == "2027-03-01T10:30:00.000Z"
-    assert data["by_type"]["1_day_reminder"]["queued"] == 2
+    assert data["by_type"]["1_day_reminder"]["pending"] == 1 and "queued" not in data["by_type"]["1_day_reminder"]
 
 
 def test_an_unknown_reminder_type_in_the_counters_is_still_reported() -> None:
