@@ -20,13 +20,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import moto.core.responses as core_responses
-import moto.dynamodb.parsing.ast_nodes as ast_nodes
+import moto.dynamodb.parsing.ast_nodes as moto_ast_nodes
 import moto.dynamodb.parsing.expressions as update_expressions
 import moto.sqs.models as sqs_models
 from moto.core.serialize import BaseJSONSerializer
 from moto.core.utils import unix_time
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
+
+ast_nodes: Any = moto_ast_nodes  # mypy does not see the node classes in moto's module
 
 # DynamoDB types whose Python value is the stored value itself (moto tests five other types first).
 _VALUE_AS_IS = frozenset({"S", "B", "BOOL"})
