@@ -284,11 +284,7 @@ def _look(state: AppointmentState, settings: Settings, now: datetime) -> Appoint
         return _update(
             state.appointment_id, _as_judged(state, lambda s: outcomes.synced(s, view, due, iso(now))), settings, state
         )
-    reminders = [
-        m
-        for m in store.messages_of_patient(appointment.patient_id)
-        if m.appointment_id == appointment.appointment_id and m.due_date == appointment.due_date
-    ]
+    reminders = store.reminders_of(appointment.appointment_id, [appointment.due_date], [appointment.patient_id])
     verdict = judge(reminders, _no_reminder(patient, appointment), due, iso(now))
     phone = mask_phone(patient.phone) if patient is not None else None
     follow = _as_judged(state, lambda s: _follow(s, verdict, phone, settings, now))

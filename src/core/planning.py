@@ -114,8 +114,7 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
             # fills in what the appointment is, the close stands.
             written = store.fill_in_closed_appointment(appointment)
         _count_write(result, written)
-        moved_from = previous.patient_id if previous is not None else None
-        result.merge(reconcile_appointment(detail.appointment_id, settings, now, moved_from=moved_from))
+        result.merge(reconcile_appointment(detail.appointment_id, settings, now, before=previous))
     else:
         result.merge(_close_appointment(detail, event_at, event_id, settings, now))
     logger.info(
@@ -226,11 +225,12 @@ def _pending_values(reminder: WantedReminder, recipient: str) -> dict[str, str]:
 
 
 def reconcile_appointment(
-    appointment_id: str, settings: Settings, now: datetime, *, moved_from: str | None = None
+    appointment_id: str, settings: Settings, now: datetime, *, before: AppointmentRecord | None = None
 ) -> PlanningResult:
     """Create, replan, revive or cancel the messages of one appointment so they match what should be sent.
 
-    `moved_from`: the patient the appointment belonged to before this event, whose messages for it are cancelled.
+    `before`: the appointment as stored before this event: the reminders of its patient and due date then (a move
+    to another patient, a reschedule) are looked at too, and cancelled.
     """
     result = PlanningResult()
     appointment = store.get_appointment(appointment_id)
@@ -240,12 +240,10 @@ def reconcile_appointment(
         state = followup.note_appointment(appointment, patient, settings, now)
     if appointment is None or patient is None:
         return result  # planned when the patient arrives (events may come in any order)
-    owners = {patient.patient_id, moved_from or patient.patient_id} - {store.UNKNOWN_PATIENT}
+    owners = {patient.patient_id} | ({before.patient_id} if before is not None else set())
+    due_dates = {appointment.due_date} | ({before.due_date} if before is not None else set())
     existing = {
-        m.message_id: m
-        for owner in sorted(owners)
-        for m in store.messages_of_patient(owner)
-        if m.appointment_id == appointment_id
+        m.message_id: m for m in store.reminders_of(appointment_id, due_dates, owners - {store.UNKNOWN_PATIENT})
     }
     reason = why_not_wanted(patient, appointment)
     wanted = _wanted_reminders(patient, appointment, settings, now) if reason is None else {}

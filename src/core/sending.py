@@ -26,6 +26,7 @@ from aws_lambda_powertools.utilities.idempotency import (
     IdempotencyConfig,
     idempotent_function,
 )
+from pydantic import ValidationError
 
 from core import clock, provider_state, queue, store
 from core.circuit import PROBE_INTERVAL
@@ -120,7 +121,8 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
 
     records = event.get("Records") or []
     width = pacer.lanes_needed(settings.sender_pace_per_second, settings.SMS_SENDER_CALLS_IN_FLIGHT)
-    results = lanes_for(clock.current()).run([functools.partial(send_record, r) for r in records], width)
+    with store.read_ahead(claim.message_id for claim in _claims_in(records)):
+        results = lanes_for(clock.current()).run([functools.partial(send_record, r) for r in records], width)
     by_record = {str(r.get("messageId")): result for r, result in zip(records, results, strict=True)}
     outcomes: list[SendOutcome] = []
 
@@ -138,6 +140,17 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     if SendOutcome.SENT in outcomes:
         provider_state.record_send(clock.now())  # once per batch: health only needs minutes
     return response
+
+
+def _claims_in(records: Sequence[dict[str, Any]]) -> list[QueuedMessage]:
+    """The reminders a batch's records carry (a record that does not parse fails on its own lane, not here)."""
+    claims: list[QueuedMessage] = []
+    for raw in records:
+        try:
+            claims += SendRecord.model_validate(raw).claims
+        except ValidationError:
+            continue
+    return claims
 
 
 @functools.cache
@@ -299,13 +312,8 @@ def _next_reminder_within_gap(
     )
     if not soon:
         return None
-    for other in store.messages_of_patient(message.patient_id):
-        if (
-            other.appointment_id == message.appointment_id
-            and other.due_date == message.due_date
-            and other.reminder_type in soon
-            and other.state in {Status.PENDING, Status.QUEUED}
-        ):
+    for other in store.reminders_of(message.appointment_id, [message.due_date], [message.patient_id]):
+        if other.reminder_type in soon and other.state in {Status.PENDING, Status.QUEUED}:
             return other
     return None
 

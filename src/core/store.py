@@ -122,15 +122,6 @@ class ProviderIdIndex(GlobalSecondaryIndex["MessageRecord"]):
     provider_message_id = UnicodeAttribute(hash_key=True)
 
 
-class MessagesByPatient(GlobalSecondaryIndex["MessageRecord"]):
-    class Meta:
-        index_name = "by_patient"
-        projection = KeysOnlyProjection()
-
-    patient_id = UnicodeAttribute(hash_key=True)
-    scheduled_at = UnicodeAttribute(range_key=True)
-
-
 class MessageRecord(Model):
     """One reminder of one type for one appointment and due date."""
 
@@ -177,7 +168,6 @@ class MessageRecord(Model):
     history: ListAttribute[str] = ListAttribute(of=UnicodeAttribute, null=True)  # type: ignore[arg-type]
     due_index = DueIndex()
     provider_index = ProviderIdIndex()
-    by_patient = MessagesByPatient()
 
     @property
     def state(self) -> Status:
@@ -274,6 +264,9 @@ def shard_of(message_id: str, shards: int) -> str:
 
 def get_patient(patient_id: str) -> PatientRecord | None:
     """The patient, or None."""
+    ahead = _take_ahead("patient", patient_id)
+    if ahead is not _NOT_AHEAD:
+        return ahead  # type: ignore[no-any-return]
     try:
         return PatientRecord.get(patient_id, consistent_read=True)
     except PatientRecord.DoesNotExist:
@@ -307,12 +300,14 @@ def _newer_event(record: PatientRecord | AppointmentRecord) -> Condition:
 
 def save_patient(patient: PatientRecord) -> bool:
     """Write the patient if this event is not older than the stored one; False when it is older."""
+    _forget_ahead("patient", patient.patient_id)
     key_attr = PatientRecord.patient_id
     return _applied(lambda: patient.save(condition=key_attr.does_not_exist() | _newer_event(patient)))
 
 
 def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str) -> bool:
     """Opt a patient in or out (operator command); False if the patient is unknown."""
+    _forget_ahead("patient", patient_id)
     return _applied(
         lambda: PatientRecord(patient_id).update(
             actions=[
@@ -341,6 +336,9 @@ def patients_with_phone(phone: str) -> list[PatientRecord]:
 
 def get_appointment(appointment_id: str) -> AppointmentRecord | None:
     """The appointment, or None."""
+    ahead = _take_ahead("appointment", appointment_id)
+    if ahead is not _NOT_AHEAD:
+        return ahead  # type: ignore[no-any-return]
     try:
         return AppointmentRecord.get(appointment_id, consistent_read=True)
     except AppointmentRecord.DoesNotExist:
@@ -355,6 +353,7 @@ def save_appointment(appointment: AppointmentRecord, stored: AppointmentRecord |
     is the write's: applied. A newer event with the same fields is still written: its event time is what keeps an
     older event, arriving late, from being applied over it.
     """
+    _forget_ahead("appointment", appointment.appointment_id)
     condition = AppointmentRecord.appointment_id.does_not_exist() | _newer_event(appointment)
     if stored is not None and stored.serialize() == appointment.serialize():
         return True
@@ -369,6 +368,7 @@ def copy_appointment(appointment: AppointmentRecord) -> AppointmentRecord:
 def fill_in_closed_appointment(schedule: AppointmentRecord) -> bool:
     """Write what an appointment is (patient, vaccine, dose, date, clinic) under a close that arrived before its
     schedule; the close (status, date given, event time) stands. False unless the stored one is such a close."""
+    _forget_ahead("appointment", schedule.appointment_id)
     return _applied(
         lambda: AppointmentRecord(schedule.appointment_id).update(
             actions=[
@@ -486,6 +486,9 @@ def read_counters(day: str) -> dict[str, float]:
 
 def get_message(message_id: str) -> MessageRecord | None:
     """The message (strongly consistent), or None."""
+    ahead = _take_ahead("message", message_id)
+    if ahead is not _NOT_AHEAD:
+        return ahead  # type: ignore[no-any-return]
     try:
         return MessageRecord.get(message_id, consistent_read=True)
     except MessageRecord.DoesNotExist:
@@ -509,14 +512,28 @@ def create_message(message: MessageRecord, at: datetime, reason: str = "planned"
     return True
 
 
-def messages_of_patient(patient_id: str) -> list[MessageRecord]:
-    """Every message of a patient, oldest scheduled first.
+def reminders_of(appointment_id: str, due_dates: Iterable[str], patient_ids: Iterable[str]) -> list[MessageRecord]:
+    """The reminders of an appointment planned for any of these due dates and patients, oldest scheduled first.
 
-    The index holds keys only (so status changes do not write it too): one Query for the ids, one BatchGetItem
-    (strongly consistent) for the items; a patient has a handful.
-    """
-    keys = [item.message_id for item in MessageRecord.by_patient.query(patient_id)]
+    A reminder's id follows from what it is (`message_id_for`), so they are read by key, with one BatchGetItem
+    (strongly consistent): no index has to be written with every new message just to find them again."""
+    keys = sorted(
+        {
+            message_id_for(appointment_id, reminder_type.value, due_date, patient_id)
+            for reminder_type in ReminderType
+            for due_date in due_dates
+            for patient_id in patient_ids
+            if due_date
+        }
+    )
     found = list(MessageRecord.batch_get(keys, consistent_read=True)) if keys else []
+    return sorted(found, key=lambda m: (m.scheduled_at, m.message_id))
+
+
+def messages_of_patient(patient_id: str) -> list[MessageRecord]:
+    """Every message of a patient (reminders of any date, confirmations), oldest scheduled first. A scan: for
+    operator commands and tests, not Lambda."""
+    found = MessageRecord.scan(MessageRecord.patient_id == patient_id, consistent_read=True)
     return sorted(found, key=lambda m: (m.scheduled_at, m.message_id))
 
 
@@ -647,6 +664,7 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
     only while the message is dispatchable, and terminal statuses get the retention TTL.
     """
     sources = check_transition(change.sources, change.target)
+    _forget_ahead("message", message.message_id)
     attributes = MessageRecord.get_attributes()
     actions: list[Action] = [MessageRecord.status.set(change.target.value), MessageRecord.version.add(1)]
     for name, value in change.set.items():
@@ -765,6 +783,7 @@ def _guard_conditions(guard: Guard, message: MessageRecord, at: datetime) -> lis
 
 def update_pending(message: MessageRecord, values: Mapping[str, Any], shards: int) -> bool:
     """Change a still-pending message's schedule (replan after a zone or preferred-hour change)."""
+    _forget_ahead("message", message.message_id)
     attributes = MessageRecord.get_attributes()
     actions: list[Action] = [attributes[name].set(value) for name, value in values.items()]
     if "scheduled_at" in values:
@@ -869,16 +888,21 @@ _STOP = "STOP"  # pk of a number's stop; sk the E.164 number
 
 def number_stopped(phone: str) -> bool:
     """Whether the family of this number asked for no more reminders (it covers every patient with the number)."""
+    ahead = _take_ahead("stop", phone)
+    if ahead is not _NOT_AHEAD:
+        return ahead is not None
     return get_ops_value(_STOP, phone) is not None
 
 
 def stop_number(phone: str, at: str, why: str) -> bool:
     """Record a number's stop; False when it was already stopped (the first stop is kept)."""
+    _forget_ahead("stop", phone)
     return _applied(lambda: OpsRecord(_STOP, phone, text=f"{at}|{why}").save(condition=OpsRecord.pk.does_not_exist()))
 
 
 def clear_number_stop(phone: str) -> bool:
     """Lift a number's stop (an explicit opt-in); False when it was not stopped."""
+    _forget_ahead("stop", phone)
     return _applied(lambda: OpsRecord(_STOP, phone).delete(condition=OpsRecord.pk.exists()))
 
 
@@ -926,6 +950,63 @@ def get_ops_value(pk: str, sk: str) -> OpsRecord | None:
 def put_ops_value(pk: str, sk: str, *, value: float = 0, text: str | None = None) -> None:
     """Overwrite one operational item."""
     OpsRecord(pk, sk, value=value, text=text).save()
+
+
+# ---------------------------------------------------------------------------------------------- read-ahead
+
+_NOT_AHEAD: Any = object()
+_ahead: dict[tuple[str, str], Model | None] | None = None
+
+
+@contextlib.contextmanager
+def read_ahead(message_ids: Iterable[str]) -> Iterator[None]:
+    """Read what a send batch will ask for in one go: its messages, their patients and appointments, and whether
+    their numbers are stopped, one BatchGetItem per table (strongly consistent) instead of four GetItems a reminder.
+
+    Inside the block, `get_patient`, `get_appointment` and `number_stopped` answer from what was read for those
+    items (the sender never writes them), and the first `get_message` of one of the messages does too, then forgets
+    it: a later read goes to the table, so a read after our own write sees the write. A write to any of them through
+    this module forgets it too (planning or a reply handled in the same process meanwhile is read back as written).
+    What was read is as fresh as the start of the batch (the sender re-checks each reminder from it before its
+    request, as it did from a read at the start of each record)."""
+    global _ahead
+    ids = list(dict.fromkeys(message_ids))
+    messages = {m.message_id: m for m in MessageRecord.batch_get(ids, consistent_read=True)} if ids else {}
+    patient_ids = sorted({str(m.patient_id) for m in messages.values()})
+    appointment_ids = sorted({str(m.appointment_id) for m in messages.values()})
+    patients = {p.patient_id: p for p in PatientRecord.batch_get(patient_ids, consistent_read=True)}
+    appointments = {a.appointment_id: a for a in AppointmentRecord.batch_get(appointment_ids, consistent_read=True)}
+    phones = sorted({str(p.phone) for p in patients.values()})
+    stops = {r.sk: r for r in OpsRecord.batch_get([(_STOP, phone) for phone in phones], consistent_read=True)}
+    found: dict[tuple[str, str], Model | None] = {}
+    for kind, keys, items in (
+        ("message", ids, messages),
+        ("patient", patient_ids, patients),
+        ("appointment", appointment_ids, appointments),
+        ("stop", phones, stops),
+    ):
+        found.update({(kind, key): items.get(key) for key in keys})
+    _ahead = found
+    try:
+        yield
+    finally:
+        _ahead = None
+
+
+def _forget_ahead(kind: str, key: str) -> None:
+    ahead = _ahead
+    if ahead is not None:
+        ahead.pop((kind, key), None)
+
+
+def _take_ahead(kind: str, key: str) -> Any:
+    """The item read ahead (None: read ahead and absent), a message once; `_NOT_AHEAD` when there is none."""
+    ahead = _ahead
+    if ahead is None:
+        return _NOT_AHEAD
+    if kind == "message":
+        return ahead.pop((kind, key), _NOT_AHEAD)  # one pop: lanes on other threads never both take it
+    return ahead.get((kind, key), _NOT_AHEAD)
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -61,7 +61,7 @@ def test_messages_table_shape(ddb_stack: LocalStack, dynamodb_local_client: Any)
     assert indexes["due"]["Projection"]["ProjectionType"] == "ALL"
     assert _keys(indexes["by_provider_message_id"]["KeySchema"]) == [("provider_message_id", "HASH")]
     assert indexes["by_provider_message_id"]["Projection"]["ProjectionType"] == "KEYS_ONLY"
-    assert _keys(indexes["by_patient"]["KeySchema"]) == [("patient_id", "HASH"), ("scheduled_at", "RANGE")]
+    assert set(indexes) == {"due", "by_provider_message_id"}
     ttl = dynamodb_local_client.describe_time_to_live(TableName=ddb_stack.messages_table)["TimeToLiveDescription"]
     assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import botocore.client
 import pytest
 
 from core import dispatch, pacing, provider_state, queue, sending, store
@@ -707,6 +708,35 @@ def test_a_crash_right_after_a_redriven_dead_letter_is_taken_back_recovers_by_it
 
     assert pipe.message(message_id).status == "sent"
     assert len(pipe.accepted()) == 1
+
+
+def test_a_send_batch_reads_its_reminders_with_one_batch_read_per_table(pipe: Pipeline, monkeypatch) -> None:
+    """Messages, patients, appointments and stops: four BatchGetItem calls for the whole batch, not four GetItem
+    calls per reminder (issue 12: requests per delivered reminder)."""
+    ids = [pipe.plan(n, DUE)["7_day_reminder"] for n in (1, 2, 3)]
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.dispatch()
+    records = pipe.receive()
+    store.stop_number("+2250701020303", iso(SEVEN_DAY), "STOP")  # p3's number, stopped after the claim
+    reads: list[tuple[str, str]] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if client.meta.service_model.service_name == "dynamodb" and operation in {"GetItem", "BatchGetItem"}:
+            reads.append((operation, str(params.get("TableName") or ",".join(params.get("RequestItems", {})))))
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+    assert pipe.send(records) == {"batchItemFailures": []}
+    monkeypatch.undo()
+
+    tables = (pipe.settings.MESSAGES_TABLE, pipe.settings.PATIENTS_TABLE, pipe.settings.APPOINTMENTS_TABLE)
+    assert [r for r in reads if r[0] == "GetItem" and r[1] in tables] == []
+    assert sorted(name for operation, name in reads if operation == "BatchGetItem") == sorted(
+        [*tables, pipe.settings.OPS_TABLE]
+    )
+    assert [pipe.message(m).status for m in ids] == ["sent", "sent", "cancelled"]  # the stop, read ahead, holds
+    assert len(pipe.accepted()) == 2
 
 
 @pytest.mark.parametrize("name", ["\x07", "\u200b"])

@@ -191,15 +191,8 @@ def test_messages_table_has_the_sparse_due_index_and_ttl() -> None:
     assert indexes["due"]["Projection"]["ProjectionType"] == "ALL"
     assert key_schema(indexes["by_provider_message_id"]["KeySchema"]) == [("provider_message_id", "HASH")]
     assert indexes["by_provider_message_id"]["Projection"]["ProjectionType"] == "KEYS_ONLY"
-    assert key_schema(indexes["by_patient"]["KeySchema"]) == [("patient_id", "HASH"), ("scheduled_at", "RANGE")]
-    assert attributes == {
-        "message_id": "S",
-        "due_shard": "S",
-        "due_at": "S",
-        "provider_message_id": "S",
-        "patient_id": "S",
-        "scheduled_at": "S",
-    }
+    assert "by_patient" not in indexes  # a reminder's id follows from its appointment: read by key
+    assert attributes == {"message_id": "S", "due_shard": "S", "due_at": "S", "provider_message_id": "S"}
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
 
 
@@ -354,7 +347,7 @@ def test_no_wildcard_in_any_action_or_resource() -> None:
 
 def test_index_permissions_name_each_index() -> None:
     text = json.dumps([document for _, document in policy_documents()])
-    for index in ("due", "by_provider_message_id", "by_patient"):
+    for index in ("due", "by_provider_message_id"):
         assert "${MessagesTable.Arn}/index/" + index in text
     assert "${AppointmentsTable.Arn}/index/by_patient" in text
 
