@@ -60,7 +60,7 @@ def dispatch_due(settings: Settings) -> DispatchResult:
         if parse_iso(message.deadline) <= now:
             if _expire(message, now, settings):
                 result.expired += 1
-        else:
+        elif message.state is Status.PENDING:  # a dead letter waits here for its deadline; only pending is claimed
             live.append(message)
     live.sort(key=lambda m: (_urgency(m), m.due_at or ""))
     chosen = live[: result.capacity]

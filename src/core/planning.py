@@ -94,7 +94,7 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
         _count_write(result, written)
         if written and detail.sms_opt_in and detail.sms_opt_in_renewed:
             store.clear_number_stop(detail.phone)
-        result.merge(reconcile_patient(detail.patient_id, settings, now))
+        result.merge(reconcile_patient(detail.patient_id, settings, now, patient if written else None))
     elif isinstance(detail, DoseScheduled):
         appointment = AppointmentRecord(
             detail.appointment_id,
@@ -108,13 +108,15 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
             event_id=event_id,
         )
         previous = store.get_appointment(detail.appointment_id)
-        written = store.save_appointment(appointment, previous)
+        saved = store.save_appointment(appointment, previous)
+        written = saved
         if not written and previous is not None and previous.patient_id == store.UNKNOWN_PATIENT:
             # The dose was given (or the appointment cancelled) before this older schedule arrived: the schedule
             # fills in what the appointment is, the close stands.
             written = store.fill_in_closed_appointment(appointment)
         _count_write(result, written)
-        result.merge(reconcile_appointment(detail.appointment_id, settings, now, before=previous))
+        stored = appointment if saved else None  # what we wrote is what is stored; else read it again
+        result.merge(reconcile_appointment(detail.appointment_id, settings, now, before=previous, stored=stored))
     else:
         result.merge(_close_appointment(detail, event_at, event_id, settings, now))
     logger.info(
@@ -159,16 +161,20 @@ def _close_appointment(
         current.status, current.administered_on = "administered", detail.administered_on.isoformat()
     else:
         current.status = "cancelled"
-    _count_write(result, store.save_appointment(current, stored))
-    result.merge(reconcile_appointment(detail.appointment_id, settings, now))
+    saved = store.save_appointment(current, stored)
+    _count_write(result, saved)
+    result.merge(reconcile_appointment(detail.appointment_id, settings, now, stored=current if saved else None))
     return result
 
 
-def reconcile_patient(patient_id: str, settings: Settings, now: datetime) -> PlanningResult:
-    """Bring the messages of every appointment of a patient in line with the stored patient."""
+def reconcile_patient(
+    patient_id: str, settings: Settings, now: datetime, stored: PatientRecord | None = None
+) -> PlanningResult:
+    """Bring the messages of every appointment of a patient in line with the stored patient (`stored`: the patient
+    as the caller just wrote it, else read)."""
     result = PlanningResult()
     for appointment_id in store.appointment_ids_of(patient_id):
-        result.merge(reconcile_appointment(appointment_id, settings, now))
+        result.merge(reconcile_appointment(appointment_id, settings, now, patient=stored))
     return result
 
 
@@ -225,16 +231,24 @@ def _pending_values(reminder: WantedReminder, recipient: str) -> dict[str, str]:
 
 
 def reconcile_appointment(
-    appointment_id: str, settings: Settings, now: datetime, *, before: AppointmentRecord | None = None
+    appointment_id: str,
+    settings: Settings,
+    now: datetime,
+    *,
+    before: AppointmentRecord | None = None,
+    stored: AppointmentRecord | None = None,
+    patient: PatientRecord | None = None,
 ) -> PlanningResult:
     """Create, replan, revive or cancel the messages of one appointment so they match what should be sent.
 
     `before`: the appointment as stored before this event: the reminders of its patient and due date then (a move
-    to another patient, a reschedule) are looked at too, and cancelled.
+    to another patient, a reschedule) are looked at too, and cancelled. `stored` and `patient`: the appointment and
+    its patient as the caller just wrote them (each read again when not given, or not the appointment's patient).
     """
     result = PlanningResult()
-    appointment = store.get_appointment(appointment_id)
-    patient = store.get_patient(appointment.patient_id) if appointment is not None else None
+    appointment = stored if stored is not None else store.get_appointment(appointment_id)
+    if appointment is not None and (patient is None or patient.patient_id != appointment.patient_id):
+        patient = store.get_patient(appointment.patient_id)
     state = None
     if appointment is not None:  # its outcome and follow-up state first: what the cancellations below ask of it
         state = followup.note_appointment(appointment, patient, settings, now)

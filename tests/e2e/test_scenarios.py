@@ -832,9 +832,9 @@ def test_crash_baseline(crash_baseline: dict[str, Any]) -> None:
 # after a status write and one before its counters recover the same way (the handler dies after the status write),
 # so each such gap is listed once, under add_to_counters.
 CRASHES = [
-    ("transition", "before", 1),  # claiming the failing number's 7-day reminder
-    ("add_to_counters", "before", 1),  # claimed, never enqueued: the claim lease brings it back
-    ("enqueue", "after", 2),  # enqueued, the dispatcher dies before returning
+    ("transition", "before", 1),  # enqueued, not claimed: the sender claims the record that reaches it first
+    ("add_to_counters", "before", 1),  # enqueued and claimed, the dispatcher dies before its counters
+    ("enqueue", "after", 2),  # enqueued, the dispatcher dies before claiming: the sender claims it
     ("send", "before", 2),  # the request never leaves
     ("transition", "before", 2),  # the provider answered 503, the retry is not recorded
     ("add_to_counters", "before", 2),  # retry recorded (pending, attempts + 1), the record is redelivered
@@ -842,7 +842,7 @@ CRASHES = [
     ("put_dead_letter", "after", 1),  # DLQ copy written, status not
     ("add_to_counters", "before", 4),  # dead_letter written, the record is redelivered
     ("transition", "after", 5),  # between the two claims of one dispatcher run
-    ("enqueue", "before", 4),  # two claimed, neither enqueued
+    ("enqueue", "before", 4),  # neither enqueued nor claimed: pending and due for the next run
     ("send", "before", 3),  # first record of a two-record batch, before its request
     ("send", "after", 3),  # the provider accepted, "sent" not written: the idempotency record must replay
     ("add_to_counters", "before", 7),  # sent written, the record is redelivered

@@ -19,7 +19,7 @@ from core.circuit import HOLD_INTERVAL, CircuitKind
 from core.lifecycle import Status
 from core.observability import discard_metrics
 from core.planning import handle_clinic_event
-from core.store import iso, parse_iso
+from core.store import MessageRecord, iso, parse_iso
 from rappel_local.orange_simulator import Fault, OrangeSimulator
 from tests.helpers import envelope, patient
 from tests.integration.pipeline_kit import PHONE, Pipeline, bodies, emf
@@ -216,6 +216,22 @@ def test_an_entry_that_never_lands_is_not_claimed_and_goes_out_with_the_next_run
     assert pipe.send(pipe.receive())["batchItemFailures"] == []
     assert {pipe.message(m).status for m in ids} == {"sent"}
     assert len(pipe.accepted()) == 3  # one SMS each (three phones)
+
+
+def test_a_message_claimed_under_the_old_lease_is_not_enqueued_again_and_expires_at_its_deadline(
+    pipe: Pipeline,
+) -> None:
+    """The version before this one kept a claimed message in the `due` index, its due time the lease's end."""
+    message_id = _due_now(pipe)
+    MessageRecord(message_id).update(actions=[MessageRecord.status.set("queued"), MessageRecord.version.add(1)])
+
+    result = pipe.dispatch()
+
+    assert (result["enqueued"], result["claimed"], result["lost_races"]) == (0, 0, 0)
+    assert pipe.receive() == []  # its own record, on the queue since that claim, is the one that sends it
+    pipe.clock.advance_to(SEVEN_DAY_DEADLINE + timedelta(minutes=1))
+    assert pipe.dispatch()["expired"] == 1
+    assert pipe.message(message_id).status == "expired"
 
 
 def _crash_after_enqueue(monkeypatch) -> None:
