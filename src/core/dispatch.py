@@ -64,8 +64,9 @@ def dispatch_due(settings: Settings) -> DispatchResult:
             live.append(message)
     live.sort(key=lambda m: (_urgency(m), m.due_at or ""))
     chosen = live[: result.capacity]
-    # Each record names the version its claim will give the message: the sender acts on that claim alone.
-    planned = [(message, QueuedMessage(message.message_id, int(message.version) + 1)) for message in chosen]
+    # Each record names the version its claim will give the message and the claim's mark: the sender acts on that
+    # claim alone.
+    planned = [(m, QueuedMessage(m.message_id, int(m.version) + 1, iso(now))) for m in chosen]
     records = by_phone(planned) if settings.SMS_GROUP_BY_PHONE else [item for _, item in planned]
     failed = queue.enqueue(records, settings)
     unsent = {claim.message_id for record in failed for claim in queue.claims_of(record)}
@@ -154,17 +155,17 @@ def _expire(message: MessageRecord, now: datetime, settings: Settings) -> bool:
 
 def _claim(message: MessageRecord, now: datetime, settings: Settings) -> ClaimOutcome:
     """Claim a message whose record is on the queue: pending to queued, out of the `due` index."""
-    applied = store.transition(message, claim_change(now), at=now, settings=settings)
+    applied = store.transition(message, claim_change(iso(now)), at=now, settings=settings)
     return ClaimOutcome.CLAIMED if applied else ClaimOutcome.LOST
 
 
-def claim_change(now: datetime) -> Change:
-    """The claim of a due pending message: the dispatcher makes it after enqueueing the message's record, the sender
-    when that record reaches it first (`sending`)."""
+def claim_change(claimed_at: str) -> Change:
+    """The claim of a due pending message, marked `claimed_at` (its record's mark): the dispatcher makes it after
+    enqueueing the message's record, the sender when that record reaches it first (`sending`)."""
     return Change(
         target=Status.QUEUED,
         sources=frozenset({Status.PENDING}),
-        set={"queued_at": iso(now)},
+        set={"queued_at": claimed_at},
         guard=Guard.VERSION | Guard.DUE,
         reason="claimed",
     )

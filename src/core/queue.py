@@ -21,14 +21,26 @@ ENTRY_RETRIES = 3
 
 @dataclass(frozen=True)
 class QueuedMessage:
-    """What travels on the queue: which message, and which claim of it (stale claims are dropped)."""
+    """What travels on the queue: which message, and which claim of it (stale claims are dropped).
+
+    `claimed_at` is the claim's own mark (the `queued_at` it writes): two records that name one version (a
+    dispatcher that died between its enqueue and its claim, then the next run's record) are told apart by it, so
+    only the claim's own record may send. None on a dead letter's DLQ copy, which the version alone names."""
 
     message_id: str
     version: int
+    claimed_at: str | None = None
+
+    def fields(self) -> dict[str, str | int]:
+        """The body's fields."""
+        out: dict[str, str | int] = {"message_id": self.message_id, "version": self.version}
+        if self.claimed_at is not None:
+            out["claimed_at"] = self.claimed_at
+        return out
 
     def body(self) -> str:
         """The SQS message body."""
-        return json.dumps({"message_id": self.message_id, "version": self.version}, separators=(",", ":"))
+        return json.dumps(self.fields(), separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -39,17 +51,22 @@ class QueuedSms:
 
     def body(self) -> str:
         """The SQS message body."""
-        items = [{"message_id": r.message_id, "version": r.version} for r in self.reminders]
-        return json.dumps({"reminders": items}, separators=(",", ":"))
+        return json.dumps({"reminders": [r.fields() for r in self.reminders]}, separators=(",", ":"))
 
 
 class ClaimBody(BaseModel):
-    """A send queue body for one reminder: `{"message_id", "version"}` (also the DLQ's copies)."""
+    """A send queue body for one reminder: `{"message_id", "version", "claimed_at"}` (also the DLQ's copies, which
+    carry no `claimed_at`, as the records of versions before it did not)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     message_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     version: StrictInt
+    claimed_at: Annotated[str, StringConstraints(min_length=1, max_length=40)] | None = None
+
+    @property
+    def claim(self) -> QueuedMessage:
+        return QueuedMessage(self.message_id, self.version, self.claimed_at)
 
 
 class GroupedBody(BaseModel):
@@ -61,7 +78,7 @@ class GroupedBody(BaseModel):
 
     @property
     def claims(self) -> tuple[QueuedMessage, ...]:
-        return tuple(QueuedMessage(r.message_id, r.version) for r in self.reminders)
+        return tuple(r.claim for r in self.reminders)
 
 
 class SendRecord(SqsRecordModel):
@@ -73,7 +90,7 @@ class SendRecord(SqsRecordModel):
     def claims(self) -> tuple[QueuedMessage, ...]:
         """The reminders the record carries, each with the claim it was enqueued under."""
         body = self.body
-        return body.claims if isinstance(body, GroupedBody) else (QueuedMessage(body.message_id, body.version),)
+        return body.claims if isinstance(body, GroupedBody) else (body.claim,)
 
 
 def claims_of(record: QueuedMessage | QueuedSms) -> tuple[QueuedMessage, ...]:

@@ -252,7 +252,7 @@ def _this_claim(item: QueuedMessage, settings: Settings, now: datetime) -> Messa
         logger.warning("queued message unknown", extra={"message_id": item.message_id})
         return SendOutcome.UNKNOWN
     if message.state is Status.PENDING and int(message.version) == item.version - 1:
-        store.transition(message, claim_change(now), at=now, settings=settings)
+        store.transition(message, claim_change(item.claimed_at or iso(now)), at=now, settings=settings)
         message = store.get_message(item.message_id)  # claimed by us, or by the dispatcher meanwhile, or moved on
         if message is None:
             return SendOutcome.UNKNOWN
@@ -264,6 +264,10 @@ def _this_claim(item: QueuedMessage, settings: Settings, now: datetime) -> Messa
         return _take_back_dead_letter(message, now, settings)
     if message.state is not Status.QUEUED:
         return SendOutcome.STALE  # settled already, or superseded by a newer claim that has its own queue message
+    if item.claimed_at is not None and message.queued_at != item.claimed_at:
+        # Another record for the same version: a run enqueued it and then lost the claim (it died before claiming,
+        # or read a stale index), so the claim is another record's. Sending from both could send twice.
+        return SendOutcome.STALE
     return message
 
 

@@ -33,6 +33,7 @@ from pynamodb.models import Model
 
 from core.counters import PLANNED, transition_counts
 from core.lifecycle import DISPATCHABLE, TERMINAL, Status, check_transition
+from core.observability import logger
 from core.outcomes import SCHEDULED, AppointmentState, Slot, index_slot, outcome_deltas
 from core.settings import Settings
 from core.timing import ReminderType
@@ -486,9 +487,6 @@ def read_counters(day: str) -> dict[str, float]:
 
 def get_message(message_id: str) -> MessageRecord | None:
     """The message (strongly consistent), or None."""
-    ahead = _take_ahead("message", message_id)
-    if ahead is not _NOT_AHEAD:
-        return ahead  # type: ignore[no-any-return]
     try:
         return MessageRecord.get(message_id, consistent_read=True)
     except MessageRecord.DoesNotExist:
@@ -664,7 +662,6 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
     only while the message is dispatchable, and terminal statuses get the retention TTL.
     """
     sources = check_transition(change.sources, change.target)
-    _forget_ahead("message", message.message_id)
     attributes = MessageRecord.get_attributes()
     actions: list[Action] = [MessageRecord.status.set(change.target.value), MessageRecord.version.add(1)]
     for name, value in change.set.items():
@@ -783,7 +780,6 @@ def _guard_conditions(guard: Guard, message: MessageRecord, at: datetime) -> lis
 
 def update_pending(message: MessageRecord, values: Mapping[str, Any], shards: int) -> bool:
     """Change a still-pending message's schedule (replan after a zone or preferred-hour change)."""
-    _forget_ahead("message", message.message_id)
     attributes = MessageRecord.get_attributes()
     actions: list[Action] = [attributes[name].set(value) for name, value in values.items()]
     if "scheduled_at" in values:
@@ -960,37 +956,42 @@ _ahead: dict[tuple[str, str], Model | None] | None = None
 
 @contextlib.contextmanager
 def read_ahead(message_ids: Iterable[str]) -> Iterator[None]:
-    """Read what a send batch will ask for in one go: its messages, their patients and appointments, and whether
-    their numbers are stopped, one BatchGetItem per table (strongly consistent) instead of four GetItems a reminder.
+    """Read the patients and appointments a send batch will re-check, and whether their numbers are stopped, in one
+    BatchGetItem per table (strongly consistent; the messages' own batch get says which) instead of three GetItems
+    a reminder.
 
-    Inside the block, `get_patient`, `get_appointment` and `number_stopped` answer from what was read for those
-    items (the sender never writes them), and the first `get_message` of one of the messages does too, then forgets
-    it: a later read goes to the table, so a read after our own write sees the write. A write to any of them through
-    this module forgets it too (planning or a reply handled in the same process meanwhile is read back as written).
-    What was read is as fresh as the start of the batch (the sender re-checks each reminder from it before its
-    request, as it did from a read at the start of each record)."""
+    Inside the block, `get_patient`, `get_appointment` and `number_stopped` answer from what was read (the sender
+    never writes them); a write to one of them through this module forgets it (planning or a reply handled in the
+    same process meanwhile is read back as written). Each message is still read on its own right before it is
+    checked: every cancellation (a stop, a dose given, an opt-out) writes the message, so a reminder cancelled while
+    the batch runs is never sent from a batch-old read. A failed batch get leaves every read to the table."""
     global _ahead
-    ids = list(dict.fromkeys(message_ids))
-    messages = {m.message_id: m for m in MessageRecord.batch_get(ids, consistent_read=True)} if ids else {}
-    patient_ids = sorted({str(m.patient_id) for m in messages.values()})
-    appointment_ids = sorted({str(m.appointment_id) for m in messages.values()})
+    try:
+        _ahead = _read_for_send(list(dict.fromkeys(message_ids)))
+    except Exception as exc:  # a throttle here must not fail the whole batch: each record reads alone
+        logger.warning("read-ahead failed; each reminder reads its own items", extra={"error": type(exc).__name__})
+    try:
+        yield
+    finally:
+        _ahead = None
+
+
+def _read_for_send(ids: list[str]) -> dict[tuple[str, str], Model | None]:
+    messages = list(MessageRecord.batch_get(ids, consistent_read=True)) if ids else []
+    patient_ids = sorted({str(m.patient_id) for m in messages})
+    appointment_ids = sorted({str(m.appointment_id) for m in messages})
     patients = {p.patient_id: p for p in PatientRecord.batch_get(patient_ids, consistent_read=True)}
     appointments = {a.appointment_id: a for a in AppointmentRecord.batch_get(appointment_ids, consistent_read=True)}
     phones = sorted({str(p.phone) for p in patients.values()})
     stops = {r.sk: r for r in OpsRecord.batch_get([(_STOP, phone) for phone in phones], consistent_read=True)}
     found: dict[tuple[str, str], Model | None] = {}
     for kind, keys, items in (
-        ("message", ids, messages),
         ("patient", patient_ids, patients),
         ("appointment", appointment_ids, appointments),
         ("stop", phones, stops),
     ):
         found.update({(kind, key): items.get(key) for key in keys})
-    _ahead = found
-    try:
-        yield
-    finally:
-        _ahead = None
+    return found
 
 
 def _forget_ahead(kind: str, key: str) -> None:
@@ -1000,13 +1001,9 @@ def _forget_ahead(kind: str, key: str) -> None:
 
 
 def _take_ahead(kind: str, key: str) -> Any:
-    """The item read ahead (None: read ahead and absent), a message once; `_NOT_AHEAD` when there is none."""
+    """The item read ahead (None: read ahead and absent); `_NOT_AHEAD` when there is none."""
     ahead = _ahead
-    if ahead is None:
-        return _NOT_AHEAD
-    if kind == "message":
-        return ahead.pop((kind, key), _NOT_AHEAD)  # one pop: lanes on other threads never both take it
-    return ahead.get((kind, key), _NOT_AHEAD)
+    return _NOT_AHEAD if ahead is None else ahead.get((kind, key), _NOT_AHEAD)
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -74,7 +74,7 @@ def test_due_messages_are_claimed_and_enqueued_and_the_rest_is_left_alone(pipe: 
     assert sorted(b["message_id"] for b in on_queue) == sorted(due)
     for body in on_queue:
         stored = pipe.message(body["message_id"])
-        assert body == {"message_id": stored.message_id, "version": stored.version}
+        assert body == {"message_id": stored.message_id, "version": stored.version, "claimed_at": iso(SEVEN_DAY)}
         assert stored.version == before[stored.message_id].version + 1
         assert (stored.status, stored.queued_at) == ("queued", iso(SEVEN_DAY))
         assert (stored.due_at, stored.due_shard) == (None, None)  # out of the `due` index: its record is queued
@@ -254,7 +254,7 @@ def test_a_record_that_reaches_the_sender_before_its_claim_is_claimed_by_the_sen
     monkeypatch.undo()
     assert (pipe.message(message_id).status, pipe.message(message_id).version) == ("pending", before.version)
     record = pipe.receive()
-    assert bodies(record) == [{"message_id": message_id, "version": before.version + 1}]
+    assert bodies(record) == [{"message_id": message_id, "version": before.version + 1, "claimed_at": iso(SEVEN_DAY)}]
 
     assert pipe.send(record) == {"batchItemFailures": []}
 
@@ -262,6 +262,31 @@ def test_a_record_that_reaches_the_sender_before_its_claim_is_claimed_by_the_sen
     assert (sent.status, sent.due_at) == ("sent", None)
     assert [h["to"] for h in store.history_of(sent)] == ["pending", "queued", "sent"]
     assert pipe.dispatch()["claimed"] == 0 and len(pipe.accepted()) == 1
+
+
+def test_a_lone_record_and_a_grouped_record_for_one_claim_version_send_the_reminder_once(
+    pipe: Pipeline, monkeypatch
+) -> None:
+    """Found in review: run 1 enqueues A alone and dies before claiming it; run 2 groups A with C (same phone, due
+    since) under the same version of A. Each record must not be able to send A: only the claim's own record may."""
+    first = pipe.plan(1, DUE, phone=PHONE)["7_day_reminder"]
+    pipe.clock.advance_to(SEVEN_DAY)
+    _crash_after_enqueue(monkeypatch)
+    with pytest.raises(RuntimeError, match="dispatcher killed"):
+        pipe.dispatch()
+    monkeypatch.undo()
+    second = pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")["7_day_reminder"]
+    pipe.clock.advance_to(SEVEN_DAY + timedelta(minutes=1))
+    assert pipe.dispatch()["claimed"] == 2  # A (still pending) and C, in one grouped record
+    lone, grouped = sorted(pipe.receive(), key=lambda r: "reminders" in json.loads(r["Body"]))
+    assert json.loads(grouped["Body"])["reminders"][0]["version"] == json.loads(lone["Body"])["version"]
+
+    assert pipe.send([lone]) == {"batchItemFailures": []}  # stale: the claim is the grouped record's
+    assert pipe.send([grouped]) == {"batchItemFailures": []}
+
+    assert {pipe.message(first).status, pipe.message(second).status} == {"sent"}
+    (accepted,) = pipe.accepted()  # one SMS for both, and no second one for A
+    assert "Kofi" in accepted.text
 
 
 def test_a_dispatcher_crash_between_enqueue_and_claim_sends_once_when_the_next_run_enqueues_again(
@@ -727,8 +752,8 @@ def test_a_crash_right_after_a_redriven_dead_letter_is_taken_back_recovers_by_it
 
 
 def test_a_send_batch_reads_its_reminders_with_one_batch_read_per_table(pipe: Pipeline, monkeypatch) -> None:
-    """Messages, patients, appointments and stops: four BatchGetItem calls for the whole batch, not four GetItem
-    calls per reminder (issue 12: requests per delivered reminder)."""
+    """Patients, appointments and stops: one BatchGetItem per table for the whole batch (the messages' own batch get
+    names them), not three GetItem calls per reminder (issue 12: requests per delivered reminder)."""
     ids = [pipe.plan(n, DUE)["7_day_reminder"] for n in (1, 2, 3)]
     pipe.clock.advance_to(SEVEN_DAY)
     pipe.dispatch()
@@ -747,12 +772,26 @@ def test_a_send_batch_reads_its_reminders_with_one_batch_read_per_table(pipe: Pi
     monkeypatch.undo()
 
     tables = (pipe.settings.MESSAGES_TABLE, pipe.settings.PATIENTS_TABLE, pipe.settings.APPOINTMENTS_TABLE)
-    assert [r for r in reads if r[0] == "GetItem" and r[1] in tables] == []
+    # Each message is read on its own right before its checks (every cancellation writes it); the rest read ahead.
+    assert [r for r in reads if r[0] == "GetItem" and r[1] in tables] == [("GetItem", tables[0])] * 3
     assert sorted(name for operation, name in reads if operation == "BatchGetItem") == sorted(
         [*tables, pipe.settings.OPS_TABLE]
     )
     assert [pipe.message(m).status for m in ids] == ["sent", "sent", "cancelled"]  # the stop, read ahead, holds
     assert len(pipe.accepted()) == 2
+
+
+def test_a_read_ahead_that_fails_leaves_each_reminder_to_read_its_own_items(pipe: Pipeline, monkeypatch) -> None:
+    ids = [pipe.plan(n, DUE)["7_day_reminder"] for n in (1, 2)]
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.dispatch()
+
+    def throttled(ids: list[str]) -> Any:
+        raise RuntimeError("ProvisionedThroughputExceededException")
+
+    monkeypatch.setattr(store, "_read_for_send", throttled)
+    assert pipe.send(pipe.receive()) == {"batchItemFailures": []}  # not the whole batch failed for it
+    assert [pipe.message(m).status for m in ids] == ["sent", "sent"]
 
 
 @pytest.mark.parametrize("name", ["\x07", "\u200b"])
