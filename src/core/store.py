@@ -33,7 +33,6 @@ from pynamodb.models import Model
 
 from core.counters import PLANNED, transition_counts
 from core.lifecycle import DISPATCHABLE, TERMINAL, Status, check_transition
-from core.observability import logger
 from core.outcomes import SCHEDULED, AppointmentState, Slot, index_slot, outcome_deltas
 from core.settings import Settings
 from core.timing import ReminderType
@@ -969,6 +968,8 @@ def read_ahead(message_ids: Iterable[str]) -> Iterator[None]:
     try:
         _ahead = _read_for_send(list(dict.fromkeys(message_ids)))
     except Exception as exc:  # a throttle here must not fail the whole batch: each record reads alone
+        from core.observability import logger  # here, not at the top: observability imports this module
+
         logger.warning("read-ahead failed; each reminder reads its own items", extra={"error": type(exc).__name__})
     try:
         yield
