@@ -32,7 +32,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from core import notify, outcomes, store
-from core.lifecycle import Status
+from core.lifecycle import OUTSTANDING, Status
 from core.metric_names import MetricName
 from core.observability import count, logger
 from core.outcomes import ADMINISTERED, OPEN, Appointment, AppointmentState
@@ -154,9 +154,6 @@ class Verdict:
     until: str | None = None
     reminder_type: str | None = None
     reasons: tuple[str, ...] = field(default=())
-
-
-OUTSTANDING: Final[frozenset[str]] = frozenset({Status.PENDING, Status.QUEUED, Status.DEAD_LETTER})
 
 
 def judge(messages: Iterable[MessageRecord], no_reminder: str | None, overdue: str, now: str) -> Verdict:

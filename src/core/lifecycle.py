@@ -52,6 +52,8 @@ ALLOWED: dict[Status, frozenset[Status]] = {
 SETTLED: frozenset[Status] = frozenset({Status.SENT, Status.DELIVERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 # Statuses that end a message's life: they get a retention TTL (a revived cancellation loses it again).
 TERMINAL: frozenset[Status] = frozenset({Status.DELIVERED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
+# Statuses of a reminder that may still go out: planning cancels these when it is no longer wanted.
+OUTSTANDING: frozenset[Status] = frozenset({Status.PENDING, Status.QUEUED, Status.DEAD_LETTER})
 # Statuses in which a message waits in the `due` index for the dispatcher (a claimed one is on the send queue).
 DISPATCHABLE: frozenset[Status] = frozenset({Status.PENDING})
 

@@ -23,15 +23,13 @@ from core.events import (
     PatientUpserted,
     parse_event,
 )
-from core.lifecycle import Status
+from core.lifecycle import OUTSTANDING, Status
 from core.metric_names import MetricName
 from core.observability import count, logger
 from core.settings import Settings
 from core.store import AppointmentRecord, Change, Guard, MessageRecord, PatientRecord, iso
 from core.timing import plan_reminders
 from core.wanted import why_not_wanted
-
-OUTSTANDING = frozenset({Status.PENDING, Status.QUEUED, Status.DEAD_LETTER})
 
 
 @dataclass
