@@ -1,7 +1,7 @@
 """Shorter roads through moto's slowest paths, for the embedded stack's speed; every answer stays the same.
 
 moto is a faithful model of AWS's APIs but not a fast one: each DynamoDB Query sorts and walks the whole
-table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces twelve of its
+table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces fifteen of its
 internals with equivalents that return the same results in the same order (tests/unit/test_moto_shortcuts.py
 runs each against the original). Nothing Rappel or AWS would see changes; Rappel's code is untouched.
 """
@@ -16,12 +16,15 @@ import inspect
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import moto.core.responses as core_responses
+import moto.dynamodb.comparisons as moto_comparisons
 import moto.dynamodb.parsing.ast_nodes as moto_ast_nodes
 import moto.dynamodb.parsing.expressions as update_expressions
+import moto.dynamodb.parsing.validators as moto_validators
 import moto.sqs.models as sqs_models
 from moto.core.serialize import BaseJSONSerializer
 from moto.core.utils import unix_time
@@ -29,6 +32,8 @@ from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
 
 ast_nodes: Any = moto_ast_nodes  # mypy does not see the node classes in moto's module
+validators: Any = moto_validators
+comparisons: Any = moto_comparisons
 
 # DynamoDB types whose Python value is the stored value itself (moto tests five other types first).
 _VALUE_AS_IS = frozenset({"S", "B", "BOOL"})
@@ -200,40 +205,221 @@ def _query_with_key_filter(original: Any) -> Any:
     return query
 
 
-def _traverse_with_types_once(_: Any) -> Any:
+class _NodeClasses(dict[type, bool]):
+    """Whether a class is one of moto's expression nodes, by class (Node is an ABC: each isinstance goes through
+    its hooks)."""
+
+    def __missing__(self, kind: type) -> bool:
+        found = self[kind] = issubclass(kind, ast_nodes.Node)
+        return found
+
+
+_NODE_CLASSES = _NodeClasses()
+_UNSEEN = object()
+
+
+# Per traverser class: its handlers by node class, and its child hook (None when it keeps moto's no-op one).
+_TRAVERSALS: dict[type, tuple[dict[type, Any], Any]] = {}
+
+
+def _traversal_of(traverser: Any) -> tuple[dict[type, Any], Any] | None:
+    """A traverser class's (handlers by node class, child hook or None). The handler of a node class is the first
+    function of the class's processing map that takes it, as DepthFirstTraverser.process picks it (or the
+    traverser's own `process`, if it has one), None when it handles no such node. Every moto processor's map is a
+    literal of node classes to its own methods, the same for each instance; a map of anything else is not
+    remembered (None: moto's own traversal then runs)."""
+    cls = type(traverser)
+    found = _TRAVERSALS.get(cls)
+    if found is not None:
+        return found
+    methods = tuple(traverser._processing_map().items())
+    functions = tuple(
+        (node_class, getattr(method, "__func__", None))
+        for node_class, method in methods
+        if getattr(method, "__self__", None) is traverser
+    )
+    base = ast_nodes.DepthFirstTraverser
+    hook = None if cls.pre_processing_of_child is base.pre_processing_of_child else cls.pre_processing_of_child
+    if len(functions) != len(methods) or cls.process is not base.process:
+        return None
+    handlers: dict[type, Any] = _Handlers(functions)
+    found = _TRAVERSALS[cls] = (handlers, hook)
+    return found
+
+
+class _Handlers(dict[type, Any]):
+    def __init__(self, functions: tuple[tuple[type, Any], ...]) -> None:
+        super().__init__()
+        self._functions = functions
+
+    def __missing__(self, kind: type) -> Any:
+        found = self[kind] = next((f for node_class, f in self._functions if issubclass(kind, node_class)), None)
+        return found
+
+
+def _traverse_with_types_once(original: Any) -> Any:
     def traverse_node_recursively(self: Any, node: Any, child_id: int = -1) -> Any:
-        # moto's DepthFirstTraverser.traverse_node_recursively, asking the processor for the node types it handles
-        # once per processor instead of once per node (each builds them from a fresh map of class -> method, whose
-        # classes are fixed: every processor's map is a literal of node classes)
-        types = self.__dict__.get("_shortcut_node_types")
-        if types is None:
-            types = self.__dict__["_shortcut_node_types"] = self.nodes_to_be_processed()
-        if isinstance(node, ast_nodes.Node):
+        # moto's DepthFirstTraverser.traverse_node_recursively, deciding whether a node is one and which method
+        # processes it once per class (of node and of traverser) instead of at every node: moto rebuilds the
+        # traverser's map of node classes for every node it asks about. Children that are not nodes are skipped
+        # (moto's visit returns them untouched), and moto's no-op child hook is not called.
+        traversal = _traversal_of(self)
+        if traversal is None:
+            return original(self, node, child_id)
+        handlers, hook = traversal
+        node_classes = _NODE_CLASSES
+
+        def visit(node: Any, child_id: int) -> Any:
+            kind = type(node)
             parent_node = node.parent
-            if node.children is not None:
-                for i, child_node in enumerate(node.children):
-                    self.pre_processing_of_child(node, i)
-                    self.traverse_node_recursively(child_node, i)
-            if isinstance(node, types):
-                node = self.process(node)
+            children = node.children
+            if children is not None:
+                for i, child_node in enumerate(children):
+                    if hook is not None:
+                        hook(self, node, i)
+                    if node_classes[type(child_node)]:
+                        visit(child_node, i)
+            handler = handlers[kind]
+            if handler is not None:
+                node = handler(self, node)
                 node.parent = parent_node
                 if parent_node:
                     parent_node.children[child_id] = node
-        return node
+            return node
+
+        return visit(node, child_id) if node_classes[type(node)] else node
 
     return traverse_node_recursively
 
 
+# The checks of an UpdateExpression that read nothing but the expression, its attribute names and the table's keys.
+_EXPRESSION_ONLY_CHECKS = ("ActionCountValidator", "OverlappingPathsValidator", "UpdateHashRangeKeyValidator")
+
+
+def _remember_the_expression(original: Any) -> Any:
+    def __init__(self: Any, expression: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, expression, *args, **kwargs)
+        self.__dict__["_shortcut_expression"] = expression  # the parsed tree (remembered by the parser: see make)
+
+    return __init__
+
+
+def _expression_checks_once(_: Any) -> Any:
+    passed: dict[Any, None] = {}
+    pure = tuple(getattr(validators, name) for name in _EXPRESSION_ONLY_CHECKS)
+
+    def validate(self: Any) -> Any:
+        # moto's Validator.validate. Its first checks (one SET/REMOVE/ADD clause each, no overlapping paths, no key
+        # updated) read only the expression tree, its attribute names and the table's key names, and change nothing:
+        # once they passed for those, they pass again, so they are skipped. The others read the item and the values.
+        processors = list(self.processors)
+        expression = self.__dict__.get("_shortcut_expression")
+        try:
+            key: Any = (
+                type(self),
+                expression,
+                tuple(sorted((self.expression_attribute_names or {}).items())),
+                tuple(self.table.table_key_attrs),
+            )
+            hash(key)
+        except (AttributeError, TypeError):
+            key = None
+        if expression is None:
+            key = None
+        leading = 0
+        while leading < len(processors) and type(processors[leading]) in pure:
+            leading += 1
+        known = key is not None and key in passed
+        n = self.node_to_validate
+        for processor in processors[leading if known else 0 : leading]:
+            n = processor.traverse(n)
+        if key is not None and not known:
+            if len(passed) >= 4096:
+                passed.clear()
+            passed[key] = None
+        for processor in processors[leading:]:
+            n = processor.traverse(n)
+        return n
+
+    return validate
+
+
+def _lexed_once(original: Any) -> Any:
+    parser_class = comparisons.ConditionExpressionParser
+
+    @functools.lru_cache(maxsize=4096)
+    def lexed(expression: str) -> tuple[Any, ...]:
+        return tuple(original(parser_class(expression, None, None)))
+
+    def _lex_condition_expression(self: Any) -> Any:
+        # moto lexes each condition expression (twice per request) with regular expressions it compiles for every
+        # token; the tokens depend on the text alone. Each call gets new tokens (each with its own empty children).
+        expression = self.condition_expression
+        if type(self) is not parser_class or not isinstance(expression, str):
+            return original(self)
+        node = self.Node
+        return deque(node(t.nonterminal, t.kind, t.text, t.value, []) for t in lexed(expression))
+
+    return _lex_condition_expression
+
+
+# What copy.deepcopy returns as it is (its atomic types that a node holds).
+_ATOMIC = frozenset({type(None), bool, int, float, str, bytes})
+
+
 def _node_copy(self: Any, memo: dict[int, Any]) -> Any:
     """copy.deepcopy of an expression tree's node, as the generic path makes it (a new instance of the class whose
-    attributes are deep copies), without the pickle protocol's detour (moto copies the tree for every update)."""
+    attributes are deep copies), without the pickle protocol's detour (moto copies the tree for every update): a
+    string is kept, a list copied here (once, through the memo, as deepcopy would), anything else deep-copied."""
     cls = self.__class__
     copied = cls.__new__(cls)
     memo[id(self)] = copied
     state = self.__dict__
     if state:
-        copied.__dict__.update(copy.deepcopy(state, memo))
+        fresh = {}
+        for key, value in state.items():
+            kind = type(value)
+            if kind in _ATOMIC:
+                fresh[key] = value
+            elif kind is list:
+                fresh[key] = _list_copy(value, memo)
+            else:
+                found = memo.get(id(value), _UNSEEN)
+                fresh[key] = copy.deepcopy(value, memo) if found is _UNSEEN else found
+        copied.__dict__.update(fresh)
     return copied
+
+
+def _list_copy(items: list[Any], memo: dict[int, Any]) -> list[Any]:
+    found = memo.get(id(items), _UNSEEN)
+    if found is not _UNSEEN:
+        return found  # type: ignore[no-any-return]
+    out: list[Any] = []
+    memo[id(items)] = out
+    for item in items:
+        kind = type(item)
+        if kind in _ATOMIC:
+            out.append(item)
+            continue
+        seen = memo.get(id(item), _UNSEEN)
+        if seen is not _UNSEEN:
+            out.append(seen)
+        elif _COPIED_HERE[kind]:  # what deepcopy would call for it
+            out.append(_node_copy(item, memo))
+        else:
+            out.append(copy.deepcopy(item, memo))
+    return out
+
+
+class _CopiedHere(dict[type, bool]):
+    """Whether a class's deep copy is `_node_copy`, by class."""
+
+    def __missing__(self, kind: type) -> bool:
+        found = self[kind] = getattr(kind, "__deepcopy__", None) is _node_copy
+        return found
+
+
+_COPIED_HERE = _CopiedHere()
 
 
 @contextlib.contextmanager
@@ -252,7 +438,11 @@ def moto_shortcuts() -> Iterator[None]:
     - An UpdateExpression is parsed once, not twice per call.
     - Every request lists the method names of its service's response class; a class's names are listed once.
     - An UpdateExpression's tree is copied for each update without the pickle protocol's detour, and each of the
-      ten passes over the copy asks for the node types it handles once, not at every node.
+      ten passes over the copy finds which of its methods handles a node class once per class, not at every node.
+    - The three checks of an UpdateExpression that read only the expression, its attribute names and the table's
+      keys are skipped when they passed before for the same (they change nothing, and would pass again).
+    - A ConditionExpression's tokens are remembered by its text (moto lexes it twice per request, compiling its
+      regular expressions for every token).
 
     A block opened inside another changes nothing more (wrapping the shortcuts twice would only slow them).
     """
@@ -288,6 +478,9 @@ def moto_shortcuts() -> Iterator[None]:
         (Table, "sorted_items", _sorted_by_values),
         (core_responses, "method_names_from_class", functools.lru_cache(maxsize=None)),
         (ast_nodes.DepthFirstTraverser, "traverse_node_recursively", _traverse_with_types_once),
+        (validators.Validator, "__init__", _remember_the_expression),
+        (validators.Validator, "validate", _expression_checks_once),
+        (comparisons.ConditionExpressionParser, "_lex_condition_expression", _lexed_once),
     ]
     originals = [vars(owner)[name] for owner, name, _ in replacements]
     for (owner, name, faster), original in zip(replacements, originals, strict=True):
