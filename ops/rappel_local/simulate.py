@@ -73,6 +73,14 @@ class _Requeue:
 
 
 @dataclass
+class _Sender:
+    """One concurrent send_sms instance: its own pace, and when its current batch ends."""
+
+    pacer: Pacer
+    free_at: datetime
+
+
+@dataclass
 class Simulation:
     """One run of a scenario. `run()` returns the result; the hooks let tests inject crashes."""
 
@@ -190,7 +198,7 @@ class Simulation:
         interval = timedelta(minutes=settings.SMS_PROCESSING_INTERVAL_MINUTES)
         events = sorted(self.scenario.events, key=lambda e: e.at)
         requeue: list[_Requeue] = []
-        pacers = [Pacer() for _ in range(settings.SMS_SENDER_MAX_CONCURRENCY)]
+        senders = [_Sender(Pacer(), self.scenario.start) for _ in range(settings.SMS_SENDER_MAX_CONCURRENCY)]
         start, until = self.scenario.start, self.scenario.until
         not_before = start  # no dispatcher run before this (one interval after the last)
         tick: datetime | None = None  # the next dispatcher run that can find work, once the index is read
@@ -217,7 +225,7 @@ class Simulation:
             stopped = False
             # The senders' event source polls all the time: records put back or redriven are taken at once.
             if dispatching or _send_queue_has_records(settings):
-                stopped = self._drain(settings, sqs, virtual, pacers, requeue, stack, stop_at=next_tick)
+                stopped = self._drain(settings, sqs, virtual, senders, requeue, stack, stop_at=next_tick)
                 stale = True
             if dispatching:
                 not_before = max(_ceil(virtual.now(), interval, start), now + interval)
@@ -293,40 +301,44 @@ class Simulation:
         settings: Settings,
         sqs: Any,
         virtual: VirtualClock,
-        pacers: list[Pacer],
+        senders: list[_Sender],
         requeue: list[_Requeue],
         stack: Any,
         stop_at: datetime | None = None,
     ) -> bool:
-        """Run sender instances side by side in virtual time until the queue is empty, or until `stop_at` (the next
-        dispatcher tick) has come; True when it stopped for the tick."""
-        visibility = self._visibility
-        while True:
-            if stop_at is not None and virtual.now() >= stop_at:
+        """Run the sender instances in virtual time until the queue is empty, or until `stop_at` (the next dispatcher
+        tick) has come; True when it stopped for the tick, with the clock at the tick.
+
+        Each instance takes its next batch when its last one ends, as the event source's pollers do, and one that
+        finds the queue empty waits for the next drain. Batches run whole, one after another in the order of their
+        start instants, each from its own instant (the clock goes back for the next one), so a tick that falls
+        while one instance is busy runs on time, and the other instances take what it enqueues."""
+        start = virtual.now()
+        for sender in senders:
+            sender.free_at = max(sender.free_at, start)
+        waiting = list(senders)
+        while waiting:
+            sender = min(waiting, key=lambda s: s.free_at)
+            if stop_at is not None and sender.free_at >= stop_at:
+                virtual.set(max(stop_at, start))
                 return True
-            batches: list[list[dict[str, Any]]] = []
-            for _ in pacers:  # one batch per concurrent sender, as long as the queue has records
-                batch = _receive(sqs, settings)
-                if batch:
-                    batches.append(batch)
-                if len(batch) < settings.SMS_BATCH_SIZE:
-                    break
-            if not batches:
-                return False
-            t0 = virtual.now()
-            ends = []
-            for pacer, batch in zip(pacers, batches, strict=False):
-                virtual.set(t0)
-                sending.select_pacer(pacer)
-                failed = self._send_batch(batch, stack.send_queue_arn)
-                for message in batch:
-                    if message["MessageId"] in failed:
-                        requeue.append(_Requeue(t0 + visibility, message["ReceiptHandle"]))
-                    else:
-                        sqs.delete_message(QueueUrl=settings.SEND_QUEUE_URL, ReceiptHandle=message["ReceiptHandle"])
-                ends.append(virtual.now())
-            virtual.set(max(ends))
+            t0 = sender.free_at
+            virtual.set(t0)
+            batch = _receive(sqs, settings)
+            if not batch:
+                waiting.remove(sender)
+                continue
+            sending.select_pacer(sender.pacer)
+            failed = self._send_batch(batch, stack.send_queue_arn)
             sending.select_pacer(None)
+            done = [m for m in batch if m["MessageId"] not in failed]
+            requeue += [_Requeue(t0 + self._visibility, m["ReceiptHandle"]) for m in batch if m not in done]
+            for first in range(0, len(done), 10):  # as the event source mapping deletes them: in tens
+                entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[first:][:10])]
+                sqs.delete_message_batch(QueueUrl=settings.SEND_QUEUE_URL, Entries=entries)
+            sender.free_at = virtual.now()
+        virtual.set(max([start, *(s.free_at for s in senders)]))
+        return False
 
     def _send_batch(self, batch: list[dict[str, Any]], queue_arn: str) -> set[str]:
         try:
