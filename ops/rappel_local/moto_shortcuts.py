@@ -1,7 +1,7 @@
 """Shorter roads through moto's slowest paths, for the embedded stack's speed; every answer stays the same.
 
 moto is a faithful model of AWS's APIs but not a fast one: each DynamoDB Query sorts and walks the whole
-table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces fifteen of its
+table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces seventeen of its
 internals with equivalents that return the same results in the same order (tests/unit/test_moto_shortcuts.py
 runs each against the original). Nothing Rappel or AWS would see changes; Rappel's code is untouched.
 """
@@ -28,8 +28,10 @@ import moto.dynamodb.parsing.validators as moto_validators
 import moto.sqs.models as sqs_models
 from moto.core.serialize import BaseJSONSerializer
 from moto.core.utils import unix_time
-from moto.dynamodb.models.dynamo_type import DynamoType, Item
+from moto.dynamodb.exceptions import ItemSizeTooLarge
+from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.table import Table
+from moto.dynamodb.models.utilities import bytesize
 
 ast_nodes: Any = moto_ast_nodes  # mypy does not see the node classes in moto's module
 validators: Any = moto_validators
@@ -68,13 +70,40 @@ def _fast_cast_value(slow: Any) -> property:
 
 def _fast_size(slow: Any) -> Any:
     def size(self: DynamoType) -> int:
-        if self.type == "S":
+        kind = self.type
+        if kind == "S":
             return len(self.value.encode("utf-8")) if isinstance(self.value, str) else len(self.value)
-        if self.type == "N":
+        if kind == "N":
             return len(str(self.value))
+        if kind == "L":  # moto's sum of the members' sizes, with a string member's inline
+            total = 0
+            for member in self.value:
+                scalar = member.value
+                total += len(scalar.encode("utf-8")) if member.type == "S" and type(scalar) is str else member.size()
+            return total
         return int(slow(self))
 
     return size
+
+
+def _size_checked_inline(_: Any) -> Any:
+    def __setitem__(self: Any, key: str, value: Any) -> None:
+        # moto's LimitedSizeDict.__setitem__ (an item's attributes): the same sum of every name's and value's size
+        # before each attribute is set, without building the lists of names and values and their sizes first
+        current = 0
+        for name, held in dict.items(self):
+            current += len(name.encode("utf-8")) if type(name) is str else _bytes_of(name)
+            current += _bytes_of(held)
+        new = bytesize(key) + _bytes_of(value)
+        if current + new > 405000:
+            raise ItemSizeTooLarge
+        dict.__setitem__(self, key, value)
+
+    return __setitem__
+
+
+def _bytes_of(value: Any) -> int:
+    return int(value.size()) if type(value) is DynamoType else bytesize(str(value))
 
 
 def _item_size(_: Any) -> Any:
@@ -174,11 +203,41 @@ def _attribute_value_as_is(original: Any) -> Any:
     return serialize_structure
 
 
+# The trees `_remembered_parse` handed out, by id, each with the clauses found in it by clause types (moto asks each
+# request's tree for its attribute names and values twice).
+_PARSED: dict[int, tuple[Any, dict[tuple[type, ...], list[Any]]]] = {}
+
+
 def _remembered_parse(slow: Any) -> Any:
     # moto parses each UpdateExpression twice per call and only ever reads the tree (its validator works on a
     # deep copy), so one tree per distinct expression serves every call.
-    parse: Any = functools.lru_cache(maxsize=4096)(slow.__func__)
-    return classmethod(parse)
+    def make(cls: Any, expression: Any) -> Any:
+        tree = slow.__func__(cls, expression)
+        if len(_PARSED) >= 8192:
+            _PARSED.clear()
+        _PARSED[id(tree)] = (tree, {})
+        return tree
+
+    remembered: Any = functools.lru_cache(maxsize=4096)(make)
+    return classmethod(remembered)
+
+
+def _clauses_found_once(original: Any) -> Any:
+    def find_clauses(self: Any, clause_types: Any) -> list[Any]:
+        # moto's Node.find_clauses; on a remembered tree (which nothing changes), each search is made once
+        entry = _PARSED.get(id(self))
+        if entry is None or entry[0] is not self:
+            return original(self, clause_types)  # type: ignore[no-any-return]
+        try:
+            key = tuple(clause_types)
+            found = entry[1].get(key)
+        except TypeError:
+            return original(self, clause_types)  # type: ignore[no-any-return]
+        if found is None:
+            found = entry[1][key] = original(self, clause_types)
+        return list(found)
+
+    return find_clauses
 
 
 def _query_with_key_filter(original: Any) -> Any:
@@ -443,6 +502,9 @@ def moto_shortcuts() -> Iterator[None]:
       keys are skipped when they passed before for the same (they change nothing, and would pass again).
     - A ConditionExpression's tokens are remembered by its text (moto lexes it twice per request, compiling its
       regular expressions for every token).
+    - The clauses moto looks for in a remembered UpdateExpression tree are found once per tree and clause types.
+    - An item's size check before each attribute is set adds the sizes up inline; a list's size adds its string
+      members inline.
 
     A block opened inside another changes nothing more (wrapping the shortcuts twice would only slow them).
     """
@@ -481,6 +543,8 @@ def moto_shortcuts() -> Iterator[None]:
         (validators.Validator, "__init__", _remember_the_expression),
         (validators.Validator, "validate", _expression_checks_once),
         (comparisons.ConditionExpressionParser, "_lex_condition_expression", _lexed_once),
+        (ast_nodes.Node, "find_clauses", _clauses_found_once),
+        (LimitedSizeDict, "__setitem__", _size_checked_inline),
     ]
     originals = [vars(owner)[name] for owner, name, _ in replacements]
     for (owner, name, faster), original in zip(replacements, originals, strict=True):

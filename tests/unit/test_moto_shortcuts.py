@@ -18,7 +18,7 @@ import moto.sqs.models as sqs_models
 import pytest
 from moto import mock_aws
 from moto.core.serialize import BaseJSONSerializer
-from moto.dynamodb.models.dynamo_type import DynamoType, Item
+from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.table import Table
 
 from rappel_local.moto_shortcuts import moto_shortcuts
@@ -340,6 +340,8 @@ REPLACED = [
     (validators.Validator, "__init__"),
     (validators.Validator, "validate"),
     (comparisons.ConditionExpressionParser, "_lex_condition_expression"),
+    (ast_nodes.Node, "find_clauses"),
+    (LimitedSizeDict, "__setitem__"),
 ]
 
 
@@ -537,3 +539,23 @@ def test_queries_by_number_and_binary_keys_and_on_a_table_without_range_key_are_
         assert shortened[name] == plain[name], name
     assert plain["id"]["Items"] and plain["group"]["Items"] and plain["tag"]["Items"], "queries that find something"
     assert plain["id written otherwise"] == plain["id"], "a number key is found by its value"
+
+
+def test_an_item_too_large_is_refused_alike() -> None:
+    def attempt() -> list[str]:
+        outcomes = []
+        for size in (1000, 400_000, 410_000):
+            attrs = LimitedSizeDict()
+            try:
+                attrs["a"] = DynamoType({"S": "x" * 1000})
+                attrs["b"] = DynamoType({"L": [{"S": "é" * (size // 2)}, {"N": "12"}]})
+                attrs["c"] = "plain"
+                outcomes.append("kept")
+            except Exception as exc:  # the exception itself is what is compared
+                outcomes.append(type(exc).__name__)
+        return outcomes
+
+    plain = attempt()
+    assert plain == ["kept", "kept", "ItemSizeTooLarge"]
+    with moto_shortcuts():
+        assert attempt() == plain
