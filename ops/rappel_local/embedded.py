@@ -19,6 +19,32 @@ from core.settings import reset_settings
 from rappel_local import console
 
 
+@contextlib.contextmanager
+def shared_service_models() -> Iterator[None]:
+    """Within the block, every botocore session reads its service models through one loader per search path.
+
+    Each pynamodb model opens its own botocore session, and each new session parses DynamoDB's service model and
+    the endpoint rules from disk again (tens of milliseconds each), so every `reset_core_caches` costs a Lambda cold
+    start's worth of parsing. The parsed models are read-only data that botocore already shares between the
+    clients of one session; sharing them between sessions changes no request and no answer."""
+    import botocore.session
+
+    original = botocore.session.create_loader
+    loaders: dict[str | None, Any] = {}
+
+    def create_loader(search_path_string: str | None = None) -> Any:
+        loader = loaders.get(search_path_string)
+        if loader is None:
+            loader = loaders[search_path_string] = original(search_path_string)
+        return loader
+
+    botocore.session.create_loader = create_loader
+    try:
+        yield
+    finally:
+        botocore.session.create_loader = original
+
+
 def reset_core_caches() -> None:
     """Forget every cached client, binding and setting, so core code talks to the stack now in place."""
     store.unbind()
