@@ -72,6 +72,30 @@ def handle_clinic_event(envelope: object, settings: Settings) -> PlanningResult:
 
 def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningResult:
     """Apply one validated event."""
+    detail = event.detail
+    # The appointment, its outcome state and its patient in one read, where the event names them.
+    appointment_ids = [] if isinstance(detail, PatientUpserted) else [detail.appointment_id]
+    patient_ids = [detail.patient_id] if isinstance(detail, DoseScheduled) else []
+    with store.read_ahead(appointment_ids=appointment_ids, patient_ids=patient_ids):
+        result = _apply(event, settings, now)
+    logger.info(
+        "clinic event applied",
+        extra={
+            "detail_type": event.detail_type.value,
+            "event_id": event.event_id,
+            "patient_id": getattr(detail, "patient_id", None),
+            "appointment_id": getattr(detail, "appointment_id", None),
+            "messages_created": result.created,
+            "cancelled": result.cancelled,
+            "replanned": result.replanned,
+            "revived": result.revived,
+            "ignored": result.ignored,
+        },
+    )
+    return result
+
+
+def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningResult:
     result = PlanningResult()
     event_at, event_id = iso(event.event_at), event.event_id
     detail = event.detail
@@ -117,20 +141,6 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
         result.merge(reconcile_appointment(detail.appointment_id, settings, now, before=previous, stored=stored))
     else:
         result.merge(_close_appointment(detail, event_at, event_id, settings, now))
-    logger.info(
-        "clinic event applied",
-        extra={
-            "detail_type": event.detail_type.value,
-            "event_id": event_id,
-            "patient_id": getattr(detail, "patient_id", None),
-            "appointment_id": getattr(detail, "appointment_id", None),
-            "messages_created": result.created,
-            "cancelled": result.cancelled,
-            "replanned": result.replanned,
-            "revived": result.revived,
-            "ignored": result.ignored,
-        },
-    )
     return result
 
 
@@ -171,8 +181,10 @@ def reconcile_patient(
     """Bring the messages of every appointment of a patient in line with the stored patient (`stored`: the patient
     as the caller just wrote it, else read)."""
     result = PlanningResult()
-    for appointment_id in store.appointment_ids_of(patient_id):
-        result.merge(reconcile_appointment(appointment_id, settings, now, patient=stored))
+    appointment_ids = store.appointment_ids_of(patient_id)
+    with store.read_ahead(appointment_ids=appointment_ids, patient_ids=[] if stored is not None else [patient_id]):
+        for appointment_id in appointment_ids:
+            result.merge(reconcile_appointment(appointment_id, settings, now, patient=stored))
     return result
 
 

@@ -954,45 +954,108 @@ _ahead: dict[tuple[str, str], Model | None] | None = None
 
 
 @contextlib.contextmanager
-def read_ahead(message_ids: Iterable[str]) -> Iterator[None]:
-    """Read the patients and appointments a send batch will re-check, and whether their numbers are stopped, in one
-    BatchGetItem per table (strongly consistent; the messages' own batch get says which) instead of three GetItems
-    a reminder.
+def read_ahead(
+    message_ids: Iterable[str] = (), *, appointment_ids: Iterable[str] = (), patient_ids: Iterable[str] = ()
+) -> Iterator[None]:
+    """Read ahead, in a few BatchGetItems (strongly consistent), the items a piece of work will ask for one by one.
 
-    Inside the block, `get_patient`, `get_appointment` and `number_stopped` answer from what was read (the sender
-    never writes them); a write to one of them through this module forgets it (planning or a reply handled in the
-    same process meanwhile is read back as written). Each message is still read on its own right before it is
-    checked: every cancellation (a stop, a dose given, an opt-out) writes the message, so a reminder cancelled while
-    the batch runs is never sent from a batch-old read. A failed batch get leaves every read to the table."""
+    - `message_ids`: a send batch's reminders. Their patients and appointments are read together, then whether
+      their numbers are stopped: two BatchGetItems after the messages' own, instead of three GetItems a reminder.
+      Each message is still read on its own right before it is checked: every cancellation (a stop, a dose given,
+      an opt-out) writes the message, so a reminder cancelled while the batch runs is never sent from a batch-old
+      read.
+    - `appointment_ids` and `patient_ids`: a clinic event's appointments, with their outcome states, and patients,
+      in one BatchGetItem instead of a GetItem each.
+
+    Inside the block, `get_patient`, `get_appointment`, `get_appointment_state` and `number_stopped` answer from
+    what was read; a write to one of them through this module forgets it, and is read back as written (a
+    conditional write that failed forgets it too: the retry reads it again). Blocks may nest: an inner block adds
+    to what the outer one read. A failed read-ahead leaves every read to the table."""
     global _ahead
+    outer = _ahead
+    ahead: dict[tuple[str, str], Model | None] = outer if outer is not None else {}
     try:
-        _ahead = _read_for_send(list(dict.fromkeys(message_ids)))
-    except Exception as exc:  # a throttle here must not fail the whole batch: each record reads alone
+        ahead.update(_read_for_send(list(dict.fromkeys(message_ids))))
+        ahead.update(_read_for_planning(list(dict.fromkeys(appointment_ids)), list(dict.fromkeys(patient_ids))))
+    except Exception as exc:  # a throttle here must not fail the work: each item is read alone
         from core.observability import logger  # here, not at the top: observability imports this module
 
-        logger.warning("read-ahead failed; each reminder reads its own items", extra={"error": type(exc).__name__})
+        logger.warning("read-ahead failed; each item is read alone", extra={"error": type(exc).__name__})
+    _ahead = ahead
     try:
         yield
     finally:
-        _ahead = None
+        _ahead = outer
 
 
 def _read_for_send(ids: list[str]) -> dict[tuple[str, str], Model | None]:
-    messages = list(MessageRecord.batch_get(ids, consistent_read=True)) if ids else []
+    if not ids:
+        return {}
+    messages = list(MessageRecord.batch_get(ids, consistent_read=True))
     patient_ids = sorted({str(m.patient_id) for m in messages})
-    appointment_ids = sorted({str(m.appointment_id) for m in messages})
-    patients = {p.patient_id: p for p in PatientRecord.batch_get(patient_ids, consistent_read=True)}
-    appointments = {a.appointment_id: a for a in AppointmentRecord.batch_get(appointment_ids, consistent_read=True)}
-    phones = sorted({str(p.phone) for p in patients.values()})
-    stops = {r.sk: r for r in OpsRecord.batch_get([(_STOP, phone) for phone in phones], consistent_read=True)}
-    found: dict[tuple[str, str], Model | None] = {}
-    for kind, keys, items in (
-        ("patient", patient_ids, patients),
-        ("appointment", appointment_ids, appointments),
-        ("stop", phones, stops),
-    ):
-        found.update({(kind, key): items.get(key) for key in keys})
+    found = _read_for_planning(sorted({str(m.appointment_id) for m in messages}), patient_ids, states=False)
+    phones = sorted({str(p.phone) for p in found.values() if isinstance(p, PatientRecord)})
+    stops = _batch_read({OpsRecord: [(_STOP, phone) for phone in phones]})
+    found.update({("stop", phone): stops.get((OpsRecord, (_STOP, phone))) for phone in phones})
     return found
+
+
+def _read_for_planning(
+    appointment_ids: list[str], patient_ids: list[str], *, states: bool = True
+) -> dict[tuple[str, str], Model | None]:
+    wanted: dict[type[Model], list[Any]] = {AppointmentRecord: appointment_ids, PatientRecord: patient_ids}
+    if states:
+        wanted[AppointmentStateRecord] = [(f"{_STATE_PK}{a}", _STATE_SK) for a in appointment_ids]
+    items = _batch_read(wanted)
+    found: dict[tuple[str, str], Model | None] = {}
+    found.update({("appointment", a): items.get((AppointmentRecord, a)) for a in appointment_ids})
+    found.update({("patient", p): items.get((PatientRecord, p)) for p in patient_ids})
+    if states:
+        found.update(
+            {("state", a): items.get((AppointmentStateRecord, (f"{_STATE_PK}{a}", _STATE_SK))) for a in appointment_ids}
+        )
+    return found
+
+
+def _batch_read(wanted: Mapping[type[Model], Iterable[Any]]) -> dict[tuple[type[Model], Any], Model]:
+    """Items of several tables by key (a hash key, or a (hash, range) pair) in as few BatchGetItems as DynamoDB
+    allows (100 keys each), strongly consistent; absent items are left out."""
+    keys = [(model, key) for model, model_keys in wanted.items() for key in dict.fromkeys(model_keys)]
+    found: dict[tuple[type[Model], Any], Model] = {}
+    client = _connection().client
+    for first in range(0, len(keys), 100):
+        chunk = keys[first : first + 100]
+        by_table: dict[str, type[Model]] = {}
+        for model, _ in chunk:
+            if by_table.setdefault(model.Meta.table_name, model) is not model:
+                raise ValueError(f"one read asks {model.Meta.table_name} for two kinds of item")
+        request: dict[str, Any] = {}
+        for model, key in chunk:
+            table = request.setdefault(model.Meta.table_name, {"Keys": [], "ConsistentRead": True})
+            table["Keys"].append(_serialized_key(model, key))
+        while request:
+            response = client.batch_get_item(RequestItems=request)
+            for table_name, items in response.get("Responses", {}).items():
+                model = by_table[table_name]
+                for raw in items:
+                    item = model.from_raw_data(raw)
+                    found[(model, _key_of(model, item))] = item
+            request = response.get("UnprocessedKeys") or {}
+    return found
+
+
+def _serialized_key(model: type[Model], key: Any) -> dict[str, Any]:
+    hash_attribute, range_attribute = model._hash_key_attribute(), model._range_key_attribute()
+    hash_key, range_key = (key, None) if range_attribute is None else key
+    out = {hash_attribute.attr_name: {"S": hash_key}}
+    if range_attribute is not None:
+        out[range_attribute.attr_name] = {"S": range_key}
+    return out
+
+
+def _key_of(model: type[Model], item: Model) -> Any:
+    hash_key = getattr(item, model._hash_keyname or "")
+    return hash_key if model._range_keyname is None else (hash_key, getattr(item, model._range_keyname))
 
 
 def _forget_ahead(kind: str, key: str) -> None:
@@ -1097,6 +1160,9 @@ def _state_of(item: AppointmentStateRecord) -> AppointmentState:
 
 def get_appointment_state(appointment_id: str) -> AppointmentState | None:
     """The appointment's outcome state (strongly consistent), or None."""
+    ahead = _take_ahead("state", appointment_id)
+    if ahead is not _NOT_AHEAD:
+        return None if ahead is None else _state_of(ahead)
     try:
         return _state_of(AppointmentStateRecord.get(f"{_STATE_PK}{appointment_id}", _STATE_SK, consistent_read=True))
     except AppointmentStateRecord.DoesNotExist:
@@ -1109,6 +1175,7 @@ def put_appointment_state(old: AppointmentState | None, new: AppointmentState, s
 
     As with the message counters, the counts follow the conditional write (never twice; a crash between the two
     can only miss a count)."""
+    _forget_ahead("state", new.appointment_id)
     data = {k: v for k, v in asdict(new).items() if k not in {"version", "watch_at"}}
     slot = index_slot(new)
     key = None
@@ -1140,6 +1207,7 @@ def rearm_follow_up(appointment_id: str, at: datetime, shards: int) -> bool:
     look at it now (one conditional write, no read); False when there is nothing to look at."""
     record = AppointmentStateRecord
     now = iso(at)
+    _forget_ahead("state", appointment_id)
     return _applied(
         lambda: record(f"{_STATE_PK}{appointment_id}", _STATE_SK).update(
             actions=[

@@ -101,3 +101,18 @@ def test_counters_add_atomically_and_buffer_per_invocation(settings: Settings) -
         store.add_to_counters({key: 3})
         assert store.read_counters("2027-03-01")["10#7_day_reminder#sent"] == 1  # not written yet
     assert store.read_counters("2027-03-01")["10#7_day_reminder#sent"] == 6
+
+
+def test_a_read_ahead_across_tables_answers_as_the_reads_one_by_one(settings: Settings) -> None:
+    """One BatchGetItem over three tables (appointments, patients, and the outcome states in the ops table), with
+    absent keys, read as DynamoDB itself answers it."""
+    handle_clinic_event(patient(), settings)
+    handle_clinic_event(dose(), settings)
+    one_by_one = (store.get_appointment("a1"), store.get_patient("p1"), store.get_appointment_state("a1"))
+    assert all(item is not None for item in one_by_one)
+    with store.read_ahead(appointment_ids=["a1", "absent"], patient_ids=["p1", "nobody"]):
+        ahead = (store.get_appointment("a1"), store.get_patient("p1"), store.get_appointment_state("a1"))
+        assert store.get_appointment("absent") is None and store.get_patient("nobody") is None
+        assert store.get_appointment_state("absent") is None
+    assert [a.serialize() for a in ahead[:2]] == [o.serialize() for o in one_by_one[:2]]
+    assert ahead[2] == one_by_one[2]

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import boto3
 import botocore.client
 import pytest
 
-from core import store
+from core import followup, store
 from rappel_local.embedded import invoke
 from tests.helpers import dose, envelope, patient
 
@@ -171,3 +172,55 @@ def test_a_dose_given_cancels_its_reminders_without_asking_for_a_follow_up_it_ca
     assert _plan(given)["cancelled"] == 3
     state_writes = [w for w in writes.made if (w[2] or "").startswith("APPOINTMENT#")]
     assert state_writes == [("UpdateItem", aws.settings.OPS_TABLE, "APPOINTMENT#a1")]  # the state's own change
+
+
+def test_a_schedule_reads_its_appointment_its_state_and_its_patient_in_one_batch_read(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three GetItems a clinic event (the appointment, its outcome state, its patient) were one BatchGetItem's work
+    (issue 12: requests per delivered reminder); what was read ahead is what planning acts on."""
+    _plan(patient())
+    _plan(dose(due_date="2027-03-20"))
+    reads: list[tuple[str, str]] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if client.meta.service_model.service_name == "dynamodb" and operation in {"GetItem", "BatchGetItem"}:
+            key = (params.get("Key") or {}).get("pk", {}).get("S", "")
+            reads.append((operation, str(params.get("TableName") or ",".join(sorted(params["RequestItems"]))) + key))
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+    response = _plan(dose(due_date="2027-03-27", at=aws.clock.now() + timedelta(minutes=1)))
+    monkeypatch.undo()
+
+    assert (response["created"], response["cancelled"]) == (3, 3)  # the reschedule, from the appointment read ahead
+    settings = aws.settings
+    read_ahead = ",".join(sorted([settings.APPOINTMENTS_TABLE, settings.OPS_TABLE, settings.PATIENTS_TABLE]))
+    assert reads.count(("BatchGetItem", read_ahead)) == 1
+    one_by_one = [name for operation, name in reads if operation == "GetItem"]
+    assert not [n for n in one_by_one if n.startswith((settings.APPOINTMENTS_TABLE, settings.PATIENTS_TABLE))]
+    assert f"{settings.OPS_TABLE}APPOINTMENT#a1" not in one_by_one
+
+
+def test_a_state_changed_after_it_was_read_ahead_is_read_again_for_its_write(aws: Any) -> None:
+    """Another instance changes the state between the read-ahead and the write: the conditional write fails, and
+    the retry reads the state again instead of the copy read ahead (which would fail forever)."""
+    _plan(patient())
+    _plan(dose())
+    before = store.get_appointment_state("a1")
+    assert before is not None and not before.reached
+    seven_day = next(m for m in store.messages_of_patient("p1") if m.reminder_type == "7_day_reminder")
+    with store.read_ahead(appointment_ids=["a1"]):
+        assert store.get_appointment_state("a1") == before
+        boto3.client("dynamodb", region_name=aws.settings.AWS_REGION).update_item(  # elsewhere, not through the store
+            TableName=aws.settings.OPS_TABLE,
+            Key={"pk": {"S": "APPOINTMENT#a1"}, "sk": {"S": "STATE"}},
+            UpdateExpression="ADD version :one",
+            ExpressionAttributeValues={":one": {"N": "1"}},
+        )
+        followup.note_delivered(seven_day, aws.settings, aws.clock.now())
+
+    after = store.get_appointment_state("a1")
+    assert after is not None and after.reached and after.reached_type == "7_day_reminder"
+    assert after.version == before.version + 2
