@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import Flag, auto
@@ -25,6 +25,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
 )
 from pynamodb.connection import Connection
+from pynamodb.constants import NONE
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
@@ -309,7 +310,8 @@ def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str) -> b
     """Opt a patient in or out (operator command); False if the patient is unknown."""
     _forget_ahead("patient", patient_id)
     return _applied(
-        lambda: PatientRecord(patient_id).update(
+        lambda: _update(
+            PatientRecord(patient_id),
             actions=[
                 PatientRecord.sms_opt_in.set(opt_in),
                 PatientRecord.event_at.set(event_at),
@@ -370,7 +372,8 @@ def fill_in_closed_appointment(schedule: AppointmentRecord) -> bool:
     schedule; the close (status, date given, event time) stands. False unless the stored one is such a close."""
     _forget_ahead("appointment", schedule.appointment_id)
     return _applied(
-        lambda: AppointmentRecord(schedule.appointment_id).update(
+        lambda: _update(
+            AppointmentRecord(schedule.appointment_id),
             actions=[
                 AppointmentRecord.patient_id.set(schedule.patient_id),
                 AppointmentRecord.vaccine.set(schedule.vaccine),
@@ -608,7 +611,8 @@ def bind_to_sms(message: MessageRecord, sms_key: str) -> bool:
     """Bind a queued reminder (this claim of it) to one grouped SMS before the request; False if it is bound to
     another, or no longer this claim. Not a status change: the version stays."""
     return _applied(
-        lambda: MessageRecord(message.message_id).update(
+        lambda: _update(
+            MessageRecord(message.message_id),
             actions=[MessageRecord.sms_key.set(sms_key)],
             condition=(MessageRecord.status == Status.QUEUED.value)
             & (MessageRecord.version == message.version)
@@ -690,7 +694,7 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
     for part in _guard_conditions(change.guard, message, at):
         condition = condition & part
     try:
-        MessageRecord(message.message_id).update(actions=actions, condition=condition)
+        _update(MessageRecord(message.message_id), actions=actions, condition=condition)
     except UpdateError as exc:
         if _is_condition_failure(exc):
             return False
@@ -788,8 +792,8 @@ def update_pending(message: MessageRecord, values: Mapping[str, Any], shards: in
         ]
     actions.append(MessageRecord.version.add(1))
     return _applied(
-        lambda: MessageRecord(message.message_id).update(
-            actions=actions, condition=MessageRecord.status == Status.PENDING.value
+        lambda: _update(
+            MessageRecord(message.message_id), actions=actions, condition=MessageRecord.status == Status.PENDING.value
         )
     )
 
@@ -798,7 +802,8 @@ def note_accepted_while_cancelled(message_id: str, values: Mapping[str, Any]) ->
     """Record a send the provider accepted for a message cancelled meanwhile (its status stays cancelled)."""
     attributes = MessageRecord.get_attributes()
     return _applied(
-        lambda: MessageRecord(message_id).update(
+        lambda: _update(
+            MessageRecord(message_id),
             actions=[attributes[name].set(value) for name, value in values.items()],
             condition=MessageRecord.status == Status.CANCELLED.value,
         )
@@ -864,7 +869,7 @@ def replace_circuit_state(provider: str, expected: str | None, state: str) -> bo
     """Set a circuit's state if it is still what the caller read (`expected`, None for no state); False if another
     sender changed it first (it opened it, or took the probe)."""
     read = OpsRecord.text.does_not_exist() if expected is None else OpsRecord.text == expected
-    return _applied(lambda: OpsRecord(_CIRCUIT, provider).update(actions=[OpsRecord.text.set(state)], condition=read))
+    return _applied(lambda: _update(OpsRecord(_CIRCUIT, provider), actions=[OpsRecord.text.set(state)], condition=read))
 
 
 def close_circuit(provider: str, expected_failures: float, expected: str | None) -> bool:
@@ -1073,6 +1078,15 @@ def _take_ahead(kind: str, key: str) -> Any:
 # ---------------------------------------------------------------------------------------------- errors
 
 
+def _update(record: Model, actions: Sequence[Action], condition: Condition | None = None) -> None:
+    """UpdateItem on `record`'s key, without the item back: pynamodb's `Model.update` asks for ALL_NEW, which no
+    caller here reads, and that costs a read-back and its decoding on every write."""
+    hash_key, range_key = record._get_hash_range_key_serialized_values()
+    record._get_connection().update_item(
+        hash_key, range_key=range_key, actions=list(actions), condition=condition, return_values=NONE
+    )
+
+
 def _applied(write: Callable[[], object]) -> bool:
     """Run one conditional write: True when it applied, False when its condition no longer held."""
     try:
@@ -1091,7 +1105,8 @@ def _is_condition_failure(exc: Exception) -> bool:
 def record_receipt_status(message_id: str, provider_status: str) -> bool:
     """Note an intermediate receipt status on a sent message (no status change)."""
     return _applied(
-        lambda: MessageRecord(message_id).update(
+        lambda: _update(
+            MessageRecord(message_id),
             actions=[MessageRecord.receipt_status.set(provider_status)],
             condition=MessageRecord.status == Status.SENT.value,
         )
@@ -1195,7 +1210,7 @@ def put_appointment_state(old: AppointmentState | None, new: AppointmentState, s
     actions = [attribute.remove() if value is None else attribute.set(value) for attribute, value in values]
     condition = record.pk.does_not_exist() if old is None else record.version == old.version
     written = _applied(
-        lambda: record(f"{_STATE_PK}{new.appointment_id}", _STATE_SK).update(actions=actions, condition=condition)
+        lambda: _update(record(f"{_STATE_PK}{new.appointment_id}", _STATE_SK), actions=actions, condition=condition)
     )
     if written:
         add_outcome_counts(outcome_deltas(old, new))
@@ -1209,7 +1224,8 @@ def rearm_follow_up(appointment_id: str, at: datetime, shards: int) -> bool:
     now = iso(at)
     _forget_ahead("state", appointment_id)
     return _applied(
-        lambda: record(f"{_STATE_PK}{appointment_id}", _STATE_SK).update(
+        lambda: _update(
+            record(f"{_STATE_PK}{appointment_id}", _STATE_SK),
             actions=[
                 record.follow_up_key.set(follow_up_shard(appointment_id, shards)),
                 record.follow_up_at.set(now),
