@@ -1,10 +1,7 @@
 """How fast one sender instance goes: its pace (requests per second) and how many provider calls it keeps in flight.
 
-Each instance sends at most n = floor(SMS_RATE_LIMIT_PER_SECOND / SMS_SENDER_MAX_CONCURRENCY) requests in any
-one-second window, so all instances together never pass the provider's limit wherever their phases fall. The pace
-is a sliding window, not a fixed spacing of 1/n s: the time an instance spends between two batches (the last calls'
-latency, the next invocation's start) is made up by the next requests instead of being lost, so an instance keeps
-n a second across batches. One call at a time would cap an instance at 1 / latency whatever its
+Each instance paces its requests at SMS_RATE_LIMIT_PER_SECOND / SMS_SENDER_MAX_CONCURRENCY, so all instances
+together never pass the provider's limit. One call at a time would cap an instance at 1 / latency whatever its
 pace (150 ms: 6.7/s; 400 ms: 2.5/s), so the records of a batch run on several lanes at once, as many as the pace
 times the observed latency needs, at most SMS_SENDER_CALLS_IN_FLIGHT. In Lambda a lane is a thread; in the
 embedded stack's virtual time (`VirtualLanes`) each lane keeps its own instant, so the simulated provider sees the
@@ -16,7 +13,6 @@ from __future__ import annotations
 import contextvars
 import math
 import threading
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -32,35 +28,25 @@ ASSUMED_LATENCY_SECONDS = 0.4
 
 
 class Pacer:
-    """Holds one sender instance's provider requests to its pace; safe to share between the instance's lanes."""
+    """Spaces one sender instance's provider requests at its pace; safe to share between the instance's lanes."""
 
     def __init__(self) -> None:
-        self._recent: deque[datetime] = deque()  # the instants of the latest requests, oldest first
-        self._not_before: datetime | None = None
+        self._next: datetime | None = None
         self._lock = threading.Lock()
         self._latency = ASSUMED_LATENCY_SECONDS
 
     def pause_until(self, until: datetime) -> None:
         """Send nothing before `until` (the provider throttled this instance)."""
         with self._lock:
-            if self._not_before is None or self._not_before < until:
-                self._not_before = until
+            if self._next is None or self._next < until:
+                self._next = until
 
-    def wait(self, per_second: int) -> None:
-        """Sleep (on the installed clock) until this instance may send again; the slot is taken on return.
-
-        A slot is at most `per_second` requests after one that is a full second older. Slots never go back in
-        time, so the window holds for requests taken in any order by the lanes.
-        """
+    def wait(self, per_second: float) -> None:
+        """Sleep (on the installed clock) until this instance may send again; the slot is taken on return."""
         with self._lock:
             now = clock.now()
-            slot = now if self._not_before is None else max(now, self._not_before)
-            if len(self._recent) >= per_second:
-                slot = max(slot, self._recent[-per_second] + _WINDOW)
-            self._recent.append(slot)
-            while len(self._recent) > per_second:
-                self._recent.popleft()
-            self._not_before = slot
+            slot = now if self._next is None or self._next <= now else self._next
+            self._next = slot + _interval(per_second)
         clock.sleep((slot - now).total_seconds())
 
     def observe(self, seconds: float) -> None:
@@ -68,15 +54,15 @@ class Pacer:
         with self._lock:
             self._latency = 0.8 * self._latency + 0.2 * max(0.0, seconds)
 
-    def lanes_needed(self, per_second: int, most: int) -> int:
+    def lanes_needed(self, per_second: float, most: int) -> int:
         """Calls in flight that keep the pace busy at the observed latency (one spare), between 1 and `most`."""
         with self._lock:
             return max(1, min(most, math.ceil(per_second * self._latency - 1e-9) + 1))
 
 
-# A request a full second after another is outside that one's window [t, t + 1 s); the extra microsecond keeps it
-# so wherever a counter rounds.
-_WINDOW = timedelta(seconds=1, microseconds=1)
+def _interval(per_second: float) -> timedelta:
+    # Rounded up to the microsecond (timedelta's resolution): rounded down, 1/12 s would fit 13 requests in a second.
+    return timedelta(microseconds=math.ceil(1_000_000 / per_second))
 
 
 class Lanes(Protocol):

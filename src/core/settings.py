@@ -53,7 +53,7 @@ class Settings(BaseSettings):
 
     # The spec's variables, with the spec's defaults except where docs/architecture.md#departures-from-the-spec
     # changes them.
-    SMS_BATCH_SIZE: Annotated[int, Field(ge=1, le=100)] = 60
+    SMS_BATCH_SIZE: Annotated[int, Field(ge=1, le=100)] = 50
     SMS_PROCESSING_INTERVAL_MINUTES: Annotated[int, Field(ge=1, le=60)] = 1
     SMS_MAX_RETRIES: Annotated[int, Field(ge=0, le=20)] = 3
     SMS_RETRY_DELAY_MINUTES: Annotated[int, Field(ge=1, le=24 * 60)] = 5
@@ -206,7 +206,7 @@ class Settings(BaseSettings):
     def sender_pace_per_second(self) -> int:
         """Each sender instance's pace, so that all instances together never exceed the limit in any 1-s window.
 
-        An instance sends at most n times in any one-second window (`core.pacing.Pacer`), so n = floor(rate / K)
+        An instance spaced 1/n s apart sends at most n times in any one-second window, so n = floor(rate / K)
         keeps K uncoordinated instances at or under the rate wherever their phases fall.
         """
         return max(1, int(self.SMS_RATE_LIMIT_PER_SECOND // self.SMS_SENDER_MAX_CONCURRENCY))
