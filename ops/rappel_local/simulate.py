@@ -335,7 +335,9 @@ class Simulation:
             requeue += [_Requeue(t0 + self._visibility, m["ReceiptHandle"]) for m in batch if m not in done]
             for first in range(0, len(done), 10):  # as the event source mapping deletes them: in tens
                 entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[first:][:10])]
-                sqs.delete_message_batch(QueueUrl=settings.SEND_QUEUE_URL, Entries=entries)
+                deleted = sqs.delete_message_batch(QueueUrl=settings.SEND_QUEUE_URL, Entries=entries)
+                if deleted.get("Failed"):  # as delete_message raised: a record left invisible would come back later
+                    raise RuntimeError(f"send queue records not deleted: {deleted['Failed']}")
             sender.free_at = virtual.now()
         virtual.set(max([start, *(s.free_at for s in senders)]))
         return False

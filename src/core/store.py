@@ -8,6 +8,7 @@ Nothing above this module touches DynamoDB.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import threading
@@ -32,6 +33,7 @@ from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 
+from core import clock
 from core.counters import PLANNED, transition_counts
 from core.lifecycle import DISPATCHABLE, TERMINAL, Status, check_transition
 from core.outcomes import SCHEDULED, AppointmentState, Slot, index_slot, outcome_deltas
@@ -955,7 +957,11 @@ def put_ops_value(pk: str, sk: str, *, value: float = 0, text: str | None = None
 # ---------------------------------------------------------------------------------------------- read-ahead
 
 _NOT_AHEAD: Any = object()
-_ahead: dict[tuple[str, str], Model | None] | None = None
+# Per context, not per process: the embedded stack answers replies on HTTP threads while its loop sends a batch.
+# Lanes run in a copy of the batch's context (`core.pacing.ThreadLanes`), so they share its block's items.
+_ahead: contextvars.ContextVar[dict[tuple[str, str], Model | None] | None] = contextvars.ContextVar(
+    "rappel_read_ahead", default=None
+)
 
 
 @contextlib.contextmanager
@@ -976,8 +982,7 @@ def read_ahead(
     what was read; a write to one of them through this module forgets it, and is read back as written (a
     conditional write that failed forgets it too: the retry reads it again). Blocks may nest: an inner block adds
     to what the outer one read. A failed read-ahead leaves every read to the table."""
-    global _ahead
-    outer = _ahead
+    outer = _ahead.get()
     ahead: dict[tuple[str, str], Model | None] = outer if outer is not None else {}
     try:
         ahead.update(_read_for_send(list(dict.fromkeys(message_ids))))
@@ -986,11 +991,11 @@ def read_ahead(
         from core.observability import logger  # here, not at the top: observability imports this module
 
         logger.warning("read-ahead failed; each item is read alone", extra={"error": type(exc).__name__})
-    _ahead = ahead
+    token = _ahead.set(ahead)
     try:
         yield
     finally:
-        _ahead = outer
+        _ahead.reset(token)
 
 
 def _read_for_send(ids: list[str]) -> dict[tuple[str, str], Model | None]:
@@ -1038,7 +1043,9 @@ def _batch_read(wanted: Mapping[type[Model], Iterable[Any]]) -> dict[tuple[type[
         for model, key in chunk:
             table = request.setdefault(model.Meta.table_name, {"Keys": [], "ConsistentRead": True})
             table["Keys"].append(_serialized_key(model, key))
-        while request:
+        for attempt in range(_BATCH_READ_ATTEMPTS):
+            if attempt:
+                clock.sleep(0.05 * 2**attempt)  # DynamoDB returned keys unprocessed: it is throttling
             response = client.batch_get_item(RequestItems=request)
             for table_name, items in response.get("Responses", {}).items():
                 model = by_table[table_name]
@@ -1046,7 +1053,14 @@ def _batch_read(wanted: Mapping[type[Model], Iterable[Any]]) -> dict[tuple[type[
                     item = model.from_raw_data(raw)
                     found[(model, _key_of(model, item))] = item
             request = response.get("UnprocessedKeys") or {}
+            if not request:
+                break
+        else:
+            raise RuntimeError("batch read throttled: keys left unprocessed")  # the caller reads them one by one
     return found
+
+
+_BATCH_READ_ATTEMPTS = 4
 
 
 def _serialized_key(model: type[Model], key: Any) -> dict[str, Any]:
@@ -1064,14 +1078,14 @@ def _key_of(model: type[Model], item: Model) -> Any:
 
 
 def _forget_ahead(kind: str, key: str) -> None:
-    ahead = _ahead
+    ahead = _ahead.get()
     if ahead is not None:
         ahead.pop((kind, key), None)
 
 
 def _take_ahead(kind: str, key: str) -> Any:
     """The item read ahead (None: read ahead and absent); `_NOT_AHEAD` when there is none."""
-    ahead = _ahead
+    ahead = _ahead.get()
     return _NOT_AHEAD if ahead is None else ahead.get((kind, key), _NOT_AHEAD)
 
 

@@ -7,6 +7,7 @@ event source mapping's delete-or-retry) and checks the stored messages, the queu
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -792,6 +793,38 @@ def test_a_read_ahead_that_fails_leaves_each_reminder_to_read_its_own_items(pipe
     monkeypatch.setattr(store, "_read_for_send", throttled)
     assert pipe.send(pipe.receive()) == {"batchItemFailures": []}  # not the whole batch failed for it
     assert [pipe.message(m).status for m in ids] == ["sent", "sent"]
+
+
+def test_read_aheads_on_two_threads_end_with_their_blocks(pipe: Pipeline) -> None:
+    """The embedded stack answers replies on HTTP threads while its loop sends a batch: each thread's block reads
+    and forgets its own items. (They shared one process-wide cache: the block that ended last put back the one that
+    ended first, and the process then answered from it for good.)"""
+    pipe.plan(1, DUE)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def batch() -> None:
+        with store.read_ahead(patient_ids=["p1"]):
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def reply() -> None:
+        first_in.wait(10)
+        with store.read_ahead(appointment_ids=["a1"]):
+            seen["other thread's patient"] = store._take_ahead("patient", "p1")
+            second_in.set()
+            first_out.wait(10)
+
+    threads = [threading.Thread(target=batch), threading.Thread(target=reply)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert seen["other thread's patient"] is store._NOT_AHEAD
+    assert store._take_ahead("patient", "p1") is store._NOT_AHEAD
+    assert store._take_ahead("appointment", "a1") is store._NOT_AHEAD
 
 
 @pytest.mark.parametrize("name", ["\x07", "\u200b"])

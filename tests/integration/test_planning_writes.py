@@ -224,3 +224,28 @@ def test_a_state_changed_after_it_was_read_ahead_is_read_again_for_its_write(aws
     after = store.get_appointment_state("a1")
     assert after is not None and after.reached and after.reached_type == "7_day_reminder"
     assert after.version == before.version + 2
+
+
+def test_a_batch_read_dynamodb_keeps_throttling_gives_up_and_each_item_is_read_alone(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys left unprocessed are asked again a few times, with backoff, then the read-ahead gives up (instead of
+    spinning until the invocation times out) and planning reads each item by key."""
+    _plan(patient())
+    attempts: list[str] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def throttling(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "BatchGetItem" and aws.settings.APPOINTMENTS_TABLE in params["RequestItems"]:
+            attempts.append(operation)
+            return {"Responses": {}, "UnprocessedKeys": params["RequestItems"]}
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", throttling)
+    response = _plan(dose())
+    monkeypatch.undo()
+
+    assert len(attempts) == store._BATCH_READ_ATTEMPTS
+    assert response["created"] == 3
+    state = store.get_appointment_state("a1")
+    assert state is not None and state.status == "scheduled"
