@@ -986,7 +986,8 @@ def read_ahead(
     ahead: dict[tuple[str, str], Model | None] = outer if outer is not None else {}
     try:
         ahead.update(_read_for_send(list(dict.fromkeys(message_ids))))
-        ahead.update(_read_for_planning(list(dict.fromkeys(appointment_ids)), list(dict.fromkeys(patient_ids))))
+        appointments, patients = list(dict.fromkeys(appointment_ids)), list(dict.fromkeys(patient_ids))
+        ahead.update(_read_appointments_and_patients(appointments, patients))
     except Exception as exc:  # a throttle here must not fail the work: each item is read alone
         from core.observability import logger  # here, not at the top: observability imports this module
 
@@ -1002,15 +1003,16 @@ def _read_for_send(ids: list[str]) -> dict[tuple[str, str], Model | None]:
     if not ids:
         return {}
     messages = list(MessageRecord.batch_get(ids, consistent_read=True))
+    appointment_ids = sorted({str(m.appointment_id) for m in messages})
     patient_ids = sorted({str(m.patient_id) for m in messages})
-    found = _read_for_planning(sorted({str(m.appointment_id) for m in messages}), patient_ids, states=False)
+    found = _read_appointments_and_patients(appointment_ids, patient_ids, states=False)
     phones = sorted({str(p.phone) for p in found.values() if isinstance(p, PatientRecord)})
     stops = _batch_read({OpsRecord: [(_STOP, phone) for phone in phones]})
     found.update({("stop", phone): stops.get((OpsRecord, (_STOP, phone))) for phone in phones})
     return found
 
 
-def _read_for_planning(
+def _read_appointments_and_patients(
     appointment_ids: list[str], patient_ids: list[str], *, states: bool = True
 ) -> dict[tuple[str, str], Model | None]:
     wanted: dict[type[Model], list[Any]] = {AppointmentRecord: appointment_ids, PatientRecord: patient_ids}
@@ -1025,6 +1027,9 @@ def _read_for_planning(
             {("state", a): items.get((AppointmentStateRecord, (f"{_STATE_PK}{a}", _STATE_SK))) for a in appointment_ids}
         )
     return found
+
+
+_BATCH_READ_ATTEMPTS = 4
 
 
 def _batch_read(wanted: Mapping[type[Model], Iterable[Any]]) -> dict[tuple[type[Model], Any], Model]:
@@ -1060,15 +1065,12 @@ def _batch_read(wanted: Mapping[type[Model], Iterable[Any]]) -> dict[tuple[type[
     return found
 
 
-_BATCH_READ_ATTEMPTS = 4
-
-
 def _serialized_key(model: type[Model], key: Any) -> dict[str, Any]:
     hash_attribute, range_attribute = model._hash_key_attribute(), model._range_key_attribute()
     hash_key, range_key = (key, None) if range_attribute is None else key
-    out = {hash_attribute.attr_name: {"S": hash_key}}
+    out = {hash_attribute.attr_name: {hash_attribute.attr_type: hash_attribute.serialize(hash_key)}}
     if range_attribute is not None:
-        out[range_attribute.attr_name] = {"S": range_key}
+        out[range_attribute.attr_name] = {range_attribute.attr_type: range_attribute.serialize(range_key)}
     return out
 
 
