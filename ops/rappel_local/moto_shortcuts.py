@@ -30,7 +30,7 @@ from moto.core.serialize import BaseJSONSerializer
 from moto.core.utils import unix_time
 from moto.dynamodb.exceptions import ItemSizeTooLarge
 from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
-from moto.dynamodb.models.table import Table
+from moto.dynamodb.models.table import RESULT_SIZE_LIMIT, Table
 from moto.dynamodb.models.utilities import bytesize
 
 ast_nodes: Any = moto_ast_nodes  # mypy does not see the node classes in moto's module
@@ -124,9 +124,30 @@ def _sorted_by_values(_: Any) -> Any:
         # moto's Table.sorted_items, sorting on the key attributes' values instead of comparing their wrappers
         names = self._generate_attr_to_sort_by(hash_key_attrs, range_key_attrs)
         items.sort(key=lambda item: tuple(item.attrs[name].cast_value for name in names))
-        return items
+        cut = getattr(_query_keys, "cut", None)
+        return items if cut is None else _up_to_the_first_past(items, *cut)
 
     return sorted_items
+
+
+# The largest item moto stores (its LimitedSizeDict refuses more), for the page-size bound below.
+_LARGEST_ITEM = 405_000
+
+
+def _up_to_the_first_past(items: list[Any], name: str, comparison: str, bounds: list[Any]) -> list[Any]:
+    """An index query's sorted partition cut after the first item past an upper bound (`<`, `<=`), ascending.
+
+    moto then walks every item: those past the bound are skipped, but each is sized for the 1 MB page check, and
+    the first one past it is where a full page ends with its LastEvaluatedKey. The items kept are the ones in range
+    and that first one past, so the page and its key come out the same; and a later item could only end the page
+    if the items in range with it passed 1 MB, which is checked here (then nothing is cut)."""
+    for index, item in enumerate(items):
+        value = item.attrs.get(name)
+        if value is None or not value.compare(comparison, bounds):
+            if sum(kept.size() for kept in items[:index]) + _LARGEST_ITEM > RESULT_SIZE_LIMIT:
+                return items
+            return items[: index + 1]
+    return items
 
 
 def _sort_key(item: Any) -> Any:
@@ -240,6 +261,24 @@ def _clauses_found_once(original: Any) -> Any:
     return find_clauses
 
 
+def _upper_bound(table: Table, bound: dict[str, Any]) -> tuple[str, str, list[Any]] | None:
+    """(range attribute, comparison, bounds) of an index query whose sorted partition can be cut after its range
+    (`_up_to_the_first_past`): one range key, an upper bound, ascending, on a first page, no legacy QueryFilter."""
+    comparison = bound.get("range_comparison")
+    if (
+        not bound.get("index_name")
+        or comparison not in {"<", "<=", "LT", "LE"}
+        or bound.get("scan_index_forward") is False
+        or bound.get("exclusive_start_key")
+        or bound.get("filter_kwargs")
+        or len(bound.get("range_key_conditions") or ()) > 1
+    ):
+        return None
+    index = {i.name: i for i in table.all_indexes()}.get(bound["index_name"])
+    ranges = [key["AttributeName"] for key in (index.schema if index is not None else []) if key["KeyType"] == "RANGE"]
+    return (ranges[0], comparison, list(bound.get("range_objs") or [])) if len(ranges) == 1 else None
+
+
 def _query_with_key_filter(original: Any) -> Any:
     signature = inspect.signature(original)
 
@@ -255,11 +294,11 @@ def _query_with_key_filter(original: Any) -> Any:
             tests = [_equals(name, value) for name, value in conditions]
         elif hash_key is not None:
             partition = (None, hash_key)
-        _query_keys.partition, _query_keys.tests = partition, tests
+        _query_keys.partition, _query_keys.tests, _query_keys.cut = partition, tests, _upper_bound(self, bound)
         try:
             return original(self, hash_key, *args, **kwargs)
         finally:
-            _query_keys.partition, _query_keys.tests = None, None
+            _query_keys.partition, _query_keys.tests, _query_keys.cut = None, None, None
 
     return query
 
@@ -505,6 +544,8 @@ def moto_shortcuts() -> Iterator[None]:
     - The clauses moto looks for in a remembered UpdateExpression tree are found once per tree and clause types.
     - An item's size check before each attribute is set adds the sizes up inline; a list's size adds its string
       members inline.
+    - An index query with an upper bound (`due_at <= :now`), ascending, hands moto its sorted partition cut after
+      the first item past the bound: moto would size every later item for its page check and skip it.
 
     A block opened inside another changes nothing more (wrapping the shortcuts twice would only slow them).
     """

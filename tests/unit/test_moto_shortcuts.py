@@ -110,6 +110,8 @@ def _calls(client: Any) -> list[tuple[str, Callable[[], Any]]]:
         ),
     ]
 
+    calls += _bounded_calls(client)
+
     def due_pages() -> list[Any]:
         pages, start = [], None
         while True:
@@ -220,6 +222,32 @@ _CONDITIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "fails": ("#s = :a", {":a": {"S": "never"}}),
     "does not parse": ("#s = = :a", {":a": {"S": "x"}}),
 }
+
+
+def _bounded_calls(client: Any) -> list[tuple[str, Callable[[], Any]]]:
+    """Index queries with an upper bound: the shortcut cuts the sorted partition after the first item past it."""
+
+    def due_up_to(operator: str, until: str, **extra: Any) -> Callable[[], Any]:
+        return lambda: client.query(
+            TableName=TABLE,
+            IndexName="due",
+            KeyConditionExpression=f"due_shard = :s AND due_at {operator} :u",
+            ExpressionAttributeValues={":s": {"S": "DUE#1"}, ":u": {"S": until}},
+            **extra,
+        )
+
+    calls = [
+        ("due before", due_up_to("<", "2027-03-09T09:00:00+00:00")),
+        ("due at most, none", due_up_to("<=", "2027-02-01T00:00:00+00:00")),
+        ("due at most, all", due_up_to("<=", "2027-04-01T00:00:00+00:00")),
+        ("due at most, on an item", due_up_to("<=", "2027-03-09T08:00:00+00:00")),
+        ("due at most, backwards", due_up_to("<=", "2027-03-15T00:00:00+00:00", ScanIndexForward=False)),
+        ("due at most, counted", due_up_to("<=", "2027-03-15T00:00:00+00:00", Select="COUNT")),
+    ]
+    # 10 items are in range: a page that fills up before the last of them, on it, and one that does not fill up.
+    for limit in (1, 9, 10, 11):
+        calls.append((f"due at most, limit {limit}", due_up_to("<=", "2027-03-09T09:00:00+00:00", Limit=limit)))
+    return calls
 
 
 def _conditional(client: Any, key: dict[str, Any], condition: str, values: dict[str, Any]) -> Callable[[], Any]:
