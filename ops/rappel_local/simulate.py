@@ -332,7 +332,7 @@ class Simulation:
             failed = self._send_batch(batch, stack.send_queue_arn)
             sending.select_pacer(None)
             done = [m for m in batch if m["MessageId"] not in failed]
-            requeue += [_Requeue(t0 + self._visibility, m["ReceiptHandle"]) for m in batch if m not in done]
+            requeue += [_Requeue(t0 + self._visibility, m["ReceiptHandle"]) for m in batch if m["MessageId"] in failed]
             for first in range(0, len(done), 10):  # as the event source mapping deletes them: in tens
                 entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[first:][:10])]
                 deleted = sqs.delete_message_batch(QueueUrl=settings.SEND_QUEUE_URL, Entries=entries)
