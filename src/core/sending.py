@@ -113,16 +113,19 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
         config.register_lambda_context(context)
     pacer = _pacer
 
-    def send_record(raw: dict[str, Any]) -> list[SendOutcome]:
+    def send_record(parsed: SendRecord | ValidationError) -> list[SendOutcome]:
         if hasattr(context, "get_remaining_time_in_millis") and context.get_remaining_time_in_millis() < 15_000:
             # Leave it to the next invocation rather than be cut off mid-send (an ambiguous send).
             raise TimeoutError("too little time left in this invocation")
-        return send_reminders(SendRecord.model_validate(raw).claims, settings, pacer)
+        if isinstance(parsed, ValidationError):
+            raise parsed  # this record alone fails
+        return send_reminders(parsed.claims, settings, pacer)
 
     records = event.get("Records") or []
+    parsed = [_parsed(r) for r in records]
     width = pacer.lanes_needed(settings.sender_pace_per_second, settings.SMS_SENDER_CALLS_IN_FLIGHT)
-    with store.read_ahead(claim.message_id for claim in _claims_in(records)):
-        results = lanes_for(clock.current()).run([functools.partial(send_record, r) for r in records], width)
+    with store.read_ahead(c.message_id for p in parsed if isinstance(p, SendRecord) for c in p.claims):
+        results = lanes_for(clock.current()).run([functools.partial(send_record, p) for p in parsed], width)
     by_record = {str(r.get("messageId")): result for r, result in zip(records, results, strict=True)}
     outcomes: list[SendOutcome] = []
 
@@ -142,15 +145,12 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     return response
 
 
-def _claims_in(records: Sequence[dict[str, Any]]) -> list[QueuedMessage]:
-    """The reminders a batch's records carry (a record that does not parse fails on its own lane, not here)."""
-    claims: list[QueuedMessage] = []
-    for raw in records:
-        try:
-            claims += SendRecord.model_validate(raw).claims
-        except ValidationError:
-            continue
-    return claims
+def _parsed(raw: dict[str, Any]) -> SendRecord | ValidationError:
+    """A batch record parsed once, for its read-ahead and its lane (one that does not parse fails on its lane)."""
+    try:
+        return SendRecord.model_validate(raw)
+    except ValidationError as error:
+        return error
 
 
 @functools.cache
