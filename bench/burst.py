@@ -29,7 +29,7 @@ ZONE = "Africa/Abidjan"
 DEADLINE = timedelta(hours=48)
 LATENCY_MS = 150.0
 SLOW_LATENCY_MS = 400.0  # the same burst through a slower provider: calls in flight must still fill the limit
-CONCURRENCY = 2
+CONCURRENCY = 5  # a divisor of the rate: five senders at 5/s each use all of the 25/s limit
 WINDOW = timedelta(hours=24)
 RECEIPTS_AFTER_WINDOW = int(2 * WINDOW.total_seconds())
 TYPES = (ReminderType.SEVEN_DAY, ReminderType.ONE_DAY, ReminderType.OVERDUE)

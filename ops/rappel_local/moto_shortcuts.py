@@ -2,8 +2,9 @@
 
 moto is a faithful model of AWS's APIs but not a fast one: each DynamoDB Query sorts and walks the whole
 table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces seventeen of its
-internals with equivalents that return the same results in the same order (tests/unit/test_moto_shortcuts.py
-runs each against the original). Nothing Rappel or AWS would see changes; Rappel's code is untouched.
+internals, and botocore's request signing (moto reads no signature), with equivalents that return the same results
+in the same order (tests/unit/test_moto_shortcuts.py runs each against the original). Nothing Rappel or AWS would
+see changes; Rappel's code is untouched.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
+import botocore.signers
 import moto.core.responses as core_responses
 import moto.dynamodb.comparisons as moto_comparisons
 import moto.dynamodb.parsing.ast_nodes as moto_ast_nodes
@@ -59,6 +62,18 @@ def _retention_from_the_queue(_: Any) -> Any:
         return bool(retention + message.sent_timestamp / 1000 > unix_time())
 
     return is_message_valid_based_on_retention_period
+
+
+def _unsigned_for_moto(original: Any) -> Any:
+    def sign(self: Any, operation_name: str, request: Any, *args: Any, **kwargs: Any) -> Any:
+        # Under mock_aws every request to an AWS endpoint is answered in-process by moto, which reads no signature;
+        # SigV4 costs each call a canonical request and four HMACs. Anything else (DynamoDB Local on 127.0.0.1)
+        # is signed as before.
+        if (urlsplit(request.url).hostname or "").endswith(".amazonaws.com"):
+            return None
+        return original(self, operation_name, request, *args, **kwargs)
+
+    return sign
 
 
 def _fast_cast_value(slow: Any) -> property:
@@ -524,6 +539,8 @@ _COPIED_HERE = _CopiedHere()
 def moto_shortcuts() -> Iterator[None]:
     """Within the block, moto's slow paths are replaced by same-answer ones:
 
+    - Requests to AWS endpoints go unsigned: moto answers them in-process and reads no signature (a request to
+      any other endpoint, DynamoDB Local's, is signed as before).
     - SQS converts "now" through naive datetimes for every message on every call
       (`moto.sqs.models.unix_time_millis`); `time.time() * 1000` is the same number of milliseconds.
     - SQS checks each received message's retention by building all of the queue's attributes, which counts
@@ -569,6 +586,7 @@ def moto_shortcuts() -> Iterator[None]:
         return
     parser = getattr(update_expressions, "UpdateExpressionParser")  # noqa: B009 - moto ships that module untyped
     replacements: list[tuple[Any, str, Callable[[Any], Any]]] = [
+        (botocore.signers.RequestSigner, "sign", _unsigned_for_moto),
         (sqs_models, "unix_time_millis", _fast_millis),
         (DynamoType, "cast_value", lambda slow: _fast_cast_value(slow.fget)),
         (DynamoType, "size", _fast_size),

@@ -309,14 +309,16 @@ class Simulation:
         """Run the sender instances in virtual time until the queue is empty, or until `stop_at` (the next dispatcher
         tick) has come; True when it stopped for the tick, with the clock at the tick.
 
-        Each instance takes its next batch when its last one ends, as the event source's pollers do, and one that
-        finds the queue empty waits for the next drain. Batches run whole, one after another in the order of their
+        Each instance takes its next batch when its last one ends, as the event source's pollers do (instances
+        free at the same instant share what the queue holds, ten records at a time in turn), and one that finds
+        the queue empty waits for the next drain. Batches run whole, one after another in the order of their
         start instants, each from its own instant (the clock goes back for the next one), so a tick that falls
         while one instance is busy runs on time, and the other instances take what it enqueues."""
         start = virtual.now()
         for sender in senders:
             sender.free_at = max(sender.free_at, start)
         waiting = list(senders)
+        taken: dict[int, list[dict[str, Any]]] = {}  # batches received by senders polling together, not yet run
         while waiting:
             sender = min(waiting, key=lambda s: s.free_at)
             if stop_at is not None and sender.free_at >= stop_at:
@@ -324,7 +326,10 @@ class Simulation:
                 return True
             t0 = sender.free_at
             virtual.set(t0)
-            batch = _receive(sqs, settings)
+            if id(sender) not in taken:
+                polling = [s for s in waiting if s.free_at <= t0 and id(s) not in taken]
+                taken.update(zip(map(id, polling), _receive_together(sqs, settings, len(polling)), strict=True))
+            batch = taken.pop(id(sender))
             if not batch:
                 waiting.remove(sender)
                 continue
@@ -509,19 +514,27 @@ def _ceil(instant: datetime | None, interval: timedelta, origin: datetime) -> da
     return origin + max(steps, 0) * interval
 
 
-def _receive(sqs: Any, settings: Settings) -> list[dict[str, Any]]:
-    received: list[dict[str, Any]] = []
-    while len(received) < settings.SMS_BATCH_SIZE:
-        chunk = sqs.receive_message(
-            QueueUrl=settings.SEND_QUEUE_URL,
-            MaxNumberOfMessages=min(10, settings.SMS_BATCH_SIZE - len(received)),
-            VisibilityTimeout=43200,
-            AttributeNames=["All"],
-        ).get("Messages", [])
-        if not chunk:
-            break
-        received += chunk
-    return received
+def _receive_together(sqs: Any, settings: Settings, pollers: int) -> list[list[dict[str, Any]]]:
+    """The batches of `pollers` senders free at the same instant: as the event source's pollers do, each receives
+    up to 10 records at a time, in turn, until its batch is full or the queue is empty (so 40 records reach four
+    idle senders as four batches of 10, not one sender as one batch of 40)."""
+    batches: list[list[dict[str, Any]]] = [[] for _ in range(pollers)]
+    open_batches = list(range(pollers))
+    while open_batches:
+        for index in list(open_batches):
+            received = batches[index]
+            chunk = sqs.receive_message(
+                QueueUrl=settings.SEND_QUEUE_URL,
+                MaxNumberOfMessages=min(10, settings.SMS_BATCH_SIZE - len(received)),
+                VisibilityTimeout=43200,
+                AttributeNames=["All"],
+            ).get("Messages", [])
+            if not chunk:
+                return batches
+            received += chunk
+            if len(received) >= settings.SMS_BATCH_SIZE:
+                open_batches.remove(index)
+    return batches
 
 
 def _earliest_due(settings: Settings) -> datetime | None:

@@ -96,6 +96,21 @@ def findings_for(figures: HealthFigures, settings: Settings) -> tuple[str, ...]:
         finding
         for check in (_backlog_findings, _sending_findings, _provider_findings)
         for finding in check(figures, settings)
+    ) + _pace_findings(settings)
+
+
+def _pace_findings(settings: Settings) -> tuple[str, ...]:
+    # Each sender paces at a whole floor(rate / concurrency) per second; a concurrency that does not divide the
+    # rate leaves the rest of the provider's limit unused for good, which only the operator can change.
+    unused = settings.unused_rate_per_second
+    if unused < 1:
+        return ()
+    choices = ", ".join(str(n) for n in settings.whole_rate_concurrencies[:4])
+    return (
+        f"The senders use {settings.SMS_RATE_LIMIT_PER_SECOND - unused:g} of the {settings.SMS_RATE_LIMIT_PER_SECOND:g}"
+        f" SMS per second SMS_RATE_LIMIT_PER_SECOND allows ({settings.SMS_SENDER_MAX_CONCURRENCY} senders at"
+        f" {settings.sender_pace_per_second} each); set SMS_SENDER_MAX_CONCURRENCY to a divisor of the rate"
+        + (f" ({choices})." if choices else "."),
     )
 
 

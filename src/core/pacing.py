@@ -41,12 +41,23 @@ class Pacer:
             if self._next is None or self._next < until:
                 self._next = until
 
+    def begin_batch(self, per_second: float) -> None:
+        """Send nothing for one interval from now, at the start of an invocation.
+
+        Lambda runs a concurrency slot's batches one after another but not always in the same environment: the
+        batch before this one may have ended, elsewhere, an instant after its last request. Its last request was
+        made before this invocation began, so waiting one interval keeps the slot's requests 1/n s apart across
+        the switch, and all slots together within the limit in every second. It costs one interval per batch,
+        and nothing when the provider's latency already took longer.
+        """
+        self.pause_until(clock.now() + interval(per_second))
+
     def wait(self, per_second: float) -> None:
         """Sleep (on the installed clock) until this instance may send again; the slot is taken on return."""
         with self._lock:
             now = clock.now()
             slot = now if self._next is None or self._next <= now else self._next
-            self._next = slot + _interval(per_second)
+            self._next = slot + interval(per_second)
         clock.sleep((slot - now).total_seconds())
 
     def observe(self, seconds: float) -> None:
@@ -60,7 +71,8 @@ class Pacer:
             return max(1, min(most, math.ceil(per_second * self._latency - 1e-9) + 1))
 
 
-def _interval(per_second: float) -> timedelta:
+def interval(per_second: float) -> timedelta:
+    """The spacing of one instance's requests at `per_second`."""
     # Rounded up to the microsecond (timedelta's resolution): rounded down, 1/12 s would fit 13 requests in a second.
     return timedelta(microseconds=math.ceil(1_000_000 / per_second))
 

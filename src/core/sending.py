@@ -124,6 +124,7 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     records = event.get("Records") or []
     parsed = [_parsed(r) for r in records]
     width = pacer.lanes_needed(settings.sender_pace_per_second, settings.SMS_SENDER_CALLS_IN_FLIGHT)
+    pacer.begin_batch(settings.sender_pace_per_second)
     with store.read_ahead(c.message_id for p in parsed if isinstance(p, SendRecord) for c in p.claims):
         results = lanes_for(clock.current()).run([functools.partial(send_record, p) for p in parsed], width)
     by_record = {str(r.get("messageId")): result for r, result in zip(records, results, strict=True)}

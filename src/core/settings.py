@@ -72,8 +72,8 @@ class Settings(BaseSettings):
     SMS_PROVIDERS: str = ""
     # This many transient provider failures in a row open its circuit (core.circuit: pause, probe, resume).
     SMS_CIRCUIT_FAILURES: Annotated[int, Field(ge=1, le=100)] = 3
-    SMS_RATE_LIMIT_PER_SECOND: Annotated[float, Field(gt=0, le=1000)] = 5.0
-    SMS_SENDER_MAX_CONCURRENCY: Annotated[int, Field(ge=2, le=1000)] = 2
+    SMS_RATE_LIMIT_PER_SECOND: Annotated[float, Field(ge=2, le=1000)] = 5.0
+    SMS_SENDER_MAX_CONCURRENCY: Annotated[int, Field(ge=2, le=1000)] = 5
     SMS_SENDER_CALLS_IN_FLIGHT: Annotated[int, Field(ge=1, le=32)] = 8
     SMS_ON_AMBIGUOUS_SEND: AmbiguousSendPolicy = AmbiguousSendPolicy.ASSUME_SENT
     SMS_GROUP_BY_PHONE: bool = True
@@ -210,6 +210,19 @@ class Settings(BaseSettings):
         keeps K uncoordinated instances at or under the rate wherever their phases fall.
         """
         return max(1, int(self.SMS_RATE_LIMIT_PER_SECOND // self.SMS_SENDER_MAX_CONCURRENCY))
+
+    @property
+    def unused_rate_per_second(self) -> float:
+        """How much of the limit the senders' whole paces leave unused (1 of 5 SMS/s with two senders at 2/s each)."""
+        return self.SMS_RATE_LIMIT_PER_SECOND - self.sender_pace_per_second * self.SMS_SENDER_MAX_CONCURRENCY
+
+    @property
+    def whole_rate_concurrencies(self) -> tuple[int, ...]:
+        """The sender concurrencies whose paces add up to the whole limit: the divisors of a whole rate, from 2."""
+        rate = self.SMS_RATE_LIMIT_PER_SECOND
+        if rate != int(rate):
+            return ()
+        return tuple(n for n in range(2, min(int(rate), 1000) + 1) if int(rate) % n == 0)
 
     @property
     def quiet_hours(self) -> tuple[time, time] | None:

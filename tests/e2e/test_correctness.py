@@ -384,7 +384,7 @@ def test_a_send_that_would_land_in_quiet_hours_after_pacing_waits_for_the_mornin
         "2027-03-01T00:00:00Z",
         "2027-03-06T12:00:00Z",
         families(60),
-        settings={"REMINDER_7_DAY_TIME": "19:59", "SMS_SENDER_CALLS_IN_FLIGHT": 1},
+        settings={"REMINDER_7_DAY_TIME": "19:59", "SMS_SENDER_CALLS_IN_FLIGHT": 1, "SMS_SENDER_MAX_CONCURRENCY": 2},
         latency_ms=2100,
     )
     out = run(data)
@@ -427,7 +427,7 @@ def test_a_slow_token_fetch_never_bunches_sends_past_the_limit() -> None:
         "2027-03-01T00:00:00Z",
         "2027-03-05T12:00:00Z",
         families(30),
-        settings={"SMS_RATE_LIMIT_PER_SECOND": 2, "SMS_BATCH_SIZE": 5},
+        settings={"SMS_RATE_LIMIT_PER_SECOND": 2, "SMS_SENDER_MAX_CONCURRENCY": 2, "SMS_BATCH_SIZE": 5},
         latency_ms=700,
     )
     out = run(data)
@@ -447,7 +447,11 @@ def test_a_slow_provider_still_gets_the_full_rate(calls_in_flight: int, most_rat
         "2027-03-01T00:00:00Z",
         "2027-03-06T00:00:00Z",
         families(99),
-        settings={"SMS_RATE_LIMIT_PER_SECOND": 10, "SMS_SENDER_CALLS_IN_FLIGHT": calls_in_flight},
+        settings={
+            "SMS_RATE_LIMIT_PER_SECOND": 10,
+            "SMS_SENDER_MAX_CONCURRENCY": 2,
+            "SMS_SENDER_CALLS_IN_FLIGHT": calls_in_flight,
+        },
         latency_ms=400,
     )
     out = run(data)

@@ -310,7 +310,7 @@ def fault_scenarios() -> list[dict[str, Any]]:
             "2027-03-01T00:00:00Z",
             "2027-03-06T00:00:00Z",
             [e for n in range(1, 4) for e in one_patient(due, number=n)],
-            settings={"SMS_RATE_LIMIT_PER_SECOND": 4},
+            settings={"SMS_RATE_LIMIT_PER_SECOND": 4, "SMS_SENDER_MAX_CONCURRENCY": 2},
             rate_limit_per_second=1,
         ),
         scenario(

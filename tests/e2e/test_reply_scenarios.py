@@ -120,7 +120,12 @@ def _burst(n: int, extra: list[dict[str, Any]]) -> dict[str, Any]:
         "2027-03-05T08:50:00Z",
         "2027-03-05T09:30:00Z",
         [*events, *extra],
-        settings={"SMS_RATE_LIMIT_PER_SECOND": 3, "SMS_BATCH_SIZE": 10, "REMINDER_1_DAY_TIME": "20:30"},
+        settings={
+            "SMS_RATE_LIMIT_PER_SECOND": 3,
+            "SMS_SENDER_MAX_CONCURRENCY": 2,
+            "SMS_BATCH_SIZE": 10,
+            "REMINDER_1_DAY_TIME": "20:30",
+        },
         latency_ms=0,
     )
 

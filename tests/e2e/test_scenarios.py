@@ -564,7 +564,7 @@ def test_throttled_provider_still_sends_everything_once(provider_requests: list[
         "2027-03-01T00:00:00Z",
         "2027-03-06T00:00:00Z",
         events,
-        settings={"SMS_RATE_LIMIT_PER_SECOND": 4},
+        settings={"SMS_RATE_LIMIT_PER_SECOND": 4, "SMS_SENDER_MAX_CONCURRENCY": 2},
         rate_limit_per_second=1,
     )
     out = run(data)
@@ -884,7 +884,7 @@ def test_duplicate_sqs_deliveries_send_nothing_twice(
 def deliver_every_batch_twice(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make the simulator's event source deliver each batch a second time, to the next sender instance; returns
     the SQS message ids delivered again (filled as the run goes)."""
-    original = simulate_module._receive
+    original = simulate_module._receive_together
     held: list[list[dict[str, Any]]] = []
     duplicated: list[str] = []
 
@@ -893,12 +893,15 @@ def deliver_every_batch_twice(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             batch = held.pop()
             duplicated.extend(m["MessageId"] for m in batch)
             return batch
-        batch = original(sqs, settings)
+        (batch,) = original(sqs, settings, 1)
         if batch:
             held.append(copy.deepcopy(batch))
         return batch
 
-    monkeypatch.setattr(simulate_module, "_receive", receive)
+    def receive_together(sqs: Any, settings: Any, pollers: int) -> list[list[dict[str, Any]]]:
+        return [receive(sqs, settings) for _ in range(pollers)]
+
+    monkeypatch.setattr(simulate_module, "_receive_together", receive_together)
     return duplicated
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -52,6 +53,11 @@ class Pipeline:
     @property
     def clock(self) -> Any:
         return self.aws.clock
+
+    def first_request(self, at: datetime) -> datetime:
+        """When a send batch that begins at `at` makes its first request: one interval of the sender's pace later
+        (`Pacer.begin_batch`)."""
+        return at + pacing.interval(self.settings.sender_pace_per_second)
 
     def configure(self, **overrides: object) -> Settings:
         """Change settings for the handlers (environment) and for direct core calls (`settings`)."""

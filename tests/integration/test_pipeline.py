@@ -104,7 +104,7 @@ def test_a_message_past_its_deadline_expires_at_dispatch(pipe: Pipeline, capsys)
 
 
 def test_capacity_is_rate_times_interval_minus_queue_depth_and_the_most_urgent_go_first(pipe: Pipeline) -> None:
-    pipe.configure(SMS_RATE_LIMIT_PER_SECOND=2)  # 2/s × 1 min = 120 per run
+    pipe.configure(SMS_RATE_LIMIT_PER_SECOND=2, SMS_SENDER_MAX_CONCURRENCY=2)  # 2/s × 1 min = 120 per run
     for start in range(0, 117, 10):  # 117 already in flight: room for 3
         count = min(10, 117 - start)
         pipe.sqs.send_message_batch(
@@ -326,9 +326,10 @@ def test_happy_path_sends_once_and_records_what_was_sent(pipe: Pipeline, capsys)
     assert stored.provider_message_id == accepted.message_id
     assert stored.text == accepted.text and "Awa" in stored.text and accepted.to == PHONE
     assert stored.segments is not None and stored.segments >= 1
-    assert stored.sent_at == iso(SEVEN_DAY) and stored.due_at is None
+    first_request = pipe.first_request(SEVEN_DAY)
+    assert stored.sent_at == iso(first_request) and stored.due_at is None
     assert store.message_ids_by_provider_id(accepted.message_id) == [message_id]
-    assert provider_state.last_send() == SEVEN_DAY
+    assert provider_state.last_send() == first_request
     metrics = _metrics(capsys)
     assert metrics["SmsSent"] == 1 and metrics["MessagesDispatched"] == 1
 
@@ -508,7 +509,7 @@ def test_quiet_hours_in_the_patient_zone_defer_without_burning_an_attempt(pipe: 
     pipe.clock.advance_to(quiet_end)
     pipe.cycle()
     stored = pipe.message(message_id)
-    assert (stored.status, stored.attempts, stored.sent_at) == ("sent", 1, iso(quiet_end))
+    assert (stored.status, stored.attempts, stored.sent_at) == ("sent", 1, iso(pipe.first_request(quiet_end)))
 
 
 def test_a_transient_503_backs_off_and_retries(pipe: Pipeline, capsys) -> None:
@@ -563,7 +564,7 @@ def test_a_400_svc0004_fails_the_message_at_once(pipe: Pipeline) -> None:
 
     stored = pipe.message(message_id)
     assert (stored.status, stored.attempts) == ("failed", 1)
-    assert "SVC0004" in (stored.last_error or "") and stored.failed_at == iso(SEVEN_DAY)
+    assert "SVC0004" in (stored.last_error or "") and stored.failed_at == iso(pipe.first_request(SEVEN_DAY))
     assert stored.due_at is None and stored.ended_at is not None
     assert len(pipe.send_requests()) == 1 and pipe.receive_dead_letters() == []
 
@@ -576,7 +577,7 @@ def test_a_403_holds_the_provider_without_burning_attempts(pipe: Pipeline) -> No
 
     pipe.send(pipe.receive())
 
-    held_until = SEVEN_DAY + HOLD_INTERVAL
+    held_until = pipe.first_request(SEVEN_DAY) + HOLD_INTERVAL
     stored = pipe.message(first)
     assert (stored.status, stored.attempts, stored.due_at) == ("pending", 0, iso(held_until))
     circuit = provider_state.circuits(pipe.clock.now(), fresh=True)["orange"]

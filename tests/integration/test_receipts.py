@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from core import pacing
 from core.observability import discard_metrics
+from core.settings import build_settings
 from core.statistics import statistics
 from core.store import iso
 from rappel_local.embedded import ReceiptEndpoint, function_url_event, invoke
@@ -23,7 +25,9 @@ from tests.integration.pipeline_kit import PHONE, Pipeline, emf
 
 pytestmark = pytest.mark.integration
 
-SENT_AT = datetime(2027, 3, 13, 9, 0, tzinfo=UTC)  # p1's 7-day reminder for a dose due on Mar 20
+DUE_AT = datetime(2027, 3, 13, 9, 0, tzinfo=UTC)  # p1's 7-day reminder for a dose due on Mar 20
+# Its request: the send batch's first, one interval of the default pace (5/s over 5 senders) after the batch began.
+SENT_AT = DUE_AT + pacing.interval(build_settings().sender_pace_per_second)
 JSON = {"content-type": "application/json", "user-agent": "Orange-DR"}
 
 
@@ -37,7 +41,7 @@ def pipe(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
 
 def _send_one(pipe: Pipeline) -> str:
     message_id = pipe.plan(1, "2027-03-20")["7_day_reminder"]
-    pipe.clock.advance_to(SENT_AT)
+    pipe.clock.advance_to(DUE_AT)
     pipe.cycle()
     assert pipe.message(message_id).status == "sent"
     return message_id
@@ -45,7 +49,7 @@ def _send_one(pipe: Pipeline) -> str:
 
 @pytest.fixture
 def sent(pipe: Pipeline) -> str:
-    """The id of a message Orange accepted (at SENT_AT)."""
+    """The id of a message Orange accepted (at SENT_AT, its batch having begun at DUE_AT)."""
     return _send_one(pipe)
 
 
@@ -186,7 +190,7 @@ def _ambiguous_sends(pipe: Pipeline, count: int) -> list[str]:
     pipe.configure(SMS_GROUP_BY_PHONE="false")  # one SMS each
     pipe.start_orange(receipt_delay_seconds=20, faults=[Fault(timeout="after_send")])
     ids = [pipe.plan(n, "2027-03-20", phone=PHONE)["7_day_reminder"] for n in range(1, count + 1)]
-    pipe.clock.advance_to(SENT_AT)
+    pipe.clock.advance_to(DUE_AT)
     pipe.cycle()
     assert {(pipe.message(i).status, pipe.message(i).ambiguous) for i in ids} == {("sent", True)}
     return ids

@@ -144,3 +144,37 @@ def test_every_health_metric_is_emitted_including_zeros() -> None:
     assert values[MetricName.HEALTH_UNHEALTHY] == 0
     assert values[MetricName.HEALTH_MINUTES_SINCE_LAST_SEND] == 0  # nothing due
     assert metric_values(HealthReport(HEALTHY, ("x",)))[MetricName.HEALTH_UNHEALTHY] == 1
+
+
+@pytest.mark.parametrize(
+    ("rate", "concurrency", "finding"),
+    [
+        (5, 5, None),
+        (25, 5, None),
+        (12, 2, None),
+        (2.5, 2, None),  # half an SMS a second unused: no whole concurrency would use it
+        (
+            5,
+            2,
+            "The senders use 4 of the 5 SMS per second SMS_RATE_LIMIT_PER_SECOND allows (2 senders at 2 each); set"
+            " SMS_SENDER_MAX_CONCURRENCY to a divisor of the rate (5).",
+        ),
+        (
+            25,
+            2,
+            "The senders use 24 of the 25 SMS per second SMS_RATE_LIMIT_PER_SECOND allows (2 senders at 12 each);"
+            " set SMS_SENDER_MAX_CONCURRENCY to a divisor of the rate (5, 25).",
+        ),
+        (
+            7.5,
+            2,
+            "The senders use 6 of the 7.5 SMS per second SMS_RATE_LIMIT_PER_SECOND allows (2 senders at 3 each);"
+            " set SMS_SENDER_MAX_CONCURRENCY to a divisor of the rate.",
+        ),
+    ],
+)
+def test_a_concurrency_that_leaves_part_of_the_rate_unused_is_a_finding(
+    rate: float, concurrency: int, finding: str | None
+) -> None:
+    settings = build_settings(SMS_RATE_LIMIT_PER_SECOND=rate, SMS_SENDER_MAX_CONCURRENCY=concurrency)
+    assert findings_for(HEALTHY, settings) == ((finding,) if finding else ())

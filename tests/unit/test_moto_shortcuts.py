@@ -9,6 +9,8 @@ from datetime import datetime
 from typing import Any
 
 import boto3
+import botocore.exceptions
+import botocore.signers
 import moto.core.responses as core_responses
 import moto.dynamodb.comparisons as comparisons
 import moto.dynamodb.parsing.ast_nodes as ast_nodes
@@ -353,6 +355,7 @@ def test_dynamodb_answers_are_the_same_with_and_without_the_shortcuts() -> None:
 
 
 REPLACED = [
+    (botocore.signers.RequestSigner, "sign"),
     (sqs_models, "unix_time_millis"),
     (DynamoType, "cast_value"),
     (DynamoType, "size"),
@@ -587,3 +590,24 @@ def test_an_item_too_large_is_refused_alike() -> None:
     assert plain == ["kept", "kept", "ItemSizeTooLarge"]
     with moto_shortcuts():
         assert attempt() == plain
+
+
+def test_requests_to_aws_endpoints_go_unsigned_and_others_stay_signed() -> None:
+    """moto answers an unsigned request as a signed one (the answers above are compared with it on); a request to
+    another endpoint, as DynamoDB Local's, still carries its SigV4 Authorization header."""
+    sent: list[tuple[str, bytes | None]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        sent.append((request.url, request.headers.get("Authorization")))
+
+    with mock_aws(), moto_shortcuts():
+        aws = boto3.client("dynamodb", region_name="us-east-1")
+        local = boto3.client("dynamodb", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+        for client in (aws, local):
+            client.meta.events.register("before-send", record)
+        aws.list_tables()
+        with pytest.raises(botocore.exceptions.EndpointConnectionError):
+            local.list_tables()
+    assert sent[0] == ("https://dynamodb.us-east-1.amazonaws.com/", None)
+    assert sent[1][0] == "http://127.0.0.1:9/"
+    assert (sent[1][1] or b"").startswith(b"AWS4-HMAC-SHA256 Credential=")

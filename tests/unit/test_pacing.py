@@ -127,3 +127,37 @@ def test_requests_taken_in_any_order_keep_the_pace(per_second: int, steps: list[
         clock.install(previous)
     assert slots == sorted(slots)
     assert max(sum(1 for t in slots if start <= t < start + timedelta(seconds=1)) for start in slots) <= per_second
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    per_second=st.integers(min_value=1, max_value=25),
+    batches=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=3), st.integers(min_value=1, max_value=30), st.integers(0, 900)),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_a_concurrency_slot_keeps_the_pace_when_lambda_moves_its_next_batch_to_another_environment(
+    per_second: int, batches: list[tuple[int, int, int]]
+) -> None:
+    """A slot's batches run one after another, each in whichever of four environments Lambda picks, each request
+    taking `latency` before the next (one lane): the slot's requests never fit one more in a second than its pace,
+    even when a fresh environment starts right after another's last request."""
+    virtual = VirtualClock(T0)
+    previous = clock.install(virtual)
+    try:
+        environments = [Pacer() for _ in range(4)]
+        requests = []
+        for environment, size, latency_ms in batches:
+            pacer = environments[environment]
+            pacer.begin_batch(per_second)
+            for _ in range(size):
+                pacer.wait(per_second)
+                requests.append(virtual.now())
+                clock.sleep(latency_ms / 1000)
+    finally:
+        clock.install(previous)
+    assert (
+        max(sum(1 for t in requests if start <= t < start + timedelta(seconds=1)) for start in requests) <= per_second
+    )

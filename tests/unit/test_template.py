@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core.metric_names import NAMESPACE, PER_TYPE_AND_PROVIDER, SERVICE, SERVICE_ONLY, MetricName, dimensions_of
-from core.settings import Settings
+from core.settings import Settings, build_settings
 from rappel_local.stack import globals_environment, load_template, template_parameter_defaults
 
 pytestmark = pytest.mark.unit
@@ -40,6 +42,7 @@ NOT_PARAMETERS = {
     "AWS_REGION": "set by Lambda",
     "AWS_ENDPOINT_URL": "only for the embedded stack / DynamoDB Local",
 }
+SAMCONFIG = tomllib.loads((Path(__file__).parents[2] / "samconfig.toml").read_text(encoding="utf-8"))
 
 
 def of_type(type_name: str) -> dict[str, dict[str, Any]]:
@@ -500,3 +503,24 @@ def test_parameter_defaults_satisfy_their_own_constraints(parameter_id: str) -> 
     if parameter["Type"] == "Number":
         value = float(default)
         assert float(parameter.get("MinValue", value)) <= value <= float(parameter.get("MaxValue", value))
+
+
+def _deployed_environment(config_env: str) -> dict[str, str]:
+    """The environment `sam deploy --config-env <config_env>` gives the functions: the Parameters' defaults with the
+    config's parameter_overrides on top, mapped to their variables as the template maps them."""
+    overrides = dict(o.split("=", 1) for o in SAMCONFIG[config_env]["deploy"]["parameters"]["parameter_overrides"])
+    unknown = set(overrides) - set(PARAMETERS)
+    assert not unknown, f"{config_env} overrides Parameters the template does not have: {sorted(unknown)}"
+    environment = template_parameter_defaults()
+    for name, ref in globals_environment().items():
+        if isinstance(ref, dict) and ref.get("Ref") in overrides:
+            environment[name] = overrides[ref["Ref"]]
+    return environment
+
+
+@pytest.mark.parametrize("config_env", sorted(e for e, v in SAMCONFIG.items() if isinstance(v, dict) and "deploy" in v))
+def test_every_samconfig_environment_deploys_valid_settings_that_use_the_whole_rate(config_env: str) -> None:
+    """A config-env whose settings do not validate deploys functions that fail at every cold start; one whose
+    senders' paces do not add up to the rate limit leaves part of the provider's rate unused."""
+    settings = build_settings(**_deployed_environment(config_env))
+    assert settings.sender_pace_per_second * settings.SMS_SENDER_MAX_CONCURRENCY == settings.SMS_RATE_LIMIT_PER_SECOND
