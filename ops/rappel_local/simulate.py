@@ -547,8 +547,10 @@ def _earliest_due(settings: Settings) -> datetime | None:
     from moto.dynamodb.models import dynamodb_backends
 
     table = dynamodb_backends[DEFAULT_ACCOUNT_ID][settings.AWS_REGION].tables[settings.MESSAGES_TABLE]
-    values = [found.value for item in _items(table) if (found := item.attrs.get("due_at")) is not None]
-    return store.parse_iso(min(values)) if values else None
+    earliest = min(
+        (found.value for item in _items(table) if (found := item.attrs.get("due_at")) is not None), default=None
+    )
+    return store.parse_iso(earliest) if earliest is not None else None
 
 
 def _earliest_follow_up(settings: Settings) -> datetime | None:

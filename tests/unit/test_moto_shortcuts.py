@@ -205,7 +205,78 @@ def _calls(client: Any) -> list[tuple[str, Callable[[], Any]]]:
         again = " again" if n >= len(_CONDITIONS) else ""
         calls.append((f"condition {name}{again}", _conditional(client, key, condition, values)))
     calls.append(("after the updates", lambda: client.scan(TableName=TABLE)))
+    calls.append(("an index partition around each kind of write", _partition_around_writes(client)))
     return calls
+
+
+def _partition_around_writes(client: Any) -> Callable[[], Any]:
+    """The same index partition asked twice, then after each kind of write that moves an item into or out of it:
+    the shortcut groups the items by partition once and must group them again after any write."""
+
+    def ask() -> Any:
+        return client.query(
+            TableName=TABLE,
+            IndexName="due",
+            KeyConditionExpression="due_shard = :s",
+            ExpressionAttributeValues={":s": {"S": "DUE#2"}},
+        )
+
+    def key(n: int) -> dict[str, Any]:
+        return {"pk": {"S": "W"}, "sk": {"N": str(n)}}
+
+    def due(n: int, shard: str = "DUE#2") -> dict[str, Any]:
+        return {**key(n), "due_shard": {"S": shard}, "due_at": {"S": f"2027-03-0{n}T09:00:00+00:00"}}
+
+    writes: list[Callable[[], Any]] = [
+        lambda: client.put_item(TableName=TABLE, Item=due(1)),
+        lambda: client.update_item(
+            TableName=TABLE,
+            Key=key(2),
+            UpdateExpression="SET due_shard = :s, due_at = :a",
+            ExpressionAttributeValues={":s": {"S": "DUE#2"}, ":a": {"S": "2027-03-02T09:00:00+00:00"}},
+        ),
+        lambda: client.update_item(
+            TableName=TABLE,
+            Key=key(1),
+            UpdateExpression="SET due_shard = :s",
+            ExpressionAttributeValues={":s": {"S": "DUE#3"}},
+        ),
+        lambda: client.update_item(TableName=TABLE, Key=key(2), UpdateExpression="REMOVE due_shard"),
+        # an item of another partition changed in place (moto updates the stored item) into this one
+        lambda: client.put_item(TableName=TABLE, Item=due(6, "DUE#3")),
+        lambda: client.update_item(
+            TableName=TABLE,
+            Key=key(6),
+            UpdateExpression="SET due_shard = :s",
+            ExpressionAttributeValues={":s": {"S": "DUE#2"}},
+        ),
+        lambda: client.batch_write_item(RequestItems={TABLE: [{"PutRequest": {"Item": due(n)}} for n in (3, 4)]}),
+        lambda: client.delete_item(TableName=TABLE, Key=key(3)),
+        lambda: client.transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": TABLE, "Item": due(5)}},
+                {"Delete": {"TableName": TABLE, "Key": key(4)}},
+                {
+                    "Update": {
+                        "TableName": TABLE,
+                        "Key": key(1),
+                        "UpdateExpression": "SET due_shard = :s",
+                        "ExpressionAttributeValues": {":s": {"S": "DUE#2"}},
+                    }
+                },
+            ]
+        ),
+        lambda: client.batch_write_item(RequestItems={TABLE: [{"DeleteRequest": {"Key": key(5)}}]}),
+    ]
+
+    def run() -> list[Any]:
+        answers = [ask(), ask()]
+        for write in writes:
+            write()
+            answers.append(ask())
+        return answers
+
+    return run
 
 
 # Condition expressions of every token kind (each used twice: their tokens are remembered by text).
