@@ -71,7 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.burst < 1 or args.children < 1 or args.days < 1 or args.overhead_messages < 1 or args.overhead_rounds < 1:
         parser.error("--burst, --children, --days, --overhead-messages and --overhead-rounds must be >= 1")
     if args.rate < 2:
-        parser.error("--rate must be at least 2 (the sender's maximum concurrency)")
+        parser.error("--rate must be at least 2 (two senders, each at least once a second)")
     return args
 
 

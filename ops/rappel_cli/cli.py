@@ -45,7 +45,7 @@ def demo(
     children: Annotated[int, typer.Option(min=1, max=20000, help="Children in the synthetic register.")] = 500,
     days: Annotated[int, typer.Option(min=1, max=365, help="Days to simulate.")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed (register, faults, jitter).")] = 7,
-    rate: Annotated[float, typer.Option(min=1, help="Provider rate limit, SMS per second.")] = 5.0,
+    rate: Annotated[float, typer.Option(min=2, help="Provider rate limit, SMS per second (at least 2).")] = 5.0,
     report: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = Path("out/report.html"),
     scenario_out: Annotated[
         Path | None, typer.Option(help="Only write the scenario as `rappel simulate` JSON to this file.")
@@ -164,7 +164,9 @@ def health(local: Local = False, stack: Stack = None, region: Region = None, as_
         out.print("[green]healthy[/green]" if report.healthy else "[red]unhealthy[/red]")
         for finding in report.findings:
             out.print(f" - {finding}")
-        out.print(_key_values("Figures", {k: v for k, v in data.items() if k != "findings"}))
+        for advice in report.advice:
+            out.print(f" [yellow]advice[/yellow]: {advice}")
+        out.print(_key_values("Figures", {k: v for k, v in data.items() if k not in {"findings", "advice"}}))
     raise typer.Exit(0 if report.healthy else 1)
 
 
@@ -460,7 +462,7 @@ def invoke(
 
 @local_app.command("up")
 def local_up(
-    rate: Annotated[float, typer.Option(min=1, help="Provider rate limit, SMS per second.")] = 5.0,
+    rate: Annotated[float, typer.Option(min=2, help="Provider rate limit, SMS per second (at least 2).")] = 5.0,
     port: Annotated[int, typer.Option(help="Port of the embedded AWS endpoint.")] = 5000,
 ) -> None:
     """Run the embedded stack in the foreground until Ctrl-C: AWS emulation, Orange simulator, receipts, schedules."""

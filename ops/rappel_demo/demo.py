@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from core.settings import sender_concurrency_within
 from core.store import parse_iso
 from core.texts import count_segments
 from rappel_cli.importer import row_events
@@ -98,7 +99,11 @@ def build_scenario(children: int, days: int, seed: int, rate: float) -> dict[str
         "start": begin.isoformat(),
         "until": until.isoformat(),
         "seed": seed,
-        "settings": {"APP_TIMEZONE": "Africa/Abidjan", "SMS_RATE_LIMIT_PER_SECOND": str(rate)},
+        "settings": {
+            "APP_TIMEZONE": "Africa/Abidjan",
+            "SMS_RATE_LIMIT_PER_SECOND": str(rate),
+            "SMS_SENDER_MAX_CONCURRENCY": str(sender_concurrency_within(rate)),
+        },
         "provider": {
             "name": "orange",
             "latency_ms": 150,

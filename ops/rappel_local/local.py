@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from rich.console import Console
 
 from core import clock
+from core.settings import sender_concurrency_within
 from rappel_cli.operations import drain_send_queue
 from rappel_cli.target import CONSOLE_FEED, LOCAL_STATE, write_local_state
 from rappel_local import console as operator_console
@@ -53,6 +54,7 @@ def start(*, rate: float, port: int) -> tuple[dict[str, str], list[object]]:
         "ORANGE_API_BASE_URL": simulator.base_url,
         "RECEIPT_BASE_URL": receipts.base_url,
         "SMS_RATE_LIMIT_PER_SECOND": str(rate),
+        "SMS_SENDER_MAX_CONCURRENCY": str(sender_concurrency_within(rate)),
     }
     os.environ.update(environment)
     reset_core_caches()

@@ -96,21 +96,23 @@ def findings_for(figures: HealthFigures, settings: Settings) -> tuple[str, ...]:
         finding
         for check in (_backlog_findings, _sending_findings, _provider_findings)
         for finding in check(figures, settings)
-    ) + _pace_findings(settings)
+    )
 
 
-def _pace_findings(settings: Settings) -> tuple[str, ...]:
+def configuration_advice(settings: Settings) -> tuple[str, ...]:
+    """What the settings leave on the table, as sentences (pure). Advice, not findings: the scheduler works, and an
+    alarm that stays on until the next deploy would hide the next real problem."""
     # Each sender paces at a whole floor(rate / concurrency) per second; a concurrency that does not divide the
-    # rate leaves the rest of the provider's limit unused for good, which only the operator can change.
-    unused = settings.unused_rate_per_second
-    if unused < 1:
+    # rate leaves the rest of the provider's limit unused for good.
+    if settings.unused_rate_per_second < 1:
         return ()
-    choices = ", ".join(str(n) for n in settings.whole_rate_concurrencies[:4])
+    used = settings.sender_pace_per_second * settings.SMS_SENDER_MAX_CONCURRENCY
+    current = settings.SMS_SENDER_MAX_CONCURRENCY
+    nearest = sorted(settings.whole_rate_concurrencies, key=lambda n: (abs(n - current), n))[:3]
     return (
-        f"The senders use {settings.SMS_RATE_LIMIT_PER_SECOND - unused:g} of the {settings.SMS_RATE_LIMIT_PER_SECOND:g}"
-        f" SMS per second SMS_RATE_LIMIT_PER_SECOND allows ({settings.SMS_SENDER_MAX_CONCURRENCY} senders at"
-        f" {settings.sender_pace_per_second} each); set SMS_SENDER_MAX_CONCURRENCY to a divisor of the rate"
-        + (f" ({choices})." if choices else "."),
+        f"The senders use {used} of the {settings.SMS_RATE_LIMIT_PER_SECOND:g} SMS per second"
+        f" SMS_RATE_LIMIT_PER_SECOND allows ({current} senders at {settings.sender_pace_per_second} each); set"
+        f" SMS_SENDER_MAX_CONCURRENCY to a divisor of it ({', '.join(str(n) for n in sorted(nearest))}).",
     )
 
 
@@ -207,6 +209,7 @@ class HealthReport:
 
     figures: HealthFigures
     findings: tuple[str, ...]
+    advice: tuple[str, ...] = ()  # configuration_advice: reported, never unhealthy
 
     @property
     def healthy(self) -> bool:
@@ -221,6 +224,7 @@ class HealthReport:
             "healthy": self.healthy,
             "checked_at": store.iso(f.checked_at),
             "findings": list(self.findings),
+            "advice": list(self.advice),
             "pending_count": f.pending_count,
             "queued_count": f.queued_count,
             "pending_due_count": f.pending_due_count,
@@ -297,7 +301,7 @@ def measure_health(settings: Settings, now: datetime) -> HealthFigures:
 def check_health(settings: Settings, now: datetime) -> HealthReport:
     """The health of the scheduler at `now`: figures and findings (no metrics; see `run_health_check`)."""
     figures = measure_health(settings, now)
-    return HealthReport(figures, findings_for(figures, settings))
+    return HealthReport(figures, findings_for(figures, settings), configuration_advice(settings))
 
 
 def metric_values(report: HealthReport) -> Mapping[MetricName, float]:
@@ -326,8 +330,10 @@ def run_health_check(settings: Settings) -> HealthReport:
     report = check_health(settings, clock.now())
     for name, value in metric_values(report).items():
         measure(name, value)
-    if report.healthy:
-        logger.info("health check passed", extra={"health": report.as_dict()})
-    else:
+    if not report.healthy:
         logger.warning("health check found problems", extra={"health": report.as_dict()})
+    elif report.advice:
+        logger.warning("health check passed, with advice on the settings", extra={"health": report.as_dict()})
+    else:
+        logger.info("health check passed", extra={"health": report.as_dict()})
     return report

@@ -1,6 +1,6 @@
 """How fast one sender instance goes: its pace (requests per second) and how many provider calls it keeps in flight.
 
-Each instance paces its requests at SMS_RATE_LIMIT_PER_SECOND / SMS_SENDER_MAX_CONCURRENCY, so all instances
+Each instance paces its requests at floor(SMS_RATE_LIMIT_PER_SECOND / SMS_SENDER_MAX_CONCURRENCY), so all instances
 together never pass the provider's limit. One call at a time would cap an instance at 1 / latency whatever its
 pace (150 ms: 6.7/s; 400 ms: 2.5/s), so the records of a batch run on several lanes at once, as many as the pace
 times the observed latency needs, at most SMS_SENDER_CALLS_IN_FLIGHT. In Lambda a lane is a thread; in the
@@ -47,8 +47,8 @@ class Pacer:
         Lambda runs a concurrency slot's batches one after another but not always in the same environment: the
         batch before this one may have ended, elsewhere, an instant after its last request. Its last request was
         made before this invocation began, so waiting one interval keeps the slot's requests 1/n s apart across
-        the switch, and all slots together within the limit in every second. It costs one interval per batch,
-        and nothing when the provider's latency already took longer.
+        the switch, and all slots together within the limit in every second. It costs each batch one interval
+        (2% of a batch of 50 at any pace).
         """
         self.pause_until(clock.now() + interval(per_second))
 

@@ -209,7 +209,7 @@ class Settings(BaseSettings):
         An instance spaced 1/n s apart sends at most n times in any one-second window, so n = floor(rate / K)
         keeps K uncoordinated instances at or under the rate wherever their phases fall.
         """
-        return max(1, int(self.SMS_RATE_LIMIT_PER_SECOND // self.SMS_SENDER_MAX_CONCURRENCY))
+        return int(self.SMS_RATE_LIMIT_PER_SECOND // self.SMS_SENDER_MAX_CONCURRENCY)
 
     @property
     def unused_rate_per_second(self) -> float:
@@ -218,17 +218,22 @@ class Settings(BaseSettings):
 
     @property
     def whole_rate_concurrencies(self) -> tuple[int, ...]:
-        """The sender concurrencies whose paces add up to the whole limit: the divisors of a whole rate, from 2."""
-        rate = self.SMS_RATE_LIMIT_PER_SECOND
-        if rate != int(rate):
-            return ()
-        return tuple(n for n in range(2, min(int(rate), 1000) + 1) if int(rate) % n == 0)
+        """The sender concurrencies whose paces add up to the limit's whole part: its divisors, from 2."""
+        whole = int(self.SMS_RATE_LIMIT_PER_SECOND)
+        return tuple(n for n in range(2, whole + 1) if whole % n == 0)
 
     @property
     def quiet_hours(self) -> tuple[time, time] | None:
         if not self.SMS_QUIET_HOURS_ENABLED or self.SMS_QUIET_HOURS_START == self.SMS_QUIET_HOURS_END:
             return None
         return parse_hhmm(self.SMS_QUIET_HOURS_START), parse_hhmm(self.SMS_QUIET_HOURS_END)
+
+
+def sender_concurrency_within(rate: float) -> int:
+    """The default sender concurrency, lowered to the rate's whole part for a rate under it (each sender paces at
+    least once a second): for tools that take only a rate."""
+    default: int = Settings.model_fields["SMS_SENDER_MAX_CONCURRENCY"].default
+    return max(2, min(default, int(rate)))
 
 
 class ConfigurationError(Exception):

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from core.circuit import Circuit, CircuitKind
-from core.health import HealthFigures, HealthReport, findings_for, metric_values
+from core.health import HealthFigures, HealthReport, configuration_advice, findings_for, metric_values
 from core.metric_names import HEALTH, MetricName
 from core.providers.base import Balance
 from core.settings import build_settings
@@ -147,34 +147,46 @@ def test_every_health_metric_is_emitted_including_zeros() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rate", "concurrency", "finding"),
+    ("rate", "concurrency", "advice"),
     [
         (5, 5, None),
         (25, 5, None),
         (12, 2, None),
-        (2.5, 2, None),  # half an SMS a second unused: no whole concurrency would use it
+        (7.5, 7, None),  # half an SMS a second unused: no whole concurrency would use it
         (
             5,
             2,
             "The senders use 4 of the 5 SMS per second SMS_RATE_LIMIT_PER_SECOND allows (2 senders at 2 each); set"
-            " SMS_SENDER_MAX_CONCURRENCY to a divisor of the rate (5).",
+            " SMS_SENDER_MAX_CONCURRENCY to a divisor of it (5).",
         ),
         (
             25,
             2,
             "The senders use 24 of the 25 SMS per second SMS_RATE_LIMIT_PER_SECOND allows (2 senders at 12 each);"
-            " set SMS_SENDER_MAX_CONCURRENCY to a divisor of the rate (5, 25).",
+            " set SMS_SENDER_MAX_CONCURRENCY to a divisor of it (5, 25).",
         ),
         (
             7.5,
             2,
             "The senders use 6 of the 7.5 SMS per second SMS_RATE_LIMIT_PER_SECOND allows (2 senders at 3 each);"
-            " set SMS_SENDER_MAX_CONCURRENCY to a divisor of the rate.",
+            " set SMS_SENDER_MAX_CONCURRENCY to a divisor of it (7).",
+        ),
+        (
+            1000,
+            7,
+            "The senders use 994 of the 1000 SMS per second SMS_RATE_LIMIT_PER_SECOND allows (7 senders at 142"
+            " each); set SMS_SENDER_MAX_CONCURRENCY to a divisor of it (4, 5, 8).",
         ),
     ],
 )
-def test_a_concurrency_that_leaves_part_of_the_rate_unused_is_a_finding(
-    rate: float, concurrency: int, finding: str | None
+def test_a_concurrency_that_leaves_part_of_the_rate_unused_gets_advice_not_an_alarm(
+    rate: float, concurrency: int, advice: str | None
 ) -> None:
+    """Advice stays out of the findings: an unhealthy state that only a deploy ends would keep the alarm on and
+    hide the next real problem."""
     settings = build_settings(SMS_RATE_LIMIT_PER_SECOND=rate, SMS_SENDER_MAX_CONCURRENCY=concurrency)
-    assert findings_for(HEALTHY, settings) == ((finding,) if finding else ())
+    assert configuration_advice(settings) == ((advice,) if advice else ())
+    assert findings_for(HEALTHY, settings) == ()
+    report = HealthReport(HEALTHY, findings_for(HEALTHY, settings), configuration_advice(settings))
+    assert report.healthy and report.as_dict()["advice"] == list(report.advice)
+    assert metric_values(report)[MetricName.HEALTH_UNHEALTHY] == 0
