@@ -322,6 +322,8 @@ class Simulation:
         while waiting:
             sender = min(waiting, key=lambda s: s.free_at)
             if stop_at is not None and sender.free_at >= stop_at:
+                # Senders polling together all start at once, before any later instant: none holds records here.
+                assert not taken, "records received but not run would stay invisible"
                 virtual.set(max(stop_at, start))
                 return True
             t0 = sender.free_at
