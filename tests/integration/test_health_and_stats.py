@@ -336,3 +336,23 @@ def test_the_handler_reports_the_balance_when_the_provider_answers(aws, orange, 
     assert result["healthy"] is True
     blob = next(json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"'))
     assert (_value(blob["HealthProviderBalanceUnits"]), _value(blob["HealthUnhealthy"])) == (1_000_000, 0)
+
+
+def test_a_concurrency_leaving_part_of_the_rate_unused_is_logged_as_advice_and_raises_no_alarm(
+    aws, orange, capsys, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {"SMS_RATE_LIMIT_PER_SECOND": "25", "SMS_SENDER_MAX_CONCURRENCY": "2"}.items():
+        monkeypatch.setenv(name, value)
+    reset_settings()
+    observability.discard_metrics()
+    capsys.readouterr()
+    result = invoke("health_check", {})
+    assert result["healthy"] is True and result["findings"] == []
+    assert result["advice"] == [
+        "The senders use 24 of the 25 SMS per second SMS_RATE_LIMIT_PER_SECOND allows (2 senders at 12 each); set"
+        " SMS_SENDER_MAX_CONCURRENCY to a divisor of it (5, 25)."
+    ]
+    (logged,) = [r for r in caplog.records if r.getMessage() == "health check passed, with advice on the settings"]
+    assert logged.levelname == "WARNING"
+    blob = next(json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"'))
+    assert _value(blob["HealthUnhealthy"]) == 0
