@@ -106,12 +106,11 @@ def configuration_advice(settings: Settings) -> tuple[str, ...]:
     # rate leaves the rest of the provider's limit unused for good.
     if settings.unused_rate_per_second < 1:
         return ()
-    used = settings.sender_pace_per_second * settings.SMS_SENDER_MAX_CONCURRENCY
     current = settings.SMS_SENDER_MAX_CONCURRENCY
     nearest = sorted(settings.whole_rate_concurrencies, key=lambda n: (abs(n - current), n))[:3]
     return (
-        f"The senders use {used} of the {settings.SMS_RATE_LIMIT_PER_SECOND:g} SMS per second"
-        f" SMS_RATE_LIMIT_PER_SECOND allows ({current} senders at {settings.sender_pace_per_second} each); set"
+        f"The senders use {settings.senders_rate_per_second} of the {settings.SMS_RATE_LIMIT_PER_SECOND:g} SMS per"
+        f" second SMS_RATE_LIMIT_PER_SECOND allows ({current} senders at {settings.sender_pace_per_second} each); set"
         f" SMS_SENDER_MAX_CONCURRENCY to a divisor of it ({', '.join(str(n) for n in sorted(nearest))}).",
     )
 

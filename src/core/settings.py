@@ -212,9 +212,15 @@ class Settings(BaseSettings):
         return int(self.SMS_RATE_LIMIT_PER_SECOND // self.SMS_SENDER_MAX_CONCURRENCY)
 
     @property
+    def senders_rate_per_second(self) -> int:
+        """What all senders together send at most in a second: their whole paces added up (4 of a limit of 5 with
+        two senders at 2/s each)."""
+        return self.sender_pace_per_second * self.SMS_SENDER_MAX_CONCURRENCY
+
+    @property
     def unused_rate_per_second(self) -> float:
-        """How much of the limit the senders' whole paces leave unused (1 of 5 SMS/s with two senders at 2/s each)."""
-        return self.SMS_RATE_LIMIT_PER_SECOND - self.sender_pace_per_second * self.SMS_SENDER_MAX_CONCURRENCY
+        """How much of the limit the senders' whole paces leave unused."""
+        return self.SMS_RATE_LIMIT_PER_SECOND - self.senders_rate_per_second
 
     @property
     def whole_rate_concurrencies(self) -> tuple[int, ...]:

@@ -1019,13 +1019,13 @@ def _read_appointments_and_patients(
     if states:
         wanted[AppointmentStateRecord] = [(f"{_STATE_PK}{a}", _STATE_SK) for a in appointment_ids]
     items = _batch_read(wanted)
-    found: dict[tuple[str, str], Model | None] = {}
-    found.update({("appointment", a): items.get((AppointmentRecord, a)) for a in appointment_ids})
-    found.update({("patient", p): items.get((PatientRecord, p)) for p in patient_ids})
+    found: dict[tuple[str, str], Model | None] = {
+        **{("appointment", a): items.get((AppointmentRecord, a)) for a in appointment_ids},
+        **{("patient", p): items.get((PatientRecord, p)) for p in patient_ids},
+    }
     if states:
-        found.update(
-            {("state", a): items.get((AppointmentStateRecord, (f"{_STATE_PK}{a}", _STATE_SK))) for a in appointment_ids}
-        )
+        state = AppointmentStateRecord
+        found.update({("state", a): items.get((state, (f"{_STATE_PK}{a}", _STATE_SK))) for a in appointment_ids})
     return found
 
 

@@ -523,4 +523,4 @@ def test_every_samconfig_environment_deploys_valid_settings_that_use_the_whole_r
     """A config-env whose settings do not validate deploys functions that fail at every cold start; one whose
     senders' paces do not add up to the rate limit leaves part of the provider's rate unused."""
     settings = build_settings(**_deployed_environment(config_env))
-    assert settings.sender_pace_per_second * settings.SMS_SENDER_MAX_CONCURRENCY == settings.SMS_RATE_LIMIT_PER_SECOND
+    assert settings.senders_rate_per_second == settings.SMS_RATE_LIMIT_PER_SECOND
