@@ -63,6 +63,13 @@ def counter_key(at: datetime, reminder_type: str, name: str) -> tuple[str, str]:
     return at.strftime("%Y-%m-%d"), f"{at.strftime('%H')}#{reminder_type}#{name}"
 
 
+# Moves that correct an earlier ending, whose count they take back: a late DeliveredToTerminal after
+# DeliveryImpossible; a reminder whose SMS had gone out before its cancellation was written.
+CORRECTIONS: frozenset[tuple[str, Status]] = frozenset(
+    {(Status.FAILED.value, Status.DELIVERED), (Status.CANCELLED.value, Status.SENT)}
+)
+
+
 def transition_counts(
     reminder_type: str,
     source: str,
@@ -89,8 +96,8 @@ def transition_counts(
         add(PLANNED)
         return out
     add(target.value)
-    if source == Status.FAILED.value and target is Status.DELIVERED:
-        add(Status.FAILED.value, -1)  # a late DeliveredToTerminal after DeliveryImpossible
+    if (source, target) in CORRECTIONS:
+        add(source, -1)
     if target is Status.SENT:
         add(SMS, 1 / int(values.get("sms_reminders") or 1))
         if values.get("provider"):

@@ -27,7 +27,10 @@ class Status(StrEnum):
 # with a fresh set of retries); FAILED ->
 # DELIVERED is a late DeliveredToTerminal after DeliveryImpossible, which the provider says can happen;
 # CANCELLED -> PENDING is a revival: the cause of the cancellation was reversed (the dose moved back, the family
-# opted in again) while the deadline is open, and the store refuses it for a message the provider may have taken.
+# opted in again) while the deadline is open, and the store refuses it for a message the provider may have taken;
+# CANCELLED -> SENT is the record catching up: the provider had taken the SMS before the cancellation was written
+# (a cancellation during the request, or a crash before the sent write), and a cancelled reminder is one no SMS
+# carried.
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.QUEUED, Status.CANCELLED, Status.EXPIRED}),
     Status.QUEUED: frozenset(
@@ -44,7 +47,7 @@ ALLOWED: dict[Status, frozenset[Status]] = {
     Status.FAILED: frozenset({Status.DELIVERED}),
     Status.DEAD_LETTER: frozenset({Status.PENDING, Status.CANCELLED, Status.EXPIRED}),
     Status.DELIVERED: frozenset(),
-    Status.CANCELLED: frozenset({Status.PENDING}),
+    Status.CANCELLED: frozenset({Status.PENDING, Status.SENT}),
     Status.EXPIRED: frozenset(),
 }
 

@@ -385,8 +385,8 @@ def revive_message(
             "ended_at": None,
             "expires_at": None,
         },
-        # Not one the provider took or may have taken: sent while being cancelled, an ambiguous attempt, or bound to
-        # a grouped SMS whose request may have gone out.
+        # Not one the provider may have taken: an ambiguous attempt, or one bound to a grouped SMS whose request may
+        # have gone out (one the provider took is `sent`, not cancelled).
         guard=Guard.NEVER_SENT,
         reason=f"revived: {(message.last_error or 'cancelled').removeprefix('cancelled: ')} no longer holds",
     )

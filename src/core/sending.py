@@ -26,6 +26,8 @@ from aws_lambda_powertools.utilities.idempotency import (
     IdempotencyConfig,
     idempotent_function,
 )
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyItemNotFoundError
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS
 from pydantic import ValidationError
 
 from core import clock, provider_state, queue, store
@@ -64,7 +66,7 @@ class SendOutcome(StrEnum):
     SENT = "sent"
     AMBIGUOUS_SENT = "ambiguous_sent"  # recorded sent after a timeout that left the request's fate unknown
     ALREADY_RECORDED = "already_recorded"  # a replay found the send recorded already
-    SENT_UNRECORDED = "sent_unrecorded"  # the provider took it while it was being cancelled
+    SENT_UNRECORDED = "sent_unrecorded"  # the provider took it, and the message moved on before that was written
     DEFERRED = "deferred"  # back to pending without an attempt (quiet hours, hold, throttled)
     RETRY = "retry"  # back to pending after a failed attempt
     DEAD_LETTER = "dead_letter"
@@ -108,7 +110,7 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     batch processor then reports each record's outcome, a failure for that record alone.
     """
     store.bind(settings)
-    config, _ = _idempotent_send(settings)
+    config = _idempotent_send(settings).config
     if hasattr(context, "get_remaining_time_in_millis"):
         config.register_lambda_context(context)
     pacer = _pacer
@@ -154,8 +156,30 @@ def _parsed(raw: dict[str, Any]) -> SendRecord | ValidationError:
         return error
 
 
+@dataclass(frozen=True)
+class IdempotentSend:
+    """The provider call made idempotent by Powertools, and what it stored for an SMS read without calling it."""
+
+    config: IdempotencyConfig
+    send_once: Callable[..., dict[str, Any]]
+    persistence: DynamoDBPersistenceLayer
+    function_name: str
+
+    def accepted(self, key: str) -> dict[str, Any] | None:
+        """The provider's acceptance stored for the SMS `key` (its request went out and was answered), or None."""
+        # Configured as the decorator configures it on each call, so that the record's id is the same.
+        self.persistence.configure(self.config, self.function_name)
+        try:
+            record = self.persistence.get_record({"key": key})
+        except IdempotencyItemNotFoundError:
+            return None
+        if record is None or record.status != STATUS_CONSTANTS["COMPLETED"]:
+            return None  # in progress: the request may or may not have gone out, and only its replay can tell
+        return record.response_json_as_dict()
+
+
 @functools.cache
-def _idempotent_send(settings: Settings) -> tuple[IdempotencyConfig, Callable[..., dict[str, Any]]]:
+def _idempotent_send(settings: Settings) -> IdempotentSend:
     client = boto3.client("dynamodb", region_name=settings.AWS_REGION, endpoint_url=settings.AWS_ENDPOINT_URL or None)
     persistence = DynamoDBPersistenceLayer(table_name=settings.IDEMPOTENCY_TABLE, boto3_client=client)
     config = IdempotencyConfig(event_key_jmespath="key", expires_after_seconds=IDEMPOTENCY_TTL_SECONDS)
@@ -173,7 +197,7 @@ def _idempotent_send(settings: Settings) -> tuple[IdempotencyConfig, Callable[..
             "text": request["text"],
         }
 
-    return config, send_once
+    return IdempotentSend(config, send_once, persistence, f"{send_once.__module__}.{send_once.__qualname__}")
 
 
 def reset() -> None:
@@ -258,6 +282,9 @@ def _this_claim(item: QueuedMessage, settings: Settings, now: datetime) -> Messa
         if message is None:
             return SendOutcome.UNKNOWN
     if int(message.version) != item.version:
+        if message.state is Status.CANCELLED and (accepted := _went_out(message, settings)) is not None:
+            # Cancelled after its SMS went out and before that was written (a crash between the two): it was sent.
+            return _record_replayed(message, accepted, settings)
         # Superseded by a newer claim (which has its own queue message), settled already, or an old record of a
         # dead letter delivered again: only the DLQ copy, written with the dead letter's version, may take it back.
         return SendOutcome.STALE
@@ -291,11 +318,34 @@ def _hold_back(
 
 
 def _apply(decision: Decision, message: MessageRecord, now: datetime, settings: Settings) -> SendOutcome:
-    """Write a decision taken before the request (no attempt was made)."""
+    """Write a decision taken before the request; unless this claim's SMS went out before a crash, which the checks
+    cannot undo: then it is recorded sent."""
+    if (accepted := _went_out(message, settings)) is not None:
+        return _record_replayed(message, accepted, settings)
     if decision.verdict is Verdict.DEFER and decision.until is not None:
         return _defer(message, decision.until, decision.reason, now, settings)
     target = Status.CANCELLED if decision.verdict is Verdict.CANCEL else Status.EXPIRED
     return _settle(message, target, decision.reason, now, settings)
+
+
+def _went_out(message: MessageRecord, settings: Settings) -> dict[str, Any] | None:
+    """The provider's stored acceptance of the SMS this message's claim made, if it went out before a crash (one
+    read of the idempotency store, on the paths that would not send)."""
+    key = message.sms_key or f"{message.message_id}#{int(message.attempts) + 1}"
+    accepted = _idempotent_send(settings).accepted(key)
+    if accepted is None or message.message_id not in (accepted.get("message_ids") or [message.message_id]):
+        return None
+    logger.warning("an SMS accepted before a crash is recorded now", extra={"message_id": message.message_id})
+    return accepted
+
+
+def _record_replayed(message: MessageRecord, accepted: dict[str, Any], settings: Settings) -> SendOutcome:
+    """Record as sent what the provider accepted for this message before a crash, from its stored acceptance (one
+    stored before results kept their text has none: the text is then left unrecorded)."""
+    text = accepted.get("text")
+    segments = count_segments(text) if text else None
+    carried = len(accepted.get("message_ids") or [message.message_id])
+    return _record_sent(message, int(message.attempts) + 1, accepted, text, segments, settings, carried=carried)
 
 
 def _next_reminder_within_gap(
@@ -475,7 +525,7 @@ def _request(
     """One request to `provider` (or the replay of a stored result) and each reminder's outcome; or, when the
     provider turned out to be down (its circuit open, or held), why, for the next provider to take the SMS."""
     lead = members[0]
-    _, send_once = _idempotent_send(settings)
+    send_once = _idempotent_send(settings).send_once
     deadline = min(parse_iso(m.message.deadline) for m in members)
     requested: list[datetime] = []
 
@@ -826,6 +876,16 @@ def _sent_reason(provider: str, carried: int) -> str:
     return f"sent via {provider}" + (f", one SMS for {carried} reminders" if carried > 1 else "")
 
 
+def _sent_change(message: MessageRecord, values: dict[str, Any], reason: str) -> Change:
+    """The move to sent of a claimed message; or of one cancelled after the provider took its SMS, only as read (one
+    revived since is claimed again, and that claim replays this send)."""
+    if message.state is Status.CANCELLED:
+        values = {**values, "ended_at": None, "expires_at": None}  # not ended: a sent message waits for its receipt
+        cancelled = frozenset({Status.CANCELLED})
+        return Change(Status.SENT, cancelled, values, Guard.VERSION, reason=f"{reason}, before its cancellation")
+    return Change(Status.SENT, frozenset({Status.QUEUED}), values, Guard.ATTEMPTS, reason=reason)
+
+
 def _record_sent(
     message: MessageRecord,
     attempt: int,
@@ -849,25 +909,23 @@ def _record_sent(
     }
     if text is not None:
         values["text"], values["segments"] = text, segments
-    change = Change(
-        target=Status.SENT,
-        sources=frozenset({Status.QUEUED}),
-        set=values,
-        guard=Guard.ATTEMPTS,
-        reason=f"ambiguous send taken as sent: {ambiguous}" if ambiguous else _sent_reason(values["provider"], carried),
-    )
-    if not store.transition(message, change, at=now, settings=settings):
+    reason = f"ambiguous send taken as sent: {ambiguous}" if ambiguous else _sent_reason(values["provider"], carried)
+    if not store.transition(message, _sent_change(message, values, reason), at=now, settings=settings):
         current = store.get_message(message.message_id)
         if current is not None and current.state in {Status.SENT, Status.DELIVERED, Status.FAILED}:
             return SendOutcome.ALREADY_RECORDED
-        logger.error(
-            "provider accepted but the message changed meanwhile",
-            extra={"message_id": message.message_id, "status": current.status if current else None},
-        )
-        # Cancelled while the request was on its way: say on the record that it went out, so that it is never
-        # revived and sent again if the cancellation's cause is reversed.
-        store.note_accepted_while_cancelled(message.message_id, {k: v for k, v in values.items() if v is not None})
-        return SendOutcome.SENT_UNRECORDED
+        # Cancelled while the request was on its way: it went out all the same, and the record says so (a cancelled
+        # reminder is one that no SMS carried; a sent one is never revived and sent again).
+        if (
+            current is None
+            or current.state is not Status.CANCELLED
+            or not store.transition(current, _sent_change(current, values, reason), at=now, settings=settings)
+        ):
+            logger.error(
+                "provider accepted but the message changed meanwhile",
+                extra={"message_id": message.message_id, "status": current.status if current else None},
+            )
+            return SendOutcome.SENT_UNRECORDED
     type_, provider = message.reminder_type, str(values["provider"])
     count(MetricName.SMS_SENT, reminder_type=type_, provider=provider)
     count(MetricName.SMS_ACCEPTED, 1 / carried, reminder_type=type_, provider=provider)

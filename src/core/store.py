@@ -800,18 +800,6 @@ def update_pending(message: MessageRecord, values: Mapping[str, Any], shards: in
     )
 
 
-def note_accepted_while_cancelled(message_id: str, values: Mapping[str, Any]) -> bool:
-    """Record a send the provider accepted for a message cancelled meanwhile (its status stays cancelled)."""
-    attributes = MessageRecord.get_attributes()
-    return _applied(
-        lambda: _update(
-            MessageRecord(message_id),
-            actions=[attributes[name].set(value) for name, value in values.items()],
-            condition=MessageRecord.status == Status.CANCELLED.value,
-        )
-    )
-
-
 def delete_expired(before: datetime, statuses: Iterable[Status] = TERMINAL) -> int:
     """Delete terminal messages whose retention has run out (what TTL does on AWS; moto never applies TTL)."""
     deleted = 0

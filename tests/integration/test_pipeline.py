@@ -349,10 +349,9 @@ def test_the_same_sqs_record_delivered_twice_makes_one_provider_request(pipe: Pi
     assert pipe.message(message_id).status == "sent"
 
 
-def test_a_crash_between_provider_accept_and_the_sent_write_replays_the_stored_result(
-    pipe: Pipeline, monkeypatch
-) -> None:
-    message_id = _due_now(pipe)
+def _crash_once_after_the_provider_accepted(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The next sent write dies (the Lambda killed after the provider accepted and the idempotency record was
+    saved); returns the ids it was for, once it happened."""
     real_transition = store.transition
     crashes: list[str] = []
 
@@ -363,22 +362,55 @@ def test_a_crash_between_provider_accept_and_the_sent_write_replays_the_stored_r
         return real_transition(message, change, **kwargs)
 
     monkeypatch.setattr(store, "transition", crash_once_on_sent)
+    return crashes
+
+
+def _send_and_crash(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Dispatch, send, die after the provider took the SMS; returns the record the queue will deliver again."""
+    crashes = _crash_once_after_the_provider_accepted(pipe, monkeypatch)
     pipe.dispatch()
     received = pipe.receive()
-
     crashed = pipe.send(received)
     assert crashed["batchItemFailures"] == [{"itemIdentifier": received[0]["MessageId"]}]
-    assert pipe.message(message_id).status == "queued" and len(pipe.accepted()) == 1
+    assert len(crashes) == 1 and len(pipe.accepted()) == 1
+    return received
+
+
+def test_a_crash_between_provider_accept_and_the_sent_write_replays_the_stored_result(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message_id = _due_now(pipe)
+    received = _send_and_crash(pipe, monkeypatch)
+    assert pipe.message(message_id).status == "queued"
 
     redelivered = pipe.receive()
     assert [m["MessageId"] for m in redelivered] == [received[0]["MessageId"]]
     assert pipe.send(redelivered) == {"batchItemFailures": []}
 
     stored = pipe.message(message_id)
-    assert crashes == [message_id]
     assert len(pipe.send_requests()) == 1
     assert (stored.status, stored.attempts) == ("sent", 1)
     assert stored.provider_message_id == pipe.accepted()[0].message_id
+
+
+def test_a_reminder_accepted_before_a_crash_and_cancelled_by_planning_before_its_redelivery_is_recorded_sent(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The redelivered record finds its message cancelled (a newer version): the stored acceptance still tells
+    that the SMS went out, so the record says sent, with the provider's id for its receipt."""
+    message_id = _due_now(pipe)
+    _send_and_crash(pipe, monkeypatch)
+    assert handle_clinic_event(patient("p1", sms_opt_in=False), pipe.settings).cancelled == 3
+    assert pipe.message(message_id).status == "cancelled"
+
+    assert pipe.send(pipe.receive()) == {"batchItemFailures": []}
+
+    stored = pipe.message(message_id)
+    assert len(pipe.send_requests()) == 1
+    assert (stored.status, stored.attempts) == ("sent", 1)
+    assert stored.provider_message_id == pipe.accepted()[0].message_id
+    assert stored.history[-1].endswith("cancelled>sent sent via orange, before its cancellation")
+    assert stored.expires_at is None and stored.ended_at is None  # waits for its receipt, as any sent message
 
 
 def _opt_out(pipe: Pipeline) -> None:
@@ -422,6 +454,27 @@ def test_what_changed_after_dispatch_is_rechecked_at_send_time(
     assert pipe.send_requests() == []
 
 
+@pytest.mark.parametrize(
+    "change",
+    [_opt_out, _set_appointment(status="administered", administered_on="2027-03-13")],
+    ids=["opted-out", "dose-administered"],
+)
+def test_a_reminder_accepted_before_a_crash_is_recorded_sent_though_no_longer_wanted_at_its_redelivery(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, change: Callable[[Pipeline], None]
+) -> None:
+    """The checks before the send would cancel it now; but its SMS went out before the crash, and says so."""
+    message_id = _due_now(pipe)
+    _send_and_crash(pipe, monkeypatch)
+    change(pipe)
+
+    assert pipe.send(pipe.receive()) == {"batchItemFailures": []}
+
+    stored = pipe.message(message_id)
+    assert len(pipe.send_requests()) == 1
+    assert (stored.status, stored.attempts) == ("sent", 1)
+    assert stored.provider_message_id == pipe.accepted()[0].message_id
+
+
 def test_an_opt_out_event_after_dispatch_stops_the_queued_message(pipe: Pipeline) -> None:
     message_id = _due_now(pipe)
     pipe.dispatch()
@@ -449,14 +502,17 @@ def test_a_cancellation_that_lands_during_the_provider_call_is_never_revived_int
     monkeypatch.setattr(OrangeProvider, "send", opt_out_meanwhile)
     pipe.cycle()
     monkeypatch.setattr(OrangeProvider, "send", real_send)
-    cancelled = pipe.message(message_id)
-    assert cancelled.status == "cancelled" and cancelled.sent_at is not None and len(pipe.accepted()) == 1
+    # It went out: recorded sent (the cancellation came second), with the provider's id for its receipt.
+    sent = pipe.message(message_id)
+    assert (sent.status, sent.provider_message_id) == ("sent", pipe.accepted()[0].message_id)
+    assert sent.expires_at is None and sent.ended_at is None
+    assert len(pipe.accepted()) == 1
 
     opted_in = patient("p1", sms_opt_in=True, at=pipe.clock.now() + timedelta(seconds=1))
     assert handle_clinic_event(opted_in, pipe.settings).revived == 2  # the 1-day and overdue reminders
     pipe.cycle()
 
-    assert pipe.message(message_id).status == "cancelled" and len(pipe.send_requests()) == 1
+    assert pipe.message(message_id).status == "sent" and len(pipe.send_requests()) == 1
 
 
 def test_a_sibling_cancelled_while_its_grouped_sms_is_queued_is_left_out_of_it(pipe: Pipeline) -> None:

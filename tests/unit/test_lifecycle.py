@@ -9,8 +9,8 @@ from core.lifecycle import ALLOWED, SETTLED, TERMINAL, IllegalTransition, Status
 pytestmark = pytest.mark.unit
 
 
-def test_terminal_statuses_go_nowhere_except_failed_to_delivered_and_a_revived_cancellation() -> None:
-    expected = {Status.FAILED: {Status.DELIVERED}, Status.CANCELLED: {Status.PENDING}}
+def test_terminal_statuses_go_nowhere_except_failed_to_delivered_and_a_cancellation_revived_or_found_sent() -> None:
+    expected = {Status.FAILED: {Status.DELIVERED}, Status.CANCELLED: {Status.PENDING, Status.SENT}}
     for status in TERMINAL:
         assert set(ALLOWED[status]) == expected.get(status, set())
 

@@ -196,6 +196,19 @@ def test_a_late_delivery_after_failed_moves_the_count_from_failed_to_delivered()
     assert (figures.delivered, figures.failed, figures.delivery_rate) == (1, 0, 1.0)
 
 
+def test_a_cancelled_reminder_found_sent_moves_the_count_from_cancelled_to_sent() -> None:
+    """Its SMS had gone out before the cancellation was written (sending._went_out): sent once, not cancelled."""
+    scheduled = datetime(2027, 3, 1, 9, 0, tzinfo=UTC)
+    counters = _counts_of(
+        [
+            (Status.CANCELLED, "queued", scheduled + timedelta(minutes=5), scheduled, None),
+            (Status.SENT, "cancelled", scheduled + timedelta(minutes=10), scheduled, None),
+        ]
+    )
+    figures = figures_from_counters(counters)
+    assert (figures.sent, figures.cancelled, figures.sms_sent) == (1, 0, 1)
+
+
 def test_figures_without_data_have_no_averages() -> None:
     figures = figures_from_counters({})
     assert figures.as_dict() == {
