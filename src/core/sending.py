@@ -264,6 +264,10 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
         decision = _hold_back(message, patient, appointment, settings, now)
         if decision.verdict is not Verdict.SEND:
             return _apply(decision, message, now, settings)
+        if message.revived and (accepted := _went_out(message, settings)) is not None:
+            # Its SMS went out before a crash, then it was cancelled and revived: grouped now with a sibling, it
+            # would go out under a new key, a second time.
+            return _record_replayed(message, accepted, settings)
     return _Ready(message, patient, appointment)
 
 

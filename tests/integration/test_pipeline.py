@@ -454,6 +454,27 @@ def test_what_changed_after_dispatch_is_rechecked_at_send_time(
     assert pipe.send_requests() == []
 
 
+def test_a_reminder_accepted_before_a_crash_then_cancelled_and_revived_is_not_sent_again_with_a_sibling(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opted out and back in before the record came back: the revived reminder is claimed again, this time with a
+    sibling on the same phone, so its SMS would be composed anew under a new key (no replay): it is sent once."""
+    message_id = _due_now(pipe)
+    _send_and_crash(pipe, monkeypatch)
+    assert handle_clinic_event(patient("p1", sms_opt_in=False), pipe.settings).cancelled == 3
+    opted_in = patient("p1", sms_opt_in=True, at=pipe.clock.now() + timedelta(seconds=1))
+    assert handle_clinic_event(opted_in, pipe.settings).revived == 3  # nothing on its record says it went out
+    sibling = pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")["7_day_reminder"]
+
+    pipe.cycle()
+
+    first, second = pipe.accepted()  # the one before the crash, then the sibling's
+    assert pipe.message(message_id).status == "sent"
+    assert pipe.message(message_id).provider_message_id == first.message_id
+    assert pipe.message(sibling).provider_message_id == second.message_id
+    assert "Kofi" in second.text and "Awa" not in second.text
+
+
 @pytest.mark.parametrize(
     "change",
     [_opt_out, _set_appointment(status="administered", administered_on="2027-03-13")],
