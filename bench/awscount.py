@@ -190,9 +190,15 @@ def read_units(operation: str, params: dict[str, Any], response: dict[str, Any])
             total = scanned * 512  # nothing to measure; assume half a kilobyte each
         return factor * max(1, math.ceil(total / 4096))
     if operation == "BatchGetItem":
+        # Each key is read as a GetItem would be: by its table's consistency, and a key with no item still costs
+        # the minimum (keys left unprocessed were not read).
         units = 0.0
-        for items in response.get("Responses", {}).values():
-            units += sum(0.5 * max(1, math.ceil(item_size(i) / 4096)) for i in items)
+        for table, request in params.get("RequestItems", {}).items():
+            table_factor = 1.0 if request.get("ConsistentRead") else 0.5
+            items = response.get("Responses", {}).get(table, [])
+            unprocessed = len(response.get("UnprocessedKeys", {}).get(table, {}).get("Keys", []))
+            absent = max(0, len(request.get("Keys", [])) - unprocessed - len(items))
+            units += table_factor * (sum(max(1, math.ceil(item_size(i) / 4096)) for i in items) + absent)
         return units
     return 0.0
 

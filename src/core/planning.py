@@ -257,18 +257,21 @@ def reconcile_appointment(
     """
     result = PlanningResult()
     appointment = stored if stored is not None else store.get_appointment(appointment_id)
-    if appointment is not None and (patient is None or patient.patient_id != appointment.patient_id):
-        patient = store.get_patient(appointment.patient_id)
-    state = None
-    if appointment is not None:  # its outcome and follow-up state first: what the cancellations below ask of it
-        state = followup.note_appointment(appointment, patient, settings, now)
-    if appointment is None or patient is None:
-        return result  # planned when the patient arrives (events may come in any order)
-    owners = {patient.patient_id} | ({before.patient_id} if before is not None else set())
+    if appointment is None:
+        return result
+    owners = {appointment.patient_id} | ({before.patient_id} if before is not None else set())
     due_dates = {appointment.due_date} | ({before.due_date} if before is not None else set())
-    existing = {
-        m.message_id: m for m in store.reminders_of(appointment_id, due_dates, owners - {store.UNKNOWN_PATIENT})
-    }
+    checked: PatientRecord | str = appointment.patient_id
+    if patient is not None and patient.patient_id == appointment.patient_id:
+        checked = patient
+    # One read for the reminders and what the checks below ask of the patient (`why_not_wanted`).
+    reminders = store.reminders_of(appointment_id, due_dates, owners - {store.UNKNOWN_PATIENT}, checked=checked)
+    patient = checked if isinstance(checked, PatientRecord) else store.get_patient(checked)
+    # Its outcome and follow-up state first: what the cancellations below ask of it.
+    state = followup.note_appointment(appointment, patient, settings, now)
+    if patient is None:
+        return result  # planned when the patient arrives (events may come in any order)
+    existing = {m.message_id: m for m in reminders}
     reason = why_not_wanted(patient, appointment)
     wanted = _wanted_reminders(patient, appointment, settings, now) if reason is None else {}
     recipient = store.recipient_key(patient.phone)

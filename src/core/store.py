@@ -514,11 +514,21 @@ def create_message(message: MessageRecord, at: datetime, reason: str = "planned"
     return True
 
 
-def reminders_of(appointment_id: str, due_dates: Iterable[str], patient_ids: Iterable[str]) -> list[MessageRecord]:
+def reminders_of(
+    appointment_id: str,
+    due_dates: Iterable[str],
+    patient_ids: Iterable[str],
+    *,
+    checked: PatientRecord | str | None = None,
+) -> list[MessageRecord]:
     """The reminders of an appointment planned for any of these due dates and patients, oldest scheduled first.
 
     A reminder's id follows from what it is (`message_id_for`), so they are read by key, with one BatchGetItem
-    (strongly consistent): no index has to be written with every new message just to find them again."""
+    (strongly consistent): no index has to be written with every new message just to find them again.
+
+    `checked`: the patient (or its id) whose reminders the caller checks next. Inside a `read_ahead` block, the same
+    request reads what those checks ask that is not read yet: the patient, or else the stop of its number; then
+    `get_patient` and `number_stopped` answer from it."""
     keys = sorted(
         {
             message_id_for(appointment_id, reminder_type.value, due_date, patient_id)
@@ -528,8 +538,29 @@ def reminders_of(appointment_id: str, due_dates: Iterable[str], patient_ids: Ite
             if due_date
         }
     )
-    found = list(MessageRecord.batch_get(keys, consistent_read=True)) if keys else []
+    along = _read_along(checked)
+    if not keys and not along:
+        return []
+    items = _batch_read({MessageRecord: keys, **along})
+    ahead = _ahead.get()
+    if ahead is not None:
+        ahead.update({("patient", key): items.get((PatientRecord, key)) for key in along.get(PatientRecord, [])})
+        ahead.update({("stop", key[1]): items.get((OpsRecord, key)) for key in along.get(OpsRecord, [])})
+    found = [item for item in items.values() if isinstance(item, MessageRecord)]
     return sorted(found, key=lambda m: (m.scheduled_at, m.message_id))
+
+
+def _read_along(checked: PatientRecord | str | None) -> dict[type[Model], list[Any]]:
+    """What to read with a patient's reminders for its checks (see `reminders_of`): nothing outside a read-ahead."""
+    ahead = _ahead.get()
+    if ahead is None or checked is None:
+        return {}
+    patient = checked if isinstance(checked, PatientRecord) else ahead.get(("patient", checked), _NOT_AHEAD)
+    if patient is _NOT_AHEAD:
+        return {PatientRecord: [checked]}
+    if isinstance(patient, PatientRecord) and ("stop", patient.phone) not in ahead:
+        return {OpsRecord: [(_STOP, patient.phone)]}
+    return {}
 
 
 def messages_of_patient(patient_id: str) -> list[MessageRecord]:

@@ -249,3 +249,40 @@ def test_a_batch_read_dynamodb_keeps_throttling_gives_up_and_each_item_is_read_a
     assert response["created"] == 3
     state = store.get_appointment_state("a1")
     assert state is not None and state.status == "scheduled"
+
+
+READS = {"GetItem", "BatchGetItem", "Query", "Scan"}
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The DynamoDB read requests made since the recorder was installed, by operation."""
+    recorded: list[str] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if client.meta.service_model.service_name == "dynamodb" and operation in READS:
+            recorded.append(operation)
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+    return recorded
+
+
+def test_a_scheduled_dose_reads_its_reminders_and_the_number_s_stop_in_one_request(aws: Any, reads: list[str]) -> None:
+    """The read-ahead (appointment, its state, its patient), then the reminders with the stop of the patient's
+    number: two BatchGetItems, no GetItem of its own for the stop."""
+    _plan(patient())
+    reads.clear()
+    assert _plan(dose())["created"] == 3
+    assert reads == ["BatchGetItem", "BatchGetItem"]
+
+
+def test_a_dose_given_reads_the_patient_with_the_reminders(aws: Any, reads: list[str]) -> None:
+    """The event names only the appointment: its patient comes with the reminders, not in a read of its own."""
+    _plan(patient())
+    _plan(dose())
+    reads.clear()
+    given = envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-01")
+    assert _plan(given)["cancelled"] == 3
+    assert reads == ["BatchGetItem", "BatchGetItem"]
