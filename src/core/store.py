@@ -541,7 +541,11 @@ def reminders_of(
     along = _read_along(checked)
     if not keys and not along:
         return []
-    items = _batch_read({MessageRecord: keys, **along})
+    try:
+        items = _batch_read({MessageRecord: keys, **along})
+    except RuntimeError:  # keys left unprocessed (throttled): pynamodb's batch get retries until all are read
+        found = list(MessageRecord.batch_get(keys, consistent_read=True)) if keys else []
+        return sorted(found, key=lambda m: (m.scheduled_at, m.message_id))
     ahead = _ahead.get()
     if ahead is not None:
         ahead.update({("patient", key): items.get((PatientRecord, key)) for key in along.get(PatientRecord, [])})
@@ -1080,7 +1084,7 @@ def _batch_read(wanted: Mapping[type[Model], Iterable[Any]]) -> dict[tuple[type[
             if not request:
                 break
         else:
-            raise RuntimeError("batch read throttled: keys left unprocessed")  # the caller reads them one by one
+            raise RuntimeError("batch read throttled: keys left unprocessed")  # the caller reads them another way
     return found
 
 

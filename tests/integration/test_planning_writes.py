@@ -251,6 +251,29 @@ def test_a_batch_read_dynamodb_keeps_throttling_gives_up_and_each_item_is_read_a
     assert state is not None and state.status == "scheduled"
 
 
+def test_a_throttled_read_of_the_reminders_falls_back_to_reading_them_alone(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch get that reads the reminders with the patient's stop gives up like the read-ahead; the reminders
+    are then read with pynamodb's own batch get (which retries until every key is read), the stop by key."""
+    _plan(patient())
+    original = botocore.client.BaseClient._make_api_call
+
+    def throttling(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        tables = params.get("RequestItems", {})
+        if operation == "BatchGetItem" and aws.settings.MESSAGES_TABLE in tables and len(tables) > 1:
+            return {"Responses": {}, "UnprocessedKeys": tables}
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", throttling)
+    response = _plan(dose())
+    monkeypatch.undo()
+
+    assert response["created"] == 3
+    state = store.get_appointment_state("a1")
+    assert state is not None and state.status == "scheduled"
+
+
 READS = {"GetItem", "BatchGetItem", "Query", "Scan"}
 
 
