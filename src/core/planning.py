@@ -138,7 +138,9 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
             written = store.fill_in_closed_appointment(appointment)
         _count_write(result, written)
         stored = appointment if saved else None  # what we wrote is what is stored; else read it again
-        result.merge(reconcile_appointment(detail.appointment_id, settings, now, before=previous, stored=stored))
+        new = saved and previous is None
+        reconcile = reconcile_appointment(detail.appointment_id, settings, now, before=previous, stored=stored, new=new)
+        result.merge(reconcile)
     else:
         result.merge(_close_appointment(detail, event_at, event_id, settings, now))
     return result
@@ -248,19 +250,23 @@ def reconcile_appointment(
     before: AppointmentRecord | None = None,
     stored: AppointmentRecord | None = None,
     patient: PatientRecord | None = None,
+    new: bool = False,
 ) -> PlanningResult:
     """Create, replan, revive or cancel the messages of one appointment so they match what should be sent.
 
     `before`: the appointment as stored before this event: the reminders of its patient and due date then (a move
     to another patient, a reschedule) are looked at too, and cancelled. `stored` and `patient`: the appointment and
     its patient as the caller just wrote them (each read again when not given, or not the appointment's patient).
+    `new`: the caller has just created the appointment, so it has no reminder yet (each is created after its
+    appointment is stored): none is read. A concurrent replay of the same event creates nothing twice: every
+    creation is conditional on the message not existing.
     """
     result = PlanningResult()
     appointment = stored if stored is not None else store.get_appointment(appointment_id)
     if appointment is None:
         return result
     owners = {appointment.patient_id} | ({before.patient_id} if before is not None else set())
-    due_dates = {appointment.due_date} | ({before.due_date} if before is not None else set())
+    due_dates = set() if new else {appointment.due_date} | ({before.due_date} if before is not None else set())
     checked: PatientRecord | str = appointment.patient_id
     if patient is not None and patient.patient_id == appointment.patient_id:
         checked = patient

@@ -301,6 +301,26 @@ def test_a_scheduled_dose_reads_its_reminders_and_the_number_s_stop_in_one_reque
     assert reads == ["BatchGetItem", "BatchGetItem"]
 
 
+def test_a_new_appointment_reads_no_reminder_key_that_cannot_exist(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its reminders are created after it is stored: the second batch get asks only for the number's stop (each key
+    read costs a read unit, found or not). Its schedule sent again reads them: they exist now."""
+    _plan(patient())
+    asked: list[dict[str, int]] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "BatchGetItem":
+            asked.append({table: len(request["Keys"]) for table, request in params["RequestItems"].items()})
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+    assert _plan(dose())["created"] == 3
+    assert asked[1] == {aws.settings.OPS_TABLE: 1}
+    asked.clear()
+    assert _plan(dose(at=aws.clock.now() + timedelta(seconds=1)))["created"] == 0
+    assert asked[1] == {aws.settings.MESSAGES_TABLE: 3, aws.settings.OPS_TABLE: 1}
+
+
 def test_a_dose_given_reads_the_patient_with_the_reminders(aws: Any, reads: list[str]) -> None:
     """The event names only the appointment: its patient comes with the reminders, not in a read of its own."""
     _plan(patient())
