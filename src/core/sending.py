@@ -332,11 +332,16 @@ def _apply(decision: Decision, message: MessageRecord, now: datetime, settings: 
     return _settle(message, target, decision.reason, now, settings)
 
 
+def _key_of_next_sms(message: MessageRecord) -> str:
+    """The idempotency key of the SMS that carries this message's next attempt: the grouped SMS it is bound to, else
+    its own (message, attempt)."""
+    return message.sms_key or f"{message.message_id}#{int(message.attempts) + 1}"
+
+
 def _went_out(message: MessageRecord, settings: Settings) -> dict[str, Any] | None:
     """The provider's stored acceptance of the SMS this message's claim made, if it went out before a crash (one
-    read of the idempotency store, on the paths that would not send)."""
-    key = message.sms_key or f"{message.message_id}#{int(message.attempts) + 1}"
-    accepted = _idempotent_send(settings).accepted(key)
+    read of the idempotency store, on the paths that would not send and before a revived reminder's send)."""
+    accepted = _idempotent_send(settings).accepted(_key_of_next_sms(message))
     if accepted is None or message.message_id not in (accepted.get("message_ids") or [message.message_id]):
         return None
     logger.warning("an SMS accepted before a crash is recorded now", extra={"message_id": message.message_id})
@@ -396,8 +401,7 @@ def _sms_of(
     """
     if len(ready) == 1 and ready[0].message.sms_key is None:
         # A reminder on its own needs no binding: its key is its attempt, as the ungrouped path always had.
-        one = ready[0].message
-        return [(f"{one.message_id}#{int(one.attempts) + 1}", ready)]
+        return [(_key_of_next_sms(ready[0].message), ready)]
     bound: dict[str, list[_Ready]] = {}
     for one in ready:
         if one.message.sms_key:

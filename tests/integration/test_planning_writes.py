@@ -257,21 +257,24 @@ def test_a_throttled_read_of_the_reminders_falls_back_to_reading_them_alone(
     """The batch get that reads the reminders with the patient's stop gives up like the read-ahead; the reminders
     are then read with pynamodb's own batch get (which retries until every key is read), the stop by key."""
     _plan(patient())
+    assert _plan(dose())["created"] == 3
+    throttled: list[str] = []
     original = botocore.client.BaseClient._make_api_call
 
     def throttling(client: Any, operation: str, params: dict[str, Any]) -> Any:
         tables = params.get("RequestItems", {})
         if operation == "BatchGetItem" and aws.settings.MESSAGES_TABLE in tables and len(tables) > 1:
+            throttled.append(operation)
             return {"Responses": {}, "UnprocessedKeys": tables}
         return original(client, operation, params)
 
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", throttling)
-    response = _plan(dose())
+    sent_again = _plan(dose(at=aws.clock.now() + timedelta(seconds=1)))  # its reminders exist: read, none created
     monkeypatch.undo()
 
-    assert response["created"] == 3
-    state = store.get_appointment_state("a1")
-    assert state is not None and state.status == "scheduled"
+    assert len(throttled) == store._BATCH_READ_ATTEMPTS
+    assert (sent_again["created"], sent_again["cancelled"]) == (0, 0)
+    assert len(store.reminders_of("a1", ["2027-03-20"], ["p1"])) == 3
 
 
 READS = {"GetItem", "BatchGetItem", "Query", "Scan"}
@@ -292,9 +295,9 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return recorded
 
 
-def test_a_scheduled_dose_reads_its_reminders_and_the_number_s_stop_in_one_request(aws: Any, reads: list[str]) -> None:
-    """The read-ahead (appointment, its state, its patient), then the reminders with the stop of the patient's
-    number: two BatchGetItems, no GetItem of its own for the stop."""
+def test_a_scheduled_dose_reads_the_number_s_stop_in_a_batch_get_not_alone(aws: Any, reads: list[str]) -> None:
+    """The read-ahead (appointment, its state, its patient), then the stop of the patient's number in the batch get
+    that reads an appointment's reminders (a new one has none to read): two BatchGetItems, no GetItem."""
     _plan(patient())
     reads.clear()
     assert _plan(dose())["created"] == 3
