@@ -162,13 +162,10 @@ class IdempotentSend:
 
     config: IdempotencyConfig
     send_once: Callable[..., dict[str, Any]]
-    persistence: DynamoDBPersistenceLayer
-    function_name: str
+    persistence: DynamoDBPersistenceLayer  # configured as the decorator configures it: the records' ids agree
 
     def accepted(self, key: str) -> dict[str, Any] | None:
         """The provider's acceptance stored for the SMS `key` (its request went out and was answered), or None."""
-        # Configured as the decorator configures it on each call, so that the record's id is the same.
-        self.persistence.configure(self.config, self.function_name)
         try:
             record = self.persistence.get_record({"key": key})
         except IdempotencyItemNotFoundError:
@@ -197,7 +194,9 @@ def _idempotent_send(settings: Settings) -> IdempotentSend:
             "text": request["text"],
         }
 
-    return IdempotentSend(config, send_once, persistence, f"{send_once.__module__}.{send_once.__qualname__}")
+    # What the decorator does on each call, done once here so that `accepted` can read before any call.
+    persistence.configure(config, f"{send_once.__module__}.{send_once.__qualname__}")
+    return IdempotentSend(config, send_once, persistence)
 
 
 def reset() -> None:

@@ -545,12 +545,12 @@ def reminders_of(
         items = _batch_read({MessageRecord: keys, **along})
     except RuntimeError:  # keys left unprocessed (throttled): pynamodb's batch get retries until all are read
         found = list(MessageRecord.batch_get(keys, consistent_read=True)) if keys else []
-        return sorted(found, key=lambda m: (m.scheduled_at, m.message_id))
-    ahead = _ahead.get()
-    if ahead is not None:
-        ahead.update({("patient", key): items.get((PatientRecord, key)) for key in along.get(PatientRecord, [])})
-        ahead.update({("stop", key[1]): items.get((OpsRecord, key)) for key in along.get(OpsRecord, [])})
-    found = [item for item in items.values() if isinstance(item, MessageRecord)]
+    else:
+        ahead = _ahead.get()
+        if ahead is not None:
+            ahead.update({("patient", key): items.get((PatientRecord, key)) for key in along.get(PatientRecord, [])})
+            ahead.update({("stop", key[1]): items.get((OpsRecord, key)) for key in along.get(OpsRecord, [])})
+        found = [item for item in items.values() if isinstance(item, MessageRecord)]
     return sorted(found, key=lambda m: (m.scheduled_at, m.message_id))
 
 
