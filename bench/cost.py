@@ -25,10 +25,12 @@ ASSUMED_HANDLER_MS = 10.0  # per invocation: event parsing, Powertools wrappers,
 ASSUMED_PLATFORM_LOG_BYTES = 700  # Lambda's platform.start / platform.report JSON records per invocation
 XRAY_SAMPLED_FRACTION = 0.05  # X-Ray's default rule beyond its 1 request/second reservoir
 MINUTES_PER_MONTH = 30 * 24 * 60
-SCHEDULED = {"dispatch_due", "health_check", "daily_statistics"}  # invoked by EventBridge Scheduler, load or not
+# Invoked by EventBridge Scheduler, load or not.
+SCHEDULED = {"dispatch_due", "follow_up_pass", "health_check", "daily_statistics"}
 FUNCTION_FOR_HANDLER = {
     "plan_reminders": "handlers.plan_reminders.lambda_handler",
     "dispatch_due": "handlers.dispatch_due.lambda_handler",
+    "follow_up_pass": "handlers.follow_up_pass.lambda_handler",
     "send_sms": "handlers.send_sms.lambda_handler",
     "delivery_receipt": "handlers.delivery_receipt.lambda_handler",
     "health_check": "handlers.health_check.lambda_handler",
@@ -160,11 +162,16 @@ def cost_report(
 
 def fixed_monthly(meter: AwsMeter, prices: dict[str, Any], shards: int) -> dict[str, Any]:
     """What the schedules cost with no reminder at all: every minute's dispatcher run that finds nothing, the
-    30-minute health check and the daily statistics (their own DynamoDB work is not modelled here)."""
+    follow-up pass every FOLLOW_UP_PASS_MINUTES finding nothing, the 30-minute health check and the daily statistics
+    (their own DynamoDB work is not modelled here)."""
+    from core.settings import Settings
+
     dispatch_runs = MINUTES_PER_MONTH
-    schedule_runs = dispatch_runs + MINUTES_PER_MONTH // 30 + 30
-    # An idle dispatcher run: the provider-hold read, the queue depth, one query per shard.
-    idle_calls = 2 + shards
+    pass_runs = MINUTES_PER_MONTH // Settings().FOLLOW_UP_PASS_MINUTES
+    schedule_runs = dispatch_runs + pass_runs + MINUTES_PER_MONTH // 30 + 30
+    # An idle dispatcher run: the provider-hold read, the queue depth, one query per shard; an idle pass: one query
+    # per shard of the follow_up index (counted with the dispatcher's: same memory, same call time).
+    idle_calls = 2 + shards + shards * pass_runs / dispatch_runs
     dispatch = meter.invocations.get("dispatch_due")
     log_bytes = (
         dispatch.log_bytes / dispatch.count if dispatch and dispatch.count else 1000
@@ -182,7 +189,8 @@ def fixed_monthly(meter: AwsMeter, prices: dict[str, Any], shards: int) -> dict[
         / 1000
         * memory
         * unit_price(prices, "lambda_arm64_gb_second"),
-        "DynamoDB reads (idle dispatcher)": dispatch_runs * (1 + shards * 0.5) * rru,
+        "DynamoDB reads (idle dispatcher and pass)": (dispatch_runs * (1 + shards * 0.5) + pass_runs * shards * 0.5)
+        * rru,
         "SQS (queue depth)": dispatch_runs * sqs,
         "CloudWatch Logs (idle dispatcher)": dispatch_runs * log_bytes / 2**30 * logs,
     }

@@ -95,6 +95,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "clinic event rejected": ("plan_reminders", "rejected"),
     "dispatch run": ("dispatch_due", "run"),
     "no provider can take a request: nothing dispatched": ("dispatch_due", "paused"),
+    "follow-up pass": ("follow_up_pass", "pass"),
     "sms sent": ("send_sms", "sent"),
     "message settled without sending": ("send_sms", "settled"),
     "provider did not accept": ("send_sms", "refused"),

@@ -74,6 +74,7 @@ class FakeLambdaContext:
 _HANDLERS = {
     "plan_reminders": "handlers.plan_reminders",
     "dispatch_due": "handlers.dispatch_due",
+    "follow_up_pass": "handlers.follow_up_pass",
     "send_sms": "handlers.send_sms",
     "delivery_receipt": "handlers.delivery_receipt",
     "health_check": "handlers.health_check",

@@ -81,7 +81,7 @@ def serve(*, rate: float, port: int, console: Console) -> None:
     )
     console.print("other terminals: `rappel import FILE.csv --local`, `rappel messages --local`, ... (Ctrl-C stops)")
     stop = threading.Event()
-    next_dispatch = next_health = time.monotonic()
+    next_dispatch = next_pass = next_health = time.monotonic()
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -89,6 +89,9 @@ def serve(*, rate: float, port: int, console: Console) -> None:
                 invoke("dispatch_due", schedule_event("dispatch", datetime.now(UTC).isoformat()))
                 drain_send_queue(settings)
                 next_dispatch = now + settings.SMS_PROCESSING_INTERVAL_MINUTES * 60
+            if now >= next_pass:
+                invoke("follow_up_pass", schedule_event("follow-up", datetime.now(UTC).isoformat()))
+                next_pass = now + settings.FOLLOW_UP_PASS_MINUTES * 60
             if now >= next_health:
                 invoke("health_check", schedule_event("health", datetime.now(UTC).isoformat()))
                 next_health = now + settings.SMS_HEALTH_CHECK_INTERVAL_MINUTES * 60

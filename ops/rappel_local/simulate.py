@@ -196,6 +196,7 @@ class Simulation:
         receipt_url = f"{receipts.base_url}/orange?token={token}"
         self._inbound_url = replies.get_url(receipts.base_url, token)
         interval = timedelta(minutes=settings.SMS_PROCESSING_INTERVAL_MINUTES)
+        passes = _Schedule(timedelta(minutes=settings.FOLLOW_UP_PASS_MINUTES), self.scenario.start)
         events = sorted(self.scenario.events, key=lambda e: e.at)
         requeue: list[_Requeue] = []
         senders = [_Sender(Pacer(), self.scenario.start) for _ in range(settings.SMS_SENDER_MAX_CONCURRENCY)]
@@ -204,7 +205,7 @@ class Simulation:
         tick: datetime | None = None  # the next dispatcher run that can find work, once the index is read
         index = 0
         earliest_due: datetime | None = None
-        stale = True  # whether the due index may have changed since `earliest_due` was read
+        stale = True  # whether the indexes may have changed since `earliest_due` and `passes.work_at` were read
         while True:
             now = virtual.now()
             applied = self._apply_events_due(events, index, now, settings)
@@ -219,6 +220,7 @@ class Simulation:
             dispatching = tick is not None and now >= tick
             if dispatching:
                 self._call("dispatch_due", schedule_event("dispatch", iso(now)))
+            stale = self._follow_up_pass(passes, now) or stale
             # The dispatcher's schedule does not wait for the senders: a drain that reaches the next tick stops
             # there, so that the tick runs (late by at most one round of batches) and the drain goes on after it.
             next_tick = tick + interval if dispatching and tick is not None else tick
@@ -232,10 +234,11 @@ class Simulation:
             if self.progress:
                 self.progress(start, virtual.now(), until)
             if stale:
-                earliest_due, stale = self._earliest_due(settings), False
+                earliest_due, passes.work_at = self._earliest_work(settings)
+                stale = False
             scheduled = max(not_before, _ceil(virtual.now(), interval, start))
             tick = next_tick if stopped else _next_useful_tick(earliest_due, scheduled, interval, start)
-            upcoming = [until, tick, *(s.next_receipt_at() for s in simulators.values())]
+            upcoming = [until, tick, passes.plan(virtual.now()), *(s.next_receipt_at() for s in simulators.values())]
             upcoming += [r.visible_at for r in requeue]
             if index < len(events):
                 upcoming.append(events[index].at)
@@ -246,13 +249,18 @@ class Simulation:
                 break
             virtual.advance_to(wake)
 
-    def _earliest_due(self, settings: Settings) -> datetime | None:
-        """The next instant the dispatcher has work: a due message, or the follow-up pass's next state."""
+    def _follow_up_pass(self, passes: _Schedule, now: datetime) -> bool:
+        """Run the follow-up pass if its scheduled run has come; whether it ran (it writes states)."""
+        if not passes.fires(now):
+            return False
+        self._call("follow_up_pass", schedule_event("follow-up", iso(now)))
+        return True
+
+    def _earliest_work(self, settings: Settings) -> tuple[datetime | None, datetime | None]:
+        """When the dispatcher next has work (a due message), and when the follow-up pass does (its next state)."""
         if self.dynamodb_endpoint:
-            found = [store.earliest_due(settings.DUE_INDEX_SHARDS), store.earliest_follow_up(settings.DUE_INDEX_SHARDS)]
-        else:
-            found = [_earliest_due(settings), _earliest_follow_up(settings)]
-        return min((f for f in found if f is not None), default=None)
+            return store.earliest_due(settings.DUE_INDEX_SHARDS), store.earliest_follow_up(settings.DUE_INDEX_SHARDS)
+        return _earliest_due(settings), _earliest_follow_up(settings)
 
     def _apply_events_due(self, events: list[ScenarioEvent], index: int, now: datetime, settings: Settings) -> int:
         """Apply the events from `index` whose time has come, as the clinic system (or an operator) would; returns
@@ -496,6 +504,31 @@ def _stats(messages: list[dict[str, Any]], sends: list[dict[str, Any]]) -> dict[
         per_type = by_type.setdefault(m["reminder_type"], {})
         per_type[m["status"]] = per_type.get(m["status"], 0) + 1
     return {"messages": len(messages), "sends": len(sends), "by_status": by_status, "by_type": by_type}
+
+
+@dataclass
+class _Schedule:
+    """The follow-up pass's schedule: a run every `interval` from `origin`, skipped (the clock jumps over it) while
+    the pass has no state whose time has come (`work_at`, read from the index)."""
+
+    interval: timedelta
+    origin: datetime
+    work_at: datetime | None = None
+    due: datetime | None = None  # the next run that can find work, as last planned
+    _not_before: datetime | None = None  # the run after the last one that fired
+
+    def plan(self, now: datetime) -> datetime | None:
+        """The next run that can find work, from `now`."""
+        earliest = max(self._not_before or self.origin, _ceil(now, self.interval, self.origin))
+        self.due = _next_useful_tick(self.work_at, earliest, self.interval, self.origin)
+        return self.due
+
+    def fires(self, now: datetime) -> bool:
+        """Whether the planned run has come (late if the loop was busy, as a tick the dispatcher's drain reached)."""
+        if self.due is None or now < self.due:
+            return False
+        self._not_before, self.due = self.due + self.interval, None
+        return True
 
 
 def _next_useful_tick(

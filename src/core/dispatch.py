@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from core import clock, followup, provider_state, queue, store
+from core import clock, provider_state, queue, store
 from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger, measure
@@ -42,7 +42,6 @@ class DispatchResult:
     lost_races: int = 0
     not_enqueued: int = 0
     held: bool = False
-    follow_ups: int = 0  # appointment states the follow-up pass looked at (core.followup)
 
 
 def dispatch_due(settings: Settings) -> DispatchResult:
@@ -84,8 +83,6 @@ def dispatch_due(settings: Settings) -> DispatchResult:
     count(MetricName.MESSAGES_DISPATCHED, result.enqueued)
     if failed:
         logger.error("messages not enqueued; left pending for the next run", extra={"count": len(unsent)})
-    # Families to call: after the claims, so that a slow pass never delays a reminder.
-    result.follow_ups = followup.run_due(settings, now).looked_at
     logger.info("dispatch run", extra=result.__dict__)
     return result
 

@@ -13,7 +13,7 @@ once (a conditional write on its version) counts once. "Not given" is never stor
 **Follow-ups**: a family not reached whose dose is overdue gets one follow-up (`FollowUpNeeded`), closed by the dose
 given or the appointment cancelled (`FollowUpClosed`); never a second one for the same appointment. The events go
 out through an outbox: the state records what is still to be published, and `index_slot` puts it where the
-dispatcher's pass finds it.
+follow-up pass finds it.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class AppointmentState:
 class Slot(StrEnum):
     """Where a state sits in the ops table's sparse `follow_up` index (or nowhere)."""
 
-    DUE = "due"  # the dispatcher's pass looks at it once `at` has come: an event to publish, or a family to check
+    DUE = "due"  # the follow-up pass looks at it once `at` has come: an event to publish, or a family to check
     OPEN = "open"  # an open follow-up, announced: what `rappel followup` lists
 
 

@@ -1156,7 +1156,7 @@ def record_receipt_status(message_id: str, provider_status: str) -> bool:
 
 # One item per appointment in the ops table (pk `APPOINTMENT#<id>`, sk `STATE`): its `core.outcomes` state as JSON,
 # written with a condition on its version. Its place in the sparse `follow_up` index: `FOLLOWUP#<n>` (the
-# dispatcher's pass looks at it once `follow_up_at` has come) or `FOLLOWUP#OPEN` (an announced, open follow-up).
+# follow-up pass looks at it once `follow_up_at` has come) or `FOLLOWUP#OPEN` (an announced, open follow-up).
 # The outcome counters are ops items pk `OUTCOMES`, sk `<due month>#<clinic>`, one attribute per cell.
 _STATE_PK = "APPOINTMENT#"
 _STATE_SK = "STATE"
@@ -1295,7 +1295,7 @@ def follow_ups_due(shards: int, until: datetime, limit: int) -> list[Appointment
 
 
 def earliest_follow_up(shards: int) -> datetime | None:
-    """When the pass next has work (None: none waits); the simulator's clock wakes the dispatcher for it."""
+    """When the pass next has work (None: none waits); the simulator's clock wakes the pass for it."""
     earliest: str | None = None
     for n in range(shards):
         for item in AppointmentStateRecord.follow_up_index.query(f"FOLLOWUP#{n}", limit=1):

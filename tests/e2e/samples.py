@@ -82,6 +82,9 @@ def run_every_sample(invoke: Invoke, *, sqs: Any, dynamodb: Any, stack: Any, sim
     assert invoke("delivery_receipt", kannel)["body"] == "unknown"
     assert status(message_id) == "delivered"
 
+    # The family was reached: the pass has no state whose time has come, and nothing fails.
+    nothing = {"looked_at": 0, "opened": 0, "published": 0, "errors": 0}
+    assert invoke("follow_up_pass", shifted_event("schedule_follow_up_pass.json", days)) == nothing
     health = invoke("health_check", shifted_event("schedule_health.json", days))
     assert health["healthy"] is True and health["pending_count"] == 2
     daily = invoke("daily_statistics", shifted_event("schedule_daily_statistics.json", days))

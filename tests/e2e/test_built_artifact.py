@@ -32,7 +32,15 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
 SAM = ROOT / ".venv-sam" / "bin" / "sam"
 LOCK = ROOT / "layers" / "dependencies" / "requirements.txt"
-FUNCTIONS = {"plan_reminders", "dispatch_due", "send_sms", "delivery_receipt", "health_check", "daily_statistics"}
+FUNCTIONS = {
+    "plan_reminders",
+    "dispatch_due",
+    "follow_up_pass",
+    "send_sms",
+    "delivery_receipt",
+    "health_check",
+    "daily_statistics",
+}
 CREDENTIALS = {"client_id": "rappel-artifact", "client_secret": "artifact-secret-not-real"}
 
 
@@ -126,7 +134,7 @@ def test_sam_package_uploads_one_layer_and_one_code_zip_and_writes_the_deployabl
     resources = load_template(packaged)["Resources"]
     code = {r["Properties"]["CodeUri"] for r in resources.values() if r["Type"] == "AWS::Serverless::Function"}
     layer = resources["DependenciesLayer"]["Properties"]["ContentUri"]
-    assert len(code) == 1 and next(iter(code)).startswith("s3://rappel-artifacts/")  # six functions, one code zip
+    assert len(code) == 1 and next(iter(code)).startswith("s3://rappel-artifacts/")  # seven functions, one code zip
     assert layer.startswith("s3://rappel-artifacts/")
     sizes = {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket="rappel-artifacts")["Contents"]}
     code_zip, layer_zip = sizes[next(iter(code)).rsplit("/", 1)[1]], sizes[layer.rsplit("/", 1)[1]]

@@ -126,6 +126,12 @@ class Pipeline:
         result: dict[str, Any] = invoke("dispatch_due", schedule_event(rule, self.clock.now().isoformat()))
         return result
 
+    def follow_up_pass(self) -> dict[str, Any]:
+        """One follow_up_pass run, fired the way EventBridge Scheduler fires it."""
+        rule = "arn:aws:scheduler:us-east-1:000000000000:schedule/default/test-follow-up-pass"
+        result: dict[str, Any] = invoke("follow_up_pass", schedule_event(rule, self.clock.now().isoformat()))
+        return result
+
     def queue_arn(self, url: str) -> str:
         return str(self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
 

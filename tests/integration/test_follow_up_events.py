@@ -44,11 +44,11 @@ def opted_out_family(pipe: Pipeline) -> None:
 def test_an_unreachable_family_gets_one_follow_up_and_its_close(pipe: Pipeline, clinic_events) -> None:
     opted_out_family(pipe)
     pipe.clock.advance_to(datetime(2027, 3, 20, 23, 59, tzinfo=UTC))
-    pipe.dispatch()
+    pipe.follow_up_pass()
     assert clinic_events() == [], "not overdue yet: nothing to call about"
 
     pipe.clock.advance_to(OVERDUE)
-    assert pipe.dispatch()["follow_ups"] == 1
+    assert pipe.follow_up_pass()["looked_at"] == 1
     (needed,) = clinic_events()
     assert (needed["source"], needed["detail-type"]) == ("rappel", "FollowUpNeeded")
     sample = json.loads(SAMPLE.read_text())
@@ -68,17 +68,17 @@ def test_an_unreachable_family_gets_one_follow_up_and_its_close(pipe: Pipeline, 
 
     for _ in range(3):  # once per appointment: later runs find nothing to do
         pipe.clock.sleep(3600)
-        assert pipe.dispatch()["follow_ups"] == 0
+        assert pipe.follow_up_pass()["looked_at"] == 0
     assert len(clinic_events()) == 1
 
     handle_clinic_event(envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-22"), pipe.settings)
     assert followup.open_follow_ups(pipe.settings) == []
-    pipe.dispatch()
+    pipe.follow_up_pass()
     closed = clinic_events()[1]
     assert closed["detail-type"] == "FollowUpClosed"
     assert closed["detail"]["follow_up_id"] == "followup-a1" and closed["detail"]["why"] == "dose given"
     assert closed["detail"]["administered_on"] == "2027-03-22"
-    pipe.dispatch()
+    pipe.follow_up_pass()
     assert len(clinic_events()) == 2
 
     # Not reached, given after its due date: the counters say so.
@@ -98,14 +98,14 @@ def test_a_refused_publish_is_tried_again_by_the_next_run_never_lost(
         raise notify.EventNotPublished("FollowUpNeeded: InternalFailure: try again")
 
     monkeypatch.setattr(notify, "publish", refused)
-    pipe.dispatch()
+    pipe.follow_up_pass()
     assert clinic_events() == []
     state = store.get_appointment_state("a1")
     assert state is not None and state.follow_up == "open" and state.unpublished == ("needed",)
 
     monkeypatch.setattr(notify, "publish", real)
     pipe.clock.sleep(60)
-    pipe.dispatch()
+    pipe.follow_up_pass()
     assert [e["detail-type"] for e in clinic_events()] == ["FollowUpNeeded"]
     assert store.get_appointment_state("a1").unpublished == ()  # type: ignore[union-attr]
 
@@ -127,12 +127,12 @@ def test_a_crash_after_the_publish_repeats_the_event_with_the_same_id(
     assert [e["detail-type"] for e in clinic_events()] == ["FollowUpNeeded"]
     monkeypatch.setattr(store, "put_appointment_state", real)
     pipe.clock.sleep(60)
-    pipe.dispatch()
+    pipe.follow_up_pass()
     events = clinic_events()
     assert [e["detail-type"] for e in events] == ["FollowUpNeeded", "FollowUpNeeded"]
     assert {e["detail"]["follow_up_id"] for e in events} == {"followup-a1"}
     pipe.clock.sleep(60)
-    pipe.dispatch()
+    pipe.follow_up_pass()
     assert len(clinic_events()) == 2
 
 
@@ -152,7 +152,7 @@ def test_a_delivered_reminder_reaches_the_family_and_no_follow_up_opens(pipe: Pi
 
     # Past its overdue time, the dose still not given: a family reached is not one to call.
     pipe.clock.advance_to(datetime(2027, 3, 25, tzinfo=UTC))
-    pipe.dispatch()
+    pipe.follow_up_pass()
     assert clinic_events() == [] and followup.open_follow_ups(pipe.settings) == []
     assert followup.outcome_report(pipe.settings)["reached"] == {
         "appointments": 1,
@@ -216,7 +216,7 @@ def test_a_failure_receipt_landing_while_the_pass_writes_its_verdict_is_not_over
     assert state is not None and state.watching, "the re-arm stands: the family is looked at again"
 
     pipe.clock.sleep(60)
-    pipe.dispatch()
+    pipe.follow_up_pass()
     (needed,) = clinic_events()
     assert needed["detail-type"] == "FollowUpNeeded"
     assert needed["detail"]["reasons"][0].startswith("7 days before: undeliverable")
@@ -232,7 +232,7 @@ def test_a_lost_re_arm_after_a_stop_verdict_is_caught_by_the_backstop(
     pipe.clock.advance_to(datetime(2027, 3, 21, 15, 0, tzinfo=UTC))
     fail(pipe, ids["7_day_reminder"])  # its receipt came late: the watch is re-armed, the pass judges "stop"
     fail(pipe, ids["1_day_reminder"])
-    pipe.dispatch()
+    pipe.follow_up_pass()
     state = store.get_appointment_state("a1")
     backstop = store.parse_iso(pipe.message(ids["overdue_reminder"]).sent_at or "") + timedelta(hours=24)
     assert state is not None and state.watch_at == store.iso(backstop), "the backstop: 24 h after the last send"
@@ -243,10 +243,10 @@ def test_a_lost_re_arm_after_a_stop_verdict_is_caught_by_the_backstop(
     fail(pipe, ids["overdue_reminder"])
     monkeypatch.setattr(store, "rearm_follow_up", rearm)
     pipe.clock.advance_to(backstop - timedelta(minutes=1))
-    pipe.dispatch()
+    pipe.follow_up_pass()
     assert clinic_events() == []
     pipe.clock.advance_to(backstop)
-    pipe.dispatch()
+    pipe.follow_up_pass()
     assert [e["detail-type"] for e in clinic_events()] == ["FollowUpNeeded"]
 
 
@@ -256,15 +256,15 @@ def test_a_sent_reminder_whose_receipt_never_comes_is_looked_at_once_more_then_l
     ids = all_sent_no_receipt(pipe)
     pipe.clock.advance_to(datetime(2027, 3, 21, 15, 0, tzinfo=UTC))
     store.rearm_follow_up("a1", pipe.clock.now(), pipe.settings.DUE_INDEX_SHARDS)
-    pipe.dispatch()
+    pipe.follow_up_pass()
     backstop = store.parse_iso(pipe.message(ids["overdue_reminder"]).sent_at or "") + timedelta(hours=24)
     assert store.get_appointment_state("a1").watch_at == store.iso(backstop)  # type: ignore[union-attr]
     pipe.clock.advance_to(backstop)
-    assert pipe.dispatch()["follow_ups"] == 1
+    assert pipe.follow_up_pass()["looked_at"] == 1
     state = store.get_appointment_state("a1")
     assert state is not None and state.watch_at is None and state.follow_up is None
     pipe.clock.sleep(3600)
-    assert pipe.dispatch()["follow_ups"] == 0
+    assert pipe.follow_up_pass()["looked_at"] == 0
 
 
 def test_one_state_that_fails_does_not_block_the_others(
@@ -290,5 +290,5 @@ def test_one_state_that_fails_does_not_block_the_others(
     assert [e["detail"]["appointment_id"] for e in clinic_events()] == ["a2"]
     monkeypatch.setattr(store, "get_appointment", real)
     pipe.clock.sleep(60)
-    pipe.dispatch()
+    pipe.follow_up_pass()
     assert sorted(e["detail"]["appointment_id"] for e in clinic_events()) == ["a1", "a2"]

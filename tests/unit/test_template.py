@@ -31,6 +31,7 @@ DATA_TABLES = ("PatientsTable", "AppointmentsTable", "MessagesTable", "OpsTable"
 HANDLERS = {
     "PlanRemindersFunction": "handlers.plan_reminders.lambda_handler",
     "DispatchDueFunction": "handlers.dispatch_due.lambda_handler",
+    "FollowUpPassFunction": "handlers.follow_up_pass.lambda_handler",
     "SendSmsFunction": "handlers.send_sms.lambda_handler",
     "DeliveryReceiptFunction": "handlers.delivery_receipt.lambda_handler",
     "HealthCheckFunction": "handlers.health_check.lambda_handler",
