@@ -184,7 +184,7 @@ def fixed_monthly(meter: AwsMeter, prices: dict[str, Any], shards: int) -> dict[
         "EventBridge Scheduler": schedule_runs * unit_price(prices, "eventbridge_scheduler_invocation"),
         "Lambda requests (scheduled)": schedule_runs * unit_price(prices, "lambda_request"),
         "X-Ray traces (extra, 5% sampled)": schedule_runs * XRAY_SAMPLED_FRACTION * xray,
-        "Lambda duration (idle dispatcher)": dispatch_runs
+        "Lambda duration (idle dispatcher and pass)": dispatch_runs
         * (idle_calls * ASSUMED_AWS_CALL_MS + ASSUMED_HANDLER_MS)
         / 1000
         * memory

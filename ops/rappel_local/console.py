@@ -122,22 +122,31 @@ def classify(record: logging.LogRecord) -> Event | None:
     return None
 
 
+def _follow_up_pass(data: dict[str, Any]) -> str:
+    done = ", ".join(f"{name} {data[name]}" for name in ("opened", "published", "errors") if data.get(name))
+    return f"follow-up pass: looked at {data.get('looked_at')} families" + (f"; {done}" if done else "")
+
+
+# The kinds whose line is worked out from their fields.
+_RENDERERS: dict[str, Callable[[dict[str, Any]], str | None]] = {
+    "applied": _plan,
+    "run": _dispatch,
+    "pass": _follow_up_pass,
+    "health": _health,
+    "reply": _reply,
+}
+
+
 def render(event: Event) -> str | None:
     """One event's line (without time and function), or None for an event not worth a line (an idle run)."""
     data = event.data
+    if event.kind in _RENDERERS:
+        return _RENDERERS[event.kind](data)
     match event.kind:
-        case "applied":
-            return _plan(data)
         case "rejected":
             return f"event refused: {data.get('field')}: {data.get('reason')}"
-        case "run":
-            return _dispatch(data)
         case "paused":
             return f"nothing dispatched: no provider can take a request until {data.get('until')}"
-        case "health":
-            return _health(data)
-        case "reply":
-            return _reply(data)
         case "unknown":
             return "receipt for an unknown provider message id"
         case "statistics":

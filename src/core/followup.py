@@ -56,6 +56,7 @@ LABELS: Final[dict[str, str]] = {
     ReminderType.OVERDUE.value: "1 day after",
 }
 PASS_LIMIT: Final[int] = 500  # states one pass handles (a few requests each); the rest wait for the next pass
+PASS_TIME_MARGIN_MS: Final[int] = 15_000  # a state takes a few requests; stop with this much of the timeout left
 ATTEMPTS: Final[int] = 4  # conditional writes tried against concurrent changes before giving up until next time
 UNDELIVERABLE_RECEIPTS: Final[frozenset[str]] = frozenset({"DeliveryImpossible", "RejectedBySmsc", "Undelivered"})
 # A "stop" (a reminder that may have gone out, no receipt yet) is looked at once more this long after the last send
@@ -246,18 +247,25 @@ class PassResult:
     opened: int = 0
     published: int = 0
     errors: int = 0
+    out_of_time: bool = False  # stopped before the states' end to finish within the Lambda's timeout
 
 
-def run_pass(settings: Settings) -> PassResult:
-    """One scheduled follow-up pass, now."""
+def run_pass(settings: Settings, remaining_ms: Callable[[], int] | None = None) -> PassResult:
+    """One scheduled follow-up pass, now; `remaining_ms`: the Lambda's time left (the context's)."""
     store.bind(settings)
-    return run_due(settings, clock.now())
+    return run_due(settings, clock.now(), remaining_ms)
 
 
-def run_due(settings: Settings, now: datetime) -> PassResult:
-    """The pass: every state whose time has come by `now`, up to PASS_LIMIT (see the module's docstring)."""
+def run_due(settings: Settings, now: datetime, remaining_ms: Callable[[], int] | None = None) -> PassResult:
+    """The pass: every state whose time has come by `now`, up to PASS_LIMIT (see the module's docstring), while
+    more than PASS_TIME_MARGIN_MS is left (a backlog, a slow EventBridge): the states not looked at stay in the
+    index for the next pass, and this one ends cleanly with its metrics."""
     result = PassResult()
     for state in store.follow_ups_due(settings.DUE_INDEX_SHARDS, now, PASS_LIMIT):
+        if remaining_ms is not None and remaining_ms() < PASS_TIME_MARGIN_MS:
+            result.out_of_time = True
+            logger.warning("follow-up pass out of time; the rest waits for the next pass", extra=result.__dict__)
+            break
         result.looked_at += 1
         try:
             if not state.unpublished:
@@ -322,7 +330,7 @@ def _follow(
     if verdict.action == "reached" and verdict.reminder_type is not None:
         return outcomes.with_delivery(state, verdict.reminder_type, iso(now))  # the delivery's note was lost
     if verdict.action == "wait":
-        floor = iso(now + timedelta(minutes=settings.SMS_PROCESSING_INTERVAL_MINUTES))
+        floor = iso(now + timedelta(minutes=settings.FOLLOW_UP_PASS_MINUTES))
         return outcomes.watched_from(state, max(verdict.until or floor, floor))
     if verdict.action == "stop":
         return outcomes.watched_from(state, verdict.until)  # the backstop, or None once past it

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     SMS_DEFAULT_REGION: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] = "CI"
     DUE_INDEX_SHARDS: Annotated[int, Field(ge=1, le=100)] = 8
     # How often the follow-up pass (families no reminder reached) runs, on its own schedule.
-    FOLLOW_UP_PASS_MINUTES: Annotated[int, Field(ge=1, le=60)] = 15
+    FOLLOW_UP_PASS_MINUTES: Annotated[int, Field(ge=5, le=60)] = 15
 
     # Quiet hours, in the patient's local time; a send time inside them moves to their end.
     SMS_QUIET_HOURS_ENABLED: bool = True

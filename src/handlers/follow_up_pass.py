@@ -14,4 +14,4 @@ from core.settings import load_settings
 @lambda_entry()
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """One follow-up pass (the schedule's event carries nothing we need)."""
-    return asdict(run_pass(load_settings()))
+    return asdict(run_pass(load_settings(), context.get_remaining_time_in_millis))

@@ -83,7 +83,7 @@ def run_every_sample(invoke: Invoke, *, sqs: Any, dynamodb: Any, stack: Any, sim
     assert status(message_id) == "delivered"
 
     # The family was reached: the pass has no state whose time has come, and nothing fails.
-    nothing = {"looked_at": 0, "opened": 0, "published": 0, "errors": 0}
+    nothing = {"looked_at": 0, "opened": 0, "published": 0, "errors": 0, "out_of_time": False}
     assert invoke("follow_up_pass", shifted_event("schedule_follow_up_pass.json", days)) == nothing
     health = invoke("health_check", shifted_event("schedule_health.json", days))
     assert health["healthy"] is True and health["pending_count"] == 2

@@ -1,5 +1,5 @@
 """Families to call and did the reminders work, through `rappel simulate` (issue 14, items 2 and 3): the follow-ups
-open at `until`, the FollowUpNeeded / FollowUpClosed events the dispatcher published on the bus, and
+open at `until`, the FollowUpNeeded / FollowUpClosed events follow_up_pass published on the bus, and
 `stats.outcomes`, on scenarios whose answers are worked out by hand below."""
 
 from __future__ import annotations

@@ -292,3 +292,19 @@ def test_one_state_that_fails_does_not_block_the_others(
     pipe.clock.sleep(60)
     pipe.follow_up_pass()
     assert sorted(e["detail"]["appointment_id"] for e in clinic_events()) == ["a1", "a2"]
+
+
+def test_a_pass_running_out_of_time_stops_cleanly_and_the_next_takes_the_rest(pipe: Pipeline, clinic_events) -> None:
+    """The pass stops before the Lambda's timeout (a backlog, a slow EventBridge): the states it did not look at stay
+    in the index, and the next pass takes them; nothing is lost or published twice."""
+    opted_out_family(pipe)
+    assert handle_clinic_event(patient("p2", sms_opt_in=False, phone="+2250701020399"), pipe.settings).applied == 1
+    handle_clinic_event(dose_event("a2", "p2", due_date=DUE), pipe.settings)
+    pipe.clock.advance_to(OVERDUE)
+    left = iter([60_000, followup.PASS_TIME_MARGIN_MS - 1])
+    result = followup.run_due(pipe.settings, pipe.clock.now(), lambda: next(left))
+    assert (result.looked_at, result.out_of_time) == (1, True)
+    assert len(clinic_events()) == 1
+    pipe.clock.sleep(15 * 60)
+    assert pipe.follow_up_pass()["looked_at"] == 1
+    assert sorted(e["detail"]["appointment_id"] for e in clinic_events()) == ["a1", "a2"]

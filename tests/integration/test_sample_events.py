@@ -77,7 +77,9 @@ def test_sample_events_take_a_reminder_from_planning_to_delivery(aws, monkeypatc
         assert store.get_message(message_id).status == "delivered"
 
         passed = invoke("follow_up_pass", _event("schedule_follow_up_pass.json"))
-        assert passed == {"looked_at": 0, "opened": 0, "published": 0, "errors": 0}, "the family was reached"
+        assert passed == {"looked_at": 0, "opened": 0, "published": 0, "errors": 0, "out_of_time": False}, (
+            "the family was reached"
+        )
         health = invoke("health_check", _event("schedule_health.json"))
         assert health["healthy"] is True and health["pending_count"] == 2
         daily = invoke("daily_statistics", _event("schedule_daily_statistics.json"))

@@ -28,6 +28,7 @@ def test_records_become_one_line_per_event() -> None:
     handler.emit(_record("clinic event applied", detail_type="DoseScheduled", appointment_id="a1", messages_created=3))
     handler.emit(_record("dispatch run", claimed=0, enqueued=0, expired=0))  # idle: no line
     handler.emit(_record("dispatch run", claimed=12, enqueued=12, expired=1))
+    handler.emit(_record("follow-up pass", looked_at=3, opened=1, published=1, errors=0))
     handler.emit(_record("orange token obtained"))  # routine: no line
     with handler.invocation("send_sms"):
         for n in range(3):
@@ -41,6 +42,7 @@ def test_records_become_one_line_per_event() -> None:
     assert lines == [
         ("plan_reminders", "DoseScheduled a1: 3 reminders"),
         ("dispatch_due", "claimed 12, enqueued 12, expired 1"),
+        ("follow_up_pass", "follow-up pass: looked at 3 families; opened 1, published 1"),
         ("send_sms", "sent 3 reminders in 2 SMS; expired 1; provider refused 1 (transient)"),
         ("delivery_receipt", "receipt delivered msg_0, msg_1"),
         ("error", "messages claimed but not enqueued (count 2)"),
