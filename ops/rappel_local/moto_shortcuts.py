@@ -1,7 +1,7 @@
 """Shorter roads through moto's slowest paths, for the embedded stack's speed; every answer stays the same.
 
 moto is a faithful model of AWS's APIs but not a fast one: each DynamoDB Query sorts and walks the whole
-table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces seventeen of its
+table, and its key comparisons rebuild Python values on every call. `moto_shortcuts()` replaces eighteen of its
 internals, and botocore's request signing (moto reads no signature), with equivalents that return the same results
 in the same order (tests/unit/test_moto_shortcuts.py runs each against the original). Nothing Rappel or AWS would
 see changes; Rappel's code is untouched.
@@ -35,6 +35,7 @@ from moto.dynamodb.exceptions import ItemSizeTooLarge
 from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.table import RESULT_SIZE_LIMIT, Table
 from moto.dynamodb.models.utilities import bytesize
+from moto.dynamodb.responses import DynamoHandler
 
 ast_nodes: Any = moto_ast_nodes  # mypy does not see the node classes in moto's module
 validators: Any = moto_validators
@@ -180,15 +181,66 @@ def _all_items(self: Table) -> list[Any]:
     if wanted is not None and wanted[0] is None:  # the table's own partition
         found = self.items.get(wanted[1])
         items = [] if found is None else list(found.values()) if self.range_key_attr else [found]
-    elif self.range_key_attr:
-        items = [item for hash_set in self.items.values() for item in hash_set.values()]
+    elif wanted is not None:
+        items = _index_partition(self, *wanted)
     else:
-        items = list(self.items.values())
-    if wanted is not None and wanted[0] is not None:
-        items = _with_attribute(items, *wanted)
+        items = _every_item(self)
     for keep in getattr(_query_keys, "tests", None) or ():
         items = [item for item in items if keep(item)]
     return sorted(items, key=_sort_key)
+
+
+# Bumped before and after every DynamoDB request that is not a read: a table's items grouped by an index key
+# (`_index_partition`) serve queries until the next write.
+_writes = 0
+_READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems", "DescribeTable", "ListTables"})
+_GROUPS = "_rappel_index_groups"  # where a table keeps its items grouped: (writes seen, {attribute: {key: items}})
+
+
+def _every_item(table: Table) -> list[Any]:
+    if table.range_key_attr:
+        return [item for hash_set in table.items.values() for item in hash_set.values()]
+    return list(table.items.values())
+
+
+def _index_partition(table: Table, name: str, wanted: DynamoType) -> list[Any]:
+    """`_with_attribute` of every item; from the second query by `name` with no write between, from the table's
+    items grouped by `name` once: a dispatcher run queries the eight shards of one index in a row, and each query
+    walked the table. (A lone query, a receipt's, walks it once as before: grouping would cost more.)"""
+    seen, groups = vars(table).get(_GROUPS) or (-1, None)
+    if seen != _writes or groups is None:
+        groups = {}
+        setattr(table, _GROUPS, (_writes, groups))
+    if wanted.type not in {"S", "N", "B"} or name not in groups:  # not an index key type, or a first query
+        groups[name] = None
+        return _with_attribute(_every_item(table), name, wanted)
+    by_key: dict[tuple[str, Any], list[Any]] | None = groups[name]
+    if by_key is None:
+        by_key = {}
+        groups[name] = by_key
+        for item in _every_item(table):
+            found = item.attrs.get(name)
+            if found is not None and found.type in {"S", "N", "B"}:
+                by_key.setdefault(_group_key(found), []).append(item)
+    return list(by_key.get(_group_key(wanted), ()))
+
+
+def _group_key(value: DynamoType) -> tuple[str, Any]:
+    # DynamoType.__eq__'s terms: same type, and the same value (a number's by its cast value: "1" equals "1.0")
+    return value.type, value.value if value.type in _VALUE_AS_IS else value.cast_value
+
+
+def _counting_writes(original: Any) -> Any:
+    def call_action(self: Any) -> Any:
+        global _writes
+        write = self._get_action() not in _READS
+        _writes += write
+        try:
+            return original(self)
+        finally:
+            _writes += write
+
+    return call_action
 
 
 def _with_attribute(items: list[Any], name: str, wanted: DynamoType) -> list[Any]:
@@ -563,6 +615,8 @@ def moto_shortcuts() -> Iterator[None]:
       members inline.
     - An index query with an upper bound (`due_at <= :now`), ascending, hands moto its sorted partition cut after
       the first item past the bound: moto would size every later item for its page check and skip it.
+    - An index query finds its partition in the table's items grouped by the index key, grouped once until the
+      next DynamoDB request that is not a read (each request counted as DynamoHandler takes it).
 
     A block opened inside another changes nothing more (wrapping the shortcuts twice would only slow them).
     """
@@ -604,6 +658,7 @@ def moto_shortcuts() -> Iterator[None]:
         (comparisons.ConditionExpressionParser, "_lex_condition_expression", _lexed_once),
         (ast_nodes.Node, "find_clauses", _clauses_found_once),
         (LimitedSizeDict, "__setitem__", _size_checked_inline),
+        (DynamoHandler, "call_action", _counting_writes),
     ]
     originals = [vars(owner)[name] for owner, name, _ in replacements]
     for (owner, name, faster), original in zip(replacements, originals, strict=True):

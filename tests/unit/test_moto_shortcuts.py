@@ -22,6 +22,7 @@ from moto import mock_aws
 from moto.core.serialize import BaseJSONSerializer
 from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.table import Table
+from moto.dynamodb.responses import DynamoHandler
 
 from rappel_local.moto_shortcuts import moto_shortcuts
 
@@ -444,6 +445,7 @@ REPLACED = [
     (comparisons.ConditionExpressionParser, "_lex_condition_expression"),
     (ast_nodes.Node, "find_clauses"),
     (LimitedSizeDict, "__setitem__"),
+    (DynamoHandler, "call_action"),  # counts the writes that end a table's grouping by index key
 ]
 
 
