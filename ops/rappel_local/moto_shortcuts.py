@@ -620,7 +620,7 @@ def moto_shortcuts() -> Iterator[None]:
 
     A block opened inside another changes nothing more (wrapping the shortcuts twice would only slow them).
     """
-    global _active
+    global _active, _writes
     installed = importlib.metadata.version("moto")
     if installed != SHORTCUT_MOTO_VERSION:
         # The shortcuts reach into moto's internals: on a moto they were not checked against, run moto as it is.
@@ -668,10 +668,12 @@ def moto_shortcuts() -> Iterator[None]:
     for owner, name, value in added:
         setattr(owner, name, value)
     _active = 1
+    _writes += 1  # a grouping kept on a table from an earlier block is not trusted: writes between went uncounted
     try:
         yield
     finally:
         _active = 0
+        _writes += 1
         for owner, name, _ in added:
             delattr(owner, name)
         for (owner, name, _), original in zip(replacements, originals, strict=True):

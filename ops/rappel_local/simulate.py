@@ -206,6 +206,7 @@ class Simulation:
         index = 0
         earliest_due: datetime | None = None
         stale = True  # whether the indexes may have changed since `earliest_due` and `passes.work_at` were read
+        planned = False  # whether `tick` and the pass's run were planned from a read of the indexes
         while True:
             now = virtual.now()
             applied = self._apply_events_due(events, index, now, settings)
@@ -225,9 +226,12 @@ class Simulation:
             # there, so that the tick runs (late by at most one round of batches) and the drain goes on after it.
             next_tick = tick + interval if dispatching and tick is not None else tick
             stopped = False
-            # The senders' event source polls all the time: records put back or redriven are taken at once.
+            # The senders' event source polls all the time: records put back or redriven are taken at once. While
+            # the runs are not planned (the indexes not read since they changed), the drain stops where the first
+            # tick or pass could fall, for the next round to read them.
+            stop_at = next_tick if planned else min(max(not_before, _ceil(now, interval, start)), passes.earliest(now))
             if dispatching or _send_queue_has_records(settings):
-                stopped = self._drain(settings, sqs, virtual, senders, requeue, stack, stop_at=next_tick)
+                stopped = self._drain(settings, sqs, virtual, senders, requeue, stack, stop_at=stop_at)
                 stale = True
             if dispatching:
                 not_before = max(_ceil(virtual.now(), interval, start), now + interval)
@@ -240,13 +244,14 @@ class Simulation:
             scheduled = max(not_before, _ceil(virtual.now(), interval, start))
             # The indexes are read only when a tick or a pass could come before anything else wakes the clock: most
             # wakes (a receipt, an event) come sooner, and reading moto's tables at each of them took 8% of a run.
-            if stale and others >= min(scheduled, passes.earliest(now)):
+            if stale and max(others, virtual.now()) >= min(scheduled, passes.earliest(now)):
                 earliest_due, passes.work_at = self._earliest_work(settings)
                 stale = False
-            useful = _next_useful_tick(None if stale else earliest_due, scheduled, interval, start)
-            tick = next_tick if stopped else useful
+            planned = not stale
+            useful = _next_useful_tick(earliest_due if planned else None, scheduled, interval, start)
+            tick = next_tick if stopped and next_tick is not None else useful
             # The pass is planned from this round's start: a run the drain went past is still due, and runs now.
-            wake = max(_soonest([others, tick, passes.plan(now, known=not stale)]), virtual.now())
+            wake = max(_soonest([others, tick, passes.plan(now, known=planned)]), virtual.now())
             if wake >= until:
                 virtual.advance_to(until)
                 _post_receipts(simulators, until, receipt_url)
@@ -319,7 +324,8 @@ class Simulation:
         stop_at: datetime | None = None,
     ) -> bool:
         """Run the sender instances in virtual time until the queue is empty, or until `stop_at` (the next dispatcher
-        tick) has come; True when it stopped for the tick, with the clock at the tick.
+        tick, or the first instant a tick or a pass could fall while they are not planned) has come; True when it
+        stopped there, with the clock at `stop_at`.
 
         Each instance takes its next batch when its last one ends, as the event source's pollers do (instances
         free at the same instant share what the queue holds, ten records at a time in turn), and one that finds
