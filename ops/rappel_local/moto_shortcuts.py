@@ -195,6 +195,7 @@ def _all_items(self: Table) -> list[Any]:
 _writes = 0
 _READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems", "DescribeTable", "ListTables"})
 _GROUPS = "_rappel_index_groups"  # where a table keeps its items grouped: (writes seen, {attribute: {key: items}})
+_KEY_TYPES = frozenset({"S", "N", "B"})  # the types an index key attribute can have
 
 
 def _every_item(table: Table) -> list[Any]:
@@ -207,20 +208,20 @@ def _index_partition(table: Table, name: str, wanted: DynamoType) -> list[Any]:
     """`_with_attribute` of every item; from the second query by `name` with no write between, from the table's
     items grouped by `name` once: a dispatcher run queries the eight shards of one index in a row, and each query
     walked the table. (A lone query, a receipt's, walks it once as before: grouping would cost more.)"""
-    seen, groups = vars(table).get(_GROUPS) or (-1, None)
-    if seen != _writes or groups is None:
+    groups: dict[str, dict[tuple[str, Any], list[Any]] | None]
+    seen, groups = getattr(table, _GROUPS, (-1, {}))
+    if seen != _writes:
         groups = {}
         setattr(table, _GROUPS, (_writes, groups))
-    if wanted.type not in {"S", "N", "B"} or name not in groups:  # not an index key type, or a first query
+    if wanted.type not in _KEY_TYPES or name not in groups:  # not an index key type, or a first query
         groups[name] = None
         return _with_attribute(_every_item(table), name, wanted)
-    by_key: dict[tuple[str, Any], list[Any]] | None = groups[name]
+    by_key = groups[name]
     if by_key is None:
-        by_key = {}
-        groups[name] = by_key
+        by_key = groups[name] = {}
         for item in _every_item(table):
             found = item.attrs.get(name)
-            if found is not None and found.type in {"S", "N", "B"}:
+            if found is not None and found.type in _KEY_TYPES:
                 by_key.setdefault(_group_key(found), []).append(item)
     return list(by_key.get(_group_key(wanted), ()))
 

@@ -207,6 +207,10 @@ class Simulation:
         earliest_due: datetime | None = None
         stale = True  # whether the indexes may have changed since `earliest_due` and `passes.work_at` were read
         planned = False  # whether `tick` and the pass's run were planned from a read of the indexes
+
+        def soonest_tick(at: datetime) -> datetime:  # the first dispatcher run that can fall from `at`
+            return max(not_before, _ceil(at, interval, start))
+
         while True:
             now = virtual.now()
             applied = self._apply_events_due(events, index, now, settings)
@@ -229,7 +233,7 @@ class Simulation:
             # The senders' event source polls all the time: records put back or redriven are taken at once. While
             # the runs are not planned (the indexes not read since they changed), the drain stops where the first
             # tick or pass could fall, for the next round to read them.
-            stop_at = next_tick if planned else min(max(not_before, _ceil(now, interval, start)), passes.earliest(now))
+            stop_at = next_tick if planned else min(soonest_tick(now), passes.earliest(now))
             if dispatching or _send_queue_has_records(settings):
                 stopped = self._drain(settings, sqs, virtual, senders, requeue, stack, stop_at=stop_at)
                 stale = True
@@ -241,7 +245,7 @@ class Simulation:
                 [until, *(s.next_receipt_at() for s in simulators.values()), *(r.visible_at for r in requeue)]
                 + [e.at for e in events[index : index + 1]]
             )
-            scheduled = max(not_before, _ceil(virtual.now(), interval, start))
+            scheduled = soonest_tick(virtual.now())
             # The indexes are read only when a tick or a pass could come before anything else wakes the clock: most
             # wakes (a receipt, an event) come sooner, and reading moto's tables at each of them took 8% of a run.
             if stale and max(others, virtual.now()) >= min(scheduled, passes.earliest(now)):
