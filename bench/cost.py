@@ -35,6 +35,7 @@ FUNCTION_FOR_HANDLER = {
     "delivery_receipt": "handlers.delivery_receipt.lambda_handler",
     "health_check": "handlers.health_check.lambda_handler",
     "daily_statistics": "handlers.daily_statistics.lambda_handler",
+    "tally_changes": "handlers.tally_changes.lambda_handler",
 }
 
 
@@ -156,6 +157,8 @@ def cost_report(
             "platform_log_bytes_per_invocation": ASSUMED_PLATFORM_LOG_BYTES,
             "xray_sampled_fraction": XRAY_SAMPLED_FRACTION,
             "free_tiers_subtracted": False,
+            # AWS does not bill the GetRecords calls a Lambda trigger makes on a DynamoDB stream.
+            "dynamodb_stream_reads_by_lambda_billed": False,
         },
     }
 

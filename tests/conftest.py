@@ -32,11 +32,19 @@ class FakeAws:
     settings: Settings
     environment: dict[str, str]
     clock: clock.VirtualClock
+    change_streams: Any = None
 
     def with_settings(self, **overrides: object) -> Settings:
         """The same stack with some settings changed."""
         self.settings = build_settings(**{**self.environment, **overrides})
         return self.settings
+
+    def tally(self) -> int:
+        """Run tally_changes on every table change so far, as Lambda's stream mappings would (the counters lag the
+        data until then); returns the changes delivered."""
+        from rappel_local.embedded import invoke
+
+        return self.change_streams.drain(invoke)
 
 
 @pytest.fixture
@@ -53,6 +61,7 @@ def aws(virtual_clock: clock.VirtualClock, monkeypatch: pytest.MonkeyPatch) -> I
     """moto with every table, queue and secret of template.yaml, and settings (and env) pointing at them."""
     from moto import mock_aws
 
+    from rappel_local.change_streams import ChangeStreams
     from rappel_local.embedded import reset_core_caches
     from rappel_local.stack import create_stack
 
@@ -67,7 +76,7 @@ def aws(virtual_clock: clock.VirtualClock, monkeypatch: pytest.MonkeyPatch) -> I
         for key, value in environment.items():
             monkeypatch.setenv(key, value)
         reset_core_caches()
-        yield FakeAws(build_settings(**environment), environment, virtual_clock)
+        yield FakeAws(build_settings(**environment), environment, virtual_clock, ChangeStreams())
         reset_core_caches()
 
 

@@ -79,6 +79,7 @@ _HANDLERS = {
     "delivery_receipt": "handlers.delivery_receipt",
     "health_check": "handlers.health_check",
     "daily_statistics": "handlers.daily_statistics",
+    "tally_changes": "handlers.tally_changes",
 }
 
 

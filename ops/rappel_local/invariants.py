@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -33,11 +33,13 @@ def check_invariants(
     messages: list[dict[str, Any]],
     sends: list[dict[str, Any]],
     not_applied: Collection[int] = (),
+    counted: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Each invariant's violations (empty lists when it holds) and the figures they rest on.
 
     `not_applied`: the ids (`id()`) of scenario events the pipeline refused or ignored; they change nothing, so
-    they neither stop nor plan anything here.
+    they neither stop nor plan anything here. `counted`: the statistics counters' totals by name over the run (as
+    tallied from the streams), checked against the messages.
     """
     until = scenario.until
     events = [e for e in sorted(scenario.events, key=lambda e: e.at) if id(e) not in not_applied]
@@ -54,6 +56,7 @@ def check_invariants(
         "rate_limit_exceeded": [],
         "sent_to_wrong_family": [],
         "missing": _missing(events, messages, stops, history, until),
+        "counters_disagree": _counter_disagreements(messages, counted) if counted is not None else [],
     }
     for m in messages:
         settled = m["status"] in SETTLED
@@ -318,3 +321,17 @@ def max_in_one_second(instants: list[datetime]) -> int:
             left += 1
         best = max(best, right - left + 1)
     return best
+
+
+def _counter_disagreements(messages: list[dict[str, Any]], counted: Mapping[str, float]) -> list[str]:
+    """Where the tallied counters differ from the messages: each reminder is sent once, and its ending (delivered,
+    failed, expired) is counted net of corrections, so these totals must equal what the messages say."""
+    truth = {
+        "sent": sum(1 for m in messages if m["sent_at"]),
+        **{status: sum(1 for m in messages if m["status"] == status) for status in ("delivered", "failed", "expired")},
+    }
+    return [
+        f"{name}: counted {counted.get(name, 0):g}, the messages say {expected}"
+        for name, expected in truth.items()
+        if round(counted.get(name, 0), 6) != expected
+    ]

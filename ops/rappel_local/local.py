@@ -20,6 +20,7 @@ from core.settings import sender_concurrency_within
 from rappel_cli.operations import drain_send_queue
 from rappel_cli.target import CONSOLE_FEED, LOCAL_STATE, write_local_state
 from rappel_local import console as operator_console
+from rappel_local.change_streams import ChangeStreams
 from rappel_local.embedded import ReceiptEndpoint, invoke, reset_core_caches, schedule_event
 from rappel_local.orange_simulator import OrangeSimulator
 from rappel_local.stack import create_stack
@@ -62,6 +63,10 @@ def start(*, rate: float, port: int) -> tuple[dict[str, str], list[object]]:
     return environment, [simulator, receipts, server]
 
 
+# How often `local up` hands the tables' changes to tally_changes (on AWS, at most the mappings' batching window).
+LOCAL_TALLY_SECONDS = 2
+
+
 def serve(*, rate: float, port: int, console: Console) -> None:
     """Run in the foreground until Ctrl-C, firing the schedules in real time."""
     from core.settings import load_settings
@@ -81,7 +86,8 @@ def serve(*, rate: float, port: int, console: Console) -> None:
     )
     console.print("other terminals: `rappel import FILE.csv --local`, `rappel messages --local`, ... (Ctrl-C stops)")
     stop = threading.Event()
-    next_dispatch = next_pass = next_health = time.monotonic()
+    streams = ChangeStreams()
+    next_dispatch = next_pass = next_health = next_tally = time.monotonic()
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -92,6 +98,9 @@ def serve(*, rate: float, port: int, console: Console) -> None:
             if now >= next_pass:
                 invoke("follow_up_pass", schedule_event("follow-up", datetime.now(UTC).isoformat()))
                 next_pass = now + settings.FOLLOW_UP_PASS_MINUTES * 60
+            if now >= next_tally:  # the stream mappings, read more often than AWS's window: stats follow at once
+                streams.drain(invoke)
+                next_tally = now + LOCAL_TALLY_SECONDS
             if now >= next_health:
                 invoke("health_check", schedule_event("health", datetime.now(UTC).isoformat()))
                 next_health = now + settings.SMS_HEALTH_CHECK_INTERVAL_MINUTES * 60

@@ -20,7 +20,6 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
 
-from core import store
 from core.metric_names import UNITS, MetricName
 from core.phone import mask_phone
 
@@ -99,14 +98,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def lambda_entry(correlation_id_path: str | None = None) -> Callable[[F], F]:
-    """Decorate a Lambda handler: Lambda context in logs, tracing, counters and metrics written once at the end."""
+    """Decorate a Lambda handler: Lambda context in logs, tracing, and metrics written once at the end."""
 
     def decorate(handler: F) -> F:
         @functools.wraps(handler)
         def wrapper(event: Any, context: Any) -> Any:
             try:
-                with store.buffered_counters():
-                    return handler(event, context)
+                return handler(event, context)
             finally:
                 flush_metrics()
 

@@ -1,8 +1,8 @@
 """The data access layer: patients, appointments, messages and operational counters in DynamoDB (pynamodb).
 
-Every status change of a message is one conditional write built from the state machine (`core.lifecycle`),
-followed by the counters it moves; the condition makes replays and retries count nothing twice.
-Nothing above this module touches DynamoDB.
+Every status change of a message is one conditional write built from the state machine (`core.lifecycle`). No
+write here counts anything: the tally (`core.tally`) reads the changes from the tables' streams and adds them to
+the counters (`add_to_counters`, `add_outcome_counts`). Nothing above this module touches DynamoDB.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import contextvars
 import hashlib
 import json
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -34,7 +33,7 @@ from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjec
 from pynamodb.models import Model
 
 from core import clock
-from core.counters import PLANNED, transition_counts
+from core.counters import PLANNED
 from core.lifecycle import DISPATCHABLE, TERMINAL, Status, check_transition
 from core.outcomes import SCHEDULED, AppointmentState, Slot, index_slot, outcome_deltas
 from core.settings import Settings
@@ -397,55 +396,43 @@ def appointment_ids_of(patient_id: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------- counters
 
 
-_counter_buffer: dict[tuple[str, str], float] | None = None
-_counter_lock = threading.Lock()
+def add_to_counters(counts: Mapping[tuple[str, str], float], batch: str) -> tuple[int, int]:
+    """Add one tally batch's counts: one UpdateItem per (day, hour#type) item, one attribute per counter name.
+    Returns (items written, items the batch had already reached).
 
-
-@contextlib.contextmanager
-def buffered_counters() -> Iterator[None]:
-    """Within this block, counter increments are summed in memory and written once at its end (even on error).
-
-    A Lambda invocation wraps itself in it: a batch of 50 sends then costs a few counter writes, not 50.
-    """
-    global _counter_buffer
-    if _counter_buffer is not None:
-        yield
-        return
-    _counter_buffer = {}
-    try:
-        yield
-    finally:
-        pending, _counter_buffer = _counter_buffer, None
-        if pending:
-            add_to_counters(pending)
-
-
-def add_to_counters(counts: Mapping[tuple[str, str], float]) -> None:
-    """Atomically add to counters: one UpdateItem per (day, hour#type) item, one attribute per counter name.
-
-    Deliberately not in a transaction with the status write: the status write is conditional, so a retry or a
-    replay never counts twice; a crash between the two writes can only miss a count. (moto also copies every
-    table on each transaction, which made the embedded stack quadratic.)
-    """
-    if _counter_buffer is not None:
-        with _counter_lock:  # the sender's lanes count from several threads
-            for bucket, amount in counts.items():
-                _counter_buffer[bucket] = _counter_buffer.get(bucket, 0) + amount
-        return
+    `batch` names the tally batch: each item keeps the last one added to it, and a write of the same batch again
+    (Lambda retrying a batch that failed after reaching some items) adds nothing to them."""
     grouped: dict[tuple[str, str], dict[str, float]] = {}
     for (day, key), amount in counts.items():
         sk, name = _counter_cell(key)
         grouped.setdefault((day, sk), {})[name] = amount
+    return _add_once({(f"COUNTERS#{day}", sk): names for (day, sk), names in grouped.items()}, batch)
+
+
+def _add_once(items: Mapping[tuple[str, str], Mapping[str, float]], batch: str) -> tuple[int, int]:
+    """ADD to each ops item's attributes, once per batch (one conditional UpdateItem each, in key order)."""
     client = _connection().client
-    for (day, sk), names in grouped.items():
+    written = reached = 0
+    for (pk, sk), names in sorted(items.items()):
         placeholders = {f"#c{i}": name for i, name in enumerate(names)}
-        client.update_item(
-            TableName=OpsRecord.Meta.table_name,
-            Key={"pk": {"S": f"COUNTERS#{day}"}, "sk": {"S": sk}},
-            UpdateExpression="ADD " + ", ".join(f"#c{i} :v{i}" for i in range(len(names))),
-            ExpressionAttributeNames=placeholders,
-            ExpressionAttributeValues={f":v{i}": {"N": repr(float(v))} for i, v in enumerate(names.values())},
-        )
+        values: dict[str, Any] = {f":v{i}": {"N": repr(float(v))} for i, v in enumerate(names.values())}
+        try:
+            client.update_item(
+                TableName=OpsRecord.Meta.table_name,
+                Key={"pk": {"S": pk}, "sk": {"S": sk}},
+                UpdateExpression="ADD " + ", ".join(f"#c{i} :v{i}" for i in range(len(names))) + " SET #tally = :batch",
+                ConditionExpression="attribute_not_exists(#tally) OR #tally <> :batch",
+                ExpressionAttributeNames={**placeholders, "#tally": TALLY_MARK},
+                ExpressionAttributeValues={**values, ":batch": {"S": batch}},
+            )
+            written += 1
+        except client.exceptions.ConditionalCheckFailedException:
+            reached += 1
+    return written, reached
+
+
+# The attribute of a counter item that names the last tally batch added to it.
+TALLY_MARK = "tallied_batch"
 
 
 # The counters a clinic event moves share one item per hour (sk `<hour>`, attribute `<type>#<name>`): an event that
@@ -510,7 +497,6 @@ def create_message(message: MessageRecord, at: datetime, reason: str = "planned"
         if _is_condition_failure(exc):
             return False
         raise
-    add_to_counters(transition_counts(message.reminder_type, "", Status.PENDING, at, {}, at, None))
     return True
 
 
@@ -736,18 +722,6 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
         if _is_condition_failure(exc):
             return False
         raise
-    sent_at = change.set.get("sent_at") or message.sent_at
-    add_to_counters(
-        transition_counts(
-            message.reminder_type,
-            message.status,
-            change.target,
-            at,
-            change.set,
-            parse_iso(message.scheduled_at),
-            parse_iso(sent_at) if sent_at else None,
-        )
-    )
     if change.follow_up:
         _note_for_follow_up(message, change.target, at, settings)
     return True
@@ -1203,9 +1177,9 @@ def follow_up_shard(appointment_id: str, shards: int) -> str:
 
 
 def _state_of(item: AppointmentStateRecord) -> AppointmentState:
-    fields = json.loads(item.data)
-    fields["reasons"] = tuple(fields.get("reasons") or ())
-    state = AppointmentState(**fields, version=int(item.version))
+    state = _state_of_image({"data": item.data, "version": item.version})
+    if state is None:
+        raise ValueError(f"appointment state {item.pk}: no data")
     watch = item.follow_up_at if item.follow_up_key and item.follow_up_key != FOLLOW_UP_OPEN else None
     # The index slot is the watch time's one record (a failed reminder moves it without reading the state).
     eligible = state.status == SCHEDULED and not state.reached and not state.follow_up
@@ -1248,12 +1222,9 @@ def put_appointment_state(old: AppointmentState | None, new: AppointmentState, s
     ]
     actions = [attribute.remove() if value is None else attribute.set(value) for attribute, value in values]
     condition = record.pk.does_not_exist() if old is None else record.version == old.version
-    written = _applied(
+    return _applied(
         lambda: _update(record(f"{_STATE_PK}{new.appointment_id}", _STATE_SK), actions=actions, condition=condition)
     )
-    if written:
-        add_outcome_counts(outcome_deltas(old, new))
-    return written
 
 
 def rearm_follow_up(appointment_id: str, at: datetime, shards: int) -> bool:
@@ -1319,20 +1290,32 @@ def open_follow_ups(shards: int, *, clinic: str | None = None, since: datetime |
     return sorted(states, key=lambda s: (s.follow_up_at or "", s.appointment_id))
 
 
-def add_outcome_counts(deltas: Mapping[tuple[str, str], int]) -> None:
-    """Atomically add to the outcome counters: one UpdateItem per counter item (due month and clinic)."""
-    grouped: dict[str, dict[str, int]] = {}
+def add_outcome_counts(deltas: Mapping[tuple[str, str], int], batch: str) -> tuple[int, int]:
+    """Add one tally batch's outcome counts: one UpdateItem per counter item (due month and clinic), once per batch
+    as `add_to_counters` does. Returns (items written, items the batch had already reached)."""
+    grouped: dict[tuple[str, str], dict[str, float]] = {}
     for (sk, name), amount in deltas.items():
-        grouped.setdefault(sk, {})[name] = amount
-    client = _connection().client
-    for sk, names in grouped.items():
-        client.update_item(
-            TableName=OpsRecord.Meta.table_name,
-            Key={"pk": {"S": _OUTCOMES}, "sk": {"S": sk}},
-            UpdateExpression="ADD " + ", ".join(f"#c{i} :v{i}" for i in range(len(names))),
-            ExpressionAttributeNames={f"#c{i}": name for i, name in enumerate(names)},
-            ExpressionAttributeValues={f":v{i}": {"N": str(v)} for i, v in enumerate(names.values())},
-        )
+        grouped.setdefault((_OUTCOMES, sk), {})[name] = amount
+    return _add_once(grouped, batch)
+
+
+def is_appointment_state(keys: Mapping[str, Any]) -> bool:
+    """Whether an ops table item (by its keys) is an appointment's outcome state."""
+    return str(keys.get("pk", "")).startswith(_STATE_PK) and keys.get("sk") == _STATE_SK
+
+
+def outcome_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> dict[tuple[str, str], int]:
+    """The outcome counter increments one change of an appointment's state item causes (the items before and after,
+    as plain values; None where there was none)."""
+    return outcome_deltas(_state_of_image(old), _state_of_image(new))
+
+
+def _state_of_image(image: Mapping[str, Any] | None) -> AppointmentState | None:
+    if image is None or "data" not in image:
+        return None
+    fields = json.loads(str(image["data"]))
+    fields["reasons"] = tuple(fields.get("reasons") or ())
+    return AppointmentState(**fields, version=int(image.get("version") or 0))
 
 
 def read_outcome_counts() -> dict[str, dict[str, float]]:

@@ -10,12 +10,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aws_lambda_powertools.utilities.parser.models import DynamoDBStreamModel
 
 from core import store
 from core.lifecycle import IllegalTransition, Status
 from core.planning import handle_clinic_event
 from core.settings import Settings, build_settings
 from core.store import Change, Guard, MessageRecord, iso
+from core.tally import tally_changes
+from rappel_local.change_streams import ChangeStreams
 from rappel_local.stack import create_stack
 from tests.helpers import dose, patient
 
@@ -32,6 +35,15 @@ def settings(dynamodb_local_endpoint: str, virtual_clock) -> Iterator[Settings]:
     store.bind(configured)
     yield configured
     store.unbind()
+
+
+def _tally(settings: Settings) -> int:
+    """tally_changes on the tables' streams, as the event source mappings would run it."""
+    environment = {"MESSAGES_TABLE": settings.MESSAGES_TABLE, "OPS_TABLE": settings.OPS_TABLE}
+    environment["AWS_ENDPOINT_URL"] = str(settings.AWS_ENDPOINT_URL)
+    return ChangeStreams(environment=environment).drain(
+        lambda _, event: tally_changes(DynamoDBStreamModel(**event), settings)
+    )
 
 
 def _by_type(patient_id: str = "p1") -> dict[str, MessageRecord]:
@@ -88,19 +100,21 @@ def test_transitions_are_refused_by_the_state_machine_and_by_the_condition(setti
     sent = Change(Status.SENT, frozenset({Status.QUEUED}), {"sent_at": iso(now), "provider_message_id": "orange-1"})
     assert store.transition(store.get_message(message.message_id), sent, at=now, settings=settings)
     assert store.message_ids_by_provider_id("orange-1") == [message.message_id]
+    assert _tally(settings) == 6  # three created, the claim, the send, the outcome state: DynamoDB Local streams
     day = now.strftime("%Y-%m-%d")
     counters = store.read_counters(day)
     assert counters["09#1_day_reminder#sent"] == 1 and counters["09#1_day_reminder#lateness_le_1"] == 1
 
 
-def test_counters_add_atomically_and_buffer_per_invocation(settings: Settings) -> None:
+def test_counters_add_once_per_tally_batch(settings: Settings) -> None:
     key = ("2027-03-01", "10#7_day_reminder#sent")
-    store.add_to_counters({key: 1})
-    with store.buffered_counters():
-        store.add_to_counters({key: 2})
-        store.add_to_counters({key: 3})
-        assert store.read_counters("2027-03-01")["10#7_day_reminder#sent"] == 1  # not written yet
-    assert store.read_counters("2027-03-01")["10#7_day_reminder#sent"] == 6
+    assert store.add_to_counters({key: 1}, "batch-1") == (1, 0)
+    assert store.add_to_counters({key: 1}, "batch-1") == (0, 1)  # the same batch retried: refused by its condition
+    assert store.add_to_counters({key: 2}, "batch-2") == (1, 0)
+    assert store.read_counters("2027-03-01")["10#7_day_reminder#sent"] == 3
+    assert store.add_outcome_counts({("2027-03#c1", "reached#7_day_reminder#appointments"): 1}, "batch-2") == (1, 0)
+    assert store.add_outcome_counts({("2027-03#c1", "reached#7_day_reminder#appointments"): 1}, "batch-2") == (0, 1)
+    assert store.read_outcome_counts()["2027-03#c1"]["reached#7_day_reminder#appointments"] == 1
 
 
 def test_a_read_ahead_across_tables_answers_as_the_reads_one_by_one(settings: Settings) -> None:

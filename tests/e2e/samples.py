@@ -14,6 +14,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from rappel_local.change_streams import ChangeStreams
+
 EVENTS = Path(__file__).parents[2] / "events"
 PHONE = "+2250701020304"  # the samples' number
 # The samples' dose is due on 2027-03-20 and dispatched on 2027-03-13; the runs move that day to today.
@@ -87,8 +89,12 @@ def run_every_sample(invoke: Invoke, *, sqs: Any, dynamodb: Any, stack: Any, sim
     assert invoke("follow_up_pass", shifted_event("schedule_follow_up_pass.json", days)) == nothing
     health = invoke("health_check", shifted_event("schedule_health.json", days))
     assert health["healthy"] is True and health["pending_count"] == 2
+    # The stream mappings hand the tables' changes to tally_changes, which keeps the counters the report reads.
+    assert ChangeStreams(environment=stack.environment()).drain(invoke) > 0
     daily = invoke("daily_statistics", shifted_event("schedule_daily_statistics.json", days))
     assert daily["total"]["sent"] == 1 and daily["total"]["delivered"] == 1
+    tallied = invoke("tally_changes", shifted_event("stream_message_changes.json", days))
+    assert (tallied["changes"], tallied["counted"]) == (1, 1)
     assert invoke("plan_reminders", shifted_event("dose_administered.json", days))["cancelled"] == 2
     # Stamped in the same second as the dose given, which wins the tie (the safer side): nothing changes.
     assert invoke("plan_reminders", shifted_event("appointment_cancelled.json", days))["ignored"] == 1

@@ -40,6 +40,7 @@ FUNCTIONS = {
     "delivery_receipt",
     "health_check",
     "daily_statistics",
+    "tally_changes",
 }
 CREDENTIALS = {"client_id": "rappel-artifact", "client_secret": "artifact-secret-not-real"}
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -49,6 +50,16 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def console_lines() -> list[str]:
     """What `rappel local up` printed so far (its stdout and stderr), line by line."""
     return []
+
+
+def _tallied_stats(cwd: Path, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """`rappel stats` once the stack's tally has caught up with what was done (it reads the streams every 2 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        stats: dict[str, Any] = json.loads(_run("stats", "--local", "--json", "--since", "hour", cwd=cwd).stdout)
+        if done(stats["total"]) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.5)
 
 
 def _wait_for(lines: list[str], wanted: Callable[[str], bool], what: str) -> str:
@@ -159,7 +170,7 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
 
     health = _run("health", "--local", "--json", cwd=local_stack)
     assert json.loads(health.stdout)["pending_count"] == 2
-    stats = json.loads(_run("stats", "--local", "--json", "--since", "hour", cwd=local_stack).stdout)
+    stats = _tallied_stats(local_stack, lambda total: (total["planned"], total["sent"]) == (3, 1))
     assert stats["total"]["planned"] == 3 and stats["total"]["sent"] == 1
 
     opted_out = json.loads(_run("optout", "+2250701020304", "--local", "--json", cwd=local_stack).stdout)

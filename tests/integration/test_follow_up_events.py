@@ -82,6 +82,7 @@ def test_an_unreachable_family_gets_one_follow_up_and_its_close(pipe: Pipeline, 
     assert len(clinic_events()) == 2
 
     # Not reached, given after its due date: the counters say so.
+    pipe.aws.tally()
     summary = followup.outcome_report(pipe.settings)
     assert summary["not_reached"] == {"appointments": 1, "given_by_due_date": 0, "given_later": 1, "not_given": 0}
     assert summary["reached"]["appointments"] == 0
@@ -154,6 +155,7 @@ def test_a_delivered_reminder_reaches_the_family_and_no_follow_up_opens(pipe: Pi
     pipe.clock.advance_to(datetime(2027, 3, 25, tzinfo=UTC))
     pipe.follow_up_pass()
     assert clinic_events() == [] and followup.open_follow_ups(pipe.settings) == []
+    pipe.aws.tally()
     assert followup.outcome_report(pipe.settings)["reached"] == {
         "appointments": 1,
         "given_by_due_date": 0,

@@ -1,7 +1,7 @@
 """Planning writes only what changes (issue 12, "writes that earn their cost"), counted at botocore's one call path.
 
-Each clinic event goes through the plan_reminders handler as Lambda would run it (counters buffered for the
-invocation), and every DynamoDB write it makes is recorded.
+Each clinic event goes through the plan_reminders handler as Lambda would run it, and every DynamoDB write it makes
+is recorded. Planning writes no counter: tally_changes counts what it did from the tables' streams.
 """
 
 from __future__ import annotations
@@ -66,12 +66,17 @@ def _plan(event: dict[str, Any]) -> dict[str, Any]:
     return response
 
 
-def test_a_dose_that_plans_three_reminders_counts_them_in_one_counter_write(aws: Any, writes: Writes) -> None:
+def test_a_dose_that_plans_three_reminders_writes_no_counter_and_the_tally_counts_them_in_one_write(
+    aws: Any, writes: Writes
+) -> None:
     _plan(patient())
+    aws.tally()
     writes.clear()
     assert _plan(dose())["created"] == 3
     assert writes.to(aws.settings.MESSAGES_TABLE) == ["PutItem"] * 3
-    assert writes.to_counters() == ["UpdateItem"]  # was one per reminder type: three
+    assert writes.to_counters() == []  # was one write per event (and before that, one per reminder type)
+    aws.tally()
+    assert writes.to_counters() == ["UpdateItem"]
     day = aws.clock.now().strftime("%Y-%m-%d")
     hour = aws.clock.now().strftime("%H")
     counters = store.read_counters(day)
@@ -79,13 +84,14 @@ def test_a_dose_that_plans_three_reminders_counts_them_in_one_counter_write(aws:
         assert counters[f"{hour}#{reminder_type}#planned"] == 1
 
 
-def test_a_reschedule_cancels_and_plans_with_one_counter_write(aws: Any, writes: Writes) -> None:
+def test_a_reschedule_cancels_and_plans_with_no_counter_write(aws: Any, writes: Writes) -> None:
     _plan(patient())
     _plan(dose(due_date="2027-03-20"))
     writes.clear()
     response = _plan(dose(due_date="2027-03-27"))
     assert (response["created"], response["cancelled"]) == (3, 3)
-    assert writes.to_counters() == ["UpdateItem"]
+    assert writes.to_counters() == []
+    aws.tally()
     counters = store.read_counters(aws.clock.now().strftime("%Y-%m-%d"))
     hour = aws.clock.now().strftime("%H")
     assert counters[f"{hour}#1_day_reminder#planned"] == 2
@@ -145,7 +151,9 @@ def test_counters_written_in_either_layout_read_back_as_their_sum(aws: Any) -> N
         TableName=table,
         Item={"pk": {"S": "COUNTERS#2027-03-01"}, "sk": {"S": "09#7_day_reminder"}, "planned": {"N": "2"}},
     )
-    store.add_to_counters({("2027-03-01", "09#7_day_reminder#planned"): 3, ("2027-03-01", "09#7_day_reminder#sent"): 1})
+    store.add_to_counters(
+        {("2027-03-01", "09#7_day_reminder#planned"): 3, ("2027-03-01", "09#7_day_reminder#sent"): 1}, "batch-1"
+    )
     counters = store.read_counters("2027-03-01")
     assert counters["09#7_day_reminder#planned"] == 5
     assert counters["09#7_day_reminder#sent"] == 1

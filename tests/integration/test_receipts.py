@@ -146,6 +146,7 @@ def test_a_late_delivery_impossible_never_overwrites_delivered(pipe: Pipeline, s
     assert _answer(_orange(pipe, _notification(provider_id, "DeliveredToTerminal"))) == (200, "unchanged")  # replay
 
     assert _snapshot(pipe, sent) == before
+    pipe.aws.tally()
     day = statistics("day", pipe.settings, pipe.clock.now()).total
     assert (day.delivered, day.failed) == (1, 0)
 
@@ -160,6 +161,7 @@ def test_delivered_to_terminal_after_delivery_impossible_wins(pipe: Pipeline, se
     stored = pipe.message(sent)
     assert (stored.status, stored.receipt_status) == ("delivered", "DeliveredToTerminal")
     assert stored.delivered_at == iso(SENT_AT + timedelta(minutes=5))
+    pipe.aws.tally()
     day = statistics("day", pipe.settings, pipe.clock.now()).total
     assert (day.delivered, day.failed) == (1, 0)  # the failure was taken back
 

@@ -37,6 +37,7 @@ def test_every_sample_event_is_used_here() -> None:
         "dose_administered.json",
         "appointment_cancelled.json",
         "inbound_kannel.json",
+        "stream_message_changes.json",
         # Not a function's input: the FollowUpNeeded event as a clinic system receives it (its detail's keys are
         # checked against what core.followup publishes in tests/integration/test_follow_up_events.py).
         "follow_up_needed.json",
@@ -82,8 +83,13 @@ def test_sample_events_take_a_reminder_from_planning_to_delivery(aws, monkeypatc
         )
         health = invoke("health_check", _event("schedule_health.json"))
         assert health["healthy"] is True and health["pending_count"] == 2
+        aws.tally()  # the stream mappings hand what changed to tally_changes
         daily = invoke("daily_statistics", _event("schedule_daily_statistics.json"))
         assert daily["total"]["sent"] == 1 and daily["total"]["delivered"] == 1
+        # A batch as the mapping delivers it: one reminder delivered, counted in the hour its history gives.
+        tallied = invoke("tally_changes", _event("stream_message_changes.json"))
+        assert (tallied["changes"], tallied["counted"], tallied["items_written"]) == (1, 1, 1)
+        assert store.read_counters("2027-03-13")["09#7_day_reminder#delivered"] == 2
 
         assert invoke("plan_reminders", _event("dose_administered.json"))["cancelled"] == 2
         cancelled = invoke("plan_reminders", _event("appointment_cancelled.json"))

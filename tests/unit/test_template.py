@@ -36,6 +36,7 @@ HANDLERS = {
     "DeliveryReceiptFunction": "handlers.delivery_receipt.lambda_handler",
     "HealthCheckFunction": "handlers.health_check.lambda_handler",
     "DailyStatisticsFunction": "handlers.daily_statistics.lambda_handler",
+    "TallyChangesFunction": "handlers.tally_changes.lambda_handler",
 }
 # Settings fields that are not template Parameters, and where they come from instead.
 NOT_PARAMETERS = {
@@ -77,7 +78,7 @@ def is_ref(value: Any, logical_id: str, attribute: str | None = None) -> bool:
 # ---------------------------------------------------------------------------------------------- functions
 
 
-def test_the_six_functions_have_their_fixed_handlers() -> None:
+def test_the_functions_have_their_fixed_handlers() -> None:
     assert {k: props(k)["Handler"] for k in FUNCTIONS} == HANDLERS
 
 
@@ -525,3 +526,18 @@ def test_every_samconfig_environment_deploys_valid_settings_that_use_the_whole_r
     senders' paces do not add up to the rate limit leaves part of the provider's rate unused."""
     settings = build_settings(**_deployed_environment(config_env))
     assert settings.senders_rate_per_second == settings.SMS_RATE_LIMIT_PER_SECOND
+
+
+def test_the_tally_reads_both_tables_streams_whole_batches_at_a_time_and_keeps_what_it_gives_up_on() -> None:
+    """A counter item remembers the last batch added to it: a retry must be the same batch, never a split one."""
+    for table in ("MessagesTable", "OpsTable"):
+        assert props(table)["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
+    events = props("TallyChangesFunction")["Events"]
+    assert {e["Properties"]["Stream"]["Fn::GetAtt"][0] for e in events.values()} == {"MessagesTable", "OpsTable"}
+    for event in events.values():
+        mapping = event["Properties"]
+        assert event["Type"] == "DynamoDB" and mapping["StartingPosition"] == "TRIM_HORIZON"
+        assert mapping["BisectBatchOnFunctionError"] is False and mapping["MaximumRetryAttempts"] > 0
+        assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["TallyFailureQueue", "Arn"]}
+    ops = events["AppointmentStateChanges"]["Properties"]
+    assert "APPOINTMENT#" in ops["FilterCriteria"]["Filters"][0]["Pattern"]  # not the counters it writes itself

@@ -1,0 +1,98 @@
+"""The statistics tally: the counters, kept from the tables' change streams, off the send and planning paths.
+
+Every status change of a message and every change of an appointment's outcome state is a change of one DynamoDB
+item. Lambda reads those changes from the messages and ops tables' streams and hands them to `tally_changes` in
+batches (an event source mapping with a batching window). A batch's counts are summed in memory and added with one
+write per counter item it moves, instead of one write per change on the path that made it. Nothing on those paths
+writes a counter, so a crash there cannot lose a count: the change it made is in the stream, and the counts follow
+the committed data whatever happens between the writes that made it.
+
+Lambda retries a batch that failed with the same records. Each counter item remembers the last batch added to it
+(`store.add_to_counters`), so a retry adds to the items the failed attempt did not reach, and to no other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools.utilities.parser.models import DynamoDBStreamModel, DynamoDBStreamRecordModel
+
+from core import clock, counters, store
+from core.observability import logger
+from core.settings import Settings
+
+
+@dataclass
+class TallyResult:
+    """What one batch of item changes did to the counters."""
+
+    changes: int = 0
+    counted: int = 0  # changes that moved a counter
+    items_written: int = 0
+    items_already_tallied: int = 0  # counter items a failed attempt at this batch had already reached
+
+
+def tally_changes(event: DynamoDBStreamModel, settings: Settings) -> TallyResult:
+    """Add what one batch of the tables' item changes moves to the status and outcome counters."""
+    store.bind(settings)
+    records = event.Records
+    result = TallyResult(changes=len(records))
+    counts: dict[tuple[str, str], float] = {}
+    outcomes: dict[tuple[str, str], int] = {}
+    now = clock.now()
+    for record in records:
+        moved, outcomes_moved = _moves(record, now)
+        _add(counts, moved)
+        _add(outcomes, outcomes_moved)
+        result.counted += bool(moved or outcomes_moved)
+    batch = batch_id(record.eventID for record in records)
+    for written, reached in (store.add_to_counters(counts, batch), store.add_outcome_counts(outcomes, batch)):
+        result.items_written += written
+        result.items_already_tallied += reached
+    logger.info(
+        "changes tallied",
+        extra={
+            "batch": batch,
+            "changes": result.changes,
+            "counted": result.counted,
+            "items_written": result.items_written,
+            "items_already_tallied": result.items_already_tallied,
+        },
+    )
+    return result
+
+
+def batch_id(event_ids: Iterable[str]) -> str:
+    """A name for one batch of stream records: the same records always give the same name."""
+    digest = hashlib.sha256()
+    for event_id in event_ids:
+        digest.update(event_id.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:24]
+
+
+def _moves(
+    record: DynamoDBStreamRecordModel, now: datetime
+) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], int]]:
+    """What one item change moves: (a message's status counters, an appointment state's outcome counters)."""
+    change = record.dynamodb
+    old, new = _image(change.OldImage), _image(change.NewImage)
+    if "message_id" in change.Keys:
+        at = change.ApproximateCreationDateTime or now
+        return counters.change_counts(old, new, at.astimezone(UTC)), {}
+    if store.is_appointment_state(change.Keys):
+        return {}, store.outcome_change(old, new)
+    return {}, {}  # another ops item (a counter itself, a stop, a circuit): the event source's filter keeps them out
+
+
+def _image(image: Any) -> dict[str, Any] | None:
+    return dict(image) if isinstance(image, dict) else None
+
+
+def _add(into: dict[tuple[str, str], Any], moves: dict[tuple[str, str], Any]) -> None:
+    for key, amount in moves.items():
+        into[key] = into.get(key, 0) + amount
