@@ -71,8 +71,10 @@ class ChangeStreams:
     # Where the tables' names and the endpoint are read (a stack's `environment()`; by default this process's).
     environment: Mapping[str, str] = field(default_factory=lambda: os.environ)
     _after: dict[tuple[str, str], str] = field(default_factory=dict)  # (stream, shard) -> last sequence number
-    _retry: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    _retry: dict[tuple[str, str], tuple[list[dict[str, Any]], str | None]] = field(default_factory=dict)
     _clients: dict[str, Any] = field(default_factory=dict)
+    _stream_arns: dict[str, str | None] = field(default_factory=dict)  # table -> its stream (read once)
+    _shards: dict[str, list[str]] = field(default_factory=dict)  # stream -> its shards (read once: one per run)
 
     @property
     def window(self) -> timedelta:
@@ -83,66 +85,85 @@ class ChangeStreams:
         """Deliver every record written so far, in batches; returns the records delivered. A batch whose invocation
         raised stays first in line for the next drain, and its stream waits behind it."""
         delivered = 0
-        dynamodb, streams = self._client("dynamodb"), self._client("dynamodbstreams")
         for source in self.sources:
-            table = self.environment[source.table_variable]
-            stream_arn = dynamodb.describe_table(TableName=table)["Table"].get("LatestStreamArn")
+            stream_arn = self._stream_of(self.environment[source.table_variable])
             if not stream_arn:
                 continue
-            for shard in streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]:
-                delivered += self._drain_shard(streams, stream_arn, shard["ShardId"], source, invoke)
+            if stream_arn not in self._shards:
+                described = self._client("dynamodbstreams").describe_stream(StreamArn=stream_arn)
+                self._shards[stream_arn] = [shard["ShardId"] for shard in described["StreamDescription"]["Shards"]]
+            for shard in self._shards[stream_arn]:
+                delivered += self._drain_shard((stream_arn, shard), source, invoke)
         return delivered
+
+    def _stream_of(self, table: str) -> str | None:
+        if table not in self._stream_arns:
+            described = self._client("dynamodb").describe_table(TableName=table)["Table"]
+            self._stream_arns[table] = described.get("LatestStreamArn")
+        return self._stream_arns[table]
+
+    @property
+    def _endpoint(self) -> str | None:
+        # DynamoDB Local serves its streams on its own endpoint; none: moto in this process.
+        return self.environment.get("AWS_ENDPOINT_URL_DYNAMODB") or self.environment.get("AWS_ENDPOINT_URL") or None
 
     def _client(self, service: str) -> Any:
         if service not in self._clients:
             # moto knows DynamoDB's account-based endpoints, not those of its streams.
-            # DynamoDB Local serves its streams on its own endpoint.
-            endpoint = self.environment.get("AWS_ENDPOINT_URL_DYNAMODB") or self.environment.get("AWS_ENDPOINT_URL")
-            self._clients[service] = boto3.client(
-                service,
-                endpoint_url=endpoint or None,
-                config=Config(account_id_endpoint_mode="disabled"),
-            )
+            config = Config(account_id_endpoint_mode="disabled")
+            self._clients[service] = boto3.client(service, endpoint_url=self._endpoint, config=config)
         return self._clients[service]
 
     def _drain_shard(
-        self,
-        streams: Any,
-        stream_arn: str,
-        shard: str,
-        source: StreamSource,
-        invoke: Callable[[str, dict[str, Any]], Any],
+        self, key: tuple[str, str], source: StreamSource, invoke: Callable[[str, dict[str, Any]], Any]
     ) -> int:
-        key = (stream_arn, shard)
         delivered = 0
         while True:
-            batch = self._retry.pop(key, None) or self._read(streams, key, source)
-            if not batch:
+            retried = self._retry.pop(key, None)
+            batch, last, more = (*retried, True) if retried else self._read(key, source)
+            if batch:
+                try:
+                    invoke(HANDLER, {"Records": batch})
+                except Exception:
+                    self._retry[key] = (batch, last)
+                    return delivered
+                delivered += len(batch)
+            if last is not None:
+                self._after[key] = last  # past the batch and the records the filter kept out
+            if not more:
                 return delivered
-            try:
-                invoke(HANDLER, {"Records": batch})
-            except Exception:
-                self._retry[key] = batch
-                return delivered
-            self._after[key] = batch[-1]["dynamodb"]["SequenceNumber"]
-            delivered += len(batch)
 
-    def _read(self, streams: Any, key: tuple[str, str], source: StreamSource) -> list[dict[str, Any]]:
-        """The next batch the filter lets through (records it keeps out are passed over for good)."""
+    def _read(self, key: tuple[str, str], source: StreamSource) -> tuple[list[dict[str, Any]], str | None, bool]:
+        """(the records the filter lets through, the sequence number of the last one read, whether more may follow)."""
         stream_arn, shard = key
-        while True:
-            after = self._after.get(key)
-            position = {"ShardIteratorType": "TRIM_HORIZON"}
-            if after is not None:
-                position = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after}
+        after = self._after.get(key)
+        position: dict[str, Any] = {"ShardIteratorType": "TRIM_HORIZON"}
+        if after is not None:
+            position = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after}
+        if self._endpoint is None:
+            records = _read_in_moto(stream_arn, shard, position, source.batch_size)
+        else:
+            streams = self._client("dynamodbstreams")
             iterator = streams.get_shard_iterator(StreamArn=stream_arn, ShardId=shard, **position)["ShardIterator"]
             records = streams.get_records(ShardIterator=iterator, Limit=source.batch_size)["Records"]
-            if not records:
-                return []
-            kept = [_lambda_record(r, stream_arn) for r in records if _passes(r, source.patterns)]
-            if kept:
-                return kept
-            self._after[key] = records[-1]["dynamodb"]["SequenceNumber"]
+        kept = [_lambda_record(r, stream_arn) for r in records if _passes(r, source.patterns)]
+        last = records[-1]["dynamodb"]["SequenceNumber"] if records else None
+        return kept, last, len(records) == source.batch_size
+
+
+def _read_in_moto(stream_arn: str, shard: str, position: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
+    """GetRecords answered by moto's streams backend in this process, as moto's own event source mappings read it:
+    the same records as the API's, without serializing them to JSON and parsing them back (a third of a drain)."""
+    from moto.dynamodbstreams.models import dynamodbstreams_backends
+
+    _, _, _, region, account, _ = stream_arn.split(":", 5)
+    backend = dynamodbstreams_backends[account][region]
+    sequence = position.get("SequenceNumber")
+    # moto's responses hand it the number as an int (its annotation says str).
+    number: Any = int(sequence) if sequence else None
+    iterator = backend.get_shard_iterator(stream_arn, shard, position["ShardIteratorType"], number)
+    records: list[dict[str, Any]] = iterator.get(limit)["Records"]
+    return records
 
 
 def _lambda_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:

@@ -435,9 +435,9 @@ def _add_once(items: Mapping[tuple[str, str], Mapping[str, float]], batch: str) 
 TALLY_MARK = "tallied_batch"
 
 
-# The counters a clinic event moves share one item per hour (sk `<hour>`, attribute `<type>#<name>`): an event that
-# plans or cancels reminders of three types writes one item, not three. The send path's counters, with their
-# histograms, keep one item per hour and type (sk `<hour>#<type>`, attribute `<name>`), which stays under 1 KB.
+# Planning's counters (planned, cancelled) share one item per hour (sk `<hour>`, attribute `<type>#<name>`): a tally
+# batch that plans or cancels reminders of three types writes one item, not three. The send path's counters, with
+# their histograms, keep one item per hour and type (sk `<hour>#<type>`, attribute `<name>`), which stays under 1 KB.
 # Both read back as `<hour>#<type>#<name>`.
 _PER_HOUR = frozenset({PLANNED, Status.CANCELLED.value})
 
