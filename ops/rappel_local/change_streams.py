@@ -4,8 +4,10 @@
 where its last read stopped, keeps the records the event's filter lets through, and invokes the function with
 batches of at most the event's `BatchSize`. As Lambda does, a batch that failed is retried as the same batch before
 anything after it, and filtered-out records are passed over. Its caller decides when to read: the simulator once
-per batching window after work was done, `rappel local up` every window, tests when they are about to read the
-counters. One reader per stack: the positions are this object's.
+per batching window after work was done, `rappel local up` every 2 seconds, tests when they are about to read the
+counters. One reader per stack: the positions are this object's. On moto in this process it reads moto's streams
+backend directly and drops what it has passed (moto would keep every record of the run); on DynamoDB Local or
+moto's server, through the DynamoDB Streams API.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class ChangeStreams:
     _after: dict[tuple[str, str], str] = field(default_factory=dict)  # (stream, shard) -> last sequence number
     _retry: dict[tuple[str, str], tuple[list[dict[str, Any]], str | None]] = field(default_factory=dict)
     _clients: dict[str, Any] = field(default_factory=dict)
-    _stream_arns: dict[str, str | None] = field(default_factory=dict)  # table -> its stream (read once)
+    _stream_arns: dict[str, str] = field(default_factory=dict)  # table -> its stream (read once)
     _shards: dict[str, list[str]] = field(default_factory=dict)  # stream -> its shards (read once: one per run)
 
     @property
@@ -87,20 +89,24 @@ class ChangeStreams:
         delivered = 0
         for source in self.sources:
             stream_arn = self._stream_of(self.environment[source.table_variable])
-            if not stream_arn:
-                continue
-            if stream_arn not in self._shards:
-                described = self._client("dynamodbstreams").describe_stream(StreamArn=stream_arn)
-                self._shards[stream_arn] = [shard["ShardId"] for shard in described["StreamDescription"]["Shards"]]
-            for shard in self._shards[stream_arn]:
+            for shard in self._shards_of(stream_arn):
                 delivered += self._drain_shard((stream_arn, shard), source, invoke)
         return delivered
 
-    def _stream_of(self, table: str) -> str | None:
+    def _stream_of(self, table: str) -> str:
         if table not in self._stream_arns:
-            described = self._client("dynamodb").describe_table(TableName=table)["Table"]
-            self._stream_arns[table] = described.get("LatestStreamArn")
+            stream_arn = self._client("dynamodb").describe_table(TableName=table)["Table"].get("LatestStreamArn")
+            if not stream_arn:
+                raise ValueError(f"table {table} has no stream: create the stack from template.yaml")
+            self._stream_arns[table] = stream_arn
         return self._stream_arns[table]
+
+    def _shards_of(self, stream_arn: str) -> list[str]:
+        # moto keeps one shard per stream, read once; another store's may roll over: read at each drain.
+        if self._endpoint is not None or stream_arn not in self._shards:
+            described = self._client("dynamodbstreams").describe_stream(StreamArn=stream_arn)
+            self._shards[stream_arn] = [shard["ShardId"] for shard in described["StreamDescription"]["Shards"]]
+        return self._shards[stream_arn]
 
     @property
     def _endpoint(self) -> str | None:
@@ -130,6 +136,8 @@ class ChangeStreams:
                 delivered += len(batch)
             if last is not None:
                 self._after[key] = last  # past the batch and the records the filter kept out
+                if self._endpoint is None:
+                    _forget_in_moto(*key, last)
             if not more:
                 return delivered
 
@@ -142,28 +150,49 @@ class ChangeStreams:
             position = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after}
         if self._endpoint is None:
             records = _read_in_moto(stream_arn, shard, position, source.batch_size)
+            more = len(records) == source.batch_size  # moto answers up to the limit
         else:
             streams = self._client("dynamodbstreams")
             iterator = streams.get_shard_iterator(StreamArn=stream_arn, ShardId=shard, **position)["ShardIterator"]
             records = streams.get_records(ShardIterator=iterator, Limit=source.batch_size)["Records"]
+            more = bool(records)  # a page ends at 1 MB: only an empty one says the shard is read to its end
         kept = [_lambda_record(r, stream_arn) for r in records if _passes(r, source.patterns)]
         last = records[-1]["dynamodb"]["SequenceNumber"] if records else None
-        return kept, last, len(records) == source.batch_size
+        return kept, last, more
+
+
+def _moto_streams(stream_arn: str) -> Any:
+    from moto.dynamodbstreams.models import dynamodbstreams_backends
+
+    _, _, _, region, account, _ = stream_arn.split(":", 5)
+    return dynamodbstreams_backends[account][region]
 
 
 def _read_in_moto(stream_arn: str, shard: str, position: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
     """GetRecords answered by moto's streams backend in this process, as moto's own event source mappings read it:
     the same records as the API's, without serializing them to JSON and parsing them back (a third of a drain)."""
-    from moto.dynamodbstreams.models import dynamodbstreams_backends
-
-    _, _, _, region, account, _ = stream_arn.split(":", 5)
-    backend = dynamodbstreams_backends[account][region]
+    backend = _moto_streams(stream_arn)
     sequence = position.get("SequenceNumber")
     # moto's responses hand it the number as an int (its annotation says str).
     number: Any = int(sequence) if sequence else None
     iterator = backend.get_shard_iterator(stream_arn, shard, position["ShardIteratorType"], number)
-    records: list[dict[str, Any]] = iterator.get(limit)["Records"]
+    page = iterator.get(limit)
+    for used in (iterator.arn, page["NextShardIterator"]):  # moto keeps every iterator it hands out
+        backend.shard_iterators.pop(used, None)
+    records: list[dict[str, Any]] = page["Records"]
     return records
+
+
+def _forget_in_moto(stream_arn: str, shard: str, through: str) -> None:
+    """Drop the records the mapping has passed from moto's stream. moto keeps every record (both images of every
+    change) for as long as the process runs; the mapping is the stream's one reader and never reads them again."""
+    stream = _moto_streams(stream_arn)._get_table_from_arn(stream_arn).stream_shard
+    if stream is None or stream.id != shard:
+        return
+    passed = int(through) - stream.starting_sequence_number + 1
+    if passed > 0:
+        del stream.items[:passed]
+        stream.starting_sequence_number += passed
 
 
 def _lambda_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Statistics counters, kept from each status change of a message (never computed by scanning messages).
 
-The tally (`core.tally`) reads the changes from the messages table's stream and adds what each moves here. A
-counter lives in the ops table under `COUNTERS#<UTC day>` with key `<hour>#<reminder type>#<name>` (the store
+The tally (`core.tally`) reads the changes from the messages table's stream and adds what each moves. A counter
+lives in the ops table under `COUNTERS#<UTC day>` with key `<hour>#<reminder type>#<name>` (the store
 decides which item holds it: `store.add_to_counters`).
 Names are the statuses a message reaches (each reached once), `retried`, and for lateness and delivery time
 a sum and a histogram (`lateness_le_<bound>` / `delivery_le_<bound>`) from which p95 is read back.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from core.lifecycle import Status
@@ -125,38 +125,3 @@ def percentile_from_histogram(histogram: Mapping[str, float], fraction: float) -
         if seen >= rank:
             return float("inf") if label == OPEN else float(label)
     return float("inf")
-
-
-def change_counts(
-    old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, fallback_at: datetime
-) -> dict[tuple[str, str], float]:
-    """The counter increments one change of a message item causes, from the item before (`old`, None when created)
-    and after (`new`, None when deleted, which moves nothing).
-
-    The move is timed by the newest entry of the message's history, which the status change itself wrote (the
-    time the change was made, not the time it is tallied); `fallback_at` for a message without one."""
-    if new is None or (old is not None and old.get("status") == new.get("status")):
-        return {}
-    history = new.get("history") or []
-    at = _entry_time(history[-1]) if history else fallback_at
-    values: dict[str, Any] = {name: new[name] for name in ("sms_reminders", "provider") if new.get(name)}
-    if old is not None and old.get("attempts") != new.get("attempts"):
-        values["attempts"] = new.get("attempts")
-    sent_at = new.get("sent_at")
-    return transition_counts(
-        str(new["reminder_type"]),
-        str(old["status"]) if old is not None else "",
-        Status(new["status"]),
-        at,
-        values,
-        _instant(str(new["scheduled_at"])),
-        _instant(str(sent_at)) if sent_at else None,
-    )
-
-
-def _entry_time(entry: str) -> datetime:
-    return _instant(entry.split(" ", 1)[0])
-
-
-def _instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)

@@ -485,7 +485,7 @@ def get_message(message_id: str) -> MessageRecord | None:
 
 
 def create_message(message: MessageRecord, at: datetime, reason: str = "planned") -> bool:
-    """Create a pending message (and count it as planned); False if it already exists (a replayed event).
+    """Create a pending message; False if it already exists (a replayed event).
 
     Its creation is the first entry of its history (`reason` says why it exists)."""
     if message.state is not Status.PENDING:
@@ -752,6 +752,13 @@ def history_of(message: MessageRecord) -> list[dict[str, str | None]]:
         source, _, target = move.partition(">")
         out.append({"at": at, "from": source or None, "to": target, "reason": rest[0] if rest else ""})
     return out
+
+
+def last_change_at(image: Mapping[str, Any]) -> datetime | None:
+    """When a message item (as a stream image: plain values) last changed status: its newest history entry, which
+    the status change itself wrote (None without a history)."""
+    history = image.get("history") or []
+    return parse_iso(str(history[-1]).split(" ", 1)[0]) if history else None
 
 
 def _reason(change: Change) -> str:
@@ -1198,11 +1205,9 @@ def get_appointment_state(appointment_id: str) -> AppointmentState | None:
 
 
 def put_appointment_state(old: AppointmentState | None, new: AppointmentState, shards: int) -> bool:
-    """Write `new` in place of `old` (conditional on `old`'s version, or on no state for None) and add the outcome
-    counters the change moves; False, with nothing written or counted, when someone else changed it first.
-
-    As with the message counters, the counts follow the conditional write (never twice; a crash between the two
-    can only miss a count)."""
+    """Write `new` in place of `old` (conditional on `old`'s version, or on no state for None); False, with nothing
+    written, when someone else changed it first. The outcome counters it moves are added by the tally, from the ops
+    table's stream (`outcome_change`)."""
     _forget_ahead("state", new.appointment_id)
     data = {k: v for k, v in asdict(new).items() if k not in {"version", "watch_at"}}
     slot = index_slot(new)
@@ -1306,7 +1311,9 @@ def is_appointment_state(keys: Mapping[str, Any]) -> bool:
 
 def outcome_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> dict[tuple[str, str], int]:
     """The outcome counter increments one change of an appointment's state item causes (the items before and after,
-    as plain values; None where there was none)."""
+    as plain values; None where there was none). A deletion moves nothing: the counts are the program's history."""
+    if new is None:
+        return {}
     return outcome_deltas(_state_of_image(old), _state_of_image(new))
 
 

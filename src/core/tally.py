@@ -8,7 +8,8 @@ writes a counter, so a crash there cannot lose a count: the change it made is in
 the committed data whatever happens between the writes that made it.
 
 Lambda retries a batch that failed with the same records. Each counter item remembers the last batch added to it
-(`store.add_to_counters`), so a retry adds to the items the failed attempt did not reach, and to no other.
+(`store.add_to_counters`), so a retry adds to the items the failed attempt did not reach. It remembers one batch:
+if another shard's batch writes an item between a failed attempt and its retry, that item counts the batch twice.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.parser.models import DynamoDBStreamModel, DynamoDBStreamRecordModel
 
 from core import clock, counters, store
+from core.lifecycle import Status
 from core.observability import logger
 from core.settings import Settings
 
@@ -83,10 +85,36 @@ def _moves(
     old, new = _image(change.OldImage), _image(change.NewImage)
     if "message_id" in change.Keys:
         at = change.ApproximateCreationDateTime or now
-        return counters.change_counts(old, new, at.astimezone(UTC)), {}
+        return message_counts(old, new, at.astimezone(UTC)), {}
     if store.is_appointment_state(change.Keys):
         return {}, store.outcome_change(old, new)
     return {}, {}  # another ops item (a counter itself, a stop, a circuit): the event source's filter keeps them out
+
+
+def message_counts(
+    old: dict[str, Any] | None, new: dict[str, Any] | None, fallback_at: datetime
+) -> dict[tuple[str, str], float]:
+    """The counter increments one change of a message item causes, from the item before (`old`, None when created)
+    and after (`new`, None when deleted, which moves nothing).
+
+    The move is timed by the message's newest history entry (the time the change was made, not the time it is
+    tallied), `fallback_at` without one. What the status change set is read back from the item after it: a changed
+    `attempts` marks a retry (a deferral leaves it), and the provider and SMS share of a send."""
+    if new is None or (old is not None and old.get("status") == new.get("status")):
+        return {}
+    values: dict[str, Any] = {name: new[name] for name in ("sms_reminders", "provider") if new.get(name)}
+    if old is not None and old.get("attempts") != new.get("attempts"):
+        values["attempts"] = new.get("attempts")
+    sent_at = new.get("sent_at")
+    return counters.transition_counts(
+        str(new["reminder_type"]),
+        str(old["status"]) if old is not None else "",
+        Status(new["status"]),
+        store.last_change_at(new) or fallback_at,
+        values,
+        store.parse_iso(str(new["scheduled_at"])),
+        store.parse_iso(str(sent_at)) if sent_at else None,
+    )
 
 
 def _image(image: Any) -> dict[str, Any] | None:

@@ -109,16 +109,13 @@ def resource_arn(template: dict[str, Any], logical_id: str) -> str:
 
 
 def policy_resolver(template: dict[str, Any]) -> IntrinsicResolver:
-    """Resolves `!GetAtt X.Arn` (and a table's `X.StreamArn`), `!Sub "${X.Arn}/index/i"` and `!Ref Secret` (an ARN) as
-    CloudFormation does."""
+    """Resolves `!GetAtt X.Arn`, `!Sub "${X.Arn}/index/i"` and `!Ref Secret` (an ARN) as CloudFormation does."""
     resolver = IntrinsicResolver(template, stack_name=STACK, region=REGION, account_id=ACCOUNT)
     for logical_id, resource in template["Resources"].items():
         kind = resource["Type"]
         if kind == "AWS::DynamoDB::Table":
             resolver.refs[logical_id] = _physical_name(logical_id)
             resolver.attributes[(logical_id, "Arn")] = resource_arn(template, logical_id)
-            stream = f"{resource_arn(template, logical_id)}/stream/2027-01-01T00:00:00.000"
-            resolver.attributes[(logical_id, "StreamArn")] = stream
         elif kind == "AWS::SQS::Queue":
             resolver.refs[logical_id] = f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{_physical_name(logical_id)}"
             resolver.attributes[(logical_id, "Arn")] = resource_arn(template, logical_id)

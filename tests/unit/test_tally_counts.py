@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from core.counters import change_counts
-from core.tally import batch_id
+from core.store import outcome_change
+from core.tally import batch_id, message_counts
 from rappel_local.change_streams import _passes, stream_sources
 
 LATER = datetime(2027, 3, 9, 23, 59, tzinfo=UTC)  # when the tally runs: never the hour a move counts in
@@ -31,14 +31,14 @@ def _names(counts: dict[tuple[str, str], float]) -> dict[str, float]:
 
 def test_a_created_message_counts_as_planned_in_the_hour_its_history_says() -> None:
     new = _message("pending", "2027-03-01T07:15:00.000Z >pending planned")
-    assert change_counts(None, new, LATER) == {("2027-03-01", "07#1_day_reminder#planned"): 1}
+    assert message_counts(None, new, LATER) == {("2027-03-01", "07#1_day_reminder#planned"): 1}
 
 
 def test_a_write_that_changes_no_status_moves_nothing() -> None:
     old = _message("sent", "2027-03-01T09:00:01.000Z queued>sent sent")
     new = {**old, "receipt_status": "MessageWaiting"}
-    assert change_counts(old, new, LATER) == {}
-    assert change_counts(old, None, LATER) == {}  # a deletion (retention) ends nothing
+    assert message_counts(old, new, LATER) == {}
+    assert message_counts(old, None, LATER) == {}  # a deletion (retention) ends nothing
 
 
 def test_a_send_counts_its_lateness_its_share_of_the_sms_and_its_provider() -> None:
@@ -51,7 +51,7 @@ def test_a_send_counts_its_lateness_its_share_of_the_sms_and_its_provider() -> N
         sms_reminders=Decimal(2),
         sent_at="2027-03-01T09:00:30.000Z",
     )
-    assert _names(change_counts(old, new, LATER)) == {
+    assert _names(message_counts(old, new, LATER)) == {
         "09#1_day_reminder#sent": 1,
         "09#1_day_reminder#sms": 0.5,
         "09#1_day_reminder#sent_via_orange": 1,
@@ -63,7 +63,7 @@ def test_a_send_counts_its_lateness_its_share_of_the_sms_and_its_provider() -> N
 def test_a_late_delivery_after_a_failure_takes_the_failure_back() -> None:
     old = _message("failed", "2027-03-01T09:01:00.000Z sent>failed undeliverable", sent_at="2027-03-01T09:00:30.000Z")
     new = {**old, "status": "delivered", "history": [*old["history"], "2027-03-01T10:00:30.000Z failed>delivered x"]}
-    counts = _names(change_counts(old, new, LATER))
+    counts = _names(message_counts(old, new, LATER))
     assert (counts["10#1_day_reminder#delivered"], counts["10#1_day_reminder#failed"]) == (1, -1)
     assert counts["10#1_day_reminder#delivery_sum"] == 3600.0
 
@@ -72,13 +72,13 @@ def test_back_to_pending_is_a_retry_only_when_an_attempt_was_spent() -> None:
     old = _message("queued", "2027-03-01T21:00:00.000Z pending>queued claimed")
     deferred = _message("pending", "2027-03-01T21:00:01.000Z queued>pending quiet hours")
     retried = {**deferred, "attempts": Decimal(1)}
-    assert change_counts(old, deferred, LATER) == {}
-    assert _names(change_counts(old, retried, LATER)) == {"21#1_day_reminder#retried": 1}
+    assert message_counts(old, deferred, LATER) == {}
+    assert _names(message_counts(old, retried, LATER)) == {"21#1_day_reminder#retried": 1}
 
 
 def test_a_message_without_history_counts_at_the_change_time() -> None:
     old, new = _message("queued"), _message("expired")
-    assert _names(change_counts(old, new, LATER)) == {"23#1_day_reminder#expired": 1}
+    assert _names(message_counts(old, new, LATER)) == {"23#1_day_reminder#expired": 1}
 
 
 def test_a_batch_is_named_by_its_records_in_order() -> None:
@@ -98,3 +98,12 @@ def test_the_ops_stream_filter_lets_only_appointment_states_through() -> None:
     assert not _passes(_ops_record("COUNTERS#2027-03-01", "09#1_day_reminder"), ops.patterns)
     assert not _passes(_ops_record("OUTCOMES", "2027-03#clinic"), ops.patterns)
     assert not _passes(_ops_record("APPOINTMENT#a1", "OTHER"), ops.patterns)
+
+
+def test_an_appointment_state_counts_what_its_change_moves_and_a_deletion_nothing() -> None:
+    data = '{"appointment_id":"a1","clinic":"c1","due_date":"2027-03-20","status":"scheduled","overdue_at":""}'
+    state = {"pk": "APPOINTMENT#a1", "sk": "STATE", "data": data, "version": Decimal(1)}
+    created = outcome_change(None, state)
+    assert created and all(amount == 1 for amount in created.values())
+    assert outcome_change(state, {**state, "version": Decimal(2)}) == {}  # a watch moved: no outcome changed
+    assert outcome_change(state, None) == {}
