@@ -184,8 +184,9 @@ def forget() -> None:
 
 
 def record_send(at: datetime) -> None:
-    """Remember the last accepted send (health: time since the last send while work is due)."""
-    store.put_ops_value(_PROVIDER, _LAST_SEND, text=iso(at))
+    """Remember the last accepted send (health: time since the last send while work is due), never moving it back:
+    the tally's batches from two shards may arrive in any order."""
+    store.put_ops_text_if_later(_PROVIDER, _LAST_SEND, iso(at))
 
 
 def last_send() -> datetime | None:

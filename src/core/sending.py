@@ -130,22 +130,15 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     with store.read_ahead(c.message_id for p in parsed if isinstance(p, SendRecord) for c in p.claims):
         results = lanes_for(clock.current()).run([functools.partial(send_record, p) for p in parsed], width)
     by_record = {str(r.get("messageId")): result for r, result in zip(records, results, strict=True)}
-    outcomes: list[SendOutcome] = []
 
     def record_handler(record: SendRecord) -> str:
         # Powertools parsed the record with the same model; its outcome was reached on a lane above.
         result = by_record[record.messageId]
         if isinstance(result, Exception):
             raise result
-        outcomes.extend(result)
         return ",".join(result)
 
-    response = process_partial_response(
-        event=event, record_handler=record_handler, processor=_processor, context=context
-    )
-    if SendOutcome.SENT in outcomes:
-        provider_state.record_send(clock.now())  # once per batch: health only needs minutes
-    return response
+    return process_partial_response(event=event, record_handler=record_handler, processor=_processor, context=context)
 
 
 def _parsed(raw: dict[str, Any]) -> SendRecord | ValidationError:

@@ -958,6 +958,12 @@ def put_ops_value(pk: str, sk: str, *, value: float = 0, text: str | None = None
     OpsRecord(pk, sk, value=value, text=text).save()
 
 
+def put_ops_text_if_later(pk: str, sk: str, text: str) -> bool:
+    """Write an operational item's text (an ISO time) unless it already holds a later one; False when it does."""
+    condition = OpsRecord.text.does_not_exist() | (OpsRecord.text < text)
+    return _applied(lambda: OpsRecord(pk, sk, text=text).save(condition=condition))
+
+
 # ---------------------------------------------------------------------------------------------- read-ahead
 
 _NOT_AHEAD: Any = object()

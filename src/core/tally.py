@@ -22,7 +22,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.parser.models import DynamoDBStreamModel, DynamoDBStreamRecordModel
 
-from core import clock, counters, store
+from core import clock, counters, provider_state, store
 from core.lifecycle import Status
 from core.observability import logger
 from core.settings import Settings
@@ -39,22 +39,27 @@ class TallyResult:
 
 
 def tally_changes(event: DynamoDBStreamModel, settings: Settings) -> TallyResult:
-    """Add what one batch of the tables' item changes moves to the status and outcome counters."""
+    """Add what one batch of the tables' item changes moves to the status and outcome counters, and move the last
+    send the health check reads forward to the batch's latest."""
     store.bind(settings)
     records = event.Records
     result = TallyResult(changes=len(records))
     counts: dict[tuple[str, str], float] = {}
     outcomes: dict[tuple[str, str], int] = {}
     now = clock.now()
+    sends: list[datetime] = []
     for record in records:
         moved, outcomes_moved = _moves(record, now)
         _add(counts, moved)
         _add(outcomes, outcomes_moved)
         result.counted += bool(moved or outcomes_moved)
+        sends += _send_time(record)
     batch = batch_id(record.eventID for record in records)
     for written, reached in (store.add_to_counters(counts, batch), store.add_outcome_counts(outcomes, batch)):
         result.items_written += written
         result.items_already_tallied += reached
+    if sends:
+        provider_state.record_send(max(sends))
     logger.info(
         "changes tallied",
         extra={
@@ -115,6 +120,14 @@ def message_counts(
         store.parse_iso(str(new["scheduled_at"])),
         store.parse_iso(str(sent_at)) if sent_at else None,
     )
+
+
+def _send_time(record: DynamoDBStreamRecordModel) -> list[datetime]:
+    """When a provider took the message, if this change recorded it (`sent` reached): the health check's last send."""
+    old, new = _image(record.dynamodb.OldImage), _image(record.dynamodb.NewImage)
+    if new is None or new.get("status") != Status.SENT.value or (old or {}).get("status") == Status.SENT.value:
+        return []
+    return [store.parse_iso(str(new["sent_at"]))] if new.get("sent_at") else []
 
 
 def _image(image: Any) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from typing import Any
 import botocore.client
 import pytest
 
-from core import store
+from core import provider_state, store
 from rappel_local.embedded import invoke
 from tests.helpers import dose, patient
 
@@ -71,3 +71,13 @@ def test_a_batch_that_failed_part_way_is_retried_and_counts_once(aws: Any, monke
     aws.tally()  # the same batch again: the hour it reached is not counted twice
     assert sorted(_planned(aws).values()) == [1.0] * 6
     assert len(counter_writes) == 4  # the failed one, then the two of the retry (one refused by its condition)
+
+
+def test_the_last_send_moves_forward_only(aws: Any) -> None:
+    """Two shards' batches can reach the tally in any order: an earlier send never takes the mark back."""
+    later = aws.clock.now() + timedelta(minutes=10)
+    provider_state.record_send(later)
+    provider_state.record_send(later - timedelta(minutes=5))
+    assert provider_state.last_send() == later
+    provider_state.record_send(later + timedelta(seconds=1))
+    assert provider_state.last_send() == later + timedelta(seconds=1)
