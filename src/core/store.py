@@ -395,6 +395,9 @@ def appointment_ids_of(patient_id: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- counters
 
+# The attribute of a counter item that names the last tally batch added to it.
+TALLY_MARK = "tallied_batch"
+
 
 def add_to_counters(counts: Mapping[tuple[str, str], float], batch: str) -> tuple[int, int]:
     """Add one tally batch's counts: one UpdateItem per (day, hour#type) item, one attribute per counter name.
@@ -429,10 +432,6 @@ def _add_once(items: Mapping[tuple[str, str], Mapping[str, float]], batch: str) 
         except client.exceptions.ConditionalCheckFailedException:
             reached += 1
     return written, reached
-
-
-# The attribute of a counter item that names the last tally batch added to it.
-TALLY_MARK = "tallied_batch"
 
 
 # Planning's counters (planned, cancelled) share one item per hour (sk `<hour>`, attribute `<type>#<name>`): a tally
