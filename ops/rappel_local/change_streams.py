@@ -76,7 +76,7 @@ class ChangeStreams:
     _retry: dict[tuple[str, str], tuple[list[dict[str, Any]], str | None]] = field(default_factory=dict)
     _clients: dict[str, Any] = field(default_factory=dict)
     _stream_arns: dict[str, str] = field(default_factory=dict)  # table -> its stream (read once)
-    _shards: dict[str, list[str]] = field(default_factory=dict)  # stream -> its shards (read once: one per run)
+    _shards: dict[str, list[str]] = field(default_factory=dict)  # stream -> its shards (`_shards_of`)
 
     @property
     def window(self) -> timedelta:

@@ -481,8 +481,6 @@ def _create_tables(
         stack.table_arns[logical_id] = description["TableArn"]
         resolver.refs[logical_id] = name
         resolver.attributes[(logical_id, "Arn")] = description["TableArn"]
-        if description.get("LatestStreamArn"):
-            resolver.attributes[(logical_id, "StreamArn")] = description["LatestStreamArn"]
 
 
 def _index(index: Mapping[str, Any], billing: str) -> dict[str, Any]:

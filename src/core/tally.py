@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aws_lambda_powertools.utilities.parser.models import DynamoDBStreamModel, DynamoDBStreamRecordModel
+from aws_lambda_powertools.utilities.parser.models import DynamoDBStreamModel
 
 from core import clock, counters, provider_state, store
 from core.lifecycle import Status
@@ -49,11 +49,19 @@ def tally_changes(event: DynamoDBStreamModel, settings: Settings) -> TallyResult
     now = clock.now()
     sends: list[datetime] = []
     for record in records:
-        moved, outcomes_moved = _moves(record, now)
-        _add(counts, moved)
-        _add(outcomes, outcomes_moved)
-        result.counted += bool(moved or outcomes_moved)
-        sends += _send_time(record)
+        change = record.dynamodb
+        old, new = _image(change.OldImage), _image(change.NewImage)
+        # Any other ops item (a counter itself, a stop, a circuit) moves nothing: the event source's filter keeps
+        # them out.
+        if "message_id" in change.Keys:
+            moved = message_counts(old, new, (change.ApproximateCreationDateTime or now).astimezone(UTC))
+            _add(counts, moved)
+            sends += _send_time(moved, new)
+            result.counted += bool(moved)
+        elif store.is_appointment_state(change.Keys):
+            deltas = store.outcome_change(old, new)
+            _add(outcomes, deltas)
+            result.counted += bool(deltas)
     batch = batch_id(record.eventID for record in records)
     for written, reached in (store.add_to_counters(counts, batch), store.add_outcome_counts(outcomes, batch)):
         result.items_written += written
@@ -82,20 +90,6 @@ def batch_id(event_ids: Iterable[str]) -> str:
     return digest.hexdigest()[:24]
 
 
-def _moves(
-    record: DynamoDBStreamRecordModel, now: datetime
-) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], int]]:
-    """What one item change moves: (a message's status counters, an appointment state's outcome counters)."""
-    change = record.dynamodb
-    old, new = _image(change.OldImage), _image(change.NewImage)
-    if "message_id" in change.Keys:
-        at = change.ApproximateCreationDateTime or now
-        return message_counts(old, new, at.astimezone(UTC)), {}
-    if store.is_appointment_state(change.Keys):
-        return {}, store.outcome_change(old, new)
-    return {}, {}  # another ops item (a counter itself, a stop, a circuit): the event source's filter keeps them out
-
-
 def message_counts(
     old: dict[str, Any] | None, new: dict[str, Any] | None, fallback_at: datetime
 ) -> dict[tuple[str, str], float]:
@@ -122,12 +116,11 @@ def message_counts(
     )
 
 
-def _send_time(record: DynamoDBStreamRecordModel) -> list[datetime]:
-    """When a provider took the message, if this change recorded it (`sent` reached): the health check's last send."""
-    old, new = _image(record.dynamodb.OldImage), _image(record.dynamodb.NewImage)
-    if new is None or new.get("status") != Status.SENT.value or (old or {}).get("status") == Status.SENT.value:
+def _send_time(moved: dict[tuple[str, str], float], new: dict[str, Any] | None) -> list[datetime]:
+    """When a provider took the message, if the counted move (`moved`) reached `sent`: the health check's last send."""
+    if not moved or new is None or new.get("status") != Status.SENT.value or not new.get("sent_at"):
         return []
-    return [store.parse_iso(str(new["sent_at"]))] if new.get("sent_at") else []
+    return [store.parse_iso(str(new["sent_at"]))]
 
 
 def _image(image: Any) -> dict[str, Any] | None:
