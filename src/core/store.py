@@ -475,8 +475,16 @@ def read_counters(day: str) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------- messages
 
 
-def get_message(message_id: str) -> MessageRecord | None:
-    """The message (strongly consistent), or None."""
+def get_message(message_id: str, *, read_since: datetime | None = None) -> MessageRecord | None:
+    """The message (strongly consistent), or None.
+
+    `read_since`: inside a send batch's `read_ahead`, the batch's read of the message answers if it was made at or
+    after this instant and nothing here wrote the message since; it answers once (a second ask reads the table)."""
+    ahead = _ahead.get()
+    if read_since is not None and ahead is not None:
+        taken = ahead.pop(("message", message_id), None)
+        if isinstance(taken, _MessageRead) and taken.at >= read_since:
+            return taken.message
     try:
         return MessageRecord.get(message_id, consistent_read=True)
     except MessageRecord.DoesNotExist:
@@ -968,7 +976,7 @@ def put_ops_text_if_later(pk: str, sk: str, text: str) -> bool:
 _NOT_AHEAD: Any = object()
 # Per context, not per process: the embedded stack answers replies on HTTP threads while its loop sends a batch.
 # Lanes run in a copy of the batch's context (`core.pacing.ThreadLanes`), so they share its block's items.
-_ahead: contextvars.ContextVar[dict[tuple[str, str], Model | None] | None] = contextvars.ContextVar(
+_ahead: contextvars.ContextVar[dict[tuple[str, str], Any] | None] = contextvars.ContextVar(
     "rappel_read_ahead", default=None
 )
 
@@ -981,9 +989,9 @@ def read_ahead(
 
     - `message_ids`: a send batch's reminders. Their patients and appointments are read together, then whether
       their numbers are stopped: two BatchGetItems after the messages' own, instead of three GetItems a reminder.
-      Each message is still read on its own right before it is checked: every cancellation (a stop, a dose given,
-      an opt-out) writes the message, so a reminder cancelled while the batch runs is never sent from a batch-old
-      read.
+      Every cancellation (a stop, a dose given, an opt-out) writes the message, so the message is what must be
+      fresh when it is checked: `get_message(read_since=…)` answers from the batch's read while it is recent
+      enough, and reads the message again once it is not (a batch paced over several seconds).
     - `appointment_ids` and `patient_ids`: a clinic event's appointments, with their outcome states, and patients,
       in one BatchGetItem instead of a GetItem each.
 
@@ -992,7 +1000,7 @@ def read_ahead(
     conditional write that failed forgets it too: the retry reads it again). Blocks may nest: an inner block adds
     to what the outer one read. A failed read-ahead leaves every read to the table."""
     outer = _ahead.get()
-    ahead: dict[tuple[str, str], Model | None] = outer if outer is not None else {}
+    ahead: dict[tuple[str, str], Any] = outer if outer is not None else {}
     try:
         ahead.update(_read_for_send(list(dict.fromkeys(message_ids))))
         appointments, patients = list(dict.fromkeys(appointment_ids)), list(dict.fromkeys(patient_ids))
@@ -1008,16 +1016,26 @@ def read_ahead(
         _ahead.reset(token)
 
 
-def _read_for_send(ids: list[str]) -> dict[tuple[str, str], Model | None]:
+@dataclass(frozen=True)
+class _MessageRead:
+    """A send batch's read of one message, and when it was made (the request's start, to err on the old side)."""
+
+    at: datetime
+    message: MessageRecord
+
+
+def _read_for_send(ids: list[str]) -> dict[tuple[str, str], Any]:
     if not ids:
         return {}
+    read_at = clock.now()
     messages = list(MessageRecord.batch_get(ids, consistent_read=True))
     appointment_ids = sorted({str(m.appointment_id) for m in messages})
     patient_ids = sorted({str(m.patient_id) for m in messages})
-    found = _read_appointments_and_patients(appointment_ids, patient_ids, states=False)
+    found: dict[tuple[str, str], Any] = {**_read_appointments_and_patients(appointment_ids, patient_ids, states=False)}
     phones = sorted({str(p.phone) for p in found.values() if isinstance(p, PatientRecord)})
     stops = _batch_read({OpsRecord: [(_STOP, phone) for phone in phones]})
     found.update({("stop", phone): stops.get((OpsRecord, (_STOP, phone))) for phone in phones})
+    found.update({("message", str(m.message_id)): _MessageRead(read_at, m) for m in messages})
     return found
 
 
@@ -1105,7 +1123,10 @@ def _take_ahead(kind: str, key: str) -> Any:
 
 def _update(record: Model, actions: Sequence[Action], condition: Condition | None = None) -> None:
     """UpdateItem on `record`'s key, without the item back: pynamodb's `Model.update` asks for ALL_NEW, which no
-    caller here reads, and that costs a read-back and its decoding on every write."""
+    caller here reads, and that costs a read-back and its decoding on every write. A message written here is no
+    longer answered from its batch's read (`get_message`)."""
+    if isinstance(record, MessageRecord):
+        _forget_ahead("message", str(record.message_id))
     hash_key, range_key = record._get_hash_range_key_serialized_values()
     record._get_connection().update_item(
         hash_key, range_key=range_key, actions=list(actions), condition=condition, return_values=NONE

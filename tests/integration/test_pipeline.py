@@ -852,13 +852,77 @@ def test_a_send_batch_reads_its_reminders_with_one_batch_read_per_table(pipe: Pi
     monkeypatch.undo()
 
     tables = (pipe.settings.MESSAGES_TABLE, pipe.settings.PATIENTS_TABLE, pipe.settings.APPOINTMENTS_TABLE)
-    # Each message is read on its own right before its checks (every cancellation writes it); the rest read ahead.
-    assert [r for r in reads if r[0] == "GetItem" and r[1] in tables] == [("GetItem", tables[0])] * 3
+    # The batch took no time on this clock: its read of each message is fresh enough for the checks.
+    assert [r for r in reads if r[0] == "GetItem" and r[1] in tables] == []
     assert sorted(name for operation, name in reads if operation == "BatchGetItem") == sorted(
         [tables[0], ",".join(sorted(tables[1:])), pipe.settings.OPS_TABLE]
     )
     assert [pipe.message(m).status for m in ids] == ["sent", "sent", "cancelled"]  # the stop, read ahead, holds
     assert len(pipe.accepted()) == 2
+
+
+def _opt_out_during_the_first_send(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, paced_for: timedelta) -> str:
+    """Send a batch of two families' reminders; while the first SMS is on its way, the other family opts out from
+    another process (the batch's read of its reminder no longer holds), and the batch's pace then takes `paced_for`.
+    Returns the other family's reminder."""
+    from core.providers.orange import OrangeProvider
+
+    monkeypatch.setenv("SMS_SENDER_CALLS_IN_FLIGHT", "1")  # one lane: the second check comes after the first send
+    ids = {n: pipe.plan(n, DUE)["7_day_reminder"] for n in (1, 2)}
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.dispatch()
+    real_send = OrangeProvider.send
+    others: list[int] = []
+
+    def a_family_opts_out_meanwhile(self: OrangeProvider, **kwargs: Any) -> Any:
+        if not others:
+            others.append(2 if kwargs["to"] == PHONE else 1)
+            # A thread starts in a context of its own: its writes are another process's, unknown to the batch.
+            opt_out = threading.Thread(
+                target=handle_clinic_event, args=(patient(f"p{others[0]}", sms_opt_in=False), pipe.settings)
+            )
+            opt_out.start()
+            opt_out.join()
+            pipe.clock.advance_to(pipe.clock.now() + paced_for)
+        return real_send(self, **kwargs)
+
+    monkeypatch.setattr(OrangeProvider, "send", a_family_opts_out_meanwhile)
+    assert pipe.send(pipe.receive()) == {"batchItemFailures": []}
+    monkeypatch.setattr(OrangeProvider, "send", real_send)
+    return ids[others[0]]
+
+
+def test_a_reminder_whose_batch_read_grew_old_is_read_again_before_its_checks(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = _opt_out_during_the_first_send(pipe, monkeypatch, sending.MESSAGE_READ_FRESH + timedelta(milliseconds=1))
+
+    assert pipe.message(other).status == "cancelled"
+    assert len(pipe.accepted()) == 1
+
+
+def test_a_fresh_batch_read_answers_the_checks_which_bounds_how_late_a_cancellation_is_seen(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The price of not reading each message again: a cancellation that lands less than MESSAGE_READ_FRESH before
+    the check is not seen by it, as one that lands after the check never was. The SMS goes out, and the message
+    records it: what the family received, whatever came first."""
+    monkeypatch.setattr(sending, "MESSAGE_READ_FRESH", timedelta(seconds=5))  # whatever the test pace
+    other = _opt_out_during_the_first_send(pipe, monkeypatch, timedelta(0))
+
+    assert pipe.message(other).status == "sent"
+    assert len(pipe.accepted()) == 2
+
+
+def test_a_message_this_batch_wrote_is_read_again_not_answered_from_the_batch_read(pipe: Pipeline) -> None:
+    message_id = _due_now(pipe)
+    pipe.dispatch()  # claimed: queued, as a send batch finds it
+    with store.read_ahead([message_id]):
+        message = store.get_message(message_id)  # no `read_since`: the table's
+        assert message is not None
+        assert store.bind_to_sms(message, "sms_x")  # a write through the store: the batch's read is dropped
+        again = store.get_message(message_id, read_since=SEVEN_DAY - timedelta(days=1))
+    assert again is not None and again.sms_key == "sms_x"
 
 
 def test_a_read_ahead_that_fails_leaves_each_reminder_to_read_its_own_items(pipe: Pipeline, monkeypatch) -> None:
