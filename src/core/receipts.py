@@ -137,9 +137,10 @@ def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome
         raise ReceiptRejected(400, "message_id or type: not a Kannel DLR for one of our messages")
     store.bind(settings)
     name, target = KANNEL_TYPES[dlr_type]
-    # A grouped SMS travels under its SMS key, which its reminders carry as the provider's id.
+    # A grouped SMS travels under its SMS key, which its reminders carry as the provider's id. A message id we do
+    # not have is found unknown where it is read to be settled (one read, not a second to see that it exists).
     message_ids = store.message_ids_by_provider_id(message_id) if message_id.startswith("sms_") else [message_id]
-    if not message_ids or store.get_message(message_ids[0]) is None:
+    if not message_ids:
         count(MetricName.RECEIPTS_UNKNOWN)
         return ReceiptOutcome("unknown")
     return _settle_sms(ProviderName.KANNEL, message_ids, name, target, settings, {})
@@ -163,7 +164,7 @@ def apply_receipt(
     message = store.get_message(message_id)
     if message is None or message.provider not in {None, provider.value}:
         count(MetricName.RECEIPTS_UNKNOWN)
-        logger.warning("receipt for a message this provider did not send", extra={"provider": provider.value})
+        logger.warning("receipt for a message unknown or not this provider's", extra={"provider": provider.value})
         return ReceiptOutcome("unknown")
     now = clock.now()
     sources = {Status.DELIVERED: frozenset({Status.SENT, Status.FAILED}), Status.FAILED: frozenset({Status.SENT})}

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import botocore.client
 import pytest
 
 from core import pacing
@@ -357,6 +358,26 @@ def test_a_kannel_dlr_is_mapped(
 
     stored = pipe.message(sent_by_kannel)
     assert (stored.status, stored.receipt_status) == (status, receipt_status)
+
+
+def test_a_kannel_dlr_reads_its_message_once(
+    pipe: Pipeline, sent_by_kannel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its dlr-url names our message: one GetItem of it (it was read twice: once to see that it exists, once to
+    settle it), then the appointment's outcome state for the family reached."""
+    reads: list[str] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation in {"GetItem", "BatchGetItem", "Query"}:
+            reads.append(f"{operation} {params.get('TableName') or sorted(params.get('RequestItems', {}))}")
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+    assert _answer(_kannel(pipe, sent_by_kannel, "1")) == (200, "delivered")
+    monkeypatch.undo()
+
+    assert reads == [f"GetItem {pipe.settings.MESSAGES_TABLE}", f"GetItem {pipe.settings.OPS_TABLE}"]
 
 
 def test_kannel_dlrs_are_monotonic_too(pipe: Pipeline, sent_by_kannel: str) -> None:
