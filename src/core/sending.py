@@ -92,8 +92,8 @@ class _NotNow(Exception):
 # How long a throttled sender pauses when the provider gives no Retry-After.
 THROTTLE_PAUSE_SECONDS = 1.0
 # How old the batch's read of a reminder may be when it is checked before its send; older, it is read again. A
-# cancellation that lands after the check is missed either way (the request is already paced); this bounds how
-# long before the check it may have landed.
+# cancellation that lands after the check is missed either way (the request is paced after it); this bounds how
+# long before the check one may land and still be missed.
 MESSAGE_READ_FRESH = timedelta(seconds=1)
 
 _default_pacer = Pacer()
@@ -272,7 +272,8 @@ def _this_claim(item: QueuedMessage, settings: Settings, now: datetime) -> Messa
 
     The dispatcher enqueues before it claims: a record that arrives before its claim (or after a dispatcher crash
     between the two) finds the message pending one version below it, and makes the claim itself."""
-    message = store.get_message(item.message_id, read_since=now - MESSAGE_READ_FRESH)
+    # Timed from the check itself, not from the record's start: a grouped record checks its reminders in turn.
+    message = store.get_message(item.message_id, read_since=clock.now() - MESSAGE_READ_FRESH)
     if message is None:
         logger.warning("queued message unknown", extra={"message_id": item.message_id})
         return SendOutcome.UNKNOWN

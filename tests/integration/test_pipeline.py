@@ -910,7 +910,8 @@ def test_a_fresh_batch_read_answers_the_checks_which_bounds_how_late_a_cancellat
     monkeypatch.setattr(sending, "MESSAGE_READ_FRESH", timedelta(seconds=5))  # whatever the test pace
     other = _opt_out_during_the_first_send(pipe, monkeypatch, timedelta(0))
 
-    assert pipe.message(other).status == "sent"
+    moves = [(entry["from"], entry["to"]) for entry in store.history_of(pipe.message(other))]
+    assert moves[-2:] == [("queued", "cancelled"), ("cancelled", "sent")]  # the opt-out did land first
     assert len(pipe.accepted()) == 2
 
 
