@@ -976,7 +976,7 @@ def put_ops_text_if_later(pk: str, sk: str, text: str) -> bool:
 _NOT_AHEAD: Any = object()
 # Per context, not per process: the embedded stack answers replies on HTTP threads while its loop sends a batch.
 # Lanes run in a copy of the batch's context (`core.pacing.ThreadLanes`), so they share its block's items.
-_ahead: contextvars.ContextVar[dict[tuple[str, str], Any] | None] = contextvars.ContextVar(
+_ahead: contextvars.ContextVar[dict[tuple[str, str], Model | _MessageRead | None] | None] = contextvars.ContextVar(
     "rappel_read_ahead", default=None
 )
 
@@ -1000,7 +1000,7 @@ def read_ahead(
     conditional write that failed forgets it too: the retry reads it again). Blocks may nest: an inner block adds
     to what the outer one read. A failed read-ahead leaves every read to the table."""
     outer = _ahead.get()
-    ahead: dict[tuple[str, str], Any] = outer if outer is not None else {}
+    ahead: dict[tuple[str, str], Model | _MessageRead | None] = outer if outer is not None else {}
     try:
         ahead.update(_read_for_send(list(dict.fromkeys(message_ids))))
         appointments, patients = list(dict.fromkeys(appointment_ids)), list(dict.fromkeys(patient_ids))
@@ -1024,14 +1024,16 @@ class _MessageRead:
     message: MessageRecord
 
 
-def _read_for_send(ids: list[str]) -> dict[tuple[str, str], Any]:
+def _read_for_send(ids: list[str]) -> dict[tuple[str, str], Model | _MessageRead | None]:
     if not ids:
         return {}
     read_at = clock.now()
     messages = list(MessageRecord.batch_get(ids, consistent_read=True))
     appointment_ids = sorted({str(m.appointment_id) for m in messages})
     patient_ids = sorted({str(m.patient_id) for m in messages})
-    found: dict[tuple[str, str], Any] = {**_read_appointments_and_patients(appointment_ids, patient_ids, states=False)}
+    found: dict[tuple[str, str], Model | _MessageRead | None] = {
+        **_read_appointments_and_patients(appointment_ids, patient_ids, states=False)
+    }
     phones = sorted({str(p.phone) for p in found.values() if isinstance(p, PatientRecord)})
     stops = _batch_read({OpsRecord: [(_STOP, phone) for phone in phones]})
     found.update({("stop", phone): stops.get((OpsRecord, (_STOP, phone))) for phone in phones})
