@@ -357,6 +357,23 @@ def redrive(local: Local = False, stack: Stack = None, region: Region = None, as
 
 
 @app.command()
+def retally(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
+    """Count the statistics batches tally_changes gave up on (TallyFailureQueue), read again from the streams."""
+    from rappel_cli.operations import retally as run
+
+    settings = _settings(local, stack, region)
+    rows = run(settings)
+    table = Table(title=f"Failed statistics batches: {len(rows)}")
+    for column in ("shard", "first", "last", "changes", "result", "why"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_fmt(row.get(c)) for c in ("shard", "first", "last", "changes", "result", "why")))
+    _emit(rows, as_json, table)
+    if any(row["result"] != "tallied" for row in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
 def optout(
     phone: str, local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False
 ) -> None:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
 import boto3
+from botocore.config import Config
 
 from core import clock, store
 from core.dispatch import dispatch_due
 from core.lifecycle import Status
 from core.settings import Settings
 from core.store import iso, parse_iso
+from rappel_local.change_streams import lambda_records, read_range, stream_sources
 from rappel_local.embedded import invoke, sqs_event
 
 
@@ -112,3 +115,62 @@ def cleanup_now(settings: Settings) -> dict[str, Any]:
         "retention_days": settings.SMS_RETENTION_DAYS,
         "ended_before": iso(now - timedelta(days=settings.SMS_RETENTION_DAYS)),
     }
+
+
+def retally(settings: Settings) -> list[dict[str, Any]]:
+    """Count the statistics batches tally_changes gave up on (their failure records in TallyFailureQueue): read
+    each batch again from its stream, run tally_changes on it as the event source mapping would have, and delete the
+    failure record. One the stream no longer holds in full (it keeps 24 hours), or whose changes are not the batch
+    its record describes, is left in the queue with the reason. Returns one row per failure record."""
+    if not settings.TALLY_FAILURE_QUEUE_URL:
+        raise ValueError("TALLY_FAILURE_QUEUE_URL: not set (a stack from this template has the queue)")
+    endpoint = settings.AWS_ENDPOINT_URL or None
+    sqs = boto3.client("sqs", region_name=settings.AWS_REGION, endpoint_url=endpoint)
+    streams = boto3.client(
+        "dynamodbstreams",
+        region_name=settings.AWS_REGION,
+        endpoint_url=endpoint,
+        config=Config(account_id_endpoint_mode="disabled"),  # moto serves streams on the regional endpoint only
+    )
+    patterns = {getattr(settings, s.table_variable): s.patterns for s in stream_sources()}
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while True:
+        page = sqs.receive_message(
+            QueueUrl=settings.TALLY_FAILURE_QUEUE_URL, MaxNumberOfMessages=10, VisibilityTimeout=300
+        ).get("Messages", [])
+        fresh = [m for m in page if m["MessageId"] not in seen]
+        for message in page:
+            handle = {"QueueUrl": settings.TALLY_FAILURE_QUEUE_URL, "ReceiptHandle": message["ReceiptHandle"]}
+            row = _retally_one(message["Body"], streams, patterns) if message in fresh else None
+            if row is not None and row["result"] == "tallied":
+                sqs.delete_message(**handle)
+            else:  # left (now, or earlier in this run) where the operator and the queue's alarm see it at once
+                sqs.change_message_visibility(**handle, VisibilityTimeout=0)
+            if row is not None:
+                seen.add(message["MessageId"])
+                rows.append(row)
+        if not fresh:
+            return rows
+
+
+def _retally_one(body: str, streams: Any, patterns: dict[str, Any]) -> dict[str, Any]:
+    try:
+        info = json.loads(body)["DDBStreamBatchInfo"]
+        stream_arn, shard = str(info["streamArn"]), str(info["shardId"])
+        first, last, size = str(info["startSequenceNumber"]), str(info["endSequenceNumber"]), int(info["batchSize"])
+    except (ValueError, KeyError, TypeError):
+        return {"result": "left", "why": "not a DynamoDB stream failure record (DDBStreamBatchInfo)"}
+    row: dict[str, Any] = {"stream": stream_arn, "shard": shard, "first": first, "last": last, "changes": size}
+    table = stream_arn.split("/")[1] if stream_arn.count("/") >= 3 else ""
+    if table not in patterns:
+        return {**row, "result": "left", "why": f"streamArn: not a stream tally_changes reads ({table or '?'})"}
+    records = read_range(streams, stream_arn, shard, first, last)
+    if records is None:
+        return {**row, "result": "left", "why": "the stream no longer holds the batch (it keeps 24 hours)"}
+    batch = lambda_records(records, stream_arn, patterns[table])
+    if len(batch) != size:
+        why = f"the stream holds {len(batch)} such changes in that range, the record says {size}"
+        return {**row, "result": "left", "why": why}
+    result = invoke("tally_changes", {"Records": batch}) or {}
+    return {**row, "result": "tallied", "items_written": result.get("items_written", 0)}

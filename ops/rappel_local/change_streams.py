@@ -3,7 +3,9 @@
 `ChangeStreams` reads each table's stream named by one of tally_changes' `DynamoDB` events in template.yaml, from
 where its last read stopped, keeps the records the event's filter lets through, and invokes the function with
 batches of at most the event's `BatchSize`. As Lambda does, a batch that failed is retried as the same batch before
-anything after it, and filtered-out records are passed over. Its caller decides when to read: the simulator once
+anything after it, and filtered-out records are passed over; after the event's `MaximumRetryAttempts` it is given up:
+Lambda's failure record (the shard and the batch's first and last sequence numbers) goes to `TallyFailureQueue`,
+where `rappel retally` finds it, and the stream moves on. Its caller decides when to read: the simulator once
 per batching window after work was done, `rappel local up` every 2 seconds, tests when they are about to read the
 counters. One reader per stack: the positions are this object's. On moto in this process it reads moto's streams
 backend directly and drops what it has passed (moto would keep every record of the run); on DynamoDB Local or
@@ -16,7 +18,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ class StreamSource:
     batch_size: int
     window: timedelta
     patterns: tuple[Mapping[str, Any], ...]
+    max_retries: int = -1  # -1: until the records leave the stream, as Lambda's default
 
 
 def stream_sources(template_path: str | Path | None = None) -> list[StreamSource]:
@@ -60,6 +63,7 @@ def stream_sources(template_path: str | Path | None = None) -> list[StreamSource
                 batch_size=int(props.get("BatchSize", 100)),
                 window=timedelta(seconds=int(props.get("MaximumBatchingWindowInSeconds", 0))),
                 patterns=tuple(json.loads(f["Pattern"]) for f in filters),
+                max_retries=int(props.get("MaximumRetryAttempts", -1)),
             )
         )
     return sources
@@ -74,6 +78,8 @@ class ChangeStreams:
     environment: Mapping[str, str] = field(default_factory=lambda: os.environ)
     _after: dict[tuple[str, str], str] = field(default_factory=dict)  # (stream, shard) -> last sequence number
     _retry: dict[tuple[str, str], tuple[list[dict[str, Any]], str | None]] = field(default_factory=dict)
+    _failures: dict[tuple[str, str], int] = field(default_factory=dict)  # invocations of the batch in line
+    _kept: set[tuple[str, str]] = field(default_factory=set)  # shards with a batch given up: moto keeps their records
     _clients: dict[str, Any] = field(default_factory=dict)
     _stream_arns: dict[str, str] = field(default_factory=dict)  # table -> its stream (read once)
     _shards: dict[str, list[str]] = field(default_factory=dict)  # stream -> its shards (`_shards_of`)
@@ -131,15 +137,49 @@ class ChangeStreams:
                 try:
                     invoke(HANDLER, {"Records": batch})
                 except Exception:
-                    self._retry[key] = (batch, last)
-                    return delivered
-                delivered += len(batch)
+                    self._failures[key] = self._failures.get(key, 0) + 1
+                    if not 0 <= source.max_retries <= self._failures[key] - 1:  # retries left
+                        self._retry[key] = (batch, last)
+                        return delivered
+                    self._give_up(key, batch)
+                else:
+                    delivered += len(batch)
+                self._failures.pop(key, None)
             if last is not None:
                 self._after[key] = last  # past the batch and the records the filter kept out
-                if self._endpoint is None:
+                if self._endpoint is None and key not in self._kept:
                     _forget_in_moto(*key, last)
             if not more:
                 return delivered
+
+    def _give_up(self, key: tuple[str, str], batch: list[dict[str, Any]]) -> None:
+        """What Lambda does with a batch past its retries: its failure record to the on-failure destination."""
+        from core import clock
+
+        stream_arn, shard = key
+        record = {
+            "requestContext": {
+                "condition": "RetryAttemptsExhausted",
+                "approximateInvokeCount": self._failures[key],
+                "functionArn": f"local:function:{HANDLER}",
+            },
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+            "version": "1.0",
+            "timestamp": clock.now().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "DDBStreamBatchInfo": {
+                "shardId": shard,
+                "startSequenceNumber": batch[0]["dynamodb"]["SequenceNumber"],
+                "endSequenceNumber": batch[-1]["dynamodb"]["SequenceNumber"],
+                "approximateArrivalOfFirstRecord": _arrival(batch[0]),
+                "approximateArrivalOfLastRecord": _arrival(batch[-1]),
+                "batchSize": len(batch),
+                "streamArn": stream_arn,
+            },
+        }
+        self._client("sqs").send_message(
+            QueueUrl=self.environment["TALLY_FAILURE_QUEUE_URL"], MessageBody=json.dumps(record)
+        )
+        self._kept.add(key)  # `rappel retally` reads the batch again from the stream
 
     def _read(self, key: tuple[str, str], source: StreamSource) -> tuple[list[dict[str, Any]], str | None, bool]:
         """(the records the filter lets through, the sequence number of the last one read, whether more may follow)."""
@@ -156,7 +196,7 @@ class ChangeStreams:
             iterator = streams.get_shard_iterator(StreamArn=stream_arn, ShardId=shard, **position)["ShardIterator"]
             records = streams.get_records(ShardIterator=iterator, Limit=source.batch_size)["Records"]
             more = bool(records)  # a page ends at 1 MB: only an empty one says the shard is read to its end
-        kept = [_lambda_record(r, stream_arn) for r in records if _passes(r, source.patterns)]
+        kept = lambda_records(records, stream_arn, source.patterns)
         last = records[-1]["dynamodb"]["SequenceNumber"] if records else None
         return kept, last, more
 
@@ -193,6 +233,56 @@ def _forget_in_moto(stream_arn: str, shard: str, through: str) -> None:
     if passed > 0:
         del stream.items[:passed]
         stream.starting_sequence_number += passed
+
+
+def _arrival(record: Mapping[str, Any]) -> str | None:
+    created = record["dynamodb"].get("ApproximateCreationDateTime")
+    if created is None:
+        return None
+    return datetime.fromtimestamp(float(created), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def read_range(streams: Any, stream_arn: str, shard: str, first: str, last: str) -> list[dict[str, Any]] | None:
+    """The records of `shard` from sequence number `first` through `last` (a batch Lambda gave up on), read through
+    the DynamoDB Streams API; None when the stream no longer holds all of them (it keeps 24 hours)."""
+    try:
+        shards = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
+        held = next((s["SequenceNumberRange"]["StartingSequenceNumber"] for s in shards if s["ShardId"] == shard), None)
+        if held is None or int(first) < int(held):
+            return None  # the shard, or the batch's first change, was trimmed
+        iterator = streams.get_shard_iterator(
+            StreamArn=stream_arn, ShardId=shard, ShardIteratorType="AT_SEQUENCE_NUMBER", SequenceNumber=first
+        )["ShardIterator"]
+    except streams.exceptions.TrimmedDataAccessException:
+        return None
+    except streams.exceptions.ResourceNotFoundException:
+        return None
+    records: list[dict[str, Any]] = []
+    empty = 0
+    while iterator and empty < EMPTY_PAGES:
+        page = streams.get_records(ShardIterator=iterator, Limit=1000)
+        empty = 0 if page["Records"] else empty + 1
+        for record in page["Records"]:
+            if not records and record["dynamodb"]["SequenceNumber"] != first:
+                return None  # the batch's first change is gone from the stream
+            if int(record["dynamodb"]["SequenceNumber"]) > int(last):
+                return records
+            records.append(record)
+            if record["dynamodb"]["SequenceNumber"] == last:
+                return records
+        iterator = page.get("NextShardIterator")
+    return None  # the shard ended (or stayed empty) before `last`: not the batch it was
+
+
+# GetRecords may answer empty pages before the data it points at; this many in a row end a read.
+EMPTY_PAGES = 5
+
+
+def lambda_records(
+    records: list[dict[str, Any]], stream_arn: str, patterns: tuple[Mapping[str, Any], ...]
+) -> list[dict[str, Any]]:
+    """The records Lambda would hand tally_changes: those the event's filter lets through, as Lambda shapes them."""
+    return [_lambda_record(r, stream_arn) for r in records if _passes(r, patterns)]
 
 
 def _lambda_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:

@@ -67,6 +67,8 @@ _QUEUE_ATTRIBUTES = (
 _ORANGE_SECRET_ENV = "ORANGE_CREDENTIALS_SECRET"
 _KANNEL_SECRET_ENV = "KANNEL_CREDENTIALS_SECRET"
 _RECEIPT_SECRET_ENV = "RECEIPT_TOKEN_SECRET"
+# Resources only the operator commands read (a deployed stack gives them as outputs), by the variable naming them.
+OPERATOR_RESOURCES = {"TALLY_FAILURE_QUEUE_URL": "TallyFailureQueue"}
 
 
 class TemplateError(ValueError):
@@ -288,6 +290,9 @@ class LocalStack:
             for created in (self.tables, self.queue_urls, self.secrets):
                 if logical_id in created:
                     env[name] = created[logical_id]
+        for name, logical_id in OPERATOR_RESOURCES.items():
+            if logical_id in self.queue_urls:
+                env[name] = self.queue_urls[logical_id]
         env["AWS_REGION"] = self.region
         env["AWS_DEFAULT_REGION"] = self.region
         if self.endpoint_url:

@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     IDEMPOTENCY_TABLE: str = "rappel-idempotency"
     SEND_QUEUE_URL: str = ""
     DEAD_LETTER_QUEUE_URL: str = ""
+    # Where Lambda puts a statistics batch the tally gave up on: read by `rappel retally` (from the stack's outputs),
+    # not by the functions, whose environment does not carry it (Lambda's 4 KB).
+    TALLY_FAILURE_QUEUE_URL: str = ""
     AWS_REGION: str = "us-east-1"
     # Set only for the embedded stack / DynamoDB Local; empty means AWS's own endpoints.
     AWS_ENDPOINT_URL: str = ""

@@ -130,3 +130,37 @@ def test_a_read_ahead_across_tables_answers_as_the_reads_one_by_one(settings: Se
         assert store.get_appointment_state("absent") is None
     assert [a.serialize() for a in ahead[:2]] == [o.serialize() for o in one_by_one[:2]]
     assert ahead[2] == one_by_one[2]
+
+
+def test_a_given_up_batch_is_read_again_from_dynamodb_locals_stream(settings: Settings) -> None:
+    """`rappel retally` reads a batch by its failure record's sequence numbers (AT_SEQUENCE_NUMBER), as DynamoDB's
+    own streams answer it; a range that starts before what the shard holds is reported gone."""
+    import boto3
+    from botocore.config import Config
+
+    from rappel_local.change_streams import read_range
+
+    handle_clinic_event(patient(), settings)
+    handle_clinic_event(dose(), settings)
+    client = boto3.client("dynamodb", endpoint_url=settings.AWS_ENDPOINT_URL, region_name=settings.AWS_REGION)
+    stream_arn = client.describe_table(TableName=settings.MESSAGES_TABLE)["Table"]["LatestStreamArn"]
+    streams = boto3.client(
+        "dynamodbstreams",
+        endpoint_url=settings.AWS_ENDPOINT_URL,
+        region_name=settings.AWS_REGION,
+        config=Config(account_id_endpoint_mode="disabled"),
+    )
+    (shard,) = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
+    iterator = streams.get_shard_iterator(
+        StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    every = streams.get_records(ShardIterator=iterator)["Records"]
+    assert len(every) == 3  # the dose's three reminders
+    numbers = [r["dynamodb"]["SequenceNumber"] for r in every]
+
+    again = read_range(streams, stream_arn, shard["ShardId"], numbers[1], numbers[2])
+
+    assert again is not None
+    assert [r["eventID"] for r in again] == [r["eventID"] for r in every[1:3]]
+    before_the_shard = str(int(shard["SequenceNumberRange"]["StartingSequenceNumber"]) - 1)
+    assert read_range(streams, stream_arn, shard["ShardId"], before_the_shard, numbers[0]) is None

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
+import boto3
 import botocore.client
 import pytest
+from botocore.config import Config
+from typer.testing import CliRunner
 
 from core import provider_state, store
+from rappel_local.change_streams import stream_sources
 from rappel_local.embedded import invoke
 from tests.helpers import dose, patient
 
 pytestmark = pytest.mark.integration
+MAX_RETRIES = stream_sources()[0].max_retries  # the template's MaximumRetryAttempts
 
 
 def _planned(aws: Any) -> dict[str, float]:
@@ -81,3 +87,93 @@ def test_the_last_send_moves_forward_only(aws: Any) -> None:
     assert provider_state.last_send() == later
     provider_state.record_send(later + timedelta(seconds=1))
     assert provider_state.last_send() == later + timedelta(seconds=1)
+
+
+def _failing_counter_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every counter write the tally makes fails (a broken deploy, a denied grant), until the test undoes it."""
+    original = botocore.client.BaseClient._make_api_call
+
+    def refused(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        pk = (params.get("Key") or {}).get("pk", {}).get("S", "")
+        if operation == "UpdateItem" and pk.startswith(("COUNTERS", "OUTCOMES")):
+            raise RuntimeError("AccessDeniedException")
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", refused)
+
+
+def _shard_of(stream_arn: str) -> str:
+    streams = boto3.client("dynamodbstreams", config=Config(account_id_endpoint_mode="disabled"))
+    return str(streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]["ShardId"])
+
+
+def _failure_records(aws: Any) -> list[dict[str, Any]]:
+    sqs = boto3.client("sqs", region_name=aws.settings.AWS_REGION)
+    url = aws.settings.TALLY_FAILURE_QUEUE_URL
+    found = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+    return [json.loads(m["Body"]) for m in found]
+
+
+def test_a_batch_given_up_after_its_retries_is_counted_by_rappel_retally(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MaximumRetryAttempts the mapping puts the batch's failure record on TallyFailureQueue and moves on;
+    `rappel retally` reads the batch again from the stream and counts it, once."""
+    from rappel_cli import cli
+
+    _plan_in_two_hours(aws)
+    with monkeypatch.context() as broken:
+        _failing_counter_writes(broken)
+        for _ in range(MAX_RETRIES):  # the first invocation and its retries but the last
+            aws.tally()
+            assert _failure_records(aws) == []
+        aws.tally()
+        records = _failure_records(aws)
+
+    assert {r["requestContext"]["condition"] for r in records} == {"RetryAttemptsExhausted"}
+    assert {r["requestContext"]["approximateInvokeCount"] for r in records} == {MAX_RETRIES + 1}
+    messages_stream = [
+        r["DDBStreamBatchInfo"] for r in records if "MessagesTable" in r["DDBStreamBatchInfo"]["streamArn"]
+    ]
+    assert [info["batchSize"] for info in messages_stream] == [6]  # three reminders of each of two doses
+    invoke("plan_reminders", dose("a3", "p1", due_date="2027-04-03"))
+    aws.tally()  # the stream moved on: what came after the batch is counted
+    assert sum(_planned(aws).values()) == 3
+
+    monkeypatch.setattr(cli, "resolve", lambda **_: aws.settings)
+    runner = CliRunner()
+    shown = runner.invoke(cli.app, ["retally", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert {row["result"] for row in json.loads(shown.output)} == {"tallied"}
+    assert sum(_planned(aws).values()) == 9
+    again = runner.invoke(cli.app, ["retally", "--json"])
+    assert (again.exit_code, json.loads(again.output)) == (0, [])  # the failure records were deleted
+    assert sum(_planned(aws).values()) == 9
+
+
+def test_a_failure_record_whose_changes_left_the_stream_is_left_with_the_reason(aws: Any) -> None:
+    from rappel_cli.operations import retally
+
+    _plan_in_two_hours(aws)
+    batches: list[dict[str, Any]] = []
+    aws.change_streams.drain(lambda function, event: batches.append(event) or invoke(function, event))
+    first = batches[0]["Records"]  # counted, then passed over: the mapping's reader drops what it has read
+    info = {
+        "shardId": _shard_of(first[0]["eventSourceARN"]),
+        "startSequenceNumber": first[0]["dynamodb"]["SequenceNumber"],
+        "endSequenceNumber": first[-1]["dynamodb"]["SequenceNumber"],
+        "batchSize": len(first),
+        "streamArn": first[0]["eventSourceARN"],
+    }
+    sqs = boto3.client("sqs", region_name=aws.settings.AWS_REGION)
+    url = aws.settings.TALLY_FAILURE_QUEUE_URL
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"DDBStreamBatchInfo": info}))
+    sqs.send_message(QueueUrl=url, MessageBody="{}")
+
+    rows = retally(aws.settings)
+
+    assert sorted(row["why"] for row in rows) == [
+        "not a DynamoDB stream failure record (DDBStreamBatchInfo)",
+        "the stream no longer holds the batch (it keeps 24 hours)",
+    ]
+    assert len(_failure_records(aws)) == 2  # both left for an operator
