@@ -362,7 +362,12 @@ def retally(local: Local = False, stack: Stack = None, region: Region = None, as
     from rappel_cli.operations import retally as run
 
     settings = _settings(local, stack, region)
-    rows = run(settings)
+    try:
+        with _quiet():  # the tally's own log lines stay off the output
+            rows = run(settings)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     table = Table(title=f"Failed statistics batches: {len(rows)}")
     for column in ("shard", "first", "last", "changes", "result", "why"):
         table.add_column(column, overflow="fold")

@@ -24,11 +24,15 @@ OUTPUT_TO_ENV = {
     "IdempotencyTableName": "IDEMPOTENCY_TABLE",
     "SendQueueUrl": "SEND_QUEUE_URL",
     "SendDeadLetterQueueUrl": "DEAD_LETTER_QUEUE_URL",
-    "TallyFailureQueueUrl": "TALLY_FAILURE_QUEUE_URL",
+    "TallyFailureQueueUrl": "TALLY_FAILURE_QUEUE_URL",  # optional: stacks deployed before it have none
     "OrangeCredentialsSecretArn": "ORANGE_CREDENTIALS_SECRET",
     "KannelCredentialsSecretArn": "KANNEL_CREDENTIALS_SECRET",
     "ReceiptTokenSecretArn": "RECEIPT_TOKEN_SECRET",
 }
+
+
+# Outputs a stack deployed by an earlier version lacks: only the command that needs one fails without it.
+OPTIONAL_OUTPUTS = frozenset({"TallyFailureQueueUrl"})
 
 
 class TargetError(Exception):
@@ -90,7 +94,7 @@ def _deployed_environment(stack: str, region: str | None) -> dict[str, str]:
         raise TargetError(f"cannot reach AWS: {exc}") from None
     outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
     environment = {env: outputs[key] for key, env in OUTPUT_TO_ENV.items() if key in outputs}
-    missing = sorted(set(OUTPUT_TO_ENV) - set(outputs))
+    missing = sorted(set(OUTPUT_TO_ENV) - set(outputs) - OPTIONAL_OUTPUTS)
     if missing:
         raise TargetError(f"stack {stack!r} lacks outputs {', '.join(missing)}: is it a Rappel stack?")
     parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in described.get("Parameters", [])}

@@ -176,10 +176,12 @@ class ChangeStreams:
                 "streamArn": stream_arn,
             },
         }
-        self._client("sqs").send_message(
-            QueueUrl=self.environment["TALLY_FAILURE_QUEUE_URL"], MessageBody=json.dumps(record)
-        )
-        self._kept.add(key)  # `rappel retally` reads the batch again from the stream
+        destination = self.environment.get("TALLY_FAILURE_QUEUE_URL")
+        if destination:  # none (a stack without queues): dropped, as Lambda drops it without a destination
+            # The queue is SQS's, wherever the streams are served (DynamoDB Local serves only DynamoDB).
+            sqs = boto3.client("sqs", endpoint_url=self.environment.get("AWS_ENDPOINT_URL") or None)
+            sqs.send_message(QueueUrl=destination, MessageBody=json.dumps(record))
+        self._kept.add(key)  # in this process, moto keeps the shard's records: the batch can be read again
 
     def _read(self, key: tuple[str, str], source: StreamSource) -> tuple[list[dict[str, Any]], str | None, bool]:
         """(the records the filter lets through, the sequence number of the last one read, whether more may follow)."""
@@ -242,36 +244,55 @@ def _arrival(record: Mapping[str, Any]) -> str | None:
     return datetime.fromtimestamp(float(created), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def read_range(streams: Any, stream_arn: str, shard: str, first: str, last: str) -> list[dict[str, Any]] | None:
+class BatchGone(Exception):
+    """The stream no longer holds a batch's changes as its failure record describes them; the message says why."""
+
+
+def read_range(streams: Any, stream_arn: str, shard: str, first: str, last: str) -> list[dict[str, Any]]:
     """The records of `shard` from sequence number `first` through `last` (a batch Lambda gave up on), read through
-    the DynamoDB Streams API; None when the stream no longer holds all of them (it keeps 24 hours)."""
+    the DynamoDB Streams API; raises BatchGone when the stream no longer holds all of them (it keeps 24 hours)."""
+    found = streams.exceptions
+    errors = (found.TrimmedDataAccessException, found.ResourceNotFoundException, found.ExpiredIteratorException)
     try:
-        shards = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
-        held = next((s["SequenceNumberRange"]["StartingSequenceNumber"] for s in shards if s["ShardId"] == shard), None)
-        if held is None or int(first) < int(held):
-            return None  # the shard, or the batch's first change, was trimmed
+        start = _shard_start(streams, stream_arn, shard)
+        if start is None:
+            raise BatchGone(f"shardId: the stream lists no shard {shard} any more (it keeps 24 hours)")
+        if int(first) < int(start):
+            raise BatchGone("the stream no longer holds the batch's first change (it keeps 24 hours)")
         iterator = streams.get_shard_iterator(
             StreamArn=stream_arn, ShardId=shard, ShardIteratorType="AT_SEQUENCE_NUMBER", SequenceNumber=first
         )["ShardIterator"]
-    except streams.exceptions.TrimmedDataAccessException:
-        return None
-    except streams.exceptions.ResourceNotFoundException:
-        return None
-    records: list[dict[str, Any]] = []
-    empty = 0
-    while iterator and empty < EMPTY_PAGES:
-        page = streams.get_records(ShardIterator=iterator, Limit=1000)
-        empty = 0 if page["Records"] else empty + 1
-        for record in page["Records"]:
-            if not records and record["dynamodb"]["SequenceNumber"] != first:
-                return None  # the batch's first change is gone from the stream
-            if int(record["dynamodb"]["SequenceNumber"]) > int(last):
-                return records
-            records.append(record)
-            if record["dynamodb"]["SequenceNumber"] == last:
-                return records
-        iterator = page.get("NextShardIterator")
-    return None  # the shard ended (or stayed empty) before `last`: not the batch it was
+        records: list[dict[str, Any]] = []
+        empty = 0
+        while iterator and empty < EMPTY_PAGES:
+            page = streams.get_records(ShardIterator=iterator, Limit=1000)
+            empty = 0 if page["Records"] else empty + 1
+            for record in page["Records"]:
+                number = record["dynamodb"]["SequenceNumber"]
+                if not records and number != first:
+                    raise BatchGone("the stream no longer holds the batch's first change (it keeps 24 hours)")
+                if int(number) > int(last):
+                    return records
+                records.append(record)
+                if number == last:
+                    return records
+            iterator = page.get("NextShardIterator")
+    except errors as exc:
+        raise BatchGone(f"the stream no longer holds the batch ({type(exc).__name__})") from exc
+    raise BatchGone(f"the shard ended before the batch's last change ({last})")
+
+
+def _shard_start(streams: Any, stream_arn: str, shard: str) -> str | None:
+    """The first sequence number the stream holds for `shard` (DescribeStream, every page), None if it lists none."""
+    kwargs: dict[str, Any] = {"StreamArn": stream_arn}
+    while True:
+        described = streams.describe_stream(**kwargs)["StreamDescription"]
+        for listed in described["Shards"]:
+            if listed["ShardId"] == shard:
+                return str(listed["SequenceNumberRange"]["StartingSequenceNumber"])
+        if not described.get("LastEvaluatedShardId"):
+            return None
+        kwargs["ExclusiveStartShardId"] = described["LastEvaluatedShardId"]
 
 
 # GetRecords may answer empty pages before the data it points at; this many in a row end a read.

@@ -7,7 +7,8 @@ embedded stack and the test stacks cannot drift from the deployed one. Works in-
 
 Local names are `f"{prefix}-{LogicalId}"` for every resource. The environment the functions would get
 (`LocalStack.environment()`) is derived from the template's `Globals.Function.Environment`: each variable there
-that is a `Ref` to one of these resources maps to its local name (table), URL (queue) or name (secret).
+that is a `Ref` to one of these resources maps to its local name (table), URL (queue) or name (secret). It also
+carries what only the operator commands read (`OPERATOR_RESOURCES`, which a deployed stack gives as outputs).
 
 Not Lambda code: it needs cfn-lint (the `ops` extra).
 """

@@ -138,7 +138,7 @@ def test_a_given_up_batch_is_read_again_from_dynamodb_locals_stream(settings: Se
     import boto3
     from botocore.config import Config
 
-    from rappel_local.change_streams import read_range
+    from rappel_local.change_streams import BatchGone, read_range
 
     handle_clinic_event(patient(), settings)
     handle_clinic_event(dose(), settings)
@@ -160,7 +160,9 @@ def test_a_given_up_batch_is_read_again_from_dynamodb_locals_stream(settings: Se
 
     again = read_range(streams, stream_arn, shard["ShardId"], numbers[1], numbers[2])
 
-    assert again is not None
     assert [r["eventID"] for r in again] == [r["eventID"] for r in every[1:3]]
     before_the_shard = str(int(shard["SequenceNumberRange"]["StartingSequenceNumber"]) - 1)
-    assert read_range(streams, stream_arn, shard["ShardId"], before_the_shard, numbers[0]) is None
+    with pytest.raises(BatchGone, match="first change"):
+        read_range(streams, stream_arn, shard["ShardId"], before_the_shard, numbers[0])
+    with pytest.raises(BatchGone, match="no shard"):
+        read_range(streams, stream_arn, "shardId-00000000000000000000-00000000", numbers[0], numbers[1])

@@ -13,6 +13,7 @@ from botocore.config import Config
 from typer.testing import CliRunner
 
 from core import provider_state, store
+from core.store import iso
 from rappel_local.change_streams import stream_sources
 from rappel_local.embedded import invoke
 from tests.helpers import dose, patient
@@ -121,7 +122,10 @@ def test_a_batch_given_up_after_its_retries_is_counted_by_rappel_retally(
     `rappel retally` reads the batch again from the stream and counts it, once."""
     from rappel_cli import cli
 
-    _plan_in_two_hours(aws)
+    invoke("plan_reminders", patient())
+    invoke("plan_reminders", dose("a1", "p1", due_date="2027-03-20"))
+    store.stop_number("+2250700000000", iso(aws.clock.now()), "STOP")  # in the ops stream, not for the tally
+    invoke("plan_reminders", dose("a2", "p1", due_date="2027-03-27"))
     with monkeypatch.context() as broken:
         _failing_counter_writes(broken)
         for _ in range(MAX_RETRIES):  # the first invocation and its retries but the last
@@ -144,7 +148,11 @@ def test_a_batch_given_up_after_its_retries_is_counted_by_rappel_retally(
     runner = CliRunner()
     shown = runner.invoke(cli.app, ["retally", "--json"])
     assert shown.exit_code == 0, shown.output
-    assert {row["result"] for row in json.loads(shown.output)} == {"tallied"}
+    rows = json.loads(shown.output)  # the JSON alone: the tally's own log lines stay off the output
+    assert {row["result"] for row in rows} == {"tallied"}
+    # Each batch as Lambda got it: on the ops stream the outcome states, not the stop written between them (the
+    # event's filter; unfiltered, the batch would not be the one its record describes, and would be left).
+    assert sorted(row["changes"] for row in rows) == sorted(r["DDBStreamBatchInfo"]["batchSize"] for r in records)
     assert sum(_planned(aws).values()) == 9
     again = runner.invoke(cli.app, ["retally", "--json"])
     assert (again.exit_code, json.loads(again.output)) == (0, [])  # the failure records were deleted
@@ -168,12 +176,29 @@ def test_a_failure_record_whose_changes_left_the_stream_is_left_with_the_reason(
     sqs = boto3.client("sqs", region_name=aws.settings.AWS_REGION)
     url = aws.settings.TALLY_FAILURE_QUEUE_URL
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"DDBStreamBatchInfo": info}))
-    sqs.send_message(QueueUrl=url, MessageBody="{}")
+    for _ in range(11):  # more than one receive's worth (10) of records that stay
+        sqs.send_message(QueueUrl=url, MessageBody="{}")
 
     rows = retally(aws.settings)
 
-    assert sorted(row["why"] for row in rows) == [
+    assert sorted({row["why"] for row in rows}) == [
         "not a DynamoDB stream failure record (DDBStreamBatchInfo)",
-        "the stream no longer holds the batch (it keeps 24 hours)",
+        "the stream no longer holds the batch's first change (it keeps 24 hours)",
     ]
-    assert len(_failure_records(aws)) == 2  # both left for an operator
+    assert len(rows) == 12  # each record read once, all of them
+    visible = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+    assert visible["Attributes"]["ApproximateNumberOfMessages"] == "12"  # all left for an operator, visible
+
+
+def test_rappel_retally_on_a_stack_without_the_queue_says_what_is_missing(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rappel_cli import cli
+
+    older = aws.with_settings(TALLY_FAILURE_QUEUE_URL="")  # a stack deployed before the output existed
+    monkeypatch.setattr(cli, "resolve", lambda **_: older)
+
+    shown = CliRunner().invoke(cli.app, ["retally"], env={"COLUMNS": "200"})
+
+    assert shown.exit_code == 2
+    assert "TALLY_FAILURE_QUEUE_URL: not set" in shown.output
