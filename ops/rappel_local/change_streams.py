@@ -10,6 +10,9 @@ per batching window after work was done, `rappel local up` every 2 seconds, test
 counters. One reader per stack: the positions are this object's. On moto in this process it reads moto's streams
 backend directly and drops what it has passed (moto would keep every record of the run); on DynamoDB Local or
 moto's server, through the DynamoDB Streams API.
+
+`read_range` and `lambda_records` read a given-up batch again and shape it as the mapping did, for `rappel retally`
+on any stack, AWS's included.
 """
 
 from __future__ import annotations
@@ -244,6 +247,10 @@ def _arrival(record: Mapping[str, Any]) -> str | None:
     return datetime.fromtimestamp(float(created), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+# GetRecords may answer empty pages before the data it points at; this many in a row end a read.
+EMPTY_PAGES = 5
+
+
 class BatchGone(Exception):
     """The stream no longer holds a batch's changes as its failure record describes them; the message says why."""
 
@@ -293,10 +300,6 @@ def _shard_start(streams: Any, stream_arn: str, shard: str) -> str | None:
         if not described.get("LastEvaluatedShardId"):
             return None
         kwargs["ExclusiveStartShardId"] = described["LastEvaluatedShardId"]
-
-
-# GetRecords may answer empty pages before the data it points at; this many in a row end a read.
-EMPTY_PAGES = 5
 
 
 def lambda_records(
