@@ -8,14 +8,13 @@ from datetime import timedelta
 from typing import Any
 
 import boto3
-from botocore.config import Config
 
 from core import clock, store
 from core.dispatch import dispatch_due
 from core.lifecycle import Status
 from core.settings import Settings
 from core.store import iso, parse_iso
-from rappel_local.change_streams import BatchGone, lambda_records, read_range, stream_sources
+from rappel_local.change_streams import BatchGone, lambda_records, read_range, stream_sources, streams_client
 from rappel_local.embedded import invoke, sqs_event
 
 
@@ -126,12 +125,7 @@ def retally(settings: Settings) -> list[dict[str, Any]]:
         raise ValueError("TALLY_FAILURE_QUEUE_URL: not set (the stack's TallyFailureQueueUrl output: redeploy)")
     endpoint = settings.AWS_ENDPOINT_URL or None
     sqs = boto3.client("sqs", region_name=settings.AWS_REGION, endpoint_url=endpoint)
-    streams = boto3.client(
-        "dynamodbstreams",
-        region_name=settings.AWS_REGION,
-        endpoint_url=endpoint,
-        config=Config(account_id_endpoint_mode="disabled"),  # moto serves streams on the regional endpoint only
-    )
+    streams = streams_client(endpoint, settings.AWS_REGION)
     patterns = {getattr(settings, s.table_variable): s.patterns for s in stream_sources()}
     queue = settings.TALLY_FAILURE_QUEUE_URL
     rows: list[dict[str, Any]] = []

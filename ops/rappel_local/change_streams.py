@@ -31,6 +31,8 @@ from botocore.config import Config
 from rappel_local.stack import globals_environment, load_template
 
 FUNCTION = "TallyChangesFunction"
+# moto knows DynamoDB's account-based endpoints, not those of its streams: clients of both use the regional ones.
+REGIONAL_ENDPOINTS = Config(account_id_endpoint_mode="disabled")
 HANDLER = "tally_changes"
 
 
@@ -124,9 +126,7 @@ class ChangeStreams:
 
     def _client(self, service: str) -> Any:
         if service not in self._clients:
-            # moto knows DynamoDB's account-based endpoints, not those of its streams.
-            config = Config(account_id_endpoint_mode="disabled")
-            self._clients[service] = boto3.client(service, endpoint_url=self._endpoint, config=config)
+            self._clients[service] = boto3.client(service, endpoint_url=self._endpoint, config=REGIONAL_ENDPOINTS)
         return self._clients[service]
 
     def _drain_shard(
@@ -249,6 +249,11 @@ def _arrival(record: Mapping[str, Any]) -> str | None:
 
 # GetRecords may answer empty pages before the data it points at; this many in a row end a read.
 EMPTY_PAGES = 5
+
+
+def streams_client(endpoint_url: str | None = None, region: str | None = None) -> Any:
+    """A DynamoDB Streams client for AWS, DynamoDB Local or moto (its regional endpoint)."""
+    return boto3.client("dynamodbstreams", region_name=region, endpoint_url=endpoint_url, config=REGIONAL_ENDPOINTS)
 
 
 class BatchGone(Exception):

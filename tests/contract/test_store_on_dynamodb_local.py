@@ -136,20 +136,14 @@ def test_a_given_up_batch_is_read_again_from_dynamodb_locals_stream(settings: Se
     """`rappel retally` reads a batch by its failure record's sequence numbers (AT_SEQUENCE_NUMBER), as DynamoDB's
     own streams answer it; a range that starts before what the shard holds is reported gone."""
     import boto3
-    from botocore.config import Config
 
-    from rappel_local.change_streams import BatchGone, read_range
+    from rappel_local.change_streams import BatchGone, read_range, streams_client
 
     handle_clinic_event(patient(), settings)
     handle_clinic_event(dose(), settings)
     client = boto3.client("dynamodb", endpoint_url=settings.AWS_ENDPOINT_URL, region_name=settings.AWS_REGION)
     stream_arn = client.describe_table(TableName=settings.MESSAGES_TABLE)["Table"]["LatestStreamArn"]
-    streams = boto3.client(
-        "dynamodbstreams",
-        endpoint_url=settings.AWS_ENDPOINT_URL,
-        region_name=settings.AWS_REGION,
-        config=Config(account_id_endpoint_mode="disabled"),
-    )
+    streams = streams_client(settings.AWS_ENDPOINT_URL, settings.AWS_REGION)
     (shard,) = streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
     iterator = streams.get_shard_iterator(
         StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"

@@ -9,12 +9,11 @@ from typing import Any
 import boto3
 import botocore.client
 import pytest
-from botocore.config import Config
 from typer.testing import CliRunner
 
 from core import provider_state, store
 from core.store import iso
-from rappel_local.change_streams import stream_sources
+from rappel_local.change_streams import stream_sources, streams_client
 from rappel_local.embedded import invoke
 from tests.helpers import dose, patient
 
@@ -104,8 +103,7 @@ def _failing_counter_writes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _shard_of(stream_arn: str) -> str:
-    streams = boto3.client("dynamodbstreams", config=Config(account_id_endpoint_mode="disabled"))
-    return str(streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]["ShardId"])
+    return str(streams_client().describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"][0]["ShardId"])
 
 
 def _failure_records(aws: Any) -> list[dict[str, Any]]:
