@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aws_lambda_powertools.utilities.parser.models import DynamoDBStreamModel
 
-from core import store
+from core import clock, store
 from core.lifecycle import IllegalTransition, Status
 from core.planning import handle_clinic_event
 from core.settings import Settings, build_settings
@@ -160,3 +160,16 @@ def test_a_given_up_batch_is_read_again_from_dynamodb_locals_stream(settings: Se
         read_range(streams, stream_arn, shard["ShardId"], before_the_shard, numbers[0])
     with pytest.raises(BatchGone, match="no shard"):
         read_range(streams, stream_arn, "shardId-00000000000000000000-00000000", numbers[0], numbers[1])
+
+
+def test_a_phones_patients_come_from_the_by_phone_index(settings: Settings) -> None:
+    """Siblings on one phone are found by the index, not a scan; a patient who moved to another phone is not."""
+    shared, other = "+2250701020304", "+2250701020399"
+    for patient_id in ("p2", "p1", "p3"):
+        handle_clinic_event(patient(patient_id, phone=shared), settings)
+    moved = handle_clinic_event(patient("p3", phone=other, at=clock.now() + timedelta(seconds=1)), settings)
+    assert moved.applied == 1
+
+    assert [p.patient_id for p in store.patients_with_phone(shared)] == ["p1", "p2"]
+    assert [p.patient_id for p in store.patients_with_phone(other)] == ["p3"]
+    assert store.patients_with_phone("+2250701020300") == []

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import botocore.client
+import botocore.exceptions
 import pytest
 
 from core import notify, replies, store
@@ -177,6 +179,51 @@ def test_an_opted_out_confirmation_that_is_no_longer_true_is_not_sent(pipe: Pipe
     by_subject = {m.appointment_id: m for m in confirmations()}
     assert by_subject["#opted_out"].status == "cancelled"
     assert "no longer true" in (by_subject["#opted_out"].last_error or "")
+
+
+def test_a_reply_finds_its_phones_patients_by_the_phone_index_not_a_scan(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A national register has millions of patients: a reply reads the patients with its number from the
+    patients table's `by_phone` index, never the whole table; a third patient on another phone is not touched."""
+    reminders = siblings(pipe)
+    other = pipe.plan(3)
+    calls: list[str] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        calls.append(f"{operation} {params.get('TableName')} {params.get('IndexName')}")
+        return original(client, operation, params)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+        assert outcome(reply(pipe, "STOP")) == "opted_out"
+
+    assert not [c for c in calls if c.startswith("Scan")], calls
+    assert f"Query {pipe.settings.PATIENTS_TABLE} by_phone" in calls
+    assert statuses(reminders) == {"cancelled"} and statuses(list(other.values())) == {"pending"}
+
+
+def test_a_reply_while_the_by_phone_index_backfills_is_not_lost(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after the upgrade that adds the index, DynamoDB refuses to read it until it is built (moto cannot
+    backfill, hence the stand-in error, as DynamoDB words it): the reply finds its patients by a scan meanwhile."""
+    reminders = siblings(pipe)
+    original = botocore.client.BaseClient._make_api_call
+
+    def backfilling(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "Query" and params.get("IndexName") == "by_phone":
+            error = {"Code": "ValidationException", "Message": "Cannot read from backfilling global secondary index"}
+            raise botocore.exceptions.ClientError({"Error": error}, operation)
+        return original(client, operation, params)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(botocore.client.BaseClient, "_make_api_call", backfilling)
+        assert outcome(reply(pipe, "STOP")) == "opted_out"
+        assert [p.patient_id for p in store.patients_with_phone(PHONE)] == ["p1", SIBLING]
+
+    assert statuses(reminders) == {"cancelled"}
 
 
 def test_unknown_texts_and_senders_are_recorded_and_counted_never_answered(
