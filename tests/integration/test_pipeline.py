@@ -22,7 +22,7 @@ from core.observability import discard_metrics
 from core.planning import handle_clinic_event
 from core.store import MessageRecord, iso, parse_iso
 from rappel_local.orange_simulator import Fault, OrangeSimulator
-from tests.helpers import envelope, patient
+from tests.helpers import dose, envelope, patient
 from tests.integration.pipeline_kit import PHONE, Pipeline, bodies, emf
 
 pytestmark = pytest.mark.integration
@@ -128,6 +128,21 @@ def test_capacity_is_rate_times_interval_minus_queue_depth_and_the_most_urgent_g
     assert pipe.message(waiting).status == "pending"
     for message_id in (three["7_day_reminder"], four["7_day_reminder"], four["1_day_reminder"]):
         assert pipe.message(message_id).status == "expired"
+
+
+def test_raising_the_due_shards_keeps_every_reminder_planned_before_dispatchable(pipe: Pipeline) -> None:
+    """A message keeps the shard it was planned in; the dispatcher reads shards 0..n-1, which hold every shard of a
+    smaller n: raising DUE_INDEX_SHARDS needs no backfill (lowering it would strand the higher shards)."""
+    one_shard = pipe.settings.model_copy(update={"DUE_INDEX_SHARDS": 1})
+    handle_clinic_event(patient("p1", phone=PHONE), one_shard)
+    handle_clinic_event(dose("a1", "p1", due_date=DUE), one_shard)
+    assert {m.due_shard for m in store.messages_of_patient("p1")} == {"DUE#0"}
+    pipe.clock.advance_to(SEVEN_DAY)
+
+    result = dispatch.dispatch_due(pipe.settings.model_copy(update={"DUE_INDEX_SHARDS": 8}))
+
+    assert result.claimed == 1
+    assert {m.reminder_type: m.status for m in store.messages_of_patient("p1")}["7_day_reminder"] == "queued"
 
 
 def test_overlapping_dispatchers_and_a_stale_index_read_claim_each_message_once(pipe: Pipeline, monkeypatch) -> None:
