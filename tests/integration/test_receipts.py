@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
 import botocore.client
 import pytest
 
@@ -416,3 +417,70 @@ def test_a_kannel_dlr_for_an_unknown_message_is_answered_200(pipe: Pipeline, sen
     capsys.readouterr()
     assert _answer(_kannel(pipe, "msg_" + "f" * 32, "1")) == (200, "unknown")
     assert emf(capsys.readouterr().out) == {"ReceiptsUnknown": 1}
+
+
+# ---------------------------------------------------------------------------------------------- overtaking receipts
+
+
+def _receipt_overtakes_the_sent_write(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Send one reminder, then put its item back as it was before the sent write; the sent write lands again when
+    the receipt path first waits (at the first `clock.sleep`): a receipt that came before our write was visible."""
+    message_id = pipe.plan(1, "2027-03-20")["7_day_reminder"]
+    pipe.clock.advance_to(DUE_AT)
+    pipe.dispatch()
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(pipe.settings.MESSAGES_TABLE)
+    queued = table.get_item(Key={"message_id": message_id}, ConsistentRead=True)["Item"]
+    pipe.send(pipe.receive())
+    sent = table.get_item(Key={"message_id": message_id}, ConsistentRead=True)["Item"]
+    assert (queued["status"], sent["status"]) == ("queued", "sent")
+    table.put_item(Item=queued)
+    waits: list[float] = []
+    advance = pipe.clock.sleep
+
+    def sent_write_lands(seconds: float) -> None:
+        if not waits:
+            table.put_item(Item=sent)
+        waits.append(seconds)
+        advance(seconds)
+
+    monkeypatch.setattr(pipe.clock, "sleep", sent_write_lands)
+    return message_id
+
+
+def test_an_orange_receipt_that_overtakes_the_sent_write_waits_for_it(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Orange's receipt names Orange's id, which our sent write records (and its index shows a moment later): an
+    early receipt looks again for up to 3 s instead of being dropped as unknown (the message would stay `sent`)."""
+    message_id = _receipt_overtakes_the_sent_write(pipe, monkeypatch)
+    provider_id = pipe.accepted()[0].message_id
+    discard_metrics()
+    capsys.readouterr()
+
+    assert _answer(_orange(pipe, _notification(provider_id, "DeliveryImpossible"))) == (200, "failed")
+
+    assert pipe.message(message_id).status == "failed"
+    assert "ReceiptsUnknown" not in emf(capsys.readouterr().out)
+
+
+def test_a_kannel_dlr_that_overtakes_the_sent_write_waits_for_it(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kannel's DLR names our message, still `queued` until the sent write lands: it waits for it too."""
+    pipe.start_kannel()
+    pipe.configure(SMS_PROVIDERS="kannel")
+    message_id = _receipt_overtakes_the_sent_write(pipe, monkeypatch)
+
+    assert _answer(_kannel(pipe, message_id, "1")) == (200, "delivered")
+    assert pipe.message(message_id).status == "delivered"
+
+
+def test_a_receipt_for_an_id_we_never_sent_is_unknown_after_three_seconds(
+    pipe: Pipeline, sent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []
+    advance = pipe.clock.sleep
+    monkeypatch.setattr(pipe.clock, "sleep", lambda seconds: (waits.append(seconds), advance(seconds)))
+
+    assert _answer(_orange(pipe, _notification("0f1e2d3c-not-one-of-ours", "DeliveredToTerminal"))) == (200, "unknown")
+    assert sum(waits) == pytest.approx(3.0)
