@@ -114,9 +114,12 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
         )
         written = store.save_patient(patient)
         _count_write(result, written)
-        if written and detail.sms_opt_in and detail.sms_opt_in_renewed:
-            store.clear_number_stop(detail.phone)
+        lifted = written and detail.sms_opt_in and detail.sms_opt_in_renewed and store.clear_number_stop(detail.phone)
         result.merge(reconcile_patient(detail.patient_id, settings, now, patient if written else None))
+        if lifted:  # the stop was the number's: its other patients get their reminders back too
+            for other in store.patients_with_phone(detail.phone):
+                if other.patient_id != detail.patient_id:
+                    result.merge(reconcile_patient(other.patient_id, settings, now))
     elif isinstance(detail, DoseScheduled):
         appointment = AppointmentRecord(
             detail.appointment_id,

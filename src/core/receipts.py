@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any
 
 from core import clock, followup, store
 from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger, measure
+from core.retry import patiently
 from core.secrets import secret_text
 from core.settings import ProviderName, Settings
 from core.store import Change, Guard, MessageRecord, iso, parse_iso
-
-T = TypeVar("T")
 
 # Orange (OneAPI) delivery statuses -> our status; None means "still sent, recorded as information".
 ORANGE_STATUSES: dict[str, Status | None] = {
@@ -40,22 +38,6 @@ KANNEL_TYPES: dict[int, tuple[str, Status | None]] = {
     8: ("DeliveredToNetwork", None),
     16: ("RejectedBySmsc", Status.FAILED),
 }
-
-
-# How long a receipt looks again for the send it reports before taking it as unknown: a provider may report a fast
-# delivery (or a DeliveryImpossible) before our sent write has landed, or before the provider-id index shows it.
-RECEIPT_WAITS: Final[tuple[float, ...]] = (0.25, 0.5, 1.0, 1.25)  # 3 s in all
-
-
-def _patiently(read: Callable[[], T], ready: Callable[[T], bool]) -> T:
-    """`read()` again after each of RECEIPT_WAITS until `ready` holds of what it found; the last find otherwise."""
-    found = read()
-    for wait in RECEIPT_WAITS:
-        if ready(found):
-            break
-        clock.sleep(wait)
-        found = read()
-    return found
 
 
 def _not_queued(message: MessageRecord | None) -> bool:
@@ -105,7 +87,7 @@ def orange_receipt(body: str, settings: Settings) -> ReceiptOutcome:
         count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "deliveryInfoNotification.deliveryInfo.deliveryStatus: unknown value")
     store.bind(settings)
-    message_ids = _patiently(lambda: store.message_ids_by_provider_id(provider_id), bool)
+    message_ids = patiently(lambda: store.message_ids_by_provider_id(provider_id), bool)
     learnt: dict[str, str] = {}
     if not message_ids:
         ambiguous = _ambiguous_send_for(notification["deliveryInfo"].get("address"))
@@ -164,7 +146,7 @@ def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome
     # A grouped SMS travels under its SMS key, which its reminders carry as the provider's id. A message id we do
     # not have is found unknown where it is read to be settled (one read, not a second to see that it exists).
     if message_id.startswith("sms_"):
-        message_ids = _patiently(lambda: store.message_ids_by_provider_id(message_id), bool)
+        message_ids = patiently(lambda: store.message_ids_by_provider_id(message_id), bool)
     else:
         message_ids = [message_id]
     if not message_ids:
@@ -188,7 +170,7 @@ def apply_receipt(
     recorded, with none, is taken as the receipt's). `learnt`: what the receipt taught us about the message (the
     provider id of an ambiguous send), written with the status change.
     """
-    message = _patiently(lambda: store.get_message(message_id), _not_queued)
+    message = patiently(lambda: store.get_message(message_id), _not_queued)
     if message is None or message.provider not in {None, provider.value}:
         count(MetricName.RECEIPTS_UNKNOWN)
         logger.warning("receipt for a message unknown or not this provider's", extra={"provider": provider.value})

@@ -41,6 +41,7 @@ from core.observability import count, logger
 from core.phone import InvalidPhoneNumber, mask_phone, normalize_phone
 from core.planning import ConsentChange, change_consent
 from core.receipts import ReceiptRejected
+from core.retry import patiently
 from core.settings import Settings
 from core.store import MessageRecord, PatientRecord, iso
 from core.texts import available_languages, clean_text, load_language
@@ -223,11 +224,13 @@ def apply_reply(sms: InboundSms, settings: Settings) -> InboundOutcome:
     """Apply one parsed reply; the embedded stack and tests may call this directly."""
     store.bind(settings)
     now = clock.now()
-    patients = store.patients_with_phone(sms.sender)
+    found = match_keyword(sms.text)
+    # A keyword from a number the `by_phone` index does not show yet (a phone registered or changed a moment ago)
+    # looks again before the reply is taken as a stranger's: a STOP must not be lost to the index's lag.
+    patients = patiently(lambda: store.patients_with_phone(sms.sender), lambda known: bool(known) or found is None)
     if not patients:
         return _unanswered(sms, "unknown_sender", now, settings)
-    finish_pending(sms.sender, patients, settings)  # an earlier reply's change whose event is still to go out
-    found = match_keyword(sms.text)
+    finish_pending(sms.sender, patients, settings, overtaken=found is not None)
     if found is None:
         return _unanswered(sms, "unknown_text", now, settings)
     opt_in = found.intent is Intent.OPT_IN
@@ -295,10 +298,14 @@ def _clear_pending(number: str, pending: PendingChange) -> None:
     store.clear_pending_reply(number, _encoded(pending))
 
 
-def finish_pending(number: str, patients: list[PatientRecord], settings: Settings) -> InboundOutcome | None:
+def finish_pending(
+    number: str, patients: list[PatientRecord], settings: Settings, *, overtaken: bool = False
+) -> InboundOutcome | None:
     """Carry out a reply's change left recorded by a crash or a refused event: the change made again (it may not
     have been, or only in part), its event published and its confirmation written. Not when a patient with the
-    number changed after that reply (the clinic system or an operator decided since): then it is dropped, logged."""
+    number changed after that reply (the clinic system or an operator decided since): then it is dropped, logged.
+    `overtaken`: the reply at hand asks for a change of its own, which goes ahead even if this one's event is still
+    refused (this one is then dropped, logged: the new change is what holds, and its event says so)."""
     pending = _pending_of(number)
     if pending is None:
         return None
@@ -306,7 +313,14 @@ def finish_pending(number: str, patients: list[PatientRecord], settings: Setting
         logger.warning("pending reply change overtaken by a later change of its patients; dropped")
         _clear_pending(number, pending)
         return None
-    _, outcome = _carry_out(number, pending, patients, settings, clock.now())
+    try:
+        _, outcome = _carry_out(number, pending, patients, settings, clock.now())
+    except notify.EventNotPublished:
+        if not overtaken:
+            raise
+        logger.warning("pending reply change's event still refused; overtaken by a new reply, dropped")
+        _clear_pending(number, pending)
+        return None
     logger.info("pending reply change carried out", extra={"outcome": outcome.result, "from": mask_phone(number)})
     return outcome
 

@@ -101,6 +101,22 @@ def test_opting_out_cancels_pending_and_opting_in_plans_nothing_twice(aws) -> No
     assert handle_clinic_event(patient(sms_opt_in=True), aws.settings).created == 0
 
 
+def test_a_renewed_consent_lifts_the_numbers_stop_for_every_patient_with_the_number(aws) -> None:
+    """A sibling registered on a stopped number gets nothing planned; the clinic's `sms_opt_in_renewed` for the
+    other child lifts the number's stop, and so must plan the sibling's reminders too, as `rappel optin` does."""
+    later = aws.clock.now() + timedelta(minutes=1)
+    handle_clinic_event(patient("p1"), aws.settings)
+    store.stop_number("+2250701020304", store.iso(aws.clock.now()), "reply opt-out")
+    handle_clinic_event(patient("p2", display_name="Kofi"), aws.settings)
+    handle_clinic_event(dose("a2", "p2"), aws.settings)
+    assert _messages("p2") == {}
+
+    handle_clinic_event(patient("p1", sms_opt_in_renewed=True, at=later), aws.settings)
+
+    assert not store.number_stopped("+2250701020304")
+    assert {m.status for m in _messages("p2").values()} == {"pending"} and len(_messages("p2")) == 3
+
+
 def test_zone_change_replans_pending_messages(aws) -> None:
     handle_clinic_event(patient(), aws.settings)
     handle_clinic_event(dose(), aws.settings)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -414,3 +414,48 @@ def test_a_reply_change_overtaken_by_a_later_change_of_its_patients_is_dropped(
     store.set_opt_in("p1", True, store.iso(pipe.clock.now()), "operator-optin")
     assert outcome(reply(pipe, "Merci")) == "unknown_text"
     assert not store.number_stopped(PHONE) and clinic_events() == [] and confirmations() == []
+
+
+def test_a_stop_after_a_refused_opt_in_event_is_applied_even_while_eventbridge_still_refuses(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OUI's event refused leaves its change pending; a STOP that comes while EventBridge still refuses used to
+    fail on publishing that old event first (a 500, never retried by Kannel): the STOP was lost, the number open."""
+    reminders = list(pipe.plan(1).values())
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+
+    def refused(detail_type: notify.DetailType, *args: Any) -> None:
+        raise notify.EventNotPublished(f"{detail_type.value}: InternalFailure: try again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(notify, "publish", refused)
+        pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=1))
+        with pytest.raises(notify.EventNotPublished):
+            apply_reply(InboundSms(PHONE, "OUI", 3, "1234"), pipe.settings)
+        assert not store.number_stopped(PHONE) and statuses(reminders) == {"pending"}
+        pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=1))
+        with pytest.raises(notify.EventNotPublished):  # its own event refused too: recorded, for the next reply
+            apply_reply(InboundSms(PHONE, "STOP", 4, "1234"), pipe.settings)
+
+    assert store.number_stopped(PHONE) and statuses(reminders) == {"cancelled"}
+    assert outcome(reply(pipe, "Merci")) == "unknown_text"  # the next reply publishes the STOP's event
+    assert [e["detail-type"] for e in clinic_events()] == ["PatientOptedOut", "PatientOptedOut"]
+
+
+def test_a_stop_from_a_number_the_index_shows_a_moment_late_is_applied(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `by_phone` index is eventually consistent: a STOP right after the family's phone was registered or changed
+    may find no patient at first. It looks again, as a receipt does, rather than drop the STOP."""
+    reminders = list(pipe.plan(1).values())
+    real = store.patients_with_phone
+    calls: list[str] = []
+
+    def index_behind(phone: str) -> list[Any]:
+        calls.append(phone)
+        return [] if len(calls) == 1 else real(phone)
+
+    monkeypatch.setattr(store, "patients_with_phone", index_behind)
+
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+    assert store.number_stopped(PHONE) and statuses(reminders) == {"cancelled"}
