@@ -357,6 +357,23 @@ def redrive(local: Local = False, stack: Stack = None, region: Region = None, as
 
 
 @app.command()
+def resend(
+    message_id: str, local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False
+) -> None:
+    """Send one dead letter again, knowingly: an ambiguous one (its SMS may have gone out) is never sent again by a
+    redrive, only by this; exit 1 when the message is not a dead letter before its deadline."""
+    from core.sending import resend_dead_letter
+
+    settings = _settings(local, stack, region)
+    with _quiet():
+        resent = resend_dead_letter(message_id, settings)
+    data = {"message_id": message_id, "resent": resent}
+    _emit(data, as_json, _key_values("Resend", data))
+    if not resent:
+        raise typer.Exit(1)
+
+
+@app.command()
 def retally(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
     """Count the statistics batches tally_changes gave up on (TallyFailureQueue), read again from the streams."""
     from rappel_cli.operations import retally as run

@@ -75,6 +75,7 @@ class SendOutcome(StrEnum):
     EXPIRED = "expired"
     STALE = "stale"  # this record's claim is not the message's current one
     REDRIVEN = "redriven"  # a dead letter brought back from the DLQ: pending again, for the dispatcher
+    KEPT = "kept"  # an ambiguous dead letter brought back from the DLQ: it may have gone out, an operator decides
     UNKNOWN = "unknown"  # no such message
 
 
@@ -674,18 +675,42 @@ def _take_back_dead_letter(message: MessageRecord, now: datetime, settings: Sett
     # `due` index whatever happens next.
     if parse_iso(message.deadline) <= now:
         return _settle(message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
-    change = Change(
+    if message.text is not None:
+        # An ambiguous send (its text is recorded): the SMS may have gone out, and a redrive, which brings back every
+        # dead letter at once, must not send it a second time. It stays for an operator (`resend_dead_letter`).
+        logger.warning("ambiguous dead letter redriven: left for an operator", extra={"message_id": message.message_id})
+        return SendOutcome.KEPT
+    change = _back_to_pending(message, now, settings, "redriven from the dead letter queue")
+    return SendOutcome.REDRIVEN if store.transition(message, change, at=now, settings=settings) else SendOutcome.STALE
+
+
+def _back_to_pending(message: MessageRecord, now: datetime, settings: Settings, reason: str) -> Change:
+    """A dead letter back to pending, due now, with a fresh set of retries counted from here."""
+    return Change(
         target=Status.PENDING,
         sources=frozenset({Status.DEAD_LETTER}),
         set={
             "retry_floor": int(message.attempts),
             "due_at": iso(now),
             "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
+            "text": None,  # what an ambiguous attempt carried: no longer this message's last word
+            "segments": None,
         },
         guard=Guard.VERSION,
-        reason="redriven from the dead letter queue",
+        reason=reason,
     )
-    return SendOutcome.REDRIVEN if store.transition(message, change, at=now, settings=settings) else SendOutcome.STALE
+
+
+def resend_dead_letter(message_id: str, settings: Settings) -> bool:
+    """An operator's decision to send a dead letter again now, ambiguous ones included (whose SMS may have gone out:
+    the family may then get it twice). False when it is not a dead letter (any more), or its deadline has passed."""
+    store.bind(settings)
+    now = clock.now()
+    message = store.get_message(message_id)
+    if message is None or message.state is not Status.DEAD_LETTER or parse_iso(message.deadline) <= now:
+        return False
+    why = "sent again by an operator" + (": its earlier attempt may have gone out" if message.text else "")
+    return store.transition(message, _back_to_pending(message, now, settings, why), at=now, settings=settings)
 
 
 def _settle(

@@ -181,6 +181,8 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
     assert released == {"closed": []}  # no provider's circuit was open
     redrive = json.loads(_run("redrive", "--local", "--json", cwd=local_stack).stdout)
     assert redrive["method"] in {"StartMessageMoveTask", "receive-send-delete"}
+    not_dead = _run("resend", sent_id, "--local", "--json", cwd=local_stack)  # sent, not a dead letter
+    assert not_dead.returncode == 1 and json.loads(not_dead.stdout) == {"message_id": sent_id, "resent": False}
 
 
 def test_the_console_prints_one_line_per_event(local_stack: Path, console_lines: list[str]) -> None:

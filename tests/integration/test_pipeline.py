@@ -735,6 +735,29 @@ def test_a_duplicate_delivery_after_an_ambiguous_dead_letter_does_not_send_again
     assert len(pipe.send_requests()) == 1
 
 
+def test_a_redrive_leaves_an_ambiguous_dead_letter_for_an_operator_who_may_resend_it(pipe: Pipeline) -> None:
+    """`rappel redrive` is what the DLQ alarm asks for, to bring back reminders whose retries ran out. An ambiguous
+    dead letter's SMS may have gone out: the redrive used to put it back to pending, and the next run sent it again.
+    It stays for an operator, whose `rappel resend` is the one way to send it again, knowingly."""
+    pipe.configure(SMS_ON_AMBIGUOUS_SEND="dead_letter")
+    pipe.start_orange(faults=[Fault(nth=1, timeout="after_send")])
+    message_id = _due_now(pipe)
+    pipe.cycle()
+    assert pipe.message(message_id).status == "dead_letter"
+
+    assert queue.redrive(pipe.settings).moved == 1
+    pipe.send(pipe.receive())
+    pipe.cycle()
+
+    assert pipe.message(message_id).status == "dead_letter" and len(pipe.send_requests()) == 1
+    assert sending.resend_dead_letter(message_id, pipe.settings)
+    assert not sending.resend_dead_letter(message_id, pipe.settings)  # pending now: nothing to resend
+    pipe.cycle()
+    resent = pipe.message(message_id)
+    assert resent.status == "sent" and len(pipe.send_requests()) == 2
+    assert any("sent again by an operator" in entry for entry in resent.history or [])
+
+
 class _ExpireTokensBeforeSecondSend(pacing.Pacer):
     def __init__(self, simulator: OrangeSimulator) -> None:
         super().__init__()
