@@ -9,6 +9,7 @@ accepted message: the stored result is replayed instead.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import itertools
@@ -58,6 +59,12 @@ from core.timing import ReminderType, later_reminders_due_within, next_allowed
 from core.wanted import OPTED_OUT, appointment_of, is_confirmation, why_not_wanted
 
 IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retention, so a redrive replays too
+# A request is made only with this much of the invocation left: a token fetch and the call itself (3.05 s to connect,
+# 10 s to read, by default), with room to record the answer. Cut off mid-call, an instance would leave the request's
+# fate unknown and its in-progress idempotency record to expire: the next delivery would call the provider again.
+TIME_FOR_A_REQUEST_MS = 15_000
+# The invocation's remaining time (its Lambda context's), for the check right before each request.
+_time_left: contextvars.ContextVar[Callable[[], int] | None] = contextvars.ContextVar("time_left", default=None)
 
 
 class SendOutcome(StrEnum):
@@ -116,12 +123,13 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     """
     store.bind(settings)
     config = _idempotent_send(settings).config
-    if hasattr(context, "get_remaining_time_in_millis"):
+    time_left = getattr(context, "get_remaining_time_in_millis", None)
+    if time_left is not None:
         config.register_lambda_context(context)
     pacer = _pacer
 
     def send_record(parsed: SendRecord | ValidationError) -> list[SendOutcome]:
-        if hasattr(context, "get_remaining_time_in_millis") and context.get_remaining_time_in_millis() < 15_000:
+        if time_left is not None and time_left() < TIME_FOR_A_REQUEST_MS:
             # Leave it to the next invocation rather than be cut off mid-send (an ambiguous send).
             raise TimeoutError("too little time left in this invocation")
         if isinstance(parsed, ValidationError):
@@ -132,8 +140,12 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     parsed = [_parsed(r) for r in records]
     width = pacer.lanes_needed(settings.sender_pace_per_second, settings.SMS_SENDER_CALLS_IN_FLIGHT)
     pacer.begin_batch(settings.sender_pace_per_second)
-    with store.read_ahead(c.message_id for p in parsed if isinstance(p, SendRecord) for c in p.claims):
-        results = lanes_for(clock.current()).run([functools.partial(send_record, p) for p in parsed], width)
+    invocation = _time_left.set(time_left)
+    try:
+        with store.read_ahead(c.message_id for p in parsed if isinstance(p, SendRecord) for c in p.claims):
+            results = lanes_for(clock.current()).run([functools.partial(send_record, p) for p in parsed], width)
+    finally:
+        _time_left.reset(invocation)
     by_record = {str(r.get("messageId")): result for r, result in zip(records, results, strict=True)}
 
     def record_handler(record: SendRecord) -> str:
@@ -540,6 +552,9 @@ def _request(
         # whatever a token fetch took. Pacing took time, and so will the call: a request that could reach the
         # provider inside quiet hours (or after a deadline) waits for the next allowed time instead.
         pacer.wait(settings.sender_pace_per_second)
+        time_left = _time_left.get()
+        if time_left is not None and time_left() < TIME_FOR_A_REQUEST_MS:  # the pace took what the call needed
+            raise _NotNow(clock.now(), "too little time left in this invocation", clock.now())
         requested.append(clock.now())
         sent_by = clock.now() + timedelta(seconds=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS)
         if deadline <= sent_by:

@@ -21,6 +21,7 @@ from core.lifecycle import Status
 from core.observability import discard_metrics
 from core.planning import handle_clinic_event
 from core.store import MessageRecord, iso, parse_iso
+from rappel_local.embedded import FakeLambdaContext, sqs_event
 from rappel_local.orange_simulator import Fault, OrangeSimulator
 from tests.helpers import dose, envelope, patient
 from tests.integration.pipeline_kit import PHONE, Pipeline, bodies, emf
@@ -756,6 +757,33 @@ def test_a_redrive_leaves_an_ambiguous_dead_letter_for_an_operator_who_may_resen
     resent = pipe.message(message_id)
     assert resent.status == "sent" and len(pipe.send_requests()) == 2
     assert any("sent again by an operator" in entry for entry in resent.history or [])
+
+
+def test_no_request_starts_without_the_time_to_hear_its_answer(pipe: Pipeline) -> None:
+    """The remaining-time guard holds at the request, not only when its record starts: a record begun with 16 s left
+    that then waits 12 s for its pace (a provider's Retry-After) would have its call cut off by the timeout, and its
+    in-progress idempotency record expire: the next delivery would call the provider again."""
+    message_id = _due_now(pipe)
+    pipe.dispatch()
+    received = pipe.receive()
+    pacer = pacing.Pacer()
+    pacer.pause_until(pipe.clock.now() + timedelta(seconds=12))
+    ends_at = pipe.clock.now() + timedelta(seconds=16)
+
+    class Context(FakeLambdaContext):
+        def get_remaining_time_in_millis(self) -> int:
+            return int((ends_at - pipe.clock.now()).total_seconds() * 1000)
+
+    sending.select_pacer(pacer)
+    try:
+        event = sqs_event(received, pipe.queue_arn(pipe.settings.SEND_QUEUE_URL))
+        response = sending.process_send_batch(event, Context(), pipe.settings)
+    finally:
+        sending.select_pacer(None)
+
+    assert pipe.send_requests() == [] and response == {"batchItemFailures": []}
+    deferred = pipe.message(message_id)
+    assert (deferred.status, deferred.attempts, deferred.due_at) == ("pending", 0, iso(pipe.clock.now()))
 
 
 class _ExpireTokensBeforeSecondSend(pacing.Pacer):
