@@ -58,6 +58,8 @@ from core.texts import (
 from core.timing import ReminderType, later_reminders_due_within, next_allowed
 from core.wanted import OPTED_OUT, appointment_of, is_confirmation, why_not_wanted
 
+# The key of a stored provider call whose request left and got no answer: [code, detail] of the error.
+AMBIGUOUS = "ambiguous"
 IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retention, so a redrive replays too
 # A request is made only with this much of the invocation left: a token fetch and the call itself (3.05 s to connect,
 # 10 s to read, by default), with room to record the answer. Cut off mid-call, an instance would leave the request's
@@ -182,7 +184,8 @@ class IdempotentSend:
             return None
         if record is None or record.status != STATUS_CONSTANTS["COMPLETED"]:
             return None  # in progress: the request may or may not have gone out, and only its replay can tell
-        return record.response_json_as_dict()
+        result = record.response_json_as_dict()
+        return None if result is None or AMBIGUOUS in result else result  # fate unknown: its replay applies the policy
 
 
 @functools.cache
@@ -193,16 +196,19 @@ def _idempotent_send(settings: Settings) -> IdempotentSend:
 
     @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)
     def send_once(request: dict[str, Any], before_request: Callable[[], None]) -> dict[str, Any]:
-        accepted = provider_for(settings, request["provider"]).send(
-            to=request["to"], text=request["text"], message_id=request["message_id"], before_request=before_request
-        )
         # The reminders the SMS carried are kept with the result: a replay after a crash settles exactly those.
-        return {
-            "provider": accepted.provider,
-            "provider_message_id": accepted.provider_message_id,
-            "message_ids": request.get("message_ids"),
-            "text": request["text"],
-        }
+        carried = {"message_ids": request.get("message_ids"), "text": request["text"]}
+        try:
+            accepted = provider_for(settings, request["provider"]).send(
+                to=request["to"], text=request["text"], message_id=request["message_id"], before_request=before_request
+            )
+        except ProviderError as error:
+            if error.kind is not FailureKind.AMBIGUOUS:
+                raise  # not sent: Powertools forgets the call, and the next try makes a new request
+            # The request left and no answer came: kept as the call's result (Powertools forgets a call that raised),
+            # so a crash before the policy's write replays this, never a second request.
+            return {"provider": request["provider"], AMBIGUOUS: [error.code, error.detail], **carried}
+        return {"provider": accepted.provider, "provider_message_id": accepted.provider_message_id, **carried}
 
     # What the decorator does on each call, done once here so that `accepted` can read before any call.
     persistence.configure(config, f"{send_once.__module__}.{send_once.__qualname__}")
@@ -579,6 +585,10 @@ def _request(
         ]
     except ProviderError as error:
         return _after_provider_error(error, provider, members, rendered, settings, pacer)
+    if AMBIGUOUS in accepted:  # this call's, or a replay of one whose outcome a crash kept from being written
+        code, detail = accepted[AMBIGUOUS]
+        unknown = ProviderError(FailureKind.AMBIGUOUS, code, detail)
+        return _after_provider_error(unknown, provider, members, rendered, settings, pacer)
     if requested:  # a replay asked no provider anything: it says nothing of this one's circuit
         provider_state.record_answer(provider, clock.now())
     return _record_accepted(accepted, request, members, rendered, settings)

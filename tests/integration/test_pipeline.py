@@ -410,6 +410,38 @@ def test_a_crash_between_provider_accept_and_the_sent_write_replays_the_stored_r
     assert stored.provider_message_id == pipe.accepted()[0].message_id
 
 
+@pytest.mark.parametrize("policy", ["assume_sent", "dead_letter"])
+def test_a_crash_after_an_ambiguous_send_and_before_its_write_replays_it_not_sends_it_again(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    """The request left and no answer came (a read timeout): its fate is unknown, so the policy decides, never a
+    second request. Powertools forgets a call that raised; the ambiguous outcome is stored instead, so that a crash
+    before the policy's write (sent, or dead letter) leaves a record whose redelivery replays it."""
+    pipe.configure(SMS_ON_AMBIGUOUS_SEND=policy)
+    pipe.start_orange(faults=[Fault(nth=1, timeout="after_send")])
+    message_id = _due_now(pipe)
+    real_transition = store.transition
+    crashes: list[str] = []
+
+    def crash_once_on_the_policys_write(message: Any, change: Any, **kwargs: Any) -> bool:
+        if change.target in {Status.SENT, Status.DEAD_LETTER} and not crashes:
+            crashes.append(message.message_id)
+            raise RuntimeError("Lambda killed after the ambiguous send")
+        return real_transition(message, change, **kwargs)
+
+    monkeypatch.setattr(store, "transition", crash_once_on_the_policys_write)
+    pipe.dispatch()
+    received = pipe.receive()
+    assert pipe.send(received)["batchItemFailures"] == [{"itemIdentifier": received[0]["MessageId"]}]
+    assert crashes == [message_id] and pipe.message(message_id).status == "queued"
+
+    assert pipe.send(pipe.receive()) == {"batchItemFailures": []}
+
+    assert len(pipe.send_requests()) == 1
+    stored = pipe.message(message_id)
+    assert stored.status == ("sent" if policy == "assume_sent" else "dead_letter") and stored.attempts == 1
+
+
 def test_a_reminder_accepted_before_a_crash_and_cancelled_by_planning_before_its_redelivery_is_recorded_sent(
     pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
