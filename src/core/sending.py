@@ -720,6 +720,7 @@ def _back_to_pending(message: MessageRecord, now: datetime, settings: Settings, 
             "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
             "text": None,  # what an ambiguous attempt carried: no longer this message's last word
             "segments": None,
+            "sms_key": None,  # bound to no SMS: the next claim composes a new one
         },
         guard=Guard.VERSION,
         reason=reason,

@@ -15,7 +15,7 @@ from typing import Any
 import botocore.client
 import pytest
 
-from core import dispatch, pacing, provider_state, queue, sending, store
+from core import dispatch, pacing, planning, provider_state, queue, sending, store
 from core.circuit import HOLD_INTERVAL, CircuitKind
 from core.lifecycle import Status
 from core.observability import discard_metrics
@@ -890,6 +890,27 @@ def test_a_redriven_dead_letter_goes_back_to_pending_and_is_sent_by_the_next_run
     stored = pipe.message(message_id)
     assert (stored.status, stored.attempts, stored.retry_floor) == ("sent", 2, 1)
     assert len(pipe.accepted()) == 1 and len(pipe.send_requests()) == 2
+
+
+def test_a_redriven_grouped_dead_letter_starts_afresh_and_may_be_revived_after_a_cancellation(pipe: Pipeline) -> None:
+    """Siblings' reminders dead-lettered as one grouped SMS whose request failed: taken back by a redrive, they are
+    bound to no SMS any more (that one never went out), so a cancellation then an opt-in revives them."""
+    pipe.configure(SMS_MAX_RETRIES=0)
+    pipe.start_orange(faults=[Fault(nth=1, status=503)])
+    ids = [pipe.plan(n, DUE, phone=PHONE)["7_day_reminder"] for n in (1, 2)]
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.cycle()
+    assert {pipe.message(i).status for i in ids} == {"dead_letter"} and all(pipe.message(i).sms_key for i in ids)
+    queue.redrive(pipe.settings)
+    pipe.send(pipe.receive())
+    assert {pipe.message(i).status for i in ids} == {"pending"}
+
+    assert store.stop_number(PHONE, iso(pipe.clock.now()), "operator opt-out")
+    planning.reconcile_patient("p1", pipe.settings, pipe.clock.now())
+    assert pipe.message(ids[0]).status == "cancelled"
+    planning.set_consent(PHONE, True, pipe.settings)
+
+    assert pipe.message(ids[0]).status == "pending"
 
 
 def test_a_redriven_dead_letter_past_its_deadline_expires_instead(pipe: Pipeline) -> None:
