@@ -26,6 +26,7 @@ from core.events import (
 from core.lifecycle import OUTSTANDING, Status
 from core.metric_names import MetricName
 from core.observability import count, logger
+from core.retry import patiently
 from core.settings import Settings
 from core.store import AppointmentRecord, Change, Guard, MessageRecord, PatientRecord, iso
 from core.timing import plan_reminders
@@ -276,6 +277,11 @@ def reconcile_appointment(
     # One read for the reminders and what the checks below ask of the patient (`why_not_wanted`).
     reminders = store.reminders_of(appointment_id, due_dates, owners - {store.UNKNOWN_PATIENT}, checked=checked)
     patient = checked if isinstance(checked, PatientRecord) else store.get_patient(checked)
+    if patient is None and appointment.patient_id != store.UNKNOWN_PATIENT:
+        # Its patient's own event may be being handled at this moment (a register import sends both together): that
+        # handler lists the patient's appointments from an eventually consistent index, which may not show this one
+        # yet. Looking again for a few seconds, longer than the index lags, leaves one of the two to plan it.
+        patient = patiently(lambda: store.get_patient(appointment.patient_id), lambda found: found is not None)
     # Its outcome and follow-up state first: what the cancellations below ask of it.
     state = followup.note_appointment(appointment, patient, settings, now)
     if patient is None:
