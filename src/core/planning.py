@@ -136,9 +136,13 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
         previous = store.get_appointment(detail.appointment_id)
         saved = store.save_appointment(appointment, previous)
         written = saved
-        if not written and previous is not None and previous.patient_id == store.UNKNOWN_PATIENT:
+        if (
+            not written
+            and previous is not None
+            and (previous.patient_id == store.UNKNOWN_PATIENT or previous.filled_at is not None)
+        ):
             # The dose was given (or the appointment cancelled) before this older schedule arrived: the schedule
-            # fills in what the appointment is, the close stands.
+            # fills in what the appointment is (the latest schedule, if several come late), the close stands.
             written = store.fill_in_closed_appointment(appointment)
         _count_write(result, written)
         stored = appointment if saved else None  # what we wrote is what is stored; else read it again

@@ -113,6 +113,8 @@ class AppointmentRecord(Model):
     event_at = UnicodeAttribute()
     event_id = UnicodeAttribute()
     event_rank = NumberAttribute(null=True)
+    # The event time of the schedule that filled in a close that came before it (see `fill_in_closed_appointment`).
+    filled_at = UnicodeAttribute(null=True)
     by_patient = AppointmentsByPatient()
 
 
@@ -398,7 +400,8 @@ def copy_appointment(appointment: AppointmentRecord) -> AppointmentRecord:
 
 def fill_in_closed_appointment(schedule: AppointmentRecord) -> bool:
     """Write what an appointment is (patient, vaccine, dose, date, clinic) under a close that arrived before its
-    schedule; the close (status, date given, event time) stands. False unless the stored one is such a close."""
+    schedule; the close (status, date given, event time) stands. False unless the stored one is such a close, not
+    yet filled in or filled in by an older schedule (so the latest schedule wins, whatever the order they came in)."""
     _forget_ahead("appointment", schedule.appointment_id)
     return _applied(
         lambda: _update(
@@ -409,8 +412,10 @@ def fill_in_closed_appointment(schedule: AppointmentRecord) -> bool:
                 AppointmentRecord.dose.set(schedule.dose),
                 AppointmentRecord.due_date.set(schedule.due_date),
                 AppointmentRecord.clinic.set(schedule.clinic) if schedule.clinic else AppointmentRecord.clinic.remove(),
+                AppointmentRecord.filled_at.set(schedule.event_at),
             ],
-            condition=AppointmentRecord.patient_id == UNKNOWN_PATIENT,
+            condition=(AppointmentRecord.patient_id == UNKNOWN_PATIENT)
+            | (AppointmentRecord.filled_at < schedule.event_at),
         )
     )
 

@@ -20,7 +20,7 @@ from core.store import Change, Guard, MessageRecord, iso
 from core.tally import tally_changes
 from rappel_local.change_streams import ChangeStreams
 from rappel_local.stack import create_stack
-from tests.helpers import dose, patient
+from tests.helpers import dose, envelope, patient
 
 pytestmark = pytest.mark.contract
 
@@ -173,3 +173,17 @@ def test_a_phones_patients_come_from_the_by_phone_index(settings: Settings) -> N
     assert [p.patient_id for p in store.patients_with_phone(shared)] == ["p1", "p2"]
     assert [p.patient_id for p in store.patients_with_phone(other)] == ["p3"]
     assert store.patients_with_phone("+2250701020300") == []
+
+
+def test_the_latest_late_schedule_fills_in_a_close_on_dynamodb_local(settings: Settings) -> None:
+    """The fill-in's condition (a close not yet filled in, or filled in by an older schedule), on real DynamoDB."""
+    start = clock.now() - timedelta(hours=4)
+    handle_clinic_event(patient(), settings)
+    given = envelope(
+        "DoseAdministered", start + timedelta(hours=3), None, appointment_id="a1", administered_on="2027-03-01"
+    )
+    handle_clinic_event(given, settings)
+    for hours, due_date in ((1, "2027-03-20"), (2, "2027-03-27"), (1, "2027-03-13")):
+        handle_clinic_event(dose(due_date=due_date, at=start + timedelta(hours=hours)), settings)
+    stored = store.get_appointment("a1")
+    assert stored is not None and (stored.status, stored.due_date) == ("administered", "2027-03-27")
