@@ -32,6 +32,7 @@ class Pacer:
 
     def __init__(self) -> None:
         self._next: datetime | None = None
+        self._paused: datetime | None = None  # the latest pause's end (`_next` is never before it)
         self._lock = threading.Lock()
         self._latency = ASSUMED_LATENCY_SECONDS
 
@@ -40,6 +41,8 @@ class Pacer:
         with self._lock:
             if self._next is None or self._next < until:
                 self._next = until
+            if self._paused is None or self._paused < until:
+                self._paused = until
 
     def begin_batch(self, per_second: float) -> None:
         """Send nothing for one interval from now, at the start of an invocation.
@@ -53,12 +56,17 @@ class Pacer:
         self.pause_until(clock.now() + interval(per_second))
 
     def wait(self, per_second: float) -> None:
-        """Sleep (on the installed clock) until this instance may send again; the slot is taken on return."""
-        with self._lock:
-            now = clock.now()
-            slot = now if self._next is None or self._next <= now else self._next
-            self._next = slot + interval(per_second)
-        clock.sleep((slot - now).total_seconds())
+        """Sleep (on the installed clock) until this instance may send again; the slot is taken on return. A pause
+        that came while a lane slept (another lane's request was throttled) sends it for a slot after the pause."""
+        while True:
+            with self._lock:
+                now = clock.now()
+                slot = now if self._next is None or self._next <= now else self._next
+                self._next = slot + interval(per_second)
+            clock.sleep((slot - now).total_seconds())
+            with self._lock:
+                if self._paused is None or self._paused <= clock.now():
+                    return
 
     def observe(self, seconds: float) -> None:
         """Note how long one provider call took (a moving average, so one slow call does not size the pool)."""

@@ -161,3 +161,22 @@ def test_a_concurrency_slot_keeps_the_pace_when_lambda_moves_its_next_batch_to_a
     assert (
         max(sum(1 for t in requests if start <= t < start + timedelta(seconds=1)) for start in requests) <= per_second
     )
+
+
+def test_a_throttle_while_a_lane_waits_for_its_slot_holds_that_lane_back_too(virtual: VirtualClock) -> None:
+    """A lane asleep until its slot when another lane's request gets a 429 (`pause_until`) must not send at that
+    slot: the provider asked this instance for nothing before the pause's end."""
+    pacer = Pacer()
+    start = virtual.now()
+    pacer.wait(5)  # lane A's slot: now; its request then gets a 429 ...
+    paused_until = start + timedelta(seconds=5)
+    advance = virtual.sleep
+
+    def throttled_meanwhile(seconds: float) -> None:
+        pacer.pause_until(paused_until)  # ... while lane B sleeps until its slot, 0.2 s on
+        advance(seconds)
+
+    virtual.sleep = throttled_meanwhile  # type: ignore[method-assign]
+    pacer.wait(5)  # lane B
+
+    assert virtual.now() >= paused_until
