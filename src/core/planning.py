@@ -115,9 +115,11 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
         )
         written = store.save_patient(patient)
         _count_write(result, written)
-        lifted = written and detail.sms_opt_in and detail.sms_opt_in_renewed and store.clear_number_stop(detail.phone)
+        renewed = written and detail.sms_opt_in and detail.sms_opt_in_renewed
+        if renewed:
+            store.clear_number_stop(detail.phone)
         result.merge(reconcile_patient(detail.patient_id, settings, now, patient if written else None))
-        if lifted:  # the stop was the number's: its other patients get their reminders back too
+        if renewed:  # the stop was the number's: its other patients get their reminders back too (on a retry too)
             for other in store.patients_with_phone(detail.phone):
                 if other.patient_id != detail.patient_id:
                     result.merge(reconcile_patient(other.patient_id, settings, now))
@@ -168,6 +170,10 @@ def _close_appointment(
     stored = store.get_appointment(detail.appointment_id)
     if stored is not None:
         current = store.copy_appointment(stored)
+        if stored.patient_id != store.UNKNOWN_PATIENT and stored.filled_at is None:
+            # What the appointment is came from the schedule stored: a newer one that arrives after this close may
+            # still fill it in (`fill_in_closed_appointment`), an older one not.
+            current.filled_at = stored.event_at
     else:
         # Closed before its schedule arrived (out of order, or a late sync): keep the fact, so that the older
         # schedule, when it comes, plans nothing. What the appointment is, its schedule will fill in.
@@ -450,24 +456,28 @@ def change_consent(
     *,
     by: str,
     patients: list[PatientRecord] | None = None,
+    asked_at: datetime | None = None,
 ) -> ConsentChange:
     """Opt an E.164 number in or out, for every patient with it: the one path of the operator's `rappel optout` /
     `optin` and of a family's reply (`by`: "operator" or "reply"). Pending reminders are cancelled on an opt-out and
     revived on an opt-in while still before their deadline. `patients`: those with the number, when already read.
+    `asked_at`: when the change was asked for (a reply's, made again later), which the stop and the patients are
+    stamped with; now by default.
     """
+    stamp = iso(asked_at or now)
     # The stop first: a crash after it leaves the number stopped, which the next reconciliation and the sender
     # both honour; the patient writes below only make the records say so too.
     if opt_in:
         stopped_at = store.stopped_since(number)  # the stop this opt-in lifts
         changed = store.clear_number_stop(number)
     else:
-        changed = store.stop_number(number, iso(now), f"{by} opt-out")
-        stopped_at = iso(now) if changed else store.stopped_since(number)  # the stop in force
+        changed = store.stop_number(number, stamp, f"{by} opt-out")
+        stopped_at = stamp if changed else store.stopped_since(number)  # the stop in force
     patients = store.patients_with_phone(number) if patients is None else patients
     result = PlanningResult()
     flipped = False
     for patient in patients:
         flipped |= bool(patient.sms_opt_in) != opt_in
-        store.set_opt_in(patient.patient_id, opt_in, iso(now), f"{by}-{'optin' if opt_in else 'optout'}")
+        store.set_opt_in(patient.patient_id, opt_in, stamp, f"{by}-{'optin' if opt_in else 'optout'}")
         result.merge(reconcile_patient(patient.patient_id, settings, now))
     return ConsentChange(number, changed, stopped_at, patients, flipped, result)

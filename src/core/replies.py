@@ -43,7 +43,7 @@ from core.planning import ConsentChange, change_consent
 from core.receipts import ReceiptRejected
 from core.retry import patiently
 from core.settings import Settings
-from core.store import MessageRecord, PatientRecord, iso
+from core.store import MessageRecord, PatientRecord, iso, parse_iso
 from core.texts import available_languages, clean_text, load_language
 from core.wanted import CONFIRMATION, OPTED_IN, OPTED_OUT
 
@@ -230,7 +230,7 @@ def apply_reply(sms: InboundSms, settings: Settings) -> InboundOutcome:
     patients = patiently(lambda: store.patients_with_phone(sms.sender), lambda known: bool(known) or found is None)
     if not patients:
         return _unanswered(sms, "unknown_sender", now, settings)
-    finish_pending(sms.sender, patients, settings, overtaken=found is not None)
+    finish_pending(sms.sender, patients, settings, asked=None if found is None else found.intent is Intent.OPT_IN)
     if found is None:
         return _unanswered(sms, "unknown_text", now, settings)
     opt_in = found.intent is Intent.OPT_IN
@@ -299,13 +299,14 @@ def _clear_pending(number: str, pending: PendingChange) -> None:
 
 
 def finish_pending(
-    number: str, patients: list[PatientRecord], settings: Settings, *, overtaken: bool = False
+    number: str, patients: list[PatientRecord], settings: Settings, *, asked: bool | None = None
 ) -> InboundOutcome | None:
     """Carry out a reply's change left recorded by a crash or a refused event: the change made again (it may not
     have been, or only in part), its event published and its confirmation written. Not when a patient with the
     number changed after that reply (the clinic system or an operator decided since): then it is dropped, logged.
-    `overtaken`: the reply at hand asks for a change of its own, which goes ahead even if this one's event is still
-    refused (this one is then dropped, logged: the new change is what holds, and its event says so)."""
+    `asked`: what the reply at hand asks for (opt in: True, out: False, nothing: None). One asking for the other
+    change goes ahead even if this one's event is still refused: this one is then dropped, logged (the new change
+    is what holds, and its event says so). One asking for the same changes nothing of its own, so this one stays."""
     pending = _pending_of(number)
     if pending is None:
         return None
@@ -316,7 +317,7 @@ def finish_pending(
     try:
         _, outcome = _carry_out(number, pending, patients, settings, clock.now())
     except notify.EventNotPublished:
-        if not overtaken:
+        if asked is None or asked == pending.opt_in:
             raise
         logger.warning("pending reply change's event still refused; overtaken by a new reply, dropped")
         _clear_pending(number, pending)
@@ -328,7 +329,9 @@ def finish_pending(
 def _carry_out(
     number: str, pending: PendingChange, patients: list[PatientRecord], settings: Settings, now: datetime
 ) -> tuple[ConsentChange, InboundOutcome]:
-    change = change_consent(number, pending.opt_in, settings, now, by="reply", patients=patients)
+    # Stamped with the reply's own time: made again by a later reply, it is still that change, not a later one.
+    asked_at = parse_iso(pending.at)
+    change = change_consent(number, pending.opt_in, settings, now, by="reply", patients=patients, asked_at=asked_at)
     outcome = _confirm(change, pending, now, settings)
     store.count_reply(now, outcome.result)
     _clear_pending(number, pending)

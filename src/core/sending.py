@@ -586,9 +586,7 @@ def _request(
     except ProviderError as error:
         return _after_provider_error(error, provider, members, rendered, settings, pacer)
     if AMBIGUOUS in accepted:  # this call's, or a replay of one whose outcome a crash kept from being written
-        code, detail = accepted[AMBIGUOUS]
-        unknown = ProviderError(FailureKind.AMBIGUOUS, code, detail)
-        return _after_provider_error(unknown, provider, members, rendered, settings, pacer)
+        return _after_ambiguous(accepted, bool(requested), members, rendered, settings)
     if requested:  # a replay asked no provider anything: it says nothing of this one's circuit
         provider_state.record_answer(provider, clock.now())
     return _record_accepted(accepted, request, members, rendered, settings)
@@ -648,6 +646,29 @@ def _after_provider_error(
         _after_failure(
             m.message, error, int(m.message.attempts) + 1, provider, settings, rendered, m.zone, m.patient.phone
         )
+        for m in members
+    ]
+
+
+def _after_ambiguous(
+    stored: dict[str, Any], requested: bool, members: list[_Ready], rendered: RenderedText, settings: Settings
+) -> list[SendOutcome]:
+    """The policy for an SMS whose request left and got no answer, from its stored outcome: the provider it went to
+    (a replay may be routed to another one now), and the reminders it carried (the others go in the next SMS). Only
+    the request itself counts towards that provider's circuit, not a replay of it."""
+    code, detail = stored[AMBIGUOUS]
+    error = ProviderError(FailureKind.AMBIGUOUS, code, detail)
+    provider = str(stored["provider"])
+    now = clock.now()
+    if requested:
+        provider_state.record_transient_failure(provider, now, settings, f"{code}: {detail}")
+    carried = set(stored.get("message_ids") or [m.message.message_id for m in members])
+    return [
+        _after_failure(
+            m.message, error, int(m.message.attempts) + 1, provider, settings, rendered, m.zone, m.patient.phone
+        )
+        if m.message.message_id in carried
+        else _defer(m.message, now, "left out of its SMS", now, settings)
         for m in members
     ]
 

@@ -280,6 +280,8 @@ def fault_scenarios() -> list[dict[str, Any]]:
         administered_event("2027-03-02T08:00:00Z", "a5", "2027-03-02"),
         {**dose_event("2027-03-02T09:00:00Z", "a5", "p4", due), "time": "2027-03-01T09:00:00Z"},
     ]
+    renewed = patient_event("2027-03-03T08:00:00Z", "p6", phone(6), name="Awa")
+    renewed["detail"]["sms_opt_in_renewed"] = True
     # Siblings on one phone (a grouped SMS), and a dose booked the day before it is due (a late 7-day reminder
     # superseded by the 1-day one).
     siblings = [
@@ -289,6 +291,10 @@ def fault_scenarios() -> list[dict[str, Any]]:
         dose_event("2027-03-01T08:00:00Z", "a7", "p7", due),
         patient_event("2027-03-11T07:00:00Z", "p8", phone(7)),
         dose_event("2027-03-11T07:00:00Z", "a8", "p8", due),
+        # The phone stopped by an operator, then the clinic's renewed consent for one child: planning lifts the
+        # number's stop and replans every patient with the number (found by the by_phone index).
+        {"at": "2027-03-02T08:00:00Z", "type": "OptOutByPhone", "detail": {"phone": phone(6)}},
+        renewed,
     ]
     return [
         crash_scenario(),

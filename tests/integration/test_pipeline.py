@@ -442,6 +442,39 @@ def test_a_crash_after_an_ambiguous_send_and_before_its_write_replays_it_not_sen
     assert stored.status == ("sent" if policy == "assume_sent" else "dead_letter") and stored.attempts == 1
 
 
+def test_an_ambiguous_send_replayed_while_its_provider_is_down_stays_that_providers(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orange timed out after the request left, and the sender died before recording it; when the record comes back
+    Orange's circuit is open and the route is Kannel. The replay asks nobody: the send is Orange's (whose receipt
+    can still settle it), and neither provider's circuit counts a failure for it."""
+    pipe.start_orange(faults=[Fault(nth=1, timeout="after_send")])
+    pipe.start_kannel()
+    message_id = _due_now(pipe)
+    real_transition = store.transition
+
+    def crash_once_on_sent(message: Any, change: Any, **kwargs: Any) -> bool:
+        if change.target is Status.SENT:
+            monkeypatch.setattr(store, "transition", real_transition)
+            raise RuntimeError("Lambda killed after the ambiguous send")
+        return real_transition(message, change, **kwargs)
+
+    monkeypatch.setattr(store, "transition", crash_once_on_sent)
+    pipe.dispatch()
+    assert pipe.send(pipe.receive())["batchItemFailures"]
+    for _ in range(pipe.settings.SMS_CIRCUIT_FAILURES):
+        provider_state.record_transient_failure("orange", pipe.clock.now(), pipe.settings, "http_503: down")
+    failures = {name: c.failures for name, c in provider_state.circuits(pipe.clock.now(), fresh=True).items()}
+
+    assert pipe.send(pipe.receive(visibility=0)) == {"batchItemFailures": []}
+
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.provider, stored.ambiguous) == ("sent", "orange", True)
+    assert len(pipe.send_requests()) == 1 and pipe.kannel is not None and pipe.kannel.accepted == []
+    after = {name: c.failures for name, c in provider_state.circuits(pipe.clock.now(), fresh=True).items()}
+    assert after == failures
+
+
 def test_a_reminder_accepted_before_a_crash_and_cancelled_by_planning_before_its_redelivery_is_recorded_sent(
     pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:

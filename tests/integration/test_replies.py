@@ -459,3 +459,27 @@ def test_a_stop_from_a_number_the_index_shows_a_moment_late_is_applied(
 
     assert outcome(reply(pipe, "STOP")) == "opted_out"
     assert store.number_stopped(PHONE) and statuses(reminders) == {"cancelled"}
+
+
+def test_a_second_oui_while_eventbridge_still_refuses_the_first_keeps_its_change_to_publish(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a keyword asking for the other change overtakes a pending one: a repeated OUI changes nothing of its own
+    (the stop is already lifted), so it must not drop the first OUI's event and confirmation. It fails as the first
+    did (a 500), and the change stays for the next reply."""
+    pipe.plan(1)
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+
+    def refused(detail_type: notify.DetailType, *args: Any) -> None:
+        raise notify.EventNotPublished(f"{detail_type.value}: InternalFailure: try again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(notify, "publish", refused)
+        for minutes, text in ((1, "OUI"), (2, "OUI")):
+            pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=minutes))
+            with pytest.raises(notify.EventNotPublished):
+                apply_reply(InboundSms(PHONE, text, 3, "1234"), pipe.settings)
+
+    assert outcome(reply(pipe, "Merci")) == "unknown_text"
+    assert [e["detail-type"] for e in clinic_events()] == ["PatientOptedOut", "PatientOptedIn"]
+    assert sorted(m.appointment_id for m in confirmations()) == ["#opted_in", "#opted_out"]
