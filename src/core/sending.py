@@ -65,8 +65,14 @@ IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retenti
 # 10 s to read, by default), with room to record the answer. Cut off mid-call, an instance would leave the request's
 # fate unknown and its in-progress idempotency record to expire: the next delivery would call the provider again.
 TIME_FOR_A_REQUEST_MS = 15_000
-# The invocation's remaining time (its Lambda context's), for the check right before each request.
+# The invocation's remaining time (its Lambda context's), for the checks before each record and each request.
 _time_left: contextvars.ContextVar[Callable[[], int] | None] = contextvars.ContextVar("time_left", default=None)
+
+
+def _no_time_for_a_request() -> bool:
+    """Whether this invocation has too little time left to make a provider request and hear its answer."""
+    time_left = _time_left.get()
+    return time_left is not None and time_left() < TIME_FOR_A_REQUEST_MS
 
 
 class SendOutcome(StrEnum):
@@ -131,7 +137,7 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     pacer = _pacer
 
     def send_record(parsed: SendRecord | ValidationError) -> list[SendOutcome]:
-        if time_left is not None and time_left() < TIME_FOR_A_REQUEST_MS:
+        if _no_time_for_a_request():
             # Leave it to the next invocation rather than be cut off mid-send (an ambiguous send).
             raise TimeoutError("too little time left in this invocation")
         if isinstance(parsed, ValidationError):
@@ -558,8 +564,7 @@ def _request(
         # whatever a token fetch took. Pacing took time, and so will the call: a request that could reach the
         # provider inside quiet hours (or after a deadline) waits for the next allowed time instead.
         pacer.wait(settings.sender_pace_per_second)
-        time_left = _time_left.get()
-        if time_left is not None and time_left() < TIME_FOR_A_REQUEST_MS:  # the pace took what the call needed
+        if _no_time_for_a_request():  # the pace took what the call needed
             raise _NotNow(clock.now(), "too little time left in this invocation", clock.now())
         requested.append(clock.now())
         sent_by = clock.now() + timedelta(seconds=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS)
@@ -610,9 +615,25 @@ def _record_accepted(
             outcomes.append(
                 _record_sent(m.message, attempt, accepted, sent_text, segments, settings, carried=len(carried))
             )
-        else:  # not in the SMS the provider took before a crash: it goes in the next one
-            outcomes.append(_defer(m.message, clock.now(), "left out of its SMS", clock.now(), settings))
+        else:
+            outcomes.append(_left_out(m.message, settings))
     return outcomes
+
+
+def _left_out(message: MessageRecord, settings: Settings) -> SendOutcome:
+    """A reminder not in the SMS the provider took (or may have taken) before a crash: it goes in the next one."""
+    now = clock.now()
+    return _defer(message, now, "left out of its SMS", now, settings)
+
+
+def _failed(
+    member: _Ready, error: ProviderError, provider: str, settings: Settings, rendered: RenderedText
+) -> SendOutcome:
+    """The outcome of one reminder of an SMS `provider` did not take (or may not have), by its next attempt."""
+    message = member.message
+    return _after_failure(
+        message, error, int(message.attempts) + 1, provider, settings, rendered, member.zone, member.patient.phone
+    )
 
 
 def _after_provider_error(
@@ -634,20 +655,16 @@ def _after_provider_error(
     if error.kind is FailureKind.PROVIDER_WIDE:
         provider_state.hold(provider, now, settings, f"{provider}: {error.code}")
         return f"{provider} on hold: {error}"
-    if error.kind in {FailureKind.TRANSIENT, FailureKind.AMBIGUOUS}:
+    # An ambiguous outcome never comes here: `send_once` keeps it as its result, for `_after_ambiguous`.
+    if error.kind is FailureKind.TRANSIENT:
         circuit = provider_state.record_transient_failure(provider, now, settings, f"{error.code}: {error.detail}")
-        if circuit.is_open and error.kind is FailureKind.TRANSIENT:
+        if circuit.is_open:
             # The provider's failure, not the message's: no attempt is burnt; the next provider takes it, or it goes
-            # out after the outage, before its deadline or not at all. (Not an ambiguous one: it may have gone out.)
+            # out after the outage, before its deadline or not at all.
             return f"{provider} circuit open: {error}"
     else:
         provider_state.record_answer(provider, now)
-    return [
-        _after_failure(
-            m.message, error, int(m.message.attempts) + 1, provider, settings, rendered, m.zone, m.patient.phone
-        )
-        for m in members
-    ]
+    return [_failed(m, error, provider, settings, rendered) for m in members]
 
 
 def _after_ambiguous(
@@ -659,16 +676,13 @@ def _after_ambiguous(
     code, detail = stored[AMBIGUOUS]
     error = ProviderError(FailureKind.AMBIGUOUS, code, detail)
     provider = str(stored["provider"])
-    now = clock.now()
     if requested:
-        provider_state.record_transient_failure(provider, now, settings, f"{code}: {detail}")
+        provider_state.record_transient_failure(provider, clock.now(), settings, f"{code}: {detail}")
     carried = set(stored.get("message_ids") or [m.message.message_id for m in members])
     return [
-        _after_failure(
-            m.message, error, int(m.message.attempts) + 1, provider, settings, rendered, m.zone, m.patient.phone
-        )
+        _failed(m, error, provider, settings, rendered)
         if m.message.message_id in carried
-        else _defer(m.message, now, "left out of its SMS", now, settings)
+        else _left_out(m.message, settings)
         for m in members
     ]
 

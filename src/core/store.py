@@ -343,14 +343,16 @@ def iterate_patients() -> Iterator[PatientRecord]:
 
 
 def patients_with_phone(phone: str) -> list[PatientRecord]:
-    """Patients whose caregiver has this phone number, oldest id first.
+    """Patients whose caregiver has this phone number, by id.
 
     Their ids come from the `by_phone` index, then each patient is read by key (consistently) and kept only if it
-    still has the number: the index lags a change of phone by a moment, and the number's own stop covers a patient
-    it has not caught up with yet (`number_stopped`).
+    still has the number: the index lags a change of phone by a moment (a caller that must not miss one looks again:
+    `core.retry.patiently`).
     """
+    found: Iterable[PatientRecord]
     try:
         ids = sorted({str(item.patient_id) for item in PatientRecord.by_phone.query(phone)})
+        found = PatientRecord.batch_get(ids, consistent_read=True) if ids else []
     except QueryError as exc:
         if "backfilling" not in (exc.cause_response_message or ""):
             raise
@@ -359,8 +361,7 @@ def patients_with_phone(phone: str) -> list[PatientRecord]:
         from core.observability import logger  # here, not at the top: observability imports this module
 
         logger.warning("by_phone index still backfilling: patients found by a scan")
-        return sorted(PatientRecord.scan(PatientRecord.phone == phone), key=lambda p: str(p.patient_id))
-    found = PatientRecord.batch_get(ids, consistent_read=True) if ids else []
+        found = PatientRecord.scan(PatientRecord.phone == phone)
     return sorted((p for p in found if p.phone == phone), key=lambda p: str(p.patient_id))
 
 
