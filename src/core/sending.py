@@ -105,6 +105,11 @@ class _NotNow(Exception):
         self.sent_by = sent_by
 
 
+class RequestInFlight(Exception):
+    """Another sender's request for this SMS is on its way (its idempotency record is in progress and has not timed
+    out): whether it went out is not known yet, so the record fails and is looked at again on its retry."""
+
+
 # How long a throttled sender pauses when the provider gives no Retry-After.
 THROTTLE_PAUSE_SECONDS = 1.0
 # How old the batch's read of a reminder may be when it is checked before its send; older, it is read again. A
@@ -183,13 +188,20 @@ class IdempotentSend:
     persistence: DynamoDBPersistenceLayer  # configured as the decorator configures it: the records' ids agree
 
     def accepted(self, key: str) -> dict[str, Any] | None:
-        """The provider's acceptance stored for the SMS `key` (its request went out and was answered), or None."""
+        """The provider's acceptance stored for the SMS `key` (its request went out and was answered), or None;
+        raises `RequestInFlight` while another sender's request for it may still be answered."""
         try:
             record = self.persistence.get_record({"key": key})
         except IdempotencyItemNotFoundError:
             return None
+        if record is not None and record.status == STATUS_CONSTANTS["INPROGRESS"]:
+            # Judged as Powertools judges it, on the wall clock: past its expiry, the sender died mid-call, and only
+            # the replay of the same key can tell (a new call of that key is allowed again).
+            expiry = record.in_progress_expiry_timestamp
+            if expiry is None or expiry >= int(datetime.now().timestamp() * 1000):
+                raise RequestInFlight(key)
         if record is None or record.status != STATUS_CONSTANTS["COMPLETED"]:
-            return None  # in progress: the request may or may not have gone out, and only its replay can tell
+            return None
         result = record.response_json_as_dict()
         return None if result is None or AMBIGUOUS in result else result  # fate unknown: its replay applies the policy
 
@@ -286,8 +298,8 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
         if decision.verdict is not Verdict.SEND:
             return _apply(decision, message, now, settings)
         if message.revived and (accepted := _went_out(message, settings)) is not None:
-            # Its SMS went out before a crash, then it was cancelled and revived: grouped now with a sibling, it
-            # would go out under a new key, a second time.
+            # Its SMS went out before a crash (or is going out from another sender now), then it was cancelled and
+            # revived: grouped now with a sibling, it would go out under a new key, a second time.
             return _record_replayed(message, accepted, settings)
     return _Ready(message, patient, appointment)
 
@@ -362,8 +374,16 @@ def _key_of_next_sms(message: MessageRecord) -> str:
 
 def _went_out(message: MessageRecord, settings: Settings) -> dict[str, Any] | None:
     """The provider's stored acceptance of the SMS this message's claim made, if it went out before a crash (one
-    read of the idempotency store, on the paths that would not send and before a revived reminder's send)."""
-    accepted = _idempotent_send(settings).accepted(_key_of_next_sms(message))
+    read of the idempotency store, on the paths that would not send and before a revived reminder's send). Raises
+    `RequestInFlight` while that request may still be answered: deciding now could send it twice, or call it unsent."""
+    try:
+        accepted = _idempotent_send(settings).accepted(_key_of_next_sms(message))
+    except RequestInFlight:
+        logger.warning(
+            "its SMS's request is still on its way from another sender: the record waits for its retry",
+            extra={"message_id": message.message_id},
+        )
+        raise
     if accepted is None or message.message_id not in (accepted.get("message_ids") or [message.message_id]):
         return None
     logger.warning("an SMS accepted before a crash is recorded now", extra={"message_id": message.message_id})

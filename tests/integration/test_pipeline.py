@@ -6,6 +6,7 @@ event source mapping's delete-or-retry) and checks the stored messages, the queu
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -616,6 +617,45 @@ def test_a_cancellation_that_lands_during_the_provider_call_is_never_revived_int
     pipe.cycle()
 
     assert pipe.message(message_id).status == "sent" and len(pipe.send_requests()) == 1
+
+
+def test_a_reminder_revived_and_grouped_while_its_request_is_in_flight_is_not_sent_again(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opted out and back in while its request is on its way, then claimed again with a sibling and handed to a
+    second sender before the first request is answered: its idempotency record is still in progress, which says
+    neither sent nor not sent, so that record waits for its retry instead of composing a second SMS."""
+    from core.providers.orange import OrangeProvider
+
+    message_id = _due_now(pipe)
+    real_send = OrangeProvider.send
+    second_sender: list[dict[str, Any]] = []
+    calls = itertools.count()
+
+    def revived_and_grouped_meanwhile(self: OrangeProvider, **kwargs: Any) -> Any:
+        if next(calls) == 0:  # the first request: the second sender's own runs through here too
+            assert handle_clinic_event(patient("p1", sms_opt_in=False), pipe.settings).cancelled == 3
+            opted_in = patient("p1", sms_opt_in=True, at=pipe.clock.now() + timedelta(seconds=1))
+            assert handle_clinic_event(opted_in, pipe.settings).revived == 3
+            pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")
+            pipe.dispatch()
+            second_sender.append(pipe.send(pipe.receive()))
+        return real_send(self, **kwargs)
+
+    monkeypatch.setattr(OrangeProvider, "send", revived_and_grouped_meanwhile)
+    pipe.cycle()
+    monkeypatch.setattr(OrangeProvider, "send", real_send)
+
+    (waiting,) = second_sender
+    assert len(waiting["batchItemFailures"]) == 1  # retried once the first request is answered
+    assert [a.text.count("Awa") for a in pipe.accepted()] == [1]
+    assert pipe.message(message_id).status == "sent"
+
+    pipe.cycle()  # the retry: the revived reminder is sent already, its sibling goes out alone
+
+    texts = [a.text for a in pipe.accepted()]
+    assert len(texts) == 2 and "Awa" not in texts[1] and "Kofi" in texts[1]
+    assert pipe.message(message_id).provider_message_id == pipe.accepted()[0].message_id
 
 
 def test_a_sibling_cancelled_while_its_grouped_sms_is_queued_is_left_out_of_it(pipe: Pipeline) -> None:
