@@ -692,13 +692,16 @@ def _after_ambiguous(
 ) -> list[SendOutcome]:
     """The policy for an SMS whose request left and got no answer, from its stored outcome: the provider it went to
     (a replay may be routed to another one now), and the reminders it carried (the others go in the next SMS). Only
-    the request itself counts towards that provider's circuit, not a replay of it."""
+    the request itself counts towards that provider's circuit and `AmbiguousSends`, not a replay of it."""
     code, detail = stored[AMBIGUOUS]
     error = ProviderError(FailureKind.AMBIGUOUS, code, detail)
     provider = str(stored["provider"])
+    carried = set(stored.get("message_ids") or [m.message.message_id for m in members])
     if requested:
         provider_state.record_transient_failure(provider, clock.now(), settings, f"{code}: {detail}")
-    carried = set(stored.get("message_ids") or [m.message.message_id for m in members])
+        for m in members:
+            if m.message.message_id in carried:
+                count(MetricName.AMBIGUOUS_SENDS, reminder_type=m.message.reminder_type, provider=provider)
     return [
         _failed(m, error, provider, settings, rendered)
         if m.message.message_id in carried
@@ -897,8 +900,6 @@ def _after_failure(
         deadline=parse_iso(message.deadline),
         now=now,
     )
-    if error.kind is FailureKind.AMBIGUOUS:
-        count(MetricName.AMBIGUOUS_SENDS, reminder_type=message.reminder_type, provider=provider)
     if decision.verdict is Verdict.FAIL:
         return _settle(message, Status.FAILED, decision.reason, now, settings, attempts=attempt)
     if decision.verdict is Verdict.RECORD_SENT:

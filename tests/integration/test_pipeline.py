@@ -413,7 +413,7 @@ def test_a_crash_between_provider_accept_and_the_sent_write_replays_the_stored_r
 
 @pytest.mark.parametrize("policy", ["assume_sent", "dead_letter"])
 def test_a_crash_after_an_ambiguous_send_and_before_its_write_replays_it_not_sends_it_again(
-    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, policy: str
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], policy: str
 ) -> None:
     """The request left and no answer came (a read timeout): its fate is unknown, so the policy decides, never a
     second request. Powertools forgets a call that raised; the ambiguous outcome is stored instead, so that a crash
@@ -421,6 +421,7 @@ def test_a_crash_after_an_ambiguous_send_and_before_its_write_replays_it_not_sen
     pipe.configure(SMS_ON_AMBIGUOUS_SEND=policy)
     pipe.start_orange(faults=[Fault(nth=1, timeout="after_send")])
     message_id = _due_now(pipe)
+    _quiet(capsys)
     real_transition = store.transition
     crashes: list[str] = []
 
@@ -441,6 +442,7 @@ def test_a_crash_after_an_ambiguous_send_and_before_its_write_replays_it_not_sen
     assert len(pipe.send_requests()) == 1
     stored = pipe.message(message_id)
     assert stored.status == ("sent" if policy == "assume_sent" else "dead_letter") and stored.attempts == 1
+    assert _metrics(capsys)["AmbiguousSends"] == 1  # one request went unanswered, not one per replay
 
 
 def test_an_ambiguous_send_replayed_while_its_provider_is_down_stays_that_providers(
