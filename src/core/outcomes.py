@@ -94,10 +94,12 @@ class AppointmentState:
     @property
     def unpublished(self) -> tuple[str, ...]:
         """The follow-up events still to publish, in order: `needed`, then `closed`. A follow-up closed before its
-        FollowUpNeeded went out is never announced at all (the clinic system has nothing to close)."""
+        FollowUpNeeded was marked published gets its FollowUpClosed all the same: that FollowUpNeeded may have gone
+        out (the mark is written after the event, and a crash or the close itself can come between the two), and a
+        clinic system ignores a close of a follow-up it never heard of more easily than it finds one never closed."""
         if self.follow_up == OPEN and not self.needed_published:
             return ("needed",)
-        if self.follow_up == CLOSED and self.needed_published and not self.closed_published:
+        if self.follow_up == CLOSED and not self.closed_published:
             return ("closed",)
         return ()
 

@@ -137,6 +137,60 @@ def test_a_crash_after_the_publish_repeats_the_event_with_the_same_id(
     assert len(clinic_events()) == 2
 
 
+def test_a_dose_given_between_the_publish_and_its_mark_still_closes_the_announced_follow_up(
+    pipe: Pipeline, clinic_events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FollowUpNeeded went out, and the dose given lands before the state says so (a crash before the mark, then the
+    event; or the event while the publish is on its way): the clinic system holds an open task, so it gets the close."""
+    opted_out_family(pipe)
+    pipe.clock.advance_to(OVERDUE)
+    real = notify.publish
+    calls: list[str] = []
+
+    def dose_given_meanwhile(detail_type: Any, *args: Any, **kwargs: Any) -> None:
+        real(detail_type, *args, **kwargs)
+        if not calls:
+            calls.append(str(detail_type))
+            given = envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-21")
+            assert handle_clinic_event(given, pipe.settings).applied == 1
+
+    monkeypatch.setattr(notify, "publish", dose_given_meanwhile)
+    pipe.follow_up_pass()
+    monkeypatch.setattr(notify, "publish", real)
+    pipe.clock.sleep(15 * 60)
+    pipe.follow_up_pass()
+
+    events = clinic_events()
+    assert [e["detail-type"] for e in events] == ["FollowUpNeeded", "FollowUpClosed"]
+    assert events[1]["detail"]["why"] == "dose given"
+    pipe.clock.sleep(15 * 60)
+    pipe.follow_up_pass()
+    assert len(clinic_events()) == 2
+
+
+def test_a_follow_up_closed_after_a_crash_before_its_mark_is_closed_for_the_clinic(
+    pipe: Pipeline, clinic_events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opted_out_family(pipe)
+    pipe.clock.advance_to(OVERDUE)
+    real = store.put_appointment_state
+
+    def crash_on_marking(old: Any, new: Any, shards: int) -> bool:
+        if new.needed_published:
+            raise RuntimeError("crash between the publish and the write after it")
+        return real(old, new, shards)
+
+    monkeypatch.setattr(store, "put_appointment_state", crash_on_marking)
+    followup.run_due(pipe.settings, pipe.clock.now())
+    monkeypatch.setattr(store, "put_appointment_state", real)
+    pipe.clock.sleep(60)
+    handle_clinic_event(envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-21"), pipe.settings)
+    pipe.clock.sleep(15 * 60)
+    pipe.follow_up_pass()
+
+    assert [e["detail-type"] for e in clinic_events()] == ["FollowUpNeeded", "FollowUpClosed"]
+
+
 def test_a_delivered_reminder_reaches_the_family_and_no_follow_up_opens(pipe: Pipeline, clinic_events) -> None:
     ids = pipe.plan(1, due_date=DUE)
     sent_at = datetime(2027, 3, 13, 9, 0, tzinfo=UTC)
