@@ -61,18 +61,19 @@ from core.wanted import OPTED_OUT, appointment_of, is_confirmation, why_not_want
 # The key of a stored provider call whose request left and got no answer: [code, detail] of the error.
 AMBIGUOUS = "ambiguous"
 IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retention, so a redrive replays too
-# A request is made only with this much of the invocation left: a token fetch and the call itself (3.05 s to connect,
-# 10 s to read, by default), with room to record the answer. Cut off mid-call, an instance would leave the request's
-# fate unknown and its in-progress idempotency record to expire: the next delivery would call the provider again.
-TIME_FOR_A_REQUEST_MS = 15_000
-# The invocation's remaining time (its Lambda context's), for the checks before each record and each request.
-_time_left: contextvars.ContextVar[Callable[[], int] | None] = contextvars.ContextVar("time_left", default=None)
+# The invocation's remaining time (its Lambda context's) and the time a request needs (`Settings.request_reserve_ms`),
+# for the checks before each record and each request.
+_time_left: contextvars.ContextVar[tuple[Callable[[], int], float] | None] = contextvars.ContextVar(
+    "time_left", default=None
+)
 
 
 def _no_time_for_a_request() -> bool:
-    """Whether this invocation has too little time left to make a provider request and hear its answer."""
-    time_left = _time_left.get()
-    return time_left is not None and time_left() < TIME_FOR_A_REQUEST_MS
+    """Whether this invocation has too little time left to make a provider request and hear its answer. Cut off
+    mid-call, an instance would leave the request's fate unknown and its in-progress idempotency record to expire:
+    the next delivery would call the provider again."""
+    guard = _time_left.get()
+    return guard is not None and guard[0]() < guard[1]
 
 
 class SendOutcome(StrEnum):
@@ -153,7 +154,7 @@ def process_send_batch(event: dict[str, Any], context: Any, settings: Settings) 
     parsed = [_parsed(r) for r in records]
     width = pacer.lanes_needed(settings.sender_pace_per_second, settings.SMS_SENDER_CALLS_IN_FLIGHT)
     pacer.begin_batch(settings.sender_pace_per_second)
-    invocation = _time_left.set(time_left)
+    invocation = _time_left.set((time_left, settings.request_reserve_ms) if time_left is not None else None)
     try:
         with store.read_ahead(c.message_id for p in parsed if isinstance(p, SendRecord) for c in p.claims):
             results = lanes_for(clock.current()).run([functools.partial(send_record, p) for p in parsed], width)

@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     SMS_MAX_RETRIES: Annotated[int, Field(ge=0, le=20)] = 3
     SMS_RETRY_DELAY_MINUTES: Annotated[int, Field(ge=1, le=24 * 60)] = 5
     APP_TIMEZONE: str = "UTC"
-    SMS_RETENTION_DAYS: Annotated[int, Field(ge=1, le=3650)] = 30
+    # A finished reminder must outlive its deadline (at most 336 h after its send time): planning creates a wanted
+    # reminder whose record is missing, so one deleted sooner would be planned, and sent, a second time.
+    SMS_RETENTION_DAYS: Annotated[int, Field(ge=15, le=3650)] = 30
     SMS_HEALTH_CHECK_INTERVAL_MINUTES: Annotated[int, Field(ge=1, le=24 * 60)] = 30
     SMS_ALERT_PENDING_THRESHOLD: Annotated[int, Field(ge=1)] = 1000
     SMS_ALERT_FAILURE_RATE: Annotated[float, Field(gt=0, le=1)] = 0.1
@@ -194,6 +196,13 @@ class Settings(BaseSettings):
         if self.REMINDER_1_DAY_OFFSET_DAYS <= self.REMINDER_7_DAY_OFFSET_DAYS:
             raise ValueError("REMINDER_1_DAY_OFFSET_DAYS must be later than REMINDER_7_DAY_OFFSET_DAYS")
         return self
+
+    @property
+    def request_reserve_ms(self) -> float:
+        """How much of an invocation a provider request needs, checked right before it is made: the longest it may
+        take to connect and to read the answer, and 2 s to record that answer (the token, when one is fetched,
+        comes before the check)."""
+        return (self.PROVIDER_CONNECT_TIMEOUT_SECONDS + self.PROVIDER_READ_TIMEOUT_SECONDS + 2) * 1000
 
     @property
     def providers(self) -> tuple[ProviderName, ...]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import botocore.client
 import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from core import dispatch, pacing, planning, provider_state, queue, sending, store
 from core.circuit import HOLD_INTERVAL, CircuitKind
@@ -891,6 +892,27 @@ def test_no_request_starts_without_the_time_to_hear_its_answer(pipe: Pipeline) -
     assert pipe.send_requests() == [] and response == {"batchItemFailures": []}
     deferred = pipe.message(message_id)
     assert (deferred.status, deferred.attempts, deferred.due_at) == ("pending", 0, iso(pipe.clock.now()))
+
+
+def test_the_time_kept_for_a_request_follows_the_configured_timeouts(pipe: Pipeline) -> None:
+    """With a 40 s read timeout, 30 s left is not enough for a request and its answer (a fixed 15 s reserve let it
+    start, and the Lambda timeout could cut it off mid-call: the next delivery would call the provider again)."""
+    settings = pipe.configure(PROVIDER_READ_TIMEOUT_SECONDS="40")
+    assert settings.request_reserve_ms == (3.05 + 40 + 2) * 1000
+    _due_now(pipe)
+    pipe.dispatch()
+    received = pipe.receive()
+    ends_at = pipe.clock.now() + timedelta(seconds=30)
+
+    class Context(FakeLambdaContext):
+        def get_remaining_time_in_millis(self) -> int:
+            return int((ends_at - pipe.clock.now()).total_seconds() * 1000)
+
+    event = sqs_event(received, pipe.queue_arn(settings.SEND_QUEUE_URL))
+    with pytest.raises(BatchProcessingError, match="too little time left in this invocation"):
+        sending.process_send_batch(event, Context(), settings)  # its one record failed: it comes back
+
+    assert pipe.send_requests() == []
 
 
 class _ExpireTokensBeforeSecondSend(pacing.Pacer):
