@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.settings import Settings, build_settings
+from core.settings import ConfigurationError, Settings, build_settings
 from rappel_local import console
 from rappel_local.embedded import reset_core_caches
 
@@ -72,33 +74,73 @@ def resolve(*, local: bool, stack: str | None, region: str | None) -> Settings:
         environment = _deployed_environment(stack or default_stack_name() or "", region)
     os.environ.update(environment)
     reset_core_caches()
-    return build_settings(**environment)
+    try:
+        return build_settings(**environment)
+    except ConfigurationError as exc:  # e.g. a value this CLI's version refuses; the message names the variable
+        raise TargetError(f"the stack's settings are refused: {exc}") from None
+
+
+# The function whose configuration (its environment variables) a `--stack` command runs with. Every function gets
+# the same settings from the template's Globals; should they differ (a function edited by hand, a half-done
+# deploy), the dispatcher's are the ones that count: it is the only reader of the due index, so a reminder that
+# the CLI plans, resends or revives is sent only if it lands in one of the DUE_INDEX_SHARDS shards *it* reads, and
+# `rappel process` runs its code. One function, always the same, so that every command agrees.
+CONFIGURATION_OUTPUT = "DispatchDueFunctionName"
 
 
 def _deployed_environment(stack: str, region: str | None) -> dict[str, str]:
+    """The deployed dispatcher's settings (its environment variables), with the stack's outputs on top."""
     import boto3
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
     if not stack:
         raise TargetError("no stack name: pass --stack NAME or deploy with samconfig.toml (profile dev)")
-    try:
+    with _aws_errors(f"stack {stack!r}"):
         client = boto3.client("cloudformation", region_name=region)
         described = client.describe_stacks(StackName=stack)["Stacks"][0]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+    missing = sorted((set(OUTPUT_TO_ENV) | {CONFIGURATION_OUTPUT}) - set(outputs) - OPTIONAL_OUTPUTS)
+    if missing:
+        raise TargetError(f"stack {stack!r} lacks outputs {', '.join(missing)}: is it a Rappel stack?")
+    region_name = str(client.meta.region_name)
+    environment = _function_settings(stack, outputs[CONFIGURATION_OUTPUT], region_name)
+    environment.update({env: outputs[key] for key, env in OUTPUT_TO_ENV.items() if key in outputs})
+    environment["AWS_REGION"] = region_name
+    return environment
+
+
+def _function_settings(stack: str, function: str, region: str) -> dict[str, str]:
+    """A deployed function's environment variables that are settings (secret names and ARNs, never their values)."""
+    import boto3
+
+    where = f"stack {stack!r}: cannot read its dispatcher's configuration ({function}, lambda:GetFunctionConfiguration)"
+    with _aws_errors(where):
+        configuration = boto3.client("lambda", region_name=region).get_function_configuration(FunctionName=function)
+    environment = configuration.get("Environment") or {}
+    if environment.get("Error"):  # Lambda could not decrypt the variables (KMS): their values are not returned
+        error = environment["Error"]
+        raise TargetError(f"{where}: {error.get('ErrorCode', '')} {error.get('Message', '')}".rstrip())
+    settings = {
+        name: str(value)
+        for name, value in (environment.get("Variables") or {}).items()
+        if name in Settings.model_fields
+    }
+    if not settings:
+        raise TargetError(f"stack {stack!r}: its dispatcher {function} has no environment with Rappel's settings")
+    return settings
+
+
+@contextmanager
+def _aws_errors(where: str) -> Iterator[None]:
+    """AWS's failures as TargetError, with what to do; the request's parameters are not repeated."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+    try:
+        yield
     except NoCredentialsError:
         raise TargetError("no AWS credentials: configure them (aws configure, AWS_PROFILE) or use --local") from None
     except NoRegionError:
         raise TargetError("no AWS region: pass --region or set AWS_REGION") from None
     except ClientError as exc:
-        raise TargetError(f"stack {stack!r}: {exc.response.get('Error', {}).get('Message', exc)}") from None
+        raise TargetError(f"{where}: {exc.response.get('Error', {}).get('Message', exc)}") from None
     except BotoCoreError as exc:
         raise TargetError(f"cannot reach AWS: {exc}") from None
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
-    environment = {env: outputs[key] for key, env in OUTPUT_TO_ENV.items() if key in outputs}
-    missing = sorted(set(OUTPUT_TO_ENV) - set(outputs) - OPTIONAL_OUTPUTS)
-    if missing:
-        raise TargetError(f"stack {stack!r} lacks outputs {', '.join(missing)}: is it a Rappel stack?")
-    parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in described.get("Parameters", [])}
-    environment["AWS_REGION"] = client.meta.region_name
-    if "AppTimezone" in parameters:
-        environment["APP_TIMEZONE"] = parameters["AppTimezone"]
-    return environment

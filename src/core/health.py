@@ -118,15 +118,17 @@ def configuration_advice(settings: Settings) -> tuple[str, ...]:
 def _backlog_findings(figures: HealthFigures, settings: Settings) -> list[str]:
     out: list[str] = []
     delay = settings.SMS_ALERT_PROCESSING_DELAY_MINUTES
-    if figures.pending_count > settings.SMS_ALERT_PENDING_THRESHOLD:
-        out.append(
-            f"{_plural(figures.pending_count, 'message is', 'messages are')} pending "
-            f"(threshold {settings.SMS_ALERT_PENDING_THRESHOLD})."
-        )
     if figures.oldest_due_lag_minutes > delay:
         out.append(
             f"{_plural(figures.pending_due_count, 'message is', 'messages are')} due but not dispatched; "
             f"the oldest has waited {figures.oldest_due_lag_minutes} minutes (threshold {delay})."
+        )
+    # The backlog, not every pending message (a family's later reminders are pending from the day they are
+    # planned); said once: a backlog that has waited too long is the finding above.
+    elif figures.pending_due_count > settings.SMS_ALERT_PENDING_THRESHOLD:
+        out.append(
+            f"{_plural(figures.pending_due_count, 'message is', 'messages are')} due and waiting "
+            f"(threshold {settings.SMS_ALERT_PENDING_THRESHOLD})."
         )
     return out
 
@@ -308,6 +310,7 @@ def metric_values(report: HealthReport) -> Mapping[MetricName, float]:
     f = report.figures
     values: dict[MetricName, float] = {
         MetricName.HEALTH_PENDING_COUNT: f.pending_count,
+        MetricName.HEALTH_PENDING_DUE_COUNT: f.pending_due_count,
         MetricName.HEALTH_OLDEST_DUE_LAG_MINUTES: f.oldest_due_lag_minutes,
         MetricName.HEALTH_FAILURES_LAST_HOUR: f.failures_last_hour,
         MetricName.HEALTH_FAILURE_RATE: f.failure_rate or 0.0,

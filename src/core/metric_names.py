@@ -68,7 +68,8 @@ class MetricName(StrEnum):
     FOLLOW_UPS_CLOSED = "FollowUpsClosed"  # follow-ups closed by the dose given or the appointment cancelled
 
     # Health figures (service only), emitted by health_check on every run.
-    HEALTH_PENDING_COUNT = "HealthPendingCount"
+    HEALTH_PENDING_COUNT = "HealthPendingCount"  # every pending message, those planned for later included
+    HEALTH_PENDING_DUE_COUNT = "HealthPendingDueCount"  # the backlog: pending and due, SMS_ALERT_PENDING_THRESHOLD's
     HEALTH_OLDEST_DUE_LAG_MINUTES = "HealthOldestDueLagMinutes"
     HEALTH_FAILURES_LAST_HOUR = "HealthFailuresLastHour"
     HEALTH_FAILURE_RATE = "HealthFailureRate"
@@ -100,6 +101,7 @@ PER_TYPE_AND_PROVIDER: Final[frozenset[MetricName]] = frozenset(
 HEALTH: Final[frozenset[MetricName]] = frozenset(
     {
         MetricName.HEALTH_PENDING_COUNT,
+        MetricName.HEALTH_PENDING_DUE_COUNT,
         MetricName.HEALTH_OLDEST_DUE_LAG_MINUTES,
         MetricName.HEALTH_FAILURES_LAST_HOUR,
         MetricName.HEALTH_FAILURE_RATE,

@@ -19,7 +19,7 @@ from core.providers import factory
 from core.queue import QueuedMessage, put_dead_letter
 from core.settings import reset_settings
 from core.statistics import load_daily_report, statistics
-from core.store import Change, iso
+from core.store import Change, iso, parse_iso
 from rappel_local.embedded import invoke
 from rappel_local.orange_simulator import OrangeSimulator
 from tests.helpers import dose, patient
@@ -205,12 +205,16 @@ def test_an_unreadable_balance_is_a_finding_not_a_crash(no_provider) -> None:
     assert report.findings[0].startswith("Could not read the provider balance: ")
 
 
-def test_pending_above_the_threshold(aws, orange) -> None:
-    _plan(aws, patients=1)
-    settings = aws.with_settings(SMS_ALERT_PENDING_THRESHOLD=2)
-    assert check_health(settings, aws.clock.now()).findings == ("3 messages are pending (threshold 2).",)
-    settings = aws.with_settings(SMS_ALERT_PENDING_THRESHOLD=3)
-    assert check_health(settings, aws.clock.now()).healthy
+def test_the_pending_threshold_is_about_the_backlog_not_the_reminders_planned_ahead(aws, orange) -> None:
+    """Every family's future reminders are pending: a program of a few hundred children passes any fixed count of
+    them for good, and an alarm that never clears tells nothing. The threshold is for those due and still waiting."""
+    _plan(aws, patients=2)
+    settings = aws.with_settings(SMS_ALERT_PENDING_THRESHOLD=1)
+    report = check_health(settings, aws.clock.now())
+    assert (report.figures.pending_count, report.figures.pending_due_count) == (6, 0) and report.healthy
+    aws.clock.advance_to(parse_iso(store.get_message(_id(1)).scheduled_at))  # type: ignore[union-attr]
+    assert check_health(settings, aws.clock.now()).findings == ("2 messages are due and waiting (threshold 1).",)
+    assert check_health(aws.with_settings(SMS_ALERT_PENDING_THRESHOLD=2), aws.clock.now()).healthy
 
 
 def test_a_due_message_waiting_too_long_while_sends_go_on(aws, orange) -> None:

@@ -43,9 +43,12 @@ def test_healthy_figures_raise_nothing() -> None:
     assert HealthReport(HEALTHY, ()).healthy
 
 
-def test_pending_above_the_threshold() -> None:
-    assert findings_for(replace(HEALTHY, pending_count=100), SETTINGS) == ()
-    assert findings_for(replace(HEALTHY, pending_count=101), SETTINGS) == ("101 messages are pending (threshold 100).",)
+def test_due_and_waiting_above_the_threshold() -> None:
+    """Pending reminders planned for later are no backlog, however many."""
+    assert findings_for(replace(HEALTHY, pending_count=10_000), SETTINGS) == ()
+    due = replace(HEALTHY, pending_due_count=101, oldest_due_at=NOW)
+    assert findings_for(replace(due, pending_due_count=100), SETTINGS) == ()
+    assert findings_for(due, SETTINGS) == ("101 messages are due and waiting (threshold 100).",)
 
 
 def test_oldest_due_lag_above_the_threshold_reads_like_the_brief() -> None:
