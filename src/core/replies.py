@@ -242,8 +242,13 @@ def apply_reply(sms: InboundSms, settings: Settings) -> InboundOutcome:
         flipped_before=any(bool(p.sms_opt_in) != opt_in for p in patients),
         token=secrets.token_hex(8),
     )
+    if not opt_in:
+        # The stop before anything else, stamped with the reply's time as its change will be: cut short after the
+        # change is recorded (a 500, which Kannel does not retry), the number is stopped all the same, which the
+        # sender honours, while the rest of the change waits for the family's next reply.
+        store.stop_number(sms.sender, pending.at, "reply opt-out")
     if not _record_pending(sms.sender, pending):
-        raise RuntimeError("another reply from this number is being applied")  # 500: nothing changed by this one
+        raise RuntimeError("another reply from this number is being applied")  # 500: nothing else changed
     change, outcome = _carry_out(sms.sender, pending, patients, settings, now)
     logger.info(
         "reply applied",

@@ -18,7 +18,7 @@ import pytest
 from core import notify, replies, store
 from core.lifecycle import Status
 from core.replies import InboundSms, apply_reply
-from core.store import MessageRecord
+from core.store import MessageRecord, parse_iso
 from core.wanted import CONFIRMATION
 from rappel_local.embedded import function_url_event, invoke
 from tests.integration.pipeline_kit import PHONE, Pipeline
@@ -395,11 +395,36 @@ def test_a_crash_between_the_opt_in_and_its_event_loses_neither(
     assert len(clinic_events()) == 2
 
 
+def test_a_stop_cut_short_right_after_it_was_recorded_still_stops_the_sends(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash (or a DynamoDB error) between recording the STOP's change and making it answers 500, which Kannel
+    does not retry: the family must not get the next reminder while the change waits for their next reply."""
+    by_type = pipe.plan(1)
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("crash after the change was recorded, before it was made")
+
+    with monkeypatch.context() as patched, pytest.raises(RuntimeError):
+        patched.setattr(replies, "change_consent", crash)
+        apply_reply(InboundSms(PHONE, "STOP", 3, "1234"), pipe.settings)
+    assert store.number_stopped(PHONE)
+
+    pipe.clock.advance_to(parse_iso(pipe.message(by_type["7_day_reminder"]).scheduled_at))
+    pipe.cycle()
+    assert pipe.send_requests() == [] and pipe.message(by_type["7_day_reminder"]).status == "cancelled"
+
+    assert outcome(reply(pipe, "bonjour")) == "unknown_text"  # the next reply finishes the change
+    assert [e["detail-type"] for e in clinic_events()] == ["PatientOptedOut"]
+
+
 def test_a_reply_change_overtaken_by_a_later_change_of_its_patients_is_dropped(
     pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A STOP whose run crashed before anything was written, then an operator's opt-in of the patient: the next
-    reply does not re-apply the older STOP over the operator's later decision."""
+    """A STOP whose run crashed right after its stop (the one write made before its change is recorded), then an
+    operator's opt-in of the patient: the next reply does not re-apply the older STOP's change over the operator's
+    later decision (no event, no confirmation); the number's stop stays, as after a STOP that ran to its end (a
+    patient's opt-in does not lift the family's stop: a renewal, `sms_opt_in_renewed`, does)."""
     pipe.plan(1)
     real = replies.change_consent
 
@@ -413,7 +438,7 @@ def test_a_reply_change_overtaken_by_a_later_change_of_its_patients_is_dropped(
     pipe.clock.sleep(60)
     store.set_opt_in("p1", True, store.iso(pipe.clock.now()), "operator-optin")
     assert outcome(reply(pipe, "Merci")) == "unknown_text"
-    assert not store.number_stopped(PHONE) and clinic_events() == [] and confirmations() == []
+    assert store.number_stopped(PHONE) and clinic_events() == [] and confirmations() == []
 
 
 def test_a_stop_after_a_refused_opt_in_event_is_applied_even_while_eventbridge_still_refuses(
