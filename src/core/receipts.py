@@ -87,7 +87,7 @@ def orange_receipt(body: str, settings: Settings) -> ReceiptOutcome:
         count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "deliveryInfoNotification.deliveryInfo.deliveryStatus: unknown value")
     store.bind(settings)
-    message_ids = patiently(lambda: store.message_ids_by_provider_id(provider_id), bool)
+    message_ids, read = _members_of_sms(provider_id)
     learnt: dict[str, str] = {}
     if not message_ids:
         ambiguous = _ambiguous_send_for(notification["deliveryInfo"].get("address"))
@@ -97,7 +97,7 @@ def orange_receipt(body: str, settings: Settings) -> ReceiptOutcome:
         logger.warning("receipt for an unknown provider message id", extra={"provider": "orange"})
         return ReceiptOutcome("unknown")
     target = ORANGE_STATUSES[delivery_status]
-    return _settle_sms(ProviderName.ORANGE, message_ids, delivery_status, target, settings, learnt)
+    return _settle_sms(ProviderName.ORANGE, message_ids, delivery_status, target, settings, learnt, read)
 
 
 def _settle_sms(
@@ -107,14 +107,52 @@ def _settle_sms(
     target: Status | None,
     settings: Settings,
     learnt: dict[str, str],
+    read: dict[str, MessageRecord],
 ) -> ReceiptOutcome:
     """A receipt is for one SMS, which may carry several reminders: it settles every one of them that this provider
-    sent (a receipt from the other provider of a failover pair, misrouted or forged, settles nothing)."""
+    sent (a receipt from the other provider of a failover pair, misrouted or forged, settles nothing). `read`: the
+    members the search for them has just read (strongly consistent), not read again."""
     outcomes = [
-        apply_receipt(m, provider_status, target, settings, learnt=learnt, provider=provider)
+        apply_receipt(m, provider_status, target, settings, learnt=learnt, provider=provider, read=read.get(m))
         for m in sorted(message_ids)
     ]
     return next((o for o in outcomes if o.result != "unchanged"), outcomes[0])
+
+
+def _members_of_sms(sms_id: str) -> tuple[list[str], dict[str, MessageRecord]]:
+    """Our ids of the reminders one SMS carried (`sms_id`: the provider's id, or the `sms_…` key of a grouped SMS),
+    found through the `by_provider_message_id` index; and the one member read to learn how many there are.
+
+    The sender writes each member `sent` in turn and the index is eventually consistent, so a receipt may see only
+    some of them at first: it looks again (LOOK_AGAIN_WAITS) until it sees as many as the SMS carried, which every
+    member records (`sms_reminders`; none for a lone reminder). After the wait it settles the ones it found, with a
+    warning: the others stay `sent`. The member read is handed on only if it was read after the last look.
+    """
+    carried: int | None = None
+    read: dict[str, MessageRecord] = {}
+
+    def look() -> list[str]:
+        read.clear()
+        return store.message_ids_by_provider_id(sms_id)
+
+    def complete(found: list[str]) -> bool:
+        nonlocal carried
+        if not found:
+            return False
+        if carried is None:
+            member = store.get_message(min(found))
+            carried = int(member.sms_reminders or 1) if member is not None else 1
+            if member is not None:
+                read[member.message_id] = member
+        return len(found) >= carried
+
+    found = patiently(look, complete)
+    if found and not complete(found):
+        logger.warning(
+            "receipt for a grouped sms: not every member found, settling those found",
+            extra={"message_ids": sorted(found), "sms_reminders": carried},
+        )
+    return found, read
 
 
 def _ambiguous_send_for(address: object) -> str | None:
@@ -146,13 +184,13 @@ def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome
     # A grouped SMS travels under its SMS key, which its reminders carry as the provider's id. A message id we do
     # not have is found unknown where it is read to be settled (one read, not a second to see that it exists).
     if message_id.startswith("sms_"):
-        message_ids = patiently(lambda: store.message_ids_by_provider_id(message_id), bool)
+        message_ids, read = _members_of_sms(message_id)
     else:
-        message_ids = [message_id]
+        message_ids, read = [message_id], {}
     if not message_ids:
         count(MetricName.RECEIPTS_UNKNOWN)
         return ReceiptOutcome("unknown")
-    return _settle_sms(ProviderName.KANNEL, message_ids, name, target, settings, {})
+    return _settle_sms(ProviderName.KANNEL, message_ids, name, target, settings, {}, read)
 
 
 def apply_receipt(
@@ -163,14 +201,19 @@ def apply_receipt(
     *,
     provider: ProviderName,
     learnt: dict[str, str] | None = None,
+    read: MessageRecord | None = None,
 ) -> ReceiptOutcome:
     """Move a sent message to delivered or failed, or record an intermediate status; never backwards.
 
     `provider`: whose receipt it is; only a message that provider took is settled (one sent before providers were
     recorded, with none, is taken as the receipt's). `learnt`: what the receipt taught us about the message (the
-    provider id of an ambiguous send), written with the status change.
+    provider id of an ambiguous send), written with the status change. `read`: the message as the caller has just
+    read it (strongly consistent), used instead of a read of its own unless it is still `queued`.
     """
-    message = patiently(lambda: store.get_message(message_id), _not_queued)
+    if read is not None and _not_queued(read):
+        message: MessageRecord | None = read
+    else:
+        message = patiently(lambda: store.get_message(message_id), _not_queued)
     if message is None or message.provider not in {None, provider.value}:
         count(MetricName.RECEIPTS_UNKNOWN)
         logger.warning("receipt for a message unknown or not this provider's", extra={"provider": provider.value})

@@ -16,7 +16,7 @@ import boto3
 import botocore.client
 import pytest
 
-from core import pacing
+from core import pacing, store
 from core.observability import discard_metrics
 from core.settings import build_settings
 from core.statistics import statistics
@@ -484,3 +484,148 @@ def test_a_receipt_for_an_id_we_never_sent_is_unknown_after_three_seconds(
 
     assert _answer(_orange(pipe, _notification("0f1e2d3c-not-one-of-ours", "DeliveredToTerminal"))) == (200, "unknown")
     assert sum(waits) == pytest.approx(3.0)
+
+
+# ---------------------------------------------------------------------------------------------- grouped SMS
+
+
+def _grouped_sms(pipe: Pipeline, provider: str) -> tuple[str, str, str, dict[str, Any]]:
+    """Siblings p1 and p2 share PHONE: their 7-day reminders go out as one SMS through `provider`. Returns the two
+    members (sorted), the id a receipt names (Orange's id, or the `sms_…` key Kannel's dlr-url carries) and the
+    second member's item as it was before its sent write (`queued`)."""
+    if provider == "kannel":
+        pipe.start_kannel()
+        pipe.configure(SMS_PROVIDERS="kannel")
+    first, second = sorted(pipe.plan(n, "2027-03-20", phone=PHONE)["7_day_reminder"] for n in (1, 2))
+    pipe.clock.advance_to(DUE_AT)
+    pipe.dispatch()
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(pipe.settings.MESSAGES_TABLE)
+    queued_second = table.get_item(Key={"message_id": second}, ConsistentRead=True)["Item"]
+    pipe.send(pipe.receive())
+    members = [pipe.message(first), pipe.message(second)]
+    assert [(m.status, m.sms_reminders, m.provider) for m in members] == [("sent", 2, provider)] * 2
+    sms_id = members[0].provider_message_id
+    assert sms_id and members[1].provider_message_id == sms_id
+    assert provider == "orange" or sms_id.startswith("sms_")
+    return first, second, sms_id, queued_second
+
+
+def _delivered_receipt(pipe: Pipeline, provider: str, sms_id: str) -> dict[str, Any]:
+    if provider == "kannel":
+        return _kannel(pipe, sms_id, "1")
+    return _orange(pipe, _notification(sms_id, "DeliveredToTerminal"))
+
+
+def _recording_waits(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, first_wait: Any = None) -> list[float]:
+    """The receipt path's waits (`clock.sleep`), recorded; `first_wait()` runs at the first of them."""
+    waits: list[float] = []
+    advance = pipe.clock.sleep
+
+    def sleep(seconds: float) -> None:
+        if not waits and first_wait is not None:
+            first_wait()
+        waits.append(seconds)
+        advance(seconds)
+
+    monkeypatch.setattr(pipe.clock, "sleep", sleep)
+    return waits
+
+
+@pytest.mark.parametrize("provider", ["orange", "kannel"])
+def test_a_receipt_for_a_grouped_sms_waits_for_the_sent_write_of_every_member(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, provider: str
+) -> None:
+    """The sender writes each member `sent` in turn: a fast receipt that comes between the two writes sees only the
+    first member. It looks again until it sees as many as the SMS carried (`sms_reminders`), and settles both (it
+    settled the first alone and answered 200: the second stayed `sent` for good, Kannel never retries a DLR)."""
+    first, second, sms_id, queued_second = _grouped_sms(pipe, provider)
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(pipe.settings.MESSAGES_TABLE)
+    sent_second = table.get_item(Key={"message_id": second}, ConsistentRead=True)["Item"]
+    table.put_item(Item=queued_second)  # the second member's sent write has not landed yet...
+    waits = _recording_waits(pipe, monkeypatch, lambda: table.put_item(Item=sent_second))  # ...until the first wait
+
+    assert _answer(_delivered_receipt(pipe, provider, sms_id)) == (200, "delivered")
+
+    assert [pipe.message(m).status for m in (first, second)] == ["delivered", "delivered"]
+    assert waits == [0.25]
+
+
+@pytest.mark.parametrize("provider", ["orange", "kannel"])
+def test_a_receipt_for_a_grouped_sms_waits_for_the_index_to_show_every_member(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, provider: str
+) -> None:
+    """Both members are `sent`, but the eventually consistent `by_provider_message_id` index shows only the first at
+    the receipt's first look. moto's index is never behind, so the store's lookup answering that partial result once
+    stands in for the lag."""
+    first, second, sms_id, _ = _grouped_sms(pipe, provider)
+    lookups: list[str] = []
+    lookup = store.message_ids_by_provider_id
+
+    def lagging(provider_message_id: str) -> list[str]:
+        lookups.append(provider_message_id)
+        found = lookup(provider_message_id)
+        return [first] if len(lookups) == 1 else found
+
+    monkeypatch.setattr(store, "message_ids_by_provider_id", lagging)
+    waits = _recording_waits(pipe, monkeypatch)
+
+    assert _answer(_delivered_receipt(pipe, provider, sms_id)) == (200, "delivered")
+
+    assert [pipe.message(m).status for m in (first, second)] == ["delivered", "delivered"]
+    assert (lookups, waits) == ([sms_id, sms_id], [0.25])
+
+
+def test_a_receipt_for_a_grouped_sms_settles_the_members_it_found_after_three_seconds_and_warns(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member the index never shows within the wait is left `sent`; the ones found are settled, and a warning
+    names the SMS's message ids (never the phone)."""
+    first, second, sms_id, _ = _grouped_sms(pipe, "orange")
+    monkeypatch.setattr(store, "message_ids_by_provider_id", lambda provider_message_id: [first])
+    waits = _recording_waits(pipe, monkeypatch)
+
+    assert _answer(_delivered_receipt(pipe, "orange", sms_id)) == (200, "delivered")
+
+    assert [pipe.message(m).status for m in (first, second)] == ["delivered", "sent"]
+    assert sum(waits) == pytest.approx(3.0)
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert (getattr(warning, "message_ids", None), getattr(warning, "sms_reminders", None)) == ([first], 2)
+    assert PHONE not in json.dumps(vars(warning), default=str) and PHONE.lstrip("+") not in warning.getMessage()
+
+
+@pytest.mark.parametrize("provider", ["orange", "kannel"])
+def test_a_receipt_that_finds_every_member_at_once_does_not_wait(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, provider: str
+) -> None:
+    first, second, sms_id, _ = _grouped_sms(pipe, provider)
+    waits = _recording_waits(pipe, monkeypatch)
+
+    assert _answer(_delivered_receipt(pipe, provider, sms_id)) == (200, "delivered")
+
+    assert [pipe.message(m).status for m in (first, second)] == ["delivered", "delivered"]
+    assert waits == []
+
+
+def test_an_orange_receipt_for_a_lone_reminder_does_not_wait_and_reads_its_message_once(
+    pipe: Pipeline, sent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone reminder carries no `sms_reminders`: the first find is the whole SMS, read once."""
+    provider_id = _provider_id(pipe, sent)
+    waits = _recording_waits(pipe, monkeypatch)
+    reads: list[str] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if (
+            operation in {"GetItem", "BatchGetItem", "Query"}
+            and params.get("TableName") == pipe.settings.MESSAGES_TABLE
+        ):
+            reads.append(operation)
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+    assert _answer(_orange(pipe, _notification(provider_id, "DeliveredToTerminal"))) == (200, "delivered")
+    monkeypatch.undo()
+
+    assert pipe.message(sent).status == "delivered"
+    assert (waits, reads) == ([], ["Query", "GetItem"])
