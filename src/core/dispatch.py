@@ -9,6 +9,7 @@ lease is needed, so a claim moves no index key (one index write, not two) and th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -51,11 +52,8 @@ def dispatch_due(settings: Settings) -> DispatchResult:
     result = DispatchResult()
     result.capacity = _capacity(settings, now)
     result.held = result.capacity == 0
-    candidates: list[MessageRecord] = []
-    for shard in range(settings.DUE_INDEX_SHARDS):
-        candidates += store.due_in_shard(f"DUE#{shard}", now, limit=max(result.capacity, 1) + 50)
     live: list[MessageRecord] = []
-    for message in candidates:
+    for message in _candidates(settings.DUE_INDEX_SHARDS, now, result.capacity):
         if parse_iso(message.deadline) <= now:
             if _expire(message, now, settings):
                 result.expired += 1
@@ -85,6 +83,30 @@ def dispatch_due(settings: Settings) -> DispatchResult:
         logger.error("messages not enqueued; left pending for the next run", extra={"count": len(unsent)})
     logger.info("dispatch run", extra=result.__dict__)
     return result
+
+
+# How far a shard is read, in windows of (capacity + 50), for reminders more urgent than the 7-day ones ahead of them.
+DUE_READ_WINDOWS = 10
+
+
+def _candidates(shards: int, now: datetime, capacity: int) -> Iterator[MessageRecord]:
+    """The due messages to choose from (and to expire), shard by shard, earliest first.
+
+    A shard gives its first window (capacity + 50) whole. A backlog may hold more 7-day reminders than a window
+    (yesterday's, within their 48 h) ahead of today's 1-day ones, so while a shard has given fewer than `capacity`
+    more urgent ones it is read on, up to DUE_READ_WINDOWS windows, for those and for any past its deadline (to
+    expire); the 7-day ones beyond the first window are left for a later run.
+    """
+    window = max(capacity, 1) + 50
+    for shard in range(shards):
+        urgent = 0
+        for n, message in enumerate(store.due_in_shard(f"DUE#{shard}", now, page_size=window)):
+            if n >= window and (urgent >= capacity or n >= window * DUE_READ_WINDOWS):
+                break
+            is_urgent = _urgency(message) < ReminderType.SEVEN_DAY.urgency
+            urgent += is_urgent
+            if n < window or is_urgent or parse_iso(message.deadline) <= now:
+                yield message
 
 
 def _capacity(settings: Settings, now: datetime) -> int:

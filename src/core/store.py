@@ -601,12 +601,14 @@ def messages_of_patient(patient_id: str) -> list[MessageRecord]:
     return sorted(found, key=lambda m: (m.scheduled_at, m.message_id))
 
 
-def due_in_shard(shard: str, until: datetime, limit: int) -> list[MessageRecord]:
-    """Up to `limit` messages of one shard whose due time is at or before `until`, earliest first."""
-    query = MessageRecord.due_index.query(
-        shard, MessageRecord.due_at <= iso(until), scan_index_forward=True, limit=limit, page_size=min(limit, 500)
+def due_in_shard(shard: str, until: datetime, page_size: int) -> Iterator[MessageRecord]:
+    """The messages of one shard whose due time is at or before `until`, earliest first, read `page_size` at a time
+    as the caller goes (it stops reading by stopping)."""
+    return iter(
+        MessageRecord.due_index.query(
+            shard, MessageRecord.due_at <= iso(until), scan_index_forward=True, page_size=min(page_size, 500)
+        )
     )
-    return list(query)
 
 
 def earliest_due(shards: int) -> datetime | None:

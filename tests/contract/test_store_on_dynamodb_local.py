@@ -65,7 +65,7 @@ def test_due_index_is_sparse_sharded_and_ordered(settings: Settings) -> None:
     handle_clinic_event(dose(), settings)
     handle_clinic_event(dose(appointment_id="a2", due_date="2027-03-11"), settings)
     until = datetime(2027, 3, 13, 9, 0, tzinfo=UTC)
-    due = [m for n in range(settings.DUE_INDEX_SHARDS) for m in store.due_in_shard(f"DUE#{n}", until, limit=10)]
+    due = [m for n in range(settings.DUE_INDEX_SHARDS) for m in store.due_in_shard(f"DUE#{n}", until, page_size=10)]
     assert sorted(m.scheduled_at for m in due) == [
         "2027-03-04T09:00:00.000Z",
         "2027-03-10T09:00:00.000Z",

@@ -106,6 +106,45 @@ def test_a_message_past_its_deadline_expires_at_dispatch(pipe: Pipeline, capsys)
     assert _metrics(capsys)["RemindersExpired"] == 1
 
 
+def _waiting(n: int, reminder_type: str, due_at: datetime, deadline: datetime) -> MessageRecord:
+    """A pending reminder as planning writes it, in the one shard (a backlog's worth is quicker to write so)."""
+    message_id = f"msg_{reminder_type[0]}{n:05d}"
+    return MessageRecord(
+        message_id,
+        patient_id=f"p{n}",
+        appointment_id=f"a{reminder_type[0]}{n}",
+        reminder_type=reminder_type,
+        due_date="2027-03-20",
+        status=Status.PENDING.value,
+        scheduled_at=iso(due_at),
+        deadline=iso(deadline),
+        due_shard="DUE#0",
+        due_at=iso(due_at),
+        created_at=iso(due_at),
+        recipient=f"r{reminder_type[0]}{n}",
+    )
+
+
+def test_a_backlog_of_7_day_reminders_does_not_hold_back_a_later_1_day_reminder(pipe: Pipeline) -> None:
+    """Each shard is read earliest first, a window at a time: a backlog of 7-day reminders (yesterday's, still within
+    their 48 h) longer than the window hid today's 1-day reminder, which waited behind them and could expire."""
+    settings = pipe.configure(DUE_INDEX_SHARDS=1, SMS_RATE_LIMIT_PER_SECOND=2, SMS_SENDER_MAX_CONCURRENCY=2)
+    store.bind(settings)
+    now = pipe.clock.now()
+    for n in range(200):  # capacity 120 a run, a window of 170
+        store.create_message(_waiting(n, "7_day_reminder", now - timedelta(hours=24), now + timedelta(hours=24)), now)
+    one_day = _waiting(0, "1_day_reminder", now - timedelta(minutes=1), now + timedelta(hours=10))
+    store.create_message(one_day, now)
+    late = _waiting(1, "1_day_reminder", now - timedelta(minutes=1), now - timedelta(seconds=1))  # past its deadline
+    store.create_message(late, now)
+
+    result = dispatch.dispatch_due(settings)
+
+    assert (result.claimed, result.expired) == (120, 1)
+    assert pipe.message(one_day.message_id).status == "queued"
+    assert pipe.message(late.message_id).status == "expired"
+
+
 def test_capacity_is_rate_times_interval_minus_queue_depth_and_the_most_urgent_go_first(pipe: Pipeline) -> None:
     pipe.configure(SMS_RATE_LIMIT_PER_SECOND=2, SMS_SENDER_MAX_CONCURRENCY=2)  # 2/s × 1 min = 120 per run
     for start in range(0, 117, 10):  # 117 already in flight: room for 3
@@ -153,14 +192,15 @@ def test_overlapping_dispatchers_and_a_stale_index_read_claim_each_message_once(
         pipe.plan(n, DUE)
     pipe.clock.advance_to(SEVEN_DAY)
     shards = [f"DUE#{n}" for n in range(pipe.settings.DUE_INDEX_SHARDS)]
-    stale = {shard: store.due_in_shard(shard, SEVEN_DAY, limit=100) for shard in shards}  # read before any claim
+    # Read before any claim.
+    stale = {shard: list(store.due_in_shard(shard, SEVEN_DAY, page_size=100)) for shard in shards}
     assert sum(len(v) for v in stale.values()) == 3
 
     first, second = pipe.dispatch(), pipe.dispatch()
     assert (first["claimed"], second["claimed"], second["lost_races"]) == (3, 0, 0)
 
     # A dispatcher whose read of the eventually consistent index predates the first run's claims.
-    monkeypatch.setattr(store, "due_in_shard", lambda shard, until, limit: stale[shard])
+    monkeypatch.setattr(store, "due_in_shard", lambda shard, until, page_size: iter(stale[shard]))
     third = pipe.dispatch()
     # Enqueued before its claims, which all lose: a second record for each first run's claim.
     assert (third["claimed"], third["enqueued"], third["lost_races"]) == (0, 3, 3)
