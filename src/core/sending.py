@@ -43,7 +43,7 @@ from core.providers.factory import provider_for
 from core.queue import QueuedMessage, SendRecord
 from core.retry import backoff
 from core.send_decisions import Decision, Verdict, after_the_failure, before_the_send, hold_back, wait_until
-from core.settings import Settings
+from core.settings import ProviderName, Settings
 from core.store import AppointmentRecord, Change, Guard, MessageRecord, PatientRecord, iso, parse_iso
 from core.texts import (
     GroupedChild,
@@ -904,8 +904,7 @@ def _after_failure(
     if decision.verdict is Verdict.FAIL:
         return _settle(message, Status.FAILED, decision.reason, now, settings, attempts=attempt)
     if decision.verdict is Verdict.RECORD_SENT:
-        # No provider id came back: the recipient stands in for it, so the receipt can still settle it.
-        unknown_id = {"provider": provider, "provider_message_id": store.ambiguous_send_key(to)}
+        unknown_id = {"provider": provider, "provider_message_id": _stand_in_id(message, provider, to)}
         return _record_sent(
             message, attempt, unknown_id, rendered.text, rendered.segments, settings, ambiguous=str(error)
         )
@@ -919,6 +918,15 @@ def _after_failure(
     if outcome is SendOutcome.RETRY:
         count(MetricName.SMS_RETRIED, reminder_type=message.reminder_type, provider=provider)
     return outcome
+
+
+def _stand_in_id(message: MessageRecord, provider: str, to: str) -> str:
+    """What an ambiguous send is recorded under, for its receipt to find it: Kannel's DLR names the id we gave the SMS
+    (a grouped SMS's key, else the message's own); Orange's names Orange's id, which never came back, and the
+    recipient, which stands in for it."""
+    if provider == ProviderName.KANNEL.value:
+        return message.sms_key or message.message_id
+    return store.ambiguous_send_key(to)
 
 
 def _throttled(

@@ -332,6 +332,26 @@ def sent_by_kannel(pipe: Pipeline) -> str:
     return message_id
 
 
+@pytest.mark.parametrize("siblings", [1, 2], ids=["alone", "grouped"])
+def test_an_ambiguous_kannel_send_is_settled_by_its_dlr_which_names_the_id_we_sent(
+    pipe: Pipeline, siblings: int
+) -> None:
+    """Kannel's DLR carries the id we gave the SMS (the message's, or a grouped SMS's key), not the recipient: an
+    ambiguous send is recorded under that id, so its DLR settles every reminder it carried, and no stand-in for the
+    recipient is left behind to confuse the receipt of a later ambiguous Orange send to the same number."""
+    pipe.start_kannel(faults=[Fault(timeout="after_send")])
+    pipe.configure(SMS_PROVIDERS="kannel", PROVIDER_READ_TIMEOUT_SECONDS="0.5")
+    ids = [pipe.plan(n, "2027-03-20", phone=PHONE)["7_day_reminder"] for n in range(1, siblings + 1)]
+    pipe.clock.advance_to(DUE_AT)
+    pipe.cycle()
+    assert {(pipe.message(i).status, pipe.message(i).ambiguous) for i in ids} == {("sent", True)}
+    assert store.ambiguous_sends_to(PHONE) == []
+
+    sms_id = pipe.message(ids[0]).sms_key or ids[0]
+    assert _answer(_kannel(pipe, sms_id, "1")) == (200, "delivered")
+    assert {pipe.message(i).status for i in ids} == {"delivered"}
+
+
 def test_a_dlr_for_a_message_the_other_provider_sent_changes_nothing(pipe: Pipeline, sent: str, capsys) -> None:
     """Orange took it; a Kannel DLR naming it (a misrouted or forged callback) is answered 200 and settles nothing."""
     before = _snapshot(pipe, sent)
