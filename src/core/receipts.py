@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import clock, followup, store
+from core.dispatch import MAX_REMINDERS_PER_RECORD
 from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger, measure
@@ -90,8 +91,8 @@ def orange_receipt(body: str, settings: Settings) -> ReceiptOutcome:
     message_ids, read = _members_of_sms(provider_id)
     learnt: dict[str, str] = {}
     if not message_ids:
-        ambiguous = _ambiguous_send_for(notification["deliveryInfo"].get("address"))
-        message_ids, learnt = ([ambiguous] if ambiguous else []), {"provider_message_id": provider_id}
+        message_ids = _ambiguous_sms_for(notification["deliveryInfo"].get("address"))
+        learnt = {"provider_message_id": provider_id}
     if not message_ids:
         count(MetricName.RECEIPTS_UNKNOWN)
         logger.warning("receipt for an unknown provider message id", extra={"provider": "orange"})
@@ -155,17 +156,22 @@ def _members_of_sms(sms_id: str) -> tuple[list[str], dict[str, MessageRecord]]:
     return found, read
 
 
-def _ambiguous_send_for(address: object) -> str | None:
-    """The one ambiguous send to this receipt's recipient, if there is exactly one.
+def _ambiguous_sms_for(address: object) -> list[str]:
+    """The reminders of the one ambiguous SMS to this receipt's recipient, if there is exactly one (else none).
 
     An ambiguous send never learnt Orange's id; its receipt carries that id and the recipient (`tel:+…`). The
     receipt of any SMS whose id we know finds it by that id first, so an unknown id to a number with one ambiguous
-    send waiting is that send's. Two waiting to one number cannot be told apart: neither is settled.
+    SMS waiting is that SMS's. The reminders of a grouped SMS share its key; two SMS waiting to one number cannot be
+    told apart: neither is settled.
     """
     if not isinstance(address, str) or not address.startswith("tel:+") or len(address) > 24:
-        return None
-    candidates = store.ambiguous_sends_to(address.removeprefix("tel:"))
-    return candidates[0] if len(candidates) == 1 else None
+        return []
+    candidates = store.ambiguous_sends_to(address.removeprefix("tel:"), MAX_REMINDERS_PER_RECORD + 1)
+    if len(candidates) > 1:
+        sms = {(m.sms_key or m.message_id) if m is not None else "" for m in map(store.get_message, candidates)}
+        if len(sms) != 1 or "" in sms:
+            return []
+    return candidates
 
 
 def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome:

@@ -687,9 +687,10 @@ def bind_to_sms(message: MessageRecord, sms_key: str) -> bool:
     )
 
 
-def ambiguous_sends_to(phone: str) -> list[str]:
-    """Our ids of ambiguous sends to `phone` still waiting for their receipt (at most two: one is an answer)."""
-    return [str(item.message_id) for item in MessageRecord.provider_index.query(ambiguous_send_key(phone), limit=2)]
+def ambiguous_sends_to(phone: str, limit: int) -> list[str]:
+    """Our ids of up to `limit` reminders sent ambiguously to `phone` and still waiting for their receipt."""
+    query = MessageRecord.provider_index.query(ambiguous_send_key(phone), limit=limit)
+    return [str(item.message_id) for item in query]
 
 
 def iterate_messages(status: Status | None = None) -> Iterator[MessageRecord]:

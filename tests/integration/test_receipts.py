@@ -211,6 +211,24 @@ def test_the_receipt_of_an_ambiguous_send_settles_it_by_its_recipient(pipe: Pipe
     assert (stored.status, stored.provider_message_id) == ("delivered", accepted.message_id)
 
 
+def test_the_receipt_of_an_ambiguous_grouped_sms_settles_every_reminder_it_carried(pipe: Pipeline) -> None:
+    """Its reminders share its stand-in id (the recipient): they are one SMS, not two sends that cannot be told
+    apart."""
+    pipe.start_orange(receipt_delay_seconds=20, faults=[Fault(timeout="after_send")])
+    ids = [pipe.plan(n, "2027-03-20", phone=PHONE)["7_day_reminder"] for n in (1, 2)]
+    pipe.clock.advance_to(DUE_AT)
+    pipe.cycle()
+    (accepted,) = pipe.accepted()
+    assert {(pipe.message(i).status, pipe.message(i).ambiguous) for i in ids} == {("sent", True)}
+
+    response = _orange(pipe, _notification(accepted.message_id, "DeliveredToTerminal"))
+
+    assert _answer(response) == (200, "delivered")
+    assert {(pipe.message(i).status, pipe.message(i).provider_message_id) for i in ids} == {
+        ("delivered", accepted.message_id)
+    }
+
+
 def test_two_ambiguous_sends_to_one_number_cannot_be_told_apart_and_neither_is_settled(pipe: Pipeline) -> None:
     ids = _ambiguous_sends(pipe, 2)
     first = pipe.accepted()[0]
@@ -345,7 +363,7 @@ def test_an_ambiguous_kannel_send_is_settled_by_its_dlr_which_names_the_id_we_se
     pipe.clock.advance_to(DUE_AT)
     pipe.cycle()
     assert {(pipe.message(i).status, pipe.message(i).ambiguous) for i in ids} == {("sent", True)}
-    assert store.ambiguous_sends_to(PHONE) == []
+    assert store.ambiguous_sends_to(PHONE, 5) == []
 
     sms_id = pipe.message(ids[0]).sms_key or ids[0]
     assert _answer(_kannel(pipe, sms_id, "1")) == (200, "delivered")
