@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from core import clock, followup, store
@@ -156,6 +157,35 @@ def _members_of_sms(sms_id: str) -> tuple[list[str], dict[str, MessageRecord]]:
     return found, read
 
 
+_SOURCES = {Status.DELIVERED: frozenset({Status.SENT, Status.FAILED}), Status.FAILED: frozenset({Status.SENT})}
+MOVED, RECORDED, UNCHANGED, STALE = "moved", "recorded", "unchanged", "stale"
+
+
+def _move(
+    message: MessageRecord,
+    provider_status: str,
+    target: Status | None,
+    learnt: dict[str, str] | None,
+    settings: Settings,
+    now: datetime,
+) -> str:
+    """A receipt's change to the message as read: MOVED to `target`; RECORDED (an intermediate status) or UNCHANGED
+    when it had nothing to move; STALE when the message changed since it was read (the write's version guard)."""
+    if target is None or message.state not in _SOURCES[target]:
+        if message.state is Status.SENT and store.record_receipt_status(message.message_id, provider_status):
+            return RECORDED
+        return UNCHANGED
+    stamp = {"delivered_at": iso(now)} if target is Status.DELIVERED else {"failed_at": iso(now)}
+    change = Change(
+        target=target,
+        sources=_SOURCES[target] & frozenset({message.state}),
+        set={"receipt_status": provider_status, **stamp, **(learnt or {})},
+        guard=Guard.VERSION,
+        reason=f"{'delivered' if target is Status.DELIVERED else 'undeliverable'} (receipt {provider_status})",
+    )
+    return MOVED if store.transition(message, change, at=now, settings=settings) else STALE
+
+
 def _ambiguous_sms_for(address: object) -> list[str]:
     """The reminders of the one ambiguous SMS to this receipt's recipient, if there is exactly one (else none).
 
@@ -225,21 +255,13 @@ def apply_receipt(
         logger.warning("receipt for a message unknown or not this provider's", extra={"provider": provider.value})
         return ReceiptOutcome("unknown")
     now = clock.now()
-    sources = {Status.DELIVERED: frozenset({Status.SENT, Status.FAILED}), Status.FAILED: frozenset({Status.SENT})}
-    if target is None or message.state not in sources[target]:
-        if message.state is Status.SENT and store.record_receipt_status(message_id, provider_status):
-            return ReceiptOutcome("recorded", message_id)
-        return ReceiptOutcome("unchanged", message_id)
-    stamp = {"delivered_at": iso(now)} if target is Status.DELIVERED else {"failed_at": iso(now)}
-    change = Change(
-        target=target,
-        sources=sources[target] & frozenset({message.state}),
-        set={"receipt_status": provider_status, **stamp, **(learnt or {})},
-        guard=Guard.VERSION,
-        reason=f"{'delivered' if target is Status.DELIVERED else 'undeliverable'} (receipt {provider_status})",
-    )
-    if not store.transition(message, change, at=now, settings=settings):
-        return ReceiptOutcome("unchanged", message_id)
+    moved = _move(message, provider_status, target, learnt, settings, now)
+    if moved == STALE:
+        # Changed since it was read (another receipt for it at the same moment): judged again, once, as it now is.
+        again = store.get_message(message_id)
+        moved = _move(again, provider_status, target, learnt, settings, now) if again is not None else UNCHANGED
+    if moved != MOVED or target is None:
+        return ReceiptOutcome(UNCHANGED if moved == STALE else moved, message_id)
     if target is Status.DELIVERED:
         followup.note_delivered(message, settings, now)
         count(MetricName.SMS_DELIVERED, reminder_type=message.reminder_type, provider=provider.value)

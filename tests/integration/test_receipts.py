@@ -16,9 +16,10 @@ import boto3
 import botocore.client
 import pytest
 
-from core import pacing, store
+from core import pacing, receipts, store
+from core.lifecycle import Status
 from core.observability import discard_metrics
-from core.settings import build_settings
+from core.settings import ProviderName, build_settings
 from core.statistics import statistics
 from core.store import iso
 from rappel_local.embedded import ReceiptEndpoint, function_url_event, invoke
@@ -166,6 +167,23 @@ def test_delivered_to_terminal_after_delivery_impossible_wins(pipe: Pipeline, se
     pipe.aws.tally()
     day = statistics("day", pipe.settings, pipe.clock.now()).total
     assert (day.delivered, day.failed) == (1, 0)  # the failure was taken back
+
+
+def test_delivered_to_terminal_read_while_delivery_impossible_was_being_written_still_wins(
+    pipe: Pipeline, sent: str
+) -> None:
+    """Two final receipts at the same moment: both read the message `sent`, DeliveryImpossible writes first, and the
+    DeliveredToTerminal's write (guarded on the version it read) is refused: judged again on the message as it now
+    is, it still wins, as it does when it comes later."""
+    read_before = store.get_message(sent)
+    assert _answer(_orange(pipe, _notification(_provider_id(pipe, sent), "DeliveryImpossible"))) == (200, "failed")
+
+    outcome = receipts.apply_receipt(
+        sent, "DeliveredToTerminal", Status.DELIVERED, pipe.settings, provider=ProviderName.ORANGE, read=read_before
+    )
+
+    assert outcome.result == "delivered"
+    assert pipe.message(sent).status == "delivered"
 
 
 @pytest.mark.parametrize("status", ["DeliveredToNetwork", "MessageWaiting", "DeliveryUncertain"])
