@@ -412,20 +412,30 @@ def optin(
 
 
 def _consent(phone: str, opt_in: bool, local: bool, stack: str | None, region: str | None, as_json: bool) -> None:
-    from core.phone import InvalidPhoneNumber
+    from core.phone import InvalidPhoneNumber, mask_phone
     from core.planning import set_consent
 
     settings = _settings(local, stack, region)
     try:
         with _quiet():
-            patients, result = set_consent(phone, opt_in, settings)
+            change = set_consent(phone, opt_in, settings)
     except InvalidPhoneNumber as exc:
         console.print(f"[red]error:[/red] phone: {exc}")
         raise typer.Exit(2) from None
-    data = {"patients": patients, "cancelled": result.cancelled, "created": result.created}
+    # The number's own stop is what an opt-out writes first, patients or not: say what became of it.
+    stop = ("lifted" if opt_in else "written") if change.stop_changed else "unchanged"
+    data = {
+        "number": mask_phone(change.number),
+        "number_stop": stop,
+        "patients": len(change.patients),
+        "cancelled": change.result.cancelled,
+        "created": change.result.created,
+    }
     _emit(data, as_json, _key_values("Opt-in" if opt_in else "Opt-out", data))
-    if patients == 0:
-        raise typer.Exit(1)
+    if not change.patients and not opt_in and change.stop_changed:
+        console.print("No patient has this number yet: any patient registered on it later gets no reminders.")
+    if not change.patients and not change.stop_changed:
+        raise typer.Exit(1)  # nothing changed
 
 
 @app.command("release-hold")

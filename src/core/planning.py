@@ -421,8 +421,8 @@ def revive_message(
     return store.transition(message, change, at=now, settings=settings)
 
 
-def set_consent(phone: str, opt_in: bool, settings: Settings) -> tuple[int, PlanningResult]:
-    """Opt a number in or out (operator command) and replan its patients; (patients changed, result).
+def set_consent(phone: str, opt_in: bool, settings: Settings) -> ConsentChange:
+    """Opt a number in or out (operator command) and replan its patients; what that did.
 
     An opt-out stops the number itself: later clinic updates carrying `sms_opt_in: true` and siblings registered
     on it later get no reminders, until an explicit opt-in (this command, a reply, or `sms_opt_in_renewed`).
@@ -431,8 +431,7 @@ def set_consent(phone: str, opt_in: bool, settings: Settings) -> tuple[int, Plan
 
     store.bind(settings)
     number = normalize_phone(phone, settings.SMS_DEFAULT_REGION)
-    change = change_consent(number, opt_in, settings, clock.now(), by="operator")
-    return len(change.patients), change.result
+    return change_consent(number, opt_in, settings, clock.now(), by="operator")
 
 
 @dataclass

@@ -174,7 +174,21 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
     assert stats["total"]["planned"] == 3 and stats["total"]["sent"] == 1
 
     opted_out = json.loads(_run("optout", "+2250701020304", "--local", "--json", cwd=local_stack).stdout)
-    assert opted_out == {"patients": 1, "cancelled": 2, "created": 0}
+    assert opted_out == {
+        "number": "+225******04",
+        "number_stop": "written",
+        "patients": 1,
+        "cancelled": 2,
+        "created": 0,
+    }
+    # A number no patient has yet: its stop is written all the same (for those registered on it later), and said.
+    stranger = _run("optout", "+2250709999999", "--local", "--json", cwd=local_stack)
+    assert stranger.returncode == 0 and json.loads(stranger.stdout)["number_stop"] == "written"
+    assert json.loads(stranger.stdout)["patients"] == 0
+    lifted = _run("optin", "+2250709999999", "--local", "--json", cwd=local_stack)
+    assert lifted.returncode == 0 and json.loads(lifted.stdout)["number_stop"] == "lifted"
+    again = _run("optin", "+2250709999999", "--local", "--json", cwd=local_stack)
+    assert again.returncode == 1 and json.loads(again.stdout)["number_stop"] == "unchanged"  # nothing changed
     cleanup = json.loads(_run("cleanup", "--local", "--json", cwd=local_stack).stdout)
     assert cleanup["deleted"] == 0  # nothing has reached the end of its retention yet
     released = json.loads(_run("release-hold", "--local", "--json", cwd=local_stack).stdout)
