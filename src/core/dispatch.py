@@ -60,7 +60,7 @@ def dispatch_due(settings: Settings) -> DispatchResult:
         elif message.state is Status.PENDING:  # a dead letter waits here for its deadline; only pending is claimed
             live.append(message)
     live.sort(key=lambda m: (_urgency(m), m.due_at or ""))
-    chosen = live[: result.capacity]
+    chosen = within_capacity(live, result.capacity, settings.SMS_GROUP_BY_PHONE)
     # Each record names the version its claim will give the message and the claim's mark: the sender acts on that
     # claim alone.
     planned = [(m, QueuedMessage(m.message_id, int(m.version) + 1, iso(now))) for m in chosen]
@@ -131,16 +131,48 @@ def _urgency(message: MessageRecord) -> int:
 MAX_REMINDERS_PER_RECORD = 20
 
 
+def _group_of(message: MessageRecord) -> tuple[str, str, str] | None:
+    """The send record a reminder shares with the others for one phone, reminder type and due date; None for one
+    that goes on its own (planned before recipients were recorded, or a reply's confirmation)."""
+    if not message.recipient or is_confirmation(message):
+        return None
+    return (message.recipient, message.reminder_type, message.due_date)
+
+
+def within_capacity(ordered: list[MessageRecord], capacity: int, grouped: bool) -> list[MessageRecord]:
+    """The first of `ordered` that make at most `capacity` send records: the capacity is in SMS, what the senders
+    can send before the next run (and the queue depth it is cut by counts records), so a reminder that joins its
+    phone's record (`by_phone`) takes none of it."""
+    if not grouped:
+        return ordered[:capacity]
+    chosen: list[MessageRecord] = []
+    sizes: dict[tuple[str, str, str], int] = {}
+    records = 0
+    for message in ordered:
+        group = _group_of(message)
+        joins = group is not None and 0 < sizes.get(group, 0) < MAX_REMINDERS_PER_RECORD
+        if not joins:
+            if records == capacity:
+                continue
+            records += 1
+            if group is not None:
+                sizes[group] = 0
+        if group is not None:
+            sizes[group] += 1
+        chosen.append(message)
+    return chosen
+
+
 def by_phone(claimed: list[tuple[MessageRecord, QueuedMessage]]) -> list[QueuedMessage | QueuedSms]:
     """One send queue record per phone, reminder type and due date: reminders that would reach one phone in this
     send slot go out as one SMS (siblings, or one child booked once per vaccine). Order kept, by the first member."""
     groups: dict[tuple[str, str, str], list[QueuedMessage]] = {}
     records: list[QueuedMessage | QueuedSms | list[QueuedMessage]] = []
     for message, item in claimed:
-        if not message.recipient or is_confirmation(message):
-            records.append(item)  # planned before recipients were recorded, or a reply's confirmation: on its own
+        key = _group_of(message)
+        if key is None:
+            records.append(item)
             continue
-        key = (message.recipient, message.reminder_type, message.due_date)
         if key not in groups or len(groups[key]) == MAX_REMINDERS_PER_RECORD:
             groups[key] = []
             records.append(groups[key])

@@ -145,6 +145,30 @@ def test_a_backlog_of_7_day_reminders_does_not_hold_back_a_later_1_day_reminder(
     assert pipe.message(late.message_id).status == "expired"
 
 
+def test_capacity_counts_send_records_so_grouped_reminders_do_not_leave_the_senders_idle(pipe: Pipeline) -> None:
+    """The capacity is what the senders can send before the next run, in SMS (the queue depth it is cut by counts
+    records): four siblings' reminders that go out as one SMS take one unit of it, not four."""
+    pipe.configure(SMS_RATE_LIMIT_PER_SECOND=2, SMS_SENDER_MAX_CONCURRENCY=2)  # 2/s × 1 min = 120 per run
+    for start in range(0, 117, 10):  # 117 already in flight: room for 3
+        pipe.sqs.send_message_batch(
+            QueueUrl=pipe.settings.SEND_QUEUE_URL,
+            Entries=[
+                {"Id": str(i), "MessageBody": '{"message_id":"msg_filler","version":1}'}
+                for i in range(min(10, 117 - start))
+            ],
+        )
+    siblings = [pipe.plan(n, DUE, phone=PHONE)["7_day_reminder"] for n in (1, 2, 3, 4)]
+    others = [pipe.plan(n, DUE, phone=f"+22507010203{n:02d}")["7_day_reminder"] for n in (5, 6)]
+    pipe.clock.advance_to(SEVEN_DAY)
+
+    result = pipe.dispatch()
+
+    assert (result["capacity"], result["claimed"]) == (3, 6)
+    records = [b for b in bodies(pipe.receive()) if b.get("message_id") != "msg_filler"]
+    assert len(records) == 3
+    assert {pipe.message(i).status for i in siblings + others} == {"queued"}
+
+
 def test_capacity_is_rate_times_interval_minus_queue_depth_and_the_most_urgent_go_first(pipe: Pipeline) -> None:
     pipe.configure(SMS_RATE_LIMIT_PER_SECOND=2, SMS_SENDER_MAX_CONCURRENCY=2)  # 2/s × 1 min = 120 per run
     for start in range(0, 117, 10):  # 117 already in flight: room for 3

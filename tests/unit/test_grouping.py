@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from core.dispatch import MAX_REMINDERS_PER_RECORD, by_phone
+from core.dispatch import MAX_REMINDERS_PER_RECORD, by_phone, within_capacity
 from core.queue import QueuedMessage, QueuedSms, SendRecord
 from core.store import MessageRecord
 from rappel_local.embedded import sqs_event
@@ -33,6 +35,28 @@ def test_the_dispatcher_groups_by_phone_type_and_due_date_and_caps_a_record() ->
         QueuedMessage("m5", 1),
     ]
     assert [len(r.reminders) if isinstance(r, QueuedSms) else 1 for r in records[4:]] == [MAX_REMINDERS_PER_RECORD, 1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["a", "b", "c", None]), st.sampled_from(["7_day_reminder", "1_day_reminder"]))),
+    st.integers(min_value=0, max_value=8),
+)
+def test_what_the_dispatcher_chooses_makes_at_most_its_capacity_in_records(
+    reminders: list[tuple[str | None, str]], capacity: int
+) -> None:
+    """The capacity counts send records (SMS): the reminders chosen make at most that many records once grouped, and
+    a reminder is left out only when taking it would make one more."""
+    ordered = [
+        MessageRecord(f"m{n}", recipient=recipient, reminder_type=kind, due_date="2027-03-12")
+        for n, (recipient, kind) in enumerate(reminders)
+    ]
+    chosen = within_capacity(ordered, capacity, grouped=True)
+    records = by_phone([(m, QueuedMessage(m.message_id, 1)) for m in chosen])
+    assert len(records) <= capacity
+    for left_out in (m for m in ordered if m not in chosen):
+        more = by_phone([(m, QueuedMessage(m.message_id, 1)) for m in [*chosen, left_out]])
+        assert len(more) > capacity
 
 
 def _record(body: str) -> SendRecord:
