@@ -188,9 +188,10 @@ class IdempotentSend:
     send_once: Callable[..., dict[str, Any]]
     persistence: DynamoDBPersistenceLayer  # configured as the decorator configures it: the records' ids agree
 
-    def accepted(self, key: str) -> dict[str, Any] | None:
-        """The provider's acceptance stored for the SMS `key` (its request went out and was answered), or None;
-        raises `RequestInFlight` while another sender's request for it may still be answered."""
+    def stored(self, key: str) -> dict[str, Any] | None:
+        """What the call for the SMS `key` stored once it ended: the provider's acceptance, or an ambiguous outcome
+        (AMBIGUOUS); None when no call ended; raises `RequestInFlight` while another sender's request for it may
+        still be answered."""
         try:
             record = self.persistence.get_record({"key": key})
         except IdempotencyItemNotFoundError:
@@ -203,8 +204,7 @@ class IdempotentSend:
                 raise RequestInFlight(key)
         if record is None or record.status != STATUS_CONSTANTS["COMPLETED"]:
             return None
-        result = record.response_json_as_dict()
-        return None if result is None or AMBIGUOUS in result else result  # fate unknown: its replay applies the policy
+        return record.response_json_as_dict()
 
 
 @functools.cache
@@ -253,6 +253,7 @@ class _Ready:
     message: MessageRecord
     patient: PatientRecord
     appointment: AppointmentRecord
+    alone: bool = False  # to go under its own attempt's key, never grouped (see `_prepare`)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -298,10 +299,15 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
         decision = _hold_back(message, patient, appointment, settings, now)
         if decision.verdict is not Verdict.SEND:
             return _apply(decision, message, now, settings)
-        if message.revived and (accepted := _went_out(message, settings)) is not None:
+        stored = _stored_send(message, settings) if message.revived else None
+        if stored is not None and AMBIGUOUS not in stored:
             # Its SMS went out before a crash (or is going out from another sender now), then it was cancelled and
             # revived: grouped now with a sibling, it would go out under a new key, a second time.
-            return _record_replayed(message, accepted, settings)
+            logger.warning("an SMS accepted before a crash is recorded now", extra={"message_id": message.message_id})
+            return _record_replayed(message, stored, settings)
+        # Its request went unanswered while it was cancelled and revived (the policy's write could not land then): it
+        # goes alone under that request's key, whose replay applies the policy, never in a new SMS.
+        return _Ready(message, patient, appointment, alone=stored is not None)
     return _Ready(message, patient, appointment)
 
 
@@ -373,22 +379,32 @@ def _key_of_next_sms(message: MessageRecord) -> str:
     return message.sms_key or f"{message.message_id}#{int(message.attempts) + 1}"
 
 
-def _went_out(message: MessageRecord, settings: Settings) -> dict[str, Any] | None:
-    """The provider's stored acceptance of the SMS this message's claim made, if it went out before a crash (one
-    read of the idempotency store, on the paths that would not send and before a revived reminder's send). Raises
-    `RequestInFlight` while that request may still be answered: deciding now could send it twice, or call it unsent."""
+def _stored_send(message: MessageRecord, settings: Settings) -> dict[str, Any] | None:
+    """What the idempotency store holds for the SMS this message's claim made, if that SMS carried this message:
+    the provider's acceptance, or an ambiguous outcome (one read, on the paths that would not send and before a
+    revived reminder's send). Raises `RequestInFlight` while that request may still be answered: deciding now could
+    send it twice, or call it unsent."""
     try:
-        accepted = _idempotent_send(settings).accepted(_key_of_next_sms(message))
+        stored = _idempotent_send(settings).stored(_key_of_next_sms(message))
     except RequestInFlight:
         logger.warning(
             "its SMS's request is still on its way from another sender: the record waits for its retry",
             extra={"message_id": message.message_id},
         )
         raise
-    if accepted is None or message.message_id not in (accepted.get("message_ids") or [message.message_id]):
+    if stored is None or message.message_id not in (stored.get("message_ids") or [message.message_id]):
+        return None
+    return stored
+
+
+def _went_out(message: MessageRecord, settings: Settings) -> dict[str, Any] | None:
+    """The provider's stored acceptance of the SMS this message's claim made, if it went out before a crash (an
+    ambiguous outcome is not one: its replay applies the policy)."""
+    stored = _stored_send(message, settings)
+    if stored is None or AMBIGUOUS in stored:
         return None
     logger.warning("an SMS accepted before a crash is recorded now", extra={"message_id": message.message_id})
-    return accepted
+    return stored
 
 
 def _record_replayed(message: MessageRecord, accepted: dict[str, Any], settings: Settings) -> SendOutcome:
@@ -442,9 +458,11 @@ def _sms_of(
     them; the others are composed (one SMS per clinic, split by child when too long, never truncated) and bound
     before any request, with one conditional write each.
     """
-    if len(ready) == 1 and ready[0].message.sms_key is None:
+    alone = [(_key_of_next_sms(one.message), [one]) for one in ready if one.alone]
+    ready = [one for one in ready if not one.alone]
+    if not ready or (len(ready) == 1 and ready[0].message.sms_key is None):
         # A reminder on its own needs no binding: its key is its attempt, as the ungrouped path always had.
-        return [(_key_of_next_sms(ready[0].message), ready)]
+        return alone + ([(_key_of_next_sms(ready[0].message), ready)] if ready else [])
     bound: dict[str, list[_Ready]] = {}
     for one in ready:
         if one.message.sms_key:
@@ -464,7 +482,7 @@ def _sms_of(
         kept = _bind(key, members, outcomes)
         if kept:
             sms.append((key, kept))
-    return sms
+    return alone + sms
 
 
 def _bind(key: str, members: list[_Ready], outcomes: list[SendOutcome]) -> list[_Ready]:
@@ -648,12 +666,26 @@ def _left_out(message: MessageRecord, settings: Settings) -> SendOutcome:
 
 
 def _failed(
-    member: _Ready, error: ProviderError, provider: str, settings: Settings, rendered: RenderedText
+    member: _Ready,
+    error: ProviderError,
+    provider: str,
+    settings: Settings,
+    rendered: RenderedText,
+    carried: int = 1,
 ) -> SendOutcome:
-    """The outcome of one reminder of an SMS `provider` did not take (or may not have), by its next attempt."""
+    """The outcome of one reminder of an SMS `provider` did not take (or may not have), by its next attempt;
+    `carried`: how many reminders that SMS carried (recorded if it is taken as sent)."""
     message = member.message
     return _after_failure(
-        message, error, int(message.attempts) + 1, provider, settings, rendered, member.zone, member.patient.phone
+        message,
+        error,
+        int(message.attempts) + 1,
+        provider,
+        settings,
+        rendered,
+        member.zone,
+        member.patient.phone,
+        carried,
     )
 
 
@@ -704,7 +736,7 @@ def _after_ambiguous(
             if m.message.message_id in carried:
                 count(MetricName.AMBIGUOUS_SENDS, reminder_type=m.message.reminder_type, provider=provider)
     return [
-        _failed(m, error, provider, settings, rendered)
+        _failed(m, error, provider, settings, rendered, len(carried))
         if m.message.message_id in carried
         else _left_out(m.message, settings)
         for m in members
@@ -874,6 +906,7 @@ def _after_failure(
     rendered: RenderedText,
     zone: ZoneInfo,
     to: str,
+    carried: int = 1,
 ) -> SendOutcome:
     now = clock.now()
     logger.warning(
@@ -906,7 +939,14 @@ def _after_failure(
     if decision.verdict is Verdict.RECORD_SENT:
         unknown_id = {"provider": provider, "provider_message_id": _stand_in_id(message, provider, to)}
         return _record_sent(
-            message, attempt, unknown_id, rendered.text, rendered.segments, settings, ambiguous=str(error)
+            message,
+            attempt,
+            unknown_id,
+            rendered.text,
+            rendered.segments,
+            settings,
+            ambiguous=str(error),
+            carried=carried,
         )
     if decision.verdict is Verdict.DEAD_LETTER:
         # An ambiguous one keeps its text, as "sent" would: it may have gone out (operators and receipts match it).

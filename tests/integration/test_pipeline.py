@@ -725,6 +725,51 @@ def test_a_reminder_revived_and_grouped_while_its_request_is_in_flight_is_not_se
     assert pipe.message(message_id).provider_message_id == pipe.accepted()[0].message_id
 
 
+def test_a_reminder_revived_while_its_request_went_unanswered_is_not_composed_into_a_second_sms(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opted out and back in while its request was on its way, and the request then timed out after Orange took it
+    (ambiguous): the policy's write found the message revived and could not land. Claimed again with a sibling, it
+    goes alone under its old key, so the stored outcome is replayed (the policy applies) instead of a new SMS."""
+    from core.providers.orange import OrangeProvider
+
+    pipe.start_orange(faults=[Fault(nth=1, timeout="after_send")])
+    message_id = _due_now(pipe)
+    real_send = OrangeProvider.send
+    calls = itertools.count()
+
+    def revived_meanwhile(self: OrangeProvider, **kwargs: Any) -> Any:
+        if next(calls) == 0:
+            assert handle_clinic_event(patient("p1", sms_opt_in=False), pipe.settings).cancelled == 3
+            opted_in = patient("p1", sms_opt_in=True, at=pipe.clock.now() + timedelta(seconds=1))
+            assert handle_clinic_event(opted_in, pipe.settings).revived == 3
+        return real_send(self, **kwargs)
+
+    monkeypatch.setattr(OrangeProvider, "send", revived_meanwhile)
+    pipe.cycle()
+    monkeypatch.setattr(OrangeProvider, "send", real_send)
+    assert pipe.message(message_id).status == "pending"
+    pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")
+
+    pipe.cycle()
+
+    texts = [a.text for a in pipe.accepted()]
+    assert sum("Awa" in t for t in texts) == 1 and sum("Kofi" in t for t in texts) == 1
+    replayed = pipe.message(message_id)
+    assert (replayed.status, replayed.ambiguous, replayed.attempts) == ("sent", True, 1)
+
+
+def test_a_grouped_sms_whose_request_went_unanswered_records_how_many_reminders_it_carried(pipe: Pipeline) -> None:
+    """Its receipt (a Kannel DLR names the SMS's key) waits for every member by that count."""
+    pipe.start_orange(faults=[Fault(nth=1, timeout="after_send")])
+    first = _due_now(pipe)
+    second = pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")["7_day_reminder"]
+
+    pipe.cycle()
+
+    assert {(pipe.message(i).ambiguous, pipe.message(i).sms_reminders) for i in (first, second)} == {(True, 2)}
+
+
 def test_a_sibling_cancelled_while_its_grouped_sms_is_queued_is_left_out_of_it(pipe: Pipeline) -> None:
     """Two children on one phone: one record for both on the queue; the second's appointment is cancelled."""
     first = pipe.plan(1, DUE, phone=PHONE)["7_day_reminder"]
