@@ -291,7 +291,9 @@ def reconcile_appointment(
         # Its patient's own event may be being handled at this moment (a register import sends both together): that
         # handler lists the patient's appointments from an eventually consistent index, which may not show this one
         # yet. Looking again for a few seconds, longer than the index lags, leaves one of the two to plan it.
-        patient = patiently(lambda: store.get_patient(appointment.patient_id), lambda found: found is not None)
+        patient = patiently(
+            lambda: store.get_patient(appointment.patient_id, fresh=True), lambda found: found is not None
+        )
     # Its outcome and follow-up state first: what the cancellations below ask of it.
     state = followup.note_appointment(appointment, patient, settings, now)
     if patient is None:

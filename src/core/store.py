@@ -277,9 +277,10 @@ def shard_of(message_id: str, shards: int) -> str:
 # ---------------------------------------------------------------------------------------------- patients
 
 
-def get_patient(patient_id: str) -> PatientRecord | None:
-    """The patient, or None."""
-    ahead = _take_ahead("patient", patient_id)
+def get_patient(patient_id: str, *, fresh: bool = False) -> PatientRecord | None:
+    """The patient, or None. `fresh`: read the table even when this handler read it ahead (looking again for a
+    patient another handler may have written since: the read-ahead would keep answering "absent")."""
+    ahead = _NOT_AHEAD if fresh else _take_ahead("patient", patient_id)
     if ahead is not _NOT_AHEAD:
         return ahead  # type: ignore[no-any-return]
     try:
