@@ -16,7 +16,6 @@ import calendar
 import csv
 import random
 import sys
-import zoneinfo
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import phonenumbers
 
+from core.zones import known_zone
 from rappel_cli.importer import CSV_COLUMNS
 
 __all__ = [
@@ -361,10 +361,7 @@ def _zones(zones: Sequence[str] | None) -> tuple[list[str], list[float]]:
     if not zones:
         raise ValueError("zones must not be empty")
     for name in zones:
-        try:
-            zoneinfo.ZoneInfo(name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {name!r}") from exc
+        known_zone(name)
     return list(zones), [1.0] * len(zones)
 
 

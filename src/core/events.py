@@ -5,7 +5,6 @@ Validation happens completely before anything is written, so a bad event is neve
 
 from __future__ import annotations
 
-import zoneinfo
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -15,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from core.phone import InvalidPhoneNumber, normalize_phone
 from core.texts import available_languages, clean_text
+from core.zones import known_zone
 
 SOURCE = "rappel.clinic"
 
@@ -61,13 +61,7 @@ class PatientUpserted(_Detail):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
-        return value
+        return None if value is None else known_zone(value)
 
     @field_validator("language")
     @classmethod

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import re
-import zoneinfo
 from datetime import time
 from enum import StrEnum
 from typing import Annotated, Any
@@ -17,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.providers.orange import SENDER_NAME
+from core.zones import known_zone
 
 
 class AmbiguousSendPolicy(StrEnum):
@@ -142,11 +142,7 @@ class Settings(BaseSettings):
     @field_validator("APP_TIMEZONE")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
-        return value
+        return known_zone(value)
 
     @field_validator(
         "SMS_QUIET_HOURS_START",

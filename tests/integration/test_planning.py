@@ -274,3 +274,11 @@ def test_a_register_discreet_column_sets_the_flag_and_a_bad_value_names_the_fiel
 
     assert good.errors == [] and store.get_patient("p1").discreet is True
     assert len(bad.errors) == 1 and "detail.discreet" in bad.errors[0][1] and store.get_patient("p2") is None
+
+
+@pytest.mark.parametrize("zone", ["Africa", "Nowhere/City", "../etc"])
+def test_a_zone_that_is_not_one_is_refused_naming_the_field_not_a_crash(aws, zone: str) -> None:
+    """A folder of the zone database ("Africa", a plausible register value) used to escape as an OSError: a crash
+    that Lambda retried into the planning DLQ, and an import that stopped at that row."""
+    result = handle_clinic_event(patient(timezone=zone), aws.settings)
+    assert result.rejected == 1 and result.errors[0].startswith("detail.timezone")
