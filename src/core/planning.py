@@ -223,27 +223,30 @@ class WantedReminder:
 
 
 def decide(
-    existing: Mapping[str, MessageRecord], wanted: Mapping[str, WantedReminder], recipient: str
+    existing: Mapping[str, MessageRecord], wanted: Mapping[str, WantedReminder], recipient: str, now: datetime
 ) -> list[tuple[Move, str]]:
     """The moves that bring an appointment's reminders (`existing`, by id) in line with `wanted` (by id). Pure.
 
     A settled reminder is never touched, but a cancelled one that is wanted again comes back (the store then also
     requires that nothing was sent). One not wanted is cancelled while outstanding; a pending one whose schedule or
-    recipient changed is replanned; a wanted one that does not exist is created.
+    recipient changed is replanned; a wanted one that does not exist is created. A wanted one whose deadline has
+    passed is neither created, revived nor replanned, and not cancelled either: it is still this appointment's
+    reminder (a dead letter waiting for an operator, one the dispatcher will expire), not one a change made unwanted.
     """
     moves: list[tuple[Move, str]] = []
+    open_ = {message_id for message_id, reminder in wanted.items() if reminder.deadline > now}
     for message_id, message in existing.items():
-        if message.state is Status.CANCELLED and message_id in wanted:
+        if message.state is Status.CANCELLED and message_id in open_:
             moves.append((Move.REVIVE, message_id))
         elif message.state in OUTSTANDING and message_id not in wanted:
             moves.append((Move.CANCEL, message_id))
         elif (
             message.state is Status.PENDING
-            and message_id in wanted
+            and message_id in open_
             and _replanned(message, wanted[message_id], recipient)
         ):
             moves.append((Move.REPLAN, message_id))
-    moves += [(Move.CREATE, message_id) for message_id in wanted if message_id not in existing]
+    moves += [(Move.CREATE, message_id) for message_id in open_ if message_id not in existing]
     return moves
 
 
@@ -300,9 +303,9 @@ def reconcile_appointment(
         return result  # planned when the patient arrives (events may come in any order)
     existing = {m.message_id: m for m in reminders}
     reason = why_not_wanted(patient, appointment)
-    wanted = _wanted_reminders(patient, appointment, settings, now) if reason is None else {}
+    wanted = _wanted_reminders(patient, appointment, settings) if reason is None else {}
     recipient = store.recipient_key(patient.phone)
-    for move, message_id in decide(existing, wanted, recipient):
+    for move, message_id in decide(existing, wanted, recipient, now):
         message = existing.get(message_id)
         if move is Move.CREATE:
             result.created += _create(message_id, wanted[message_id], patient, appointment, settings, now)
@@ -324,15 +327,16 @@ def reconcile_appointment(
 
 
 def _wanted_reminders(
-    patient: PatientRecord, appointment: AppointmentRecord, settings: Settings, now: datetime
+    patient: PatientRecord, appointment: AppointmentRecord, settings: Settings
 ) -> dict[str, WantedReminder]:
+    """Every reminder the appointment should have, those whose deadline has passed included (`decide` tells)."""
     zone = ZoneInfo(patient.timezone)
     preferred = int(patient.preferred_hour) if patient.preferred_hour is not None else None
     return {
         store.message_id_for(
             appointment.appointment_id, planned.reminder_type.value, appointment.due_date, patient.patient_id
         ): WantedReminder(planned.reminder_type.value, planned.scheduled_at, planned.deadline)
-        for planned in plan_reminders(date.fromisoformat(appointment.due_date), zone, preferred, settings, now)
+        for planned in plan_reminders(date.fromisoformat(appointment.due_date), zone, preferred, settings)
     }
 
 

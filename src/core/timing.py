@@ -141,14 +141,14 @@ def plan_reminders(
     zone: ZoneInfo,
     preferred_hour: int | None,
     settings: Settings,
-    now: datetime,
 ) -> list[PlannedReminder]:
-    """The reminders to create for a dose due on `due`; those whose deadline has already passed are left out."""
+    """The reminders of a dose due on `due`, each with its schedule and deadline (one whose deadline has passed is
+    still listed: planning creates none such, and does not take it for a reminder no longer wanted)."""
     planned = []
     for rule in reminder_rules(settings):
         scheduled_at = send_time(rule, due, zone, preferred_hour, settings)
         deadline = deadline_for(rule, scheduled_at, due, zone)
-        if deadline <= scheduled_at or deadline <= now:
+        if deadline <= scheduled_at:
             continue
         planned.append(PlannedReminder(rule.reminder_type, scheduled_at, deadline))
     return planned

@@ -282,3 +282,24 @@ def test_a_zone_that_is_not_one_is_refused_naming_the_field_not_a_crash(aws, zon
     that Lambda retried into the planning DLQ, and an import that stopped at that row."""
     result = handle_clinic_event(patient(timezone=zone), aws.settings)
     assert result.rejected == 1 and result.errors[0].startswith("detail.timezone")
+
+
+def test_a_routine_update_after_a_deadline_leaves_an_ambiguous_dead_letter_to_its_operator(aws) -> None:
+    """A name corrected once the 7-day reminder's deadline has passed: the reminder is still this dose's, so it is
+    not cancelled as "rescheduled" (it used to be, and an ambiguous dead letter, whose SMS may have gone out, then
+    left `rappel messages --status dead_letter` recorded as never sent)."""
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(), aws.settings)
+    seven = _messages()["7_day_reminder"]
+    at = store.parse_iso(seven.scheduled_at)
+    aws.clock.advance_to(at)
+    assert store.transition(seven, Change(Status.QUEUED, frozenset({Status.PENDING}), {}), at=at, settings=aws.settings)
+    queued = store.get_message(seven.message_id)
+    assert queued is not None
+    dead = Change(Status.DEAD_LETTER, frozenset({Status.QUEUED}), {"ambiguous": True, "last_error": "ambiguous"})
+    assert store.transition(queued, dead, at=at, settings=aws.settings)
+    aws.clock.advance_to(store.parse_iso(seven.deadline) + timedelta(hours=1))
+
+    assert handle_clinic_event(patient(display_name="Awa K."), aws.settings).cancelled == 0
+
+    assert _messages()["7_day_reminder"].status == "dead_letter"

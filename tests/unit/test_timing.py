@@ -22,11 +22,10 @@ pytestmark = pytest.mark.unit
 
 SETTINGS = build_settings()
 ZONES = sorted(zoneinfo.available_timezones() - {"Factory", "localtime"})
-LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def _planned(due: date, zone: str, preferred_hour: int | None = None, settings=SETTINGS, now=LONG_AGO):
-    return {p.reminder_type: p for p in plan_reminders(due, ZoneInfo(zone), preferred_hour, settings, now)}
+def _planned(due: date, zone: str, preferred_hour: int | None = None, settings=SETTINGS):
+    return {p.reminder_type: p for p in plan_reminders(due, ZoneInfo(zone), preferred_hour, settings)}
 
 
 def _exists(day: date, wall: time, zone: ZoneInfo) -> bool:
@@ -146,12 +145,12 @@ def test_a_late_evening_preference_keeps_the_one_day_reminder_the_day_before() -
     assert planned[ReminderType.OVERDUE].scheduled_at == datetime(2027, 3, 21, 19, 0, tzinfo=UTC)
 
 
-def test_reminders_whose_deadline_has_passed_are_not_created() -> None:
-    now = datetime(2027, 3, 19, 20, 0, tzinfo=UTC)  # after the 1-day deadline (19:00), before the due date
-    planned = _planned(date(2027, 3, 20), "Africa/Abidjan", now=now)
-    assert set(planned) == {ReminderType.OVERDUE}
-    within = _planned(date(2027, 3, 20), "Africa/Abidjan", now=datetime(2027, 3, 19, 12, 0, tzinfo=UTC))
-    assert ReminderType.ONE_DAY in within  # late but still before its deadline: created, sent at once
+def test_each_reminder_carries_the_deadline_planning_creates_it_by() -> None:
+    """`planning.decide` creates none whose deadline has passed (tests/unit/test_reconcile_decisions.py)."""
+    planned = _planned(date(2027, 3, 20), "Africa/Abidjan")
+    assert planned[ReminderType.SEVEN_DAY].deadline == datetime(2027, 3, 15, 9, 0, tzinfo=UTC)  # 48 h
+    assert planned[ReminderType.ONE_DAY].deadline == datetime(2027, 3, 19, 19, 0, tzinfo=UTC)  # 10 h
+    assert planned[ReminderType.OVERDUE].deadline == datetime(2027, 3, 24, 14, 0, tzinfo=UTC)  # 72 h
 
 
 def test_invalid_setting_names_the_variable() -> None:
