@@ -301,7 +301,40 @@ def reconcile_appointment(
     state = followup.note_appointment(appointment, patient, settings, now)
     if patient is None:
         return result  # planned when the patient arrives (events may come in any order)
-    existing = {m.message_id: m for m in reminders}
+    result = _bring_in_line({m.message_id: m for m in reminders}, patient, appointment, state, settings, now)
+    if result.cancelled:
+        # Events for one appointment or patient can be handled at once: another handler may have written a newer
+        # one, and reconciled, while this one reconciled with what it had written. Its cancellations would then
+        # undo that reconciliation for good; brought in line again with what is stored now (one batch read, made
+        # only here).
+        with store.read_ahead(appointment_ids=[appointment_id], patient_ids=[patient.patient_id]):
+            stored_now = store.get_appointment(appointment_id)
+            patient_now = store.get_patient(patient.patient_id)
+            if _stamp(stored_now) != _stamp(appointment) or _stamp(patient_now) != _stamp(patient):
+                again = reconcile_appointment(
+                    appointment_id, settings, now, before=appointment, stored=stored_now, patient=patient_now
+                )
+                result.merge(again)
+    return result
+
+
+def _stamp(record: AppointmentRecord | PatientRecord | None) -> tuple[object, ...]:
+    """What tells one write of an appointment or a patient from another: the event it came from, and a fill-in."""
+    if record is None:
+        return ()
+    return (record.event_at, record.event_id, getattr(record, "filled_at", None))
+
+
+def _bring_in_line(
+    existing: dict[str, MessageRecord],
+    patient: PatientRecord,
+    appointment: AppointmentRecord,
+    state: outcomes.AppointmentState | None,
+    settings: Settings,
+    now: datetime,
+) -> PlanningResult:
+    """Make the moves `decide` asks for, each one conditional write."""
+    result = PlanningResult()
     reason = why_not_wanted(patient, appointment)
     wanted = _wanted_reminders(patient, appointment, settings) if reason is None else {}
     recipient = store.recipient_key(patient.phone)

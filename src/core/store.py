@@ -369,9 +369,9 @@ def patients_with_phone(phone: str) -> list[PatientRecord]:
 # ---------------------------------------------------------------------------------------------- appointments
 
 
-def get_appointment(appointment_id: str) -> AppointmentRecord | None:
-    """The appointment, or None."""
-    ahead = _take_ahead("appointment", appointment_id)
+def get_appointment(appointment_id: str, *, fresh: bool = False) -> AppointmentRecord | None:
+    """The appointment, or None. `fresh`: read the table even when this handler read it ahead."""
+    ahead = _NOT_AHEAD if fresh else _take_ahead("appointment", appointment_id)
     if ahead is not _NOT_AHEAD:
         return ahead  # type: ignore[no-any-return]
     try:

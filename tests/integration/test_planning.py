@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -303,3 +305,36 @@ def test_a_routine_update_after_a_deadline_leaves_an_ambiguous_dead_letter_to_it
     assert handle_clinic_event(patient(display_name="Awa K."), aws.settings).cancelled == 0
 
     assert _messages()["7_day_reminder"].status == "dead_letter"
+
+
+def test_a_newer_event_handled_while_an_older_one_reconciles_is_not_undone_by_it(
+    aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DoseAdministered (t1) writes its close; the clinic's correction, DoseScheduled (t2, not given after all),
+    is handled to the end by another Lambda; then t1 reconciles with the close it had written and cancels the
+    three reminders. The appointment is scheduled again, so they must be pending: t1 now looks again at what is
+    stored after cancelling, and brings them back in line."""
+    from core import planning
+
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(), aws.settings)
+    t1 = aws.clock.now() + timedelta(seconds=10)
+    t2 = t1 + timedelta(seconds=1)
+    aws.clock.advance_to(t2 + timedelta(seconds=1))
+    given = envelope("DoseAdministered", at=t1, appointment_id="a1", administered_on="2027-03-01")
+    corrected = dose(at=t2)
+    original = planning.reconcile_appointment
+    calls = itertools.count()
+
+    def correction_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if next(calls) == 0:  # t1's reconciliation; the correction's own runs through here too
+            contextvars.Context().run(handle_clinic_event, corrected, aws.settings)
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(planning, "reconcile_appointment", correction_meanwhile)
+        handle_clinic_event(given, aws.settings)
+
+    appointment = store.get_appointment("a1")
+    assert appointment is not None and appointment.status == "scheduled"
+    assert {m.status for m in _messages().values()} == {"pending"}
