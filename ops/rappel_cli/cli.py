@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,15 @@ Local = Annotated[bool, typer.Option("--local", help="Talk to the embedded stack
 Stack = Annotated[str | None, typer.Option(help="Deployed stack name (default: samconfig.toml's dev stack).")]
 Region = Annotated[str | None, typer.Option(help="AWS region of the deployed stack.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print data as JSON.")]
+
+
+def _moment(text: str) -> datetime:
+    """An ISO 8601 instant given on the command line (a time without a zone is taken as UTC)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--as-of: not an ISO 8601 time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _settings(local: bool, stack: str | None, region: str | None) -> Any:
@@ -106,6 +116,14 @@ def import_register(
     stack: Stack = None,
     region: Region = None,
     as_json: AsJson = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="When the register was exported (ISO 8601, e.g. 2027-03-01T08:00:00Z); default: the file's"
+            " modification time. Its events are stamped with it, so a later clinic event is never undone.",
+        ),
+    ] = None,
 ) -> None:
     """Load a register (patient and appointment columns) through the same validation and planning as events."""
     from rich.progress import Progress
@@ -115,13 +133,15 @@ def import_register(
     settings = _settings(local, stack, region)
     try:
         rows = read_csv(register)
+        exported = _moment(as_of) if as_of else datetime.fromtimestamp(register.stat().st_mtime, UTC)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     with _quiet(), Progress(console=console, transient=True) as progress:
         task = progress.add_task("importing", total=len(rows))
-        report = import_rows(rows, settings, progress=lambda n: progress.update(task, completed=n))
+        report = import_rows(rows, settings, progress=lambda n: progress.update(task, completed=n), as_of=exported)
     data = {
+        "as_of": exported.isoformat(),
         "rows": report.rows,
         "patients": report.patients,
         "appointments": report.appointments,

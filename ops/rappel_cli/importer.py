@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +82,20 @@ def row_events(row: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def import_rows(
-    rows: Iterable[dict[str, str]], settings: Settings, progress: Callable[[int], None] | None = None
+    rows: Iterable[dict[str, str]],
+    settings: Settings,
+    progress: Callable[[int], None] | None = None,
+    as_of: datetime | None = None,
 ) -> ImportReport:
-    """Apply register rows as clinic events; never stops at a bad row."""
+    """Apply register rows as clinic events; never stops at a bad row.
+
+    `as_of`: when the register was exported (now by default). Every row's events are stamped with it, as a clinic
+    system stamps its events: a clinic event after it is newer and stands, so importing the same register again
+    (or an older one) never undoes a dose given, an opt-out or a reschedule since; the same register imported twice
+    makes the same events, which change nothing the second time."""
     report = ImportReport()
     seen_patients: dict[str, bool] = {}
+    stamp = min(as_of, clock.now()) if as_of is not None else None
     for number, row in enumerate(rows, start=1):
         report.rows += 1
         missing = [c for c in ("patient_id", "appointment_id") if not row.get(c)]
@@ -93,10 +103,10 @@ def import_rows(
             report.errors.append((number, f"{missing[0]}: missing"))
             continue
         patient, dose = row_events(row)
-        now = clock.now()
+        at = stamp or clock.now()
         patient_id = row["patient_id"]
         if patient_id not in seen_patients:
-            outcome = _apply("PatientUpserted", patient, f"import-{patient_id}-{now.timestamp()}", settings, report)
+            outcome = _apply("PatientUpserted", patient, f"import-{patient_id}-{at.timestamp()}", at, settings, report)
             seen_patients[patient_id] = outcome.rejected == 0
             report.patients += 1 if outcome.rejected == 0 else 0
             if outcome.rejected:
@@ -105,7 +115,8 @@ def import_rows(
         elif not seen_patients[patient_id]:
             report.errors.append((number, "patient_id: this patient's first row was refused"))
             continue
-        outcome = _apply("DoseScheduled", dose, f"import-{dose['appointment_id']}-{now.timestamp()}", settings, report)
+        event_id = f"import-{dose['appointment_id']}-{at.timestamp()}"
+        outcome = _apply("DoseScheduled", dose, event_id, at, settings, report)
         if outcome.rejected:
             report.errors.append((number, outcome.errors[0]))
         else:
@@ -116,9 +127,9 @@ def import_rows(
 
 
 def _apply(
-    kind: str, detail: dict[str, Any], event_id: str, settings: Settings, report: ImportReport
+    kind: str, detail: dict[str, Any], event_id: str, at: datetime, settings: Settings, report: ImportReport
 ) -> PlanningResult:
-    result = handle_clinic_event(make_envelope(kind, detail, event_id=event_id, at=clock.now()), settings)
+    result = handle_clinic_event(make_envelope(kind, detail, event_id=event_id, at=at), settings)
     report.created += result.created
     return result
 

@@ -338,3 +338,37 @@ def test_a_newer_event_handled_while_an_older_one_reconciles_is_not_undone_by_it
     appointment = store.get_appointment("a1")
     assert appointment is not None and appointment.status == "scheduled"
     assert {m.status for m in _messages().values()} == {"pending"}
+
+
+def test_importing_the_same_register_again_never_undoes_a_later_clinic_event(aws) -> None:
+    """Every row is stamped with the register's export time (`as_of`), as a clinic system stamps its events: the dose
+    given since is newer and stands. Stamped with the import's own time, the second import put the appointment back
+    to scheduled and revived its three reminders, for a dose already given."""
+    from rappel_cli.importer import import_rows
+
+    row = {
+        "patient_id": "p1",
+        "phone": "+2250701020304",
+        "timezone": "Africa/Abidjan",
+        "language": "fr",
+        "sms_opt_in": "true",
+        "display_name": "Awa",
+        "appointment_id": "a1",
+        "vaccine": "Penta",
+        "dose": "1",
+        "due_date": "2027-03-20",
+        "clinic": "CSU Abobo",
+    }
+    exported = aws.clock.now() - timedelta(days=1)
+    assert import_rows([row], aws.settings, as_of=exported).created == 3
+    aws.clock.advance_to(aws.clock.now() + timedelta(hours=1))
+    given = envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-01")
+    assert handle_clinic_event(given, aws.settings).cancelled == 3
+    aws.clock.advance_to(aws.clock.now() + timedelta(hours=1))
+
+    again = import_rows([row], aws.settings, as_of=exported)
+
+    assert again.errors == [] and again.created == 0
+    appointment = store.get_appointment("a1")
+    assert appointment is not None and appointment.status == "administered"
+    assert {m.status for m in _messages().values()} == {"cancelled"}
