@@ -121,8 +121,13 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
         result.merge(reconcile_patient(detail.patient_id, settings, now, patient if written else None))
         if renewed:  # the stop was the number's: its other patients get their reminders back too (on a retry too)
             for other in store.patients_with_phone(detail.phone):
-                if other.patient_id != detail.patient_id:
-                    result.merge(reconcile_patient(other.patient_id, settings, now))
+                if other.patient_id == detail.patient_id:
+                    continue
+                if not other.sms_opt_in and other.event_id in STOP_OPT_OUTS:
+                    # Opted out by the number's stop (a reply, an operator), not by its own clinic record: the
+                    # renewal lifts that, as `rappel optin` would; unless a later change of its own came since.
+                    store.set_opt_in(other.patient_id, True, event_at, "renewal-optin", only_after=other.event_id)
+                result.merge(reconcile_patient(other.patient_id, settings, now))
     elif isinstance(detail, DoseScheduled):
         appointment = AppointmentRecord(
             detail.appointment_id,
@@ -473,6 +478,10 @@ def set_consent(phone: str, opt_in: bool, settings: Settings) -> ConsentChange:
     return change_consent(number, opt_in, settings, clock.now(), by="operator")
 
 
+# The event ids `change_consent` stamps a patient with when it opts it out with its number (`by`: who asked).
+STOP_OPT_OUTS = frozenset({"reply-optout", "operator-optout"})
+
+
 @dataclass
 class ConsentChange:
     """What opting a number in or out did: whether its stop was written (opt-out) or lifted (opt-in) by this
@@ -515,7 +524,11 @@ def change_consent(
     result = PlanningResult()
     flipped = False
     for patient in patients:
-        flipped |= bool(patient.sms_opt_in) != opt_in
-        store.set_opt_in(patient.patient_id, opt_in, stamp, f"{by}-{'optin' if opt_in else 'optout'}")
+        flips = bool(patient.sms_opt_in) != opt_in
+        flipped |= flips
+        # An opt-out leaves a patient already opted out as its own record has it: a renewal lifts only what the
+        # number's stop did (`STOP_OPT_OUTS`).
+        if flips or opt_in:
+            store.set_opt_in(patient.patient_id, opt_in, stamp, f"{by}-optin" if opt_in else f"{by}-optout")
         result.merge(reconcile_patient(patient.patient_id, settings, now))
     return ConsentChange(number, changed, stopped_at, patients, flipped, result)

@@ -321,9 +321,15 @@ def save_patient(patient: PatientRecord) -> bool:
     return _applied(lambda: patient.save(condition=key_attr.does_not_exist() | _newer_event(patient)))
 
 
-def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str) -> bool:
-    """Opt a patient in or out (operator command); False if the patient is unknown."""
+def set_opt_in(
+    patient_id: str, opt_in: bool, event_at: str, event_id: str, *, only_after: str | None = None
+) -> bool:
+    """Opt a patient in or out (operator command); False if the patient is unknown, or (`only_after`) if its last
+    change is no longer the event of that id."""
     _forget_ahead("patient", patient_id)
+    condition = PatientRecord.patient_id.exists()
+    if only_after is not None:
+        condition &= PatientRecord.event_id == only_after
     return _applied(
         lambda: _update(
             PatientRecord(patient_id),
@@ -333,7 +339,7 @@ def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str) -> b
                 PatientRecord.event_id.set(event_id),
                 PatientRecord.event_rank.set(0 if opt_in else 1),
             ],
-            condition=PatientRecord.patient_id.exists(),
+            condition=condition,
         )
     )
 

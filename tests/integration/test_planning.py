@@ -372,3 +372,26 @@ def test_importing_the_same_register_again_never_undoes_a_later_clinic_event(aws
     appointment = store.get_appointment("a1")
     assert appointment is not None and appointment.status == "administered"
     assert {m.status for m in _messages().values()} == {"cancelled"}
+
+
+def test_a_renewal_at_the_clinic_gives_back_the_siblings_the_familys_stop_opted_out(aws) -> None:
+    """The family's STOP opted both children out with their number; the clinic then records the renewed consent on
+    one of them: the stop was the number's, so both get their reminders back, as `rappel optin` would give them. A
+    sibling opted out by its own clinic record is not opted in by it."""
+    from core.planning import set_consent
+
+    handle_clinic_event(patient("p1"), aws.settings)
+    handle_clinic_event(patient("p2", display_name="Ali"), aws.settings)
+    handle_clinic_event(patient("p3", display_name="Moussa", sms_opt_in=False), aws.settings)
+    for n in (1, 2, 3):
+        handle_clinic_event(dose(f"a{n}", f"p{n}"), aws.settings)
+    aws.clock.advance_to(aws.clock.now() + timedelta(minutes=5))
+    assert len(set_consent("+2250701020304", False, aws.settings).patients) == 3  # as a STOP reply does
+    aws.clock.advance_to(aws.clock.now() + timedelta(minutes=5))
+
+    handle_clinic_event(patient("p1", sms_opt_in_renewed=True), aws.settings)
+
+    assert {m.status for m in store.messages_of_patient("p2")} == {"pending"}
+    assert store.get_patient("p2").sms_opt_in  # type: ignore[union-attr]
+    assert not store.get_patient("p3").sms_opt_in  # type: ignore[union-attr]
+    assert store.messages_of_patient("p3") == []
