@@ -321,9 +321,7 @@ def save_patient(patient: PatientRecord) -> bool:
     return _applied(lambda: patient.save(condition=key_attr.does_not_exist() | _newer_event(patient)))
 
 
-def set_opt_in(
-    patient_id: str, opt_in: bool, event_at: str, event_id: str, *, only_after: str | None = None
-) -> bool:
+def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str, *, only_after: str | None = None) -> bool:
     """Opt a patient in or out (operator command); False if the patient is unknown, or (`only_after`) if its last
     change is no longer the event of that id."""
     _forget_ahead("patient", patient_id)
