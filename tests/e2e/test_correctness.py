@@ -341,6 +341,11 @@ def test_the_checker_sees_a_missing_reminder_and_a_send_to_the_wrong_family() ->
     swapped = {**out, "sends": [{**s, "to": phone(2)} if s["to"] == phone(1) else s for s in out["sends"]]}
     assert len(_check(data, swapped)["sent_to_wrong_family"]) == 3
 
+    # An event after `until` never ran: a reschedule there must not stand for a1's last schedule and hide the gap.
+    late = dose_event("2027-03-20T08:00:00Z", "a1", "p1", "2027-04-20")
+    with_late = {**data, "events": [*data["events"], late]}
+    assert _check(with_late, dropped)["missing"] == ["a1 1_day_reminder for 2027-03-12 (p1) was never planned"]
+
 
 def test_the_checker_judges_quiet_hours_in_the_zone_at_send_time_and_ignores_refused_events() -> None:
     """A family moves from Abidjan to Paris after a 09:00 Abidjan send (10:00 Paris: fine either way), then one
