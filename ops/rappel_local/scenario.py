@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from core.phone import InvalidPhoneNumber, normalize_phone
+from core.settings import Settings
 from rappel_local.provider_simulator import Fault
 
 # What an operator does with `rappel optout PHONE` / `rappel optin PHONE`, at a point of simulated time.
@@ -172,6 +174,23 @@ class ScenarioError(ValueError):
     """A scenario that cannot run; the message names the field."""
 
 
+# Settings the simulator itself gives the run (its stack's tables, queues and secrets, the gateways' endpoints, the
+# receipt URL); a scenario names its gateways with `provider` and `fallback_provider`.
+HARNESS_SETTINGS = frozenset(
+    {"SMS_PROVIDER", "SMS_PROVIDERS", "ORANGE_API_BASE_URL", "KANNEL_SENDSMS_URL", "RECEIPT_BASE_URL"}
+)
+
+
+def _check_settings(settings: dict[str, Any]) -> None:
+    """A scenario's `settings`: Settings' own names only, and none the simulator sets (a typo would be ignored, and
+    an override of the simulator's would run against nothing, silently)."""
+    for name in settings:
+        if name not in Settings.model_fields:
+            raise ScenarioError(f"settings.{name}: not a setting (see core.settings.Settings)")
+        if name in HARNESS_SETTINGS or name.endswith(("_TABLE", "_QUEUE_URL", "_SECRET")) or name.startswith("AWS_"):
+            raise ScenarioError(f"settings.{name}: set by the simulator (name the gateways with provider)")
+
+
 def load_scenario(data: Any) -> Scenario:
     """Validate a scenario; raises ScenarioError naming the first bad field."""
     try:
@@ -181,11 +200,18 @@ def load_scenario(data: Any) -> Scenario:
         raise ScenarioError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     if scenario.until <= scenario.start:
         raise ScenarioError("until: must be after start")
+    _check_settings(scenario.settings)
+    region = str(scenario.settings.get("SMS_DEFAULT_REGION", Settings.model_fields["SMS_DEFAULT_REGION"].default))
     for i, event in enumerate(scenario.events):
         if event.type in OPERATOR_EVENTS and (
             set(event.detail) != {"phone"} or not isinstance(event.detail["phone"], str)
         ):
             raise ScenarioError(f'events.{i}.detail: {event.type} takes exactly {{"phone": "+…"}}')
+        if event.type in OPERATOR_EVENTS:
+            try:
+                normalize_phone(event.detail["phone"], region)
+            except InvalidPhoneNumber as exc:  # refused here, before the run, not when the run reaches it
+                raise ScenarioError(f"events.{i}.detail.phone: {exc}") from None
         if event.type == INBOUND_EVENT and (
             set(event.detail) != {"from", "text"} or not all(isinstance(v, str) for v in event.detail.values())
         ):

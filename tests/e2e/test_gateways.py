@@ -98,6 +98,12 @@ def test_a_fallback_gateway_is_started_and_named_in_sms_providers(provider_reque
          "events.0.detail: InboundSms takes exactly"),
         ({"events": [{"at": "2027-03-02T08:00:00Z", "type": "InboundSms", "detail": {"from": 1, "text": "STOP"}}]},
          "events.0.detail: InboundSms takes exactly"),
+        # Refused at load, before the run applies anything (it used to stop the run half-way at that event).
+        ({"events": [{"at": "2027-03-02T08:00:00Z", "type": "OptOutByPhone", "detail": {"phone": "12"}}]},
+         "events.0.detail.phone:"),
+        ({"settings": {"SMS_RATE_LIMT_PER_SECOND": 5}}, "settings.SMS_RATE_LIMT_PER_SECOND: not a setting"),
+        ({"settings": {"SMS_PROVIDER": "kannel"}}, "settings.SMS_PROVIDER: set by the simulator"),
+        ({"settings": {"MESSAGES_TABLE": "mine"}}, "settings.MESSAGES_TABLE: set by the simulator"),
     ],
 )  # fmt: skip
 def test_gateway_and_reply_errors_name_the_field(change: dict[str, Any], message: str) -> None:
