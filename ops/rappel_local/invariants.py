@@ -34,12 +34,14 @@ def check_invariants(
     sends: list[dict[str, Any]],
     not_applied: Collection[int] = (),
     counted: Mapping[str, float] | None = None,
+    receipts_refused: int = 0,
 ) -> dict[str, Any]:
     """Each invariant's violations (empty lists when it holds) and the figures they rest on.
 
     `not_applied`: the ids (`id()`) of scenario events the pipeline refused or ignored; they change nothing, so
     they neither stop nor plan anything here. `counted`: the statistics counters' totals by name over the run (as
-    tallied from the streams), checked against the messages.
+    tallied from the streams), checked against the messages. `receipts_refused`: the gateways' receipts that
+    `delivery_receipt` did not answer 2xx (a crash, a refusal): neither gateway sends one again, so each is lost.
     """
     until = scenario.until
     # An event after `until` never ran: counted, it would stand for the appointment's last schedule and hide what
@@ -59,6 +61,7 @@ def check_invariants(
         "sent_to_wrong_family": [],
         "missing": _missing(events, messages, stops, history, until),
         "counters_disagree": _counter_disagreements(messages, counted) if counted is not None else [],
+        "receipts_refused": [f"{receipts_refused} delivery receipts were not answered 2xx"] if receipts_refused else [],
     }
     for m in messages:
         settled = m["status"] in SETTLED

@@ -438,8 +438,12 @@ class Simulation:
             message.pop("phone")
         stats = _stats(messages, sends)
         counted = _tallied(self.scenario.start, self.scenario.until)
-        stats["invariants"] = check_invariants(self.scenario, settings, messages, sends, self.not_applied, counted)
+        refused = sum(len(simulator.failed_receipts) for simulator in simulators.values())
+        stats["invariants"] = check_invariants(
+            self.scenario, settings, messages, sends, self.not_applied, counted, receipts_refused=refused
+        )
         stats["handler_errors"] = len(self.handler_errors)
+        stats["receipts_refused"] = refused
         stats["events"] = self.events
         stats["inbound"] = self.inbound
         stats["outcomes"] = {group: outcome_report(settings)[group] for group in GROUPS}

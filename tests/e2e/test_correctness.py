@@ -347,6 +347,21 @@ def test_the_checker_sees_a_missing_reminder_and_a_send_to_the_wrong_family() ->
     assert _check(with_late, dropped)["missing"] == ["a1 1_day_reminder for 2027-03-12 (p1) was never planned"]
 
 
+def test_a_run_whose_receipts_the_function_refused_is_not_a_clean_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """delivery_receipt crashing on every receipt: the gateways do not send a receipt again, so each is lost; the
+    reminders stay `sent`, which no other check refuses. It used to report ok with no handler error."""
+    from core import receipts
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the receipt path")
+
+    monkeypatch.setattr(receipts, "_members_of_sms", crash)  # looked up when called: the handler meets it
+    out = run(scenario("2027-03-01T00:00:00Z", "2027-03-15T00:00:00Z", one_patient(DUE)))
+
+    assert out["stats"]["receipts_refused"] == len(out["sends"]) > 0
+    assert out["stats"]["invariants"]["violations"]["receipts_refused"] and not out["stats"]["invariants"]["ok"]
+
+
 def test_the_checker_judges_quiet_hours_in_the_zone_at_send_time_and_ignores_refused_events() -> None:
     """A family moves from Abidjan to Paris after a 09:00 Abidjan send (10:00 Paris: fine either way), then one
     moves to Honolulu (09:00 Abidjan is 23:00 there): judged in the final zone, the first send would be at night."""
