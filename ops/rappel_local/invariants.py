@@ -53,6 +53,7 @@ def check_invariants(
     violations: dict[str, list[str]] = {
         "lost": [],
         "sent_twice": [],
+        "status_disagrees_with_sends": [],
         "unattributed_sends": [],
         "sent_after_stop": [],
         "sent_after_deadline": [],
@@ -73,6 +74,11 @@ def check_invariants(
     # A reminder is carried by at most one accepted SMS (an SMS may carry several reminders).
     counts = Counter(mid for s in sends for mid in _carried(s))
     violations["sent_twice"] = sorted(mid for mid, n in counts.items() if n > 1)
+    violations["status_disagrees_with_sends"] = [
+        f"{m['message_id']} is {m['status']}, carried by {counts.get(m['message_id'], 0)} accepted SMS"
+        for m in messages
+        if not _status_agrees(m, counts.get(m["message_id"], 0))
+    ]
     violations["unattributed_sends"] = [s["provider_message_id"] for s in sends if not _carried(s)]
     for send in sends:
         at = parse_iso(send["at"])
@@ -92,6 +98,23 @@ def check_invariants(
         "rate_limit_per_second": settings.SMS_RATE_LIMIT_PER_SECOND,
         "dead_letters": sum(1 for m in messages if m["status"] == "dead_letter"),
     }
+
+
+def _status_agrees(message: dict[str, Any], sends: int) -> bool:
+    """Whether a message's status agrees with how many accepted SMS carried it: `sent` and `delivered` one (an
+    ambiguous send none or one: the request may have been lost), `failed` one if it was sent (a failure receipt)
+    else none, a dead letter after an ambiguous send at most one, and every other status none."""
+    status, ambiguous = (
+        message["status"],
+        message.get("ambiguous") or (message.get("last_error") or "").startswith("ambiguous"),
+    )
+    if status in {"sent", "delivered"}:
+        return sends <= 1 if ambiguous else sends == 1
+    if status == "failed":
+        return sends == (1 if message["sent_at"] else 0) or (ambiguous and sends <= 1)
+    if status == "dead_letter" and ambiguous:
+        return sends <= 1
+    return sends == 0
 
 
 def _carried(send: dict[str, Any]) -> list[str]:

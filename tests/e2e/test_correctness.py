@@ -347,6 +347,27 @@ def test_the_checker_sees_a_missing_reminder_and_a_send_to_the_wrong_family() ->
     assert _check(with_late, dropped)["missing"] == ["a1 1_day_reminder for 2027-03-12 (p1) was never planned"]
 
 
+def test_the_checker_sees_a_status_that_disagrees_with_what_the_provider_accepted() -> None:
+    """`delivered` with no accepted SMS carrying it, or `expired` with one that did: either is a lost record of a
+    send, which no other check would see (the e2e tests checked it; `make run` and `rappel simulate` did not)."""
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-12T00:00:00Z", one_patient(DUE))  # the overdue one waits
+    out = run(data)
+    assert _check(data, out)["status_disagrees_with_sends"] == []
+    carried = {mid for s in out["sends"] for mid in s["message_ids"]}
+    sent = next(m for m in out["messages"] if m["message_id"] in carried)
+    unsent = next(m for m in out["messages"] if m["message_id"] not in carried)
+
+    forgotten = {**out, "sends": [s for s in out["sends"] if sent["message_id"] not in s["message_ids"]]}
+    assert _check(data, forgotten)["status_disagrees_with_sends"] == [
+        f"{sent['message_id']} is {sent['status']}, carried by 0 accepted SMS"
+    ]
+    expired = {**out, "messages": [{**m, "status": "expired"} if m is sent else m for m in out["messages"]]}
+    assert _check(data, expired)["status_disagrees_with_sends"] == [
+        f"{sent['message_id']} is expired, carried by 1 accepted SMS"
+    ]
+    assert unsent["message_id"] not in str(_check(data, expired))
+
+
 def test_a_run_whose_receipts_the_function_refused_is_not_a_clean_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """delivery_receipt crashing on every receipt: the gateways do not send a receipt again, so each is lost; the
     reminders stay `sent`, which no other check refuses. It used to report ok with no handler error."""
