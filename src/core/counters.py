@@ -94,7 +94,12 @@ def transition_counts(
     if target not in COUNTED or target.value == source:
         return out
     if target is Status.PENDING:
-        add(PLANNED)
+        # Planned once, when created (as `RemindersPlanned`); a revival takes its cancellation back, and a redrive
+        # (from the DLQ) is no new reminder: its dead letter stays counted, as the event it was.
+        if not source:
+            add(PLANNED)
+        elif source == Status.CANCELLED.value:
+            add(source, -1)
         return out
     add(target.value)
     if (source, target) in CORRECTIONS:

@@ -107,3 +107,13 @@ def test_an_appointment_state_counts_what_its_change_moves_and_a_deletion_nothin
     assert created and all(amount == 1 for amount in created.values())
     assert outcome_change(state, {**state, "version": Decimal(2)}) == {}  # a watch moved: no outcome changed
     assert outcome_change(state, None) == {}
+
+
+def test_a_revival_takes_its_cancellation_back_and_a_redrive_plans_nothing_new() -> None:
+    """Planned counts creations only, as `RemindersPlanned` does: a revived or redriven reminder is the same one."""
+    cancelled = _message("cancelled", "2027-03-01T07:15:00.000Z >pending planned")
+    revived = _message("pending", "2027-03-01T08:15:00.000Z cancelled>pending revived: opted out no longer holds")
+    assert message_counts(cancelled, revived, LATER) == {("2027-03-01", "08#1_day_reminder#cancelled"): -1}
+    dead = _message("dead_letter", "2027-03-01T07:15:00.000Z >pending planned")
+    redriven = _message("pending", "2027-03-01T09:15:00.000Z dead_letter>pending redriven from the dead letter queue")
+    assert message_counts(dead, redriven, LATER) == {}
