@@ -71,6 +71,19 @@ CORRECTIONS: frozenset[tuple[str, Status]] = frozenset(
 )
 
 
+def _to_pending(source: str, values: Mapping[str, Any]) -> dict[str, float]:
+    """What a move to pending counts. A creation is planned (as `RemindersPlanned` counts it); a revival takes its
+    cancellation back; a failed attempt is a retry (a deferral for quiet hours or a provider hold, with no attempt
+    spent, is not); a redrive from the DLQ is no new reminder (its dead letter stays counted, as the event it was)."""
+    if not source:
+        return {PLANNED: 1}
+    if source == Status.CANCELLED.value:
+        return {source: -1}
+    if source == Status.QUEUED.value and "attempts" in values:
+        return {RETRIED: 1}
+    return {}
+
+
 def transition_counts(
     reminder_type: str,
     source: str,
@@ -87,19 +100,11 @@ def transition_counts(
         key = counter_key(at, reminder_type, name)
         out[key] = out.get(key, 0) + amount
 
-    if target is Status.PENDING and source == Status.QUEUED.value:
-        if "attempts" in values:  # a deferral for quiet hours or a provider hold is not a retry
-            add(RETRIED)
+    if target is Status.PENDING:
+        for name, amount in _to_pending(source, values).items():
+            add(name, amount)
         return out
     if target not in COUNTED or target.value == source:
-        return out
-    if target is Status.PENDING:
-        # Planned once, when created (as `RemindersPlanned`); a revival takes its cancellation back, and a redrive
-        # (from the DLQ) is no new reminder: its dead letter stays counted, as the event it was.
-        if not source:
-            add(PLANNED)
-        elif source == Status.CANCELLED.value:
-            add(source, -1)
         return out
     add(target.value)
     if (source, target) in CORRECTIONS:
