@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final, Literal, get_args
 from zoneinfo import ZoneInfo
 
@@ -49,12 +49,14 @@ COUNT_FIELDS: Final[dict[str, str]] = {
 # ---------------------------------------------------------------------------------------------- pure arithmetic
 
 
-def hour_buckets(since: Window, now: datetime) -> list[tuple[str, str]]:
-    """The (UTC day, hour) counter buckets overlapping (now - window, now], oldest first."""
+def hour_buckets(since: Window, now: datetime, start: datetime | None = None) -> list[tuple[str, str]]:
+    """The (UTC day, hour) counter buckets overlapping (start, now], oldest first; `start` is now - window unless
+    given (a local day, which daylight saving time makes 23 or 25 hours long)."""
     if since not in WINDOW_HOURS:
         raise ValueError(f"since must be one of {', '.join(WINDOWS)}, got {since!r}")
     end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    start = (now - timedelta(hours=WINDOW_HOURS[since])).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    begin = start if start is not None else now - timedelta(hours=WINDOW_HOURS[since])
+    start = begin.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     buckets = []
     hour = start
     while hour <= end:
@@ -209,9 +211,10 @@ def build_report(
     now: datetime,
     counters_by_day: Mapping[str, Mapping[str, float]],
     live: Mapping[str, Mapping[str, int]],
+    start: datetime | None = None,
 ) -> StatisticsReport:
-    """The report from raw counters and live counts (no I/O)."""
-    buckets = hour_buckets(since, now)
+    """The report from raw counters and live counts (no I/O); `start`: as for `hour_buckets`."""
+    buckets = hour_buckets(since, now, start)
     grouped = sum_counters(counters_by_day, buckets)
     types = [t.value for t in ReminderType] + sorted((set(grouped) | set(live)) - {t.value for t in ReminderType})
     by_type = {t: figures_from_counters(grouped.get(t, {}), live.get(t)) for t in types}
@@ -219,7 +222,7 @@ def build_report(
     first_day, first_hour = buckets[0]
     return StatisticsReport(
         since=since,
-        window_start=now - timedelta(hours=WINDOW_HOURS[since]),
+        window_start=start if start is not None else now - timedelta(hours=WINDOW_HOURS[since]),
         window_end=now,
         first_hour=datetime.fromisoformat(f"{first_day}T{first_hour}:00:00+00:00"),
         by_type=by_type,
@@ -235,13 +238,20 @@ def build_report(
 # ---------------------------------------------------------------------------------------------- with storage
 
 
-def statistics(since: Window, settings: Settings, now: datetime) -> StatisticsReport:
-    """Statistics over the last hour, day or week ending at `now`, from the counters and the live `due` index."""
+def statistics(since: Window, settings: Settings, now: datetime, start: datetime | None = None) -> StatisticsReport:
+    """Statistics over the last hour, day or week ending at `now` (from `start`, when given), from the counters and
+    the live `due` index."""
     store.bind(settings)
-    buckets = hour_buckets(since, now)
+    buckets = hour_buckets(since, now, start)
     counters_by_day = {day: store.read_counters(day) for day in dict.fromkeys(day for day, _ in buckets)}
     live = store.count_dispatchable(settings.DUE_INDEX_SHARDS)
-    return replace(build_report(since, now, counters_by_day, live), outcomes=outcome_figures())
+    return replace(build_report(since, now, counters_by_day, live, start), outcomes=outcome_figures())
+
+
+def local_day_start(day: str, zone: str) -> datetime:
+    """The instant (UTC) the local `day` begins in `zone`: a day's report counts from there, so a day of 23 or 25
+    hours (daylight saving time) is counted whole, once."""
+    return datetime.combine(date.fromisoformat(day), time(0), ZoneInfo(zone)).astimezone(UTC)
 
 
 def outcome_figures() -> dict[str, Any]:
@@ -286,8 +296,8 @@ def report_day(now: datetime, settings: Settings) -> str:
 def daily_statistics(settings: Settings) -> StatisticsReport:
     """The daily run: the day's statistics, stored under the local day it covers and logged."""
     now = clock.now()
-    report = statistics("day", settings, now)
     day = report_day(now, settings)
+    report = statistics("day", settings, now, start=local_day_start(day, settings.APP_TIMEZONE))
     store_daily_report(report, day, settings)
     logger.info("daily statistics", extra={"report_day": day, "report": report.as_dict()})
     return report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
@@ -19,6 +19,7 @@ from core.statistics import (
     figures_from_counters,
     histogram,
     hour_buckets,
+    local_day_start,
     merge,
     report_day,
     sum_counters,
@@ -313,3 +314,25 @@ def test_reminders_and_sms_are_counted_apart_and_an_sms_once_however_many_it_car
             counters[name] = counters.get(name, 0) + value
     figures = figures_from_counters(counters)
     assert (figures.sent, figures.sms_sent) == (4, 2)
+
+
+@pytest.mark.parametrize(("day", "hours"), [("2027-03-28", 23), ("2027-10-31", 25), ("2027-06-01", 24)])
+def test_a_daily_report_counts_its_local_day_whole_and_once_across_daylight_saving(day: str, hours: int) -> None:
+    """Paris's spring-forward day has 23 hours and its fall-back day 25: a fixed 24-hour window counted an hour of
+    the day before twice on the first and left one out on the second."""
+    start, end = local_day_start(day, "Europe/Paris"), local_day_start(_next(day), "Europe/Paris")
+    assert end - start == timedelta(hours=hours)
+    buckets = hour_buckets("day", end, start)
+    # Each UTC hour of the local day, and the one the run at local midnight falls in (nearly empty then).
+    assert len(buckets) == hours + 1
+    assert buckets[0] == (start.strftime("%Y-%m-%d"), start.strftime("%H"))
+    before = hour_buckets("day", start, local_day_start(_previous(day), "Europe/Paris"))
+    assert set(before[:-1]).isdisjoint(buckets[:-1]) and before[-1] == buckets[0]
+
+
+def _next(day: str) -> str:
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+
+
+def _previous(day: str) -> str:
+    return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
