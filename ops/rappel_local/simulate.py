@@ -7,6 +7,7 @@ runs the real handlers with the events Lambda would give them.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -419,9 +420,13 @@ class Simulation:
             if m["text"]:
                 by_text.setdefault((m["phone"], m["text"]), []).append(m["message_id"])
         confirmations = {m["message_id"] for m in messages if m["reminder_type"] == CONFIRMATION}
+        carried = _carried_by_sms(settings)
         sends = []
         for name, record in _accepted(simulators):
-            ours = by_provider_id.get(_reference(record)) or by_text.get((record.to, record.text)) or []
+            reference = _reference(record)
+            ours = (
+                carried.get(reference) or by_provider_id.get(reference) or by_text.get((record.to, record.text)) or []
+            )
             sends.append(
                 {
                     "at": iso(record.at),
@@ -502,6 +507,23 @@ def _accepted(simulators: dict[str, ProviderSimulator]) -> list[tuple[str, SentR
     """Every accepted send of every gateway, with the gateway's name, in time order."""
     records = [(name, record) for name, simulator in simulators.items() for record in simulator.accepted]
     return sorted(records, key=lambda item: item[1].at)
+
+
+def _carried_by_sms(settings: Settings) -> dict[str, list[str]]:
+    """The reminders each SMS the provider accepted carried, by the provider's id, as the sender stored them with
+    the call (its Powertools idempotency record): what the SMS carried, whatever the messages recorded since (a
+    reminder whose "sent" write was refused, because another SMS had carried it, would not name this one). An
+    ambiguous send stored no provider id: it is found from the messages as before."""
+    client = boto3.client("dynamodb", region_name=settings.AWS_REGION, endpoint_url=settings.AWS_ENDPOINT_URL or None)
+    carried: dict[str, list[str]] = {}
+    for page in client.get_paginator("scan").paginate(TableName=settings.IDEMPOTENCY_TABLE):
+        for item in page["Items"]:
+            if item.get("status", {}).get("S") != "COMPLETED" or "data" not in item:
+                continue
+            result = json.loads(item["data"]["S"])
+            if isinstance(result, dict) and result.get("provider_message_id") and result.get("message_ids"):
+                carried[str(result["provider_message_id"])] = [str(i) for i in result["message_ids"]]
+    return carried
 
 
 def _reference(record: SentRecord) -> str:

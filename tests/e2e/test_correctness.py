@@ -368,6 +368,33 @@ def test_the_checker_sees_a_status_that_disagrees_with_what_the_provider_accepte
     assert unsent["message_id"] not in str(_check(data, expired))
 
 
+def test_a_send_is_attributed_to_every_reminder_it_carried_even_one_whose_record_names_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checker attributes an accepted SMS to the reminders the sender stored with the call (its idempotency
+    record), not only to those whose "sent" write named it: a reminder carried a second time, whose second write
+    was refused, would otherwise go uncounted in that SMS, and its double send unseen."""
+    from rappel_local import simulate as simulation
+
+    real = simulation._message_json
+
+    def first_sibling_names_no_sms(message: Any, patients: Any) -> dict[str, Any]:
+        shown = real(message, patients)
+        if shown["patient_id"] == "p1":
+            shown.update(provider_message_id=None, text=None)
+        return shown
+
+    monkeypatch.setattr(simulation, "_message_json", first_sibling_names_no_sms)
+    siblings = [*one_patient(DUE), *one_patient(DUE, number=2, name="Kofi")]
+    siblings[2]["detail"]["phone"] = phone(1)  # one phone: each reminder goes out in one SMS for both
+    out = run(scenario("2027-03-01T00:00:00Z", "2027-03-06T00:00:00Z", siblings))
+
+    (send,) = out["sends"]
+    assert sorted(send["message_ids"]) == sorted(
+        m["message_id"] for m in out["messages"] if m["reminder_type"] == "7_day_reminder"
+    )
+
+
 def test_a_run_whose_receipts_the_function_refused_is_not_a_clean_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """delivery_receipt crashing on every receipt: the gateways do not send a receipt again, so each is lost; the
     reminders stay `sent`, which no other check refuses. It used to report ok with no handler error."""
