@@ -121,7 +121,8 @@ def import_register(
         typer.Option(
             "--as-of",
             help="When the register was exported (ISO 8601, e.g. 2027-03-01T08:00:00Z); default: the file's"
-            " modification time. Its events are stamped with it, so a later clinic event is never undone.",
+            " modification time (so give it for a file edited since its export). Its events are stamped with it,"
+            " so a later clinic event is never undone.",
         ),
     ] = None,
 ) -> None:

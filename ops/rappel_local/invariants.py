@@ -44,9 +44,9 @@ def check_invariants(
     `delivery_receipt` did not answer 2xx (a crash, a refusal): neither gateway sends one again, so each is lost.
     """
     until = scenario.until
-    # An event after `until` never ran: counted, it would stand for the appointment's last schedule and hide what
-    # the ones before it called for.
-    events = [e for e in sorted(scenario.events, key=lambda e: e.at) if id(e) not in not_applied and e.at <= until]
+    # An event at or after `until` never ran (the run stops there): counted, it would stand for the appointment's
+    # last schedule and hide what the ones before it called for.
+    events = [e for e in sorted(scenario.events, key=lambda e: e.at) if id(e) not in not_applied and e.at < until]
     stops = _stop_times(events, settings)
     history = _History.of(events, settings)
     by_id = {m["message_id"]: m for m in messages}

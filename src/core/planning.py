@@ -115,7 +115,7 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
         )
         written = store.save_patient(patient)
         _count_write(result, written)
-        renewed = written and detail.sms_opt_in and detail.sms_opt_in_renewed
+        renewed = _renews(written and detail.sms_opt_in and detail.sms_opt_in_renewed, detail.phone, event_at)
         if renewed:
             store.clear_number_stop(detail.phone)
         result.merge(reconcile_patient(detail.patient_id, settings, now, patient if written else None))
@@ -159,6 +159,15 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
     else:
         result.merge(_close_appointment(detail, event_at, event_id, settings, now))
     return result
+
+
+def _renews(asked: bool, phone: str, event_at: str) -> bool:
+    """Whether a renewed consent stamped `event_at` lifts the number's stop: not one the family wrote after it (a
+    STOP after the clinic recorded the renewal is the family's latest word, whichever event arrives last)."""
+    if not asked:
+        return False
+    stopped = store.stopped_since(phone)
+    return stopped is None or stopped < event_at
 
 
 def _count_write(result: PlanningResult, written: bool) -> None:

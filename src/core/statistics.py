@@ -297,6 +297,8 @@ def daily_statistics(settings: Settings) -> StatisticsReport:
     """The daily run: the day's statistics, stored under the local day it covers and logged."""
     now = clock.now()
     day = report_day(now, settings)
+    # From the local day's midnight: the run at the next midnight counts that day whole, whatever its length; a run
+    # made later (an operator's at 09:00) counts on to its own time, under the same day.
     report = statistics("day", settings, now, start=local_day_start(day, settings.APP_TIMEZONE))
     store_daily_report(report, day, settings)
     logger.info("daily statistics", extra={"report_day": day, "report": report.as_dict()})

@@ -395,3 +395,25 @@ def test_a_renewal_at_the_clinic_gives_back_the_siblings_the_familys_stop_opted_
     assert store.get_patient("p2").sms_opt_in  # type: ignore[union-attr]
     assert not store.get_patient("p3").sms_opt_in  # type: ignore[union-attr]
     assert store.messages_of_patient("p3") == []
+
+
+def test_a_renewal_recorded_before_the_familys_stop_and_delivered_after_it_lifts_nothing(aws) -> None:
+    """The clinic records the renewal (t1), the family then replies STOP (t2), the renewal's event arrives last:
+    the STOP is the family's latest word, so the number stays stopped and no sibling is opted back in."""
+    from core.planning import set_consent
+
+    t0 = aws.clock.now()
+    handle_clinic_event(patient("p1", sms_opt_in=False, at=t0), aws.settings)  # its own record: no SMS
+    handle_clinic_event(patient("p2", display_name="Ali", at=t0), aws.settings)
+    handle_clinic_event(dose("a1", "p1"), aws.settings)
+    handle_clinic_event(dose("a2", "p2"), aws.settings)
+    renewal = patient("p1", sms_opt_in_renewed=True, at=t0 + timedelta(minutes=5))
+    aws.clock.advance_to(t0 + timedelta(minutes=10))
+    set_consent("+2250701020304", False, aws.settings)
+    aws.clock.advance_to(t0 + timedelta(minutes=15))
+
+    handle_clinic_event(renewal, aws.settings)
+
+    assert store.stopped_since("+2250701020304") is not None
+    assert not store.get_patient("p2").sms_opt_in  # type: ignore[union-attr]
+    assert {m.status for m in store.messages_of_patient("p2")} == {"cancelled"}
