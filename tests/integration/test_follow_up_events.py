@@ -111,9 +111,9 @@ def test_a_refused_publish_is_tried_again_by_the_next_run_never_lost(
     assert store.get_appointment_state("a1").unpublished == ()  # type: ignore[union-attr]
 
 
-def test_a_crash_after_the_publish_repeats_the_event_with_the_same_id(
-    pipe: Pipeline, clinic_events, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _announced_then_crash_before_the_mark(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An unreachable family, overdue; the next pass publishes its FollowUpNeeded and dies before marking it
+    published (the state's write raises). Returns the real write, to put back."""
     opted_out_family(pipe)
     pipe.clock.advance_to(OVERDUE)
     real = store.put_appointment_state
@@ -124,6 +124,13 @@ def test_a_crash_after_the_publish_repeats_the_event_with_the_same_id(
         return real(old, new, shards)
 
     monkeypatch.setattr(store, "put_appointment_state", crash_on_marking)
+    return real
+
+
+def test_a_crash_after_the_publish_repeats_the_event_with_the_same_id(
+    pipe: Pipeline, clinic_events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = _announced_then_crash_before_the_mark(pipe, monkeypatch)
     assert followup.run_due(pipe.settings, pipe.clock.now()).errors == 1  # that state's error: the pass goes on
     assert [e["detail-type"] for e in clinic_events()] == ["FollowUpNeeded"]
     monkeypatch.setattr(store, "put_appointment_state", real)
@@ -171,16 +178,7 @@ def test_a_dose_given_between_the_publish_and_its_mark_still_closes_the_announce
 def test_a_follow_up_closed_after_a_crash_before_its_mark_is_closed_for_the_clinic(
     pipe: Pipeline, clinic_events, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    opted_out_family(pipe)
-    pipe.clock.advance_to(OVERDUE)
-    real = store.put_appointment_state
-
-    def crash_on_marking(old: Any, new: Any, shards: int) -> bool:
-        if new.needed_published:
-            raise RuntimeError("crash between the publish and the write after it")
-        return real(old, new, shards)
-
-    monkeypatch.setattr(store, "put_appointment_state", crash_on_marking)
+    real = _announced_then_crash_before_the_mark(pipe, monkeypatch)
     followup.run_due(pipe.settings, pipe.clock.now())
     monkeypatch.setattr(store, "put_appointment_state", real)
     pipe.clock.sleep(60)

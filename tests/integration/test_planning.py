@@ -255,22 +255,26 @@ def test_the_store_refuses_an_illegal_transition_before_and_at_dynamodb(aws) -> 
     assert store.get_message(message.message_id).status == "cancelled"
 
 
+# One register row (`rappel import`): a patient and one appointment.
+REGISTER_ROW = {
+    "patient_id": "p1",
+    "phone": "+2250701020304",
+    "timezone": "Africa/Abidjan",
+    "language": "fr",
+    "sms_opt_in": "true",
+    "display_name": "Awa",
+    "appointment_id": "a1",
+    "vaccine": "Penta",
+    "dose": "1",
+    "due_date": "2027-03-20",
+    "clinic": "CSU Abobo",
+}
+
+
 def test_a_register_discreet_column_sets_the_flag_and_a_bad_value_names_the_field(aws) -> None:
     from rappel_cli.importer import import_rows
 
-    row = {
-        "patient_id": "p1",
-        "phone": "+2250701020304",
-        "timezone": "Africa/Abidjan",
-        "language": "fr",
-        "sms_opt_in": "true",
-        "display_name": "Awa",
-        "appointment_id": "a1",
-        "vaccine": "Penta",
-        "dose": "1",
-        "due_date": "2027-03-20",
-        "clinic": "CSU Abobo",
-    }
+    row = dict(REGISTER_ROW)
     good = import_rows([{**row, "discreet": "yes"}], aws.settings)
     bad = import_rows([{**row, "patient_id": "p2", "appointment_id": "a2", "discreet": "maybe"}], aws.settings)
 
@@ -346,19 +350,7 @@ def test_importing_the_same_register_again_never_undoes_a_later_clinic_event(aws
     to scheduled and revived its three reminders, for a dose already given."""
     from rappel_cli.importer import import_rows
 
-    row = {
-        "patient_id": "p1",
-        "phone": "+2250701020304",
-        "timezone": "Africa/Abidjan",
-        "language": "fr",
-        "sms_opt_in": "true",
-        "display_name": "Awa",
-        "appointment_id": "a1",
-        "vaccine": "Penta",
-        "dose": "1",
-        "due_date": "2027-03-20",
-        "clinic": "CSU Abobo",
-    }
+    row = dict(REGISTER_ROW)
     exported = aws.clock.now() - timedelta(days=1)
     assert import_rows([row], aws.settings, as_of=exported).created == 3
     aws.clock.advance_to(aws.clock.now() + timedelta(hours=1))
