@@ -303,7 +303,6 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
         if stored is not None and AMBIGUOUS not in stored:
             # Its SMS went out before a crash (or is going out from another sender now), then it was cancelled and
             # revived: grouped now with a sibling, it would go out under a new key, a second time.
-            logger.warning("an SMS accepted before a crash is recorded now", extra={"message_id": message.message_id})
             return _record_replayed(message, stored, settings)
         # Its request went unanswered while it was cancelled and revived (the policy's write could not land then): it
         # goes alone under that request's key, whose replay applies the policy, never in a new SMS.
@@ -401,15 +400,13 @@ def _went_out(message: MessageRecord, settings: Settings) -> dict[str, Any] | No
     """The provider's stored acceptance of the SMS this message's claim made, if it went out before a crash (an
     ambiguous outcome is not one: its replay applies the policy)."""
     stored = _stored_send(message, settings)
-    if stored is None or AMBIGUOUS in stored:
-        return None
-    logger.warning("an SMS accepted before a crash is recorded now", extra={"message_id": message.message_id})
-    return stored
+    return None if stored is None or AMBIGUOUS in stored else stored
 
 
 def _record_replayed(message: MessageRecord, accepted: dict[str, Any], settings: Settings) -> SendOutcome:
     """Record as sent what the provider accepted for this message before a crash, from its stored acceptance (one
     stored before results kept their text has none: the text is then left unrecorded)."""
+    logger.warning("an SMS accepted before a crash is recorded now", extra={"message_id": message.message_id})
     text = accepted.get("text")
     segments = count_segments(text) if text else None
     carried = len(accepted.get("message_ids") or [message.message_id])
