@@ -11,6 +11,7 @@ import hmac
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from core import clock, followup, store
@@ -158,7 +159,15 @@ def _members_of_sms(sms_id: str) -> tuple[list[str], dict[str, MessageRecord]]:
 
 
 _SOURCES = {Status.DELIVERED: frozenset({Status.SENT, Status.FAILED}), Status.FAILED: frozenset({Status.SENT})}
-MOVED, RECORDED, UNCHANGED, STALE = "moved", "recorded", "unchanged", "stale"
+
+
+class _Move(StrEnum):
+    """What a receipt did to the message as read (the last two are also a receipt's answer)."""
+
+    MOVED = "moved"  # to its target status
+    STALE = "stale"  # changed since it was read: refused by the write's version guard
+    RECORDED = "recorded"  # an intermediate status, noted on a sent message
+    UNCHANGED = "unchanged"
 
 
 def _move(
@@ -168,13 +177,13 @@ def _move(
     learnt: dict[str, str] | None,
     settings: Settings,
     now: datetime,
-) -> str:
-    """A receipt's change to the message as read: MOVED to `target`; RECORDED (an intermediate status) or UNCHANGED
-    when it had nothing to move; STALE when the message changed since it was read (the write's version guard)."""
+) -> _Move:
+    """A receipt's change to the message as read (`_Move`): moved to `target`, recorded or unchanged when it had
+    nothing to move, stale when the message changed since it was read."""
     if target is None or message.state not in _SOURCES[target]:
         if message.state is Status.SENT and store.record_receipt_status(message.message_id, provider_status):
-            return RECORDED
-        return UNCHANGED
+            return _Move.RECORDED
+        return _Move.UNCHANGED
     stamp = {"delivered_at": iso(now)} if target is Status.DELIVERED else {"failed_at": iso(now)}
     change = Change(
         target=target,
@@ -183,7 +192,7 @@ def _move(
         guard=Guard.VERSION,
         reason=f"{'delivered' if target is Status.DELIVERED else 'undeliverable'} (receipt {provider_status})",
     )
-    return MOVED if store.transition(message, change, at=now, settings=settings) else STALE
+    return _Move.MOVED if store.transition(message, change, at=now, settings=settings) else _Move.STALE
 
 
 def _ambiguous_sms_for(address: object) -> list[str]:
@@ -256,12 +265,12 @@ def apply_receipt(
         return ReceiptOutcome("unknown")
     now = clock.now()
     moved = _move(message, provider_status, target, learnt, settings, now)
-    if moved == STALE:
+    if moved is _Move.STALE:
         # Changed since it was read (another receipt for it at the same moment): judged again, once, as it now is.
         again = store.get_message(message_id)
-        moved = _move(again, provider_status, target, learnt, settings, now) if again is not None else UNCHANGED
-    if moved != MOVED or target is None:
-        return ReceiptOutcome(UNCHANGED if moved == STALE else moved, message_id)
+        moved = _move(again, provider_status, target, learnt, settings, now) if again is not None else _Move.UNCHANGED
+    if moved is not _Move.MOVED or target is None:
+        return ReceiptOutcome((_Move.UNCHANGED if moved is _Move.STALE else moved).value, message_id)
     if target is Status.DELIVERED:
         followup.note_delivered(message, settings, now)
         count(MetricName.SMS_DELIVERED, reminder_type=message.reminder_type, provider=provider.value)
