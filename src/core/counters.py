@@ -65,9 +65,14 @@ def counter_key(at: datetime, reminder_type: str, name: str) -> tuple[str, str]:
 
 
 # Moves that correct an earlier ending, whose count they take back: a late DeliveredToTerminal after
-# DeliveryImpossible; a reminder whose SMS had gone out before its cancellation was written.
+# DeliveryImpossible; a reminder whose SMS had gone out before its cancellation was written; an ambiguous dead letter
+# whose receipt came.
 CORRECTIONS: frozenset[tuple[str, Status]] = frozenset(
-    {(Status.FAILED.value, Status.DELIVERED), (Status.CANCELLED.value, Status.SENT)}
+    {
+        (Status.FAILED.value, Status.DELIVERED),
+        (Status.CANCELLED.value, Status.SENT),
+        (Status.DEAD_LETTER.value, Status.SENT),
+    }
 )
 
 

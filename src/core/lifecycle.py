@@ -30,7 +30,7 @@ class Status(StrEnum):
 # opted in again) while the deadline is open, and the store refuses it for a message the provider may have taken;
 # CANCELLED -> SENT is the record catching up: the provider had taken the SMS before the cancellation was written
 # (a cancellation during the request, or a crash before the sent write), and a cancelled reminder is one no SMS
-# carried.
+# carried; DEAD_LETTER -> SENT too: the receipt of an ambiguous send that was dead-lettered shows the provider took it.
 ALLOWED: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.QUEUED, Status.CANCELLED, Status.EXPIRED}),
     Status.QUEUED: frozenset(
@@ -45,7 +45,7 @@ ALLOWED: dict[Status, frozenset[Status]] = {
     ),
     Status.SENT: frozenset({Status.DELIVERED, Status.FAILED}),
     Status.FAILED: frozenset({Status.DELIVERED}),
-    Status.DEAD_LETTER: frozenset({Status.PENDING, Status.CANCELLED, Status.EXPIRED}),
+    Status.DEAD_LETTER: frozenset({Status.PENDING, Status.SENT, Status.CANCELLED, Status.EXPIRED}),
     Status.DELIVERED: frozenset(),
     Status.CANCELLED: frozenset({Status.PENDING, Status.SENT}),
     Status.EXPIRED: frozenset(),

@@ -195,6 +195,24 @@ def _move(
     return _Move.MOVED if store.transition(message, change, at=now, settings=settings) else _Move.STALE
 
 
+def _taken_after_all(
+    message: MessageRecord, provider: ProviderName, settings: Settings, now: datetime
+) -> MessageRecord | None:
+    """An ambiguous send dead-lettered for an operator (its text is recorded), whose receipt came: the provider took
+    the SMS after all. Recorded sent, from when it was tried, before an operator sends it again; the receipt then
+    settles it as it would any sent message. The message as it now is (an operator's resend may have come first)."""
+    change = Change(
+        target=Status.SENT,
+        sources=frozenset({Status.DEAD_LETTER}),
+        set={"sent_at": message.failed_at or iso(now), "provider": provider.value},
+        guard=Guard.VERSION,
+        reason=f"ambiguous send taken by {provider.value} after all: its receipt came",
+    )
+    if store.transition(message, change, at=now, settings=settings):
+        logger.info("ambiguous dead letter taken after all", extra={"message_id": message.message_id})
+    return store.get_message(message.message_id)
+
+
 def _ambiguous_sms_for(address: object) -> list[str]:
     """The reminders of the one ambiguous SMS to this receipt's recipient, if there is exactly one (else none).
 
@@ -264,6 +282,10 @@ def apply_receipt(
         logger.warning("receipt for a message unknown or not this provider's", extra={"provider": provider.value})
         return ReceiptOutcome("unknown")
     now = clock.now()
+    if message.state is Status.DEAD_LETTER and message.text is not None:
+        message = _taken_after_all(message, provider, settings, now)
+        if message is None:
+            return ReceiptOutcome(_Move.UNCHANGED.value, message_id)
     moved = _move(message, provider_status, target, learnt, settings, now)
     if moved is _Move.STALE:
         # Changed since it was read (another receipt for it at the same moment): judged again, once, as it now is.

@@ -808,6 +808,8 @@ def _back_to_pending(message: MessageRecord, now: datetime, settings: Settings, 
             "due_shard": store.shard_of(message.message_id, settings.DUE_INDEX_SHARDS),
             "text": None,  # what an ambiguous attempt carried: no longer this message's last word
             "segments": None,
+            "provider_message_id": None,  # nor is its stand-in id, which a receipt would match
+            "sms_reminders": None,
             "sms_key": None,  # bound to no SMS: the next claim composes a new one
         },
         guard=Guard.VERSION,
@@ -946,9 +948,21 @@ def _after_failure(
             carried=carried,
         )
     if decision.verdict is Verdict.DEAD_LETTER:
-        # An ambiguous one keeps its text, as "sent" would: it may have gone out (operators and receipts match it).
-        text = {"text": rendered.text, "segments": rendered.segments} if error.kind is FailureKind.AMBIGUOUS else None
-        return _dead_letter(message, decision.reason, attempt, now, settings, extra=text, provider=provider)
+        # An ambiguous one is recorded as "sent" would be, text, provider and stand-in id: it may have gone out, and
+        # its receipt, if one comes, settles it (`receipts`) before an operator sends it again.
+        taken = (
+            {
+                "text": rendered.text,
+                "segments": rendered.segments,
+                "provider": provider,
+                "provider_message_id": _stand_in_id(message, provider, to),
+                "sms_reminders": carried if carried > 1 else None,
+                "ambiguous": True,
+            }
+            if error.kind is FailureKind.AMBIGUOUS
+            else None
+        )
+        return _dead_letter(message, decision.reason, attempt, now, settings, extra=taken, provider=provider)
     if decision.verdict is Verdict.EXPIRE:
         return _settle(message, Status.EXPIRED, decision.reason, now, settings, attempts=attempt)
     outcome = _defer(message, decision.until or now, decision.reason, now, settings, attempts=attempt)

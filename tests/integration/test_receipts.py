@@ -16,7 +16,7 @@ import boto3
 import botocore.client
 import pytest
 
-from core import pacing, receipts, store
+from core import pacing, receipts, sending, store
 from core.lifecycle import Status
 from core.observability import discard_metrics
 from core.settings import ProviderName, build_settings
@@ -685,3 +685,40 @@ def test_an_orange_receipt_for_a_lone_reminder_does_not_wait_and_reads_its_messa
 
     assert pipe.message(sent).status == "delivered"
     assert (waits, reads) == ([], ["Query", "GetItem"])
+
+
+@pytest.mark.parametrize(
+    ("provider", "siblings"),
+    [("orange", 1), ("orange", 2), ("kannel", 1), ("kannel", 2)],
+    ids=["orange-alone", "orange-grouped", "kannel-alone", "kannel-grouped"],
+)
+def test_the_receipt_of_an_ambiguous_dead_letter_settles_it_so_no_operator_sends_it_again(
+    pipe: Pipeline, provider: str, siblings: int
+) -> None:
+    """With SMS_ON_AMBIGUOUS_SEND=dead_letter an operator decides whether to `rappel resend` a send whose answer never
+    came. Its receipt used to change nothing: the operator saw a dead letter and sent the family the SMS a second
+    time. The receipt shows the provider took it: it is recorded sent (a correction of the dead letter, as the
+    counters say), then settled as the receipt says; a resend is then refused."""
+    if provider == "kannel":
+        pipe.start_kannel(faults=[Fault(timeout="after_send")])
+    else:
+        pipe.start_orange(receipt_delay_seconds=20, faults=[Fault(timeout="after_send")])
+    pipe.configure(SMS_ON_AMBIGUOUS_SEND="dead_letter", SMS_PROVIDERS=provider, PROVIDER_READ_TIMEOUT_SECONDS="0.5")
+    ids = [pipe.plan(n, "2027-03-20", phone=PHONE)["7_day_reminder"] for n in range(1, siblings + 1)]
+    pipe.clock.advance_to(DUE_AT)
+    pipe.cycle()
+    assert {pipe.message(i).status for i in ids} == {"dead_letter"}
+
+    if provider == "kannel":
+        response = _kannel(pipe, pipe.message(ids[0]).sms_key or ids[0], "1")
+    else:
+        (accepted,) = pipe.accepted()
+        response = _orange(pipe, _notification(accepted.message_id, "DeliveredToTerminal"))
+
+    assert _answer(response) == (200, "delivered")
+    assert {pipe.message(i).status for i in ids} == {"delivered"}
+    assert all("dead_letter>sent" in " ".join(pipe.message(i).history or []) for i in ids)
+    assert not any(sending.resend_dead_letter(i, pipe.settings) for i in ids)
+    pipe.aws.tally()
+    day = statistics("day", pipe.settings, pipe.clock.now()).total
+    assert (day.dead_lettered, day.sent, day.delivered) == (0, siblings, siblings)
