@@ -10,7 +10,7 @@ HOST_ARCH := $(shell uname -m | sed 's/aarch64/arm64/; s/amd64/x86_64/')
 HOST_BUILD_DIR ?= .aws-sam/build-host
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: install run test lint format validate build build-host lock unit integration contract e2e bench clean chromium kannel
+.PHONY: install run test lint format validate build build-host lock unit integration e2e bench clean chromium kannel
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -77,7 +77,7 @@ unit: install
 integration: install
 	$(BIN)/pytest -q tests/integration
 
-e2e: install
+e2e: install $(SAM_VENV)/.installed chromium kannel
 	$(BIN)/pytest -q tests/e2e
 
 bench: install

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 
 from core.settings import Settings
 
@@ -32,7 +33,8 @@ class DetailType(StrEnum):
 
 
 class EventNotPublished(RuntimeError):
-    """EventBridge refused the event (its error code and message are in the text)."""
+    """The event is not on the bus: EventBridge refused it, or the call failed (an outage, a throttle after
+    botocore's retries). Its error code and message, or the error's type, are in the text."""
 
 
 @functools.cache
@@ -46,18 +48,19 @@ def reset_clients() -> None:
 
 
 def publish(detail_type: DetailType, detail: Mapping[str, Any], at: datetime, settings: Settings) -> None:
-    """Put one event on the configured bus; raises EventNotPublished when EventBridge refuses it."""
-    response = _events(settings.AWS_REGION, settings.AWS_ENDPOINT_URL).put_events(
-        Entries=[
-            {
-                "Source": SOURCE,
-                "DetailType": detail_type.value,
-                "Detail": json.dumps(dict(detail), separators=(",", ":"), sort_keys=True),
-                "EventBusName": settings.EVENT_BUS_NAME,
-                "Time": at,
-            }
-        ]
-    )
+    """Put one event on the configured bus; raises EventNotPublished when it is not there (refused, or the call
+    failed): callers keep what they must publish for later on that one error."""
+    entry = {
+        "Source": SOURCE,
+        "DetailType": detail_type.value,
+        "Detail": json.dumps(dict(detail), separators=(",", ":"), sort_keys=True),
+        "EventBusName": settings.EVENT_BUS_NAME,
+        "Time": at,
+    }
+    try:
+        response = _events(settings.AWS_REGION, settings.AWS_ENDPOINT_URL).put_events(Entries=[entry])
+    except (ClientError, BotoCoreError) as exc:
+        raise EventNotPublished(f"{detail_type.value}: {type(exc).__name__}") from exc
     if response.get("FailedEntryCount"):
         entry = (response.get("Entries") or [{}])[0]
         raise EventNotPublished(f"{detail_type.value}: {entry.get('ErrorCode')}: {entry.get('ErrorMessage')}")

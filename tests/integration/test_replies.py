@@ -441,11 +441,25 @@ def test_a_reply_change_overtaken_by_a_later_change_of_its_patients_is_dropped(
     assert store.number_stopped(PHONE) and clinic_events() == [] and confirmations() == []
 
 
+class _Unreachable:
+    """EventBridge down as boto3 reports it: the call itself fails (a 5xx after botocore's retries)."""
+
+    def put_events(self, **_: Any) -> None:
+        raise botocore.exceptions.ClientError(
+            {"Error": {"Code": "InternalException", "Message": "service unavailable"}}, "PutEvents"
+        )
+
+
+@pytest.mark.parametrize("outage", ["entry_refused", "call_failed"])
 def test_a_stop_after_a_refused_opt_in_event_is_applied_even_while_eventbridge_still_refuses(
-    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+    pipe: Pipeline,
+    clinic_events: Callable[[], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    outage: str,
 ) -> None:
     """An OUI's event refused leaves its change pending; a STOP that comes while EventBridge still refuses used to
-    fail on publishing that old event first (a 500, never retried by Kannel): the STOP was lost, the number open."""
+    fail on publishing that old event first (a 500, never retried by Kannel): the STOP was lost, the number open.
+    The same when the call itself fails (`call_failed`: a ClientError, which only the entry's refusal was caught as)."""
     reminders = list(pipe.plan(1).values())
     assert outcome(reply(pipe, "STOP")) == "opted_out"
 
@@ -453,7 +467,10 @@ def test_a_stop_after_a_refused_opt_in_event_is_applied_even_while_eventbridge_s
         raise notify.EventNotPublished(f"{detail_type.value}: InternalFailure: try again")
 
     with monkeypatch.context() as patched:
-        patched.setattr(notify, "publish", refused)
+        if outage == "entry_refused":
+            patched.setattr(notify, "publish", refused)
+        else:
+            patched.setattr(notify, "_events", lambda *_: _Unreachable())
         pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=1))
         with pytest.raises(notify.EventNotPublished):
             apply_reply(InboundSms(PHONE, "OUI", 3, "1234"), pipe.settings)
