@@ -27,7 +27,10 @@ from aws_lambda_powertools.utilities.idempotency import (
     IdempotencyConfig,
     idempotent_function,
 )
-from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyItemNotFoundError
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyItemNotFoundError,
+    IdempotencyPersistenceLayerError,
+)
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS
 from pydantic import ValidationError
 
@@ -214,7 +217,9 @@ def _idempotent_send(settings: Settings) -> IdempotentSend:
     config = IdempotencyConfig(event_key_jmespath="key", expires_after_seconds=IDEMPOTENCY_TTL_SECONDS)
 
     @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)
-    def send_once(request: dict[str, Any], before_request: Callable[[], None]) -> dict[str, Any]:
+    def send_once(
+        request: dict[str, Any], before_request: Callable[[], None], answered: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         # The reminders the SMS carried are kept with the result: a replay after a crash settles exactly those.
         carried = {"message_ids": request.get("message_ids"), "text": request["text"]}
         try:
@@ -226,8 +231,10 @@ def _idempotent_send(settings: Settings) -> IdempotentSend:
                 raise  # not sent: Powertools forgets the call, and the next try makes a new request
             # The request left and no answer came: kept as the call's result (Powertools forgets a call that raised),
             # so a crash before the policy's write replays this, never a second request.
-            return {"provider": request["provider"], AMBIGUOUS: [error.code, error.detail], **carried}
-        return {"provider": accepted.provider, "provider_message_id": accepted.provider_message_id, **carried}
+            answered.append({"provider": request["provider"], AMBIGUOUS: [error.code, error.detail], **carried})
+            return answered[-1]
+        answered.append({"provider": accepted.provider, "provider_message_id": accepted.provider_message_id, **carried})
+        return answered[-1]
 
     # What the decorator does on each call, done once here so that `accepted` can read before any call.
     persistence.configure(config, f"{send_once.__module__}.{send_once.__qualname__}")
@@ -612,7 +619,7 @@ def _request(
 
     try:
         try:
-            accepted = send_once(request=request, before_request=at_the_request)
+            accepted = _outcome_of(send_once, request, at_the_request)
         finally:
             if requested:  # how long the provider took sizes the lanes (a replay made no request)
                 pacer.observe((clock.now() - requested[-1]).total_seconds())
@@ -631,6 +638,23 @@ def _request(
     if requested:  # a replay asked no provider anything: it says nothing of this one's circuit
         provider_state.record_answer(provider, clock.now())
     return _record_accepted(accepted, request, members, rendered, settings)
+
+
+def _outcome_of(
+    send_once: Callable[..., dict[str, Any]], request: dict[str, Any], before_request: Callable[[], None]
+) -> dict[str, Any]:
+    """The idempotent call's outcome. When the provider answered and Powertools could not store the answer (a
+    DynamoDB error), the answer in hand: failing the record instead would bring it back after the in-progress
+    record's expiry, and the SMS would be requested again. Only a crash before the sent write is then left to that
+    expiry (the residual window of a death inside the call)."""
+    answered: list[dict[str, Any]] = []
+    try:
+        return send_once(request=request, before_request=before_request, answered=answered)
+    except IdempotencyPersistenceLayerError:
+        if not answered:
+            raise
+        logger.warning("the provider's answer could not be stored for a replay; recorded from the answer in hand")
+        return answered[-1]
 
 
 def _record_accepted(

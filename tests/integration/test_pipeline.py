@@ -476,6 +476,37 @@ def test_a_crash_between_provider_accept_and_the_sent_write_replays_the_stored_r
     assert stored.provider_message_id == pipe.accepted()[0].message_id
 
 
+def test_an_answer_powertools_could_not_store_is_recorded_from_the_answer_in_hand(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orange answered 201 and Powertools' save of the result failed (a DynamoDB throttle after botocore's retries):
+    the idempotency record stayed in progress and the record failed. It came back after the visibility timeout,
+    past the in-progress record's expiry, and the SMS was requested a second time. The answer is in hand: it is
+    recorded at once, as any answer is."""
+    message_id = _due_now(pipe)
+    persistence = sending._idempotent_send(pipe.settings).persistence
+    real_save = persistence.save_success
+    failures: list[str] = []
+
+    def save_fails_once(*args: Any, **kwargs: Any) -> None:
+        if not failures:
+            failures.append("save_success")
+            raise RuntimeError("ProvisionedThroughputExceededException after botocore's retries")
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(persistence, "save_success", save_fails_once)
+    pipe.dispatch()
+    received = pipe.receive()
+
+    assert pipe.send(received) == {"batchItemFailures": []}
+
+    stored = pipe.message(message_id)
+    assert failures == ["save_success"] and len(pipe.send_requests()) == 1
+    assert (stored.status, stored.provider_message_id) == ("sent", pipe.accepted()[0].message_id)
+    pipe.send(received)  # the same record again (an SQS duplicate): stale, nothing requested
+    assert len(pipe.send_requests()) == 1
+
+
 @pytest.mark.parametrize("policy", ["assume_sent", "dead_letter"])
 def test_a_crash_after_an_ambiguous_send_and_before_its_write_replays_it_not_sends_it_again(
     pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], policy: str
