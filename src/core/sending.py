@@ -625,19 +625,31 @@ def _request(
                 pacer.observe((clock.now() - requested[-1]).total_seconds())
     except _NotNow as not_now:
         now = clock.now()
-        return [
+        not_requested = [
             _settle(m.message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
             if parse_iso(m.message.deadline) <= not_now.sent_by
             else _defer(m.message, not_now.until, not_now.why, now, settings)
             for m in members
         ]
+        return _unbind_the_cancelled(request["key"], members, not_requested)
     except ProviderError as error:
-        return _after_provider_error(error, provider, members, rendered, settings, pacer)
+        refused = _after_provider_error(error, provider, members, rendered, settings, pacer)
+        return refused if isinstance(refused, str) else _unbind_the_cancelled(request["key"], members, refused)
     if AMBIGUOUS in accepted:  # this call's, or a replay of one whose outcome a crash kept from being written
         return _after_ambiguous(accepted, bool(requested), members, rendered, settings)
     if requested:  # a replay asked no provider anything: it says nothing of this one's circuit
         provider_state.record_answer(provider, clock.now())
     return _record_accepted(accepted, request, members, rendered, settings)
+
+
+def _unbind_the_cancelled(key: str, members: list[_Ready], outcomes: list[SendOutcome]) -> list[SendOutcome]:
+    """`outcomes`, after the SMS `key` did not go out (refused, or never requested): its reminders that a STOP or a
+    clinic event cancelled meanwhile (their write found them changed) lose their binding to it, or an opt-in could
+    never revive them."""
+    for member, outcome in zip(members, outcomes, strict=True):
+        if outcome is SendOutcome.STALE and member.message.sms_key == key:
+            store.unbind_cancelled_from_sms(member.message.message_id, key)
+    return outcomes
 
 
 def _outcome_of(
@@ -1051,10 +1063,11 @@ def _dead_letter(
     # The DLQ copy goes first: a crash before the status write leaves the record to be retried, and a spare
     # copy on the DLQ is dropped as stale when redriven. The other order could strand a dead letter.
     queue.put_dead_letter(QueuedMessage(message.message_id, int(message.version) + 1), settings)
+    # Not an ambiguous one (`extra`): its SMS did not go out, so it is bound to none (a revival refuses a bound one).
     change = Change(
         target=Status.DEAD_LETTER,
         sources=frozenset({Status.QUEUED}),
-        set={"last_error": why, "attempts": attempt, "failed_at": iso(now), **(extra or {})},
+        set={"last_error": why, "attempts": attempt, "failed_at": iso(now), **(extra or {"sms_key": None})},
         # The version too: the DLQ copy above names version + 1, and only that copy may take the dead letter back.
         guard=Guard.VERSION | Guard.ATTEMPTS,
     )

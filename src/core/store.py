@@ -673,6 +673,18 @@ def ambiguous_send_key(phone: str) -> str:
     return f"ambiguous:{recipient_key(phone)}"
 
 
+def unbind_cancelled_from_sms(message_id: str, sms_key: str) -> bool:
+    """A cancelled reminder's binding to the SMS `sms_key`, which did not go out, removed: a revival refuses a bound
+    reminder, one that SMS may have carried. False when it is not cancelled or not bound to that SMS."""
+    return _applied(
+        lambda: _update(
+            MessageRecord(message_id),
+            actions=[MessageRecord.sms_key.remove()],
+            condition=(MessageRecord.status == Status.CANCELLED.value) & (MessageRecord.sms_key == sms_key),
+        )
+    )
+
+
 def message_ids_by_provider_id(provider_message_id: str) -> list[str]:
     """Every message one provider SMS carried (a grouped SMS carries several reminders)."""
     return [str(item.message_id) for item in MessageRecord.provider_index.query(provider_message_id)]

@@ -1130,14 +1130,14 @@ def test_a_redriven_dead_letter_goes_back_to_pending_and_is_sent_by_the_next_run
 
 
 def test_a_redriven_grouped_dead_letter_starts_afresh_and_may_be_revived_after_a_cancellation(pipe: Pipeline) -> None:
-    """Siblings' reminders dead-lettered as one grouped SMS whose request failed: taken back by a redrive, they are
-    bound to no SMS any more (that one never went out), so a cancellation then an opt-in revives them."""
+    """Siblings' reminders dead-lettered as one grouped SMS whose request failed: bound to no SMS any more (that one
+    never went out), and taken back by a redrive, a cancellation then an opt-in revives them."""
     pipe.configure(SMS_MAX_RETRIES=0)
     pipe.start_orange(faults=[Fault(nth=1, status=503)])
     ids = [pipe.plan(n, DUE, phone=PHONE)["7_day_reminder"] for n in (1, 2)]
     pipe.clock.advance_to(SEVEN_DAY)
     pipe.cycle()
-    assert {pipe.message(i).status for i in ids} == {"dead_letter"} and all(pipe.message(i).sms_key for i in ids)
+    assert {pipe.message(i).status for i in ids} == {"dead_letter"} and not any(pipe.message(i).sms_key for i in ids)
     queue.redrive(pipe.settings)
     pipe.send(pipe.receive())
     assert {pipe.message(i).status for i in ids} == {"pending"}
@@ -1418,3 +1418,51 @@ def test_a_replay_routed_to_the_second_provider_asks_it_nothing_and_leaves_its_c
     assert (stored.status, stored.provider) == ("sent", "orange")
     assert [r for r in kannel.received if r.endpoint == "send"] == []
     assert provider_state.circuits(pipe.clock.now(), fresh=True)["kannel"].failures == 1
+
+
+class _StopWhilePacing(pacing.Pacer):
+    """The family's STOP lands after its SMS was composed and bound to its reminders, before the request."""
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__()
+        self.settings, self.stopped = settings, False
+
+    def wait(self, per_second: float) -> None:
+        if not self.stopped:
+            self.stopped = True
+            planning.set_consent(PHONE, False, self.settings)
+        super().wait(per_second)
+
+
+@pytest.mark.parametrize("siblings", [1, 2], ids=["alone", "grouped"])
+@pytest.mark.parametrize("how", ["stop_during_a_refused_request", "dead_letter_then_stop"])
+def test_reminders_bound_to_an_sms_that_never_went_out_are_revived_by_an_opt_in(
+    pipe: Pipeline, siblings: int, how: str
+) -> None:
+    """A reminder bound to a grouped SMS keeps its binding while that SMS may have gone out: a revival refuses it.
+    An SMS Orange refused (503) did not go out, yet its reminders kept the binding when a STOP had cancelled them
+    meanwhile (their deferral found them cancelled), or when their retries ran out (a dead letter): the family's
+    OUI then left them cancelled for good. A lone reminder, never bound, was revived."""
+    pipe.start_orange(faults=[Fault(nth=1, status=503)])
+    if how == "dead_letter_then_stop":
+        pipe.configure(SMS_MAX_RETRIES="0")
+    ids = [pipe.plan(n, DUE, phone=PHONE, display_name=f"Child{n}")["7_day_reminder"] for n in range(1, siblings + 1)]
+    pipe.clock.advance_to(SEVEN_DAY)
+    if how == "stop_during_a_refused_request":
+        sending.select_pacer(_StopWhilePacing(pipe.settings))
+    try:
+        pipe.cycle()
+    finally:
+        sending.select_pacer(None)
+    if how == "dead_letter_then_stop":
+        assert {pipe.message(i).status for i in ids} == {"dead_letter"}
+        planning.set_consent(PHONE, False, pipe.settings)
+    assert {pipe.message(i).status for i in ids} == {"cancelled"} and pipe.accepted() == []
+
+    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=5))
+    planning.set_consent(PHONE, True, pipe.settings)  # the family answers OUI
+
+    assert {pipe.message(i).status for i in ids} == {"pending"}
+    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=1))
+    pipe.cycle()
+    assert {pipe.message(i).status for i in ids} == {"sent"} and len(pipe.accepted()) == 1
