@@ -123,9 +123,9 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
             for other in store.patients_with_phone(detail.phone):
                 if other.patient_id == detail.patient_id:
                     continue
-                if not other.sms_opt_in and other.event_id in STOP_OPT_OUTS:
-                    # Opted out by the number's stop (a reply, an operator), not by its own clinic record: the
-                    # renewal lifts that, as `rappel optin` would; unless a later change of its own came since.
+                if consent_changes(other, True):
+                    # The renewal lifts what the number's stop did, as `rappel optin` would; unless a later change
+                    # of its own came since.
                     store.set_opt_in(other.patient_id, True, event_at, "renewal-optin", only_after=other.event_id)
                 result.merge(reconcile_patient(other.patient_id, settings, now))
     elif isinstance(detail, DoseScheduled):
@@ -491,6 +491,15 @@ def set_consent(phone: str, opt_in: bool, settings: Settings) -> ConsentChange:
 STOP_OPT_OUTS = frozenset({"reply-optout", "operator-optout"})
 
 
+def consent_changes(patient: PatientRecord, opt_in: bool) -> bool:
+    """Whether opting the patient's number in (or out) changes the patient's own consent. An opt-in lifts only an
+    opt-out the number's stop made (a reply, an operator: `STOP_OPT_OUTS`), never one its clinic record says: a
+    family's OUI, `rappel optin` and a renewal at the clinic all give a sibling its clinic refused nothing."""
+    if opt_in:
+        return not patient.sms_opt_in and patient.event_id in STOP_OPT_OUTS
+    return bool(patient.sms_opt_in)
+
+
 @dataclass
 class ConsentChange:
     """What opting a number in or out did: whether its stop was written (opt-out) or lifted (opt-in) by this
@@ -533,11 +542,19 @@ def change_consent(
     result = PlanningResult()
     flipped = False
     for patient in patients:
-        flips = bool(patient.sms_opt_in) != opt_in
+        flips = consent_changes(patient, opt_in)
         flipped |= flips
-        # An opt-out leaves a patient already opted out as its own record has it: a renewal lifts only what the
-        # number's stop did (`STOP_OPT_OUTS`).
-        if flips or opt_in:
-            store.set_opt_in(patient.patient_id, opt_in, stamp, f"{by}-optin" if opt_in else f"{by}-optout")
+        # An opt-out leaves a patient already opted out as its own record has it, and an opt-in a patient its clinic
+        # opted out (`consent_changes`); an opt-in stamps the others it leaves opted in.
+        if flips:
+            store.set_opt_in(
+                patient.patient_id,
+                opt_in,
+                stamp,
+                f"{by}-optin" if opt_in else f"{by}-optout",
+                only_after=patient.event_id if opt_in else None,
+            )
+        elif opt_in and patient.sms_opt_in:
+            store.set_opt_in(patient.patient_id, True, stamp, f"{by}-optin")
         result.merge(reconcile_patient(patient.patient_id, settings, now))
     return ConsentChange(number, changed, stopped_at, patients, flipped, result)

@@ -39,7 +39,7 @@ from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger
 from core.phone import InvalidPhoneNumber, mask_phone, normalize_phone
-from core.planning import ConsentChange, change_consent
+from core.planning import ConsentChange, change_consent, consent_changes
 from core.receipts import ReceiptRejected
 from core.retry import patiently
 from core.settings import Settings
@@ -239,7 +239,7 @@ def apply_reply(sms: InboundSms, settings: Settings) -> InboundOutcome:
         keyword=found.keyword,
         at=iso(now),
         stopped_before=store.stopped_since(sms.sender) if opt_in else None,
-        flipped_before=any(bool(p.sms_opt_in) != opt_in for p in patients),
+        flipped_before=any(consent_changes(p, opt_in) for p in patients),
         token=secrets.token_hex(8),
     )
     if not opt_in:

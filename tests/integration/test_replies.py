@@ -15,12 +15,14 @@ import botocore.client
 import botocore.exceptions
 import pytest
 
-from core import notify, replies, store
+from core import notify, planning, replies, store
 from core.lifecycle import Status
+from core.planning import handle_clinic_event
 from core.replies import InboundSms, apply_reply
 from core.store import MessageRecord, parse_iso
 from core.wanted import CONFIRMATION
 from rappel_local.embedded import function_url_event, invoke
+from tests.helpers import dose, patient
 from tests.integration.pipeline_kit import PHONE, Pipeline
 
 pytestmark = pytest.mark.integration
@@ -525,3 +527,29 @@ def test_a_second_oui_while_eventbridge_still_refuses_the_first_keeps_its_change
     assert outcome(reply(pipe, "Merci")) == "unknown_text"
     assert [e["detail-type"] for e in clinic_events()] == ["PatientOptedOut", "PatientOptedIn"]
     assert sorted(m.appointment_id for m in confirmations()) == ["#opted_in", "#opted_out"]
+
+
+@pytest.mark.parametrize("stopped_first", [False, True], ids=["number_not_stopped", "after_a_stop"])
+@pytest.mark.parametrize("by", ["reply", "operator"])
+def test_an_opt_in_never_opts_in_a_sibling_its_own_clinic_record_opted_out(
+    pipe: Pipeline, by: str, stopped_first: bool
+) -> None:
+    """p2 shares p1's phone and its clinic recorded it opted out. The family's OUI (or `rappel optin`) opted every
+    patient with the number in: p2 got reminders its clinic had refused. An opt-in lifts the number's stop and the
+    opt-outs that stop made, as a renewal does, not a clinic's own."""
+    p1 = list(pipe.plan(1).values())
+    assert handle_clinic_event(patient("p2", phone=PHONE, sms_opt_in=False, display_name="Kofi"), pipe.settings).applied
+    handle_clinic_event(dose("a2", "p2", due_date="2027-03-20"), pipe.settings)
+    if stopped_first:
+        assert outcome(reply(pipe, "STOP")) == "opted_out"
+        pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=1))
+
+    if by == "reply":
+        answered = outcome(reply(pipe, "OUI"))
+        assert answered == ("opted_in" if stopped_first else "unchanged")
+    else:
+        planning.set_consent(PHONE, True, pipe.settings)
+
+    assert statuses(p1) == {"pending"} and store.get_patient("p1").sms_opt_in  # type: ignore[union-attr]
+    assert not store.get_patient("p2").sms_opt_in  # type: ignore[union-attr]
+    assert list(store.messages_of_patient("p2")) == []
