@@ -518,16 +518,36 @@ def get_message(message_id: str, *, read_since: datetime | None = None) -> Messa
     """The message (strongly consistent), or None.
 
     `read_since`: inside a send batch's `read_ahead`, the batch's read of the message answers if it was made at or
-    after this instant and nothing here wrote the message since; it answers once (a second ask reads the table)."""
+    after this instant and nothing here wrote the message since; it answers once (a second ask reads the table).
+    Read too long ago, it is read again together with its number's stop (`_read_again_for_send`)."""
     ahead = _ahead.get()
     if read_since is not None and ahead is not None:
         taken = ahead.pop(("message", message_id), None)
-        if isinstance(taken, _MessageRead) and taken.at >= read_since:
-            return taken.message
+        if isinstance(taken, _MessageRead):
+            if taken.at >= read_since:
+                return taken.message
+            with contextlib.suppress(RuntimeError):  # a throttled batch read: the message alone, below
+                return _read_again_for_send(ahead, taken.message)
     try:
         return MessageRecord.get(message_id, consistent_read=True)
     except MessageRecord.DoesNotExist:
         return None
+
+
+def _read_again_for_send(ahead: dict[tuple[str, str], Any], read: MessageRecord) -> MessageRecord | None:
+    """A send batch's message, read again with its number's stop in one BatchGetItem, the stop kept for the check
+    that follows: a STOP writes the number's stop before it cancels the reminders, so a stop read as long ago as the
+    message would miss one whose cancellations have not landed yet."""
+    patient = ahead.get(("patient", str(read.patient_id)))
+    stop_key = (_STOP, str(patient.phone)) if isinstance(patient, PatientRecord) else None
+    wanted: dict[type[Model], list[Any]] = {MessageRecord: [read.message_id]}
+    if stop_key is not None:
+        wanted[OpsRecord] = [stop_key]
+    items = _batch_read(wanted)
+    if stop_key is not None:
+        ahead[("stop", stop_key[1])] = items.get((OpsRecord, stop_key))
+    found = items.get((MessageRecord, read.message_id))
+    return found if isinstance(found, MessageRecord) else None
 
 
 def create_message(message: MessageRecord, at: datetime, reason: str = "planned") -> bool:
