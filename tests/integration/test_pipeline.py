@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
 import botocore.client
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-from core import dispatch, pacing, planning, provider_state, queue, sending, store
+from core import dispatch, pacing, planning, provider_state, queue, secrets, sending, store
 from core.circuit import HOLD_INTERVAL, CircuitKind
 from core.lifecycle import Status
 from core.observability import discard_metrics
@@ -26,7 +27,7 @@ from core.store import MessageRecord, iso, parse_iso
 from rappel_local.embedded import FakeLambdaContext, sqs_event
 from rappel_local.orange_simulator import Fault, OrangeSimulator
 from tests.helpers import dose, envelope, patient
-from tests.integration.pipeline_kit import PHONE, Pipeline, bodies, emf
+from tests.integration.pipeline_kit import CLIENT_ID, CLIENT_SECRET, PHONE, Pipeline, bodies, emf
 
 pytestmark = pytest.mark.integration
 
@@ -1490,3 +1491,24 @@ def test_a_stop_written_while_a_batch_is_paced_is_seen_when_its_reminder_is_chec
     pipe.send(received)
 
     assert pipe.accepted() == [] and pipe.message(message_id).status == "cancelled"
+
+
+def test_new_credentials_put_in_the_secret_end_a_hold_for_revoked_ones(pipe: Pipeline) -> None:
+    """The runbook for a hold on revoked credentials: put new ones in the Orange secret, and sending resumes at the
+    next probe (or `rappel release-hold`). The provider was built once per process with the credentials it first
+    read, so a warm sender kept probing with the revoked ones and the hold came back each time."""
+    secrets_manager = boto3.client("secretsmanager", region_name=pipe.settings.AWS_REGION)
+    name = pipe.settings.ORANGE_CREDENTIALS_SECRET
+    revoked = {"client_id": CLIENT_ID, "client_secret": "revoked"}
+    secrets_manager.put_secret_value(SecretId=name, SecretString=json.dumps(revoked))
+    message_id = _due_now(pipe)
+    pipe.cycle()
+    assert provider_state.circuits(pipe.clock.now(), fresh=True)["orange"].kind is CircuitKind.HOLD
+
+    fresh = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    secrets_manager.put_secret_value(SecretId=name, SecretString=json.dumps(fresh))
+    secrets.reset()  # the secrets' five-minute cache, which a probe 30 minutes later is past
+    pipe.clock.advance_to(pipe.clock.now() + HOLD_INTERVAL + timedelta(minutes=1))
+    pipe.cycle()
+
+    assert pipe.message(message_id).status == "sent"

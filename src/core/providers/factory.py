@@ -1,4 +1,5 @@
-"""Build the configured provider, with its credentials from Secrets Manager; one instance per process."""
+"""Build the configured provider, with its credentials from Secrets Manager; one instance per process and
+credentials."""
 
 from __future__ import annotations
 
@@ -13,19 +14,30 @@ from core.settings import ProviderName, Settings
 
 
 def provider_for(settings: Settings, name: str | None = None) -> SmsProvider:
-    """The provider `name` (by default the first in failover order), built once per process: Orange's token cache
-    lives in the instance."""
-    return _build(settings, ProviderName(name) if name else settings.primary_provider)
+    """The provider `name` (by default the first in failover order), built once per process for the credentials
+    its secrets hold now (read through the secrets' five-minute cache): Orange's token cache lives in the instance,
+    and new credentials put in a secret (the runbook for revoked ones) are taken up without a deploy."""
+    provider = ProviderName(name) if name else settings.primary_provider
+    return _build(settings, provider, _credentials(settings, provider))
 
 
-@functools.cache
-def _build(settings: Settings, name: ProviderName) -> SmsProvider:
+def _credentials(settings: Settings, name: ProviderName) -> tuple[str, ...]:
     if name is ProviderName.ORANGE:
-        credentials = secret_json(settings.ORANGE_CREDENTIALS_SECRET, settings)
+        orange = secret_json(settings.ORANGE_CREDENTIALS_SECRET, settings)
+        return str(orange.get("client_id", "")), str(orange.get("client_secret", ""))
+    kannel = secret_json(settings.KANNEL_CREDENTIALS_SECRET, settings)
+    token = secret_text(settings.RECEIPT_TOKEN_SECRET, settings)
+    return str(kannel.get("username", "")), str(kannel.get("password", "")), token
+
+
+@functools.lru_cache(maxsize=8)
+def _build(settings: Settings, name: ProviderName, credentials: tuple[str, ...]) -> SmsProvider:
+    if name is ProviderName.ORANGE:
+        client_id, client_secret = credentials
         return OrangeProvider(
             base_url=settings.ORANGE_API_BASE_URL,
-            client_id=str(credentials.get("client_id", "")),
-            client_secret=str(credentials.get("client_secret", "")),
+            client_id=client_id,
+            client_secret=client_secret,
             sender_address=settings.ORANGE_SENDER_ADDRESS,
             sender_name=settings.ORANGE_SENDER_NAME,
             connect_timeout=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS,
@@ -33,12 +45,11 @@ def _build(settings: Settings, name: ProviderName) -> SmsProvider:
             clock=clock.INSTALLED,
             country=settings.ORANGE_COUNTRY,
         )
-    credentials = secret_json(settings.KANNEL_CREDENTIALS_SECRET, settings)
-    token = secret_text(settings.RECEIPT_TOKEN_SECRET, settings)
+    username, password, token = credentials
     return KannelProvider(
         sendsms_url=settings.KANNEL_SENDSMS_URL,
-        username=str(credentials.get("username", "")),
-        password=str(credentials.get("password", "")),
+        username=username,
+        password=password,
         sender=settings.KANNEL_SENDER,
         dlr_url_base=f"{settings.RECEIPT_BASE_URL.rstrip('/')}/kannel?token={token}",
         connect_timeout=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS,
