@@ -55,18 +55,22 @@ class Pacer:
         """
         self.pause_until(clock.now() + interval(per_second))
 
-    def wait(self, per_second: float) -> None:
-        """Sleep (on the installed clock) until this instance may send again; the slot is taken on return. A pause
-        that came while a lane slept (another lane's request was throttled) sends it for a slot after the pause."""
+    def wait(self, per_second: float, latest: datetime | None = None) -> datetime | None:
+        """Sleep (on the installed clock) until this instance may send again; the slot is taken on return (None). A
+        pause that came while a lane slept (another lane's request was throttled) sends it for a slot after the
+        pause. A slot later than `latest` (a long pause: the invocation would end first) is neither waited for nor
+        taken: it is returned."""
         while True:
             with self._lock:
                 now = clock.now()
                 slot = now if self._next is None or self._next <= now else self._next
+                if latest is not None and slot > latest:
+                    return slot
                 self._next = slot + interval(per_second)
             clock.sleep((slot - now).total_seconds())
             with self._lock:
                 if self._paused is None or self._paused <= clock.now():
-                    return
+                    return None
 
     def observe(self, seconds: float) -> None:
         """Note how long one provider call took (a moving average, so one slow call does not size the pool)."""

@@ -79,6 +79,12 @@ def _no_time_for_a_request() -> bool:
     return guard is not None and guard[0]() < guard[1]
 
 
+def _last_useful_moment() -> datetime | None:
+    """The last moment this invocation can still start a request and hear its answer (None: no Lambda context)."""
+    guard = _time_left.get()
+    return None if guard is None else clock.now() + timedelta(milliseconds=guard[0]() - guard[1])
+
+
 class SendOutcome(StrEnum):
     """What became of one reminder of a send queue record (logs, tests and the batch's own bookkeeping)."""
 
@@ -597,29 +603,11 @@ def _request(
 ) -> list[SendOutcome] | str:
     """One request to `provider` (or the replay of a stored result) and each reminder's outcome; or, when the
     provider turned out to be down (its circuit open, or held), why, for the next provider to take the SMS."""
-    lead = members[0]
     send_once = _idempotent_send(settings).send_once
-    deadline = min(parse_iso(m.message.deadline) for m in members)
     requested: list[datetime] = []
-
-    def at_the_request() -> None:
-        # Paced right before the HTTP request, after the adapter has its token: the pace is that of requests,
-        # whatever a token fetch took. Pacing took time, and so will the call: a request that could reach the
-        # provider inside quiet hours (or after a deadline) waits for the next allowed time instead.
-        pacer.wait(settings.sender_pace_per_second)
-        if _no_time_for_a_request():  # the pace took what the call needed
-            raise _NotNow(clock.now(), "too little time left in this invocation", clock.now())
-        requested.append(clock.now())
-        sent_by = clock.now() + timedelta(seconds=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS)
-        if deadline <= sent_by:
-            raise _NotNow(sent_by, "deadline passed before it could be sent", sent_by)
-        allowed = next_allowed(sent_by, lead.zone, settings.quiet_hours)
-        if allowed != sent_by:
-            raise _NotNow(allowed, "quiet hours", sent_by)
-
     try:
         try:
-            accepted = _outcome_of(send_once, request, at_the_request)
+            accepted = _outcome_of(send_once, request, _at_the_request(members, settings, pacer, requested))
         finally:
             if requested:  # how long the provider took sizes the lanes (a replay made no request)
                 pacer.observe((clock.now() - requested[-1]).total_seconds())
@@ -640,6 +628,32 @@ def _request(
     if requested:  # a replay asked no provider anything: it says nothing of this one's circuit
         provider_state.record_answer(provider, clock.now())
     return _record_accepted(accepted, request, members, rendered, settings)
+
+
+def _at_the_request(
+    members: list[_Ready], settings: Settings, pacer: Pacer, requested: list[datetime]
+) -> Callable[[], None]:
+    """What runs right before the HTTP request (after the adapter has its token: the pace is that of requests,
+    whatever a token fetch took), noting its time in `requested`. Pacing took time, and so will the call: a request
+    that could reach the provider inside quiet hours or after a deadline, or that this invocation has no time left
+    for, raises `_NotNow` instead."""
+    deadline = min(parse_iso(m.message.deadline) for m in members)
+
+    def at_the_request() -> None:
+        slot = pacer.wait(settings.sender_pace_per_second, latest=_last_useful_moment())
+        if slot is not None:  # a provider's pause (Retry-After) outlasts this invocation: wait for it as pending
+            raise _NotNow(slot, "throttled: the provider's pause outlasts this invocation", slot)
+        if _no_time_for_a_request():  # the pace took what the call needed
+            raise _NotNow(clock.now(), "too little time left in this invocation", clock.now())
+        requested.append(clock.now())
+        sent_by = clock.now() + timedelta(seconds=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS)
+        if deadline <= sent_by:
+            raise _NotNow(sent_by, "deadline passed before it could be sent", sent_by)
+        allowed = next_allowed(sent_by, members[0].zone, settings.quiet_hours)
+        if allowed != sent_by:
+            raise _NotNow(allowed, "quiet hours", sent_by)
+
+    return at_the_request
 
 
 def _unbind_the_cancelled(key: str, members: list[_Ready], outcomes: list[SendOutcome]) -> list[SendOutcome]:
@@ -733,7 +747,7 @@ def _after_provider_error(
     """What a refused or failed request means for the provider's circuit, then for each reminder of the SMS; or
     why the provider is down, when it is (the SMS then goes to the next provider)."""
     now = clock.now()
-    if error.code.startswith(("429", "http_429")):
+    if error.kind is FailureKind.THROTTLED:
         provider_state.record_answer(provider, now)  # throttling is an answer: the provider is up
         return [_throttled(m.message, error, pacer, m.zone, settings) for m in members]
     if error.kind is FailureKind.REFUSED:

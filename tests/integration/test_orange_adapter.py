@@ -300,7 +300,7 @@ def test_rate_limit_gives_429_with_retry_after(sim_clock: VirtualClock, adapter_
             send(adapter, mid=str(i))
         with pytest.raises(ProviderError) as caught:
             send(adapter, mid="3")
-        assert (caught.value.kind, caught.value.code) == (FailureKind.TRANSIENT, "429/53")
+        assert (caught.value.kind, caught.value.code) == (FailureKind.THROTTLED, "429/53")
         assert caught.value.retry_after_seconds == 1.0
         assert len(sim.accepted) == 3
         sim_clock.sleep(1)

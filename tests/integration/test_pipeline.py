@@ -1011,7 +1011,8 @@ def test_a_redrive_leaves_an_ambiguous_dead_letter_for_an_operator_who_may_resen
 def test_no_request_starts_without_the_time_to_hear_its_answer(pipe: Pipeline) -> None:
     """The remaining-time guard holds at the request, not only when its record starts: a record begun with 16 s left
     that then waits 12 s for its pace (a provider's Retry-After) would have its call cut off by the timeout, and its
-    in-progress idempotency record expire: the next delivery would call the provider again."""
+    in-progress idempotency record expire: the next delivery would call the provider again. It waits for that pace
+    as pending, without sleeping through what is left of the invocation."""
     message_id = _due_now(pipe)
     pipe.dispatch()
     received = pipe.receive()
@@ -1032,7 +1033,12 @@ def test_no_request_starts_without_the_time_to_hear_its_answer(pipe: Pipeline) -
 
     assert pipe.send_requests() == [] and response == {"batchItemFailures": []}
     deferred = pipe.message(message_id)
-    assert (deferred.status, deferred.attempts, deferred.due_at) == ("pending", 0, iso(pipe.clock.now()))
+    assert (deferred.status, deferred.attempts, deferred.due_at) == (
+        "pending",
+        0,
+        iso(SEVEN_DAY + timedelta(seconds=12)),
+    )
+    assert pipe.clock.now() < ends_at
 
 
 def test_the_time_kept_for_a_request_follows_the_configured_timeouts(pipe: Pipeline) -> None:
@@ -1062,11 +1068,11 @@ class _ExpireTokensBeforeSecondSend(pacing.Pacer):
         self.simulator = simulator
         self.calls = 0
 
-    def wait(self, per_second: float) -> None:
+    def wait(self, per_second: float, latest: datetime | None = None) -> datetime | None:
         self.calls += 1
         if self.calls == 2:
             self.simulator.expire_tokens()
-        super().wait(per_second)
+        return super().wait(per_second, latest)
 
 
 def test_a_token_expiring_mid_batch_is_refreshed_once_and_everything_goes(pipe: Pipeline) -> None:
@@ -1428,11 +1434,11 @@ class _StopWhilePacing(pacing.Pacer):
         super().__init__()
         self.settings, self.stopped = settings, False
 
-    def wait(self, per_second: float) -> None:
+    def wait(self, per_second: float, latest: datetime | None = None) -> datetime | None:
         if not self.stopped:
             self.stopped = True
             planning.set_consent(PHONE, False, self.settings)
-        super().wait(per_second)
+        return super().wait(per_second, latest)
 
 
 @pytest.mark.parametrize("siblings", [1, 2], ids=["alone", "grouped"])
@@ -1512,3 +1518,50 @@ def test_new_credentials_put_in_the_secret_end_a_hold_for_revoked_ones(pipe: Pip
     pipe.cycle()
 
     assert pipe.message(message_id).status == "sent"
+
+
+@pytest.mark.parametrize("body", ["plain", "oneapi_policy_error"])
+def test_a_429_is_a_throttle_whatever_its_body_says(pipe: Pipeline, body: str) -> None:
+    """A 429 was told from other failures by its error code, which is the body's OneAPI id when it has one
+    (POL0001): such a 429 spent one of the reminder's attempts and counted towards the provider's circuit. By its
+    HTTP status, it is a throttle: the sender pauses and the reminder waits, with no attempt spent."""
+    pipe.start_orange(faults=[Fault(nth=1, status=429, **({"message_id": "POL0001"} if body != "plain" else {}))])
+    message_id = _due_now(pipe)
+    pipe.cycle()
+
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.attempts) == ("pending", 0) and stored.last_error.startswith("throttled")
+    assert "orange" not in provider_state.circuits(pipe.clock.now(), fresh=True)
+
+
+def test_a_pause_longer_than_the_invocation_has_left_defers_the_batch_instead_of_sleeping_past_its_end(
+    pipe: Pipeline,
+) -> None:
+    """A 429 with `Retry-After: 300` on a batch's first request paused the sender, and the batch's next request slept
+    the whole pause before the remaining-time guard looked: with 60 s left, Lambda would have killed the invocation,
+    and the whole batch come back 12 minutes later. A request whose slot comes after the invocation's last useful
+    moment waits for it as pending, without an attempt spent."""
+    pipe.start_orange(faults=[Fault(nth=1, status=429, retry_after=300)])
+    ids = [pipe.plan(n, DUE)["7_day_reminder"] for n in (1, 2)]
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.dispatch()
+    received = pipe.receive()
+    ends_at = pipe.clock.now() + timedelta(seconds=60)
+    left: list[int] = []
+
+    class Context(FakeLambdaContext):
+        def get_remaining_time_in_millis(self) -> int:
+            left.append(int((ends_at - pipe.clock.now()).total_seconds() * 1000))
+            return left[-1]
+
+    sending.select_pacer(pacing.Pacer())
+    try:
+        response = sending.process_send_batch(
+            sqs_event(received, pipe.queue_arn(pipe.settings.SEND_QUEUE_URL)), Context(), pipe.settings
+        )
+    finally:
+        sending.select_pacer(None)
+
+    assert response == {"batchItemFailures": []} and pipe.clock.now() < ends_at and min(left) > 0
+    assert {(pipe.message(i).status, pipe.message(i).attempts) for i in ids} == {("pending", 0)}
+    assert all(parse_iso(pipe.message(i).due_at) >= SEVEN_DAY + timedelta(seconds=300) for i in ids)

@@ -72,7 +72,7 @@ TABLE = [
     (403, oneapi("POL0001", key="policyException"), FailureKind.REFUSED, "POL0001"),
     (404, None, FailureKind.PROVIDER_WIDE, "http_404"),
     (406, gateway(None, "Not acceptable"), FailureKind.PROVIDER_WIDE, "http_406"),
-    (429, gateway(53, "Too many requests"), FailureKind.TRANSIENT, "429/53"),
+    (429, gateway(53, "Too many requests"), FailureKind.THROTTLED, "429/53"),
     (500, gateway(1, "Internal error"), FailureKind.TRANSIENT, "500/1"),
     (502, None, FailureKind.TRANSIENT, "http_502"),
     (503, gateway(5, "Service unavailable"), FailureKind.TRANSIENT, "503/5"),
@@ -172,7 +172,9 @@ def test_never_crashes_and_kind_follows_status(status: int, body: Any, retry_aft
     error = classify_http(status, body, headers, now=NOW)
     assert isinstance(error.kind, FailureKind)
     assert error.code
-    if status == 429 or 500 <= status <= 599:
+    if status == 429:
+        assert error.kind is FailureKind.THROTTLED  # whatever the body's code (a OneAPI POL0001, say)
+    if 500 <= status <= 599:
         assert error.kind is FailureKind.TRANSIENT
     if status == 403:
         assert error.kind is FailureKind.REFUSED

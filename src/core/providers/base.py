@@ -34,6 +34,8 @@ class FailureKind(StrEnum):
     PROVIDER_WIDE = "provider_wide"
     # Refused (HTTP 403): this recipient, or the whole account (no bundle left). The sender asks the balance which.
     REFUSED = "refused"
+    # Too many requests (HTTP 429), whatever the body says: back-pressure, not a failure of the message or provider.
+    THROTTLED = "throttled"
     AMBIGUOUS = "ambiguous"
 
 
@@ -244,8 +246,10 @@ def _kind_for(status: int, parsed: ErrorBody) -> FailureKind:
         return FailureKind.REFUSED
     if status in (404, 406):
         return FailureKind.PROVIDER_WIDE
+    if status == 429:
+        return FailureKind.THROTTLED
     # 408: the server gave up waiting for our request, so nothing was sent.
-    if status in (408, 429) or 500 <= status <= 599:
+    if status == 408 or 500 <= status <= 599:
         return FailureKind.TRANSIENT
     if 400 <= status <= 499:
         return FailureKind.PERMANENT
@@ -272,7 +276,7 @@ def classify_http(
     parsed = parse_error_body(body)
     kind = _kind_for(status, parsed)
     retry_after = None
-    if kind is FailureKind.TRANSIENT:
+    if kind in {FailureKind.TRANSIENT, FailureKind.THROTTLED}:
         retry_after = parse_retry_after(_header(headers, "Retry-After"), now or core_clock.now())
     detail = f"HTTP {status}" + (f": {parsed.text}" if parsed.text else "")
     return ProviderError(kind, _code_for(status, parsed), detail, retry_after)
