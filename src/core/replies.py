@@ -57,6 +57,7 @@ CONFIRMATION_LIFETIME = timedelta(hours=24)
 # Kannel's `coding` (%c): 0 GSM 7-bit, 1 8-bit binary, 2 UCS-2. Character sets that mean UCS-2's bytes.
 _CODINGS = frozenset({"", "0", "1", "2"})
 _UTF16 = frozenset({"UTF-16BE", "UTF16BE", "UCS-2", "UCS2", "UTF-16", "ISO-10646-UCS-2"})
+_KANNEL_8BIT = "8-BIT"  # what Kannel's %C says for 8-bit data that came with no character set
 _WORD_SEPARATORS = re.compile(r"[\W_]+")
 
 
@@ -195,8 +196,11 @@ def _raw_text(raw_query: str) -> bytes:
 
 def _decode(raw: bytes, coding: str, charset: str) -> str:
     """The text from its bytes: the character set Kannel names (%C) first; UCS-2 (coding 2) as UTF-16BE when it
-    names none; else UTF-8, or Latin-1 for bytes that are not UTF-8 (an SMSC in a legacy character set)."""
+    names none; else UTF-8, or Latin-1 for bytes that are not UTF-8 (an SMSC in a legacy character set). Kannel's
+    `8-BIT` (8-bit data that came with no character set) names none."""
     name = charset.upper().replace("_", "-")
+    if name == _KANNEL_8BIT:
+        name = ""
     if name in _UTF16 or (not name and coding == "2"):
         return raw.decode("utf-16-be", errors="replace")
     if name:

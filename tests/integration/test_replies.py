@@ -267,6 +267,8 @@ def test_a_2000_character_text_is_cut_to_one_sms_before_anything(pipe: Pipeline)
         "from=%2B2250701020304&to=1234&text=%00S%00T%00O%00P&coding=2",  # UCS-2, no charset: UTF-16BE
         "from=%2B2250701020304&to=1234&text=%00A%00R%00R%00%CA%00T&coding=2&charset=UTF-16BE",  # "ARRÊT"
         "from=2250701020304&to=1234&text=Arr%C3%AAt&coding=0&charset=UTF-8",  # an SMSC that drops the +
+        # 8-bit data with no character set: Kannel's %C says "8-BIT" (gw/urltrans.c), which names no codec.
+        "from=%2B2250701020304&to=1234&text=STOP&coding=1&charset=8-BIT",
     ],
 )
 def test_ucs2_and_charsets_are_decoded(pipe: Pipeline, query: str) -> None:
