@@ -15,7 +15,9 @@ from __future__ import annotations
 import calendar
 import csv
 import random
+import re
 import sys
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -310,7 +312,11 @@ def generate_register(
             family = (birth, visits, phone, timezone, language, sms_opt_in, clinic)
         display_name = _display_name(rng)
         for visit in visits:
-            bookings = [(v, f"-{v}") for v in visit.vaccines] if clinic == PER_VACCINE_CLINIC else [(visit.vaccine, "")]
+            bookings = (
+                [(v, f"-{_id_safe(v)}") for v in visit.vaccines]
+                if clinic == PER_VACCINE_CLINIC
+                else [(visit.vaccine, "")]
+            )
             rows += [
                 RegisterRow(
                     patient_id=patient_id,
@@ -328,6 +334,13 @@ def generate_register(
                 for vaccine, suffix in bookings
             ]
     return rows
+
+
+def _id_safe(vaccine: str) -> str:
+    """A vaccine's name as part of an appointment id, which allows letters, digits and `._:-` only ("Fièvre jaune"
+    gives "Fievre-jaune")."""
+    ascii_name = unicodedata.normalize("NFKD", vaccine).encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z0-9._:]+", "-", ascii_name).strip("-")
 
 
 def write_register_csv(rows: Iterable[RegisterRow], path: str | Path) -> None:
