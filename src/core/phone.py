@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import phonenumbers
 
-__all__ = ["InvalidPhoneNumber", "mask_phone", "normalize_phone"]
+__all__ = ["InvalidPhoneNumber", "known_region", "mask_phone", "normalize_phone"]
 
 # Longer inputs are not phone numbers; refusing them early keeps parsing cheap on hostile events.
 _MAX_RAW_LENGTH = 64
@@ -16,6 +16,15 @@ _MAX_RAW_LENGTH = 64
 _MASK = "******"
 # Below this many digits after the country code, even the last two would reveal too much of the number.
 _MIN_DIGITS_TO_SHOW_TAIL = 6
+
+
+def known_region(region: str) -> str:
+    """`region` if phonenumbers knows it as a country for numbers written without their country code; raises
+    ValueError otherwise (the United Kingdom is "GB", not "UK")."""
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"{region!r} is not a region phonenumbers knows (an ISO 3166 alpha-2 code, e.g. CI or GB)")
+    return region
+
 
 _PARSE_ERRORS: dict[int, str] = {
     phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "unknown country code, or no country code and no "

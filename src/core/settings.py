@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.phone import known_region
 from core.providers.orange import SENDER_NAME
 from core.zones import known_zone
 
@@ -143,6 +144,11 @@ class Settings(BaseSettings):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         return known_zone(value)
+
+    @field_validator("SMS_DEFAULT_REGION")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        return known_region(value)
 
     @field_validator(
         "SMS_QUIET_HOURS_START",

@@ -33,3 +33,12 @@ def test_a_bad_provider_list_stops_start_up_naming_the_variable(overrides: dict[
     with pytest.raises(ConfigurationError) as raised:
         build_settings(**overrides)
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("region", ["UK", "XX"])
+def test_a_default_region_phonenumbers_does_not_know_stops_start_up_naming_the_variable(region: str) -> None:
+    """ "UK" matched the two-letter pattern, and then every national-format number in clinic events was refused at
+    run time with an error that named no setting (the United Kingdom is "GB")."""
+    with pytest.raises(ConfigurationError, match="SMS_DEFAULT_REGION"):
+        build_settings(SMS_DEFAULT_REGION=region)
+    assert build_settings(SMS_DEFAULT_REGION="GB").SMS_DEFAULT_REGION == "GB"
