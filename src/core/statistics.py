@@ -49,20 +49,33 @@ COUNT_FIELDS: Final[dict[str, str]] = {
 # ---------------------------------------------------------------------------------------------- pure arithmetic
 
 
-def hour_buckets(since: Window, now: datetime, start: datetime | None = None) -> list[tuple[str, str]]:
-    """The (UTC day, hour) counter buckets overlapping (start, now], oldest first; `start` is now - window unless
-    given (a local day, which daylight saving time makes 23 or 25 hours long)."""
+def hour_buckets(
+    since: Window, now: datetime, start: datetime | None = None, end: datetime | None = None
+) -> list[tuple[str, str]]:
+    """The (UTC day, hour) counter buckets of a window, oldest first.
+
+    Without `start`: those overlapping (now - window, now]. With `start` and `end`, a local day (which daylight
+    saving time makes 23 or 25 hours long): the hours that begin in [start, end) and before `now`, so that each hour
+    is counted in one day's report, the one it begins in (in a half-hour zone, the hour that straddles midnight
+    goes to the day before)."""
     if since not in WINDOW_HOURS:
         raise ValueError(f"since must be one of {', '.join(WINDOWS)}, got {since!r}")
-    end = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    begin = start if start is not None else now - timedelta(hours=WINDOW_HOURS[since])
-    start = begin.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    hour = timedelta(hours=1)
+    if start is None:
+        first = _hour_of(now - timedelta(hours=WINDOW_HOURS[since]))
+        stop = _hour_of(now) + hour
+    else:
+        first = _hour_of(start) + (hour if _hour_of(start) < start else timedelta(0))
+        stop = min(now, end) if end is not None else now
     buckets = []
-    hour = start
-    while hour <= end:
-        buckets.append((hour.strftime("%Y-%m-%d"), hour.strftime("%H")))
-        hour += timedelta(hours=1)
+    while first < stop:
+        buckets.append((first.strftime("%Y-%m-%d"), first.strftime("%H")))
+        first += hour
     return buckets
+
+
+def _hour_of(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def sum_counters(
@@ -212,23 +225,25 @@ def build_report(
     counters_by_day: Mapping[str, Mapping[str, float]],
     live: Mapping[str, Mapping[str, int]],
     start: datetime | None = None,
+    end: datetime | None = None,
 ) -> StatisticsReport:
-    """The report from raw counters and live counts (no I/O); `start`: as for `hour_buckets`."""
-    buckets = hour_buckets(since, now, start)
+    """The report from raw counters and live counts (no I/O); `start` and `end`: as for `hour_buckets`."""
+    buckets = hour_buckets(since, now, start, end)
     grouped = sum_counters(counters_by_day, buckets)
     types = [t.value for t in ReminderType] + sorted((set(grouped) | set(live)) - {t.value for t in ReminderType})
     by_type = {t: figures_from_counters(grouped.get(t, {}), live.get(t)) for t in types}
     live_total = {status: sum(live.get(t, {}).get(status, 0) for t in types) for status in ("pending",)}
-    first_day, first_hour = buckets[0]
+    window_start = start if start is not None else now - timedelta(hours=WINDOW_HOURS[since])
+    first_hour = datetime.fromisoformat(f"{buckets[0][0]}T{buckets[0][1]}:00:00+00:00") if buckets else window_start
     return StatisticsReport(
         since=since,
-        window_start=start if start is not None else now - timedelta(hours=WINDOW_HOURS[since]),
+        window_start=window_start,
         window_end=now,
-        first_hour=datetime.fromisoformat(f"{first_day}T{first_hour}:00:00+00:00"),
+        first_hour=first_hour,
         by_type=by_type,
         total=figures_from_counters(merge(grouped.values()), live_total),
         notes=(
-            "counts are per hour bucket (UTC): counted_from may be up to an hour before window_start",
+            "counts are per hour bucket (UTC): counted_from may be up to an hour from window_start",
             "pending is a live count at window_end, not a count over the window",
             f"p95 values are histogram bucket upper bounds; '>{BOUNDS[-1]}' means beyond the last bound",
         ),
@@ -238,14 +253,16 @@ def build_report(
 # ---------------------------------------------------------------------------------------------- with storage
 
 
-def statistics(since: Window, settings: Settings, now: datetime, start: datetime | None = None) -> StatisticsReport:
-    """Statistics over the last hour, day or week ending at `now` (from `start`, when given), from the counters and
-    the live `due` index."""
+def statistics(
+    since: Window, settings: Settings, now: datetime, start: datetime | None = None, end: datetime | None = None
+) -> StatisticsReport:
+    """Statistics over the last hour, day or week ending at `now` (a local day from `start` to `end`, when given),
+    from the counters and the live `due` index."""
     store.bind(settings)
-    buckets = hour_buckets(since, now, start)
+    buckets = hour_buckets(since, now, start, end)
     counters_by_day = {day: store.read_counters(day) for day in dict.fromkeys(day for day, _ in buckets)}
     live = store.count_dispatchable(settings.DUE_INDEX_SHARDS)
-    return replace(build_report(since, now, counters_by_day, live, start), outcomes=outcome_figures())
+    return replace(build_report(since, now, counters_by_day, live, start, end), outcomes=outcome_figures())
 
 
 def local_day_start(day: str, zone: str) -> datetime:
@@ -297,9 +314,11 @@ def daily_statistics(settings: Settings) -> StatisticsReport:
     """The daily run: the day's statistics, stored under the local day it covers and logged."""
     now = clock.now()
     day = report_day(now, settings)
-    # From the local day's midnight: the run at the next midnight counts that day whole, whatever its length; a run
-    # made later (an operator's at 09:00) counts on to its own time, under the same day.
-    report = statistics("day", settings, now, start=local_day_start(day, settings.APP_TIMEZONE))
+    # From the local day's midnight to the next: the run at that midnight counts the day whole, whatever its length,
+    # and no hour of the next day (a run made early counts up to its own time, under the same day).
+    start = local_day_start(day, settings.APP_TIMEZONE)
+    end = local_day_start((date.fromisoformat(day) + timedelta(days=1)).isoformat(), settings.APP_TIMEZONE)
+    report = statistics("day", settings, now, start=start, end=end)
     store_daily_report(report, day, settings)
     logger.info("daily statistics", extra={"report_day": day, "report": report.as_dict()})
     return report

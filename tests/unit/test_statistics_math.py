@@ -316,18 +316,33 @@ def test_reminders_and_sms_are_counted_apart_and_an_sms_once_however_many_it_car
     assert (figures.sent, figures.sms_sent) == (4, 2)
 
 
-@pytest.mark.parametrize(("day", "hours"), [("2027-03-28", 23), ("2027-10-31", 25), ("2027-06-01", 24)])
-def test_a_daily_report_counts_its_local_day_whole_and_once_across_daylight_saving(day: str, hours: int) -> None:
+@pytest.mark.parametrize(
+    ("zone", "day", "hours"),
+    [
+        ("Europe/Paris", "2027-03-28", 23),
+        ("Europe/Paris", "2027-10-31", 25),
+        ("Europe/Paris", "2027-06-01", 24),
+        ("Asia/Kolkata", "2027-06-01", 24),  # a half-hour zone: its days begin at 18:30 UTC
+    ],
+)
+@pytest.mark.parametrize("late", [timedelta(0), timedelta(seconds=40)])
+def test_a_daily_report_counts_each_hour_of_its_local_day_once(
+    zone: str, day: str, hours: int, late: timedelta
+) -> None:
     """Paris's spring-forward day has 23 hours and its fall-back day 25: a fixed 24-hour window counted an hour of
-    the day before twice on the first and left one out on the second."""
-    start, end = local_day_start(day, "Europe/Paris"), local_day_start(_next(day), "Europe/Paris")
+    the day before twice on the first and left one out on the second. A run at local midnight (or a little after)
+    also counted the hour it fell in, which the next day counts again: in a half-hour zone, half an hour of each
+    day's changes went into two reports. Each UTC hour belongs to the local day it begins in."""
+    start, end = local_day_start(day, zone), local_day_start(_next(day), zone)
     assert end - start == timedelta(hours=hours)
-    buckets = hour_buckets("day", end, start)
-    # Each UTC hour of the local day, and the one the run at local midnight falls in (nearly empty then).
-    assert len(buckets) == hours + 1
-    assert buckets[0] == (start.strftime("%Y-%m-%d"), start.strftime("%H"))
-    before = hour_buckets("day", start, local_day_start(_previous(day), "Europe/Paris"))
-    assert set(before[:-1]).isdisjoint(buckets[:-1]) and before[-1] == buckets[0]
+    buckets = hour_buckets("day", end + late, start, end)
+    assert len(buckets) == hours
+    before = hour_buckets("day", start + late, local_day_start(_previous(day), zone), start)
+    after = hour_buckets("day", local_day_start(_next(_next(day)), zone), end, local_day_start(_next(_next(day)), zone))
+    assert not set(before) & set(buckets) and not set(buckets) & set(after)
+    hour = timedelta(hours=1)
+    first, last = (datetime.fromisoformat(f"{d}T{h}:00:00+00:00") for d, h in (buckets[0], buckets[-1]))
+    assert first >= start and first - hour < start and last < end and last + hour >= end
 
 
 def _next(day: str) -> str:
