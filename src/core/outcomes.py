@@ -167,10 +167,15 @@ def synced(old: AppointmentState | None, appointment: Appointment, overdue_at: s
 
 def with_delivery(state: AppointmentState, reminder_type: str, now: str) -> AppointmentState | None:
     """The state once a reminder of the appointment was delivered; None when that changes nothing (reached
-    already, or the dose no longer due: a receipt arriving after the dose was given does not make it reached)."""
+    already, or the dose no longer due: a receipt arriving after the dose was given does not make it reached). A
+    follow-up opened meanwhile (every reminder seemed to fail, then a late DeliveredToTerminal) is closed: the family
+    was reached, and nobody needs to call it."""
     if state.reached or state.status != SCHEDULED:
         return None
-    return replace(state, reached_type=reminder_type, reached_at=now, watch_at=None)
+    state = replace(state, reached_type=reminder_type, reached_at=now, watch_at=None)
+    if state.follow_up == OPEN:
+        state = replace(state, follow_up=CLOSED, closed_at=now, closed_why=f"reached: {reminder_type} delivered")
+    return state
 
 
 def watched_from(state: AppointmentState, at: str | None) -> AppointmentState:

@@ -362,3 +362,30 @@ def test_a_pass_running_out_of_time_stops_cleanly_and_the_next_takes_the_rest(pi
     pipe.clock.sleep(15 * 60)
     assert pipe.follow_up_pass()["looked_at"] == 1
     assert sorted(e["detail"]["appointment_id"] for e in clinic_events()) == ["a1", "a2"]
+
+
+def test_a_reminder_delivered_after_the_follow_up_opened_closes_it(pipe: Pipeline, clinic_events) -> None:
+    """Every reminder came back undeliverable, so the family's follow-up opened; then Orange's late
+    DeliveredToTerminal for one of them (a DeliveryImpossible may still change, Orange says): the family was
+    reached after all. The follow-up stayed open, and a health worker called a family that had its reminder."""
+    ids = all_sent_no_receipt(pipe)
+    for message_id in ids.values():
+        fail(pipe, message_id)
+    pipe.clock.advance_to(datetime(2027, 3, 21, 15, 0, tzinfo=UTC))
+    pipe.follow_up_pass()
+    assert [e["detail-type"] for e in clinic_events()] == ["FollowUpNeeded"]
+
+    late = pipe.message(ids["7_day_reminder"])
+    notification = {
+        "deliveryInfoNotification": {
+            "callbackData": late.provider_message_id,
+            "deliveryInfo": {"address": "tel:+2250701020304", "deliveryStatus": "DeliveredToTerminal"},
+        }
+    }
+    answer = pipe.receipt("POST", "/orange", {"token": pipe.receipt_token()}, json.dumps(notification), JSON)
+    assert answer["statusCode"] == 200 and pipe.message(late.message_id).status == "delivered"
+
+    assert followup.open_follow_ups(pipe.settings) == []
+    pipe.follow_up_pass()
+    closed = clinic_events()[1]
+    assert closed["detail-type"] == "FollowUpClosed" and closed["detail"]["why"].startswith("reached")
