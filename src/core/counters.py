@@ -51,6 +51,9 @@ RETRIED = "retried"
 SMS = "sms"
 # Reminders sent through each provider (failover): `sent_via_<provider>`.
 SENT_VIA = "sent_via_"
+# Sent reminders reported undeliverable (sent -> failed, net of late deliveries): a failure that is one of the sends,
+# which a failure rate must not count as one more outcome.
+UNDELIVERED = "undelivered"
 
 
 def bucket_label(seconds: float) -> str:
@@ -89,6 +92,17 @@ def _to_pending(source: str, values: Mapping[str, Any]) -> dict[str, float]:
     return {}
 
 
+def _taken_back(source: str, target: Status) -> dict[str, float]:
+    """What a move counts besides its target: a correction takes back the ending it corrects, and a sent reminder
+    reported undeliverable is `undelivered` (until a late delivery takes that back too)."""
+    out: dict[str, float] = {source: -1} if (source, target) in CORRECTIONS else {}
+    if (source, target) == (Status.SENT.value, Status.FAILED):
+        out[UNDELIVERED] = 1
+    elif (source, target) == (Status.FAILED.value, Status.DELIVERED):
+        out[UNDELIVERED] = -1
+    return out
+
+
 def transition_counts(
     reminder_type: str,
     source: str,
@@ -112,8 +126,8 @@ def transition_counts(
     if target not in COUNTED or target.value == source:
         return out
     add(target.value)
-    if (source, target) in CORRECTIONS:
-        add(source, -1)
+    for name, amount in _taken_back(source, target).items():
+        add(name, amount)
     if target is Status.SENT:
         add(SMS, 1 / int(values.get("sms_reminders") or 1))
         if values.get("provider"):

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from core import clock, provider_state, queue, store
 from core.circuit import Circuit, CircuitKind
+from core.counters import UNDELIVERED
 from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import logger, measure
@@ -54,6 +55,7 @@ class HealthFigures:
     oldest_due_at: datetime | None
     sent_last_hour: int
     failures_last_hour: int
+    undelivered_last_hour: int  # of those failures, sent reminders reported undeliverable
     last_send_at: datetime | None
     dead_letter_depth: int
     circuits: tuple[Circuit, ...]  # the providers' open circuits (outage or hold)
@@ -67,8 +69,11 @@ class HealthFigures:
 
     @property
     def failure_rate(self) -> float | None:
-        """Failures / (sends + failures) over the last hour; None when there was neither."""
-        outcomes = self.sent_last_hour + self.failures_last_hour
+        """Failures over the reminders that ended or went out in the last hour: the sends, and the failures that
+        were never sent (a sent reminder later reported undeliverable is one of the sends); None when there was
+        neither."""
+        failed_unsent = self.failures_last_hour - self.undelivered_last_hour
+        outcomes = max(self.sent_last_hour + failed_unsent, self.failures_last_hour)
         return self.failures_last_hour / outcomes if outcomes > 0 else None
 
     @property
@@ -255,14 +260,15 @@ class HealthReport:
         }
 
 
-def _last_hour(settings: Settings, now: datetime) -> tuple[int, int]:
+def _last_hour(settings: Settings, now: datetime) -> tuple[int, int, int]:
+    """Sent, failed (or dead-lettered) and, of those failures, undelivered after a send, over the last hour."""
     # Hour buckets overlapping the last hour: between 60 and 120 minutes of outcomes, never less than an hour.
     buckets = hour_buckets("hour", now)
     counters_by_day = {day: store.read_counters(day) for day in dict.fromkeys(day for day, _ in buckets)}
     totals = merge(sum_counters(counters_by_day, buckets).values())
     sent = round(totals.get(Status.SENT.value, 0.0))
     failures = round(sum(totals.get(name, 0.0) for name in FAILURE_COUNTERS))
-    return sent, failures
+    return sent, failures, round(totals.get(UNDELIVERED, 0.0))
 
 
 def _read_balance(settings: Settings) -> tuple[Balance | None, str | None]:
@@ -281,7 +287,7 @@ def measure_health(settings: Settings, now: datetime) -> HealthFigures:
     store.bind(settings)
     dispatchable = store.count_dispatchable(settings.DUE_INDEX_SHARDS)
     due_count, oldest = store.pending_due(settings.DUE_INDEX_SHARDS, now)
-    sent, failures = _last_hour(settings, now)
+    sent, failures, undelivered = _last_hour(settings, now)
     balance, balance_error = _read_balance(settings)
     return HealthFigures(
         checked_at=now,
@@ -291,6 +297,7 @@ def measure_health(settings: Settings, now: datetime) -> HealthFigures:
         oldest_due_at=oldest,
         sent_last_hour=sent,
         failures_last_hour=failures,
+        undelivered_last_hour=undelivered,
         last_send_at=provider_state.last_send(),
         dead_letter_depth=queue.depth(settings.DEAD_LETTER_QUEUE_URL, settings),
         circuits=tuple(c for c in provider_state.circuits(now, fresh=True).values() if c.is_open),

@@ -266,9 +266,24 @@ def test_failure_rate_over_the_last_hour(aws, orange) -> None:
     report = check_health(aws.settings, t0 + timedelta(minutes=5))
     assert (report.figures.sent_last_hour, report.figures.failures_last_hour) == (2, 1)
     assert report.findings == (
-        "In the last hour 1 message failed or was dead-lettered against 2 sent: a failure rate of 33% (threshold 10%).",
+        "In the last hour 1 message failed or was dead-lettered against 2 sent: a failure rate of 50% (threshold 10%).",
     )
     assert check_health(aws.settings, t0 + timedelta(hours=2, minutes=1)).healthy  # the hour has passed
+
+
+def test_every_sms_undeliverable_is_a_failure_rate_of_one(aws, orange) -> None:
+    """A sent reminder whose receipt says DeliveryImpossible counts in `sent` and in `failed`: the rate was read as
+    failures / (sent + failures), 50% when every SMS of the hour failed, so a threshold of 0.5 or more never fired on
+    undeliverable numbers. A failure after a send is one of the sends, not one more outcome."""
+    _plan(aws, patients=4)
+    t0 = SEVEN_DAY_AT
+    for n in range(1, 5):
+        _send(aws, _id(n), t0 + timedelta(seconds=n), t0 + timedelta(seconds=10 + n))
+        _receipt(aws, _id(n), Status.FAILED, t0 + timedelta(seconds=60 + n))
+    aws.tally()
+    report = check_health(aws.with_settings(SMS_ALERT_FAILURE_RATE="0.9"), t0 + timedelta(minutes=5))
+    assert (report.figures.sent_last_hour, report.figures.failures_last_hour) == (4, 4)
+    assert report.figures.failure_rate == 1.0 and not report.healthy
 
 
 def test_dead_letters_on_the_queue(aws, orange) -> None:

@@ -30,6 +30,7 @@ HEALTHY = HealthFigures(
     oldest_due_at=None,
     sent_last_hour=50,
     failures_last_hour=1,
+    undelivered_last_hour=0,
     last_send_at=NOW - timedelta(minutes=3),
     dead_letter_depth=0,
     circuits=(),
@@ -98,6 +99,10 @@ def test_failure_rate_over_the_last_hour() -> None:
     assert findings_for(replace(HEALTHY, sent_last_hour=1, failures_last_hour=1), SETTINGS) == (
         "In the last hour 1 message failed or was dead-lettered against 1 sent: a failure rate of 50% (threshold 10%).",
     )
+    # Failures reported after a send are among the sends: 3 of 7 sent undeliverable, none failing before a send.
+    assert replace(figures, undelivered_last_hour=3).failure_rate == pytest.approx(3 / 7)
+    # A failure receipt whose send fell in the hour before: never above one.
+    assert replace(HEALTHY, sent_last_hour=0, failures_last_hour=2, undelivered_last_hour=2).failure_rate == 1.0
 
 
 def test_dead_letters_hold_and_balance_problems_each_raise_one_finding() -> None:
