@@ -316,11 +316,12 @@ def reconcile_appointment(
     if patient is None:
         return result  # planned when the patient arrives (events may come in any order)
     result = _bring_in_line({m.message_id: m for m in reminders}, patient, appointment, state, settings, now)
-    if result.cancelled:
+    if result.cancelled or result.replanned:
         # Events for one appointment or patient can be handled at once: another handler may have written a newer
-        # one, and reconciled, while this one reconciled with what it had written. Its cancellations would then
-        # undo that reconciliation for good; brought in line again with what is stored now (one batch read, made
-        # only here).
+        # one, and reconciled, while this one reconciled with what it had written. Its cancellations, or its replans
+        # to an older time, would then undo that reconciliation for good; brought in line again with what is stored
+        # now (one batch read, made only here). A creation needs none: the sender checks each reminder is still
+        # wanted before it goes out.
         with store.read_ahead(appointment_ids=[appointment_id], patient_ids=[patient.patient_id]):
             stored_now = store.get_appointment(appointment_id)
             patient_now = store.get_patient(patient.patient_id)

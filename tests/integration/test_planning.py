@@ -409,3 +409,37 @@ def test_a_renewal_recorded_before_the_familys_stop_and_delivered_after_it_lifts
     assert store.stopped_since("+2250701020304") is not None
     assert not store.get_patient("p2").sms_opt_in  # type: ignore[union-attr]
     assert {m.status for m in store.messages_of_patient("p2")} == {"cancelled"}
+
+
+def test_a_newer_event_handled_while_an_older_one_replans_is_not_undone_by_it(
+    aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PatientUpserted (t1, preferred hour 08:00) is written; the family's newer update (t2, 11:00) is handled to the
+    end by another Lambda; then t1 replans the reminders with the record it had written: they went out at 08:00,
+    the hour the family no longer wanted. t1 looks again at what is stored after replanning too."""
+    from core import planning
+
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(), aws.settings)
+    t1 = aws.clock.now() + timedelta(seconds=10)
+    t2 = t1 + timedelta(seconds=1)
+    aws.clock.advance_to(t2 + timedelta(seconds=1))
+    older, newer = patient(at=t1, preferred_hour=8), patient(at=t2, preferred_hour=11)
+    original = planning.reconcile_appointment
+    calls = itertools.count()
+
+    def newer_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if next(calls) == 0:  # t1's reconciliation; the newer event's own runs through here too
+            contextvars.Context().run(handle_clinic_event, newer, aws.settings)
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(planning, "reconcile_appointment", newer_meanwhile)
+        handle_clinic_event(older, aws.settings)
+
+    stored = store.get_patient("p1")
+    assert stored is not None and stored.preferred_hour == 11
+    hours = {
+        store.parse_iso(m.scheduled_at).hour for m in _messages().values() if m.reminder_type != "overdue_reminder"
+    }
+    assert hours == {11}
