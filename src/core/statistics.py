@@ -55,9 +55,8 @@ def hour_buckets(
     """The (UTC day, hour) counter buckets of a window, oldest first.
 
     Without `start`: those overlapping (now - window, now]. With `start` and `end`, a local day (which daylight
-    saving time makes 23 or 25 hours long): the hours that begin in [start, end) and before `now`, so that each hour
-    is counted in one day's report, the one it begins in (in a half-hour zone, the hour that straddles midnight
-    goes to the day before)."""
+    saving time makes 23 or 25 hours long): the hours that end in (start, end], up to the one under way at `now`. Each hour is counted in one day's report, the one it ends in, whole: in a half-hour zone the hour
+    that straddles midnight goes to the day after, whose report is made once it has ended."""
     if since not in WINDOW_HOURS:
         raise ValueError(f"since must be one of {', '.join(WINDOWS)}, got {since!r}")
     hour = timedelta(hours=1)
@@ -65,8 +64,10 @@ def hour_buckets(
         first = _hour_of(now - timedelta(hours=WINDOW_HOURS[since]))
         stop = _hour_of(now) + hour
     else:
-        first = _hour_of(start) + (hour if _hour_of(start) < start else timedelta(0))
-        stop = min(now, end) if end is not None else now
+        first = _hour_of(start)
+        stop = _hour_of(now) + hour
+        if end is not None:  # no hour that ends after the day: the next day counts it
+            stop = min(stop, end - hour + timedelta(microseconds=1))
     buckets = []
     while first < stop:
         buckets.append((first.strftime("%Y-%m-%d"), first.strftime("%H")))

@@ -332,17 +332,18 @@ def test_a_daily_report_counts_each_hour_of_its_local_day_once(
     """Paris's spring-forward day has 23 hours and its fall-back day 25: a fixed 24-hour window counted an hour of
     the day before twice on the first and left one out on the second. A run at local midnight (or a little after)
     also counted the hour it fell in, which the next day counts again: in a half-hour zone, half an hour of each
-    day's changes went into two reports. Each UTC hour belongs to the local day it begins in."""
-    start, end = local_day_start(day, zone), local_day_start(_next(day), zone)
-    assert end - start == timedelta(hours=hours)
-    buckets = hour_buckets("day", end + late, start, end)
-    assert len(buckets) == hours
-    before = hour_buckets("day", start + late, local_day_start(_previous(day), zone), start)
-    after = hour_buckets("day", local_day_start(_next(_next(day)), zone), end, local_day_start(_next(_next(day)), zone))
-    assert not set(before) & set(buckets) and not set(buckets) & set(after)
+    day's changes went into two reports (and, counted in the day it begins in, into none: read before it ended).
+    Each UTC hour belongs to the local day it ends in, complete when that day's report is made."""
     hour = timedelta(hours=1)
-    first, last = (datetime.fromisoformat(f"{d}T{h}:00:00+00:00") for d, h in (buckets[0], buckets[-1]))
-    assert first >= start and first - hour < start and last < end and last + hour >= end
+    days = [_previous(day), day, _next(day)]
+    starts = [local_day_start(d, zone) for d in [*days, _next(_next(day))]]
+    assert starts[2] - starts[1] == timedelta(hours=hours)
+    reports = [hour_buckets("day", starts[n + 1] + late, starts[n], starts[n + 1]) for n in range(3)]
+    assert len(reports[1]) == hours
+    made = [[datetime.fromisoformat(f"{d}T{h}:00:00+00:00") for d, h in report] for report in reports]
+    joined = made[0] + made[1] + made[2]
+    assert joined == [made[0][0] + n * hour for n in range(len(joined))], "every hour once, none left out"
+    assert all(h + hour <= starts[n + 1] for n in range(3) for h in made[n]), "each hour complete when read"
 
 
 def _next(day: str) -> str:
