@@ -55,8 +55,9 @@ def hour_buckets(
     """The (UTC day, hour) counter buckets of a window, oldest first.
 
     Without `start`: those overlapping (now - window, now]. With `start` and `end`, a local day (which daylight
-    saving time makes 23 or 25 hours long): the hours that end in (start, end], up to the one under way at `now`. Each hour is counted in one day's report, the one it ends in, whole: in a half-hour zone the hour
-    that straddles midnight goes to the day after, whose report is made once it has ended."""
+    saving time makes 23 or 25 hours long): the hours that end in (start, end], up to the one under way at `now`.
+    Each hour is counted in one day's report, the one it ends in, whole: in a half-hour zone the hour that
+    straddles midnight goes to the day after, whose report is made once it has ended."""
     if since not in WINDOW_HOURS:
         raise ValueError(f"since must be one of {', '.join(WINDOWS)}, got {since!r}")
     hour = timedelta(hours=1)
