@@ -547,7 +547,8 @@ def change_consent(
         flipped |= flips
         # An opt-out leaves a patient already opted out as its own record has it, and an opt-in a patient its clinic
         # opted out (`consent_changes`); an opt-in stamps the others it leaves opted in.
-        if flips:
+        if flips or (opt_in and patient.sms_opt_in):
+            # An opt-in writes only over the record it read: a clinic's opt-out landing meanwhile stands.
             store.set_opt_in(
                 patient.patient_id,
                 opt_in,
@@ -555,7 +556,5 @@ def change_consent(
                 f"{by}-optin" if opt_in else f"{by}-optout",
                 only_after=patient.event_id if opt_in else None,
             )
-        elif opt_in and patient.sms_opt_in:
-            store.set_opt_in(patient.patient_id, True, stamp, f"{by}-optin")
         result.merge(reconcile_patient(patient.patient_id, settings, now))
     return ConsentChange(number, changed, stopped_at, patients, flipped, result)

@@ -555,3 +555,17 @@ def test_an_opt_in_never_opts_in_a_sibling_its_own_clinic_record_opted_out(
     assert statuses(p1) == {"pending"} and store.get_patient("p1").sms_opt_in  # type: ignore[union-attr]
     assert not store.get_patient("p2").sms_opt_in  # type: ignore[union-attr]
     assert list(store.messages_of_patient("p2")) == []
+
+
+def test_a_clinic_opt_out_landing_while_an_opt_in_is_applied_stands(pipe: Pipeline) -> None:
+    """An opt-in stamps the patients it read as opted in. The stamp was unconditional: a clinic opt-out of p2 written
+    between the reply's read of the patients and that stamp was overwritten, and p2's reminders came back."""
+    pipe.plan(1)
+    p2 = list(pipe.plan(2, phone=PHONE, display_name="Kofi").values())
+    read = store.patients_with_phone(PHONE)  # the reply's read, at its start
+    handle_clinic_event(patient("p2", phone=PHONE, sms_opt_in=False, display_name="Kofi"), pipe.settings)
+
+    planning.change_consent(PHONE, True, pipe.settings, pipe.clock.now(), by="reply", patients=read)
+
+    assert not store.get_patient("p2").sms_opt_in  # type: ignore[union-attr]
+    assert statuses(p2) == {"cancelled"}
