@@ -998,14 +998,16 @@ def _after_failure(
             carried=carried,
         )
     if decision.verdict is Verdict.DEAD_LETTER:
-        # An ambiguous one is recorded as "sent" would be, text, provider and stand-in id: it may have gone out, and
-        # its receipt, if one comes, settles it (`receipts`) before an operator sends it again.
+        # An ambiguous one is recorded as "sent" would be, with its text and provider: it may have gone out. Kannel's
+        # DLR names the id we gave the SMS, so its receipt settles it exactly (`receipts`) before an operator sends
+        # it again; Orange's names only the recipient, which another SMS's receipt may share: the operator decides.
+        exact = provider == ProviderName.KANNEL.value
         taken = (
             {
                 "text": rendered.text,
                 "segments": rendered.segments,
                 "provider": provider,
-                "provider_message_id": _stand_in_id(message, provider, to),
+                "provider_message_id": _stand_in_id(message, provider, to) if exact else None,
                 "sms_reminders": carried if carried > 1 else None,
                 "ambiguous": True,
             }
