@@ -535,15 +535,22 @@ def get_message(message_id: str, *, read_since: datetime | None = None) -> Messa
 
 
 def _read_again_for_send(ahead: dict[tuple[str, str], Any], read: MessageRecord) -> MessageRecord | None:
-    """A send batch's message, read again with its number's stop in one BatchGetItem, the stop kept for the check
-    that follows: a STOP writes the number's stop before it cancels the reminders, so a stop read as long ago as the
-    message would miss one whose cancellations have not landed yet."""
+    """A send batch's message, read again with what its check asks of the store (its patient, its appointment and
+    the number's stop) in one BatchGetItem, each kept for the check that follows: a STOP writes the number's stop,
+    and a clinic event its patient or appointment, before cancelling the reminders, so those read as long ago as the
+    message would miss a change whose cancellations have not landed yet."""
     patient = ahead.get(("patient", str(read.patient_id)))
     stop_key = (_STOP, str(patient.phone)) if isinstance(patient, PatientRecord) else None
-    wanted: dict[type[Model], list[Any]] = {MessageRecord: [read.message_id]}
+    wanted: dict[type[Model], list[Any]] = {
+        MessageRecord: [read.message_id],
+        PatientRecord: [str(read.patient_id)],
+        AppointmentRecord: [str(read.appointment_id)],
+    }
     if stop_key is not None:
         wanted[OpsRecord] = [stop_key]
     items = _batch_read(wanted)
+    ahead[("patient", str(read.patient_id))] = items.get((PatientRecord, str(read.patient_id)))
+    ahead[("appointment", str(read.appointment_id))] = items.get((AppointmentRecord, str(read.appointment_id)))
     if stop_key is not None:
         ahead[("stop", stop_key[1])] = items.get((OpsRecord, stop_key))
     found = items.get((MessageRecord, read.message_id))

@@ -1475,25 +1475,38 @@ def test_reminders_bound_to_an_sms_that_never_went_out_are_revived_by_an_opt_in(
     assert {pipe.message(i).status for i in ids} == {"sent"} and len(pipe.accepted()) == 1
 
 
-def test_a_stop_written_while_a_batch_is_paced_is_seen_when_its_reminder_is_checked(
-    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+_WRITTEN_BEFORE_THE_CANCELLATIONS = {
+    # A family's STOP: the number's stop (the reply function's first write).
+    "stop": lambda now: store.OpsRecord("STOP", PHONE, text=f"{iso(now)}|reply opt-out").save(),
+    # The clinic opts the child out: planning writes the patient first.
+    "clinic_opt_out": lambda now: store.PatientRecord("p1").update(actions=[store.PatientRecord.sms_opt_in.set(False)]),
+    # The dose is given: planning writes the appointment's close first.
+    "dose_given": lambda now: store.AppointmentRecord("a1").update(
+        actions=[store.AppointmentRecord.status.set("administered")]
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(_WRITTEN_BEFORE_THE_CANCELLATIONS))
+def test_a_change_written_while_a_batch_is_paced_is_seen_when_its_reminder_is_checked(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
-    """A STOP writes the number's stop first, then cancels the reminders. A batch read the stops once, at its start,
-    and read only the message again when that read was over a second old: a reminder checked seconds into a paced
-    batch went out to a number stopped meanwhile whose cancellation had not landed (the reply still reconciling a
-    sibling, or cut short after the stop). The stop is read again with the message."""
+    """A STOP writes the number's stop, a clinic event its patient or appointment, before cancelling the reminders.
+    A batch read those once, at its start, and read only the message again when that read was over a second old: a
+    reminder checked seconds into a paced batch went out although its cancellation was on its way (the reply or
+    event still reconciling a sibling, or cut short). They are read again with the message, in one BatchGetItem."""
     message_id = _due_now(pipe)
     pipe.dispatch()
     received = pipe.receive()
     real = sending._this_claim
 
-    def stop_lands_during_the_batch(*args: Any, **kwargs: Any) -> Any:
-        # The reply's first write, by the receipt function: another process, so not through this batch's reads.
-        store.OpsRecord("STOP", PHONE, text=f"{iso(pipe.clock.now())}|reply opt-out").save()
+    def lands_during_the_batch(*args: Any, **kwargs: Any) -> Any:
+        # Written by another function (another process), so not through this batch's reads.
+        _WRITTEN_BEFORE_THE_CANCELLATIONS[change](pipe.clock.now())
         pipe.clock.advance_to(pipe.clock.now() + timedelta(seconds=2))  # checked 2 s into the paced batch
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sending, "_this_claim", stop_lands_during_the_batch)
+    monkeypatch.setattr(sending, "_this_claim", lands_during_the_batch)
     pipe.send(received)
 
     assert pipe.accepted() == [] and pipe.message(message_id).status == "cancelled"
