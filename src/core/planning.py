@@ -13,7 +13,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from core import clock, followup, outcomes, store
+from core import clock, followup, outcomes, sending, store
 from core.events import (
     AppointmentCancelled,
     ClinicEvent,
@@ -450,8 +450,13 @@ def revive_message(
     """Bring a cancelled reminder back to pending, on its schedule as planned now; False if it may not come back.
 
     The store refuses it for a message the provider may have taken (a send or an ambiguous attempt recorded), so a
-    reminder that went out is never sent again. It gets a fresh set of retries and the revival is recorded on it.
+    reminder that went out is never sent again. One bound to a grouped SMS loses that binding first when the SMS's
+    idempotency record says no request for it was made or taken (refused, or never made: the sender found the
+    reminder cancelled, or no provider to take it). It gets a fresh set of retries and the revival is recorded on it.
     """
+    key = message.sms_key
+    if key and message.sent_at is None and message.text is None and sending.sms_never_requested(key, settings):
+        store.unbind_cancelled_from_sms(message.message_id, key)
     change = Change(
         target=Status.PENDING,
         sources=frozenset({Status.CANCELLED}),

@@ -216,6 +216,16 @@ class IdempotentSend:
         return record.response_json_as_dict()
 
 
+def sms_never_requested(key: str, settings: Settings) -> bool:
+    """Whether no request for the SMS `key` was made, or none that the provider may have taken: no call of it ended
+    (a call refused by the provider is forgotten) and none is under way. What a cancelled reminder still bound to
+    that SMS needs before it may come back (`planning.revive_message`)."""
+    try:
+        return _idempotent_send(settings).stored(key) is None
+    except RequestInFlight:
+        return False
+
+
 @functools.cache
 def _idempotent_send(settings: Settings) -> IdempotentSend:
     client = boto3.client("dynamodb", region_name=settings.AWS_REGION, endpoint_url=settings.AWS_ENDPOINT_URL or None)
@@ -613,16 +623,14 @@ def _request(
                 pacer.observe((clock.now() - requested[-1]).total_seconds())
     except _NotNow as not_now:
         now = clock.now()
-        not_requested = [
+        return [
             _settle(m.message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
             if parse_iso(m.message.deadline) <= not_now.sent_by
             else _defer(m.message, not_now.until, not_now.why, now, settings)
             for m in members
         ]
-        return _unbind_the_cancelled(request["key"], members, not_requested)
     except ProviderError as error:
-        refused = _after_provider_error(error, provider, members, rendered, settings, pacer)
-        return refused if isinstance(refused, str) else _unbind_the_cancelled(request["key"], members, refused)
+        return _after_provider_error(error, provider, members, rendered, settings, pacer)
     if AMBIGUOUS in accepted:  # this call's, or a replay of one whose outcome a crash kept from being written
         return _after_ambiguous(accepted, bool(requested), members, rendered, settings)
     if requested:  # a replay asked no provider anything: it says nothing of this one's circuit
@@ -654,16 +662,6 @@ def _at_the_request(
             raise _NotNow(allowed, "quiet hours", sent_by)
 
     return at_the_request
-
-
-def _unbind_the_cancelled(key: str, members: list[_Ready], outcomes: list[SendOutcome]) -> list[SendOutcome]:
-    """`outcomes`, after the SMS `key` did not go out (refused, or never requested): its reminders that a STOP or a
-    clinic event cancelled meanwhile (their write found them changed) lose their binding to it, or an opt-in could
-    never revive them."""
-    for member, outcome in zip(members, outcomes, strict=True):
-        if outcome is SendOutcome.STALE and member.message.sms_key == key:
-            store.unbind_cancelled_from_sms(member.message.message_id, key)
-    return outcomes
 
 
 def _outcome_of(

@@ -1442,20 +1442,25 @@ class _StopWhilePacing(pacing.Pacer):
 
 
 @pytest.mark.parametrize("siblings", [1, 2], ids=["alone", "grouped"])
-@pytest.mark.parametrize("how", ["stop_during_a_refused_request", "dead_letter_then_stop"])
+@pytest.mark.parametrize(
+    "how", ["stop_during_a_refused_request", "stop_during_a_request_that_opens_the_circuit", "dead_letter_then_stop"]
+)
 def test_reminders_bound_to_an_sms_that_never_went_out_are_revived_by_an_opt_in(
     pipe: Pipeline, siblings: int, how: str
 ) -> None:
-    """A reminder bound to a grouped SMS keeps its binding while that SMS may have gone out: a revival refuses it.
+    """A reminder bound to a grouped SMS keeps its binding while that SMS may have gone out: a revival refused it.
     An SMS Orange refused (503) did not go out, yet its reminders kept the binding when a STOP had cancelled them
-    meanwhile (their deferral found them cancelled), or when their retries ran out (a dead letter): the family's
-    OUI then left them cancelled for good. A lone reminder, never bound, was revived."""
+    meanwhile (their deferral found them cancelled, whether the refusal opened the circuit or not), or when their
+    retries ran out (a dead letter): the family's OUI then left them cancelled for good. A lone reminder, never
+    bound, was revived. A revival of a bound reminder asks the SMS's idempotency record whether it went out."""
     pipe.start_orange(faults=[Fault(nth=1, status=503)])
     if how == "dead_letter_then_stop":
         pipe.configure(SMS_MAX_RETRIES="0")
+    if how == "stop_during_a_request_that_opens_the_circuit":
+        pipe.configure(SMS_CIRCUIT_FAILURES="1")
     ids = [pipe.plan(n, DUE, phone=PHONE, display_name=f"Child{n}")["7_day_reminder"] for n in range(1, siblings + 1)]
     pipe.clock.advance_to(SEVEN_DAY)
-    if how == "stop_during_a_refused_request":
+    if how.startswith("stop_during"):
         sending.select_pacer(_StopWhilePacing(pipe.settings))
     try:
         pipe.cycle()
@@ -1466,13 +1471,36 @@ def test_reminders_bound_to_an_sms_that_never_went_out_are_revived_by_an_opt_in(
         planning.set_consent(PHONE, False, pipe.settings)
     assert {pipe.message(i).status for i in ids} == {"cancelled"} and pipe.accepted() == []
 
-    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=5))
+    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=31))  # past an open circuit's probe, too
     planning.set_consent(PHONE, True, pipe.settings)  # the family answers OUI
 
     assert {pipe.message(i).status for i in ids} == {"pending"}
     pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=1))
     pipe.cycle()
     assert {pipe.message(i).status for i in ids} == {"sent"} and len(pipe.accepted()) == 1
+
+
+def test_a_second_sms_deferred_for_want_of_a_provider_is_revived_by_an_opt_in(pipe: Pipeline) -> None:
+    """Siblings at two clinics: one record, two SMS, both bound before any request. The first SMS's 503 opens the
+    only circuit; the second finds no provider, is deferred with its binding (no request for it was made here, and
+    only its idempotency record can tell whether an earlier delivery's did), then a STOP and an OUI: it must come
+    back."""
+    pipe.configure(SMS_CIRCUIT_FAILURES="1")
+    pipe.start_orange(faults=[Fault(nth=1, status=503)])
+    first = pipe.plan(1, DUE, phone=PHONE, display_name="Child1")["7_day_reminder"]
+    assert handle_clinic_event(patient("p2", phone=PHONE, display_name="Child2"), pipe.settings).applied == 1
+    handle_clinic_event(dose("a2", "p2", due_date=DUE, clinic="CSU Yopougon"), pipe.settings)
+    second = next(m.message_id for m in store.messages_of_patient("p2") if m.reminder_type == "7_day_reminder")
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.cycle()
+    assert {pipe.message(i).status for i in (first, second)} == {"pending"} and pipe.accepted() == []
+    planning.set_consent(PHONE, False, pipe.settings)  # STOP
+    assert {pipe.message(i).status for i in (first, second)} == {"cancelled"}
+    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=5))
+
+    planning.set_consent(PHONE, True, pipe.settings)  # OUI
+
+    assert {pipe.message(i).status for i in (first, second)} == {"pending"}
 
 
 _WRITTEN_BEFORE_THE_CANCELLATIONS = {
