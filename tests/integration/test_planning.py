@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -311,13 +312,14 @@ def test_a_routine_update_after_a_deadline_leaves_an_ambiguous_dead_letter_to_it
     assert _messages()["7_day_reminder"].status == "dead_letter"
 
 
-def test_a_newer_event_handled_while_an_older_one_reconciles_is_not_undone_by_it(
-    aws, monkeypatch: pytest.MonkeyPatch
+def _older_with_a_newer_one_meanwhile(
+    aws: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    older: Callable[[datetime], dict[str, Any]],
+    newer: Callable[[datetime], dict[str, Any]],
 ) -> None:
-    """DoseAdministered (t1) writes its close; the clinic's correction, DoseScheduled (t2, not given after all),
-    is handled to the end by another Lambda; then t1 reconciles with the close it had written and cancels the
-    three reminders. The appointment is scheduled again, so they must be pending: t1 now looks again at what is
-    stored after cancelling, and brings them back in line."""
+    """p1 with a1 planned; then the event `older` (stamped t1) is handled, and the event `newer` (t2, a second later)
+    is handled to the end by another Lambda while `older` is about to reconcile with what it had written."""
     from core import planning
 
     handle_clinic_event(patient(), aws.settings)
@@ -325,19 +327,32 @@ def test_a_newer_event_handled_while_an_older_one_reconciles_is_not_undone_by_it
     t1 = aws.clock.now() + timedelta(seconds=10)
     t2 = t1 + timedelta(seconds=1)
     aws.clock.advance_to(t2 + timedelta(seconds=1))
-    given = envelope("DoseAdministered", at=t1, appointment_id="a1", administered_on="2027-03-01")
-    corrected = dose(at=t2)
     original = planning.reconcile_appointment
     calls = itertools.count()
 
-    def correction_meanwhile(*args: Any, **kwargs: Any) -> Any:
-        if next(calls) == 0:  # t1's reconciliation; the correction's own runs through here too
-            contextvars.Context().run(handle_clinic_event, corrected, aws.settings)
+    def newer_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if next(calls) == 0:  # t1's reconciliation; the newer event's own runs through here too
+            contextvars.Context().run(handle_clinic_event, newer(t2), aws.settings)
         return original(*args, **kwargs)
 
     with monkeypatch.context() as patched:
-        patched.setattr(planning, "reconcile_appointment", correction_meanwhile)
-        handle_clinic_event(given, aws.settings)
+        patched.setattr(planning, "reconcile_appointment", newer_meanwhile)
+        handle_clinic_event(older(t1), aws.settings)
+
+
+def test_a_newer_event_handled_while_an_older_one_reconciles_is_not_undone_by_it(
+    aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DoseAdministered (t1) writes its close; the clinic's correction, DoseScheduled (t2, not given after all),
+    is handled to the end by another Lambda; then t1 reconciles with the close it had written and cancels the
+    three reminders. The appointment is scheduled again, so they must be pending: t1 now looks again at what is
+    stored after cancelling, and brings them back in line."""
+    _older_with_a_newer_one_meanwhile(
+        aws,
+        monkeypatch,
+        lambda t1: envelope("DoseAdministered", at=t1, appointment_id="a1", administered_on="2027-03-01"),
+        lambda t2: dose(at=t2),  # the clinic's correction
+    )
 
     appointment = store.get_appointment("a1")
     assert appointment is not None and appointment.status == "scheduled"
@@ -417,25 +432,12 @@ def test_a_newer_event_handled_while_an_older_one_replans_is_not_undone_by_it(
     """PatientUpserted (t1, preferred hour 08:00) is written; the family's newer update (t2, 11:00) is handled to the
     end by another Lambda; then t1 replans the reminders with the record it had written: they went out at 08:00,
     the hour the family no longer wanted. t1 looks again at what is stored after replanning too."""
-    from core import planning
-
-    handle_clinic_event(patient(), aws.settings)
-    handle_clinic_event(dose(), aws.settings)
-    t1 = aws.clock.now() + timedelta(seconds=10)
-    t2 = t1 + timedelta(seconds=1)
-    aws.clock.advance_to(t2 + timedelta(seconds=1))
-    older, newer = patient(at=t1, preferred_hour=8), patient(at=t2, preferred_hour=11)
-    original = planning.reconcile_appointment
-    calls = itertools.count()
-
-    def newer_meanwhile(*args: Any, **kwargs: Any) -> Any:
-        if next(calls) == 0:  # t1's reconciliation; the newer event's own runs through here too
-            contextvars.Context().run(handle_clinic_event, newer, aws.settings)
-        return original(*args, **kwargs)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(planning, "reconcile_appointment", newer_meanwhile)
-        handle_clinic_event(older, aws.settings)
+    _older_with_a_newer_one_meanwhile(
+        aws,
+        monkeypatch,
+        lambda t1: patient(at=t1, preferred_hour=8),
+        lambda t2: patient(at=t2, preferred_hour=11),
+    )
 
     stored = store.get_patient("p1")
     assert stored is not None and stored.preferred_hour == 11
