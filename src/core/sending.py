@@ -215,15 +215,27 @@ class IdempotentSend:
             return None
         return record.response_json_as_dict()
 
+    def carried(self, key: str, message_id: str) -> bool | None:
+        """Whether the SMS `key` went out, or may have, carrying `message_id`: False when no call of it was made or
+        taken (a call the provider refused is forgotten) or the call carried other reminders; None while a call is
+        or was under way and its outcome is unknown (in progress, even past its expiry: a sender that died inside
+        the call may have been answered)."""
+        try:
+            record = self.persistence.get_record({"key": key})
+        except IdempotencyItemNotFoundError:
+            return False
+        if record is None:
+            return False
+        if record.status != STATUS_CONSTANTS["COMPLETED"]:
+            return None
+        outcome = record.response_json_as_dict() or {}
+        return message_id in (outcome.get("message_ids") or [message_id])
 
-def sms_never_requested(key: str, settings: Settings) -> bool:
-    """Whether no request for the SMS `key` was made, or none that the provider may have taken: no call of it ended
-    (a call refused by the provider is forgotten) and none is under way. What a cancelled reminder still bound to
-    that SMS needs before it may come back (`planning.revive_message`)."""
-    try:
-        return _idempotent_send(settings).stored(key) is None
-    except RequestInFlight:
-        return False
+
+def sms_never_carried(key: str, message_id: str, settings: Settings) -> bool:
+    """Whether no SMS under `key` went out, or may have, carrying the reminder `message_id`: what a cancelled
+    reminder still bound to that SMS needs before it may come back (`planning.revive_message`)."""
+    return _idempotent_send(settings).carried(key, message_id) is False
 
 
 @functools.cache

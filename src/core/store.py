@@ -526,8 +526,10 @@ def get_message(message_id: str, *, read_since: datetime | None = None) -> Messa
         if isinstance(taken, _MessageRead):
             if taken.at >= read_since:
                 return taken.message
-            with contextlib.suppress(RuntimeError):  # a throttled batch read: the message alone, below
+            try:
                 return _read_again_for_send(ahead, taken.message)
+            except RuntimeError:  # a throttled batch read: each item read alone, from the table, below and after
+                _forget_for_send(ahead, taken.message)
     try:
         return MessageRecord.get(message_id, consistent_read=True)
     except MessageRecord.DoesNotExist:
@@ -549,12 +551,23 @@ def _read_again_for_send(ahead: dict[tuple[str, str], Any], read: MessageRecord)
     if stop_key is not None:
         wanted[OpsRecord] = [stop_key]
     items = _batch_read(wanted)
-    ahead[("patient", str(read.patient_id))] = items.get((PatientRecord, str(read.patient_id)))
+    fresh = items.get((PatientRecord, str(read.patient_id)))
+    ahead[("patient", str(read.patient_id))] = fresh
     ahead[("appointment", str(read.appointment_id))] = items.get((AppointmentRecord, str(read.appointment_id)))
     if stop_key is not None:
         ahead[("stop", stop_key[1])] = items.get((OpsRecord, stop_key))
+    if isinstance(fresh, PatientRecord) and (stop_key is None or str(fresh.phone) != stop_key[1]):
+        ahead.pop(("stop", str(fresh.phone)), None)  # its number changed: that number's stop is read from the table
     found = items.get((MessageRecord, read.message_id))
     return found if isinstance(found, MessageRecord) else None
+
+
+def _forget_for_send(ahead: dict[tuple[str, str], Any], read: MessageRecord) -> None:
+    """What the check of this message would read from the batch's start, forgotten: read from the table instead."""
+    patient = ahead.pop(("patient", str(read.patient_id)), None)
+    ahead.pop(("appointment", str(read.appointment_id)), None)
+    if isinstance(patient, PatientRecord):
+        ahead.pop(("stop", str(patient.phone)), None)
 
 
 def create_message(message: MessageRecord, at: datetime, reason: str = "planned") -> bool:

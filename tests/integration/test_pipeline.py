@@ -1503,6 +1503,10 @@ def test_a_second_sms_deferred_for_want_of_a_provider_is_revived_by_an_opt_in(pi
     assert {pipe.message(i).status for i in (first, second)} == {"pending"}
 
 
+def _throttled_batch_read(*_: Any) -> Any:
+    raise RuntimeError("batch read throttled: keys left unprocessed")
+
+
 _WRITTEN_BEFORE_THE_CANCELLATIONS = {
     # A family's STOP: the number's stop (the reply function's first write).
     "stop": lambda now: store.OpsRecord("STOP", PHONE, text=f"{iso(now)}|reply opt-out").save(),
@@ -1515,14 +1519,16 @@ _WRITTEN_BEFORE_THE_CANCELLATIONS = {
 }
 
 
+@pytest.mark.parametrize("throttled", [False, True], ids=["read_again", "read_again_throttled"])
 @pytest.mark.parametrize("change", sorted(_WRITTEN_BEFORE_THE_CANCELLATIONS))
 def test_a_change_written_while_a_batch_is_paced_is_seen_when_its_reminder_is_checked(
-    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, change: str
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, change: str, throttled: bool
 ) -> None:
     """A STOP writes the number's stop, a clinic event its patient or appointment, before cancelling the reminders.
     A batch read those once, at its start, and read only the message again when that read was over a second old: a
     reminder checked seconds into a paced batch went out although its cancellation was on its way (the reply or
-    event still reconciling a sibling, or cut short). They are read again with the message, in one BatchGetItem."""
+    event still reconciling a sibling, or cut short). They are read again with the message, in one BatchGetItem, or
+    each alone when DynamoDB throttles that read."""
     message_id = _due_now(pipe)
     pipe.dispatch()
     received = pipe.receive()
@@ -1532,6 +1538,8 @@ def test_a_change_written_while_a_batch_is_paced_is_seen_when_its_reminder_is_ch
         # Written by another function (another process), so not through this batch's reads.
         _WRITTEN_BEFORE_THE_CANCELLATIONS[change](pipe.clock.now())
         pipe.clock.advance_to(pipe.clock.now() + timedelta(seconds=2))  # checked 2 s into the paced batch
+        if throttled:
+            monkeypatch.setattr(store, "_batch_read", _throttled_batch_read)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sending, "_this_claim", lands_during_the_batch)
@@ -1606,3 +1614,34 @@ def test_a_pause_longer_than_the_invocation_has_left_defers_the_batch_instead_of
     assert response == {"batchItemFailures": []} and pipe.clock.now() < ends_at and min(left) > 0
     assert {(pipe.message(i).status, pipe.message(i).attempts) for i in ids} == {("pending", 0)}
     assert all(parse_iso(pipe.message(i).due_at) >= SEVEN_DAY + timedelta(seconds=300) for i in ids)
+
+
+def test_a_sibling_bound_to_an_sms_that_went_out_without_it_is_revived(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A and B (two children, one phone) are bound to grouped SMS K; the sender dies before the request. The clinic
+    opts child 2 out meanwhile (B cancelled, still bound to K). K's replay goes out carrying A alone. The clinic opts
+    child 2 back in: B, which no SMS carried, must come back; the revival asked only whether K had gone out."""
+    a = pipe.plan(1, DUE, phone=PHONE)["7_day_reminder"]
+    b = pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")["7_day_reminder"]
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.dispatch()
+    received = pipe.receive()
+
+    def crash(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the sender died after binding, before the request")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sending, "_send_sms", crash)
+        assert pipe.send(received)["batchItemFailures"]
+    key = pipe.message(a).sms_key
+    assert key and pipe.message(b).sms_key == key and pipe.accepted() == []
+    handle_clinic_event(patient("p2", phone=PHONE, display_name="Kofi", sms_opt_in=False), pipe.settings)
+    assert pipe.message(b).status == "cancelled"
+    assert pipe.send(pipe.receive(visibility=0)) == {"batchItemFailures": []}
+    assert pipe.message(a).status == "sent" and len(pipe.accepted()) == 1
+
+    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=5))
+    handle_clinic_event(patient("p2", phone=PHONE, display_name="Kofi", sms_opt_in=True), pipe.settings)
+
+    assert pipe.message(b).status == "pending"
