@@ -451,17 +451,11 @@ def revive_message(
 
     The store refuses it for a message the provider may have taken (a send or an ambiguous attempt recorded), so a
     reminder that went out is never sent again. One bound to a grouped SMS loses that binding first when the SMS's
-    idempotency record says it did not carry it (refused, never requested: the sender found the reminder cancelled,
-    or no provider to take it; or it went out with the other reminders only). It gets a fresh set of retries and the
-    revival is recorded on it.
+    idempotency record says it did not carry it and never will (`sending.sms_never_carried`). It gets a fresh set of
+    retries and the revival is recorded on it.
     """
     key = message.sms_key
-    if (
-        key
-        and message.sent_at is None
-        and message.text is None
-        and sending.sms_never_carried(key, message.message_id, settings)
-    ):
+    if key and message.sent_at is None and message.text is None and sending.sms_never_carried(message, settings, now):
         store.unbind_cancelled_from_sms(message.message_id, key)
     change = Change(
         target=Status.PENDING,

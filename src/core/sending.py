@@ -215,27 +215,46 @@ class IdempotentSend:
             return None
         return record.response_json_as_dict()
 
-    def carried(self, key: str, message_id: str) -> bool | None:
-        """Whether the SMS `key` went out, or may have, carrying `message_id`: False when no call of it was made or
-        taken (a call the provider refused is forgotten) or the call carried other reminders; None while a call is
-        or was under way and its outcome is unknown (in progress, even past its expiry: a sender that died inside
-        the call may have been answered)."""
+    def carried(self, key: str, message_id: str) -> Carried:
+        """What the idempotency store says of the SMS `key` and the reminder `message_id` (see `Carried`)."""
         try:
             record = self.persistence.get_record({"key": key})
         except IdempotencyItemNotFoundError:
-            return False
+            return Carried.NO_CALL
         if record is None:
-            return False
+            return Carried.NO_CALL
         if record.status != STATUS_CONSTANTS["COMPLETED"]:
-            return None
+            return Carried.UNKNOWN
         outcome = record.response_json_as_dict() or {}
-        return message_id in (outcome.get("message_ids") or [message_id])
+        return Carried.YES if message_id in (outcome.get("message_ids") or [message_id]) else Carried.NO
 
 
-def sms_never_carried(key: str, message_id: str, settings: Settings) -> bool:
-    """Whether no SMS under `key` went out, or may have, carrying the reminder `message_id`: what a cancelled
-    reminder still bound to that SMS needs before it may come back (`planning.revive_message`)."""
-    return _idempotent_send(settings).carried(key, message_id) is False
+class Carried(StrEnum):
+    """Whether an SMS went out, or may have, carrying one reminder, as its idempotency record tells."""
+
+    YES = "yes"  # its call ended carrying it: accepted, or ambiguous
+    NO = "no"  # its call ended carrying the other reminders only
+    NO_CALL = "no_call"  # no call of it ended, or one the provider refused (forgotten); one may still be to come
+    UNKNOWN = "unknown"  # a call is or was under way (in progress, even past its expiry: a sender that died inside
+    #                      the call may have been answered)
+
+
+_BOUND_TO_NONE = {"sms_key": None, "sms_bound_at": None}
+# A sender binds a record's SMS before the first of its requests and makes them within its invocation: past the
+# longest a Lambda function runs, no sender holding that binding is left to request an SMS not requested yet.
+SENDER_OUTLIVED = timedelta(minutes=15)
+
+
+def sms_never_carried(message: MessageRecord, settings: Settings, now: datetime) -> bool:
+    """Whether the grouped SMS a cancelled reminder is bound to did not carry it and never will: its call ended
+    without it, or no call was made and the sender that bound it can no longer be running (a revival before then
+    could free it while that sender still sends the SMS, with it, later in the same record). What the reminder
+    needs before it may come back (`planning.revive_message`)."""
+    carried = _idempotent_send(settings).carried(str(message.sms_key), message.message_id)
+    if carried is Carried.NO_CALL:
+        bound_at = message.sms_bound_at
+        return bound_at is None or parse_iso(bound_at) + SENDER_OUTLIVED <= now
+    return carried is Carried.NO
 
 
 @functools.cache
@@ -521,7 +540,7 @@ def _bind(key: str, members: list[_Ready], outcomes: list[SendOutcome]) -> list[
     """Those of `members` now bound to the SMS `key`; the others are another claim's or another SMS's."""
     kept = []
     for member in members:
-        if store.bind_to_sms(member.message, key):
+        if store.bind_to_sms(member.message, key, clock.now()):
             member.message.sms_key = key
             kept.append(member)
         else:
@@ -870,7 +889,7 @@ def _back_to_pending(message: MessageRecord, now: datetime, settings: Settings, 
             "segments": None,
             "provider_message_id": None,  # nor is its stand-in id, which a receipt would match
             "sms_reminders": None,
-            "sms_key": None,  # bound to no SMS: the next claim composes a new one
+            **_BOUND_TO_NONE,  # bound to no SMS: the next claim composes a new one
         },
         guard=Guard.VERSION,
         reason=reason,
@@ -941,7 +960,7 @@ def _defer(
         "last_error": why,
     }
     if not keep_binding:
-        values["sms_key"] = None  # its SMS was not taken: the next claim composes a new one
+        values |= _BOUND_TO_NONE  # its SMS was not taken: the next claim composes a new one
     if attempts is not None:
         values["attempts"] = attempts
     change = Change(
@@ -1093,7 +1112,7 @@ def _dead_letter(
     change = Change(
         target=Status.DEAD_LETTER,
         sources=frozenset({Status.QUEUED}),
-        set={"last_error": why, "attempts": attempt, "failed_at": iso(now), **(extra or {"sms_key": None})},
+        set={"last_error": why, "attempts": attempt, "failed_at": iso(now), **(extra or _BOUND_TO_NONE)},
         # The version too: the DLQ copy above names version + 1, and only that copy may take the dead letter back.
         guard=Guard.VERSION | Guard.ATTEMPTS,
     )

@@ -168,6 +168,7 @@ class MessageRecord(Model):
     # The grouped SMS this reminder is bound to before its request (`bind_to_sms`): after a crash, the same SMS is
     # replayed for it, never a second one.
     sms_key = UnicodeAttribute(null=True)
+    sms_bound_at = UnicodeAttribute(null=True)  # when a sender bound it to that SMS (its request comes after)
     sms_reminders = NumberAttribute(null=True)  # how many reminders the SMS that carried it carried
     text = UnicodeAttribute(null=True)
     segments = NumberAttribute(null=True)
@@ -719,7 +720,7 @@ def unbind_cancelled_from_sms(message_id: str, sms_key: str) -> bool:
     return _applied(
         lambda: _update(
             MessageRecord(message_id),
-            actions=[MessageRecord.sms_key.remove()],
+            actions=[MessageRecord.sms_key.remove(), MessageRecord.sms_bound_at.remove()],
             condition=(MessageRecord.status == Status.CANCELLED.value) & (MessageRecord.sms_key == sms_key),
         )
     )
@@ -730,13 +731,13 @@ def message_ids_by_provider_id(provider_message_id: str) -> list[str]:
     return [str(item.message_id) for item in MessageRecord.provider_index.query(provider_message_id)]
 
 
-def bind_to_sms(message: MessageRecord, sms_key: str) -> bool:
-    """Bind a queued reminder (this claim of it) to one grouped SMS before the request; False if it is bound to
-    another, or no longer this claim. Not a status change: the version stays."""
+def bind_to_sms(message: MessageRecord, sms_key: str, at: datetime) -> bool:
+    """Bind a queued reminder (this claim of it) to one grouped SMS before the request, at `at`; False if it is
+    bound to another, or no longer this claim. Not a status change: the version stays."""
     return _applied(
         lambda: _update(
             MessageRecord(message.message_id),
-            actions=[MessageRecord.sms_key.set(sms_key)],
+            actions=[MessageRecord.sms_key.set(sms_key), MessageRecord.sms_bound_at.set(iso(at))],
             condition=(MessageRecord.status == Status.QUEUED.value)
             & (MessageRecord.version == message.version)
             & (MessageRecord.sms_key.does_not_exist() | (MessageRecord.sms_key == sms_key)),

@@ -1284,7 +1284,8 @@ def test_a_message_this_batch_wrote_is_read_again_not_answered_from_the_batch_re
     with store.read_ahead([message_id]):
         message = store.get_message(message_id)  # no `read_since`: the table's
         assert message is not None
-        assert store.bind_to_sms(message, "sms_x")  # a write through the store: the batch's read is dropped
+        # A write through the store: the batch's read is dropped.
+        assert store.bind_to_sms(message, "sms_x", pipe.clock.now())
         again = store.get_message(message_id, read_since=SEVEN_DAY - timedelta(days=1))
     assert again is not None and again.sms_key == "sms_x"
 
@@ -1496,7 +1497,7 @@ def test_a_second_sms_deferred_for_want_of_a_provider_is_revived_by_an_opt_in(pi
     assert {pipe.message(i).status for i in (first, second)} == {"pending"} and pipe.accepted() == []
     planning.set_consent(PHONE, False, pipe.settings)  # STOP
     assert {pipe.message(i).status for i in (first, second)} == {"cancelled"}
-    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=5))
+    pipe.clock.advance_to(pipe.clock.now() + sending.SENDER_OUTLIVED)  # no sender that bound it is left
 
     planning.set_consent(PHONE, True, pipe.settings)  # OUI
 
@@ -1645,3 +1646,42 @@ def test_a_sibling_bound_to_an_sms_that_went_out_without_it_is_revived(
     handle_clinic_event(patient("p2", phone=PHONE, display_name="Kofi", sms_opt_in=True), pipe.settings)
 
     assert pipe.message(b).status == "pending"
+
+
+class _StopAndOptInDuringTheFirstSms(pacing.Pacer):
+    """A STOP, then an opt-in, while a record's first SMS is paced: after both its SMS were bound, before the second
+    SMS's idempotent call begins."""
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__()
+        self.settings, self.done = settings, False
+
+    def wait(self, per_second: float, latest: datetime | None = None) -> datetime | None:
+        if not self.done:
+            self.done = True
+            planning.set_consent(PHONE, False, self.settings)
+            planning.set_consent(PHONE, True, self.settings)
+        return super().wait(per_second, latest)
+
+
+def test_a_reminder_is_not_freed_from_an_sms_its_sender_may_still_request(pipe: Pipeline) -> None:
+    """Siblings at two clinics: one record, two SMS, both bound before the first request. A STOP and an opt-in while
+    the first is paced: the second SMS had no idempotency record yet, so the revival freed its reminder, the sender
+    then sent that SMS with it, and its next claim sent it again alone. No call yet decides nothing while the sender
+    that bound it may still be running."""
+    first = pipe.plan(1, DUE, phone=PHONE, display_name="Child1")["7_day_reminder"]
+    assert handle_clinic_event(patient("p2", phone=PHONE, display_name="Child2"), pipe.settings).applied == 1
+    handle_clinic_event(dose("a2", "p2", due_date=DUE, clinic="CSU Yopougon"), pipe.settings)
+    second = next(m.message_id for m in store.messages_of_patient("p2") if m.reminder_type == "7_day_reminder")
+    pipe.clock.advance_to(SEVEN_DAY)
+    sending.select_pacer(_StopAndOptInDuringTheFirstSms(pipe.settings))
+    try:
+        pipe.cycle()
+    finally:
+        sending.select_pacer(None)
+    for _ in range(3):
+        pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=10))
+        pipe.cycle()
+
+    assert len([sms for sms in pipe.accepted() if "Child2" in sms.text]) == 1
+    assert {pipe.message(i).status for i in (first, second)} == {"sent"}
