@@ -520,7 +520,8 @@ def get_message(message_id: str, *, read_since: datetime | None = None) -> Messa
 
     `read_since`: inside a send batch's `read_ahead`, the batch's read of the message answers if it was made at or
     after this instant and nothing here wrote the message since; it answers once (a second ask reads the table).
-    Read too long ago, it is read again together with its number's stop (`_read_again_for_send`)."""
+    Read too long ago, it is read again together with its patient, appointment and number's stop
+    (`_read_again_for_send`)."""
     ahead = _ahead.get()
     if read_since is not None and ahead is not None:
         taken = ahead.pop(("message", message_id), None)

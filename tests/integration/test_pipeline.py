@@ -1354,24 +1354,30 @@ def test_a_text_that_cannot_be_rendered_fails_its_message_and_not_the_batch(pipe
     assert len(pipe.send_requests()) == 1
 
 
+def _siblings_after_a_sender_crash(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, where: str) -> tuple[str, str]:
+    """Two children on PHONE, their 7-day reminders claimed together; the sender dies in `sending.<where>` on the
+    record's first delivery, which fails. Their ids."""
+    first = pipe.plan(1, DUE, phone=PHONE)["7_day_reminder"]
+    second = pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")["7_day_reminder"]
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.dispatch()
+
+    def crash(*_: Any, **__: Any) -> Any:
+        raise RuntimeError(f"the sender died in {where}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sending, where, crash)
+        assert pipe.send(pipe.receive())["batchItemFailures"]
+    return first, second
+
+
 def test_a_grouped_sms_taken_before_a_crash_is_replayed_not_resent_after_an_outage(
     pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Orange takes the siblings' SMS and the sender dies before recording it; the record comes back while Orange's
     circuit is open (no provider can be asked). The reminders wait bound to that SMS, and once Orange is back its
     stored result is replayed: the family gets one SMS, not a second one composed anew."""
-    first = pipe.plan(1, DUE, phone=PHONE)["7_day_reminder"]
-    second = pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")["7_day_reminder"]
-    pipe.clock.advance_to(SEVEN_DAY)
-    pipe.dispatch()
-    received = pipe.receive()
-
-    def crash(*_: Any, **__: Any) -> Any:
-        raise RuntimeError("the sender died after the provider's 201")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(sending, "_record_accepted", crash)
-        assert pipe.send(received)["batchItemFailures"]
+    first, second = _siblings_after_a_sender_crash(pipe, monkeypatch, "_record_accepted")  # after the 201
     assert len(pipe.accepted()) == 1
 
     for _ in range(pipe.settings.SMS_CIRCUIT_FAILURES):  # an outage elsewhere opened Orange's circuit meanwhile
@@ -1428,17 +1434,17 @@ def test_a_replay_routed_to_the_second_provider_asks_it_nothing_and_leaves_its_c
     assert provider_state.circuits(pipe.clock.now(), fresh=True)["kannel"].failures == 1
 
 
-class _StopWhilePacing(pacing.Pacer):
-    """The family's STOP lands after its SMS was composed and bound to its reminders, before the request."""
+class _RepliesWhilePacing(pacing.Pacer):
+    """The family's replies (opt-out False, opt-in True) land at the first pace wait: after the record's SMS were
+    composed and bound to their reminders, before the first request."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, *opt_ins: bool) -> None:
         super().__init__()
-        self.settings, self.stopped = settings, False
+        self.settings, self.replies = settings, list(opt_ins)
 
     def wait(self, per_second: float, latest: datetime | None = None) -> datetime | None:
-        if not self.stopped:
-            self.stopped = True
-            planning.set_consent(PHONE, False, self.settings)
+        while self.replies:
+            planning.set_consent(PHONE, self.replies.pop(0), self.settings)
         return super().wait(per_second, latest)
 
 
@@ -1462,7 +1468,7 @@ def test_reminders_bound_to_an_sms_that_never_went_out_are_revived_by_an_opt_in(
     ids = [pipe.plan(n, DUE, phone=PHONE, display_name=f"Child{n}")["7_day_reminder"] for n in range(1, siblings + 1)]
     pipe.clock.advance_to(SEVEN_DAY)
     if how.startswith("stop_during"):
-        sending.select_pacer(_StopWhilePacing(pipe.settings))
+        sending.select_pacer(_RepliesWhilePacing(pipe.settings, False))
     try:
         pipe.cycle()
     finally:
@@ -1481,6 +1487,15 @@ def test_reminders_bound_to_an_sms_that_never_went_out_are_revived_by_an_opt_in(
     assert {pipe.message(i).status for i in ids} == {"sent"} and len(pipe.accepted()) == 1
 
 
+def _siblings_at_two_clinics(pipe: Pipeline) -> tuple[str, str]:
+    """Two children on PHONE booked at two clinics (one record, two SMS); their 7-day reminders' ids."""
+    first = pipe.plan(1, DUE, phone=PHONE, display_name="Child1")["7_day_reminder"]
+    assert handle_clinic_event(patient("p2", phone=PHONE, display_name="Child2"), pipe.settings).applied == 1
+    handle_clinic_event(dose("a2", "p2", due_date=DUE, clinic="CSU Yopougon"), pipe.settings)
+    second = next(m.message_id for m in store.messages_of_patient("p2") if m.reminder_type == "7_day_reminder")
+    return first, second
+
+
 def test_a_second_sms_deferred_for_want_of_a_provider_is_revived_by_an_opt_in(pipe: Pipeline) -> None:
     """Siblings at two clinics: one record, two SMS, both bound before any request. The first SMS's 503 opens the
     only circuit; the second finds no provider, is deferred with its binding (no request for it was made here, and
@@ -1488,10 +1503,7 @@ def test_a_second_sms_deferred_for_want_of_a_provider_is_revived_by_an_opt_in(pi
     back."""
     pipe.configure(SMS_CIRCUIT_FAILURES="1")
     pipe.start_orange(faults=[Fault(nth=1, status=503)])
-    first = pipe.plan(1, DUE, phone=PHONE, display_name="Child1")["7_day_reminder"]
-    assert handle_clinic_event(patient("p2", phone=PHONE, display_name="Child2"), pipe.settings).applied == 1
-    handle_clinic_event(dose("a2", "p2", due_date=DUE, clinic="CSU Yopougon"), pipe.settings)
-    second = next(m.message_id for m in store.messages_of_patient("p2") if m.reminder_type == "7_day_reminder")
+    first, second = _siblings_at_two_clinics(pipe)
     pipe.clock.advance_to(SEVEN_DAY)
     pipe.cycle()
     assert {pipe.message(i).status for i in (first, second)} == {"pending"} and pipe.accepted() == []
@@ -1623,18 +1635,7 @@ def test_a_sibling_bound_to_an_sms_that_went_out_without_it_is_revived(
     """A and B (two children, one phone) are bound to grouped SMS K; the sender dies before the request. The clinic
     opts child 2 out meanwhile (B cancelled, still bound to K). K's replay goes out carrying A alone. The clinic opts
     child 2 back in: B, which no SMS carried, must come back; the revival asked only whether K had gone out."""
-    a = pipe.plan(1, DUE, phone=PHONE)["7_day_reminder"]
-    b = pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")["7_day_reminder"]
-    pipe.clock.advance_to(SEVEN_DAY)
-    pipe.dispatch()
-    received = pipe.receive()
-
-    def crash(*_: Any, **__: Any) -> Any:
-        raise RuntimeError("the sender died after binding, before the request")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(sending, "_send_sms", crash)
-        assert pipe.send(received)["batchItemFailures"]
+    a, b = _siblings_after_a_sender_crash(pipe, monkeypatch, "_send_sms")  # after binding, before the request
     key = pipe.message(a).sms_key
     assert key and pipe.message(b).sms_key == key and pipe.accepted() == []
     handle_clinic_event(patient("p2", phone=PHONE, display_name="Kofi", sms_opt_in=False), pipe.settings)
@@ -1648,33 +1649,14 @@ def test_a_sibling_bound_to_an_sms_that_went_out_without_it_is_revived(
     assert pipe.message(b).status == "pending"
 
 
-class _StopAndOptInDuringTheFirstSms(pacing.Pacer):
-    """A STOP, then an opt-in, while a record's first SMS is paced: after both its SMS were bound, before the second
-    SMS's idempotent call begins."""
-
-    def __init__(self, settings: Any) -> None:
-        super().__init__()
-        self.settings, self.done = settings, False
-
-    def wait(self, per_second: float, latest: datetime | None = None) -> datetime | None:
-        if not self.done:
-            self.done = True
-            planning.set_consent(PHONE, False, self.settings)
-            planning.set_consent(PHONE, True, self.settings)
-        return super().wait(per_second, latest)
-
-
 def test_a_reminder_is_not_freed_from_an_sms_its_sender_may_still_request(pipe: Pipeline) -> None:
     """Siblings at two clinics: one record, two SMS, both bound before the first request. A STOP and an opt-in while
     the first is paced: the second SMS had no idempotency record yet, so the revival freed its reminder, the sender
     then sent that SMS with it, and its next claim sent it again alone. No call yet decides nothing while the sender
     that bound it may still be running."""
-    first = pipe.plan(1, DUE, phone=PHONE, display_name="Child1")["7_day_reminder"]
-    assert handle_clinic_event(patient("p2", phone=PHONE, display_name="Child2"), pipe.settings).applied == 1
-    handle_clinic_event(dose("a2", "p2", due_date=DUE, clinic="CSU Yopougon"), pipe.settings)
-    second = next(m.message_id for m in store.messages_of_patient("p2") if m.reminder_type == "7_day_reminder")
+    first, second = _siblings_at_two_clinics(pipe)
     pipe.clock.advance_to(SEVEN_DAY)
-    sending.select_pacer(_StopAndOptInDuringTheFirstSms(pipe.settings))
+    sending.select_pacer(_RepliesWhilePacing(pipe.settings, False, True))
     try:
         pipe.cycle()
     finally:
