@@ -111,13 +111,16 @@ def _candidates(shards: int, now: datetime, capacity: int) -> Iterator[MessageRe
 
 def _capacity(settings: Settings, now: datetime) -> int:
     """How many reminders to claim now: what the provider can send before the next run, less what is queued; one
-    (the probe) while every provider's circuit is open and a probe is due; none while no provider can take any."""
-    route = provider_state.route(settings, now)
+    per provider whose probe is due while no provider takes traffic (only the probes can go); none while no
+    provider can take any."""
+    probes: tuple[str, ...] = ()
+    while (route := provider_state.route(settings, now, skip=probes)).probe:
+        probes += (str(route.provider),)
     if route.provider is None:
-        logger.warning("no provider can take a request: nothing dispatched", extra={"until": str(route.paused_until)})
-        return 0
-    if route.probe and provider_state.route(settings, now, skip=(str(route.provider),)).provider is None:
-        return 1  # only the probe can go: the next provider in the failover order cannot take traffic either
+        if not probes:
+            until = str(route.paused_until)
+            logger.warning("no provider can take a request: nothing dispatched", extra={"until": until})
+        return len(probes)
     budget = int(settings.SMS_RATE_LIMIT_PER_SECOND * settings.SMS_PROCESSING_INTERVAL_MINUTES * 60)
     return max(0, budget - queue.depth(settings.SEND_QUEUE_URL, settings))
 

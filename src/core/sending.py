@@ -523,7 +523,7 @@ def _sms_of(
     for key, members in sms:
         # A crash after binding some of an SMS's reminders: the rest join it if they fit (if it went out without
         # them, its replay says so and they go in the next one).
-        joining = [f for f in fresh if (f.appointment.clinic or "") == (members[0].appointment.clinic or "")]
+        joining = [f for f in fresh if _sms_group(f)[:2] == _sms_group(members[0])[:2]]
         if joining and _fits(members + joining, settings):
             fresh = [f for f in fresh if f not in joining]
             members += _bind(key, joining, outcomes)
@@ -548,12 +548,19 @@ def _bind(key: str, members: list[_Ready], outcomes: list[SendOutcome]) -> list[
     return kept
 
 
+def _sms_group(one: _Ready) -> tuple[str, str, str, str]:
+    """What decides which SMS a reminder may share: its patient's phone now (a record groups reminders by the
+    phone they had when dispatched, and a family may have given the clinic a new number since), its clinic, then
+    its child."""
+    return (one.patient.phone, one.appointment.clinic or "", one.patient.patient_id, one.message.message_id)
+
+
 def _compose(ready: list[_Ready], settings: Settings) -> list[list[_Ready]]:
-    """Reminders for one phone, grouped into as few SMS as fit: one per clinic, then one per child if that is too
-    long for SMS_MAX_SEGMENTS, then one per reminder."""
-    ordered = sorted(ready, key=lambda r: (r.appointment.clinic or "", r.patient.patient_id, r.message.message_id))
+    """Reminders grouped into as few SMS as fit: one per phone and clinic, then one per child if that is too long
+    for SMS_MAX_SEGMENTS, then one per reminder."""
+    ordered = sorted(ready, key=_sms_group)
     out: list[list[_Ready]] = []
-    for _, by_clinic in itertools.groupby(ordered, key=lambda r: r.appointment.clinic or ""):
+    for _, by_clinic in itertools.groupby(ordered, key=lambda r: _sms_group(r)[:2]):
         members = list(by_clinic)
         if _fits(members, settings):
             out.append(members)

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.integration
 DUE = "2027-03-20"
 SEVEN_DAY = datetime(2027, 3, 13, 9, 0, tzinfo=UTC)  # 7 days before DUE, 09:00 in Abidjan (UTC+0)
 SEVEN_DAY_DEADLINE = SEVEN_DAY + timedelta(hours=48)
+NEW_PHONE = "+2250709999999"
 
 
 @pytest.fixture
@@ -819,6 +820,26 @@ def test_a_sibling_cancelled_while_its_grouped_sms_is_queued_is_left_out_of_it(p
     assert pipe.message(first).status == "sent" and pipe.message(second).status == "cancelled"
 
 
+def test_a_sibling_whose_phone_changed_while_their_grouped_sms_is_queued_gets_it_on_the_new_phone(
+    pipe: Pipeline,
+) -> None:
+    """Two children on one phone, one record for both on the queue; the second's family then gives the clinic a
+    new number: one SMS to each phone, neither naming the other's child."""
+    first = pipe.plan(1, DUE, phone=PHONE)["7_day_reminder"]
+    second = pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")["7_day_reminder"]
+    pipe.clock.advance_to(SEVEN_DAY)
+    assert pipe.dispatch()["claimed"] == 2
+    handle_clinic_event(patient("p2", phone=NEW_PHONE, display_name="Kofi"), pipe.settings)
+
+    assert pipe.send(pipe.receive()) == {"batchItemFailures": []}
+
+    by_phone = {sms.to: sms.text for sms in pipe.accepted()}
+    assert set(by_phone) == {PHONE, NEW_PHONE}
+    assert "Awa" in by_phone[PHONE] and "Kofi" not in by_phone[PHONE]
+    assert "Kofi" in by_phone[NEW_PHONE] and "Awa" not in by_phone[NEW_PHONE]
+    assert {pipe.message(first).status, pipe.message(second).status} == {"sent"}
+
+
 def test_a_deadline_that_passed_while_queued_expires_at_send_time(pipe: Pipeline) -> None:
     message_id = _due_now(pipe)
     pipe.dispatch()
@@ -1406,6 +1427,21 @@ def test_a_due_probe_of_the_first_provider_does_not_throttle_the_dispatcher_whil
     dispatched = pipe.dispatch()
 
     assert dispatched["claimed"] == len(due)  # not the one reminder of a probe: Kannel takes the traffic
+
+
+def test_every_provider_waiting_for_its_probe_gets_the_dispatcher_to_claim_one_reminder_each(pipe: Pipeline) -> None:
+    """Both circuits open and both probes due: only the probes can go, so one reminder each is claimed, not a whole
+    run's budget that the senders would defer straight back."""
+    pipe.start_kannel()
+    for n in (1, 2, 3, 5, 6, 7):  # six phones (p4 shares p1's)
+        _due_now(pipe, n)
+    opened_at = pipe.clock.now() - timedelta(minutes=5)
+    for provider in ("orange", "kannel"):
+        for _ in range(pipe.settings.SMS_CIRCUIT_FAILURES):
+            provider_state.record_transient_failure(provider, opened_at, pipe.settings, "http_503: down")
+    assert provider_state.route(pipe.settings, pipe.clock.now()).probe
+
+    assert pipe.dispatch()["claimed"] == 2
 
 
 def test_a_replay_routed_to_the_second_provider_asks_it_nothing_and_leaves_its_circuit_alone(
