@@ -18,7 +18,7 @@ from typing import Any, Final, Literal, get_args
 from zoneinfo import ZoneInfo
 
 from core import clock, store
-from core.counters import BOUNDS, PLANNED, RETRIED, SENT_VIA, SMS, percentile_from_histogram
+from core.counters import BOUNDS, PLANNED, RETRIED, SENT_VIA, SMS, UNDELIVERED, percentile_from_histogram
 from core.lifecycle import Status
 from core.observability import logger
 from core.outcomes import outcome_rows, outcome_summary
@@ -122,9 +122,10 @@ def average(total: float, count: float) -> float | None:
     return total / count if count > 0 else None
 
 
-def delivery_rate(delivered: float, failed: float) -> float | None:
-    """Delivered out of those whose fate the provider reported (delivered + failed); None without any."""
-    settled = delivered + failed
+def delivery_rate(delivered: float, undelivered: float) -> float | None:
+    """Delivered out of the SMS whose fate the provider reported (delivered + reported undeliverable); None without
+    any. A reminder that failed before any SMS went out (a number the provider refused) had no fate to report."""
+    settled = delivered + undelivered
     return delivered / settled if settled > 0 else None
 
 
@@ -180,7 +181,7 @@ def figures_from_counters(counters: Mapping[str, float], live: Mapping[str, int]
     return Figures(
         **counts,
         pending=live.get(Status.PENDING.value, 0),
-        delivery_rate=delivery_rate(counts["delivered"], counts["failed"]),
+        delivery_rate=delivery_rate(counts["delivered"], _whole(counters.get(UNDELIVERED, 0.0))),
         delivery_time_avg_seconds=average(counters.get("delivery_sum", 0.0), sum(delivery.values())),
         delivery_time_p95_seconds=percentile_from_histogram(delivery, P95),
         lateness_avg_seconds=average(counters.get("lateness_sum", 0.0), sum(lateness.values())),

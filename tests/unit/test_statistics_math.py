@@ -140,9 +140,11 @@ def test_bucket_labels_put_a_bound_in_its_own_bucket() -> None:
 # ---------------------------------------------------------------------------------------------- rates and figures
 
 
-@pytest.mark.parametrize(("delivered", "failed", "rate"), [(0, 0, None), (9, 1, 0.9), (0, 3, 0.0), (5, 0, 1.0)])
-def test_delivery_rate_is_delivered_over_delivered_and_failed(delivered: int, failed: int, rate: float | None) -> None:
-    assert delivery_rate(delivered, failed) == rate
+@pytest.mark.parametrize(("delivered", "undelivered", "rate"), [(0, 0, None), (9, 1, 0.9), (0, 3, 0.0), (5, 0, 1.0)])
+def test_delivery_rate_is_delivered_over_delivered_and_undelivered(
+    delivered: int, undelivered: int, rate: float | None
+) -> None:
+    assert delivery_rate(delivered, undelivered) == rate
 
 
 def _counts_of(moves: list[tuple[Status, str, datetime, datetime, datetime | None]]) -> dict[str, float]:
@@ -195,6 +197,21 @@ def test_a_late_delivery_after_failed_moves_the_count_from_failed_to_delivered()
     )
     figures = figures_from_counters(counters)
     assert (figures.delivered, figures.failed, figures.delivery_rate) == (1, 0, 1.0)
+
+
+def test_a_reminder_refused_before_any_sms_went_out_leaves_the_delivery_rate_alone() -> None:
+    """A wrong number in the register (the provider refused the request) failed, but no SMS had a fate to report."""
+    scheduled = datetime(2027, 3, 1, 9, 0, tzinfo=UTC)
+    sent = scheduled + timedelta(seconds=10)
+    counters = _counts_of(
+        [
+            (Status.SENT, "queued", sent, scheduled, None),
+            (Status.DELIVERED, "sent", sent + timedelta(seconds=60), scheduled, sent),
+            (Status.FAILED, "queued", sent, scheduled, None),
+        ]
+    )
+    figures = figures_from_counters(counters)
+    assert (figures.delivered, figures.failed, figures.delivery_rate) == (1, 1, 1.0)
 
 
 def test_a_cancelled_reminder_found_sent_moves_the_count_from_cancelled_to_sent() -> None:
