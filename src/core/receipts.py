@@ -8,11 +8,12 @@ before anything is read or written.
 from __future__ import annotations
 
 import hmac
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated
+
+from pydantic import BaseModel, StrictStr, StringConstraints, ValidationError, field_validator
 
 from core import clock, followup, store
 from core.dispatch import MAX_REMINDERS_PER_RECORD
@@ -73,27 +74,49 @@ def authenticate(token: str | None, settings: Settings) -> None:
         raise ReceiptRejected(403, "bad or missing token")
 
 
+class _OrangeDeliveryInfo(BaseModel):
+    deliveryStatus: StrictStr
+    address: object = None  # the recipient, `tel:+…`: only an ambiguous send's receipt needs it (checked there)
+
+    @field_validator("deliveryStatus")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in ORANGE_STATUSES:
+            raise ValueError(f"unknown value (one of {', '.join(ORANGE_STATUSES)})")
+        return value
+
+
+class _OrangeNotification(BaseModel):
+    callbackData: Annotated[StrictStr, StringConstraints(min_length=1, max_length=200)]
+    deliveryInfo: _OrangeDeliveryInfo
+
+
+class OrangeReceipt(BaseModel):
+    """Orange's deliveryInfoNotification, as much of it as a receipt reads (other fields are ignored)."""
+
+    deliveryInfoNotification: _OrangeNotification
+
+
+def parse_orange_receipt(body: str) -> OrangeReceipt:
+    """The notification in `body`; ReceiptRejected(400) naming the first field that is wrong."""
+    try:
+        return OrangeReceipt.model_validate_json(body)
+    except ValidationError as exc:
+        count(MetricName.RECEIPTS_REJECTED)
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        raise ReceiptRejected(400, f"{where}: {error['msg']}") from None
+
+
 def orange_receipt(body: str, settings: Settings) -> ReceiptOutcome:
     """Apply an Orange deliveryInfoNotification."""
-    try:
-        data: Any = json.loads(body)
-        notification = data["deliveryInfoNotification"]
-        provider_id = notification["callbackData"]
-        delivery_status = notification["deliveryInfo"]["deliveryStatus"]
-    except (ValueError, KeyError, TypeError):
-        count(MetricName.RECEIPTS_REJECTED)
-        raise ReceiptRejected(400, "not a deliveryInfoNotification") from None
-    if not isinstance(provider_id, str) or not provider_id or len(provider_id) > 200:
-        count(MetricName.RECEIPTS_REJECTED)
-        raise ReceiptRejected(400, "deliveryInfoNotification.callbackData: must be a non-empty string")
-    if delivery_status not in ORANGE_STATUSES:
-        count(MetricName.RECEIPTS_REJECTED)
-        raise ReceiptRejected(400, "deliveryInfoNotification.deliveryInfo.deliveryStatus: unknown value")
+    notification = parse_orange_receipt(body).deliveryInfoNotification
+    provider_id, delivery_status = notification.callbackData, notification.deliveryInfo.deliveryStatus
     store.bind(settings)
     message_ids, read = _members_of_sms(provider_id)
     learnt: dict[str, str] = {}
     if not message_ids:
-        message_ids = _ambiguous_sms_for(notification["deliveryInfo"].get("address"))
+        message_ids = _ambiguous_sms_for(notification.deliveryInfo.address)
         learnt = {"provider_message_id": provider_id}
     if not message_ids:
         count(MetricName.RECEIPTS_UNKNOWN)
@@ -239,9 +262,12 @@ def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome
     except ValueError:
         count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "type: must be a Kannel DLR type (1, 2, 4, 8 or 16)") from None
-    if not message_id.startswith(("msg_", "sms_")) or len(message_id) > 64 or dlr_type not in KANNEL_TYPES:
+    if dlr_type not in KANNEL_TYPES:
         count(MetricName.RECEIPTS_REJECTED)
-        raise ReceiptRejected(400, "message_id or type: not a Kannel DLR for one of our messages")
+        raise ReceiptRejected(400, f"type: {dlr_type} is not a Kannel DLR type (1, 2, 4, 8 or 16)")
+    if not message_id.startswith(("msg_", "sms_")) or len(message_id) > 64:
+        count(MetricName.RECEIPTS_REJECTED)
+        raise ReceiptRejected(400, "message_id: not one of our message ids (msg_… or sms_…, at most 64 characters)")
     store.bind(settings)
     name, target = KANNEL_TYPES[dlr_type]
     # A grouped SMS travels under its SMS key, which its reminders carry as the provider's id. A message id we do

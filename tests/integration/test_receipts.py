@@ -312,19 +312,30 @@ def test_a_token_differing_only_in_its_last_character_is_refused(pipe: Pipeline,
     assert _answer(pipe.receipt("POST", "/orange", {"token": token}, body, JSON)) == (200, "delivered")
 
 
+NOTE = "deliveryInfoNotification"
+INFO = f"{NOTE}.deliveryInfo"
+DELIVERED = {"deliveryStatus": "DeliveredToTerminal"}
+
+
+def _note(**fields: Any) -> str:
+    return json.dumps({NOTE: fields})
+
+
 @pytest.mark.parametrize(
-    "body",
+    ("body", "field"),
     [
-        "not json",
-        '{"deliveryInfoNotification": {"callbackData": "{pid}"',  # truncated
-        "[]",
-        "{}",
-        '{"deliveryInfoNotification": {"callbackData": "{pid}"}}',
-        '{"deliveryInfoNotification": {"deliveryInfo": {"deliveryStatus": "DeliveredToTerminal"}}}',
-        '{"deliveryInfoNotification": {"callbackData": 42, "deliveryInfo": {"deliveryStatus": "DeliveredToTerminal"}}}',
-        '{"deliveryInfoNotification": {"callbackData": "{pid}", "deliveryInfo": "DeliveredToTerminal"}}',
-        '{"deliveryInfoNotification": {"callbackData": "{pid}", "deliveryInfo": {"deliveryStatus": "Delivered"}}}',
-        '{"deliveryInfoNotification": {"callbackData": "{pid}", "deliveryInfo": {"deliveryStatus": null}}}',
+        ("not json", "body"),
+        ('{"deliveryInfoNotification": {"callbackData": "{pid}"', "body"),
+        ("[]", "body"),
+        ("{}", NOTE),
+        (_note(callbackData="{pid}"), f"{INFO}:"),
+        (_note(deliveryInfo=DELIVERED), "callbackData"),
+        (_note(callbackData=42, deliveryInfo=DELIVERED), "callbackData"),
+        (_note(callbackData="{pid}", deliveryInfo="DeliveredToTerminal"), f"{INFO}:"),
+        (_note(callbackData="{pid}", deliveryInfo={}), "deliveryStatus"),
+        (_note(callbackData="{pid}", deliveryInfo={"deliveryStatus": "Delivered"}), "deliveryStatus"),
+        (_note(callbackData="{pid}", deliveryInfo={"deliveryStatus": None}), "deliveryStatus"),
+        (_note(callbackData="{pid}", deliveryInfo={"deliveryStatus": ["DeliveredToTerminal"]}), "deliveryStatus"),
     ],
     ids=[
         "not-json",
@@ -335,17 +346,21 @@ def test_a_token_differing_only_in_its_last_character_is_refused(pipe: Pipeline,
         "no-callback",
         "numeric-callback",
         "delivery-info-not-object",
+        "no-status",
         "unknown-status",
         "null-status",
+        "status-a-list",
     ],
 )
-def test_a_malformed_orange_receipt_is_refused_with_400_and_changes_nothing(
-    pipe: Pipeline, sent: str, body: str
+def test_a_malformed_orange_receipt_is_refused_with_400_naming_the_field_and_changes_nothing(
+    pipe: Pipeline, sent: str, body: str, field: str
 ) -> None:
     before = _snapshot(pipe, sent)
 
     response = _orange(pipe, body.replace("{pid}", _provider_id(pipe, sent)))
 
+    assert response["statusCode"] == 400
+    assert field in response["body"]
     assert response["statusCode"] == 400
     assert _snapshot(pipe, sent) == before
 
@@ -447,17 +462,19 @@ def test_kannel_dlrs_are_monotonic_too(pipe: Pipeline, sent_by_kannel: str) -> N
 
 
 @pytest.mark.parametrize(
-    "params",
+    ("params", "field"),
     [
-        {"type": "1"},
-        {"message_id": "msg_x", "type": "one"},
-        {"message_id": "msg_x", "type": "3"},
-        {"message_id": "not-ours", "type": "1"},
-        {"message_id": "msg_" + "0" * 80, "type": "1"},
+        ({"type": "1"}, "message_id"),
+        ({"message_id": "msg_x", "type": "one"}, "type"),
+        ({"message_id": "msg_x", "type": "3"}, "type"),
+        ({"message_id": "not-ours", "type": "1"}, "message_id"),
+        ({"message_id": "msg_" + "0" * 80, "type": "1"}, "message_id"),
     ],
     ids=["no-message-id", "type-not-a-number", "type-unknown", "not-our-id-shape", "id-too-long"],
 )
-def test_a_malformed_kannel_dlr_is_refused_with_400(pipe: Pipeline, sent: str, params: dict[str, str]) -> None:
+def test_a_malformed_kannel_dlr_is_refused_with_400_naming_the_field(
+    pipe: Pipeline, sent: str, params: dict[str, str], field: str
+) -> None:
     before = _snapshot(pipe, sent)
     if params.get("message_id") == "msg_x":
         params = {**params, "message_id": sent}
@@ -465,6 +482,7 @@ def test_a_malformed_kannel_dlr_is_refused_with_400(pipe: Pipeline, sent: str, p
     response = pipe.receipt("GET", "/kannel", {"token": pipe.receipt_token(), **params})
 
     assert response["statusCode"] == 400
+    assert response["body"].startswith(f"{field}:")
     assert _snapshot(pipe, sent) == before
 
 
