@@ -120,21 +120,29 @@ def import_register(
         str | None,
         typer.Option(
             "--as-of",
-            help="When the register was exported (ISO 8601, e.g. 2027-03-01T08:00:00Z); default: the file's"
-            " modification time (so give it for a file edited since its export). Its events are stamped with it,"
-            " so a later clinic event is never undone.",
+            help="Required: when the register was exported (ISO 8601, e.g. 2027-03-01T08:00:00Z). Its events are"
+            " stamped with it, so a later clinic event (an opt-out, a dose given) is never undone.",
         ),
     ] = None,
 ) -> None:
-    """Load a register (patient and appointment columns) through the same validation and planning as events."""
+    """Load a register (patient and appointment columns) through the same validation and planning as events; exit 1
+    when some rows were refused (each is listed with the field it got wrong)."""
     from rich.progress import Progress
 
     from rappel_cli.importer import import_rows, read_csv
 
+    if not as_of:
+        # Not the file's modification time: a copy or a download resets it, and an old register stamped now would
+        # undo every opt-out, dose given and reschedule recorded since its export.
+        console.print(
+            "[red]error:[/red] --as-of: required: when the register was exported (ISO 8601), which its events are"
+            " stamped with"
+        )
+        raise typer.Exit(2)
     settings = _settings(local, stack, region)
     try:
         rows = read_csv(register)
-        exported = _moment(as_of) if as_of else datetime.fromtimestamp(register.stat().st_mtime, UTC)
+        exported = _moment(as_of)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -156,6 +164,8 @@ def import_register(
     _emit(data, as_json, table)
     for row, error in report.errors[:20]:
         console.print(f"row {row}: {error}")
+    if report.errors:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -450,6 +460,7 @@ def _consent(phone: str, opt_in: bool, local: bool, stack: str | None, region: s
         "number_stop": stop,
         "patients": len(change.patients),
         "cancelled": change.result.cancelled,
+        "revived": change.result.revived,
         "created": change.result.created,
     }
     _emit(data, as_json, _key_values("Opt-in" if opt_in else "Opt-out", data))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from core.settings import ConfigurationError, Settings, build_settings
 from rappel_local import console
@@ -59,8 +61,31 @@ def write_local_state(environment: dict[str, str], extra: dict[str, Any]) -> Non
 def read_local_state() -> dict[str, Any]:
     """What `rappel local up` recorded; raises TargetError when it is not running."""
     if not LOCAL_STATE.exists():
-        raise TargetError("no embedded stack is running: start one with `rappel local up` (in another terminal)")
-    return dict(json.loads(LOCAL_STATE.read_text()))
+        raise TargetError(
+            "no embedded stack is running from this directory: start one here with `rappel local up`"
+            " (in another terminal)"
+        )
+    state = dict(json.loads(LOCAL_STATE.read_text()))
+    endpoint = str(state.get("environment", {}).get("AWS_ENDPOINT_URL", ""))
+    if not _answers(endpoint):
+        # `rappel local up` was killed, not stopped: its record stayed behind.
+        raise TargetError(
+            f"the embedded stack recorded in {LOCAL_STATE} does not answer on {endpoint or '(no endpoint)'}:"
+            " start one with `rappel local up` (in another terminal)"
+        )
+    return state
+
+
+def _answers(endpoint: str) -> bool:
+    """Whether something listens where the endpoint points (a connection, no request)."""
+    address = urlsplit(endpoint)
+    if not address.hostname or not address.port:
+        return False
+    try:
+        with socket.create_connection((address.hostname, address.port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def resolve(*, local: bool, stack: str | None, region: str | None) -> Settings:
@@ -95,7 +120,8 @@ def _deployed_environment(stack: str, region: str | None) -> dict[str, str]:
     if not stack:
         raise TargetError("no stack name: pass --stack NAME or deploy with samconfig.toml (profile dev)")
     with _aws_errors(f"stack {stack!r}"):
-        client = boto3.client("cloudformation", region_name=region)
+        # boto3 reads AWS_DEFAULT_REGION; AWS_REGION is what Lambda and most other tools set.
+        client = boto3.client("cloudformation", region_name=region or os.environ.get("AWS_REGION") or None)
         described = client.describe_stacks(StackName=stack)["Stacks"][0]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
     missing = sorted((set(OUTPUT_TO_ENV) | {CONFIGURATION_OUTPUT}) - set(outputs) - OPTIONAL_OUTPUTS)
@@ -139,7 +165,7 @@ def _aws_errors(where: str) -> Iterator[None]:
     except NoCredentialsError:
         raise TargetError("no AWS credentials: configure them (aws configure, AWS_PROFILE) or use --local") from None
     except NoRegionError:
-        raise TargetError("no AWS region: pass --region or set AWS_REGION") from None
+        raise TargetError("no AWS region: pass --region or set AWS_DEFAULT_REGION (or AWS_REGION)") from None
     except ClientError as exc:
         raise TargetError(f"{where}: {exc.response.get('Error', {}).get('Message', exc)}") from None
     except BotoCoreError as exc:

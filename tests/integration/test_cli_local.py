@@ -144,8 +144,9 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
             ]
         )
 
-    imported = _run("import", str(register), "--local", "--json", cwd=local_stack)
-    assert imported.returncode == 0, imported.stderr
+    as_of = datetime.now(UTC).isoformat()
+    imported = _run("import", str(register), "--local", "--json", "--as-of", as_of, cwd=local_stack)
+    assert imported.returncode == 1, imported.stderr  # a row refused: a script must notice
     data = json.loads(imported.stdout)
     assert (data["rows"], data["appointments"], data["reminders_created"]) == (2, 1, 3)
     assert data["errors"][0]["row"] == 2 and data["errors"][0]["error"].startswith("detail.phone")
@@ -179,8 +180,12 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
         "number_stop": "written",
         "patients": 1,
         "cancelled": 2,
+        "revived": 0,
         "created": 0,
     }
+    restored = json.loads(_run("optin", "+2250701020304", "--local", "--json", cwd=local_stack).stdout)
+    assert (restored["number_stop"], restored["revived"], restored["created"]) == ("lifted", 2, 0)
+    assert json.loads(_run("optout", "+2250701020304", "--local", "--json", cwd=local_stack).stdout)["cancelled"] == 2
     # A number no patient has yet: its stop is written all the same (for those registered on it later), and said.
     stranger = _run("optout", "+2250709999999", "--local", "--json", cwd=local_stack)
     assert stranger.returncode == 0 and json.loads(stranger.stdout)["number_stop"] == "written"
@@ -209,7 +214,8 @@ def test_the_console_prints_one_line_per_event(local_stack: Path, console_lines:
         writer.writerow(CSV_COLUMNS)
         writer.writerow(["p7", "+2250701020399", zone, "fr", "true", "Awa", "a7", "Penta", "2", due, "CSU Abobo"])
         writer.writerow(["p8", "not-a-phone", zone, "fr", "true", "Kofi", "a8", "VPO", "1", due, ""])
-    assert _run("import", str(register), "--local", "--json", cwd=local_stack).returncode == 0
+    as_of = datetime.now(UTC).isoformat()
+    assert _run("import", str(register), "--local", "--json", "--as-of", as_of, cwd=local_stack).returncode == 1
     assert json.loads(_run("process", "--local", "--json", cwd=local_stack).stdout)["enqueued"] == 1
     messages = json.loads(_run("messages", "--local", "--json", "--patient", "p7", cwd=local_stack).stdout)
     (sent,) = [m for m in messages if m["status"] in {"sent", "delivered"}]
@@ -234,3 +240,25 @@ def test_the_console_prints_one_line_per_event(local_stack: Path, console_lines:
 def test_commands_say_clearly_when_the_stack_is_missing(tmp_path: Path) -> None:
     result = _run("messages", "--local", cwd=tmp_path)
     assert result.returncode == 2 and "rappel local up" in result.stderr
+
+
+def test_an_import_without_its_export_time_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    """A file's modification time is not its export time (a copy resets it): an old register stamped now would
+    undo the opt-outs and doses given since. Nothing is read or written."""
+    register = tmp_path / "register.csv"
+    register.write_text(",".join(CSV_COLUMNS) + "\n")
+
+    result = _run("import", str(register), "--local", cwd=tmp_path)
+
+    assert result.returncode == 2 and "--as-of: required" in result.stderr
+
+
+def test_commands_say_clearly_when_the_stack_they_were_started_for_is_gone(tmp_path: Path) -> None:
+    """`rappel local up` killed: its state file is left, naming an endpoint nothing answers on."""
+    state = tmp_path / ".rappel" / "local.json"
+    state.parent.mkdir()
+    state.write_text(json.dumps({"environment": {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}}))
+
+    result = _run("health", "--local", cwd=tmp_path)
+
+    assert result.returncode == 2 and "rappel local up" in result.stderr and "Traceback" not in result.stderr
