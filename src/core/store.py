@@ -629,16 +629,21 @@ def reminders_of(
 
 
 def _read_along(checked: PatientRecord | str | None) -> dict[type[Model], list[Any]]:
-    """What to read with a patient's reminders for its checks (see `reminders_of`): nothing outside a read-ahead."""
+    """What to read with a patient's reminders for its checks (see `reminders_of`): nothing outside a read-ahead.
+
+    A patient given as a record is the caller's own write: only its number's stop is read. One given by id is read
+    again even when this block read it earlier: the caller has written since (the appointment of a new dose), and
+    another handler may have changed the patient in between (an opt-in, a new zone), having listed the patient's
+    appointments before that write, so this handler is the one that must plan with it. Its number's stop is read
+    along, by the number the earlier read found (the stop of a number changed meanwhile is read alone)."""
     ahead = _ahead.get()
     if ahead is None or checked is None:
         return {}
-    patient = checked if isinstance(checked, PatientRecord) else ahead.get(("patient", checked), _NOT_AHEAD)
-    if patient is _NOT_AHEAD:
-        return {PatientRecord: [checked]}
+    patient = checked if isinstance(checked, PatientRecord) else ahead.get(("patient", checked))
+    along: dict[type[Model], list[Any]] = {} if isinstance(checked, PatientRecord) else {PatientRecord: [checked]}
     if isinstance(patient, PatientRecord) and ("stop", patient.phone) not in ahead:
-        return {OpsRecord: [(_STOP, patient.phone)]}
-    return {}
+        along[OpsRecord] = [(_STOP, patient.phone)]
+    return along
 
 
 def messages_of_patient(patient_id: str) -> list[MessageRecord]:

@@ -445,3 +445,41 @@ def test_a_newer_event_handled_while_an_older_one_replans_is_not_undone_by_it(
         store.parse_iso(m.scheduled_at).hour for m in _messages().values() if m.reminder_type != "overdue_reminder"
     }
     assert hours == {11}
+
+
+def _dose_with_its_patients_update_landing_first(aws, monkeypatch: pytest.MonkeyPatch, update: dict[str, Any]) -> None:
+    """A new dose and its patient's update handled at once (a register import sends both): the update is handled
+    to the end, by another Lambda, just before the dose's appointment is written, so its listing of the patient's
+    appointments cannot see this one."""
+    original = store.save_appointment
+    calls = itertools.count()
+
+    def update_lands_first(*args: Any, **kwargs: Any) -> bool:
+        if next(calls) == 0:
+            contextvars.Context().run(handle_clinic_event, update, aws.settings)
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "save_appointment", update_lands_first)
+        handle_clinic_event(dose(at=aws.clock.now()), aws.settings)
+
+
+def test_an_opt_in_handled_while_a_new_dose_is_gets_the_dose_its_reminders(aws, monkeypatch) -> None:
+    handle_clinic_event(patient(sms_opt_in=False, at=aws.clock.now() - timedelta(days=1)), aws.settings)
+
+    _dose_with_its_patients_update_landing_first(aws, monkeypatch, patient(sms_opt_in=True, at=aws.clock.now()))
+
+    assert {t: m.status for t, m in _messages().items()} == {
+        "7_day_reminder": "pending",
+        "1_day_reminder": "pending",
+        "overdue_reminder": "pending",
+    }
+
+
+def test_a_zone_change_handled_while_a_new_dose_is_plans_the_dose_in_the_new_zone(aws, monkeypatch) -> None:
+    handle_clinic_event(patient(at=aws.clock.now() - timedelta(days=1)), aws.settings)  # Africa/Abidjan, UTC+0
+
+    update = patient(timezone="Asia/Kolkata", at=aws.clock.now())
+    _dose_with_its_patients_update_landing_first(aws, monkeypatch, update)
+
+    assert _messages()["7_day_reminder"].scheduled_at == "2027-03-13T03:30:00.000Z"  # 09:00 in Kolkata

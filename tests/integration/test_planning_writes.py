@@ -315,8 +315,9 @@ def test_a_scheduled_dose_reads_the_number_s_stop_in_a_batch_get_not_alone(aws: 
 
 
 def test_a_new_appointment_reads_no_reminder_key_that_cannot_exist(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its reminders are created after it is stored: the second batch get asks only for the number's stop (each key
-    read costs a read unit, found or not). Its schedule sent again reads them: they exist now."""
+    """Its reminders are created after it is stored: the second batch get asks only for the patient again (written
+    meanwhile by another handler, maybe) and the number's stop (each key read costs a read unit, found or not). Its
+    schedule sent again reads them: they exist now."""
     _plan(patient())
     asked: list[dict[str, int]] = []
     original = botocore.client.BaseClient._make_api_call
@@ -328,10 +329,10 @@ def test_a_new_appointment_reads_no_reminder_key_that_cannot_exist(aws: Any, mon
 
     monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
     assert _plan(dose())["created"] == 3
-    assert asked[1] == {aws.settings.OPS_TABLE: 1}
+    assert asked[1] == {aws.settings.PATIENTS_TABLE: 1, aws.settings.OPS_TABLE: 1}
     asked.clear()
     assert _plan(dose(at=aws.clock.now() + timedelta(seconds=1)))["created"] == 0
-    assert asked[1] == {aws.settings.MESSAGES_TABLE: 3, aws.settings.OPS_TABLE: 1}
+    assert asked[1] == {aws.settings.MESSAGES_TABLE: 3, aws.settings.PATIENTS_TABLE: 1, aws.settings.OPS_TABLE: 1}
 
 
 def test_a_dose_given_reads_the_patient_with_the_reminders(aws: Any, reads: list[str]) -> None:
