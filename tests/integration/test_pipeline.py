@@ -1703,3 +1703,18 @@ def test_a_reminder_is_not_freed_from_an_sms_its_sender_may_still_request(pipe: 
 
     assert len([sms for sms in pipe.accepted() if "Child2" in sms.text]) == 1
     assert {pipe.message(i).status for i in (first, second)} == {"sent"}
+
+
+def test_a_family_gone_east_on_the_eve_of_the_dose_gets_no_1_day_reminder_on_the_due_date(pipe: Pipeline) -> None:
+    """Abidjan to Tokyo at 16:00 UTC the day before: the 19:00 reminder has not gone out, and in Tokyo the day
+    before is over. It expires; it does not go out at 09:00 on the due date in Tokyo (its old deadline)."""
+    one_day = pipe.plan(1, DUE, preferred_hour=19)["1_day_reminder"]
+    pipe.clock.advance_to(datetime(2027, 3, 19, 16, 0, tzinfo=UTC))
+    handle_clinic_event(patient("p1", timezone="Asia/Tokyo", preferred_hour=19), pipe.settings)
+
+    for hour in (16, 19, 23):
+        pipe.clock.advance_to(datetime(2027, 3, 19, hour, 0, 30, tzinfo=UTC))
+        pipe.cycle()
+
+    assert pipe.message(one_day).status == "expired"
+    assert pipe.accepted() == []
