@@ -50,7 +50,7 @@ def dispatch_due(settings: Settings) -> DispatchResult:
     store.bind(settings)
     now = clock.now()
     result = DispatchResult()
-    result.capacity = _capacity(settings, now)
+    result.capacity, probing = _capacity(settings, now)
     result.held = result.capacity == 0
     live: list[MessageRecord] = []
     for message in _candidates(settings.DUE_INDEX_SHARDS, now, result.capacity):
@@ -59,7 +59,10 @@ def dispatch_due(settings: Settings) -> DispatchResult:
                 result.expired += 1
         elif message.state is Status.PENDING:  # a dead letter waits here for its deadline; only pending is claimed
             live.append(message)
-    live.sort(key=lambda m: (_urgency(m), m.due_at or ""))
+    # A probe tests the provider, not the reminder: the one that has waited longest goes, not the most urgent, which
+    # after its own failed probe would be every probe (a number the provider always fails would hold the circuit
+    # open over every other family's reminders).
+    live.sort(key=(lambda m: m.due_at or "") if probing else (lambda m: (_urgency(m), m.due_at or "")))
     chosen = within_capacity(live, result.capacity, settings.SMS_GROUP_BY_PHONE)
     # Each record names the version its claim will give the message and the claim's mark: the sender acts on that
     # claim alone.
@@ -109,9 +112,9 @@ def _candidates(shards: int, now: datetime, capacity: int) -> Iterator[MessageRe
                 yield message
 
 
-def _capacity(settings: Settings, now: datetime) -> int:
-    """How many reminders to claim now: what the provider can send before the next run, less what is queued; one
-    per provider whose probe is due while no provider takes traffic (only the probes can go); none while no
+def _capacity(settings: Settings, now: datetime) -> tuple[int, bool]:
+    """How many reminders to claim now, and whether only probes can go: what the provider can send before the next
+    run, less what is queued; one per provider whose probe is due while no provider takes traffic; none while no
     provider can take any."""
     probes: tuple[str, ...] = ()
     while (route := provider_state.route(settings, now, skip=probes)).probe:
@@ -120,9 +123,9 @@ def _capacity(settings: Settings, now: datetime) -> int:
         if not probes:
             until = str(route.paused_until)
             logger.warning("no provider can take a request: nothing dispatched", extra={"until": until})
-        return len(probes)
+        return len(probes), True
     budget = int(settings.SMS_RATE_LIMIT_PER_SECOND * settings.SMS_PROCESSING_INTERVAL_MINUTES * 60)
-    return max(0, budget - queue.depth(settings.SEND_QUEUE_URL, settings))
+    return max(0, budget - queue.depth(settings.SEND_QUEUE_URL, settings)), False
 
 
 def _urgency(message: MessageRecord) -> int:

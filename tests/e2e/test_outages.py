@@ -19,8 +19,11 @@ from tests.e2e.test_scenarios import (
     at_local,
     by_type,
     describe,
+    dose_event,
     min_gap_seconds,
     one_patient,
+    patient_event,
+    phone,
     run,
     scenario,
     sends_of,
@@ -185,3 +188,30 @@ def test_an_ambiguous_timeout_on_the_first_provider_is_never_sent_again_on_the_s
 def phone_of(out: dict[str, Any], message: dict[str, Any]) -> str:
     [send] = sends_of(out, message["message_id"])
     return str(send["to"])
+
+
+def test_one_number_the_provider_always_fails_neither_holds_back_the_others_nor_escapes_its_dead_letter(
+    provider_requests: list[ProviderRequest],
+) -> None:
+    """Orange answers 503 to one number only: its failures open the circuit, and it is the most urgent reminder due
+    (a 1-day one), so it would be every probe and keep the circuit open over everyone else's reminders. A probe is
+    the reminder that has waited longest: once the others are due, one of them probes, the circuit closes, and that
+    number's reminder goes on failing on a provider that works, into a dead letter."""
+    bad = phone(99)
+    events = [
+        patient_event("2027-03-01T08:00:00Z", "p99", bad, preferred_hour=8),
+        dose_event("2027-03-01T08:00:00Z", "a99", "p99", "2027-03-16"),
+    ]
+    for n in range(1, 6):  # their 7-day reminders are due at 09:00 on 2027-03-15, an hour after its 1-day one
+        events += one_patient("2027-03-22", number=n, name=f"Enfant{n}")
+    data = scenario("2027-03-15T00:00:00Z", "2027-03-16T00:00:00Z", events, faults=[{"to": bad, "status": 503}])
+
+    out = run(data)
+
+    for n in range(1, 6):
+        seven_day = by_type(out, f"a{n}")["7_day_reminder"]
+        assert utc(seven_day["sent_at"]) - utc(seven_day["scheduled_at"]) < timedelta(minutes=5), describe(out)
+    failing = by_type(out, "a99")["1_day_reminder"]  # dead-lettered, then expired at its deadline unredriven
+    assert failing["status"] == "expired", describe(out)
+    assert "(retries exhausted: transient 503" in failing["last_error"]
+    assert not [r for r in provider_requests if r.to != bad and r.status != 201]
