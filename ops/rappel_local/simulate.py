@@ -424,15 +424,14 @@ class Simulation:
         sends = []
         for name, record in _accepted(simulators):
             reference = _reference(record)
-            ours = (
-                carried.get(reference) or by_provider_id.get(reference) or by_text.get((record.to, record.text)) or []
-            )
+            sms_id, ours = carried.get(reference) or (None, [])
+            ours = ours or by_provider_id.get(reference) or by_text.get((record.to, record.text)) or []
             sends.append(
                 {
                     "at": iso(record.at),
                     "to": record.to,
                     "text": record.text,
-                    "message_id": ours[0] if ours else None,
+                    "message_id": sms_id or (ours[0] if ours else None),
                     # The reminders it carried: none for a reply's confirmation (its `message_id` is its own).
                     "message_ids": [i for i in ours if i not in confirmations],
                     "provider": name,
@@ -509,20 +508,21 @@ def _accepted(simulators: dict[str, ProviderSimulator]) -> list[tuple[str, SentR
     return sorted(records, key=lambda item: item[1].at)
 
 
-def _carried_by_sms(settings: Settings) -> dict[str, list[str]]:
-    """The reminders each SMS the provider accepted carried, by the provider's id, as the sender stored them with
-    the call (its Powertools idempotency record): what the SMS carried, whatever the messages recorded since (a
-    reminder whose "sent" write was refused, because another SMS had carried it, would not name this one). An
-    ambiguous send stored no provider id: it is found from the messages as before."""
+def _carried_by_sms(settings: Settings) -> dict[str, tuple[str | None, list[str]]]:
+    """The SMS's own id and the reminders each SMS the provider accepted carried, by the provider's id, as the sender
+    stored them with the call (its Powertools idempotency record): what the SMS carried, whatever the messages
+    recorded since (a reminder whose "sent" write was refused, because another SMS had carried it, would not name
+    this one). An ambiguous send stored no provider id: it is found from the messages as before."""
     client = boto3.client("dynamodb", region_name=settings.AWS_REGION, endpoint_url=settings.AWS_ENDPOINT_URL or None)
-    carried: dict[str, list[str]] = {}
+    carried: dict[str, tuple[str | None, list[str]]] = {}
     for page in client.get_paginator("scan").paginate(TableName=settings.IDEMPOTENCY_TABLE):
         for item in page["Items"]:
             if item.get("status", {}).get("S") != "COMPLETED" or "data" not in item:
                 continue
             result = json.loads(item["data"]["S"])
             if isinstance(result, dict) and result.get("provider_message_id") and result.get("message_ids"):
-                carried[str(result["provider_message_id"])] = [str(i) for i in result["message_ids"]]
+                sms_id = str(result["sms_id"]) if result.get("sms_id") else None
+                carried[str(result["provider_message_id"])] = (sms_id, [str(i) for i in result["message_ids"]])
     return carried
 
 

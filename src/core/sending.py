@@ -267,8 +267,9 @@ def _idempotent_send(settings: Settings) -> IdempotentSend:
     def send_once(
         request: dict[str, Any], before_request: Callable[[], None], answered: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        # The reminders the SMS carried are kept with the result: a replay after a crash settles exactly those.
-        carried = {"message_ids": request.get("message_ids"), "text": request["text"]}
+        # The reminders the SMS carried are kept with the result: a replay after a crash settles exactly those. With
+        # the SMS's own id (a grouped SMS's key, a lone reminder's id), as the provider was given it.
+        carried = {"sms_id": request["message_id"], "message_ids": request.get("message_ids"), "text": request["text"]}
         try:
             accepted = provider_for(settings, request["provider"]).send(
                 to=request["to"], text=request["text"], message_id=request["message_id"], before_request=before_request

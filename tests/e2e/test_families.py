@@ -48,6 +48,8 @@ def test_two_children_sharing_a_phone_get_three_sms_each_naming_both() -> None:
     for send in out["sends"]:
         assert len(send["message_ids"]) == 2 and "Awa" in send["text"] and "Kofi" in send["text"], send
         assert "Penta" in send["text"] and "VPO" in send["text"] and "CSU Abobo" in send["text"], send
+        # The SMS's own id (its key), not one of the reminders it carried.
+        assert send["message_id"].startswith("sms_") and send["message_id"] not in send["message_ids"], send
     # One receipt settled both reminders of each SMS.
     for m in out["messages"]:
         (carrier,) = sends_of(out, m["message_id"])
@@ -59,6 +61,7 @@ def test_without_grouping_each_reminder_is_its_own_sms() -> None:
     out = run(data)
     assert_invariants(out, data)
     assert len(out["sends"]) == 6 and all(len(s["message_ids"]) == 1 for s in out["sends"]), describe(out)
+    assert all(s["message_id"] == s["message_ids"][0] for s in out["sends"])  # a lone reminder's SMS: its own id
 
 
 def test_one_child_booked_once_per_vaccine_gets_three_sms() -> None:
