@@ -5,6 +5,7 @@ Validation happens completely before anything is written, so a bad event is neve
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -126,14 +127,22 @@ class InvalidEvent(ValueError):
         self.reason = reason
 
 
+_CALENDAR_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
+
 def _json_date(value: Any, field: str) -> Any:
-    # EventBridge carries JSON: dates arrive as text and are parsed strictly (YYYY-MM-DD, real calendar dates).
-    if isinstance(value, str):
-        try:
-            return date.fromisoformat(value) if len(value) == 10 else value
-        except ValueError:
-            raise InvalidEvent(field, f"not a calendar date: {value[:20]!r}") from None
-    return value
+    # EventBridge carries JSON: dates arrive as text and are parsed strictly (YYYY-MM-DD, real calendar dates), not
+    # as whatever `date.fromisoformat` takes (a week date such as 2027-W12-6 would be planned as some day).
+    if value is None:
+        return value  # the model says whether it may be missing
+    if not isinstance(value, str):  # a number would be taken for a Unix time
+        raise InvalidEvent(field, f"must be a YYYY-MM-DD text, not {type(value).__name__}")
+    if not _CALENDAR_DATE.fullmatch(value):
+        raise InvalidEvent(field, f"not a YYYY-MM-DD date: {value[:20]!r}")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(field, f"not a calendar date: {value[:20]!r}") from None
 
 
 def _years_from(day: date, years: int) -> date:

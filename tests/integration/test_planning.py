@@ -215,6 +215,9 @@ def test_late_planning_skips_reminders_past_their_deadline(aws) -> None:
         (patient(extra_field=1), "detail.extra_field"),
         (dose(due_date="2027-02-30"), "detail.due_date"),
         (dose(due_date="20-03-2027"), "detail.due_date"),
+        (dose(due_date="2027-W12-6"), "detail.due_date"),  # an ISO week date: 10 characters, not YYYY-MM-DD
+        (dose(due_date="20270320T0"), "detail.due_date"),
+        (dose(due_date=1805500800), "detail.due_date"),  # not taken for a Unix time
         (dose(due_date="2099-01-01"), "detail.due_date"),
         (dose(dose="2"), "detail.dose"),
         (dose(vaccine="V" * 200), "detail.vaccine"),
