@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,15 +23,6 @@ Local = Annotated[bool, typer.Option("--local", help="Talk to the embedded stack
 Stack = Annotated[str | None, typer.Option(help="Deployed stack name (default: samconfig.toml's dev stack).")]
 Region = Annotated[str | None, typer.Option(help="AWS region of the deployed stack.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print data as JSON.")]
-
-
-def _moment(text: str) -> datetime:
-    """An ISO 8601 instant given on the command line (a time without a zone is taken as UTC)."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"--as-of: not an ISO 8601 time: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _settings(local: bool, stack: str | None, region: str | None) -> Any:
@@ -130,6 +120,7 @@ def import_register(
     from rich.progress import Progress
 
     from rappel_cli.importer import import_rows, read_csv
+    from rappel_cli.operations import parse_instant
 
     if not as_of:
         # Not the file's modification time: a copy or a download resets it, and an old register stamped now would
@@ -142,7 +133,7 @@ def import_register(
     settings = _settings(local, stack, region)
     try:
         rows = read_csv(register)
-        exported = _moment(as_of)
+        exported = parse_instant(as_of, "--as-of")
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -318,6 +309,10 @@ def messages(
     status: Annotated[str | None, typer.Option(help="Only this status.")] = None,
     patient: Annotated[str | None, typer.Option(help="Only this patient id.")] = None,
     since: Annotated[str | None, typer.Option(help="Only messages scheduled at or after this ISO instant.")] = None,
+    changed_since: Annotated[
+        str | None,
+        typer.Option(help="Only messages whose status last changed at or after this ISO instant (what failed lately)."),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1)] = 200,
     message_id: Annotated[
         str | None, typer.Option("--id", help="One message, with its history (each status change and why).")
@@ -335,7 +330,9 @@ def messages(
         _one_message(settings, message_id, as_json)
         return
     try:
-        rows = list_messages(settings, status=status, patient=patient, since=since, limit=limit)
+        rows = list_messages(
+            settings, status=status, patient=patient, since=since, limit=limit, changed_since=changed_since
+        )
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

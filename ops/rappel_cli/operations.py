@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -53,18 +53,32 @@ def drain_send_queue(settings: Settings, max_batches: int = 10_000) -> dict[str,
 
 
 def list_messages(
-    settings: Settings, *, status: str | None, patient: str | None, since: str | None, limit: int
+    settings: Settings,
+    *,
+    status: str | None,
+    patient: str | None,
+    since: str | None,
+    limit: int,
+    changed_since: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Messages matching the filters, newest scheduled first."""
+    """Messages matching the filters, newest scheduled first: `since` on when they were scheduled, `changed_since`
+    on their last status change (what failed this hour, whenever it was scheduled). ValueError names the option."""
+    try:
+        wanted = Status(status) if status else None
+    except ValueError:
+        raise ValueError(f"--status: {status!r} is none of {', '.join(s.value for s in Status)}") from None
+    after = parse_instant(since, "--since") if since else None
+    changed_after = parse_instant(changed_since, "--changed-since") if changed_since else None
     store.bind(settings)
-    wanted = Status(status) if status else None
-    after = parse_iso(since) if since else None
     items = store.messages_of_patient(patient) if patient else list(store.iterate_messages(wanted))
     rows = []
     for item in items:
         if wanted and item.status != wanted.value:
             continue
         if after and parse_iso(item.scheduled_at) < after:
+            continue
+        changed = store.last_change_at(item.attribute_values)
+        if changed_after and (changed is None or changed < changed_after):
             continue
         rows.append(
             {
@@ -91,6 +105,15 @@ def list_messages(
         )
     rows.sort(key=lambda row: row["scheduled_at"], reverse=True)
     return rows[:limit]
+
+
+def parse_instant(text: str, option: str) -> datetime:
+    """An ISO 8601 instant given to `option` (a time without a zone is UTC); ValueError naming the option."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{option}: not an ISO 8601 time (e.g. 2027-03-01T08:00:00Z): {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def message_detail(settings: Settings, message_id: str) -> dict[str, Any] | None:
