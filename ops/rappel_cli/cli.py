@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -513,13 +514,33 @@ def invoke(
     build_dir: Annotated[
         Path, typer.Option(help="A `sam build` folder for this machine's architecture (`make build-host`).")
     ] = Path(".aws-sam/build-host"),
+    today: Annotated[
+        bool,
+        typer.Option(
+            "--today",
+            help="Move the event's dates so that its `time` is today (the events/ samples are stamped 2027, and a"
+            " clinic event ahead of the clock is refused).",
+        ),
+    ] = False,
 ) -> None:
-    """Run one function's built handler on an event file, as `sam local invoke` would, without Docker."""
-    from rappel_cli.invoke import InvokeError, deployed_environment, find_function, invoke_built
+    """Run one function's built handler on an event file, as `sam local invoke` would, without Docker. A sample's
+    receipt-token placeholder is replaced by the target stack's token."""
+    from rappel_cli.invoke import (
+        InvokeError,
+        days_to_today,
+        deployed_environment,
+        find_function,
+        invoke_built,
+        shift_dates,
+        with_receipt_token,
+    )
     from rappel_cli.target import default_stack_name, read_local_state
 
+    text = event.read_text()
     try:
-        payload = json.loads(event.read_text())
+        if today:
+            text = shift_dates(text, days_to_today(text, datetime.now(UTC).date()))
+        json.loads(text)
     except json.JSONDecodeError as exc:
         console.print(f"[red]error:[/red] {event}: not JSON ({exc})")
         raise typer.Exit(2) from None
@@ -529,6 +550,7 @@ def invoke(
             environment = dict(read_local_state()["environment"])
         else:
             environment = deployed_environment(built, stack or default_stack_name() or "", region)
+        payload = json.loads(with_receipt_token(text, environment))
         result = invoke_built(built, payload, environment)
     except (InvokeError, TargetError) as exc:
         console.print(f"[red]error:[/red] {exc}")

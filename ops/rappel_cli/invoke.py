@@ -11,16 +11,21 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from rappel_local.stack import load_template
 
 RUNTIME_SHIM = Path(__file__).with_name("lambda_runtime.py")
+# What the receipt and reply samples carry where the stack's receipt token goes: `rappel invoke` puts the token in.
+RECEIPT_TOKEN_PLACEHOLDER = "REPLACE_WITH_RECEIPT_TOKEN"
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # `make build-host`: the same template built for this machine's architecture, so the built code can execute here.
 HOST_BUILD_DIR = Path(".aws-sam") / "build-host"
 _HOST_ARCHITECTURE = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
@@ -50,6 +55,43 @@ class Invocation:
     response: Any
     error: dict[str, Any] | None
     logs: str
+
+
+def shift_dates(text: str, days: int) -> str:
+    """Every YYYY-MM-DD date in an event's text moved by `days` (its times of day kept)."""
+    return _DATE.sub(lambda m: (date.fromisoformat(m.group(0)) + timedelta(days=days)).isoformat(), text)
+
+
+def days_to_today(text: str, today: date) -> int:
+    """How far to move an event's dates so that its `time` falls today (a sample stamped in 2027 would be refused
+    as ahead of the clock); 0 for an event without an ISO `time`."""
+    event = json.loads(text)
+    stamped = event.get("time") if isinstance(event, dict) else None
+    found = _DATE.match(stamped) if isinstance(stamped, str) else None
+    return (today - date.fromisoformat(found.group(0))).days if found else 0
+
+
+def with_receipt_token(text: str, environment: dict[str, str]) -> str:
+    """The event with the target stack's receipt token where a sample has its placeholder (read from the stack's
+    secret, as the function itself reads it)."""
+    if RECEIPT_TOKEN_PLACEHOLDER not in text:
+        return text
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client(
+        "secretsmanager",
+        region_name=environment.get("AWS_REGION") or None,
+        endpoint_url=environment.get("AWS_ENDPOINT_URL") or None,
+        # The embedded stack's environment names its own (fake) credentials; a deployed one's, none: yours are used.
+        aws_access_key_id=environment.get("AWS_ACCESS_KEY_ID") or None,
+        aws_secret_access_key=environment.get("AWS_SECRET_ACCESS_KEY") or None,
+    )
+    try:
+        token = client.get_secret_value(SecretId=environment["RECEIPT_TOKEN_SECRET"])["SecretString"]
+    except (BotoCoreError, ClientError, KeyError) as exc:
+        raise InvokeError(f"the event needs the stack's receipt token, which could not be read: {exc}") from None
+    return text.replace(RECEIPT_TOKEN_PLACEHOLDER, str(token))
 
 
 def host_architecture() -> str:

@@ -8,12 +8,12 @@ to today and the stack's environment must set a 7-day reminder time of 00:00 wit
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from rappel_cli.invoke import shift_dates
 from rappel_local.change_streams import ChangeStreams
 
 EVENTS = Path(__file__).parents[2] / "events"
@@ -27,14 +27,12 @@ Invoke = Callable[[str, dict[str, Any]], Any]
 
 
 def shifted_event(name: str, days: int, **replacements: str) -> dict[str, Any]:
-    """A sample event with its dates moved by `days`, and placeholders replaced."""
+    """A sample event with its dates moved by `days` (as `rappel invoke --today` moves them), and placeholders
+    replaced."""
     text = (EVENTS / name).read_text()
     for old, new in replacements.items():
         text = text.replace(old, new)
-    text = re.sub(
-        r"\d{4}-\d{2}-\d{2}", lambda m: (date.fromisoformat(m.group(0)) + timedelta(days=days)).isoformat(), text
-    )
-    return dict(json.loads(text))
+    return dict(json.loads(shift_dates(text, days)))
 
 
 def run_every_sample(invoke: Invoke, *, sqs: Any, dynamodb: Any, stack: Any, simulator: Any) -> None:

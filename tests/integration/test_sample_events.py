@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core import store
+from rappel_cli.invoke import RECEIPT_TOKEN_PLACEHOLDER, days_to_today, shift_dates, with_receipt_token
 from rappel_local.embedded import invoke, reset_core_caches
 from rappel_local.orange_simulator import OrangeSimulator
 
@@ -111,3 +112,22 @@ def receipt_token(aws) -> str:
     from core.secrets import secret_text
 
     return secret_text(aws.settings.RECEIPT_TOKEN_SECRET, aws.settings)
+
+
+def test_rappel_invoke_today_moves_a_sample_ahead_of_the_clock_to_today_and_fills_in_the_receipt_token(aws) -> None:
+    """The samples are stamped 2027; on a stack whose clock is earlier (a real one, today) a clinic event ahead of
+    it is refused. `rappel invoke --today` moves its dates so that its `time` is today (the dose keeps its distance
+    from it), and a receipt sample gets the stack's token in place of its placeholder."""
+    text = (EVENTS / "patient_upserted.json").read_text()
+    ahead = shift_dates(text, (aws.clock.now().date() - datetime(2027, 3, 1).date()).days + 30)
+    assert invoke("plan_reminders", json.loads(ahead))["rejected"] == 1  # a month ahead of the clock
+
+    today = aws.clock.now().date()
+    moved = shift_dates(ahead, days_to_today(ahead, today))
+    assert json.loads(moved)["time"].startswith(today.isoformat())
+    assert invoke("plan_reminders", json.loads(moved))["applied"] == 1
+
+    receipt = (EVENTS / "receipt_orange.json").read_text()
+    environment = {"RECEIPT_TOKEN_SECRET": aws.settings.RECEIPT_TOKEN_SECRET, "AWS_REGION": aws.settings.AWS_REGION}
+    filled = with_receipt_token(receipt, environment)
+    assert RECEIPT_TOKEN_PLACEHOLDER not in filled and receipt_token(aws) in filled
