@@ -170,7 +170,12 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
     assert table.returncode == 0 and "History (" in table.stdout and "sent via orange" in table.stdout
 
     health = _run("health", "--local", "--json", cwd=local_stack)
-    assert json.loads(health.stdout)["pending_count"] == 2
+    assert health.returncode == 0 and json.loads(health.stdout)["pending_count"] == 2
+    families = local_stack / "followups.csv"
+    followups = _run("followup", "--local", "--json", "--csv", str(families), cwd=local_stack)
+    assert followups.returncode == 0 and json.loads(followups.stdout) == []  # nothing overdue yet
+    assert families.read_text().splitlines() == ["at,clinic,patient_id,appointment_id,due_date,phone,reasons"]
+    assert _run("followup", "--local", "--since", "last week", cwd=local_stack).returncode == 2
     stats = _tallied_stats(local_stack, lambda total: (total["planned"], total["sent"]) == (3, 1))
     assert stats["total"]["planned"] == 3 and stats["total"]["sent"] == 1
 
@@ -262,3 +267,36 @@ def test_commands_say_clearly_when_the_stack_they_were_started_for_is_gone(tmp_p
     result = _run("health", "--local", cwd=tmp_path)
 
     assert result.returncode == 2 and "rappel local up" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_simulate_as_a_command_prints_only_its_json_document_and_exits_0_or_2_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    """The contract end-to-end checks rely on: stdout is the JSON document alone; a bad scenario exits 2."""
+    event = {"at": "2027-03-01T08:00:00Z", "type": "PatientUpserted"}
+    patient_detail = {"patient_id": "p1", "phone": "+2250701020304", "timezone": "Africa/Abidjan", "language": "fr"}
+    dose_detail = {"appointment_id": "a1", "patient_id": "p1", "vaccine": "Penta", "dose": 1, "due_date": "2027-03-09"}
+    scenario = {
+        "start": "2027-03-01T00:00:00Z",
+        "until": "2027-03-03T00:00:00Z",
+        "provider": {"name": "orange"},
+        "events": [
+            {**event, "detail": {**patient_detail, "sms_opt_in": True, "display_name": "Awa"}},
+            {**event, "type": "DoseScheduled", "detail": dose_detail},
+        ],
+    }
+    path = tmp_path / "scenario.json"
+    path.write_text(json.dumps(scenario))
+
+    result = _run("simulate", str(path), "--json", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)  # nothing else on stdout
+    assert {m["reminder_type"]: m["status"] for m in document["messages"]} == {
+        "7_day_reminder": "delivered",
+        "1_day_reminder": "pending",
+        "overdue_reminder": "pending",
+    }
+    path.write_text(json.dumps({**scenario, "until": "not a time"}))
+    refused = _run("simulate", str(path), "--json", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stdout == "" and "until" in refused.stderr
