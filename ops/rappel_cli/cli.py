@@ -566,9 +566,13 @@ def local_up(
     port: Annotated[int, typer.Option(help="Port of the embedded AWS endpoint.")] = 5000,
 ) -> None:
     """Run the embedded stack in the foreground until Ctrl-C: AWS emulation, Orange simulator, receipts, schedules."""
-    from rappel_local.local import serve
+    from rappel_local.local import PortInUse, serve
 
-    serve(rate=rate, port=port, console=console)
+    try:
+        serve(rate=rate, port=port, console=console)
+    except PortInUse as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 def _key_values(title: str, data: dict[str, Any]) -> Table:

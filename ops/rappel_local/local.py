@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from datetime import UTC, datetime
@@ -29,10 +30,20 @@ LOCAL_CREDENTIALS = {"client_id": "rappel-local-client", "client_secret": "local
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+class PortInUse(Exception):
+    """The embedded stack's port is taken; the message says what to do."""
+
+
 def start(*, rate: float, port: int) -> tuple[dict[str, str], list[object]]:
-    """Start the embedded stack's servers; returns the environment to reach it and what to stop."""
+    """Start the embedded stack's servers; returns the environment to reach it and what to stop. PortInUse when
+    something already listens on `port` (another `rappel local up`, whose stack this one would write into)."""
     from moto.server import ThreadedMotoServer
 
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise PortInUse(f"port {port} is in use (another `rappel local up`?): stop it, or pass --port") from None
     os.environ.update(FAKE_AWS)
     for name in ("werkzeug", "moto"):  # moto's server logs every request; the operators' console says what matters
         logging.getLogger(name).setLevel(logging.ERROR)

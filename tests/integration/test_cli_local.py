@@ -300,3 +300,14 @@ def test_simulate_as_a_command_prints_only_its_json_document_and_exits_0_or_2_na
     path.write_text(json.dumps({**scenario, "until": "not a time"}))
     refused = _run("simulate", str(path), "--json", cwd=tmp_path)
     assert refused.returncode == 2 and refused.stdout == "" and "until" in refused.stderr
+
+
+def test_a_second_local_stack_on_a_taken_port_says_so_and_exits(tmp_path: Path) -> None:
+    """It would otherwise write its tables into whatever listens there (another `rappel local up`) and run on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run("local", "up", "--port", str(port), cwd=tmp_path)
+    assert result.returncode == 2 and f"port {port} is in use" in result.stderr
+    assert not (tmp_path / ".rappel" / "local.json").exists()
