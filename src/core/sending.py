@@ -1142,7 +1142,7 @@ def _sent_change(message: MessageRecord, values: dict[str, Any], reason: str) ->
     """The move to sent of a claimed message; or of one cancelled after the provider took its SMS, only as read (one
     revived since is claimed again, and that claim replays this send)."""
     if message.state is Status.CANCELLED:
-        values = {**values, "ended_at": None}  # not ended: a sent message waits for its receipt (its retention anew)
+        values = {**values, "ended_at": None, "expires_at": None}  # not ended: a sent message waits for its receipt
         cancelled = frozenset({Status.CANCELLED})
         return Change(Status.SENT, cancelled, values, Guard.VERSION, reason=f"{reason}, before its cancellation")
     return Change(Status.SENT, frozenset({Status.QUEUED}), values, Guard.ATTEMPTS, reason=reason)

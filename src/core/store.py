@@ -793,7 +793,7 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
 
     The state machine is checked first (an illegal move raises IllegalTransition without touching data);
     then DynamoDB checks that the stored status is still one of the sources. The `due` index keys are kept
-    only while the message is dispatchable, and terminal statuses (and sent) get the retention TTL.
+    only while the message is dispatchable, and terminal statuses get the retention TTL.
     """
     sources = check_transition(change.sources, change.target)
     attributes = MessageRecord.get_attributes()
@@ -801,7 +801,22 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
     for name, value in change.set.items():
         attribute = attributes[name]
         actions.append(attribute.remove() if value is None else attribute.set(value))
-    actions += _index_and_retention(message, change, at, settings)
+    if change.target is Status.DEAD_LETTER and "text" not in change.set:
+        # It stays in the `due` index until its deadline, for the dispatcher to expire it if no redrive came. Not
+        # an ambiguous one (its text is recorded): the SMS may have gone out, so an operator decides, not a clock.
+        actions += [
+            MessageRecord.due_at.set(message.deadline),
+            MessageRecord.due_shard.set(shard_of(message.message_id, settings.DUE_INDEX_SHARDS)),
+        ]
+    elif change.target not in DISPATCHABLE:
+        actions += [MessageRecord.due_shard.remove(), MessageRecord.due_at.remove()]
+    if change.target in TERMINAL:
+        actions += [
+            MessageRecord.ended_at.set(iso(at)),
+            MessageRecord.expires_at.set(at + timedelta(days=settings.SMS_RETENTION_DAYS)),
+        ]
+    elif change.target is Status.DEAD_LETTER:
+        actions.append(MessageRecord.expires_at.remove())  # dead letters are kept until resolved
     # From: the one source the condition allows, else the status as read (exact under a version guard; a
     # cancellation, which has neither, may have raced a claim: the entry before it then tells).
     source = next(iter(sources)) if len(sources) == 1 else message.state
@@ -818,30 +833,6 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
     if change.follow_up:
         _note_for_follow_up(message, change.target, at, settings)
     return True
-
-
-def _index_and_retention(message: MessageRecord, change: Change, at: datetime, settings: Settings) -> list[Action]:
-    """What a status change does to the message's `due` index keys and its retention TTL."""
-    retention = MessageRecord.expires_at.set(at + timedelta(days=settings.SMS_RETENTION_DAYS))
-    actions: list[Action] = []
-    if change.target is Status.DEAD_LETTER and "text" not in change.set:
-        # It stays in the `due` index until its deadline, for the dispatcher to expire it if no redrive came. Not
-        # an ambiguous one (its text is recorded): the SMS may have gone out, so an operator decides, not a clock.
-        actions += [
-            MessageRecord.due_at.set(message.deadline),
-            MessageRecord.due_shard.set(shard_of(message.message_id, settings.DUE_INDEX_SHARDS)),
-        ]
-    elif change.target not in DISPATCHABLE:
-        actions += [MessageRecord.due_shard.remove(), MessageRecord.due_at.remove()]
-    if change.target in TERMINAL:
-        actions += [MessageRecord.ended_at.set(iso(at)), retention]
-    elif change.target is Status.SENT:
-        # Its receipt may never come (a gateway or network that reports none): kept its retention from the send, or
-        # it would stay for good; a receipt, when it comes, starts the retention again from then.
-        actions.append(retention)
-    elif change.target is Status.DEAD_LETTER:
-        actions.append(MessageRecord.expires_at.remove())  # dead letters are kept until resolved
-    return actions
 
 
 # ---------------------------------------------------------------------------------------------- history
@@ -933,8 +924,8 @@ def update_pending(message: MessageRecord, values: Mapping[str, Any], shards: in
     )
 
 
-def delete_expired(before: datetime, statuses: Iterable[Status] = TERMINAL | {Status.SENT}) -> int:
-    """Delete ended (or sent) messages whose retention has run out (what TTL does on AWS; moto never applies TTL)."""
+def delete_expired(before: datetime, statuses: Iterable[Status] = TERMINAL) -> int:
+    """Delete terminal messages whose retention has run out (what TTL does on AWS; moto never applies TTL)."""
     deleted = 0
     wanted = {s.value for s in statuses}
     for item in MessageRecord.scan(MessageRecord.expires_at.exists()):

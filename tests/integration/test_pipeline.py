@@ -593,10 +593,7 @@ def test_a_reminder_accepted_before_a_crash_and_cancelled_by_planning_before_its
     assert (stored.status, stored.attempts) == ("sent", 1)
     assert stored.provider_message_id == pipe.accepted()[0].message_id
     assert stored.history[-1].endswith("cancelled>sent sent via orange, before its cancellation")
-    # Not ended: it waits for its receipt, as any sent message, its retention counted from now.
-    assert stored.ended_at is None
-    retention = timedelta(days=pipe.settings.SMS_RETENTION_DAYS)
-    assert stored.expires_at == pipe.clock.now().replace(microsecond=0) + retention
+    assert stored.expires_at is None and stored.ended_at is None  # waits for its receipt, as any sent message
 
 
 def _opt_out(pipe: Pipeline) -> None:
@@ -712,7 +709,7 @@ def test_a_cancellation_that_lands_during_the_provider_call_is_never_revived_int
     # It went out: recorded sent (the cancellation came second), with the provider's id for its receipt.
     sent = pipe.message(message_id)
     assert (sent.status, sent.provider_message_id) == ("sent", pipe.accepted()[0].message_id)
-    assert sent.ended_at is None and sent.expires_at is not None  # its retention counted from the send
+    assert sent.expires_at is None and sent.ended_at is None
     assert len(pipe.accepted()) == 1
 
     opted_in = patient("p1", sms_opt_in=True, at=pipe.clock.now() + timedelta(seconds=1))
@@ -1721,21 +1718,3 @@ def test_a_family_gone_east_on_the_eve_of_the_dose_gets_no_1_day_reminder_on_the
 
     assert pipe.message(one_day).status == "expired"
     assert pipe.accepted() == []
-
-
-def test_a_sent_message_whose_receipt_never_comes_is_kept_its_retention_from_its_send_then_cleaned_up(
-    pipe: Pipeline,
-) -> None:
-    """A gateway or an operator network that reports no delivery: without a retention of its own, a sent message
-    would stay in the table for good, one more each reminder, for as long as the program runs."""
-    message_id = _due_now(pipe)
-    pipe.dispatch()
-    assert pipe.send(pipe.receive()) == {"batchItemFailures": []}
-    sent = pipe.message(message_id)
-    retention = timedelta(days=pipe.settings.SMS_RETENTION_DAYS)
-    assert sent.status == "sent" and sent.ended_at is None
-    assert sent.expires_at == parse_iso(sent.sent_at) + retention
-
-    assert store.delete_expired(parse_iso(sent.sent_at) + retention - timedelta(seconds=1)) == 0
-    assert store.delete_expired(parse_iso(sent.sent_at) + retention) == 1
-    assert store.get_message(message_id) is None
