@@ -243,10 +243,9 @@ def decide(
 
     A settled reminder is never touched, but a cancelled one that is wanted again comes back (the store then also
     requires that nothing was sent). One not wanted is cancelled while outstanding; a pending one whose schedule or
-    recipient changed is replanned, even to a deadline already past (the dispatcher then expires it); a wanted one
-    that does not exist is created. A wanted one whose deadline has passed is neither created nor revived, and not
-    cancelled either: it is still this appointment's reminder (a dead letter waiting for an operator, one the
-    dispatcher will expire), not one a change made unwanted.
+    recipient changed is replanned; a wanted one that does not exist is created. A wanted one whose deadline has
+    passed is neither created, revived nor replanned, and not cancelled either: it is still this appointment's
+    reminder (a dead letter waiting for an operator, one the dispatcher will expire), not one a change made unwanted.
     """
     moves: list[tuple[Move, str]] = []
     open_ = {message_id for message_id, reminder in wanted.items() if reminder.deadline > now}
@@ -255,9 +254,11 @@ def decide(
             moves.append((Move.REVIVE, message_id))
         elif message.state in OUTSTANDING and message_id not in wanted:
             moves.append((Move.CANCEL, message_id))
-        elif message.state is Status.PENDING and _replanned(message, wanted[message_id], recipient):
-            # Even to a deadline already past (a family gone east on the eve of the dose): the dispatcher then expires
-            # it, where its old deadline would have let a "1 day before" go out on the due date.
+        elif (
+            message.state is Status.PENDING
+            and message_id in open_
+            and _replanned(message, wanted[message_id], recipient)
+        ):
             moves.append((Move.REPLAN, message_id))
     moves += [(Move.CREATE, message_id) for message_id in open_ if message_id not in existing]
     return moves

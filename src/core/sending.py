@@ -58,7 +58,7 @@ from core.texts import (
     render_grouped,
     render_reminder,
 )
-from core.timing import ReminderType, later_reminders_due_within, next_allowed
+from core.timing import ReminderType, due_date_starts, later_reminders_due_within, next_allowed
 from core.wanted import OPTED_OUT, appointment_of, is_confirmation, why_not_wanted
 
 # The key of a stored provider call whose request left and got no answer: [code, detail] of the error.
@@ -314,6 +314,23 @@ class _Ready:
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.patient.timezone)
 
+    @property
+    def deadline(self) -> datetime:
+        """The last instant it may go out (`deadline_now`)."""
+        return deadline_now(self.message, self.patient, self.appointment)
+
+
+def deadline_now(message: MessageRecord, patient: PatientRecord, appointment: AppointmentRecord) -> datetime:
+    """The message's deadline; for a pre-due reminder, no later than the start of its due date in the family's zone
+    as it is now. A family gone east since the reminder was planned, when its new schedule's deadline had passed
+    already (planning leaves the old one, which may still be a time to send it), must not get its "1 day before" on
+    the due date."""
+    stored = parse_iso(message.deadline)
+    due_starts = due_date_starts(
+        message.reminder_type, date.fromisoformat(appointment.due_date), ZoneInfo(patient.timezone)
+    )
+    return min(stored, due_starts) if due_starts is not None else stored
+
 
 def send_reminders(items: Sequence[QueuedMessage], settings: Settings, pacer: Pacer) -> list[SendOutcome]:
     """Send the reminders of one send queue record (one, or several for one phone) as few SMS as they fit in;
@@ -345,7 +362,8 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
     patient = store.get_patient(message.patient_id)
     appointment = appointment_of(message)  # a confirmation has none: a stand-in
     not_wanted = why_not_wanted(patient, appointment, message)
-    decision = before_the_send(not_wanted=not_wanted, deadline=parse_iso(message.deadline), now=now)
+    deadline = deadline_now(message, patient, appointment) if patient and appointment else parse_iso(message.deadline)
+    decision = before_the_send(not_wanted=not_wanted, deadline=deadline, now=now)
     if decision.verdict is not Verdict.SEND or patient is None or appointment is None:
         return _apply(decision, message, now, settings)
     if message.sms_key is None:
@@ -664,7 +682,7 @@ def _request(
         now = clock.now()
         return [
             _settle(m.message, Status.EXPIRED, "deadline passed before it could be sent", now, settings)
-            if parse_iso(m.message.deadline) <= not_now.sent_by
+            if m.deadline <= not_now.sent_by
             else _defer(m.message, not_now.until, not_now.why, now, settings)
             for m in members
         ]
@@ -684,7 +702,7 @@ def _at_the_request(
     whatever a token fetch took), noting its time in `requested`. Pacing took time, and so will the call: a request
     that could reach the provider inside quiet hours or after a deadline, or that this invocation has no time left
     for, raises `_NotNow` instead."""
-    deadline = min(parse_iso(m.message.deadline) for m in members)
+    deadline = min(m.deadline for m in members)
 
     def at_the_request() -> None:
         slot = pacer.wait(settings.sender_pace_per_second, latest=_last_useful_moment())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
+from typing import Final
 from zoneinfo import ZoneInfo
 
 from core.settings import Settings, parse_hhmm
@@ -31,6 +32,9 @@ class ReminderType(StrEnum):
     def urgency(self) -> int:
         """Lower is more urgent: when the dispatcher must choose, 1-day and overdue go before 7-day."""
         return {ReminderType.ONE_DAY: 0, ReminderType.OVERDUE: 1, ReminderType.SEVEN_DAY: 2}[self]
+
+
+_BEFORE_DUE: Final[frozenset[str]] = frozenset(t.value for t in ReminderType if t.before_due)
 
 
 @dataclass(frozen=True)
@@ -131,9 +135,16 @@ def send_time(
 def deadline_for(rule: ReminderRule, scheduled_at: datetime, due: date, zone: ZoneInfo) -> datetime:
     """The last instant the reminder may go out: send time + max lateness, and before the due date if pre-due."""
     deadline = scheduled_at + rule.max_lateness
-    if rule.reminder_type.before_due:
-        deadline = min(deadline, local_to_utc(due, time(0, 0), zone))
-    return deadline
+    due_starts = due_date_starts(rule.reminder_type.value, due, zone)
+    return min(deadline, due_starts) if due_starts is not None else deadline
+
+
+def due_date_starts(reminder_type: str, due: date, zone: ZoneInfo) -> datetime | None:
+    """For a reminder that must go out before its due date, when that date starts in `zone`; None for any other
+    (the overdue reminder, a reply's confirmation)."""
+    if reminder_type not in _BEFORE_DUE:
+        return None
+    return local_to_utc(due, time(0, 0), zone)
 
 
 def plan_reminders(

@@ -1707,7 +1707,7 @@ def test_a_reminder_is_not_freed_from_an_sms_its_sender_may_still_request(pipe: 
 
 def test_a_family_gone_east_on_the_eve_of_the_dose_gets_no_1_day_reminder_on_the_due_date(pipe: Pipeline) -> None:
     """Abidjan to Tokyo at 16:00 UTC the day before: the 19:00 reminder has not gone out, and in Tokyo the day
-    before is over. It expires; it does not go out at 09:00 on the due date in Tokyo (its old deadline)."""
+    before is over. It expires; it does not go out at 19:00 UTC, 04:00 on the due date in Tokyo."""
     one_day = pipe.plan(1, DUE, preferred_hour=19)["1_day_reminder"]
     pipe.clock.advance_to(datetime(2027, 3, 19, 16, 0, tzinfo=UTC))
     handle_clinic_event(patient("p1", timezone="Asia/Tokyo", preferred_hour=19), pipe.settings)
@@ -1718,3 +1718,19 @@ def test_a_family_gone_east_on_the_eve_of_the_dose_gets_no_1_day_reminder_on_the
 
     assert pipe.message(one_day).status == "expired"
     assert pipe.accepted() == []
+
+
+def test_an_earlier_preferred_hour_given_too_late_for_today_keeps_the_1_day_reminder_at_its_old_time(
+    pipe: Pipeline,
+) -> None:
+    """19:00 reminders; at 18:30 the day before the dose the family asks for 08:00, already past: the reminder keeps
+    its 19:00, still the day before, rather than being lost to a schedule it can no longer keep."""
+    one_day = pipe.plan(1, DUE, preferred_hour=19)["1_day_reminder"]
+    pipe.clock.advance_to(datetime(2027, 3, 19, 18, 30, tzinfo=UTC))
+    handle_clinic_event(patient("p1", preferred_hour=8), pipe.settings)
+
+    for hour, minute in ((18, 31), (19, 0), (19, 30)):
+        pipe.clock.advance_to(datetime(2027, 3, 19, hour, minute, 30, tzinfo=UTC))
+        pipe.cycle()
+
+    assert pipe.message(one_day).status == "sent"
