@@ -302,7 +302,13 @@ def reconcile_appointment(
     if patient is not None and patient.patient_id == appointment.patient_id:
         checked = patient
     # One read for the reminders and what the checks below ask of the patient (`why_not_wanted`).
-    reminders = store.reminders_of(appointment_id, due_dates, owners - {store.UNKNOWN_PATIENT}, checked=checked)
+    reminders = store.reminders_of(
+        appointment_id,
+        due_dates,
+        owners - {store.UNKNOWN_PATIENT},
+        checked=checked,
+        patient_written_since=stored is not None,
+    )
     patient = checked if isinstance(checked, PatientRecord) else store.get_patient(checked)
     if patient is None and appointment.patient_id != store.UNKNOWN_PATIENT:
         # Its patient's own event may be being handled at this moment (a register import sends both together): that

@@ -594,6 +594,7 @@ def reminders_of(
     patient_ids: Iterable[str],
     *,
     checked: PatientRecord | str | None = None,
+    patient_written_since: bool = False,
 ) -> list[MessageRecord]:
     """The reminders of an appointment planned for any of these due dates and patients, oldest scheduled first.
 
@@ -612,7 +613,7 @@ def reminders_of(
             if due_date
         }
     )
-    along = _read_along(checked)
+    along = _read_along(checked, patient_written_since)
     if not keys and not along:
         return []
     try:
@@ -628,19 +629,21 @@ def reminders_of(
     return sorted(found, key=lambda m: (m.scheduled_at, m.message_id))
 
 
-def _read_along(checked: PatientRecord | str | None) -> dict[type[Model], list[Any]]:
+def _read_along(checked: PatientRecord | str | None, written_since: bool) -> dict[type[Model], list[Any]]:
     """What to read with a patient's reminders for its checks (see `reminders_of`): nothing outside a read-ahead.
 
     A patient given as a record is the caller's own write: only its number's stop is read. One given by id is read
-    again even when this block read it earlier: the caller has written since (the appointment of a new dose), and
-    another handler may have changed the patient in between (an opt-in, a new zone), having listed the patient's
-    appointments before that write, so this handler is the one that must plan with it. Its number's stop is read
-    along, by the number the earlier read found (the stop of a number changed meanwhile is read alone)."""
+    when this block has not read it, and again when the caller wrote since this block read it (`written_since`: the
+    appointment of a new dose): another handler may have changed the patient in between (an opt-in, a new zone),
+    having listed the patient's appointments before that write, so this handler is the one that must plan with it.
+    Its number's stop is read along, by the number the earlier read found (a number changed meanwhile: alone)."""
     ahead = _ahead.get()
     if ahead is None or checked is None:
         return {}
-    patient = checked if isinstance(checked, PatientRecord) else ahead.get(("patient", checked))
-    along: dict[type[Model], list[Any]] = {} if isinstance(checked, PatientRecord) else {PatientRecord: [checked]}
+    patient = checked if isinstance(checked, PatientRecord) else ahead.get(("patient", checked), _NOT_AHEAD)
+    along: dict[type[Model], list[Any]] = {}
+    if not isinstance(checked, PatientRecord) and (patient is _NOT_AHEAD or written_since):
+        along[PatientRecord] = [checked]
     if isinstance(patient, PatientRecord) and ("stop", patient.phone) not in ahead:
         along[OpsRecord] = [(_STOP, patient.phone)]
     return along

@@ -345,3 +345,27 @@ def test_a_dose_given_reads_the_patient_with_the_reminders(aws: Any, reads: list
     # The appointment's read ahead, its reminders with the patient, then the look after the cancellations at what
     # is stored now (a newer event handled meanwhile would be undone by them).
     assert reads == ["BatchGetItem", "BatchGetItem", "BatchGetItem"]
+
+
+def test_a_patients_replan_reads_the_patient_once_not_once_per_appointment(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older PatientUpserted (a register imported again) writes nothing: each of the patient's appointments is
+    reconciled with the patient read ahead once, not read again for each (only a new dose's, written since, is)."""
+    _plan(patient(at=aws.clock.now() - timedelta(days=1)))
+    for n in range(1, 5):
+        _plan(dose(f"a{n}", due_date=f"2027-04-0{n}"))
+    patient_keys: list[int] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "BatchGetItem":
+            patient_keys.append(len(params["RequestItems"].get(aws.settings.PATIENTS_TABLE, {}).get("Keys", [])))
+        elif operation == "GetItem" and params.get("TableName") == aws.settings.PATIENTS_TABLE:
+            patient_keys.append(1)
+        return original(client, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+    assert _plan(patient(at=aws.clock.now() - timedelta(days=2)))["ignored"] == 1
+
+    assert sum(patient_keys) == 1
