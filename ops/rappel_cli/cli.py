@@ -539,7 +539,7 @@ def invoke(
     text = event.read_text()
     try:
         if today:
-            text = shift_dates(text, days_to_today(text, datetime.now(UTC).date()))
+            text = shift_dates(text, days_to_today(text, datetime.now(UTC)))
         json.loads(text)
     except json.JSONDecodeError as exc:
         console.print(f"[red]error:[/red] {event}: not JSON ({exc})")

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,20 @@ def shift_dates(text: str, days: int) -> str:
     return _DATE.sub(lambda m: (date.fromisoformat(m.group(0)) + timedelta(days=days)).isoformat(), text)
 
 
-def days_to_today(text: str, today: date) -> int:
-    """How far to move an event's dates so that its `time` falls today (a sample stamped in 2027 would be refused
-    as ahead of the clock); 0 for an event without an ISO `time`."""
+def days_to_today(text: str, now: datetime) -> int:
+    """How far to move an event's dates so that its `time` falls on the latest day it is not after `now` (today, or
+    yesterday for a time of day still to come): a sample stamped in 2027 would be refused as ahead of the clock. 0 for
+    an event without an ISO `time`."""
     event = json.loads(text)
     stamped = event.get("time") if isinstance(event, dict) else None
-    found = _DATE.match(stamped) if isinstance(stamped, str) else None
-    return (today - date.fromisoformat(found.group(0))).days if found else 0
+    try:
+        at = datetime.fromisoformat(stamped.replace("Z", "+00:00")) if isinstance(stamped, str) else None
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        return 0
+    days = (now.astimezone(UTC).date() - at.astimezone(UTC).date()).days
+    return days - 1 if at + timedelta(days=days) > now else days
 
 
 def with_receipt_token(text: str, environment: dict[str, str]) -> str:
@@ -86,6 +93,7 @@ def with_receipt_token(text: str, environment: dict[str, str]) -> str:
         # The embedded stack's environment names its own (fake) credentials; a deployed one's, none: yours are used.
         aws_access_key_id=environment.get("AWS_ACCESS_KEY_ID") or None,
         aws_secret_access_key=environment.get("AWS_SECRET_ACCESS_KEY") or None,
+        aws_session_token=environment.get("AWS_SESSION_TOKEN") or None,
     )
     try:
         token = client.get_secret_value(SecretId=environment["RECEIPT_TOKEN_SECRET"])["SecretString"]
@@ -203,6 +211,7 @@ def deployed_environment(function: BuiltFunction, stack: str, region: str | None
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
+        region = region or os.environ.get("AWS_REGION") or None  # boto3 itself reads only AWS_DEFAULT_REGION
         cloudformation = boto3.client("cloudformation", region_name=region)
         resource = cloudformation.describe_stack_resource(StackName=stack, LogicalResourceId=function.logical_id)
         physical = resource["StackResourceDetail"]["PhysicalResourceId"]

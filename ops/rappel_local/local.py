@@ -40,6 +40,9 @@ def start(*, rate: float, port: int) -> tuple[dict[str, str], list[object]]:
     from moto.server import ThreadedMotoServer
 
     with socket.socket() as probe:
+        # As the server binds: a port a stopped stack's connections still hold (TIME_WAIT) is free, one listened on
+        # is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -95,7 +98,9 @@ def serve(*, rate: float, port: int, console: Console) -> None:
         f"[green]embedded stack up[/green] on {environment['AWS_ENDPOINT_URL']}; "
         f"Orange simulator {environment['ORANGE_API_BASE_URL']}; receipts {environment['RECEIPT_BASE_URL']}"
     )
-    console.print("other terminals: `rappel import FILE.csv --local`, `rappel messages --local`, ... (Ctrl-C stops)")
+    console.print(
+        "other terminals: `rappel import FILE.csv --as-of WHEN --local`, `rappel messages --local`, ... (Ctrl-C stops)"
+    )
     stop = threading.Event()
     streams = ChangeStreams()
     next_dispatch = next_pass = next_health = next_tally = time.monotonic()

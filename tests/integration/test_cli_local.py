@@ -12,8 +12,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -311,3 +313,44 @@ def test_a_second_local_stack_on_a_taken_port_says_so_and_exits(tmp_path: Path) 
         result = _run("local", "up", "--port", str(port), cwd=tmp_path)
     assert result.returncode == 2 and f"port {port} is in use" in result.stderr
     assert not (tmp_path / ".rappel" / "local.json").exists()
+
+
+class _Served(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"  # the server closes each connection first: its side keeps the TIME_WAIT
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _PastThePortCheck(Exception):
+    pass
+
+
+def test_a_port_a_stopped_stack_served_on_is_not_taken_for_one_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after Ctrl-C, the stopped stack's connections hold its port in TIME_WAIT for a minute: nothing listens,
+    and moto's server (which binds with SO_REUSEADDR) can bind it, so the check must not refuse it."""
+    import moto.server
+
+    from rappel_local import local
+
+    first = HTTPServer(("127.0.0.1", 0), _Served)
+    port = first.server_address[1]
+    serving = threading.Thread(target=first.serve_forever)
+    serving.start()
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/").read()
+    first.shutdown()
+    first.server_close()
+    serving.join()
+
+    def server(*args: object, **kwargs: object) -> None:
+        raise _PastThePortCheck
+
+    monkeypatch.setattr(moto.server, "ThreadedMotoServer", server)
+    for name in local.FAKE_AWS:  # what `start` sets in this process's environment is given back after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    with pytest.raises(_PastThePortCheck):
+        local.start(rate=1.0, port=port)

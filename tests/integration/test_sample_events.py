@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -122,10 +122,15 @@ def test_rappel_invoke_today_moves_a_sample_ahead_of_the_clock_to_today_and_fill
     ahead = shift_dates(text, (aws.clock.now().date() - datetime(2027, 3, 1).date()).days + 30)
     assert invoke("plan_reminders", json.loads(ahead))["rejected"] == 1  # a month ahead of the clock
 
-    today = aws.clock.now().date()
-    moved = shift_dates(ahead, days_to_today(ahead, today))
-    assert json.loads(moved)["time"].startswith(today.isoformat())
+    now = aws.clock.now()
+    moved = shift_dates(ahead, days_to_today(ahead, now))
+    stamped = datetime.fromisoformat(json.loads(moved)["time"].replace("Z", "+00:00"))
+    assert now - timedelta(days=1) < stamped <= now  # the latest day it is not ahead of the clock
     assert invoke("plan_reminders", json.loads(moved))["applied"] == 1
+    # Run at 07:00 UTC, a sample stamped 08:00 goes to yesterday's 08:00, not today's (an hour ahead: refused).
+    stamped_eight = json.dumps({"time": "2027-03-01T08:00:00Z"})
+    assert days_to_today(stamped_eight, datetime(2027, 3, 10, 7, 0, tzinfo=UTC)) == 8
+    assert days_to_today(stamped_eight, datetime(2027, 3, 10, 9, 0, tzinfo=UTC)) == 9
 
     receipt = (EVENTS / "receipt_orange.json").read_text()
     environment = {"RECEIPT_TOKEN_SECRET": aws.settings.RECEIPT_TOKEN_SECRET, "AWS_REGION": aws.settings.AWS_REGION}
