@@ -185,33 +185,47 @@ def test_figures_from_the_counters_real_transitions_produce() -> None:
     assert figures.lateness_p95_seconds == 7200.0
 
 
-def test_a_late_delivery_after_failed_moves_the_count_from_failed_to_delivered() -> None:
-    scheduled = datetime(2027, 3, 1, 9, 0, tzinfo=UTC)
-    sent = scheduled + timedelta(seconds=10)
+_SCHEDULED = datetime(2027, 3, 1, 9, 0, tzinfo=UTC)
+_SENT = _SCHEDULED + timedelta(seconds=10)
+
+
+@pytest.mark.parametrize(
+    ("moves", "expected"),
+    [
+        pytest.param(
+            [(Status.FAILED, "sent", 60), (Status.DELIVERED, "failed", 120)],
+            (1, 0, 1.0),
+            id="a late delivery after failed moves the count from failed to delivered",
+        ),
+        pytest.param(
+            [(Status.DELIVERED, "sent", 60), (Status.FAILED, "queued", 0)],
+            (1, 1, 1.0),
+            # A wrong number in the register (the provider refused the request): failed, but no SMS had a fate.
+            id="a reminder refused before any SMS went out leaves the delivery rate alone",
+        ),
+    ],
+)
+def test_the_delivery_figures_of_a_day_follow_each_move(
+    moves: list[tuple[Status, str, int]], expected: tuple[int, int, float]
+) -> None:
+    sent_first = (Status.SENT, "queued", _SENT, _SCHEDULED, None)
     counters = _counts_of(
         [
-            (Status.SENT, "queued", sent, scheduled, None),
-            (Status.FAILED, "sent", sent + timedelta(seconds=60), scheduled, sent),
-            (Status.DELIVERED, "failed", sent + timedelta(seconds=120), scheduled, sent),
+            sent_first,
+            *(
+                (
+                    target,
+                    source,
+                    _SENT + timedelta(seconds=after),
+                    _SCHEDULED,
+                    _SENT if source in ("sent", "failed") else None,
+                )
+                for target, source, after in moves
+            ),
         ]
     )
     figures = figures_from_counters(counters)
-    assert (figures.delivered, figures.failed, figures.delivery_rate) == (1, 0, 1.0)
-
-
-def test_a_reminder_refused_before_any_sms_went_out_leaves_the_delivery_rate_alone() -> None:
-    """A wrong number in the register (the provider refused the request) failed, but no SMS had a fate to report."""
-    scheduled = datetime(2027, 3, 1, 9, 0, tzinfo=UTC)
-    sent = scheduled + timedelta(seconds=10)
-    counters = _counts_of(
-        [
-            (Status.SENT, "queued", sent, scheduled, None),
-            (Status.DELIVERED, "sent", sent + timedelta(seconds=60), scheduled, sent),
-            (Status.FAILED, "queued", sent, scheduled, None),
-        ]
-    )
-    figures = figures_from_counters(counters)
-    assert (figures.delivered, figures.failed, figures.delivery_rate) == (1, 1, 1.0)
+    assert (figures.delivered, figures.failed, figures.delivery_rate) == expected
 
 
 def test_a_cancelled_reminder_found_sent_moves_the_count_from_cancelled_to_sent() -> None:
