@@ -115,9 +115,9 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
         )
         written = store.save_patient(patient)
         _count_write(result, written)
-        renewed = _renews(written and detail.sms_opt_in and detail.sms_opt_in_renewed, detail.phone, event_at)
-        if renewed:
-            store.clear_number_stop(detail.phone)
+        renewed, stopped = _renews(written and detail.sms_opt_in and detail.sms_opt_in_renewed, detail.phone, event_at)
+        if renewed and stopped is not None:
+            store.clear_number_stop(detail.phone, stopped)
         result.merge(reconcile_patient(detail.patient_id, settings, now, patient if written else None))
         if renewed:  # the stop was the number's: its other patients get their reminders back too (on a retry too)
             for other in store.patients_with_phone(detail.phone):
@@ -161,13 +161,14 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
     return result
 
 
-def _renews(asked: bool, phone: str, event_at: str) -> bool:
-    """Whether a renewed consent stamped `event_at` lifts the number's stop: not one the family wrote after it (a
-    STOP after the clinic recorded the renewal is the family's latest word, whichever event arrives last)."""
+def _renews(asked: bool, phone: str, event_at: str) -> tuple[bool, str | None]:
+    """Whether a renewed consent stamped `event_at` lifts the number's stop, and when that stop was written (None:
+    not stopped): not one the family wrote after it (a STOP after the clinic recorded the renewal is the family's
+    latest word, whichever event arrives last)."""
     if not asked:
-        return False
+        return False, None
     stopped = store.stopped_since(phone)
-    return stopped is None or stopped < event_at
+    return stopped is None or stopped < event_at, stopped
 
 
 def _count_write(result: PlanningResult, written: bool) -> None:
@@ -546,7 +547,7 @@ def change_consent(
     # both honour; the patient writes below only make the records say so too.
     if opt_in:
         stopped_at = store.stopped_since(number)  # the stop this opt-in lifts
-        changed = store.clear_number_stop(number)
+        changed = stopped_at is not None and store.clear_number_stop(number, stopped_at)
     else:
         changed = store.stop_number(number, stamp, f"{by} opt-out")
         stopped_at = stamp if changed else store.stopped_since(number)  # the stop in force
@@ -557,8 +558,11 @@ def change_consent(
         flips = consent_changes(patient, opt_in)
         flipped |= flips
         # An opt-out leaves a patient already opted out as its own record has it, and an opt-in a patient its clinic
-        # opted out (`consent_changes`); an opt-in stamps the others it leaves opted in.
-        if flips or (opt_in and patient.sms_opt_in):
+        # opted out (`consent_changes`). An opt-in that lifted the number's stop stamps the others it leaves opted in
+        # (an older clinic opt-out arriving later must not undo it); one that changed nothing writes nothing: a
+        # family's "Oui" to a reminder is often only that, and its stamp would make every clinic update stamped
+        # before it but delivered after it (a new phone, an opt-out, a register import) look older than the record.
+        if flips or (opt_in and changed and patient.sms_opt_in):
             # An opt-in writes only over the record it read: a clinic's opt-out landing meanwhile stands.
             store.set_opt_in(
                 patient.patient_id,

@@ -1017,10 +1017,13 @@ def stop_number(phone: str, at: str, why: str) -> bool:
     return _applied(lambda: OpsRecord(_STOP, phone, text=f"{at}|{why}").save(condition=OpsRecord.pk.does_not_exist()))
 
 
-def clear_number_stop(phone: str) -> bool:
-    """Lift a number's stop (an explicit opt-in); False when it was not stopped."""
+def clear_number_stop(phone: str, stopped_at: str) -> bool:
+    """Lift the number's stop written at `stopped_at` (as `stopped_since` read it: the one the opt-in lifts); False
+    when the number is no longer stopped, or stopped again since: the family's later STOP stands (one handled while
+    the opt-in was being made, say)."""
     _forget_ahead("stop", phone)
-    return _applied(lambda: OpsRecord(_STOP, phone).delete(condition=OpsRecord.pk.exists()))
+    read = OpsRecord.text.does_not_exist() if stopped_at == "-" else OpsRecord.text.startswith(f"{stopped_at}|")
+    return _applied(lambda: OpsRecord(_STOP, phone).delete(condition=OpsRecord.pk.exists() & read))
 
 
 def stopped_since(phone: str) -> str | None:

@@ -569,3 +569,42 @@ def test_a_clinic_opt_out_landing_while_an_opt_in_is_applied_stands(pipe: Pipeli
 
     assert not store.get_patient("p2").sms_opt_in  # type: ignore[union-attr]
     assert statuses(p2) == {"cancelled"}
+
+
+def test_an_oui_that_changes_nothing_leaves_an_earlier_stamped_clinic_update_its_due(pipe: Pipeline) -> None:
+    """A family answers a reminder "Oui" (nothing to change: not stopped, opted in). The clinic had recorded a minute
+    before that the family refuses SMS, and had a new phone for it; its event arrives after the reply."""
+    reminders = list(pipe.plan(1).values())
+    clinic_at = pipe.clock.now() + timedelta(minutes=1)
+    pipe.clock.advance_to(clinic_at + timedelta(minutes=1))
+    assert outcome(reply(pipe, "Oui")) == "unchanged"
+
+    handle_clinic_event(patient("p1", phone="+2250701020399", sms_opt_in=False, at=clinic_at), pipe.settings)
+
+    stored = store.get_patient("p1")
+    assert stored is not None and (stored.sms_opt_in, stored.phone) == (False, "+2250701020399")
+    assert statuses(reminders) == {"cancelled"}
+
+
+def test_a_stop_handled_while_an_oui_is_being_applied_stands(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OUI then STOP, handed over back to back and handled at once: the STOP lands while the OUI is lifting the
+    stop it read. The family's last word stands: the number stays stopped."""
+    reminders = list(pipe.plan(1).values())
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=5))
+    real_clear = store.clear_number_stop
+    answers: list[str] = []
+
+    def stop_lands_meanwhile(phone: str, stopped_at: str) -> bool:
+        if not answers:
+            answers.append("the OUI lifting the stop")  # the STOP below carries out the OUI too: once
+            answers.append(outcome(reply(pipe, "STOP")))
+        return real_clear(phone, stopped_at)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "clear_number_stop", stop_lands_meanwhile)
+        reply(pipe, "OUI")
+
+    assert answers == ["the OUI lifting the stop", "opted_out"]
+    assert store.number_stopped(PHONE)
+    assert statuses(reminders) <= {"cancelled", "expired"}
