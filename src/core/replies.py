@@ -54,8 +54,9 @@ MAX_TEXT_CHARACTERS = 160
 MAX_RECORDED_PER_DAY = 1000
 # How long a confirmation may wait for its send (quiet hours, a provider outage) before it is pointless.
 CONFIRMATION_LIFETIME = timedelta(hours=24)
-# Kannel's `coding` (%c): 0 GSM 7-bit, 1 8-bit binary, 2 UCS-2. Character sets that mean UCS-2's bytes.
-_CODINGS = frozenset({"", "0", "1", "2"})
+# Kannel's `coding` (%c): 0 GSM 7-bit, 1 8-bit binary, 2 UCS-2, -1 undefined (an HTTP SMSC that gave none; the
+# charset then says). Character sets that mean UCS-2's bytes.
+_CODINGS = frozenset({"", "-1", "0", "1", "2"})
 _UTF16 = frozenset({"UTF-16BE", "UTF16BE", "UCS-2", "UCS2", "UTF-16", "ISO-10646-UCS-2"})
 _KANNEL_8BIT = "8-BIT"  # what Kannel's %C says for 8-bit data that came with no character set
 _WORD_SEPARATORS = re.compile(r"[\W_]+")
@@ -153,7 +154,7 @@ def parse_inbound(params: Mapping[str, str], raw_query: str | None, settings: Se
     sender = _sender(params.get("from", ""), settings)
     coding = params.get("coding", "").strip()
     if coding not in _CODINGS:
-        _reject("coding: must be Kannel's coding (%c): 0, 1 or 2")
+        _reject("coding: must be Kannel's coding (%c): -1, 0, 1 or 2")
     charset = params.get("charset", "").strip()
     if len(charset) > 40:
         _reject("charset: longer than 40 characters")
@@ -205,10 +206,9 @@ def _decode(raw: bytes, coding: str, charset: str) -> str:
         return raw.decode("utf-16-be", errors="replace")
     if name:
         try:
-            codec = codecs.lookup(charset)
-        except LookupError:
+            return raw.decode(codecs.lookup(charset).name, errors="replace")
+        except LookupError:  # unknown, or a codec that is no text encoding (base64, rot13, zlib)
             _reject("charset: not a character set this endpoint knows")
-        return raw.decode(codec.name, errors="replace")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -87,6 +87,7 @@ _REPLACEMENTS: dict[str, str] = {
     "‚": "'",
     "‛": "'",
     "′": "'",
+    "ʼ": "'",  # U+02BC, the modifier-letter apostrophe (NʼGuessan)
     "`": "'",
     "´": "'",
     "“": '"',

@@ -269,6 +269,8 @@ def test_a_2000_character_text_is_cut_to_one_sms_before_anything(pipe: Pipeline)
         "from=2250701020304&to=1234&text=Arr%C3%AAt&coding=0&charset=UTF-8",  # an SMSC that drops the +
         # 8-bit data with no character set: Kannel's %C says "8-BIT" (gw/urltrans.c), which names no codec.
         "from=%2B2250701020304&to=1234&text=STOP&coding=1&charset=8-BIT",
+        # An HTTP SMSC that gave no coding: Kannel's %c prints -1 (undefined), %C the character set.
+        "from=%2B2250701020304&to=1234&text=Arr%C3%AAt&coding=-1&charset=UTF-8",
     ],
 )
 def test_ucs2_and_charsets_are_decoded(pipe: Pipeline, query: str) -> None:
@@ -285,6 +287,7 @@ def test_ucs2_and_charsets_are_decoded(pipe: Pipeline, query: str) -> None:
         ({"from": ""}, 400, "from:"),
         ({"coding": "7"}, 400, "coding:"),
         ({"charset": "NO-SUCH-CHARSET"}, 400, "charset:"),
+        ({"charset": "base64"}, 400, "charset:"),  # a codec, but no text encoding
         ({"token": "wrong"}, 403, "token"),
     ],
 )

@@ -173,6 +173,7 @@ def test_measure() -> None:
         ("ê â î ô û ë ï ç", "e a i o u e i c"),
         ("Œuvre, cœur", "OEuvre, coeur"),
         ("l’enfant", "l'enfant"),
+        ("Nʼ Guessan", "N' Guessan"),  # U+02BC, the modifier-letter apostrophe some keyboards type in names
         ("“oui” «non»", '"oui" "non"'),
         ("6–10 — 14", "6-10 - 14"),
         ("attendez…", "attendez..."),
