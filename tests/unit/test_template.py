@@ -543,3 +543,14 @@ def test_the_tally_reads_both_tables_streams_whole_batches_at_a_time_and_keeps_w
         assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["TallyFailureQueue", "Arn"]}
     ops = events["AppointmentStateChanges"]["Properties"]
     assert "APPOINTMENT#" in ops["FilterCriteria"]["Filters"][0]["Pattern"]  # not the counters it writes itself
+
+
+def test_a_function_whose_failure_nothing_queues_or_retries_has_an_errors_alarm() -> None:
+    """The receipt and reply URL (a 5xx loses a family's STOP: the gateways do not retry) and the daily report (a
+    scheduled run that failed is not run again) leave no dead letter behind: only their Errors alarm tells."""
+    watched = {
+        alarm["Properties"]["Dimensions"][0]["Value"]["Ref"]
+        for alarm in of_type("AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"]["MetricName"] == "Errors"
+    }
+    assert {"DeliveryReceiptFunction", "DailyStatisticsFunction"} <= watched
