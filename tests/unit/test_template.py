@@ -554,3 +554,13 @@ def test_a_function_whose_failure_nothing_queues_or_retries_has_an_errors_alarm(
         if alarm["Properties"]["MetricName"] == "Errors"
     }
     assert {"DeliveryReceiptFunction", "DailyStatisticsFunction"} <= watched
+
+
+def test_every_value_a_listed_parameter_allows_is_a_setting_the_functions_accept() -> None:
+    """A value the template lets through and the settings refuse stops every function at start-up after a deploy
+    that looked fine (SmsProviders=orange,orange did)."""
+    defaults = template_parameter_defaults()
+    for name, ref in globals_environment().items():
+        parameter = PARAMETERS.get(ref.get("Ref")) if isinstance(ref, dict) else None
+        for value in (parameter or {}).get("AllowedValues", []):
+            build_settings(**{**defaults, name: str(value)})  # raises, naming the variable, if refused
