@@ -161,14 +161,14 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
     return result
 
 
-def _renews(asked: bool, phone: str, event_at: str) -> tuple[bool, str | None]:
-    """Whether a renewed consent stamped `event_at` lifts the number's stop, and when that stop was written (None:
-    not stopped): not one the family wrote after it (a STOP after the clinic recorded the renewal is the family's
-    latest word, whichever event arrives last)."""
+def _renews(asked: bool, phone: str, event_at: str) -> tuple[bool, store.NumberStop | None]:
+    """Whether a renewed consent stamped `event_at` lifts the number's stop, and that stop as read (None: not
+    stopped): not one the family wrote after it (a STOP after the clinic recorded the renewal is the family's latest
+    word, whichever event arrives last)."""
     if not asked:
         return False, None
-    stopped = store.stopped_since(phone)
-    return stopped is None or stopped < event_at, stopped
+    stop = store.number_stop(phone)
+    return stop is None or stop.at < event_at, stop
 
 
 def _count_write(result: PlanningResult, written: bool) -> None:
@@ -546,8 +546,9 @@ def change_consent(
     # The stop first: a crash after it leaves the number stopped, which the next reconciliation and the sender
     # both honour; the patient writes below only make the records say so too.
     if opt_in:
-        stopped_at = store.stopped_since(number)  # the stop this opt-in lifts
-        changed = stopped_at is not None and store.clear_number_stop(number, stopped_at)
+        stop = store.number_stop(number)  # the stop this opt-in lifts
+        stopped_at = stop.at if stop is not None else None
+        changed = stop is not None and store.clear_number_stop(number, stop)
     else:
         changed = store.stop_number(number, stamp, f"{by} opt-out")
         stopped_at = stamp if changed else store.stopped_since(number)  # the stop in force

@@ -207,7 +207,7 @@ def _decode(raw: bytes, coding: str, charset: str) -> str:
     if name:
         try:
             return raw.decode(codecs.lookup(charset).name, errors="replace")
-        except LookupError:  # unknown, or a codec that is no text encoding (base64, rot13, zlib)
+        except (LookupError, UnicodeError):  # unknown, no text encoding (base64, zlib), or one that never decodes
             _reject("charset: not a character set this endpoint knows")
     try:
         return raw.decode("utf-8")

@@ -1012,26 +1012,48 @@ def number_stopped(phone: str) -> bool:
 
 
 def stop_number(phone: str, at: str, why: str) -> bool:
-    """Record a number's stop; False when it was already stopped (the first stop is kept)."""
+    """Record a number's stop; False when it was already stopped: the first stop is kept, and counts this STOP too
+    (`NumberStop.stops`), so that an opt-in lifting the stop as it read it before this STOP is refused."""
     _forget_ahead("stop", phone)
-    return _applied(lambda: OpsRecord(_STOP, phone, text=f"{at}|{why}").save(condition=OpsRecord.pk.does_not_exist()))
+    for _ in range(3):  # the stop may be lifted between the two writes: then it is written again
+        if _applied(
+            lambda: OpsRecord(_STOP, phone, text=f"{at}|{why}", value=1).save(condition=OpsRecord.pk.does_not_exist())
+        ):
+            return True
+        if _applied(lambda: _update(OpsRecord(_STOP, phone), [OpsRecord.value.add(1)], OpsRecord.pk.exists())):
+            return False
+    return False
 
 
-def clear_number_stop(phone: str, stopped_at: str) -> bool:
-    """Lift the number's stop written at `stopped_at` (as `stopped_since` read it: the one the opt-in lifts); False
-    when the number is no longer stopped, or stopped again since: the family's later STOP stands (one handled while
-    the opt-in was being made, say)."""
+@dataclass(frozen=True)
+class NumberStop:
+    """A number's stop as read: when it was written (`iso`; "-" unknown) and how many STOPs it counts."""
+
+    at: str
+    stops: int
+
+
+def number_stop(phone: str) -> NumberStop | None:
+    """The stop in force on this number (read strongly consistent), or None when the number is not stopped."""
+    record = get_ops_value(_STOP, phone)
+    if record is None:
+        return None
+    return NumberStop((record.text or "").split("|", 1)[0] or "-", int(record.value or 0))
+
+
+def clear_number_stop(phone: str, stop: NumberStop) -> bool:
+    """Lift the number's stop as `number_stop` read it (the one the opt-in lifts); False when the number is no
+    longer stopped, or the family sent a STOP since (it stands: one handled while the opt-in was being made)."""
     _forget_ahead("stop", phone)
-    read = OpsRecord.text.does_not_exist() if stopped_at == "-" else OpsRecord.text.startswith(f"{stopped_at}|")
-    return _applied(lambda: OpsRecord(_STOP, phone).delete(condition=OpsRecord.pk.exists() & read))
+    written = OpsRecord.text.does_not_exist() if stop.at == "-" else OpsRecord.text.startswith(f"{stop.at}|")
+    counted = OpsRecord.value == stop.stops if stop.stops else OpsRecord.value.does_not_exist() | (OpsRecord.value == 0)
+    return _applied(lambda: OpsRecord(_STOP, phone).delete(condition=OpsRecord.pk.exists() & written & counted))
 
 
 def stopped_since(phone: str) -> str | None:
     """When the stop in force on this number was written (`iso`), or None when the number is not stopped."""
-    record = get_ops_value(_STOP, phone)
-    if record is None:
-        return None
-    return (record.text or "").split("|", 1)[0] or "-"
+    stop = number_stop(phone)
+    return stop.at if stop is not None else None
 
 
 # ---------------------------------------------------------------------------------------------- replies

@@ -288,6 +288,7 @@ def test_ucs2_and_charsets_are_decoded(pipe: Pipeline, query: str) -> None:
         ({"coding": "7"}, 400, "coding:"),
         ({"charset": "NO-SUCH-CHARSET"}, 400, "charset:"),
         ({"charset": "base64"}, 400, "charset:"),  # a codec, but no text encoding
+        ({"charset": "undefined"}, 400, "charset:"),  # a text encoding that refuses every byte
         ({"token": "wrong"}, 403, "token"),
     ],
 )
@@ -598,11 +599,11 @@ def test_a_stop_handled_while_an_oui_is_being_applied_stands(pipe: Pipeline, mon
     real_clear = store.clear_number_stop
     answers: list[str] = []
 
-    def stop_lands_meanwhile(phone: str, stopped_at: str) -> bool:
+    def stop_lands_meanwhile(phone: str, stop: store.NumberStop) -> bool:
         if not answers:
             answers.append("the OUI lifting the stop")  # the STOP below carries out the OUI too: once
             answers.append(outcome(reply(pipe, "STOP")))
-        return real_clear(phone, stopped_at)
+        return real_clear(phone, stop)
 
     with monkeypatch.context() as patched:
         patched.setattr(store, "clear_number_stop", stop_lands_meanwhile)
@@ -611,3 +612,27 @@ def test_a_stop_handled_while_an_oui_is_being_applied_stands(pipe: Pipeline, mon
     assert answers == ["the OUI lifting the stop", "opted_out"]
     assert store.number_stopped(PHONE)
     assert statuses(reminders) <= {"cancelled", "expired"}
+
+
+def test_a_stop_on_a_number_still_stopped_stands_against_an_opt_in_being_made(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's `rappel optin` reads the number's stop; the family's STOP lands before the opt-in lifts it,
+    on a number still stopped (so it writes no stop of its own): the family's last word still stands."""
+    pipe.plan(1)
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=5))
+    real_clear = store.clear_number_stop
+    answers: list[str] = []
+
+    def stop_lands_meanwhile(phone: str, stop: store.NumberStop) -> bool:
+        if not answers:
+            answers.append(outcome(reply(pipe, "STOP")))
+        return real_clear(phone, stop)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "clear_number_stop", stop_lands_meanwhile)
+        planning.set_consent(PHONE, True, pipe.settings)
+
+    assert answers == ["unchanged"]  # a repeated STOP: no second confirmation
+    assert store.number_stopped(PHONE)

@@ -547,7 +547,7 @@ def test_the_tally_reads_both_tables_streams_whole_batches_at_a_time_and_keeps_w
 
 def test_a_function_whose_failure_nothing_queues_or_retries_has_an_errors_alarm() -> None:
     """The receipt and reply URL (a 5xx loses a family's STOP: the gateways do not retry) and the daily report (a
-    scheduled run that failed is not run again) leave no dead letter behind: only their Errors alarm tells."""
+    scheduled run that fails its retries too) leave no dead letter behind: only their Errors alarm tells."""
     watched = {
         alarm["Properties"]["Dimensions"][0]["Value"]["Ref"]
         for alarm in of_type("AWS::CloudWatch::Alarm").values()
