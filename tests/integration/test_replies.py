@@ -590,9 +590,11 @@ def test_an_oui_that_changes_nothing_leaves_an_earlier_stamped_clinic_update_its
     assert statuses(reminders) == {"cancelled"}
 
 
-def test_a_stop_handled_while_an_oui_is_being_applied_stands(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    """OUI then STOP, handed over back to back and handled at once: the STOP lands while the OUI is lifting the
-    stop it read. The family's last word stands: the number stays stopped."""
+def _a_stop_while_an_opt_in_lifts_the_stop(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, opt_in: Callable[[], object]
+) -> tuple[list[str], list[str]]:
+    """A stopped number; `opt_in` runs, and the family's STOP is handled just before it lifts the stop it read.
+    Returns (the reminders, what happened meanwhile: the STOP's outcome)."""
     reminders = list(pipe.plan(1).values())
     assert outcome(reply(pipe, "STOP")) == "opted_out"
     pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=5))
@@ -601,15 +603,22 @@ def test_a_stop_handled_while_an_oui_is_being_applied_stands(pipe: Pipeline, mon
 
     def stop_lands_meanwhile(phone: str, stop: store.NumberStop) -> bool:
         if not answers:
-            answers.append("the OUI lifting the stop")  # the STOP below carries out the OUI too: once
+            answers.append("the opt-in lifting the stop")  # a STOP may carry out a pending OUI too: once
             answers.append(outcome(reply(pipe, "STOP")))
         return real_clear(phone, stop)
 
     with monkeypatch.context() as patched:
         patched.setattr(store, "clear_number_stop", stop_lands_meanwhile)
-        reply(pipe, "OUI")
+        opt_in()
+    return reminders, answers[1:]
 
-    assert answers == ["the OUI lifting the stop", "opted_out"]
+
+def test_a_stop_handled_while_an_oui_is_being_applied_stands(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OUI then STOP, handed over back to back and handled at once: the STOP lands while the OUI is lifting the
+    stop it read (and carries out the OUI itself first). The family's last word stands: the number stays stopped."""
+    reminders, meanwhile = _a_stop_while_an_opt_in_lifts_the_stop(pipe, monkeypatch, lambda: reply(pipe, "OUI"))
+
+    assert meanwhile == ["opted_out"]
     assert store.number_stopped(PHONE)
     assert statuses(reminders) <= {"cancelled", "expired"}
 
@@ -619,20 +628,9 @@ def test_a_stop_on_a_number_still_stopped_stands_against_an_opt_in_being_made(
 ) -> None:
     """An operator's `rappel optin` reads the number's stop; the family's STOP lands before the opt-in lifts it,
     on a number still stopped (so it writes no stop of its own): the family's last word still stands."""
-    pipe.plan(1)
-    assert outcome(reply(pipe, "STOP")) == "opted_out"
-    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=5))
-    real_clear = store.clear_number_stop
-    answers: list[str] = []
+    _, meanwhile = _a_stop_while_an_opt_in_lifts_the_stop(
+        pipe, monkeypatch, lambda: planning.set_consent(PHONE, True, pipe.settings)
+    )
 
-    def stop_lands_meanwhile(phone: str, stop: store.NumberStop) -> bool:
-        if not answers:
-            answers.append(outcome(reply(pipe, "STOP")))
-        return real_clear(phone, stop)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(store, "clear_number_stop", stop_lands_meanwhile)
-        planning.set_consent(PHONE, True, pipe.settings)
-
-    assert answers == ["unchanged"]  # a repeated STOP: no second confirmation
+    assert meanwhile == ["unchanged"]  # a repeated STOP: no second confirmation
     assert store.number_stopped(PHONE)
