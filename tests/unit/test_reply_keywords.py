@@ -43,6 +43,8 @@ def strip_accents(text: str) -> str:
         ("ARRÊT", Intent.OPT_OUT),
         ("arret", Intent.OPT_OUT),
         ("Arrêter svp", Intent.OPT_OUT),
+        ("Arrêtez svp", Intent.OPT_OUT),  # the polite imperative a family writes
+        ("Désabonnez-moi", Intent.OPT_OUT),
         ("STOPP", Intent.OPT_OUT),
         ("unsubscribe!", Intent.OPT_OUT),
         ("opt-out", Intent.OPT_OUT),
