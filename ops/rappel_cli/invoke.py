@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from rappel_cli.target import region_of
 from rappel_local.stack import load_template
 
 RUNTIME_SHIM = Path(__file__).with_name("lambda_runtime.py")
@@ -211,7 +212,7 @@ def deployed_environment(function: BuiltFunction, stack: str, region: str | None
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        region = region or os.environ.get("AWS_REGION") or None  # boto3 itself reads only AWS_DEFAULT_REGION
+        region = region_of(region)
         cloudformation = boto3.client("cloudformation", region_name=region)
         resource = cloudformation.describe_stack_resource(StackName=stack, LogicalResourceId=function.logical_id)
         physical = resource["StackResourceDetail"]["PhysicalResourceId"]

@@ -120,8 +120,7 @@ def _deployed_environment(stack: str, region: str | None) -> dict[str, str]:
     if not stack:
         raise TargetError("no stack name: pass --stack NAME or deploy with samconfig.toml (profile dev)")
     with _aws_errors(f"stack {stack!r}"):
-        # boto3 reads AWS_DEFAULT_REGION; AWS_REGION is what Lambda and most other tools set.
-        client = boto3.client("cloudformation", region_name=region or os.environ.get("AWS_REGION") or None)
+        client = boto3.client("cloudformation", region_name=region_of(region))
         described = client.describe_stacks(StackName=stack)["Stacks"][0]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
     missing = sorted((set(OUTPUT_TO_ENV) | {CONFIGURATION_OUTPUT}) - set(outputs) - OPTIONAL_OUTPUTS)
@@ -132,6 +131,12 @@ def _deployed_environment(stack: str, region: str | None) -> dict[str, str]:
     environment.update({env: outputs[key] for key, env in OUTPUT_TO_ENV.items() if key in outputs})
     environment["AWS_REGION"] = region_name
     return environment
+
+
+def region_of(given: str | None) -> str | None:
+    """The region a command works in: `--region`, else AWS_REGION (what Lambda and most tools set; boto3 reads only
+    AWS_DEFAULT_REGION, its own fallback when this is None)."""
+    return given or os.environ.get("AWS_REGION") or None
 
 
 def _function_settings(stack: str, function: str, region: str) -> dict[str, str]:
