@@ -564,3 +564,19 @@ def test_every_value_a_listed_parameter_allows_is_a_setting_the_functions_accept
         parameter = PARAMETERS.get(ref.get("Ref")) if isinstance(ref, dict) else None
         for value in (parameter or {}).get("AllowedValues", []):
             build_settings(**{**defaults, name: str(value)})  # raises, naming the variable, if refused
+
+
+def _longest_provider_request_s() -> float:
+    """The longest one provider request may take under any settings the functions accept: connect + read."""
+
+    def bound(name: str) -> float:
+        return float(next(m.le for m in Settings.model_fields[name].metadata if getattr(m, "le", None) is not None))
+
+    return bound("PROVIDER_CONNECT_TIMEOUT_SECONDS") + bound("PROVIDER_READ_TIMEOUT_SECONDS")
+
+
+def test_the_health_check_outlasts_a_token_fetch_and_a_balance_read_at_their_longest() -> None:
+    """health_check reads the Orange balance: a token request, then the contracts request. With the longest
+    timeouts the settings allow, a slow Orange made it time out at 30 s and report nothing at all (no backlog, no
+    lag): the hour without data was the only sign, exactly when the provider was in trouble."""
+    assert function_property("HealthCheckFunction", "Timeout") >= 2 * _longest_provider_request_s() + 10
