@@ -137,12 +137,12 @@ def _urgency(message: MessageRecord) -> int:
 MAX_REMINDERS_PER_RECORD = 20
 
 
-def _group_of(message: MessageRecord) -> tuple[str, str, str] | None:
-    """The send record a reminder shares with the others for one phone, reminder type and due date; None for one
-    that goes on its own (planned before recipients were recorded, or a reply's confirmation)."""
+def _group_of(message: MessageRecord) -> str | None:
+    """The send record a reminder shares with the others this run gives one phone, whatever their types and due
+    dates; None for one that goes on its own (planned before recipients were recorded, or a reply's confirmation)."""
     if not message.recipient or is_confirmation(message):
         return None
-    return (message.recipient, message.reminder_type, message.due_date)
+    return str(message.recipient)
 
 
 def within_capacity(ordered: list[MessageRecord], capacity: int, grouped: bool) -> list[MessageRecord]:
@@ -152,7 +152,7 @@ def within_capacity(ordered: list[MessageRecord], capacity: int, grouped: bool) 
     if not grouped:
         return ordered[:capacity]
     chosen: list[MessageRecord] = []
-    sizes: dict[tuple[str, str, str], int] = {}
+    sizes: dict[str, int] = {}
     records = 0
     for message in ordered:
         group = _group_of(message)
@@ -170,9 +170,10 @@ def within_capacity(ordered: list[MessageRecord], capacity: int, grouped: bool) 
 
 
 def by_phone(claimed: list[tuple[MessageRecord, QueuedMessage]]) -> list[QueuedMessage | QueuedSms]:
-    """One send queue record per phone, reminder type and due date: reminders that would reach one phone in this
-    send slot go out as one SMS (siblings, or one child booked once per vaccine). Order kept, by the first member."""
-    groups: dict[tuple[str, str, str], list[QueuedMessage]] = {}
+    """One send queue record per phone: reminders that would reach one phone in this send slot (this run) go out as
+    one SMS (siblings, or one child booked once per vaccine), whatever their types and due dates. Order kept, by the
+    first member."""
+    groups: dict[str, list[QueuedMessage]] = {}
     records: list[QueuedMessage | QueuedSms | list[QueuedMessage]] = []
     for message, item in claimed:
         key = _group_of(message)

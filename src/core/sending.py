@@ -51,6 +51,7 @@ from core.store import AppointmentRecord, Change, Guard, MessageRecord, PatientR
 from core.texts import (
     GroupedChild,
     RenderedText,
+    SlotPart,
     TextTooLong,
     count_segments,
     render_confirmation,
@@ -575,19 +576,33 @@ def _sms_group(one: _Ready) -> tuple[str, str, str, str]:
 
 
 def _compose(ready: list[_Ready], settings: Settings) -> list[list[_Ready]]:
-    """Reminders grouped into as few SMS as fit: one per phone and clinic, then one per child if that is too long
-    for SMS_MAX_SEGMENTS, then one per reminder."""
-    ordered = sorted(ready, key=_sms_group)
+    """Reminders grouped into as few SMS as fit: one per phone and clinic, then, if that is too long for
+    SMS_MAX_SEGMENTS, one per reminder type and due date, then one per child, then one per reminder."""
     out: list[list[_Ready]] = []
-    for _, by_clinic in itertools.groupby(ordered, key=lambda r: _sms_group(r)[:2]):
-        members = list(by_clinic)
-        if _fits(members, settings):
-            out.append(members)
-            continue
-        for _, by_child in itertools.groupby(members, key=lambda r: r.patient.patient_id):
-            child = list(by_child)
-            out += [child] if _fits(child, settings) else [[one] for one in child]
+    for _, same_phone in itertools.groupby(sorted(ready, key=_sms_group), key=lambda r: _sms_group(r)[:2]):
+        out += _fitting_sms(list(same_phone), (_slot_part, lambda r: r.patient.patient_id), settings)
     return out
+
+
+def _slot_part(one: _Ready) -> tuple[str, str]:
+    """The sentence of an SMS a reminder is named in: its due date and type."""
+    return (one.appointment.due_date, one.message.reminder_type)
+
+
+def _fitting_sms(
+    members: list[_Ready], splits: tuple[Callable[[_Ready], Any], ...], settings: Settings
+) -> list[list[_Ready]]:
+    if _fits(members, settings):
+        return [members]
+    if not splits:
+        return [[one] for one in members]
+    split, rest = splits[0], splits[1:]
+    # A stable sort: each part keeps the members in their order (child, then reminder).
+    return [
+        sms
+        for _, part in itertools.groupby(sorted(members, key=split), key=split)
+        for sms in _fitting_sms(list(part), rest, settings)
+    ]
 
 
 def _fits(members: list[_Ready], settings: Settings) -> bool:
@@ -601,32 +616,39 @@ def _fits(members: list[_Ready], settings: Settings) -> bool:
 
 
 def _render_sms(members: list[_Ready], settings: Settings) -> RenderedText:
-    """The text of one SMS: a reminder's own text, or the grouped text naming every child and dose, in the
-    language of the first child (by patient id), since one SMS has one language."""
+    """The text of one SMS: a reminder's own text, or the grouped text naming every child and dose (a sentence per
+    reminder type and due date), in the language of the first child (by patient id), since one SMS has one
+    language."""
     if len(members) == 1:
         one = members[0]
         return render_message(one.message, one.patient, one.appointment, settings)
     first = min(members, key=lambda m: m.patient.patient_id)
+    language, clinic = first.patient.language, first.appointment.clinic
     if settings.SMS_DISCREET_TEXTS or any(m.patient.discreet for m in members):
-        # One discreet child makes the whole SMS discreet: the phone is one.
-        return _discreet(first.message, first.patient, first.appointment)
-    children: dict[str, list[_Ready]] = {}
-    for member in members:
-        children.setdefault(member.patient.patient_id, []).append(member)
-    return render_grouped(
-        reminder_type=first.message.reminder_type,
-        language=first.patient.language,
-        children=[
-            GroupedChild(
-                rows[0].patient.display_name,
-                tuple((r.appointment.vaccine, int(r.appointment.dose)) for r in rows),
-            )
-            for _, rows in sorted(children.items())
-        ],
-        due_date=date.fromisoformat(first.appointment.due_date),
-        clinic=first.appointment.clinic,
-        max_segments=settings.SMS_MAX_SEGMENTS,
-    )
+        # One discreet child makes the whole SMS discreet: the phone is one. One segment a sentence at most.
+        parts = [
+            SlotPart(reminder_type, date.fromisoformat(due)) for due, reminder_type in {_slot_part(m) for m in members}
+        ]
+        return render_discreet(
+            language=language, parts=parts, clinic=clinic, max_segments=min(len(parts), settings.SMS_MAX_SEGMENTS)
+        )
+    sentences: dict[tuple[str, str], dict[str, list[_Ready]]] = {}
+    for member in sorted(members, key=lambda m: m.patient.patient_id):
+        sentences.setdefault(_slot_part(member), {}).setdefault(member.patient.patient_id, []).append(member)
+    parts = [
+        SlotPart(
+            reminder_type,
+            date.fromisoformat(due),
+            tuple(
+                GroupedChild(
+                    rows[0].patient.display_name, tuple((r.appointment.vaccine, int(r.appointment.dose)) for r in rows)
+                )
+                for rows in children.values()
+            ),
+        )
+        for (due, reminder_type), children in sentences.items()
+    ]
+    return render_grouped(language=language, parts=parts, clinic=clinic, max_segments=settings.SMS_MAX_SEGMENTS)
 
 
 def _send_sms(
@@ -876,11 +898,10 @@ def render_message(
 
 
 def _discreet(message: MessageRecord, patient: PatientRecord, appointment: AppointmentRecord) -> RenderedText:
-    # One segment: a discreet text is short by design, and the same for one reminder or several.
+    # One segment: a discreet text is short by design.
     return render_discreet(
-        reminder_type=message.reminder_type,
         language=patient.language,
-        due_date=date.fromisoformat(appointment.due_date),
+        parts=[SlotPart(message.reminder_type, date.fromisoformat(appointment.due_date))],
         clinic=appointment.clinic,
         max_segments=1,
     )

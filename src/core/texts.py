@@ -34,6 +34,7 @@ __all__ = [
     "ReminderTemplate",
     "RenderedText",
     "Replies",
+    "SlotPart",
     "TextTooLong",
     "UnknownLanguage",
     "UnknownReminderType",
@@ -348,6 +349,16 @@ class GroupedChild:
     doses: tuple[tuple[str, int], ...]
 
 
+@dataclass(frozen=True)
+class SlotPart:
+    """The reminders of one type and due date among those an SMS carries: one sentence of its text. A phone's
+    reminders in one send slot may be of several (a sibling's 7-day reminder beside another's 1-day reminder)."""
+
+    reminder_type: str
+    due_date: date
+    children: tuple[GroupedChild, ...] = ()  # none in a discreet text
+
+
 def _check_template(template: str, *, clinic: bool, placeholders: tuple[frozenset[str], frozenset[str]]) -> str:
     names = _placeholders(template)
     allowed, required = placeholders
@@ -429,7 +440,7 @@ class LanguagePack(_Strict):
         name, vaccine = _checked(max_segments, dose, name, vaccine)
         values = {"vaccine": vaccine, "dose": str(dose), "date": self.date_format.format(due_date)}
         # Shortening order: the clinic goes first (the family knows where they go), the child's name after.
-        fitting, longest = self._fitting(template, {**values, "name": name}, clinic, max_segments)
+        fitting, longest = self._fitting([(template, {**values, "name": name})], clinic, max_segments)
         if fitting is not None:
             return fitting
         best: RenderedText | None = None
@@ -449,40 +460,37 @@ class LanguagePack(_Strict):
             )
         return best
 
-    def render_grouped(
-        self,
-        *,
-        reminder_type: str,
-        children: Sequence[GroupedChild],
-        due_date: date,
-        clinic: str | None,
-        max_segments: int,
-    ) -> RenderedText:
-        """One SMS naming every child and dose; the clinic is dropped if that is what it takes to fit. TextTooLong
-        when it still does not fit: the caller splits it by child, never truncates it."""
-        template = _of_type(self.grouped_templates, reminder_type)
-        cleaned = []
-        for child in children:
-            name = clean_text(child.name)
-            doses = tuple((clean_text(vaccine), dose) for vaccine, dose in child.doses)
-            if not name or not doses or not all(vaccine for vaccine, _ in doses):
-                raise ValueError("a child of a grouped SMS has an empty name or vaccine")
-            cleaned.append(GroupedChild(name, doses))
-        values = {"doses": self.grouped_list.format(cleaned), "date": self.date_format.format(due_date)}
-        fitting, longest = self._fitting(template, values, clinic, max_segments)
+    def render_grouped(self, *, parts: Sequence[SlotPart], clinic: str | None, max_segments: int) -> RenderedText:
+        """One SMS naming every child and dose: a sentence per reminder type and due date (earliest date first), the
+        clinic named once, at the end, and dropped if that is what it takes to fit. TextTooLong when it still does
+        not fit: the caller splits it, never truncates it."""
+        sentences = []
+        for part in _in_order(parts):
+            cleaned = []
+            for child in part.children:
+                name = clean_text(child.name)
+                doses = tuple((clean_text(vaccine), dose) for vaccine, dose in child.doses)
+                if not name or not doses or not all(vaccine for vaccine, _ in doses):
+                    raise ValueError("a child of a grouped SMS has an empty name or vaccine")
+                cleaned.append(GroupedChild(name, doses))
+            if not cleaned:
+                raise ValueError("a part of a grouped SMS names no child")
+            values = {"doses": self.grouped_list.format(cleaned), "date": self.date_format.format(part.due_date)}
+            sentences.append((_of_type(self.grouped_templates, part.reminder_type), values))
+        fitting, longest = self._fitting(sentences, clinic, max_segments)
         if fitting is None:
-            raise TextTooLong(f"{len(cleaned)} children need {longest.segments} segments (limit {max_segments})")
+            raise TextTooLong(f"{len(sentences)} sentence(s) need {longest.segments} segments (limit {max_segments})")
         return fitting
 
-    def render_discreet(
-        self, *, reminder_type: str, due_date: date, clinic: str | None, max_segments: int
-    ) -> RenderedText:
-        """The discreet text: the date and the clinic only. The clinic is dropped if that is what it takes to fit."""
-        template = _of_type(self.discreet_templates, reminder_type)
-        values = {"date": self.date_format.format(due_date)}
-        fitting, longest = self._fitting(template, values, clinic, max_segments)
+    def render_discreet(self, *, parts: Sequence[SlotPart], clinic: str | None, max_segments: int) -> RenderedText:
+        """The discreet text: the dates and the clinic only. The clinic is dropped if that is what it takes to fit."""
+        sentences = [
+            (_of_type(self.discreet_templates, part.reminder_type), {"date": self.date_format.format(part.due_date)})
+            for part in _in_order(parts)
+        ]
+        fitting, longest = self._fitting(sentences, clinic, max_segments)
         if fitting is None:
-            raise TextTooLong(f"the discreet {reminder_type} needs {longest.segments} segments (limit {max_segments})")
+            raise TextTooLong(f"the discreet text needs {longest.segments} segments (limit {max_segments})")
         return fitting
 
     def render_confirmation(self, opted_out: bool) -> RenderedText:
@@ -491,19 +499,35 @@ class LanguagePack(_Strict):
         return measure(normalise_gsm7(text) if self.gsm7_normalise else text)
 
     def _fitting(
-        self, template: _ClinicVariants, values: Mapping[str, str], clinic: str | None, max_segments: int
+        self,
+        sentences: Sequence[tuple[_ClinicVariants, Mapping[str, str]]],
+        clinic: str | None,
+        max_segments: int,
     ) -> tuple[RenderedText | None, RenderedText]:
-        """The text with the clinic if it fits, else without it if that fits (else None); and the last one tried."""
+        """The sentences joined, the last one naming the clinic, if that fits; else none naming it if that fits
+        (else None); and the last text tried."""
         clinic = clean_text(clinic or "") or None
-        rendered = self._text(template.with_clinic, {**values, "clinic": clinic}) if clinic else None
+        *lead, (last, values) = sentences
+        texts = [_fill(template.without_clinic, v) for template, v in lead]
+        rendered = self._joined([*texts, _fill(last.with_clinic, {**values, "clinic": clinic})]) if clinic else None
         if rendered is not None and rendered.segments <= max_segments:
             return rendered, rendered
-        rendered = self._text(template.without_clinic, values)
+        rendered = self._joined([*texts, _fill(last.without_clinic, values)])
         return (rendered if rendered.segments <= max_segments else None), rendered
 
     def _text(self, template: str, values: Mapping[str, str]) -> RenderedText:
-        text = _fill(template, values)
+        return self._joined([_fill(template, values)])
+
+    def _joined(self, texts: Sequence[str]) -> RenderedText:
+        text = " ".join(texts)
         return measure(normalise_gsm7(text) if self.gsm7_normalise else text)
+
+
+def _in_order(parts: Sequence[SlotPart]) -> list[SlotPart]:
+    """The sentences of an SMS in the order of their due dates (the one soonest past first); at least one."""
+    if not parts:
+        raise ValueError("an SMS needs at least one reminder")
+    return sorted(parts, key=lambda p: (p.due_date, p.reminder_type))
 
 
 def _of_type(templates: Mapping[str, _T], reminder_type: str) -> _T:
@@ -575,28 +599,14 @@ def load_language(language: str) -> LanguagePack:
     return LanguagePack.model_validate({**json.loads(raw), "language": language})
 
 
-def render_grouped(
-    *,
-    reminder_type: str,
-    language: str,
-    children: Sequence[GroupedChild],
-    due_date: date,
-    clinic: str | None,
-    max_segments: int,
-) -> RenderedText:
-    """Render one SMS carrying several reminders of one type and due date (see LanguagePack.render_grouped)."""
-    return load_language(language).render_grouped(
-        reminder_type=reminder_type, children=children, due_date=due_date, clinic=clinic, max_segments=max_segments
-    )
+def render_grouped(*, language: str, parts: Sequence[SlotPart], clinic: str | None, max_segments: int) -> RenderedText:
+    """Render one SMS carrying several reminders to one phone (see LanguagePack.render_grouped)."""
+    return load_language(language).render_grouped(parts=parts, clinic=clinic, max_segments=max_segments)
 
 
-def render_discreet(
-    *, reminder_type: str, language: str, due_date: date, clinic: str | None, max_segments: int
-) -> RenderedText:
+def render_discreet(*, language: str, parts: Sequence[SlotPart], clinic: str | None, max_segments: int) -> RenderedText:
     """Render the discreet text of one or several reminders (see LanguagePack.render_discreet)."""
-    return load_language(language).render_discreet(
-        reminder_type=reminder_type, due_date=due_date, clinic=clinic, max_segments=max_segments
-    )
+    return load_language(language).render_discreet(parts=parts, clinic=clinic, max_segments=max_segments)
 
 
 def render_reminder(

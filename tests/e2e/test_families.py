@@ -56,6 +56,39 @@ def test_two_children_sharing_a_phone_get_three_sms_each_naming_both() -> None:
         assert m["provider_message_id"] == carrier["provider_message_id"]
 
 
+def test_reminders_of_different_types_and_dates_in_one_slot_go_as_one_sms_naming_each_date() -> None:
+    """Awa's dose is due on the 12th, Kofi's on the 6th: Awa's 7-day and Kofi's 1-day reminders both fall on the
+    5th at 09:00 on the phone they share. One SMS per phone per send slot: one SMS naming both children, both
+    doses and both dates (they went as two)."""
+    data = siblings()
+    data["events"][3]["detail"]["due_date"] = "2027-03-06"
+    data["events"].append(administered_event("2027-03-06T10:00:00Z", "a2", "2027-03-06"))
+    out = run(data)
+    assert_invariants(out, data)
+    fifth = [s for s in out["sends"] if s["at"].startswith("2027-03-05")]
+    assert len(fifth) == 1, describe(out)
+    (sms,) = fifth
+    assert {
+        by_type(out, "a1")["7_day_reminder"]["message_id"],
+        by_type(out, "a2")["1_day_reminder"]["message_id"],
+    } == set(sms["message_ids"]), sms
+    for word in ("Awa", "Kofi", "Penta", "VPO", "12 mars", "6 mars", "CSU Abobo"):
+        assert word in sms["text"], (word, sms["text"])
+    assert sms["text"].count("CSU Abobo") == 1, sms["text"]
+    carried = {m["message_id"]: m for m in out["messages"] if m["message_id"] in sms["message_ids"]}
+    assert {m["status"] for m in carried.values()} == {"delivered"}, describe(out)
+
+
+def test_a_discreet_sms_of_two_dates_names_both_dates_and_no_child() -> None:
+    data = siblings(SMS_DISCREET_TEXTS=True)
+    data["events"][3]["detail"]["due_date"] = "2027-03-06"
+    out = run(data)
+    assert_invariants(out, data)
+    (sms,) = [s for s in out["sends"] if s["at"].startswith("2027-03-05")]
+    assert len(sms["message_ids"]) == 2 and "12 mars" in sms["text"] and "6 mars" in sms["text"], sms
+    assert not any(word in sms["text"] for word in ("Awa", "Kofi", "Penta", "VPO")), sms["text"]
+
+
 def test_without_grouping_each_reminder_is_its_own_sms() -> None:
     data = siblings(SMS_GROUP_BY_PHONE=False)
     out = run(data)

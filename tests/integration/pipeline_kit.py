@@ -108,7 +108,8 @@ class Pipeline:
 
         Each patient has a phone of its own (PHONE for p1) unless `phone` is given: siblings sharing one phone get
         one SMS between them, which is not what most of these tests are about."""
-        patient_fields.setdefault("phone", PHONE if n == 1 else f"+22507010203{n % 100:02d}")
+        own = f"+22507010203{n % 100:02d}"
+        patient_fields.setdefault("phone", PHONE if n == 1 else own if own != PHONE else "+2250701020400")
         assert handle_clinic_event(patient(f"p{n}", **patient_fields), self.settings).applied == 1
         handle_clinic_event(dose(f"a{n}", f"p{n}", due_date=due_date), self.settings)
         return {m.reminder_type: m.message_id for m in store.messages_of_patient(f"p{n}") if m.due_date == due_date}

@@ -18,21 +18,22 @@ pytestmark = pytest.mark.unit
 QUEUE_ARN = "arn:aws:sqs:us-east-1:000000000000:rappel-send"
 
 
-def test_the_dispatcher_groups_by_phone_type_and_due_date_and_caps_a_record() -> None:
+def test_the_dispatcher_groups_by_phone_whatever_the_type_and_due_date_and_caps_a_record() -> None:
     def claimed(
-        n: int, recipient: str | None, reminder_type: str = "7_day_reminder"
+        n: int, recipient: str | None, reminder_type: str = "7_day_reminder", due_date: str = "2027-03-12"
     ) -> tuple[MessageRecord, QueuedMessage]:
-        message = MessageRecord(f"m{n}", recipient=recipient, reminder_type=reminder_type, due_date="2027-03-12")
+        message = MessageRecord(f"m{n}", recipient=recipient, reminder_type=reminder_type, due_date=due_date)
         return message, QueuedMessage(f"m{n}", 1)
 
-    items = [claimed(1, "a"), claimed(2, "b"), claimed(3, "a"), claimed(4, "a", "1_day_reminder"), claimed(5, None)]
+    items = [claimed(1, "a"), claimed(2, "b"), claimed(3, "a"), claimed(4, "a", "1_day_reminder", "2027-03-06")]
+    items += [claimed(5, None), claimed(6, None)]
     items += [claimed(n, "c") for n in range(10, 10 + MAX_REMINDERS_PER_RECORD + 1)]
     records = by_phone(items)
     assert records[:4] == [
-        QueuedSms((QueuedMessage("m1", 1), QueuedMessage("m3", 1))),
+        QueuedSms((QueuedMessage("m1", 1), QueuedMessage("m3", 1), QueuedMessage("m4", 1))),
         QueuedMessage("m2", 1),
-        QueuedMessage("m4", 1),
         QueuedMessage("m5", 1),
+        QueuedMessage("m6", 1),
     ]
     assert [len(r.reminders) if isinstance(r, QueuedSms) else 1 for r in records[4:]] == [MAX_REMINDERS_PER_RECORD, 1]
 

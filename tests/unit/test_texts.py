@@ -582,13 +582,11 @@ def _siblings() -> list[Any]:
 @pytest.mark.parametrize("language", ["fr", "en"])
 @pytest.mark.parametrize("reminder_type", REMINDER_TYPES)
 def test_a_grouped_text_names_every_child_and_dose_once_in_gsm7(language: str, reminder_type: str) -> None:
-    from core.texts import render_grouped
+    from core.texts import SlotPart, render_grouped
 
     rendered = render_grouped(
-        reminder_type=reminder_type,
         language=language,
-        children=_siblings(),
-        due_date=date(2027, 3, 12),
+        parts=[SlotPart(reminder_type, date(2027, 3, 12), tuple(_siblings()))],
         clinic="CSU Abobo",
         max_segments=3,
     )
@@ -598,17 +596,40 @@ def test_a_grouped_text_names_every_child_and_dose_once_in_gsm7(language: str, r
 
 
 def test_a_grouped_text_drops_the_clinic_before_giving_up_and_never_truncates() -> None:
-    from core.texts import render_grouped
+    from core.texts import GroupedChild, SlotPart, render_grouped
 
     clinic = "Centre de santé urbain communautaire de Yopougon Attié"
-    common = {"reminder_type": "7_day_reminder", "language": "fr", "due_date": date(2027, 3, 12), "max_segments": 1}
-    shown = render_grouped(children=_siblings(), clinic=clinic, **common)
-    assert clinic not in shown.text and "Kofi" in shown.text and shown.segments == 1
-    from core.texts import GroupedChild
 
+    def part(children: list[Any]) -> list[Any]:
+        return [SlotPart("7_day_reminder", date(2027, 3, 12), tuple(children))]
+
+    shown = render_grouped(language="fr", parts=part(_siblings()), clinic=clinic, max_segments=1)
+    assert clinic not in shown.text and "Kofi" in shown.text and shown.segments == 1
     many = [GroupedChild(f"Enfant numero {n}", (("Penta", 1), ("VPO", 1))) for n in range(4)]
     with pytest.raises(TextTooLong):
-        render_grouped(children=many, clinic=None, **common)
+        render_grouped(language="fr", parts=part(many), clinic=None, max_segments=1)
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
+def test_an_sms_of_several_types_and_dates_has_a_sentence_for_each_earliest_date_first_and_names_the_clinic_once(
+    language: str,
+) -> None:
+    from core.texts import GroupedChild, SlotPart, load_language, render_discreet, render_grouped
+
+    awa = SlotPart("7_day_reminder", date(2027, 3, 12), (GroupedChild("Awa", (("Penta", 1),)),))
+    kofi = SlotPart("1_day_reminder", date(2027, 3, 6), (GroupedChild("Kofi", (("VPO", 2),)),))
+    days = load_language(language).date_format
+    rendered = render_grouped(language=language, parts=[awa, kofi], clinic="CSU Abobo", max_segments=3)
+    text = rendered.text
+    first = max(text.index("Kofi"), text.index(days.format(date(2027, 3, 6))))
+    assert first < min(text.index("Awa"), text.index(days.format(date(2027, 3, 12)))), text
+    assert text.count("CSU Abobo") == 1 and text.index("CSU Abobo") > text.index("Awa"), text
+    assert rendered.segments == count_segments(text) == 2 and rendered.encoding == "GSM-7"
+    with pytest.raises(TextTooLong):
+        render_grouped(language=language, parts=[awa, kofi], clinic="CSU Abobo", max_segments=1)
+    discreet = render_discreet(language=language, parts=[awa, kofi], clinic="CSU Abobo", max_segments=2)
+    assert not any(word in discreet.text for word in ("Awa", "Kofi", "Penta", "VPO"))
+    assert all(days.format(d) in discreet.text for d in (date(2027, 3, 6), date(2027, 3, 12))), discreet.text
 
 
 @pytest.mark.parametrize("language", ["fr", "en"])
@@ -616,11 +637,11 @@ def test_a_grouped_text_drops_the_clinic_before_giving_up_and_never_truncates() 
 def test_a_discreet_text_names_neither_child_nor_vaccine_and_fits_one_segment(
     language: str, reminder_type: str
 ) -> None:
-    from core.texts import render_discreet
+    from core.texts import SlotPart, render_discreet
 
     for clinic in ("CSU Abobo", "Centre de santé urbain communautaire de Yopougon Attié " * 2, None):
         rendered = render_discreet(
-            reminder_type=reminder_type, language=language, due_date=date(2027, 3, 12), clinic=clinic, max_segments=1
+            language=language, parts=[SlotPart(reminder_type, date(2027, 3, 12))], clinic=clinic, max_segments=1
         )
         assert rendered.segments == 1 and rendered.encoding == "GSM-7", rendered
         assert "12" in rendered.text and "vaccin" in rendered.text.lower()
