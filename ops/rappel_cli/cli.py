@@ -493,6 +493,21 @@ def release_hold(local: Local = False, stack: Stack = None, region: Region = Non
 
 
 @app.command()
+def replan(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
+    """Bring every reminder waiting to be sent to the timing rules as they are now: run it after deploying new zone
+    rules (a tzdata release) or a new REMINDER_*_TIME, quiet hours or lateness setting."""
+    from core import clock, store
+    from core.planning import replan_waiting
+
+    settings = _settings(local, stack, region)
+    store.bind(settings)
+    with _quiet():
+        result = replan_waiting(settings, clock.now())
+    data = {name: getattr(result, name) for name in ("replanned", "created", "cancelled", "revived")}
+    _emit(data, as_json, _key_values("Replan", data))
+
+
+@app.command()
 def cleanup(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
     """Delete ended messages past their retention now (what DynamoDB TTL does within ~2 days on AWS)."""
     from rappel_cli.operations import cleanup_now

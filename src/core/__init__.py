@@ -1,0 +1,9 @@
+"""Rappel's core: the rules, the store and the providers; the handlers and the operator's commands call into it."""
+
+import zoneinfo
+
+# Every zone from the tzdata package pinned with the functions (layers/dependencies), never the machine's own
+# database: zoneinfo would read /usr/share/zoneinfo first, which on Lambda's Amazon Linux (and any machine) is
+# neither the rules we test nor updated with our release. Here, before any zone is read.
+zoneinfo.reset_tzpath(to=())
+zoneinfo.ZoneInfo.clear_cache()

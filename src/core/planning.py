@@ -30,7 +30,7 @@ from core.retry import patiently
 from core.settings import Settings
 from core.store import AppointmentRecord, Change, Guard, MessageRecord, PatientRecord, iso
 from core.timing import plan_reminders
-from core.wanted import why_not_wanted
+from core.wanted import is_confirmation, why_not_wanted
 
 
 @dataclass
@@ -216,6 +216,22 @@ def reconcile_patient(
     with store.read_ahead(appointment_ids=appointment_ids, patient_ids=[] if stored is not None else [patient_id]):
         for appointment_id in appointment_ids:
             result.merge(reconcile_appointment(appointment_id, settings, now, patient=stored))
+    return result
+
+
+def replan_waiting(settings: Settings, now: datetime) -> PlanningResult:
+    """Every appointment with a reminder still waiting to be sent brought in line with the rules as they are now.
+
+    A send time and deadline are computed when a reminder is planned and kept: new zone rules (a tzdata release)
+    or a new REMINDER_*_TIME, quiet hours or lateness reach a planned reminder only when an event for its
+    appointment or patient comes, which for a dose due months ahead may be never. An operator runs this after such
+    a change (`rappel replan`); it changes nothing when nothing did."""
+    appointment_ids = sorted(
+        {m.appointment_id for m in store.waiting_in_due_index(settings.DUE_INDEX_SHARDS) if not is_confirmation(m)}
+    )
+    result = PlanningResult()
+    for appointment_id in appointment_ids:
+        result.merge(reconcile_appointment(appointment_id, settings, now))
     return result
 
 

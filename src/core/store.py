@@ -676,6 +676,15 @@ def earliest_due(shards: int) -> datetime | None:
     return parse_iso(earliest) if earliest else None
 
 
+def waiting_in_due_index(shards: int) -> Iterator[MessageRecord]:
+    """Every message still in the `due` index (its appointment id, type and status only), shard by shard. Reads the
+    whole index: for an operator's command, not Lambda."""
+    for n in range(shards):
+        yield from MessageRecord.due_index.query(
+            f"DUE#{n}", attributes_to_get=["message_id", "appointment_id", "reminder_type", "status"], page_size=1000
+        )
+
+
 def count_dispatchable(shards: int) -> dict[str, dict[str, int]]:
     """Messages still in the `due` index, by reminder type and status (pending; dead letters waiting for their
     deadline; queued ones claimed before claims left the index): a live count.

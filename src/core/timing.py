@@ -125,7 +125,12 @@ def send_time(
     wall = rule.local_time if preferred_hour is None else rule.local_time.replace(hour=preferred_hour)
     day = due + timedelta(days=rule.offset_days)
     quiet = settings.quiet_hours
-    allowed = next_allowed(local_to_utc(day, wall, zone), zone, quiet)
+    at = local_to_utc(day, wall, zone)
+    if at.astimezone(zone).date() != day:
+        # A gap that runs to midnight (Nuuk springs forward at 23:00): moved forward, the time would leave its day
+        # (a 1-day reminder on the due date is never sent); the instant just before the gap instead.
+        at = datetime.combine(day, wall).replace(tzinfo=zone, fold=1).astimezone(UTC)
+    allowed = next_allowed(at, zone, quiet)
     if quiet is None or allowed.astimezone(zone).date() == day:
         return allowed
     before_quiet = datetime.combine(day, quiet[0]) - timedelta(hours=1)

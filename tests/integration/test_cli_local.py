@@ -192,6 +192,13 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
     }
     restored = json.loads(_run("optin", "+2250701020304", "--local", "--json", cwd=local_stack).stdout)
     assert (restored["number_stop"], restored["revived"], restored["created"]) == ("lifted", 2, 0)
+    replanned = _run("replan", "--local", "--json", cwd=local_stack)  # the timing rules have not changed
+    assert replanned.returncode == 0 and json.loads(replanned.stdout) == {
+        "replanned": 0,
+        "created": 0,
+        "cancelled": 0,
+        "revived": 0,
+    }
     assert json.loads(_run("optout", "+2250701020304", "--local", "--json", cwd=local_stack).stdout)["cancelled"] == 2
     # A number no patient has yet: its stop is written all the same (for those registered on it later), and said.
     stranger = _run("optout", "+2250709999999", "--local", "--json", cwd=local_stack)

@@ -486,3 +486,30 @@ def test_a_zone_change_handled_while_a_new_dose_is_plans_the_dose_in_the_new_zon
     _dose_with_its_patients_update_landing_first(aws, monkeypatch, update)
 
     assert _messages()["7_day_reminder"].scheduled_at == "2027-03-13T03:30:00.000Z"  # 09:00 in Kolkata
+
+
+def test_replan_brings_every_waiting_reminder_to_the_rules_as_they_are_now(aws) -> None:
+    """A stored send time is computed once, at planning: a new REMINDER_*_TIME (or zone rules from a new tzdata)
+    reached no reminder already planned until an event for its appointment came, and a reminder planned at 19:00
+    that the new rules put in quiet hours was deferred past its deadline. `replan_waiting` reconciles every
+    appointment with a reminder waiting; reminders already sent or cancelled are left as they are."""
+    from core.planning import replan_waiting
+
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(), aws.settings)
+    handle_clinic_event(patient("p2", phone="+2250701020399"), aws.settings)
+    handle_clinic_event(dose("a2", "p2"), aws.settings)
+    handle_clinic_event(patient("p2", phone="+2250701020399", sms_opt_in=False), aws.settings)  # p2's cancelled
+    later = aws.settings.model_copy(update={"REMINDER_7_DAY_TIME": "10:30", "REMINDER_1_DAY_TIME": "11:00"})
+
+    result = replan_waiting(later, aws.clock.now())
+
+    assert (result.replanned, result.created, result.cancelled, result.revived) == (2, 0, 0, 0)
+    assert {t: m.scheduled_at for t, m in _messages().items()} == {
+        "7_day_reminder": "2027-03-13T10:30:00.000Z",
+        "1_day_reminder": "2027-03-19T11:00:00.000Z",
+        "overdue_reminder": "2027-03-21T14:00:00.000Z",
+    }
+    assert _messages()["7_day_reminder"].due_at == "2027-03-13T10:30:00.000Z"
+    assert {m.status for m in _messages("p2").values()} == {"cancelled"}
+    assert replan_waiting(later, aws.clock.now()).replanned == 0

@@ -177,3 +177,13 @@ def test_later_reminders_due_within_a_gap_of_a_late_reminder() -> None:
     assert (
         later_reminders_due_within(ReminderType.OVERDUE, due, zone, None, settings, one_day + timedelta(days=9)) == []
     )
+
+
+def test_a_gap_that_runs_to_midnight_keeps_each_reminder_on_its_day() -> None:
+    """America/Nuuk springs forward at 23:00 (to midnight) on the last Saturday of March: a 23:00 preference moved
+    forward by the gap was Sunday 00:00, the due date's start, so the 1-day reminder was never planned."""
+    no_quiet_hours = build_settings(SMS_QUIET_HOURS_ENABLED=False)
+    nuuk = ZoneInfo("America/Nuuk")
+    planned = {p.reminder_type: p for p in plan_reminders(date(2027, 3, 28), nuuk, 23, no_quiet_hours)}
+    one_day = planned[ReminderType.ONE_DAY].scheduled_at.astimezone(nuuk)
+    assert one_day.date() == date(2027, 3, 27) and one_day.hour == 22, one_day
