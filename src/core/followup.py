@@ -125,16 +125,27 @@ def _view(appointment: AppointmentRecord) -> Appointment:
 
 
 def note_appointment(
-    appointment: AppointmentRecord, patient: PatientRecord | None, settings: Settings, now: datetime
+    appointment: AppointmentRecord,
+    patient: PatientRecord | None,
+    settings: Settings,
+    now: datetime,
+    delivered: MessageRecord | None = None,
 ) -> AppointmentState | None:
     """Planning applied an event to the appointment (as now stored): bring its state in line (one read; a write
     only when something changed). Returns the state as it now stands (None when there is none, or it kept
-    changing under us)."""
+    changing under us). `delivered`: a reminder of its dose found delivered, which reached the family even if its
+    receipt died before noting it (Kannel never posts a receipt again)."""
     if appointment.patient_id == store.UNKNOWN_PATIENT or not appointment.due_date:
         return None  # closed before its schedule told us what it is: the schedule, when it comes, notes it
     due = overdue_at(appointment.due_date, patient.timezone if patient is not None else settings.APP_TIMEZONE)
     view = _view(appointment)
-    return _update(appointment.appointment_id, lambda old: outcomes.synced(old, view, due, iso(now)), settings)
+
+    def synced(old: AppointmentState | None) -> AppointmentState:
+        if old is not None and delivered is not None:
+            old = outcomes.with_delivery(old, delivered.reminder_type, delivered.delivered_at or iso(now)) or old
+        return outcomes.synced(old, view, due, iso(now))
+
+    return _update(appointment.appointment_id, synced, settings)
 
 
 def note_delivered(message: MessageRecord, settings: Settings, now: datetime) -> None:

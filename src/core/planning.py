@@ -335,7 +335,16 @@ def reconcile_appointment(
             lambda: store.get_patient(appointment.patient_id, fresh=True), lambda found: found is not None
         )
     # Its outcome and follow-up state first: what the cancellations below ask of it.
-    state = followup.note_appointment(appointment, patient, settings, now)
+    delivered = next(
+        (
+            m
+            for m in reminders
+            if m.state is Status.DELIVERED
+            and (m.patient_id, m.due_date) == (appointment.patient_id, appointment.due_date)
+        ),
+        None,
+    )
+    state = followup.note_appointment(appointment, patient, settings, now, delivered)
     if patient is None:
         return result  # planned when the patient arrives (events may come in any order)
     result = _bring_in_line({m.message_id: m for m in reminders}, patient, appointment, state, settings, now)

@@ -317,6 +317,10 @@ def apply_receipt(
         # Changed since it was read (another receipt for it at the same moment): judged again, once, as it now is.
         again = store.get_message(message_id)
         moved = _move(again, provider_status, target, learnt, settings, now) if again is not None else _Move.UNCHANGED
+    if moved is _Move.UNCHANGED and target is Status.DELIVERED and message.state is Status.DELIVERED:
+        # Posted again, maybe after a receipt that died between the message's write and this note: noted again
+        # (nothing is written when the family is reached already).
+        followup.note_delivered(message, settings, now)
     if moved is not _Move.MOVED or target is None:
         return ReceiptOutcome((_Move.UNCHANGED if moved is _Move.STALE else moved).value, message_id)
     if target is Status.DELIVERED:

@@ -389,3 +389,43 @@ def test_a_reminder_delivered_after_the_follow_up_opened_closes_it(pipe: Pipelin
     pipe.follow_up_pass()
     closed = clinic_events()[1]
     assert closed["detail-type"] == "FollowUpClosed" and closed["detail"]["why"].startswith("reached")
+
+
+@pytest.mark.parametrize("receipt_posted_again", [True, False], ids=["orange-posts-again", "never-again"])
+def test_a_receipt_that_dies_before_noting_the_family_reached_is_made_good(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, receipt_posted_again: bool
+) -> None:
+    """The receipt's `delivered` write, then a crash before the appointment's state notes the family reached: the
+    receipt posted again found the message delivered and wrote nothing (Kannel never posts again), and once the
+    dose was given on time the state left the follow-up index: a reminder that worked counted as not reaching the
+    family, for good. A receipt for a delivered message notes it again, and so does the dose's event."""
+    from core import receipts
+    from tests.integration.pipeline_kit import PHONE
+
+    message_id = pipe.plan(1, "2027-03-20")["7_day_reminder"]
+    pipe.clock.advance_to(datetime(2027, 3, 13, 9, 0, tzinfo=UTC))
+    pipe.cycle()
+    provider_id = pipe.message(message_id).provider_message_id
+    body = json.dumps(
+        {
+            "deliveryInfoNotification": {
+                "callbackData": provider_id,
+                "deliveryInfo": {"address": f"tel:{PHONE}", "deliveryStatus": "DeliveredToTerminal"},
+            }
+        }
+    )
+    with monkeypatch.context() as crash:
+        crash.setattr(followup, "note_delivered", lambda *_: (_ for _ in ()).throw(RuntimeError("died here")))
+        with pytest.raises(RuntimeError):
+            receipts.orange_receipt(body, pipe.settings)
+    assert pipe.message(message_id).status == "delivered"
+    if receipt_posted_again:
+        receipts.orange_receipt(body, pipe.settings)
+        state = store.get_appointment_state("a1")
+        assert state is not None and state.reached_type == "7_day_reminder", state
+
+    pipe.clock.advance_to(datetime(2027, 3, 20, 10, 0, tzinfo=UTC))
+    handle_clinic_event(envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-20"), pipe.settings)
+
+    state = store.get_appointment_state("a1")
+    assert state is not None and state.reached_type == "7_day_reminder" and state.status == "administered", state
