@@ -360,6 +360,13 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
     message = _this_claim(item, settings, now)
     if isinstance(message, SendOutcome):
         return message
+    if message.sms_key is not None:
+        # Bound by an earlier delivery of this record: if its SMS went out before a crash, recorded sent now,
+        # before anything that could turn it down (a text that no longer renders, every provider down, then a
+        # cancellation with no record left to tell).
+        went_out = _went_out(message, settings)
+        if went_out is not None:
+            return _record_replayed(message, went_out, settings)
     patient = store.get_patient(message.patient_id)
     appointment = appointment_of(message)  # a confirmation has none: a stand-in
     not_wanted = why_not_wanted(patient, appointment, message)

@@ -1396,21 +1396,24 @@ def test_a_grouped_sms_taken_before_a_crash_is_replayed_not_resent_after_an_outa
     pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Orange takes the siblings' SMS and the sender dies before recording it; the record comes back while Orange's
-    circuit is open (no provider can be asked). The reminders wait bound to that SMS, and once Orange is back its
-    stored result is replayed: the family gets one SMS, not a second one composed anew."""
+    circuit is open (no provider can be asked). The stored acceptance is read first and the reminders are recorded
+    sent from it: the family gets one SMS, not a second one composed anew. (They were deferred, bound, without
+    reading it: doses given meanwhile then cancelled reminders whose SMS had gone out.)"""
     first, second = _siblings_after_a_sender_crash(pipe, monkeypatch, "_record_accepted")  # after the 201
     assert len(pipe.accepted()) == 1
 
     for _ in range(pipe.settings.SMS_CIRCUIT_FAILURES):  # an outage elsewhere opened Orange's circuit meanwhile
         provider_state.record_transient_failure("orange", pipe.clock.now(), pipe.settings, "http_503: down")
     assert pipe.send(pipe.receive(visibility=0)) == {"batchItemFailures": []}
-    assert {pipe.message(m).status for m in (first, second)} == {"pending"}
-    assert {pipe.message(m).sms_key for m in (first, second)} != {None}
+    assert [(pipe.message(m).status, pipe.message(m).attempts) for m in (first, second)] == [("sent", 1)] * 2
 
+    for appointment in ("a1", "a2"):
+        given = envelope("DoseAdministered", appointment_id=appointment, administered_on="2027-03-13")
+        handle_clinic_event(given, pipe.settings)
     provider_state.release()
     pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=2))
     pipe.cycle()
-    assert [(pipe.message(m).status, pipe.message(m).attempts) for m in (first, second)] == [("sent", 1)] * 2
+    assert {pipe.message(m).status for m in (first, second)} == {"sent"}
     assert len(pipe.accepted()) == 1, "the family got a second SMS"
 
 
@@ -1734,3 +1737,22 @@ def test_an_earlier_preferred_hour_given_too_late_for_today_keeps_the_1_day_remi
         pipe.cycle()
 
     assert pipe.message(one_day).status == "sent"
+
+
+def test_a_grouped_sms_accepted_before_a_crash_is_recorded_sent_though_its_text_no_longer_fits(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name corrected before the record came back made the grouped text too long: its redelivery rendered the
+    text before looking at the stored acceptance, and recorded both reminders `failed` (text too long) though the
+    family had the SMS: a follow-up call, wrong statistics, its receipt unknown."""
+    reminders = _siblings_after_a_sender_crash(pipe, monkeypatch, "_record_accepted")  # after the 201
+    long_name = "عبد الرحمن بن محمد بن عبد العزيز الأحمد"  # UCS-2: with the other child's, past SMS_MAX_SEGMENTS
+    renamed = patient("p2", phone=PHONE, display_name=long_name, at=pipe.clock.now())
+    assert handle_clinic_event(renamed, pipe.settings.model_copy(update={"SMS_MAX_SEGMENTS": 1})).applied == 1
+    pipe.configure(SMS_MAX_SEGMENTS=1)
+
+    assert pipe.send(pipe.receive(visibility=0)) == {"batchItemFailures": []}
+
+    assert len(pipe.accepted()) == 1
+    assert {pipe.message(m).status for m in reminders} == {"sent"}
+    assert pipe.message(reminders[0]).text == pipe.accepted()[0].text  # the text that went out
