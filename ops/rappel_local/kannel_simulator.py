@@ -208,6 +208,16 @@ class KannelSimulator(ProviderSimulator):
         self._password = password
         self._max_messages = max_messages
         self._smsc_id = smsc_id
+        self._smsc_stopped = False
+
+    def stop_smsc(self) -> None:
+        """Bearerbox's `/stop-smsc` (maintenance of the operator's link): smsbox then answers every recipient 403
+        "Not routable. Do not try again.", as it does a black-listed number, until `start_smsc`."""
+        self._smsc_stopped = True
+
+    def start_smsc(self) -> None:
+        """Bearerbox's `/start-smsc`: sendsms is routed again."""
+        self._smsc_stopped = False
 
     @classmethod
     def from_scenario(
@@ -283,6 +293,8 @@ class KannelSimulator(ProviderSimulator):
             return _text_reply(400, "Missing receiver number, rejected")
         if not to:
             return _text_reply(400, "Empty receiver number not allowed, rejected")
+        if self._smsc_stopped:
+            return _text_reply(403, NOT_ROUTABLE)
         recipient = to.decode("latin-1")
         faulted, reply = self._faulted(
             now, recipient, nth, lambda: self._accept(now, raw_path, params), lambda f: self._refuse(now, f, params)

@@ -71,9 +71,10 @@ IMPOSSIBLE = "DeliveryImpossible"
 
 
 def _checked_send(
-    path_sender: str, headers: Mapping[str, str], data: Any
+    path_sender: str, headers: Mapping[str, str], data: Any, provisioned: frozenset[str] | None = None
 ) -> Reply | tuple[str, str, re.Match[str], str, str | None]:
-    """A send request's (sender, address, its tel: match, text, sender name), or the error Orange answers."""
+    """A send request's (sender, address, its tel: match, text, sender name), or the error Orange answers
+    (`provisioned`: the account's sender addresses, None for any)."""
     if "application/json" not in _header(headers, "Content-Type"):
         return _json_reply(400, _oneapi_body("SVC0001", "Content-Type must be application/json"))
     request = data.get("outboundSMSMessageRequest") if isinstance(data, dict) else None
@@ -82,7 +83,7 @@ def _checked_send(
     if not isinstance(request, dict):
         return _json_reply(400, _oneapi_body("SVC0002", "outboundSMSMessageRequest"))
     sender = unquote(path_sender)
-    if not _SENDER.match(sender) or request.get("senderAddress") != sender:
+    if not _SENDER.match(sender) or request.get("senderAddress") != sender or sender not in (provisioned or {sender}):
         return _json_reply(400, _oneapi_body("SVC0004", "senderAddress"))
     address = request.get("address")
     if isinstance(address, list):
@@ -188,8 +189,10 @@ class OrangeSimulator(ProviderSimulator):
         country: str = "CIV",
         expires_in_as_string: bool = False,
         contracts_legacy_shape: bool = False,
+        sender_addresses: Iterable[str] | None = None,
     ) -> None:
-        """Faults apply to the send endpoint only.
+        """Faults apply to the send endpoint only. `sender_addresses`: those the account may send from (a send from
+        another is refused with SVC0004 naming `senderAddress`, as Orange does); None for any.
 
         The rate limit is a token bucket holding one second's worth of requests (at least one), judged on the clock's
         timestamps rather than on arrival order: a send is refused with 429 when admitting it would put more than
@@ -213,6 +216,7 @@ class OrangeSimulator(ProviderSimulator):
         self._units = available_units
         self._bundle_expires_at = bundle_expires_at or clock.now() + timedelta(days=365)
         self._country = country
+        self._senders = frozenset(sender_addresses) if sender_addresses is not None else None
         self._expires_in_as_string = expires_in_as_string
         self._legacy_contracts = contracts_legacy_shape
         self._rate = rate_limit_per_second
@@ -404,7 +408,7 @@ class OrangeSimulator(ProviderSimulator):
     def _process_send(
         self, now: datetime, raw_path: str, path_sender: str, headers: Mapping[str, str], data: Any
     ) -> Reply:
-        checked = _checked_send(path_sender, headers, data)
+        checked = _checked_send(path_sender, headers, data, self._senders)
         if isinstance(checked, Reply):
             return checked
         sender, address, tel, text, sender_name = checked

@@ -161,7 +161,8 @@ def test_accepted_replies(kannel: FakeKannel, provider: KannelProvider, body: st
     ("status", "body", "kind"),
     [
         (403, "Authorization failed for sendsms", FailureKind.PROVIDER_WIDE),
-        (403, "Not routable. Do not try again.", FailureKind.PERMANENT),
+        # A black-listed number, or every number while the SMSC is stopped: retried, and counted by the circuit.
+        (403, "Not routable. Do not try again.", FailureKind.TRANSIENT),
         (400, "Missing receiver number, rejected", FailureKind.PERMANENT),
         (400, "Empty receiver number not allowed, rejected", FailureKind.PERMANENT),
         (503, "Temporal failure, try again later.", FailureKind.TRANSIENT),

@@ -197,7 +197,7 @@ def test_faults_by_window_recipient_and_timeout(clock: VirtualClock, sink: Sink)
         assert unavailable.value.kind is FailureKind.TRANSIENT
         with pytest.raises(ProviderError) as blocked:
             provider.send(to=BLOCKED, text="x", message_id="msg_7")
-        assert blocked.value.kind is FailureKind.PERMANENT and "Not routable" in str(blocked.value)
+        assert blocked.value.kind is FailureKind.TRANSIENT and "Not routable" in str(blocked.value)
         clock.advance_to(START + timedelta(minutes=5))
         provider.send(to=ALICE, text="x", message_id="msg_6")
         sim.post_due_receipts(clock.now())

@@ -1756,3 +1756,38 @@ def test_a_grouped_sms_accepted_before_a_crash_is_recorded_sent_though_its_text_
     assert len(pipe.accepted()) == 1
     assert {pipe.message(m).status for m in reminders} == {"sent"}
     assert pipe.message(reminders[0]).text == pipe.accepted()[0].text  # the text that went out
+
+
+def test_a_sender_address_orange_refuses_holds_orange_and_kannel_takes_every_reminder(pipe: Pipeline) -> None:
+    """Orange answers 400 SVC0004 naming `senderAddress` to every request from a sender the account does not have
+    (a dev number, another country's): each family's reminder was failed on its first attempt and Kannel never
+    asked. An error naming the account's part of the request holds Orange; the reminders go through Kannel."""
+    pipe.start_orange(sender_addresses=["tel:+2259999"])  # not the stack's ORANGE_SENDER_ADDRESS
+    kannel = pipe.start_kannel()
+    ids = [pipe.plan(n, DUE)["7_day_reminder"] for n in (1, 2, 3)]
+    pipe.clock.advance_to(SEVEN_DAY)
+
+    pipe.cycle()
+
+    assert [pipe.message(m).status for m in ids] == ["sent"] * 3
+    assert {pipe.message(m).provider for m in ids} == {"kannel"} and len(kannel.accepted) == 3
+    assert provider_state.circuits(pipe.clock.now())["orange"].is_open
+
+
+def test_a_stopped_smsc_behind_kannel_fails_over_to_orange_instead_of_failing_every_family(pipe: Pipeline) -> None:
+    """While the operator's SMSC is stopped (bearerbox's /stop-smsc), smsbox answers every recipient 403 "Not
+    routable. Do not try again.": each reminder was failed as if its number were black-listed, the circuit never
+    opened, and Orange, second in line, was never asked."""
+    kannel = pipe.start_kannel()
+    pipe.configure(SMS_PROVIDERS="kannel,orange")
+    kannel.stop_smsc()
+    ids = [pipe.plan(n, DUE)["7_day_reminder"] for n in range(1, 2 + pipe.settings.SMS_CIRCUIT_FAILURES)]
+    pipe.clock.advance_to(SEVEN_DAY)
+
+    for _ in range(15):  # the retries' backoff
+        pipe.cycle()
+        pipe.clock.sleep(60)
+
+    assert "failed" not in {pipe.message(m).status for m in ids}
+    assert provider_state.circuits(pipe.clock.now())["kannel"].is_open
+    assert {pipe.message(m).status for m in ids} == {"sent"} and len(pipe.accepted()) == len(ids)

@@ -61,7 +61,10 @@ TABLE = [
         "invalid_client",
     ),
     (401, None, FailureKind.PROVIDER_WIDE, "http_401"),
-    (400, oneapi("SVC0004", variables=["senderAddress"]), FailureKind.PERMANENT, "SVC0004"),
+    # One number's fault, or the account's (every request alike: hold the provider, fail over).
+    (400, oneapi("SVC0004", variables=["address"]), FailureKind.PERMANENT, "SVC0004"),
+    (400, oneapi("SVC0004", variables=["senderAddress"]), FailureKind.PROVIDER_WIDE, "SVC0004"),
+    (400, oneapi("SVC0002", variables=["senderName"]), FailureKind.PROVIDER_WIDE, "SVC0002"),
     (400, oneapi("SVC0001"), FailureKind.PERMANENT, "SVC0001"),
     (400, oneapi("SVC0002"), FailureKind.PERMANENT, "SVC0002"),
     (400, oneapi("POL1102", key="policyException"), FailureKind.PERMANENT, "POL1102"),

@@ -135,6 +135,7 @@ class ErrorBody:
     oneapi_message_id: str | None = None
     oauth_error: str | None = None
     text: str = ""
+    variables: tuple[str, ...] = ()  # the request's parts a OneAPI error names ("address", "senderAddress", …)
 
 
 def _as_int(value: Any) -> int | None:
@@ -178,9 +179,10 @@ def parse_error_body(body: Any) -> ErrorBody:
                 message_id = _as_text(exception.get("messageId")).strip() or None
                 text = _as_text(exception.get("text"))
                 variables = exception.get("variables")
-                if isinstance(variables, list) and variables:
-                    text += " (" + ", ".join(str(v) for v in variables) + ")"
-                return ErrorBody(oneapi_message_id=message_id, text=redact(text))
+                named = tuple(str(v) for v in variables) if isinstance(variables, list) else ()
+                if named:
+                    text += " (" + ", ".join(named) + ")"
+                return ErrorBody(oneapi_message_id=message_id, text=redact(text), variables=named)
 
     if "error" in data and isinstance(data.get("error"), str):
         return ErrorBody(
@@ -234,14 +236,21 @@ def _code_for(status: int, parsed: ErrorBody) -> str:
     return f"http_{status}"
 
 
+# Parts of a send request that are the account's, the same in every request: an error naming one (a sender address
+# not provisioned, a sender name not approved) fails every family alike, not one number.
+_SHARED_BY_EVERY_REQUEST = frozenset({"senderAddress", "senderName"})
+
+
+def _kind_of_401(parsed: ErrorBody) -> FailureKind:
+    # 40/42 mean "get a new token": the adapter already did, once, so the next attempt may well succeed.
+    if parsed.oauth_error != "invalid_client" and parsed.gateway_code in (40, 42):
+        return FailureKind.TRANSIENT
+    return FailureKind.PROVIDER_WIDE
+
+
 def _kind_for(status: int, parsed: ErrorBody) -> FailureKind:
     if status == 401:
-        if parsed.oauth_error == "invalid_client" or parsed.gateway_code == 41:
-            return FailureKind.PROVIDER_WIDE
-        # 40/42 mean "get a new token": the adapter already did, once, so the next attempt may well succeed.
-        if parsed.gateway_code in (40, 42):
-            return FailureKind.TRANSIENT
-        return FailureKind.PROVIDER_WIDE
+        return _kind_of_401(parsed)
     if status == 403:
         return FailureKind.REFUSED
     if status in (404, 406):
@@ -252,6 +261,8 @@ def _kind_for(status: int, parsed: ErrorBody) -> FailureKind:
     if status == 408 or 500 <= status <= 599:
         return FailureKind.TRANSIENT
     if 400 <= status <= 499:
+        if _SHARED_BY_EVERY_REQUEST & set(parsed.variables):
+            return FailureKind.PROVIDER_WIDE
         return FailureKind.PERMANENT
     if 200 <= status <= 299:
         # A success whose body could not be used: the provider may well have taken the message.

@@ -112,8 +112,10 @@ class KannelProvider:
             return Accepted(provider=self.name, provider_message_id=message_id)
         reply = " ".join(response.text.split())
         if response.status_code == 403:
-            # "Authorization failed" is the account; "Not routable. Do not try again." and the like, this number.
-            kind = FailureKind.PROVIDER_WIDE if "authorization failed" in reply.lower() else FailureKind.PERMANENT
+            # "Authorization failed" is the account. "Not routable. Do not try again." is a black-listed number, but
+            # also every number while the SMSC is stopped (maintenance) or has no route: transient, so a run of them
+            # opens the circuit and the next provider takes the traffic; a black-listed number uses its retries.
+            kind = FailureKind.PROVIDER_WIDE if "authorization failed" in reply.lower() else FailureKind.TRANSIENT
             raise ProviderError(kind, "http_403", f"HTTP 403: {redact(reply)}")
         raise classify_http(response.status_code, reply, response.headers)
 
