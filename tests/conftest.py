@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -100,3 +102,17 @@ def clinic_events(aws: FakeAws) -> Callable[[], list[dict[str, Any]]]:
         return seen
 
     return read
+
+
+@pytest.fixture
+def real_logs() -> Iterator[io.StringIO]:
+    """What the functions' logger really writes, through its masking formatter: its handler's stream is bound at
+    import time, so capsys never sees it (and caplog sees records before the formatter runs)."""
+    from core.observability import logger
+
+    handler = logger._logger.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)
+    yield buffer
+    handler.setStream(previous)

@@ -25,7 +25,9 @@ from core.phone import mask_phone
 
 SERVICE = "rappel"
 NAMESPACE = "Rappel"
-_PHONE = re.compile(r"(?<![\w+-])\+?\d{8,15}(?![\w-])")
+# 8 to 15 digits, unbroken or in groups split by single spaces or dots ("+225 07 01 02 03 04"), after a + or its
+# URL encoding (%2B) or nothing that joins them to a word; not dashed (dates are).
+_PHONE = re.compile(r"(?:%2[Bb]|(?<![\w+-])\+?)(\d(?:[ .]?\d){7,14})(?![\w-])")
 
 warnings.filterwarnings("ignore", "No application metrics to publish*")
 
@@ -35,11 +37,14 @@ class _MaskingFormatter(LambdaPowertoolsFormatter):
 
     def serialize(self, log: Any) -> str:
         text: str = super().serialize(log)
-        return _PHONE.sub(lambda m: mask_phone(m.group(0) if m.group(0).startswith("+") else "+" + m.group(0)), text)
+        return _PHONE.sub(lambda m: mask_phone("+" + re.sub(r"[ .]", "", m.group(1))), text)
 
 
 logger = Logger(service=SERVICE, logger_formatter=_MaskingFormatter())
-tracer = Tracer(service=SERVICE)
+# The AWS clients only: patching `requests` too would put a failed provider request's URL in the trace (Kannel's
+# carries the sendsms password, the phone, the text and the receipt token).
+tracer = Tracer(service=SERVICE, patch_modules=("botocore", "pynamodb"))
+
 _metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
 Dimensions = tuple[tuple[str, str], ...]

@@ -1243,7 +1243,8 @@ def _record_sent(
         "sms sent",
         extra={
             "message_id": message.message_id,
-            "sms": values["provider_message_id"],
+            # An ambiguous send's stand-in id is the recipient's hash: a phone, to anyone with the log.
+            "sms": None if ambiguous else values["provider_message_id"],
             "attempt": attempt,
             "ambiguous": bool(ambiguous),
         },

@@ -1791,3 +1791,16 @@ def test_a_stopped_smsc_behind_kannel_fails_over_to_orange_instead_of_failing_ev
     assert "failed" not in {pipe.message(m).status for m in ids}
     assert provider_state.circuits(pipe.clock.now())["kannel"].is_open
     assert {pipe.message(m).status for m in ids} == {"sent"} and len(pipe.accepted()) == len(ids)
+
+
+def test_an_ambiguous_send_logs_no_hash_of_the_phone(pipe: Pipeline, real_logs: Any) -> None:
+    """An Orange send with no answer is recorded under a stand-in id made from the recipient's hash (its receipt
+    names only the recipient), and "sms sent" logged it: an unsalted hash of a phone, reversed in a second from
+    the country code and the masked number's last digits. The log line names the message only."""
+    pipe.start_orange(faults=[Fault(nth=1, timeout="after_send")])
+    message_id = _due_now(pipe)
+    pipe.cycle()
+    assert pipe.message(message_id).status == "sent" and pipe.message(message_id).provider_message_id
+    logged = real_logs.getvalue()
+    assert "sms sent" in logged and message_id in logged
+    assert store.recipient_key(PHONE) not in logged

@@ -228,12 +228,27 @@ def test_late_planning_skips_reminders_past_their_deadline(aws) -> None:
         ({**dose(), "time": "yesterday"}, "time"),
     ],
 )
-def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(aws, event, field, capsys) -> None:
+def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(aws, event, field, real_logs) -> None:
     result = handle_clinic_event(event, aws.settings)
     assert result.rejected == 1
     assert result.errors[0].startswith(field), result.errors
     assert store.get_patient("p1") is None and store.get_appointment("a1") is None
-    assert "0701020304" not in capsys.readouterr().out  # the phone never reaches the logs
+    assert "clinic event rejected" in real_logs.getvalue()
+    assert "0701020304" not in real_logs.getvalue()  # the phone never reaches the logs
+
+
+@pytest.mark.parametrize("field", ["timezone", "language"])
+@pytest.mark.parametrize("number", ["+225 07 01 02 03 04", "07 01 02 03 04", "0701020304", "%2B2250701020304"])
+def test_a_phone_in_the_wrong_field_is_refused_and_never_logged_whatever_its_spacing(
+    aws, field: str, number: str, real_logs
+) -> None:
+    """A shifted register row puts the phone in another field; the refusal quoted it, and the masking formatter
+    caught only an unbroken run of digits: "+225 07 01 02 03 04" reached the logs as it was."""
+    result = handle_clinic_event(patient(**{field: number}), aws.settings)
+    assert result.rejected == 1 and result.errors[0].startswith(f"detail.{field}"), result.errors
+    logged = real_logs.getvalue()
+    assert "clinic event rejected" in logged
+    assert "02 03" not in logged and "0102" not in logged, logged
 
 
 def test_a_bad_event_does_not_stop_the_next_one(aws) -> None:

@@ -93,3 +93,41 @@ def test_more_than_a_hundred_observations_are_all_written() -> None:
         flush_metrics()
     values = [v for line in written.getvalue().splitlines() for v in json.loads(line).get("SendLatenessSeconds", [])]
     assert sorted(values) == [float(v) for v in range(250)]  # Powertools flushes at 100 values, loses none
+
+
+def test_tracing_records_aws_calls_only_never_a_provider_request() -> None:
+    """With tracing on (as in Lambda), Powertools patched every library X-Ray knows, `requests` among them: a Kannel
+    request that failed without an answer put its whole URL in the trace (the sendsms user's password, the family's
+    phone, the text, the receipt token in the dlr-url). Only the AWS clients are traced."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).parents[2] / "src"
+    script = "import core.observability as o; from aws_xray_sdk.core import patcher; import json; "
+    script += "print(json.dumps([o.tracer.disabled, sorted(patcher._PATCHED_MODULES)]))"
+    env = {**os.environ, "LAMBDA_TASK_ROOT": str(src), "POWERTOOLS_TRACE_DISABLED": "false", "PYTHONPATH": str(src)}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    disabled, patched = json.loads(run.stdout.strip().splitlines()[-1])
+    assert disabled is False and "botocore" in patched
+    assert not {"requests", "httplib", "httpx"} & set(patched), patched
+
+
+def test_libraries_never_log_below_warning_whatever_the_functions_level() -> None:
+    """ApplicationLogLevel DEBUG (the usual way to troubleshoot) set the root logger to DEBUG, and urllib3 logged each
+    request line, a Kannel sendsms URL with its password and the phone, through the runtime's root handler, which
+    the masking formatter never sees."""
+    import logging
+
+    import core  # noqa: F401 - what every function and command imports first
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        for name in ("urllib3.connectionpool", "botocore.endpoint", "pynamodb.connection.base", "requests"):
+            assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
+    finally:
+        root.setLevel(level)
