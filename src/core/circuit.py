@@ -79,11 +79,12 @@ def after_transient_failure(circuit: Circuit, now: datetime, rules: CircuitRules
     return circuit
 
 
-def held(circuit: Circuit, now: datetime, rules: CircuitRules, reason: str) -> Circuit:
-    """The circuit after a provider-wide refusal: open as a hold until the next hold probe."""
+def held(circuit: Circuit, now: datetime, rules: CircuitRules, reason: str, until: datetime | None = None) -> Circuit:
+    """The circuit after a provider-wide refusal: open as a hold until the next hold probe (or `until`, when the
+    provider said when to come back)."""
     return replace(
         circuit,
-        retry_at=now + rules.hold_interval,
+        retry_at=until or now + rules.hold_interval,
         opened_at=circuit.opened_at or now,
         kind=CircuitKind.HOLD,
         reason=reason,

@@ -149,10 +149,11 @@ def record_transient_failure(provider: str, now: datetime, settings: Settings, r
     return after
 
 
-def hold(provider: str, now: datetime, settings: Settings, reason: str) -> Circuit:
-    """Open the provider's circuit as a hold (a provider-wide refusal: no bundle, revoked credentials)."""
+def hold(provider: str, now: datetime, settings: Settings, reason: str, until: datetime | None = None) -> Circuit:
+    """Open the provider's circuit as a hold (a provider-wide refusal: no bundle, revoked credentials; a quota
+    spent, `until` the provider's Retry-After)."""
     stored = _read(now, fresh=True).get(provider, _Stored(Circuit(provider), 0.0, None))
-    after = held(stored.circuit, now, rules(settings), reason)
+    after = held(stored.circuit, now, rules(settings), reason, until)
     if not store.replace_circuit_state(provider, stored.text, _encode(after)):
         after = circuits(now, fresh=True).get(provider, after)
     _forget_cache()

@@ -832,6 +832,13 @@ def _after_provider_error(
     why the provider is down, when it is (the SMS then goes to the next provider)."""
     now = clock.now()
     if error.kind is FailureKind.THROTTLED:
+        retry_after = timedelta(seconds=error.retry_after_seconds or 0.0)
+        if retry_after > PROBE_INTERVAL:
+            # A quota spent (an hour's, a day's): for the families an outage of this provider, whatever it is
+            # called. Held until its Retry-After, so the next provider takes the traffic (and the dispatcher stops
+            # claiming for it when there is none); this instance keeps its pace for the others.
+            provider_state.hold(provider, now, settings, f"{provider}: {error.code} throttled", until=now + retry_after)
+            return f"{provider} throttled until {iso(now + retry_after)}: {error}"
         provider_state.record_answer(provider, now)  # throttling is an answer: the provider is up
         return [_throttled(m.message, error, pacer, m.zone, settings) for m in members]
     if error.kind is FailureKind.REFUSED:

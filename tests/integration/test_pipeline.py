@@ -1804,3 +1804,37 @@ def test_an_ambiguous_send_logs_no_hash_of_the_phone(pipe: Pipeline, real_logs: 
     logged = real_logs.getvalue()
     assert "sms sent" in logged and message_id in logged
     assert store.recipient_key(PHONE) not in logged
+
+
+def test_a_quota_spent_holds_the_provider_until_its_retry_after_and_the_next_one_sends(pipe: Pipeline) -> None:
+    """Orange answers 429 with Retry-After: 86400 (a day's quota spent): each reminder was deferred past its deadline
+    and expired, the dispatcher kept claiming for Orange, Kannel was never asked, and the instance's pause held
+    back every SMS it sent to any provider. Orange is held until then; Kannel sends them."""
+    pipe.start_orange(faults=[Fault(status=429, retry_after=24 * 3600)])
+    kannel = pipe.start_kannel()
+    first = pipe.plan(1, DUE)["7_day_reminder"]
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.cycle()
+    second = pipe.plan(2, DUE)["7_day_reminder"]
+    pipe.clock.sleep(60)
+    pipe.cycle()
+
+    assert [pipe.message(m).status for m in (first, second)] == ["sent", "sent"]
+    assert {pipe.message(m).provider for m in (first, second)} == {"kannel"} and len(kannel.accepted) == 2
+    orange = provider_state.circuits(pipe.clock.now())["orange"]
+    assert orange.is_open and orange.retry_at is not None and orange.opened_at is not None
+    assert orange.retry_at - orange.opened_at == timedelta(hours=24), orange
+    assert len(pipe.send_requests()) == 1  # Orange asked once, not once a reminder
+
+
+def test_a_short_throttle_pauses_and_waits_without_failing_over(pipe: Pipeline) -> None:
+    pipe.start_orange(faults=[Fault(nth=1, status=429, retry_after=5)])
+    kannel = pipe.start_kannel()
+    message_id = pipe.plan(1, DUE)["7_day_reminder"]
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.cycle()
+    assert pipe.message(message_id).status == "pending" and not provider_state.circuits(pipe.clock.now())
+    pipe.clock.sleep(60)
+    pipe.cycle()
+    assert pipe.message(message_id).status == "sent" and pipe.message(message_id).provider == "orange"
+    assert not kannel.accepted
