@@ -1,4 +1,4 @@
-"""daily_statistics: at 00:00 APP_TIMEZONE, compute the day's statistics from the counters, store and log them."""
+"""daily_statistics: at 04:00 APP_TIMEZONE, the day before's statistics from the counters, stored and logged."""
 
 from typing import Any
 

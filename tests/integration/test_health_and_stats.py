@@ -379,3 +379,27 @@ def test_a_concurrency_leaving_part_of_the_rate_unused_is_logged_as_advice_and_r
     assert logged.levelname == "WARNING"
     blob = next(json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"'))
     assert _value(blob["HealthUnhealthy"]) == 0
+
+
+def test_the_daily_report_stays_one_item_however_many_clinics_the_outcomes_have_counted(aws) -> None:
+    """The outcome counters are cumulative, per due month and clinic, and the daily report listed every clinic ever
+    counted in its one ops item (400 KB at most): some 500 clinic names over the years (renames, register typos)
+    and every daily run failed. It keeps the outcome summary; per clinic is `rappel stats --outcomes`."""
+    from core.statistics import daily_statistics
+
+    store.bind(aws.settings)
+    deltas = {}
+    for clinic in range(700):
+        sk = f"2027-02#Centre de sante urbain numero {clinic:04d}"
+        for group, kind in (("reached", "7_day_reminder"), ("reached", "1_day_reminder"), ("not_reached", "none")):
+            deltas[(sk, f"{group}#{kind}#appointments")] = 5
+            deltas[(sk, f"{group}#{kind}#given_by_due_date")] = 2
+    store.add_outcome_counts(deltas, "batch-1")
+    aws.clock.advance_to(datetime(2027, 3, 2, 4, 0, tzinfo=UTC))
+
+    daily_statistics(aws.settings)
+
+    report = load_daily_report("2027-03-01", aws.settings)
+    assert report is not None and "by_clinic" not in report["outcomes"]
+    assert report["outcomes"]["reached"]["appointments"] == 700 * 2 * 5
+    assert len(statistics("day", aws.settings, aws.clock.now()).outcomes["by_clinic"]) == 700 * 3  # live: all

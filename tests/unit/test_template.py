@@ -124,10 +124,27 @@ def test_schedules_have_stack_scoped_names() -> None:
                 assert "${AWS::StackName}" in event["Properties"]["Name"]["Fn::Sub"], function_id
 
 
-def test_daily_statistics_run_at_local_midnight() -> None:
-    midnight = props("DailyStatisticsFunction")["Events"]["Midnight"]["Properties"]
-    assert midnight["ScheduleExpression"] == "cron(0 0 * * ? *)"
-    assert midnight["ScheduleExpressionTimezone"] == {"Ref": "AppTimezone"}
+def test_daily_statistics_run_every_day_at_a_local_hour_that_exists_in_every_zone() -> None:
+    """EventBridge Scheduler skips a run whose local time does not exist: at 00:00, the day Havana, Santiago,
+    Beirut, Cairo or the Azores spring forward at midnight had no report. The run's hour exists every day of two
+    years in every zone (the report names the day before it: `statistics.report_day`)."""
+    import zoneinfo
+    from datetime import UTC, datetime, timedelta
+
+    schedule = props("DailyStatisticsFunction")["Events"]["Daily"]["Properties"]
+    assert schedule["ScheduleExpressionTimezone"] == {"Ref": "AppTimezone"}
+    minute, hour, *rest = schedule["ScheduleExpression"].removeprefix("cron(").removesuffix(")").split()
+    assert rest == ["*", "*", "?", "*"] and minute == "0"
+    skipped = []
+    for name in sorted(zoneinfo.available_timezones()):
+        zone = zoneinfo.ZoneInfo(name)
+        day = datetime(2027, 1, 1, int(hour))
+        while day.year < 2029:
+            local = day.replace(tzinfo=zone)
+            if local.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != day:
+                skipped.append((name, day.date().isoformat()))
+            day += timedelta(days=1)
+    assert not skipped, skipped[:10]
 
 
 def test_planning_failures_land_in_the_planning_dead_letter_queue() -> None:
