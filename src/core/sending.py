@@ -349,7 +349,7 @@ def send_reminders(items: Sequence[QueuedMessage], settings: Settings, pacer: Pa
         try:
             rendered = _render_sms(members, settings)
         except Exception as exc:
-            outcomes += [_unrenderable(member, exc, now, settings) for member in members]
+            outcomes += _unrenderable_sms(key, members, exc, now, settings)
             continue
         outcomes += _send_sms(key, members, rendered, settings, pacer)
     return outcomes
@@ -517,6 +517,20 @@ def _next_reminder_within_gap(
         if other.reminder_type in soon and other.state in {Status.PENDING, Status.QUEUED}:
             return other
     return None
+
+
+def _unrenderable_sms(
+    key: str, members: list[_Ready], exc: Exception, now: datetime, settings: Settings
+) -> list[SendOutcome]:
+    """What becomes of reminders whose SMS text cannot be made. Bound by an earlier delivery that made no request
+    (every provider was down) and too long now (a name corrected since): freed, to be composed again, split as they
+    need, at their next claim; otherwise each fails."""
+    bound = len(members) > 1 and members[0].message.sms_key == key
+    if bound and isinstance(exc, TextTooLong):
+        if _idempotent_send(settings).carried(key, members[0].message.message_id) is Carried.NO_CALL:
+            why = f"composed again: the grouped text no longer fits ({exc})"
+            return [_defer(m.message, now, why, now, settings) for m in members]
+    return [_unrenderable(m, exc, now, settings) for m in members]
 
 
 def _unrenderable(one: _Ready, exc: Exception, now: datetime, settings: Settings) -> SendOutcome:

@@ -1838,3 +1838,33 @@ def test_a_short_throttle_pauses_and_waits_without_failing_over(pipe: Pipeline) 
     pipe.cycle()
     assert pipe.message(message_id).status == "sent" and pipe.message(message_id).provider == "orange"
     assert not kannel.accepted
+
+
+def test_a_bound_sms_never_requested_that_no_longer_fits_is_composed_again_not_failed(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every provider was down when the siblings' SMS was bound: deferred, still bound (it may have gone out before a
+    crash, for all that delivery knew). A name corrected meanwhile made the grouped text too long for it: the next
+    claim rendered the bound group as it was and failed both reminders, though each fits alone."""
+    first = pipe.plan(1, DUE, phone=PHONE)["7_day_reminder"]
+    second = pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")["7_day_reminder"]
+    pipe.clock.advance_to(SEVEN_DAY)
+    for _ in range(pipe.settings.SMS_CIRCUIT_FAILURES):  # an outage, its probe due: one record is claimed
+        provider_state.record_transient_failure("orange", SEVEN_DAY - timedelta(minutes=5), pipe.settings, "down")
+    pipe.dispatch()
+    with monkeypatch.context() as no_probe:  # another sender took the only probe
+        no_probe.setattr(provider_state, "take_route", lambda *_, **__: provider_state.Route(None))
+        assert pipe.send(pipe.receive()) == {"batchItemFailures": []}
+    assert {pipe.message(m).status for m in (first, second)} == {"pending"}
+    assert {pipe.message(m).sms_key for m in (first, second)} != {None}
+    long_name = "عبد الرحمن بن محمد بن عبد العزيز الأحمد"  # UCS-2: alone 2 segments, with Awa's 3
+    pipe.configure(SMS_MAX_SEGMENTS=2)
+    assert handle_clinic_event(patient("p2", phone=PHONE, display_name=long_name, at=pipe.clock.now()), pipe.settings)
+    provider_state.release()
+
+    for _ in range(3):
+        pipe.clock.sleep(60)
+        pipe.cycle()
+
+    assert [pipe.message(m).status for m in (first, second)] == ["sent", "sent"]
+    assert len(pipe.accepted()) == 2  # one SMS each: together they no longer fit two segments
