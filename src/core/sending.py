@@ -525,11 +525,10 @@ def _unrenderable_sms(
     """What becomes of reminders whose SMS text cannot be made. Bound by an earlier delivery that made no request
     (every provider was down) and too long now (a name corrected since): freed, to be composed again, split as they
     need, at their next claim; otherwise each fails."""
-    bound = len(members) > 1 and members[0].message.sms_key == key
-    if bound and isinstance(exc, TextTooLong):
-        if _idempotent_send(settings).carried(key, members[0].message.message_id) is Carried.NO_CALL:
-            why = f"composed again: the grouped text no longer fits ({exc})"
-            return [_defer(m.message, now, why, now, settings) for m in members]
+    bound = len(members) > 1 and members[0].message.sms_key == key and isinstance(exc, TextTooLong)
+    if bound and _idempotent_send(settings).carried(key, members[0].message.message_id) is Carried.NO_CALL:
+        why = f"composed again: the grouped text no longer fits ({exc})"
+        return [_defer(m.message, now, why, now, settings) for m in members]
     return [_unrenderable(m, exc, now, settings) for m in members]
 
 
