@@ -25,9 +25,34 @@ from core.phone import mask_phone
 
 SERVICE = "rappel"
 NAMESPACE = "Rappel"
-# 8 to 15 digits, unbroken or in groups split by single spaces or dots ("+225 07 01 02 03 04"), after a + or its
-# URL encoding (%2B) or nothing that joins them to a word; not dashed (dates are).
-_PHONE = re.compile(r"(?:%2[Bb]|(?<![\w+-])\+?)(\d(?:[ .]?\d){7,14})(?![\w-])")
+# A run of digits and single separators (space, dot, dash) that may be a phone; `_is_phone` decides.
+_DIGIT_RUN = re.compile(r"(?<![\w.+-])(\+|%2[Bb])?(\d(?:[ .\-]?\d)*)(?![\w.-])")
+
+
+def _is_phone(sign: str | None, run: str) -> bool:
+    """8 to 15 digits: after a + (or %2B), however grouped; else unbroken, in groups of two or more split by spaces,
+    or in four or more groups split by dashes (a date has three). Never a decimal number or an address (dots)."""
+    digits = sum(ch.isdigit() for ch in run)
+    if not 8 <= digits <= 15:
+        return False
+    if sign:
+        return True
+    for separator in (" ", "-"):
+        groups = run.split(separator)
+        if set(run) <= set("0123456789" + separator) and all(len(g) >= 2 for g in groups):
+            return separator == " " or len(groups) == 1 or len(groups) >= 4
+    return False
+
+
+def mask_phones(text: str) -> str:
+    """`text` with every phone-shaped number masked (country code and last two digits kept)."""
+
+    def masked(match: re.Match[str]) -> str:
+        sign, run = match.group(1), match.group(2)
+        return mask_phone("+" + re.sub(r"\D", "", run)) if _is_phone(sign, run) else match.group(0)
+
+    return _DIGIT_RUN.sub(masked, text)
+
 
 warnings.filterwarnings("ignore", "No application metrics to publish*")
 
@@ -36,8 +61,7 @@ class _MaskingFormatter(LambdaPowertoolsFormatter):
     """Masks phone-shaped digits anywhere in the serialised record: the last guard, not the only one."""
 
     def serialize(self, log: Any) -> str:
-        text: str = super().serialize(log)
-        return _PHONE.sub(lambda m: mask_phone("+" + re.sub(r"[ .]", "", m.group(1))), text)
+        return mask_phones(super().serialize(log))
 
 
 logger = Logger(service=SERVICE, logger_formatter=_MaskingFormatter())

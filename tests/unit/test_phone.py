@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import phonenumbers
 import pytest
 from hypothesis import given
@@ -139,3 +142,45 @@ def test_mask_never_reveals_more_than_two_digits_beyond_the_country_code(value: 
     assert body.startswith("******")
     assert len(body) - len("******") <= 2
     assert all(ch.isdigit() for ch in body[len("******") :])
+
+
+@pytest.mark.parametrize(
+    "phone",
+    [
+        "+2250701020304",
+        "2250701020304",
+        "0701020304",
+        "07 01 02 03 04",
+        "+225 07 01 02 03 04",
+        "+225-07-01-02-03-04",
+        "07-01-02-03-04",
+        "+225 07-01-02-03-04",
+        "+225.07.01.02.03.04",
+        "%2B2250701020304",
+    ],
+)
+def test_the_log_formatter_masks_a_phone_however_it_is_written(phone: str, real_logs: Any) -> None:
+    from core.observability import logger
+
+    logger.warning("rejected", extra={"reason": f"unknown IANA time zone '{phone}'"})
+    record = json.loads(real_logs.getvalue().strip().splitlines()[-1])
+    assert "03" not in record["reason"] and "02" not in record["reason"], record["reason"]
+    assert record["reason"].endswith("04'"), record["reason"]  # the mask keeps the last two digits
+
+
+def test_the_log_formatter_leaves_dates_numbers_addresses_and_ids_as_they_are(real_logs: Any) -> None:
+    from core.observability import logger
+
+    fields = {
+        "at": "2027-03-13T09:00:00.000Z",
+        "day": "2027-03-13 09:00",
+        "lateness_avg_seconds": 123.456789,
+        "big": 1500000.0,
+        "gateway": "10.120.113.200",
+        "message_id": "msg_2e2ed831a9629ab834eb416656921846",
+        "digits": "0 1 2 3 4 5 6 7",
+        "ratio": "1.015",
+    }
+    logger.info("figures", extra=fields)
+    record = json.loads(real_logs.getvalue().strip().splitlines()[-1])
+    assert {name: record[name] for name in fields} == fields
