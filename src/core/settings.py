@@ -115,7 +115,9 @@ class Settings(BaseSettings):
     ORANGE_CREDENTIALS_SECRET: str = "rappel/orange-credentials"
     KANNEL_SENDSMS_URL: str = "http://127.0.0.1:13013/cgi-bin/sendsms"
     KANNEL_CREDENTIALS_SECRET: str = "rappel/kannel-credentials"
-    KANNEL_SENDER: str = "RAPPEL"
+    # A phone number or an alphanumeric sender (11 characters at most, as SMSCs take them): smsbox refuses every
+    # request without one.
+    KANNEL_SENDER: Annotated[str, Field(pattern=r"^(\+?\d{3,15}|[A-Za-z0-9][A-Za-z0-9 ]{0,10})$")] = "RAPPEL"
     PROVIDER_CONNECT_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=30)] = 3.05
     PROVIDER_READ_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=60)] = 10.0
 

@@ -42,3 +42,12 @@ def test_a_default_region_phonenumbers_does_not_know_stops_start_up_naming_the_v
     with pytest.raises(ConfigurationError, match="SMS_DEFAULT_REGION"):
         build_settings(SMS_DEFAULT_REGION=region)
     assert build_settings(SMS_DEFAULT_REGION="GB").SMS_DEFAULT_REGION == "GB"
+
+
+@pytest.mark.parametrize("sender", ["", " ", "RAPPEL-SANTE-CI", "+"])
+def test_a_kannel_sender_kannel_would_refuse_stops_start_up_naming_the_variable(sender: str) -> None:
+    """An empty sender passed the settings and the template: smsbox then answered every request 400 "Sender missing
+    and no global set, rejected", each reminder failed for good."""
+    with pytest.raises(ConfigurationError, match="KANNEL_SENDER"):
+        build_settings(KANNEL_SENDER=sender)
+    assert build_settings(KANNEL_SENDER="+2250000").KANNEL_SENDER == "+2250000"
