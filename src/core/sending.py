@@ -847,6 +847,7 @@ def _after_provider_error(
     if error.kind is FailureKind.THROTTLED:
         retry_after = timedelta(seconds=error.retry_after_seconds or 0.0)
         if retry_after > PROBE_INTERVAL:
+            count(MetricName.PROVIDER_THROTTLED)
             # A quota spent (an hour's, a day's): for the families an outage of this provider, whatever it is
             # called. Held until its Retry-After, so the next provider takes the traffic (and the dispatcher stops
             # claiming for it when there is none); this instance keeps its pace for the others.
