@@ -95,7 +95,7 @@ def test_sample_events_take_a_reminder_from_planning_to_delivery(aws, monkeypatc
 
         assert invoke("plan_reminders", _event("dose_administered.json"))["cancelled"] == 2
         cancelled = invoke("plan_reminders", _event("appointment_cancelled.json"))
-        # Stamped in the same second as the dose given, which wins the tie (the safer side): nothing changes.
+        # Stamped before the dose was given: an older event for the appointment, it changes nothing.
         assert cancelled["ignored"] == 1 and cancelled["cancelled"] == 0
 
         # The family replies STOP (Kannel's sms-service): the phone is stopped and one confirmation is due now.
@@ -136,3 +136,14 @@ def test_rappel_invoke_today_moves_a_sample_ahead_of_the_clock_to_today_and_fill
     environment = {"RECEIPT_TOKEN_SECRET": aws.settings.RECEIPT_TOKEN_SECRET, "AWS_REGION": aws.settings.AWS_REGION}
     filled = with_receipt_token(receipt, environment)
     assert RECEIPT_TOKEN_PLACEHOLDER not in filled and receipt_token(aws) in filled
+
+
+@pytest.mark.parametrize(
+    "sample", ["patient_upserted.json", "dose_scheduled.json", "dose_administered.json", "appointment_cancelled.json"]
+)
+def test_every_clinic_sample_moved_to_today_is_accepted(aws, sample: str) -> None:
+    """What a newcomer runs (`rappel invoke plan_reminders events/<sample> --today`): the dose-given sample was stamped
+    13 days before its administered_on, so moved to today its dose was given in the future, and refused."""
+    text = (EVENTS / sample).read_text()
+    moved = json.loads(shift_dates(text, days_to_today(text, aws.clock.now())))
+    assert invoke("plan_reminders", moved)["rejected"] == 0
