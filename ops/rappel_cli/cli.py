@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,13 +131,16 @@ def import_register(
             " stamped with"
         )
         raise typer.Exit(2)
-    settings = _settings(local, stack, region)
     try:
-        rows = read_csv(register)
         exported = parse_instant(as_of, "--as-of")
+        if exported > datetime.now(UTC) + timedelta(minutes=5):
+            # Its events would be stamped now (a clinic event may not come from the future): a mistyped year, said.
+            raise ValueError(f"--as-of: {exported.isoformat()} is in the future; when was the register exported?")
+        rows = read_csv(register)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    settings = _settings(local, stack, region)
     with _quiet(), Progress(console=console, transient=True) as progress:
         task = progress.add_task("importing", total=len(rows))
         report = import_rows(rows, settings, progress=lambda n: progress.update(task, completed=n), as_of=exported)

@@ -265,6 +265,9 @@ def test_an_import_without_its_export_time_is_refused_naming_the_flag(tmp_path: 
     result = _run("import", str(register), "--local", cwd=tmp_path)
 
     assert result.returncode == 2 and "--as-of: required" in result.stderr
+    # A mistyped year: its events were stamped now, silently.
+    future = _run("import", str(register), "--local", "--as-of", "2099-01-01T00:00:00Z", cwd=tmp_path)
+    assert future.returncode == 2 and "--as-of: 2099-01-01T00:00:00+00:00 is in the future" in future.stderr
 
 
 def test_commands_say_clearly_when_the_stack_they_were_started_for_is_gone(tmp_path: Path) -> None:
