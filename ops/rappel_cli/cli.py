@@ -256,7 +256,7 @@ def _outcomes(settings: Any, as_json: bool) -> None:
     from core.followup import LABELS, outcome_report
 
     data = outcome_report(settings)
-    table = Table(title="Did the reminders work (doses by due month, since the counters began)")
+    table = Table(title="Did the reminders work (doses since the counters began, per clinic)")
     for column in ("clinic", "family", "reached by", "appointments", "given by due date", "given later", "not given"):
         table.add_column(column, justify="left" if column in {"clinic", "family", "reached by"} else "right")
     figures = ("appointments", "given_by_due_date", "given_later", "not_given")
@@ -368,7 +368,8 @@ def _one_message(settings: Any, message_id: str, as_json: bool) -> None:
     if as_json:
         _emit(found, True)
         return
-    history = Table(title=f"History ({len(found['history'])} status changes, oldest first)")
+    changes = len(found["history"])
+    history = Table(title=f"History ({changes} status change{'' if changes == 1 else 's'}, oldest first)")
     for column in ("at", "from", "to", "reason"):
         history.add_column(column, overflow="fold")
     for entry in found["history"]:
@@ -402,6 +403,11 @@ def resend(
     data = {"message_id": message_id, "resent": resent}
     _emit(data, as_json, _key_values("Resend", data))
     if not resent:
+        from core import store
+
+        found = store.get_message(message_id)
+        why = "no such message" if found is None else f"it is {found.status}, not a dead letter before its deadline"
+        console.print(f"[red]not resent:[/red] {message_id}: {why}", soft_wrap=True)
         raise typer.Exit(1)
 
 

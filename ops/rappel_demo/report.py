@@ -154,7 +154,7 @@ def _headline(document: dict[str, Any], scenario: Scenario) -> str:
         ("reminders sent", str(sent)),
         ("SMS sent", str(len(sends))),
         ("reminders per SMS", f"{sent / len(sends):.2f}" if sends else "-"),
-        ("reminders delivered", f"{delivered / sent:.0%}" if sent else "-"),
+        ("reminders delivered", f"{delivered / sent:.1%}" if sent else "-"),  # 99.5% is not 100%
         ("families to call", str(len(follow_ups)) if follow_ups is not None else "not recorded"),
     ]
     period = f"{scenario.start:%d %b %Y} to {scenario.until:%d %b %Y}"

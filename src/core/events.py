@@ -179,7 +179,7 @@ def parse_event(envelope: Any, *, default_region: str, now: datetime, max_years_
     except ValidationError as exc:
         raise _invalid(exc, prefix="") from None
     if parsed.time - now > MAX_CLOCK_SKEW:
-        ahead = parsed.time - now
+        ahead = timedelta(seconds=int((parsed.time - now).total_seconds()))  # to the second: 84 days, 12:02:34
         raise InvalidEvent(
             "time", f"is {ahead} ahead of our clock (at most {MAX_CLOCK_SKEW}): check the sending system's clock"
         )

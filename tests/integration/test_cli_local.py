@@ -216,6 +216,8 @@ def test_import_process_and_read_back(local_stack: Path) -> None:
     assert redrive["method"] in {"StartMessageMoveTask", "receive-send-delete"}
     not_dead = _run("resend", sent_id, "--local", "--json", cwd=local_stack)  # sent, not a dead letter
     assert not_dead.returncode == 1 and json.loads(not_dead.stdout) == {"message_id": sent_id, "resent": False}
+    assert "not a dead letter" in not_dead.stderr  # why, not only that it was not
+    assert "no such message" in _run("resend", "msg_nope", "--local", cwd=local_stack).stderr
 
 
 def test_the_console_prints_one_line_per_event(local_stack: Path, console_lines: list[str]) -> None:
