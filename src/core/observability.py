@@ -40,7 +40,7 @@ def _is_phone(sign: str | None, run: str) -> bool:
     for separator in (" ", "-"):
         groups = run.split(separator)
         if set(run) <= set("0123456789" + separator) and all(len(g) >= 2 for g in groups):
-            return separator == " " or len(groups) == 1 or len(groups) >= 4
+            return separator == " " or len(groups) >= 4
     return False
 
 
