@@ -309,16 +309,12 @@ class _Ready:
     message: MessageRecord
     patient: PatientRecord
     appointment: AppointmentRecord
+    deadline: datetime  # the last instant it may go out (`deadline_now`), as its checks found it
     alone: bool = False  # to go under its own attempt's key, never grouped (see `_prepare`)
 
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.patient.timezone)
-
-    @property
-    def deadline(self) -> datetime:
-        """The last instant it may go out (`deadline_now`)."""
-        return deadline_now(self.message, self.patient, self.appointment)
 
 
 def deadline_now(message: MessageRecord, patient: PatientRecord, appointment: AppointmentRecord) -> datetime:
@@ -387,8 +383,8 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
             return _record_replayed(message, stored, settings)
         # Its request went unanswered while it was cancelled and revived (the policy's write could not land then): it
         # goes alone under that request's key, whose replay applies the policy, never in a new SMS.
-        return _Ready(message, patient, appointment, alone=stored is not None)
-    return _Ready(message, patient, appointment)
+        return _Ready(message, patient, appointment, deadline, alone=stored is not None)
+    return _Ready(message, patient, appointment, deadline)
 
 
 def _this_claim(item: QueuedMessage, settings: Settings, now: datetime) -> MessageRecord | SendOutcome:
