@@ -5,8 +5,10 @@ error texts, `username`/`password` of one `sendsms-user`, `charset` and `coding`
 `max-messages`), calls each accepted message's `dlr-url` back with a GET once its delivery reports are due, with
 Kannel's `%` escapes filled in (an SMSC ack, type 8, at once; delivered, type 1, or not, type 2, after the receipt
 delay), and plays the phone's side of an `sms-service`: `deliver_mo` calls a `get-url` for a mobile-originated SMS.
-The fault model is the Orange simulator's (provider_simulator.py); Kannel has no bundle, no token and no rate limit
-(a real smsbox queues what it cannot send yet).
+The fault model is the Orange simulator's (provider_simulator.py); Kannel has no bundle, no token and no rate limit.
+While its SMSC link is down (`disconnect_smsc`), sendsms answers `3: Queued for later delivery` and holds the
+messages; when it is back (`connect_smsc`), one past its `validity` gets a type-16 DLR and never reaches the phone,
+the others go out then (bearerbox's `smsc2_rout`, observed on Debian's Kannel 1.4.5).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus, urlsplit
@@ -37,6 +40,7 @@ USER_AGENT = "Kannel/1.4.5"
 DLR_DELIVERED, DLR_UNDELIVERED, DLR_SMSC_ACK, DLR_SMSC_REJECT = 1, 2, 8, 16
 
 ACCEPTED = "0: Accepted for delivery"
+QUEUED = "3: Queued for later delivery"
 AUTH_FAILED = "Authorization failed for sendsms"
 NOT_ROUTABLE = "Not routable. Do not try again."
 DENIED = "Number(s) has/have been denied by white- and/or black-lists."
@@ -175,6 +179,16 @@ def _int(params: Mapping[str, bytes], name: str, default: int) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Held:
+    """A message bearerbox holds while its SMSC link is down."""
+
+    at: datetime
+    raw_path: str
+    params: Mapping[str, bytes]
+    text: str
+
+
 class KannelSimulator(ProviderSimulator):
     """Kannel's smsbox sendsms interface on 127.0.0.1 (random port); use as a context manager or start()/stop()."""
 
@@ -209,6 +223,7 @@ class KannelSimulator(ProviderSimulator):
         self._max_messages = max_messages
         self._smsc_id = smsc_id
         self._smsc_stopped = False
+        self._held: list[_Held] | None = None  # the messages held while the SMSC link is down; None while it is up
 
     def stop_smsc(self) -> None:
         """Bearerbox's `/stop-smsc` (maintenance of the operator's link): smsbox then answers every recipient 403
@@ -218,6 +233,25 @@ class KannelSimulator(ProviderSimulator):
     def start_smsc(self) -> None:
         """Bearerbox's `/start-smsc`: sendsms is routed again."""
         self._smsc_stopped = False
+
+    def disconnect_smsc(self) -> None:
+        """The SMSC link drops (the operator's side down, a network cut): smsbox still takes every message, answering
+        `3: Queued for later delivery`, and bearerbox holds them, without a DLR, until `connect_smsc`."""
+        with self._lock:
+            self._held = self._held if self._held is not None else []
+
+    def connect_smsc(self) -> None:
+        """The link is back: each held message goes out now, unless its validity (minutes from its request) has
+        passed, when it gets a type-16 DLR (`NACK/validity expired`) instead and never reaches the phone."""
+        now = self._clock.now()
+        with self._lock:
+            held, self._held = self._held or [], None
+        for message in held:
+            validity = _int(message.params, "validity", -1)
+            if validity is not None and validity >= 0 and now > message.at + timedelta(minutes=validity):
+                self._dlr(now, message.params, DLR_SMSC_REJECT, b"NACK/validity expired", "")
+            else:
+                self._deliver(now, message.raw_path, message.params, message.text)
 
     @classmethod
     def from_scenario(
@@ -322,9 +356,22 @@ class KannelSimulator(ProviderSimulator):
             return _text_reply(400, "DLR-Mask field misformed, rejected")
         if coding is None or not 0 <= coding <= 2:
             return _text_reply(400, "Coding field misformed, rejected")
+        if _int(params, "validity", -1) is None:
+            return _text_reply(400, "Validity field misformed, rejected")
         text = self._text(params, coding)
         if text is None:
             return _text_reply(400, "Charset or body misformed, rejected")
+        with self._lock:
+            if self._held is not None:
+                self._held.append(_Held(now, raw_path, dict(params), text))
+                return _text_reply(202, QUEUED)
+        self._deliver(now, raw_path, params, text)
+        return _text_reply(202, ACCEPTED)
+
+    def _deliver(self, now: datetime, raw_path: str, params: Mapping[str, bytes], text: str) -> None:
+        """The SMSC takes the message now: it reaches the phone, with its ack and, after the delay, its report."""
+        recipient = params.get("to", b"").decode("latin-1")
+        sender = params.get("from", b"").decode("latin-1")
         smsc_message_id = str(uuid.uuid4())
         dlr_url = params.get("dlr-url", b"").decode("utf-8", "replace") or None
         with self._lock:
@@ -343,7 +390,6 @@ class KannelSimulator(ProviderSimulator):
         self._dlr(now, params, DLR_SMSC_ACK, b"ACK/", "")
         final = DLR_UNDELIVERED if recipient in self._undeliverable else DLR_DELIVERED
         self._dlr(now + self._receipt_delay, params, final, b"", smsc_message_id)
-        return _text_reply(202, ACCEPTED)
 
     def _text(self, params: Mapping[str, bytes], coding: int) -> str | None:
         """The text as the handset will show it: decoded from `charset` (UTF-8 for coding 0, UTF-16BE for 2 when

@@ -59,7 +59,7 @@ from core.texts import (
     render_grouped,
     render_reminder,
 )
-from core.timing import ReminderType, due_date_starts, later_reminders_due_within, next_allowed
+from core.timing import ReminderType, due_date_starts, later_reminders_due_within, next_allowed, quiet_hours_begin
 from core.wanted import OPTED_OUT, appointment_of, is_confirmation, why_not_wanted
 
 # The key of a stored provider call whose request left and got no answer: [code, detail] of the error.
@@ -273,7 +273,11 @@ def _idempotent_send(settings: Settings) -> IdempotentSend:
         carried = {"sms_id": request["message_id"], "message_ids": request.get("message_ids"), "text": request["text"]}
         try:
             accepted = provider_for(settings, request["provider"]).send(
-                to=request["to"], text=request["text"], message_id=request["message_id"], before_request=before_request
+                to=request["to"],
+                text=request["text"],
+                message_id=request["message_id"],
+                before_request=before_request,
+                valid_until=parse_iso(request["valid_until"]) if request.get("valid_until") else None,
             )
         except ProviderError as error:
             if error.kind is not FailureKind.AMBIGUOUS:
@@ -679,6 +683,7 @@ def _send_sms(
         "to": lead.patient.phone,
         "text": rendered.text,
         "message_ids": [m.message.message_id for m in members],
+        "valid_until": iso(_wanted_until(members, settings)),
     }
     tried: list[str] = []
     why = ""
@@ -696,6 +701,14 @@ def _send_sms(
             return outcome
         tried.append(route.provider)
         why = outcome
+
+
+def _wanted_until(members: list[_Ready], settings: Settings) -> datetime:
+    """Until when the SMS may still reach the phone: the earliest deadline it carries, and no later than the start
+    of the family's quiet hours (a gateway holding it, its link down, must not deliver it late or at night)."""
+    deadline = min(m.deadline for m in members)
+    quiet_begins = quiet_hours_begin(clock.now(), members[0].zone, settings.quiet_hours)
+    return deadline if quiet_begins is None else min(deadline, quiet_begins)
 
 
 def _request(

@@ -113,6 +113,18 @@ def in_quiet_hours(instant: datetime, zone: ZoneInfo, quiet: tuple[time, time] |
     return next_allowed(instant, zone, quiet) != instant
 
 
+def quiet_hours_begin(instant: datetime, zone: ZoneInfo, quiet: tuple[time, time] | None) -> datetime | None:
+    """The first instant from `instant` on that falls inside quiet hours in `zone` (`instant` itself when inside
+    them); None without quiet hours."""
+    if quiet is None:
+        return None
+    if in_quiet_hours(instant, zone, quiet):
+        return instant
+    local = instant.astimezone(zone)
+    day = local.date() if local.time().replace(tzinfo=None) < quiet[0] else local.date() + timedelta(days=1)
+    return local_to_utc(day, quiet[0], zone)
+
+
 def send_time(
     rule: ReminderRule, due: date, zone: ZoneInfo, preferred_hour: int | None, settings: Settings
 ) -> datetime:

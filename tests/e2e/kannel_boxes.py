@@ -222,10 +222,24 @@ class KannelBoxes:
         self._start("smsbox", [SMSBOX, "-v", "1", str(self.conf)])
         # Its sendsms port opens about a second before it has registered with bearerbox: wait for the box line.
         self._wait("smsbox registered", lambda: re.search(r"^\s+smsbox:", self.status(), re.MULTILINE))
+        self.connect_smsc()
+        return self
+
+    def connect_smsc(self) -> None:
+        """Start the fake SMSC and wait until bearerbox has it online (what bearerbox held goes out then)."""
         self.smsc = FakeSmsc(self.ports["fake"], self.workdir)
         self.processes.append(self.smsc.process)
         self._wait("fake SMSC online", lambda: re.search(r"FAKE:\d+ \(online", self.status()))
-        return self
+
+    def disconnect_smsc(self) -> None:
+        """End the fake SMSC (the operator's link down) and wait until bearerbox has seen it go: sendsms then answers
+        `3: Queued for later delivery` and bearerbox holds the messages."""
+        assert self.smsc is not None
+        self.smsc.close()
+        self.smsc.process.wait(timeout=READY_SECONDS)
+        self.processes.remove(self.smsc.process)  # its exit is expected (it aborts on its way out, always)
+        self._wait("fake SMSC gone", lambda: re.search(r"FAKE:\d+ \((?!online)", self.status()))
+        self.smsc = None
 
     def stop(self) -> None:
         """Ask bearerbox to shut down (smsbox follows), then end whatever is left in each process group."""

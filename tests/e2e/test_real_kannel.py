@@ -119,3 +119,34 @@ def test_reminders_go_through_a_real_kannel_and_its_dlrs_settle_them(
     assert dispatched["enqueued"] == 1 and sent is not None and sent["batchItemFailures"] == [], sent
     assert kannel.smsc.wait_for_messages(3)[2].split(" ")[1] == PHONE
     eventually(receipts, lambda: pipe.message(confirmation.message_id).status == "delivered", "confirmation delivered")
+
+
+def test_a_reminder_held_by_kannel_past_its_validity_never_reaches_the_phone(
+    pipe: Pipeline, kannel: KannelBoxes, receipts: ReceiptEndpoint
+) -> None:
+    """The operator's link is down: Kannel answers `3: Queued for later delivery` and holds both SMS. p1's is wanted
+    until 20:00 in Abidjan (its quiet hours), 90 s after the request: `validity=1`. p2's, in New York, until 20:00
+    there. When the link returns after a real minute, bearerbox drops p1's (a type-16 DLR: its reminder fails, and
+    its family goes to the follow-up) and sends p2's."""
+    reminder_1 = pipe.plan(1, DUE)["7_day_reminder"]
+    reminder_2 = pipe.plan(2, DUE, timezone="America/New_York")["7_day_reminder"]
+    kannel.disconnect_smsc()
+    pipe.clock.advance_to(SEVEN_DAY.replace(hour=19, minute=58, second=30))
+
+    with receipts.lock:
+        dispatched, sent = pipe.cycle()
+    requested = time.monotonic()
+    assert dispatched["enqueued"] == 2 and sent is not None and sent["batchItemFailures"] == [], sent
+    assert {pipe.message(m).status for m in (reminder_1, reminder_2)} == {"sent"}
+
+    time.sleep(max(0.0, requested + 62 - time.monotonic()))  # bearerbox reads its own clock: a validity of 1 minute
+    kannel.connect_smsc()
+
+    def settled() -> bool:
+        return pipe.message(reminder_1).status == "failed" and pipe.message(reminder_2).status == "delivered"
+
+    eventually(receipts, settled, "p1's reminder failed by Kannel's expiry, p2's delivered")
+    # The fake SMSC prints what it got up to a second after bearerbox's DLRs; p1's was dropped before them.
+    assert kannel.smsc is not None
+    assert [line.split(" ")[1] for line in kannel.smsc.wait_for_messages(1)] == ["+2250701020302"]
+    assert pipe.message(reminder_1).receipt_status == "RejectedBySmsc"

@@ -928,7 +928,7 @@ def test_concurrent_duplicate_inside_the_provider_call_is_refused(
         def __getattr__(self, name: str) -> Any:
             return getattr(self._real, name)
 
-        def send(self, *, to: str, text: str, message_id: str, before_request: Any) -> Any:
+        def send(self, *, to: str, text: str, message_id: str, before_request: Any, **limits: Any) -> Any:
             if not nested["active"]:
                 nested["active"] = True
                 try:
@@ -941,7 +941,7 @@ def test_concurrent_duplicate_inside_the_provider_call_is_refused(
                     refused.append(message_id)
                 finally:
                     nested["active"] = False
-            return self._real.send(to=to, text=text, message_id=message_id, before_request=before_request)
+            return self._real.send(to=to, text=text, message_id=message_id, before_request=before_request, **limits)
 
     monkeypatch.setattr(sending, "provider_for", DuplicatingProvider)
     data = crash_scenario()

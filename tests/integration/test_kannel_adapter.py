@@ -6,12 +6,15 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
+from core import clock
+from core.clock import VirtualClock
 from core.providers import FailureKind, KannelProvider, ProviderError, SmsProvider
 
 pytestmark = pytest.mark.integration
@@ -149,6 +152,31 @@ def test_dlr_base_without_query_gets_one(kannel: FakeKannel) -> None:
     adapter = make_provider(kannel.url, dlr_url_base="https://receipts.example.org/kannel")
     adapter.send(to=TO, text="x", message_id="m1")
     assert kannel.last_query["dlr-url"] == ["https://receipts.example.org/kannel?message_id=m1&type=%d&smsc_id=%F"]
+
+
+@pytest.mark.parametrize(
+    ("left", "validity"),
+    [(timedelta(hours=2, seconds=59), "120"), (timedelta(minutes=1), "1"), (timedelta(seconds=59), "1")],
+)
+def test_validity_is_the_whole_minutes_left_at_the_request(
+    kannel: FakeKannel, provider: KannelProvider, left: timedelta, validity: str
+) -> None:
+    """bearerbox drops a message it has held past its validity (a link down) with a type-16 DLR: counted from the
+    request, rounded down so that it never goes out later than `valid_until`, and at least the 1 minute Kannel can
+    express (0 would make a live SMSC refuse it as already expired)."""
+    now = datetime(2027, 3, 13, 20, 0, tzinfo=UTC)
+    previous = clock.install(VirtualClock(now - timedelta(minutes=5)))
+    try:
+        # The pace before the request takes 5 minutes: the validity counts from the request, not from the call.
+        provider.send(to=TO, text="x", message_id="m", valid_until=now + left, before_request=lambda: clock.sleep(300))
+    finally:
+        clock.install(previous)
+    assert kannel.last_query["validity"] == [validity]
+
+
+def test_no_validity_without_a_limit(kannel: FakeKannel, provider: KannelProvider) -> None:
+    provider.send(to=TO, text="x", message_id="m")
+    assert "validity" not in kannel.last_query
 
 
 @pytest.mark.parametrize("body", ["0: Accepted for delivery", "3: Queued for later delivery", "Sent."])

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from core import clock as core_clock
 from core.clock import VirtualClock
 from core.providers import FailureKind, KannelProvider, ProviderError
 from rappel_local.kannel_simulator import KannelSimulator, expand_escapes, sms_service_url
@@ -299,3 +300,30 @@ def test_from_scenario_builds_the_fault_model(clock: VirtualClock, sink: Sink) -
         assert sim.next_receipt_at() == START + timedelta(milliseconds=200)  # the ack, at acceptance
         sim.post_due_receipts(clock.now())
         assert sim.next_receipt_at() == START + timedelta(milliseconds=200, seconds=30)
+
+
+def test_while_its_smsc_link_is_down_kannel_queues_and_drops_what_outlived_its_validity(
+    sim: KannelSimulator, sink: Sink, clock: VirtualClock
+) -> None:
+    """As Debian's Kannel 1.4.5 does (docs/providers.md#a-link-down-queued-for-later-delivery): sendsms answers
+    `3: Queued for later delivery` and nothing reaches the phone; when the link returns, a message past its validity
+    is never sent and gets a type-16 DLR, the others go out then."""
+    sim.disconnect_smsc()
+    provider = adapter(sim, sink)
+    previous = core_clock.install(clock)  # the adapter counts the validity from the request, on the same clock
+    try:
+        provider.send(to=ALICE, text="too late", message_id="m_late", valid_until=START + timedelta(minutes=30))
+        provider.send(to=ALICE, text="still in time", message_id="m_ok", valid_until=START + timedelta(hours=3))
+    finally:
+        core_clock.install(previous)
+    credentials = {"username": USER, "password": PASSWORD}
+    queued = requests.get(sim.sendsms_url, params={**credentials, "from": "1", "to": ALICE, "text": "no limit"})
+    assert (queued.status_code, queued.text) == (202, "3: Queued for later delivery")
+    assert sim.accepted == [] and sim.post_due_receipts(clock.now()) == 0  # no SMSC ack while the link is down
+
+    clock.advance_to(START + timedelta(hours=1))
+    sim.connect_smsc()
+
+    assert [(r.text, r.at) for r in sim.accepted] == [("still in time", clock.now()), ("no limit", clock.now())]
+    sim.post_due_receipts(clock.now())
+    assert {d["message_id"]: d["type"] for d in dlrs(sink)} == {"m_late": "16", "m_ok": "8"}

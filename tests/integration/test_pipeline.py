@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import botocore.client
@@ -1868,3 +1869,24 @@ def test_a_bound_sms_never_requested_that_no_longer_fits_is_composed_again_not_f
 
     assert [pipe.message(m).status for m in (first, second)] == ["sent", "sent"]
     assert len(pipe.accepted()) == 2  # one SMS each: together they no longer fit two segments
+
+
+def test_kannel_is_told_until_when_the_reminder_is_wanted_so_a_link_down_cannot_deliver_it_late(pipe: Pipeline) -> None:
+    """Kannel answers `3: Queued for later delivery` while its SMSC link is down and delivered the SMS whenever the
+    link came back: hours after its deadline, or at night. Each request now carries a `validity` to the earlier of
+    the reminder's deadline and the start of the family's quiet hours, and a held SMS that outlives it never goes
+    out (a type-16 DLR settles it failed, for the follow-up)."""
+    kannel = pipe.start_kannel()
+    pipe.configure(SMS_PROVIDERS="kannel")
+    ids = pipe.plan(1, DUE)
+    one_day = datetime(2027, 3, 19, 9, 0, tzinfo=UTC)
+    for at, reminder, wanted_until in [
+        (SEVEN_DAY, "7_day_reminder", SEVEN_DAY.replace(hour=20)),  # quiet hours begin at 20:00, before its deadline
+        (one_day, "1_day_reminder", one_day + timedelta(hours=10)),  # its deadline comes first (10 h late at most)
+    ]:
+        pipe.clock.advance_to(at)
+        pipe.cycle()
+        assert pipe.message(ids[reminder]).status == "sent"
+        request = kannel.accepted[-1]
+        validity = parse_qs(urlsplit(request.path).query)["validity"]
+        assert validity == [str(int((wanted_until - request.at).total_seconds() // 60))], (reminder, request.at)

@@ -15,6 +15,7 @@ from core.timing import (
     in_quiet_hours,
     local_to_utc,
     plan_reminders,
+    quiet_hours_begin,
     reminder_rules,
 )
 
@@ -187,3 +188,24 @@ def test_a_gap_that_runs_to_midnight_keeps_each_reminder_on_its_day() -> None:
     planned = {p.reminder_type: p for p in plan_reminders(date(2027, 3, 28), nuuk, 23, no_quiet_hours)}
     one_day = planned[ReminderType.ONE_DAY].scheduled_at.astimezone(nuuk)
     assert one_day.date() == date(2027, 3, 27) and one_day.hour == 22, one_day
+
+
+@hyp_settings(max_examples=300, deadline=None)
+@given(
+    zone_name=st.sampled_from(ZONES),
+    instant=st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2029, 12, 31), timezones=st.just(UTC)),
+    quiet=st.sampled_from([(time(20, 0), time(8, 0)), (time(12, 0), time(14, 0)), (time(0, 0), time(6, 0))]),
+)
+def test_quiet_hours_begin_at_the_first_quiet_instant_from_now(zone_name: str, instant: datetime, quiet) -> None:
+    """What bounds a gateway's hold on an SMS (Kannel's validity): inside quiet hours, at once; else their next
+    start, with no quiet minute before it."""
+    zone = ZoneInfo(zone_name)
+    begins = quiet_hours_begin(instant, zone, quiet)
+    assert begins is not None and instant <= begins <= instant + timedelta(hours=26)
+    assert in_quiet_hours(begins, zone, quiet)
+    step = timedelta(minutes=15)
+    assert not any(in_quiet_hours(begins - k * step, zone, quiet) for k in range(1, 8) if begins - k * step >= instant)
+
+
+def test_no_quiet_hours_no_bound() -> None:
+    assert quiet_hours_begin(datetime(2027, 3, 13, 9, 0, tzinfo=UTC), ZoneInfo("Africa/Abidjan"), None) is None

@@ -103,12 +103,20 @@ class SmsProvider(Protocol):
     name: str
 
     def send(
-        self, *, to: str, text: str, message_id: str, before_request: Callable[[], None] = lambda: None
+        self,
+        *,
+        to: str,
+        text: str,
+        message_id: str,
+        before_request: Callable[[], None] = lambda: None,
+        valid_until: datetime | None = None,
     ) -> Accepted:
         """Submit one SMS to `to` (E.164); `message_id` is ours. Raises ProviderError when not accepted.
 
         `before_request` runs right before each HTTP request that submits it (a replay after a token refresh too),
         once anything else it needs (a token) is at hand: the sender paces there, so its pace is that of requests.
+        `valid_until`: the last moment the SMS is still wanted on the phone; a gateway that can hold a message (a link
+        down) and can be told so drops it after then (Kannel's `validity`); one that cannot ignores it.
         """
         ...
 

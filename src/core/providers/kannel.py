@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import datetime
 from urllib.parse import quote
 
 import requests
 
+from core import clock
 from core.phone import mask_phone
 from core.providers.base import (
     Accepted,
@@ -80,9 +82,18 @@ class KannelProvider:
         return f"{self._dlr_url_base}{separator}message_id={encoded_id}&type=%d&smsc_id=%F"
 
     def send(
-        self, *, to: str, text: str, message_id: str, before_request: Callable[[], None] = lambda: None
+        self,
+        *,
+        to: str,
+        text: str,
+        message_id: str,
+        before_request: Callable[[], None] = lambda: None,
+        valid_until: datetime | None = None,
     ) -> Accepted:
-        """Submit one SMS; a 2xx reply (`0: Accepted`, `3: Queued`) → Accepted with our id, else ProviderError."""
+        """Submit one SMS; a 2xx reply (`0: Accepted`, `3: Queued`) → Accepted with our id, else ProviderError.
+
+        With `valid_until`, the request carries a `validity` in whole minutes from the request (`validity_minutes`):
+        bearerbox drops a message it held that long (its link down, `3: Queued`) with a type-16 DLR."""
         if not _E164.match(to):
             raise ProviderError(FailureKind.PERMANENT, "invalid_recipient", f"not an E.164 number: {mask_phone(to)}")
         if not text:
@@ -104,6 +115,8 @@ class KannelProvider:
             "dlr-url": self.dlr_url(message_id),
         }
         before_request()
+        if valid_until is not None:
+            params["validity"] = str(validity_minutes(valid_until, clock.now()))
         try:
             response = self._session.get(self._url, params=params, timeout=self._timeout, allow_redirects=False)
         except requests.RequestException as exc:
@@ -122,3 +135,10 @@ class KannelProvider:
     def balance(self) -> None:
         """Kannel keeps no balance."""
         return None
+
+
+def validity_minutes(valid_until: datetime, now: datetime) -> int:
+    """Kannel's `validity` for an SMS wanted until `valid_until`, requested at `now`: the whole minutes left, rounded
+    down so that a held message never goes out after then; at least 1, the least it can express (bearerbox takes 0
+    as expiring within the second, and an SMPP SMSC would be handed a validity already past)."""
+    return max(1, int((valid_until - now).total_seconds() // 60))

@@ -175,12 +175,19 @@ class OrangeProvider:
         self._session.close()
 
     def send(
-        self, *, to: str, text: str, message_id: str, before_request: Callable[[], None] = lambda: None
+        self,
+        *,
+        to: str,
+        text: str,
+        message_id: str,
+        before_request: Callable[[], None] = lambda: None,
+        valid_until: datetime | None = None,
     ) -> Accepted:
         """POST one SMS; 2xx → Accepted with the id at the end of `resourceURL`, anything else → ProviderError.
 
-        `message_id` is only used in logs: Orange's contract has no field for it. `before_request` runs after the
-        token is at hand, right before each POST (the replay after a refused token too).
+        `message_id` is only used in logs: Orange's contract has no field for it, nor for `valid_until` (Orange keeps
+        retrying an undelivered SMS on its side). `before_request` runs after the token is at hand, right before each
+        POST (the replay after a refused token too).
         """
         if not _E164.match(to):
             raise ProviderError(FailureKind.PERMANENT, "invalid_recipient", f"not an E.164 number: {mask_phone(to)}")
