@@ -141,7 +141,11 @@ def note_appointment(
     view = _view(appointment)
 
     def synced(old: AppointmentState | None) -> AppointmentState:
-        if old is not None and delivered is not None:
+        if (
+            old is not None
+            and delivered is not None
+            and outcomes.about_this_dose(old, delivered.due_date, delivered.patient_id)
+        ):
             old = outcomes.with_delivery(old, delivered.reminder_type, delivered.delivered_at or iso(now)) or old
         return outcomes.synced(old, view, due, iso(now))
 
@@ -149,12 +153,15 @@ def note_appointment(
 
 
 def note_delivered(message: MessageRecord, settings: Settings, now: datetime) -> None:
-    """A reminder was delivered: the family is reached (the first delivery counts, once)."""
+    """A reminder was delivered: the family is reached (the first delivery counts, once), if it spoke of the dose as
+    it now stands (a receipt coming after a reschedule is about the old date)."""
     if message.reminder_type not in REMINDER_TYPES:
         return
 
     def reached(old: AppointmentState | None) -> AppointmentState | None:
-        return outcomes.with_delivery(old, message.reminder_type, iso(now)) if old is not None else None
+        if old is None or not outcomes.about_this_dose(old, message.due_date, message.patient_id):
+            return None
+        return outcomes.with_delivery(old, message.reminder_type, iso(now))
 
     _update(message.appointment_id, reached, settings)
 

@@ -138,12 +138,13 @@ def may_rearm(state: AppointmentState | None, now: str) -> bool:
 def synced(old: AppointmentState | None, appointment: Appointment, overdue_at: str, now: str) -> AppointmentState:
     """The state after planning applied a clinic event to `appointment` (its stored form).
 
-    A family reached stays reached across a reschedule (the reminders did reach it), not across a move to another
-    patient. A scheduled dose not reached is watched from its overdue time (again from the new one after a
-    reschedule). A dose given or the appointment cancelled closes an open follow-up.
+    A family reached stays reached while its dose keeps its patient and due date: a reminder about another date,
+    or to another family, did not tell it of this one (a reschedule puts it back among those to reach, and to call
+    if nothing about the new date reaches it). A scheduled dose not reached is watched from its overdue time (again
+    from the new one after a reschedule). A dose given or the appointment cancelled closes an open follow-up.
     """
     base = old if old is not None else AppointmentState(appointment.appointment_id)
-    if old is not None and old.patient_id and old.patient_id != appointment.patient_id:
+    if old is not None and not about_this_dose(old, appointment.due_date, appointment.patient_id):
         base = replace(base, reached_type=None, reached_at=None)
     state = replace(
         base,
@@ -163,6 +164,14 @@ def synced(old: AppointmentState | None, appointment: Appointment, overdue_at: s
         why = "dose given" if state.status == ADMINISTERED else f"appointment {state.status}"
         state = replace(state, follow_up=CLOSED, closed_at=now, closed_why=why)
     return state
+
+
+def about_this_dose(state: AppointmentState, due_date: str | None, patient_id: str | None) -> bool:
+    """Whether a reminder (or a dose record) for `due_date` and `patient_id` is about the dose as `state` has it
+    (a state that does not know them yet takes anything)."""
+    return (not state.due_date or state.due_date == due_date) and (
+        not state.patient_id or state.patient_id == patient_id
+    )
 
 
 def with_delivery(state: AppointmentState, reminder_type: str, now: str) -> AppointmentState | None:

@@ -429,3 +429,73 @@ def test_a_receipt_that_dies_before_noting_the_family_reached_is_made_good(
 
     state = store.get_appointment_state("a1")
     assert state is not None and state.reached_type == "7_day_reminder" and state.status == "administered", state
+
+
+# ---------------------------------------------------------------------------------------------- a reschedule
+
+NEW_DUE = "2027-04-20"
+NEW_SENT_TIMES = (
+    datetime(2027, 4, 13, 9, 0, tzinfo=UTC),
+    datetime(2027, 4, 19, 9, 0, tzinfo=UTC),
+    datetime(2027, 4, 21, 14, 0, tzinfo=UTC),
+)
+
+
+def deliver_the_seven_day_reminder(pipe: Pipeline) -> dict[str, str]:
+    """a1 due DUE, its 7-day reminder sent and its delivery receipt (Orange's) held back: returned as a payload."""
+    ids = pipe.plan(1, due_date=DUE)
+    pipe.clock.advance_to(SENT_TIMES[0])
+    pipe.cycle()
+    assert pipe.message(ids["7_day_reminder"]).status == "sent"
+    return ids
+
+
+def post_receipts(pipe: Pipeline) -> None:
+    assert pipe.orange is not None
+    for payload in pipe.orange.due_receipts(pipe.clock.now()):
+        pipe.receipt("POST", "/orange", {"token": pipe.receipt_token()}, json.dumps(payload), JSON)
+
+
+def every_new_date_reminder_fails(pipe: Pipeline) -> None:
+    new = {m.reminder_type: m.message_id for m in store.messages_of_patient("p1") if m.due_date == NEW_DUE}
+    for at, reminder in zip(NEW_SENT_TIMES, ("7_day_reminder", "1_day_reminder", "overdue_reminder"), strict=True):
+        pipe.clock.advance_to(at)
+        pipe.cycle()
+        fail(pipe, new[reminder])
+
+
+def test_a_family_reached_about_the_old_date_is_called_when_nothing_about_the_new_one_reaches_it(
+    pipe: Pipeline,
+) -> None:
+    """Reached about 20 March, the dose moved to 20 April, every reminder about 20 April undeliverable, the dose
+    never given: the family stayed "reached" across the reschedule and was never on the call list, though it never
+    heard of the new date."""
+    deliver_the_seven_day_reminder(pipe)
+    pipe.clock.sleep(20)
+    post_receipts(pipe)
+    assert store.get_appointment_state("a1").reached
+
+    pipe.clock.advance_to(datetime(2027, 3, 15, 10, 0, tzinfo=UTC))
+    handle_clinic_event(dose_event("a1", "p1", due_date=NEW_DUE), pipe.settings)
+    assert not store.get_appointment_state("a1").reached, "reached about a date no longer in force"
+    every_new_date_reminder_fails(pipe)
+    pipe.clock.advance_to(datetime(2027, 4, 22, 12, 0, tzinfo=UTC))
+    pipe.follow_up_pass()
+
+    assert [s.appointment_id for s in followup.open_follow_ups(pipe.settings)] == ["a1"]
+
+
+def test_a_late_receipt_for_the_old_date_does_not_make_the_family_reached_about_the_new_one(pipe: Pipeline) -> None:
+    """The 7-day reminder about 20 March is delivered, but its receipt comes after the dose moved to 20 April: it
+    marked the family reached, so nothing about 20 April reaching it could put it on the call list."""
+    ids = deliver_the_seven_day_reminder(pipe)
+    pipe.clock.advance_to(datetime(2027, 3, 15, 10, 0, tzinfo=UTC))
+    handle_clinic_event(dose_event("a1", "p1", due_date=NEW_DUE), pipe.settings)
+    post_receipts(pipe)  # the old date's delivery, reported late
+
+    assert pipe.message(ids["7_day_reminder"]).status == "delivered"
+    assert not store.get_appointment_state("a1").reached
+    every_new_date_reminder_fails(pipe)
+    pipe.clock.advance_to(datetime(2027, 4, 22, 12, 0, tzinfo=UTC))
+    pipe.follow_up_pass()
+    assert [s.appointment_id for s in followup.open_follow_ups(pipe.settings)] == ["a1"]
