@@ -13,13 +13,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from core import clock
+from core import clock, store
 from core.events import make_envelope
 from core.planning import PlanningResult, handle_clinic_event
 from core.settings import Settings
+from core.store import PatientRecord
 
-# The register layout: one row per appointment, the patient columns repeated on every row of a child. An optional
-# `discreet` column (true/false) asks for texts naming neither the child nor the vaccine.
+# The register layout: one row per appointment, the patient columns repeated on every row of a child. Optional
+# columns: `discreet` (true/false: texts naming neither the child nor the vaccine) and `preferred_hour` (0-23, the
+# family's hour for its reminders); without the column, or with its cell empty, a patient keeps what it has.
 CSV_COLUMNS: tuple[str, ...] = (
     "patient_id",
     "phone",
@@ -58,8 +60,14 @@ def _integer(value: str) -> int | str:
         return value
 
 
-def row_events(row: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The PatientUpserted and DoseScheduled details of one register row (types coerced from CSV text)."""
+# The optional patient columns, each with how its CSV text is read.
+OPTIONAL_PATIENT_COLUMNS: dict[str, Callable[[str], Any]] = {"discreet": _boolean, "preferred_hour": _integer}
+
+
+def row_events(row: dict[str, str], stored: PatientRecord | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The PatientUpserted and DoseScheduled details of one register row (types coerced from CSV text). An optional
+    column the register lacks, or leaves empty, keeps the value of the patient as `stored` (an upsert replaces the
+    whole patient: a register export without them turned a discreet family's texts back to naming the child)."""
     patient = {
         "patient_id": row.get("patient_id", ""),
         "phone": row.get("phone", ""),
@@ -68,8 +76,12 @@ def row_events(row: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
         "sms_opt_in": _boolean(row.get("sms_opt_in", "")),
         "display_name": row.get("display_name", ""),
     }
-    if row.get("discreet"):  # an optional column: texts naming neither the child nor the vaccine
-        patient["discreet"] = _boolean(row["discreet"])
+    for column, read in OPTIONAL_PATIENT_COLUMNS.items():
+        cell = (row.get(column) or "").strip()
+        if cell:
+            patient[column] = read(cell)
+        elif stored is not None and getattr(stored, column) is not None:
+            patient[column] = getattr(stored, column)
     dose = {
         "appointment_id": row.get("appointment_id", ""),
         "patient_id": row.get("patient_id", ""),
@@ -94,6 +106,7 @@ def import_rows(
     (or an older one) never undoes a dose given, an opt-out or a reschedule since; the same register imported twice
     makes the same events, which change nothing the second time."""
     report = ImportReport()
+    store.bind(settings)
     seen_patients: dict[str, bool] = {}
     stamp = min(as_of, clock.now()) if as_of is not None else None
     for number, row in enumerate(rows, start=1):
@@ -102,9 +115,9 @@ def import_rows(
         if missing:
             report.errors.append((number, f"{missing[0]}: missing"))
             continue
-        patient, dose = row_events(row)
-        at = stamp or clock.now()
         patient_id = row["patient_id"]
+        patient, dose = row_events(row, store.get_patient(patient_id) if patient_id not in seen_patients else None)
+        at = stamp or clock.now()
         if patient_id not in seen_patients:
             outcome = _apply("PatientUpserted", patient, f"import-{patient_id}-{at.timestamp()}", at, settings, report)
             seen_patients[patient_id] = outcome.rejected == 0

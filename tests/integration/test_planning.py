@@ -301,6 +301,38 @@ def test_a_register_discreet_column_sets_the_flag_and_a_bad_value_names_the_fiel
     assert len(bad.errors) == 1 and "detail.discreet" in bad.errors[0][1] and store.get_patient("p2") is None
 
 
+def test_a_register_preferred_hour_column_sets_the_hour_and_a_bad_one_names_the_field(aws) -> None:
+    """The design's patients have an optional preferred hour; a register column for it was silently ignored."""
+    from rappel_cli.importer import import_rows
+
+    good = import_rows([{**REGISTER_ROW, "preferred_hour": "18"}], aws.settings)
+    bad = import_rows(
+        [{**REGISTER_ROW, "patient_id": "p2", "appointment_id": "a2", "preferred_hour": "6pm"}], aws.settings
+    )
+
+    assert good.errors == [] and store.get_patient("p1").preferred_hour == 18
+    assert len(bad.errors) == 1 and "detail.preferred_hour" in bad.errors[0][1] and store.get_patient("p2") is None
+
+
+@pytest.mark.parametrize("without", ["no column", "an empty cell"])
+def test_a_register_without_the_optional_columns_keeps_what_the_clinic_system_set(aws, without: str) -> None:
+    """The clinic system flagged a family discreet and asked for 18:00; the next register export, without those
+    columns (or with them empty), turned discreet texts off (the child's name back on a shared phone) and moved every
+    reminder back to 09:00."""
+    from rappel_cli.importer import import_rows
+
+    handle_clinic_event(patient("p1", discreet=True, preferred_hour=18), aws.settings)
+    aws.clock.advance_to(aws.clock.now() + timedelta(hours=1))
+    row = dict(REGISTER_ROW) if without == "no column" else {**REGISTER_ROW, "discreet": "", "preferred_hour": ""}
+
+    assert import_rows([row], aws.settings, as_of=aws.clock.now()).errors == []
+
+    stored = store.get_patient("p1")
+    assert stored is not None and (stored.discreet, stored.preferred_hour) == (True, 18)
+    seven_day = _messages()["7_day_reminder"]
+    assert store.parse_iso(seven_day.scheduled_at).hour == 18  # Abidjan is UTC+0
+
+
 @pytest.mark.parametrize("zone", ["Africa", "Nowhere/City", "../etc"])
 def test_a_zone_that_is_not_one_is_refused_naming_the_field_not_a_crash(aws, zone: str) -> None:
     """A folder of the zone database ("Africa", a plausible register value) used to escape as an OSError: a crash
