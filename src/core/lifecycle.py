@@ -30,9 +30,11 @@ class Status(StrEnum):
 # opted in again) while the deadline is open, and the store refuses it for a message the provider may have taken;
 # CANCELLED -> SENT is the record catching up: the provider had taken the SMS before the cancellation was written
 # (a cancellation during the request, or a crash before the sent write), and a cancelled reminder is one no SMS
-# carried; DEAD_LETTER -> SENT too: the receipt of an ambiguous send that was dead-lettered shows the provider took it.
+# carried; DEAD_LETTER -> SENT too: the receipt of an ambiguous send that was dead-lettered shows the provider took it;
+# PENDING (and DEAD_LETTER) -> SENT: a send queue record delivered to two senders at once, one sender's failure
+# written (a retry, a deferral, a dead letter) while the other's request went out and was taken.
 ALLOWED: dict[Status, frozenset[Status]] = {
-    Status.PENDING: frozenset({Status.QUEUED, Status.CANCELLED, Status.EXPIRED}),
+    Status.PENDING: frozenset({Status.QUEUED, Status.SENT, Status.CANCELLED, Status.EXPIRED}),
     Status.QUEUED: frozenset(
         {
             Status.PENDING,

@@ -123,9 +123,9 @@ class RequestInFlight(Exception):
 
 # How long a throttled sender pauses when the provider gives no Retry-After.
 THROTTLE_PAUSE_SECONDS = 1.0
-# How old the batch's read of a reminder may be when it is checked before its send; older, it is read again. A
-# cancellation that lands after the check is missed either way (the request is paced after it); this bounds how
-# long before the check one may land and still be missed.
+# How old the batch's read of a reminder may be when it is checked before its send; older, it is read again. And how
+# long after its check its request may wait for its turn (the pace) before it is read and checked again: together,
+# about how long before the request a cancellation may land and still be missed.
 MESSAGE_READ_FRESH = timedelta(seconds=1)
 
 _default_pacer = Pacer()
@@ -314,6 +314,7 @@ class _Ready:
     patient: PatientRecord
     appointment: AppointmentRecord
     deadline: datetime  # the last instant it may go out (`deadline_now`), as its checks found it
+    checked_at: datetime  # when its checks ran (on reads at most MESSAGE_READ_FRESH older)
     alone: bool = False  # to go under its own attempt's key, never grouped (see `_prepare`)
 
     @property
@@ -345,7 +346,7 @@ def send_reminders(items: Sequence[QueuedMessage], settings: Settings, pacer: Pa
             outcomes.append(prepared)
         else:
             ready.append(prepared)
-    for key, members in _sms_of(ready, settings, now, outcomes):
+    for key, members in _sms_of(ready, settings, outcomes, grouped=len(items) > 1):
         try:
             rendered = _render_sms(members, settings)
         except Exception as exc:
@@ -387,8 +388,8 @@ def _prepare(item: QueuedMessage, settings: Settings, now: datetime) -> _Ready |
             return _record_replayed(message, stored, settings)
         # Its request went unanswered while it was cancelled and revived (the policy's write could not land then): it
         # goes alone under that request's key, whose replay applies the policy, never in a new SMS.
-        return _Ready(message, patient, appointment, deadline, alone=stored is not None)
-    return _Ready(message, patient, appointment, deadline)
+        return _Ready(message, patient, appointment, deadline, now, alone=stored is not None)
+    return _Ready(message, patient, appointment, deadline, now)
 
 
 def _this_claim(item: QueuedMessage, settings: Settings, now: datetime) -> MessageRecord | SendOutcome:
@@ -541,9 +542,10 @@ def _unrenderable(one: _Ready, exc: Exception, now: datetime, settings: Settings
 
 
 def _sms_of(
-    ready: list[_Ready], settings: Settings, now: datetime, outcomes: list[SendOutcome]
+    ready: list[_Ready], settings: Settings, outcomes: list[SendOutcome], *, grouped: bool
 ) -> list[tuple[str, list[_Ready]]]:
-    """The SMS that carry these reminders, each with its key and its reminders.
+    """The SMS that carry these reminders (those of one record, `grouped` when it has several), each with its key
+    and its reminders.
 
     Reminders already bound to an SMS (an earlier delivery of this record crashed) keep it, so its replay settles
     them; the others are composed (one SMS per clinic, split by child when too long, never truncated) and bound
@@ -551,8 +553,10 @@ def _sms_of(
     """
     alone = [(_key_of_next_sms(one.message), [one]) for one in ready if one.alone]
     ready = [one for one in ready if not one.alone]
-    if not ready or (len(ready) == 1 and ready[0].message.sms_key is None):
-        # A reminder on its own needs no binding: its key is its attempt, as the ungrouped path always had.
+    if not ready or (not grouped and ready[0].message.sms_key is None):
+        # A record's one reminder needs no binding: its key is its attempt, as the ungrouped path always had. Not one
+        # left alone from a grouped record: another delivery of that record, which checked its siblings before one
+        # of them was cancelled, may be sending it in their SMS; the binding lets only one of them have it.
         return alone + ([(_key_of_next_sms(ready[0].message), ready)] if ready else [])
     bound: dict[str, list[_Ready]] = {}
     for one in ready:
@@ -754,6 +758,7 @@ def _at_the_request(
     that could reach the provider inside quiet hours or after a deadline, or that this invocation has no time left
     for, raises `_NotNow` instead."""
     deadline = min(m.deadline for m in members)
+    checked_at = min(m.checked_at for m in members)
 
     def at_the_request() -> None:
         slot = pacer.wait(settings.sender_pace_per_second, latest=_last_useful_moment())
@@ -761,6 +766,9 @@ def _at_the_request(
             raise _NotNow(slot, "throttled: the provider's pause outlasts this invocation", slot)
         if _no_time_for_a_request():  # the pace took what the call needed
             raise _NotNow(clock.now(), "too little time left in this invocation", clock.now())
+        if clock.now() - checked_at > MESSAGE_READ_FRESH and (changed := _changed_since_checked(members)):
+            # The pace outlasted the check (a throttled pause, lanes): a dose given or a STOP meanwhile must stop it.
+            raise _NotNow(clock.now(), f"changed while it waited for its turn: {changed}", clock.now())
         requested.append(clock.now())
         sent_by = clock.now() + timedelta(seconds=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS)
         if deadline <= sent_by:
@@ -770,6 +778,23 @@ def _at_the_request(
             raise _NotNow(allowed, "quiet hours", sent_by)
 
     return at_the_request
+
+
+def _changed_since_checked(members: list[_Ready]) -> str | None:
+    """What changed, read again now, that the checks of these reminders would have stopped them for: the reminder
+    moved (cancelled, taken by another claim), its phone changed, or it is no longer wanted (`why_not_wanted`)."""
+    for member in members:
+        message = store.get_message(member.message.message_id)
+        if message is None or message.version != member.message.version:
+            return "the reminder moved on"
+        patient = store.get_patient(message.patient_id, fresh=True)
+        if patient is None or patient.phone != member.patient.phone:
+            return "its phone changed"
+        fresh = appointment_of(message) if is_confirmation(message) else None
+        appointment = fresh or store.get_appointment(message.appointment_id, fresh=True)
+        if why := why_not_wanted(patient, appointment, message):
+            return why
+    return None
 
 
 def _outcome_of(
@@ -1214,14 +1239,22 @@ def _sent_reason(provider: str, carried: int) -> str:
     return f"sent via {provider}" + (f", one SMS for {carried} reminders" if carried > 1 else "")
 
 
+# What a message the provider took an SMS for may have become meanwhile, and is recorded sent from, as read.
+_CATCHES_UP = frozenset({Status.CANCELLED, Status.PENDING, Status.QUEUED, Status.DEAD_LETTER})
+
+
 def _sent_change(message: MessageRecord, values: dict[str, Any], reason: str) -> Change:
-    """The move to sent of a claimed message; or of one cancelled after the provider took its SMS, only as read (one
-    revived since is claimed again, and that claim replays this send)."""
+    """The move to sent of a claimed message, as this claim read it; or of one that moved while the provider took
+    its SMS, only as read: cancelled (one revived since is claimed again, and that claim replays this send), or
+    retried, deferred or dead-lettered by a sender holding the same record, delivered twice."""
+    if message.state is Status.QUEUED:
+        return Change(Status.SENT, frozenset({Status.QUEUED}), values, Guard.ATTEMPTS, reason=reason)
     if message.state is Status.CANCELLED:
         values = {**values, "ended_at": None, "expires_at": None}  # not ended: a sent message waits for its receipt
-        cancelled = frozenset({Status.CANCELLED})
-        return Change(Status.SENT, cancelled, values, Guard.VERSION, reason=f"{reason}, before its cancellation")
-    return Change(Status.SENT, frozenset({Status.QUEUED}), values, Guard.ATTEMPTS, reason=reason)
+        reason = f"{reason}, before its cancellation"
+    else:
+        reason = f"{reason}, by a second delivery of its record"
+    return Change(Status.SENT, frozenset({message.state}), values, Guard.VERSION, reason=reason)
 
 
 def _record_sent(
@@ -1252,11 +1285,12 @@ def _record_sent(
         current = store.get_message(message.message_id)
         if current is not None and current.state in {Status.SENT, Status.DELIVERED, Status.FAILED}:
             return SendOutcome.ALREADY_RECORDED
-        # Cancelled while the request was on its way: it went out all the same, and the record says so (a cancelled
-        # reminder is one that no SMS carried; a sent one is never revived and sent again).
+        # Moved while the request was on its way (cancelled; or retried, deferred or dead-lettered by a sender that
+        # had the same record, delivered twice): it went out all the same, and the record says so, so that nothing
+        # sends it again (a cancelled reminder is one that no SMS carried; a sent one is never sent again).
         if (
             current is None
-            or current.state is not Status.CANCELLED
+            or current.state not in _CATCHES_UP
             or not store.transition(current, _sent_change(current, values, reason), at=now, settings=settings)
         ):
             logger.error(

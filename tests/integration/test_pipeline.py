@@ -24,6 +24,7 @@ from core.circuit import HOLD_INTERVAL, CircuitKind
 from core.lifecycle import Status
 from core.observability import discard_metrics
 from core.planning import handle_clinic_event
+from core.providers import ProviderError
 from core.store import MessageRecord, iso, parse_iso
 from rappel_local.embedded import FakeLambdaContext, sqs_event
 from rappel_local.orange_simulator import Fault, OrangeSimulator
@@ -1890,3 +1891,134 @@ def test_kannel_is_told_until_when_the_reminder_is_wanted_so_a_link_down_cannot_
         request = kannel.accepted[-1]
         validity = parse_qs(urlsplit(request.path).query)["validity"]
         assert validity == [str(int((wanted_until - request.at).total_seconds() // 60))], (reminder, request.at)
+
+
+def test_a_record_delivered_twice_racing_a_503_sends_the_reminder_once(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQS hands one record to two senders. The first one's request gets a 503: Powertools forgets the call, and
+    the sender writes the retry (pending, attempt 1 spent). The second read the reminder queued before that write
+    and makes its request after the forget: Orange accepts it, but its `sent` write is refused, and the retry then
+    sent the reminder a second time. The second sender's SMS went out: the record catches up (sent), and the
+    retry has nothing left to send."""
+    from core.providers.orange import OrangeProvider
+
+    pipe.start_orange(faults=[Fault(nth=1, status=503)])
+    message_id = _due_now(pipe)
+    pipe.dispatch()
+    record = pipe.receive()
+    real_after_error, real_send = sending._after_provider_error, OrangeProvider.send
+    failed_call: list[tuple[Any, ...]] = []  # the first sender's, once its request got the 503
+    retry_written: list[Any] = []
+
+    def after_the_503(*args: Any, **kwargs: Any) -> Any:
+        if failed_call:
+            return real_after_error(*args, **kwargs)
+        failed_call.append(args)
+        pipe.send(record, ack=False)  # the duplicate delivery, handled now by the second sender
+        return retry_written[0]
+
+    def second_request(self: OrangeProvider, **kwargs: Any) -> Any:
+        if failed_call and not retry_written:  # the first sender writes its retry meanwhile
+            retry_written.append(real_after_error(*failed_call[0]))
+        return real_send(self, **kwargs)
+
+    monkeypatch.setattr(sending, "_after_provider_error", after_the_503)
+    monkeypatch.setattr(OrangeProvider, "send", second_request)
+    pipe.send(record)
+    monkeypatch.setattr(sending, "_after_provider_error", real_after_error)
+    monkeypatch.setattr(OrangeProvider, "send", real_send)
+
+    assert pipe.message(message_id).status == "sent" and len(pipe.accepted()) == 1
+    pipe.clock.sleep(3600)  # past any retry's backoff
+    pipe.cycle()
+    assert len(pipe.accepted()) == 1, "the family got the reminder twice"
+
+
+def test_a_dose_given_while_a_reminder_waits_out_a_throttle_stops_it(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two families in one batch, one call in flight. Orange answers the first request 429 with Retry-After: 30, and
+    the second family's reminder, checked a moment later, waits the 30 s out in the pacer. Its dose was recorded
+    given at the start of that wait, and the reminder was sent all the same, 30 s later: the check before the send
+    had not been made again after the pace. Now it is, once the wait outlasts a read's freshness."""
+    from core.providers.orange import OrangeProvider
+
+    pipe.configure(SMS_SENDER_CALLS_IN_FLIGHT=1)
+    pipe.start_orange(faults=[Fault(nth=1, status=429, retry_after=30)])
+    ids = {n: pipe.plan(n, DUE)["7_day_reminder"] for n in (1, 2)}
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.dispatch()
+    real_wait, real_send = pacing.Pacer.wait, OrangeProvider.send
+    throttled: list[str] = []  # the phone the 429 answered
+    given: list[datetime] = []
+
+    def send(self: OrangeProvider, **kwargs: Any) -> Any:
+        try:
+            return real_send(self, **kwargs)
+        except ProviderError:
+            throttled.append(kwargs["to"])
+            raise
+
+    def wait(self: pacing.Pacer, per_second: float, latest: Any = None) -> Any:
+        if throttled and not given:  # the other family's reminder, checked, now waits out the pause
+            other = "a2" if throttled[0] == PHONE else "a1"
+            event = envelope("DoseAdministered", appointment_id=other, administered_on="2027-03-13")
+            assert handle_clinic_event(event, pipe.settings).applied == 1
+            given.append(pipe.clock.now())
+        return real_wait(self, per_second, latest)
+
+    monkeypatch.setattr(OrangeProvider, "send", send)
+    monkeypatch.setattr(pacing.Pacer, "wait", wait)
+    assert pipe.send(pipe.receive()) == {"batchItemFailures": []}
+
+    assert given and not [a for a in pipe.accepted() if a.at > given[0]], "a reminder sent for a dose already given"
+    other = ids[2] if throttled[0] == PHONE else ids[1]
+    assert pipe.message(other).status == "cancelled"
+
+
+def test_a_grouped_record_delivered_twice_sends_a_sibling_once_when_the_other_is_cancelled_between(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Siblings on one phone, one grouped record, delivered to two senders at once. The first composes one SMS for
+    both; the second sibling's appointment is cancelled; the second sender then finds the first sibling alone and
+    sends it under its own attempt's key, unbound, while the first binds it to the grouped SMS and sends that too:
+    two keys, two SMS for one reminder. A reminder left alone from a grouped record is bound like any grouped one,
+    so only one of the two senders may send it."""
+    from core.providers.orange import OrangeProvider
+
+    pipe.configure(SMS_RATE_LIMIT_PER_SECOND=100)  # each request within a second of its check, as on separate instances
+    first = pipe.plan(1, DUE, phone=PHONE)["7_day_reminder"]
+    pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.dispatch()
+    record = pipe.receive()
+    assert [len(b["reminders"]) for b in bodies(record)] == [2]
+    real_bind, real_send = store.bind_to_sms, OrangeProvider.send
+    second_at_its_request, first_done = threading.Event(), threading.Event()
+    second: list[threading.Thread] = []
+
+    def bind(message: Any, key: str, at: Any) -> bool:
+        if not second:  # the first sender, about to bind: the sibling is cancelled, and the copy is handled now
+            handle_clinic_event(envelope("AppointmentCancelled", appointment_id="a2"), pipe.settings)
+            second.append(threading.Thread(target=pipe.send, args=(record,), kwargs={"ack": False}))
+            second[0].start()
+            second_at_its_request.wait(30)  # not set when the copy makes no request
+        return real_bind(message, key, at)
+
+    def send(self: OrangeProvider, **kwargs: Any) -> Any:
+        if second and threading.current_thread() is second[0]:
+            second_at_its_request.set()
+            first_done.wait(30)  # the copy's request is on its way while the first sender goes on
+        return real_send(self, **kwargs)
+
+    monkeypatch.setattr(store, "bind_to_sms", bind)
+    monkeypatch.setattr(OrangeProvider, "send", send)
+    pipe.send(record)
+    first_done.set()
+    second[0].join(30)
+    monkeypatch.setattr(store, "bind_to_sms", real_bind)
+    monkeypatch.setattr(OrangeProvider, "send", real_send)
+
+    assert len([a for a in pipe.accepted() if "Awa" in a.text]) == 1, [a.text for a in pipe.accepted()]
+    assert pipe.message(first).status == "sent"
