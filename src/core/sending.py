@@ -123,10 +123,12 @@ class RequestInFlight(Exception):
 
 # How long a throttled sender pauses when the provider gives no Retry-After.
 THROTTLE_PAUSE_SECONDS = 1.0
-# How old the batch's read of a reminder may be when it is checked before its send; older, it is read again. And how
-# long after its check its request may wait for its turn (the pace) before it is read and checked again: together,
-# about how long before the request a cancellation may land and still be missed.
+# How old the batch's read of a reminder may be when it is checked before its send; older, it is read again.
 MESSAGE_READ_FRESH = timedelta(seconds=1)
+# How long after its check a request may wait for its turn (the pace: an interval or a few at most, a throttled pause
+# much more) before the reminder is read and checked again. With MESSAGE_READ_FRESH, about how long before the
+# request a cancellation may land and still be missed; a pace of one SMS a second per instance stays under it.
+CHECK_AGAIN_AFTER_WAITING = timedelta(seconds=5)
 
 _default_pacer = Pacer()
 _pacer = _default_pacer
@@ -766,7 +768,7 @@ def _at_the_request(
             raise _NotNow(slot, "throttled: the provider's pause outlasts this invocation", slot)
         if _no_time_for_a_request():  # the pace took what the call needed
             raise _NotNow(clock.now(), "too little time left in this invocation", clock.now())
-        if clock.now() - checked_at > MESSAGE_READ_FRESH and (changed := _changed_since_checked(members)):
+        if clock.now() - checked_at > CHECK_AGAIN_AFTER_WAITING and (changed := _changed_since_checked(members)):
             # The pace outlasted the check (a throttled pause, lanes): a dose given or a STOP meanwhile must stop it.
             raise _NotNow(clock.now(), f"changed while it waited for its turn: {changed}", clock.now())
         requested.append(clock.now())

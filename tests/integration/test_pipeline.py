@@ -764,8 +764,8 @@ def test_a_reminder_revived_while_its_request_went_unanswered_is_not_composed_in
     pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Opted out and back in while its request was on its way, and the request then timed out after Orange took it
-    (ambiguous): the policy's write found the message revived and could not land. Claimed again with a sibling, it
-    goes alone under its old key, so the stored outcome is replayed (the policy applies) instead of a new SMS."""
+    (ambiguous): the policy's write found the message revived. It is recorded sent from there (the policy: the SMS
+    may have gone out), so the sibling's SMS, claimed next, does not carry it a second time."""
     from core.providers.orange import OrangeProvider
 
     pipe.start_orange(faults=[Fault(nth=1, timeout="after_send")])
@@ -783,7 +783,7 @@ def test_a_reminder_revived_while_its_request_went_unanswered_is_not_composed_in
     monkeypatch.setattr(OrangeProvider, "send", revived_meanwhile)
     pipe.cycle()
     monkeypatch.setattr(OrangeProvider, "send", real_send)
-    assert pipe.message(message_id).status == "pending"
+    assert pipe.message(message_id).status == "sent"
     pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")
 
     pipe.cycle()
@@ -1941,7 +1941,7 @@ def test_a_dose_given_while_a_reminder_waits_out_a_throttle_stops_it(
     """Two families in one batch, one call in flight. Orange answers the first request 429 with Retry-After: 30, and
     the second family's reminder, checked a moment later, waits the 30 s out in the pacer. Its dose was recorded
     given at the start of that wait, and the reminder was sent all the same, 30 s later: the check before the send
-    had not been made again after the pace. Now it is, once the wait outlasts a read's freshness."""
+    had not been made again after the pace. Now it is, once the wait is longer than a pace's few intervals."""
     from core.providers.orange import OrangeProvider
 
     pipe.configure(SMS_SENDER_CALLS_IN_FLIGHT=1)

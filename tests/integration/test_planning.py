@@ -262,7 +262,10 @@ def test_the_store_refuses_an_illegal_transition_before_and_at_dynamodb(aws) -> 
     message = _messages()["7_day_reminder"]
     with pytest.raises(IllegalTransition):
         store.transition(
-            message, Change(Status.SENT, frozenset({Status.PENDING}), {}), at=aws.clock.now(), settings=aws.settings
+            message,
+            Change(Status.DELIVERED, frozenset({Status.PENDING}), {}),
+            at=aws.clock.now(),
+            settings=aws.settings,
         )
     # A legal move whose source no longer holds is refused by DynamoDB's condition.
     assert store.transition(
