@@ -45,6 +45,7 @@ from core.phone import mask_phone
 from core.settings import Settings
 from core.statistics import outcome_figures
 from core.store import AppointmentRecord, MessageRecord, PatientRecord, iso, parse_iso
+from core.texts import TEXT_ERRORS
 from core.timing import ReminderType, local_to_utc
 from core.wanted import why_not_wanted
 
@@ -223,9 +224,7 @@ def reason_of(message: MessageRecord) -> str | None:
     label = LABELS.get(message.reminder_type, message.reminder_type)
     error = message.last_error or ""
     if message.status == Status.FAILED:
-        if message.receipt_status in UNDELIVERABLE_RECEIPTS:
-            return f"{label}: undeliverable, the phone could not be reached ({message.receipt_status})"
-        return f"{label}: refused by the SMS provider ({error or message.receipt_status or 'no reason given'})"
+        return f"{label}: {_why_failed(message, error)}"
     if message.status == Status.EXPIRED:
         if error.startswith("superseded"):
             return None
@@ -241,6 +240,14 @@ def reason_of(message: MessageRecord) -> str | None:
     if message.status == Status.CANCELLED and "patient unknown" in error:
         return f"{label}: not sent, no usable phone"
     return None
+
+
+def _why_failed(message: MessageRecord, error: str) -> str:
+    if message.receipt_status in UNDELIVERABLE_RECEIPTS:
+        return f"undeliverable, the phone could not be reached ({message.receipt_status})"
+    if error.startswith(TEXT_ERRORS):  # no request was made: the program's texts or settings, not the provider
+        return f"not sent: the text could not be composed ({error})"
+    return f"refused by the SMS provider ({error or message.receipt_status or 'no reason given'})"
 
 
 def _no_reminder(patient: PatientRecord | None, appointment: AppointmentRecord) -> str:

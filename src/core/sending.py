@@ -49,6 +49,8 @@ from core.send_decisions import Decision, Verdict, after_the_failure, before_the
 from core.settings import ProviderName, Settings
 from core.store import AppointmentRecord, Change, Guard, MessageRecord, PatientRecord, iso, parse_iso
 from core.texts import (
+    TEXT_NOT_RENDERED,
+    TEXT_TOO_LONG,
     GroupedChild,
     RenderedText,
     SlotPart,
@@ -537,9 +539,9 @@ def _unrenderable_sms(
 
 def _unrenderable(one: _Ready, exc: Exception, now: datetime, settings: Settings) -> SendOutcome:
     if isinstance(exc, TextTooLong):
-        return _settle(one.message, Status.FAILED, f"text too long: {exc}", now, settings)
+        return _settle(one.message, Status.FAILED, f"{TEXT_TOO_LONG}: {exc}", now, settings)
     # Whatever the stored data holds, one message never crashes its batch.
-    why = f"text could not be rendered: {type(exc).__name__}: {exc}"
+    why = f"{TEXT_NOT_RENDERED}: {type(exc).__name__}: {exc}"
     return _settle(one.message, Status.FAILED, why, now, settings)
 
 

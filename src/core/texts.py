@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import ClassVar, Literal, TypeVar
+from typing import ClassVar, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -145,6 +145,13 @@ class UnknownLanguage(ValueError):
 
 class UnknownReminderType(ValueError):
     """The reminder type is not one of `REMINDER_TYPES`."""
+
+
+# How a reminder whose text could not be made is failed (its `last_error` starts with one of these): no request was
+# made, so what to look at is the program's texts and settings, not the phone or the provider.
+TEXT_TOO_LONG: Final = "text too long"
+TEXT_NOT_RENDERED: Final = "text could not be rendered"
+TEXT_ERRORS: Final = (TEXT_TOO_LONG, TEXT_NOT_RENDERED)
 
 
 class TextTooLong(ValueError):

@@ -499,3 +499,22 @@ def test_a_late_receipt_for_the_old_date_does_not_make_the_family_reached_about_
     pipe.clock.advance_to(datetime(2027, 4, 22, 12, 0, tzinfo=UTC))
     pipe.follow_up_pass()
     assert [s.appointment_id for s in followup.open_follow_ups(pipe.settings)] == ["a1"]
+
+
+def test_a_reminder_whose_text_could_not_be_composed_is_not_called_a_provider_refusal(pipe: Pipeline) -> None:
+    """A text longer than SMS_MAX_SEGMENTS (a UCS-2 name, one segment allowed): no request ever reached a provider,
+    and the health worker was told "refused by the SMS provider (text too long…)", pointing at the phone or the
+    provider instead of the program's settings."""
+    pipe.configure(SMS_MAX_SEGMENTS="1")
+    assert handle_clinic_event(patient("p1", display_name="عائشة"), pipe.settings).applied == 1
+    clinic = "Centre de Santé Urbain Communautaire de Yopougon Attié"
+    handle_clinic_event(dose_event("a1", "p1", due_date=DUE, clinic=clinic), pipe.settings)
+    for at in SENT_TIMES:
+        pipe.clock.advance_to(at)
+        pipe.cycle()
+    assert {m.status for m in store.messages_of_patient("p1")} == {"failed"} and pipe.send_requests() == []
+    pipe.clock.advance_to(SENT_TIMES[-1] + timedelta(hours=1))
+    pipe.follow_up_pass()
+
+    (state,) = followup.open_follow_ups(pipe.settings)
+    assert state.reasons and all("not sent: the text could not be composed" in r for r in state.reasons), state.reasons
