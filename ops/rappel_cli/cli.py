@@ -284,7 +284,7 @@ def followup(
     """Families to call: the open follow-ups (an overdue dose no reminder reached), oldest first."""
     import csv
 
-    from core.followup import follow_up_row, open_follow_ups, parse_since
+    from core.followup import families_in, follow_up_row, open_follow_ups, parse_since
 
     settings = _settings(local, stack, region)
     try:
@@ -300,7 +300,7 @@ def followup(
             writer.writeheader()
             writer.writerows({**row, "reasons": "; ".join(row["reasons"])} for row in rows)
         console.print(f"{len(rows)} follow-ups written to {csv_file}")
-    table = Table(title=f"Families to call: {len(rows)} open follow-ups")
+    table = Table(title=f"Families to call: {families_in(rows)} ({len(rows)} open follow-ups)")
     for column in columns:
         table.add_column(column)
     for row in rows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics as pystats
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from core.followup import families_in
 from core.settings import sender_concurrency_within
 from core.store import parse_iso
 from core.texts import count_segments
@@ -222,10 +223,17 @@ def _print_outcomes(summary: DemoSummary, console: Console) -> None:
     if summary.follow_ups is None:
         console.print("Families to call: not recorded in this run's output")
         return
-    clinics = Counter(str(row.get("clinic") or "no clinic named") for row in summary.follow_ups)
-    where = ", ".join(f"{clinic} {n}" for clinic, n in sorted(clinics.items()))
+    console.print(families_line(summary.follow_ups))
+
+
+def families_line(follow_ups: list[dict[str, Any]]) -> str:
+    """The console's line of families to call, by clinic (a family once, however many appointments it has open)."""
+    by_clinic: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in follow_ups:
+        by_clinic[str(row.get("clinic") or "no clinic named")].append(row)
+    where = ", ".join(f"{clinic} {families_in(rows)}" for clinic, rows in sorted(by_clinic.items()))
     listed = f" ({where}; listed in the report)" if where else ""
-    console.print(f"Families to call: {len(summary.follow_ups)}{listed}")
+    return f"Families to call: {families_in(follow_ups)}{listed}"
 
 
 _OUTCOME_KEYS = ("given_by_due_date", "given_later", "not_given")

@@ -15,6 +15,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.followup import families_in
 from core.store import parse_iso
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def write_report(document: dict[str, Any], scenario: Scenario, path: Path) -> Pa
         "<h2>Did the reminders work?</h2>",
         _outcomes(document["stats"].get("outcomes")),
         "<h2>Families to call, by clinic</h2>",
-        _follow_ups(document.get("follow_ups")),
+        follow_up_section(document.get("follow_ups")),
         "<h2>Reminders sent and SMS per day</h2>",
         _sms_vs_reminders(messages, document["sends"], days),
         "<h2>Reminders delivered per day</h2>",
@@ -155,7 +156,7 @@ def _headline(document: dict[str, Any], scenario: Scenario) -> str:
         ("SMS sent", str(len(sends))),
         ("reminders per SMS", f"{sent / len(sends):.2f}" if sends else "-"),
         ("reminders delivered", f"{delivered / sent:.1%}" if sent else "-"),  # 99.5% is not 100%
-        ("families to call", str(len(follow_ups)) if follow_ups is not None else "not recorded"),
+        ("families to call", str(families_in(follow_ups)) if follow_ups is not None else "not recorded"),
     ]
     period = f"{scenario.start:%d %b %Y} to {scenario.until:%d %b %Y}"
     return (
@@ -475,7 +476,8 @@ def _outcomes(outcomes: dict[str, Any] | None) -> str:
     return _figure(legend, svg, "Reached: at least one reminder for the appointment was delivered.")
 
 
-def _follow_ups(follow_ups: list[dict[str, Any]] | None) -> str:
+def follow_up_section(follow_ups: list[dict[str, Any]] | None) -> str:
+    """The families to call, by clinic: a row per open appointment, each family counted once."""
     if follow_ups is None:
         return '<p class=empty id="follow-ups-empty">Follow-ups not recorded in this run\'s output.</p>'
     if not follow_ups:
@@ -494,9 +496,11 @@ def _follow_ups(follow_ups: list[dict[str, Any]] | None) -> str:
             f"<td class=when>{html.escape(_when(r.get('at')))}</td></tr>"
             for r in sorted(rows, key=lambda r: str(r.get("at")))
         )
-        sections.append(f"<tr class=clinic><th colspan=4>{html.escape(clinic)} — {len(rows)} to call</th></tr>{lines}")
+        sections.append(
+            f"<tr class=clinic><th colspan=4>{html.escape(clinic)} — {families_in(rows)} to call</th></tr>{lines}"
+        )
     return (
-        f"<p>{len(follow_ups)} families with an overdue dose that no reminder reached, by clinic.</p>"
+        f"<p>{families_in(follow_ups)} families with an overdue dose that no reminder reached, by clinic.</p>"
         "<table id=follow-ups><tr><th>patient</th><th>appointment</th><th>why no reminder reached them</th>"
         f"<th>open since</th></tr>{''.join(sections)}</table>"
     )

@@ -30,7 +30,7 @@ less often than the dispatcher's every-minute run would make them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any, Final
@@ -69,6 +69,12 @@ BACKSTOP: Final[timedelta] = timedelta(hours=24)
 def overdue_at(due_date: str, zone: str) -> str:
     """When a dose becomes overdue: the start of the day after its due date, local time."""
     return iso(local_to_utc(date.fromisoformat(due_date) + timedelta(days=1), time(0, 0), ZoneInfo(zone)))
+
+
+def families_in(rows: Iterable[Mapping[str, Any]]) -> int:
+    """How many families follow-up rows (one per appointment) name: a child with several open appointments (one per
+    vaccine of a visit) is one call."""
+    return len({str(row.get("patient_id")) for row in rows})
 
 
 def follow_up_id(appointment_id: str) -> str:

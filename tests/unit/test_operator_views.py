@@ -119,7 +119,11 @@ def test_the_terminal_summary_shows_outcomes_and_follow_ups() -> None:
                 "reached": {"appointments": 4, "given_by_due_date": 2, "given_later": 1, "not_given": 1},
                 "not_reached": {"appointments": 1, "given_by_due_date": 0, "given_later": 0, "not_given": 1},
             },
-            follow_ups=[{"clinic": "CSU Abobo"}, {"clinic": "CSU Abobo"}, {"clinic": None}],
+            follow_ups=[
+                {"patient_id": "p1", "clinic": "CSU Abobo"},
+                {"patient_id": "p2", "clinic": "CSU Abobo"},
+                {"patient_id": "p3", "clinic": None},
+            ],
         ),
         out,
     )
@@ -139,3 +143,21 @@ def test_the_terminal_summary_says_when_nothing_was_recorded() -> None:
         "Outcomes: not recorded in this run's output",
         "Families to call: not recorded in this run's output",
     ]
+
+
+def test_families_to_call_are_counted_once_however_many_of_their_appointments_are_open() -> None:
+    """One child whose visit is booked as one appointment per vaccine (as the demo's per-vaccine clinic does),
+    unreachable: the report and the demo's console said two families to call."""
+    from rappel_demo.demo import families_line
+    from rappel_demo.report import follow_up_section
+
+    rows = [
+        {"patient_id": "p1", "appointment_id": "p1-V6W-Penta", "clinic": "CSU Abobo", "reasons": [], "at": None},
+        {"patient_id": "p1", "appointment_id": "p1-V6W-VPO", "clinic": "CSU Abobo", "reasons": [], "at": None},
+        {"patient_id": "p2", "appointment_id": "a2", "clinic": "HG Yopougon", "reasons": [], "at": None},
+    ]
+    html = follow_up_section(rows)
+    assert html.startswith("<p>2 families with an overdue dose"), html[:80]
+    assert "CSU Abobo — 1 to call" in html and "HG Yopougon — 1 to call" in html
+    assert html.count("<tr><td>p1</td>") == 2  # each appointment keeps its row and reasons
+    assert families_line(rows) == "Families to call: 2 (CSU Abobo 1, HG Yopougon 1; listed in the report)"
