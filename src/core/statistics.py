@@ -134,13 +134,21 @@ def _whole(value: float) -> int:
     return round(value)
 
 
+def _share(value: float) -> float:
+    """SMS counted by reminder type: each reminder adds its share of the SMS that carried it, so one SMS for two
+    types is half of one for each (in total, whole). To a tenth; a whole number as one."""
+    tenths = round(value, 1)
+    return int(tenths) if tenths.is_integer() else tenths
+
+
 @dataclass(frozen=True)
 class Figures:
     """The statistics of one reminder type (or of all of them) over a window."""
 
     planned: int = 0
     sent: int = 0  # reminders sent
-    sms_sent: int = 0  # SMS the provider accepted (one may carry several reminders for one phone)
+    # SMS the provider accepted (one may carry several reminders for one phone); by type, that type's share of them
+    sms_sent: float = 0
     delivered: int = 0
     failed: int = 0
     dead_lettered: int = 0
@@ -173,13 +181,14 @@ class Figures:
 
 def figures_from_counters(counters: Mapping[str, float], live: Mapping[str, int] | None = None) -> Figures:
     """The figures of one group of counters (`counters` by name) plus the live pending count."""
-    counts = {field_name: _whole(counters.get(name, 0.0)) for name, field_name in COUNT_FIELDS.items()}
+    counts = {field_name: _whole(counters.get(name, 0.0)) for name, field_name in COUNT_FIELDS.items() if name != SMS}
     live = live or {}
     # Averages divide by the histogram's total, the exact number of samples in the sum (a delivery whose send
     # time is unknown is counted as delivered but has no latency).
     delivery, lateness = histogram(counters, "delivery"), histogram(counters, "lateness")
     return Figures(
         **counts,
+        sms_sent=_share(counters.get(SMS, 0.0)),
         pending=live.get(Status.PENDING.value, 0),
         delivery_rate=delivery_rate(counts["delivered"], _whole(counters.get(UNDELIVERED, 0.0))),
         delivery_time_avg_seconds=average(counters.get("delivery_sum", 0.0), sum(delivery.values())),

@@ -383,3 +383,14 @@ def _next(day: str) -> str:
 
 def _previous(day: str) -> str:
     return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+
+
+def test_a_grouped_sms_carrying_two_reminder_types_shows_each_types_share_not_zero() -> None:
+    """Awa's 7-day and Kofi's 1-day reminder in one SMS: each type's `sms` counter gets half of it, and the figure,
+    rounded half to even, read 0 SMS for each type beside 1 sent (the total said 1)."""
+    now = datetime(2027, 3, 5, 10, 0, tzinfo=UTC)
+    day = {"09#7_day_reminder#sent": 1, "09#7_day_reminder#sms": 0.5, "09#1_day_reminder#sent": 1}
+    day["09#1_day_reminder#sms"] = 0.5
+    report = build_report("day", now, {"2027-03-05": day}, {})
+    assert {t: f.sms_sent for t, f in report.by_type.items() if f.sent} == {"7_day_reminder": 0.5, "1_day_reminder": 0.5}
+    assert report.total.sms_sent == 1 and report.total.as_dict()["sms_sent"] == 1
