@@ -111,23 +111,26 @@ def transition_counts(
     values: Mapping[str, Any],
     scheduled_at: datetime,
     sent_at: datetime | None,
+    source_at: datetime | None = None,
 ) -> dict[tuple[str, str], float]:
-    """The counter increments that one move of a message causes."""
+    """The counter increments that one move of a message causes, at `at`. What a correction takes back goes in the
+    hour its source status was reached (`source_at`, when known), where it was counted: a late delivery the day after
+    its failure would otherwise leave that day with a failure never counted back, and take it from the next."""
     out: dict[tuple[str, str], float] = {}
 
-    def add(name: str, amount: float = 1) -> None:
-        key = counter_key(at, reminder_type, name)
+    def add(name: str, amount: float = 1, when: datetime = at) -> None:
+        key = counter_key(when, reminder_type, name)
         out[key] = out.get(key, 0) + amount
 
     if target is Status.PENDING:
         for name, amount in _to_pending(source, values).items():
-            add(name, amount)
+            add(name, amount, source_at or at if name == source else at)
         return out
     if target not in COUNTED or target.value == source:
         return out
     add(target.value)
     for name, amount in _taken_back(source, target).items():
-        add(name, amount)
+        add(name, amount, source_at or at)
     if target is Status.SENT:
         add(SMS, 1 / int(values.get("sms_reminders") or 1))
         if values.get("provider"):

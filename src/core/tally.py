@@ -97,8 +97,9 @@ def message_counts(
     and after (`new`, None when deleted, which moves nothing).
 
     The move is timed by the message's newest history entry (the time the change was made, not the time it is
-    tallied), `fallback_at` without one. What the status change set is read back from the item after it: a changed
-    `attempts` marks a retry (a deferral leaves it), and the provider and SMS share of a send."""
+    tallied), `fallback_at` without one; what it takes back, by the item before's newest entry. What the status
+    change set is read back from the item after it: a changed `attempts` marks a retry (a deferral leaves it), and
+    the provider and SMS share of a send."""
     if new is None or (old is not None and old.get("status") == new.get("status")):
         return {}
     values: dict[str, Any] = {name: new[name] for name in ("sms_reminders", "provider") if new.get(name)}
@@ -113,6 +114,7 @@ def message_counts(
         values,
         store.parse_iso(str(new["scheduled_at"])),
         store.parse_iso(str(sent_at)) if sent_at else None,
+        store.last_change_at(old) if old is not None else None,
     )
 
 

@@ -403,3 +403,24 @@ def test_the_daily_report_stays_one_item_however_many_clinics_the_outcomes_have_
     assert report is not None and "by_clinic" not in report["outcomes"]
     assert report["outcomes"]["reached"]["appointments"] == 700 * 2 * 5
     assert len(statistics("day", aws.settings, aws.clock.now()).outcomes["by_clinic"]) == 700 * 3  # live: all
+
+
+def test_a_late_delivery_the_day_after_its_failure_takes_the_failure_back_where_it_was_counted(aws) -> None:
+    """A DeliveredToTerminal the day after a DeliveryImpossible: the correction took back a `failed` and an
+    `undelivered` in its own hour, which never counted them: that day's `failed` went to -1 and its delivery rate to
+    200%, while the day of the failure kept it. Taken back in the hour the failure was counted, each day is right."""
+    t0 = datetime(2027, 3, 13, 9, 0, tzinfo=UTC)
+    _plan(aws, patients=2)
+    _send(aws, _id(1), t0 + timedelta(seconds=10), t0 + timedelta(seconds=30))
+    _receipt(aws, _id(1), Status.FAILED, t0 + timedelta(minutes=10))
+    day2 = t0 + timedelta(days=1)
+    _send(aws, _id(2), day2 + timedelta(seconds=10), day2 + timedelta(seconds=30))
+    _receipt(aws, _id(2), Status.DELIVERED, day2 + timedelta(seconds=60))
+    _move(aws, _id(1), Status.DELIVERED, Status.FAILED, day2 + timedelta(minutes=5), delivered_at="x")
+    aws.clock.advance_to(day2 + timedelta(minutes=30))
+    aws.tally()
+
+    later = statistics("hour", aws.settings, aws.clock.now()).by_type["7_day_reminder"]
+    assert (later.delivered, later.failed, later.delivery_rate) == (2, 0, 1.0)
+    first_day = statistics("day", aws.settings, t0 + timedelta(hours=2)).by_type["7_day_reminder"]
+    assert (first_day.failed, first_day.delivered, first_day.delivery_rate) == (0, 0, None)

@@ -64,7 +64,9 @@ def test_a_late_delivery_after_a_failure_takes_the_failure_back() -> None:
     old = _message("failed", "2027-03-01T09:01:00.000Z sent>failed undeliverable", sent_at="2027-03-01T09:00:30.000Z")
     new = {**old, "status": "delivered", "history": [*old["history"], "2027-03-01T10:00:30.000Z failed>delivered x"]}
     counts = _names(message_counts(old, new, LATER))
-    assert (counts["10#1_day_reminder#delivered"], counts["10#1_day_reminder#failed"]) == (1, -1)
+    # Taken back in the hour the failure was counted (09), the delivery counted in its own (10).
+    assert (counts["10#1_day_reminder#delivered"], counts["09#1_day_reminder#failed"]) == (1, -1)
+    assert counts["09#1_day_reminder#undelivered"] == -1 and "10#1_day_reminder#failed" not in counts
     assert counts["10#1_day_reminder#delivery_sum"] == 3600.0
 
 
@@ -111,9 +113,10 @@ def test_an_appointment_state_counts_what_its_change_moves_and_a_deletion_nothin
 
 def test_a_revival_takes_its_cancellation_back_and_a_redrive_plans_nothing_new() -> None:
     """Planned counts creations only, as `RemindersPlanned` does: a revived or redriven reminder is the same one."""
-    cancelled = _message("cancelled", "2027-03-01T07:15:00.000Z >pending planned")
+    cancelled = _message("cancelled", "2027-03-01T07:15:00.000Z pending>cancelled opted out")
     revived = _message("pending", "2027-03-01T08:15:00.000Z cancelled>pending revived: opted out no longer holds")
-    assert message_counts(cancelled, revived, LATER) == {("2027-03-01", "08#1_day_reminder#cancelled"): -1}
+    # Taken back in the hour the cancellation was counted.
+    assert message_counts(cancelled, revived, LATER) == {("2027-03-01", "07#1_day_reminder#cancelled"): -1}
     dead = _message("dead_letter", "2027-03-01T07:15:00.000Z >pending planned")
     redriven = _message("pending", "2027-03-01T09:15:00.000Z dead_letter>pending redriven from the dead letter queue")
     assert message_counts(dead, redriven, LATER) == {}
