@@ -77,10 +77,10 @@ def families_in(rows: Iterable[Mapping[str, Any]]) -> int:
     return len({str(row.get("patient_id")) for row in rows})
 
 
-def follow_up_id(appointment_id: str) -> str:
-    """The id both events of an appointment's follow-up carry (one follow-up per appointment): the clinic system
-    de-duplicates on it."""
-    return f"followup-{appointment_id}"
+def follow_up_id(appointment_id: str, episode: int = 0) -> str:
+    """The id both events of an appointment's follow-up carry: the clinic system de-duplicates on it. A follow-up
+    after the first (its dose due again after a correction: `AppointmentState.episode`) is `followup-<id>-<n>`."""
+    return f"followup-{appointment_id}" + (f"-{episode + 1}" if episode else "")
 
 
 # ---------------------------------------------------------------------------------------------- writing a state
@@ -392,7 +392,7 @@ def _publish(state: AppointmentState, settings: Settings, now: datetime) -> int:
 def event_detail(state: AppointmentState, kind: str) -> dict[str, Any]:
     """The `detail` of FollowUpNeeded (`kind` "needed") or FollowUpClosed ("closed")."""
     detail: dict[str, Any] = {
-        "follow_up_id": follow_up_id(state.appointment_id),
+        "follow_up_id": follow_up_id(state.appointment_id, state.episode),
         "patient_id": state.patient_id,
         "appointment_id": state.appointment_id,
         "clinic": state.clinic,

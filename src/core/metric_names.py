@@ -64,7 +64,7 @@ class MetricName(StrEnum):
     FAMILIES_REACHED = "FamiliesReached"  # appointments whose first reminder was delivered (once each)
     DOSES_GIVEN_REACHED = "DosesGivenReached"  # doses given whose family a reminder had reached
     DOSES_GIVEN_NOT_REACHED = "DosesGivenNotReached"  # doses given whose family no reminder reached
-    FOLLOW_UPS_OPENED = "FollowUpsOpened"  # families to call (FollowUpNeeded), once per appointment
+    FOLLOW_UPS_OPENED = "FollowUpsOpened"  # families to call (FollowUpNeeded), one at a time per appointment
     FOLLOW_UPS_CLOSED = "FollowUpsClosed"  # follow-ups closed by the dose given or the appointment cancelled
 
     # Health figures (service only), emitted by health_check on every run.

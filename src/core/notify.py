@@ -27,7 +27,7 @@ class DetailType(StrEnum):
 
     PATIENT_OPTED_OUT = "PatientOptedOut"
     PATIENT_OPTED_IN = "PatientOptedIn"
-    # A family not reached whose dose is overdue (once per appointment), and its close (core.followup).
+    # A family not reached whose dose is overdue (one at a time per appointment), and its close (core.followup).
     FOLLOW_UP_NEEDED = "FollowUpNeeded"
     FOLLOW_UP_CLOSED = "FollowUpClosed"
 

@@ -71,7 +71,7 @@ class AppointmentState:
     reached_type: str | None = None  # the reminder whose delivery first reached the family
     reached_at: str | None = None
     watch_at: str | None = None  # when to look again whether the family needs a follow-up
-    follow_up: str | None = None  # open | closed; never opened twice
+    follow_up: str | None = None  # open | closed; one at a time (see `episode`)
     follow_up_at: str | None = None  # when it was opened
     closed_at: str | None = None
     closed_why: str | None = None
@@ -79,6 +79,9 @@ class AppointmentState:
     phone: str | None = None  # masked
     needed_published: bool = False
     closed_published: bool = False
+    # Follow-ups this appointment had before the current one: one closed by a dose given or a cancellation that was
+    # then corrected (the dose due again) gives way to a new one, once its close is announced.
+    episode: int = 0
     version: int = 0
 
     @property
@@ -163,7 +166,28 @@ def synced(old: AppointmentState | None, appointment: Appointment, overdue_at: s
     if state.follow_up == OPEN and state.status != SCHEDULED:
         why = "dose given" if state.status == ADMINISTERED else f"appointment {state.status}"
         state = replace(state, follow_up=CLOSED, closed_at=now, closed_why=why)
-    return state
+    return _due_again(state)
+
+
+def _due_again(state: AppointmentState) -> AppointmentState:
+    """A closed and announced follow-up whose dose is due again and whose family is not reached (the dose given, or
+    the appointment cancelled, then corrected or rebooked; a family reached about a date since moved) gives way to
+    a new one, watched from the overdue time like any family; else the state as it is."""
+    if state.follow_up != CLOSED or not state.closed_published or state.status != SCHEDULED or state.reached:
+        return state
+    return replace(
+        state,
+        episode=state.episode + 1,
+        follow_up=None,
+        follow_up_at=None,
+        closed_at=None,
+        closed_why=None,
+        reasons=(),
+        phone=None,
+        needed_published=False,
+        closed_published=False,
+        watch_at=state.overdue_at,
+    )
 
 
 def about_this_dose(state: AppointmentState, due_date: str | None, patient_id: str | None) -> bool:
@@ -203,7 +227,7 @@ def published(state: AppointmentState, event: str) -> AppointmentState:
     """The state once the follow-up event `event` (`needed` or `closed`) went out."""
     if event == "needed":
         return replace(state, needed_published=True)
-    return replace(state, closed_published=True)
+    return _due_again(replace(state, closed_published=True))
 
 
 # ---------------------------------------------------------------------------------------------- outcome counters

@@ -518,3 +518,41 @@ def test_a_reminder_whose_text_could_not_be_composed_is_not_called_a_provider_re
 
     (state,) = followup.open_follow_ups(pipe.settings)
     assert state.reasons and all("not sent: the text could not be composed" in r for r in state.reasons), state.reasons
+
+
+# ---------------------------------------------------------------------------------------------- a corrected record
+
+
+@pytest.mark.parametrize("corrected", ["after the close was announced", "before the close was announced"])
+def test_a_dose_record_corrected_back_to_scheduled_brings_a_new_follow_up(
+    pipe: Pipeline, clinic_events, corrected: str
+) -> None:
+    """Every reminder failed and the follow-up opened; a DoseAdministered entered in error closed it; the clinic then
+    corrected the record (the dose scheduled again, still overdue). A closed follow-up never reopened, so the family
+    was silently gone from the list. Its dose due again, it is a family to call again: a new follow-up, with an id
+    of its own for the clinic system (which has closed the first)."""
+    ids = all_sent_no_receipt(pipe)
+    for message_id in ids.values():
+        fail(pipe, message_id)
+    pipe.clock.advance_to(SENT_TIMES[-1] + timedelta(hours=1))
+    pipe.follow_up_pass()
+    assert [s.appointment_id for s in followup.open_follow_ups(pipe.settings)] == ["a1"]
+
+    pipe.clock.sleep(3600)
+    given = envelope("DoseAdministered", appointment_id="a1", administered_on="2027-03-22")
+    assert handle_clinic_event(given, pipe.settings).applied == 1
+    if corrected == "after the close was announced":
+        pipe.follow_up_pass()
+    pipe.clock.sleep(3600)
+    assert handle_clinic_event(dose_event("a1", "p1", due_date=DUE), pipe.settings).applied == 1
+    for _ in range(2):  # the pass announces the close, then looks at the family again
+        pipe.clock.sleep(15 * 60)
+        pipe.follow_up_pass()
+
+    assert [s.appointment_id for s in followup.open_follow_ups(pipe.settings)] == ["a1"]
+    events = [(e["detail-type"], e["detail"]["follow_up_id"]) for e in clinic_events()]
+    assert events == [
+        ("FollowUpNeeded", "followup-a1"),
+        ("FollowUpClosed", "followup-a1"),
+        ("FollowUpNeeded", "followup-a1-2"),
+    ]

@@ -166,8 +166,12 @@ def test_a_follow_up_opens_once_is_announced_then_listed_and_closes_with_the_dos
     assert closed.follow_up == "closed" and closed.closed_why == "dose given" and closed.unpublished == ("closed",)
     done = published(closed, "closed")
     assert done.unpublished == () and index_slot(done) is None
+    # The record corrected (the dose due again, the family still not reached): a new follow-up may open, the first
+    # one's close being announced; watched from the overdue time.
     rebooked = synced(done, appointment(), OVERDUE, NOW)
-    assert opened(rebooked, ["x"], None, NOW) is None and index_slot(rebooked) is None, "never reopened"
+    assert (rebooked.follow_up, rebooked.episode, index_slot(rebooked)) == (None, 1, (Slot.DUE, OVERDUE))
+    again = opened(rebooked, ["x"], None, NOW)
+    assert again is not None and again.unpublished == ("needed",) and again.episode == 1
 
 
 def test_a_follow_up_closed_before_it_was_marked_announced_is_closed_for_the_clinic() -> None:
