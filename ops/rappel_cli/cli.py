@@ -171,7 +171,9 @@ def process(local: Local = False, stack: Stack = None, region: Region = None, as
     settings = _settings(local, stack, region)
     with _quiet():
         data = process_now(settings, drain=local)
-    _emit(data, as_json, _key_values("Process cycle", data))
+    rows = {k: v for k, v in data.items() if k != "reminders"}
+    rows.update({f"reminders {name}": count for name, count in (data.get("reminders") or {}).items()})
+    _emit(data, as_json, _key_values("Process cycle", rows))
 
 
 @app.command()

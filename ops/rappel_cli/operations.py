@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
+from collections import Counter
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
+from pydantic import TypeAdapter
 
 from core import clock, store
 from core.dispatch import dispatch_due
 from core.lifecycle import Status
+from core.queue import ClaimBody, GroupedBody
 from core.settings import Settings
 from core.store import iso, parse_iso
 from rappel_local.change_streams import BatchGone, lambda_records, read_range, stream_sources, streams_client
@@ -19,26 +23,54 @@ from rappel_local.embedded import invoke, sqs_event
 
 
 def process_now(settings: Settings, *, drain: bool) -> dict[str, Any]:
-    """One dispatcher run; on the embedded stack also drain the send queue through the send_sms handler."""
+    """One dispatcher run; on the embedded stack also drain the send queue through the send_sms handler and say what
+    became of the reminders it carried (the spec's sms:process statistics), and how long the cycle took."""
+    started = time.monotonic()
     result: dict[str, Any] = asdict(dispatch_due(settings))
     if drain:
         result.update(drain_send_queue(settings))
+    result["seconds"] = round(time.monotonic() - started, 3)
     return result
 
 
-def drain_send_queue(settings: Settings, max_batches: int = 10_000) -> dict[str, int]:
-    """Deliver the send queue's messages to send_sms as Lambda's event source mapping would."""
+# What became of a reminder a cycle carried, by its status after it: the spec's SchedulerStats.
+_CYCLE_OUTCOMES = {
+    "sent": (Status.SENT, Status.DELIVERED),
+    "failed": (Status.FAILED,),
+    "retried": (Status.PENDING,),  # back to pending: a retry, or a deferral (quiet hours, a provider hold)
+    "dead_lettered": (Status.DEAD_LETTER,),
+    "cancelled": (Status.CANCELLED,),
+    "expired": (Status.EXPIRED,),
+}
+_SEND_BODY: TypeAdapter[ClaimBody | GroupedBody] = TypeAdapter(ClaimBody | GroupedBody)
+
+
+def cycle_outcomes(message_ids: list[str]) -> dict[str, int]:
+    """How many of these reminders (those a cycle's records carried) were sent, failed, retried, … (read now)."""
+    statuses = Counter(message.state for i in dict.fromkeys(message_ids) if (message := store.get_message(i)))
+    counts = {name: sum(statuses[s] for s in ended) for name, ended in _CYCLE_OUTCOMES.items()}
+    return {"processed": len(dict.fromkeys(message_ids)), **counts}
+
+
+def drain_send_queue(settings: Settings, max_batches: int = 10_000) -> dict[str, Any]:
+    """Deliver the send queue's messages to send_sms as Lambda's event source mapping would; with what became of
+    the reminders they carried (`reminders`)."""
     sqs = boto3.client("sqs", region_name=settings.AWS_REGION, endpoint_url=settings.AWS_ENDPOINT_URL or None)
     arn = sqs.get_queue_attributes(QueueUrl=settings.SEND_QUEUE_URL, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
     ]
     handled = failed = 0
+    carried: list[str] = []
     for _ in range(max_batches):
         batch = sqs.receive_message(
             QueueUrl=settings.SEND_QUEUE_URL, MaxNumberOfMessages=10, VisibilityTimeout=720, AttributeNames=["All"]
         ).get("Messages", [])
         if not batch:
             break
+        for message in batch:
+            body = _SEND_BODY.validate_json(message["Body"])
+            claims = body.claims if isinstance(body, GroupedBody) else (body.claim,)
+            carried += [claim.message_id for claim in claims]
         try:
             response = invoke("send_sms", sqs_event(batch, arn)) or {}
             failures = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
@@ -49,7 +81,8 @@ def drain_send_queue(settings: Settings, max_batches: int = 10_000) -> dict[str,
                 sqs.delete_message(QueueUrl=settings.SEND_QUEUE_URL, ReceiptHandle=message["ReceiptHandle"])
         handled += len(batch) - len(failures)
         failed += len(failures)
-    return {"records_handled": handled, "records_failed": failed}
+    store.bind(settings)
+    return {"records_handled": handled, "records_failed": failed, "reminders": cycle_outcomes(carried)}
 
 
 def list_messages(

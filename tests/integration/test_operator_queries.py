@@ -12,6 +12,7 @@ from core.lifecycle import Status
 from core.planning import handle_clinic_event
 from core.store import Change, Guard
 from rappel_cli.operations import list_messages
+from rappel_local.orange_simulator import Fault
 from tests.helpers import dose, patient
 
 pytestmark = pytest.mark.integration
@@ -56,3 +57,31 @@ def test_a_bad_filter_is_refused_naming_its_option(aws: Any, filters: dict[str, 
     arguments: dict[str, Any] = {"status": None, "patient": None, "since": None, "limit": 10, **filters}
     with pytest.raises(ValueError, match=option):
         list_messages(aws.settings, **arguments)
+
+
+def test_a_manual_process_cycle_reports_what_became_of_the_reminders_it_sent(aws: Any, monkeypatch) -> None:
+    """The spec's sms:process reports the cycle: processed, sent, failed, retried, dead-lettered and its time. The
+    provider refusing every SMS for good (SVC0004), `rappel process --local` said `records_handled: 1,
+    records_failed: 0`, which reads as a success."""
+    from rappel_cli.operations import process_now
+    from tests.integration.pipeline_kit import Pipeline
+
+    pipe = Pipeline(aws, monkeypatch)
+    pipe.start_orange(faults=[Fault(status=400, message_id="SVC0004")])
+    try:
+        for n in (1, 2):
+            pipe.plan(n, "2027-03-20")
+        pipe.clock.advance_to(datetime(2027, 3, 13, 9, 0, tzinfo=UTC))
+        report = process_now(pipe.settings, drain=True)
+    finally:
+        pipe.close()
+    assert report["reminders"] == {
+        "processed": 2,
+        "sent": 0,
+        "failed": 2,
+        "retried": 0,
+        "dead_lettered": 0,
+        "cancelled": 0,
+        "expired": 0,
+    }
+    assert report["seconds"] >= 0
