@@ -147,14 +147,15 @@ def note_appointment(
     due = overdue_at(appointment.due_date, patient.timezone if patient is not None else settings.APP_TIMEZONE)
     view = _view(appointment)
 
+    def reached(state: AppointmentState) -> AppointmentState:
+        if delivered is None or not outcomes.about_this_dose(state, delivered.due_date, delivered.patient_id):
+            return state
+        return outcomes.with_delivery(state, delivered.reminder_type, delivered.delivered_at or iso(now)) or state
+
     def synced(old: AppointmentState | None) -> AppointmentState:
-        if (
-            old is not None
-            and delivered is not None
-            and outcomes.about_this_dose(old, delivered.due_date, delivered.patient_id)
-        ):
-            old = outcomes.with_delivery(old, delivered.reminder_type, delivered.delivered_at or iso(now)) or old
-        return outcomes.synced(old, view, due, iso(now))
+        # Reached as the dose stood (before a dose given, say), or as it stands now (a date moved back to the one the
+        # delivered reminder was about).
+        return reached(outcomes.synced(reached(old) if old is not None else None, view, due, iso(now)))
 
     return _update(appointment.appointment_id, synced, settings)
 

@@ -482,13 +482,19 @@ def revive_message(
     """Bring a cancelled reminder back to pending, on its schedule as planned now; False if it may not come back.
 
     The store refuses it for a message the provider may have taken (a send or an ambiguous attempt recorded), so a
-    reminder that went out is never sent again. One bound to a grouped SMS loses that binding first when the SMS's
-    idempotency record says it did not carry it and never will (`sending.sms_never_carried`). It gets a fresh set of
-    retries and the revival is recorded on it.
+    reminder that went out is never sent again. One bound to an SMS comes back free when the SMS's idempotency
+    record says it did not carry it and never will, bound to it while that SMS may still be requested, and not at all
+    when it carried it (`sending.revival_of_bound`). It gets a fresh set of retries and the revival is recorded on it.
     """
     key = message.sms_key
-    if key and message.sent_at is None and message.text is None and sending.sms_never_carried(message, settings, now):
-        store.unbind_cancelled_from_sms(message.message_id, key)
+    if key and message.sent_at is None and message.text is None:
+        revival = sending.revival_of_bound(message, settings, now)
+        if revival is sending.Revival.CARRIED:
+            return False
+        if revival is sending.Revival.UNBOUND:
+            if not store.unbind_cancelled_from_sms(message.message_id, key):
+                return False
+            message.sms_key, message.sms_bound_at = None, None  # as now stored: the revival checks it is unbound
     change = Change(
         target=Status.PENDING,
         sources=frozenset({Status.CANCELLED}),
@@ -504,8 +510,8 @@ def revive_message(
             "ended_at": None,
             "expires_at": None,
         },
-        # Not one the provider may have taken: an ambiguous attempt, or one bound to a grouped SMS whose request may
-        # have gone out (one the provider took is `sent`, not cancelled).
+        # Not one the provider may have taken: an ambiguous attempt recorded, or bound to another SMS than the one
+        # it was read bound to (one the provider took is `sent`, not cancelled).
         guard=Guard.NEVER_SENT,
         reason=f"revived: {(message.last_error or 'cancelled').removeprefix('cancelled: ')} no longer holds",
     )

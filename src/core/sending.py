@@ -250,16 +250,27 @@ _BOUND_TO_NONE = {"sms_key": None, "sms_bound_at": None}
 SENDER_OUTLIVED = timedelta(minutes=15)
 
 
-def sms_never_carried(message: MessageRecord, settings: Settings, now: datetime) -> bool:
-    """Whether the grouped SMS a cancelled reminder is bound to did not carry it and never will: its call ended
-    without it, or no call was made and the sender that bound it can no longer be running (a revival before then
-    could free it while that sender still sends the SMS, with it, later in the same record). What the reminder
-    needs before it may come back (`planning.revive_message`)."""
+class Revival(StrEnum):
+    """What a cancelled reminder bound to an SMS may do when its cause is reversed (`planning.revive_message`)."""
+
+    UNBOUND = "unbound"  # come back free: the SMS did not carry it and never will (a new one may carry it)
+    BOUND = "bound"  # come back bound to that SMS: its next send goes under the same key as any late one
+    CARRIED = "carried"  # stay: the SMS carried it (accepted, or may have: ambiguous)
+
+
+def revival_of_bound(message: MessageRecord, settings: Settings, now: datetime) -> Revival:
+    """How a cancelled reminder bound to an SMS may come back, as the SMS's idempotency record tells: free when its
+    call ended without it, or no call was made and the sender that bound it can no longer be running; bound when a
+    call is under way, or none was made yet and that sender may still make it (freed then, a new SMS could carry it
+    as well: bound, its next send and that sender's share one key, and one request at most goes out)."""
     carried = _idempotent_send(settings).carried(str(message.sms_key), message.message_id)
-    if carried is Carried.NO_CALL:
-        bound_at = message.sms_bound_at
-        return bound_at is None or parse_iso(bound_at) + SENDER_OUTLIVED <= now
-    return carried is Carried.NO
+    if carried is Carried.YES:
+        return Revival.CARRIED
+    if carried is Carried.NO:
+        return Revival.UNBOUND
+    bound_at = message.sms_bound_at
+    outlived = carried is Carried.NO_CALL and (bound_at is None or parse_iso(bound_at) + SENDER_OUTLIVED <= now)
+    return Revival.UNBOUND if outlived else Revival.BOUND
 
 
 @functools.cache
@@ -796,7 +807,7 @@ def _changed_since_checked(members: list[_Ready]) -> str | None:
             return "its phone changed"
         fresh = appointment_of(message) if is_confirmation(message) else None
         appointment = fresh or store.get_appointment(message.appointment_id, fresh=True)
-        if why := why_not_wanted(patient, appointment, message):
+        if why := why_not_wanted(patient, appointment, message, fresh=True):
             return why
     return None
 

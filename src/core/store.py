@@ -733,8 +733,8 @@ def ambiguous_send_key(phone: str) -> str:
 
 
 def unbind_cancelled_from_sms(message_id: str, sms_key: str) -> bool:
-    """A cancelled reminder's binding to the SMS `sms_key`, which did not go out, removed: a revival refuses a bound
-    reminder, one that SMS may have carried. False when it is not cancelled or not bound to that SMS."""
+    """A cancelled reminder's binding to the SMS `sms_key`, which did not carry it and never will, removed before its
+    revival: free, a new SMS may carry it. False when it is not cancelled or not bound to that SMS."""
     return _applied(
         lambda: _update(
             MessageRecord(message_id),
@@ -782,7 +782,7 @@ class Guard(Flag):
     VERSION = auto()  # the message is at the version it was read at: nobody moved it since
     ATTEMPTS = auto()  # no attempt was recorded on it since it was read
     DUE = auto()  # its due time has come (a claim)
-    NEVER_SENT = auto()  # no send, ambiguous attempt or grouped SMS is recorded on it (a revival)
+    NEVER_SENT = auto()  # no send or ambiguous attempt recorded on it, bound to the SMS it was read bound to, if any
 
 
 @dataclass(frozen=True)
@@ -914,7 +914,9 @@ def _guard_conditions(guard: Guard, message: MessageRecord, at: datetime) -> lis
         parts += [
             MessageRecord.sent_at.does_not_exist(),
             MessageRecord.text.does_not_exist(),
-            MessageRecord.sms_key.does_not_exist(),
+            MessageRecord.sms_key.does_not_exist()
+            if message.sms_key is None
+            else MessageRecord.sms_key == str(message.sms_key),
         ]
     return parts
 
@@ -1012,9 +1014,10 @@ def close_circuit(provider: str, expected_failures: float, expected: str | None)
 _STOP = "STOP"  # pk of a number's stop; sk the E.164 number
 
 
-def number_stopped(phone: str) -> bool:
-    """Whether the family of this number asked for no more reminders (it covers every patient with the number)."""
-    ahead = _take_ahead("stop", phone)
+def number_stopped(phone: str, *, fresh: bool = False) -> bool:
+    """Whether the family of this number asked for no more reminders (it covers every patient with the number).
+    `fresh`: read the table even when this handler read it ahead (a check made again after a wait)."""
+    ahead = _NOT_AHEAD if fresh else _take_ahead("stop", phone)
     if ahead is not _NOT_AHEAD:
         return ahead is not None
     return get_ops_value(_STOP, phone) is not None
@@ -1376,6 +1379,8 @@ def put_appointment_state(old: AppointmentState | None, new: AppointmentState, s
     table's stream (`outcome_change`)."""
     _forget_ahead("state", new.appointment_id)
     data = {k: v for k, v in asdict(new).items() if k not in {"version", "watch_at"}}
+    if not new.episode:
+        del data["episode"]  # as the states written before episodes were: code rolled back still reads them
     slot = index_slot(new)
     key = None
     if slot is not None:

@@ -44,14 +44,17 @@ def why_not_wanted(
     patient: PatientRecord | None,
     appointment: AppointmentRecord | None,
     message: MessageRecord | None = None,
+    *,
+    fresh: bool = False,
 ) -> str | None:
     """None while a reminder for this appointment (and `message`, when given) should still go out, else why not.
 
-    Reads whether the patient's number is stopped: a stop is a fact about the number, not the patient record.
-    A confirmation follows its own rule (`_why_not_confirmation`).
+    Reads whether the patient's number is stopped: a stop is a fact about the number, not the patient record
+    (`fresh`: from the table, not from what the handler read ahead). A confirmation follows its own rule
+    (`_why_not_confirmation`).
     """
     if message is not None and is_confirmation(message):
-        return _why_not_confirmation(patient, message)
+        return _why_not_confirmation(patient, message, fresh=fresh)
     if patient is None:
         return "patient unknown"
     if appointment is None:
@@ -60,7 +63,7 @@ def why_not_wanted(
         return f"appointment {appointment.status}"
     if not patient.sms_opt_in:
         return "opted out"
-    if store.number_stopped(patient.phone):
+    if store.number_stopped(patient.phone, fresh=fresh):
         return "opted out (the number is stopped)"
     if message is not None:
         if message.patient_id != appointment.patient_id:
@@ -70,14 +73,14 @@ def why_not_wanted(
     return None
 
 
-def _why_not_confirmation(patient: PatientRecord | None, message: MessageRecord) -> str | None:
+def _why_not_confirmation(patient: PatientRecord | None, message: MessageRecord, *, fresh: bool) -> str | None:
     """A confirmation goes out while what it says is still true, to the number that replied: an opt-out one to a
     number still stopped (the one message a stopped number gets), an opt-in one to a number not stopped again."""
     if patient is None:
         return "patient unknown"
     if message.recipient != store.recipient_key(patient.phone):
         return "the patient's number changed since the reply"
-    stopped = store.number_stopped(patient.phone)
+    stopped = store.number_stopped(patient.phone, fresh=fresh)
     if message.appointment_id == OPTED_OUT and not stopped:
         return "no longer true: the number opted in again"
     if message.appointment_id == OPTED_IN and stopped:

@@ -556,3 +556,18 @@ def test_a_dose_record_corrected_back_to_scheduled_brings_a_new_follow_up(
         ("FollowUpClosed", "followup-a1"),
         ("FollowUpNeeded", "followup-a1-2"),
     ]
+
+
+def test_a_dose_moved_back_to_the_date_a_reminder_reached_the_family_about_is_reached_again(pipe: Pipeline) -> None:
+    """Reached about 20 March, moved to 20 April (to be reached again), then back to 20 March (an entry corrected):
+    the delivered reminder planning hands over was compared with the date before the event, and dropped."""
+    deliver_the_seven_day_reminder(pipe)
+    pipe.clock.sleep(20)
+    post_receipts(pipe)
+    pipe.clock.advance_to(datetime(2027, 3, 14, 10, 0, tzinfo=UTC))
+    handle_clinic_event(dose_event("a1", "p1", due_date=NEW_DUE), pipe.settings)
+    assert not store.get_appointment_state("a1").reached
+    pipe.clock.sleep(3600)
+    handle_clinic_event(dose_event("a1", "p1", due_date=DUE), pipe.settings)
+
+    assert store.get_appointment_state("a1").reached_type == "7_day_reminder"

@@ -6,6 +6,7 @@ event source mapping's delete-or-retry) and checks the stored messages, the queu
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -2022,3 +2023,90 @@ def test_a_grouped_record_delivered_twice_sends_a_sibling_once_when_the_other_is
 
     assert len([a for a in pipe.accepted() if "Awa" in a.text]) == 1, [a.text for a in pipe.accepted()]
     assert pipe.message(first).status == "sent"
+
+
+def test_a_stop_written_while_a_reminder_waits_out_a_throttle_stops_it(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the dose given above, but the family sends STOP: the reply handler writes the number's stop first (its
+    cancellations land after). The check after the pace read the stop as the batch had read it, and missed it."""
+    from core.providers.orange import OrangeProvider
+
+    pipe.configure(SMS_SENDER_CALLS_IN_FLIGHT=1)
+    pipe.start_orange(faults=[Fault(nth=1, status=429, retry_after=30)])
+    for n in (1, 2):
+        pipe.plan(n, DUE)
+    phones = {store.get_patient(f"p{n}").phone for n in (1, 2)}
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.dispatch()
+    real_wait, real_send = pacing.Pacer.wait, OrangeProvider.send
+    throttled: list[str] = []
+    stopped: list[datetime] = []
+
+    def send(self: OrangeProvider, **kwargs: Any) -> Any:
+        try:
+            return real_send(self, **kwargs)
+        except ProviderError:
+            throttled.append(kwargs["to"])
+            raise
+
+    def wait(self: pacing.Pacer, per_second: float, latest: Any = None) -> Any:
+        if throttled and not stopped:  # the other family's STOP, written by the reply handler (another Lambda)
+            (other,) = phones - {throttled[0]}
+            with another_lambda():  # its write does not reach this batch's read-ahead
+                store.stop_number(other, iso(pipe.clock.now()), "STOP")
+            stopped.append(pipe.clock.now())
+        return real_wait(self, per_second, latest)
+
+    @contextlib.contextmanager
+    def another_lambda() -> Iterator[None]:
+        ahead = store._ahead.get()
+        store._ahead.set(None)
+        try:
+            yield
+        finally:
+            store._ahead.set(ahead)
+
+    monkeypatch.setattr(OrangeProvider, "send", send)
+    monkeypatch.setattr(pacing.Pacer, "wait", wait)
+    pipe.send(pipe.receive())
+
+    assert stopped and not [a for a in pipe.accepted() if a.at > stopped[0]], "sent to a number stopped 30 s before"
+
+
+def test_a_lone_reminder_of_a_grouped_record_cancelled_during_its_request_can_be_revived(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Siblings on one phone, one record; the sibling's appointment cancelled, the first goes alone, bound to its SMS.
+    During its request (answered 503) its dose is moved to another date, and back five minutes later: the revival
+    was refused for as long as the sender that bound it might still request the SMS (15 minutes), and the reminder
+    was lost. It comes back bound to that SMS, so that its next send and any late one share one key."""
+    from core.providers.orange import OrangeProvider
+
+    pipe.start_orange(faults=[Fault(nth=1, status=503)])
+    first = pipe.plan(1, DUE, phone=PHONE)["7_day_reminder"]
+    pipe.plan(2, DUE, phone=PHONE, display_name="Kofi")
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.dispatch()
+    record = pipe.receive()
+    assert handle_clinic_event(envelope("AppointmentCancelled", appointment_id="a2"), pipe.settings).applied == 1
+    real_send = OrangeProvider.send
+    moved: list[bool] = []
+
+    def send(self: OrangeProvider, **kwargs: Any) -> Any:
+        if not moved:
+            moved.append(True)
+            assert handle_clinic_event(dose("a1", "p1", due_date="2027-03-27"), pipe.settings).applied == 1
+        return real_send(self, **kwargs)
+
+    monkeypatch.setattr(OrangeProvider, "send", send)
+    pipe.send(record)
+    monkeypatch.setattr(OrangeProvider, "send", real_send)
+    assert moved and pipe.message(first).status == "cancelled" and pipe.message(first).sms_key
+
+    pipe.clock.sleep(300)
+    assert handle_clinic_event(dose("a1", "p1", due_date=DUE), pipe.settings).applied == 1
+    assert pipe.message(first).status == "pending"
+    pipe.clock.advance_to(parse_iso(pipe.message(first).due_at))
+    pipe.cycle()
+    assert pipe.message(first).status == "sent" and len(pipe.accepted()) == 1
