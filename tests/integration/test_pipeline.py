@@ -1558,6 +1558,32 @@ def test_a_second_sms_deferred_for_want_of_a_provider_is_revived_by_an_opt_in(pi
     assert {pipe.message(i).status for i in (first, second)} == {"pending"}
 
 
+def test_a_stop_then_an_opt_in_within_minutes_of_a_grouped_binding_brings_the_reminders_back_once(
+    pipe: Pipeline,
+) -> None:
+    """As above, the OUI five minutes after the STOP: while the sender that bound the SMS could still be running, a
+    revival was refused and the reminders stayed cancelled until the family's next event. They come back bound to
+    that SMS, and go out once, under its key."""
+    pipe.configure(SMS_CIRCUIT_FAILURES="1")
+    pipe.start_orange(faults=[Fault(nth=1, status=503)])
+    first, second = _siblings_at_two_clinics(pipe)
+    pipe.clock.advance_to(SEVEN_DAY)
+    pipe.cycle()
+    planning.set_consent(PHONE, False, pipe.settings)  # STOP
+    pipe.clock.sleep(300)
+
+    planning.set_consent(PHONE, True, pipe.settings)  # OUI
+
+    assert {pipe.message(i).status for i in (first, second)} == {"pending"}
+    assert pipe.message(second).sms_key, "still bound to the SMS its sender may request (the first one's 503 freed it)"
+    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=31))  # past the open circuit's probe
+    for _ in range(3):
+        pipe.cycle()
+        pipe.clock.sleep(60)
+    assert {pipe.message(i).status for i in (first, second)} == {"sent"}
+    assert len([a for a in pipe.accepted() if a.text.startswith("Rappel")]) == 2  # one SMS per clinic, each once
+
+
 def _throttled_batch_read(*_: Any) -> Any:
     raise RuntimeError("batch read throttled: keys left unprocessed")
 
