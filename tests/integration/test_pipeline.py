@@ -6,7 +6,6 @@ event source mapping's delete-or-retry) and checks the stored messages, the queu
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import threading
@@ -1962,23 +1961,23 @@ def test_a_record_delivered_twice_racing_a_503_sends_the_reminder_once(
     assert len(pipe.accepted()) == 1, "the family got the reminder twice"
 
 
-def test_a_dose_given_while_a_reminder_waits_out_a_throttle_stops_it(
-    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two families in one batch, one call in flight. Orange answers the first request 429 with Retry-After: 30, and
-    the second family's reminder, checked a moment later, waits the 30 s out in the pacer. Its dose was recorded
-    given at the start of that wait, and the reminder was sent all the same, 30 s later: the check before the send
-    had not been made again after the pace. Now it is, once the wait is longer than a pace's few intervals."""
+def _during_a_throttled_pause(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[str], None]
+) -> tuple[str, datetime]:
+    """Two families in one batch, one call in flight: Orange answers the first request 429 with Retry-After: 30, and
+    the other family's reminder, checked a moment later, waits the 30 s out in the pacer. `meanwhile` runs at the
+    start of that wait, given the phone the 429 answered. Returns that phone, and when `meanwhile` ran."""
     from core.providers.orange import OrangeProvider
 
     pipe.configure(SMS_SENDER_CALLS_IN_FLIGHT=1)
     pipe.start_orange(faults=[Fault(nth=1, status=429, retry_after=30)])
-    ids = {n: pipe.plan(n, DUE)["7_day_reminder"] for n in (1, 2)}
+    for n in (1, 2):
+        pipe.plan(n, DUE)
     pipe.clock.advance_to(SEVEN_DAY)
     pipe.dispatch()
     real_wait, real_send = pacing.Pacer.wait, OrangeProvider.send
-    throttled: list[str] = []  # the phone the 429 answered
-    given: list[datetime] = []
+    throttled: list[str] = []
+    ran: list[datetime] = []
 
     def send(self: OrangeProvider, **kwargs: Any) -> Any:
         try:
@@ -1988,20 +1987,36 @@ def test_a_dose_given_while_a_reminder_waits_out_a_throttle_stops_it(
             raise
 
     def wait(self: pacing.Pacer, per_second: float, latest: Any = None) -> Any:
-        if throttled and not given:  # the other family's reminder, checked, now waits out the pause
-            other = "a2" if throttled[0] == PHONE else "a1"
-            event = envelope("DoseAdministered", appointment_id=other, administered_on="2027-03-13")
-            assert handle_clinic_event(event, pipe.settings).applied == 1
-            given.append(pipe.clock.now())
+        if throttled and not ran:
+            meanwhile(throttled[0])
+            ran.append(pipe.clock.now())
         return real_wait(self, per_second, latest)
 
     monkeypatch.setattr(OrangeProvider, "send", send)
     monkeypatch.setattr(pacing.Pacer, "wait", wait)
     assert pipe.send(pipe.receive()) == {"batchItemFailures": []}
+    assert ran, "the interleaving did not happen"
+    return throttled[0], ran[0]
 
-    assert given and not [a for a in pipe.accepted() if a.at > given[0]], "a reminder sent for a dose already given"
-    other = ids[2] if throttled[0] == PHONE else ids[1]
-    assert pipe.message(other).status == "cancelled"
+
+def test_a_dose_given_while_a_reminder_waits_out_a_throttle_stops_it(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other family's dose was recorded given at the start of the pause, and its reminder was sent all the same,
+    30 s later: the check before the send had not been made again after the pace. Now it is, once the wait is longer
+    than a pace's few intervals."""
+
+    def dose_given(throttled: str) -> None:
+        other = "a2" if throttled == PHONE else "a1"
+        event = envelope("DoseAdministered", appointment_id=other, administered_on="2027-03-13")
+        assert handle_clinic_event(event, pipe.settings).applied == 1
+
+    throttled, given = _during_a_throttled_pause(pipe, monkeypatch, dose_given)
+
+    assert not [a for a in pipe.accepted() if a.at > given], "a reminder sent for a dose already given"
+    other = "p2" if throttled == PHONE else "p1"
+    [reminder] = [m for m in store.messages_of_patient(other) if m.reminder_type == "7_day_reminder"]
+    assert reminder.status == "cancelled"
 
 
 def test_a_grouped_record_delivered_twice_sends_a_sibling_once_when_the_other_is_cancelled_between(
@@ -2056,48 +2071,19 @@ def test_a_stop_written_while_a_reminder_waits_out_a_throttle_stops_it(
 ) -> None:
     """As the dose given above, but the family sends STOP: the reply handler writes the number's stop first (its
     cancellations land after). The check after the pace read the stop as the batch had read it, and missed it."""
-    from core.providers.orange import OrangeProvider
 
-    pipe.configure(SMS_SENDER_CALLS_IN_FLIGHT=1)
-    pipe.start_orange(faults=[Fault(nth=1, status=429, retry_after=30)])
-    for n in (1, 2):
-        pipe.plan(n, DUE)
-    phones = {store.get_patient(f"p{n}").phone for n in (1, 2)}
-    pipe.clock.advance_to(SEVEN_DAY)
-    pipe.dispatch()
-    real_wait, real_send = pacing.Pacer.wait, OrangeProvider.send
-    throttled: list[str] = []
-    stopped: list[datetime] = []
-
-    def send(self: OrangeProvider, **kwargs: Any) -> Any:
-        try:
-            return real_send(self, **kwargs)
-        except ProviderError:
-            throttled.append(kwargs["to"])
-            raise
-
-    def wait(self: pacing.Pacer, per_second: float, latest: Any = None) -> Any:
-        if throttled and not stopped:  # the other family's STOP, written by the reply handler (another Lambda)
-            (other,) = phones - {throttled[0]}
-            with another_lambda():  # its write does not reach this batch's read-ahead
-                store.stop_number(other, iso(pipe.clock.now()), "STOP")
-            stopped.append(pipe.clock.now())
-        return real_wait(self, per_second, latest)
-
-    @contextlib.contextmanager
-    def another_lambda() -> Iterator[None]:
+    def stop_from_another_lambda(throttled: str) -> None:
+        (other,) = {store.get_patient(f"p{n}").phone for n in (1, 2)} - {throttled}
         ahead = store._ahead.get()
-        store._ahead.set(None)
+        store._ahead.set(None)  # the reply handler's write does not reach this batch's read-ahead
         try:
-            yield
+            store.stop_number(other, iso(pipe.clock.now()), "STOP")
         finally:
             store._ahead.set(ahead)
 
-    monkeypatch.setattr(OrangeProvider, "send", send)
-    monkeypatch.setattr(pacing.Pacer, "wait", wait)
-    pipe.send(pipe.receive())
+    _, stopped = _during_a_throttled_pause(pipe, monkeypatch, stop_from_another_lambda)
 
-    assert stopped and not [a for a in pipe.accepted() if a.at > stopped[0]], "sent to a number stopped 30 s before"
+    assert not [a for a in pipe.accepted() if a.at > stopped], "sent to a number stopped 30 s before"
 
 
 def test_a_lone_reminder_of_a_grouped_record_cancelled_during_its_request_can_be_revived(
