@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from core.store import parse_iso
 from rappel_cli.invoke import shift_dates
 from rappel_local.change_streams import ChangeStreams
 
@@ -90,7 +91,13 @@ def run_every_sample(invoke: Invoke, *, sqs: Any, dynamodb: Any, stack: Any, sim
     # The stream mappings hand the tables' changes to tally_changes, which keeps the counters the report reads.
     assert ChangeStreams(environment=stack.environment()).drain(invoke) > 0
     daily = invoke("daily_statistics", shifted_event("schedule_daily_statistics.json", days))
-    assert daily["total"]["sent"] == 1 and daily["total"]["delivered"] == 1
+    # The report is the day before's (it runs at 04:00) and the real clock decides which day that is: the send and
+    # its delivery, made now, are in it when it covers today (until noon UTC it is yesterday's). Counted where made.
+    item = dynamodb.get_item(TableName=stack.messages_table, Key={"message_id": {"S": message_id}})["Item"]
+    day = parse_iso(daily["window_start"])  # the local day it reports (APP_TIMEZONE is UTC+0 here)
+    made = [parse_iso(item[name]["S"]) for name in ("sent_at", "delivered_at")]
+    expected = [int(day <= at < day + timedelta(days=1)) for at in made]
+    assert [daily["total"]["sent"], daily["total"]["delivered"]] == expected, (day, expected)
     tallied = invoke("tally_changes", shifted_event("stream_message_changes.json", days))
     assert (tallied["changes"], tallied["counted"]) == (1, 1)
     assert invoke("plan_reminders", shifted_event("dose_administered.json", days))["cancelled"] == 2
