@@ -285,7 +285,8 @@ def read_timeout_in_body() -> requests.exceptions.ConnectionError:
             FailureKind.TRANSIENT,
             "connect_error",
         ),
-        (lambda: requests.exceptions.SSLError(SECRET_URL), FailureKind.TRANSIENT, "connect_error"),
+        # Handshake or reply: nothing says which (tests/integration/test_provider_tls.py raises each for real).
+        (lambda: requests.exceptions.SSLError(SECRET_URL), FailureKind.AMBIGUOUS, "connection_dropped"),
         (lambda: requests.exceptions.ReadTimeout(SECRET_URL), FailureKind.AMBIGUOUS, "read_timeout"),
         (read_timeout_in_body, FailureKind.AMBIGUOUS, "read_timeout"),
         (dropped, FailureKind.AMBIGUOUS, "connection_dropped"),

@@ -12,6 +12,7 @@ import math
 import re
 import socket
 import ssl
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -318,11 +319,23 @@ _NOT_SENT = (
     urllib3.exceptions.NewConnectionError,
     urllib3.exceptions.ConnectTimeoutError,
     urllib3.exceptions.ProxyError,
-    urllib3.exceptions.SSLError,
-    ssl.SSLError,
     socket.gaierror,
     ConnectionRefusedError,
 )
+
+
+def _failed_handshake(chain: list[BaseException]) -> bool:
+    """A TLS error raised while the connection was being set up, before the request was written: an untrusted
+    certificate, or an error raised inside the handshake. The same `SSLError` type is raised reading a reply (a
+    broken record after the provider read the whole request), so the place it was raised decides."""
+    return any(
+        isinstance(e, ssl.SSLCertVerificationError)
+        or (
+            isinstance(e, ssl.SSLError)
+            and any(frame.f_code.co_name == "do_handshake" for frame, _ in traceback.walk_tb(e.__traceback__))
+        )
+        for e in chain
+    )
 
 
 def classify_transport(exc: BaseException) -> ProviderError:
@@ -338,8 +351,10 @@ def classify_transport(exc: BaseException) -> ProviderError:
         isinstance(e, urllib3.exceptions.ReadTimeoutError) for e in chain
     ):
         return ProviderError(FailureKind.AMBIGUOUS, "read_timeout", names)
-    if isinstance(exc, requests.exceptions.SSLError | requests.exceptions.ProxyError) or any(
-        isinstance(e, _NOT_SENT) for e in chain
+    if (
+        isinstance(exc, requests.exceptions.ProxyError)
+        or _failed_handshake(chain)
+        or any(isinstance(e, _NOT_SENT) for e in chain)
     ):
         return ProviderError(FailureKind.TRANSIENT, "connect_error", names)
     if isinstance(
