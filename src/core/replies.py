@@ -16,7 +16,8 @@ confirmation SMS, in the language of the phone's first patient (by id), sent thr
 message of the kind `confirmation` (`core.wanted`), and one `PatientOptedOut` / `PatientOptedIn` event for the
 clinic system (`core.notify`). A reply that changes nothing (the number is stopped already) gets neither. Other
 texts, and replies from numbers no patient has, are recorded (bounded, the number masked) and counted, never
-answered.
+answered; a keyword from a number no patient has still writes or lifts the phone's stop, for the patients
+registered with it later.
 """
 
 from __future__ import annotations
@@ -233,7 +234,14 @@ def apply_reply(sms: InboundSms, settings: Settings) -> InboundOutcome:
     # looks again before the reply is taken as a stranger's: a STOP must not be lost to the index's lag.
     patients = patiently(lambda: store.patients_with_phone(sms.sender), lambda known: bool(known) or found is None)
     if not patients:
-        return _unanswered(sms, "unknown_sender", now, settings)
+        stop = None
+        if found is not None:
+            # The phone is what a reply opts out or in, patients or not: a STOP sent before the register reaches us
+            # must hold for the child registered with that phone later. Nobody to confirm to, in no known language.
+            opt_in = found.intent is Intent.OPT_IN
+            changed = change_consent(sms.sender, opt_in, settings, now, by="reply", patients=[]).stop_changed
+            stop = ("lifted" if opt_in else "written") if changed else None
+        return _unanswered(sms, "unknown_sender", now, settings, stop=stop)
     finish_pending(sms.sender, patients, settings, asked=None if found is None else found.intent is Intent.OPT_IN)
     if found is None:
         return _unanswered(sms, "unknown_text", now, settings)
@@ -407,10 +415,13 @@ def _confirmation(
     )
 
 
-def _unanswered(sms: InboundSms, outcome: str, now: datetime, settings: Settings) -> InboundOutcome:
-    """Record (up to MAX_RECORDED_PER_DAY a day, the number masked, kept SMS_RETENTION_DAYS) and count a reply that
-    changes nothing; it is never answered. Nothing recorded derives from the full number (no hash of it, which the
-    masked number and the time would let anyone reverse), so the record's key is random."""
+def _unanswered(
+    sms: InboundSms, outcome: str, now: datetime, settings: Settings, *, stop: str | None = None
+) -> InboundOutcome:
+    """Record (up to MAX_RECORDED_PER_DAY a day, the number masked, kept SMS_RETENTION_DAYS) and count a reply no
+    SMS answers; `stop`: what it did to the number's stop (written, lifted) when no patient has the number. Nothing
+    recorded derives from the full number (no hash of it, which the masked number and the time would let anyone
+    reverse), so the record's key is random."""
     count(MetricName.REPLIES_UNKNOWN)
     if store.count_reply(now, outcome) <= MAX_RECORDED_PER_DAY:
         record = {
@@ -419,8 +430,11 @@ def _unanswered(sms: InboundSms, outcome: str, now: datetime, settings: Settings
             "to": sms.to,
             "text": sms.text,
             "length": sms.length,
+            **({"stop": stop} if stop else {}),
         }
         key = secrets.token_hex(8)
         store.record_reply(now, key, json.dumps(record, ensure_ascii=False), settings.SMS_RETENTION_DAYS)
-    logger.info("reply recorded, not answered", extra={"outcome": outcome, "from": mask_phone(sms.sender)})
+    logger.info(
+        "reply recorded, not answered", extra={"outcome": outcome, "from": mask_phone(sms.sender), "stop": stop}
+    )
     return InboundOutcome(outcome)

@@ -237,7 +237,7 @@ def test_unknown_texts_and_senders_are_recorded_and_counted_never_answered(
     assert outcome(reply(pipe, "STOP", sender="+2250708091011")) == "unknown_sender"
 
     assert statuses(reminders) == {"pending"}
-    assert not store.number_stopped(PHONE) and not store.number_stopped("+2250708091011")
+    assert not store.number_stopped(PHONE)
     assert confirmations() == [] and clinic_events() == []
     pipe.cycle()
     assert pipe.accepted() == []
@@ -250,6 +250,40 @@ def test_unknown_texts_and_senders_are_recorded_and_counted_never_answered(
     assert {r["from"] for r in recorded} == {"+225******04", "+225******11"}
     assert all(PHONE not in (i.text or "") for i in items)
     assert all(i.expires_at is not None for i in items)
+
+
+STRANGER = "+2250708091011"
+
+
+def test_a_stop_from_a_number_no_patient_has_yet_holds_for_the_patient_registered_with_it_later(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """A family texts STOP before the clinic's register reaches Rappel (or from the phone it is about to give): the
+    phone's stop is written all the same, unanswered (no patient, no language to answer in), and the child registered
+    with that phone later gets no reminder until the family texts OUI."""
+    assert outcome(reply(pipe, "STOP", sender=STRANGER)) == "unknown_sender"
+    assert store.number_stopped(STRANGER)
+    assert confirmations() == [] and clinic_events() == []
+
+    assert pipe.plan(1, phone=STRANGER) == {}  # nothing planned for a stopped phone
+    pipe.clock.advance_to(datetime(2027, 3, 13, 9, 0, tzinfo=UTC))  # the 7-day reminder's hour
+    pipe.cycle()
+    assert pipe.accepted() == []
+
+    assert outcome(reply(pipe, "OUI", sender=STRANGER)) == "opted_in"
+    assert not store.number_stopped(STRANGER)
+    assert len(confirmations()) == 1  # the opt-in's: the stop was never confirmed
+    pipe.cycle()
+    sent = {m.reminder_type for m in store.messages_of_patient("p1") if m.status == Status.SENT.value}
+    assert sent == {CONFIRMATION, "7_day_reminder"}
+
+
+def test_an_opt_in_from_a_number_no_patient_has_lifts_its_stop(pipe: Pipeline) -> None:
+    assert outcome(reply(pipe, "STOP", sender=STRANGER)) == "unknown_sender"
+    assert outcome(reply(pipe, "OUI", sender=STRANGER)) == "unknown_sender"
+    assert not store.number_stopped(STRANGER)
+    recorded = [json.loads(i.text or "{}") for i in store.replies_of_day(pipe.clock.now().strftime("%Y-%m-%d"))]
+    assert sorted(r.get("stop", "") for r in recorded if "text" in r) == ["lifted", "written"]
 
 
 def test_a_2000_character_text_is_cut_to_one_sms_before_anything(pipe: Pipeline) -> None:
