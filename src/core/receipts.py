@@ -42,6 +42,9 @@ KANNEL_TYPES: dict[int, tuple[str, Status | None]] = {
     8: ("DeliveredToNetwork", None),
     16: ("RejectedBySmsc", Status.FAILED),
 }
+# Receipts that say the SMS never left the provider (Kannel's 16: the SMSC refused it, or bearerbox dropped it past
+# its validity after a link outage): no proof an ambiguous send was taken.
+NEVER_LEFT = frozenset({"RejectedBySmsc"})
 
 
 def _not_queued(message: MessageRecord | None) -> bool:
@@ -219,11 +222,15 @@ def _move(
 
 
 def _taken_after_all(
-    message: MessageRecord, provider: ProviderName, settings: Settings, now: datetime
+    message: MessageRecord, provider: ProviderName, provider_status: str, settings: Settings, now: datetime
 ) -> MessageRecord | None:
     """An ambiguous send dead-lettered for an operator (its text is recorded), whose receipt came: the provider took
     the SMS after all. Recorded sent, from when it was tried, before an operator sends it again; the receipt then
-    settles it as it would any sent message. The message as it now is (an operator's resend may have come first)."""
+    settles it as it would any sent message. The message as it now is (an operator's resend may have come first);
+    None when the receipt says the SMS never left the provider: the dead letter stays the operator's."""
+    if provider_status in NEVER_LEFT:
+        logger.info("ambiguous dead letter never left the provider", extra={"message_id": message.message_id})
+        return None
     change = Change(
         target=Status.SENT,
         sources=frozenset({Status.DEAD_LETTER}),
@@ -309,7 +316,7 @@ def apply_receipt(
         return ReceiptOutcome("unknown")
     now = clock.now()
     if message.state is Status.DEAD_LETTER and message.text is not None:
-        message = _taken_after_all(message, provider, settings, now)
+        message = _taken_after_all(message, provider, provider_status, settings, now)
         if message is None:
             return ReceiptOutcome(_Move.UNCHANGED.value, message_id)
     moved = _move(message, provider_status, target, learnt, settings, now)

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import boto3
 import botocore.client
@@ -746,3 +747,29 @@ def test_the_dlr_of_an_ambiguous_kannel_dead_letter_settles_it_so_no_operator_se
     pipe.aws.tally()
     day = statistics("day", pipe.settings, pipe.clock.now()).total
     assert (day.dead_lettered, day.sent, day.delivered) == (0, siblings, siblings)
+
+
+def test_a_kannel_reject_leaves_an_ambiguous_dead_letter_to_its_operator(pipe: Pipeline) -> None:
+    """A DLR 16 (rejected by the SMSC, or dropped by bearerbox past its validity after a link outage) says the SMS
+    never left Kannel: it is no proof the provider took it. The dead letter used to be recorded sent, then failed, and
+    counted sent; the operator could no longer send it."""
+    kannel = pipe.start_kannel(faults=[Fault(timeout="after_send")])
+    pipe.configure(SMS_ON_AMBIGUOUS_SEND="dead_letter", SMS_PROVIDERS="kannel", PROVIDER_READ_TIMEOUT_SECONDS="0.5")
+    message_id = pipe.plan(1, "2027-03-20", phone=PHONE)["7_day_reminder"]
+    kannel.disconnect_smsc()  # smsbox queues the SMS, bearerbox holds it
+    pipe.clock.advance_to(DUE_AT)
+    pipe.cycle()
+    assert pipe.message(message_id).status == "dead_letter"
+
+    pipe.clock.advance_to(DUE_AT + timedelta(days=1))
+    kannel.connect_smsc()  # past its validity: dropped with a DLR 16, never sent
+    (dlr_url,) = kannel.due_receipts(pipe.clock.now())
+    params = dict(parse_qsl(urlsplit(dlr_url).query))
+    assert params["type"] == "16" and kannel.accepted == []
+
+    assert _answer(pipe.receipt("GET", "/kannel", params, headers={"user-agent": "Kannel/1.4.5"}))[0] == 200
+    message = pipe.message(message_id)
+    assert message.status == "dead_letter" and "dead_letter>sent" not in " ".join(message.history or [])
+    pipe.aws.tally()
+    assert statistics("day", pipe.settings, pipe.clock.now()).total.sent == 0
+    assert sending.resend_dead_letter(message_id, pipe.settings)
