@@ -515,8 +515,7 @@ def _next_reminder_within_gap(
 ) -> MessageRecord | None:
     """The later reminder of this dose that will go out within SMS_MIN_GAP_HOURS of now, if any: a late reminder
     that close to the next is dropped, so a family never gets two for one dose in a few hours (no pile-up)."""
-    gap = timedelta(hours=settings.SMS_MIN_GAP_HOURS)
-    if not gap or is_confirmation(message):
+    if not settings.SMS_MIN_GAP_HOURS or is_confirmation(message):
         return None
     # Cheap first: by the timing rules, is any later reminder of this dose due that soon? Only then read them.
     soon = later_reminders_due_within(
@@ -525,7 +524,7 @@ def _next_reminder_within_gap(
         ZoneInfo(patient.timezone),
         int(patient.preferred_hour) if patient.preferred_hour is not None else None,
         settings,
-        now + gap,
+        now=now,
     )
     if not soon:
         return None

@@ -193,13 +193,17 @@ def later_reminders_due_within(
     zone: ZoneInfo,
     preferred_hour: int | None,
     settings: Settings,
-    until: datetime,
+    *,
+    now: datetime,
 ) -> list[ReminderType]:
-    """The reminder types of the same dose planned after `reminder_type` and before `until`: a late reminder
-    going out now would reach the family shortly before them (SMS_MIN_GAP_HOURS decides how shortly)."""
+    """The reminder types of the same dose that a late reminder going out now would reach the family shortly before
+    (within SMS_MIN_GAP_HOURS): planned after it and before now + the gap, and at least the gap after its own planned
+    time, so that only its lateness brings them close. A gap wider than the rules' own spacing (1-day and overdue
+    are 53 h apart by default, the gap may be 72) never drops a reminder going out on time."""
+    gap = timedelta(hours=settings.SMS_MIN_GAP_HOURS)
     own = send_time(rule_for(reminder_type, settings), due, zone, preferred_hour, settings)
     return [
         rule.reminder_type
         for rule in reminder_rules(settings)
-        if own < send_time(rule, due, zone, preferred_hour, settings) < until
+        if own + gap <= send_time(rule, due, zone, preferred_hour, settings) < now + gap
     ]

@@ -263,6 +263,23 @@ def test_a_late_reminder_close_to_the_next_is_superseded_and_only_the_later_goes
     assert len([s for s in out["sends"] if s["at"] < "2027-03-12"]) == 1, describe(out)
 
 
+def test_a_gap_wider_than_the_reminders_planned_spacing_never_drops_an_on_time_reminder() -> None:
+    """SMS_MIN_GAP_HOURS may be up to 72; the 1-day and overdue reminders are planned 53 h apart (09:00 the day before,
+    14:00 the day after). With a 60 h gap every on-time 1-day reminder was dropped for the overdue one, which goes only
+    if the dose is missed: a family that came on the due date never got a reminder the day before. Only lateness may
+    bring a reminder within the gap of the next."""
+    events = [
+        patient_event("2027-03-01T08:00:00Z", "p1", phone(1), name="Awa"),
+        dose_event("2027-03-01T08:00:00Z", "a1", "p1", DUE),
+        administered_event("2027-03-12T10:00:00Z", "a1", DUE),  # the family came on the day
+    ]
+    data = scenario(START, UNTIL, events, settings={"SMS_MIN_GAP_HOURS": 60})
+    out = run(data)
+    assert_invariants(out, data)
+    one_day = by_type(out, "a1")["1_day_reminder"]
+    assert one_day["status"] == "delivered", describe(out)
+
+
 def test_without_a_minimum_gap_both_go_within_the_hour() -> None:
     data = late_planning(SMS_MIN_GAP_HOURS=0)
     out = run(data)

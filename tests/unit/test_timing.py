@@ -173,11 +173,27 @@ def test_later_reminders_due_within_a_gap_of_a_late_reminder() -> None:
     due = date(2027, 3, 12)
     one_day = datetime(2027, 3, 11, 9, 0, tzinfo=UTC)
     args = (ReminderType.SEVEN_DAY, due, zone, None, settings)
-    assert later_reminders_due_within(*args, one_day) == []  # the 1-day is at `until`, not before it
-    assert later_reminders_due_within(*args, one_day + timedelta(seconds=1)) == [ReminderType.ONE_DAY]
-    assert (
-        later_reminders_due_within(ReminderType.OVERDUE, due, zone, None, settings, one_day + timedelta(days=9)) == []
-    )
+    gap = timedelta(hours=settings.SMS_MIN_GAP_HOURS)
+    assert later_reminders_due_within(*args, now=one_day - gap) == []  # the 1-day is at the gap's end, not before it
+    assert later_reminders_due_within(*args, now=one_day - gap + timedelta(seconds=1)) == [ReminderType.ONE_DAY]
+    overdue = (ReminderType.OVERDUE, due, zone, None, settings)
+    assert later_reminders_due_within(*overdue, now=one_day + timedelta(days=9)) == []
+
+
+def test_only_lateness_brings_a_reminder_within_the_gap_of_the_next() -> None:
+    """Planned closer than the gap (1-day 09:00 the day before, overdue 14:00 the day after: 53 h; a gap of 60 h), the
+    next reminder does not supersede one going out on time."""
+    from core.timing import later_reminders_due_within
+
+    settings = build_settings(SMS_MIN_GAP_HOURS=60)
+    zone = ZoneInfo("Africa/Abidjan")
+    on_time = datetime(2027, 3, 11, 9, 0, tzinfo=UTC)
+    args = (ReminderType.ONE_DAY, date(2027, 3, 12), zone, None, settings)
+    assert later_reminders_due_within(*args, now=on_time) == []
+    assert later_reminders_due_within(*args, now=on_time + timedelta(hours=10)) == []
+    seven_day_args = (ReminderType.SEVEN_DAY, date(2027, 3, 12), zone, None, settings)
+    late = datetime(2027, 3, 9, 9, 0, tzinfo=UTC)  # four days late: 48 h before the 1-day reminder
+    assert later_reminders_due_within(*seven_day_args, now=late) == [ReminderType.ONE_DAY]
 
 
 def test_a_gap_that_runs_to_midnight_keeps_each_reminder_on_its_day() -> None:
