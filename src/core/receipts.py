@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 
@@ -42,6 +42,11 @@ KANNEL_TYPES: dict[int, tuple[str, Status | None]] = {
     8: ("DeliveredToNetwork", None),
     16: ("RejectedBySmsc", Status.FAILED),
 }
+# Every status a receipt may carry (Orange's, and the names given Kannel's DLR types) -> our status.
+_TARGET_OF: dict[str, Status | None] = {**ORANGE_STATUSES, **dict(KANNEL_TYPES.values())}
+# How long a receipt for an SMS not recorded sent yet is kept: as long as the stored answer that records it may be
+# replayed (sending.IDEMPOTENCY_TTL_SECONDS, longer than the send DLQ's 14 days).
+PARKED_FOR = timedelta(days=15)
 # Receipts that say the SMS never left the provider (Kannel's 16: the SMSC refused it, or bearerbox dropped it past
 # its validity after a link outage): no proof an ambiguous send was taken.
 NEVER_LEFT = frozenset({"RejectedBySmsc"})
@@ -122,6 +127,8 @@ def orange_receipt(body: str, settings: Settings) -> ReceiptOutcome:
         message_ids = _ambiguous_sms_for(notification.deliveryInfo.address)
         learnt = {"provider_message_id": provider_id}
     if not message_ids:
+        # Maybe an SMS whose sent write is still to come (its sender died after Orange's 201): kept for it.
+        park(ProviderName.ORANGE, provider_id, delivery_status)
         count(MetricName.RECEIPTS_UNKNOWN)
         logger.warning("receipt for an unknown provider message id", extra={"provider": "orange"})
         return ReceiptOutcome("unknown")
@@ -137,12 +144,16 @@ def _settle_sms(
     settings: Settings,
     learnt: dict[str, str],
     read: dict[str, MessageRecord],
+    *,
+    named: str | None = None,
 ) -> ReceiptOutcome:
     """A receipt is for one SMS, which may carry several reminders: it settles every one of them that this provider
     sent (a receipt from the other provider of a failover pair, misrouted or forged, settles nothing). `read`: the
     members the search for them has just read (strongly consistent), not read again."""
     outcomes = [
-        apply_receipt(m, provider_status, target, settings, learnt=learnt, provider=provider, read=read.get(m))
+        apply_receipt(
+            m, provider_status, target, settings, learnt=learnt, provider=provider, read=read.get(m), named=named
+        )
         for m in sorted(message_ids)
     ]
     return next((o for o in outcomes if o.result != "unchanged"), outcomes[0])
@@ -284,9 +295,10 @@ def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome
     else:
         message_ids, read = [message_id], {}
     if not message_ids:
+        park(ProviderName.KANNEL, message_id, name)  # a grouped SMS whose sent writes are still to come
         count(MetricName.RECEIPTS_UNKNOWN)
         return ReceiptOutcome("unknown")
-    return _settle_sms(ProviderName.KANNEL, message_ids, name, target, settings, {}, read)
+    return _settle_sms(ProviderName.KANNEL, message_ids, name, target, settings, {}, read, named=message_id)
 
 
 def apply_receipt(
@@ -298,13 +310,16 @@ def apply_receipt(
     provider: ProviderName,
     learnt: dict[str, str] | None = None,
     read: MessageRecord | None = None,
+    named: str | None = None,
 ) -> ReceiptOutcome:
     """Move a sent message to delivered or failed, or record an intermediate status; never backwards.
 
     `provider`: whose receipt it is; only a message that provider took is settled (one sent before providers were
     recorded, with none, is taken as the receipt's). `learnt`: what the receipt taught us about the message (the
     provider id of an ambiguous send), written with the status change. `read`: the message as the caller has just
-    read it (strongly consistent), used instead of a read of its own unless it is still `queued`.
+    read it (strongly consistent), used instead of a read of its own unless it is still `queued`. `named`: the id the
+    receipt named, under which it is parked when the message is still `queued` after the wait (its sender died
+    after the provider took it: the replay that records it sent applies the receipt, `apply_parked`).
     """
     if read is not None and _not_queued(read):
         message: MessageRecord | None = read
@@ -314,6 +329,9 @@ def apply_receipt(
         count(MetricName.RECEIPTS_UNKNOWN)
         logger.warning("receipt for a message unknown or not this provider's", extra={"provider": provider.value})
         return ReceiptOutcome("unknown")
+    if message.state is Status.QUEUED and named is not None:
+        park(provider, named, provider_status)
+        return ReceiptOutcome("parked", message_id)
     now = clock.now()
     if message.state is Status.DEAD_LETTER and message.text is not None:
         message = _taken_after_all(message, provider, provider_status, settings, now)
@@ -330,6 +348,19 @@ def apply_receipt(
         followup.note_delivered(message, settings, now)
     if moved is not _Move.MOVED or target is None:
         return ReceiptOutcome((_Move.UNCHANGED if moved is _Move.STALE else moved).value, message_id)
+    _settled(message, provider, provider_status, target, settings, now)
+    return ReceiptOutcome(target.value, message_id)
+
+
+def _settled(
+    message: MessageRecord,
+    provider: ProviderName,
+    provider_status: str,
+    target: Status,
+    settings: Settings,
+    now: datetime,
+) -> None:
+    """What follows a receipt that moved the message: the family reached, the metrics, the log."""
     if target is Status.DELIVERED:
         followup.note_delivered(message, settings, now)
         count(MetricName.SMS_DELIVERED, reminder_type=message.reminder_type, provider=provider.value)
@@ -344,6 +375,25 @@ def apply_receipt(
     else:
         count(MetricName.SMS_FAILED, reminder_type=message.reminder_type, provider=provider.value)
     logger.info(
-        "receipt applied", extra={"message_id": message_id, "status": target.value, "provider_status": provider_status}
+        "receipt applied",
+        extra={"message_id": message.message_id, "status": target.value, "provider_status": provider_status},
     )
-    return ReceiptOutcome(target.value, message_id)
+
+
+# ---------------------------------------------------------------------------------------------- parked receipts
+
+
+def park(provider: ProviderName, sms_id: str, provider_status: str) -> None:
+    """Keep a receipt for an SMS not recorded sent yet, under the id it named, until the recording applies it."""
+    store.park_receipt(provider.value, sms_id, provider_status, clock.now(), PARKED_FOR)
+    logger.info("receipt parked until its SMS is recorded sent", extra={"provider": provider.value, "sms": sms_id})
+
+
+def apply_parked(provider: str, sms_id: str, message_ids: list[str], settings: Settings) -> None:
+    """Apply, in the order they came, the receipts parked for an SMS now recorded sent late (a replay after a crash,
+    or a sent write that outlasted the receipts' wait) to its reminders. Each is applied as if it came now, so it is
+    monotonic and idempotent: applying one twice changes nothing."""
+    for provider_status in store.parked_receipts(provider, sms_id):
+        target = _TARGET_OF.get(provider_status)
+        for message_id in message_ids:
+            apply_receipt(message_id, provider_status, target, settings, provider=ProviderName(provider))

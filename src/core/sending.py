@@ -34,7 +34,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS
 from pydantic import ValidationError
 
-from core import clock, provider_state, queue, store
+from core import clock, provider_state, queue, receipts, store
 from core.circuit import PROBE_INTERVAL
 from core.dispatch import claim_change
 from core.lifecycle import Status
@@ -131,6 +131,10 @@ MESSAGE_READ_FRESH = timedelta(seconds=1)
 # much more) before the reminder is read and checked again. With MESSAGE_READ_FRESH, about how long before the
 # request a cancellation may land and still be missed; a pace of one SMS a second per instance stays under it.
 CHECK_AGAIN_AFTER_WAITING = timedelta(seconds=5)
+# A sent write this long after its request may land after a receipt has given up waiting for it (3 s, from the
+# provider's answer, `retry.LOOK_AGAIN_WAITS`) and parked itself: such a write, and a replay's, applies the parked
+# receipts. A request and its write take well under a second, so the normal path never reads them.
+RECORDED_LATE = timedelta(seconds=1)
 
 _default_pacer = Pacer()
 _pacer = _default_pacer
@@ -507,7 +511,16 @@ def _record_replayed(message: MessageRecord, accepted: dict[str, Any], settings:
     text = accepted.get("text")
     segments = count_segments(text) if text else None
     carried = len(accepted.get("message_ids") or [message.message_id])
-    return _record_sent(message, int(message.attempts) + 1, accepted, text, segments, settings, carried=carried)
+    outcome = _record_sent(message, int(message.attempts) + 1, accepted, text, segments, settings, carried=carried)
+    _apply_parked_receipts(accepted, [message.message_id], settings)
+    return outcome
+
+
+def _apply_parked_receipts(accepted: dict[str, Any], message_ids: list[str], settings: Settings) -> None:
+    """The receipts that came before this SMS was recorded sent, and were parked for it, applied now."""
+    provider, sms_id = accepted.get("provider"), accepted.get("provider_message_id")
+    if provider and sms_id:
+        receipts.apply_parked(str(provider), str(sms_id), message_ids, settings)
 
 
 def _next_reminder_within_gap(
@@ -761,7 +774,10 @@ def _request(
         return _after_ambiguous(accepted, bool(requested), members, rendered, settings)
     if requested:  # a replay asked no provider anything: it says nothing of this one's circuit
         provider_state.record_answer(provider, clock.now())
-    return _record_accepted(accepted, request, members, rendered, settings)
+    outcomes = _record_accepted(accepted, request, members, rendered, settings)
+    if not requested or clock.now() - requested[-1] > RECORDED_LATE:
+        _apply_parked_receipts(accepted, [m.message.message_id for m in members], settings)
+    return outcomes
 
 
 def _at_the_request(

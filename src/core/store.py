@@ -1088,6 +1088,25 @@ def record_reply(at: datetime, key: str, text: str, keep_days: int) -> bool:
     return _applied(lambda: record.save(condition=OpsRecord.pk.does_not_exist()))
 
 
+# A receipt that came before its SMS was recorded sent (a sender that died after the provider took it, and whose
+# record comes back after the visibility timeout): pk `RECEIPT#<provider>#<the id the receipt named>`, sk
+# `<time>#<status>`, kept until its TTL; the recording of that SMS applies it (`receipts.apply_parked`).
+_PARKED_RECEIPT = "RECEIPT#"
+
+
+def park_receipt(provider: str, sms_id: str, provider_status: str, at: datetime, keep: timedelta) -> bool:
+    """Keep one receipt for an SMS not recorded sent yet; False if this very receipt is kept already."""
+    record = OpsRecord(f"{_PARKED_RECEIPT}{provider}#{sms_id}", f"{iso(at)}#{provider_status}", text=provider_status)
+    record.expires_at = at + keep
+    return _applied(lambda: record.save(condition=OpsRecord.pk.does_not_exist()))
+
+
+def parked_receipts(provider: str, sms_id: str) -> list[str]:
+    """The statuses of the receipts kept for that SMS, in the order they came (one Query)."""
+    items = OpsRecord.query(f"{_PARKED_RECEIPT}{provider}#{sms_id}", consistent_read=True)
+    return [str(item.text) for item in items]
+
+
 def replies_of_day(day: str) -> list[OpsRecord]:
     """One day's recorded replies and counts (pk `INBOUND#<day>`: what an operator reads, and tests)."""
     return list(OpsRecord.query(f"{_INBOUND}{day}", consistent_read=True))

@@ -18,6 +18,7 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from core import pacing, sending, store
+from core.lifecycle import Status
 from core.planning import handle_clinic_event
 from core.secrets import secret_text
 from core.settings import Settings
@@ -229,3 +230,19 @@ def emf(stdout: str) -> dict[str, float]:
                     value if isinstance(value, list) else [value]
                 )
     return totals
+
+
+def crash_once_after_the_provider_accepted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The next sent write dies (the Lambda killed after the provider accepted and the idempotency record was
+    saved: a failure no test can cause otherwise); returns the ids it was for, once it happened."""
+    real_transition = store.transition
+    crashes: list[str] = []
+
+    def crash_once_on_sent(message: Any, change: Any, **kwargs: Any) -> bool:
+        if change.target is Status.SENT and not crashes:
+            crashes.append(message.message_id)
+            raise RuntimeError("Lambda killed after the provider accepted")
+        return real_transition(message, change, **kwargs)
+
+    monkeypatch.setattr(store, "transition", crash_once_on_sent)
+    return crashes

@@ -29,7 +29,15 @@ from core.store import MessageRecord, iso, parse_iso
 from rappel_local.embedded import FakeLambdaContext, sqs_event
 from rappel_local.orange_simulator import Fault, OrangeSimulator
 from tests.helpers import dose, envelope, patient
-from tests.integration.pipeline_kit import CLIENT_ID, CLIENT_SECRET, PHONE, Pipeline, bodies, emf
+from tests.integration.pipeline_kit import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    PHONE,
+    Pipeline,
+    bodies,
+    crash_once_after_the_provider_accepted,
+    emf,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -436,25 +444,9 @@ def test_the_same_sqs_record_delivered_twice_makes_one_provider_request(pipe: Pi
     assert pipe.message(message_id).status == "sent"
 
 
-def _crash_once_after_the_provider_accepted(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The next sent write dies (the Lambda killed after the provider accepted and the idempotency record was
-    saved); returns the ids it was for, once it happened."""
-    real_transition = store.transition
-    crashes: list[str] = []
-
-    def crash_once_on_sent(message: Any, change: Any, **kwargs: Any) -> bool:
-        if change.target is Status.SENT and not crashes:
-            crashes.append(message.message_id)
-            raise RuntimeError("Lambda killed after the provider accepted")
-        return real_transition(message, change, **kwargs)
-
-    monkeypatch.setattr(store, "transition", crash_once_on_sent)
-    return crashes
-
-
 def _send_and_crash(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Dispatch, send, die after the provider took the SMS; returns the record the queue will deliver again."""
-    crashes = _crash_once_after_the_provider_accepted(pipe, monkeypatch)
+    crashes = crash_once_after_the_provider_accepted(monkeypatch)
     pipe.dispatch()
     received = pipe.receive()
     crashed = pipe.send(received)

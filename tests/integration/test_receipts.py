@@ -25,7 +25,7 @@ from core.statistics import statistics
 from core.store import iso
 from rappel_local.embedded import ReceiptEndpoint, function_url_event, invoke
 from rappel_local.orange_simulator import Fault
-from tests.integration.pipeline_kit import PHONE, Pipeline, emf
+from tests.integration.pipeline_kit import PHONE, Pipeline, crash_once_after_the_provider_accepted, emf
 
 pytestmark = pytest.mark.integration
 
@@ -773,3 +773,46 @@ def test_a_kannel_reject_leaves_an_ambiguous_dead_letter_to_its_operator(pipe: P
     pipe.aws.tally()
     assert statistics("day", pipe.settings, pipe.clock.now()).total.sent == 0
     assert sending.resend_dead_letter(message_id, pipe.settings)
+
+
+@pytest.mark.parametrize("provider", ["kannel", "orange"])
+def test_a_receipt_that_overtakes_the_sent_write_of_a_crashed_sender_is_applied_at_its_replay(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch, provider: str
+) -> None:
+    """The sender dies after the provider took the SMS, before its sent write; SQS brings the record back after the
+    visibility timeout (720 s) and the stored answer is replayed. Kannel posts its DLRs milliseconds after its 202 and
+    never again; Orange's receipt comes seconds later. Both used to be answered and dropped after 3 s of looking (the
+    message still queued, or Orange's id unknown): a "not delivered to the phone" was lost, the reminder stayed sent
+    for good, and the family Kannel could not reach was never called. They are parked until the replay's write."""
+    if provider == "kannel":
+        simulator: Any = pipe.start_kannel(undeliverable=[PHONE], receipt_delay_seconds=0.01)
+        pipe.configure(SMS_PROVIDERS="kannel")
+    else:
+        simulator = pipe.start_orange(undeliverable=[PHONE], receipt_delay_seconds=2)
+    message_id = pipe.plan(1, "2027-03-20")["7_day_reminder"]
+    pipe.clock.advance_to(DUE_AT)
+    crashes = crash_once_after_the_provider_accepted(monkeypatch)
+    pipe.dispatch()
+    received = pipe.receive()
+    assert pipe.send(received)["batchItemFailures"] and crashes == [message_id]
+    assert pipe.message(message_id).status == "queued"
+
+    pipe.clock.advance_to(DUE_AT + timedelta(seconds=5))
+    answers = []
+    for receipt in simulator.due_receipts(pipe.clock.now()):
+        if provider == "kannel":
+            params = dict(parse_qsl(urlsplit(receipt).query))
+            answers.append(_answer(pipe.receipt("GET", "/kannel", params, headers={"user-agent": "Kannel/1.4.5"})))
+        else:
+            answers.append(_answer(_orange(pipe, receipt)))
+    assert answers and set(answers) == {(200, "parked" if provider == "kannel" else "unknown")}
+    assert pipe.message(message_id).status == "queued"
+
+    pipe.clock.advance_to(DUE_AT + timedelta(seconds=725))
+    assert pipe.send(pipe.receive()) == {"batchItemFailures": []}  # the replay: no second request
+
+    stored = pipe.message(message_id)
+    assert len(simulator.accepted) == 1
+    assert (stored.status, stored.receipt_status) == ("failed", "DeliveryImpossible")
+    assert pipe.send(received) == {"batchItemFailures": []}  # a duplicate of the record afterwards changes nothing
+    assert pipe.message(message_id).status == "failed"
