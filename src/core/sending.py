@@ -131,9 +131,9 @@ MESSAGE_READ_FRESH = timedelta(seconds=1)
 # much more) before the reminder is read and checked again. With MESSAGE_READ_FRESH, about how long before the
 # request a cancellation may land and still be missed; a pace of one SMS a second per instance stays under it.
 CHECK_AGAIN_AFTER_WAITING = timedelta(seconds=5)
-# A sent write this long after its request may land after a receipt has given up waiting for it (3 s, from the
-# provider's answer, `retry.LOOK_AGAIN_WAITS`) and parked itself: such a write, and a replay's, applies the parked
-# receipts. A request and its write take well under a second, so the normal path never reads them.
+# A sent write this long after the provider's answer may land after a receipt has given up waiting for it (3 s,
+# `retry.LOOK_AGAIN_WAITS`) and parked itself: such a write, and a replay's, applies the parked receipts. The writes
+# after an answer take well under a second, so the normal path never reads them.
 RECORDED_LATE = timedelta(seconds=1)
 
 _default_pacer = Pacer()
@@ -772,10 +772,11 @@ def _request(
         return _after_provider_error(error, provider, members, rendered, settings, pacer)
     if AMBIGUOUS in accepted:  # this call's, or a replay of one whose outcome a crash kept from being written
         return _after_ambiguous(accepted, bool(requested), members, rendered, settings)
+    answered_at = clock.now()
     if requested:  # a replay asked no provider anything: it says nothing of this one's circuit
-        provider_state.record_answer(provider, clock.now())
+        provider_state.record_answer(provider, answered_at)
     outcomes = _record_accepted(accepted, request, members, rendered, settings)
-    if not requested or clock.now() - requested[-1] > RECORDED_LATE:
+    if not requested or clock.now() - answered_at > RECORDED_LATE:
         _apply_parked_receipts(accepted, [m.message.message_id for m in members], settings)
     return outcomes
 

@@ -816,3 +816,31 @@ def test_a_receipt_that_overtakes_the_sent_write_of_a_crashed_sender_is_applied_
     assert (stored.status, stored.receipt_status) == ("failed", "DeliveryImpossible")
     assert pipe.send(received) == {"batchItemFailures": []}  # a duplicate of the record afterwards changes nothing
     assert pipe.message(message_id).status == "failed"
+
+
+def test_a_dlr_that_gives_up_on_a_slow_sent_write_is_applied_by_that_write(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kannel's DLRs come while the sent write is still on its way (a DynamoDB call slowed by retries): after 3 s of
+    looking they park themselves, and the write, landing over a second after Kannel's answer, applies them."""
+    kannel = pipe.start_kannel(undeliverable=[PHONE], receipt_delay_seconds=0.01)
+    pipe.configure(SMS_PROVIDERS="kannel")
+    message_id = pipe.plan(1, "2027-03-20")["7_day_reminder"]
+    pipe.clock.advance_to(DUE_AT)
+    real_transition = store.transition
+    answers: list[tuple[int, str]] = []
+
+    def dlrs_before_the_sent_write(message: Any, change: Any, **kwargs: Any) -> bool:
+        if change.target is Status.SENT and not answers:
+            pipe.clock.sleep(1)
+            for url in kannel.due_receipts(pipe.clock.now()):
+                params = dict(parse_qsl(urlsplit(url).query))
+                answers.append(_answer(pipe.receipt("GET", "/kannel", params, headers={"user-agent": "Kannel/1.4.5"})))
+        return real_transition(message, change, **kwargs)
+
+    monkeypatch.setattr(store, "transition", dlrs_before_the_sent_write)
+    pipe.cycle()
+
+    assert answers and set(answers) == {(200, "parked")}
+    stored = pipe.message(message_id)
+    assert (stored.status, stored.receipt_status) == ("failed", "DeliveryImpossible")
