@@ -232,25 +232,33 @@ def _move(
     return _Move.MOVED if store.transition(message, change, at=now, settings=settings) else _Move.STALE
 
 
+def _maybe_taken(message: MessageRecord) -> bool:
+    """An ambiguous send not recorded sent: dead-lettered for an operator (its text is recorded), or back to pending
+    for a retry (the `retry` policy, its last attempt ambiguous). Its receipt proves the provider took it."""
+    if message.state is Status.DEAD_LETTER:
+        return message.text is not None
+    return message.state is Status.PENDING and (message.last_error or "").startswith("ambiguous")
+
+
 def _taken_after_all(
     message: MessageRecord, provider: ProviderName, provider_status: str, settings: Settings, now: datetime
 ) -> MessageRecord | None:
-    """An ambiguous send dead-lettered for an operator (its text is recorded), whose receipt came: the provider took
-    the SMS after all. Recorded sent, from when it was tried, before an operator sends it again; the receipt then
-    settles it as it would any sent message. The message as it now is (an operator's resend may have come first);
-    None when the receipt says the SMS never left the provider: the dead letter stays the operator's."""
+    """An ambiguous send not recorded sent (`_maybe_taken`) whose receipt came: the provider took the SMS after all.
+    Recorded sent (a dead letter from when it was tried), before an operator or the retry sends it again; the receipt
+    then settles it as it would any sent message. The message as it now is (an operator's resend may have come
+    first); None when the receipt says the SMS never left the provider: it stays as it is."""
     if provider_status in NEVER_LEFT:
-        logger.info("ambiguous dead letter never left the provider", extra={"message_id": message.message_id})
+        logger.info("ambiguous send never left the provider", extra={"message_id": message.message_id})
         return None
     change = Change(
         target=Status.SENT,
-        sources=frozenset({Status.DEAD_LETTER}),
+        sources=frozenset({message.state}),
         set={"sent_at": message.failed_at or iso(now), "provider": provider.value},
         guard=Guard.VERSION,
         reason=f"ambiguous send taken by {provider.value} after all: its receipt came",
     )
     if store.transition(message, change, at=now, settings=settings):
-        logger.info("ambiguous dead letter taken after all", extra={"message_id": message.message_id})
+        logger.info("ambiguous send taken after all", extra={"message_id": message.message_id})
     return store.get_message(message.message_id)
 
 
@@ -333,7 +341,7 @@ def apply_receipt(
         park(provider, named, provider_status)
         return ReceiptOutcome("parked", message_id)
     now = clock.now()
-    if message.state is Status.DEAD_LETTER and message.text is not None:
+    if _maybe_taken(message):
         message = _taken_after_all(message, provider, provider_status, settings, now)
         if message is None:
             return ReceiptOutcome(_Move.UNCHANGED.value, message_id)

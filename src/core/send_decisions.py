@@ -108,5 +108,8 @@ def after_the_failure(
         return Decision(Verdict.DEAD_LETTER, f"ambiguous send: {error}")
     if attempt - retry_floor > max_retries:
         return Decision(Verdict.DEAD_LETTER, f"retries exhausted: {error}")
-    retry = wait_until(next_allowed(now + delay, zone, quiet_hours), error, deadline)
+    # Retried after an ambiguous send (the `retry` policy): the reason says so, and a receipt for that send, which
+    # proves the provider took it, records it sent before the retry goes (`receipts`).
+    why = f"ambiguous: {error}" if kind is FailureKind.AMBIGUOUS else error
+    retry = wait_until(next_allowed(now + delay, zone, quiet_hours), why, deadline)
     return Decision(Verdict.RETRY, retry.reason, retry.until) if retry.verdict is Verdict.DEFER else retry

@@ -844,3 +844,29 @@ def test_a_dlr_that_gives_up_on_a_slow_sent_write_is_applied_by_that_write(
     assert answers and set(answers) == {(200, "parked")}
     stored = pipe.message(message_id)
     assert (stored.status, stored.receipt_status) == ("failed", "DeliveryImpossible")
+
+
+def test_under_the_retry_policy_a_kannel_dlr_for_the_ambiguous_send_stops_its_retry(pipe: Pipeline) -> None:
+    """SMS_ON_AMBIGUOUS_SEND=retry: the connection dropped after smsbox took the SMS, so the reminder went back to
+    pending for a retry minutes later. Kannel's DLRs name our id and came long before that retry, but a receipt for a
+    pending message changed nothing, and the retry sent the family the same reminder again."""
+    kannel = pipe.start_kannel(faults=[Fault(nth=1, timeout="after_send")], receipt_delay_seconds=2)
+    pipe.configure(SMS_ON_AMBIGUOUS_SEND="retry", SMS_PROVIDERS="kannel", PROVIDER_READ_TIMEOUT_SECONDS="0.5")
+    message_id = pipe.plan(1, "2027-03-20")["7_day_reminder"]
+    pipe.clock.advance_to(DUE_AT)
+    pipe.cycle()
+    assert pipe.message(message_id).status == "pending" and len(kannel.accepted) == 1
+
+    pipe.clock.advance_to(DUE_AT + timedelta(seconds=10))
+    answers = []
+    for url in kannel.due_receipts(pipe.clock.now()):  # DLR 8, then 1: delivered to the phone
+        params = dict(parse_qsl(urlsplit(url).query))
+        answers.append(_answer(pipe.receipt("GET", "/kannel", params, headers={"user-agent": "Kannel/1.4.5"})))
+    for minutes in range(5, 120, 5):  # the dispatcher's runs while the retry would come due
+        pipe.clock.advance_to(DUE_AT + timedelta(minutes=minutes))
+        pipe.cycle()
+
+    assert answers[-1] == (200, "delivered")
+    assert len(kannel.accepted) == 1
+    stored = pipe.message(message_id)
+    assert stored.status == "delivered" and "pending>sent" in " ".join(stored.history or [])
