@@ -18,12 +18,21 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Rappel: immu
 local_app = typer.Typer(no_args_is_help=True, help="The embedded stack on this machine.")
 app.add_typer(local_app, name="local")
 console = Console(stderr=True)
+# Errors listed one per line on the console (a register's, a scenario's events'); --json has them all.
+MAX_LISTED = 20
 out = Console()
 
 Local = Annotated[bool, typer.Option("--local", help="Talk to the embedded stack started by `rappel local up`.")]
 Stack = Annotated[str | None, typer.Option(help="Deployed stack name (default: samconfig.toml's dev stack).")]
 Region = Annotated[str | None, typer.Option(help="AWS region of the deployed stack.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print data as JSON.")]
+
+
+def _message_id(value: str | None) -> str | None:
+    """A message id as given (an empty `$ID` in a script is an error naming it, not a DynamoDB traceback)."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("empty: a message id (msg_…)")
+    return value
 
 
 def _settings(local: bool, stack: str | None, region: str | None) -> Any:
@@ -70,6 +79,9 @@ def simulate(
     as_json: AsJson = False,
 ) -> None:
     """Run a scenario through the whole pipeline in virtual time (the contract in docs/simulation.md)."""
+    from rich.markup import escape
+
+    from core.settings import ConfigurationError
     from rappel_local.scenario import ScenarioError
     from rappel_local.simulate import simulate as run
 
@@ -81,8 +93,8 @@ def simulate(
     try:
         with _quiet():
             result = run(data)
-    except (ScenarioError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (ScenarioError, ValueError, ConfigurationError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     document = result.as_json()
     if as_json:
@@ -98,6 +110,12 @@ def simulate(
     out.print(table)
     invariants = document["stats"]["invariants"]
     out.print(f"sends: {len(document['sends'])}; invariants: {'hold' if invariants['ok'] else 'VIOLATED'}")
+    events = document["stats"]["events"]
+    out.print(f"events: {events['applied']} applied, {events['ignored']} ignored, {events['rejected']} refused")
+    for refused in events["errors"][:MAX_LISTED]:
+        out.print(f"  {refused['at']} {refused['type']}: {refused['error']}", markup=False)
+    if len(events["errors"]) > MAX_LISTED:
+        out.print(f"  … and {len(events['errors']) - MAX_LISTED} more (--json lists them all)")
 
 
 @app.command("import")
@@ -150,15 +168,19 @@ def import_register(
         "patients": report.patients,
         "appointments": report.appointments,
         "reminders_created": report.created,
+        "ignored_rows": report.ignored,
         "errors": [{"row": r, "error": e} for r, e in report.errors],
     }
     table = Table(title=f"Imported {register.name}", show_header=False)
     for key in ("rows", "patients", "appointments", "reminders_created"):
         table.add_row(key, str(data[key]))
+    table.add_row("ignored", str(len(report.ignored)))  # older than what is stored
     table.add_row("errors", str(len(report.errors)))
     _emit(data, as_json, table)
-    for row, error in report.errors[:20]:
-        console.print(f"row {row}: {error}")
+    for row, error in report.errors[:MAX_LISTED]:
+        console.print(f"row {row}: {error}", markup=False)
+    if len(report.errors) > MAX_LISTED:
+        console.print(f"… and {len(report.errors) - MAX_LISTED} more (--json lists them all)")
     if report.errors:
         raise typer.Exit(1)
 
@@ -271,6 +293,13 @@ def _outcomes(settings: Any, as_json: bool) -> None:
     _emit(data, as_json, table)
 
 
+def _as_text(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: one starting with = + - @ (or a tab or carriage return) would be run as
+    a formula (a clinic named `=HYPERLINK(…)` in a call list), so it gets a leading apostrophe, as Excel itself
+    marks text."""
+    return "'" + value if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")) else value
+
+
 @app.command()
 def followup(
     clinic: Annotated[str | None, typer.Option(help="Only this clinic.")] = None,
@@ -286,6 +315,8 @@ def followup(
     """Families to call: the open follow-ups (an overdue dose no reminder reached), oldest first."""
     import csv
 
+    from rich.markup import escape
+
     from core.followup import families_in, follow_up_row, open_follow_ups, parse_since
 
     settings = _settings(local, stack, region)
@@ -296,11 +327,18 @@ def followup(
         raise typer.Exit(2) from None
     rows = [follow_up_row(state) for state in open_follow_ups(settings, clinic=clinic, since=start)]
     columns = ["at", "clinic", "patient_id", "appointment_id", "due_date", "phone", "reasons"]
+    if csv_file is not None and not csv_file.parent.is_dir():
+        console.print(f"[red]error:[/red] --csv: no such folder {escape(str(csv_file.parent))}")
+        raise typer.Exit(2)
     if csv_file is not None:
-        with csv_file.open("w", newline="", encoding="utf-8") as handle:
+        # For a spreadsheet: a byte order mark (Excel reads UTF-8 without one as its local code page: "Abobo-TÃ©"),
+        # and no cell it would run as a formula.
+        with csv_file.open("w", newline="", encoding="utf-8-sig") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
-            writer.writerows({**row, "reasons": "; ".join(row["reasons"])} for row in rows)
+            writer.writerows(
+                {c: _as_text(v) for c, v in {**row, "reasons": "; ".join(row["reasons"])}.items()} for row in rows
+            )
         console.print(f"{len(rows)} follow-ups written to {csv_file}")
     table = Table(title=f"Families to call: {families_in(rows)} ({len(rows)} open follow-ups)")
     for column in columns:
@@ -321,7 +359,8 @@ def messages(
     ] = None,
     limit: Annotated[int, typer.Option(min=1)] = 200,
     message_id: Annotated[
-        str | None, typer.Option("--id", help="One message, with its history (each status change and why).")
+        str | None,
+        typer.Option("--id", callback=_message_id, help="One message, with its history (each status change and why)."),
     ] = None,
     local: Local = False,
     stack: Stack = None,
@@ -393,7 +432,11 @@ def redrive(local: Local = False, stack: Stack = None, region: Region = None, as
 
 @app.command()
 def resend(
-    message_id: str, local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False
+    message_id: Annotated[str, typer.Argument(callback=_message_id)],
+    local: Local = False,
+    stack: Stack = None,
+    region: Region = None,
+    as_json: AsJson = False,
 ) -> None:
     """Send one dead letter again, knowingly: an ambiguous one (its SMS may have gone out) is never sent again by a
     redrive, only by this; exit 1 when the message is not a dead letter before its deadline."""

@@ -1,12 +1,17 @@
 """`rappel import FILE.csv`: a register in bulk, through the same validation and planning as clinic events.
 
-Each row is one appointment; the patient columns repeat on every row of a child. Errors are reported per
-row (with the field) and the import goes on; a patient's rows after a refused patient are refused too.
+Each row is one appointment; the patient columns repeat on every row of a child. The file is read as spreadsheets
+save it (a byte order mark, `,` `;` or tab between cells); what cannot be read right (no header, a missing or
+unknown column, text that is not UTF-8, an unclosed quote) refuses the whole file, before anything is applied.
+Errors of a row are reported with its spreadsheet row (the header is row 1) and the field, and the import goes on;
+a patient's rows after a refused patient are refused too, as are later rows that contradict a patient's first
+row or give its appointment to another patient. Rows older than what is stored are reported as ignored.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,15 +42,31 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 
 
+# The cell separators spreadsheets save with: `,`; `;` where the comma is the decimal mark (French Excel); tab.
+DELIMITERS = (",", ";", "\t")
+
+
+@dataclass(frozen=True)
+class RegisterRow:
+    """One data row of a register: its spreadsheet row number (the header is row 1), its cells by column, and why
+    it cannot be read, if it cannot (more or fewer cells than the header)."""
+
+    number: int
+    cells: dict[str, str]
+    fault: str | None = None
+
+
 @dataclass
 class ImportReport:
-    """Rows read, events applied, reminders created, and the errors by row number (1 = first data row)."""
+    """Rows read, events applied, reminders created, the rows older than what is stored (ignored), and the errors,
+    each with its spreadsheet row number."""
 
     rows: int = 0
     patients: int = 0
     appointments: int = 0
     created: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
+    ignored: list[int] = field(default_factory=list)
 
 
 def _boolean(value: str) -> bool | str:
@@ -62,6 +83,8 @@ def _integer(value: str) -> int | str:
 
 # The optional patient columns, each with how its CSV text is read.
 OPTIONAL_PATIENT_COLUMNS: dict[str, Callable[[str], Any]] = {"discreet": _boolean, "preferred_hour": _integer}
+# What a patient's rows must agree on.
+_PATIENT_COLUMNS = ("phone", "timezone", "language", "sms_opt_in", "display_name", *OPTIONAL_PATIENT_COLUMNS)
 
 
 def row_events(row: dict[str, str], stored: PatientRecord | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -94,12 +117,13 @@ def row_events(row: dict[str, str], stored: PatientRecord | None = None) -> tupl
 
 
 def import_rows(
-    rows: Iterable[dict[str, str]],
+    rows: Iterable[RegisterRow | dict[str, str]],
     settings: Settings,
     progress: Callable[[int], None] | None = None,
     as_of: datetime | None = None,
 ) -> ImportReport:
-    """Apply register rows as clinic events; never stops at a bad row.
+    """Apply register rows as clinic events; never stops at a bad row. Rows given as plain dicts are numbered as
+    a spreadsheet would show them after a header (2, 3, …).
 
     `as_of`: when the register was exported (now by default). Every row's events are stamped with it, as a clinic
     system stamps its events: a clinic event after it is newer and stands, so importing the same register again
@@ -107,36 +131,71 @@ def import_rows(
     makes the same events, which change nothing the second time."""
     report = ImportReport()
     store.bind(settings)
-    seen_patients: dict[str, bool] = {}
+    first_rows: dict[str, RegisterRow] = {}  # each patient's first row
+    refused: set[str] = set()  # patients whose first row was refused
+    owners: dict[str, RegisterRow] = {}  # each appointment's first row
     stamp = min(as_of, clock.now()) if as_of is not None else None
-    for number, row in enumerate(rows, start=1):
+    for index, given in enumerate(rows):
+        row = given if isinstance(given, RegisterRow) else RegisterRow(index + 2, given)
         report.rows += 1
-        missing = [c for c in ("patient_id", "appointment_id") if not row.get(c)]
-        if missing:
-            report.errors.append((number, f"{missing[0]}: missing"))
-            continue
-        patient_id = row["patient_id"]
-        patient, dose = row_events(row, store.get_patient(patient_id) if patient_id not in seen_patients else None)
-        at = stamp or clock.now()
-        if patient_id not in seen_patients:
-            outcome = _apply("PatientUpserted", patient, f"import-{patient_id}-{at.timestamp()}", at, settings, report)
-            seen_patients[patient_id] = outcome.rejected == 0
-            report.patients += 1 if outcome.rejected == 0 else 0
-            if outcome.rejected:
-                report.errors.append((number, outcome.errors[0]))
-                continue
-        elif not seen_patients[patient_id]:
-            report.errors.append((number, "patient_id: this patient's first row was refused"))
-            continue
-        event_id = f"import-{dose['appointment_id']}-{at.timestamp()}"
-        outcome = _apply("DoseScheduled", dose, event_id, at, settings, report)
-        if outcome.rejected:
-            report.errors.append((number, outcome.errors[0]))
+        if error := _row_fault(row, first_rows, refused, owners):
+            report.errors.append((row.number, error))
         else:
-            report.appointments += 1
+            _import_row(row, first_rows, refused, stamp or clock.now(), settings, report)
         if progress:
-            progress(number)
+            progress(index + 1)
     return report
+
+
+def _row_fault(
+    row: RegisterRow, first_rows: dict[str, RegisterRow], refused: set[str], owners: dict[str, RegisterRow]
+) -> str | None:
+    """Why a row is refused before anything of it is applied, if it is."""
+    missing = [c for c in ("patient_id", "appointment_id") if not row.cells.get(c)]
+    if row.fault or missing:
+        return row.fault or f"{missing[0]}: missing"
+    patient_id, appointment_id = row.cells["patient_id"], row.cells["appointment_id"]
+    if patient_id in refused:
+        return "patient_id: this patient's first row was refused"
+    first = first_rows.get(patient_id)
+    differs = [c for c in _PATIENT_COLUMNS if first is not None and first.cells.get(c, "") != row.cells.get(c, "")]
+    if first is not None and differs:
+        return f"{differs[0]}: differs from this patient's row {first.number}"
+    owner = owners.setdefault(appointment_id, row)
+    if owner.cells["patient_id"] != patient_id:
+        return f"appointment_id: {appointment_id} is patient {owner.cells['patient_id']}'s, in row {owner.number}"
+    return None
+
+
+def _import_row(
+    row: RegisterRow,
+    first_rows: dict[str, RegisterRow],
+    refused: set[str],
+    at: datetime,
+    settings: Settings,
+    report: ImportReport,
+) -> None:
+    """A row's events: its patient's on the patient's first row, then its appointment's."""
+    patient_id = row.cells["patient_id"]
+    first = patient_id not in first_rows
+    patient, dose = row_events(row.cells, store.get_patient(patient_id) if first else None)
+    ignored = False
+    if first:
+        first_rows[patient_id] = row
+        outcome = _apply("PatientUpserted", patient, f"import-{patient_id}-{at.timestamp()}", at, settings, report)
+        if outcome.rejected:
+            refused.add(patient_id)
+            report.errors.append((row.number, outcome.errors[0]))
+            return
+        report.patients += outcome.applied
+        ignored = outcome.ignored > 0
+    outcome = _apply("DoseScheduled", dose, f"import-{dose['appointment_id']}-{at.timestamp()}", at, settings, report)
+    if outcome.rejected:
+        report.errors.append((row.number, outcome.errors[0]))
+        return
+    report.appointments += outcome.applied
+    if ignored or outcome.ignored:
+        report.ignored.append(row.number)
 
 
 def _apply(
@@ -147,11 +206,65 @@ def _apply(
     return result
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Register rows; raises ValueError naming a missing column."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column {missing[0]!r} (expected: {', '.join(CSV_COLUMNS)})")
-        return list(reader)
+def read_csv(path: Path) -> list[RegisterRow]:
+    """Register rows, as spreadsheets save them; raises ValueError naming the file, and the row where it applies,
+    for what cannot be read right: no header, a missing, unknown or repeated column, text that is not UTF-8, an
+    unclosed quote, a cell over the csv module's limit. Blank rows are skipped (and counted in the numbering)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        row = raw[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}: not UTF-8 text (row {row}): save the register as 'CSV UTF-8'") from None
+    header_line = text.splitlines()[0] if text.strip() else ""
+    if not header_line.strip():
+        raise ValueError(f"{path}: empty: no header row")
+    known = (*CSV_COLUMNS, *OPTIONAL_PATIENT_COLUMNS)
+    delimiter = max(DELIMITERS, key=lambda d: sum(name.strip() in known for name in header_line.split(d)))
+    records = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    rows: list[RegisterRow] = []
+    number = 1  # the record last read: the header
+    try:
+        header = [name.strip() for name in next(records)]
+        _check_header(path, header, known)
+        for cells in records:
+            number += 1
+            if any(cell.strip() for cell in cells):
+                rows.append(_register_row(number, header, cells))
+    except csv.Error as exc:
+        raise ValueError(f"{path}: row {number + 1}: {_csv_error(exc)}") from None
+    return rows
+
+
+def _check_header(path: Path, header: list[str], known: tuple[str, ...]) -> None:
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(f"{path}: missing column {missing[0]!r} (expected: {', '.join(CSV_COLUMNS)})")
+    unknown = [c for c in header if c and c not in known]
+    if unknown:
+        raise ValueError(f"{path}: unknown column {unknown[0]!r} (known: {', '.join(known)})")
+    repeated = [c for c in header if c and header.count(c) > 1]
+    if repeated:
+        raise ValueError(f"{path}: column {repeated[0]!r} appears twice")
+
+
+def _register_row(number: int, header: list[str], cells: list[str]) -> RegisterRow:
+    # Empty trailing cells past the header (a spreadsheet's stray separators) are no fault; anything else is.
+    named = [c for c in header if c]
+    extra = cells[len(header) :]
+    fault = None
+    if len(cells) < len(header):
+        fault = f"row has {len(cells)} of the header's {len(header)} columns"
+    elif any(cell.strip() for cell in extra):
+        fault = f"row has {len(cells)} cells, the header {len(header)} columns"
+    values = dict(zip(header, cells, strict=False))
+    return RegisterRow(number, {c: values.get(c, "") for c in named}, fault)
+
+
+def _csv_error(exc: csv.Error) -> str:
+    text = str(exc)
+    if "unexpected end of data" in text:
+        return "a quote opened in a cell is never closed"
+    if "field larger than field limit" in text:
+        return f"a cell is longer than {csv.field_size_limit()} characters"
+    return text

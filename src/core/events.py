@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
+from core.observability import mask_phones
 from core.phone import InvalidPhoneNumber, normalize_phone
 from core.texts import available_languages, clean_text
 from core.zones import known_zone
@@ -119,9 +120,11 @@ class ClinicEvent(BaseModel):
 
 
 class InvalidEvent(ValueError):
-    """A refused event; `field` names what is wrong (never echoes a phone number)."""
+    """A refused event; `field` names what is wrong. It never echoes a phone number: a value quoted in the reason (a
+    phone typed into the zone's column) is masked, since the reason reaches logs, the console and operators."""
 
     def __init__(self, field: str, reason: str) -> None:
+        reason = mask_phones(reason)
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason

@@ -151,7 +151,8 @@ def test_import_process_and_read_back(local_stack: Path, console_lines: list[str
     assert imported.returncode == 1, imported.stderr  # a row refused: a script must notice
     data = json.loads(imported.stdout)
     assert (data["rows"], data["appointments"], data["reminders_created"]) == (2, 1, 3)
-    assert data["errors"][0]["row"] == 2 and data["errors"][0]["error"].startswith("detail.phone")
+    # The second data row: spreadsheet row 3 (the header is row 1).
+    assert data["errors"][0]["row"] == 3 and data["errors"][0]["error"].startswith("detail.phone")
 
     processed = json.loads(_run("process", "--local", "--json", cwd=local_stack).stdout)
     assert processed["enqueued"] >= 0 and processed["records_failed"] == 0
@@ -176,7 +177,9 @@ def test_import_process_and_read_back(local_stack: Path, console_lines: list[str
     families = local_stack / "followups.csv"
     followups = _run("followup", "--local", "--json", "--csv", str(families), cwd=local_stack)
     assert followups.returncode == 0 and json.loads(followups.stdout) == []  # nothing overdue yet
-    assert families.read_text().splitlines() == ["at,clinic,patient_id,appointment_id,due_date,phone,reasons"]
+    assert families.read_text(encoding="utf-8-sig").splitlines() == [
+        "at,clinic,patient_id,appointment_id,due_date,phone,reasons"
+    ]
     assert _run("followup", "--local", "--since", "last week", cwd=local_stack).returncode == 2
     stats = _tallied_stats(local_stack, lambda total: (total["planned"], total["sent"]) == (3, 1))
     assert stats["total"]["planned"] == 3 and stats["total"]["sent"] == 1

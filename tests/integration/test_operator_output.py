@@ -1,0 +1,116 @@
+"""What operators and health workers take away from the commands: files they open in a spreadsheet, and what a
+scenario's run says about the events it refused."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from core.planning import handle_clinic_event
+from rappel_cli import cli
+from tests.helpers import dose, patient
+from tests.integration.pipeline_kit import Pipeline
+
+pytestmark = pytest.mark.integration
+
+FORMULAS = ['=HYPERLINK("http://evil.example/x","CSU Abobo")', "+SUM(1+1)", "-2+3", "@cmd|' /C calc'!A0"]
+
+
+@pytest.fixture
+def pipe(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    pipeline = Pipeline(aws, monkeypatch)
+    pipeline.start_orange()
+    monkeypatch.setattr(cli, "_settings", lambda *_: pipeline.settings)
+    yield pipeline
+    pipeline.close()
+
+
+@pytest.mark.parametrize("clinic", FORMULAS)
+def test_the_call_list_csv_never_hands_a_spreadsheet_a_formula(pipe: Pipeline, tmp_path: Path, clinic: str) -> None:
+    """A clinic name (typed by anyone with access to the clinic system) starting with = + - @ was written as it is:
+    Excel runs it as a formula when a health worker opens the call list. It is written as text."""
+    handle_clinic_event(patient("p1", sms_opt_in=False), pipe.settings)  # no reminder: a follow-up when overdue
+    handle_clinic_event(dose("a1", "p1", due_date="2027-03-05", clinic=clinic), pipe.settings)
+    pipe.clock.advance_to(datetime(2027, 3, 7, 12, 0, tzinfo=UTC))
+    pipe.follow_up_pass()
+    out = tmp_path / "calls.csv"
+
+    result = CliRunner().invoke(cli.app, ["followup", "--local", "--csv", str(out)])
+
+    assert result.exit_code == 0, result.output
+    (row,) = csv.DictReader(out.open(encoding="utf-8-sig"))
+    assert row["clinic"] == "'" + clinic
+
+
+def _scenario(events: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"start": "2027-03-01T00:00:00Z", "until": "2027-03-25T00:00:00Z", "events": events}
+
+
+PATIENT = {
+    "at": "2027-03-01T08:00:00Z",
+    "type": "PatientUpserted",
+    "detail": {
+        "patient_id": "p1",
+        "phone": "+2250701020304",
+        "timezone": "Africa/Abidjan",
+        "language": "fr",
+        "sms_opt_in": True,
+        "display_name": "Awa",
+    },
+}
+DOSE = {
+    "at": "2027-03-01T08:00:00Z",
+    "type": "DoseScheduled",
+    "detail": {"appointment_id": "a1", "patient_id": "p1", "vaccine": "Penta", "dose": 1, "due_date": "2027-03-18"},
+}
+
+
+def _simulate(tmp_path: Path, scenario: dict[str, Any], *args: str) -> Any:
+    path = tmp_path / "scenario.json"
+    path.write_text(json.dumps(scenario))
+    return CliRunner().invoke(cli.app, ["simulate", str(path), *args])
+
+
+def test_simulate_says_which_events_it_refused_without_json(tmp_path: Path) -> None:
+    """The table view said only `sends: 1; invariants: hold`: a refused event (a dose of "two") went unseen."""
+    bad = {**DOSE, "detail": {**DOSE["detail"], "appointment_id": "a2", "dose": "two"}}
+    result = _simulate(tmp_path, _scenario([PATIENT, DOSE, bad]))
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "events: 2 applied, 0 ignored, 1 refused" in output and "DoseScheduled: detail.dose:" in output
+
+
+def test_an_event_after_until_is_refused_naming_it(tmp_path: Path) -> None:
+    """It was never applied and never counted: the run's figures silently left it out."""
+    late = {**DOSE, "at": "2027-04-01T08:00:00Z"}
+    result = _simulate(tmp_path, _scenario([PATIENT, late]), "--json")
+    assert result.exit_code == 2
+    assert "events.1.at: after until (2027-03-25T00:00:00+00:00): it would never run" in " ".join(result.output.split())
+
+
+def test_a_scenario_setting_the_settings_refuse_is_an_error_naming_it(tmp_path: Path) -> None:
+    result = _simulate(tmp_path, {**_scenario([PATIENT]), "settings": {"SMS_RATE_LIMIT_PER_SECOND": 0}})
+    assert result.exit_code == 2, result.output
+    assert "SMS_RATE_LIMIT_PER_SECOND" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["resend", "", "--local"], "empty: a message id"),
+        (["messages", "--id", " ", "--local"], "empty: a message id"),
+        (["followup", "--local", "--csv", "/no/such/folder/calls.csv"], "--csv: no such folder /no/such/folder"),
+    ],
+    ids=["resend-empty-id", "messages-empty-id", "csv-missing-folder"],
+)
+def test_an_operators_slip_is_an_error_naming_it_not_a_traceback(pipe: Pipeline, args: list[str], says: str) -> None:
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.exception
+    assert says in " ".join(result.output.split())

@@ -1,0 +1,97 @@
+"""`rappel import`: a register as spreadsheets save it, and the mistakes they carry. Each row's fault is reported
+with its spreadsheet row (the header is row 1) and the column, and the import goes on; nothing is applied from a row
+that is refused."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from core import store
+from rappel_cli.importer import import_rows, read_csv
+
+pytestmark = pytest.mark.integration
+
+HEADER = "patient_id,phone,timezone,language,sms_opt_in,display_name,appointment_id,vaccine,dose,due_date,clinic"
+ROW = "p1,+2250701020304,Africa/Abidjan,fr,true,Awa,a1,Penta,1,2027-03-20,CSU Abobo"
+SECOND = "p2,+2250701020305,Africa/Abidjan,fr,true,Kofi,a2,Penta,1,2027-03-20,CSU Abobo"
+
+
+def _register(tmp_path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path = tmp_path / "register.csv"
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def _row(**cells: str) -> dict[str, str]:
+    return {**dict(zip(HEADER.split(","), ROW.split(","), strict=True)), **cells}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\ufeff" + HEADER + "\r\n" + ROW + "\r\n",  # Excel's "CSV UTF-8": a byte order mark, Windows line ends
+        HEADER.replace(",", ";") + "\n" + ROW.replace(",", ";") + "\n",  # French Excel: semicolons
+        HEADER.replace(",", "\t") + "\n" + ROW.replace(",", "\t") + "\n",  # tab-separated
+    ],
+    ids=["bom", "semicolons", "tabs"],
+)
+def test_a_register_as_spreadsheets_save_it_is_read(tmp_path: Path, text: str) -> None:
+    (row,) = read_csv(_register(tmp_path, text))
+    assert (row.number, row.cells["patient_id"], row.cells["clinic"]) == (2, "p1", "CSU Abobo")
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding", "message"),
+    [
+        (HEADER + ",discret\n" + ROW + ",true\n", "utf-8", r"unknown column 'discret'"),
+        ("", "utf-8", r"empty: no header row"),
+        (HEADER + "\n" + ROW.replace("Awa", "Aïcha") + "\n", "cp1252", r"not UTF-8 .*row 2"),
+        (HEADER + "\n" + ROW.replace("Awa", '"Awa la petite') + "\n" + SECOND + "\n", "utf-8", r"row 2: .*quote"),
+        (HEADER + "\n" + ROW.replace("Awa", "A" * 140_000) + "\n", "utf-8", r"row 2: "),
+    ],
+    ids=["misspelt-column", "empty", "cp1252", "unclosed-quote", "huge-cell"],
+)
+def test_a_register_that_cannot_be_read_right_is_refused_naming_where(
+    tmp_path: Path, text: str, encoding: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        read_csv(_register(tmp_path, text, encoding))
+
+
+def test_a_short_row_is_refused_naming_its_row_and_the_import_goes_on(aws, tmp_path: Path) -> None:
+    short = "p3,+2250701020306,Africa/Abidjan,fr,true,Ama,a3"  # stops after appointment_id
+    path = _register(tmp_path, "\n".join([HEADER, ROW, short, SECOND, ""]))
+    report = import_rows(read_csv(path), aws.settings)
+    assert report.errors == [(3, "row has 7 of the header's 11 columns")]
+    assert report.appointments == 2 and store.get_patient("p3") is None
+
+
+def test_a_patients_later_row_that_contradicts_its_first_is_refused_naming_the_column(aws) -> None:
+    later = _row(phone="+2250701020399", sms_opt_in="false", appointment_id="a2", due_date="2027-03-27")
+    report = import_rows([_row(), later], aws.settings, as_of=aws.clock.now())
+    assert report.errors == [(3, "phone: differs from this patient's row 2")]
+    assert store.get_appointment("a2") is None
+
+
+def test_an_appointment_id_given_to_two_patients_is_refused_on_the_second(aws) -> None:
+    other = _row(patient_id="p2", phone="+2250701020305", display_name="Kofi")  # a1 again
+    report = import_rows([_row(), other], aws.settings, as_of=aws.clock.now())
+    assert report.errors == [(3, "appointment_id: a1 is patient p1's, in row 2")]
+    assert store.get_appointment("a1").patient_id == "p1"  # type: ignore[union-attr]
+
+
+def test_rows_older_than_what_is_stored_are_reported_as_ignored(aws) -> None:
+    now = aws.clock.now()
+    import_rows([_row()], aws.settings, as_of=now)
+    report = import_rows([_row(sms_opt_in="false", due_date="2027-03-27")], aws.settings, as_of=now - timedelta(1))
+    assert (report.patients, report.appointments, report.ignored) == (0, 0, [2])
+    assert store.get_patient("p1").sms_opt_in is True  # type: ignore[union-attr]
+
+
+def test_a_phone_typed_into_another_column_is_masked_in_the_error(aws) -> None:
+    report = import_rows([_row(timezone="+2250701020304")], aws.settings)
+    (error,) = [e for _, e in report.errors]
+    assert error.startswith("detail.timezone: ") and "+2250701020304" not in error and "+225******04" in error
