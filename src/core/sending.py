@@ -66,6 +66,10 @@ from core.wanted import OPTED_OUT, appointment_of, is_confirmation, why_not_want
 
 # The key of a stored provider call whose request left and got no answer: [code, detail] of the error.
 AMBIGUOUS = "ambiguous"
+# The start of every idempotency record's id. Powertools' default is the running function's name, and
+# plan_reminders and delivery_receipt read send_sms's records (`revival_of_bound`): under their own names they never
+# found them, and a reminder whose grouped SMS went out before a crash came back free and went out twice.
+SEND_KEY_PREFIX = "rappel.send_once"
 IDEMPOTENCY_TTL_SECONDS = 15 * 24 * 3600  # longer than the DLQ's 14-day retention, so a redrive replays too
 # The invocation's remaining time (its Lambda context's) and the time a request needs (`Settings.request_reserve_ms`),
 # for the checks before each record and each request.
@@ -283,7 +287,9 @@ def _idempotent_send(settings: Settings) -> IdempotentSend:
     persistence = DynamoDBPersistenceLayer(table_name=settings.IDEMPOTENCY_TABLE, boto3_client=client)
     config = IdempotencyConfig(event_key_jmespath="key", expires_after_seconds=IDEMPOTENCY_TTL_SECONDS)
 
-    @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)
+    @idempotent_function(
+        data_keyword_argument="request", config=config, persistence_store=persistence, key_prefix=SEND_KEY_PREFIX
+    )
     def send_once(
         request: dict[str, Any], before_request: Callable[[], None], answered: list[dict[str, Any]]
     ) -> dict[str, Any]:
@@ -309,7 +315,7 @@ def _idempotent_send(settings: Settings) -> IdempotentSend:
         return answered[-1]
 
     # What the decorator does on each call, done once here so that `accepted` can read before any call.
-    persistence.configure(config, f"{send_once.__module__}.{send_once.__qualname__}")
+    persistence.configure(config, f"{send_once.__module__}.{send_once.__qualname__}", key_prefix=SEND_KEY_PREFIX)
     return IdempotentSend(config, send_once, persistence)
 
 

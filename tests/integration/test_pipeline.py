@@ -1386,6 +1386,36 @@ def _siblings_after_a_sender_crash(pipe: Pipeline, monkeypatch: pytest.MonkeyPat
     return first, second
 
 
+def _as_function(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run what follows as the Lambda function `name` runs it: its own process, its own AWS_LAMBDA_FUNCTION_NAME."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", name)
+    sending._idempotent_send.cache_clear()
+
+
+def test_a_revival_in_another_function_finds_the_sms_the_sender_recorded(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In Lambda each function has its own AWS_LAMBDA_FUNCTION_NAME, which Powertools put at the start of each
+    idempotency record's id. plan_reminders (a clinic's opt-in) and delivery_receipt (a family's OUI) looked for
+    send_sms's records under their own names and never found them: a reminder whose grouped SMS went out before a
+    crash came back free 15 minutes on, and was sent a second time."""
+    _as_function("rappel-prod-SendSmsFunction-AbC123", monkeypatch)
+    _, second = _siblings_after_a_sender_crash(pipe, monkeypatch, "_record_accepted")  # after Orange's 201
+    assert len(pipe.accepted()) == 1 and "Kofi" in pipe.accepted()[0].text
+    handle_clinic_event(patient("p2", phone=PHONE, display_name="Kofi", sms_opt_in=False), pipe.settings)
+    assert pipe.message(second).status == "cancelled" and pipe.message(second).sms_key
+
+    pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=20))
+    _as_function("rappel-prod-PlanRemindersFunction-XyZ789", monkeypatch)
+    handle_clinic_event(patient("p2", phone=PHONE, display_name="Kofi", sms_opt_in=True), pipe.settings)
+    _as_function("rappel-prod-SendSmsFunction-AbC123", monkeypatch)
+    for _ in range(4):
+        pipe.clock.advance_to(pipe.clock.now() + timedelta(minutes=15))
+        pipe.cycle()
+
+    assert len([sms for sms in pipe.accepted() if "Kofi" in sms.text]) == 1
+
+
 def test_a_grouped_sms_taken_before_a_crash_is_replayed_not_resent_after_an_outage(
     pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
