@@ -53,23 +53,8 @@ def _scenario(events: list[dict[str, Any]]) -> dict[str, Any]:
     return {"start": "2027-03-01T00:00:00Z", "until": "2027-03-25T00:00:00Z", "events": events}
 
 
-PATIENT = {
-    "at": "2027-03-01T08:00:00Z",
-    "type": "PatientUpserted",
-    "detail": {
-        "patient_id": "p1",
-        "phone": "+2250701020304",
-        "timezone": "Africa/Abidjan",
-        "language": "fr",
-        "sms_opt_in": True,
-        "display_name": "Awa",
-    },
-}
-DOSE = {
-    "at": "2027-03-01T08:00:00Z",
-    "type": "DoseScheduled",
-    "detail": {"appointment_id": "a1", "patient_id": "p1", "vaccine": "Penta", "dose": 1, "due_date": "2027-03-18"},
-}
+PATIENT = {"at": "2027-03-01T08:00:00Z", "type": "PatientUpserted", "detail": patient()["detail"]}
+DOSE = {"at": "2027-03-01T08:00:00Z", "type": "DoseScheduled", "detail": dose(due_date="2027-03-18")["detail"]}
 
 
 def _simulate(tmp_path: Path, scenario: dict[str, Any], *args: str) -> Any:
