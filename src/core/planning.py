@@ -96,6 +96,10 @@ def apply_event(event: ClinicEvent, settings: Settings, now: datetime) -> Planni
     return result
 
 
+# PatientUpserted's optional fields, each kept as stored when an event leaves it out.
+KEPT_WHEN_LEFT_OUT = frozenset({"timezone", "preferred_hour", "discreet"})
+
+
 def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningResult:
     result = PlanningResult()
     event_at, event_id = iso(event.event_at), event.event_id
@@ -113,12 +117,16 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
             event_at=event_at,
             event_id=event_id,
         )
-        written = store.save_patient(patient)
+        # An optional field the event leaves out keeps its stored value (a clinic system that does not know it, or
+        # sends only what changed); one given, even as null, is set.
+        keep = frozenset(KEPT_WHEN_LEFT_OUT - detail.model_fields_set)
+        as_stored = store.save_patient(patient, keep=keep, default_zone=settings.APP_TIMEZONE)
+        written = as_stored is not None
         _count_write(result, written)
         renewed, stopped = _renews(written and detail.sms_opt_in and detail.sms_opt_in_renewed, detail.phone, event_at)
         if renewed and stopped is not None:
             store.clear_number_stop(detail.phone, stopped)
-        result.merge(reconcile_patient(detail.patient_id, settings, now, patient if written else None))
+        result.merge(reconcile_patient(detail.patient_id, settings, now, as_stored))
         if renewed:  # the stop was the number's: its other patients get their reminders back too (on a retry too)
             for other in store.patients_with_phone(detail.phone):
                 if other.patient_id == detail.patient_id:

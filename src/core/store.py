@@ -25,7 +25,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
 )
 from pynamodb.connection import Connection
-from pynamodb.constants import NONE
+from pynamodb.constants import ALL_NEW, NONE
 from pynamodb.exceptions import DeleteError, PutError, QueryError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
@@ -315,11 +315,34 @@ def _newer_event(record: PatientRecord | AppointmentRecord) -> Condition:
     return condition
 
 
-def save_patient(patient: PatientRecord) -> bool:
-    """Write the patient if this event is not older than the stored one; False when it is older."""
+def save_patient(
+    patient: PatientRecord, *, keep: frozenset[str] = frozenset(), default_zone: str = "UTC"
+) -> PatientRecord | None:
+    """Write the patient if this event is not older than the stored one: the patient as stored then, None when it is
+    older. `keep`: optional attributes the event left out, whose stored values stand (one update, the item back;
+    a new patient gets `default_zone` for a zone left out, and nothing for the others)."""
     _forget_ahead("patient", patient.patient_id)
-    key_attr = PatientRecord.patient_id
-    return _applied(lambda: patient.save(condition=key_attr.does_not_exist() | _newer_event(patient)))
+    condition = PatientRecord.patient_id.does_not_exist() | _newer_event(patient)
+    if not keep:
+        return patient if _applied(lambda: patient.save(condition=condition)) else None
+    actions: list[Action] = []
+    for name, attribute in PatientRecord.get_attributes().items():
+        value = getattr(patient, name)
+        if name == "patient_id" or (name in keep and name != "timezone"):
+            continue
+        if name in keep:  # the zone, which every patient has
+            actions.append(attribute.set(attribute | default_zone))
+        else:
+            actions.append(attribute.remove() if value is None else attribute.set(value))
+    stored: list[PatientRecord] = []
+
+    def update() -> None:
+        response = patient._get_connection().update_item(
+            patient.patient_id, actions=actions, condition=condition, return_values=ALL_NEW
+        )
+        stored.append(PatientRecord.from_raw_data(response["Attributes"]))
+
+    return stored[0] if _applied(update) else None
 
 
 def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str, *, only_after: str | None = None) -> bool:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.e2e.test_scenarios import (
+    ABIDJAN,
     CrashInjector,
     administered_event,
     assert_invariants,
@@ -21,6 +23,7 @@ from tests.e2e.test_scenarios import (
     run,
     scenario,
     sends_of,
+    utc,
 )
 
 pytestmark = pytest.mark.e2e
@@ -237,6 +240,51 @@ def test_a_discreet_flag_that_is_not_a_boolean_is_refused_naming_the_field() -> 
     errors = [e["error"] for e in out["stats"]["events"]["errors"]]
     assert any("detail.discreet" in e for e in errors), errors
     assert not [m for m in out["messages"] if m["patient_id"] == "p2"]
+
+
+# ---------------------------------------------------------------------------------------------- partial updates
+
+
+def _a_new_phone_only(first: dict[str, Any]) -> dict[str, Any]:
+    """The clinic system records a new phone and sends the patient's fields it keeps: not the optional ones."""
+    update = patient_event("2027-03-06T08:00:00Z", "p1", phone(2))
+    update["detail"] = {k: v for k, v in update["detail"].items() if k in first["detail"] and k in REQUIRED}
+    return update
+
+
+REQUIRED = {"patient_id", "phone", "language", "sms_opt_in", "display_name"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("discreet", True), ("preferred_hour", 17), ("timezone", "America/New_York")],
+)
+def test_an_update_that_leaves_out_an_optional_field_keeps_its_value(field: str, value: Any) -> None:
+    """A clinic system that does not know an optional field (or an export without it) sends a routine update, a new
+    phone: the field used to be reset (a discreet family's texts named the child again on a shared phone, a family's
+    evening hour went back to 09:00, a New York family's reminders moved to the program's zone). Left out, it keeps
+    its value; given, even as null, it is changed."""
+    first = patient_event("2027-03-01T08:00:00Z", "p1", phone(1))
+    first["detail"][field] = value
+    events = [first, dose_event("2027-03-01T08:00:00Z", "a1", "p1", DUE), _a_new_phone_only(first)]
+    out = run(scenario(START, UNTIL, events))
+    after = [s for s in out["sends"] if s["at"] > "2027-03-06T08:00:00Z"]
+    assert after and all(s["to"] == phone(2) for s in after), describe(out)
+    if field == "discreet":
+        assert not any("Awa" in s["text"] or "Penta" in s["text"] for s in out["sends"]), describe(out)
+    else:
+        zone = ZoneInfo(value if field == "timezone" else ABIDJAN)
+        (one_day,) = [s for s in after if s["at"].startswith("2027-03-11")]
+        assert utc(one_day["at"]).astimezone(zone).hour == (17 if field == "preferred_hour" else 9), describe(out)
+
+
+def test_an_optional_field_given_as_null_is_cleared() -> None:
+    first = patient_event("2027-03-01T08:00:00Z", "p1", phone(1), preferred_hour=17)
+    update = patient_event("2027-03-06T08:00:00Z", "p1", phone(1))
+    update["detail"]["preferred_hour"] = None
+    out = run(scenario(START, UNTIL, [first, dose_event("2027-03-01T08:00:00Z", "a1", "p1", DUE), update]))
+    (one_day,) = [s for s in out["sends"] if s["at"].startswith("2027-03-11")]
+    assert utc(one_day["at"]).hour == 9, describe(out)
 
 
 # ---------------------------------------------------------------------------------------------- no pile-up
