@@ -14,7 +14,8 @@ When the state changes, and who changes it (never a scan):
   and decides (`judge`): reached after all; wait (a reminder is still pending, queued or dead-lettered: until its
   deadline; the dose not overdue yet: until then); stop (a reminder the provider accepted has no receipt yet, or an
   ambiguous send was dead-lettered: the family may have got it; a failure receipt asks again, and the BACKSTOP looks
-  once more 24 h after the last send, in case that re-arm was lost); or open the follow-up, with its reasons.
+  once more 24 h after the last send, in case that re-arm was lost, and calls if every such send was a request the
+  provider never answered, still unconfirmed); or open the follow-up, with its reasons.
   It also publishes what the outbox holds.
 
 **Once, never lost.** Opening is a conditional write on the state's version that records the follow-up as open and
@@ -200,10 +201,14 @@ def judge(messages: Iterable[MessageRecord], no_reminder: str | None, overdue: s
     waiting = [m.deadline for m in reminders if m.status in OUTSTANDING and not _ended(m, now)]
     if now < overdue or waiting:
         return Verdict("wait", until=max([overdue, *waiting]))
-    unconfirmed = [_unconfirmed_since(m) for m in reminders if _may_have_gone_out(m)]
+    unconfirmed = [m for m in reminders if _may_have_gone_out(m)]
     if unconfirmed:
-        backstop = iso(parse_iso(max(unconfirmed)) + BACKSTOP)
-        return Verdict("stop", until=backstop if backstop > now else None)
+        backstop = iso(parse_iso(max(map(_unconfirmed_since, unconfirmed))) + BACKSTOP)
+        if backstop > now:
+            return Verdict("stop", until=backstop)
+        if not all(_unanswered(m) for m in unconfirmed):
+            return Verdict("stop")
+        # Every request went unanswered and nothing confirmed one since (a hung provider): most likely not arrived.
     reasons = [reason for m in reminders if (reason := reason_of(m)) is not None]
     if not reasons:
         reasons = [f"no reminder: {no_reminder or 'scheduled too late for any reminder to go out'}"]
@@ -219,6 +224,11 @@ def _may_have_gone_out(message: MessageRecord) -> bool:
     return message.status == Status.SENT or (message.status == Status.DEAD_LETTER and message.text is not None)
 
 
+def _unanswered(message: MessageRecord) -> bool:
+    """Recorded sent after a request the provider never answered (`SMS_ON_AMBIGUOUS_SEND=assume_sent`), no receipt."""
+    return message.status == Status.SENT and bool(message.ambiguous)
+
+
 def _unconfirmed_since(message: MessageRecord) -> str:
     if message.status == Status.SENT:
         return message.sent_at or message.scheduled_at
@@ -232,6 +242,8 @@ def reason_of(message: MessageRecord) -> str | None:
     error = message.last_error or ""
     if message.status == Status.FAILED:
         return f"{label}: {_why_failed(message, error)}"
+    if _unanswered(message):
+        return f"{label}: the SMS provider never answered its request, and no receipt came"
     if message.status == Status.EXPIRED:
         if error.startswith("superseded"):
             return None

@@ -215,3 +215,29 @@ def test_one_number_the_provider_always_fails_neither_holds_back_the_others_nor_
     assert failing["status"] == "expired", describe(out)
     assert "(retries exhausted: transient 503" in failing["last_error"]
     assert not [r for r in provider_requests if r.to != bad and r.status != 201]
+
+
+@pytest.mark.parametrize("fault", [{"status": 503}, {"timeout": "before_send"}], ids=["refusing", "hung"])
+def test_families_whose_reminders_fell_in_an_outage_are_called(fault: dict[str, Any]) -> None:
+    """Four families' 1-day and overdue reminders fall in a two-day Orange outage. Refusing (503), the reminders
+    expire and the families are called. Hung (it takes connections and never answers), each request is ambiguous and
+    recorded sent under the default policy: no receipt ever comes, and the families were left as if reached. Past the
+    backstop they are called too."""
+    outage = (at_local("2027-03-11", 8, ABIDJAN, 55), at_local("2027-03-13", 17, ABIDJAN))
+    events: list[dict[str, Any]] = []
+    for n in range(1, 5):  # registered after their 7-day reminder's day
+        events += [
+            patient_event("2027-03-09T08:00:00Z", f"p{n}", phone(n)),
+            dose_event("2027-03-09T08:00:00Z", f"a{n}", f"p{n}", "2027-03-12"),
+        ]
+    lateness = {"REMINDER_1_DAY_MAX_LATENESS_HOURS": 2, "REMINDER_OVERDUE_MAX_LATENESS_HOURS": 2}
+    data = scenario(
+        "2027-03-09T00:00:00Z",
+        "2027-03-16T00:00:00Z",
+        events,
+        faults=[{"from": z(outage[0]), "until": z(outage[1]), **fault}],
+        settings=lateness,
+    )
+    out = run(data)
+    assert out["stats"]["invariants"]["ok"] and out["sends"] == [], describe(out)
+    assert {f["appointment_id"] for f in out["follow_ups"]} == {"a1", "a2", "a3", "a4"}, describe(out)

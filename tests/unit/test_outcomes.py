@@ -287,6 +287,25 @@ def test_judge_a_stop_sets_a_backstop_24_hours_after_the_last_send_then_lets_go(
     assert (judge(sent, None, OVERDUE, "2027-03-14T14:00:00.000Z").until) is None
 
 
+def test_judge_calls_a_family_whose_only_sends_went_unanswered_and_unconfirmed_past_the_backstop() -> None:
+    """A hung provider (it takes connections, never answers) made every request ambiguous, recorded sent under the
+    default policy: no receipt ever came. Past the backstop the family was left as if reached; it is called. One
+    send the provider did accept, even without a receipt, still lets it go."""
+    unanswered = [
+        reminder("1_day_reminder", "sent", sent_at="2027-03-11T09:00:00.000Z", ambiguous=True),
+        reminder("overdue_reminder", "sent", sent_at="2027-03-13T14:00:00.000Z", ambiguous=True),
+    ]
+    assert judge(unanswered, None, OVERDUE, "2027-03-13T15:00:00.000Z").action == "stop"
+    verdict = judge(unanswered, None, OVERDUE, "2027-03-14T14:00:00.000Z")
+    assert verdict.action == "call"
+    assert verdict.reasons == (
+        "1 day before: the SMS provider never answered its request, and no receipt came",
+        "1 day after: the SMS provider never answered its request, and no receipt came",
+    )
+    accepted = reminder("7_day_reminder", "sent", sent_at="2027-03-05T09:00:00.000Z")
+    assert judge([accepted, *unanswered], None, OVERDUE, "2027-03-14T14:00:00.000Z").action == "stop"
+
+
 def test_judge_a_dead_letter_past_its_deadline_has_ended() -> None:
     """Review item 3: a dead letter waits only until its deadline. Past it, one that was never sent has ended (not
     delivered: a reason to call); an ambiguous one (its text kept: it may have gone out) is a stop with the backstop,
