@@ -111,7 +111,10 @@ def simulate(
     invariants = document["stats"]["invariants"]
     out.print(f"sends: {len(document['sends'])}; invariants: {'hold' if invariants['ok'] else 'VIOLATED'}")
     events = document["stats"]["events"]
-    out.print(f"events: {events['applied']} applied, {events['ignored']} ignored, {events['rejected']} refused")
+    out.print(
+        f"events: {events['applied']} applied, {events['ignored']} ignored, {events['rejected']} refused"
+        + (f", {events['after_until']} after until (never run)" if events["after_until"] else "")
+    )
     for refused in events["errors"][:MAX_LISTED]:
         out.print(f"  {refused['at']} {refused['type']}: {refused['error']}", markup=False)
     if len(events["errors"]) > MAX_LISTED:

@@ -203,8 +203,6 @@ def load_scenario(data: Any) -> Scenario:
     _check_settings(scenario.settings)
     region = str(scenario.settings.get("SMS_DEFAULT_REGION", Settings.model_fields["SMS_DEFAULT_REGION"].default))
     for i, event in enumerate(scenario.events):
-        if event.at > scenario.until:
-            raise ScenarioError(f"events.{i}.at: after until ({scenario.until.isoformat()}): it would never run")
         if event.type in OPERATOR_EVENTS and (
             set(event.detail) != {"phone"} or not isinstance(event.detail["phone"], str)
         ):

@@ -94,7 +94,10 @@ class Simulation:
     dynamodb_endpoint: str | None = None
     handler_errors: list[str] = field(default_factory=list)
     # What plan_reminders answered, summed over the run, and each refusal or ignored event with its reason.
-    events: dict[str, Any] = field(default_factory=lambda: {"applied": 0, "ignored": 0, "rejected": 0, "errors": []})
+    # `after_until`: events stamped after the run's end, which never run.
+    events: dict[str, Any] = field(
+        default_factory=lambda: {"applied": 0, "ignored": 0, "rejected": 0, "after_until": 0, "errors": []}
+    )
 
     # The scenario events plan_reminders refused or ignored (by identity): the invariant check judges by the others.
     not_applied: set[int] = field(default_factory=set)
@@ -207,6 +210,7 @@ class Simulation:
         requeue: list[_Requeue] = []
         senders = [_Sender(Pacer(), self.scenario.start) for _ in range(settings.SMS_SENDER_MAX_CONCURRENCY)]
         start, until = self.scenario.start, self.scenario.until
+        self.events["after_until"] = sum(1 for e in events if e.at > until)
         not_before = start  # no dispatcher run before this (one interval after the last)
         tick: datetime | None = None  # the next dispatcher run that can find work, once the index is read
         index = 0
