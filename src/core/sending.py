@@ -733,7 +733,10 @@ def _send_sms(
             # Not asked, so not known: an SMS bound before this delivery may have gone out before a crash.
             untried = not tried
             return [_defer(m.message, until, why, now, settings, keep_binding=untried) for m in members]
-        outcome = _request(route.provider, {**request, "provider": route.provider}, members, rendered, settings, pacer)
+        # On a fallback (the first provider down, or found down by this request), a failure is the outage's too.
+        failed_over = bool(tried) or route.provider != settings.providers[0].value
+        request_to = {**request, "provider": route.provider}
+        outcome = _request(route.provider, request_to, members, rendered, settings, pacer, failed_over=failed_over)
         if not isinstance(outcome, str):
             return outcome
         tried.append(route.provider)
@@ -755,9 +758,12 @@ def _request(
     rendered: RenderedText,
     settings: Settings,
     pacer: Pacer,
+    *,
+    failed_over: bool = False,
 ) -> list[SendOutcome] | str:
     """One request to `provider` (or the replay of a stored result) and each reminder's outcome; or, when the
-    provider turned out to be down (its circuit open, or held), why, for the next provider to take the SMS."""
+    provider turned out to be down (its circuit open, or held), why, for the next provider to take the SMS.
+    `failed_over`: the SMS is on a fallback provider, the one before it down."""
     send_once = _idempotent_send(settings).send_once
     requested: list[datetime] = []
     try:
@@ -775,7 +781,7 @@ def _request(
             for m in members
         ]
     except ProviderError as error:
-        return _after_provider_error(error, provider, members, rendered, settings, pacer)
+        return _after_provider_error(error, provider, members, rendered, settings, pacer, failed_over=failed_over)
     if AMBIGUOUS in accepted:  # this call's, or a replay of one whose outcome a crash kept from being written
         return _after_ambiguous(accepted, bool(requested), members, rendered, settings)
     answered_at = clock.now()
@@ -911,6 +917,8 @@ def _after_provider_error(
     rendered: RenderedText,
     settings: Settings,
     pacer: Pacer,
+    *,
+    failed_over: bool = False,
 ) -> list[SendOutcome] | str:
     """What a refused or failed request means for the provider's circuit, then for each reminder of the SMS; or
     why the provider is down, when it is (the SMS then goes to the next provider)."""
@@ -938,9 +946,23 @@ def _after_provider_error(
             # The provider's failure, not the message's: no attempt is burnt; the next provider takes it, or it goes
             # out after the outage, before its deadline or not at all.
             return f"{provider} circuit open: {error}"
+        if failed_over:
+            # A fallback failing while the provider before it is down: an outage of both, not the message's fault. A
+            # lone reminder spent its attempts on each provider before their circuits opened, and was dead-lettered.
+            return [_retry_unspent(m, error, provider, now, settings) for m in members]
     else:
         provider_state.record_answer(provider, now)
     return [_failed(m, error, provider, settings, rendered) for m in members]
+
+
+def _retry_unspent(
+    member: _Ready, error: ProviderError, provider: str, now: datetime, settings: Settings
+) -> SendOutcome:
+    """Back to pending for a retry after the backoff of its last attempt, no attempt spent (bounded by its deadline)."""
+    attempts = max(1, int(member.message.attempts))
+    delay = backoff(attempts, settings.SMS_RETRY_DELAY_MINUTES, error.retry_after_seconds)
+    until = next_allowed(now + delay, member.zone, settings.quiet_hours)
+    return _defer(member.message, until, f"{provider}, failed over to, is failing too: {error}", now, settings)
 
 
 def _after_ambiguous(

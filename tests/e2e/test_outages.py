@@ -241,3 +241,18 @@ def test_families_whose_reminders_fell_in_an_outage_are_called(fault: dict[str, 
     out = run(data)
     assert out["stats"]["invariants"]["ok"] and out["sends"] == [], describe(out)
     assert {f["appointment_id"] for f in out["follow_ups"]} == {"a1", "a2", "a3", "a4"}, describe(out)
+
+
+def test_a_lone_reminder_outlives_an_outage_of_both_providers() -> None:
+    """Orange and its Kannel fallback both answer 503 for three hours from 09:00; the 1-day reminder's deadline is
+    19:00. Alone, it spent its attempts before both circuits opened: two on Orange, then, failed over, one on each
+    Kannel try, and was dead-lettered at 09:29 (then expired). A failure on the provider an SMS failed over to is the
+    outage's, not the message's: no attempt is spent, and the reminder goes out once the providers are back."""
+    outage = (at_local("2027-03-11", 8, ABIDJAN, 55), at_local("2027-03-11", 12, ABIDJAN))
+    fault = [{"from": z(outage[0]), "until": z(outage[1]), "status": 503}]
+    data = scenario("2027-03-10T00:00:00Z", "2027-03-12T00:00:00Z", one_patient(DUE), faults=fault)
+    data["fallback_provider"] = {"name": "kannel", "latency_ms": 100, "receipt_delay_seconds": 10, "faults": fault}
+    out = run(data)
+    one_day = by_type(out, "a1")["1_day_reminder"]
+    assert one_day["status"] == "delivered", describe(out)
+    assert utc(one_day["sent_at"]) < outage[1] + timedelta(minutes=5), describe(out)
