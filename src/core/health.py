@@ -107,17 +107,26 @@ def findings_for(figures: HealthFigures, settings: Settings) -> tuple[str, ...]:
 def configuration_advice(settings: Settings) -> tuple[str, ...]:
     """What the settings leave on the table, as sentences (pure). Advice, not findings: the scheduler works, and an
     alarm that stays on until the next deploy would hide the next real problem."""
+    advice: list[str] = []
     # Each sender paces at a whole floor(rate / concurrency) per second; a concurrency that does not divide the
     # rate leaves the rest of the provider's limit unused for good.
-    if settings.unused_rate_per_second < 1:
-        return ()
-    current = settings.SMS_SENDER_MAX_CONCURRENCY
-    nearest = sorted(settings.whole_rate_concurrencies, key=lambda n: (abs(n - current), n))[:3]
-    return (
-        f"The senders use {settings.senders_rate_per_second} of the {settings.SMS_RATE_LIMIT_PER_SECOND:g} SMS per"
-        f" second SMS_RATE_LIMIT_PER_SECOND allows ({current} senders at {settings.sender_pace_per_second} each); set"
-        f" SMS_SENDER_MAX_CONCURRENCY to a divisor of it ({', '.join(str(n) for n in sorted(nearest))}).",
-    )
+    if settings.unused_rate_per_second >= 1:
+        current = settings.SMS_SENDER_MAX_CONCURRENCY
+        nearest = sorted(settings.whole_rate_concurrencies, key=lambda n: (abs(n - current), n))[:3]
+        advice.append(
+            f"The senders use {settings.senders_rate_per_second} of the {settings.SMS_RATE_LIMIT_PER_SECOND:g} SMS per"
+            f" second SMS_RATE_LIMIT_PER_SECOND allows ({current} senders at {settings.sender_pace_per_second} each);"
+            f" set SMS_SENDER_MAX_CONCURRENCY to a divisor of it ({', '.join(str(n) for n in sorted(nearest))})."
+        )
+    # The failures before the one that opens a circuit each spend an attempt of the message that met them.
+    before_open = settings.SMS_CIRCUIT_FAILURES - 1
+    if before_open > settings.SMS_MAX_RETRIES:
+        advice.append(
+            f"SMS_MAX_RETRIES ({settings.SMS_MAX_RETRIES}) runs out before SMS_CIRCUIT_FAILURES"
+            f" ({settings.SMS_CIRCUIT_FAILURES}) failures in a row open a provider's circuit: a reminder alone in an"
+            f" outage is dead-lettered on its own attempts; set SMS_MAX_RETRIES to at least {before_open}."
+        )
+    return tuple(advice)
 
 
 def _backlog_findings(figures: HealthFigures, settings: Settings) -> list[str]:

@@ -198,3 +198,14 @@ def test_a_concurrency_that_leaves_part_of_the_rate_unused_gets_advice_not_an_al
     report = HealthReport(HEALTHY, findings_for(HEALTHY, settings), configuration_advice(settings))
     assert report.healthy and report.as_dict()["advice"] == list(report.advice)
     assert metric_values(report)[MetricName.HEALTH_UNHEALTHY] == 0
+
+
+def test_retries_that_run_out_before_the_circuit_opens_get_advice() -> None:
+    """With SMS_MAX_RETRIES below SMS_CIRCUIT_FAILURES − 1, a reminder alone in an outage spends its attempts before
+    the failures open the circuit, and is dead-lettered though the provider, not the message, was failing."""
+    advice = configuration_advice(build_settings(SMS_MAX_RETRIES=1, SMS_CIRCUIT_FAILURES=5))
+    assert advice == (
+        "SMS_MAX_RETRIES (1) runs out before SMS_CIRCUIT_FAILURES (5) failures in a row open a provider's circuit:"
+        " a reminder alone in an outage is dead-lettered on its own attempts; set SMS_MAX_RETRIES to at least 4.",
+    )
+    assert configuration_advice(build_settings()) == ()
