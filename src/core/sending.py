@@ -789,7 +789,7 @@ def _request(
         provider_state.record_answer(provider, answered_at)
     outcomes = _record_accepted(accepted, request, members, rendered, settings)
     if not requested or clock.now() - answered_at > RECORDED_LATE:
-        _apply_parked_receipts(accepted, [m.message.message_id for m in members], settings)
+        _apply_parked_receipts(accepted, list(accepted.get("message_ids") or request["message_ids"]), settings)
     return outcomes
 
 
