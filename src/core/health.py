@@ -22,7 +22,7 @@ from core.observability import logger, measure
 from core.providers.base import Balance
 from core.providers.factory import provider_for
 from core.settings import ProviderName, Settings
-from core.statistics import hour_buckets, merge, sum_counters
+from core.statistics import PENDING_HORIZON, hour_buckets, merge, sum_counters
 
 BUNDLE_EXPIRY_WARNING: Final[timedelta] = timedelta(days=7)
 FAILURE_COUNTERS: Final[tuple[str, ...]] = (Status.FAILED.value, Status.DEAD_LETTER.value)
@@ -294,13 +294,13 @@ def _read_balance(settings: Settings) -> tuple[Balance | None, str | None]:
 def measure_health(settings: Settings, now: datetime) -> HealthFigures:
     """Read every figure from DynamoDB, SQS and the provider."""
     store.bind(settings)
-    dispatchable = store.count_dispatchable(settings.DUE_INDEX_SHARDS)
+    pending = store.count_pending(settings.DUE_INDEX_SHARDS, now + PENDING_HORIZON)
     due_count, oldest = store.pending_due(settings.DUE_INDEX_SHARDS, now)
     sent, failures, undelivered = _last_hour(settings, now)
     balance, balance_error = _read_balance(settings)
     return HealthFigures(
         checked_at=now,
-        pending_count=sum(by.get(Status.PENDING.value, 0) for by in dispatchable.values()),
+        pending_count=sum(pending.values()),
         queued_count=queue.depth(settings.SEND_QUEUE_URL, settings),
         pending_due_count=due_count,
         oldest_due_at=oldest,

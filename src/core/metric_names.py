@@ -68,7 +68,7 @@ class MetricName(StrEnum):
     FOLLOW_UPS_CLOSED = "FollowUpsClosed"  # follow-ups closed by the dose given or the appointment cancelled
 
     # Health figures (service only), emitted by health_check on every run.
-    HEALTH_PENDING_COUNT = "HealthPendingCount"  # every pending message, those planned for later included
+    HEALTH_PENDING_COUNT = "HealthPendingCount"  # pending messages due within statistics.PENDING_HORIZON (24 h)
     HEALTH_PENDING_DUE_COUNT = "HealthPendingDueCount"  # the backlog: pending and due, SMS_ALERT_PENDING_THRESHOLD's
     HEALTH_OLDEST_DUE_LAG_MINUTES = "HealthOldestDueLagMinutes"
     HEALTH_FAILURES_LAST_HOUR = "HealthFailuresLastHour"

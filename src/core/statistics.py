@@ -3,8 +3,10 @@
 The counters (`core.counters`) are kept per UTC hour, so a window is read at hour granularity: every hour
 bucket that overlaps (now - window, now], i.e. the bucket of `now` and those before it back to the one holding
 the window's start. The report may therefore include up to one hour more than the window, never less.
-Pending is a live figure (the sparse `due` index), since a counter cannot say what is still waiting; a claimed
-reminder is on the send queue for seconds, out of the index, and the health check gives that queue's depth.
+Pending is a live figure (the sparse `due` index), since a counter cannot say what is still waiting: the reminders
+due within `PENDING_HORIZON`, not every one planned up to three years ahead, so that reading it stays bounded by a
+day's sends however many children are registered. A claimed reminder is on the send queue for seconds, out of the
+index, and the health check gives that queue's depth.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ Window = Literal["hour", "day", "week"]
 WINDOWS: Final[tuple[str, ...]] = get_args(Window)
 WINDOW_HOURS: Final[dict[str, int]] = {"hour": 1, "day": 24, "week": 7 * 24}
 P95: Final[float] = 0.95
+# How far ahead "pending" looks: a day holds every reminder the next send hours will take.
+PENDING_HORIZON_HOURS: Final[float] = 24
+PENDING_HORIZON: Final[timedelta] = timedelta(hours=PENDING_HORIZON_HOURS)
 
 REPORT_PK: Final[str] = "REPORT#daily"
 
@@ -179,17 +184,16 @@ class Figures:
         return out
 
 
-def figures_from_counters(counters: Mapping[str, float], live: Mapping[str, int] | None = None) -> Figures:
+def figures_from_counters(counters: Mapping[str, float], pending: int = 0) -> Figures:
     """The figures of one group of counters (`counters` by name) plus the live pending count."""
     counts = {field_name: _whole(counters.get(name, 0.0)) for name, field_name in COUNT_FIELDS.items() if name != SMS}
-    live = live or {}
     # Averages divide by the histogram's total, the exact number of samples in the sum (a delivery whose send
     # time is unknown is counted as delivered but has no latency).
     delivery, lateness = histogram(counters, "delivery"), histogram(counters, "lateness")
     return Figures(
         **counts,
         sms_sent=_share(counters.get(SMS, 0.0)),
-        pending=live.get(Status.PENDING.value, 0),
+        pending=pending,
         delivery_rate=delivery_rate(counts["delivered"], _whole(counters.get(UNDELIVERED, 0.0))),
         delivery_time_avg_seconds=average(counters.get("delivery_sum", 0.0), sum(delivery.values())),
         delivery_time_p95_seconds=percentile_from_histogram(delivery, P95),
@@ -235,16 +239,16 @@ def build_report(
     since: Window,
     now: datetime,
     counters_by_day: Mapping[str, Mapping[str, float]],
-    live: Mapping[str, Mapping[str, int]],
+    pending: Mapping[str, int],
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> StatisticsReport:
-    """The report from raw counters and live counts (no I/O); `start` and `end`: as for `hour_buckets`."""
+    """The report from raw counters and the live pending counts by reminder type (no I/O); `start` and `end`: as
+    for `hour_buckets`."""
     buckets = hour_buckets(since, now, start, end)
     grouped = sum_counters(counters_by_day, buckets)
-    types = [t.value for t in ReminderType] + sorted((set(grouped) | set(live)) - {t.value for t in ReminderType})
-    by_type = {t: figures_from_counters(grouped.get(t, {}), live.get(t)) for t in types}
-    live_total = {status: sum(live.get(t, {}).get(status, 0) for t in types) for status in ("pending",)}
+    types = [t.value for t in ReminderType] + sorted((set(grouped) | set(pending)) - {t.value for t in ReminderType})
+    by_type = {t: figures_from_counters(grouped.get(t, {}), pending.get(t, 0)) for t in types}
     window_start = start if start is not None else now - timedelta(hours=WINDOW_HOURS[since])
     first_hour = datetime.fromisoformat(f"{buckets[0][0]}T{buckets[0][1]}:00:00+00:00") if buckets else window_start
     return StatisticsReport(
@@ -253,10 +257,11 @@ def build_report(
         window_end=now,
         first_hour=first_hour,
         by_type=by_type,
-        total=figures_from_counters(merge(grouped.values()), live_total),
+        total=figures_from_counters(merge(grouped.values()), sum(pending.values())),
         notes=(
             "counts are per hour bucket (UTC): counted_from may be up to an hour from window_start",
-            "pending is a live count at window_end, not a count over the window",
+            f"pending is a live count at window_end of the reminders due within {PENDING_HORIZON_HOURS:g} hours after "
+            "it, not a count over the window",
             f"p95 values are histogram bucket upper bounds; '>{BOUNDS[-1]}' means beyond the last bound",
         ),
     )
@@ -279,8 +284,8 @@ def statistics(
     store.bind(settings)
     buckets = hour_buckets(since, now, start, end)
     counters_by_day = {day: store.read_counters(day) for day in dict.fromkeys(day for day, _ in buckets)}
-    live = store.count_dispatchable(settings.DUE_INDEX_SHARDS)
-    return replace(build_report(since, now, counters_by_day, live, start, end), outcomes=outcome_figures(by_clinic))
+    pending = store.count_pending(settings.DUE_INDEX_SHARDS, now + PENDING_HORIZON)
+    return replace(build_report(since, now, counters_by_day, pending, start, end), outcomes=outcome_figures(by_clinic))
 
 
 def local_day_start(day: str, zone: str) -> datetime:

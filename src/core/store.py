@@ -708,19 +708,23 @@ def waiting_in_due_index(shards: int) -> Iterator[MessageRecord]:
         )
 
 
-def count_dispatchable(shards: int) -> dict[str, dict[str, int]]:
-    """Messages still in the `due` index, by reminder type and status (pending; dead letters waiting for their
-    deadline; queued ones claimed before claims left the index): a live count.
+def count_pending(shards: int, until: datetime) -> dict[str, int]:
+    """Pending messages due at or before `until`, by reminder type: a live count.
 
-    Reads every shard of the sparse index (only waiting messages are in it), two attributes per item: fit for
-    the health check and the statistics report, not for a per-message path.
+    Bounded by `until`, since every reminder planned (up to years ahead) waits in the index; fit for the health
+    check and the statistics report, not for a per-message path.
     """
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, int] = {}
     for n in range(shards):
-        query = MessageRecord.due_index.query(f"DUE#{n}", attributes_to_get=["reminder_type", "status"], page_size=1000)
+        query = MessageRecord.due_index.query(
+            f"DUE#{n}",
+            MessageRecord.due_at <= iso(until),
+            filter_condition=MessageRecord.status == Status.PENDING.value,
+            attributes_to_get=["reminder_type", "status"],
+            page_size=1000,
+        )
         for item in query:
-            by_status = counts.setdefault(item.reminder_type, {})
-            by_status[item.status] = by_status.get(item.status, 0) + 1
+            counts[item.reminder_type] = counts.get(item.reminder_type, 0) + 1
     return counts
 
 

@@ -35,17 +35,17 @@ def _put(
     client.put_item(TableName=table, Item=item)
 
 
-def test_count_dispatchable_and_pending_due(ddb_stack: LocalStack, dynamodb_local_client: Any) -> None:
+def test_count_pending_and_pending_due(ddb_stack: LocalStack, dynamodb_local_client: Any) -> None:
     table = ddb_stack.messages_table
     _put(dynamodb_local_client, table, "m1", "DUE#0", "2027-03-13T09:00:00.000Z", "pending", "7_day_reminder")
     _put(dynamodb_local_client, table, "m2", "DUE#1", "2027-03-13T08:00:00.000Z", "pending", "7_day_reminder")
     _put(dynamodb_local_client, table, "m3", "DUE#1", "2027-03-13T07:00:00.000Z", "queued", "1_day_reminder")
     _put(dynamodb_local_client, table, "m4", "DUE#0", "2027-03-20T09:00:00.000Z", "pending", "overdue_reminder")
     _put(dynamodb_local_client, table, "m5", None, None, "sent", "7_day_reminder")  # not in the sparse index
-    assert store.count_dispatchable(2) == {
-        "7_day_reminder": {"pending": 2},
-        "1_day_reminder": {"queued": 1},  # claimed before claims left the index (a deploy of this change)
-        "overdue_reminder": {"pending": 1},
+    assert store.count_pending(2, datetime(2027, 3, 14, 0, 0, tzinfo=UTC)) == {"7_day_reminder": 2}
+    assert store.count_pending(2, datetime(2027, 3, 21, 0, 0, tzinfo=UTC)) == {
+        "7_day_reminder": 2,
+        "overdue_reminder": 1,  # m3 is queued: on the send queue, not pending
     }
     count, oldest = store.pending_due(2, datetime(2027, 3, 13, 10, 0, tzinfo=UTC))
     assert (count, oldest) == (2, datetime(2027, 3, 13, 8, 0, tzinfo=UTC))

@@ -18,7 +18,7 @@ from core.planning import handle_clinic_event
 from core.providers import factory
 from core.queue import QueuedMessage, put_dead_letter
 from core.settings import reset_settings
-from core.statistics import load_daily_report, statistics
+from core.statistics import PENDING_HORIZON, load_daily_report, statistics
 from core.store import Change, iso, parse_iso
 from rappel_local.embedded import invoke
 from rappel_local.orange_simulator import OrangeSimulator
@@ -133,11 +133,11 @@ def test_statistics_count_exactly_what_the_transitions_did(aws) -> None:
     assert seven.lateness_avg_seconds == pytest.approx(140.0)  # 30, 90 and 300 s
     assert seven.lateness_p95_seconds == 300.0
     one_day, overdue = report.by_type["1_day_reminder"], report.by_type["overdue_reminder"]
-    assert (one_day.expired, one_day.pending, one_day.sent, one_day.delivery_rate) == (1, 3, 0, None)
-    assert (overdue.pending, overdue.sent) == (4, 0)
+    assert (one_day.expired, one_day.pending, one_day.sent, one_day.delivery_rate) == (1, 0, 0, None)
+    assert (overdue.pending, overdue.sent) == (0, 0)  # due Mar 19 and 21: beyond PENDING_HORIZON
     total = report.total
     assert (total.sent, total.delivered, total.failed, total.dead_lettered, total.expired) == (3, 2, 1, 1, 1)
-    assert (total.pending, total.retried, total.delivery_time_p95_seconds) == (7, 1, 20.0)
+    assert (total.pending, total.retried, total.delivery_time_p95_seconds) == (0, 1, 20.0)
     assert json.loads(json.dumps(report.as_dict(), allow_nan=False))["total"]["sent"] == 3
 
 
@@ -150,7 +150,7 @@ def test_windows_select_the_hours_that_count(aws) -> None:
     assert {t: f.planned for t, f in early.by_type.items()} == dict.fromkeys(early.by_type, 4)
     assert early.total.sent == 0
     later = statistics("hour", aws.settings, now + timedelta(hours=2))
-    assert later.total.sent == 0 and later.total.pending == 7
+    assert later.total.sent == 0 and later.total.pending == 0
 
 
 def test_replayed_planning_events_leave_the_counters_exact(aws) -> None:
@@ -165,7 +165,7 @@ def test_replayed_planning_events_leave_the_counters_exact(aws) -> None:
     handle_clinic_event(dose("a1", "p1", due_date=DUE), aws.settings)  # same content, a new event id
     aws.tally()
     report = statistics("hour", aws.settings, aws.clock.now())
-    assert (report.total.planned, report.total.pending, report.total.cancelled) == (3, 3, 0)
+    assert (report.total.planned, report.total.cancelled) == (3, 0)
 
 
 def test_the_daily_run_stores_and_logs_its_report_and_emits_no_metrics(aws, capsys, caplog) -> None:
@@ -193,7 +193,7 @@ def test_a_healthy_system_reports_healthy(aws, orange) -> None:
     assert report.findings == ()
     assert report.healthy
     data = report.as_dict()
-    assert (data["pending_count"], data["pending_due_count"], data["oldest_due_lag_minutes"]) == (6, 0, 0)
+    assert (data["pending_count"], data["pending_due_count"], data["oldest_due_lag_minutes"]) == (0, 0, 0)
     assert (data["dead_letter_depth"], data["failure_rate"], data["minutes_without_send_while_due"]) == (0, None, 0)
     assert data["provider_balance_units"] == 1_000_000 and data["provider_balance_error"] is None
 
@@ -211,7 +211,10 @@ def test_the_pending_threshold_is_about_the_backlog_not_the_reminders_planned_ah
     _plan(aws, patients=2)
     settings = aws.with_settings(SMS_ALERT_PENDING_THRESHOLD=1)
     report = check_health(settings, aws.clock.now())
-    assert (report.figures.pending_count, report.figures.pending_due_count) == (6, 0) and report.healthy
+    assert (report.figures.pending_count, report.figures.pending_due_count) == (0, 0) and report.healthy
+    aws.clock.advance_to(SEVEN_DAY_AT - timedelta(hours=1))
+    report = check_health(settings, aws.clock.now())
+    assert (report.figures.pending_count, report.figures.pending_due_count) == (2, 0) and report.healthy
     aws.clock.advance_to(parse_iso(store.get_message(_id(1)).scheduled_at))  # type: ignore[union-attr]
     assert check_health(settings, aws.clock.now()).findings == ("2 messages are due and waiting (threshold 1).",)
     assert check_health(aws.with_settings(SMS_ALERT_PENDING_THRESHOLD=2), aws.clock.now()).healthy
@@ -252,7 +255,7 @@ def test_claimed_messages_are_counted_on_the_send_queue_not_as_waiting_for_dispa
     report = check_health(aws.settings, now)
     assert report.healthy
     # One record: the two reminders go to one phone in one slot, as one SMS.
-    assert (report.figures.pending_count, report.figures.queued_count, report.figures.pending_due_count) == (4, 1, 0)
+    assert (report.figures.pending_count, report.figures.queued_count, report.figures.pending_due_count) == (0, 1, 0)
 
 
 def test_failure_rate_over_the_last_hour(aws, orange) -> None:
@@ -336,10 +339,11 @@ def test_a_kannel_deployment_has_no_balance_and_is_not_unhealthy_for_it(aws) -> 
 
 def test_the_handler_emits_every_health_figure_as_emf_with_the_service_dimension_only(no_provider, capsys) -> None:
     _plan(no_provider, patients=1)
+    no_provider.clock.advance_to(SEVEN_DAY_AT - timedelta(hours=1))  # its 7-day reminder within PENDING_HORIZON
     observability.discard_metrics()  # planning's metrics belong to another invocation
     capsys.readouterr()
     result = invoke("health_check", {"source": "aws.scheduler"})
-    assert result["healthy"] is False and result["pending_count"] == 3
+    assert result["healthy"] is False and result["pending_count"] == 1
     blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
     assert len(blobs) == 1
     directive = blobs[0]["_aws"]["CloudWatchMetrics"][0]
@@ -349,7 +353,7 @@ def test_the_handler_emits_every_health_figure_as_emf_with_the_service_dimension
     names = {metric["Name"] for metric in directive["Metrics"]}
     assert names == {name.value for name in HEALTH} - {"HealthProviderBalanceUnits"}  # unreadable: no data
     values = {name: _value(blobs[0][name]) for name in names}
-    assert (values["HealthUnhealthy"], values["HealthPendingCount"], values["HealthDeadLetterDepth"]) == (1, 3, 0)
+    assert (values["HealthUnhealthy"], values["HealthPendingCount"], values["HealthDeadLetterDepth"]) == (1, 1, 0)
 
 
 def test_the_handler_reports_the_balance_when_the_provider_answers(aws, orange, capsys) -> None:
@@ -424,3 +428,35 @@ def test_a_late_delivery_the_day_after_its_failure_takes_the_failure_back_where_
     assert (later.delivered, later.failed, later.delivery_rate) == (2, 0, 1.0)
     first_day = statistics("day", aws.settings, t0 + timedelta(hours=2)).by_type["7_day_reminder"]
     assert (first_day.failed, first_day.delivered, first_day.delivery_rate) == (0, 0, None)
+
+
+def _count_due_index_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    read = [0]
+    query = store.MessageRecord.due_index.query
+
+    def counting(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for item in query(*args, **kwargs):
+            read[0] += 1
+            yield item
+
+    monkeypatch.setattr(store.MessageRecord.due_index, "query", counting)
+    return read
+
+
+def test_health_and_statistics_read_the_next_day_not_the_schedule_years_ahead(aws, monkeypatch) -> None:
+    """Every planned reminder is pending and in the `due` index, up to three years ahead: a check every 30 minutes
+    that read them all would grow with every child ever registered. Pending is what is due within PENDING_HORIZON."""
+    _plan(aws)  # due Mar 20: its reminders on Mar 13, 19 and 21
+    for n in range(2, 12):
+        assert handle_clinic_event(patient(f"p{n}"), aws.settings).applied == 1
+        assert handle_clinic_event(dose(f"a{n}", f"p{n}", due_date="2029-02-01"), aws.settings).created == 3
+    settings = aws.with_settings(SMS_PROVIDER="kannel")  # no balance read
+    read = _count_due_index_reads(monkeypatch)
+    assert check_health(settings, aws.clock.now()).figures.pending_count == 0
+    assert statistics("day", aws.settings, aws.clock.now()).total.pending == 0
+    assert read[0] == 0
+    aws.clock.advance_to(SEVEN_DAY_AT - PENDING_HORIZON)
+    assert check_health(settings, aws.clock.now()).figures.pending_count == 1
+    report = statistics("day", aws.settings, aws.clock.now())
+    assert (report.total.pending, report.by_type["7_day_reminder"].pending) == (1, 1)
+    assert read[0] == 2  # the 7-day reminder, once by each

@@ -175,7 +175,7 @@ def test_figures_from_the_counters_real_transitions_produce() -> None:
             (Status.PENDING, "queued", sent3, scheduled, None),  # a retry
         ]
     )
-    figures = figures_from_counters(counters, {"pending": 4})
+    figures = figures_from_counters(counters, pending=4)
     assert (figures.planned, figures.sent, figures.delivered, figures.failed, figures.retried) == (1, 3, 2, 1, 1)
     assert figures.pending == 4
     assert figures.delivery_rate == pytest.approx(2 / 3)
@@ -290,8 +290,8 @@ def test_build_report_lists_every_type_and_totals_them() -> None:
             "10#overdue_reminder#expired": 4,
         }
     }
-    live = {"7_day_reminder": {"pending": 3}, "1_day_reminder": {"pending": 1}}
-    report = build_report("hour", T, counters, live)
+    pending = {"7_day_reminder": 3, "1_day_reminder": 1}
+    report = build_report("hour", T, counters, pending)
     assert list(report.by_type) == ["7_day_reminder", "1_day_reminder", "overdue_reminder"]
     assert report.by_type["7_day_reminder"].sent == 0 and report.by_type["7_day_reminder"].pending == 3
     assert report.by_type["overdue_reminder"].expired == 4
