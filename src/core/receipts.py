@@ -66,6 +66,13 @@ class ReceiptRejected(Exception):
         self.reason = reason
 
 
+def refused(error: ReceiptRejected) -> None:
+    """Count and log a refused callback: the gateways never send it again, so the reason is all an operator (the
+    `ReceiptsRejected` alarm) will have."""
+    count(MetricName.RECEIPTS_REJECTED)
+    logger.warning("receipt rejected", extra={"status": error.status_code, "reason": error.reason})
+
+
 @dataclass(frozen=True)
 class ReceiptOutcome:
     """What a receipt did: updated, recorded (information only), unchanged, or unknown id."""
@@ -78,7 +85,6 @@ def authenticate(token: str | None, settings: Settings) -> None:
     """Check the secret token of the registered URL in constant time; raises ReceiptRejected(403)."""
     expected = secret_text(settings.RECEIPT_TOKEN_SECRET, settings)
     if not token or not hmac.compare_digest(token.encode(), expected.encode()):
-        count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(403, "bad or missing token")
 
 
@@ -110,7 +116,6 @@ def parse_orange_receipt(body: str) -> OrangeReceipt:
     try:
         return OrangeReceipt.model_validate_json(body)
     except ValidationError as exc:
-        count(MetricName.RECEIPTS_REJECTED)
         error = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in error["loc"]) or "body"
         raise ReceiptRejected(400, f"{where}: {error['msg']}") from None
@@ -286,13 +291,10 @@ def kannel_receipt(params: dict[str, str], settings: Settings) -> ReceiptOutcome
     try:
         dlr_type = int(params.get("type", ""))
     except ValueError:
-        count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "type: must be a Kannel DLR type (1, 2, 4, 8 or 16)") from None
     if dlr_type not in KANNEL_TYPES:
-        count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, f"type: {dlr_type} is not a Kannel DLR type (1, 2, 4, 8 or 16)")
     if not message_id.startswith(("msg_", "sms_")) or len(message_id) > 64:
-        count(MetricName.RECEIPTS_REJECTED)
         raise ReceiptRejected(400, "message_id: not one of our message ids (msg_… or sms_…, at most 64 characters)")
     store.bind(settings)
     name, target = KANNEL_TYPES[dlr_type]

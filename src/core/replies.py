@@ -168,7 +168,6 @@ def parse_inbound(params: Mapping[str, str], raw_query: str | None, settings: Se
 
 
 def _reject(reason: str) -> NoReturn:
-    count(MetricName.RECEIPTS_REJECTED)
     raise ReceiptRejected(400, reason)
 
 

@@ -8,7 +8,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from core.observability import lambda_entry
-from core.receipts import ReceiptRejected, authenticate, kannel_receipt, orange_receipt
+from core.receipts import ReceiptRejected, authenticate, kannel_receipt, orange_receipt, refused
 from core.replies import handle_inbound
 from core.settings import load_settings
 
@@ -22,14 +22,22 @@ def _answer(status: int, body: str) -> Response[str]:
 
 @app.exception_handler(ReceiptRejected)
 def _rejected(error: ReceiptRejected) -> Response[str]:
+    refused(error)
     return _answer(error.status_code, error.reason)
+
+
+def _body() -> str:
+    try:
+        return app.current_event.decoded_body or ""
+    except ValueError:  # not base64, or not UTF-8 once decoded
+        raise ReceiptRejected(400, "body: not base64-encoded UTF-8 text") from None
 
 
 @app.post("/orange")
 def orange() -> Response[str]:
     settings = load_settings()
     authenticate(app.current_event.get_query_string_value("token"), settings)
-    return _answer(200, orange_receipt(app.current_event.decoded_body or "", settings).result)
+    return _answer(200, orange_receipt(_body(), settings).result)
 
 
 @app.get("/kannel")

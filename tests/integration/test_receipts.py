@@ -282,7 +282,7 @@ def test_a_base64_encoded_body_is_decoded(pipe: Pipeline, sent: str) -> None:
     ids=["missing", "empty", "wrong", "another-stack"],
 )
 def test_a_request_without_the_right_token_is_refused_and_changes_nothing(
-    pipe: Pipeline, sent: str, capsys, token: str | None
+    pipe: Pipeline, sent: str, capsys, caplog: pytest.LogCaptureFixture, token: str | None
 ) -> None:
     before = _snapshot(pipe, sent)
     discard_metrics()
@@ -296,6 +296,17 @@ def test_a_request_without_the_right_token_is_refused_and_changes_nothing(
 
     assert _snapshot(pipe, sent) == before
     assert emf(capsys.readouterr().out) == {"ReceiptsRejected": 2}
+    logged = [r for r in caplog.records if r.getMessage() == "receipt rejected"]
+    assert [(r.levelname, r.status, r.reason) for r in logged] == [("WARNING", 403, "bad or missing token")] * 2
+    assert not token or all(token not in r.getMessage() + str(r.__dict__) for r in caplog.records)
+
+
+@pytest.mark.parametrize("body", [base64.b64encode(b"\xff\xfe{").decode(), "not base64!"], ids=["not-utf8", "not-b64"])
+def test_a_body_that_does_not_decode_is_refused_naming_the_body(pipe: Pipeline, sent: str, body: str) -> None:
+    event = function_url_event("POST", "/orange", f"token={pipe.receipt_token()}", body, JSON)
+    event["isBase64Encoded"] = True
+    response = invoke("delivery_receipt", event)
+    assert (response["statusCode"], response["body"]) == (400, "body: not base64-encoded UTF-8 text")
 
 
 def test_a_token_differing_only_in_its_last_character_is_refused(pipe: Pipeline, sent: str) -> None:

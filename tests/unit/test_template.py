@@ -461,6 +461,7 @@ def test_alarms_notify_the_topic_and_choose_missing_data_handling() -> None:
         "HealthProviderHold",
         "Errors",
         "EventsRejected",  # a clinic change refused (a bad phone, a bad date) is not applied until it is fixed
+        "ReceiptsRejected",  # a stale receipt token refuses every STOP and every receipt, which no gateway retries
     ):
         assert required in names, required
     for alarm_id, alarm in alarms.items():
@@ -471,6 +472,11 @@ def test_alarms_notify_the_topic_and_choose_missing_data_handling() -> None:
     assert thresholds["HealthFailureRate"] == {"Ref": "SmsAlertFailureRate"}
     assert thresholds["HealthOldestDueLagMinutes"] == {"Ref": "SmsAlertProcessingDelayMinutes"}
     assert thresholds["HealthProviderBalanceUnits"] == {"Ref": "ProviderBalanceAlarmUnits"}
+
+
+def test_the_dashboard_alarm_widget_shows_every_alarm() -> None:
+    shown = set(re.findall(r"\$\{(\w+)\.Arn\}", props("Dashboard")["DashboardBody"]["Fn::Sub"]))
+    assert set(of_type("AWS::CloudWatch::Alarm")) - shown == set()
 
 
 def test_dashboard_searches_use_the_metric_math_form() -> None:
