@@ -20,10 +20,11 @@ import pytest
 from core import pacing, receipts, sending, store
 from core.lifecycle import Status
 from core.observability import discard_metrics
+from core.providers import factory
 from core.settings import ProviderName, build_settings
 from core.statistics import statistics
 from core.store import iso
-from rappel_local.embedded import ReceiptEndpoint, function_url_event, invoke
+from rappel_local.embedded import ReceiptEndpoint, function_url_event, invoke, reset_core_caches
 from rappel_local.orange_simulator import Fault
 from tests.integration.pipeline_kit import PHONE, Pipeline, crash_once_after_the_provider_accepted, emf
 
@@ -881,3 +882,16 @@ def test_under_the_retry_policy_a_kannel_dlr_for_the_ambiguous_send_stops_its_re
     assert len(kannel.accepted) == 1
     stored = pipe.message(message_id)
     assert stored.status == "delivered" and "pending>sent" in " ".join(stored.history or [])
+
+
+@pytest.mark.parametrize("token", ["Ab3&x+y#z", "Ab3%Fa9 ok"], ids=["query-syntax", "kannel-escape"])
+def test_a_kannel_dlr_authenticates_whatever_characters_the_token_has(pipe: Pipeline, token: str) -> None:
+    """The token is an operator's secret: in the dlr-url it is percent-encoded, as in the inbound get-url, or an `&`
+    cuts it, a `#` ends the URL, and a `%` and a letter is a Kannel escape (every DLR refused, or every send)."""
+    boto3.client("secretsmanager").put_secret_value(SecretId=pipe.settings.RECEIPT_TOKEN_SECRET, SecretString=token)
+    pipe.start_kannel()
+    reset_core_caches()
+    kannel = factory.provider_for(pipe.settings, ProviderName.KANNEL)
+    called = urlsplit(kannel.dlr_url("msg_0123").replace("%d", "1").replace("%F", "smsc"))  # as smsbox calls it
+    response = invoke("delivery_receipt", function_url_event("GET", "/kannel", called.query, "", {}))
+    assert (response["statusCode"], response["body"]) == (200, "unknown")  # authenticated; no such message here

@@ -4,6 +4,7 @@ credentials."""
 from __future__ import annotations
 
 import functools
+from urllib.parse import quote
 
 from core import clock
 from core.providers.base import SmsProvider
@@ -51,7 +52,8 @@ def _build(settings: Settings, name: ProviderName, credentials: tuple[str, ...])
         username=username,
         password=password,
         sender=settings.KANNEL_SENDER,
-        dlr_url_base=f"{settings.RECEIPT_BASE_URL.rstrip('/')}/kannel?token={token}",
+        # Encoded as the inbound get-url's: an operator's token may hold `&`, `#` or a `%` that Kannel would expand.
+        dlr_url_base=f"{settings.RECEIPT_BASE_URL.rstrip('/')}/kannel?token={quote(token, safe='')}",
         connect_timeout=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS,
         read_timeout=settings.PROVIDER_READ_TIMEOUT_SECONDS,
     )
