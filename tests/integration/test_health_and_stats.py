@@ -300,6 +300,7 @@ def test_dead_letters_on_the_queue(aws, orange) -> None:
 
 def test_a_provider_hold_and_an_outage_are_findings_until_the_provider_answers(aws, orange) -> None:
     now = aws.clock.now()
+    aws.with_settings(SMS_PROVIDERS="orange,kannel")
     provider_state.hold("orange", now, aws.settings, "403 no bundle left")
     for _ in range(aws.settings.SMS_CIRCUIT_FAILURES):
         provider_state.record_transient_failure("kannel", now, aws.settings, "http_503: down")
@@ -460,3 +461,16 @@ def test_health_and_statistics_read_the_next_day_not_the_schedule_years_ahead(aw
     report = statistics("day", aws.settings, aws.clock.now())
     assert (report.total.pending, report.by_type["7_day_reminder"].pending) == (1, 1)
     assert read[0] == 2  # the 7-day reminder, once by each
+
+
+def test_a_provider_taken_out_of_the_settings_leaves_no_open_circuit_behind(aws) -> None:
+    """A program that moves from Orange to Kannel (its bundle or contract ended) leaves Orange's held circuit in the
+    ops table, and nothing routes to Orange again to close it: health reads the configured providers' circuits."""
+    orange_only = aws.settings
+    store.bind(orange_only)
+    provider_state.hold("orange", aws.clock.now(), orange_only, "orange: 403 no bundle left")
+    kannel_only = aws.with_settings(SMS_PROVIDER="kannel", SMS_PROVIDERS="")
+    aws.clock.advance_to(aws.clock.now() + timedelta(days=30))
+    report = check_health(kannel_only, aws.clock.now())
+    assert (report.figures.circuits, report.healthy) == ((), True), report.findings
+    assert len(check_health(orange_only, aws.clock.now()).figures.circuits) == 1  # still Orange's, where it is used
