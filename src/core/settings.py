@@ -7,10 +7,12 @@ value stops the function with a message that names the variable; see `load_setti
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from datetime import time
 from enum import StrEnum
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +47,17 @@ def parse_hhmm(value: str) -> time:
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _local(host: str) -> bool:
+    """Whether `host` is this machine or an address of a private network (a VPC, a VPN): plain HTTP stays there."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: where it resolves to is not known here
+    return address.is_loopback or address.is_private
 
 
 class Settings(BaseSettings):
@@ -186,6 +199,12 @@ class Settings(BaseSettings):
             if not re.match(r"^https?://\S+$", endpoint):
                 raise ValueError(
                     f"SMS_PROVIDERS names {provider.value}, whose {endpoints[provider]} is not an http(s) URL"
+                    f" (got {endpoint!r})"
+                )
+            if not endpoint.startswith("https://") and not _local(urlsplit(endpoint).hostname or ""):
+                # Every request carries the gateway's credentials, a family's number and the child's name.
+                raise ValueError(
+                    f"{endpoints[provider]} must be https:// for a host outside this machine and private networks"
                     f" (got {endpoint!r})"
                 )
         return self

@@ -28,7 +28,7 @@ DEPLOYED = {
     "APP_TIMEZONE": "Africa/Abidjan",
     "SMS_ALERT_PENDING_THRESHOLD": "50",
     "SMS_PROVIDERS": "orange,kannel",
-    "KANNEL_SENDSMS_URL": "http://kannel.example:13013/cgi-bin/sendsms",
+    "KANNEL_SENDSMS_URL": "https://kannel.example:13014/cgi-bin/sendsms",
     "REMINDER_7_DAY_TIME": "10:30",
     "PATIENTS_TABLE": "from-the-function-environment",
 }
