@@ -59,6 +59,9 @@ LABELS: Final[dict[str, str]] = {
 }
 PASS_LIMIT: Final[int] = 500  # states one pass handles (a few requests each); the rest wait for the next pass
 PASS_TIME_MARGIN_MS: Final[int] = 15_000  # a state takes a few requests; stop with this much of the timeout left
+# A state the pass failed on waits this long in its slot, so that states failing for good (a record an old version
+# wrote) are not taken first at every pass; a throttle's family is called an hour late at most.
+SET_ASIDE_FOR: Final[timedelta] = timedelta(hours=1)
 ATTEMPTS: Final[int] = 4  # conditional writes tried against concurrent changes before giving up until next time
 UNDELIVERABLE_RECEIPTS: Final[frozenset[str]] = frozenset({"DeliveryImpossible", "RejectedBySmsc", "Undelivered"})
 # A "stop" (a reminder that may have gone out, no receipt yet) is looked at once more this long after the last send
@@ -321,14 +324,26 @@ def run_due(settings: Settings, now: datetime, remaining_ms: Callable[[], int] |
             extra = {"appointment_id": state.appointment_id, "error": str(exc)}
             logger.error("follow-up event not published", extra=extra)
         except Exception as exc:  # one state's error (bad data, a throttle) must not stop the pass
-            # Left where it is for the next run; the states behind it (oldest first) are not held up by it. The
-            # error's type only: its text could carry a record's data (a phone).
+            # The error's type only: its text could carry a record's data (a phone).
             result.errors += 1
             extra = {"appointment_id": state.appointment_id, "error": type(exc).__name__}
             logger.error("follow-up state not handled", extra=extra)
+            _set_aside(state, settings, now)
     if result.looked_at:
         logger.info("follow-up pass", extra=result.__dict__)
+    count(MetricName.FOLLOW_UP_ERRORS, result.errors)
     return result
+
+
+def _set_aside(state: AppointmentState, settings: Settings, now: datetime) -> None:
+    """Move a state the pass failed on to SET_ASIDE_FOR later in its slot, so that the states behind it are looked
+    at; if even that fails, it stays where it is for the next pass."""
+    try:
+        store.defer_follow_up(state, now + SET_ASIDE_FOR, settings.DUE_INDEX_SHARDS)
+    except Exception as exc:
+        logger.error(
+            "follow-up state not set aside", extra={"appointment_id": state.appointment_id, "error": type(exc).__name__}
+        )
 
 
 def _look(state: AppointmentState, settings: Settings, now: datetime) -> AppointmentState | None:

@@ -1468,6 +1468,21 @@ def rearm_follow_up(appointment_id: str, at: datetime, shards: int) -> bool:
     )
 
 
+def defer_follow_up(state: AppointmentState, until: datetime, shards: int) -> bool:
+    """Move a state the pass could not handle to `until` in its slot of the pass's shards, the state itself unchanged
+    (one conditional write on its version: a state changed since is where its change put it); False otherwise."""
+    record = AppointmentStateRecord
+    _forget_ahead("state", state.appointment_id)
+    return _applied(
+        lambda: _update(
+            record(f"{_STATE_PK}{state.appointment_id}", _STATE_SK),
+            actions=[record.follow_up_at.set(iso(until))],
+            condition=(record.version == state.version)
+            & (record.follow_up_key == follow_up_shard(state.appointment_id, shards)),
+        )
+    )
+
+
 def _note_for_follow_up(message: MessageRecord, target: Status, at: datetime, settings: Settings) -> None:
     """After a reminder's status change: one that ended without reaching the family may make it one to call."""
     if target in {Status.FAILED, Status.DEAD_LETTER, Status.EXPIRED, Status.CANCELLED} and message.reminder_type in {

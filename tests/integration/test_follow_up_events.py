@@ -17,7 +17,7 @@ from core.lifecycle import Status
 from core.planning import handle_clinic_event
 from tests.helpers import dose as dose_event
 from tests.helpers import envelope, patient
-from tests.integration.pipeline_kit import Pipeline
+from tests.integration.pipeline_kit import Pipeline, emf
 
 pytestmark = pytest.mark.integration
 JSON = {"Content-Type": "application/json"}
@@ -345,7 +345,37 @@ def test_one_state_that_fails_does_not_block_the_others(
     monkeypatch.setattr(store, "get_appointment", real)
     pipe.clock.sleep(60)
     pipe.follow_up_pass()
+    assert [e["detail"]["appointment_id"] for e in clinic_events()] == ["a2"]  # a1 set aside for SET_ASIDE_FOR
+    pipe.clock.sleep(followup.SET_ASIDE_FOR.total_seconds())
+    pipe.follow_up_pass()
     assert sorted(e["detail"]["appointment_id"] for e in clinic_events()) == ["a1", "a2"]
+
+
+def test_states_the_pass_keeps_failing_on_are_set_aside_and_counted_not_taken_first_at_every_pass(
+    pipe: Pipeline, clinic_events, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A state that fails for good (a record an old version wrote) stayed first in its slot, oldest first: once
+    PASS_LIMIT of them had built up, no other family was ever looked at, and nothing but a log line said so."""
+    for n in (1, 2, 3):
+        phone = f"+22507010203{n}9"
+        assert handle_clinic_event(patient(f"p{n}", sms_opt_in=False, phone=phone), pipe.settings).applied == 1
+        assert handle_clinic_event(dose_event(f"a{n}", f"p{n}", due_date=DUE), pipe.settings).applied == 1
+    monkeypatch.setattr(followup, "PASS_LIMIT", 2)
+    real = store.get_appointment
+
+    def broken(appointment_id: str) -> Any:
+        if appointment_id in {"a1", "a2"}:
+            raise ValueError("bad data")
+        return real(appointment_id)
+
+    monkeypatch.setattr(store, "get_appointment", broken)
+    pipe.clock.advance_to(OVERDUE)
+    capsys.readouterr()
+    for _ in range(2):
+        pipe.follow_up_pass()
+        pipe.clock.sleep(60 * pipe.settings.FOLLOW_UP_PASS_MINUTES)
+    assert [e["detail"]["appointment_id"] for e in clinic_events()] == ["a3"]
+    assert emf(capsys.readouterr().out)["FollowUpErrors"] == 2
 
 
 def test_a_pass_running_out_of_time_stops_cleanly_and_the_next_takes_the_rest(pipe: Pipeline, clinic_events) -> None:
