@@ -7,6 +7,7 @@ before anything is read or written.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -83,8 +84,25 @@ class ReceiptOutcome:
 
 def authenticate(token: str | None, settings: Settings) -> None:
     """Check the secret token of the registered URL in constant time; raises ReceiptRejected(403)."""
-    expected = secret_text(settings.RECEIPT_TOKEN_SECRET, settings)
-    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
+    _check(token, secret_text(settings.RECEIPT_TOKEN_SECRET, settings))
+
+
+def kannel_dlr_token(secret: str, message_id: str) -> str:
+    """The token of the dlr-url an SMS carries to Kannel: Kannel keeps that URL in its DLR store and may log it, so
+    it holds a token good for that SMS's DLRs only, not the endpoint's secret (which would opt any number out)."""
+    return hmac.new(secret.encode(), f"kannel-dlr:{message_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def authenticate_dlr(token: str | None, message_id: str, settings: Settings) -> None:
+    """Check a Kannel DLR's token: the SMS's own, or the secret itself (dlr-urls given before the SMS's own)."""
+    secret = secret_text(settings.RECEIPT_TOKEN_SECRET, settings)
+    _check(token, secret, kannel_dlr_token(secret, message_id))
+
+
+def _check(token: str | None, *accepted: str) -> None:
+    # Every candidate is compared, in constant time, whichever matches.
+    matches = [hmac.compare_digest((token or "").encode(), candidate.encode()) for candidate in accepted]
+    if not token or not any(matches):
         raise ReceiptRejected(403, "bad or missing token")
 
 

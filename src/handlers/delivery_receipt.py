@@ -8,7 +8,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from core.observability import lambda_entry
-from core.receipts import ReceiptRejected, authenticate, kannel_receipt, orange_receipt, refused
+from core.receipts import ReceiptRejected, authenticate, authenticate_dlr, kannel_receipt, orange_receipt, refused
 from core.replies import handle_inbound
 from core.settings import load_settings
 
@@ -43,8 +43,9 @@ def orange() -> Response[str]:
 @app.get("/kannel")
 def kannel() -> Response[str]:
     settings = load_settings()
-    authenticate(app.current_event.get_query_string_value("token"), settings)
-    return _answer(200, kannel_receipt(dict(app.current_event.query_string_parameters or {}), settings).result)
+    params = dict(app.current_event.query_string_parameters or {})
+    authenticate_dlr(params.get("token"), params.get("message_id", ""), settings)
+    return _answer(200, kannel_receipt(params, settings).result)
 
 
 @app.get("/inbound")

@@ -886,8 +886,9 @@ def test_under_the_retry_policy_a_kannel_dlr_for_the_ambiguous_send_stops_its_re
 
 @pytest.mark.parametrize("token", ["Ab3&x+y#z", "Ab3%Fa9 ok"], ids=["query-syntax", "kannel-escape"])
 def test_a_kannel_dlr_authenticates_whatever_characters_the_token_has(pipe: Pipeline, token: str) -> None:
-    """The token is an operator's secret: in the dlr-url it is percent-encoded, as in the inbound get-url, or an `&`
-    cuts it, a `#` ends the URL, and a `%` and a letter is a Kannel escape (every DLR refused, or every send)."""
+    """The secret is an operator's choice: the dlr-url carries a token derived from it, never the secret itself, where
+    an `&` would cut it, a `#` end the URL, and a `%` and a letter be a Kannel escape (every DLR refused, or every
+    send)."""
     boto3.client("secretsmanager").put_secret_value(SecretId=pipe.settings.RECEIPT_TOKEN_SECRET, SecretString=token)
     pipe.start_kannel()
     reset_core_caches()
@@ -895,3 +896,22 @@ def test_a_kannel_dlr_authenticates_whatever_characters_the_token_has(pipe: Pipe
     called = urlsplit(kannel.dlr_url("msg_0123").replace("%d", "1").replace("%F", "smsc"))  # as smsbox calls it
     response = invoke("delivery_receipt", function_url_event("GET", "/kannel", called.query, "", {}))
     assert (response["statusCode"], response["body"]) == (200, "unknown")  # authenticated; no such message here
+
+
+def test_the_token_in_a_kannel_dlr_url_settles_that_message_only_and_cannot_opt_a_family_out(
+    pipe: Pipeline, sent_by_kannel: str
+) -> None:
+    """Kannel keeps each dlr-url in its DLR store and logs it: the token there is good for that message's DLRs only,
+    not for a family's STOP, nor for another message's receipt (the endpoint's secret stays in the clinic's hands)."""
+    kannel = factory.provider_for(pipe.settings, ProviderName.KANNEL)
+    token = dict(parse_qsl(urlsplit(kannel.dlr_url(sent_by_kannel)).query))["token"]
+    assert token != pipe.receipt_token()
+    stop = {"token": token, "from": PHONE, "to": "1234", "text": "STOP", "coding": "0"}
+    assert pipe.receipt("GET", "/inbound", stop)["statusCode"] == 403
+    assert store.number_stop(PHONE) is None
+    other = pipe.plan(2, "2027-03-20")["7_day_reminder"]
+    assert pipe.receipt("GET", "/kannel", {"token": token, "message_id": other, "type": "2"})["statusCode"] == 403
+    assert _answer(pipe.receipt("GET", "/kannel", {"token": token, "message_id": sent_by_kannel, "type": "1"})) == (
+        200,
+        "delivered",
+    )

@@ -4,12 +4,12 @@ credentials."""
 from __future__ import annotations
 
 import functools
-from urllib.parse import quote
 
 from core import clock
 from core.providers.base import SmsProvider
 from core.providers.kannel import KannelProvider
 from core.providers.orange import OrangeProvider
+from core.receipts import kannel_dlr_token
 from core.secrets import secret_json, secret_text
 from core.settings import ProviderName, Settings
 
@@ -52,8 +52,8 @@ def _build(settings: Settings, name: ProviderName, credentials: tuple[str, ...])
         username=username,
         password=password,
         sender=settings.KANNEL_SENDER,
-        # Encoded as the inbound get-url's: an operator's token may hold `&`, `#` or a `%` that Kannel would expand.
-        dlr_url_base=f"{settings.RECEIPT_BASE_URL.rstrip('/')}/kannel?token={quote(token, safe='')}",
+        dlr_url_base=f"{settings.RECEIPT_BASE_URL.rstrip('/')}/kannel",
+        dlr_token=functools.partial(kannel_dlr_token, token),
         connect_timeout=settings.PROVIDER_CONNECT_TIMEOUT_SECONDS,
         read_timeout=settings.PROVIDER_READ_TIMEOUT_SECONDS,
     )

@@ -46,9 +46,11 @@ class KannelProvider:
         dlr_url_base: str,
         connect_timeout: float,
         read_timeout: float,
+        dlr_token: Callable[[str], str] | None = None,
         session: requests.Session | None = None,
     ) -> None:
-        """`dlr_url_base` is the receipt endpoint with its secret token, e.g. `https://…/kannel?token=…`."""
+        """`dlr_url_base` is the receipt endpoint, e.g. `https://…/kannel`; `dlr_token` gives the token each SMS's
+        dlr-url carries, from our id for it."""
         if not sendsms_url.startswith(("http://", "https://")):
             raise ValueError("sendsms_url must be an http(s) URL")
         if not dlr_url_base.startswith(("http://", "https://")):
@@ -62,6 +64,7 @@ class KannelProvider:
         self._password = password
         self._sender = sender
         self._dlr_url_base = dlr_url_base
+        self._dlr_token = dlr_token
         self._timeout = (connect_timeout, read_timeout)
         self._session = session or requests.Session()
 
@@ -79,7 +82,8 @@ class KannelProvider:
             # Only non-ASCII ids encode to %A…%F, which Kannel would take for its own escapes.
             raise ProviderError(FailureKind.PERMANENT, "invalid_message_id", "message id must be ASCII for Kannel")
         separator = "&" if "?" in self._dlr_url_base else "?"
-        return f"{self._dlr_url_base}{separator}message_id={encoded_id}&type=%d&smsc_id=%F"
+        token = f"token={self._dlr_token(message_id)}&" if self._dlr_token is not None else ""
+        return f"{self._dlr_url_base}{separator}{token}message_id={encoded_id}&type=%d&smsc_id=%F"
 
     def send(
         self,
