@@ -169,6 +169,8 @@ def test_planning_failures_land_in_the_planning_dead_letter_queue() -> None:
 
 def test_delivery_receipts_come_through_a_public_function_url() -> None:
     assert props("DeliveryReceiptFunction")["FunctionUrlConfig"]["AuthType"] == "NONE"
+    # Requests without the token still run it: capped, so that a flood cannot take the sender's concurrency.
+    assert props("DeliveryReceiptFunction")["ReservedConcurrentExecutions"] == {"Ref": "ReceiptConcurrency"}
     receipt_env = props("SendSmsFunction")["Environment"]["Variables"]["RECEIPT_BASE_URL"]
     assert is_ref(receipt_env, "DeliveryReceiptFunctionUrl", "FunctionUrl")
 
