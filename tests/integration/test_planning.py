@@ -336,6 +336,25 @@ def test_a_register_without_the_optional_columns_keeps_what_the_clinic_system_se
     assert store.parse_iso(seven_day.scheduled_at).hour == 18  # Abidjan is UTC+0
 
 
+def test_optional_patient_fields_given_as_null_are_set_to_their_defaults_not_refused(aws) -> None:
+    """A clinic system that writes null for a value it has none for: the update (a new phone, an opt-out) applies, and
+    the null sets the field, as for the other optional fields; `discreet: null` refused the whole event."""
+    handle_clinic_event(patient("p1", discreet=True, preferred_hour=18), aws.settings)
+    aws.clock.advance_to(aws.clock.now() + timedelta(hours=1))
+    result = handle_clinic_event(
+        patient("p1", phone="+2250701020399", discreet=None, preferred_hour=None, timezone=None), aws.settings
+    )
+    assert (result.applied, result.rejected) == (1, 0), result.errors
+    stored = store.get_patient("p1")
+    assert stored is not None
+    assert (stored.phone, bool(stored.discreet), stored.preferred_hour, stored.timezone) == (
+        "+2250701020399",
+        False,
+        None,
+        aws.settings.APP_TIMEZONE,
+    )
+
+
 @pytest.mark.parametrize("zone", ["Africa", "Nowhere/City", "../etc"])
 def test_a_zone_that_is_not_one_is_refused_naming_the_field_not_a_crash(aws, zone: str) -> None:
     """A folder of the zone database ("Africa", a plausible register value) used to escape as an OSError: a crash
