@@ -876,7 +876,7 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
 
 # ---------------------------------------------------------------------------------------------- history
 
-HISTORY_LIMIT = 20  # entries kept per message: a delivered reminder has 4, one retried to its limit about 16
+HISTORY_LIMIT = 20  # entries kept per message: a delivered reminder has 4, one retried to its limit (3 retries) 9
 REASON_MAX_CHARS = 120
 _PAST_THE_END = 9999  # a list index past any history's end: SET there appends (and overlaps no REMOVE of the oldest)
 
