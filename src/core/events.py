@@ -13,8 +13,7 @@ from typing import Annotated, Any, Literal
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from core.observability import mask_phones
-from core.phone import InvalidPhoneNumber, normalize_phone
+from core.phone import InvalidPhoneNumber, mask_phones, normalize_phone
 from core.texts import available_languages, clean_text
 from core.zones import known_zone
 

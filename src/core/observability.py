@@ -9,7 +9,6 @@ Phone numbers never reach a log line: the formatter masks anything shaped like o
 from __future__ import annotations
 
 import functools
-import re
 import threading
 import warnings
 from collections import defaultdict
@@ -21,39 +20,11 @@ from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
 
 from core.metric_names import UNITS, MetricName
-from core.phone import mask_phone
+from core.phone import mask_phones
 
 SERVICE = "rappel"
 NAMESPACE = "Rappel"
 # A run of digits and single separators (space, dot, dash) that may be a phone; `_is_phone` decides.
-_DIGIT_RUN = re.compile(r"(?<![\w.+-])(\+|%2[Bb])?(\d(?:[ .\-]?\d)*)(?![\w.-])")
-
-
-def _is_phone(sign: str | None, run: str) -> bool:
-    """8 to 15 digits: after a + (or %2B), however grouped; else unbroken, in groups of two or more split by spaces,
-    or in four or more groups split by dashes (a date has three). Never a decimal number or an address (dots)."""
-    digits = sum(ch.isdigit() for ch in run)
-    if not 8 <= digits <= 15:
-        return False
-    if sign:
-        return True
-    for separator in (" ", "-"):
-        groups = run.split(separator)
-        if set(run) <= set("0123456789" + separator) and all(len(g) >= 2 for g in groups):
-            return separator == " " or len(groups) >= 4
-    return False
-
-
-def mask_phones(text: str) -> str:
-    """`text` with every phone-shaped number masked (country code and last two digits kept)."""
-
-    def masked(match: re.Match[str]) -> str:
-        sign, run = match.group(1), match.group(2)
-        return mask_phone("+" + re.sub(r"\D", "", run)) if _is_phone(sign, run) else match.group(0)
-
-    return _DIGIT_RUN.sub(masked, text)
-
-
 warnings.filterwarnings("ignore", "No application metrics to publish*")
 
 

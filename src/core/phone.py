@@ -6,9 +6,11 @@ Logs and error messages only ever carry the masked form (country code and last t
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
 
-__all__ = ["InvalidPhoneNumber", "known_region", "mask_phone", "normalize_phone"]
+__all__ = ["InvalidPhoneNumber", "known_region", "mask_phone", "mask_phones", "normalize_phone"]
 
 # Longer inputs are not phone numbers; refusing them early keeps parsing cheap on hostile events.
 _MAX_RAW_LENGTH = 64
@@ -113,3 +115,31 @@ def _country_code(text: str) -> str | None:
     # Guard against parse leniency: the code must be what the input actually starts with.
     digits = "".join(ch for ch in text if "0" <= ch <= "9")
     return code if digits.startswith(code) else None
+
+
+_DIGIT_RUN = re.compile(r"(?<![\w.+-])(\+|%2[Bb])?(\d(?:[ .\-]?\d)*)(?![\w.-])")
+
+
+def _is_phone(sign: str | None, run: str) -> bool:
+    """8 to 15 digits: after a + (or %2B), however grouped; else unbroken, in groups of two or more split by spaces,
+    or in four or more groups split by dashes (a date has three). Never a decimal number or an address (dots)."""
+    digits = sum(ch.isdigit() for ch in run)
+    if not 8 <= digits <= 15:
+        return False
+    if sign:
+        return True
+    for separator in (" ", "-"):
+        groups = run.split(separator)
+        if set(run) <= set("0123456789" + separator) and all(len(g) >= 2 for g in groups):
+            return separator == " " or len(groups) >= 4
+    return False
+
+
+def mask_phones(text: str) -> str:
+    """`text` with every phone-shaped number masked (country code and last two digits kept)."""
+
+    def masked(match: re.Match[str]) -> str:
+        sign, run = match.group(1), match.group(2)
+        return mask_phone("+" + re.sub(r"\D", "", run)) if _is_phone(sign, run) else match.group(0)
+
+    return _DIGIT_RUN.sub(masked, text)

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.phone import InvalidPhoneNumber, mask_phone, normalize_phone
+from core.providers.base import redact
 
 pytestmark = pytest.mark.unit
 
@@ -184,3 +185,19 @@ def test_the_log_formatter_leaves_dates_numbers_addresses_and_ids_as_they_are(re
     logger.info("figures", extra=fields)
     record = json.loads(real_logs.getvalue().strip().splitlines()[-1])
     assert {name: record[name] for name in fields} == fields
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SVC0004: invalid address tel:+225 07 01 02 03 04",
+        "number 07-01-02-03-04 is barred",
+        "refused +2250701020304",
+    ],
+)
+def test_a_provider_error_keeps_no_phone_however_it_is_written(text: str) -> None:
+    """What a provider says goes into `last_error`, the history and the follow-up reasons: a number written in
+    groups (as a gateway may echo it) was kept whole."""
+    redacted = redact(text)
+    digits = "".join(ch for ch in redacted if ch.isdigit())
+    assert "01020304" not in digits and "0102" not in redacted.replace(" ", "").replace("-", ""), redacted

@@ -24,7 +24,7 @@ import requests
 import urllib3.exceptions
 
 from core import clock as core_clock
-from core.phone import mask_phone
+from core.phone import mask_phone, mask_phones
 
 
 class FailureKind(StrEnum):
@@ -131,8 +131,9 @@ _MAX_DETAIL = 300
 
 
 def redact(text: str) -> str:
-    """`text` with every phone-like digit run masked and its length bounded, fit for logs and `last_error`."""
-    masked = _PHONE_LIKE.sub(lambda match: mask_phone(match.group(0)), text)
+    """`text` with every phone-like digit run masked and its length bounded, fit for logs and `last_error`: numbers
+    however grouped (`mask_phones`), then any other run of six digits or more."""
+    masked = _PHONE_LIKE.sub(lambda match: mask_phone(match.group(0)), mask_phones(text))
     return masked if len(masked) <= _MAX_DETAIL else masked[: _MAX_DETAIL - 1] + "…"
 
 
