@@ -61,6 +61,9 @@ class HealthFigures:
     circuits: tuple[Circuit, ...]  # the providers' open circuits (outage or hold)
     balance: Balance | None
     balance_error: str | None
+    # Ambiguous dead letters waiting for an operator's decision (their SMS may have gone out), until their deadline.
+    undecided_count: int = 0
+    first_undecided_deadline: datetime | None = None
 
     @property
     def oldest_due_lag_minutes(self) -> int:
@@ -175,6 +178,12 @@ def _sending_findings(figures: HealthFigures, settings: Settings) -> list[str]:
             f"{_plural(figures.dead_letter_depth, 'message waits', 'messages wait')} in the dead letter queue; "
             "inspect them and redrive (`rappel redrive`)."
         )
+    if figures.undecided_count > 0 and figures.first_undecided_deadline is not None:
+        out.append(
+            f"{_plural(figures.undecided_count, 'ambiguous dead letter waits', 'ambiguous dead letters wait')} for an"
+            " operator's decision (its SMS may have gone out): see `rappel messages --status dead_letter`, then"
+            f" `rappel resend ID` or leave it; the first deadline is {_when(figures.first_undecided_deadline)}."
+        )
     return out
 
 
@@ -252,6 +261,8 @@ class HealthReport:
             "minutes_since_last_send": f.minutes_since_last_send,
             "minutes_without_send_while_due": f.minutes_without_send_while_due,
             "dead_letter_depth": f.dead_letter_depth,
+            "undecided_count": f.undecided_count,
+            "first_undecided_deadline": (store.iso(f.first_undecided_deadline) if f.first_undecided_deadline else None),
             "circuits": [
                 {
                     "provider": c.provider,
@@ -305,6 +316,7 @@ def measure_health(settings: Settings, now: datetime) -> HealthFigures:
     due_count, oldest = store.pending_due(settings.DUE_INDEX_SHARDS, now)
     sent, failures, undelivered = _last_hour(settings, now)
     balance, balance_error = _read_balance(settings)
+    undecided, first_deadline = store.undecided_dead_letters(now)
     return HealthFigures(
         checked_at=now,
         pending_count=sum(pending.values()),
@@ -319,6 +331,8 @@ def measure_health(settings: Settings, now: datetime) -> HealthFigures:
         circuits=_open_circuits(settings, now),
         balance=balance,
         balance_error=balance_error,
+        undecided_count=undecided,
+        first_undecided_deadline=first_deadline,
     )
 
 

@@ -516,7 +516,6 @@ def revive_message(
             "recipient": recipient,
             "last_error": None,
             "ended_at": None,
-            "expires_at": None,
         },
         # Not one the provider may have taken: an ambiguous attempt recorded, or bound to another SMS than the one
         # it was read bound to (one the provider took is `sent`, not cancelled).

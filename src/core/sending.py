@@ -1309,7 +1309,7 @@ def _sent_change(message: MessageRecord, values: dict[str, Any], reason: str) ->
     if message.state is Status.QUEUED:
         return Change(Status.SENT, frozenset({Status.QUEUED}), values, Guard.ATTEMPTS, reason=reason)
     if message.state is Status.CANCELLED:
-        values = {**values, "ended_at": None, "expires_at": None}  # not ended: a sent message waits for its receipt
+        values = {**values, "ended_at": None}  # not ended (the retention clock goes too): it waits for its receipt
         reason = f"{reason}, before its cancellation"
     else:
         reason = f"{reason}, by a second delivery of its record"

@@ -270,6 +270,10 @@ def message_id_for(appointment_id: str, reminder_type: str, due_date: str, patie
     return f"msg_{digest[:32]}"
 
 
+# The `due` index partition of ambiguous dead letters, by deadline: no dispatcher reads it (see `transition`).
+UNDECIDED_SHARD = "UNDECIDED"
+
+
 def shard_of(message_id: str, shards: int) -> str:
     """The `due` index partition of a message; stable for its whole life."""
     return f"DUE#{int(hashlib.sha256(message_id.encode()).hexdigest()[:8], 16) % shards}"
@@ -728,6 +732,20 @@ def count_pending(shards: int, until: datetime) -> dict[str, int]:
     return counts
 
 
+def undecided_dead_letters(after: datetime) -> tuple[int, datetime | None]:
+    """How many ambiguous dead letters wait for an operator's decision with their deadline after `after`, and the
+    first of those deadlines (one partition of the `due` index, which only they are in)."""
+    total = 0
+    first: str | None = None
+    query = MessageRecord.due_index.query(
+        UNDECIDED_SHARD, MessageRecord.due_at > iso(after), attributes_to_get=["due_at"], scan_index_forward=True
+    )
+    for item in query:
+        total += 1
+        first = first or item.due_at
+    return total, parse_iso(first) if first else None
+
+
 def pending_due(shards: int, until: datetime) -> tuple[int, datetime | None]:
     """How many pending messages are due at or before `until`, and the earliest due time among them."""
     total = 0
@@ -840,22 +858,23 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
     for name, value in change.set.items():
         attribute = attributes[name]
         actions.append(attribute.remove() if value is None else attribute.set(value))
-    if change.target is Status.DEAD_LETTER and "text" not in change.set:
-        # It stays in the `due` index until its deadline, for the dispatcher to expire it if no redrive came. Not
-        # an ambiguous one (its text is recorded): the SMS may have gone out, so an operator decides, not a clock.
-        actions += [
-            MessageRecord.due_at.set(message.deadline),
-            MessageRecord.due_shard.set(shard_of(message.message_id, settings.DUE_INDEX_SHARDS)),
-        ]
+    undecided = change.target is Status.DEAD_LETTER and "text" in change.set
+    if change.target is Status.DEAD_LETTER:
+        # It stays in the `due` index until its deadline, for the dispatcher to expire it if no redrive came. Not an
+        # ambiguous one (its text is recorded): the SMS may have gone out, so an operator decides, not a clock; it
+        # waits in a partition of its own, which no dispatcher reads and health counts until its deadline.
+        shard = UNDECIDED_SHARD if undecided else shard_of(message.message_id, settings.DUE_INDEX_SHARDS)
+        actions += [MessageRecord.due_at.set(message.deadline), MessageRecord.due_shard.set(shard)]
     elif change.target not in DISPATCHABLE:
         actions += [MessageRecord.due_shard.remove(), MessageRecord.due_at.remove()]
+    retention = timedelta(days=settings.SMS_RETENTION_DAYS)
     if change.target in TERMINAL:
-        actions += [
-            MessageRecord.ended_at.set(iso(at)),
-            MessageRecord.expires_at.set(at + timedelta(days=settings.SMS_RETENTION_DAYS)),
-        ]
-    elif change.target is Status.DEAD_LETTER:
-        actions.append(MessageRecord.expires_at.remove())  # dead letters are kept until resolved
+        actions += [MessageRecord.ended_at.set(iso(at)), MessageRecord.expires_at.set(at + retention)]
+    elif undecided:
+        # Past its deadline nothing can be decided: kept as long as an ended reminder, from then.
+        actions.append(MessageRecord.expires_at.set(parse_iso(message.deadline) + retention))
+    else:  # a live reminder (one revived from an ending included), or a dead letter its redrive may take
+        actions.append(MessageRecord.expires_at.remove())
     # From: the one source the condition allows, else the status as read (exact under a version guard; a
     # cancellation, which has neither, may have raced a claim: the entry before it then tells).
     source = next(iter(sources)) if len(sources) == 1 else message.state

@@ -50,3 +50,16 @@ def test_count_pending_and_pending_due(ddb_stack: LocalStack, dynamodb_local_cli
     count, oldest = store.pending_due(2, datetime(2027, 3, 13, 10, 0, tzinfo=UTC))
     assert (count, oldest) == (2, datetime(2027, 3, 13, 8, 0, tzinfo=UTC))
     assert store.pending_due(2, datetime(2027, 3, 13, 7, 30, tzinfo=UTC)) == (0, None)
+
+
+def test_undecided_dead_letters_are_counted_until_their_deadline(
+    ddb_stack: LocalStack, dynamodb_local_client: Any
+) -> None:
+    table = ddb_stack.messages_table
+    _put(dynamodb_local_client, table, "u1", "UNDECIDED", "2027-03-15T09:00:00.000Z", "dead_letter", "7_day_reminder")
+    _put(dynamodb_local_client, table, "u2", "UNDECIDED", "2027-03-14T09:00:00.000Z", "dead_letter", "1_day_reminder")
+    _put(dynamodb_local_client, table, "d1", "DUE#0", "2027-03-13T09:00:00.000Z", "dead_letter", "7_day_reminder")
+    at = datetime(2027, 3, 13, 10, 0, tzinfo=UTC)
+    assert store.undecided_dead_letters(at) == (2, datetime(2027, 3, 14, 9, 0, tzinfo=UTC))
+    assert store.undecided_dead_letters(datetime(2027, 3, 14, 9, 0, tzinfo=UTC))[0] == 1  # past u2's deadline
+    assert store.count_pending(2, at) == {}  # the dispatcher's shards hold no undecided one

@@ -19,7 +19,7 @@ import botocore.client
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-from core import dispatch, pacing, planning, provider_state, queue, secrets, sending, store
+from core import dispatch, health, pacing, planning, provider_state, queue, secrets, sending, store
 from core.circuit import HOLD_INTERVAL, CircuitKind
 from core.lifecycle import Status
 from core.observability import discard_metrics
@@ -1017,10 +1017,44 @@ def test_a_redrive_leaves_an_ambiguous_dead_letter_for_an_operator_who_may_resen
     assert pipe.message(message_id).status == "dead_letter" and len(pipe.send_requests()) == 1
     assert sending.resend_dead_letter(message_id, pipe.settings)
     assert not sending.resend_dead_letter(message_id, pipe.settings)  # pending now: nothing to resend
+    assert pipe.message(message_id).expires_at is None  # pending: no retention clock
     pipe.cycle()
     resent = pipe.message(message_id)
     assert resent.status == "sent" and len(pipe.send_requests()) == 2
     assert any("sent again by an operator" in entry for entry in resent.history or [])
+
+
+def test_an_ambiguous_dead_letter_left_by_a_redrive_is_a_health_finding_until_its_deadline_then_ends(
+    pipe: Pipeline,
+) -> None:
+    """The redrive the DLQ alarm asks for takes an ambiguous dead letter's copy off the queue and leaves the reminder
+    for an operator: the queue was then empty, its alarm cleared and health was healthy, with nothing left to say a
+    decision waited. And past its deadline, when nothing can be decided any more, it was kept for good."""
+    pipe.configure(SMS_ON_AMBIGUOUS_SEND="dead_letter")
+    pipe.start_orange(faults=[Fault(nth=1, timeout="after_send")])
+    message_id = _due_now(pipe)
+    pipe.cycle()
+    assert queue.redrive(pipe.settings).moved == 1
+    pipe.send(pipe.receive())
+    pipe.cycle()
+    stored = pipe.message(message_id)
+    assert stored.status == "dead_letter"
+
+    report = health.check_health(pipe.settings, pipe.clock.now())
+    assert (report.figures.dead_letter_depth, report.figures.undecided_count) == (0, 1)
+    assert not report.healthy
+    deadline = parse_iso(stored.deadline)
+    assert report.findings == (
+        "1 ambiguous dead letter waits for an operator's decision (its SMS may have gone out): see `rappel messages"
+        f" --status dead_letter`, then `rappel resend ID` or leave it; the first deadline is {deadline:%Y-%m-%d %H:%M}"
+        " UTC.",
+    )
+    pipe.clock.advance_to(deadline + timedelta(minutes=1))
+    assert health.check_health(pipe.settings, pipe.clock.now()).figures.undecided_count == 0
+    assert store.undecided_dead_letters(deadline - timedelta(seconds=1))[0] == 1
+    kept = pipe.message(message_id)
+    expected_end = deadline + timedelta(days=pipe.settings.SMS_RETENTION_DAYS)
+    assert kept.status == "dead_letter" and kept.expires_at == expected_end
 
 
 def test_no_request_starts_without_the_time_to_hear_its_answer(pipe: Pipeline) -> None:
