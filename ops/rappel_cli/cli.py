@@ -460,14 +460,27 @@ def resend(
 
 
 @app.command()
-def retally(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
+def retally(
+    local: Local = False,
+    stack: Stack = None,
+    region: Region = None,
+    as_json: AsJson = False,
+    drop_gone: Annotated[
+        bool,
+        typer.Option(
+            "--drop-gone",
+            help="Delete the records of batches the stream no longer holds (kept 24 hours): they can never be"
+            " counted, and their counts stay missing.",
+        ),
+    ] = False,
+) -> None:
     """Count the statistics batches tally_changes gave up on (TallyFailureQueue), read again from the streams."""
     from rappel_cli.operations import retally as run
 
     settings = _settings(local, stack, region)
     try:
         with _quiet():  # the tally's own log lines stay off the output
-            rows = run(settings)
+            rows = run(settings, drop_gone=drop_gone)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -477,7 +490,7 @@ def retally(local: Local = False, stack: Stack = None, region: Region = None, as
     for row in rows:
         table.add_row(*(_fmt(row.get(c)) for c in ("shard", "first", "last", "changes", "result", "why")))
     _emit(rows, as_json, table)
-    if any(row["result"] != "tallied" for row in rows):
+    if any(row["result"] == "left" for row in rows):
         raise typer.Exit(1)
 
 

@@ -172,11 +172,12 @@ def cleanup_now(settings: Settings) -> dict[str, Any]:
     }
 
 
-def retally(settings: Settings) -> list[dict[str, Any]]:
+def retally(settings: Settings, *, drop_gone: bool = False) -> list[dict[str, Any]]:
     """Count the statistics batches tally_changes gave up on (their failure records in TallyFailureQueue): read
     each batch again from its stream, run tally_changes on it as the event source mapping would have, and delete the
     failure record. One the stream no longer holds as its record describes it (it keeps 24 hours), or whose tally
-    fails again, is left on the queue with the reason. Returns one row per failure record."""
+    fails again, is left on the queue with the reason; with `drop_gone`, one whose batch has left the stream, which
+    can never be counted, is deleted instead ("dropped"). Returns one row per failure record."""
     if not settings.TALLY_FAILURE_QUEUE_URL:
         raise ValueError("TALLY_FAILURE_QUEUE_URL: not set (the stack's TallyFailureQueueUrl output: redeploy)")
     endpoint = settings.AWS_ENDPOINT_URL or None
@@ -200,7 +201,9 @@ def retally(settings: Settings) -> list[dict[str, Any]]:
                 sqs.delete_message(QueueUrl=queue, ReceiptHandle=handle)
                 continue
             row = _retally_one(message["Body"], streams, patterns)
-            if row["result"] == "tallied":
+            if row.pop("gone", False) and drop_gone:
+                row["result"] = "dropped"
+            if row["result"] in {"tallied", "dropped"}:
                 tallied.add(message["MessageId"])
                 sqs.delete_message(QueueUrl=queue, ReceiptHandle=handle)
             else:
@@ -225,7 +228,7 @@ def _retally_one(body: str, streams: Any, patterns: dict[str, Any]) -> dict[str,
     try:
         records = read_range(streams, stream_arn, shard, first, last)
     except BatchGone as gone:
-        return {**row, "result": "left", "why": str(gone)}
+        return {**row, "result": "left", "why": str(gone), "gone": True}
     batch = lambda_records(records, stream_arn, patterns[table])
     # Lambda's batchSize: the changes the function got (after the filter), or those read; either identifies it.
     if size not in {len(batch), len(records)}:

@@ -187,6 +187,15 @@ def test_a_failure_record_whose_changes_left_the_stream_is_left_with_the_reason(
     visible = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
     assert visible["Attributes"]["ApproximateNumberOfMessages"] == "12"  # all left for an operator, visible
 
+    # A batch the stream no longer holds can never be counted: its record kept TallyFailureQueueAlarm on for the
+    # queue's 14 days. The operator drops it, knowingly; what is not a stream's failure record stays.
+    dropped = retally(aws.settings, drop_gone=True)
+    assert sorted(row["result"] for row in dropped) == ["dropped"] + ["left"] * 11
+    gone = next(row for row in dropped if row["result"] == "dropped")
+    assert gone["why"].startswith("the stream no longer holds") and gone["changes"] == len(first)
+    visible = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+    assert visible["Attributes"]["ApproximateNumberOfMessages"] == "11"
+
 
 def test_rappel_retally_on_a_stack_without_the_queue_says_what_is_missing(
     aws: Any, monkeypatch: pytest.MonkeyPatch
