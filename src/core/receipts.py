@@ -172,13 +172,28 @@ def _settle_sms(
 ) -> ReceiptOutcome:
     """A receipt is for one SMS, which may carry several reminders: it settles every one of them that this provider
     sent (a receipt from the other provider of a failover pair, misrouted or forged, settles nothing). `read`: the
-    members the search for them has just read (strongly consistent), not read again."""
-    outcomes = [
-        apply_receipt(
-            m, provider_status, target, settings, learnt=learnt, provider=provider, read=read.get(m), named=named
-        )
-        for m in sorted(message_ids)
-    ]
+    members the search for them has just read (strongly consistent), not read again. An error on one member is raised
+    once the others are settled: the gateway may not post the receipt again (Kannel never does)."""
+    outcomes: list[ReceiptOutcome] = []
+    error: Exception | None = None
+    for m in sorted(message_ids):
+        try:
+            outcomes.append(
+                apply_receipt(
+                    m,
+                    provider_status,
+                    target,
+                    settings,
+                    learnt=learnt,
+                    provider=provider,
+                    read=read.get(m),
+                    named=named,
+                )
+            )
+        except Exception as exc:  # the next members first; then this one's error, for the function's alarm
+            error = error or exc
+    if error is not None:
+        raise error
     return next((o for o in outcomes if o.result != "unchanged"), outcomes[0])
 
 

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import boto3
 import botocore.client
+import botocore.exceptions
 import pytest
 
 from core import pacing, receipts, sending, store
@@ -915,3 +916,29 @@ def test_the_token_in_a_kannel_dlr_url_settles_that_message_only_and_cannot_opt_
         200,
         "delivered",
     )
+
+
+def test_a_receipt_that_fails_on_one_reminder_of_a_grouped_sms_still_settles_the_others(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receipt settles each reminder its SMS carried in turn: an error on the first (a write refused after its
+    retries) left the others `sent` for good, as Kannel does not post a DLR again. The error still answers 5xx (the
+    function's errors alarm), after the others are settled."""
+    pipe.start_kannel()
+    pipe.configure(SMS_PROVIDERS="kannel")
+    ids = sorted(pipe.plan(n, "2027-03-20", phone=PHONE)["7_day_reminder"] for n in (1, 2))
+    pipe.clock.advance_to(DUE_AT)
+    pipe.cycle()
+    sms_id = pipe.message(ids[0]).sms_key
+    assert sms_id is not None and {pipe.message(i).status for i in ids} == {"sent"}
+    apply = receipts.apply_receipt
+
+    def failing_on_the_first(message_id: str, *args: Any, **kwargs: Any) -> Any:
+        if message_id == ids[0]:
+            raise botocore.exceptions.ClientError({"Error": {"Code": "InternalServerError"}}, "UpdateItem")
+        return apply(message_id, *args, **kwargs)
+
+    monkeypatch.setattr(receipts, "apply_receipt", failing_on_the_first)
+    with pytest.raises(botocore.exceptions.ClientError):
+        _kannel(pipe, sms_id, "1")
+    assert [pipe.message(i).status for i in ids] == ["sent", "delivered"]
