@@ -654,7 +654,8 @@ def _receive_together(sqs: Any, settings: Settings, pollers: int) -> list[list[d
 
 
 def _earliest_due(settings: Settings) -> datetime | None:
-    """The next instant the dispatcher could find work: the smallest `due_at` in the due index.
+    """The next instant the dispatcher could find work: the smallest `due_at` in the due index's `DUE#n` shards (not
+    the undecided dead letters' partition, which no dispatcher reads).
 
     The harness reads it from moto's in-memory table (one pass in Python) rather than with a query per shard,
     which moto answers by walking the whole table each time; the result is the same as store.earliest_due.
@@ -664,7 +665,14 @@ def _earliest_due(settings: Settings) -> datetime | None:
 
     table = dynamodb_backends[DEFAULT_ACCOUNT_ID][settings.AWS_REGION].tables[settings.MESSAGES_TABLE]
     earliest = min(
-        (found.value for item in _items(table) if (found := item.attrs.get("due_at")) is not None), default=None
+        (
+            found.value
+            for item in _items(table)
+            if (found := item.attrs.get("due_at")) is not None
+            and (shard := item.attrs.get("due_shard")) is not None
+            and shard.value != store.UNDECIDED_SHARD
+        ),
+        default=None,
     )
     return store.parse_iso(earliest) if earliest is not None else None
 

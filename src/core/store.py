@@ -984,12 +984,12 @@ def update_pending(message: MessageRecord, values: Mapping[str, Any], shards: in
     )
 
 
-def delete_expired(before: datetime, statuses: Iterable[Status] = TERMINAL) -> int:
-    """Delete terminal messages whose retention has run out (what TTL does on AWS; moto never applies TTL)."""
+def delete_expired(before: datetime) -> int:
+    """Delete the messages whose retention has run out, as TTL does on AWS (moto never applies TTL): ended ones, and
+    ambiguous dead letters past their deadline (`transition` gives no other message an `expires_at`)."""
     deleted = 0
-    wanted = {s.value for s in statuses}
     for item in MessageRecord.scan(MessageRecord.expires_at.exists()):
-        if item.status in wanted and item.expires_at is not None and item.expires_at <= before:
+        if item.expires_at is not None and item.expires_at <= before:
             try:
                 item.delete(condition=MessageRecord.expires_at <= before)
                 deleted += 1

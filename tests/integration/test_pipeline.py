@@ -26,6 +26,7 @@ from core.observability import discard_metrics
 from core.planning import handle_clinic_event
 from core.providers import ProviderError
 from core.store import MessageRecord, iso, parse_iso
+from rappel_local import simulate
 from rappel_local.embedded import FakeLambdaContext, sqs_event
 from rappel_local.orange_simulator import Fault, OrangeSimulator
 from tests.helpers import dose, envelope, patient
@@ -1055,6 +1056,11 @@ def test_an_ambiguous_dead_letter_left_by_a_redrive_is_a_health_finding_until_it
     kept = pipe.message(message_id)
     expected_end = deadline + timedelta(days=pipe.settings.SMS_RETENTION_DAYS)
     assert kept.status == "dead_letter" and kept.expires_at == expected_end
+    # The simulator's shortcut to the dispatcher's next work reads no further than the dispatcher does (it woke it
+    # every minute past this deadline), and its stand-in for TTL deletes what TTL would.
+    assert simulate._earliest_due(pipe.settings) == store.earliest_due(pipe.settings.DUE_INDEX_SHARDS)
+    assert store.delete_expired(expected_end - timedelta(seconds=1)) == 0
+    assert store.delete_expired(expected_end) == 1 and store.get_message(message_id) is None
 
 
 def test_no_request_starts_without_the_time_to_hear_its_answer(pipe: Pipeline) -> None:
