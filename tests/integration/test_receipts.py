@@ -18,7 +18,7 @@ import botocore.client
 import botocore.exceptions
 import pytest
 
-from core import pacing, receipts, sending, store
+from core import pacing, provider_state, receipts, sending, store
 from core.lifecycle import Status
 from core.observability import discard_metrics
 from core.providers import factory
@@ -942,3 +942,42 @@ def test_a_receipt_that_fails_on_one_reminder_of_a_grouped_sms_still_settles_the
     with pytest.raises(botocore.exceptions.ClientError):
         _kannel(pipe, sms_id, "1")
     assert [pipe.message(i).status for i in ids] == ["sent", "delivered"]
+
+
+def test_a_gateway_reached_in_clear_text_across_the_internet_is_held_and_replies_still_apply(pipe: Pipeline) -> None:
+    """Each Kannel request carries the sendsms-user's password, the family's number and the child's name in its
+    query string: over http:// to a host outside this machine and private networks, the provider is not built and
+    is held (the other provider takes the traffic, no attempt is spent). The settings do not refuse it, or every
+    function, the receipt endpoint included, would stop, and a family's STOP (never posted again) be lost."""
+    pipe.start_kannel()
+    pipe.configure(SMS_PROVIDERS="kannel,orange", KANNEL_SENDSMS_URL="http://kannel.example.org:13013/cgi-bin/sendsms")
+    first = pipe.plan(1, "2027-03-20")["7_day_reminder"]
+    pipe.clock.advance_to(DUE_AT)
+    pipe.cycle()
+    assert pipe.kannel is not None and pipe.kannel.accepted == []
+    assert (pipe.message(first).status, pipe.message(first).provider, pipe.message(first).attempts) == (
+        "sent",
+        "orange",
+        1,
+    )
+    held = provider_state.circuits(pipe.clock.now(), fresh=True)["kannel"]
+    assert held.is_open and held.reason == "kannel: cleartext_endpoint"  # health's finding, the hold alarm's runbook
+    stop = {"token": pipe.receipt_token(), "from": PHONE, "to": "1234", "text": "STOP", "coding": "0"}
+    assert pipe.receipt("GET", "/inbound", stop)["statusCode"] == 200
+    assert store.number_stop(PHONE) is not None
+
+
+@pytest.mark.parametrize(
+    ("host", "private"),
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("10.0.3.5", True),
+        ("::1", True),
+        ("41.66.10.7", False),
+        ("kannel.internal", False),
+        ("", False),
+    ],
+)
+def test_plain_http_is_for_this_machine_and_private_addresses(host: str, private: bool) -> None:
+    assert factory._private(host) is private

@@ -51,33 +51,3 @@ def test_a_kannel_sender_kannel_would_refuse_stops_start_up_naming_the_variable(
     with pytest.raises(ConfigurationError, match="KANNEL_SENDER"):
         build_settings(KANNEL_SENDER=sender)
     assert build_settings(KANNEL_SENDER="+2250000").KANNEL_SENDER == "+2250000"
-
-
-@pytest.mark.parametrize(
-    ("variable", "provider", "url"),
-    [
-        ("KANNEL_SENDSMS_URL", "kannel", "http://kannel.example.org:13013/cgi-bin/sendsms"),
-        ("KANNEL_SENDSMS_URL", "kannel", "http://41.66.10.7:13013/cgi-bin/sendsms"),
-        ("ORANGE_API_BASE_URL", "orange", "http://api.orange.com"),
-    ],
-)
-def test_a_gateway_across_the_internet_must_be_reached_over_https(variable: str, provider: str, url: str) -> None:
-    """Each request carries the gateway's credentials, the family's number and the child's name (Kannel's in its
-    query string): in clear text only to this machine or a private network."""
-    with pytest.raises(ConfigurationError) as raised:
-        build_settings(SMS_PROVIDER=provider, **{variable: url})
-    assert f"{variable} must be https:// for a host outside this machine and private networks" in str(raised.value)
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "https://kannel.example.org:13014/cgi-bin/sendsms",
-        "http://127.0.0.1:13013/cgi-bin/sendsms",
-        "http://localhost:13013/cgi-bin/sendsms",
-        "http://10.0.3.5:13013/cgi-bin/sendsms",
-        "http://[::1]:13013/cgi-bin/sendsms",
-    ],
-)
-def test_plain_http_is_for_this_machine_and_private_networks(url: str) -> None:
-    assert url == build_settings(SMS_PROVIDER="kannel", KANNEL_SENDSMS_URL=url).KANNEL_SENDSMS_URL

@@ -4,22 +4,48 @@ credentials."""
 from __future__ import annotations
 
 import functools
+import ipaddress
+from urllib.parse import urlsplit
 
 from core import clock
-from core.providers.base import SmsProvider
+from core.providers.base import FailureKind, ProviderError, SmsProvider
 from core.providers.kannel import KannelProvider
 from core.providers.orange import OrangeProvider
 from core.receipts import kannel_dlr_token
 from core.secrets import secret_json, secret_text
-from core.settings import ProviderName, Settings
+from core.settings import PROVIDER_ENDPOINTS, ProviderName, Settings
 
 
 def provider_for(settings: Settings, name: str | None = None) -> SmsProvider:
     """The provider `name` (by default the first in failover order), built once per process for the credentials
     its secrets hold now (read through the secrets' five-minute cache): Orange's token cache lives in the instance,
-    and new credentials put in a secret (the runbook for revoked ones) are taken up without a deploy."""
+    and new credentials put in a secret (the runbook for revoked ones) are taken up without a deploy.
+
+    A provider whose endpoint is plain HTTP to a host outside this machine and private networks is not built: each
+    request carries its credentials, a family's number and the child's name. The ProviderError holds the provider
+    (as a refusal of the whole account does), so the other provider takes the traffic, no attempt is spent, and
+    receipts and replies, which need no provider, go on.
+    """
     provider = ProviderName(name) if name else settings.primary_provider
+    endpoint = getattr(settings, PROVIDER_ENDPOINTS[provider])
+    if not endpoint.startswith("https://") and not _private(urlsplit(endpoint).hostname or ""):
+        raise ProviderError(
+            FailureKind.PROVIDER_WIDE,
+            "cleartext_endpoint",
+            f"{PROVIDER_ENDPOINTS[provider]} must be https:// for a host outside this machine and private networks",
+        )
     return _build(settings, provider, _credentials(settings, provider))
+
+
+def _private(host: str) -> bool:
+    """Whether `host` is this machine or an address of a private network (a VPC, a VPN): plain HTTP stays there."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: where it resolves to is not known here
+    return address.is_loopback or address.is_private
 
 
 def _credentials(settings: Settings, name: ProviderName) -> tuple[str, ...]:
