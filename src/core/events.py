@@ -56,7 +56,8 @@ class PatientUpserted(_Detail):
     preferred_hour: Annotated[int, Field(ge=0, le=23)] | None = None
     # The family renewed its consent at the clinic: this lifts a stop on the number (a routine update does not).
     sms_opt_in_renewed: bool = False
-    # Texts that name neither the child nor the vaccine (a phone others may read); null, as left out, is not discreet.
+    # Texts that name neither the child nor the vaccine (a phone others may read); null or left out keeps the stored
+    # flag (not discreet for a new patient).
     discreet: bool | None = None
 
     @field_validator("timezone")

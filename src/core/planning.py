@@ -119,7 +119,10 @@ def _apply(event: ClinicEvent, settings: Settings, now: datetime) -> PlanningRes
         )
         # An optional field the event leaves out keeps its stored value (a clinic system that does not know it, or
         # sends only what changed); one given, even as null, is set.
-        keep = frozenset(KEPT_WHEN_LEFT_OUT - detail.model_fields_set)
+        # A null `discreet` too: only a clinic's `false` puts the child's name back on a phone others may read.
+        keep = frozenset(KEPT_WHEN_LEFT_OUT - detail.model_fields_set) | (
+            {"discreet"} if detail.discreet is None else set()
+        )
         as_stored = store.save_patient(patient, keep=keep, default_zone=settings.APP_TIMEZONE)
         written = as_stored is not None
         _count_write(result, written)

@@ -336,9 +336,10 @@ def test_a_register_without_the_optional_columns_keeps_what_the_clinic_system_se
     assert store.parse_iso(seven_day.scheduled_at).hour == 18  # Abidjan is UTC+0
 
 
-def test_optional_patient_fields_given_as_null_are_set_to_their_defaults_not_refused(aws) -> None:
-    """A clinic system that writes null for a value it has none for: the update (a new phone, an opt-out) applies, and
-    the null sets the field, as for the other optional fields; `discreet: null` refused the whole event."""
+def test_optional_patient_fields_given_as_null_are_applied_not_refused_and_null_never_lifts_discretion(aws) -> None:
+    """A clinic system that writes null for a value it has none for: the update (a new phone, an opt-out) applies
+    (`discreet: null` refused the whole event). A null zone or hour is the default; a null `discreet` keeps the stored
+    flag, since only a clinic's `false` may put the child's name back on a phone others read."""
     handle_clinic_event(patient("p1", discreet=True, preferred_hour=18), aws.settings)
     aws.clock.advance_to(aws.clock.now() + timedelta(hours=1))
     result = handle_clinic_event(
@@ -349,7 +350,7 @@ def test_optional_patient_fields_given_as_null_are_set_to_their_defaults_not_ref
     assert stored is not None
     assert (stored.phone, bool(stored.discreet), stored.preferred_hour, stored.timezone) == (
         "+2250701020399",
-        False,
+        True,
         None,
         aws.settings.APP_TIMEZONE,
     )
