@@ -60,8 +60,9 @@ LABELS: Final[dict[str, str]] = {
 PASS_LIMIT: Final[int] = 500  # states one pass handles (a few requests each); the rest wait for the next pass
 PASS_TIME_MARGIN_MS: Final[int] = 15_000  # a state takes a few requests; stop with this much of the timeout left
 # A state the pass failed on waits this long in its slot, so that states failing for good (a record an old version
-# wrote) are not taken first at every pass; a throttle's family is called an hour late at most.
-SET_ASIDE_FOR: Final[timedelta] = timedelta(hours=1)
+# wrote) are not taken first at every pass; a throttle's family is called 45 minutes late at most. Under an hour, so
+# that one failing for good errs in every hour of FollowUpErrorsAlarm's (it does not flap).
+SET_ASIDE_FOR: Final[timedelta] = timedelta(minutes=45)
 ATTEMPTS: Final[int] = 4  # conditional writes tried against concurrent changes before giving up until next time
 UNDELIVERABLE_RECEIPTS: Final[frozenset[str]] = frozenset({"DeliveryImpossible", "RejectedBySmsc", "Undelivered"})
 # A "stop" (a reminder that may have gone out, no receipt yet) is looked at once more this long after the last send

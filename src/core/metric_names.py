@@ -66,7 +66,9 @@ class MetricName(StrEnum):
     DOSES_GIVEN_NOT_REACHED = "DosesGivenNotReached"  # doses given whose family no reminder reached
     FOLLOW_UPS_OPENED = "FollowUpsOpened"  # families to call (FollowUpNeeded), one at a time per appointment
     FOLLOW_UPS_CLOSED = "FollowUpsClosed"  # follow-ups closed by the dose given or the appointment cancelled
-    FOLLOW_UP_ERRORS = "FollowUpErrors"  # states the follow-up pass could not handle (each set aside for an hour)
+    FOLLOW_UP_ERRORS = (
+        "FollowUpErrors"  # states the follow-up pass could not handle or whose event it could not publish
+    )
 
     # Health figures (service only), emitted by health_check on every run.
     HEALTH_PENDING_COUNT = "HealthPendingCount"  # pending messages due within statistics.PENDING_HORIZON (24 h)

@@ -24,7 +24,6 @@ from core.phone import mask_phones
 
 SERVICE = "rappel"
 NAMESPACE = "Rappel"
-# A run of digits and single separators (space, dot, dash) that may be a phone; `_is_phone` decides.
 warnings.filterwarnings("ignore", "No application metrics to publish*")
 
 

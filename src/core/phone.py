@@ -117,6 +117,7 @@ def _country_code(text: str) -> str | None:
     return code if digits.startswith(code) else None
 
 
+# A run of digits and single separators (space, dot, dash) that may be a phone; `_is_phone` decides.
 _DIGIT_RUN = re.compile(r"(?<![\w.+-])(\+|%2[Bb])?(\d(?:[ .\-]?\d)*)(?![\w.-])")
 
 
