@@ -459,6 +459,32 @@ def resend(
         raise typer.Exit(1)
 
 
+@app.command("assume-sent")
+def assume_sent(
+    message_id: Annotated[str, typer.Argument(callback=_message_id)],
+    local: Local = False,
+    stack: Stack = None,
+    region: Region = None,
+    as_json: AsJson = False,
+) -> None:
+    """Record an ambiguous dead letter as sent: the operator judges its SMS went out (the other choice is `resend`),
+    so it no longer waits for a decision; exit 1 when the message is not an ambiguous dead letter."""
+    from core.sending import assume_sent as record
+
+    settings = _settings(local, stack, region)
+    with _quiet():
+        recorded = record(message_id, settings)
+    data = {"message_id": message_id, "recorded_sent": recorded}
+    _emit(data, as_json, _key_values("Assume sent", data))
+    if not recorded:
+        from core import store
+
+        found = store.get_message(message_id)
+        why = "no such message" if found is None else f"it is {found.status}, not an ambiguous dead letter"
+        console.print(f"[red]not recorded:[/red] {message_id}: {why}", soft_wrap=True)
+        raise typer.Exit(1)
+
+
 @app.command()
 def retally(
     local: Local = False,

@@ -182,7 +182,8 @@ def _sending_findings(figures: HealthFigures, settings: Settings) -> list[str]:
         out.append(
             f"{_plural(figures.undecided_count, 'ambiguous dead letter waits', 'ambiguous dead letters wait')} for an"
             " operator's decision (its SMS may have gone out): see `rappel messages --status dead_letter`, then"
-            f" `rappel resend ID` or leave it; the first deadline is {_when(figures.first_undecided_deadline)}."
+            " `rappel resend ID` to send it again or `rappel assume-sent ID` to take it as sent; the first deadline"
+            f" is {_when(figures.first_undecided_deadline)}."
         )
     return out
 

@@ -1076,6 +1076,25 @@ def resend_dead_letter(message_id: str, settings: Settings) -> bool:
     return store.transition(message, _back_to_pending(message, now, settings, why), at=now, settings=settings)
 
 
+def assume_sent(message_id: str, settings: Settings) -> bool:
+    """An operator's decision that an ambiguous dead letter's SMS went out: recorded `sent` from when it was tried,
+    as `SMS_ON_AMBIGUOUS_SEND=assume_sent` would have (its receipt may still settle it; none, and its family is
+    called). False when it is not an ambiguous dead letter (any more)."""
+    store.bind(settings)
+    now = clock.now()
+    message = store.get_message(message_id)
+    if message is None or message.state is not Status.DEAD_LETTER or message.text is None:
+        return False
+    change = Change(
+        target=Status.SENT,
+        sources=frozenset({Status.DEAD_LETTER}),
+        set={"sent_at": message.failed_at or iso(now)},
+        guard=Guard.VERSION,
+        reason="recorded sent by an operator: its ambiguous attempt taken to have gone out",
+    )
+    return store.transition(message, change, at=now, settings=settings)
+
+
 def _settle(
     message: MessageRecord, target: Status, why: str, now: datetime, settings: Settings, *, attempts: int | None = None
 ) -> SendOutcome:

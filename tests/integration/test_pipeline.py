@@ -18,6 +18,7 @@ import boto3
 import botocore.client
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from typer.testing import CliRunner
 
 from core import dispatch, health, pacing, planning, provider_state, queue, secrets, sending, store
 from core.circuit import HOLD_INTERVAL, CircuitKind
@@ -26,6 +27,7 @@ from core.observability import discard_metrics
 from core.planning import handle_clinic_event
 from core.providers import ProviderError
 from core.store import MessageRecord, iso, parse_iso
+from rappel_cli import cli
 from rappel_local import simulate
 from rappel_local.embedded import FakeLambdaContext, sqs_event
 from rappel_local.orange_simulator import Fault, OrangeSimulator
@@ -1047,8 +1049,8 @@ def test_an_ambiguous_dead_letter_left_by_a_redrive_is_a_health_finding_until_it
     deadline = parse_iso(stored.deadline)
     assert report.findings == (
         "1 ambiguous dead letter waits for an operator's decision (its SMS may have gone out): see `rappel messages"
-        f" --status dead_letter`, then `rappel resend ID` or leave it; the first deadline is {deadline:%Y-%m-%d %H:%M}"
-        " UTC.",
+        " --status dead_letter`, then `rappel resend ID` to send it again or `rappel assume-sent ID` to take it as"
+        f" sent; the first deadline is {deadline:%Y-%m-%d %H:%M} UTC.",
     )
     pipe.clock.advance_to(deadline + timedelta(minutes=1))
     assert health.check_health(pipe.settings, pipe.clock.now()).figures.undecided_count == 0
@@ -1061,6 +1063,32 @@ def test_an_ambiguous_dead_letter_left_by_a_redrive_is_a_health_finding_until_it
     assert simulate._earliest_due(pipe.settings) == store.earliest_due(pipe.settings.DUE_INDEX_SHARDS)
     assert store.delete_expired(expected_end - timedelta(seconds=1)) == 0
     assert store.delete_expired(expected_end) == 1 and store.get_message(message_id) is None
+
+
+def test_an_operator_who_judges_an_ambiguous_dead_letter_went_out_records_it_sent_and_health_clears(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The health finding offers a choice: `rappel resend`, or leave it. Leaving it must be a decision the system
+    records, or the stack stays unhealthy (and its alarm hides any other finding) until the deadline."""
+    pipe.configure(SMS_ON_AMBIGUOUS_SEND="dead_letter")
+    pipe.start_orange(faults=[Fault(nth=1, timeout="after_send")])
+    message_id = _due_now(pipe)
+    pipe.cycle()
+    assert health.check_health(pipe.settings, pipe.clock.now()).figures.undecided_count == 1
+    other = pipe.plan(2, "2027-03-27")["7_day_reminder"]  # pending: not a dead letter, never "assumed sent"
+    assert not sending.assume_sent(other, pipe.settings)
+
+    monkeypatch.setattr(cli, "resolve", lambda **_: pipe.settings)
+    refused = CliRunner().invoke(cli.app, ["assume-sent", other, "--json"])
+    assert refused.exit_code == 1 and "not an ambiguous dead letter" in refused.output
+    recorded_by_cli = CliRunner().invoke(cli.app, ["assume-sent", message_id, "--json"])
+    assert recorded_by_cli.exit_code == 0, recorded_by_cli.output
+    assert not sending.assume_sent(message_id, pipe.settings)  # sent now: nothing to decide
+    recorded = pipe.message(message_id)
+    assert (recorded.status, recorded.due_shard, recorded.expires_at) == ("sent", None, None)
+    assert recorded.history is not None and "recorded sent by an operator" in recorded.history[-1]
+    assert health.check_health(pipe.settings, pipe.clock.now()).figures.undecided_count == 0
+    assert len(pipe.send_requests()) == 1
 
 
 def test_no_request_starts_without_the_time_to_hear_its_answer(pipe: Pipeline) -> None:
