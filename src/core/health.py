@@ -303,13 +303,6 @@ def _read_balance(settings: Settings) -> tuple[Balance | None, str | None]:
         return None, str(exc) or type(exc).__name__
 
 
-def _open_circuits(settings: Settings, now: datetime) -> tuple[Circuit, ...]:
-    """The open circuits of the providers in use: one taken out of the settings keeps its last circuit stored, and
-    nothing routes to it again to close it."""
-    in_use = {p.value for p in settings.providers}
-    return tuple(c for name, c in provider_state.circuits(now, fresh=True).items() if c.is_open and name in in_use)
-
-
 def measure_health(settings: Settings, now: datetime) -> HealthFigures:
     """Read every figure from DynamoDB, SQS and the provider."""
     store.bind(settings)
@@ -329,7 +322,7 @@ def measure_health(settings: Settings, now: datetime) -> HealthFigures:
         undelivered_last_hour=undelivered,
         last_send_at=provider_state.last_send(),
         dead_letter_depth=queue.depth(settings.DEAD_LETTER_QUEUE_URL, settings),
-        circuits=_open_circuits(settings, now),
+        circuits=provider_state.open_circuits(settings, now, fresh=True),
         balance=balance,
         balance_error=balance_error,
         undecided_count=undecided,

@@ -94,6 +94,13 @@ def circuits(now: datetime, *, fresh: bool = False) -> dict[str, Circuit]:
     return {name: stored.circuit for name, stored in _read(now, fresh=fresh).items()}
 
 
+def open_circuits(settings: Settings, now: datetime, *, fresh: bool = False) -> tuple[Circuit, ...]:
+    """The open circuits of the providers in use: one taken out of the settings keeps its last circuit stored, and
+    nothing routes to it again to close it."""
+    in_use = {p.value for p in settings.providers}
+    return tuple(c for name, c in circuits(now, fresh=fresh).items() if c.is_open and name in in_use)
+
+
 def route(settings: Settings, now: datetime, skip: tuple[str, ...] = ()) -> Route:
     """Where a request may go now, in the providers' failover order less `skip` (see `core.circuit.route`)."""
     return route_by(tuple(p.value for p in settings.providers if p.value not in skip), circuits(now), now)

@@ -460,7 +460,7 @@ def _hold_back(
         superseded_by=next_one.reminder_type if next_one is not None else None,
         gap_hours=settings.SMS_MIN_GAP_HOURS,
         paused_until=paused,
-        paused_why=_circuits_text(now) if paused is not None else "",
+        paused_why=_circuits_text(settings, now) if paused is not None else "",
         zone=ZoneInfo(patient.timezone),
         quiet_hours=settings.quiet_hours,
         deadline=parse_iso(message.deadline),
@@ -728,7 +728,7 @@ def _send_sms(
         now = clock.now()
         route = provider_state.take_route(settings, now, skip=tuple(tried))
         if route.provider is None:  # every provider down, or another sender took the only probe
-            why = why or f"no provider can take it: {_circuits_text(now)}"
+            why = why or f"no provider can take it: {_circuits_text(settings, now)}"
             until = provider_state.paused_until(settings, now) or route.paused_until or now + PROBE_INTERVAL
             # Not asked, so not known: an SMS bound before this delivery may have gone out before a crash.
             untried = not tried
@@ -988,10 +988,10 @@ def _after_ambiguous(
     ]
 
 
-def _circuits_text(now: datetime) -> str:
+def _circuits_text(settings: Settings, now: datetime) -> str:
     return "; ".join(
         f"{c.provider} {c.kind or 'open'} until {iso(c.retry_at)} ({c.reason})"
-        for c in provider_state.circuits(now).values()
+        for c in provider_state.open_circuits(settings, now)
         if c.retry_at is not None
     )
 
