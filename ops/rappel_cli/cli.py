@@ -448,15 +448,7 @@ def resend(
     settings = _settings(local, stack, region)
     with _quiet():
         resent = resend_dead_letter(message_id, settings)
-    data = {"message_id": message_id, "resent": resent}
-    _emit(data, as_json, _key_values("Resend", data))
-    if not resent:
-        from core import store
-
-        found = store.get_message(message_id)
-        why = "no such message" if found is None else f"it is {found.status}, not a dead letter before its deadline"
-        console.print(f"[red]not resent:[/red] {message_id}: {why}", soft_wrap=True)
-        raise typer.Exit(1)
+    _decision(message_id, "resent", resent, "a dead letter before its deadline", as_json)
 
 
 @app.command("assume-sent")
@@ -474,14 +466,19 @@ def assume_sent(
     settings = _settings(local, stack, region)
     with _quiet():
         recorded = record(message_id, settings)
-    data = {"message_id": message_id, "recorded_sent": recorded}
-    _emit(data, as_json, _key_values("Assume sent", data))
-    if not recorded:
+    _decision(message_id, "recorded_sent", recorded, "an ambiguous dead letter", as_json)
+
+
+def _decision(message_id: str, done: str, applied: bool, expected: str, as_json: bool) -> None:
+    """Print what an operator's decision on one message did; exit 1, saying why, when it did not apply."""
+    data = {"message_id": message_id, done: applied}
+    _emit(data, as_json, _key_values(done.replace("_", " ").capitalize(), data))
+    if not applied:
         from core import store
 
         found = store.get_message(message_id)
-        why = "no such message" if found is None else f"it is {found.status}, not an ambiguous dead letter"
-        console.print(f"[red]not recorded:[/red] {message_id}: {why}", soft_wrap=True)
+        why = "no such message" if found is None else f"it is {found.status}, not {expected}"
+        console.print(f"[red]not {done.replace('_', ' ')}:[/red] {message_id}: {why}", soft_wrap=True)
         raise typer.Exit(1)
 
 
