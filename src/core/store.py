@@ -858,23 +858,7 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
     for name, value in change.set.items():
         attribute = attributes[name]
         actions.append(attribute.remove() if value is None else attribute.set(value))
-    undecided = change.target is Status.DEAD_LETTER and "text" in change.set
-    if change.target is Status.DEAD_LETTER:
-        # It stays in the `due` index until its deadline, for the dispatcher to expire it if no redrive came. Not an
-        # ambiguous one (its text is recorded): the SMS may have gone out, so an operator decides, not a clock; it
-        # waits in a partition of its own, which no dispatcher reads and health counts until its deadline.
-        shard = UNDECIDED_SHARD if undecided else shard_of(message.message_id, settings.DUE_INDEX_SHARDS)
-        actions += [MessageRecord.due_at.set(message.deadline), MessageRecord.due_shard.set(shard)]
-    elif change.target not in DISPATCHABLE:
-        actions += [MessageRecord.due_shard.remove(), MessageRecord.due_at.remove()]
-    retention = timedelta(days=settings.SMS_RETENTION_DAYS)
-    if change.target in TERMINAL:
-        actions += [MessageRecord.ended_at.set(iso(at)), MessageRecord.expires_at.set(at + retention)]
-    elif undecided:
-        # Past its deadline nothing can be decided: kept as long as an ended reminder, from then.
-        actions.append(MessageRecord.expires_at.set(parse_iso(message.deadline) + retention))
-    else:  # a live reminder (one revived from an ending included), or a dead letter its redrive may take
-        actions.append(MessageRecord.expires_at.remove())
+    actions += _index_and_retention(message, change, sources, at, settings)
     # From: the one source the condition allows, else the status as read (exact under a version guard; a
     # cancellation, which has neither, may have raced a claim: the entry before it then tells).
     source = next(iter(sources)) if len(sources) == 1 else message.state
@@ -891,6 +875,33 @@ def transition(message: MessageRecord, change: Change, *, at: datetime, settings
     if change.follow_up:
         _note_for_follow_up(message, change.target, at, settings)
     return True
+
+
+def _index_and_retention(
+    message: MessageRecord, change: Change, sources: frozenset[Status], at: datetime, settings: Settings
+) -> list[Action]:
+    """The `due` index keys and the retention TTL a change leaves the message with (see `transition`)."""
+    actions: list[Action] = []
+    undecided = change.target is Status.DEAD_LETTER and "text" in change.set
+    if change.target is Status.DEAD_LETTER:
+        # It stays in the `due` index until its deadline, for the dispatcher to expire it if no redrive came. Not an
+        # ambiguous one (its text is recorded): the SMS may have gone out, so an operator decides, not a clock; it
+        # waits in a partition of its own, which no dispatcher reads and health counts until its deadline.
+        shard = UNDECIDED_SHARD if undecided else shard_of(message.message_id, settings.DUE_INDEX_SHARDS)
+        actions += [MessageRecord.due_at.set(message.deadline), MessageRecord.due_shard.set(shard)]
+    elif change.target not in DISPATCHABLE:
+        actions += [MessageRecord.due_shard.remove(), MessageRecord.due_at.remove()]
+    retention = timedelta(days=settings.SMS_RETENTION_DAYS)
+    if change.target in TERMINAL:
+        actions += [MessageRecord.ended_at.set(iso(at)), MessageRecord.expires_at.set(at + retention)]
+    elif undecided:
+        # Past its deadline nothing can be decided: kept as long as an ended reminder, from then.
+        actions.append(MessageRecord.expires_at.set(parse_iso(message.deadline) + retention))
+    elif sources & (TERMINAL | {Status.DEAD_LETTER}):
+        # Out of an ending (a revival, a late sent write) or an ambiguous dead letter: no retention clock any more. A
+        # claim or a sent write, the send path's, has none to remove.
+        actions.append(MessageRecord.expires_at.remove())
+    return actions
 
 
 # ---------------------------------------------------------------------------------------------- history
