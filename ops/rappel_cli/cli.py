@@ -35,6 +35,9 @@ def _message_id(value: str | None) -> str | None:
     return value
 
 
+MessageId = Annotated[str, typer.Argument(callback=_message_id)]
+
+
 def _settings(local: bool, stack: str | None, region: str | None) -> Any:
     try:
         return resolve(local=local, stack=stack, region=region)
@@ -435,7 +438,7 @@ def redrive(local: Local = False, stack: Stack = None, region: Region = None, as
 
 @app.command()
 def resend(
-    message_id: Annotated[str, typer.Argument(callback=_message_id)],
+    message_id: MessageId,
     local: Local = False,
     stack: Stack = None,
     region: Region = None,
@@ -453,7 +456,7 @@ def resend(
 
 @app.command("assume-sent")
 def assume_sent(
-    message_id: Annotated[str, typer.Argument(callback=_message_id)],
+    message_id: MessageId,
     local: Local = False,
     stack: Stack = None,
     region: Region = None,

@@ -201,8 +201,8 @@ def retally(settings: Settings, *, drop_gone: bool = False) -> list[dict[str, An
                 sqs.delete_message(QueueUrl=queue, ReceiptHandle=handle)
                 continue
             row = _retally_one(message["Body"], streams, patterns)
-            if row.pop("gone", False) and drop_gone:
-                row["result"] = "dropped"
+            if row["result"] == "gone":  # its batch has left the stream: never to be counted
+                row["result"] = "dropped" if drop_gone else "left"
             if row["result"] in {"tallied", "dropped"}:
                 tallied.add(message["MessageId"])
                 sqs.delete_message(QueueUrl=queue, ReceiptHandle=handle)
@@ -228,7 +228,7 @@ def _retally_one(body: str, streams: Any, patterns: dict[str, Any]) -> dict[str,
     try:
         records = read_range(streams, stream_arn, shard, first, last)
     except BatchGone as gone:
-        return {**row, "result": "left", "why": str(gone), "gone": True}
+        return {**row, "result": "gone", "why": str(gone)}
     batch = lambda_records(records, stream_arn, patterns[table])
     # Lambda's batchSize: the changes the function got (after the filter), or those read; either identifies it.
     if size not in {len(batch), len(records)}:

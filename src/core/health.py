@@ -306,17 +306,18 @@ def _read_balance(settings: Settings) -> tuple[Balance | None, str | None]:
 def measure_health(settings: Settings, now: datetime) -> HealthFigures:
     """Read every figure from DynamoDB, SQS and the provider."""
     store.bind(settings)
-    pending = store.count_pending(settings.DUE_INDEX_SHARDS, now + PENDING_HORIZON)
-    due_count, oldest = store.pending_due(settings.DUE_INDEX_SHARDS, now)
+    # One read of the next day's pending reminders gives both figures: those due by now are the backlog.
+    pending = store.pending_until(settings.DUE_INDEX_SHARDS, now + PENDING_HORIZON)
+    due = [due_at for _, due_at in pending if due_at <= now]
     sent, failures, undelivered = _last_hour(settings, now)
     balance, balance_error = _read_balance(settings)
     undecided, first_deadline = store.undecided_dead_letters(now)
     return HealthFigures(
         checked_at=now,
-        pending_count=sum(pending.values()),
+        pending_count=len(pending),
         queued_count=queue.depth(settings.SEND_QUEUE_URL, settings),
-        pending_due_count=due_count,
-        oldest_due_at=oldest,
+        pending_due_count=len(due),
+        oldest_due_at=min(due, default=None),
         sent_last_hour=sent,
         failures_last_hour=failures,
         undelivered_last_hour=undelivered,

@@ -32,8 +32,7 @@ WINDOWS: Final[tuple[str, ...]] = get_args(Window)
 WINDOW_HOURS: Final[dict[str, int]] = {"hour": 1, "day": 24, "week": 7 * 24}
 P95: Final[float] = 0.95
 # How far ahead "pending" looks: a day holds every reminder the next send hours will take.
-PENDING_HORIZON_HOURS: Final[float] = 24
-PENDING_HORIZON: Final[timedelta] = timedelta(hours=PENDING_HORIZON_HOURS)
+PENDING_HORIZON: Final[timedelta] = timedelta(hours=24)
 
 REPORT_PK: Final[str] = "REPORT#daily"
 
@@ -250,6 +249,7 @@ def build_report(
     types = [t.value for t in ReminderType] + sorted((set(grouped) | set(pending)) - {t.value for t in ReminderType})
     by_type = {t: figures_from_counters(grouped.get(t, {}), pending.get(t, 0)) for t in types}
     window_start = start if start is not None else now - timedelta(hours=WINDOW_HOURS[since])
+    horizon_hours = PENDING_HORIZON / timedelta(hours=1)
     first_hour = datetime.fromisoformat(f"{buckets[0][0]}T{buckets[0][1]}:00:00+00:00") if buckets else window_start
     return StatisticsReport(
         since=since,
@@ -260,8 +260,8 @@ def build_report(
         total=figures_from_counters(merge(grouped.values()), sum(pending.values())),
         notes=(
             "counts are per hour bucket (UTC): counted_from may be up to an hour from window_start",
-            f"pending is a live count at window_end of the reminders due within {PENDING_HORIZON_HOURS:g} hours after "
-            "it, not a count over the window",
+            f"pending is a live count at window_end of the reminders due within {horizon_hours:g} hours after it, not a"
+            " count over the window",
             f"p95 values are histogram bucket upper bounds; '>{BOUNDS[-1]}' means beyond the last bound",
         ),
     )

@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -712,24 +713,28 @@ def waiting_in_due_index(shards: int) -> Iterator[MessageRecord]:
         )
 
 
-def count_pending(shards: int, until: datetime) -> dict[str, int]:
-    """Pending messages due at or before `until`, by reminder type: a live count.
+def pending_until(shards: int, until: datetime) -> list[tuple[str, datetime]]:
+    """The pending messages due at or before `until`: each one's reminder type and due time, one query per shard.
 
     Bounded by `until`, since every reminder planned (up to years ahead) waits in the index; fit for the health
     check and the statistics report, not for a per-message path.
     """
-    counts: dict[str, int] = {}
+    found: list[tuple[str, datetime]] = []
     for n in range(shards):
         query = MessageRecord.due_index.query(
             f"DUE#{n}",
             MessageRecord.due_at <= iso(until),
             filter_condition=MessageRecord.status == Status.PENDING.value,
-            attributes_to_get=["reminder_type", "status"],
+            attributes_to_get=["reminder_type", "due_at", "status"],
             page_size=1000,
         )
-        for item in query:
-            counts[item.reminder_type] = counts.get(item.reminder_type, 0) + 1
-    return counts
+        found += [(item.reminder_type, parse_iso(item.due_at)) for item in query if item.due_at is not None]
+    return found
+
+
+def count_pending(shards: int, until: datetime) -> dict[str, int]:
+    """Pending messages due at or before `until`, by reminder type: a live count (see `pending_until`)."""
+    return dict(Counter(reminder_type for reminder_type, _ in pending_until(shards, until)))
 
 
 def undecided_dead_letters(after: datetime) -> tuple[int, datetime | None]:
@@ -744,26 +749,6 @@ def undecided_dead_letters(after: datetime) -> tuple[int, datetime | None]:
         total += 1
         first = first or item.due_at
     return total, parse_iso(first) if first else None
-
-
-def pending_due(shards: int, until: datetime) -> tuple[int, datetime | None]:
-    """How many pending messages are due at or before `until`, and the earliest due time among them."""
-    total = 0
-    earliest: str | None = None
-    for n in range(shards):
-        query = MessageRecord.due_index.query(
-            f"DUE#{n}",
-            MessageRecord.due_at <= iso(until),
-            filter_condition=MessageRecord.status == Status.PENDING.value,
-            attributes_to_get=["due_at", "status"],
-            scan_index_forward=True,
-            page_size=1000,
-        )
-        for item in query:
-            total += 1
-            if item.due_at is not None and (earliest is None or item.due_at < earliest):
-                earliest = item.due_at
-    return total, parse_iso(earliest) if earliest else None
 
 
 def recipient_key(phone: str) -> str:

@@ -35,7 +35,7 @@ def _put(
     client.put_item(TableName=table, Item=item)
 
 
-def test_count_pending_and_pending_due(ddb_stack: LocalStack, dynamodb_local_client: Any) -> None:
+def test_count_pending_and_pending_until(ddb_stack: LocalStack, dynamodb_local_client: Any) -> None:
     table = ddb_stack.messages_table
     _put(dynamodb_local_client, table, "m1", "DUE#0", "2027-03-13T09:00:00.000Z", "pending", "7_day_reminder")
     _put(dynamodb_local_client, table, "m2", "DUE#1", "2027-03-13T08:00:00.000Z", "pending", "7_day_reminder")
@@ -47,9 +47,9 @@ def test_count_pending_and_pending_due(ddb_stack: LocalStack, dynamodb_local_cli
         "7_day_reminder": 2,
         "overdue_reminder": 1,  # m3 is queued: on the send queue, not pending
     }
-    count, oldest = store.pending_due(2, datetime(2027, 3, 13, 10, 0, tzinfo=UTC))
-    assert (count, oldest) == (2, datetime(2027, 3, 13, 8, 0, tzinfo=UTC))
-    assert store.pending_due(2, datetime(2027, 3, 13, 7, 30, tzinfo=UTC)) == (0, None)
+    due = [at for _, at in store.pending_until(2, datetime(2027, 3, 13, 10, 0, tzinfo=UTC))]
+    assert (len(due), min(due)) == (2, datetime(2027, 3, 13, 8, 0, tzinfo=UTC))
+    assert store.pending_until(2, datetime(2027, 3, 13, 7, 30, tzinfo=UTC)) == []
 
 
 def test_undecided_dead_letters_are_counted_until_their_deadline(

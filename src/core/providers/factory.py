@@ -27,13 +27,6 @@ def provider_for(settings: Settings, name: str | None = None) -> SmsProvider:
     receipts and replies, which need no provider, go on.
     """
     provider = ProviderName(name) if name else settings.primary_provider
-    endpoint = getattr(settings, PROVIDER_ENDPOINTS[provider])
-    if not endpoint.startswith("https://") and not _private(urlsplit(endpoint).hostname or ""):
-        raise ProviderError(
-            FailureKind.PROVIDER_WIDE,
-            "cleartext_endpoint",
-            f"{PROVIDER_ENDPOINTS[provider]} must be https:// for a host outside this machine and private networks",
-        )
     return _build(settings, provider, _credentials(settings, provider))
 
 
@@ -59,6 +52,14 @@ def _credentials(settings: Settings, name: ProviderName) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=8)
 def _build(settings: Settings, name: ProviderName, credentials: tuple[str, ...]) -> SmsProvider:
+    # Checked here, once per built provider (a refusal raises, so it is not cached), not on every request.
+    endpoint = getattr(settings, PROVIDER_ENDPOINTS[name])
+    if not endpoint.startswith("https://") and not _private(urlsplit(endpoint).hostname or ""):
+        raise ProviderError(
+            FailureKind.PROVIDER_WIDE,
+            "cleartext_endpoint",
+            f"{PROVIDER_ENDPOINTS[name]} must be https:// for a host outside this machine and private networks",
+        )
     if name is ProviderName.ORANGE:
         client_id, client_secret = credentials
         return OrangeProvider(
