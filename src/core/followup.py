@@ -309,7 +309,12 @@ def run_due(settings: Settings, now: datetime, remaining_ms: Callable[[], int] |
     more than PASS_TIME_MARGIN_MS is left (a backlog, a slow EventBridge): the states not looked at stay in the
     index for the next pass, and this one ends cleanly with its metrics."""
     result = PassResult()
-    for state in store.follow_ups_due(settings.DUE_INDEX_SHARDS, now, PASS_LIMIT):
+    states, unreadable = store.follow_ups_due(settings.DUE_INDEX_SHARDS, now, PASS_LIMIT)
+    for item in unreadable:
+        result.errors += 1
+        logger.error("follow-up state unreadable", extra={"appointment_id": item.appointment_id, "error": item.error})
+        _set_aside(item.appointment_id, item.version, settings, now)
+    for state in states:
         if remaining_ms is not None and remaining_ms() < PASS_TIME_MARGIN_MS:
             result.out_of_time = True
             logger.warning("follow-up pass out of time; the rest waits for the next pass", extra=result.__dict__)
@@ -329,21 +334,21 @@ def run_due(settings: Settings, now: datetime, remaining_ms: Callable[[], int] |
             result.errors += 1
             extra = {"appointment_id": state.appointment_id, "error": type(exc).__name__}
             logger.error("follow-up state not handled", extra=extra)
-            _set_aside(state, settings, now)
+            _set_aside(state.appointment_id, state.version, settings, now)
     if result.looked_at:
         logger.info("follow-up pass", extra=result.__dict__)
     count(MetricName.FOLLOW_UP_ERRORS, result.errors)
     return result
 
 
-def _set_aside(state: AppointmentState, settings: Settings, now: datetime) -> None:
-    """Move a state the pass failed on to SET_ASIDE_FOR later in its slot, so that the states behind it are looked
-    at; if even that fails, it stays where it is for the next pass."""
+def _set_aside(appointment_id: str, version: int, settings: Settings, now: datetime) -> None:
+    """Move a state the pass failed on (as read at `version`) to SET_ASIDE_FOR later in its slot, so that the states
+    behind it are looked at; if even that fails, it stays where it is for the next pass."""
     try:
-        store.defer_follow_up(state, now + SET_ASIDE_FOR, settings.DUE_INDEX_SHARDS)
+        store.defer_follow_up(appointment_id, version, now + SET_ASIDE_FOR, settings.DUE_INDEX_SHARDS)
     except Exception as exc:
         logger.error(
-            "follow-up state not set aside", extra={"appointment_id": state.appointment_id, "error": type(exc).__name__}
+            "follow-up state not set aside", extra={"appointment_id": appointment_id, "error": type(exc).__name__}
         )
 
 
@@ -446,7 +451,10 @@ def open_follow_ups(
 ) -> list[AppointmentState]:
     """The open follow-ups, oldest first (`rappel followup`)."""
     store.bind(settings)
-    return store.open_follow_ups(settings.DUE_INDEX_SHARDS, clinic=clinic, since=since)
+    states, unreadable = store.open_follow_ups(settings.DUE_INDEX_SHARDS, clinic=clinic, since=since)
+    for item in unreadable:
+        logger.error("follow-up state unreadable", extra={"appointment_id": item.appointment_id, "error": item.error})
+    return states
 
 
 def follow_up_row(state: AppointmentState) -> dict[str, Any]:

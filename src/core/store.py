@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import Flag, auto
 from typing import Any
@@ -1372,6 +1372,7 @@ def record_receipt_status(message_id: str, provider_status: str) -> bool:
 _STATE_PK = "APPOINTMENT#"
 _STATE_SK = "STATE"
 _OUTCOMES = "OUTCOMES"
+_STATE_FIELDS = frozenset(f.name for f in fields(AppointmentState)) - {"version"}
 FOLLOW_UP_OPEN = "FOLLOWUP#OPEN"
 
 
@@ -1483,17 +1484,16 @@ def rearm_follow_up(appointment_id: str, at: datetime, shards: int) -> bool:
     )
 
 
-def defer_follow_up(state: AppointmentState, until: datetime, shards: int) -> bool:
+def defer_follow_up(appointment_id: str, version: int, until: datetime, shards: int) -> bool:
     """Move a state the pass could not handle to `until` in its slot of the pass's shards, the state itself unchanged
-    (one conditional write on its version: a state changed since is where its change put it); False otherwise."""
+    (one conditional write on its `version`: a state changed since is where its change put it); False otherwise."""
     record = AppointmentStateRecord
-    _forget_ahead("state", state.appointment_id)
+    _forget_ahead("state", appointment_id)
     return _applied(
         lambda: _update(
-            record(f"{_STATE_PK}{state.appointment_id}", _STATE_SK),
+            record(f"{_STATE_PK}{appointment_id}", _STATE_SK),
             actions=[record.follow_up_at.set(iso(until))],
-            condition=(record.version == state.version)
-            & (record.follow_up_key == follow_up_shard(state.appointment_id, shards)),
+            condition=(record.version == version) & (record.follow_up_key == follow_up_shard(appointment_id, shards)),
         )
     )
 
@@ -1506,15 +1506,38 @@ def _note_for_follow_up(message: MessageRecord, target: Status, at: datetime, se
         rearm_follow_up(message.appointment_id, at, settings.DUE_INDEX_SHARDS)
 
 
-def follow_ups_due(shards: int, until: datetime, limit: int) -> list[AppointmentState]:
-    """States whose pending work (an event to publish, a family to look at again) is due by `until`, oldest first."""
-    found: list[AppointmentState] = []
+@dataclass(frozen=True)
+class UnreadableState:
+    """A state item in the pass's slots whose data this version cannot read (mangled by hand, or cut short)."""
+
+    appointment_id: str
+    version: int
+    error: str  # the exception's type only: its text could carry the item's data (a phone)
+
+
+def follow_ups_due(shards: int, until: datetime, limit: int) -> tuple[list[AppointmentState], list[UnreadableState]]:
+    """States whose pending work (an event to publish, a family to look at again) is due by `until`, oldest first;
+    and the items among them that cannot be read, apart, so that one of them does not stop the pass for all."""
+    items: list[AppointmentStateRecord] = []
     for n in range(shards):
-        query = AppointmentStateRecord.follow_up_index.query(
+        items += AppointmentStateRecord.follow_up_index.query(
             f"FOLLOWUP#{n}", AppointmentStateRecord.follow_up_at <= iso(until), limit=limit, page_size=min(limit, 500)
         )
-        found += [_state_of(item) for item in query]
-    return sorted(found, key=lambda s: (s.watch_at or s.follow_up_at or s.closed_at or "", s.appointment_id))[:limit]
+    found, unreadable = _read_states(items)
+    found.sort(key=lambda s: (s.watch_at or s.follow_up_at or s.closed_at or "", s.appointment_id))
+    return found[:limit], unreadable
+
+
+def _read_states(items: Iterable[AppointmentStateRecord]) -> tuple[list[AppointmentState], list[UnreadableState]]:
+    found: list[AppointmentState] = []
+    unreadable: list[UnreadableState] = []
+    for item in items:
+        try:
+            found.append(_state_of(item))
+        except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            appointment_id = str(item.pk).removeprefix(_STATE_PK)
+            unreadable.append(UnreadableState(appointment_id, int(item.version or 0), type(exc).__name__))
+    return found, unreadable
 
 
 def earliest_follow_up(shards: int) -> datetime | None:
@@ -1527,9 +1550,11 @@ def earliest_follow_up(shards: int) -> datetime | None:
     return parse_iso(earliest) if earliest else None
 
 
-def open_follow_ups(shards: int, *, clinic: str | None = None, since: datetime | None = None) -> list[AppointmentState]:
-    """The open follow-ups (announced, and those whose FollowUpNeeded is still being published), oldest first:
-    Queries of the `follow_up` index, never a scan."""
+def open_follow_ups(
+    shards: int, *, clinic: str | None = None, since: datetime | None = None
+) -> tuple[list[AppointmentState], list[UnreadableState]]:
+    """The open follow-ups (announced, and those whose FollowUpNeeded is still being published), oldest first, and
+    the items among them that cannot be read: Queries of the `follow_up` index, never a scan."""
     index = AppointmentStateRecord.follow_up_index
     condition = AppointmentStateRecord.follow_up_at >= iso(since) if since is not None else None
     wanted = AppointmentStateRecord.follow_up == "open"
@@ -1538,8 +1563,8 @@ def open_follow_ups(shards: int, *, clinic: str | None = None, since: datetime |
     found = list(index.query(FOLLOW_UP_OPEN, condition, filter_condition=wanted))
     for n in range(shards):
         found += index.query(f"FOLLOWUP#{n}", condition, filter_condition=wanted)
-    states = [_state_of(item) for item in found]
-    return sorted(states, key=lambda s: (s.follow_up_at or "", s.appointment_id))
+    states, unreadable = _read_states(found)
+    return sorted(states, key=lambda s: (s.follow_up_at or "", s.appointment_id)), unreadable
 
 
 def add_outcome_counts(deltas: Mapping[tuple[str, str], int], batch: str) -> tuple[int, int]:
@@ -1567,9 +1592,13 @@ def outcome_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None)
 def _state_of_image(image: Mapping[str, Any] | None) -> AppointmentState | None:
     if image is None or "data" not in image:
         return None
-    fields = json.loads(str(image["data"]))
-    fields["reasons"] = tuple(fields.get("reasons") or ())
-    return AppointmentState(**fields, version=int(image.get("version") or 0))
+    stored = json.loads(str(image["data"]))
+    if not isinstance(stored, dict):
+        raise ValueError("appointment state data: not a JSON object")
+    # Fields this version does not know are left out: a state a newer version wrote stays readable after a rollback.
+    known = {k: v for k, v in stored.items() if k in _STATE_FIELDS}
+    known["reasons"] = tuple(known.get("reasons") or ())
+    return AppointmentState(**known, version=int(image.get("version") or 0))
 
 
 def read_outcome_counts() -> dict[str, dict[str, float]]:

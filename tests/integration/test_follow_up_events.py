@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from core import followup, notify, store
@@ -376,6 +377,53 @@ def test_states_the_pass_keeps_failing_on_are_set_aside_and_counted_not_taken_fi
         pipe.clock.sleep(60 * pipe.settings.FOLLOW_UP_PASS_MINUTES)
     assert [e["detail"]["appointment_id"] for e in clinic_events()] == ["a3"]
     assert emf(capsys.readouterr().out)["FollowUpErrors"] == 2
+
+
+def test_a_state_a_newer_version_wrote_is_read_and_one_past_reading_is_set_aside_without_stopping_the_pass(
+    pipe: Pipeline, clinic_events, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a rollback, states a newer version wrote carry fields this one does not know: each failed to load, and
+    one item that failed to load (its data lost or mangled) failed the pass's query as a whole, so that no family was
+    followed up until someone mended the item by hand."""
+    for n in (1, 2, 3):
+        phone = f"+22507010203{n}9"
+        assert handle_clinic_event(patient(f"p{n}", sms_opt_in=False, phone=phone), pipe.settings).applied == 1
+        assert handle_clinic_event(dose_event(f"a{n}", f"p{n}", due_date=DUE), pipe.settings).applied == 1
+    ops = boto3.resource("dynamodb", region_name=pipe.settings.AWS_REGION).Table(pipe.settings.OPS_TABLE)
+    key = {"pk": "APPOINTMENT#a1", "sk": "STATE"}
+    newer = json.loads(ops.get_item(Key=key)["Item"]["data"]) | {"added_by_a_newer_version": 1}
+    ops.update_item(
+        Key=key,
+        UpdateExpression="SET #d = :d",
+        ExpressionAttributeNames={"#d": "data"},
+        ExpressionAttributeValues={":d": json.dumps(newer)},
+    )
+    assert store.get_appointment_state("a1") is not None
+    mangled = {"pk": "APPOINTMENT#a2", "sk": "STATE"}
+    ops.update_item(
+        Key=mangled,
+        UpdateExpression="SET #d = :d",
+        ExpressionAttributeNames={"#d": "data"},
+        ExpressionAttributeValues={":d": "{not json"},
+    )
+    pipe.clock.advance_to(OVERDUE)
+    capsys.readouterr()
+    result = pipe.follow_up_pass()
+    assert (result["looked_at"], result["published"], result["errors"]) == (2, 2, 1)
+    assert sorted(e["detail"]["appointment_id"] for e in clinic_events()) == ["a1", "a3"]
+    out = capsys.readouterr().out
+    (logged,) = [r for r in caplog.records if r.getMessage() == "follow-up state unreadable"]
+    assert (logged.appointment_id, logged.error) == ("a2", "JSONDecodeError")
+    assert emf(out)["FollowUpErrors"] == 1
+    ops.update_item(
+        Key=mangled,
+        UpdateExpression="SET follow_up_key = :key, follow_up = :open",
+        ExpressionAttributeValues={":key": store.FOLLOW_UP_OPEN, ":open": "open"},
+    )
+    caplog.clear()
+    assert [s.appointment_id for s in followup.open_follow_ups(pipe.settings)] == ["a1", "a3"]
+    assert [r.appointment_id for r in caplog.records if r.getMessage() == "follow-up state unreadable"] == ["a2"]
+    assert ops.get_item(Key=mangled)["Item"]["follow_up_at"] == store.iso(OVERDUE + followup.SET_ASIDE_FOR)
 
 
 def test_a_pass_running_out_of_time_stops_cleanly_and_the_next_takes_the_rest(pipe: Pipeline, clinic_events) -> None:
