@@ -9,7 +9,7 @@ lease is needed, so a claim moves no index key (one index write, not two) and th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -53,7 +53,8 @@ def dispatch_due(settings: Settings) -> DispatchResult:
     result.capacity, probing = _capacity(settings, now)
     result.held = result.capacity == 0
     live: list[MessageRecord] = []
-    for message in _candidates(settings.DUE_INDEX_SHARDS, now, result.capacity):
+    unreadable: list[str] = []
+    for message in _candidates(settings.DUE_INDEX_SHARDS, now, result.capacity, unreadable):
         if parse_iso(message.deadline) <= now:
             if _expire(message, now, settings):
                 result.expired += 1
@@ -85,31 +86,58 @@ def dispatch_due(settings: Settings) -> DispatchResult:
     if failed:
         logger.error("messages not enqueued; left pending for the next run", extra={"count": len(unsent)})
     logger.info("dispatch run", extra=result.__dict__)
+    if unreadable:
+        raise UnreadableDueMessages(unreadable)
     return result
+
+
+class UnreadableDueMessages(Exception):
+    """Due messages this version cannot read were left where they are, the others dispatched: the run fails after
+    its work, so that the function's error alarm calls someone (each one is logged by its id)."""
+
+    def __init__(self, message_ids: list[str]) -> None:
+        shown = ", ".join(message_ids[:5]) + (", …" if len(message_ids) > 5 else "")
+        super().__init__(f"{len(message_ids)} due message(s) this version cannot read, left in place: {shown}")
 
 
 # How far a shard is read, in windows of (capacity + 50), for reminders more urgent than the 7-day ones ahead of them.
 DUE_READ_WINDOWS = 10
 
 
-def _candidates(shards: int, now: datetime, capacity: int) -> Iterator[MessageRecord]:
+def _candidates(shards: int, now: datetime, capacity: int, unreadable: list[str]) -> Iterator[MessageRecord]:
     """The due messages to choose from (and to expire), shard by shard, earliest first.
 
     A shard gives its first window (capacity + 50) whole. A backlog may hold more 7-day reminders than a window
     (yesterday's, within their 48 h) ahead of today's 1-day ones, so while a shard has given fewer than `capacity`
     more urgent ones it is read on, up to DUE_READ_WINDOWS windows, for those and for any past its deadline (to
-    expire); the 7-day ones beyond the first window are left for a later run.
+    expire); the 7-day ones beyond the first window are left for a later run. The ids of those this version cannot
+    read go to `unreadable` (see `_readable`).
     """
     window = max(capacity, 1) + 50
     for shard in range(shards):
         urgent = 0
-        for n, message in enumerate(store.due_in_shard(f"DUE#{shard}", now, page_size=window)):
+        for n, message in enumerate(_readable(store.due_in_shard(f"DUE#{shard}", now, page_size=window), unreadable)):
             if n >= window and (urgent >= capacity or n >= window * DUE_READ_WINDOWS):
                 break
             is_urgent = _urgency(message) < ReminderType.SEVEN_DAY.urgency
             urgent += is_urgent
             if n < window or is_urgent or parse_iso(message.deadline) <= now:
                 yield message
+
+
+def _readable(messages: Iterable[MessageRecord], unreadable: list[str]) -> Iterator[MessageRecord]:
+    """The messages this version can dispatch. The others (a reminder type or status a newer version wrote, read
+    after a rollback; a field mangled by hand) are logged, their ids added to `unreadable`, and left where they are:
+    one of them must not stop the run for every family (the run fails once its work is done, for the alarm)."""
+    for message in messages:
+        try:
+            _urgency(message), message.state, parse_iso(message.deadline), parse_iso(message.scheduled_at)
+        except (ValueError, TypeError) as exc:
+            unreadable.append(message.message_id)
+            extra = {"message_id": message.message_id, "error": type(exc).__name__}
+            logger.error("due message unreadable: left where it is", extra=extra)
+            continue
+        yield message
 
 
 def _capacity(settings: Settings, now: datetime) -> tuple[int, bool]:

@@ -121,6 +121,34 @@ def test_a_message_past_its_deadline_expires_at_dispatch(pipe: Pipeline, capsys)
     assert _metrics(capsys)["RemindersExpired"] == 1
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("reminder_type", "2_day_reminder"), ("status", "paused"), ("deadline", "next week")]
+)
+def test_a_due_message_this_version_cannot_read_is_left_for_the_others_not_stopping_every_run(
+    pipe: Pipeline, caplog: pytest.LogCaptureFixture, field: str, value: str
+) -> None:
+    """A reminder type or status a newer version wrote (read after a rollback), or a field mangled by hand, raised in
+    the dispatcher's sort or its checks: every run failed, and no family got a reminder until the item was mended."""
+    odd = _due_now(pipe, 1)
+    other = _due_now(pipe, 2)
+    messages = boto3.resource("dynamodb", region_name=pipe.settings.AWS_REGION).Table(pipe.settings.MESSAGES_TABLE)
+    messages.update_item(
+        Key={"message_id": odd},
+        UpdateExpression="SET #f = :v",
+        ExpressionAttributeNames={"#f": field},
+        ExpressionAttributeValues={":v": value},
+    )
+
+    with pytest.raises(dispatch.UnreadableDueMessages, match=f"1 due message.* left in place: {odd}$"):
+        pipe.dispatch()  # once the others are dispatched: the function's error alarm calls someone
+
+    assert [b["message_id"] for b in bodies(pipe.receive())] == [other]
+    assert pipe.message(other).status == "queued"
+    (logged,) = [r for r in caplog.records if r.getMessage() == "due message unreadable: left where it is"]
+    assert (logged.message_id, logged.error) == (odd, "ValueError")
+    assert pipe.message(odd).status == ("paused" if field == "status" else "pending")
+
+
 def _waiting(n: int, reminder_type: str, due_at: datetime, deadline: datetime) -> MessageRecord:
     """A pending reminder as planning writes it, in the one shard (a backlog's worth is quicker to write so)."""
     message_id = f"msg_{reminder_type[0]}{n:05d}"
