@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from core import store
 from core.circuit import (
@@ -25,11 +25,13 @@ from core.circuit import (
     probe_claimed,
 )
 from core.circuit import route as route_by
+from core.observability import logger
 from core.settings import Settings
 from core.store import OpsRecord, iso, parse_iso
 
 _PROVIDER = "PROVIDER"
 _LAST_SEND = "LAST_SEND"
+_LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)
 _FRESH_FOR = timedelta(seconds=5)  # a circuit opened by another instance is seen within this, at one read per 5 s
 
 
@@ -55,6 +57,24 @@ def rules(settings: Settings) -> CircuitRules:
 
 
 def _decode(record: OpsRecord) -> Circuit:
+    try:
+        return _decoded(record)
+    except (ValueError, TypeError, AttributeError) as exc:
+        # A kind or a time this version cannot read (a newer version's, after a rollback): an outage whose probe is
+        # due, so that one request tests the provider and its answer rewrites the circuit in this version's terms.
+        extra = {"provider": record.sk, "error": type(exc).__name__}
+        logger.error("circuit unreadable: taken as an outage", extra=extra)
+        return Circuit(
+            provider=record.sk,
+            failures=int(record.value or 0),
+            retry_at=_LONG_AGO,
+            opened_at=_LONG_AGO,
+            kind=CircuitKind.OUTAGE,
+            reason="circuit unreadable",
+        )
+
+
+def _decoded(record: OpsRecord) -> Circuit:
     state = json.loads(record.text) if record.text else {}
     return Circuit(
         provider=record.sk,

@@ -56,9 +56,11 @@ class QueuedSms:
 
 class ClaimBody(BaseModel):
     """A send queue body for one reminder: `{"message_id", "version", "claimed_at"}` (also the DLQ's copies, which
-    carry no `claimed_at`, as the records of versions before it did not)."""
+    carry no `claimed_at`, as the records of versions before it did not). A field this version does not know (a
+    newer dispatcher's, read after a rollback or during a deploy) is left out, not refused: refused, its reminder
+    would wait in the dead letter queue, out of the `due` index."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     message_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     version: StrictInt
@@ -70,9 +72,10 @@ class ClaimBody(BaseModel):
 
 
 class GroupedBody(BaseModel):
-    """A send queue body for the reminders of one SMS: `{"reminders": [{"message_id", "version"}, ...]}`."""
+    """A send queue body for the reminders of one SMS: `{"reminders": [{"message_id", "version"}, ...]}` (unknown
+    fields left out, as in `ClaimBody`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     reminders: Annotated[list[ClaimBody], Field(min_length=1, max_length=100)]
 

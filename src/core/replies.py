@@ -29,7 +29,7 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NoReturn
@@ -305,13 +305,29 @@ def _record_pending(number: str, pending: PendingChange) -> bool:
     return store.record_pending_reply(number, _encoded(pending))
 
 
+_PENDING_FIELDS = frozenset(f.name for f in fields(PendingChange))
+
+
 def _pending_of(number: str) -> PendingChange | None:
+    """The change left recorded, read without the fields this version does not know (a newer version's, after a
+    rollback). One it cannot read at all is dropped, logged: kept, it would fail every later reply from the number,
+    its STOP included."""
     text = store.pending_reply(number)
-    return PendingChange(**json.loads(text)) if text else None
+    if not text:
+        return None
+    try:
+        stored = json.loads(text)
+        return PendingChange(**{k: v for k, v in stored.items() if k in _PENDING_FIELDS})
+    except (ValueError, TypeError, AttributeError) as exc:
+        extra = {"from": mask_phone(number), "error": type(exc).__name__}
+        logger.error("pending reply change unreadable; dropped", extra=extra)
+        store.clear_pending_reply(number, text)
+        return None
 
 
 def _clear_pending(number: str, pending: PendingChange) -> None:
-    store.clear_pending_reply(number, _encoded(pending))
+    # By its token, not its whole text: one a newer version wrote holds fields this version leaves out.
+    store.clear_pending_reply(number, pending.token)
 
 
 def finish_pending(

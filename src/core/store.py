@@ -1013,9 +1013,10 @@ def pending_reply(number: str) -> str | None:
     return record.text if record is not None else None
 
 
-def clear_pending_reply(number: str, change: str) -> bool:
-    """Remove that record once carried out; never a later reply's (False when it is not this one)."""
-    return _applied(lambda: OpsRecord(_PENDING_REPLY, number).delete(condition=OpsRecord.text == change))
+def clear_pending_reply(number: str, mark: str) -> bool:
+    """Remove that record once carried out, found by a `mark` only it holds (its token); never a later reply's
+    (False when it is not this one)."""
+    return _applied(lambda: OpsRecord(_PENDING_REPLY, number).delete(condition=OpsRecord.text.contains(mark)))
 
 
 # ---------------------------------------------------------------------------------------------- provider circuits

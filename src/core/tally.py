@@ -102,17 +102,26 @@ def message_counts(
     the provider and SMS share of a send."""
     if new is None or (old is not None and old.get("status") == new.get("status")):
         return {}
+    try:
+        reminder_type, target = str(new["reminder_type"]), Status(new["status"])
+        scheduled_at = store.parse_iso(str(new["scheduled_at"]))
+    except (KeyError, ValueError) as exc:
+        # A status a newer version wrote (read during a deploy, or after a rollback), or a message cut short: not
+        # counted, rather than failing the batch, whose retries and `rappel retally` would fail on it again.
+        extra = {"message_id": new.get("message_id"), "error": type(exc).__name__}
+        logger.error("message change unreadable: not counted", extra=extra)
+        return {}
     values: dict[str, Any] = {name: new[name] for name in ("sms_reminders", "provider") if new.get(name)}
     if old is not None and old.get("attempts") != new.get("attempts"):
         values["attempts"] = new.get("attempts")
     sent_at = new.get("sent_at")
     return counters.transition_counts(
-        str(new["reminder_type"]),
+        reminder_type,
         str(old["status"]) if old is not None else "",
-        Status(new["status"]),
+        target,
         store.last_change_at(new) or fallback_at,
         values,
-        store.parse_iso(str(new["scheduled_at"])),
+        scheduled_at,
         store.parse_iso(str(sent_at)) if sent_at else None,
         store.last_change_at(old) if old is not None else None,
     )

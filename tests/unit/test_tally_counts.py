@@ -120,3 +120,11 @@ def test_a_revival_takes_its_cancellation_back_and_a_redrive_plans_nothing_new()
     dead = _message("dead_letter", "2027-03-01T07:15:00.000Z >pending planned")
     redriven = _message("pending", "2027-03-01T09:15:00.000Z dead_letter>pending redriven from the dead letter queue")
     assert message_counts(dead, redriven, LATER) == {}
+
+
+def test_a_status_or_reminder_type_this_version_does_not_know_moves_nothing_instead_of_failing_the_batch() -> None:
+    """A newer version's status in a stream image (read during a deploy, or after a rollback) failed the whole batch
+    of up to 1,000 changes: 20 retries, then the failure queue, where `rappel retally` failed on it again."""
+    assert message_counts(_message("queued"), _message("sending"), LATER) == {}
+    assert message_counts(None, _message("pending", reminder_type="2_day_reminder"), LATER) != {}
+    assert message_counts(_message("queued"), {"message_id": "msg_1", "status": "sent"}, LATER) == {}
