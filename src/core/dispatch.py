@@ -130,14 +130,23 @@ def _readable(messages: Iterable[MessageRecord], unreadable: list[str]) -> Itera
     after a rollback; a field mangled by hand) are logged, their ids added to `unreadable`, and left where they are:
     one of them must not stop the run for every family (the run fails once its work is done, for the alarm)."""
     for message in messages:
-        try:
-            _urgency(message), message.state, parse_iso(message.deadline), parse_iso(message.scheduled_at)
-        except (ValueError, TypeError) as exc:
+        if error := _why_unreadable(message):
             unreadable.append(message.message_id)
-            extra = {"message_id": message.message_id, "error": type(exc).__name__}
-            logger.error("due message unreadable: left where it is", extra=extra)
-            continue
-        yield message
+            logger.error(
+                "due message unreadable: left where it is", extra={"message_id": message.message_id, "error": error}
+            )
+        else:
+            yield message
+
+
+def _why_unreadable(message: MessageRecord) -> str | None:
+    if message.known_state is None:
+        return "unknown status"
+    try:
+        _urgency(message), parse_iso(message.deadline), parse_iso(message.scheduled_at)
+    except (ValueError, TypeError) as exc:
+        return type(exc).__name__
+    return None
 
 
 def _capacity(settings: Settings, now: datetime) -> tuple[int, bool]:

@@ -274,19 +274,17 @@ def decide(
     recipient changed is replanned; a wanted one that does not exist is created. A wanted one whose deadline has
     passed is neither created, revived nor replanned, and not cancelled either: it is still this appointment's
     reminder (a dead letter waiting for an operator, one the dispatcher will expire), not one a change made unwanted.
+    One in a status this version does not know is left alone.
     """
     moves: list[tuple[Move, str]] = []
     open_ = {message_id for message_id, reminder in wanted.items() if reminder.deadline > now}
     for message_id, message in existing.items():
-        if message.state is Status.CANCELLED and message_id in open_:
+        state = message.known_state  # None: a newer version's status, left to it
+        if state is Status.CANCELLED and message_id in open_:
             moves.append((Move.REVIVE, message_id))
-        elif message.state in OUTSTANDING and message_id not in wanted:
+        elif state in OUTSTANDING and message_id not in wanted:
             moves.append((Move.CANCEL, message_id))
-        elif (
-            message.state is Status.PENDING
-            and message_id in open_
-            and _replanned(message, wanted[message_id], recipient)
-        ):
+        elif state is Status.PENDING and message_id in open_ and _replanned(message, wanted[message_id], recipient):
             moves.append((Move.REPLAN, message_id))
     moves += [(Move.CREATE, message_id) for message_id in open_ if message_id not in existing]
     return moves
@@ -350,7 +348,7 @@ def reconcile_appointment(
         (
             m
             for m in reminders
-            if m.state is Status.DELIVERED
+            if m.known_state is Status.DELIVERED
             and (m.patient_id, m.due_date) == (appointment.patient_id, appointment.due_date)
         ),
         None,

@@ -427,6 +427,9 @@ def _this_claim(item: QueuedMessage, settings: Settings, now: datetime) -> Messa
     if message is None:
         logger.warning("queued message unknown", extra={"message_id": item.message_id})
         return SendOutcome.UNKNOWN
+    if message.known_state is None:  # moved on by a newer version (during a deploy, or before a rollback)
+        logger.warning("queued message in a status this version does not know", extra={"message_id": item.message_id})
+        return SendOutcome.STALE
     if message.state is Status.PENDING and int(message.version) == item.version - 1:
         store.transition(message, claim_change(item.claimed_at or iso(now)), at=now, settings=settings)
         message = store.get_message(item.message_id)  # claimed by us, or by the dispatcher meanwhile, or moved on
@@ -548,7 +551,7 @@ def _next_reminder_within_gap(
     if not soon:
         return None
     for other in store.reminders_of(message.appointment_id, [message.due_date], [message.patient_id]):
-        if other.reminder_type in soon and other.state in {Status.PENDING, Status.QUEUED}:
+        if other.reminder_type in soon and other.known_state in {Status.PENDING, Status.QUEUED}:
             return other
     return None
 

@@ -138,6 +138,9 @@ class ProviderIdIndex(GlobalSecondaryIndex["MessageRecord"]):
     provider_message_id = UnicodeAttribute(hash_key=True)
 
 
+_STATUS_VALUES = frozenset(s.value for s in Status)
+
+
 class MessageRecord(Model):
     """One reminder of one type for one appointment and due date."""
 
@@ -190,6 +193,12 @@ class MessageRecord(Model):
     def state(self) -> Status:
         """The status as the state machine's enum."""
         return Status(self.status)
+
+    @property
+    def known_state(self) -> Status | None:
+        """The status, or None when this version does not know it (a newer version's, read during a deploy or after
+        a rollback): such a message is left to the version that knows it, not failed on."""
+        return Status(self.status) if self.status in _STATUS_VALUES else None
 
 
 class OpsRecord(Model):
