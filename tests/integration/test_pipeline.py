@@ -188,6 +188,28 @@ def test_a_backlog_of_7_day_reminders_does_not_hold_back_a_later_1_day_reminder(
     assert pipe.message(late.message_id).status == "expired"
 
 
+def test_a_backlog_past_its_deadline_is_expired_a_share_a_run_and_the_live_reminders_are_still_claimed(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A campaign held past a cohort's deadline (its bundle used up): once released, every run spent its minute
+    expiring, two writes each, up to 28,000, and timed out before it claimed anything, for as long as the backlog
+    lasted. Now a run expires at most EXPIRIES_PER_RUN, then claims; the rest wait (none can be sent) for the next."""
+    monkeypatch.setattr(dispatch, "EXPIRIES_PER_RUN", 3)
+    settings = pipe.configure(DUE_INDEX_SHARDS=1)
+    store.bind(settings)
+    now = pipe.clock.now()
+    for n in range(5):
+        store.create_message(_waiting(n, "7_day_reminder", now - timedelta(hours=49), now - timedelta(hours=1)), now)
+    live = _waiting(0, "1_day_reminder", now - timedelta(minutes=1), now + timedelta(hours=10))
+    store.create_message(live, now)
+
+    first = dispatch.dispatch_due(settings)
+    second = dispatch.dispatch_due(settings)
+
+    assert (first.expired, first.claimed, second.expired, second.claimed) == (3, 1, 2, 0)
+    assert pipe.message(live.message_id).status == "queued"
+
+
 def test_capacity_counts_send_records_so_grouped_reminders_do_not_leave_the_senders_idle(pipe: Pipeline) -> None:
     """The capacity is what the senders can send before the next run, in SMS (the queue depth it is cut by counts
     records): four siblings' reminders that go out as one SMS take one unit of it, not four."""
