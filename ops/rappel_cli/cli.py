@@ -144,7 +144,7 @@ def import_register(
     when some rows were refused (each is listed with the field it got wrong)."""
     from rich.progress import Progress
 
-    from rappel_cli.importer import import_rows, read_csv
+    from rappel_cli.importer import FAILURES_IN_A_ROW_TO_STOP, import_rows, read_csv
     from rappel_cli.operations import parse_instant
 
     if not as_of:
@@ -176,6 +176,7 @@ def import_register(
         "reminders_created": report.created,
         "ignored_rows": report.ignored,
         "errors": [{"row": r, "error": e} for r, e in report.errors],
+        "stopped_at_row": report.stopped_at,
     }
     table = Table(title=f"Imported {register.name}", show_header=False)
     for key in ("rows", "patients", "appointments", "reminders_created"):
@@ -187,6 +188,13 @@ def import_register(
         console.print(f"row {row}: {error}", markup=False)
     if len(report.errors) > MAX_LISTED:
         console.print(f"… and {len(report.errors) - MAX_LISTED} more (--json lists them all)")
+    if report.stopped_at is not None:
+        console.print(
+            f"stopped: {FAILURES_IN_A_ROW_TO_STOP} rows in a row failed on the way; nothing from row"
+            f" {report.stopped_at} on was applied. Import the register again once that is mended: the rows already"
+            " applied change nothing the second time.",
+            markup=False,
+        )
     if report.errors:
         raise typer.Exit(1)
 

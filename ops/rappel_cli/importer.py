@@ -67,6 +67,12 @@ class ImportReport:
     created: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
     ignored: list[int] = field(default_factory=list)
+    stopped_at: int | None = None  # the first row not applied, when the import stopped on failures in a row
+
+
+# Rows that fail on the way (not refused: a throttle, a lost connection, expired credentials) one after another before
+# the import stops: what keeps failing will fail for every row left.
+FAILURES_IN_A_ROW_TO_STOP = 10
 
 
 def _boolean(value: str) -> bool | str:
@@ -135,16 +141,45 @@ def import_rows(
     refused: set[str] = set()  # patients whose first row was refused
     owners: dict[str, RegisterRow] = {}  # each appointment's first row
     stamp = min(as_of, clock.now()) if as_of is not None else None
+    failing = 0
     for index, given in enumerate(rows):
         row = given if isinstance(given, RegisterRow) else RegisterRow(index + 2, given)
+        if failing == FAILURES_IN_A_ROW_TO_STOP:
+            report.stopped_at = row.number
+            break
         report.rows += 1
         if error := _row_fault(row, first_rows, refused, owners):
             report.errors.append((row.number, error))
+        elif _applied(row, first_rows, refused, stamp or clock.now(), settings, report):
+            failing = 0
         else:
-            _import_row(row, first_rows, refused, stamp or clock.now(), settings, report)
+            failing += 1
         if progress:
             progress(index + 1)
     return report
+
+
+def _applied(
+    row: RegisterRow,
+    first_rows: dict[str, RegisterRow],
+    refused: set[str],
+    at: datetime,
+    settings: Settings,
+    report: ImportReport,
+) -> bool:
+    """Import a row; False, with the row's error reported, when it failed on the way (its events are replays the
+    second time, so importing the register again is safe)."""
+    try:
+        _import_row(row, first_rows, refused, at, settings, report)
+    except Exception as exc:
+        report.errors.append((row.number, f"not applied: {_failure(exc)} (importing the register again is safe)"))
+        return False
+    return True
+
+
+def _failure(exc: Exception) -> str:
+    """What failed, without the request's data: an AWS error's code, else the exception's type."""
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__)
 
 
 def _row_fault(

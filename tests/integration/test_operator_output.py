@@ -99,3 +99,24 @@ def test_an_operators_slip_is_an_error_naming_it_not_a_traceback(pipe: Pipeline,
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.exception
     assert says in " ".join(result.output.split())
+
+
+def test_an_import_that_stopped_on_failures_says_from_which_row_nothing_was_applied(
+    pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rappel_cli import importer
+
+    header = ",".join(importer.CSV_COLUMNS)
+    rows = [f"p{n},+22507010{n:05d},Africa/Abidjan,fr,true,Awa,a{n},Penta,1,2027-03-20,CSU Abobo" for n in range(15)]
+    register = tmp_path / "register.csv"
+    register.write_text("\n".join([header, *rows, ""]), encoding="utf-8")
+
+    def unreachable(event: dict[str, Any], settings: Any) -> Any:
+        raise ConnectionError("the network went away")
+
+    monkeypatch.setattr(importer, "handle_clinic_event", unreachable)
+    result = CliRunner().invoke(cli.app, ["import", str(register), "--local", "--as-of", "2026-12-01T00:00:00Z"])
+
+    assert result.exit_code == 1
+    assert "not applied: ConnectionError (importing the register again is safe)" in result.output
+    assert "nothing from row 12 on was applied" in " ".join(result.output.split())

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import botocore.exceptions
 import pytest
 
 from core import store
+from rappel_cli import importer
 from rappel_cli.importer import import_rows, read_csv
 
 pytestmark = pytest.mark.integration
@@ -95,3 +98,49 @@ def test_a_phone_typed_into_another_column_is_masked_in_the_error(aws) -> None:
     report = import_rows([_row(timezone="+2250701020304")], aws.settings)
     (error,) = [e for _, e in report.errors]
     assert error.startswith("detail.timezone: ") and "+2250701020304" not in error and "+225******04" in error
+
+
+def _throttled() -> botocore.exceptions.ClientError:
+    error = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate of requests exceeded"}}
+    return botocore.exceptions.ClientError(error, "UpdateItem")
+
+
+def test_a_row_that_fails_on_the_way_is_reported_and_the_import_goes_on(aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A throttle or a lost connection on one of 100,000 rows (a million requests) stopped the import with a
+    traceback and no report: the rows after it were never applied, and nobody was told which."""
+    real = importer.handle_clinic_event
+
+    def flaky(event: dict[str, Any], settings: Any) -> Any:
+        if event["detail"].get("appointment_id") == "a1":
+            raise _throttled()
+        return real(event, settings)
+
+    monkeypatch.setattr(importer, "handle_clinic_event", flaky)
+    report = import_rows([_row(), _row(patient_id="p2", phone="+2250701020305", appointment_id="a2")], aws.settings)
+    assert report.errors == [
+        (2, "not applied: ProvisionedThroughputExceededException (importing the register again is safe)")
+    ]
+    assert report.appointments == 1 and store.get_appointment("a2") is not None
+    assert report.stopped_at is None
+
+
+def test_an_import_that_keeps_failing_stops_and_says_where(aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials that expired half-way fail every row from then on: the import stops after a few in a row and says
+    from which row nothing was applied, instead of listing 50,000 failures."""
+    rows = [_row(patient_id=f"p{n}", phone=f"+22507010{n:05d}", appointment_id=f"a{n}") for n in range(30)]
+    real = importer.handle_clinic_event
+    calls = 0
+
+    def expiring(event: dict[str, Any], settings: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 4:  # the first two rows (a patient and a dose each) go through
+            raise _throttled()
+        return real(event, settings)
+
+    monkeypatch.setattr(importer, "handle_clinic_event", expiring)
+    report = import_rows(rows, aws.settings)
+    assert report.appointments == 2
+    assert len(report.errors) == importer.FAILURES_IN_A_ROW_TO_STOP
+    assert report.stopped_at == 4 + importer.FAILURES_IN_A_ROW_TO_STOP
+    assert report.rows == 2 + importer.FAILURES_IN_A_ROW_TO_STOP
