@@ -528,6 +528,30 @@ def retally(
         raise typer.Exit(1)
 
 
+@app.command("replay-events")
+def replay_events(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
+    """Apply again the clinic events planning failed on (the planning dead letter queue), once the cause is fixed;
+    exit 1 when one is left on the queue or refused."""
+    from rappel_cli.operations import replay_clinic_events
+
+    settings = _settings(local, stack, region)
+    try:
+        with _quiet():  # planning's own log lines stay off the output
+            rows = replay_clinic_events(settings)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    columns = ("event_id", "type", "time", "result", "why")
+    table = Table(title=f"Clinic events replayed: {len(rows)}")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_fmt(row.get(c)) for c in columns))
+    _emit(rows, as_json, table)
+    if any(row["result"] != "applied" for row in rows):
+        raise typer.Exit(1)
+
+
 @app.command()
 def optout(
     phone: str, local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False

@@ -29,6 +29,7 @@ OUTPUT_TO_ENV = {
     "SendQueueUrl": "SEND_QUEUE_URL",
     "SendDeadLetterQueueUrl": "DEAD_LETTER_QUEUE_URL",
     "TallyFailureQueueUrl": "TALLY_FAILURE_QUEUE_URL",  # optional: stacks deployed before it have none
+    "PlanningDeadLetterQueueUrl": "PLANNING_DEAD_LETTER_QUEUE_URL",
     "OrangeCredentialsSecretArn": "ORANGE_CREDENTIALS_SECRET",
     "KannelCredentialsSecretArn": "KANNEL_CREDENTIALS_SECRET",
     "ReceiptTokenSecretArn": "RECEIPT_TOKEN_SECRET",

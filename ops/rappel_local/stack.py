@@ -69,7 +69,10 @@ _ORANGE_SECRET_ENV = "ORANGE_CREDENTIALS_SECRET"
 _KANNEL_SECRET_ENV = "KANNEL_CREDENTIALS_SECRET"
 _RECEIPT_SECRET_ENV = "RECEIPT_TOKEN_SECRET"
 # Resources only the operator commands read (a deployed stack gives them as outputs), by the variable naming them.
-OPERATOR_RESOURCES = {"TALLY_FAILURE_QUEUE_URL": "TallyFailureQueue"}
+OPERATOR_RESOURCES = {
+    "TALLY_FAILURE_QUEUE_URL": "TallyFailureQueue",
+    "PLANNING_DEAD_LETTER_QUEUE_URL": "PlanningDeadLetterQueue",
+}
 
 
 class TemplateError(ValueError):

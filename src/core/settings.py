@@ -145,6 +145,8 @@ class Settings(BaseSettings):
     # Where Lambda puts a statistics batch the tally gave up on: read by `rappel retally` (from the stack's outputs),
     # not by the functions, whose environment does not carry it (Lambda's 4 KB).
     TALLY_FAILURE_QUEUE_URL: str = ""
+    # Where clinic events planning failed on wait: read by `rappel replay-events`, as TALLY_FAILURE_QUEUE_URL is.
+    PLANNING_DEAD_LETTER_QUEUE_URL: str = ""
     AWS_REGION: str = "us-east-1"
     # Set only for the embedded stack / DynamoDB Local; empty means AWS's own endpoints.
     AWS_ENDPOINT_URL: str = ""
