@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from collections import Counter
@@ -104,41 +105,46 @@ def list_messages(
     after = parse_instant(since, "--since") if since else None
     changed_after = parse_instant(changed_since, "--changed-since") if changed_since else None
     store.bind(settings)
-    items = store.messages_of_patient(patient) if patient else list(store.iterate_messages(wanted))
-    rows = []
-    for item in items:
-        if wanted and item.status != wanted.value:
-            continue
-        if after and parse_iso(item.scheduled_at) < after:
-            continue
-        changed = store.last_change_at(item.attribute_values)
-        if changed_after and (changed is None or changed < changed_after):
-            continue
-        rows.append(
-            {
-                name: getattr(item, name)
-                for name in (
-                    "message_id",
-                    "patient_id",
-                    "appointment_id",
-                    "reminder_type",
-                    "due_date",
-                    "status",
-                    "scheduled_at",
-                    "deadline",
-                    "queued_at",
-                    "sent_at",
-                    "delivered_at",
-                    "attempts",
-                    "last_error",
-                    "provider_message_id",
-                    "segments",
-                    "text",
-                )
-            }
-        )
-    rows.sort(key=lambda row: row["scheduled_at"], reverse=True)
-    return rows[:limit]
+    # Streamed, the newest `limit` kept as they come: the table holds every reminder planned, years ahead, and a list
+    # of them all (1.5 KB each) did not fit a laptop's memory at a few million.
+    items = store.messages_of_patient(patient) if patient else store.iterate_messages(wanted)
+    rows = (_listed(item) for item in items if _matches(item, wanted, after, changed_after))
+    return heapq.nlargest(limit, rows, key=lambda row: str(row["scheduled_at"]))
+
+
+_LISTED = (
+    "message_id",
+    "patient_id",
+    "appointment_id",
+    "reminder_type",
+    "due_date",
+    "status",
+    "scheduled_at",
+    "deadline",
+    "queued_at",
+    "sent_at",
+    "delivered_at",
+    "attempts",
+    "last_error",
+    "provider_message_id",
+    "segments",
+    "text",
+)
+
+
+def _matches(
+    item: store.MessageRecord, wanted: Status | None, after: datetime | None, changed_after: datetime | None
+) -> bool:
+    if wanted and item.status != wanted.value:
+        return False
+    if after and parse_iso(item.scheduled_at) < after:
+        return False
+    changed = store.last_change_at(item.attribute_values)
+    return not changed_after or (changed is not None and changed >= changed_after)
+
+
+def _listed(item: store.MessageRecord) -> dict[str, Any]:
+    return {name: getattr(item, name) for name in _LISTED}
 
 
 def parse_instant(text: str, option: str) -> datetime:
