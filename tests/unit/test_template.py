@@ -44,6 +44,7 @@ NOT_PARAMETERS = {
     "AWS_REGION": "set by Lambda",
     "AWS_ENDPOINT_URL": "only for the embedded stack / DynamoDB Local",
     "TALLY_FAILURE_QUEUE_URL": "read by `rappel retally` (a stack output), not by the functions",
+    "PLANNING_DEAD_LETTER_QUEUE_URL": "read by `rappel replay-events` (a stack output), not by the functions",
 }
 SAMCONFIG = tomllib.loads((Path(__file__).parents[2] / "samconfig.toml").read_text(encoding="utf-8"))
 
