@@ -178,8 +178,9 @@ def _applied(
 
 
 def _failure(exc: Exception) -> str:
-    """What failed, without the request's data: an AWS error's code, else the exception's type."""
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__)
+    """What failed, without the request's data: an AWS error's code (pynamodb's or botocore's), else the type."""
+    code = getattr(exc, "cause_response_code", None) or getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return str(code or type(exc).__name__)
 
 
 def _row_fault(
@@ -216,8 +217,9 @@ def _import_row(
     patient, dose = row_events(row.cells, store.get_patient(patient_id) if first else None)
     ignored = False
     if first:
-        first_rows[patient_id] = row
         outcome = _apply("PatientUpserted", patient, f"import-{patient_id}-{at.timestamp()}", at, settings, report)
+        # Only now: a first row that failed on the way leaves the patient's next row to be its first.
+        first_rows[patient_id] = row
         if outcome.rejected:
             refused.add(patient_id)
             report.errors.append((row.number, outcome.errors[0]))

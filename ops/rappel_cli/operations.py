@@ -231,12 +231,13 @@ def _replay_one(body: str) -> dict[str, Any]:
 
 
 def _work_through(queue: str, settings: Settings, one: Callable[[str], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every message of an operator's queue through `one` (its body to a row): deleted unless its row's result is
-    "left"; those left are made visible again at the end, so that each is read once a run."""
+    """Every message of an operator's queue through `one` (its body to a row), once: deleted unless its row's result
+    is "left". Those left are made visible again at the end; one that comes back sooner (a run longer than the
+    receive's visibility) is not tried again in the same run."""
     sqs = boto3.client("sqs", region_name=settings.AWS_REGION, endpoint_url=settings.AWS_ENDPOINT_URL or None)
     rows: list[dict[str, Any]] = []
     done: set[str] = set()
-    left: list[str] = []  # receipt handles, hidden until the run ends
+    left: dict[str, str] = {}  # message id -> its latest receipt handle
     while True:
         # A long poll (one second) asks every SQS server: a short one may miss the one or two records there are.
         page = sqs.receive_message(
@@ -245,18 +246,19 @@ def _work_through(queue: str, settings: Settings, one: Callable[[str], dict[str,
         if not page:
             break
         for message in page:
-            handle = message["ReceiptHandle"]
-            if message["MessageId"] in done:  # SQS delivered a copy of one handled in this run
+            message_id, handle = message["MessageId"], message["ReceiptHandle"]
+            if message_id in done:  # SQS delivered a copy of one handled in this run
                 sqs.delete_message(QueueUrl=queue, ReceiptHandle=handle)
-                continue
-            row = one(message["Body"])
-            if row["result"] == "left":
-                left.append(handle)
+            elif message_id in left:
+                left[message_id] = handle
+            elif (row := one(message["Body"]))["result"] == "left":
+                left[message_id] = handle
+                rows.append(row)
             else:
-                done.add(message["MessageId"])
+                done.add(message_id)
                 sqs.delete_message(QueueUrl=queue, ReceiptHandle=handle)
-            rows.append(row)
-    for handle in left:  # back where the operator (and the queue's alarm) sees them
+                rows.append(row)
+    for handle in left.values():  # back where the operator (and the queue's alarm) sees them
         sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=handle, VisibilityTimeout=0)
     return rows
 

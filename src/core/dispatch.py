@@ -9,7 +9,7 @@ lease is needed, so a claim moves no index key (one index write, not two) and th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -117,33 +117,41 @@ def _candidates(shards: int, now: datetime, capacity: int, unreadable: list[str]
     A shard gives its first window (capacity + 50) whole. A backlog may hold more 7-day reminders than a window
     (yesterday's, within their 48 h) ahead of today's 1-day ones, so while a shard has given fewer than `capacity`
     more urgent ones it is read on, up to DUE_READ_WINDOWS windows, for those and for any past its deadline (to
-    expire); the 7-day ones beyond the first window are left for a later run. The ids of those this version cannot
-    read go to `unreadable` (see `_readable`).
+    expire); the 7-day ones beyond the first window are left for a later run. Those this version cannot read are
+    left where they are, counted in the windows (a rollback may leave thousands, never expired), and their ids go to
+    `unreadable`.
     """
     window = max(capacity, 1) + 50
     for shard in range(shards):
         urgent = 0
-        for n, message in enumerate(_readable(store.due_in_shard(f"DUE#{shard}", now, page_size=window), unreadable)):
+        for n, message in enumerate(store.due_in_shard(f"DUE#{shard}", now, page_size=window)):
             if n >= window and (urgent >= capacity or n >= window * DUE_READ_WINDOWS):
                 break
+            if _unreadable(message, unreadable):
+                continue
             is_urgent = _urgency(message) < ReminderType.SEVEN_DAY.urgency
             urgent += is_urgent
             if n < window or is_urgent or parse_iso(message.deadline) <= now:
                 yield message
 
 
-def _readable(messages: Iterable[MessageRecord], unreadable: list[str]) -> Iterator[MessageRecord]:
-    """The messages this version can dispatch. The others (a reminder type or status a newer version wrote, read
-    after a rollback; a field mangled by hand) are logged, their ids added to `unreadable`, and left where they are:
-    one of them must not stop the run for every family (the run fails once its work is done, for the alarm)."""
-    for message in messages:
-        if error := _why_unreadable(message):
-            unreadable.append(message.message_id)
-            logger.error(
-                "due message unreadable: left where it is", extra={"message_id": message.message_id, "error": error}
-            )
-        else:
-            yield message
+# Unreadable due messages logged one by one in a run; the run's error gives how many there were.
+UNREADABLE_LOGGED = 10
+
+
+def _unreadable(message: MessageRecord, unreadable: list[str]) -> bool:
+    """Whether this version cannot dispatch the message (a reminder type or status a newer version wrote, read after
+    a rollback; a field mangled by hand): then its id goes to `unreadable`, and it is left where it is, since one of
+    them must not stop the run for every family (the run fails once its work is done, for the alarm)."""
+    error = _why_unreadable(message)
+    if error is None:
+        return False
+    if len(unreadable) < UNREADABLE_LOGGED:
+        logger.error(
+            "due message unreadable: left where it is", extra={"message_id": message.message_id, "error": error}
+        )
+    unreadable.append(message.message_id)
+    return True
 
 
 def _why_unreadable(message: MessageRecord) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import botocore.exceptions
 import pytest
+from pynamodb.exceptions import PutError
 
 from core import store
 from rappel_cli import importer
@@ -144,3 +145,29 @@ def test_an_import_that_keeps_failing_stops_and_says_where(aws, monkeypatch: pyt
     assert len(report.errors) == importer.FAILURES_IN_A_ROW_TO_STOP
     assert report.stopped_at == 4 + importer.FAILURES_IN_A_ROW_TO_STOP
     assert report.rows == 2 + importer.FAILURES_IN_A_ROW_TO_STOP
+
+
+def test_a_patients_first_row_that_fails_on_the_way_leaves_its_next_row_to_write_the_patient(
+    aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The patient's first row was marked done before its PatientUpserted went: when that failed, the patient's next
+    row sent only its dose, reported applied with no reminder planned, and importing only the failed rows again did
+    not mend it."""
+    real = importer.handle_clinic_event
+    calls = 0
+
+    def throttled_once(event: dict[str, Any], settings: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # row 2's PatientUpserted
+            raise PutError(cause=_throttled())
+        return real(event, settings)
+
+    monkeypatch.setattr(importer, "handle_clinic_event", throttled_once)
+    report = import_rows([_row(), _row(appointment_id="a2", due_date="2027-03-27")], aws.settings)
+
+    assert report.errors == [
+        (2, "not applied: ProvisionedThroughputExceededException (importing the register again is safe)")
+    ]
+    assert store.get_patient("p1") is not None
+    assert report.created == 3, "row 3 planned its dose's three reminders"
