@@ -168,6 +168,20 @@ def test_planning_failures_land_in_the_planning_dead_letter_queue() -> None:
     assert is_ref(statement["Condition"]["ArnEquals"]["aws:SourceArn"], "PlanRemindersFunctionClinicEvents", "Arn")
 
 
+def test_a_burst_of_clinic_events_waits_for_planning_s_reserved_concurrency_unless_it_is_0() -> None:
+    """A campaign's 100,000 events ran a thousand planners at once against the tables: their throttles, past the
+    async retries, sent events to the planning DLQ. Capped, the rest wait in Lambda's queue (up to 6 hours)."""
+    plan = props("PlanRemindersFunction")
+    assert plan["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["PlanningConcurrencyReserved", {"Ref": "PlanningConcurrency"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert plan["EventInvokeConfig"]["MaximumEventAgeInSeconds"] == 21600
+    assert PARAMETERS["PlanningConcurrency"]["Default"] == 20
+    assert TEMPLATE["Conditions"]["PlanningConcurrencyReserved"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "PlanningConcurrency"}, 0]}]
+    }
+
+
 def test_delivery_receipts_come_through_a_public_function_url() -> None:
     assert props("DeliveryReceiptFunction")["FunctionUrlConfig"]["AuthType"] == "NONE"
     # Requests without the token still run it: capped, so that a flood cannot take the sender's concurrency.
