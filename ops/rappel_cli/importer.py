@@ -15,6 +15,7 @@ import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +149,10 @@ def import_rows(
             report.stopped_at = row.number
             break
         report.rows += 1
+        at = stamp or clock.now()
         if error := _row_fault(row, first_rows, refused, owners):
             report.errors.append((row.number, error))
-        elif _applied(row, first_rows, refused, stamp or clock.now(), settings, report):
+        elif _applied(row.number, report, partial(_import_row, row, first_rows, refused, at, settings, report)):
             failing = 0
         else:
             failing += 1
@@ -159,20 +161,13 @@ def import_rows(
     return report
 
 
-def _applied(
-    row: RegisterRow,
-    first_rows: dict[str, RegisterRow],
-    refused: set[str],
-    at: datetime,
-    settings: Settings,
-    report: ImportReport,
-) -> bool:
-    """Import a row; False, with the row's error reported, when it failed on the way (its events are replays the
+def _applied(number: int, report: ImportReport, import_row: Callable[[], None]) -> bool:
+    """Import row `number`; False, with its error reported, when it failed on the way (its events are replays the
     second time, so importing the register again is safe)."""
     try:
-        _import_row(row, first_rows, refused, at, settings, report)
+        import_row()
     except Exception as exc:
-        report.errors.append((row.number, f"not applied: {_failure(exc)} (importing the register again is safe)"))
+        report.errors.append((number, f"not applied: {_failure(exc)} (importing the register again is safe)"))
         return False
     return True
 
