@@ -68,7 +68,6 @@ def _decode(record: OpsRecord) -> Circuit:
             provider=record.sk,
             failures=int(record.value or 0),
             retry_at=_LONG_AGO,
-            opened_at=_LONG_AGO,
             kind=CircuitKind.OUTAGE,
             reason="circuit unreadable",
         )

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import pytest
 
-from core import store
+from core import provider_state, store
 from core.planning import handle_clinic_event
 from core.replies import InboundSms, apply_reply
 from core.store import OpsRecord, iso
@@ -59,6 +59,8 @@ def test_a_circuit_of_a_kind_this_version_does_not_know_holds_its_provider_and_s
     assert pipe.message(message_id).status == "queued"
     logged = [r for r in caplog.records if r.getMessage() == "circuit unreadable: taken as an outage"]
     assert logged and logged[0].provider == "kannel"
+    (unreadable,) = provider_state.circuits(pipe.clock.now(), fresh=True).values()
+    assert (unreadable.kind, unreadable.opened_at, unreadable.reason) == ("outage", None, "circuit unreadable")
 
 
 def test_a_send_record_with_a_field_this_version_does_not_know_is_sent(pipe: Pipeline) -> None:
