@@ -64,6 +64,10 @@ class HealthFigures:
     # Ambiguous dead letters waiting for an operator's decision (their SMS may have gone out), until their deadline.
     undecided_count: int = 0
     first_undecided_deadline: datetime | None = None
+    # The operator's queues, read when the settings name them (`rappel health`, from the stack's outputs; the
+    # health_check function's environment does not, and their own SQS alarms watch them there): None otherwise.
+    planning_dead_letter_depth: int | None = None
+    tally_failure_depth: int | None = None
 
     @property
     def oldest_due_lag_minutes(self) -> int:
@@ -102,7 +106,7 @@ def findings_for(figures: HealthFigures, settings: Settings) -> tuple[str, ...]:
     """Every threshold `figures` cross, each as a sentence (pure: no I/O)."""
     return tuple(
         finding
-        for check in (_backlog_findings, _sending_findings, _provider_findings)
+        for check in (_backlog_findings, _sending_findings, _provider_findings, _operator_queue_findings)
         for finding in check(figures, settings)
     )
 
@@ -188,6 +192,21 @@ def _sending_findings(figures: HealthFigures, settings: Settings) -> list[str]:
     return out
 
 
+def _operator_queue_findings(figures: HealthFigures, settings: Settings) -> list[str]:
+    out: list[str] = []
+    if figures.planning_dead_letter_depth:
+        out.append(
+            f"{_plural(figures.planning_dead_letter_depth, 'clinic event waits', 'clinic events wait')} in the planning"
+            " dead letter queue: fix what failed (plan_reminders' logs), then `rappel replay-events`."
+        )
+    if figures.tally_failure_depth:
+        out.append(
+            f"{_plural(figures.tally_failure_depth, 'statistics batch waits', 'statistics batches wait')} in the tally"
+            " failure queue: fix what failed (tally_changes' logs), then `rappel retally` within the streams' 24 hours."
+        )
+    return out
+
+
 def _provider_findings(figures: HealthFigures, settings: Settings) -> list[str]:
     out: list[str] = []
     for circuit in figures.circuits:
@@ -262,6 +281,8 @@ class HealthReport:
             "minutes_since_last_send": f.minutes_since_last_send,
             "minutes_without_send_while_due": f.minutes_without_send_while_due,
             "dead_letter_depth": f.dead_letter_depth,
+            "planning_dead_letter_depth": f.planning_dead_letter_depth,
+            "tally_failure_depth": f.tally_failure_depth,
             "undecided_count": f.undecided_count,
             "first_undecided_deadline": (store.iso(f.first_undecided_deadline) if f.first_undecided_deadline else None),
             "circuits": [
@@ -328,7 +349,13 @@ def measure_health(settings: Settings, now: datetime) -> HealthFigures:
         balance_error=balance_error,
         undecided_count=undecided,
         first_undecided_deadline=first_deadline,
+        planning_dead_letter_depth=_depth_if_named(settings.PLANNING_DEAD_LETTER_QUEUE_URL, settings),
+        tally_failure_depth=_depth_if_named(settings.TALLY_FAILURE_QUEUE_URL, settings),
     )
+
+
+def _depth_if_named(queue_url: str, settings: Settings) -> int | None:
+    return queue.depth(queue_url, settings) if queue_url else None
 
 
 def check_health(settings: Settings, now: datetime) -> HealthReport:

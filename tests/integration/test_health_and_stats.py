@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
 import pytest
 
 from core import observability, provider_state, store
@@ -296,6 +297,30 @@ def test_dead_letters_on_the_queue(aws, orange) -> None:
     assert report.findings == (
         "2 messages wait in the dead letter queue; inspect them and redrive (`rappel redrive`).",
     )
+
+
+def test_rappel_health_shows_the_clinic_events_and_statistics_batches_waiting_for_an_operator(aws, orange) -> None:
+    """`rappel health` read the send DLQ only: clinic events planning gave up on, and statistics batches the tally
+    gave up on, waited unseen but for their queues' alarms. The operator's settings (a stack's outputs) name both
+    queues; the health_check function's environment does not, and its figures are left out (None)."""
+    sqs = boto3.client("sqs", region_name=aws.settings.AWS_REGION)
+    sqs.send_message(QueueUrl=aws.settings.PLANNING_DEAD_LETTER_QUEUE_URL, MessageBody=json.dumps(dose()))
+    for _ in range(2):
+        sqs.send_message(QueueUrl=aws.settings.TALLY_FAILURE_QUEUE_URL, MessageBody="{}")
+
+    report = check_health(aws.settings, aws.clock.now())
+
+    assert report.findings == (
+        "1 clinic event waits in the planning dead letter queue: fix what failed (plan_reminders' logs), then"
+        " `rappel replay-events`.",
+        "2 statistics batches wait in the tally failure queue: fix what failed (tally_changes' logs), then"
+        " `rappel retally` within the streams' 24 hours.",
+    )
+    assert (report.as_dict()["planning_dead_letter_depth"], report.as_dict()["tally_failure_depth"]) == (1, 2)
+    in_lambda = check_health(
+        aws.with_settings(PLANNING_DEAD_LETTER_QUEUE_URL="", TALLY_FAILURE_QUEUE_URL=""), aws.clock.now()
+    )
+    assert in_lambda.findings == () and in_lambda.as_dict()["planning_dead_letter_depth"] is None
 
 
 def test_a_provider_hold_and_an_outage_are_findings_until_the_provider_answers(aws, orange) -> None:
