@@ -220,7 +220,7 @@ def health(local: Local = False, stack: Stack = None, region: Region = None, as_
 
     settings = _settings(local, stack, region)
     with _quiet():
-        report = check_health(settings, clock.now())
+        report = check_health(settings, clock.now(), operator=True)
     data = report.as_dict()
     if as_json:
         _emit(data, True)

@@ -64,8 +64,8 @@ class HealthFigures:
     # Ambiguous dead letters waiting for an operator's decision (their SMS may have gone out), until their deadline.
     undecided_count: int = 0
     first_undecided_deadline: datetime | None = None
-    # The operator's queues, read when the settings name them (`rappel health`, from the stack's outputs; the
-    # health_check function's environment does not, and their own SQS alarms watch them there): None otherwise.
+    # The operator's queues, read by an operator's check only (`rappel health`, which has their URLs from the
+    # stack's outputs): None in the health_check function, which has no right to read them.
     planning_dead_letter_depth: int | None = None
     tally_failure_depth: int | None = None
 
@@ -324,8 +324,9 @@ def _read_balance(settings: Settings) -> tuple[Balance | None, str | None]:
         return None, str(exc) or type(exc).__name__
 
 
-def measure_health(settings: Settings, now: datetime) -> HealthFigures:
-    """Read every figure from DynamoDB, SQS and the provider."""
+def measure_health(settings: Settings, now: datetime, *, operator: bool = False) -> HealthFigures:
+    """Read every figure from DynamoDB, SQS and the provider; with `operator`, the depths of the operator's queues
+    too (the health_check function has no right to read them, and their own SQS alarms watch them)."""
     store.bind(settings)
     # One read of the next day's pending reminders gives both figures: those due by now are the backlog.
     pending = store.pending_until(settings.DUE_INDEX_SHARDS, now + PENDING_HORIZON)
@@ -349,18 +350,19 @@ def measure_health(settings: Settings, now: datetime) -> HealthFigures:
         balance_error=balance_error,
         undecided_count=undecided,
         first_undecided_deadline=first_deadline,
-        planning_dead_letter_depth=_depth_if_named(settings.PLANNING_DEAD_LETTER_QUEUE_URL, settings),
-        tally_failure_depth=_depth_if_named(settings.TALLY_FAILURE_QUEUE_URL, settings),
+        planning_dead_letter_depth=_operator_depth(settings.PLANNING_DEAD_LETTER_QUEUE_URL, settings, operator),
+        tally_failure_depth=_operator_depth(settings.TALLY_FAILURE_QUEUE_URL, settings, operator),
     )
 
 
-def _depth_if_named(queue_url: str, settings: Settings) -> int | None:
-    return queue.depth(queue_url, settings) if queue_url else None
+def _operator_depth(queue_url: str, settings: Settings, operator: bool) -> int | None:
+    return queue.depth(queue_url, settings) if operator and queue_url else None
 
 
-def check_health(settings: Settings, now: datetime) -> HealthReport:
-    """The health of the scheduler at `now`: figures and findings (no metrics; see `run_health_check`)."""
-    figures = measure_health(settings, now)
+def check_health(settings: Settings, now: datetime, *, operator: bool = False) -> HealthReport:
+    """The health of the scheduler at `now`: figures and findings (no metrics; see `run_health_check`). `operator`:
+    an operator's check (`rappel health`), which also reads the queues only operators handle."""
+    figures = measure_health(settings, now, operator=operator)
     return HealthReport(figures, findings_for(figures, settings), configuration_advice(settings))
 
 
