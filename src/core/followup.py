@@ -312,9 +312,9 @@ def run_due(settings: Settings, now: datetime, remaining_ms: Callable[[], int] |
     index for the next pass, and this one ends cleanly with its metrics."""
     result = PassResult()
     states, unreadable = store.follow_ups_due(settings.DUE_INDEX_SHARDS, now, PASS_LIMIT)
+    _log_unreadable(unreadable)
     for item in unreadable:
         result.errors += 1
-        logger.error("follow-up state unreadable", extra={"appointment_id": item.appointment_id, "error": item.error})
         _set_aside(item.appointment_id, item.version, settings, now)
     for state in states:
         if remaining_ms is not None and remaining_ms() < PASS_TIME_MARGIN_MS:
@@ -341,6 +341,11 @@ def run_due(settings: Settings, now: datetime, remaining_ms: Callable[[], int] |
         logger.info("follow-up pass", extra=result.__dict__)
     count(MetricName.FOLLOW_UP_ERRORS, result.errors)
     return result
+
+
+def _log_unreadable(unreadable: list[store.UnreadableState]) -> None:
+    for item in unreadable:
+        logger.error("follow-up state unreadable", extra={"appointment_id": item.appointment_id, "error": item.error})
 
 
 def _set_aside(appointment_id: str, version: int, settings: Settings, now: datetime) -> None:
@@ -454,8 +459,7 @@ def open_follow_ups(
     """The open follow-ups, oldest first (`rappel followup`)."""
     store.bind(settings)
     states, unreadable = store.open_follow_ups(settings.DUE_INDEX_SHARDS, clinic=clinic, since=since)
-    for item in unreadable:
-        logger.error("follow-up state unreadable", extra={"appointment_id": item.appointment_id, "error": item.error})
+    _log_unreadable(unreadable)
     return states
 
 

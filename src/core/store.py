@@ -198,7 +198,7 @@ class MessageRecord(Model):
     def known_state(self) -> Status | None:
         """The status, or None when this version does not know it (a newer version's, read during a deploy or after
         a rollback): such a message is left to the version that knows it, not failed on."""
-        return Status(self.status) if self.status in _STATUS_VALUES else None
+        return self.state if self.status in _STATUS_VALUES else None
 
 
 class OpsRecord(Model):
