@@ -11,16 +11,26 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from rappel_cli.target import TargetError, resolve
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Rappel: immunization SMS reminders.")
 local_app = typer.Typer(no_args_is_help=True, help="The embedded stack on this machine.")
 app.add_typer(local_app, name="local")
-console = Console(stderr=True)
+# No markup: what is printed quotes clinics, names and files as they were written, and a bracket in a clinic's name
+# ("PMI [site 2]", "[/annexe]") is text, not a style (Rich dropped it from the call list, or raised). Styles are set
+# with Text.
+console = Console(stderr=True, markup=False)
 # Errors listed one per line on the console (a register's, a scenario's events'); --json has them all.
 MAX_LISTED = 20
-out = Console()
+out = Console(markup=False)
+
+
+def _error(message: str, label: str = "error") -> None:
+    """`label: message` on the console, the label in red."""
+    console.print(Text.assemble((f"{label}:", "red"), " ", message), soft_wrap=True)
+
 
 Local = Annotated[bool, typer.Option("--local", help="Talk to the embedded stack started by `rappel local up`.")]
 Stack = Annotated[str | None, typer.Option(help="Deployed stack name (default: samconfig.toml's dev stack).")]
@@ -42,7 +52,7 @@ def _settings(local: bool, stack: str | None, region: str | None) -> Any:
     try:
         return resolve(local=local, stack=stack, region=region)
     except TargetError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error(f"{exc}")
         raise typer.Exit(2) from None
 
 
@@ -82,8 +92,6 @@ def simulate(
     as_json: AsJson = False,
 ) -> None:
     """Run a scenario through the whole pipeline in virtual time (the contract in docs/simulation.md)."""
-    from rich.markup import escape
-
     from core.settings import ConfigurationError
     from rappel_local.scenario import ScenarioError
     from rappel_local.simulate import simulate as run
@@ -91,13 +99,13 @@ def simulate(
     try:
         data = json.loads(scenario.read_text())
     except json.JSONDecodeError as exc:
-        console.print(f"[red]error:[/red] {scenario}: not JSON ({exc})")
+        _error(f"{scenario}: not JSON ({exc})")
         raise typer.Exit(2) from None
     try:
         with _quiet():
             result = run(data)
     except (ScenarioError, ValueError, ConfigurationError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        _error(f"{exc}")
         raise typer.Exit(2) from None
     document = result.as_json()
     if as_json:
@@ -119,7 +127,7 @@ def simulate(
         + (f", {events['after_until']} after until (never run)" if events["after_until"] else "")
     )
     for refused in events["errors"][:MAX_LISTED]:
-        out.print(f"  {refused['at']} {refused['type']}: {refused['error']}", markup=False)
+        out.print(f"  {refused['at']} {refused['type']}: {refused['error']}")
     if len(events["errors"]) > MAX_LISTED:
         out.print(f"  … and {len(events['errors']) - MAX_LISTED} more (--json lists them all)")
 
@@ -150,10 +158,7 @@ def import_register(
     if not as_of:
         # Not the file's modification time: a copy or a download resets it, and an old register stamped now would
         # undo every opt-out, dose given and reschedule recorded since its export.
-        console.print(
-            "[red]error:[/red] --as-of: required: when the register was exported (ISO 8601), which its events are"
-            " stamped with"
-        )
+        _error("--as-of: required: when the register was exported (ISO 8601), which its events are stamped with")
         raise typer.Exit(2)
     try:
         exported = parse_instant(as_of, "--as-of")
@@ -162,7 +167,7 @@ def import_register(
             raise ValueError(f"--as-of: {exported.isoformat()} is in the future; when was the register exported?")
         rows = read_csv(register)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error(f"{exc}")
         raise typer.Exit(2) from None
     settings = _settings(local, stack, region)
     with _quiet(), Progress(console=console, transient=True) as progress:
@@ -185,15 +190,14 @@ def import_register(
     table.add_row("errors", str(len(report.errors)))
     _emit(data, as_json, table)
     for row, error in report.errors[:MAX_LISTED]:
-        console.print(f"row {row}: {error}", markup=False)
+        console.print(f"row {row}: {error}")
     if len(report.errors) > MAX_LISTED:
         console.print(f"… and {len(report.errors) - MAX_LISTED} more (--json lists them all)")
     if report.stopped_at is not None:
         console.print(
             f"stopped: {FAILURES_IN_A_ROW_TO_STOP} rows in a row failed on the way; nothing from row"
             f" {report.stopped_at} on was applied. Import the register again once that is mended: the rows already"
-            " applied change nothing the second time.",
-            markup=False,
+            " applied change nothing the second time."
         )
     if report.errors:
         raise typer.Exit(1)
@@ -225,11 +229,11 @@ def health(local: Local = False, stack: Stack = None, region: Region = None, as_
     if as_json:
         _emit(data, True)
     else:
-        out.print("[green]healthy[/green]" if report.healthy else "[red]unhealthy[/red]")
+        out.print(Text("healthy", "green") if report.healthy else Text("unhealthy", "red"))
         for finding in report.findings:
             out.print(f" - {finding}")
         for advice in report.advice:
-            out.print(f" [yellow]advice[/yellow]: {advice}")
+            out.print(Text.assemble(" ", ("advice", "yellow"), f": {advice}"))
         out.print(_key_values("Figures", {k: v for k, v in data.items() if k not in {"findings", "advice"}}))
     raise typer.Exit(0 if report.healthy else 1)
 
@@ -255,7 +259,7 @@ def stats(
     from core.statistics import statistics
 
     if since not in {"hour", "day", "week"}:
-        console.print("[red]error:[/red] --since must be hour, day or week")
+        _error("--since must be hour, day or week")
         raise typer.Exit(2)
     settings = _settings(local, stack, region)
     if outcomes:
@@ -329,20 +333,18 @@ def followup(
     """Families to call: the open follow-ups (an overdue dose no reminder reached), oldest first."""
     import csv
 
-    from rich.markup import escape
-
     from core.followup import families_in, follow_up_row, open_follow_ups, parse_since
 
     settings = _settings(local, stack, region)
     try:
         start = parse_since(since) if since else None
     except ValueError:
-        console.print(f"[red]error:[/red] --since {since!r} is neither a date (YYYY-MM-DD) nor an ISO instant")
+        _error(f"--since {since!r} is neither a date (YYYY-MM-DD) nor an ISO instant")
         raise typer.Exit(2) from None
     rows = [follow_up_row(state) for state in open_follow_ups(settings, clinic=clinic, since=start)]
     columns = ["at", "clinic", "patient_id", "appointment_id", "due_date", "phone", "reasons"]
     if csv_file is not None and not csv_file.parent.is_dir():
-        console.print(f"[red]error:[/red] --csv: no such folder {escape(str(csv_file.parent))}")
+        _error(f"--csv: no such folder {csv_file.parent}")
         raise typer.Exit(2)
     if csv_file is not None:
         # For a spreadsheet: a byte order mark (Excel reads UTF-8 without one as its local code page: "Abobo-TÃ©"),
@@ -393,7 +395,7 @@ def messages(
             settings, status=status, patient=patient, since=since, limit=limit, changed_since=changed_since
         )
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error(f"{exc}")
         raise typer.Exit(2) from None
     table = Table(title=f"{len(rows)} messages")
     columns = [
@@ -418,7 +420,7 @@ def _one_message(settings: Any, message_id: str, as_json: bool) -> None:
 
     found = message_detail(settings, message_id)
     if found is None:
-        console.print(f"[red]error:[/red] no message {message_id}")
+        _error(f"no message {message_id}")
         raise typer.Exit(1)
     if as_json:
         _emit(found, True)
@@ -489,7 +491,7 @@ def _decision(message_id: str, done: str, applied: bool, expected: str, as_json:
 
         found = store.get_message(message_id)
         why = "no such message" if found is None else f"it is {found.status}, not {expected}"
-        console.print(f"[red]not {done.replace('_', ' ')}:[/red] {message_id}: {why}", soft_wrap=True)
+        _error(f"{message_id}: {why}", label=f"not {done.replace('_', ' ')}")
         raise typer.Exit(1)
 
 
@@ -516,7 +518,7 @@ def retally(
         with _quiet():  # the tally's own log lines stay off the output
             rows = run(settings, drop_gone=drop_gone)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error(f"{exc}")
         raise typer.Exit(2) from None
     table = Table(title=f"Failed statistics batches: {len(rows)}")
     for column in ("shard", "first", "last", "changes", "result", "why"):
@@ -539,7 +541,7 @@ def replay_events(local: Local = False, stack: Stack = None, region: Region = No
         with _quiet():  # planning's own log lines stay off the output
             rows = replay_clinic_events(settings)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error(f"{exc}")
         raise typer.Exit(2) from None
     columns = ("event_id", "type", "time", "result", "why")
     table = Table(title=f"Clinic events replayed: {len(rows)}")
@@ -577,7 +579,7 @@ def _consent(phone: str, opt_in: bool, local: bool, stack: str | None, region: s
         with _quiet():
             change = set_consent(phone, opt_in, settings)
     except InvalidPhoneNumber as exc:
-        console.print(f"[red]error:[/red] phone: {exc}")
+        _error(f"phone: {exc}")
         raise typer.Exit(2) from None
     # The number's own stop is what an opt-out writes first, patients or not: say what became of it.
     stop = ("lifted" if opt_in else "written") if change.stop_changed else "unchanged"
@@ -685,7 +687,7 @@ def invoke(
             text = shift_dates(text, days_to_today(text, datetime.now(UTC)))
         json.loads(text)
     except json.JSONDecodeError as exc:
-        console.print(f"[red]error:[/red] {event}: not JSON ({exc})")
+        _error(f"{event}: not JSON ({exc})")
         raise typer.Exit(2) from None
     try:
         built = find_function(build_dir, function)
@@ -696,7 +698,7 @@ def invoke(
         payload = json.loads(with_receipt_token(text, environment))
         result = invoke_built(built, payload, environment)
     except (InvokeError, TargetError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error(f"{exc}")
         raise typer.Exit(2) from None
     sys.stderr.write(result.logs)  # the function's JSON log lines and EMF, unwrapped
     _emit(result.response if result.error is None else result.error, as_json=True)
@@ -714,7 +716,7 @@ def local_up(
     try:
         serve(rate=rate, port=port, console=console)
     except PortInUse as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _error(f"{exc}")
         raise typer.Exit(2) from None
 
 

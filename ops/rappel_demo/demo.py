@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from core.followup import families_in
 from core.settings import sender_concurrency_within
@@ -195,8 +196,8 @@ def _print(summary: DemoSummary, console: Console) -> None:
     console.print(f"Delivery rate {rate}; send lateness p50 {p50}, p95 {p95}; segments per SMS {seg}")
     checks = Counter({name: len(v) for name, v in summary.invariants["violations"].items()})
     for name, violations in sorted(checks.items()):
-        mark = "[green]ok[/green]" if violations == 0 else f"[red]{violations} violation(s)[/red]"
-        console.print(f"  invariant {name.replace('_', ' ')}: {mark}")
+        mark = Text("ok", "green") if violations == 0 else Text(f"{violations} violation(s)", "red")
+        console.print(Text.assemble(f"  invariant {name.replace('_', ' ')}: ", mark))
     console.print(
         f"  peak sends in one second: {summary.invariants['max_sends_in_one_second']} "
         f"(limit {summary.invariants['rate_limit_per_second']:g})"

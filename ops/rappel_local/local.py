@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime
 
 from rich.console import Console
+from rich.text import Text
 
 from core import clock
 from core.settings import sender_concurrency_within
@@ -95,8 +96,11 @@ def serve(*, rate: float, port: int, console: Console) -> None:
     )
     settings = load_settings()
     console.print(
-        f"[green]embedded stack up[/green] on {environment['AWS_ENDPOINT_URL']}; "
-        f"Orange simulator {environment['ORANGE_API_BASE_URL']}; receipts {environment['RECEIPT_BASE_URL']}"
+        Text.assemble(
+            ("embedded stack up", "green"),
+            f" on {environment['AWS_ENDPOINT_URL']}; Orange simulator {environment['ORANGE_API_BASE_URL']}; "
+            f"receipts {environment['RECEIPT_BASE_URL']}",
+        )
     )
     console.print(
         "other terminals: `rappel import FILE.csv --as-of WHEN --local`, `rappel messages --local`, ... (Ctrl-C stops)"
@@ -141,4 +145,4 @@ def _attach_console(console: Console) -> operator_console.Feed:
 
 
 def _print_line(console: Console, at: str, function: str, text: str) -> None:
-    console.print(operator_console.line(at, function, text), markup=False, highlight=False, soft_wrap=True)
+    console.print(operator_console.line(at, function, text), highlight=False, soft_wrap=True)

@@ -120,3 +120,56 @@ def test_an_import_that_stopped_on_failures_says_from_which_row_nothing_was_appl
     assert result.exit_code == 1
     assert "not applied: ConnectionError (importing the register again is safe)" in result.output
     assert "nothing from row 12 on was applied" in " ".join(result.output.split())
+
+
+BRACKETED = ["PMI [site 2] Yopougon", "CSU Abobo [annexe]", "Abobo [/annexe]"]
+
+
+@pytest.fixture
+def wide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables as wide as they need: a narrow one wraps a clinic's name over two lines."""
+    monkeypatch.setattr(cli.out, "width", 300)
+
+
+@pytest.mark.parametrize("clinic", BRACKETED)
+@pytest.mark.usefixtures("wide")
+def test_the_call_list_shows_the_clinic_as_written(pipe: Pipeline, clinic: str) -> None:
+    """Text from the clinic system was printed as Rich markup: `[site 2]` vanished from the health workers' call list,
+    and a closing tag (`[/annexe]`) stopped `rappel followup` with a MarkupError, so nobody on the list was called."""
+    handle_clinic_event(patient("p1", sms_opt_in=False), pipe.settings)
+    handle_clinic_event(dose("a1", "p1", due_date="2027-03-05", clinic=clinic), pipe.settings)
+    pipe.clock.advance_to(datetime(2027, 3, 7, 12, 0, tzinfo=UTC))
+    pipe.follow_up_pass()
+
+    result = CliRunner().invoke(cli.app, ["followup", "--local"])
+
+    assert result.exit_code == 0, repr(result.exception)
+    assert clinic in result.output
+
+
+@pytest.mark.usefixtures("wide")
+def test_the_outcomes_table_shows_the_clinic_as_written(pipe: Pipeline) -> None:
+    clinic = BRACKETED[0]
+    handle_clinic_event(patient("p1", sms_opt_in=False), pipe.settings)
+    handle_clinic_event(dose("a1", "p1", due_date="2027-03-05", clinic=clinic), pipe.settings)
+    pipe.clock.advance_to(datetime(2027, 3, 7, 12, 0, tzinfo=UTC))
+    pipe.follow_up_pass()
+    pipe.aws.tally()
+
+    result = CliRunner().invoke(cli.app, ["stats", "--outcomes", "--local"])
+
+    assert result.exit_code == 0, repr(result.exception)
+    assert clinic in result.output
+
+
+def test_an_import_error_quoting_the_register_is_printed_as_written(pipe: Pipeline, tmp_path: Path) -> None:
+    """A header cell `[/notes]` quoted in the import's error made Rich raise: a traceback (exit 1), not the error."""
+    from rappel_cli import importer
+
+    register = tmp_path / "register.csv"
+    register.write_text(",".join([*importer.CSV_COLUMNS, "[/notes]"]) + "\n", encoding="utf-8")
+
+    result = CliRunner().invoke(cli.app, ["import", str(register), "--local", "--as-of", "2026-12-01T00:00:00Z"])
+
+    assert result.exit_code == 2, repr(result.exception)
+    assert "[/notes]" in result.output
