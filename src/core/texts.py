@@ -560,9 +560,12 @@ def _checked(max_segments: int, dose: int, name: str, vaccine: str) -> tuple[str
 
 def clean_text(value: str) -> str:
     """Text as it may go into an SMS: one line, single spaces, ends stripped; control characters and invisible
-    format characters (zero-width space, BOM, bidi marks) removed, since they would garble or blank the SMS."""
+    format characters (zero-width space, BOM, bidi marks) removed, since they would garble or blank the SMS; and
+    half characters (a lone surrogate: a producer that cut an emoji in two), which no store or SMS can encode."""
     kept = "".join(
-        " " if ch.isspace() else ch for ch in value if ch.isspace() or unicodedata.category(ch) not in {"Cc", "Cf"}
+        " " if ch.isspace() else ch
+        for ch in value
+        if ch.isspace() or unicodedata.category(ch) not in {"Cc", "Cf", "Cs"}
     )
     return " ".join(kept.split())
 

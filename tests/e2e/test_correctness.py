@@ -111,6 +111,30 @@ def test_control_characters_inside_a_name_are_removed_not_sent() -> None:
     assert "Awa Traoré" in send["text"] and "\u200b" not in send["text"] and "\x07" not in send["text"]
 
 
+def test_half_an_emoji_is_removed_not_a_crash_of_planning() -> None:
+    """A producer that cuts a string inside an emoji's surrogate pair sends valid JSON ("\\ud83d") that Python reads
+    as a lone surrogate, which no store can encode: planning raised on the write, EventBridge retried the event into
+    the planning dead letter queue, and `rappel replay-events` failed on it again. The half character goes, as
+    invisible characters do."""
+    events = one_patient(DUE, name="Awa \ud83d")
+    events[1]["detail"]["clinic"] = "CSU \udc00Abobo"
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-06T00:00:00Z", events)
+    out = run(data)
+    assert out["stats"]["handler_errors"] == 0
+    assert_invariants(out, data)
+    (send,) = out["sends"]
+    assert "Awa" in send["text"] and "CSU Abobo" in send["text"]
+
+
+def test_a_name_of_half_characters_alone_is_refused_naming_it() -> None:
+    patient = patient_event("2027-03-01T08:00:00Z", "p1", phone(1))
+    patient["detail"]["display_name"] = "\ud83d\ude00"[:1]
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-06T00:00:00Z", [patient])
+    out = run(data)
+    assert out["stats"]["handler_errors"] == 0
+    assert any(e.startswith("detail.display_name:") for e in _rejections(out)), out["stats"]["events"]
+
+
 def test_an_event_stamped_in_the_future_is_refused_naming_time_and_later_updates_apply() -> None:
     """A clinic PC a year ahead sends an update; the correct opt-out that follows must still stop the reminders."""
     events = [
