@@ -238,6 +238,26 @@ def health(local: Local = False, stack: Stack = None, region: Region = None, as_
     raise typer.Exit(0 if report.healthy else 1)
 
 
+@app.command("receipt-urls")
+def receipt_urls(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
+    """The URLs to give the gateways: Orange's receipt URL and Kannel's sms-service get-url, each with its own token."""
+    from rappel_cli.operations import registered_urls
+
+    settings = _settings(local, stack, region)
+    try:
+        urls = registered_urls(settings)
+    except ValueError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    if as_json:
+        _emit(urls, True)
+        return
+    out.print("Register with Orange (SMS API contact form, real-time SMS DR):")
+    out.print(urls["orange_receipts"], soft_wrap=True)
+    out.print("Kannel's catch-all sms-service, get-url (with max-messages = 0):")
+    out.print(f'get-url = "{urls["kannel_sms_service_get_url"]}"', soft_wrap=True)
+
+
 @app.command()
 def stats(
     since: Annotated[str, typer.Option(help="hour, day or week.")] = "day",

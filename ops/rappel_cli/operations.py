@@ -18,10 +18,26 @@ from core import clock, store
 from core.dispatch import dispatch_due
 from core.lifecycle import Status
 from core.queue import ClaimBody, GroupedBody
+from core.receipts import Route, route_url
+from core.replies import get_url
+from core.secrets import secret_text
 from core.settings import Settings
 from core.store import iso, parse_iso
 from rappel_local.change_streams import BatchGone, lambda_records, read_range, stream_sources, streams_client
 from rappel_local.embedded import invoke, sqs_event
+
+
+def registered_urls(settings: Settings) -> dict[str, str]:
+    """The URLs to give the gateways, each with its route's own token (never the receipt secret itself): the one to
+    register with Orange for its receipts, and the `get-url` of Kannel's sms-service for the families' replies.
+    ValueError when the target names no receipt URL."""
+    if not settings.RECEIPT_BASE_URL:
+        raise ValueError("the target names no receipt URL (the stack's ReceiptEndpoint output)")
+    secret = secret_text(settings.RECEIPT_TOKEN_SECRET, settings)
+    return {
+        "orange_receipts": route_url(settings.RECEIPT_BASE_URL, Route.ORANGE, secret),
+        "kannel_sms_service_get_url": get_url(settings.RECEIPT_BASE_URL, secret),
+    }
 
 
 def process_now(settings: Settings, *, drain: bool) -> dict[str, Any]:

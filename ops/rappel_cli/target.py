@@ -33,6 +33,7 @@ OUTPUT_TO_ENV = {
     "OrangeCredentialsSecretArn": "ORANGE_CREDENTIALS_SECRET",
     "KannelCredentialsSecretArn": "KANNEL_CREDENTIALS_SECRET",
     "ReceiptTokenSecretArn": "RECEIPT_TOKEN_SECRET",
+    "ReceiptEndpoint": "RECEIPT_BASE_URL",  # `rappel receipt-urls`
 }
 
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from core import clock
+from core.receipts import Route, route_url
 from core.settings import sender_concurrency_within
 from rappel_cli.operations import drain_send_queue
 from rappel_cli.target import CONSOLE_FEED, LOCAL_STATE, write_local_state
@@ -74,7 +75,7 @@ def start(*, rate: float, port: int) -> tuple[dict[str, str], list[object]]:
     }
     os.environ.update(environment)
     reset_core_caches()
-    simulator.start_receipt_pump(f"{receipts.base_url}/orange?token={stack.receipt_token}", interval_seconds=1)
+    simulator.start_receipt_pump(route_url(receipts.base_url, Route.ORANGE, stack.receipt_token), interval_seconds=1)
     return environment, [simulator, receipts, server]
 
 

@@ -27,6 +27,7 @@ from core.followup import follow_up_row, open_follow_ups, outcome_report
 from core.outcomes import GROUPS
 from core.pacing import Pacer
 from core.planning import set_consent
+from core.receipts import Route, route_url
 from core.settings import Settings, build_settings
 from core.store import iso
 from core.texts import sms_encoding
@@ -202,7 +203,7 @@ class Simulation:
         sqs = boto3.client("sqs", region_name=settings.AWS_REGION)
         self._visibility = timedelta(seconds=send_queue_visibility_timeout())
         token = stack.receipt_token
-        receipt_url = f"{receipts.base_url}/orange?token={token}"
+        receipt_url = route_url(receipts.base_url, Route.ORANGE, token)
         self._inbound_url = replies.get_url(receipts.base_url, token)
         interval = timedelta(minutes=settings.SMS_PROCESSING_INTERVAL_MINUTES)
         passes = _Schedule(timedelta(minutes=settings.FOLLOW_UP_PASS_MINUTES), self.scenario.start)

@@ -82,9 +82,29 @@ class ReceiptOutcome:
     message_id: str | None = None
 
 
-def authenticate(token: str | None, settings: Settings) -> None:
-    """Check the secret token of the registered URL in constant time; raises ReceiptRejected(403)."""
-    _check(token, secret_text(settings.RECEIPT_TOKEN_SECRET, settings))
+class Route(StrEnum):
+    """A path of the receipt URL registered with someone else, each with its own token."""
+
+    ORANGE = "orange"  # Orange's receipts, registered through Orange's contact form
+    INBOUND = "inbound"  # the families' replies, Kannel's sms-service get-url
+
+
+def route_token(secret: str, route: Route) -> str:
+    """The token of one route's registered URL, derived from the receipt secret. Each route has its own: the URL given
+    to Orange (a web form, a mail) cannot send a STOP through /inbound, and Kannel's get-url cannot post receipts."""
+    return hmac.new(secret.encode(), f"route:{route}".encode(), hashlib.sha256).hexdigest()
+
+
+def route_url(base_url: str, route: Route, secret: str) -> str:
+    """The URL to register for `route`, with its token."""
+    return f"{base_url.rstrip('/')}/{route}?token={route_token(secret, route)}"
+
+
+def authenticate(token: str | None, route: Route, settings: Settings) -> None:
+    """Check a registered URL's token in constant time: the route's own, or the secret itself (URLs registered before
+    each route had its own; rotating the secret retires them). Raises ReceiptRejected(403)."""
+    secret = secret_text(settings.RECEIPT_TOKEN_SECRET, settings)
+    _check(token, route_token(secret, route), secret)
 
 
 def kannel_dlr_token(secret: str, message_id: str) -> str:

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NoReturn
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl
 
 from core import clock, notify, store
 from core.lifecycle import Status
@@ -41,7 +41,7 @@ from core.metric_names import MetricName
 from core.observability import count, logger
 from core.phone import InvalidPhoneNumber, mask_phone, normalize_phone
 from core.planning import ConsentChange, change_consent, consent_changes
-from core.receipts import ReceiptRejected
+from core.receipts import ReceiptRejected, Route, route_url
 from core.retry import patiently
 from core.settings import Settings
 from core.store import MessageRecord, PatientRecord, iso, parse_iso
@@ -140,10 +140,11 @@ def match_keyword(text: str) -> KeywordMatch | None:
 # ---------------------------------------------------------------------------------------------- the request
 
 
-def get_url(base_url: str, token: str) -> str:
-    """The `get-url` of Kannel's `sms-service` for this endpoint: the sender (%p), the service number (%P), the
-    words of the text (%a), and its coding (%c) and character set (%C), which decide how the text is decoded."""
-    return f"{base_url.rstrip('/')}/inbound?token={quote(token, safe='')}&from=%p&to=%P&text=%a&coding=%c&charset=%C"
+def get_url(base_url: str, secret: str) -> str:
+    """The `get-url` of Kannel's `sms-service` for this endpoint, with the /inbound route's token: the sender (%p), the
+    service number (%P), the words of the text (%a), and its coding (%c) and character set (%C), which decide how the
+    text is decoded."""
+    return f"{route_url(base_url, Route.INBOUND, secret)}&from=%p&to=%P&text=%a&coding=%c&charset=%C"
 
 
 def parse_inbound(params: Mapping[str, str], raw_query: str | None, settings: Settings) -> InboundSms:

@@ -8,7 +8,15 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from core.observability import lambda_entry
-from core.receipts import ReceiptRejected, authenticate, authenticate_dlr, kannel_receipt, orange_receipt, refused
+from core.receipts import (
+    ReceiptRejected,
+    Route,
+    authenticate,
+    authenticate_dlr,
+    kannel_receipt,
+    orange_receipt,
+    refused,
+)
 from core.replies import handle_inbound
 from core.settings import load_settings
 
@@ -36,7 +44,7 @@ def _body() -> str:
 @app.post("/orange")
 def orange() -> Response[str]:
     settings = load_settings()
-    authenticate(app.current_event.get_query_string_value("token"), settings)
+    authenticate(app.current_event.get_query_string_value("token"), Route.ORANGE, settings)
     return _answer(200, orange_receipt(_body(), settings).result)
 
 
@@ -51,7 +59,7 @@ def kannel() -> Response[str]:
 @app.get("/inbound")
 def inbound() -> Response[str]:
     settings = load_settings()
-    authenticate(app.current_event.get_query_string_value("token"), settings)
+    authenticate(app.current_event.get_query_string_value("token"), Route.INBOUND, settings)
     event = app.current_event
     outcome = handle_inbound(dict(event.query_string_parameters or {}), event.raw_query_string, settings)
     # An empty body: Kannel's sms-service sends a non-empty answer back to the family as an SMS (unless its

@@ -17,14 +17,16 @@ import boto3
 import botocore.client
 import botocore.exceptions
 import pytest
+from typer.testing import CliRunner
 
-from core import pacing, provider_state, receipts, sending, store
+from core import pacing, provider_state, receipts, replies, sending, store
 from core.lifecycle import Status
 from core.observability import discard_metrics
 from core.providers import factory
 from core.settings import ProviderName, build_settings
 from core.statistics import statistics
 from core.store import iso
+from rappel_cli import cli
 from rappel_local.embedded import ReceiptEndpoint, function_url_event, invoke, reset_core_caches
 from rappel_local.orange_simulator import Fault
 from tests.integration.pipeline_kit import PHONE, Pipeline, crash_once_after_the_provider_accepted, emf
@@ -883,6 +885,51 @@ def test_under_the_retry_policy_a_kannel_dlr_for_the_ambiguous_send_stops_its_re
     assert len(kannel.accepted) == 1
     stored = pipe.message(message_id)
     assert stored.status == "delivered" and "pending>sent" in " ".join(stored.history or [])
+
+
+def test_the_url_registered_with_orange_cannot_stop_a_family_nor_kannels_get_url_post_receipts(
+    pipe: Pipeline, sent: str
+) -> None:
+    """The URL registered with Orange (a contact form, a mail) carried the receipt secret itself, which /inbound took
+    too: whoever read it at Orange could STOP any number, or lift a family's STOP. Each route has its own token."""
+    message_id = sent
+    secret = pipe.receipt_token()
+    for_orange = dict(
+        parse_qsl(urlsplit(receipts.route_url("https://receipts/", receipts.Route.ORANGE, secret)).query)
+    )["token"]
+    for_kannel = dict(parse_qsl(urlsplit(replies.get_url("https://receipts/", secret)).query))["token"]
+    assert secret not in (for_orange, for_kannel) and for_orange != for_kannel
+
+    stop = {"from": PHONE, "to": "1234", "text": "STOP", "coding": "0"}
+    assert pipe.receipt("GET", "/inbound", {"token": for_orange, **stop})["statusCode"] == 403
+    assert store.number_stop(PHONE) is None
+    body = json.dumps(_notification(_provider_id(pipe, message_id), "DeliveredToTerminal"))
+    assert pipe.receipt("POST", "/orange", {"token": for_kannel}, body, JSON)["statusCode"] == 403
+    assert pipe.message(message_id).status == "sent"
+
+    assert _answer(pipe.receipt("POST", "/orange", {"token": for_orange}, body, JSON)) == (200, "delivered")
+    assert pipe.message(message_id).status == "delivered"
+    assert pipe.receipt("GET", "/inbound", {"token": for_kannel, **stop})["headers"]["X-Rappel-Reply"] == "opted_out"
+
+
+def test_rappel_receipt_urls_prints_each_route_with_its_own_token_and_never_the_secret(
+    pipe: Pipeline, sent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "_settings", lambda *_: pipe.settings)
+    assert CliRunner().invoke(cli.app, ["receipt-urls", "--local"]).exit_code == 2  # no receipt URL named
+    pipe.configure(RECEIPT_BASE_URL="https://abc.lambda-url.eu-west-1.on.aws/")
+    result = CliRunner().invoke(cli.app, ["receipt-urls", "--local", "--json"])
+    assert result.exit_code == 0, result.output
+    urls = json.loads(result.output)
+    assert pipe.receipt_token() not in result.output
+    orange, kannel = urlsplit(urls["orange_receipts"]), urlsplit(urls["kannel_sms_service_get_url"])
+    assert (orange.path, kannel.path) == ("/orange", "/inbound")
+    assert "from=%p&to=%P&text=%a&coding=%c&charset=%C" in kannel.query
+
+    body = json.dumps(_notification(_provider_id(pipe, sent), "DeliveredToTerminal"))
+    assert _answer(pipe.receipt("POST", "/orange", dict(parse_qsl(orange.query)), body, JSON)) == (200, "delivered")
+    stop = {"token": dict(parse_qsl(kannel.query))["token"], "from": PHONE, "to": "1234", "text": "STOP", "coding": "0"}
+    assert pipe.receipt("GET", "/inbound", stop)["headers"]["X-Rappel-Reply"] == "opted_out"
 
 
 @pytest.mark.parametrize("token", ["Ab3&x+y#z", "Ab3%Fa9 ok"], ids=["query-syntax", "kannel-escape"])

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.receipts import Route, route_token
 from core.replies import (
     Intent,
     _decode,
@@ -144,8 +145,10 @@ def test_ucs2_bytes_are_decoded_as_utf16_big_endian() -> None:
     assert _decode(b"\x00S\x00T\x00O", "2", "") == "STO"
 
 
-def test_the_kannel_get_url_uses_the_escapes_the_endpoint_reads() -> None:
+def test_the_kannel_get_url_uses_the_escapes_the_endpoint_reads_and_the_inbound_token() -> None:
     url = get_url("https://abc.lambda-url.eu-west-1.on.aws/", "t/k+n")
+    token = route_token("t/k+n", Route.INBOUND)
     assert url == (
-        "https://abc.lambda-url.eu-west-1.on.aws/inbound?token=t%2Fk%2Bn&from=%p&to=%P&text=%a&coding=%c&charset=%C"
+        f"https://abc.lambda-url.eu-west-1.on.aws/inbound?token={token}&from=%p&to=%P&text=%a&coding=%c&charset=%C"
     )
+    assert token != route_token("t/k+n", Route.ORANGE) and "t/k+n" not in url
