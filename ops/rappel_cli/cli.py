@@ -238,6 +238,42 @@ def health(local: Local = False, stack: Stack = None, region: Region = None, as_
     raise typer.Exit(0 if report.healthy else 1)
 
 
+@app.command()
+def replies(
+    day: Annotated[str | None, typer.Option(help="The day (YYYY-MM-DD, UTC); today by default.")] = None,
+    local: Local = False,
+    stack: Stack = None,
+    region: Region = None,
+    as_json: AsJson = False,
+) -> None:
+    """The day's replies that changed nothing (no keyword, a number no patient has, a service's SMS), with the
+    patients of the number: a `Please stop` is for an operator to act on (`rappel optout --patient ID`)."""
+    from core import clock, store
+    from core.replies import recorded_replies
+
+    if day is not None and not _is_day(day):
+        _error(f"--day {day!r} is not a date (YYYY-MM-DD)")
+        raise typer.Exit(2)
+    settings = _settings(local, stack, region)
+    store.bind(settings)
+    rows = recorded_replies(day or clock.now().strftime("%Y-%m-%d"))
+    columns = ["at", "outcome", "from", "patient_ids", "text"]
+    table = Table(title=f"Replies recorded: {len(rows)}")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(", ".join(row.get(c) or []) if c == "patient_ids" else _fmt(row.get(c)) for c in columns))
+    _emit(rows, as_json, table)
+
+
+def _is_day(value: str) -> bool:
+    try:
+        datetime.strptime(value, "%Y-%m-%d")
+    except ValueError:
+        return False
+    return True
+
+
 @app.command("receipt-urls")
 def receipt_urls(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
     """The URLs to give the gateways: Orange's receipt URL and Kannel's sms-service get-url, each with its own token."""
@@ -574,27 +610,63 @@ def replay_events(local: Local = False, stack: Stack = None, region: Region = No
         raise typer.Exit(1)
 
 
+Phone = Annotated[str | None, typer.Argument(help="The phone number (or give --patient).")]
+OfPatient = Annotated[
+    str | None, typer.Option("--patient", help="The phone number of this patient (an id `rappel replies` lists).")
+]
+
+
 @app.command()
 def optout(
-    phone: str, local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False
+    phone: Phone = None,
+    patient: OfPatient = None,
+    local: Local = False,
+    stack: Stack = None,
+    region: Region = None,
+    as_json: AsJson = False,
 ) -> None:
     """Stop all reminders to a phone number (its pending reminders are cancelled)."""
-    _consent(phone, False, local, stack, region, as_json)
+    _consent(phone, patient, False, local, stack, region, as_json)
 
 
 @app.command()
 def optin(
-    phone: str, local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False
+    phone: Phone = None,
+    patient: OfPatient = None,
+    local: Local = False,
+    stack: Stack = None,
+    region: Region = None,
+    as_json: AsJson = False,
 ) -> None:
     """Allow reminders to a phone number again (reminders not yet created are planned)."""
-    _consent(phone, True, local, stack, region, as_json)
+    _consent(phone, patient, True, local, stack, region, as_json)
 
 
-def _consent(phone: str, opt_in: bool, local: bool, stack: str | None, region: str | None, as_json: bool) -> None:
+def _consent(
+    phone: str | None,
+    patient_id: str | None,
+    opt_in: bool,
+    local: bool,
+    stack: str | None,
+    region: str | None,
+    as_json: bool,
+) -> None:
+    from core import store
     from core.phone import InvalidPhoneNumber, mask_phone
     from core.planning import set_consent
 
+    if (phone is None) == (patient_id is None):
+        _error("give a phone number or --patient, not both")
+        raise typer.Exit(2)
     settings = _settings(local, stack, region)
+    if patient_id is not None:
+        store.bind(settings)
+        patient = store.get_patient(patient_id)
+        if patient is None:
+            _error(f"--patient: no patient {patient_id}")
+            raise typer.Exit(2)
+        phone = patient.phone
+    assert phone is not None
     try:
         with _quiet():
             change = set_consent(phone, opt_in, settings)

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
 from core import clock, notify, store
@@ -61,6 +61,9 @@ _CODINGS = frozenset({"", "-1", "0", "1", "2"})
 _UTF16 = frozenset({"UTF-16BE", "UTF16BE", "UCS-2", "UCS2", "UTF-16", "ISO-10646-UCS-2"})
 _KANNEL_8BIT = "8-BIT"  # what Kannel's %C says for 8-bit data that came with no character set
 _WORD_SEPARATORS = re.compile(r"[\W_]+")
+# A sender no family has: a GSM alphanumeric sender id (at most 11 characters, a letter among them) or a short code
+# (3 to 8 digits).
+_SERVICE_SENDER = re.compile(r"(?=[^A-Za-z]*[A-Za-z])[A-Za-z0-9 ._&'-]{1,11}|[1-9][0-9]{2,7}")
 
 
 class Intent(StrEnum):
@@ -86,11 +89,14 @@ class InboundSms:
     text: str
     length: int  # characters received, before the cut
     to: str  # the service number it was sent to (Kannel's %P), as given
+    # Sent by a service, not a phone: an alphanumeric sender id or a short code (the operator's balance SMS, a
+    # promotion), which reaches a catch-all sms-service too; `sender` is then that name, as given.
+    from_a_service: bool = False
 
 
 @dataclass(frozen=True)
 class InboundOutcome:
-    """What a reply did: opted_out, opted_in, unchanged, unknown_text or unknown_sender."""
+    """What a reply did: opted_out, opted_in, unchanged, unknown_text, unknown_sender or service_sender."""
 
     result: str
     confirmation_id: str | None = None
@@ -153,7 +159,7 @@ def parse_inbound(params: Mapping[str, str], raw_query: str | None, settings: Se
     The text is read from the raw query string when there is one: a UCS-2 text arrives as its UTF-16BE bytes
     (`coding=2`, or `charset=UTF-16BE`), which are not UTF-8 and which only the raw form keeps exact.
     """
-    sender = _sender(params.get("from", ""), settings)
+    sender, from_a_service = _sender(params.get("from", ""), settings)
     coding = params.get("coding", "").strip()
     if coding not in _CODINGS:
         _reject("coding: must be Kannel's coding (%c): -1, 0, 1 or 2")
@@ -165,26 +171,31 @@ def parse_inbound(params: Mapping[str, str], raw_query: str | None, settings: Se
         _reject("to: longer than 32 characters")
     raw = _raw_text(raw_query) if raw_query is not None else params.get("text", "").encode()
     text = clean_text(_decode(raw, coding, charset))
-    return InboundSms(sender=sender, text=text[:MAX_TEXT_CHARACTERS], length=len(text), to=to)
+    return InboundSms(
+        sender=sender, text=text[:MAX_TEXT_CHARACTERS], length=len(text), to=to, from_a_service=from_a_service
+    )
 
 
 def _reject(reason: str) -> NoReturn:
     raise ReceiptRejected(400, reason)
 
 
-def _sender(raw: str, settings: Settings) -> str:
-    """The sender in E.164. An SMSC may give it without its `+` ("2250701020304"): that form is tried too."""
+def _sender(raw: str, settings: Settings) -> tuple[str, bool]:
+    """The sender in E.164, or a service's name as given (True: an alphanumeric sender id or a short code, which no
+    family has). An SMSC may give a number without its `+` ("2250701020304"): that form is tried too."""
     if not raw.strip():
         _reject("from: missing (Kannel's %p)")
     try:
-        return normalize_phone(raw, settings.SMS_DEFAULT_REGION)
+        return normalize_phone(raw, settings.SMS_DEFAULT_REGION), False
     except InvalidPhoneNumber as exc:
-        digits = raw.strip()
-        if digits.isdigit() and not digits.startswith("0"):
+        given = raw.strip()
+        if given.isdigit() and not given.startswith("0"):
             try:
-                return normalize_phone("+" + digits, settings.SMS_DEFAULT_REGION)
+                return normalize_phone("+" + given, settings.SMS_DEFAULT_REGION), False
             except InvalidPhoneNumber:
                 pass
+        if _SERVICE_SENDER.fullmatch(given):
+            return given, True
         _reject(f"from: {exc}")
 
 
@@ -229,6 +240,8 @@ def apply_reply(sms: InboundSms, settings: Settings) -> InboundOutcome:
     """Apply one parsed reply; the embedded stack and tests may call this directly."""
     store.bind(settings)
     now = clock.now()
+    if sms.from_a_service:
+        return _unanswered(sms, "service_sender", now, settings)
     found = match_keyword(sms.text)
     # A keyword from a number the `by_phone` index does not show yet (a phone registered or changed a moment ago)
     # looks again before the reply is taken as a stranger's: a STOP must not be lost to the index's lag.
@@ -244,7 +257,7 @@ def apply_reply(sms: InboundSms, settings: Settings) -> InboundOutcome:
         return _unanswered(sms, "unknown_sender", now, settings, stop=stop)
     finish_pending(sms.sender, patients, settings, asked=None if found is None else found.intent is Intent.OPT_IN)
     if found is None:
-        return _unanswered(sms, "unknown_text", now, settings)
+        return _unanswered(sms, "unknown_text", now, settings, patients=patients)
     opt_in = found.intent is Intent.OPT_IN
     pending = PendingChange(
         opt_in=opt_in,
@@ -432,25 +445,50 @@ def _confirmation(
 
 
 def _unanswered(
-    sms: InboundSms, outcome: str, now: datetime, settings: Settings, *, stop: str | None = None
+    sms: InboundSms,
+    outcome: str,
+    now: datetime,
+    settings: Settings,
+    *,
+    stop: str | None = None,
+    patients: list[PatientRecord] | None = None,
 ) -> InboundOutcome:
     """Record (up to MAX_RECORDED_PER_DAY a day, the number masked, kept SMS_RETENTION_DAYS) and count a reply no
-    SMS answers; `stop`: what it did to the number's stop (written, lifted) when no patient has the number. Nothing
-    recorded derives from the full number (no hash of it, which the masked number and the time would let anyone
-    reverse), so the record's key is random."""
+    SMS answers; `stop`: what it did to the number's stop (written, lifted) when no patient has the number;
+    `patients`: those with the number, whose ids the record names (`Please stop` is for an operator to act on, with
+    `rappel optout --patient`). Nothing recorded derives from the full number (no hash of it, which the masked number
+    and the time would let anyone reverse), so the record's key is random."""
     count(MetricName.REPLIES_UNKNOWN)
     if store.count_reply(now, outcome) <= MAX_RECORDED_PER_DAY:
         record = {
             "outcome": outcome,
-            "from": mask_phone(sms.sender),
+            "from": _shown(sms),
             "to": sms.to,
             "text": sms.text,
             "length": sms.length,
             **({"stop": stop} if stop else {}),
+            **({"patient_ids": [str(p.patient_id) for p in patients]} if patients else {}),
         }
         key = secrets.token_hex(8)
         store.record_reply(now, key, json.dumps(record, ensure_ascii=False), settings.SMS_RETENTION_DAYS)
-    logger.info(
-        "reply recorded, not answered", extra={"outcome": outcome, "from": mask_phone(sms.sender), "stop": stop}
-    )
+    logger.info("reply recorded, not answered", extra={"outcome": outcome, "from": _shown(sms), "stop": stop})
     return InboundOutcome(outcome)
+
+
+def recorded_replies(day: str) -> list[dict[str, Any]]:
+    """The replies recorded on `day` (YYYY-MM-DD, UTC), oldest first: each one's time and what `_unanswered` kept."""
+    replies: list[dict[str, Any]] = []
+    for item in store.replies_of_day(day):
+        if item.sk.startswith("COUNT#"):
+            continue
+        try:
+            record = json.loads(item.text or "")
+        except json.JSONDecodeError:
+            record = {"text": item.text}
+        replies.append({"at": item.sk.split("#", 1)[0], **record})
+    return replies
+
+
+def _shown(sms: InboundSms) -> str:
+    """The sender as records and logs show it: a family's number masked, a service's name as it is."""
+    return sms.sender if sms.from_a_service else mask_phone(sms.sender)

@@ -14,6 +14,7 @@ from urllib.parse import quote, urlencode
 import botocore.client
 import botocore.exceptions
 import pytest
+from typer.testing import CliRunner
 
 from core import notify, planning, replies, store
 from core.lifecycle import Status
@@ -21,9 +22,10 @@ from core.planning import handle_clinic_event
 from core.replies import InboundSms, apply_reply
 from core.store import MessageRecord, parse_iso
 from core.wanted import CONFIRMATION
+from rappel_cli import cli
 from rappel_local.embedded import function_url_event, invoke
 from tests.helpers import dose, patient
-from tests.integration.pipeline_kit import PHONE, Pipeline
+from tests.integration.pipeline_kit import PHONE, Pipeline, emf
 
 pytestmark = pytest.mark.integration
 
@@ -252,6 +254,55 @@ def test_unknown_texts_and_senders_are_recorded_and_counted_never_answered(
     assert all(i.expires_at is not None for i in items)
 
 
+def test_a_refusal_in_words_is_listed_with_its_patients_for_an_operator_to_opt_out(
+    pipe: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Please stop` is recorded for an operator, who can run `rappel optout`: the record named no patient and kept
+    the number masked, and no command listed the records, so nobody could act and the family kept its reminders."""
+    reminders = siblings(pipe)
+    assert outcome(reply(pipe, "Please stop")) == "unknown_text"
+    monkeypatch.setattr(cli, "_settings", lambda *_: pipe.settings)
+
+    listed = CliRunner().invoke(cli.app, ["replies", "--local", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.output)
+    assert (row["text"], row["patient_ids"], row["from"]) == ("Please stop", ["p1", "p2"], "+225******04")
+    assert PHONE not in listed.output
+
+    stopped = CliRunner().invoke(cli.app, ["optout", "--patient", row["patient_ids"][0], "--local", "--json"])
+    assert stopped.exit_code == 0, stopped.output
+    assert store.number_stopped(PHONE) and statuses(reminders) == {"cancelled"}
+    assert CliRunner().invoke(cli.app, ["optout", "--patient", "nobody", "--local"]).exit_code == 2
+    assert CliRunner().invoke(cli.app, ["optout", PHONE, "--patient", "p1", "--local"]).exit_code == 2
+    assert CliRunner().invoke(cli.app, ["replies", "--day", "07/03/2027", "--local"]).exit_code == 2
+
+
+@pytest.mark.parametrize("sender", ["Orange", "444", "MTN-Promo", "Orange CI"])
+def test_an_sms_from_a_sender_id_or_a_short_code_is_recorded_not_refused(
+    pipe: Pipeline,
+    sender: str,
+    clinic_events: Callable[[], list[dict[str, Any]]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The operator's own SMS (a balance, a promotion) reach a catch-all sms-service too. They were refused with a
+    400 and counted `ReceiptsRejected`, whose alarm says a token is stale or a family's STOP was lost: five of them an
+    hour called someone for nothing. No family has such a sender, and a STOP from one stops nothing."""
+    reminders = siblings(pipe)
+    capsys.readouterr()
+    assert outcome(reply(pipe, "Votre solde est de 500 F", sender=sender)) == "service_sender"
+    assert outcome(reply(pipe, "STOP", sender=sender)) == "service_sender"
+
+    metrics = emf(capsys.readouterr().out)
+    assert metrics["RepliesUnknown"] == 2 and "ReceiptsRejected" not in metrics
+    assert statuses(reminders) == {"pending"} and confirmations() == [] and clinic_events() == []
+    recorded = [
+        json.loads(i.text or "{}")
+        for i in store.replies_of_day(pipe.clock.now().strftime("%Y-%m-%d"))
+        if not i.sk.startswith("COUNT#")
+    ]
+    assert {(r["outcome"], r["from"]) for r in recorded} == {("service_sender", sender)}
+
+
 STRANGER = "+2250708091011"
 
 
@@ -316,7 +367,7 @@ def test_ucs2_and_charsets_are_decoded(pipe: Pipeline, query: str) -> None:
 @pytest.mark.parametrize(
     ("params", "status", "names"),
     [
-        ({"from": "not-a-phone"}, 400, "from:"),
+        ({"from": "tel:not-a-phone"}, 400, "from:"),
         ({"from": "+22501"}, 400, "from:"),
         ({"from": ""}, 400, "from:"),
         ({"coding": "7"}, 400, "coding:"),
