@@ -55,6 +55,8 @@ MAX_TEXT_CHARACTERS = 160
 MAX_RECORDED_PER_DAY = 1000
 # How long a confirmation may wait for its send (quiet hours, a provider outage) before it is pointless.
 CONFIRMATION_LIFETIME = timedelta(hours=24)
+# Confirmation SMS a number gets in a UTC day: a STOP and an OUI, and one more (a family that changes its mind).
+CONFIRMATIONS_PER_DAY = 3
 # Kannel's `coding` (%c): 0 GSM 7-bit, 1 8-bit binary, 2 UCS-2, -1 undefined (an HTTP SMSC that gave none; the
 # charset then says). Character sets that mean UCS-2's bytes.
 _CODINGS = frozenset({"", "-1", "0", "1", "2"})
@@ -405,10 +407,21 @@ def _confirm(change: ConsentChange, pending: PendingChange, now: datetime, setti
     # next reply from the number publishes the event again (same change_id) and writes the confirmation.
     detail_type = notify.DetailType.PATIENT_OPTED_IN if opt_in else notify.DetailType.PATIENT_OPTED_OUT
     notify.publish(detail_type, _event_detail(change, pending, message_id), now, settings)
-    why = f"confirms the reply {pending.keyword!r}: {'opted in' if opt_in else 'opted out'}"
-    store.create_message(_confirmation(message_id, subject, lead, change.number, now, settings), now, why)
+    outcome = "opted_in" if opt_in else "opted_out"
+    confirmation: str | None = message_id
+    if store.take_confirmation(change.number, now, CONFIRMATIONS_PER_DAY):
+        why = f"confirms the reply {pending.keyword!r}: {'opted in' if opt_in else 'opted out'}"
+        store.create_message(_confirmation(message_id, subject, lead, change.number, now, settings), now, why)
+    else:
+        # A number that flips STOP and OUI all day (a family, an auto-responder, a spoofed sender) would have a billed
+        # SMS for each: past the day's few, the change stands and goes unconfirmed.
+        confirmation = None
+        logger.warning(
+            "confirmation not sent: the number had its confirmations for the day",
+            extra={"from": mask_phone(change.number), "outcome": outcome, "per_day": CONFIRMATIONS_PER_DAY},
+        )
     count(MetricName.REPLIES_OPTED_IN if opt_in else MetricName.REPLIES_OPTED_OUT)
-    return InboundOutcome("opted_in" if opt_in else "opted_out", message_id)
+    return InboundOutcome(outcome, confirmation)
 
 
 def _event_detail(change: ConsentChange, pending: PendingChange, change_id: str) -> dict[str, object]:

@@ -1140,6 +1140,23 @@ def record_reply(at: datetime, key: str, text: str, keep_days: int) -> bool:
     return _applied(lambda: record.save(condition=OpsRecord.pk.does_not_exist()))
 
 
+# pk CONFIRMED#<UTC day>, sk the recipient's key: the confirmation SMS a number was sent that day (`take_confirmation`).
+_CONFIRMED = "CONFIRMED#"
+
+
+def take_confirmation(number: str, at: datetime, per_day: int) -> bool:
+    """Count one confirmation SMS for `number` on `at`'s day (UTC): False, and nothing written, when the number has
+    had `per_day` already."""
+    record = OpsRecord(f"{_CONFIRMED}{at.strftime('%Y-%m-%d')}", recipient_key(number))
+    return _applied(
+        lambda: _update(
+            record,
+            actions=[OpsRecord.value.add(1), OpsRecord.expires_at.set(at + timedelta(days=2))],
+            condition=OpsRecord.value.does_not_exist() | (OpsRecord.value < per_day),
+        )
+    )
+
+
 # A receipt that came before its SMS was recorded sent (a sender that died after the provider took it, and whose
 # record comes back after the visibility timeout): pk `RECEIPT#<provider>#<the id the receipt named>`, sk
 # `<time>#<status>`, kept until its TTL; the recording of that SMS applies it (`receipts.apply_parked`).

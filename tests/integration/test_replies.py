@@ -277,6 +277,23 @@ def test_a_refusal_in_words_is_listed_with_its_patients_for_an_operator_to_opt_o
     assert CliRunner().invoke(cli.app, ["replies", "--day", "07/03/2027", "--local"]).exit_code == 2
 
 
+def test_a_number_that_flips_stop_and_oui_all_day_gets_a_few_confirmations_and_every_change(pipe: Pipeline) -> None:
+    """Each change had its confirmation SMS, billed, with no cap per number: a family, an auto-responder answering
+    our SMS or a spoofed sender flipping STOP and OUI had us send one for each, all day."""
+    reminders = siblings(pipe)
+    for n in range(12):
+        assert outcome(reply(pipe, "STOP" if n % 2 == 0 else "OUI")) == ("opted_out" if n % 2 == 0 else "opted_in")
+        pipe.clock.sleep(120)
+        pipe.cycle()
+        assert store.number_stopped(PHONE) == (n % 2 == 0)
+
+    assert len(confirmations()) == replies.CONFIRMATIONS_PER_DAY
+    assert statuses(reminders) == {"pending"}  # the last word, OUI, stands
+    pipe.clock.advance_to(datetime(2027, 3, 2, 0, 30, tzinfo=UTC))  # a new day (UTC)
+    assert outcome(reply(pipe, "STOP")) == "opted_out"
+    assert len(confirmations()) == replies.CONFIRMATIONS_PER_DAY + 1
+
+
 @pytest.mark.parametrize("sender", ["Orange", "444", "MTN-Promo", "Orange CI"])
 def test_an_sms_from_a_sender_id_or_a_short_code_is_recorded_not_refused(
     pipe: Pipeline,
