@@ -596,6 +596,18 @@ def test_a_function_whose_failure_nothing_queues_or_retries_has_an_errors_alarm(
     assert {"DeliveryReceiptFunction", "DailyStatisticsFunction"} <= watched
 
 
+def test_a_throttled_receipt_or_reply_has_an_alarm() -> None:
+    """The receipt function's concurrency is capped (its URL is public): a flood of requests without the token fills
+    it, and the receipts and replies throttled meanwhile (429) are lost, a family's STOP among them, since neither
+    gateway retries. Nothing said so: Errors does not count a throttle."""
+    watched = {
+        alarm["Properties"]["Dimensions"][0]["Value"]["Ref"]
+        for alarm in of_type("AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"]["MetricName"] == "Throttles"
+    }
+    assert "DeliveryReceiptFunction" in watched
+
+
 def test_every_value_a_listed_parameter_allows_is_a_setting_the_functions_accept() -> None:
     """A value the template lets through and the settings refuse stops every function at start-up after a deploy
     that looked fine (SmsProviders=orange,orange did)."""
