@@ -18,13 +18,13 @@ from rappel_cli.target import TargetError, resolve
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Rappel: immunization SMS reminders.")
 local_app = typer.Typer(no_args_is_help=True, help="The embedded stack on this machine.")
 app.add_typer(local_app, name="local")
-# No markup: what is printed quotes clinics, names and files as they were written, and a bracket in a clinic's name
-# ("PMI [site 2]", "[/annexe]") is text, not a style (Rich dropped it from the call list, or raised). Styles are set
-# with Text.
-console = Console(stderr=True, markup=False)
+# No markup and no emoji codes: what is printed quotes clinics, ids and files as they were written. A bracket in a
+# clinic's name ("PMI [site 2]", "[/annexe]") is text, not a style (Rich dropped it from the call list, or raised),
+# and a patient id "CI:x:0042" is not "CI❌0042". Styles are set with Text.
+console = Console(stderr=True, markup=False, emoji=False)
 # Errors listed one per line on the console (a register's, a scenario's events'); --json has them all.
 MAX_LISTED = 20
-out = Console(markup=False)
+out = Console(markup=False, emoji=False)
 
 
 def _error(message: str, label: str = "error") -> None:
@@ -240,7 +240,9 @@ def health(local: Local = False, stack: Stack = None, region: Region = None, as_
 
 @app.command()
 def replies(
-    day: Annotated[str | None, typer.Option(help="The day (YYYY-MM-DD, UTC); today by default.")] = None,
+    day: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="The day (YYYY-MM-DD, UTC); today by default.")
+    ] = None,
     local: Local = False,
     stack: Stack = None,
     region: Region = None,
@@ -251,12 +253,9 @@ def replies(
     from core import clock, store
     from core.replies import recorded_replies
 
-    if day is not None and not _is_day(day):
-        _error(f"--day {day!r} is not a date (YYYY-MM-DD)")
-        raise typer.Exit(2)
     settings = _settings(local, stack, region)
     store.bind(settings)
-    rows = recorded_replies(day or clock.now().strftime("%Y-%m-%d"))
+    rows = recorded_replies((day or clock.now()).strftime("%Y-%m-%d"))
     columns = ["at", "outcome", "from", "patient_ids", "text"]
     table = Table(title=f"Replies recorded: {len(rows)}")
     for column in columns:
@@ -266,23 +265,17 @@ def replies(
     _emit(rows, as_json, table)
 
 
-def _is_day(value: str) -> bool:
-    try:
-        datetime.strptime(value, "%Y-%m-%d")
-    except ValueError:
-        return False
-    return True
-
-
 @app.command("receipt-urls")
 def receipt_urls(local: Local = False, stack: Stack = None, region: Region = None, as_json: AsJson = False) -> None:
     """The URLs to give the gateways: Orange's receipt URL and Kannel's sms-service get-url, each with its own token."""
+    from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
     from rappel_cli.operations import registered_urls
 
     settings = _settings(local, stack, region)
     try:
         urls = registered_urls(settings)
-    except ValueError as exc:
+    except (ValueError, GetParameterError) as exc:  # no receipt URL named; the secret not readable with your rights
         _error(str(exc))
         raise typer.Exit(2) from None
     if as_json:
@@ -611,8 +604,19 @@ def replay_events(local: Local = False, stack: Stack = None, region: Region = No
 
 
 Phone = Annotated[str | None, typer.Argument(help="The phone number (or give --patient).")]
+
+
+def _patient_id(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise typer.BadParameter("empty: a patient id (as `rappel replies` lists it)")
+    return value
+
+
 OfPatient = Annotated[
-    str | None, typer.Option("--patient", help="The phone number of this patient (an id `rappel replies` lists).")
+    str | None,
+    typer.Option(
+        "--patient", callback=_patient_id, help="The phone number of this patient (an id `rappel replies` lists)."
+    ),
 ]
 
 

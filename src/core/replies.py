@@ -40,7 +40,7 @@ from core.lifecycle import Status
 from core.metric_names import MetricName
 from core.observability import count, logger
 from core.phone import InvalidPhoneNumber, mask_phone, normalize_phone
-from core.planning import ConsentChange, change_consent, consent_changes
+from core.planning import ConsentChange, cancel_message, change_consent, consent_changes
 from core.receipts import ReceiptRejected, Route, route_url
 from core.retry import patiently
 from core.settings import Settings
@@ -407,21 +407,18 @@ def _confirm(change: ConsentChange, pending: PendingChange, now: datetime, setti
     # next reply from the number publishes the event again (same change_id) and writes the confirmation.
     detail_type = notify.DetailType.PATIENT_OPTED_IN if opt_in else notify.DetailType.PATIENT_OPTED_OUT
     notify.publish(detail_type, _event_detail(change, pending, message_id), now, settings)
-    outcome = "opted_in" if opt_in else "opted_out"
-    confirmation: str | None = message_id
-    if store.take_confirmation(change.number, now, CONFIRMATIONS_PER_DAY):
-        why = f"confirms the reply {pending.keyword!r}: {'opted in' if opt_in else 'opted out'}"
-        store.create_message(_confirmation(message_id, subject, lead, change.number, now, settings), now, why)
-    else:
-        # A number that flips STOP and OUI all day (a family, an auto-responder, a spoofed sender) would have a billed
-        # SMS for each: past the day's few, the change stands and goes unconfirmed.
-        confirmation = None
-        logger.warning(
-            "confirmation not sent: the number had its confirmations for the day",
-            extra={"from": mask_phone(change.number), "outcome": outcome, "per_day": CONFIRMATIONS_PER_DAY},
-        )
+    # A number that flips STOP and OUI all day (a family, an auto-responder, a spoofed sender) would have a billed SMS
+    # for each: past the day's few, the change stands and its confirmation is created cancelled, so that a repeated
+    # STOP finds it (no second event, nor an SMS the next day for this stop). A crash between the two writes lets
+    # that one confirmation go out.
+    allowed = store.take_confirmation(change.number, message_id, now, CONFIRMATIONS_PER_DAY)
+    why = f"confirms the reply {pending.keyword!r}: {'opted in' if opt_in else 'opted out'}"
+    confirmation = _confirmation(message_id, subject, lead, change.number, now, settings)
+    store.create_message(confirmation, now, why)
+    if not allowed:
+        cancel_message(confirmation, "the number had its confirmations for the day", settings, now, follow_up=False)
     count(MetricName.REPLIES_OPTED_IN if opt_in else MetricName.REPLIES_OPTED_OUT)
-    return InboundOutcome(outcome, confirmation)
+    return InboundOutcome("opted_in" if opt_in else "opted_out", message_id if allowed else None)
 
 
 def _event_detail(change: ConsentChange, pending: PendingChange, change_id: str) -> dict[str, object]:

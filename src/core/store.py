@@ -24,11 +24,12 @@ from pynamodb.attributes import (
     NumberAttribute,
     TTLAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
 )
 from pynamodb.connection import Connection
 from pynamodb.constants import ALL_NEW, NONE
 from pynamodb.exceptions import DeleteError, PutError, QueryError, UpdateError
-from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.condition import Condition, size
 from pynamodb.expressions.update import Action
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
@@ -214,6 +215,7 @@ class OpsRecord(Model):
     value = NumberAttribute(default=0)
     text = UnicodeAttribute(null=True)
     expires_at = TTLAttribute(null=True)
+    confirmations = UnicodeSetAttribute(null=True)  # pk CONFIRMED#: the confirmation SMS a number was given that day
 
 
 _MODELS: tuple[type[Model], ...] = (PatientRecord, AppointmentRecord, MessageRecord, OpsRecord)
@@ -1144,15 +1146,16 @@ def record_reply(at: datetime, key: str, text: str, keep_days: int) -> bool:
 _CONFIRMED = "CONFIRMED#"
 
 
-def take_confirmation(number: str, at: datetime, per_day: int) -> bool:
-    """Count one confirmation SMS for `number` on `at`'s day (UTC): False, and nothing written, when the number has
-    had `per_day` already."""
+def take_confirmation(number: str, message_id: str, at: datetime, per_day: int) -> bool:
+    """Give the confirmation `message_id` one of `number`'s `per_day` confirmation SMS of `at`'s day (UTC): False, and
+    nothing written, when they are all given to others. Taken again by the same confirmation (a retry), it is True."""
     record = OpsRecord(f"{_CONFIRMED}{at.strftime('%Y-%m-%d')}", recipient_key(number))
+    given = OpsRecord.confirmations
     return _applied(
         lambda: _update(
             record,
-            actions=[OpsRecord.value.add(1), OpsRecord.expires_at.set(at + timedelta(days=2))],
-            condition=OpsRecord.value.does_not_exist() | (OpsRecord.value < per_day),
+            actions=[given.add({message_id}), OpsRecord.expires_at.set(at + timedelta(days=2))],
+            condition=given.does_not_exist() | given.contains(message_id) | (size(given) < per_day),
         )
     )
 

@@ -122,7 +122,8 @@ def test_an_import_that_stopped_on_failures_says_from_which_row_nothing_was_appl
     assert "nothing from row 12 on was applied" in " ".join(result.output.split())
 
 
-BRACKETED = ["PMI [site 2] Yopougon", "CSU Abobo [annexe]", "Abobo [/annexe]"]
+# Rich markup, and Rich's emoji codes (`:ok:`), which it replaces even where markup is off.
+BRACKETED = ["PMI [site 2] Yopougon", "CSU Abobo [annexe]", "Abobo [/annexe]", "CSU :ok: Abobo"]
 
 
 @pytest.fixture
@@ -145,6 +146,20 @@ def test_the_call_list_shows_the_clinic_as_written(pipe: Pipeline, clinic: str) 
 
     assert result.exit_code == 0, repr(result.exception)
     assert clinic in result.output
+
+
+@pytest.mark.usefixtures("wide")
+def test_the_call_list_shows_a_patient_id_with_colons_as_written(pipe: Pipeline) -> None:
+    """Identifiers may hold colons: `CI:x:0042` was shown as `CI❌0042`, the id health workers and operators copy."""
+    handle_clinic_event(patient("CI:x:0042", sms_opt_in=False), pipe.settings)
+    handle_clinic_event(dose("a1", "CI:x:0042", due_date="2027-03-05"), pipe.settings)
+    pipe.clock.advance_to(datetime(2027, 3, 7, 12, 0, tzinfo=UTC))
+    pipe.follow_up_pass()
+
+    result = CliRunner().invoke(cli.app, ["followup", "--local"])
+
+    assert result.exit_code == 0, repr(result.exception)
+    assert "CI:x:0042" in result.output
 
 
 @pytest.mark.usefixtures("wide")

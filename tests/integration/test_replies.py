@@ -274,7 +274,11 @@ def test_a_refusal_in_words_is_listed_with_its_patients_for_an_operator_to_opt_o
     assert store.number_stopped(PHONE) and statuses(reminders) == {"cancelled"}
     assert CliRunner().invoke(cli.app, ["optout", "--patient", "nobody", "--local"]).exit_code == 2
     assert CliRunner().invoke(cli.app, ["optout", PHONE, "--patient", "p1", "--local"]).exit_code == 2
+    assert CliRunner().invoke(cli.app, ["optout", "--patient", " ", "--local"]).exit_code == 2
     assert CliRunner().invoke(cli.app, ["replies", "--day", "07/03/2027", "--local"]).exit_code == 2
+    # A day without its zeros is that day (it found nothing: the records' key has the zeros).
+    unpadded = CliRunner().invoke(cli.app, ["replies", "--day", pipe.clock.now().strftime("%Y-%-m-%-d"), "--local"])
+    assert unpadded.exit_code == 0 and "Please stop" in unpadded.output
 
 
 def test_a_number_that_flips_stop_and_oui_all_day_gets_a_few_confirmations_and_every_change(pipe: Pipeline) -> None:
@@ -287,11 +291,40 @@ def test_a_number_that_flips_stop_and_oui_all_day_gets_a_few_confirmations_and_e
         pipe.cycle()
         assert store.number_stopped(PHONE) == (n % 2 == 0)
 
-    assert len(confirmations()) == replies.CONFIRMATIONS_PER_DAY
+    assert len([m for m in confirmations() if m.status != "cancelled"]) == replies.CONFIRMATIONS_PER_DAY
     assert statuses(reminders) == {"pending"}  # the last word, OUI, stands
     pipe.clock.advance_to(datetime(2027, 3, 2, 0, 30, tzinfo=UTC))  # a new day (UTC)
     assert outcome(reply(pipe, "STOP")) == "opted_out"
-    assert len(confirmations()) == replies.CONFIRMATIONS_PER_DAY + 1
+    assert len([m for m in confirmations() if m.status != "cancelled"]) == replies.CONFIRMATIONS_PER_DAY + 1
+
+
+def test_a_repeated_stop_past_the_days_cap_changes_nothing_that_day_or_the_next(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """Past the cap, nothing recorded that the stop had been answered: each repeated STOP published the opt-out event
+    again, and the next day's repeat confirmed it with an SMS. The unconfirmed stop's confirmation is kept cancelled."""
+    siblings(pipe)
+    for n in range(5):  # STOP OUI STOP confirmed; OUI STOP past the cap
+        reply(pipe, "STOP" if n % 2 == 0 else "OUI")
+        pipe.clock.sleep(120)
+    assert store.number_stopped(PHONE)
+    capped = [m for m in confirmations() if m.status == "cancelled"]
+    assert len(capped) == 2 and all("confirmations for the day" in (m.last_error or "") for m in capped)
+    events = len(clinic_events())
+
+    assert outcome(reply(pipe, "STOP")) == "unchanged"
+    pipe.clock.advance_to(datetime(2027, 3, 2, 9, 0, tzinfo=UTC))
+    assert outcome(reply(pipe, "STOP")) == "unchanged"
+    pipe.cycle()
+    assert len(clinic_events()) == events
+    assert len([m for m in confirmations() if m.status != "cancelled"]) == replies.CONFIRMATIONS_PER_DAY
+
+
+def test_a_confirmation_taken_again_after_a_crash_keeps_its_place_under_the_cap(pipe: Pipeline) -> None:
+    at = pipe.clock.now()
+    given = [store.take_confirmation(PHONE, f"msg_{n}", at, 3) for n in (1, 2, 1, 3, 2, 4)]
+    assert given == [True, True, True, True, True, False]
+    assert store.take_confirmation("+2250708091011", "msg_4", at, 3)  # another number's own three
 
 
 @pytest.mark.parametrize("sender", ["Orange", "444", "MTN-Promo", "Orange CI"])
