@@ -52,7 +52,7 @@ def _settings(local: bool, stack: str | None, region: str | None) -> Any:
     try:
         return resolve(local=local, stack=stack, region=region)
     except TargetError as exc:
-        _error(f"{exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
 
 
@@ -105,7 +105,7 @@ def simulate(
         with _quiet():
             result = run(data)
     except (ScenarioError, ValueError, ConfigurationError) as exc:
-        _error(f"{exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
     document = result.as_json()
     if as_json:
@@ -167,7 +167,7 @@ def import_register(
             raise ValueError(f"--as-of: {exported.isoformat()} is in the future; when was the register exported?")
         rows = read_csv(register)
     except ValueError as exc:
-        _error(f"{exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
     settings = _settings(local, stack, region)
     with _quiet(), Progress(console=console, transient=True) as progress:
@@ -444,7 +444,7 @@ def messages(
             settings, status=status, patient=patient, since=since, limit=limit, changed_since=changed_since
         )
     except ValueError as exc:
-        _error(f"{exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
     table = Table(title=f"{len(rows)} messages")
     columns = [
@@ -567,7 +567,7 @@ def retally(
         with _quiet():  # the tally's own log lines stay off the output
             rows = run(settings, drop_gone=drop_gone)
     except ValueError as exc:
-        _error(f"{exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
     table = Table(title=f"Failed statistics batches: {len(rows)}")
     for column in ("shard", "first", "last", "changes", "result", "why"):
@@ -590,7 +590,7 @@ def replay_events(local: Local = False, stack: Stack = None, region: Region = No
         with _quiet():  # planning's own log lines stay off the output
             rows = replay_clinic_events(settings)
     except ValueError as exc:
-        _error(f"{exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
     columns = ("event_id", "type", "time", "result", "why")
     table = Table(title=f"Clinic events replayed: {len(rows)}")
@@ -660,7 +660,7 @@ def _consent(
     from core.planning import set_consent
 
     if (phone is None) == (patient_id is None):
-        _error("give a phone number or --patient, not both")
+        _error("give a phone number or --patient: one of the two")
         raise typer.Exit(2)
     settings = _settings(local, stack, region)
     if patient_id is not None:
@@ -794,7 +794,7 @@ def invoke(
         payload = json.loads(with_receipt_token(text, environment))
         result = invoke_built(built, payload, environment)
     except (InvokeError, TargetError) as exc:
-        _error(f"{exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
     sys.stderr.write(result.logs)  # the function's JSON log lines and EMF, unwrapped
     _emit(result.response if result.error is None else result.error, as_json=True)
@@ -812,7 +812,7 @@ def local_up(
     try:
         serve(rate=rate, port=port, console=console)
     except PortInUse as exc:
-        _error(f"{exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
 
 

@@ -1142,7 +1142,7 @@ def record_reply(at: datetime, key: str, text: str, keep_days: int) -> bool:
     return _applied(lambda: record.save(condition=OpsRecord.pk.does_not_exist()))
 
 
-# pk CONFIRMED#<UTC day>, sk the recipient's key: the confirmation SMS a number was sent that day (`take_confirmation`).
+# pk CONFIRMED#<UTC day>, sk the recipient's key: the confirmations a number was given that day (`take_confirmation`).
 _CONFIRMED = "CONFIRMED#"
 
 
