@@ -80,8 +80,8 @@ def days_to_today(text: str, now: datetime) -> int:
 
 
 def with_receipt_token(text: str, environment: dict[str, str]) -> str:
-    """The event with the target stack's receipt token where a sample has its placeholder (read from the stack's
-    secret, as the function itself reads it)."""
+    """The event with the token its gateway would carry where a sample has its placeholder: the route's own for Orange
+    and replies, the SMS's own for a Kannel DLR (derived from the stack's secret, read as the function reads it)."""
     if RECEIPT_TOKEN_PLACEHOLDER not in text:
         return text
     import boto3
@@ -100,7 +100,18 @@ def with_receipt_token(text: str, environment: dict[str, str]) -> str:
         token = client.get_secret_value(SecretId=environment["RECEIPT_TOKEN_SECRET"])["SecretString"]
     except (BotoCoreError, ClientError, KeyError) as exc:
         raise InvokeError(f"the event needs the stack's receipt token, which could not be read: {exc}") from None
-    return text.replace(RECEIPT_TOKEN_PLACEHOLDER, str(token))
+    return text.replace(RECEIPT_TOKEN_PLACEHOLDER, _token_for(json.loads(text), str(token)))
+
+
+def _token_for(event: Any, secret: str) -> str:
+    from core.receipts import Route, kannel_dlr_token, route_token
+
+    path = str(event.get("rawPath", "")).strip("/") if isinstance(event, dict) else ""
+    if path == "kannel":
+        return kannel_dlr_token(secret, str((event.get("queryStringParameters") or {}).get("message_id", "")))
+    if path in {route.value for route in Route}:
+        return route_token(secret, Route(path))
+    return secret
 
 
 def host_architecture() -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core import store
+from core.receipts import Route, kannel_dlr_token, route_token
 from rappel_cli.invoke import RECEIPT_TOKEN_PLACEHOLDER, days_to_today, shift_dates, with_receipt_token
 from rappel_local.embedded import invoke, reset_core_caches
 from rappel_local.orange_simulator import OrangeSimulator
@@ -132,10 +133,18 @@ def test_rappel_invoke_today_moves_a_sample_ahead_of_the_clock_to_today_and_fill
     assert days_to_today(stamped_eight, datetime(2027, 3, 10, 7, 0, tzinfo=UTC)) == 8
     assert days_to_today(stamped_eight, datetime(2027, 3, 10, 9, 0, tzinfo=UTC)) == 9
 
-    receipt = (EVENTS / "receipt_orange.json").read_text()
+    # Each receipt sample gets the token its gateway carries (the route's own, a DLR's per SMS), not the secret.
     environment = {"RECEIPT_TOKEN_SECRET": aws.settings.RECEIPT_TOKEN_SECRET, "AWS_REGION": aws.settings.AWS_REGION}
-    filled = with_receipt_token(receipt, environment)
-    assert RECEIPT_TOKEN_PLACEHOLDER not in filled and receipt_token(aws) in filled
+    secret = receipt_token(aws)
+    for sample, token in (
+        ("receipt_orange.json", route_token(secret, Route.ORANGE)),
+        ("inbound_kannel.json", route_token(secret, Route.INBOUND)),
+        ("receipt_kannel.json", kannel_dlr_token(secret, "msg_373b3a9727cca03b6c580b26efaaf3c2")),
+    ):
+        filled = with_receipt_token((EVENTS / sample).read_text(), environment)
+        assert RECEIPT_TOKEN_PLACEHOLDER not in filled and token in filled and secret not in filled, sample
+        response = invoke("delivery_receipt", json.loads(filled))
+        assert response["statusCode"] == 200, (sample, response)
 
 
 @pytest.mark.parametrize(
