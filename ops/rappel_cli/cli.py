@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,13 +39,19 @@ Region = Annotated[str | None, typer.Option(help="AWS region of the deployed sta
 AsJson = Annotated[bool, typer.Option("--json", help="Print data as JSON.")]
 
 
-def _message_id(value: str | None) -> str | None:
-    """A message id as given (an empty `$ID` in a script is an error naming it, not a DynamoDB traceback)."""
-    if value is not None and not value.strip():
-        raise typer.BadParameter("empty: a message id (msg_…)")
-    return value
+def _not_empty(what: str) -> Callable[[str | None], str | None]:
+    """A callback that takes an id as given and refuses it empty (an empty `$ID` in a script is an error naming
+    what was expected, not a DynamoDB traceback)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise typer.BadParameter(f"empty: {what}")
+        return value
+
+    return check
 
 
+_message_id = _not_empty("a message id (msg_…)")
 MessageId = Annotated[str, typer.Argument(callback=_message_id)]
 
 
@@ -606,16 +613,12 @@ def replay_events(local: Local = False, stack: Stack = None, region: Region = No
 Phone = Annotated[str | None, typer.Argument(help="The phone number (or give --patient).")]
 
 
-def _patient_id(value: str | None) -> str | None:
-    if value is not None and not value.strip():
-        raise typer.BadParameter("empty: a patient id (as `rappel replies` lists it)")
-    return value
-
-
 OfPatient = Annotated[
     str | None,
     typer.Option(
-        "--patient", callback=_patient_id, help="The phone number of this patient (an id `rappel replies` lists)."
+        "--patient",
+        callback=_not_empty("a patient id (as `rappel replies` lists it)"),
+        help="The phone number of this patient (an id `rappel replies` lists).",
     ),
 ]
 
