@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
-import botocore.loaders
 import pytest
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -26,16 +25,6 @@ from core import clock
 from core.settings import Settings, build_settings
 
 START = datetime(2027, 3, 1, 8, 0, tzinfo=UTC)
-
-# Each test's moto account starts boto3 afresh, and each new botocore session re-read and re-parsed its service
-# models from disk: about half of the suite's time went there. The models are read-only data (no handler of
-# `service-data-loaded` is registered), so every loader shares one cache per search path list, read when asked
-# (boto3 appends its own path after the loader is made).
-_MODELS_BY_SEARCH_PATHS: dict[tuple[str, ...], dict[Any, Any]] = {}
-botocore.loaders.Loader._cache = property(  # type: ignore[attr-defined]
-    lambda loader: _MODELS_BY_SEARCH_PATHS.setdefault(tuple(loader.search_paths), {}),
-    lambda loader, _ignored: None,
-)
 
 
 @dataclass
@@ -58,6 +47,16 @@ class FakeAws:
         from rappel_local.embedded import invoke
 
         return self.change_streams.drain(invoke)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def service_models_parsed_once() -> Iterator[None]:
+    """Each test's moto account starts boto3 afresh, and each new botocore session parsed its service models from
+    disk again: about half of the suite's time went there."""
+    from rappel_local.embedded import shared_service_models
+
+    with shared_service_models():
+        yield
 
 
 @pytest.fixture

@@ -36,6 +36,8 @@ def shared_service_models() -> Iterator[None]:
         loader = loaders.get(search_path_string)
         if loader is None:
             loader = loaders[search_path_string] = original(search_path_string)
+            # boto3 appends its data path to each new session's loader: once is enough for a shared one.
+            loader._search_paths = _PathsOnce(loader.search_paths)
         return loader
 
     botocore.session.create_loader = create_loader
@@ -43,6 +45,14 @@ def shared_service_models() -> Iterator[None]:
         yield
     finally:
         botocore.session.create_loader = original
+
+
+class _PathsOnce(list[str]):
+    """A search path list that keeps one copy of each path appended to it."""
+
+    def append(self, path: str) -> None:
+        if path not in self:
+            super().append(path)
 
 
 def reset_core_caches() -> None:
