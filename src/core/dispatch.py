@@ -63,11 +63,7 @@ def dispatch_due(settings: Settings) -> DispatchResult:
                 result.expired += 1
         elif message.state is Status.PENDING:  # a dead letter waits here for its deadline; only pending is claimed
             live.append(message)
-    # A probe tests the provider, not the reminder: the one that has waited longest goes, not the most urgent, which
-    # after its own failed probe would be every probe (a number the provider always fails would hold the circuit
-    # open over every other family's reminders).
-    live.sort(key=(lambda m: m.due_at or "") if probing else (lambda m: (_urgency(m), m.due_at or "")))
-    chosen = within_capacity(live, result.capacity, settings.SMS_GROUP_BY_PHONE)
+    chosen = within_capacity(dispatch_order(live, probing), result.capacity, settings.SMS_GROUP_BY_PHONE)
     # Each record names the version its claim will give the message and the claim's mark: the sender acts on that
     # claim alone.
     planned = [(m, QueuedMessage(m.message_id, int(m.version) + 1, iso(now))) for m in chosen]
@@ -178,6 +174,16 @@ def _capacity(settings: Settings, now: datetime) -> tuple[int, bool]:
         return len(probes), True
     budget = int(settings.SMS_RATE_LIMIT_PER_SECOND * settings.SMS_PROCESSING_INTERVAL_MINUTES * 60)
     return max(0, budget - queue.depth(settings.SEND_QUEUE_URL, settings)), False
+
+
+def dispatch_order(messages: list[MessageRecord], probing: bool) -> list[MessageRecord]:
+    """The order in which due messages are claimed when not all can be: the most urgent first (`_urgency`), the one
+    due longest first within each. A probe tests the provider, not the reminder: then the one that has waited longest
+    goes, whatever its type, since the most urgent would, after its own failed probe, be every probe (a number the
+    provider always fails would hold the circuit open over every other family's reminders)."""
+    if probing:
+        return sorted(messages, key=lambda m: m.due_at or "")
+    return sorted(messages, key=lambda m: (_urgency(m), m.due_at or ""))
 
 
 def _urgency(message: MessageRecord) -> int:

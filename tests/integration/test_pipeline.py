@@ -665,8 +665,9 @@ def _set_appointment(**values: Any) -> Callable[[Pipeline], None]:
         (_set_appointment(status="administered", administered_on="2027-03-13"), "appointment administered"),
         (_set_appointment(status="cancelled"), "appointment cancelled"),
         (_set_appointment(due_date="2027-03-27"), "rescheduled"),
+        (_set_appointment(patient_id="p2"), "appointment moved to another patient"),  # a record merged at the clinic
     ],
-    ids=["opted-out", "dose-administered", "appointment-cancelled", "rescheduled"],
+    ids=["opted-out", "dose-administered", "appointment-cancelled", "rescheduled", "moved-to-another-patient"],
 )
 def test_what_changed_after_dispatch_is_rechecked_at_send_time(
     pipe: Pipeline, change: Callable[[Pipeline], None], reason: str

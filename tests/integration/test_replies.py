@@ -20,7 +20,7 @@ from core import notify, planning, replies, store
 from core.lifecycle import Status
 from core.planning import handle_clinic_event
 from core.replies import InboundSms, apply_reply
-from core.store import MessageRecord, parse_iso
+from core.store import MessageRecord, iso, parse_iso
 from core.wanted import CONFIRMATION
 from rappel_cli import cli
 from rappel_local.embedded import function_url_event, invoke
@@ -134,6 +134,26 @@ def test_stop_then_oui_revives_what_is_still_before_its_deadline_with_one_confir
     assert texts == [FR_OPTED_OUT, FR_OPTED_IN]
     assert sorted(m.appointment_id for m in confirmations()) == ["#opted_in", "#opted_out"]
     assert {m.status for m in confirmations()} == {"sent"}
+
+
+def test_an_oui_that_lifts_a_patient_s_opt_out_without_a_stop_on_the_number_is_confirmed_once_with_its_event(
+    pipe: Pipeline, clinic_events: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """The patient's consent was off from an operator's opt-out, the number itself not stopped (its stop lifted
+    since): the OUI still changes something the family must hear of, and the clinic too."""
+    pipe.plan(1)
+    assert store.set_opt_in("p1", False, iso(pipe.clock.now()), "operator-optout")
+    assert not store.number_stopped(PHONE)
+
+    assert outcome(reply(pipe, "OUI")) == "opted_in"
+
+    assert store.get_patient("p1").sms_opt_in  # type: ignore[union-attr]
+    assert [e["detail-type"] for e in clinic_events()] == ["PatientOptedIn"]
+    (confirmation,) = confirmations()
+    assert confirmation.appointment_id == "#opted_in"
+    assert outcome(reply(pipe, "OUI")) == "unchanged"
+    pipe.cycle()
+    assert [sms.text for sms in pipe.accepted() if sms.text == FR_OPTED_IN] == [FR_OPTED_IN]
 
 
 def test_an_opt_in_needs_the_keyword_alone_and_a_change(pipe: Pipeline) -> None:

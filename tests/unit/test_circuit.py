@@ -49,6 +49,9 @@ def test_a_hold_waits_the_hold_interval_and_its_failed_probe_waits_it_again() ->
     assert (hold.retry_at, hold.kind) == (NOW + HOLD_INTERVAL, CircuitKind.HOLD)
     probing = probe_claimed(hold, NOW + HOLD_INTERVAL, RULES)
     assert probing.retry_at == NOW + 2 * HOLD_INTERVAL
+    # A transient failure once the hold's probe is due (no claim moved it): another hold interval, not a probe's.
+    failed = after_transient_failure(probing, NOW + 2 * HOLD_INTERVAL, RULES, "http_503")
+    assert (failed.retry_at, failed.kind) == (NOW + 3 * HOLD_INTERVAL, CircuitKind.HOLD)
 
 
 def test_routes_in_failover_order() -> None:

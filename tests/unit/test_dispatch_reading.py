@@ -43,3 +43,21 @@ def test_messages_this_version_cannot_read_count_in_the_read_windows_and_are_log
     assert len(unreadable) == window * dispatch.DUE_READ_WINDOWS
     logged = [r for r in caplog.records if r.getMessage() == "due message unreadable: left where it is"]
     assert len(logged) == dispatch.UNREADABLE_LOGGED
+
+
+def _due(message_id: str, reminder_type: str, due_at: str) -> MessageRecord:
+    return MessageRecord(message_id, status="pending", reminder_type=reminder_type, due_at=due_at)
+
+
+def test_when_not_all_can_go_a_confirmation_then_1_day_then_overdue_then_7_day_each_longest_due_first() -> None:
+    messages = [
+        _due("seven", "7_day_reminder", "2027-03-13T07:00:00.000Z"),
+        _due("overdue", "overdue_reminder", "2027-03-13T08:00:00.000Z"),
+        _due("one_day_later", "1_day_reminder", "2027-03-13T08:30:00.000Z"),
+        _due("one_day", "1_day_reminder", "2027-03-13T08:00:00.000Z"),
+        _due("confirmation", "confirmation", "2027-03-13T08:59:00.000Z"),
+    ]
+    in_order = [m.message_id for m in dispatch.dispatch_order(messages, probing=False)]
+    assert in_order == ["confirmation", "one_day", "one_day_later", "overdue", "seven"]
+    probes = [m.message_id for m in dispatch.dispatch_order(messages, probing=True)]
+    assert probes == ["seven", "overdue", "one_day", "one_day_later", "confirmation"]

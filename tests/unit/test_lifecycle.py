@@ -1,6 +1,8 @@
 """The state machine refuses illegal moves and never lets a status go backwards."""
 
 import itertools
+import re
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +42,24 @@ def test_delivered_is_never_downgraded() -> None:
     assert ALLOWED[Status.DELIVERED] == frozenset()
     with pytest.raises(IllegalTransition):
         check_transition(frozenset({Status.DELIVERED}), Status.FAILED)
+
+
+def _documented_transitions() -> set[tuple[str, str]]:
+    """Every move docs/lifecycle.md's Transitions section names: its table's first column ("`a` / `b` → `c`", several
+    to a cell) and a move named in its prose ("`dead_letter → expired`")."""
+    text = (Path(__file__).parents[2] / "docs" / "lifecycle.md").read_text(encoding="utf-8")
+    section = text.split("## Transitions", 1)[1].split("\n## ", 1)[0]
+    side = r"((?:`\w+`\s*/\s*)*`\w+`)"
+    moves: set[tuple[str, str]] = set()
+    for row in (line for line in section.splitlines() if line.startswith("| ")):
+        for sources, targets in re.findall(side + r"\s*→\s*" + side, row.split("|")[1]):
+            moves |= set(itertools.product(re.findall(r"`(\w+)`", sources), re.findall(r"`(\w+)`", targets)))
+    return moves | set(re.findall(r"`(\w+) → (\w+)`", section))
+
+
+def test_the_allowed_moves_are_exactly_those_the_lifecycle_document_explains() -> None:
+    """A move added, or dropped, in one place and not the other fails here: the table is the one the operators read."""
+    allowed = {(source.value, target.value) for source, targets in ALLOWED.items() for target in targets}
+    documented = _documented_transitions()
+    assert ("pending", "queued") in documented and ("dead_letter", "expired") in documented  # both ways parsed
+    assert allowed == documented

@@ -82,6 +82,20 @@ def test_other_texts_are_no_keyword(text: str) -> None:
     assert match_keyword(text) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("Arrèt !", ("arret",)),  # an accent no pack lists (a grave for a circumflex): folded away all the same
+        ("DÉSABONNÉR", ("desabonner",)),
+        ("Ôpt-oût", ("opt", "out")),
+    ],
+)
+def test_accents_a_pack_does_not_list_are_folded_so_the_keyword_still_counts(text: str, words: tuple[str, ...]) -> None:
+    assert words_of(text) == words
+    found = match_keyword(text)
+    assert found is not None and found.intent is Intent.OPT_OUT
+
+
 def test_no_keyword_means_opt_out_in_one_pack_and_opt_in_in_another() -> None:
     table = keyword_table()  # raises ValueError on a conflict
     assert {m.intent for m in table.values()} == {Intent.OPT_OUT, Intent.OPT_IN}

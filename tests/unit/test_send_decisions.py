@@ -84,9 +84,12 @@ def test_a_transient_failure_is_retried_after_its_delay_out_of_quiet_hours() -> 
 
 
 def test_retries_end_in_a_dead_letter_counted_from_the_redrive() -> None:
+    """max_retries=3: the first attempt and three retries, the third retry included."""
+    assert failure(FailureKind.TRANSIENT, attempt=3).verdict is Verdict.RETRY
     assert failure(FailureKind.TRANSIENT, attempt=4).verdict is Verdict.DEAD_LETTER
     assert failure(FailureKind.TRANSIENT, attempt=4).reason == "retries exhausted: transient 503/5"
-    assert failure(FailureKind.TRANSIENT, attempt=6, retry_floor=4).verdict is Verdict.RETRY
+    assert failure(FailureKind.TRANSIENT, attempt=7, retry_floor=4).verdict is Verdict.RETRY
+    assert failure(FailureKind.TRANSIENT, attempt=8, retry_floor=4).verdict is Verdict.DEAD_LETTER
 
 
 def test_a_retry_past_the_deadline_expires() -> None:

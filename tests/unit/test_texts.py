@@ -633,6 +633,19 @@ def test_an_sms_of_several_types_and_dates_has_a_sentence_for_each_earliest_date
 
 
 @pytest.mark.parametrize("language", ["fr", "en"])
+def test_an_overdue_dose_comes_before_a_later_one_whatever_the_names_of_their_types(language: str) -> None:
+    """Ordered by due date, not by type: "overdue_reminder" sorts after "7_day_reminder" as a name."""
+    from core.texts import GroupedChild, SlotPart, load_language, render_grouped
+
+    later = SlotPart("7_day_reminder", date(2027, 3, 12), (GroupedChild("Awa", (("Penta", 1),)),))
+    overdue = SlotPart("overdue_reminder", date(2027, 3, 4), (GroupedChild("Kofi", (("VPO", 2),)),))
+    days = load_language(language).date_format
+    text = render_grouped(language=language, parts=[later, overdue], clinic=None, max_segments=3).text
+    assert text.index(days.format(date(2027, 3, 4))) < text.index(days.format(date(2027, 3, 12))), text
+    assert text.index("Kofi") < text.index("Awa"), text
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
 @pytest.mark.parametrize("reminder_type", REMINDER_TYPES)
 def test_a_discreet_text_names_neither_child_nor_vaccine_and_fits_one_segment(
     language: str, reminder_type: str

@@ -134,6 +134,13 @@ def test_quiet_hours_keep_a_preference_on_its_day() -> None:
     assert early[ReminderType.SEVEN_DAY].scheduled_at == datetime(2027, 3, 13, 8, 0, tzinfo=UTC)
 
 
+def test_a_quiet_window_after_midnight_moves_an_early_preference_to_its_end_the_same_day() -> None:
+    settings = build_settings(SMS_QUIET_HOURS_START="00:00", SMS_QUIET_HOURS_END="06:00")
+    planned = _planned(date(2027, 3, 20), "Africa/Abidjan", preferred_hour=5, settings=settings)
+    assert planned[ReminderType.SEVEN_DAY].scheduled_at == datetime(2027, 3, 13, 6, 0, tzinfo=UTC)
+    assert planned[ReminderType.ONE_DAY].scheduled_at == datetime(2027, 3, 19, 6, 0, tzinfo=UTC)
+
+
 def test_quiet_hours_can_be_turned_off() -> None:
     settings = build_settings(SMS_QUIET_HOURS_ENABLED=False)
     planned = _planned(date(2027, 3, 20), "Africa/Abidjan", preferred_hour=22, settings=settings)
