@@ -10,7 +10,8 @@ HOST_ARCH := $(shell uname -m | sed 's/aarch64/arm64/; s/amd64/x86_64/')
 HOST_BUILD_DIR ?= .aws-sam/build-host
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: install run test lint format validate build build-host lock unit integration e2e bench clean chromium kannel
+.PHONY: install run test lint format validate build build-host lock unit integration e2e bench clean chromium kannel \
+	system-packages
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,7 +69,15 @@ chromium:
 kannel:
 	bash scripts/install_kannel.sh
 
-test: install $(SAM_VENV)/.installed $(DDB_LOCAL_DIR)/.installed chromium kannel lint validate
+# Debian's packages one after the other: two apt-get runs cannot hold dpkg's lock at once.
+system-packages:
+	$(MAKE) --no-print-directory chromium
+	$(MAKE) --no-print-directory kannel
+
+# What the suite needs is installed concurrently (downloads, mostly), then checked, then the suite runs.
+test:
+	$(MAKE) --no-print-directory -j4 install $(SAM_VENV)/.installed $(DDB_LOCAL_DIR)/.installed system-packages
+	$(MAKE) --no-print-directory -j2 lint validate
 	RAPPEL_DDB_LOCAL_DIR=$(DDB_LOCAL_DIR) $(BIN)/pytest -q -n 2 --dist loadfile
 
 unit: install
