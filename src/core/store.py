@@ -86,6 +86,8 @@ class PatientRecord(Model):
     event_id = UnicodeAttribute()
     # Which of two events stamped in the same instant wins: the safer (see `_safety`); absent on older items.
     event_rank = NumberAttribute(null=True)
+    # The ids of the events applied at the stored `event_at` and `event_rank` (see `_write_event`).
+    event_ids = UnicodeSetAttribute(null=True)
     by_phone = PatientsByPhone()
 
 
@@ -115,6 +117,7 @@ class AppointmentRecord(Model):
     event_at = UnicodeAttribute()
     event_id = UnicodeAttribute()
     event_rank = NumberAttribute(null=True)
+    event_ids = UnicodeSetAttribute(null=True)
     # The event time of the schedule that filled in a close that came before it (see `fill_in_closed_appointment`).
     filled_at = UnicodeAttribute(null=True)
     by_patient = AppointmentsByPatient()
@@ -308,7 +311,9 @@ def get_patient(patient_id: str, *, fresh: bool = False) -> PatientRecord | None
 
 # A true tie (two events stamped in the same instant, as EventBridge's one-second `time` often makes them) goes to
 # the side that sends fewer SMS: an opt-out over an opt-in, a dose given or an appointment cancelled over a
-# schedule. Between equals, the later delivery wins. Event ids are random and say nothing about order.
+# schedule. Between equals, the later delivery wins, unless it is a redelivery of an event already applied at that
+# stamp (EventBridge delivers at least once): its id is then among `event_ids`. Event ids are random and say nothing
+# about order.
 _APPOINTMENT_SAFETY = {"scheduled": 0, "cancelled": 1, "administered": 2}
 
 
@@ -318,47 +323,76 @@ def _safety(record: PatientRecord | AppointmentRecord) -> int:
     return _APPOINTMENT_SAFETY[record.status]
 
 
-def _newer_event(record: PatientRecord | AppointmentRecord) -> Condition:
-    # Events can arrive out of order or twice: apply one only if it is not older than what we hold.
+def _write_event(
+    record: PatientRecord | AppointmentRecord, actions: list[Action], *, item_back: bool
+) -> dict[str, Any] | None:
+    """Apply a clinic event to its patient or appointment: `actions` set what the event says; this adds its stamp.
+
+    Events come out of order and more than once, so one applies only if it is not older than the one stored: as the
+    newer event (a later stamp, or the same one and safer), its id then the only one applied at its stamp; else as
+    an equal (same stamp and rank) not applied yet, or the last one applied again (a replay after a crash, whose
+    reconciliation must resume), its id added to them. Two conditional writes at most, the second only for a replay,
+    an equal or an older event. The item as stored after (`item_back`; else {}), or None when the event is older or
+    is a redelivery of an equal one applied before the last.
+    """
     model = type(record)
     rank = _safety(record)
     record.event_rank = rank
-    condition: Condition = (
-        model.event_at.does_not_exist()
+    stamp = [model.event_at.set(record.event_at), model.event_id.set(record.event_id), model.event_rank.set(rank)]
+    newer: Condition = (
+        model.event_at.does_not_exist()  # no item: every patient and appointment has an event time
         | (model.event_at < record.event_at)
-        | ((model.event_at == record.event_at) & (model.event_rank.does_not_exist() | (model.event_rank <= rank)))
+        | ((model.event_at == record.event_at) & (model.event_rank.does_not_exist() | (model.event_rank < rank)))
     )
-    return condition
+    equal: Condition = (
+        (model.event_at == record.event_at)
+        & (model.event_rank == rank)
+        & ((model.event_id == record.event_id) | ~model.event_ids.contains(record.event_id))
+    )
+    hash_key, _ = record._get_hash_range_key_serialized_values()
+    ids = {record.event_id}
+    for condition, applied_at_stamp in ((newer, model.event_ids.set(ids)), (equal, model.event_ids.add(ids))):
+        try:
+            response = record._get_connection().update_item(
+                hash_key,
+                actions=[*actions, *stamp, applied_at_stamp],
+                condition=condition,
+                return_values=ALL_NEW if item_back else NONE,
+            )
+        except UpdateError as exc:
+            if not _is_condition_failure(exc):
+                raise
+            continue
+        return dict(response.get("Attributes", {})) if item_back else {}
+    return None
+
+
+# What `_write_event` writes itself: the event's stamp.
+_STAMP = frozenset({"event_at", "event_id", "event_rank", "event_ids"})
+
+
+def _event_actions(record: PatientRecord | AppointmentRecord, leave: frozenset[str] = frozenset()) -> list[Action]:
+    """What the event says of its record, attribute by attribute (None: removed), but its key, its stamp and those
+    in `leave`."""
+    return [
+        attribute.remove() if getattr(record, name) is None else attribute.set(getattr(record, name))
+        for name, attribute in type(record).get_attributes().items()
+        if not attribute.is_hash_key and name not in _STAMP | leave
+    ]
 
 
 def save_patient(
     patient: PatientRecord, *, keep: frozenset[str] = frozenset(), default_zone: str = "UTC"
 ) -> PatientRecord | None:
-    """Write the patient if this event is not older than the stored one: the patient as stored then, None when it is
-    older. `keep`: optional attributes the event left out, whose stored values stand (one update, the item back;
-    a new patient gets `default_zone` for a zone left out, and nothing for the others)."""
+    """Write the patient if this event is not older than the stored one (`_write_event`): the patient as stored
+    then, None when it is older. `keep`: optional attributes the event left out, whose stored values stand (a new
+    patient gets `default_zone` for a zone left out, and nothing for the others)."""
     _forget_ahead("patient", patient.patient_id)
-    condition = PatientRecord.patient_id.does_not_exist() | _newer_event(patient)
-    if not keep:
-        return patient if _applied(lambda: patient.save(condition=condition)) else None
-    actions: list[Action] = []
-    for name, attribute in PatientRecord.get_attributes().items():
-        value = getattr(patient, name)
-        if name == "patient_id" or (name in keep and name != "timezone"):
-            continue
-        if name in keep:  # the zone, which every patient has
-            actions.append(attribute.set(attribute | default_zone))
-        else:
-            actions.append(attribute.remove() if value is None else attribute.set(value))
-    stored: list[PatientRecord] = []
-
-    def update() -> None:
-        response = patient._get_connection().update_item(
-            patient.patient_id, actions=actions, condition=condition, return_values=ALL_NEW
-        )
-        stored.append(PatientRecord.from_raw_data(response["Attributes"]))
-
-    return stored[0] if _applied(update) else None
+    actions = _event_actions(patient, leave=keep)
+    if "timezone" in keep:  # every patient has a zone
+        actions.append(PatientRecord.timezone.set(PatientRecord.timezone | default_zone))
+    stored = _write_event(patient, actions, item_back=True)
+    return None if stored is None else PatientRecord.from_raw_data(stored)
 
 
 def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str, *, only_after: str | None = None) -> bool:
@@ -376,6 +410,7 @@ def set_opt_in(patient_id: str, opt_in: bool, event_at: str, event_id: str, *, o
                 PatientRecord.event_at.set(event_at),
                 PatientRecord.event_id.set(event_id),
                 PatientRecord.event_rank.set(0 if opt_in else 1),
+                PatientRecord.event_ids.set({event_id}),
             ],
             condition=condition,
         )
@@ -425,18 +460,23 @@ def get_appointment(appointment_id: str, *, fresh: bool = False) -> AppointmentR
 
 
 def save_appointment(appointment: AppointmentRecord, stored: AppointmentRecord | None = None) -> bool:
-    """Write the appointment if this event is not older than the stored one; False when it is older.
+    """Write the appointment if this event is not older than the stored one (`_write_event`); False when it is older.
 
     `stored`: the appointment as the caller just read it (consistently). When the write would store exactly that
-    (a replay of the event that wrote it: same fields, event time, id and rank), nothing is written and the result
+    (a replay of the last event applied: same fields, event time, id and rank), nothing is written and the result
     is the write's: applied. A newer event with the same fields is still written: its event time is what keeps an
     older event, arriving late, from being applied over it.
     """
     _forget_ahead("appointment", appointment.appointment_id)
-    condition = AppointmentRecord.appointment_id.does_not_exist() | _newer_event(appointment)
-    if stored is not None and stored.serialize() == appointment.serialize():
+    appointment.event_rank = _safety(appointment)
+    if stored is not None and _compared(stored) == _compared(appointment):
         return True
-    return _applied(lambda: appointment.save(condition=condition))
+    return _write_event(appointment, _event_actions(appointment), item_back=False) is not None
+
+
+def _compared(appointment: AppointmentRecord) -> dict[str, Any]:
+    """What a replay would write again: all but the ids applied at its stamp, which a replay leaves as they are."""
+    return {name: value for name, value in appointment.serialize().items() if name != "event_ids"}
 
 
 def copy_appointment(appointment: AppointmentRecord) -> AppointmentRecord:

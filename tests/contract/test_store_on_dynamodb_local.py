@@ -60,6 +60,21 @@ def test_planning_writes_and_replays_are_conditional(settings: Settings) -> None
     assert {m.status for m in _by_type().values()} == {"pending"}
 
 
+def test_a_redelivered_equal_event_is_told_from_the_later_delivery_on_real_dynamodb(settings: Settings) -> None:
+    """`NOT contains` on the ids applied at a stamp, a set absent on the first write: as DynamoDB evaluates it."""
+    handle_clinic_event(patient(), settings)
+    same_second = clock.now().replace(microsecond=0)
+    first = dose(due_date="2027-03-20", at=same_second, event_id="evt-first")
+    second = dose(due_date="2027-03-27", at=same_second, event_id="evt-second")
+    assert handle_clinic_event(first, settings).applied == 1
+    assert handle_clinic_event(second, settings).applied == 1
+    assert handle_clinic_event(first, settings).ignored == 1
+    assert handle_clinic_event(second, settings).applied == 1  # the last one, replayed
+    stored = store.get_appointment("a1")
+    assert stored is not None and stored.due_date == "2027-03-27"
+    assert stored.event_ids == {"evt-first", "evt-second"}
+
+
 def test_due_index_is_sparse_sharded_and_ordered(settings: Settings) -> None:
     handle_clinic_event(patient(), settings)
     handle_clinic_event(dose(), settings)

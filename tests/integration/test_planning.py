@@ -583,3 +583,42 @@ def test_replan_brings_every_waiting_reminder_to_the_rules_as_they_are_now(aws) 
     assert _messages()["7_day_reminder"].due_at == "2027-03-13T10:30:00.000Z"
     assert {m.status for m in _messages("p2").values()} == {"cancelled"}
     assert replan_waiting(later, aws.clock.now()).replanned == 0
+
+
+def test_a_redelivery_of_the_first_of_two_same_second_schedules_does_not_undo_the_second(aws) -> None:
+    """EventBridge's `time` has one-second precision and it delivers at least once: a clinic that moves a dose twice
+    in one second sends two schedules of equal stamp and rank. The later delivery wins; a redelivery of the first,
+    after the second, is a replay of an event already applied, not a newer one."""
+    handle_clinic_event(patient(), aws.settings)
+    same_second = aws.clock.now().replace(microsecond=0)
+    first = dose(due_date="2027-03-20", at=same_second, event_id="evt-first")
+    second = dose(due_date="2027-03-27", at=same_second, event_id="evt-second")
+    assert handle_clinic_event(first, aws.settings).applied == 1
+    assert handle_clinic_event(second, aws.settings).applied == 1
+
+    again = handle_clinic_event(first, aws.settings)
+
+    assert (again.applied, again.ignored, again.created, again.cancelled) == (0, 1, 0, 0)
+    assert store.get_appointment("a1").due_date == "2027-03-27"  # type: ignore[union-attr]
+    pending = [m for m in store.messages_of_patient("p1") if m.status == Status.PENDING.value]
+    assert {m.due_date for m in pending} == {"2027-03-27"} and len(pending) == 3
+    # The last one applied, delivered again (a crash after its write), is still applied: its reconciliation resumes.
+    assert handle_clinic_event(second, aws.settings).applied == 1
+    # A third event of that second, new, is the latest delivery and wins.
+    third = dose(due_date="2027-04-03", at=same_second, event_id="evt-third")
+    assert handle_clinic_event(third, aws.settings).applied == 1
+    assert store.get_appointment("a1").due_date == "2027-04-03"  # type: ignore[union-attr]
+
+
+def test_a_redelivery_of_the_first_of_two_same_second_patient_updates_does_not_undo_the_second(aws) -> None:
+    """The same for a patient: the phone the second update gave stays, not the one the redelivered first gave."""
+    same_second = aws.clock.now().replace(microsecond=0)
+    first = patient(phone="+2250701020304", at=same_second, event_id="evt-first")
+    second = patient(phone="+2250705060708", at=same_second, event_id="evt-second")
+    assert handle_clinic_event(first, aws.settings).applied == 1
+    assert handle_clinic_event(second, aws.settings).applied == 1
+
+    assert handle_clinic_event(first, aws.settings).ignored == 1
+
+    assert store.get_patient("p1").phone == "+2250705060708"  # type: ignore[union-attr]
+    assert handle_clinic_event(second, aws.settings).applied == 1

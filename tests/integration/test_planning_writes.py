@@ -137,7 +137,7 @@ def test_the_same_schedule_sent_again_later_is_written_so_an_older_one_arriving_
     resent = dose(due_date="2027-03-20", at=start + timedelta(minutes=2))
     writes.clear()
     _plan(resent)
-    assert writes.to(aws.settings.APPOINTMENTS_TABLE) == ["PutItem"]
+    assert writes.to(aws.settings.APPOINTMENTS_TABLE) == ["UpdateItem"]  # one write
     assert _plan(moved)["ignored"] == 1
     pending = {m.due_date for m in store.messages_of_patient("p1") if m.status == "pending"}
     assert pending == {"2027-03-20"}
