@@ -373,12 +373,16 @@ _STAMP = frozenset({"event_at", "event_id", "event_rank", "event_ids"})
 
 def _event_actions(record: PatientRecord | AppointmentRecord, leave: frozenset[str] = frozenset()) -> list[Action]:
     """What the event says of its record, attribute by attribute (None: removed), but its key, its stamp and those
-    in `leave`."""
-    return [
-        attribute.remove() if getattr(record, name) is None else attribute.set(getattr(record, name))
-        for name, attribute in type(record).get_attributes().items()
-        if not attribute.is_hash_key and name not in _STAMP | leave
-    ]
+    in `leave`; ValueError naming a required attribute left empty (a put would have refused it too)."""
+    actions: list[Action] = []
+    for name, attribute in type(record).get_attributes().items():
+        if attribute.is_hash_key or name in _STAMP | leave:
+            continue
+        value = getattr(record, name)
+        if value is None and not attribute.null:
+            raise ValueError(f"{type(record).__name__}.{name} is required")
+        actions.append(attribute.remove() if value is None else attribute.set(value))
+    return actions
 
 
 def save_patient(

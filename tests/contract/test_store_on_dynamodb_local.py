@@ -61,18 +61,45 @@ def test_planning_writes_and_replays_are_conditional(settings: Settings) -> None
 
 
 def test_a_redelivered_equal_event_is_told_from_the_later_delivery_on_real_dynamodb(settings: Settings) -> None:
-    """`NOT contains` on the ids applied at a stamp, a set absent on the first write: as DynamoDB evaluates it."""
-    handle_clinic_event(patient(), settings)
+    """The two conditional writes of `store._write_event` as DynamoDB evaluates them: `NOT contains` on the ids
+    applied at a stamp, ADD to that set, the last event replayed (a patient: no shortcut before the write)."""
     same_second = clock.now().replace(microsecond=0)
-    first = dose(due_date="2027-03-20", at=same_second, event_id="evt-first")
-    second = dose(due_date="2027-03-27", at=same_second, event_id="evt-second")
+    first = patient(phone="+2250701020304", at=same_second, event_id="evt-first")
+    second = patient(phone="+2250705060708", at=same_second, event_id="evt-second")
     assert handle_clinic_event(first, settings).applied == 1
     assert handle_clinic_event(second, settings).applied == 1
     assert handle_clinic_event(first, settings).ignored == 1
     assert handle_clinic_event(second, settings).applied == 1  # the last one, replayed
-    stored = store.get_appointment("a1")
-    assert stored is not None and stored.due_date == "2027-03-27"
+    stored = store.get_patient("p1")
+    assert stored is not None and stored.phone == "+2250705060708"
     assert stored.event_ids == {"evt-first", "evt-second"}
+
+
+def test_an_equal_event_applies_over_an_item_written_before_the_ids_were_kept(settings: Settings) -> None:
+    """`NOT contains` on an absent set is true on DynamoDB: the later delivery wins over an older version's item."""
+    same_second = iso(clock.now().replace(microsecond=0))
+    store.save_appointment(
+        store.AppointmentRecord(
+            "a1",
+            patient_id="p1",
+            vaccine="Penta",
+            dose=2,
+            due_date="2027-03-20",
+            status="scheduled",
+            event_at=same_second,
+            event_id="evt-old",
+        )
+    )
+    store._connection().client.update_item(
+        TableName=settings.APPOINTMENTS_TABLE,
+        Key={"appointment_id": {"S": "a1"}},
+        UpdateExpression="REMOVE event_ids",
+    )
+    later = dose(due_date="2027-03-27", at=store.parse_iso(same_second), event_id="evt-new")
+    handle_clinic_event(patient(), settings)
+    assert handle_clinic_event(later, settings).applied == 1
+    stored = store.get_appointment("a1")
+    assert stored is not None and stored.due_date == "2027-03-27" and stored.event_ids == {"evt-new"}
 
 
 def test_due_index_is_sparse_sharded_and_ordered(settings: Settings) -> None:
