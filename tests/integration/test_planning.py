@@ -622,3 +622,14 @@ def test_a_redelivery_of_the_first_of_two_same_second_patient_updates_does_not_u
 
     assert store.get_patient("p1").phone == "+2250705060708"  # type: ignore[union-attr]
     assert handle_clinic_event(second, aws.settings).applied == 1
+
+
+def test_a_required_field_left_empty_is_refused_by_name_and_nothing_is_written(aws) -> None:
+    """A put refused it; the update that replaced it must too (it would have removed the stored value)."""
+    handle_clinic_event(patient(), aws.settings)
+    handle_clinic_event(dose(), aws.settings)
+    broken = store.copy_appointment(store.get_appointment("a1"))  # type: ignore[arg-type]
+    broken.vaccine, broken.event_at = None, store.iso(aws.clock.now() + timedelta(minutes=1))  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=r"AppointmentRecord\.vaccine is required"):
+        store.save_appointment(broken)
+    assert store.get_appointment("a1").vaccine == "Penta"  # type: ignore[union-attr]
