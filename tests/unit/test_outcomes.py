@@ -13,6 +13,7 @@ from core.outcomes import (
     Appointment,
     AppointmentState,
     Slot,
+    about_this_dose,
     contribution,
     index_slot,
     opened,
@@ -330,3 +331,41 @@ def test_may_rearm_only_a_scheduled_overdue_dose_whose_family_is_neither_reached
     assert not may_rearm(replace(watched, reached_type="1_day_reminder"), "2027-03-22T00:00:00Z")
     assert not may_rearm(replace(watched, follow_up="open"), "2027-03-22T00:00:00Z")
     assert may_rearm(None, "2027-03-22T00:00:00Z")  # no state in hand: only the write can tell
+
+
+# ---------------------------------------------------------------------------------------------- found unpinned
+
+
+def test_a_follow_up_closed_because_the_family_was_reached_stays_closed_once_announced() -> None:
+    """Only a dose due again with its family not reached opens a new episode; a late receipt's close is final."""
+    reached = AppointmentState(
+        "a1",
+        status="scheduled",
+        due_date=DUE,
+        reached_type="1_day_reminder",
+        follow_up="closed",
+        follow_up_at=OVERDUE,
+        closed_at=AFTER,
+    )
+    announced = published(reached, "closed")
+    assert (announced.follow_up, announced.episode, announced.closed_published) == ("closed", 0, True)
+
+
+def test_a_state_without_its_schedule_counts_nowhere_and_takes_any_reminder() -> None:
+    unknown = AppointmentState("a1", status="scheduled")
+    assert contribution(unknown) == {}
+    assert about_this_dose(unknown, "2027-03-15", "p1")
+    assert not about_this_dose(replace(unknown, due_date=DUE), "2027-03-15", "p1")
+
+
+def test_judge_credits_the_first_delivery_not_the_last() -> None:
+    first = reminder("7_day_reminder", "delivered", delivered_at="2027-03-08T08:00:00.000Z")
+    later = reminder("1_day_reminder", "delivered", delivered_at="2027-03-05T08:00:00.000Z")
+    assert judge([first, later], None, OVERDUE, AFTER).reminder_type == "1_day_reminder"
+
+
+def test_judge_names_an_smsc_rejection_undeliverable() -> None:
+    rejected = reminder("1_day_reminder", "failed", receipt_status="RejectedBySmsc")
+    assert judge([rejected], None, OVERDUE, AFTER).reasons == (
+        "1 day before: undeliverable, the phone could not be reached (RejectedBySmsc)",
+    )
