@@ -180,3 +180,32 @@ def test_a_throttle_while_a_lane_waits_for_its_slot_holds_that_lane_back_too(vir
     pacer.wait(5)  # lane B
 
     assert virtual.now() >= paused_until
+
+
+def test_a_throttle_after_the_first_send_moves_the_next_slot_past_its_end(virtual: VirtualClock) -> None:
+    """An invocation that would end before the pause's end must see it (`latest`) and give its records back."""
+    pacer = Pacer()
+    start = virtual.now()
+    assert pacer.wait(10) is None
+    pacer.pause_until(start + timedelta(seconds=60))
+    assert pacer.wait(10, latest=start + timedelta(seconds=5)) == start + timedelta(seconds=60)
+
+
+def test_a_later_throttle_extends_the_pause_and_a_slot_at_the_latest_instant_is_taken(virtual: VirtualClock) -> None:
+    pacer = Pacer()
+    start = virtual.now()
+    pacer.pause_until(start + timedelta(seconds=1))
+    pacer.pause_until(start + timedelta(seconds=10))
+    pacer.pause_until(start + timedelta(seconds=5))  # an earlier end does not shorten it
+    end = start + timedelta(seconds=10)
+    assert pacer.wait(10, latest=end) is None and virtual.now() == end
+
+
+def test_one_slow_call_or_a_negative_one_hardly_moves_the_lanes() -> None:
+    """A moving average: 0.4 s assumed, then one 2 s call is 0.72 s (9 lanes at 10/s with a spare), not 2 s (18)."""
+    slow = Pacer()
+    slow.observe(2.0)
+    assert slow.lanes_needed(10, 50) == 9
+    skewed = Pacer()
+    skewed.observe(-10)  # a clock stepped back during the call: counted as no time, not as less than none
+    assert skewed.lanes_needed(10, 50) == 5
