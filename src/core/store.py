@@ -351,19 +351,20 @@ def _write_event(
     )
     hash_key, _ = record._get_hash_range_key_serialized_values()
     ids = {record.event_id}
+    stored: list[dict[str, Any]] = []
     for condition, applied_at_stamp in ((newer, model.event_ids.set(ids)), (equal, model.event_ids.add(ids))):
-        try:
+
+        def update(condition: Condition = condition, applied_at_stamp: Action = applied_at_stamp) -> None:
             response = record._get_connection().update_item(
                 hash_key,
                 actions=[*actions, *stamp, applied_at_stamp],
                 condition=condition,
                 return_values=ALL_NEW if item_back else NONE,
             )
-        except UpdateError as exc:
-            if not _is_condition_failure(exc):
-                raise
-            continue
-        return dict(response.get("Attributes", {})) if item_back else {}
+            stored.append(dict(response.get("Attributes", {})) if item_back else {})
+
+        if _applied(update):
+            return stored[0]
     return None
 
 
