@@ -191,7 +191,8 @@ class OrangeSimulator(ProviderSimulator):
         contracts_legacy_shape: bool = False,
         sender_addresses: Iterable[str] | None = None,
     ) -> None:
-        """Faults apply to the send endpoint only. `sender_addresses`: those the account may send from (a send from
+        """Faults apply to the send endpoint, except an `any_request` timeout (the gateway hung): its token and
+        contracts requests get no answer either. `sender_addresses`: those the account may send from (a send from
         another is refused with SVC0004 naming `senderAddress`, as Orange does); None for any.
 
         The rate limit is a token bucket holding one second's worth of requests (at least one), judged on the clock's
@@ -303,6 +304,8 @@ class OrangeSimulator(ProviderSimulator):
         send_match = _SEND_PATH.match(path)
         if (endpoint, method) == ("send", "POST") and send_match:
             return self._send(now, nth, raw_path, send_match.group(1), headers, body)
+        if endpoint in {"token", "contracts"} and self._hung(now):
+            return None
         if (endpoint, method) == ("token", "POST"):
             return self._token(now, headers, body)
         if (endpoint, method) == ("contracts", "GET"):

@@ -57,6 +57,10 @@ class ReceivedRequest:
     status: int | None
 
 
+# A `timeout` fault for every request, whatever its endpoint: the whole gateway hung.
+HUNG = "any_request"
+
+
 @dataclass(frozen=True)
 class Fault:
     """An injected failure: applies to a send request matching every selector that is set."""
@@ -387,13 +391,18 @@ class ProviderSimulator:
         for fault in self._faults:
             if not fault.matches(now=now, to=to, nth=nth):
                 continue
-            if fault.timeout == "before_send":
+            if fault.timeout in {"before_send", HUNG}:
                 return True, None
             if fault.timeout == "after_send":
                 accept()
                 return True, None
             return True, refuse(fault)
         return False, None
+
+    def _hung(self, now: datetime) -> bool:
+        """Whether an `any_request` timeout applies now: the gateway takes connections and answers nothing, on every
+        endpoint (its token and contracts requests too)."""
+        return any(f.timeout == HUNG and f.matches(now=now, to=None, nth=0) for f in self._faults)
 
     def _provider_wide_fault(self, now: datetime, status: int) -> bool:
         """Whether a fault with this status for every recipient applies now (what an account check would see)."""

@@ -46,7 +46,7 @@ class FaultSpec(BaseModel):
     status: Annotated[Count, Field(ge=400, le=599)] | None = None
     message_id: Annotated[str, StringConstraints(pattern=_ONEAPI_ID.pattern)] | None = None
     code: Annotated[Count, Field(ge=0)] | None = None
-    timeout: Literal["after_send", "before_send"] | None = None
+    timeout: Literal["after_send", "before_send", "any_request"] | None = None
     retry_after: Annotated[Amount, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
@@ -60,6 +60,8 @@ class FaultSpec(BaseModel):
             extra = [name for name in ("message_id", "code", "retry_after") if getattr(self, name) is not None]
             if extra:
                 raise ValueError(f"{extra[0]}: only allowed with status")
+        if self.timeout == "any_request" and (self.to is not None or self.nth is not None):
+            raise ValueError("timeout: any_request hangs the whole gateway: give neither to nor nth")
         if self.message_id is not None and not 400 <= (self.status or 0) <= 499:
             raise ValueError("message_id: OneAPI errors need a 4xx status")
         if self.message_id is not None and self.code is not None:

@@ -726,6 +726,7 @@ def _send_sms(
         "valid_until": iso(_wanted_until(members, settings)),
     }
     tried: list[str] = []
+    asked = False
     why = ""
     while True:
         now = clock.now()
@@ -734,16 +735,36 @@ def _send_sms(
             why = why or f"no provider can take it: {_circuits_text(settings, now)}"
             until = provider_state.paused_until(settings, now) or route.paused_until or now + PROBE_INTERVAL
             # Not asked, so not known: an SMS bound before this delivery may have gone out before a crash.
-            untried = not tried
-            return [_defer(m.message, until, why, now, settings, keep_binding=untried) for m in members]
+            return [_defer(m.message, until, why, now, settings, keep_binding=not asked) for m in members]
         # On a fallback (the first provider down, or found down by this request), a failure is the outage's too.
         failed_over = bool(tried) or route.provider != settings.providers[0].value
+        if route.probe and _silent(route.provider, settings):
+            tried.append(route.provider)
+            why = f"{route.provider} circuit open: no answer to its probe's read"
+            continue
         request_to = {**request, "provider": route.provider}
         outcome = _request(route.provider, request_to, members, rendered, settings, pacer, failed_over=failed_over)
         if not isinstance(outcome, str):
             return outcome
+        asked = True
         tried.append(route.provider)
         why = outcome
+
+
+def _silent(provider: str, settings: Settings) -> bool:
+    """Whether a provider whose circuit is open still gives no answer at all to a request that sends nothing (one
+    more failure of its circuit). Its probe then risks no reminder: an SMS that gets no answer is recorded sent under
+    the default policy, and lost, one family a minute for as long as a provider hangs."""
+    if _no_time_for_a_request():
+        return False  # the request's own check defers the SMS
+    try:
+        answered = provider_for(settings, provider).answers()
+    except ProviderError:
+        return False  # not built (its secret, its endpoint): the request meets the same error and acts on it
+    if not answered:
+        logger.warning("provider gave no answer to its probe's read; no SMS risked", extra={"provider": provider})
+        provider_state.record_transient_failure(provider, clock.now(), settings, "no answer to its probe's read")
+    return not answered
 
 
 def _wanted_until(members: list[_Ready], settings: Settings) -> datetime:

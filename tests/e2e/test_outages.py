@@ -256,3 +256,54 @@ def test_a_lone_reminder_outlives_an_outage_of_both_providers() -> None:
     one_day = by_type(out, "a1")["1_day_reminder"]
     assert one_day["status"] == "delivered", describe(out)
     assert utc(one_day["sent_at"]) < outage[1] + timedelta(minutes=5), describe(out)
+
+
+def test_a_hung_orange_is_probed_with_a_read_that_sends_nothing(provider_requests: list[ProviderRequest]) -> None:
+    """Orange takes connections and never answers, on every endpoint, for an hour from 08:55 (its gateway down).
+    The requests that open its circuit get no answer and are recorded sent under the default policy: lost. Each
+    probe after them was a real reminder too, lost the same way, one family a minute for as long as the hang
+    lasted. A probe now first reads Orange's contracts, which sends nothing: while that gets no answer no reminder
+    is risked, and the families after the first ones are reminded once Orange answers again."""
+    hang = (at_local("2027-03-11", 8, ABIDJAN, 55), at_local("2027-03-11", 10, ABIDJAN))
+    families = 8
+    events = [e for n in range(1, families + 1) for e in one_patient(DUE, number=n, name=f"Enfant{n}")]
+    faults = [{"from": z(hang[0]), "until": z(hang[1]), "timeout": "any_request"}]
+    # A token fetched on the 7-day reminders' day is still good: the hang meets the sends, not a token request.
+    month = 30 * 24 * 3600
+    data = scenario("2027-03-01T00:00:00Z", "2027-03-14T00:00:00Z", events, faults=faults, token_lifetime_seconds=month)
+    out = run(data)
+    # The project's own checker: the recheck in `assert_invariants` takes an unanswered send for one never made.
+    assert out["stats"]["invariants"]["ok"], describe(out)
+
+    unanswered = [r for r in provider_requests if hang[0] <= r.at < hang[1]]
+    assert all(r.status is None for r in unanswered)
+    assert len(unanswered) == FAILURES_TO_OPEN, describe(out)
+    one_day = [by_type(out, f"a{n}")["1_day_reminder"] for n in range(1, families + 1)]
+    after = [m for m in one_day if utc(m["sent_at"]) >= hang[1]]
+    assert len(after) == families - FAILURES_TO_OPEN, describe(out)
+    for m in after:
+        assert m["status"] == "delivered" and len(sends_of(out, m["message_id"])) == 1, m
+        assert utc(m["sent_at"]) - hang[1] < timedelta(minutes=3), m
+
+
+def test_a_hung_orange_probes_without_costing_kannel_a_reminder(provider_requests: list[ProviderRequest]) -> None:
+    """The same hang with Kannel as fallback, for two hours: the families whose reminders come due while it lasts
+    (at 10:00) go through Kannel. Orange's probe used to take one of them and lose it to the hang; its read now
+    tells Orange is still silent, and that reminder goes through Kannel with the rest."""
+    hang = (at_local("2027-03-11", 8, ABIDJAN, 55), at_local("2027-03-11", 11, ABIDJAN))
+    nine = [e for n in range(1, 4) for e in one_patient(DUE, number=n, name=f"Enfant{n}")]
+    ten = [e for n in range(4, 9) for e in one_patient(DUE, number=n, name=f"Enfant{n}", preferred_hour=10)]
+    faults = [{"from": z(hang[0]), "until": z(hang[1]), "timeout": "any_request"}]
+    month = 30 * 24 * 3600
+    data = scenario(
+        "2027-03-01T00:00:00Z", "2027-03-14T00:00:00Z", nine + ten, faults=faults, token_lifetime_seconds=month
+    )
+    out = run(with_kannel_fallback(data))
+    assert out["stats"]["invariants"]["ok"], describe(out)
+
+    unanswered = [r for r in provider_requests if r.provider == "orange" and hang[0] <= r.at < hang[1]]
+    assert len(unanswered) == FAILURES_TO_OPEN and all(r.status is None for r in unanswered), describe(out)
+    kannel = [r for r in provider_requests if r.provider == "kannel"]
+    assert len(kannel) == 5 and all(r.status == 202 for r in kannel), describe(out)
+    ten_am = at_local("2027-03-11", 10, ABIDJAN)
+    assert all(ten_am <= r.at < ten_am + timedelta(minutes=5) for r in kannel), kannel

@@ -336,6 +336,32 @@ def test_timeout_before_send_is_not_accepted(sim_clock: VirtualClock, adapter_cl
         assert sim.available_units == 1_000_000
 
 
+def test_answers_is_any_reply_to_a_read_that_sends_nothing(
+    sim_clock: VirtualClock, adapter_clock: VirtualClock
+) -> None:
+    """An open circuit's probe asks this first: False only when the gateway gives no answer at all (hung, on every
+    endpoint), and never at the cost of an SMS or a unit."""
+    hung = {"from": at(60), "until": at(120), "timeout": "any_request"}
+    refusing = {"from": at(120), "until": at(180), "status": 503}
+    with OrangeSimulator.from_scenario(
+        {"faults": [hung, refusing], "available_units": 5}, sim_clock, CLIENT_ID, CLIENT_SECRET, None
+    ) as sim:
+        adapter = make_provider(sim.base_url, adapter_clock)
+        assert adapter.answers()
+        # Refused credentials are an answer: the probe's own request meets the refusal and holds the provider.
+        assert make_provider(sim.base_url, adapter_clock, client_secret="wrong").answers()
+        sim_clock.sleep(60)
+        assert not adapter.answers()
+        assert endpoint_statuses(sim, "contracts") == [200, None]
+        sim_clock.sleep(60)  # sends refused with 503, reads answered: the probe may go, and is refused, not lost
+        assert adapter.answers()
+        assert sim.accepted == [] and sim.available_units == 5 and endpoint_statuses(sim, "send") == []
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert not make_provider(f"http://127.0.0.1:{port}", adapter_clock).answers()
+
+
 def test_connection_refused_is_transient(adapter_clock: VirtualClock) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -535,6 +561,7 @@ def test_send_accept_header_is_negotiated(
         ({"faults": [{"status": 400, "message_id": "ERR1"}]}, "faults[0].message_id"),
         ({"faults": [{"status": 503, "from": at(60), "until": at(0)}]}, "faults[0].until"),
         ({"faults": [{"status": 503, "nth": 0}]}, "faults[0].nth"),
+        ({"faults": [{"timeout": "any_request", "to": "+2250701020304"}]}, "faults[0].timeout"),
         ({"faults": [{"status": 503, "when": "now"}]}, "faults[0].when"),
         ({"undelivrable": []}, "provider.undelivrable"),
         ({"rate_limit_per_second": 0}, "provider.rate_limit_per_second"),

@@ -65,6 +65,10 @@ class Balance:
         return self.expires_at is None or self.expires_at > now
 
 
+# The codes `classify_transport` gives a failure with no HTTP reply at all.
+_UNANSWERED = frozenset({"connect_timeout", "read_timeout", "connect_error", "connection_dropped", "unexpected_error"})
+
+
 class ProviderError(Exception):
     """A send or query that did not succeed, classified.
 
@@ -87,6 +91,11 @@ class ProviderError(Exception):
         self.code = code
         self.detail = detail
         self.retry_after_seconds = retry_after_seconds
+
+    @property
+    def unanswered(self) -> bool:
+        """No HTTP reply came at all (a transport failure), whatever the provider did with the request."""
+        return self.code in _UNANSWERED
 
     def __str__(self) -> str:
         text = f"{self.kind.value} {self.code}"
@@ -123,6 +132,11 @@ class SmsProvider(Protocol):
 
     def balance(self) -> Balance | None:
         """The account balance, or None when the provider has no such notion. Raises ProviderError on failure."""
+        ...
+
+    def answers(self) -> bool:
+        """Whether the provider answers at all (any HTTP reply) a request that sends nothing; True when it has no such
+        request. An open circuit's probe asks this first: a real SMS that gets no answer is a reminder lost."""
         ...
 
 

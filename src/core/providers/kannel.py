@@ -140,6 +140,10 @@ class KannelProvider:
         """Kannel keeps no balance."""
         return None
 
+    def answers(self) -> bool:
+        """Always True: smsbox has no request that sends nothing and reaches the SMSC, so a probe is a real SMS."""
+        return True
+
 
 def validity_minutes(valid_until: datetime, now: datetime) -> int:
     """Kannel's `validity` for an SMS wanted until `valid_until`, requested at `now`: the whole minutes left, rounded

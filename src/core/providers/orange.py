@@ -251,6 +251,14 @@ class OrangeProvider:
             status="ACTIVE",
         )
 
+    def answers(self) -> bool:
+        """Whether Orange answers its contracts read (its token request first, when due) with any HTTP reply."""
+        try:
+            self._authorized("GET", f"{self._base}/sms/admin/v1/contracts")
+        except ProviderError as exc:
+            return not exc.unanswered
+        return True
+
     def _authorized(
         self,
         method: str,
