@@ -258,6 +258,14 @@ def test_a_lone_reminder_outlives_an_outage_of_both_providers() -> None:
     assert utc(one_day["sent_at"]) < outage[1] + timedelta(minutes=5), describe(out)
 
 
+def hung_orange(events: list[dict[str, Any]], hang: tuple[Any, Any]) -> dict[str, Any]:
+    """Orange hung on every endpoint through `hang`. A token fetched on the 7-day reminders' day is still good then,
+    so the hang meets the sends, not a token request (a send whose token request hangs is not ambiguous)."""
+    faults = [{"from": z(hang[0]), "until": z(hang[1]), "timeout": "any_request"}]
+    month = 30 * 24 * 3600
+    return scenario("2027-03-01T00:00:00Z", "2027-03-14T00:00:00Z", events, faults=faults, token_lifetime_seconds=month)
+
+
 def test_a_hung_orange_is_probed_with_a_read_that_sends_nothing(provider_requests: list[ProviderRequest]) -> None:
     """Orange takes connections and never answers, on every endpoint, for an hour from 08:55 (its gateway down).
     The requests that open its circuit get no answer and are recorded sent under the default policy: lost. Each
@@ -267,10 +275,7 @@ def test_a_hung_orange_is_probed_with_a_read_that_sends_nothing(provider_request
     hang = (at_local("2027-03-11", 8, ABIDJAN, 55), at_local("2027-03-11", 10, ABIDJAN))
     families = 8
     events = [e for n in range(1, families + 1) for e in one_patient(DUE, number=n, name=f"Enfant{n}")]
-    faults = [{"from": z(hang[0]), "until": z(hang[1]), "timeout": "any_request"}]
-    # A token fetched on the 7-day reminders' day is still good: the hang meets the sends, not a token request.
-    month = 30 * 24 * 3600
-    data = scenario("2027-03-01T00:00:00Z", "2027-03-14T00:00:00Z", events, faults=faults, token_lifetime_seconds=month)
+    data = hung_orange(events, hang)
     out = run(data)
     # The project's own checker: the recheck in `assert_invariants` takes an unanswered send for one never made.
     assert out["stats"]["invariants"]["ok"], describe(out)
@@ -293,11 +298,7 @@ def test_a_hung_orange_probes_without_costing_kannel_a_reminder(provider_request
     hang = (at_local("2027-03-11", 8, ABIDJAN, 55), at_local("2027-03-11", 11, ABIDJAN))
     nine = [e for n in range(1, 4) for e in one_patient(DUE, number=n, name=f"Enfant{n}")]
     ten = [e for n in range(4, 9) for e in one_patient(DUE, number=n, name=f"Enfant{n}", preferred_hour=10)]
-    faults = [{"from": z(hang[0]), "until": z(hang[1]), "timeout": "any_request"}]
-    month = 30 * 24 * 3600
-    data = scenario(
-        "2027-03-01T00:00:00Z", "2027-03-14T00:00:00Z", nine + ten, faults=faults, token_lifetime_seconds=month
-    )
+    data = hung_orange(nine + ten, hang)
     out = run(with_kannel_fallback(data))
     assert out["stats"]["invariants"]["ok"], describe(out)
 
