@@ -300,4 +300,7 @@ def read_timeout_in_body() -> requests.exceptions.ConnectionError:
 def test_transport_failures(make: Any, kind: FailureKind, code: str) -> None:
     error = classify_transport(make())
     assert (error.kind, error.code) == (kind, code)
+    # No reply came (an open circuit's probe then risks no SMS), except for a request that could not be made at all.
+    assert error.unanswered is (code != "bad_request_setup")
+    assert not classify_http(503, None, {}, now=NOW).unanswered
     assert "hunter2" not in str(error) and "2250700000001" not in str(error)
