@@ -19,6 +19,12 @@ PROBE_INTERVAL = timedelta(minutes=1)
 HOLD_INTERVAL = timedelta(minutes=30)
 
 
+# A probe whose read (a request that sends nothing) gets no answer sends no SMS, except at every thirtieth failure of
+# the run: a read that is silent on its own while sends work then delays sending by half an hour at most, never for
+# good, and a real hang costs one reminder every half hour instead of one a minute.
+SEND_PROBE_EVERY = 30
+
+
 class CircuitKind(StrEnum):
     """Why a circuit is open: an outage (probed often) or a hold (a provider-wide refusal, probed rarely)."""
 
@@ -89,6 +95,11 @@ def held(circuit: Circuit, now: datetime, rules: CircuitRules, reason: str, unti
         kind=CircuitKind.HOLD,
         reason=reason,
     )
+
+
+def probe_sends_unanswered(circuit: Circuit) -> bool:
+    """Whether a probe whose read got no answer (`circuit.failures` counting it) sends its SMS all the same."""
+    return circuit.failures % SEND_PROBE_EVERY == 0
 
 
 def probe_claimed(circuit: Circuit, now: datetime, rules: CircuitRules) -> Circuit:

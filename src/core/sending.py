@@ -35,7 +35,7 @@ from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import S
 from pydantic import ValidationError
 
 from core import clock, provider_state, queue, receipts, store
-from core.circuit import PROBE_INTERVAL
+from core.circuit import PROBE_INTERVAL, probe_sends_unanswered
 from core.dispatch import claim_change
 from core.lifecycle import Status
 from core.metric_names import MetricName
@@ -754,17 +754,22 @@ def _send_sms(
 def _silent(provider: str, settings: Settings) -> bool:
     """Whether a provider whose circuit is open still gives no answer at all to a request that sends nothing (one
     more failure of its circuit). Its probe then risks no reminder: an SMS that gets no answer is recorded sent under
-    the default policy, and lost, one family a minute for as long as a provider hangs."""
+    the default policy, and lost, one family a minute for as long as a provider hangs. Every thirtieth such failure
+    the probe's SMS goes all the same (`circuit.probe_sends_unanswered`)."""
     if _no_time_for_a_request():
         return False  # the request's own check defers the SMS
     try:
         answered = provider_for(settings, provider).answers()
     except ProviderError:
         return False  # not built (its secret, its endpoint): the request meets the same error and acts on it
-    if not answered:
-        logger.warning("provider gave no answer to its probe's read; no SMS risked", extra={"provider": provider})
-        provider_state.record_transient_failure(provider, clock.now(), settings, "no answer to its probe's read")
-    return not answered
+    if answered:
+        return False
+    circuit = provider_state.record_transient_failure(provider, clock.now(), settings, "no answer to its probe's read")
+    silent = not probe_sends_unanswered(circuit)
+    logger.warning(
+        "provider gave no answer to its probe's read", extra={"provider": provider, "sms_risked": not silent}
+    )
+    return silent
 
 
 def _wanted_until(members: list[_Ready], settings: Settings) -> datetime:

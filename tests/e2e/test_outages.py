@@ -7,6 +7,7 @@ simulated provider received, with the invariants checked on the same run.
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from typing import Any
 
@@ -267,12 +268,12 @@ def hung_orange(events: list[dict[str, Any]], hang: tuple[Any, Any]) -> dict[str
 
 
 def test_a_hung_orange_is_probed_with_a_read_that_sends_nothing(provider_requests: list[ProviderRequest]) -> None:
-    """Orange takes connections and never answers, on every endpoint, for an hour from 08:55 (its gateway down).
+    """Orange takes connections and never answers, on every endpoint, from 08:55 to 09:20 (its gateway down).
     The requests that open its circuit get no answer and are recorded sent under the default policy: lost. Each
     probe after them was a real reminder too, lost the same way, one family a minute for as long as the hang
     lasted. A probe now first reads Orange's contracts, which sends nothing: while that gets no answer no reminder
     is risked, and the families after the first ones are reminded once Orange answers again."""
-    hang = (at_local("2027-03-11", 8, ABIDJAN, 55), at_local("2027-03-11", 10, ABIDJAN))
+    hang = (at_local("2027-03-11", 8, ABIDJAN, 55), at_local("2027-03-11", 9, ABIDJAN, 20))
     families = 8
     events = [e for n in range(1, families + 1) for e in one_patient(DUE, number=n, name=f"Enfant{n}")]
     data = hung_orange(events, hang)
@@ -308,3 +309,18 @@ def test_a_hung_orange_probes_without_costing_kannel_a_reminder(provider_request
     assert len(kannel) == 5 and all(r.status == 202 for r in kannel), describe(out)
     ten_am = at_local("2027-03-11", 10, ABIDJAN)
     assert all(ten_am <= r.at < ten_am + timedelta(minutes=5) for r in kannel), kannel
+
+
+def test_a_hung_orange_still_gets_a_real_probe_every_half_hour(provider_requests: list[ProviderRequest]) -> None:
+    """A contracts read silent on its own, while sends work, must not keep the circuit open for good: every thirtieth
+    failure of the run the probe's SMS goes all the same. Through a two-hour hang that costs a reminder every half
+    hour (the SMS gets no answer), not one a minute."""
+    hang = (at_local("2027-03-11", 8, ABIDJAN, 55), at_local("2027-03-11", 10, ABIDJAN, 55))
+    events = [e for n in range(1, 9) for e in one_patient(DUE, number=n, name=f"Enfant{n}")]
+    out = run(hung_orange(events, hang))
+    assert out["stats"]["invariants"]["ok"], describe(out)
+
+    unanswered = sorted(r.at for r in provider_requests if hang[0] <= r.at < hang[1])
+    probes = unanswered[FAILURES_TO_OPEN:]
+    assert 3 <= len(probes) <= 4, unanswered
+    assert min(b - a for a, b in itertools.pairwise(probes)) >= timedelta(minutes=25), probes

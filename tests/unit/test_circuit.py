@@ -18,6 +18,7 @@ from core.circuit import (
     after_transient_failure,
     held,
     probe_claimed,
+    probe_sends_unanswered,
     route,
 )
 
@@ -91,3 +92,9 @@ def test_the_circuit_opens_exactly_when_a_run_reaches_the_threshold(failures: li
         assert circuit.is_open == (run >= threshold)
         if circuit.is_open:
             assert circuit.retry_at is not None and circuit.retry_at > now
+
+
+def test_a_probe_whose_read_gets_no_answer_sends_its_sms_at_every_thirtieth_failure_only() -> None:
+    """A read silent on its own, sends working, would otherwise keep the circuit open for good."""
+    sends = [n for n in range(1, 100) if probe_sends_unanswered(Circuit("orange", failures=n))]
+    assert sends == [30, 60, 90]
