@@ -139,6 +139,13 @@ def simulate(
         out.print(f"  … and {len(events['errors']) - MAX_LISTED} more (--json lists them all)")
 
 
+# `rappel import --workers`: patients imported at once, each patient's rows in order on one worker, as clinic events
+# reach concurrent Lambda invocations. At most pynamodb's pool of 10 HTTP connections per client, which more workers
+# would only wait for.
+DEFAULT_IMPORT_WORKERS = 8
+MAX_IMPORT_WORKERS = 10
+
+
 @app.command("import")
 def import_register(
     register: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Register CSV file.")],
@@ -154,6 +161,14 @@ def import_register(
             " stamped with it, so a later clinic event (an opt-out, a dose given) is never undone.",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_IMPORT_WORKERS,
+            help="Patients imported at once (each patient's rows in order). 1 applies one row after another.",
+        ),
+    ] = DEFAULT_IMPORT_WORKERS,
 ) -> None:
     """Load a register (patient and appointment columns) through the same validation and planning as events; exit 1
     when some rows were refused (each is listed with the field it got wrong)."""
@@ -179,7 +194,9 @@ def import_register(
     settings = _settings(local, stack, region)
     with _quiet(), Progress(console=console, transient=True) as progress:
         task = progress.add_task("importing", total=len(rows))
-        report = import_rows(rows, settings, progress=lambda n: progress.update(task, completed=n), as_of=exported)
+        report = import_rows(
+            rows, settings, progress=lambda n: progress.update(task, completed=n), as_of=exported, workers=workers
+        )
     data = {
         "as_of": exported.isoformat(),
         "rows": report.rows,
@@ -189,6 +206,7 @@ def import_register(
         "ignored_rows": report.ignored,
         "errors": [{"row": r, "error": e} for r, e in report.errors],
         "stopped_at_row": report.stopped_at,
+        "rows_not_tried": report.not_tried,
     }
     table = Table(title=f"Imported {register.name}", show_header=False)
     for key in ("rows", "patients", "appointments", "reminders_created"):
@@ -202,9 +220,9 @@ def import_register(
         console.print(f"… and {len(report.errors) - MAX_LISTED} more (--json lists them all)")
     if report.stopped_at is not None:
         console.print(
-            f"stopped: {FAILURES_IN_A_ROW_TO_STOP} rows in a row failed on the way; nothing from row"
-            f" {report.stopped_at} on was applied. Import the register again once that is mended: the rows already"
-            " applied change nothing the second time."
+            f"stopped: {FAILURES_IN_A_ROW_TO_STOP} rows in a row failed on the way; {len(report.not_tried)} rows were"
+            f" not tried, the first of them row {report.stopped_at} (--json lists them all). Import the register"
+            " again once that is mended: the rows already applied change nothing the second time."
         )
     if report.errors:
         raise typer.Exit(1)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ class RegisterRow:
 @dataclass
 class ImportReport:
     """Rows read, events applied, reminders created, the rows older than what is stored (ignored), and the errors,
-    each with its spreadsheet row number."""
+    each with its spreadsheet row number; when the import stopped on failures in a row, the rows it never tried."""
 
     rows: int = 0
     patients: int = 0
@@ -68,7 +69,22 @@ class ImportReport:
     created: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
     ignored: list[int] = field(default_factory=list)
-    stopped_at: int | None = None  # the first row not applied, when the import stopped on failures in a row
+    not_tried: list[int] = field(default_factory=list)
+
+    @property
+    def stopped_at(self) -> int | None:
+        """The first row not tried, when the import stopped on failures in a row."""
+        return min(self.not_tried, default=None)
+
+    def merge(self, other: ImportReport) -> None:
+        """Add `other`'s rows to this report (its lists in the order they come: sort them once all are in)."""
+        self.rows += other.rows
+        self.patients += other.patients
+        self.appointments += other.appointments
+        self.created += other.created
+        self.errors += other.errors
+        self.ignored += other.ignored
+        self.not_tried += other.not_tried
 
 
 # Rows that fail on the way (not refused: a throttle, a lost connection, expired credentials) one after another before
@@ -128,6 +144,7 @@ def import_rows(
     settings: Settings,
     progress: Callable[[int], None] | None = None,
     as_of: datetime | None = None,
+    workers: int = 1,
 ) -> ImportReport:
     """Apply register rows as clinic events; never stops at a bad row. Rows given as plain dicts are numbered as
     a spreadsheet would show them after a header (2, 3, …).
@@ -135,41 +152,116 @@ def import_rows(
     `as_of`: when the register was exported (now by default). Every row's events are stamped with it, as a clinic
     system stamps its events: a clinic event after it is newer and stands, so importing the same register again
     (or an older one) never undoes a dose given, an opt-out or a reschedule since; the same register imported twice
-    makes the same events, which change nothing the second time."""
-    report = ImportReport()
+    makes the same events, which change nothing the second time.
+
+    `workers`: patients imported at once. A patient's rows always go one after another, in the register's order;
+    what one row decides about another patient's (who owns an appointment) is decided before any row is applied, so
+    the outcome is the same with any number of workers. `progress` is called with the number of rows done."""
+    register = [given if isinstance(given, RegisterRow) else RegisterRow(i + 2, given) for i, given in enumerate(rows)]
     store.bind(settings)
-    first_rows: dict[str, RegisterRow] = {}  # each patient's first row
-    refused: set[str] = set()  # patients whose first row was refused
-    owners: dict[str, RegisterRow] = {}  # each appointment's first row
     stamp = min(as_of, clock.now()) if as_of is not None else None
-    failing = 0
-    for index, given in enumerate(rows):
-        row = given if isinstance(given, RegisterRow) else RegisterRow(index + 2, given)
-        if failing == FAILURES_IN_A_ROW_TO_STOP:
-            report.stopped_at = row.number
-            break
-        report.rows += 1
-        at = stamp or clock.now()
-        if error := _row_fault(row, first_rows, refused, owners):
-            report.errors.append((row.number, error))
-        elif _applied(row.number, report, partial(_import_row, row, first_rows, refused, at, settings, report)):
-            failing = 0
-        else:
-            failing += 1
-        if progress:
-            progress(index + 1)
+    owners = _appointment_owners(register)
+    run = _Run(progress)
+    report = ImportReport()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
+        parts = [
+            pool.submit(_import_patient, rows_of, owners, stamp, settings, run) for rows_of in _by_patient(register)
+        ]
+        try:
+            for part in as_completed(parts):
+                report.merge(part.result())
+        except BaseException:  # an interrupt too: the rows in flight end, no other row starts
+            run.stop()
+            raise
+    report.errors.sort()
+    report.ignored.sort()
+    report.not_tried.sort()
     return report
 
 
-def _applied(number: int, report: ImportReport, import_row: Callable[[], None]) -> bool:
-    """Import row `number`; False, with its error reported, when it failed on the way (its events are replays the
-    second time, so importing the register again is safe)."""
-    try:
-        import_row()
-    except Exception as exc:
-        report.errors.append((number, f"not applied: {_failure(exc)} (importing the register again is safe)"))
-        return False
-    return True
+class _Run:
+    """What the workers share: rows done (for `progress`), and the failures on the way in a row (in the order they
+    end) that stop the import."""
+
+    def __init__(self, progress: Callable[[int], None] | None) -> None:
+        self._lock = threading.Lock()
+        self._progress = progress
+        self._done = 0
+        self._failing = 0
+        self.stopped = False
+
+    def done(self, failed: bool | None) -> None:
+        """One row done: applied (False), failed on the way (True) or refused (None, which breaks no run)."""
+        with self._lock:
+            self._done += 1
+            if failed is not None:
+                self._failing = self._failing + 1 if failed else 0
+            self.stopped = self.stopped or self._failing >= FAILURES_IN_A_ROW_TO_STOP
+            if self._progress:
+                self._progress(self._done)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+
+
+def _ids_missing(row: RegisterRow) -> str | None:
+    missing = [c for c in ("patient_id", "appointment_id") if not row.cells.get(c)]
+    return row.fault or (f"{missing[0]}: missing" if missing else None)
+
+
+def _by_patient(register: list[RegisterRow]) -> list[list[RegisterRow]]:
+    """The rows of each patient, in the register's order, patients in the order they first appear; a row that
+    cannot name its patient is one of its own."""
+    patients: dict[str | int, list[RegisterRow]] = {}
+    for row in register:
+        key: str | int = row.number if _ids_missing(row) else row.cells["patient_id"]
+        patients.setdefault(key, []).append(row)
+    return list(patients.values())
+
+
+def _appointment_owners(register: list[RegisterRow]) -> dict[str, RegisterRow]:
+    """Each appointment's first row: the register gives the appointment to that row's patient, whatever becomes of
+    the row, so a later row of another patient naming it is refused."""
+    owners: dict[str, RegisterRow] = {}
+    for row in register:
+        if not _ids_missing(row):
+            owners.setdefault(row.cells["appointment_id"], row)
+    return owners
+
+
+@dataclass
+class _Patient:
+    """What a patient's earlier rows decided: its first row (the one that wrote the patient) and whether it was
+    refused."""
+
+    first: RegisterRow | None = None
+    refused: bool = False
+
+
+def _import_patient(
+    rows: list[RegisterRow], owners: dict[str, RegisterRow], stamp: datetime | None, settings: Settings, run: _Run
+) -> ImportReport:
+    """One patient's rows, one after another."""
+    report = ImportReport()
+    patient = _Patient()
+    for row in rows:
+        if run.stopped:
+            report.not_tried.append(row.number)
+            continue
+        report.rows += 1
+        if error := _row_fault(row, patient, owners):
+            report.errors.append((row.number, error))
+            run.done(failed=None)
+            continue
+        try:
+            _import_row(row, patient, stamp or clock.now(), settings, report)
+        except Exception as exc:  # its events are replays the second time, so importing the register again is safe
+            report.errors.append((row.number, f"not applied: {_failure(exc)} (importing the register again is safe)"))
+            run.done(failed=True)
+        else:
+            run.done(failed=False)
+    return report
 
 
 def _failure(exc: Exception) -> str:
@@ -178,45 +270,35 @@ def _failure(exc: Exception) -> str:
     return str(code or type(exc).__name__)
 
 
-def _row_fault(
-    row: RegisterRow, first_rows: dict[str, RegisterRow], refused: set[str], owners: dict[str, RegisterRow]
-) -> str | None:
+def _row_fault(row: RegisterRow, patient: _Patient, owners: dict[str, RegisterRow]) -> str | None:
     """Why a row is refused before anything of it is applied, if it is."""
-    missing = [c for c in ("patient_id", "appointment_id") if not row.cells.get(c)]
-    if row.fault or missing:
-        return row.fault or f"{missing[0]}: missing"
+    if fault := _ids_missing(row):
+        return fault
     patient_id, appointment_id = row.cells["patient_id"], row.cells["appointment_id"]
-    if patient_id in refused:
+    if patient.refused:
         return "patient_id: this patient's first row was refused"
-    first = first_rows.get(patient_id)
+    first = patient.first
     differs = [c for c in _PATIENT_COLUMNS if first is not None and first.cells.get(c, "") != row.cells.get(c, "")]
     if first is not None and differs:
         return f"{differs[0]}: differs from this patient's row {first.number}"
-    owner = owners.setdefault(appointment_id, row)
+    owner = owners[appointment_id]
     if owner.cells["patient_id"] != patient_id:
         return f"appointment_id: {appointment_id} is patient {owner.cells['patient_id']}'s, in row {owner.number}"
     return None
 
 
-def _import_row(
-    row: RegisterRow,
-    first_rows: dict[str, RegisterRow],
-    refused: set[str],
-    at: datetime,
-    settings: Settings,
-    report: ImportReport,
-) -> None:
+def _import_row(row: RegisterRow, patient: _Patient, at: datetime, settings: Settings, report: ImportReport) -> None:
     """A row's events: its patient's on the patient's first row, then its appointment's."""
     patient_id = row.cells["patient_id"]
-    first = patient_id not in first_rows
-    patient, dose = row_events(row.cells, store.get_patient(patient_id) if first else None)
+    first = patient.first is None
+    upsert, dose = row_events(row.cells, store.get_patient(patient_id) if first else None)
     ignored = False
     if first:
-        outcome = _apply("PatientUpserted", patient, f"import-{patient_id}-{at.timestamp()}", at, settings, report)
+        outcome = _apply("PatientUpserted", upsert, f"import-{patient_id}-{at.timestamp()}", at, settings, report)
         # Only now: a first row that failed on the way leaves the patient's next row to be its first.
-        first_rows[patient_id] = row
+        patient.first = row
         if outcome.rejected:
-            refused.add(patient_id)
+            patient.refused = True
             report.errors.append((row.number, outcome.errors[0]))
             return
         report.patients += outcome.applied

@@ -151,6 +151,7 @@ def test_import_process_and_read_back(local_stack: Path, console_lines: list[str
     assert imported.returncode == 1, imported.stderr  # a row refused: a script must notice
     data = json.loads(imported.stdout)
     assert (data["rows"], data["appointments"], data["reminders_created"]) == (2, 1, 3)
+    assert data["rows_not_tried"] == [] and data["stopped_at_row"] is None
     # The second data row: spreadsheet row 3 (the header is row 1).
     assert data["errors"][0]["row"] == 3 and data["errors"][0]["error"].startswith("detail.phone")
 

@@ -101,7 +101,7 @@ def test_an_operators_slip_is_an_error_naming_it_not_a_traceback(pipe: Pipeline,
     assert says in " ".join(result.output.split())
 
 
-def test_an_import_that_stopped_on_failures_says_from_which_row_nothing_was_applied(
+def test_an_import_that_stopped_on_failures_says_which_rows_it_never_tried(
     pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rappel_cli import importer
@@ -115,11 +115,12 @@ def test_an_import_that_stopped_on_failures_says_from_which_row_nothing_was_appl
         raise ConnectionError("the network went away")
 
     monkeypatch.setattr(importer, "handle_clinic_event", unreachable)
-    result = CliRunner().invoke(cli.app, ["import", str(register), "--local", "--as-of", "2026-12-01T00:00:00Z"])
+    arguments = ["import", str(register), "--local", "--as-of", "2026-12-01T00:00:00Z", "--workers", "1"]
+    result = CliRunner().invoke(cli.app, arguments)
 
     assert result.exit_code == 1
     assert "not applied: ConnectionError (importing the register again is safe)" in result.output
-    assert "nothing from row 12 on was applied" in " ".join(result.output.split())
+    assert "5 rows were not tried, the first of them row 12" in " ".join(result.output.split())
 
 
 # Rich markup, and Rich's emoji codes (`:ok:`), which it replaces even where markup is off.

@@ -4,6 +4,8 @@ that is refused."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -171,3 +173,104 @@ def test_a_patients_first_row_that_fails_on_the_way_leaves_its_next_row_to_write
     ]
     assert store.get_patient("p1") is not None
     assert report.created == 3, "row 3 planned its dose's three reminders"
+
+
+def _patients(count: int, rows_each: int) -> list[dict[str, str]]:
+    """`count` patients with `rows_each` visits, their rows interleaved as a register sorted by date has them."""
+    return [
+        _row(
+            patient_id=f"p{n}",
+            phone=f"+22507010{n:05d}",
+            appointment_id=f"a{n}-{visit}",
+            due_date=f"2027-03-{20 + visit}",
+        )
+        for visit in range(rows_each)
+        for n in range(count)
+    ]
+
+
+def test_patients_are_imported_at_once_and_each_patients_rows_in_order(aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A register of 100,000 rows took hours one row after another, each row waiting for its ten requests in turn."""
+    real = importer.handle_clinic_event
+    workers = 4
+    together = threading.Barrier(workers, timeout=30)  # passes only once `workers` patients are in flight at once
+    seen: list[tuple[str, str]] = []
+
+    def recorded(event: dict[str, Any], settings: Any) -> Any:
+        detail = event["detail"]
+        seen.append((detail["patient_id"], detail.get("appointment_id", "patient")))
+        if event["detail-type"] == "PatientUpserted":
+            together.wait()
+        return real(event, settings)
+
+    monkeypatch.setattr(importer, "handle_clinic_event", recorded)
+    rows = _patients(workers, 3)
+    report = import_rows(rows, aws.settings, as_of=aws.clock.now(), workers=workers)
+
+    assert report.errors == [] and (report.patients, report.appointments) == (workers, 3 * workers)
+    for n in range(workers):
+        assert [a for p, a in seen if p == f"p{n}"] == ["patient", f"a{n}-0", f"a{n}-1", f"a{n}-2"]
+
+
+def test_one_row_after_another_never_has_two_patients_in_flight(aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The barrier above is what proves the workers: with one worker it is never passed."""
+    real = importer.handle_clinic_event
+    together = threading.Barrier(2, timeout=1)
+
+    def waiting(event: dict[str, Any], settings: Any) -> Any:
+        together.wait()
+        return real(event, settings)
+
+    monkeypatch.setattr(importer, "handle_clinic_event", waiting)
+    report = import_rows(_patients(2, 1), aws.settings, workers=1)
+
+    assert [e for _, e in report.errors] == [
+        "not applied: BrokenBarrierError (importing the register again is safe)"
+    ] * 2
+
+
+def test_an_import_with_workers_that_keeps_failing_stops_and_lists_the_rows_it_never_tried(
+    aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each row is applied, refused, failed on the way or listed as not tried: none is left out of the report."""
+    rows = _patients(40, 2)
+    tried: list[str] = []
+    lock = threading.Lock()
+
+    def unreachable(event: dict[str, Any], settings: Any) -> Any:
+        with lock:
+            tried.append(event["detail"]["patient_id"])
+        raise ConnectionError("the network went away")
+
+    monkeypatch.setattr(importer, "handle_clinic_event", unreachable)
+    workers = 4
+    report = import_rows(rows, aws.settings, workers=workers)
+
+    failed = [row for row, _ in report.errors]
+    assert importer.FAILURES_IN_A_ROW_TO_STOP <= len(failed) < importer.FAILURES_IN_A_ROW_TO_STOP + workers
+    assert sorted(failed + report.not_tried) == list(range(2, len(rows) + 2))
+    assert report.rows == len(failed) and report.stopped_at == min(report.not_tried)
+    assert len(tried) == len(failed), "no row was tried after the stop, beyond those already in flight"
+
+
+def test_an_interrupted_import_starts_no_other_row(aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C stops the import: the rows in flight end (none is left half-applied), no other row starts."""
+    started: list[str] = []
+    real = importer.handle_clinic_event
+
+    def counted(event: dict[str, Any], settings: Any) -> Any:
+        started.append(event["detail"].get("appointment_id", "patient"))
+        return real(event, settings)
+
+    def interrupt(done: int) -> None:
+        if done == 3:  # in a worker: Python raises KeyboardInterrupt in the main thread, as a Ctrl-C would
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(importer, "handle_clinic_event", counted)
+    rows = _patients(30, 1)
+    with pytest.raises(KeyboardInterrupt):
+        import_rows(rows, aws.settings, progress=interrupt, workers=4)
+
+    doses = [a for a in started if a != "patient"]
+    assert 3 <= len(doses) < len(rows)
+    assert all(store.get_appointment(a) is not None for a in doses), "every row started was applied whole"
