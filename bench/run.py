@@ -8,7 +8,9 @@
 5. SMS segments per reminder, fr and en, with and without GSM-7 normalisation;
 6. memory of the sender handling its largest batch;
 7. the demo's scenario with the embedded stack's DynamoDB on moto, then on AWS's DynamoDB Local: wall times, their
-   ratio, and whether both end the same (`--only ddb-local` runs this one alone).
+   ratio, and whether both end the same (`--only ddb-local` runs this one alone);
+8. `rappel import`'s pace on DynamoDB Local, one worker against `--workers`' default, as DynamoDB Local answers and
+   over a slower link (`--only import` runs this one alone).
 
 Writes bench/results.json and prints tables. Exits 1 only if a run breaks an invariant (the simulator's invariant
 checks, or more sends in some one-second window than the rate limit); figures themselves never fail the run.
@@ -51,6 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--children", type=int, default=200, help="children in the nominal run (default 200)")
     parser.add_argument("--days", type=int, default=8, help="days over which their doses fall due (default 8)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    parser.add_argument(
+        "--import-children", type=int, default=100, help="children in the imported register (figure 8, default 100)"
+    )
     parser.add_argument("--overhead-messages", type=int, default=200, help="messages per overhead round (200)")
     parser.add_argument("--overhead-rounds", type=int, default=2, help="alternating ours/floor rounds (2)")
     parser.add_argument(
@@ -63,13 +68,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         choices=sorted(ONLY),
-        help="run one figure alone: nominal (figure 2 and its DynamoDB units by step, figure 4), ddb-local (figure 7)",
+        help="run one figure alone: nominal (figure 2 and its DynamoDB units by step, figure 4), ddb-local (figure 7),"
+        " import (figure 8)",
     )
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = RESULTS_PATH.with_name(f"results-{args.only}.json") if args.only else RESULTS_PATH
-    if args.burst < 1 or args.children < 1 or args.days < 1 or args.overhead_messages < 1 or args.overhead_rounds < 1:
-        parser.error("--burst, --children, --days, --overhead-messages and --overhead-rounds must be >= 1")
+    counts = (args.burst, args.children, args.days, args.overhead_messages, args.overhead_rounds, args.import_children)
+    if min(counts) < 1:
+        parser.error(
+            "--burst, --children, --days, --overhead-messages, --overhead-rounds and --import-children must be >= 1"
+        )
     if args.rate < 2:
         parser.error("--rate must be at least 2 (two senders, each at least once a second)")
     return args
@@ -113,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["overhead"] = _phase(progress, "3 overhead", lambda _: _overhead(args))
         results["memory"] = _phase(progress, "6 memory", lambda _: _memory(args))
         results["ddb_local"] = _phase(progress, "7 DynamoDB Local", lambda _: _ddb_local(args))
+        results["import_pace"] = _phase(progress, "8 import", lambda _: _import_pace(args))
     results["bench_wall_seconds"] = time.perf_counter() - started
     failures = invariant_failures(results)
     results["ok"] = not failures
@@ -229,18 +239,34 @@ def _ddb_local(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def _only_ddb_local(args: argparse.Namespace, results: dict[str, Any], console: Console) -> int:
+def _only_figure(
+    args: argparse.Namespace,
+    results: dict[str, Any],
+    console: Console,
+    key: str,
+    measure: Callable[[argparse.Namespace], dict[str, Any]],
+    failures_of: Callable[[dict[str, Any]], list[str]],
+    table_of: Callable[[dict[str, Any]], Table],
+    failed: str,
+) -> int:
+    """One figure alone (`--only`): measured, written to its results file, its table and failures printed."""
     started = time.perf_counter()
-    results["ddb_local"] = _ddb_local(args)
+    results[key] = measure(args)
     results["bench_wall_seconds"] = time.perf_counter() - started
-    failures = ddb_local_failures(results["ddb_local"])
+    failures = failures_of(results[key])
     results["ok"], results["failures"] = not failures, failures
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    console.print(ddb_local_table(results["ddb_local"]))
+    console.print(table_of(results[key]))
     console.print(f"Results: {args.output}")
     for failure in failures:
-        console.print(f"[red]stores disagree:[/red] {failure}")
+        console.print(f"[red]{failed}:[/red] {failure}")
     return 1 if failures else 0
+
+
+def _only_ddb_local(args: argparse.Namespace, results: dict[str, Any], console: Console) -> int:
+    return _only_figure(
+        args, results, console, "ddb_local", _ddb_local, ddb_local_failures, ddb_local_table, "stores disagree"
+    )
 
 
 def _only_nominal(args: argparse.Namespace, results: dict[str, Any], console: Console) -> int:
@@ -273,8 +299,21 @@ def _only_nominal(args: argparse.Namespace, results: dict[str, Any], console: Co
     return 1 if failures else 0
 
 
+def _import_pace(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.import_pace import run_import_pace
+
+    return run_import_pace(args.import_children, args.seed)
+
+
+def _only_import(args: argparse.Namespace, results: dict[str, Any], console: Console) -> int:
+    return _only_figure(
+        args, results, console, "import_pace", _import_pace, import_failures, import_table, "imports disagree"
+    )
+
+
 ONLY: dict[str, Callable[[argparse.Namespace, dict[str, Any], Console], int]] = {
     "ddb-local": _only_ddb_local,
+    "import": _only_import,
     "nominal": _only_nominal,
 }
 
@@ -297,7 +336,21 @@ def invariant_failures(results: dict[str, Any]) -> list[str]:
             failures.append(f"{run}: {figures['max_sends_in_one_second']} sends in one second, limit {rate:g}")
     if "ddb_local" in results:
         failures += ddb_local_failures(results["ddb_local"])
+    if "import_pace" in results:
+        failures += import_failures(results["import_pace"])
     return failures
+
+
+IMPORT_SETTINGS = ("dynamodb_local", "over_a_link")
+
+
+def import_failures(figures: dict[str, Any]) -> list[str]:
+    """Figure 8 breaks the run when the import with workers ends otherwise than the one with one worker."""
+    return [
+        f"import_pace: {name}: {figures['workers']} workers end otherwise than one"
+        for name in IMPORT_SETTINGS
+        if not figures[name]["same_outcome"]
+    ]
 
 
 def ddb_local_failures(figures: dict[str, Any]) -> list[str]:
@@ -432,6 +485,8 @@ def print_tables(results: dict[str, Any], console: Console) -> None:
     console.print(lines)
     if "ddb_local" in results:
         console.print(ddb_local_table(results["ddb_local"]))
+    if "import_pace" in results:
+        console.print(import_table(results["import_pace"]))
     console.print(f"Bench wall time {results['bench_wall_seconds']:.0f} s (noisy: other work shares this machine).")
 
 
@@ -471,6 +526,28 @@ def ddb_local_table(figures: dict[str, Any]) -> Table:
         + f" ({differential['messages_sent_at_another_instant']} sent at another instant, by at most "
         f"{_s(differential['largest_send_time_shift_seconds'])})",
     )
+    return table
+
+
+def import_table(figures: dict[str, Any]) -> Table:
+    """Figure 8's table."""
+    table = Table(
+        title=f"8 rappel import of {figures['rows']} rows ({figures['children']} children) on DynamoDB Local:"
+        f" one worker against {figures['workers']}"
+    )
+    for column in ("setting", "one worker", f"{figures['workers']} workers", "speed-up", "CPU ×", "end state"):
+        table.add_column(column, justify="left" if column == "setting" else "right")
+    for name in IMPORT_SETTINGS:
+        setting = figures[name]
+        added = setting["round_trip_ms_added"]
+        table.add_row(
+            "as DynamoDB Local answers" if not added else f"{added:g} ms added to each request",
+            f"{_s(setting['one_worker']['wall_seconds'])} ({setting['rows_per_second']['one_worker']:.1f} rows/s)",
+            f"{_s(setting['workers']['wall_seconds'])} ({setting['rows_per_second']['workers']:.1f} rows/s)",
+            _x(setting["speedup"]),
+            _x(setting["cpu_ratio"]),
+            "the same" if setting["same_outcome"] else "[red]different[/red]",
+        )
     return table
 
 

@@ -140,8 +140,8 @@ def simulate(
 
 
 # `rappel import --workers`: patients imported at once, each patient's rows in order on one worker, as clinic events
-# reach concurrent Lambda invocations. At most pynamodb's pool of 10 HTTP connections per client, which more workers
-# would only wait for.
+# reach concurrent Lambda invocations. Each worker mostly waits for DynamoDB; the bound is the importer's own CPU, on
+# one core whatever the threads (bench/README, figure 8). At most pynamodb's pool of 10 HTTP connections a client.
 DEFAULT_IMPORT_WORKERS = 8
 MAX_IMPORT_WORKERS = 10
 

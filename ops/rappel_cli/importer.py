@@ -6,6 +6,10 @@ unknown column, text that is not UTF-8, an unclosed quote) refuses the whole fil
 Errors of a row are reported with its spreadsheet row (the header is row 1) and the field, and the import goes on;
 a patient's rows after a refused patient are refused too, as are later rows that contradict a patient's first
 row or give its appointment to another patient. Rows older than what is stored are reported as ignored.
+
+Several patients may be imported at once (`workers`), each patient's rows one after another on one worker. What a
+row decides for another patient's (which patient owns an appointment) is decided from the whole register first,
+so the outcome is the same with any number of workers.
 """
 
 from __future__ import annotations
@@ -159,6 +163,7 @@ def import_rows(
     the outcome is the same with any number of workers. `progress` is called with the number of rows done."""
     register = [given if isinstance(given, RegisterRow) else RegisterRow(i + 2, given) for i, given in enumerate(rows)]
     store.bind(settings)
+    store.connect()
     stamp = min(as_of, clock.now()) if as_of is not None else None
     owners = _appointment_owners(register)
     run = _Run(progress)

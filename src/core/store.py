@@ -258,6 +258,16 @@ def unbind() -> None:
     _transaction_connection = None
 
 
+def connect() -> None:
+    """Build every table's botocore client now, in this thread, before threads share them: threads making their
+    first requests together would each build their own, each a botocore session that reads the DynamoDB model from
+    disk (more CPU than hundreds of requests), and all but one thrown away."""
+    models: tuple[type[Model], ...] = (*_MODELS, AppointmentStateRecord)
+    for model in models:
+        model._get_connection().connection.client  # noqa: B018 - the property builds the client
+    _connection().client  # noqa: B018
+
+
 def _connection() -> Connection:
     # One connection per binding: each new pynamodb Connection builds a botocore session and reloads the
     # service model from disk, which costs more than the write itself.
