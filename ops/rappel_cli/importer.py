@@ -163,7 +163,6 @@ def import_rows(
     the outcome is the same with any number of workers. `progress` is called with the number of rows done."""
     register = [given if isinstance(given, RegisterRow) else RegisterRow(i + 2, given) for i, given in enumerate(rows)]
     store.bind(settings)
-    store.connect()
     stamp = min(as_of, clock.now()) if as_of is not None else None
     owners = _appointment_owners(register)
     run = _Run(progress)

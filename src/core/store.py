@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -26,7 +27,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     UnicodeSetAttribute,
 )
-from pynamodb.connection import Connection
+from pynamodb.connection import Connection, TableConnection
 from pynamodb.constants import ALL_NEW, NONE
 from pynamodb.exceptions import DeleteError, PutError, QueryError, UpdateError
 from pynamodb.expressions.condition import Condition, size
@@ -56,6 +57,22 @@ def parse_iso(text: str) -> datetime:
 
 # ---------------------------------------------------------------------------------------------- models
 
+# Guards the first build of each connection's botocore client (`_Record`, `_connection`).
+_connecting = threading.Lock()
+
+
+class _Record(Model):
+    """A model whose connection and botocore client are built once, by whichever thread asks first. Threads asking
+    together (the sender's lanes, the import's workers) each built their own: a botocore session and the DynamoDB
+    model read from disk each, more CPU than hundreds of requests, all but one thrown away."""
+
+    @classmethod
+    def _get_connection(cls) -> TableConnection:
+        with _connecting:
+            connection = super()._get_connection()
+            connection.connection.client  # noqa: B018 - the property builds the client, here under the lock
+            return connection
+
 
 class PatientsByPhone(GlobalSecondaryIndex["PatientRecord"]):
     """Keys only: a reply or an opt-out finds the patients with its number here, then reads them by key."""
@@ -67,7 +84,7 @@ class PatientsByPhone(GlobalSecondaryIndex["PatientRecord"]):
     phone = UnicodeAttribute(hash_key=True)
 
 
-class PatientRecord(Model):
+class PatientRecord(_Record):
     """A patient (the child and the caregiver's phone)."""
 
     class Meta:
@@ -99,7 +116,7 @@ class AppointmentsByPatient(GlobalSecondaryIndex["AppointmentRecord"]):
     patient_id = UnicodeAttribute(hash_key=True)
 
 
-class AppointmentRecord(Model):
+class AppointmentRecord(_Record):
     """A dose due for a patient."""
 
     class Meta:
@@ -145,7 +162,7 @@ class ProviderIdIndex(GlobalSecondaryIndex["MessageRecord"]):
 _STATUS_VALUES = frozenset(s.value for s in Status)
 
 
-class MessageRecord(Model):
+class MessageRecord(_Record):
     """One reminder of one type for one appointment and due date."""
 
     class Meta:
@@ -205,7 +222,7 @@ class MessageRecord(Model):
         return self.state if self.status in _STATUS_VALUES else None
 
 
-class OpsRecord(Model):
+class OpsRecord(_Record):
     """Counters (pk COUNTERS#<day>), provider circuits (pk CIRCUIT) and last send (pk PROVIDER), stored reports
     (pk REPORT#<kind>), a number's stop (pk STOP), replies and appointment states."""
 
@@ -258,25 +275,17 @@ def unbind() -> None:
     _transaction_connection = None
 
 
-def connect() -> None:
-    """Build every table's botocore client now, in this thread, before threads share them: threads making their
-    first requests together would each build their own, each a botocore session that reads the DynamoDB model from
-    disk (more CPU than hundreds of requests), and all but one thrown away."""
-    models: tuple[type[Model], ...] = (*_MODELS, AppointmentStateRecord)
-    for model in models:
-        model._get_connection().connection.client  # noqa: B018 - the property builds the client
-    _connection().client  # noqa: B018
-
-
 def _connection() -> Connection:
     # One connection per binding: each new pynamodb Connection builds a botocore session and reloads the
     # service model from disk, which costs more than the write itself.
     global _transaction_connection
-    if _transaction_connection is None:
-        _transaction_connection = Connection(
-            region=MessageRecord.Meta.region, host=getattr(MessageRecord.Meta, "host", None)
-        )
-    return _transaction_connection
+    with _connecting:
+        if _transaction_connection is None:
+            _transaction_connection = Connection(
+                region=MessageRecord.Meta.region, host=getattr(MessageRecord.Meta, "host", None)
+            )
+        _transaction_connection.client  # noqa: B018 - the property builds the client, here under the lock
+        return _transaction_connection
 
 
 # ---------------------------------------------------------------------------------------------- ids and shards
@@ -1472,7 +1481,7 @@ class FollowUpIndex(GlobalSecondaryIndex["AppointmentStateRecord"]):
     follow_up_at = UnicodeAttribute(range_key=True)
 
 
-class AppointmentStateRecord(Model):
+class AppointmentStateRecord(_Record):
     """The outcome and follow-up state of one appointment (in the ops table)."""
 
     class Meta:

@@ -5,10 +5,14 @@ The same code paths the integration suite runs on moto, so moto's leniency canno
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import botocore.session
 import pytest
 from aws_lambda_powertools.utilities.parser.models import DynamoDBStreamModel
 
@@ -229,3 +233,32 @@ def test_the_latest_late_schedule_fills_in_a_close_on_dynamodb_local(settings: S
         handle_clinic_event(dose(due_date=due_date, at=start + timedelta(hours=hours)), settings)
     stored = store.get_appointment("a1")
     assert stored is not None and (stored.status, stored.due_date) == ("administered", "2027-03-27")
+
+
+def test_threads_asking_together_build_each_tables_client_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender's lanes and the import's workers make their first requests together: each built its own botocore
+    client for each table (half a second of CPU apiece here), all but one thrown away."""
+    store.unbind()
+    store.bind(settings)
+    built: list[str] = []
+    real = botocore.session.Session.create_client
+
+    def counted(self: botocore.session.Session, *args: Any, **kwargs: Any) -> Any:
+        built.append(threading.current_thread().name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(botocore.session.Session, "create_client", counted)
+    together = threading.Barrier(8)
+
+    def first_requests() -> None:
+        together.wait()
+        store.get_patient("p1")
+        store.get_message("msg_none")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for done in [pool.submit(first_requests) for _ in range(8)]:
+            done.result()
+
+    assert len(built) == 2, "one client for the patients table, one for the messages table"
