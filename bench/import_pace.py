@@ -9,8 +9,9 @@ answers under the importer's own GIL, so it measures nothing but contention.
 Each import runs twice: on DynamoDB Local as it answers here (under a millisecond of network), then with
 `LINK_MS` added to every request (a sleep before it is sent, which frees the GIL as waiting on the network does),
 as a stand-in for an operator's link to the region. The figures are each import's wall and CPU time and the ratio of
-the two imports in each setting. DynamoDB Local answers one request at a time, and DynamoDB does not: what
-concurrency gains on AWS lies between the two settings' ratios, bounded by the importer's own CPU per row.
+the two imports in each setting. DynamoDB Local shares this machine's two cores with the importer, and DynamoDB
+does not: what concurrency gains on AWS lies between the two settings' ratios, bounded by the importer's own CPU
+per row.
 
 `python -m bench.import_pace --children 100` runs it alone and prints JSON; `python -m bench.run --only import`
 runs it alone with the bench's table.

@@ -13,7 +13,8 @@
    over a slower link (`--only import` runs this one alone).
 
 Writes bench/results.json and prints tables. Exits 1 only if a run breaks an invariant (the simulator's invariant
-checks, or more sends in some one-second window than the rate limit); figures themselves never fail the run.
+checks, or more sends in some one-second window than the rate limit), or the two stores of figure 7 or the two
+imports of figure 8 end differently; figures themselves never fail the run.
 Wall-clock figures are noisy on a shared machine: only ratios measured within this one run are meaningful.
 A quick look is `python -m bench.run --burst 2000` (about a tenth of the burst's time).
 """

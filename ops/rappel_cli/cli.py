@@ -166,7 +166,7 @@ def import_register(
         typer.Option(
             min=1,
             max=MAX_IMPORT_WORKERS,
-            help="Patients imported at once (each patient's rows in order). 1 applies one row after another.",
+            help="Patients imported at once (each patient's rows in order). 1 imports one patient after another.",
         ),
     ] = DEFAULT_IMPORT_WORKERS,
 ) -> None:

@@ -168,14 +168,14 @@ def import_rows(
     run = _Run(progress)
     report = ImportReport()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:
-        parts = [
-            pool.submit(_import_patient, rows_of, owners, stamp, settings, run) for rows_of in _by_patient(register)
-        ]
         try:
+            # Submitting tens of thousands of patients takes a while, and the first are running meanwhile.
+            parts = [pool.submit(_import_patient, rows, owners, stamp, settings, run) for rows in _by_patient(register)]
             for part in as_completed(parts):
                 report.merge(part.result())
         except BaseException:  # an interrupt too: the rows in flight end, no other row starts
             run.stop()
+            pool.shutdown(cancel_futures=True)
             raise
     report.errors.sort()
     report.ignored.sort()
@@ -270,7 +270,8 @@ def _import_patient(
 
 def _failure(exc: Exception) -> str:
     """What failed, without the request's data: an AWS error's code (pynamodb's or botocore's), else the type."""
-    code = getattr(exc, "cause_response_code", None) or getattr(exc, "response", {}).get("Error", {}).get("Code")
+    response = getattr(exc, "response", None) or {}  # some errors carry a response of None
+    code = getattr(exc, "cause_response_code", None) or response.get("Error", {}).get("Code")
     return str(code or type(exc).__name__)
 
 

@@ -1,5 +1,6 @@
 """`rappel import` with several workers on AWS's own DynamoDB Local: patients imported at once end exactly as one row
-after another does, with real concurrent requests and real conditional writes (moto runs one request at a time)."""
+after another does, with real concurrent requests and real conditional writes (moto in the test's process answers
+under the importer's own GIL, and its tables are not safe to write while a query walks them)."""
 
 from __future__ import annotations
 
