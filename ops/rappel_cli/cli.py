@@ -142,6 +142,8 @@ def simulate(
 # `rappel import --workers`: patients imported at once, each patient's rows in order on one worker, as clinic events
 # reach concurrent Lambda invocations. Each worker mostly waits for DynamoDB; the bound is the importer's own CPU, on
 # one core whatever the threads (bench/README, figure 8). At most pynamodb's pool of 10 HTTP connections a client.
+# One with --local: moto's server answers requests in threads, and its tables are not safe to write while a query
+# walks them (a row would fail now and then, to be imported again), for little gain on one machine.
 DEFAULT_IMPORT_WORKERS = 8
 MAX_IMPORT_WORKERS = 10
 
@@ -162,13 +164,14 @@ def import_register(
         ),
     ] = None,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             max=MAX_IMPORT_WORKERS,
-            help="Patients imported at once (each patient's rows in order). 1 imports one patient after another.",
+            help=f"Patients imported at once (each patient's rows in order; default {DEFAULT_IMPORT_WORKERS}, 1 with"
+            " --local). 1 imports one patient after another.",
         ),
-    ] = DEFAULT_IMPORT_WORKERS,
+    ] = None,
 ) -> None:
     """Load a register (patient and appointment columns) through the same validation and planning as events; exit 1
     when some rows were refused (each is listed with the field it got wrong)."""
@@ -195,7 +198,11 @@ def import_register(
     with _quiet(), Progress(console=console, transient=True) as progress:
         task = progress.add_task("importing", total=len(rows))
         report = import_rows(
-            rows, settings, progress=lambda n: progress.update(task, completed=n), as_of=exported, workers=workers
+            rows,
+            settings,
+            progress=lambda n: progress.update(task, completed=n),
+            as_of=exported,
+            workers=workers or (1 if local else DEFAULT_IMPORT_WORKERS),
         )
     data = {
         "as_of": exported.isoformat(),

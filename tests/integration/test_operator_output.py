@@ -189,3 +189,26 @@ def test_an_import_error_quoting_the_register_is_printed_as_written(pipe: Pipeli
 
     assert result.exit_code == 2, repr(result.exception)
     assert "[/notes]" in result.output
+
+
+@pytest.mark.parametrize(("given", "used"), [([], 1), (["--workers", "3"], 3)])
+def test_an_import_on_the_embedded_stack_takes_one_patient_at_a_time_unless_told(
+    pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: list[str], used: int
+) -> None:
+    """moto's server answers requests in threads, and its tables are not safe to write while a query walks them."""
+    from rappel_cli import importer
+
+    register = tmp_path / "register.csv"
+    register.write_text(",".join(importer.CSV_COLUMNS) + "\n", encoding="utf-8")
+    asked: list[int] = []
+
+    def recorded(rows: Any, settings: Any, **options: Any) -> importer.ImportReport:
+        asked.append(options["workers"])
+        return importer.ImportReport()
+
+    monkeypatch.setattr(importer, "import_rows", recorded)
+    arguments = ["import", str(register), "--local", "--as-of", "2026-12-01T00:00:00Z", *given]
+    result = CliRunner().invoke(cli.app, arguments)
+
+    assert result.exit_code == 0, repr(result.exception)
+    assert asked == [used]
