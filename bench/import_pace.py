@@ -2,9 +2,10 @@
 
 The demo's synthetic register (`rappel_demo.register.generate_register`) is imported through `import_rows` into
 fresh tables on AWS's DynamoDB Local: once with one worker, then with `--workers`' default, each into tables of its
-own. Both must end with the same report and the same items (the differential check of
-`tests/contract/test_import_on_dynamodb_local.py`, at the bench's size). moto is not used: in this process it
-answers under the importer's own GIL, so it measures nothing but contention.
+own. Both must end with the same report and the same items: the differential check that
+`tests/contract/test_import_on_dynamodb_local.py` makes with the same `import_into_fresh_tables`, at the bench's
+size. moto is not used: in this process it answers under the importer's own GIL, so it measures nothing but
+contention.
 
 Each import runs twice: on DynamoDB Local as it answers here (under a millisecond of network), then with
 `LINK_MS` added to every request (a sleep before it is sent, which frees the GIL as waiting on the network does),
@@ -37,7 +38,7 @@ from core import clock, store
 from core.clock import VirtualClock
 from core.settings import Settings, build_settings
 from rappel_cli.cli import DEFAULT_IMPORT_WORKERS
-from rappel_cli.importer import RegisterRow, import_rows
+from rappel_cli.importer import ImportReport, RegisterRow, import_rows
 from rappel_demo.register import generate_register
 from rappel_local import dynamodb_local
 from rappel_local.embedded import quiet_logs
@@ -66,25 +67,34 @@ def _register(children: int, seed: int, start_day: Any) -> list[RegisterRow]:
     return [RegisterRow(i + 2, row.to_csv()) for i, row in enumerate(rows)]
 
 
-def _contents(settings: Settings, endpoint: str) -> list[Any]:
+def _contents(settings: Settings, endpoint: str) -> dict[str, list[Any]]:
     client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
-    tables = (settings.PATIENTS_TABLE, settings.APPOINTMENTS_TABLE, settings.MESSAGES_TABLE, settings.OPS_TABLE)
-    scans = [client.get_paginator("scan").paginate(TableName=t) for t in tables]
-    return [sorted((item for page in scan for item in page["Items"]), key=repr) for scan in scans]
+    tables = {
+        "patients": settings.PATIENTS_TABLE,
+        "appointments": settings.APPOINTMENTS_TABLE,
+        "messages": settings.MESSAGES_TABLE,
+        "ops": settings.OPS_TABLE,
+    }
+    scans = {name: client.get_paginator("scan").paginate(TableName=table) for name, table in tables.items()}
+    return {name: sorted((item for page in scan for item in page["Items"]), key=repr) for name, scan in scans.items()}
 
 
-def _timed_import(register: list[RegisterRow], endpoint: str, workers: int) -> tuple[dict[str, float], Any]:
-    """One import into fresh tables: its wall and CPU seconds, and what it reported and left in the tables."""
+def import_into_fresh_tables(
+    register: list[RegisterRow], endpoint: str, workers: int
+) -> tuple[dict[str, float], tuple[ImportReport, dict[str, list[Any]]]]:
+    """One import into fresh tables on DynamoDB Local at `endpoint` (a virtual clock installed): its wall and CPU
+    seconds, and what it reported and left in each table (patients, appointments, messages, ops)."""
     stack = create_stack(prefix=f"b{uuid.uuid4().hex[:8]}", endpoint_url=endpoint, services=("dynamodb",))
     settings = build_settings(**stack.environment())
     store.unbind()
-    wall, cpu = time.perf_counter(), time.process_time()
-    with quiet_logs():
-        report = import_rows(register, settings, as_of=clock.now() - timedelta(hours=1), workers=workers)
-    timing = {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}
-    outcome = (report, _contents(settings, endpoint))
-    store.unbind()
-    return timing, outcome
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        with quiet_logs():
+            report = import_rows(register, settings, as_of=clock.now() - timedelta(hours=1), workers=workers)
+        timing = {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}
+        return timing, (report, _contents(settings, endpoint))
+    finally:
+        store.unbind()
 
 
 def run_import_pace(children: int, seed: int, workers: int = DEFAULT_IMPORT_WORKERS) -> dict[str, Any]:
@@ -98,8 +108,8 @@ def run_import_pace(children: int, seed: int, workers: int = DEFAULT_IMPORT_WORK
         with mock.patch.dict(os.environ, FAKE_AWS), dynamodb_local.running() as endpoint:
             for name, delay in (("dynamodb_local", 0.0), ("over_a_link", LINK_MS)):
                 with round_trip(delay):
-                    alone, alone_outcome = _timed_import(register, endpoint, 1)
-                    together, together_outcome = _timed_import(register, endpoint, workers)
+                    alone, alone_outcome = import_into_fresh_tables(register, endpoint, 1)
+                    together, together_outcome = import_into_fresh_tables(register, endpoint, workers)
                 settings[name] = {
                     "round_trip_ms_added": delay,
                     "one_worker": alone,

@@ -5,18 +5,14 @@ under the importer's own GIL, and its tables are not safe to write while a query
 from __future__ import annotations
 
 import random
-import uuid
 from datetime import date, timedelta
-from typing import Any
 
-import boto3
 import pytest
 
-from core import clock, store
-from core.settings import Settings, build_settings
-from rappel_cli.importer import ImportReport, RegisterRow, import_rows
+from bench.import_pace import import_into_fresh_tables
+from core import clock
+from rappel_cli.importer import RegisterRow
 from rappel_demo.register import generate_register
-from rappel_local.stack import create_stack
 
 pytestmark = pytest.mark.contract
 
@@ -44,40 +40,10 @@ def _register() -> list[RegisterRow]:
     return [RegisterRow(i + 2, r.cells, r.fault) for i, r in enumerate(rows)]
 
 
-def _stack(endpoint: str) -> Settings:
-    stack = create_stack(prefix=f"i{uuid.uuid4().hex[:8]}", endpoint_url=endpoint, services=("dynamodb",))
-    return build_settings(**stack.environment())
-
-
-def _contents(settings: Settings, endpoint: str) -> dict[str, list[dict[str, Any]]]:
-    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
-    tables = {
-        "patients": settings.PATIENTS_TABLE,
-        "appointments": settings.APPOINTMENTS_TABLE,
-        "messages": settings.MESSAGES_TABLE,
-        "ops": settings.OPS_TABLE,
-    }
-    contents = {}
-    for name, table in tables.items():
-        items = [i for page in client.get_paginator("scan").paginate(TableName=table) for i in page["Items"]]
-        contents[name] = sorted(items, key=repr)
-    return contents
-
-
-def _import(endpoint: str, workers: int) -> tuple[ImportReport, dict[str, list[dict[str, Any]]]]:
-    settings = _stack(endpoint)
-    store.unbind()
-    try:
-        report = import_rows(_register(), settings, as_of=clock.now() - timedelta(hours=1), workers=workers)
-        return report, _contents(settings, endpoint)
-    finally:
-        store.unbind()
-
-
 @pytest.mark.usefixtures("virtual_clock")
 def test_patients_imported_at_once_end_as_one_row_after_another(dynamodb_local_endpoint: str) -> None:
-    alone, stored_alone = _import(dynamodb_local_endpoint, workers=1)
-    together, stored_together = _import(dynamodb_local_endpoint, workers=8)
+    _, (alone, stored_alone) = import_into_fresh_tables(_register(), dynamodb_local_endpoint, workers=1)
+    _, (together, stored_together) = import_into_fresh_tables(_register(), dynamodb_local_endpoint, workers=8)
 
     assert together == alone
     assert stored_together == stored_alone
