@@ -264,6 +264,24 @@ def _as_function(logical_id: str, handler: Callable[..., Any]) -> Callable[..., 
 # ---------------------------------------------------------------------------------------------- what runs
 
 
+def shipped_scenarios() -> list[dict[str, Any]]:
+    """The shipped scenarios but the 45-day program, which takes no path the others do not. The outage's second
+    outage lasts 90 minutes instead of 11 hours, the 1-day reminder's lateness cut to match (it still expires in
+    the outage): the same 33 calls (compared once), in about a seventh of the time."""
+    scenarios = []
+    for path in sorted(SHIPPED_SCENARIOS.glob("*.json")):
+        if "program" in path.name:
+            continue
+        data = json.loads(path.read_text())
+        if path.name == "outage.json":
+            data["settings"]["REMINDER_1_DAY_MAX_LATENESS_HOURS"] = 1
+            long_outage = data["provider"]["faults"][1]
+            assert long_outage["from"] == "2027-03-11T08:59:00Z", "outage.json changed: shorten it anew"
+            long_outage["until"] = "2027-03-11T10:30:00Z"
+        scenarios.append(data)
+    return scenarios
+
+
 def fault_scenarios() -> list[dict[str, Any]]:
     """The paths the shipped scenarios do not take: every failure the send path classifies, a provider hold,
     a throttled provider, an ambiguous send dead-lettered, a reschedule, a cancellation, a dose given before
@@ -332,10 +350,7 @@ def fault_scenarios() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def calls(recorded: set[Call]) -> set[Call]:
     """The recorded calls of the shipped scenarios, the fault scenarios and every function's events/ sample."""
-    for path in sorted(SHIPPED_SCENARIOS.glob("*.json")):
-        if "program" not in path.name:  # the 45-day program takes no path the others do not
-            simulate(json.loads(path.read_text()))
-    for data in fault_scenarios():
+    for data in [*shipped_scenarios(), *fault_scenarios()]:
         simulate(data)
     with pytest.MonkeyPatch.context() as patch:
         # A broken deploy of the sender: what the dispatcher then does alone (dead letters, expiries) is exercised.
