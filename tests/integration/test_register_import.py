@@ -177,6 +177,10 @@ def test_a_patients_first_row_that_fails_on_the_way_leaves_its_next_row_to_write
     assert report.created == 3, "row 3 planned its dose's three reminders"
 
 
+# The workers' real planning runs one at a time: moto's tables are not safe to write while a query walks them.
+_moto_one_at_a_time = threading.Lock()
+
+
 def _patients(count: int, rows_each: int, prefix: str = "") -> list[dict[str, str]]:
     """`count` patients with `rows_each` visits, their rows interleaved as a register sorted by date has them."""
     return [
@@ -197,14 +201,13 @@ def test_patients_are_imported_at_once_and_each_patients_rows_in_order(aws, monk
     workers = 4
     together = threading.Barrier(workers, timeout=30)  # passes only once `workers` patients are in flight at once
     seen: list[tuple[str, str]] = []
-    one_at_a_time = threading.Lock()  # moto's tables are not safe to write while a query walks them
 
     def recorded(event: dict[str, Any], settings: Any) -> Any:
         detail = event["detail"]
         seen.append((detail["patient_id"], detail.get("appointment_id", "patient")))
         if event["detail-type"] == "PatientUpserted":
             together.wait()
-        with one_at_a_time:
+        with _moto_one_at_a_time:
             return real(event, settings)
 
     monkeypatch.setattr(importer, "handle_clinic_event", recorded)
@@ -262,11 +265,9 @@ def test_an_interrupted_import_starts_no_other_row(aws, monkeypatch: pytest.Monk
     started: list[str] = []
     real = importer.handle_clinic_event
 
-    one_at_a_time = threading.Lock()  # moto's tables are not safe to write while a query walks them
-
     def counted(event: dict[str, Any], settings: Any) -> Any:
         started.append(event["detail"].get("appointment_id", "patient"))
-        with one_at_a_time:
+        with _moto_one_at_a_time:
             return real(event, settings)
 
     def interrupt(done: int) -> None:
